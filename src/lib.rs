@@ -1,0 +1,11 @@
+//! wgmesh: a WireGuard mesh VPN made of a coordination server and a client agent.
+//!
+//! The server (`server`) assigns each public key a stable mesh address and tells every peer
+//! about the others; the agent (`agent`) turns that list into `wg`/`ip` commands (`os`) and
+//! keeps the local interface matching it. Everything is synchronous: std threads, blocking
+//! sockets, and child processes.
+
+pub mod ipam;
+pub mod keys;
+pub mod model;
+pub mod types;

@@ -1,0 +1,132 @@
+//! The JSON wire types of the coordination API (design section 5.2), shared by server and
+//! client so both sides agree on every field name by construction.
+//!
+//! Request types hold validated values (keys, hostnames, endpoints, CIDRs), so a request that
+//! deserializes is already safe to store and to hand to a command line.
+
+use crate::keys::PublicKey;
+use crate::types::{Endpoint, Hostname, OsName, PeerId};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+fn default_os() -> OsName {
+    "unknown".parse().expect("literal is a valid OS name")
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /register`: a peer announces its public key and asks for its mesh address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The peer's WireGuard public key: its identity.
+    pub public_key: PublicKey,
+    /// How other peers will see this device named.
+    pub hostname: Hostname,
+    /// The peer's operating system (informational).
+    #[serde(default = "default_os")]
+    pub os: OsName,
+    /// Where other peers should dial this one; when absent the server uses the source address
+    /// it sees the request come from, with `listen_port`.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    /// The peer's WireGuard listen port, used with the observed source address when no
+    /// endpoint is given (a port-preserving NAT keeps it).
+    #[serde(default)]
+    pub listen_port: Option<u16>,
+    /// Kept for compatibility with the design; an address is always assigned.
+    #[serde(default = "yes")]
+    pub request_ip: bool,
+    /// Whether this peer offers to route internet traffic for others.
+    #[serde(default)]
+    pub exit_node: bool,
+    /// Extra prefixes this peer routes (subnet routes), beyond its own mesh address.
+    #[serde(default)]
+    pub allowed_ips: Vec<IpNet>,
+}
+
+/// Answer to a successful registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Always true on this type; errors use [`ErrorResponse`].
+    pub success: bool,
+    /// The peer's mesh address; the same for the same public key, always.
+    pub assigned_ip: Ipv4Addr,
+    /// The mesh network, which the client routes through its WireGuard interface.
+    pub network_cidr: Ipv4Net,
+    /// The peer's stable identifier, used by heartbeat and peers.
+    pub peer_id: PeerId,
+    /// The coordination server's own WireGuard public key.
+    pub server_public_key: PublicKey,
+}
+
+/// `POST /heartbeat`: a peer says it is alive, and maybe that its endpoint moved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Who is alive.
+    pub peer_id: PeerId,
+    /// The peer's current endpoint, when it knows it better than the server does.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+}
+
+/// `POST /deregister`: a peer leaves the mesh for good and frees its address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeregisterRequest {
+    /// Who is leaving.
+    pub peer_id: PeerId,
+}
+
+/// One entry of `GET /peers`: everything a client needs to configure a WireGuard peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's stable identifier.
+    pub id: PeerId,
+    /// The peer's WireGuard public key.
+    pub public_key: PublicKey,
+    /// The peer's mesh address.
+    pub virtual_ip: Ipv4Addr,
+    /// Where to dial the peer; null when the server does not know yet.
+    pub endpoint: Option<Endpoint>,
+    /// The peer's hostname.
+    pub hostname: Hostname,
+    /// The peer's operating system.
+    pub os: OsName,
+    /// What to route to this peer: its /32, plus any advertised prefixes (`0.0.0.0/0` for an
+    /// exit node, which clients install only when they chose that exit node).
+    pub allowed_ips: Vec<IpNet>,
+    /// Whether the peer offers to be an exit node.
+    pub exit_node: bool,
+    /// Whether the peer has sent a heartbeat within the server's timeout.
+    pub online: bool,
+    /// RFC 3339 time of the last heartbeat, refreshed in the list at each sweep.
+    pub last_heartbeat: String,
+}
+
+/// Answer to `GET /peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersResponse {
+    /// Every online peer except the caller.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// Answer to heartbeat and deregister.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuccessResponse {
+    /// Always true on this type.
+    pub success: bool,
+}
+
+/// Every error the API returns, whatever the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// Always false.
+    pub success: bool,
+    /// What went wrong and how to fix it.
+    pub error: String,
+}

@@ -1,0 +1,315 @@
+//! Validated values for everything that may reach a registry, a log line or a command line.
+//!
+//! Each type can only be built by parsing, and parsing refuses anything outside a small,
+//! documented alphabet, so a hostile string (shell metacharacters, newlines, NUL, overlong
+//! input) is stopped at the edge with a message saying what would be accepted.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// Why a value was refused, phrased for the person who typed or sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidValue(pub String);
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidValue {}
+
+/// Describes `text` for an error message without echoing control characters or megabytes.
+pub fn describe(text: &str) -> String {
+    let shown: String = text.chars().take(40).collect();
+    let mut out = format!("{shown:?}");
+    if text.chars().count() > 40 {
+        out.push_str("...");
+    }
+    out
+}
+
+macro_rules! string_newtype {
+    ($(#[$meta:meta])* $name:ident, $parse:path) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
+                $parse(s).map(|()| $name(s.to_owned()))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn check_hostname(s: &str) -> Result<(), InvalidValue> {
+    let ok_len = !s.is_empty() && s.len() <= 253;
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    let ok_edges = !s.starts_with(['-', '.']) && !s.ends_with(['-', '.']);
+    let ok_labels = s.split('.').all(|l| !l.is_empty() && l.len() <= 63);
+    if ok_len && ok_chars && ok_edges && ok_labels {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not a hostname: use 1-253 characters of letters, digits, '-', '_' and '.', \
+             labels of at most 63, not starting or ending with '-' or '.'",
+            describe(s)
+        )))
+    }
+}
+
+fn check_os(s: &str) -> Result<(), InvalidValue> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not an OS name: use 1-32 lowercase letters, digits, '-' or '_' (e.g. linux, macos, windows)",
+            describe(s)
+        )))
+    }
+}
+
+fn check_interface(s: &str) -> Result<(), InvalidValue> {
+    // Linux caps interface names at IFNAMSIZ-1 = 15 bytes; wireguard-windows tunnel names
+    // allow [a-zA-Z0-9_=+.-]; the intersection is safe on every OS wgmesh drives.
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b))
+        && !s.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not an interface name: use 1-15 characters of letters, digits and _=+.- (e.g. wg0)",
+            describe(s)
+        )))
+    }
+}
+
+fn check_peer_id(s: &str) -> Result<(), InvalidValue> {
+    let hex = s.strip_prefix("peer-");
+    let ok = hex.is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not a peer id: peer ids look like peer-0123456789abcdef",
+            describe(s)
+        )))
+    }
+}
+
+string_newtype!(
+    /// A device's hostname as shown to other peers (RFC 1123 letters plus '_').
+    Hostname,
+    check_hostname
+);
+string_newtype!(
+    /// The operating system a peer reports, used to pick command sets and shown in status.
+    OsName,
+    check_os
+);
+string_newtype!(
+    /// A network interface / tunnel name that is valid on Linux, macOS and Windows alike.
+    InterfaceName,
+    check_interface
+);
+string_newtype!(
+    /// The server-assigned identifier of a peer, stable per public key.
+    PeerId,
+    check_peer_id
+);
+
+impl PeerId {
+    /// Derives the stable id for a public key: the same key always maps to the same id,
+    /// across restarts and even if the registry is rebuilt from scratch.
+    pub fn for_key(key: &crate::keys::PublicKey) -> PeerId {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        PeerId(format!("peer-{hex}"))
+    }
+}
+
+/// A UDP endpoint another peer can dial: `IP:PORT` or `[IPv6]:PORT`, never port 0 and never
+/// an unspecified or multicast address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint(pub SocketAddr);
+
+impl FromStr for Endpoint {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let bad = |why: &str| {
+            InvalidValue(format!(
+                "{} is not an endpoint: {why} (write IP:PORT or [IPv6]:PORT, e.g. 198.18.0.5:51820)",
+                describe(s)
+            ))
+        };
+        let addr: SocketAddr = s.parse().map_err(|_| bad("cannot parse it"))?;
+        if addr.port() == 0 {
+            return Err(bad("port 0 cannot be dialed"));
+        }
+        if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+            return Err(bad("the address must be a unicast host address"));
+        }
+        if let SocketAddr::V6(v6) = addr {
+            if v6.scope_id() != 0 || v6.flowinfo() != 0 {
+                return Err(bad("zone ids are not supported"));
+            }
+        }
+        Ok(Endpoint(addr))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({})", self.0)
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_accept_real_names_and_refuse_hostile_ones() {
+        for ok in ["my-laptop", "db_1", "a.b.c", "x"] {
+            assert!(ok.parse::<Hostname>().is_ok(), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "-x",
+            "a;rm -rf /",
+            "a\nb",
+            "a\0b",
+            "a b",
+            "ünï",
+            "x.",
+            long.as_str(),
+            "$(id)",
+        ] {
+            let err = bad.parse::<Hostname>().unwrap_err();
+            assert!(err.0.contains("not a hostname"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn endpoints_parse_v4_and_v6_and_refuse_the_rest() {
+        assert_eq!(
+            "198.18.0.1:51820".parse::<Endpoint>().unwrap().to_string(),
+            "198.18.0.1:51820"
+        );
+        assert_eq!(
+            "[2001:db8::1]:51820"
+                .parse::<Endpoint>()
+                .unwrap()
+                .to_string(),
+            "[2001:db8::1]:51820"
+        );
+        for bad in [
+            "198.18.0.1",
+            "198.18.0.1:0",
+            "0.0.0.0:1",
+            "host:51820",
+            "1.2.3.4:70000",
+            "[fe80::1%eth0]:1",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interface_names_fit_every_os() {
+        assert!("wg0".parse::<InterfaceName>().is_ok());
+        assert!("wgmesh-test.1".parse::<InterfaceName>().is_ok());
+        for bad in [
+            "",
+            "sixteen-chars-xx",
+            "wg 0",
+            "wg0;ls",
+            "-wg",
+            "..",
+            "wg/0",
+        ] {
+            assert!(bad.parse::<InterfaceName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn peer_id_is_stable_per_key_and_parses_back() {
+        let key = crate::keys::PrivateKey::generate().public_key();
+        let a = PeerId::for_key(&key);
+        assert_eq!(a, PeerId::for_key(&key));
+        assert_eq!(a.as_str().parse::<PeerId>().unwrap(), a);
+        assert!("peer-XYZ".parse::<PeerId>().is_err());
+    }
+}
