@@ -5,7 +5,12 @@
 //! keeps the local interface matching it. Everything is synchronous: std threads, blocking
 //! sockets, and child processes.
 
+pub mod cli;
+pub mod fsutil;
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod server;
+pub mod store;
+pub mod timefmt;
 pub mod types;

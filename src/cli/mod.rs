@@ -1,0 +1,116 @@
+//! The `wgmesh` command line: argh subcommands, logging setup and exit codes.
+//!
+//! Exit codes are part of the interface for cron, systemd and shell scripts:
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | success |
+//! | 1 | an unexpected internal error |
+//! | 2 | bad usage, configuration or input (fix the command or the file) |
+//! | 3 | the coordination server is unreachable or refused the request |
+//! | 4 | a system command (`wg`, `ip`, ...) failed |
+//! | 5 | local state could not be read or written |
+
+mod server;
+
+use argh::FromArgs;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// An unexpected internal error.
+pub const EXIT_INTERNAL: u8 = 1;
+/// Bad usage, configuration or input.
+pub const EXIT_USAGE: u8 = 2;
+/// The coordination server is unreachable or refused.
+pub const EXIT_SERVER: u8 = 3;
+/// A system command failed.
+pub const EXIT_COMMAND: u8 = 4;
+/// Local state could not be read or written.
+pub const EXIT_STATE: u8 = 5;
+
+/// wgmesh: a WireGuard mesh VPN. Every machine gets a stable private IP and a direct,
+/// encrypted path to every other machine. Exit codes: 0 ok, 1 internal error, 2 bad usage or
+/// config, 3 server unreachable or refusing, 4 a system command failed, 5 local state error.
+#[derive(FromArgs, Debug)]
+pub struct Wgmesh {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    Server(server::ServerArgs),
+}
+
+/// A failure with its exit code; `main` prints the message once on stderr.
+#[derive(Debug)]
+pub struct Failure {
+    /// One of the EXIT_* codes.
+    pub code: u8,
+    /// What went wrong and how to fix it.
+    pub message: String,
+}
+
+impl Failure {
+    /// Builds a failure.
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Log verbosity, as the design's levels (10.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLevel(pub log::LevelFilter);
+
+impl argh::FromArgValue for LogLevel {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        value
+            .parse::<log::LevelFilter>()
+            .map(LogLevel)
+            .map_err(|_| {
+                format!("unknown log level {value:?}: use error, warn, info, debug or trace")
+            })
+    }
+}
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        LogLevel(log::LevelFilter::Info)
+    }
+}
+
+/// Sends logs to stderr (stdout is for machine-readable output), coloured only on a terminal.
+pub fn init_logging(level: LogLevel) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_level(log::LevelFilter::Error)
+        .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
+        .build();
+    let colour = if std::io::stderr().is_terminal() {
+        simplelog::ColorChoice::Auto
+    } else {
+        simplelog::ColorChoice::Never
+    };
+    let _ = simplelog::TermLogger::init(level.0, config, simplelog::TerminalMode::Stderr, colour);
+}
+
+/// Entry point of the `wgmesh` binary: parses arguments, runs, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let args: Wgmesh = argh::from_env();
+    let result = match args.command {
+        Command::Server(a) => server::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(failure) => {
+            eprintln!("wgmesh: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

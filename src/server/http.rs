@@ -1,0 +1,578 @@
+//! The coordination server's HTTP/1.1 connection layer: one light std thread per open
+//! connection, parsing with `httparse`, answering through a [`Handler`].
+//!
+//! Why not tiny_http's own loop: tiny_http 0.12 hands each connection to a task pool whose
+//! spawn races with idle workers, so during a burst a keep-alive connection can sit in the
+//! pool's queue behind connections that never close, and get no answer at all; it also has
+//! no idle timeout, no header limit and pins an old rustls. Owning the accept loop fixes all
+//! of that in a few hundred lines: every accepted connection gets its own thread at once (up
+//! to `max_connections`, past which new ones get a 503 instead of silence), idle and slow
+//! connections are closed on timeouts, and `--threads` bounds how many requests run handler
+//! code at the same moment.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Limits that keep one client from taking the server down.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line plus headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted; larger gets 413 without being read.
+    pub max_body_bytes: usize,
+    /// How long a keep-alive connection may sit without starting a request.
+    pub idle_timeout: Duration,
+    /// How long a client may take to send one whole request once it started it.
+    pub request_timeout: Duration,
+    /// Most connections open at once; past it new ones get 503 and are closed.
+    pub max_connections: usize,
+    /// Most requests running handler code at once (`--threads`).
+    pub handler_threads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            handler_threads: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+        }
+    }
+}
+
+/// A parsed request, handed to the handler with its body fully read.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method, e.g. "GET".
+    pub method: String,
+    /// The request target: path plus query.
+    pub target: String,
+    /// Headers in arrival order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty when there is none).
+    pub body: Vec<u8>,
+    /// Who sent it, for endpoint discovery and rate limits.
+    pub remote: SocketAddr,
+}
+
+impl Request {
+    /// The path without the query string.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The raw value of one query parameter (no percent-decoding: wgmesh ids need none).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        let query = self.target.split_once('?')?.1;
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The first header with this name, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a response body is made of.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// No body (e.g. 304).
+    Empty,
+    /// A body built for this response.
+    Owned(Vec<u8>),
+    /// Up to two slices of a shared, cached buffer: how `/peers` sends the cached list minus
+    /// the caller's own entry without copying it.
+    Shared(Arc<Vec<u8>>, [Range<usize>; 2]),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::Owned(v) => v.len(),
+            Body::Shared(_, parts) => parts.iter().map(|r| r.len()).sum(),
+        }
+    }
+}
+
+/// A response to write back.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Extra headers (Content-Length and Connection are added by the layer).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Body,
+}
+
+impl Response {
+    /// A JSON response with an owned body.
+    pub fn json(status: u16, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type", "application/json".into())],
+            body: Body::Owned(body),
+        }
+    }
+
+    /// The API's uniform error: `{"success": false, "error": message}`.
+    pub fn error(status: u16, message: &str) -> Response {
+        let body = serde_json::to_vec(&crate::model::ErrorResponse {
+            success: false,
+            error: message.to_owned(),
+        })
+        .expect("serializing a string cannot fail");
+        Response::json(status, body)
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// The application behind the connection layer.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. Runs on the connection's thread, within a handler slot.
+    fn handle(&self, request: &Request) -> Response;
+
+    /// Told about every request the layer itself refused (malformed, too large, too slow,
+    /// too many connections), so they can be counted.
+    fn rejected(&self, status: u16) {
+        let _ = status;
+    }
+}
+
+/// Counts open connections and bounds concurrent handler work.
+#[derive(Debug, Default)]
+struct Gate {
+    open: AtomicUsize,
+    busy: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Gate {
+    fn acquire(&self, max: usize) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy >= max {
+            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy += 1;
+    }
+
+    fn release(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        *busy -= 1;
+        drop(busy);
+        self.freed.notify_one();
+    }
+}
+
+/// A running HTTP server: the accept loop on its own thread.
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    accept_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Starts accepting on `listener`, answering with `handler` under `limits`.
+    pub fn start(
+        listener: TcpListener,
+        limits: Limits,
+        handler: Arc<dyn Handler>,
+    ) -> io::Result<HttpServer> {
+        let local_addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Gate::default());
+        let limits = Arc::new(limits);
+        let accept_thread = {
+            let (stop, gate) = (stop.clone(), gate.clone());
+            std::thread::Builder::new()
+                .name("http-accept".into())
+                .spawn(move || accept_loop(listener, limits, handler, gate, stop))?
+        };
+        Ok(HttpServer {
+            local_addr,
+            stop,
+            gate,
+            accept_thread: Some(accept_thread),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.gate.open.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting new connections; open ones finish their current request.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() with a throwaway connection.
+        let mut wake = self.local_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if self.accept_thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Stack size of connection threads: they parse small requests, so 256 KiB is plenty and
+/// keeps thousands of idle keep-alive connections cheap.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+fn accept_loop(
+    listener: TcpListener,
+    limits: Arc<Limits>,
+    handler: Arc<dyn Handler>,
+    gate: Arc<Gate>,
+    stop: Arc<AtomicBool>,
+) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if gate.open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
+            gate.open.fetch_sub(1, Ordering::SeqCst);
+            handler.rejected(503);
+            let _ = refuse(stream, 503, "too many open connections: retry shortly");
+            continue;
+        }
+        let (limits, handler, gate2) = (limits.clone(), handler.clone(), gate.clone());
+        let spawned = std::thread::Builder::new()
+            .name("http-conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                let _ = serve_connection(stream, &limits, &*handler, &gate2);
+                gate2.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            gate.open.fetch_sub(1, Ordering::SeqCst);
+            log::error!("cannot start a connection thread: {e}");
+        }
+    }
+}
+
+fn refuse(mut stream: TcpStream, status: u16, message: &str) -> io::Result<()> {
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut out = BufWriter::new(&mut stream);
+    write_response(&mut out, &Response::error(status, message), false)?;
+    out.flush()
+}
+
+/// Why reading a request stopped.
+enum ReadOutcome {
+    Request(Request, bool),
+    Closed,
+    Refused(u16, String),
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    limits: &Limits,
+    handler: &dyn Handler,
+    gate: &Gate,
+) -> io::Result<()> {
+    let remote = stream.peer_addr()?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(limits.request_timeout))?;
+    let mut reader = stream.try_clone()?;
+    let mut writer = BufWriter::with_capacity(64 * 1024, stream);
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        match read_request(&mut reader, &mut writer, &mut buf, limits, remote)? {
+            ReadOutcome::Closed => return Ok(()),
+            ReadOutcome::Refused(status, message) => {
+                handler.rejected(status);
+                write_response(&mut writer, &Response::error(status, &message), false)?;
+                writer.flush()?;
+                return Ok(());
+            }
+            ReadOutcome::Request(request, keep_alive) => {
+                gate.acquire(limits.handler_threads);
+                let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handler.handle(&request)
+                }))
+                .unwrap_or_else(|_| Response::error(500, "internal error: see the server log"));
+                gate.release();
+                write_response(&mut writer, &response, keep_alive)?;
+                writer.flush()?;
+                if !keep_alive {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Reads into `buf` with a deadline; Ok(0) means the peer closed.
+fn read_some(reader: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> io::Result<usize> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    reader.set_read_timeout(Some(remaining))?;
+    let mut chunk = [0u8; 8192];
+    let n = reader.read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn read_request(
+    reader: &mut TcpStream,
+    writer: &mut BufWriter<TcpStream>,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    remote: SocketAddr,
+) -> io::Result<ReadOutcome> {
+    // Wait for the first byte of a request under the idle timeout.
+    if buf.is_empty() {
+        match read_some(reader, buf, Instant::now() + limits.idle_timeout) {
+            Ok(0) => return Ok(ReadOutcome::Closed),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return Ok(ReadOutcome::Closed),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(ReadOutcome::Closed),
+            Err(e) => return Err(e),
+        }
+    }
+    let deadline = Instant::now() + limits.request_timeout;
+    // Read the head.
+    let (head_len, method, target, headers, version) = loop {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut slots);
+        match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let version = parsed.version.unwrap_or(1);
+                let method = parsed.method.unwrap_or("").to_owned();
+                let target = parsed.path.unwrap_or("").to_owned();
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                break (len, method, target, headers, version);
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > limits.max_header_bytes {
+                    return Ok(ReadOutcome::Refused(
+                        431,
+                        format!("request headers exceed {} bytes", limits.max_header_bytes),
+                    ));
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Ok(ReadOutcome::Refused(
+                    431,
+                    "more than 64 request headers".into(),
+                ))
+            }
+            Err(e) => {
+                return Ok(ReadOutcome::Refused(
+                    400,
+                    format!("malformed HTTP request: {e}"),
+                ))
+            }
+        }
+        match read_some(reader, buf, deadline) {
+            Ok(0) => return Ok(ReadOutcome::Closed),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {
+                return Ok(ReadOutcome::Refused(
+                    408,
+                    "request not received in time".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if head_len > limits.max_header_bytes {
+        return Ok(ReadOutcome::Refused(
+            431,
+            format!("request headers exceed {} bytes", limits.max_header_bytes),
+        ));
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    if find("transfer-encoding").is_some() {
+        return Ok(ReadOutcome::Refused(
+            411,
+            "chunked request bodies are not supported: send Content-Length".into(),
+        ));
+    }
+    let content_length = match find("content-length") {
+        None => 0,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => return Ok(ReadOutcome::Refused(400, "invalid Content-Length".into())),
+        },
+    };
+    if content_length > limits.max_body_bytes {
+        return Ok(ReadOutcome::Refused(
+            413,
+            format!(
+                "request body of {content_length} bytes exceeds the limit of {} bytes",
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    let connection = find("connection");
+    let has_token = |token: &str| {
+        connection
+            .as_deref()
+            .is_some_and(|c| c.split(',').any(|t| t.trim() == token))
+    };
+    // HTTP/1.1 keeps connections open unless told otherwise; HTTP/1.0 only when asked.
+    let keep_alive = if version == 0 {
+        has_token("keep-alive")
+    } else {
+        !has_token("close")
+    };
+    if content_length > 0
+        && buf.len() < head_len + content_length
+        && find("expect").as_deref() == Some("100-continue")
+    {
+        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        writer.flush()?;
+    }
+    while buf.len() < head_len + content_length {
+        match read_some(reader, buf, deadline) {
+            Ok(0) => return Ok(ReadOutcome::Closed),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {
+                return Ok(ReadOutcome::Refused(
+                    408,
+                    "request body not received in time".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let body = buf[head_len..head_len + content_length].to_vec();
+    buf.drain(..head_len + content_length);
+    Ok(ReadOutcome::Request(
+        Request {
+            method,
+            target,
+            headers,
+            body,
+            remote,
+        },
+        keep_alive,
+    ))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+fn write_response<W: Write>(out: &mut W, response: &Response, keep_alive: bool) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        response.status,
+        reason(response.status)
+    );
+    for (name, value) in &response.headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
+    head.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    out.write_all(head.as_bytes())?;
+    match &response.body {
+        Body::Empty => {}
+        Body::Owned(bytes) => out.write_all(bytes)?,
+        Body::Shared(buf, parts) => {
+            for part in parts {
+                out.write_all(&buf[part.clone()])?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The coordination server (design 3.1.1): registration, IPAM, peer discovery, health
+//! checks and persistence, served over HTTP on plain std threads.
+//!
+//! Threads: one accepts connections, one per open connection serves requests, and one
+//! sweeper marks silent peers offline and compacts the store on each `sweep_interval`.
+
+pub mod api;
+pub mod http;
+pub mod metrics;
+pub mod registry;
+
+use crate::fsutil;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::store::{Store, StoreError};
+use ipnet::Ipv4Net;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Everything `wgmesh server` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// The registry snapshot file (its journal sits beside it).
+    pub state: PathBuf,
+    /// The server's static X25519 key file (created 0600 on first start).
+    pub key_file: PathBuf,
+    /// The mesh network addresses are allocated from.
+    pub network: Ipv4Net,
+    /// Silence after which a peer is offline (design: 120 s).
+    pub heartbeat_timeout: Duration,
+    /// How often the sweeper runs (design: 60 s).
+    pub sweep_interval: Duration,
+    /// Connection-layer limits, including `--threads`.
+    pub limits: http::Limits,
+}
+
+impl ServerConfig {
+    /// The design's defaults (5.2, 4.3, 7.2) for a given state file.
+    pub fn with_state(state: PathBuf) -> ServerConfig {
+        let key_file = fsutil::parent_dir(&state).join("server.key");
+        ServerConfig {
+            listen: "0.0.0.0:8080".parse().expect("literal"),
+            state,
+            key_file,
+            network: "10.100.0.0/16".parse().expect("literal"),
+            heartbeat_timeout: Duration::from_secs(120),
+            sweep_interval: Duration::from_secs(60),
+            limits: http::Limits::default(),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The state could not be loaded; see [`StoreError`].
+    Store(StoreError),
+    /// The configuration is unusable (e.g. a network too small).
+    Config(String),
+    /// A socket or file could not be opened.
+    Io(io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Store(e) => e.fmt(f),
+            ServerError::Config(m) => f.write_str(m),
+            ServerError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Loads the server's static key, creating it (0600) on first start.
+pub fn load_or_create_key(path: &Path) -> Result<PrivateKey, ServerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => PrivateKey::from_base64(&text).map_err(|e| {
+            ServerError::Config(format!(
+                "server key {} is unusable ({e}); restore it, or delete it to make a new one (clients that pinned the old key will refuse the new one)",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let key = PrivateKey::generate();
+            let mut text = key.to_base64();
+            text.push('\n');
+            fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(ServerError::Io)?;
+            log::info!("created server key {}", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(ServerError::Io(fsutil::with_path(e, "cannot read server key", path))),
+    }
+}
+
+/// A server that is up and answering.
+pub struct RunningServer {
+    http: http::HttpServer,
+    api: Arc<api::Api>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    sweeper: Option<std::thread::JoinHandle<()>>,
+    public_key: PublicKey,
+}
+
+impl RunningServer {
+    /// Loads the state, binds the socket and starts every thread.
+    pub fn start(config: &ServerConfig) -> Result<RunningServer, ServerError> {
+        let key = load_or_create_key(&config.key_file)?;
+        let (store, snapshot) =
+            Store::open(&config.state, config.network).map_err(ServerError::Store)?;
+        let peers = snapshot.peers.len();
+        let registry = registry::Registry::from_snapshot(snapshot)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let api = Arc::new(api::Api::new(registry, store, key.public_key()));
+        let listener = TcpListener::bind(config.listen).map_err(|e| {
+            ServerError::Io(io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", config.listen),
+            ))
+        })?;
+        let http = http::HttpServer::start(listener, config.limits.clone(), api.clone())
+            .map_err(ServerError::Io)?;
+        log::info!(
+            "wgmesh server listening on http://{} for {} ({peers} peers loaded from {})",
+            http.local_addr(),
+            config.network,
+            config.state.display()
+        );
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let sweeper = {
+            let (api, stop) = (api.clone(), stop.clone());
+            let (interval, timeout) = (config.sweep_interval, config.heartbeat_timeout);
+            std::thread::Builder::new()
+                .name("sweeper".into())
+                .spawn(move || sweep_loop(&api, &stop, interval, timeout))
+                .map_err(ServerError::Io)?
+        };
+        Ok(RunningServer {
+            http,
+            api,
+            stop,
+            sweeper: Some(sweeper),
+            public_key: key.public_key(),
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// The server's public key, as returned by `/register`.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// Stops accepting, stops the sweeper and writes a final snapshot.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.http.stop();
+        {
+            let (flag, wake) = &*self.stop;
+            *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            wake.notify_all();
+        }
+        if let Some(t) = self.sweeper.take() {
+            let _ = t.join();
+        }
+        self.api.compact(true)
+    }
+}
+
+fn sweep_loop(
+    api: &api::Api,
+    stop: &(Mutex<bool>, Condvar),
+    interval: Duration,
+    timeout: Duration,
+) {
+    let (flag, wake) = stop;
+    let mut stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let (guard, _) = wake
+            .wait_timeout(stopped, interval)
+            .unwrap_or_else(|p| p.into_inner());
+        stopped = guard;
+        if *stopped {
+            return;
+        }
+        drop(stopped);
+        api.sweep(timeout);
+        if let Err(e) = api.compact(false) {
+            log::error!("cannot write the registry snapshot: {e}");
+        }
+        stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down cleanly.
+pub fn run_until_signalled(config: &ServerConfig) -> Result<(), ServerError> {
+    let term = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, term.clone()).map_err(ServerError::Io)?;
+    }
+    let server = RunningServer::start(config)?;
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    log::info!("shutting down: writing the final snapshot");
+    server.shutdown().map_err(ServerError::Io)
+}

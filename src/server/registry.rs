@@ -1,0 +1,291 @@
+//! The in-memory peer registry: who holds which address, who is online, and a generation
+//! counter that changes whenever what `/peers` would show changes.
+//!
+//! Pure state, no I/O: the API layer journals a change to disk before committing it here,
+//! so nothing is acknowledged that a crash could lose.
+
+use crate::ipam::{Ipam, IpamError};
+use crate::keys::PublicKey;
+use crate::model::PeerInfo;
+use crate::store::{PeerRecord, Snapshot, FORMAT_VERSION};
+use crate::timefmt;
+use crate::types::{Endpoint, Hostname, OsName, PeerId};
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+/// What a registration asks for, already validated.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The peer's identity.
+    pub public_key: PublicKey,
+    /// Its hostname.
+    pub hostname: Hostname,
+    /// Its OS.
+    pub os: OsName,
+    /// The endpoint it names, if any.
+    pub endpoint: Option<Endpoint>,
+    /// Its WireGuard listen port, if it said.
+    pub listen_port: Option<u16>,
+    /// Whether it offers to be an exit node.
+    pub exit_node: bool,
+    /// Extra prefixes it routes (normalized, deduplicated).
+    pub allowed_ips: Vec<IpNet>,
+    /// Where the request came from.
+    pub observed_ip: IpAddr,
+}
+
+/// The outcome of preparing a registration.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// Same key, same details: nothing to write; counts as a heartbeat.
+    Unchanged(PeerRecord),
+    /// A new or changed record that must be journaled before [`Registry::commit`].
+    Write {
+        /// The record to store.
+        record: PeerRecord,
+        /// Whether the address was freshly allocated (released again on abort).
+        fresh_address: bool,
+    },
+}
+
+/// Every registered peer, indexed by key and by id.
+#[derive(Debug)]
+pub struct Registry {
+    ipam: Ipam,
+    peers: HashMap<PublicKey, PeerRecord>,
+    ids: HashMap<PeerId, PublicKey>,
+    generation: u64,
+    dirty: bool,
+}
+
+impl Registry {
+    /// Rebuilds the registry (and the address pool) from a loaded snapshot.
+    pub fn from_snapshot(snapshot: Snapshot) -> Result<Registry, IpamError> {
+        let mut ipam = Ipam::new(snapshot.network_cidr)?;
+        let mut peers = HashMap::with_capacity(snapshot.peers.len());
+        let mut ids = HashMap::with_capacity(snapshot.peers.len());
+        for peer in snapshot.peers {
+            ipam.reserve(peer.virtual_ip)?;
+            ids.insert(peer.id.clone(), peer.public_key);
+            peers.insert(peer.public_key, peer);
+        }
+        Ok(Registry {
+            ipam,
+            peers,
+            ids,
+            generation: 1,
+            dirty: false,
+        })
+    }
+
+    /// The mesh network.
+    pub fn network(&self) -> Ipv4Net {
+        self.ipam.network()
+    }
+
+    /// Changes whenever the visible peer list changes; the basis of `/peers` ETags.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// How many peers are registered.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is registered.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// How many peers are online.
+    pub fn online(&self) -> usize {
+        self.peers.values().filter(|p| p.online).count()
+    }
+
+    /// The record of a peer id, if registered.
+    pub fn by_id(&self, id: &PeerId) -> Option<&PeerRecord> {
+        self.ids.get(id).and_then(|k| self.peers.get(k))
+    }
+
+    /// Works out what a registration changes, allocating an address for a new key. The
+    /// result must be journaled, then passed to [`Registry::commit`] (or
+    /// [`Registry::abort`] if journaling failed).
+    pub fn prepare(&mut self, reg: &Registration, now: SystemTime) -> Result<Prepared, IpamError> {
+        if let Some(existing) = self.peers.get(&reg.public_key) {
+            let mut record = existing.clone();
+            record.hostname = reg.hostname.clone();
+            record.os = reg.os.clone();
+            record.endpoint = reg.endpoint;
+            record.listen_port = reg.listen_port;
+            record.exit_node = reg.exit_node;
+            record.allowed_ips = reg.allowed_ips.clone();
+            record.observed_ip = Some(reg.observed_ip);
+            if record == *existing {
+                return Ok(Prepared::Unchanged(record));
+            }
+            record.registered_at = now;
+            record.last_heartbeat = now;
+            record.online = true;
+            return Ok(Prepared::Write {
+                record,
+                fresh_address: false,
+            });
+        }
+        let virtual_ip = self.ipam.allocate()?;
+        Ok(Prepared::Write {
+            record: PeerRecord {
+                id: PeerId::for_key(&reg.public_key),
+                public_key: reg.public_key,
+                virtual_ip,
+                endpoint: reg.endpoint,
+                observed_ip: Some(reg.observed_ip),
+                listen_port: reg.listen_port,
+                hostname: reg.hostname.clone(),
+                os: reg.os.clone(),
+                allowed_ips: reg.allowed_ips.clone(),
+                exit_node: reg.exit_node,
+                registered_at: now,
+                last_heartbeat: now,
+                online: true,
+            },
+            fresh_address: true,
+        })
+    }
+
+    /// Stores a journaled record.
+    pub fn commit(&mut self, record: PeerRecord) {
+        if let Some(old) = self.peers.get(&record.public_key) {
+            if !old.online {
+                log::info!("peer {} ({}) is back online", old.id, old.hostname);
+            }
+        }
+        self.ids.insert(record.id.clone(), record.public_key);
+        self.peers.insert(record.public_key, record);
+        self.generation += 1;
+        self.dirty = true;
+    }
+
+    /// Undoes [`Registry::prepare`] when the change could not be made durable.
+    pub fn abort(&mut self, prepared: &Prepared) {
+        if let Prepared::Write {
+            record,
+            fresh_address: true,
+        } = prepared
+        {
+            self.ipam.release(record.virtual_ip);
+        }
+    }
+
+    /// Records a sign of life. Returns None for an unknown id.
+    pub fn heartbeat(
+        &mut self,
+        id: &PeerId,
+        endpoint: Option<Endpoint>,
+        observed_ip: IpAddr,
+        now: SystemTime,
+    ) -> Option<&PeerRecord> {
+        let key = self.ids.get(id)?;
+        let peer = self.peers.get_mut(key)?;
+        let mut visible = false;
+        if !peer.online {
+            peer.online = true;
+            visible = true;
+            log::info!("peer {} ({}) is back online", peer.id, peer.hostname);
+        }
+        if endpoint.is_some() && endpoint != peer.endpoint {
+            peer.endpoint = endpoint;
+            visible = true;
+        }
+        if peer.observed_ip != Some(observed_ip) {
+            peer.observed_ip = Some(observed_ip);
+            visible |= peer.endpoint.is_none();
+        }
+        peer.last_heartbeat = now;
+        self.dirty = true;
+        if visible {
+            self.generation += 1;
+        }
+        self.peers.get(key)
+    }
+
+    /// Removes a peer for good and frees its address.
+    pub fn remove(&mut self, id: &PeerId) -> Option<PeerRecord> {
+        let key = self.ids.remove(id)?;
+        let peer = self.peers.remove(&key)?;
+        self.ipam.release(peer.virtual_ip);
+        self.generation += 1;
+        self.dirty = true;
+        Some(peer)
+    }
+
+    /// Marks peers silent for longer than `timeout` offline; returns them.
+    pub fn sweep(&mut self, now: SystemTime, timeout: Duration) -> Vec<(PeerId, Hostname, u64)> {
+        let mut gone = Vec::new();
+        for peer in self.peers.values_mut().filter(|p| p.online) {
+            let silent = now.duration_since(peer.last_heartbeat).unwrap_or_default();
+            if silent > timeout {
+                peer.online = false;
+                gone.push((peer.id.clone(), peer.hostname.clone(), silent.as_secs()));
+            }
+        }
+        if !gone.is_empty() {
+            self.generation += 1;
+            self.dirty = true;
+        }
+        gone
+    }
+
+    /// Whether anything changed since the last [`Registry::take_dirty`].
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The whole registry, for a snapshot on disk.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut peers: Vec<PeerRecord> = self.peers.values().cloned().collect();
+        peers.sort_by_key(|p| p.virtual_ip);
+        Snapshot {
+            version: FORMAT_VERSION,
+            network_cidr: self.network(),
+            peers,
+        }
+    }
+
+    /// The online peers as `/peers` shows them, in address order.
+    pub fn online_entries(&self) -> Vec<PeerInfo> {
+        let mut entries: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .filter(|p| p.online)
+            .map(peer_info)
+            .collect();
+        entries.sort_by_key(|e| e.virtual_ip);
+        entries
+    }
+}
+
+/// The public view of a record: its /32, its advertised prefixes, and the default route for
+/// an exit node.
+pub fn peer_info(p: &PeerRecord) -> PeerInfo {
+    let mut allowed_ips = vec![IpNet::from(std::net::IpAddr::V4(p.virtual_ip))];
+    allowed_ips.extend(p.allowed_ips.iter().copied());
+    let default_v4: IpNet = "0.0.0.0/0".parse().expect("literal");
+    if p.exit_node && !allowed_ips.contains(&default_v4) {
+        allowed_ips.push(default_v4);
+    }
+    PeerInfo {
+        id: p.id.clone(),
+        public_key: p.public_key,
+        virtual_ip: p.virtual_ip,
+        endpoint: p.published_endpoint(),
+        hostname: p.hostname.clone(),
+        os: p.os.clone(),
+        allowed_ips,
+        exit_node: p.exit_node,
+        online: p.online,
+        last_heartbeat: timefmt::format(p.last_heartbeat),
+    }
+}
