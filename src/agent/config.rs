@@ -1,0 +1,219 @@
+//! The client's configuration file (design 7.2: `~/.config/wireguard-mesh/client.json`):
+//! the private key, the server, what the server assigned, and what this host has applied so
+//! `down` can undo exactly that. Mode 0600, written atomically.
+
+use super::client::ServerUrl;
+use crate::fsutil;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::types::{Endpoint, Hostname, InterfaceName, PeerId};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// The config format version this build writes.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Default WireGuard listen port (the IANA-registered one).
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+
+/// What the server told us at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Our stable id.
+    pub peer_id: PeerId,
+    /// Our mesh address.
+    pub assigned_ip: Ipv4Addr,
+    /// The mesh network.
+    pub network_cidr: Ipv4Net,
+    /// The server's key (pinned for later authentication).
+    pub server_public_key: PublicKey,
+}
+
+/// What this host has set up, so teardown removes exactly that and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The OS whose commands set it up.
+    pub os: String,
+    /// The interface's real name (on macOS the utunN wireguard-go picked).
+    pub interface: String,
+    /// Extra prefixes routed through the interface (beyond the mesh network).
+    #[serde(default)]
+    pub routes: Vec<IpNet>,
+}
+
+/// The whole client configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Format version.
+    pub version: u32,
+    /// Our WireGuard private key; never leaves this file except on a command's stdin.
+    pub private_key: PrivateKey,
+    /// The coordination server.
+    #[serde(default)]
+    pub server: Option<ServerUrl>,
+    /// The interface name asked for.
+    pub interface: InterfaceName,
+    /// Our WireGuard listen port.
+    pub listen_port: u16,
+    /// The hostname we register with (default: the OS hostname).
+    #[serde(default)]
+    pub hostname: Option<Hostname>,
+    /// The endpoint we ask others to dial (default: what the server sees).
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    /// Whether we offer to be an exit node.
+    #[serde(default)]
+    pub exit_node: bool,
+    /// The exit node we route internet traffic through, if any.
+    #[serde(default)]
+    pub use_exit_node: Option<String>,
+    /// What the server assigned.
+    #[serde(default)]
+    pub assignment: Option<Assignment>,
+    /// What is set up on this host right now.
+    #[serde(default)]
+    pub applied: Option<Applied>,
+}
+
+/// Why the config could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Unreadable or invalid; left untouched.
+    Invalid(PathBuf, String),
+    /// An I/O failure (message includes the path).
+    Io(io::Error),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Invalid(path, why) => write!(
+                f,
+                "client config {} is invalid ({why}); fix it, or move it aside to start over with a new key",
+                path.display()
+            ),
+            ConfigError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ClientConfig {
+    /// A new config with a freshly generated key.
+    pub fn generate(interface: InterfaceName) -> ClientConfig {
+        ClientConfig {
+            version: CONFIG_VERSION,
+            private_key: PrivateKey::generate(),
+            server: None,
+            interface,
+            listen_port: DEFAULT_LISTEN_PORT,
+            hostname: None,
+            endpoint: None,
+            exit_node: false,
+            use_exit_node: None,
+            assignment: None,
+            applied: None,
+        }
+    }
+
+    /// Reads the config, or None if there is none yet. A file readable by others is
+    /// tightened to 0600 with a warning: it holds the private key.
+    pub fn load(path: &Path) -> Result<Option<ClientConfig>, ConfigError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ConfigError::Io(fsutil::with_path(
+                    e,
+                    "cannot read client config",
+                    path,
+                )))
+            }
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    log::warn!(
+                        "{} holds a private key but others can read it; setting mode 0600",
+                        path.display()
+                    );
+                    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
+        let config: ClientConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| ConfigError::Invalid(path.to_path_buf(), e.to_string()))?;
+        if config.version != CONFIG_VERSION {
+            return Err(ConfigError::Invalid(
+                path.to_path_buf(),
+                format!("format version {} is not {CONFIG_VERSION}", config.version),
+            ));
+        }
+        Ok(Some(config))
+    }
+
+    /// Writes the config atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("config always serializes");
+        bytes.push(b'\n');
+        fsutil::write_atomic(path, &bytes, 0o600).map_err(ConfigError::Io)
+    }
+}
+
+/// The default config path (design 7.2).
+pub fn default_path() -> PathBuf {
+    fsutil::config_dir().join("client.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_with_mode_0600_and_keeps_the_key() {
+        let dir = std::env::temp_dir().join(format!("wgmesh-config-{}", std::process::id()));
+        let path = dir.join("client.json");
+        let config = ClientConfig::generate("wg0".parse().unwrap());
+        config.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let back = ClientConfig::load(&path).unwrap().unwrap();
+        assert_eq!(back.private_key, config.private_key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "loading tightened a world-readable key file");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_config_is_none_and_garbage_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("wgmesh-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(ClientConfig::load(&dir.join("absent.json"))
+            .unwrap()
+            .is_none());
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, b"{\"version\":1}").unwrap();
+        let err = ClientConfig::load(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("private_key"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,5 @@
+//! The client agent (design 3.1.2): register, heartbeat, fetch the peer list, and make the
+//! local WireGuard interface match it.
+
+pub mod client;
+pub mod config;
