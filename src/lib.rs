@@ -5,6 +5,7 @@
 //! keeps the local interface matching it. Everything is synchronous: std threads, blocking
 //! sockets, and child processes.
 
+pub mod auth;
 pub mod ipam;
 pub mod keys;
 pub mod model;
