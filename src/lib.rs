@@ -5,8 +5,10 @@
 //! keeps the local interface matching it. Everything is synchronous: std threads, blocking
 //! sockets, and child processes.
 
+pub mod audit;
 pub mod auth;
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod tokens;
 pub mod types;
