@@ -10,5 +10,6 @@ pub mod auth;
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod policy;
 pub mod tokens;
 pub mod types;
