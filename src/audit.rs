@@ -60,9 +60,9 @@ pub enum AuditKind {
 }
 
 /// One line of the audit log. Fields that do not apply are `null`, so every line has the
-/// same shape.
+/// same shape. Reading it back ignores unknown fields, so tools keep working on logs written
+/// by later versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     /// When it happened, RFC 3339 UTC with milliseconds.
     #[serde(with = "millis")]
@@ -123,12 +123,16 @@ impl AuditEvent {
     /// Sets the detail text, cut to [`MAX_DETAIL_CHARS`] characters (with "..." appended).
     pub fn detail(mut self, text: impl Into<String>) -> AuditEvent {
         let mut text = text.into();
-        if let Some((cut, _)) = text.char_indices().nth(MAX_DETAIL_CHARS) {
-            text.truncate(cut);
-            text.push_str("...");
-        }
+        cut_detail(&mut text);
         self.detail = text;
         self
+    }
+}
+
+fn cut_detail(text: &mut String) {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_DETAIL_CHARS) {
+        text.truncate(cut);
+        text.push_str("...");
     }
 }
 
@@ -181,8 +185,16 @@ impl AuditLog {
     /// Appends one event as one line. The line is built in memory first and written with a
     /// single `write_all`, then flushed. Not fsynced per line (that would cap the server at a
     /// few hundred registrations per second on slow disks); the OS writes it out shortly.
+    /// A `detail` set directly on the struct is cut to [`MAX_DETAIL_CHARS`] here as well.
     pub fn record(&self, event: &AuditEvent) -> io::Result<()> {
-        let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
+        let mut line = if event.detail.len() > MAX_DETAIL_CHARS {
+            let mut cut = event.clone();
+            cut_detail(&mut cut.detail);
+            serde_json::to_vec(&cut)
+        } else {
+            serde_json::to_vec(event)
+        }
+        .map_err(io::Error::other)?;
         line.push(b'\n');
         // A writer that panicked mid-line leaves the file as valid as O_APPEND allows;
         // keep auditing rather than failing every later event.
@@ -318,7 +330,7 @@ mod tests {
     fn concurrent_writers_never_interleave_lines() {
         let path = temp_path("audit.log");
         let log = AuditLog::open(&path).unwrap();
-        let detail = "x".repeat(MAX_DETAIL_CHARS);
+        let detail = "x".repeat(MAX_DETAIL_CHARS * 2);
         std::thread::scope(|s| {
             for t in 0..4 {
                 let (log, detail) = (&log, &detail);
@@ -329,8 +341,10 @@ mod tests {
                         } else {
                             AuditKind::AuthFailure
                         };
-                        log.record(&AuditEvent::new(kind, SystemTime::now()).detail(detail))
-                            .unwrap();
+                        let mut event = AuditEvent::new(kind, SystemTime::now());
+                        // Set directly, bypassing the builder's cut: record() cuts too.
+                        event.detail = detail.clone();
+                        log.record(&event).unwrap();
                     }
                 });
             }
@@ -339,7 +353,7 @@ mod tests {
         assert_eq!(lines.len(), 200);
         for line in lines {
             let e: AuditEvent = serde_json::from_str(&line).unwrap();
-            assert_eq!(e.detail.len(), MAX_DETAIL_CHARS);
+            assert_eq!(e.detail.len(), MAX_DETAIL_CHARS + 3);
         }
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }

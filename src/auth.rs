@@ -885,6 +885,18 @@ mod tests {
     }
 
     #[test]
+    fn low_order_pinned_server_key_is_refused_by_the_agent() {
+        // With such a pinned key, anyone could compute the response MAC key.
+        let s = setup();
+        let weak = PublicKey::from_bytes([0u8; 32]);
+        let headers = sign_request(&s.peer, &weak, "GET", "/api/peers", b"", s.now);
+        let nonce = header_value(&headers, NONCE_HEADER).unwrap();
+        let none: Vec<(&'static str, String)> = Vec::new();
+        let err = verify_response(&s.peer, &weak, nonce, 200, &lookup(&none), b"").unwrap_err();
+        assert_eq!(err, AuthError::WeakKey(weak));
+    }
+
+    #[test]
     fn forged_response_is_refused() {
         let s = setup();
         let headers = sign(&s, "GET", "/api/peers", b"");
