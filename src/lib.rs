@@ -6,12 +6,16 @@
 //! sockets, and child processes.
 
 pub mod agent;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod fsutil;
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod policy;
 pub mod server;
 pub mod store;
 pub mod timefmt;
+pub mod tokens;
 pub mod types;

@@ -1,0 +1,498 @@
+//! Who sees whom: the access policy that decides which peers appear in each peer's list.
+//!
+//! A policy is JSON, written by an operator:
+//!
+//! ```json
+//! {"allow": [{"from": ["tag:dev"], "to": ["tag:db"]},
+//!            {"from": ["tag:admin"], "to": ["*"]}]}
+//! ```
+//!
+//! Each entry of `from`/`to` is a [`Tag`] or `"*"` (any peer, tagged or not). Peers get their
+//! tags from the join token they registered with (`crate::tokens`).
+//!
+//! # Visibility is symmetric
+//!
+//! A rule is written with a direction, but a WireGuard tunnel is bidirectional: once A has B
+//! as a peer and B has A, packets flow both ways, and a tunnel configured on only one side
+//! does not work at all. So wgmesh treats rules as symmetric: **A sees B (and B sees A) iff
+//! some rule allows A -> B or B -> A.** Read `from`/`to` as documentation of who initiates;
+//! restricting direction (e.g. "dev may open connections to db but not the reverse") is a job
+//! for a firewall on the hosts, not for the peer list.
+//!
+//! Consequences worth knowing: peers that share a tag do *not* see each other unless a rule
+//! says so (`{"from": ["tag:db"], "to": ["tag:db"]}`); untagged peers are matched only by
+//! `"*"`; a policy with an empty `allow` list isolates everybody. Having no policy at all means
+//! everyone sees everyone, which is [`Policy::allow_all`].
+//!
+//! # Cost
+//!
+//! A policy is compiled once into per-tag bitsets of the rules each tag appears in. A peer's
+//! tag set is turned into a [`Membership`] (two small bitsets) once; after that, deciding
+//! whether two memberships see each other is a few word-wide ANDs. The server groups peers by
+//! tag set and asks [`Policy::group_visibility`] once per policy or membership change, so
+//! thousands of peers in a handful of groups cost a handful of comparisons.
+
+use crate::tokens::Tag;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+/// One entry of a rule's `from` or `to` list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Selector {
+    /// `"*"`: every peer, including peers without tags.
+    Any,
+    /// A peer carrying this tag.
+    Tag(Tag),
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Any => f.write_str("*"),
+            Selector::Tag(t) => t.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Selector {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "*" {
+            return Ok(Selector::Any);
+        }
+        text.parse()
+            .map(Selector::Tag)
+            .map_err(|e| serde::de::Error::custom(format!("{e}; or write \"*\" for any peer")))
+    }
+}
+
+/// One `allow` entry: peers matching any `from` selector and peers matching any `to`
+/// selector see each other (symmetrically; see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Who the rule is written from.
+    pub from: Vec<Selector>,
+    /// Who the rule is written to.
+    pub to: Vec<Selector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    allow: Vec<Rule>,
+}
+
+/// Why a policy was refused. The message names the offending entry by its JSON path (e.g.
+/// `allow[2].from[0]`) so the operator can find it, and the server keeps its old policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError(pub String);
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// A fixed-width bitset over rule indices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        Bits(vec![0; len.div_ceil(64)])
+    }
+
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn or(&mut self, other: &Bits) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
+    fn intersects(&self, other: &Bits) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
+    }
+}
+
+/// A parsed, validated and compiled access policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    file: PolicyFile,
+    any_from: Bits,
+    any_to: Bits,
+    tag_from: HashMap<Tag, Bits>,
+    tag_to: HashMap<Tag, Bits>,
+}
+
+impl PartialEq for Policy {
+    fn eq(&self, other: &Policy) -> bool {
+        self.file == other.file
+    }
+}
+
+impl Eq for Policy {}
+
+/// Which rules a given tag set matches, on each side: computed once per distinct tag set with
+/// [`Policy::membership`], then compared cheaply with [`Membership::sees`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Membership {
+    from: Bits,
+    to: Bits,
+}
+
+impl Membership {
+    /// Whether peers with these two memberships see each other. Symmetric by construction:
+    /// `a.sees(b) == b.sees(a)`.
+    pub fn sees(&self, other: &Membership) -> bool {
+        self.from.intersects(&other.to) || other.from.intersects(&self.to)
+    }
+}
+
+impl Policy {
+    /// The policy equivalent to having none: everyone sees everyone (`"*"` -> `"*"`). Lets
+    /// the server always hold a `Policy` instead of special-casing `None`.
+    pub fn allow_all() -> Policy {
+        Policy::compile(PolicyFile {
+            allow: vec![Rule {
+                from: vec![Selector::Any],
+                to: vec![Selector::Any],
+            }],
+        })
+    }
+
+    /// Parses a policy strictly: unknown fields, malformed tags, wrong types and empty
+    /// `from`/`to` lists are refused with the JSON path of the bad entry.
+    pub fn from_json(text: &str) -> Result<Policy, PolicyError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let file: PolicyFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                PolicyError(format!("policy is not valid: {inner}"))
+            } else {
+                PolicyError(format!("policy entry {path} is not valid: {inner}"))
+            }
+        })?;
+        for (i, rule) in file.allow.iter().enumerate() {
+            for (side, list) in [("from", &rule.from), ("to", &rule.to)] {
+                if list.is_empty() {
+                    return Err(PolicyError(format!(
+                        "policy entry allow[{i}].{side} is empty: a rule needs at least one \
+                         tag or \"*\" on each side (to allow nothing, delete the rule)"
+                    )));
+                }
+            }
+        }
+        Ok(Policy::compile(file))
+    }
+
+    /// Reads and parses a policy file; errors name the file as well as the entry.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError(format!("cannot read policy file {}: {e}", path.display())))?;
+        Policy::from_json(&text).map_err(|e| PolicyError(format!("{}: {e}", path.display())))
+    }
+
+    fn compile(file: PolicyFile) -> Policy {
+        let n = file.allow.len();
+        let mut any_from = Bits::new(n);
+        let mut any_to = Bits::new(n);
+        let mut tag_from: HashMap<Tag, Bits> = HashMap::new();
+        let mut tag_to: HashMap<Tag, Bits> = HashMap::new();
+        for (i, rule) in file.allow.iter().enumerate() {
+            for (list, any, by_tag) in [
+                (&rule.from, &mut any_from, &mut tag_from),
+                (&rule.to, &mut any_to, &mut tag_to),
+            ] {
+                for selector in list {
+                    match selector {
+                        Selector::Any => any.set(i),
+                        Selector::Tag(t) => by_tag
+                            .entry(t.clone())
+                            .or_insert_with(|| Bits::new(n))
+                            .set(i),
+                    }
+                }
+            }
+        }
+        Policy {
+            file,
+            any_from,
+            any_to,
+            tag_from,
+            tag_to,
+        }
+    }
+
+    /// The rules, as written, for display (`wgmesh policy show`).
+    pub fn rules(&self) -> &[Rule] {
+        &self.file.allow
+    }
+
+    /// The policy as pretty JSON, e.g. for the audit log's policy-change detail.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.file).expect("a policy always serializes")
+    }
+
+    /// Computes which rules a peer with `tags` matches on each side. Tags the policy never
+    /// mentions are simply ignored.
+    pub fn membership(&self, tags: &[Tag]) -> Membership {
+        let mut from = self.any_from.clone();
+        let mut to = self.any_to.clone();
+        for tag in tags {
+            if let Some(bits) = self.tag_from.get(tag) {
+                from.or(bits);
+            }
+            if let Some(bits) = self.tag_to.get(tag) {
+                to.or(bits);
+            }
+        }
+        Membership { from, to }
+    }
+
+    /// Whether a peer with tags `a` and a peer with tags `b` see each other: true iff some
+    /// rule allows a -> b or b -> a. Symmetric: swapping the arguments never changes the
+    /// answer. For many peers, prefer [`Policy::membership`] or [`Policy::group_visibility`].
+    pub fn visible(&self, a: &[Tag], b: &[Tag]) -> bool {
+        self.membership(a).sees(&self.membership(b))
+    }
+
+    /// For the server's per-group peer-list cache: given the distinct tag sets of registered
+    /// peers, returns for each group the indices of the groups it sees (itself included when
+    /// peers of that group see each other). The relation is symmetric. Costs one membership
+    /// per group and one bitset comparison per pair of groups.
+    pub fn group_visibility<T: AsRef<[Tag]>>(&self, groups: &[T]) -> Vec<Vec<usize>> {
+        let members: Vec<Membership> = groups.iter().map(|g| self.membership(g.as_ref())).collect();
+        members
+            .iter()
+            .map(|m| {
+                members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, other)| m.sees(other))
+                    .map(|(j, _)| j)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Policy {
+    /// One line per rule, e.g. `tag:dev <-> tag:db, tag:cache`, for logs and status output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file.allow.is_empty() {
+            return f.write_str("(no rules: every peer is isolated)");
+        }
+        let join = |list: &[Selector]| {
+            list.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (i, rule) in self.file.allow.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{} <-> {}", join(&rule.from), join(&rule.to))?;
+        }
+        Ok(())
+    }
+}
+
+/// Describes a tag list for log and error messages (`[tag:a, tag:b]`, or `untagged`), so an
+/// operator can see why two peers do or do not see each other. Tags are validated, so they
+/// need no quoting.
+pub fn describe_tags(tags: &[Tag]) -> String {
+    if tags.is_empty() {
+        "untagged".to_owned()
+    } else {
+        let inner: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+        format!("[{}]", inner.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(list: &[&str]) -> Vec<Tag> {
+        list.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    fn policy(json: &str) -> Policy {
+        Policy::from_json(json).unwrap()
+    }
+
+    #[test]
+    fn allow_and_deny() {
+        let p = policy(r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:db"]}]}"#);
+        let (dev, db, web) = (tags(&["tag:dev"]), tags(&["tag:db"]), tags(&["tag:web"]));
+        assert!(p.visible(&dev, &db));
+        assert!(!p.visible(&dev, &web));
+        assert!(!p.visible(&web, &db));
+        // Sharing a tag is not enough.
+        assert!(!p.visible(&dev, &dev));
+        assert!(!p.visible(&db, &db));
+    }
+
+    #[test]
+    fn visibility_is_symmetric() {
+        let p = policy(r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:db"]}]}"#);
+        let (dev, db) = (tags(&["tag:dev"]), tags(&["tag:db"]));
+        assert!(p.visible(&db, &dev));
+        let sets = [
+            tags(&[]),
+            dev.clone(),
+            db.clone(),
+            tags(&["tag:dev", "tag:db"]),
+            tags(&["tag:x"]),
+        ];
+        for a in &sets {
+            for b in &sets {
+                assert_eq!(p.visible(a, b), p.visible(b, a), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn wildcard_matches_everyone_including_untagged() {
+        let p = policy(r#"{"allow": [{"from": ["tag:admin"], "to": ["*"]}]}"#);
+        let admin = tags(&["tag:admin"]);
+        assert!(p.visible(&admin, &tags(&[])));
+        assert!(p.visible(&admin, &tags(&["tag:db"])));
+        assert!(p.visible(&admin, &admin));
+        assert!(p.visible(&tags(&[]), &admin));
+        assert!(!p.visible(&tags(&[]), &tags(&["tag:db"])));
+
+        let everyone = Policy::allow_all();
+        assert!(everyone.visible(&tags(&[]), &tags(&[])));
+        assert!(everyone.visible(&tags(&["tag:a"]), &tags(&[])));
+    }
+
+    #[test]
+    fn untagged_peers_match_only_the_wildcard() {
+        let p = policy(r#"{"allow": [{"from": ["tag:a"], "to": ["tag:b"]}]}"#);
+        assert!(!p.visible(&tags(&[]), &tags(&[])));
+        assert!(!p.visible(&tags(&[]), &tags(&["tag:b"])));
+    }
+
+    #[test]
+    fn multiple_tags_and_rules_combine() {
+        let p = policy(
+            r#"{"allow": [
+                {"from": ["tag:dev", "tag:ops"], "to": ["tag:db"]},
+                {"from": ["tag:db"], "to": ["tag:db"]}
+            ]}"#,
+        );
+        assert!(p.visible(&tags(&["tag:ops"]), &tags(&["tag:db"])));
+        assert!(p.visible(&tags(&["tag:db"]), &tags(&["tag:db"])));
+        assert!(p.visible(&tags(&["tag:web", "tag:dev"]), &tags(&["tag:db"])));
+        assert!(!p.visible(&tags(&["tag:dev"]), &tags(&["tag:ops"])));
+    }
+
+    #[test]
+    fn empty_allow_list_isolates_everyone() {
+        let p = policy(r#"{"allow": []}"#);
+        assert!(!p.visible(&tags(&[]), &tags(&[])));
+        assert!(p.to_string().contains("isolated"));
+    }
+
+    #[test]
+    fn more_than_64_rules_use_multiword_bitsets() {
+        let rules: Vec<String> = (0..150)
+            .map(|i| format!(r#"{{"from": ["tag:a{i}"], "to": ["tag:b{i}"]}}"#))
+            .collect();
+        let p = policy(&format!(r#"{{"allow": [{}]}}"#, rules.join(",")));
+        assert!(p.visible(&tags(&["tag:a149"]), &tags(&["tag:b149"])));
+        assert!(p.visible(&tags(&["tag:b70"]), &tags(&["tag:a70"])));
+        assert!(!p.visible(&tags(&["tag:a149"]), &tags(&["tag:b148"])));
+    }
+
+    #[test]
+    fn group_visibility_matches_pairwise_visible() {
+        let p = policy(
+            r#"{"allow": [
+                {"from": ["tag:dev"], "to": ["tag:db"]},
+                {"from": ["tag:admin"], "to": ["*"]}
+            ]}"#,
+        );
+        let groups = vec![
+            tags(&[]),
+            tags(&["tag:dev"]),
+            tags(&["tag:db"]),
+            tags(&["tag:admin"]),
+        ];
+        let vis = p.group_visibility(&groups);
+        assert_eq!(vis, vec![vec![3], vec![2, 3], vec![1, 3], vec![0, 1, 2, 3]]);
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                assert_eq!(vis[i].contains(&j), p.visible(a, b));
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_policies_name_the_bad_entry() {
+        let cases = [
+            (
+                r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:db"]}, {"from": ["tag:Dev"], "to": ["*"]}]}"#,
+                &["allow[1].from[0]", "\"tag:Dev\" is not a tag", "\"*\""][..],
+            ),
+            (
+                r#"{"allow": [{"from": ["*"], "to": ["*"], "ports": [22]}]}"#,
+                &["allow[0]", "unknown field `ports`"][..],
+            ),
+            (
+                r#"{"allow": [], "deny": []}"#,
+                &["unknown field `deny`"][..],
+            ),
+            (r#"{}"#, &["missing field `allow`"][..]),
+            (
+                r#"{"allow": [{"from": [], "to": ["*"]}]}"#,
+                &["allow[0].from is empty"][..],
+            ),
+            (
+                r#"{"allow": [{"from": "tag:dev", "to": ["*"]}]}"#,
+                &["allow[0].from", "expected a sequence"][..],
+            ),
+            (r#"{"allow": [}"#, &["allow[0]", "line 1 column 12"][..]),
+            ("", &["policy is not valid"][..]),
+        ];
+        for (json, wanted) in cases {
+            let err = Policy::from_json(json).unwrap_err().to_string();
+            for w in wanted {
+                assert!(err.contains(w), "{json}: {err:?} lacks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let err = Policy::load(Path::new("/nonexistent/wgmesh-policy.json")).unwrap_err();
+        assert!(err.0.contains("/nonexistent/wgmesh-policy.json"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_through_json_and_displays() {
+        let p = policy(r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:db", "*"]}]}"#);
+        let again = Policy::from_json(&p.to_json_pretty()).unwrap();
+        assert_eq!(p, again);
+        assert_eq!(p.to_string(), "tag:dev <-> tag:db, *");
+        assert_eq!(describe_tags(&[]), "untagged");
+        assert_eq!(describe_tags(&tags(&["tag:a", "tag:b"])), "[tag:a, tag:b]");
+    }
+}
