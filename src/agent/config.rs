@@ -39,6 +39,9 @@ pub struct Applied {
     pub os: String,
     /// The interface's real name (on macOS the utunN wireguard-go picked).
     pub interface: String,
+    /// The address put on the interface; a different assignment means rebuilding it.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
     /// Extra prefixes routed through the interface (beyond the mesh network).
     #[serde(default)]
     pub routes: Vec<IpNet>,

@@ -3,3 +3,5 @@
 
 pub mod client;
 pub mod config;
+pub mod daemon;
+pub mod engine;

@@ -1,0 +1,111 @@
+//! `wgmesh up`'s foreground loop: heartbeat and sync on their own timers, keep the mesh as it
+//! is while the server is unreachable (retrying with backoff), and tear down on a signal.
+
+use super::engine::{AgentError, Engine, Sink};
+use crate::os::runner::Runner;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often each job runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    /// Between heartbeats (design: 30 s).
+    pub heartbeat: Duration,
+    /// Between peer syncs (design: 60 s).
+    pub sync: Duration,
+}
+
+/// One periodic job with exponential backoff after failures.
+struct Timer {
+    every: Duration,
+    next: Instant,
+    backoff: Duration,
+}
+
+/// First retry delay after a failure; doubles up to the job's own interval.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+impl Timer {
+    fn new(every: Duration, first: Instant) -> Timer {
+        Timer {
+            every,
+            next: first,
+            backoff: FIRST_RETRY,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    fn succeeded(&mut self, now: Instant) {
+        self.next = now + self.every;
+        self.backoff = FIRST_RETRY;
+    }
+
+    fn failed(&mut self, now: Instant) -> Duration {
+        let wait = self.backoff.min(self.every);
+        self.next = now + wait;
+        self.backoff = (self.backoff * 2).min(self.every);
+        wait
+    }
+}
+
+/// Whether an error is worth retrying (server or command trouble) or fatal (bad config).
+fn retryable(e: &AgentError) -> bool {
+    matches!(e, AgentError::Server(_) | AgentError::Command(_))
+}
+
+/// Runs until `stop` is set, then removes what it set up. Returns the teardown's result.
+pub fn run(
+    engine: &mut Engine,
+    runner: &mut dyn Runner,
+    intervals: Intervals,
+    stop: &AtomicBool,
+) -> Result<(), AgentError> {
+    let start = Instant::now();
+    let mut sync = Timer::new(intervals.sync, start);
+    let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
+    let mut result = Ok(());
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if sync.due(now) {
+            match engine.sync(&mut Sink::Run(&mut *runner)) {
+                Ok(summary) => {
+                    sync.succeeded(now);
+                    // A successful sync registered or re-checked us; no need to heartbeat now.
+                    heartbeat.succeeded(now);
+                    log::debug!("sync ok: {} peers", summary.peers);
+                }
+                Err(e) if retryable(&e) => {
+                    let wait = sync.failed(now);
+                    log::warn!("sync failed: {e}; the mesh stays as it is, retrying in {} s", wait.as_secs());
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if heartbeat.due(now) {
+            match engine.heartbeat() {
+                Ok(()) => heartbeat.succeeded(now),
+                Err(e) if retryable(&e) => {
+                    let wait = heartbeat.failed(now);
+                    log::warn!("missed heartbeat: {e}; retrying in {} s", wait.as_secs());
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let wake = sync.next.min(heartbeat.next);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
+            std::thread::sleep(Duration::from_millis(50).min(wake - Instant::now()));
+        }
+    }
+    log::info!("stopping: removing what this agent set up");
+    let teardown = engine.teardown(&mut Sink::Run(runner)).map(drop);
+    result.and(teardown)
+}
