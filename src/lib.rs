@@ -8,4 +8,8 @@
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod os;
+pub mod reconcile;
 pub mod types;
+pub mod wgdump;
+pub mod wgquick;
