@@ -52,7 +52,9 @@ fn differs(desired: &PeerSpec, actual: &DumpPeer) -> bool {
 /// Computes the changes that turn `actual` (from `wg show NAME dump`) into `desired`.
 ///
 /// Peers not desired are removed; desired peers that are missing or differ are upserted.
-/// If `desired` lists a key twice, the first entry wins.
+/// If `desired` lists a key twice, the first entry wins. The caller must leave the
+/// interface's own public key out of `desired`: WireGuard silently ignores a peer with its own
+/// key, so the diff would ask to add it again on every pass.
 pub fn diff(desired: &[PeerSpec], actual: &[DumpPeer]) -> PeerChanges {
     let actual_by_key: HashMap<PublicKey, &DumpPeer> =
         actual.iter().map(|p| (p.public_key, p)).collect();

@@ -91,7 +91,7 @@ mod tests {
                 persistent_keepalive: None,
             },
             PeerSpec {
-                public_key: PublicKey::from_base64("LErVq4Q0p3gy8ZBiBKoKtCFya7MJM+HRcXbblKVm4SU=")
+                public_key: PublicKey::from_base64("/R8q7i+dnixuw76yJCzFO8tRjw9qglyEwdpV2JBuzH4=")
                     .unwrap(),
                 endpoint: None,
                 allowed_ips: vec![],
@@ -123,7 +123,7 @@ AllowedIPs = 10.100.0.8/32
 Endpoint = [::1]:51821
 
 [Peer]
-PublicKey = LErVq4Q0p3gy8ZBiBKoKtCFya7MJM+HRcXbblKVm4SU=
+PublicKey = /R8q7i+dnixuw76yJCzFO8tRjw9qglyEwdpV2JBuzH4=
 ";
         assert_eq!(text, expected);
         assert!(render_tunnel_service(&spec("wg0"), &peers()).contains("Address = 10.100.0.5/16\n"));

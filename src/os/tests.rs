@@ -10,7 +10,7 @@ use std::path::Path;
 const PRIVATE: &str = "QNpZDY3OBvXJBPTgNPCX8Y31UzgAFy07ZEs68LXlpWM=";
 const PEER_A: &str = "zg/lcXNzdCZCv3DiThn1/ik4x+2T0CQk4PNma2RpDVg=";
 const PEER_B: &str = "rayaQJ75xg+gezeMWtSQHh/zGGjwNTnxUxh1pWbNoGo=";
-const PEER_C: &str = "LErVq4Q0p3gy8ZBiBKoKtCFya7MJM+HRcXbblKVm4SU=";
+const PEER_C: &str = "/R8q7i+dnixuw76yJCzFO8tRjw9qglyEwdpV2JBuzH4=";
 const ALL: [TargetOs; 3] = [TargetOs::Linux, TargetOs::Macos, TargetOs::Windows];
 
 fn iface(name: &str) -> InterfaceName {
@@ -168,12 +168,12 @@ fn diff_lines(expected: &str, actual: &str) -> String {
             out += &format!("  {}\n", a[i]);
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out += &format!("+ {}\n", b[j]);
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
             out += &format!("- {}\n", a[i]);
             i += 1;
+        } else {
+            out += &format!("+ {}\n", b[j]);
+            j += 1;
         }
     }
     out
@@ -210,6 +210,11 @@ fn plans_match_golden_files() {
         "golden mismatch (UPDATE_GOLDEN=1 rewrites after you check the diff):\n{}",
         failures.join("\n")
     );
+}
+
+#[test]
+fn diff_shows_removed_then_added_lines() {
+    assert_eq!(diff_lines("a\nb\nc\n", "a\nB\nc\n"), "  a\n- b\n+ B\n  c\n");
 }
 
 #[test]
@@ -451,4 +456,190 @@ fn render_marks_fallbacks_tolerance_stdin_and_files() {
     assert!(plan
         .render()
         .starts_with("# write C:\\ProgramData\\wgmesh\\wg0.conf (mode 0600)\n"));
+}
+
+/// Prefixes every command of `plan` (fallbacks included) with `ip netns exec NS`.
+fn in_netns(ns: &str, plan: &Plan) -> Plan {
+    fn wrap(ns: &str, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("ip")
+            .args(["netns", "exec", ns, &cmd.program])
+            .args(cmd.args.clone());
+        wrapped.env = cmd.env.clone();
+        wrapped.stdin = cmd.stdin.clone();
+        wrapped.allow_failure = cmd.allow_failure;
+        wrapped.fallback = cmd.fallback.as_deref().map(|f| Box::new(wrap(ns, f)));
+        wrapped
+    }
+    Plan {
+        files: plan.files.clone(),
+        commands: plan.commands.iter().map(|c| wrap(ns, c)).collect(),
+    }
+}
+
+/// A private network namespace for running real plans, deleted (with the interface, which
+/// makes a wireguard-go fallback exit) even when the test fails.
+struct Namespace {
+    name: String,
+    iface: String,
+}
+
+impl Namespace {
+    fn new(tag: &str) -> Namespace {
+        let pid = std::process::id();
+        let ns = Namespace {
+            name: format!("wgm-os-{tag}-{pid}"),
+            iface: format!("wgmp{}", pid % 1_000_000_000),
+        };
+        let add = Plan::of(vec![Command::new("ip").args(["netns", "add", &ns.name])]);
+        runner::execute(&add, &mut SystemRunner::new()).expect("ip netns add (needs root)");
+        ns
+    }
+
+    fn run(&self, plan: &Plan) {
+        let wrapped = in_netns(&self.name, plan);
+        runner::execute(&wrapped, &mut SystemRunner::new())
+            .unwrap_or_else(|e| panic!("{e}\nplan:\n{}", plan.render()));
+    }
+
+    fn output(&self, program: &str, args: &[&str]) -> String {
+        let cmd = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args.iter().copied());
+        SystemRunner::new()
+            .run(&cmd)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .stdout
+    }
+
+    fn dump(&self) -> crate::wgdump::Dump {
+        crate::wgdump::parse(&self.output("wg", &["show", &self.iface, "dump"])).unwrap()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let cleanup = Plan::of(vec![
+            Command::new("ip")
+                .args(["-n", &self.name, "link", "del", &self.iface])
+                .tolerate_failure(),
+            Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .tolerate_failure(),
+            Command::new("rm")
+                .args(["-f", &format!("/var/run/wireguard/{}.sock", self.iface)])
+                .tolerate_failure(),
+        ]);
+        let _ = runner::execute(&cleanup, &mut SystemRunner::new());
+    }
+}
+
+/// Runs the Linux plans for real in a private namespace (kernel WireGuard or, where the
+/// kernel has none, the wireguard-go fallback) and checks the kernel's state after each:
+/// configure + dump + diff is a no-op, peer updates land, routing and NAT go on and off
+/// without leftovers, and the exit-node NAT can be re-applied without duplicating rules.
+/// Needs root, iproute2, wireguard-tools, wireguard-go, nft and iptables; fails without them.
+#[test]
+fn linux_plans_run_for_real_in_a_private_namespace() {
+    use crate::reconcile::diff;
+    let ns = Namespace::new("plans");
+    let name = iface(&ns.iface);
+    let spec = InterfaceSpec {
+        name: name.clone(),
+        ..spec()
+    };
+    let os = TargetOs::Linux;
+    ns.run(&create(os, &name));
+    ns.run(&configure(os, &spec, &name, &[peer_a(), peer_b()]));
+    let dump = ns.dump();
+    assert_eq!(
+        dump.interface.public_key,
+        Some(spec.private_key.public_key())
+    );
+    assert_eq!(dump.interface.listen_port, 51820);
+    let first = diff(&[peer_a(), peer_b()], &dump.peers);
+    assert!(first.is_empty(), "{first:?}\n{dump:?}");
+    let addr = ns.output("ip", &["-4", "-o", "address", "show", "dev", &ns.iface]);
+    assert!(addr.contains("inet 10.100.0.5/32"), "{addr}");
+    assert!(ns
+        .output("ip", &["link", "show", "dev", &ns.iface])
+        .contains("mtu 1420"));
+
+    // Update a, drop b, add c; then the diff is empty again.
+    let a2 = PeerSpec {
+        allowed_ips: vec![net("10.100.0.7/32")],
+        persistent_keepalive: None,
+        ..peer_a()
+    };
+    let desired = [a2, peer_c()];
+    let changes = diff(&desired, &ns.dump().peers);
+    assert_eq!((changes.upsert.len(), changes.remove.len()), (2, 1));
+    ns.run(&apply_peers(os, &name, &changes));
+    let after = ns.dump();
+    let again = diff(&desired, &after.peers);
+    assert!(again.is_empty(), "{again:?}\n{after:?}");
+
+    ns.run(&routes(os, &name, &[net("198.18.4.0/24")], &[]));
+    ns.run(&routes(
+        os,
+        &name,
+        &[net("198.18.4.0/24")],
+        &[net("198.18.9.0/24")],
+    ));
+    let table = ns.output("ip", &["-4", "route", "show", "dev", &ns.iface]);
+    assert!(
+        table.contains("198.18.4.0/24") && table.contains("10.100.0.0/16"),
+        "{table}"
+    );
+    ns.run(&routes(os, &name, &[], &[net("198.18.4.0/24")]));
+
+    let rules_before = ns.output("ip", &["-4", "rule", "show"]);
+    let exit = exit_peer();
+    ns.run(&full_tunnel_on(os, &name, &exit, &keep_outside(), GATEWAY));
+    let rules = ns.output("ip", &["-4", "rule", "show"]);
+    assert!(
+        rules.contains("not from all fwmark 0xca6c lookup 51820"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("lookup main suppress_prefixlength 0"),
+        "{rules}"
+    );
+    assert_eq!(ns.dump().interface.fwmark, Some(FWMARK_TABLE));
+    ns.run(&full_tunnel_off(os, &name, &exit, &keep_outside(), GATEWAY));
+    assert_eq!(ns.output("ip", &["-4", "rule", "show"]), rules_before);
+    assert_eq!(ns.dump().interface.fwmark, None);
+
+    let lo = iface("lo");
+    let mesh = spec.network;
+    for _ in 0..2 {
+        ns.run(&exit_node_nat_on(os, &name, &lo, mesh, Firewall::Nftables).unwrap());
+    }
+    let table = format!("wgmesh-{}", ns.iface);
+    let listed = ns.output("nft", &["list", "table", "ip", &table]);
+    assert_eq!(listed.matches("masquerade").count(), 1, "{listed}");
+    ns.run(&exit_node_nat_off(os, &name, &lo, mesh, Firewall::Nftables).unwrap());
+    assert!(!ns.output("nft", &["list", "tables"]).contains(&table));
+
+    for _ in 0..2 {
+        ns.run(&exit_node_nat_on(os, &name, &lo, mesh, Firewall::Iptables).unwrap());
+    }
+    let nat = ns.output("iptables", &["-w", "-t", "nat", "-S"]);
+    assert_eq!(nat.matches("MASQUERADE").count(), 1, "{nat}");
+    assert_eq!(nat.matches("-A POSTROUTING -j WGMESH-").count(), 1, "{nat}");
+    let filter = ns.output("iptables", &["-w", "-t", "filter", "-S"]);
+    assert_eq!(
+        filter.matches("-A FORWARD -j WGMESH-").count(),
+        1,
+        "{filter}"
+    );
+    ns.run(&exit_node_nat_off(os, &name, &lo, mesh, Firewall::Iptables).unwrap());
+    for t in ["nat", "filter"] {
+        let rules = ns.output("iptables", &["-w", "-t", t, "-S"]);
+        assert!(!rules.contains("WGMESH"), "{rules}");
+    }
+
+    ns.run(&destroy(os, &name, &name, mesh));
+    ns.run(&destroy(os, &name, &name, mesh)); // already gone: tolerated
+    let links = ns.output("ip", &["link", "show"]);
+    assert!(!links.contains(&ns.iface), "{links}");
 }
