@@ -1,0 +1,329 @@
+//! Linux plans: kernel WireGuard through `ip` and `wg`, as `wg-quick` does it, with
+//! `wireguard-go` as the fallback when the kernel has no WireGuard module.
+
+use super::{
+    arg_budget, exit_peer_update, wg_set, Command, Firewall, InterfaceSpec, Payload, PeerSpec,
+    Plan, Secret, TargetOs, FWMARK_TABLE,
+};
+use crate::types::InterfaceName;
+use ipnet::{IpNet, Ipv4Net};
+
+pub(super) fn create(name: &InterfaceName) -> Plan {
+    Plan::of(vec![Command::new("ip")
+        .args(["link", "add", "dev", name.as_str(), "type", "wireguard"])
+        .or_else(Command::new("wireguard-go").arg(name.as_str()))])
+}
+
+pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
+    let name = spec.name.as_str();
+    let head = vec![
+        "private-key".to_string(),
+        "/dev/stdin".into(),
+        "listen-port".into(),
+        spec.listen_port.to_string(),
+    ];
+    let stdin = Payload::Secret(Secret::private_key(&spec.private_key));
+    let mut commands = wg_set(
+        "wg",
+        &spec.name,
+        head,
+        Some(stdin),
+        peers,
+        &[],
+        arg_budget(TargetOs::Linux),
+    );
+    commands.push(Command::new("ip").args([
+        "-4",
+        "address",
+        "add",
+        &format!("{}/32", spec.address),
+        "dev",
+        name,
+    ]));
+    commands.push(Command::new("ip").args([
+        "link",
+        "set",
+        "mtu",
+        &spec.mtu.to_string(),
+        "up",
+        "dev",
+        name,
+    ]));
+    commands.push(Command::new("ip").args([
+        "-4",
+        "route",
+        "add",
+        &spec.network.trunc().to_string(),
+        "dev",
+        name,
+    ]));
+    Plan::of(commands)
+}
+
+fn family(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "-4",
+        IpNet::V6(_) => "-6",
+    }
+}
+
+pub(super) fn routes(name: &InterfaceName, add: &[IpNet], remove: &[IpNet]) -> Plan {
+    let mut commands = Vec::new();
+    for net in add {
+        let net = net.trunc();
+        commands.push(Command::new("ip").args([
+            family(&net),
+            "route",
+            "replace",
+            &net.to_string(),
+            "dev",
+            name.as_str(),
+        ]));
+    }
+    for net in remove {
+        let net = net.trunc();
+        commands.push(
+            Command::new("ip")
+                .args([
+                    family(&net),
+                    "route",
+                    "del",
+                    &net.to_string(),
+                    "dev",
+                    name.as_str(),
+                ])
+                .tolerate_failure(),
+        );
+    }
+    Plan::of(commands)
+}
+
+pub(super) fn destroy(name: &InterfaceName) -> Plan {
+    // Deleting the link also removes its addresses and routes, and makes a wireguard-go
+    // fallback process exit.
+    Plan::of(vec![Command::new("ip")
+        .args(["link", "delete", "dev", name.as_str()])
+        .tolerate_failure()])
+}
+
+fn table() -> String {
+    FWMARK_TABLE.to_string()
+}
+
+/// `ip -4 rule` arguments of the two full-tunnel rules, as `wg-quick` adds them: everything
+/// not marked by WireGuard looks up the tunnel's table, and the main table still wins for
+/// anything more specific than a default route (the LAN, the link to the gateway).
+fn tunnel_rules() -> [Vec<String>; 2] {
+    [
+        vec![
+            "not".into(),
+            "fwmark".into(),
+            table(),
+            "table".into(),
+            table(),
+        ],
+        vec![
+            "table".into(),
+            "main".into(),
+            "suppress_prefixlength".into(),
+            "0".into(),
+        ],
+    ]
+}
+
+pub(super) fn full_tunnel_on(name: &InterfaceName, exit_peer: &PeerSpec) -> Plan {
+    let mut commands = vec![exit_peer_update(
+        "wg",
+        name,
+        vec!["fwmark".into(), table()],
+        exit_peer,
+        true,
+    )];
+    for rule in tunnel_rules() {
+        commands.push(Command::new("ip").args(["-4", "rule", "add"]).args(rule));
+    }
+    commands.push(Command::new("ip").args([
+        "-4",
+        "route",
+        "add",
+        "0.0.0.0/0",
+        "dev",
+        name.as_str(),
+        "table",
+        &table(),
+    ]));
+    // Reverse-path filtering would drop replies to marked packets without this.
+    commands.push(Command::new("sysctl").args(["-q", "net.ipv4.conf.all.src_valid_mark=1"]));
+    Plan::of(commands)
+}
+
+pub(super) fn full_tunnel_off(name: &InterfaceName, exit_peer: &PeerSpec) -> Plan {
+    // Rules first, so traffic returns to the main table before the tunnel's route goes. The
+    // sysctl stays: wg-quick leaves it too, and it is harmless without the mark.
+    let mut commands: Vec<Command> = tunnel_rules()
+        .into_iter()
+        .map(|rule| {
+            Command::new("ip")
+                .args(["-4", "rule", "del"])
+                .args(rule)
+                .tolerate_failure()
+        })
+        .collect();
+    commands.push(
+        Command::new("ip")
+            .args([
+                "-4",
+                "route",
+                "del",
+                "0.0.0.0/0",
+                "dev",
+                name.as_str(),
+                "table",
+                &table(),
+            ])
+            .tolerate_failure(),
+    );
+    commands.push(exit_peer_update(
+        "wg",
+        name,
+        vec!["fwmark".into(), "off".into()],
+        exit_peer,
+        false,
+    ));
+    Plan::of(commands)
+}
+
+/// The name of wgmesh's nftables table for an interface. nft identifiers allow letters,
+/// digits, `_`, `.` and `-`; the `+` and `=` an interface name may hold become `_`.
+fn nft_table(name: &InterfaceName) -> String {
+    let safe: String = name
+        .as_str()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("wgmesh-{safe}")
+}
+
+/// The name of wgmesh's iptables chains (28 characters at most: 7 + 15 fit).
+fn iptables_chain(name: &InterfaceName) -> String {
+    format!("WGMESH-{name}")
+}
+
+fn iptables(table: &str) -> Command {
+    // -w: wait for the xtables lock instead of failing when another tool holds it.
+    Command::new("iptables").args(["-w", "-t", table])
+}
+
+pub(super) fn exit_node_nat_on(
+    name: &InterfaceName,
+    out: &InterfaceName,
+    mesh: Ipv4Net,
+    firewall: Firewall,
+) -> Plan {
+    let mesh = mesh.trunc().to_string();
+    let forward = Command::new("sysctl").args(["-q", "net.ipv4.ip_forward=1"]);
+    match firewall {
+        Firewall::Nftables => {
+            let table = nft_table(name);
+            // Declaring then deleting the table first makes the load a replacement in one
+            // atomic transaction, whether or not the table existed.
+            let ruleset = format!(
+                "table ip {table}\n\
+                 delete table ip {table}\n\
+                 table ip {table} {{\n\
+                 \tchain postrouting {{\n\
+                 \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+                 \t\tip saddr {mesh} oifname \"{out}\" masquerade\n\
+                 \t}}\n\
+                 \tchain forward {{\n\
+                 \t\ttype filter hook forward priority filter; policy accept;\n\
+                 \t\tiifname \"{name}\" oifname \"{out}\" ip saddr {mesh} accept\n\
+                 \t\tiifname \"{out}\" oifname \"{name}\" ct state established,related accept\n\
+                 \t\tiifname \"{out}\" oifname \"{name}\" drop\n\
+                 \t}}\n\
+                 }}\n"
+            );
+            Plan::of(vec![
+                forward,
+                Command::new("nft")
+                    .args(["-f", "/dev/stdin"])
+                    .stdin(Payload::Text(ruleset)),
+            ])
+        }
+        Firewall::Iptables => {
+            let chain = iptables_chain(name);
+            let (name, out) = (name.as_str(), out.as_str());
+            let create_or_flush = |table: &str| {
+                iptables(table)
+                    .args(["-N", &chain])
+                    .or_else(iptables(table).args(["-F", &chain]))
+            };
+            let jump_once = |table: &str, builtin: &str, how: &str| {
+                iptables(table)
+                    .args(["-C", builtin, "-j", &chain])
+                    .or_else(iptables(table).args([how, builtin, "-j", &chain]))
+            };
+            Plan::of(vec![
+                forward,
+                create_or_flush("nat"),
+                iptables("nat").args(["-A", &chain, "-s", &mesh, "-o", out, "-j", "MASQUERADE"]),
+                jump_once("nat", "POSTROUTING", "-A"),
+                create_or_flush("filter"),
+                iptables("filter").args([
+                    "-A", &chain, "-i", name, "-o", out, "-s", &mesh, "-j", "ACCEPT",
+                ]),
+                iptables("filter").args([
+                    "-A",
+                    &chain,
+                    "-i",
+                    out,
+                    "-o",
+                    name,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "RELATED,ESTABLISHED",
+                    "-j",
+                    "ACCEPT",
+                ]),
+                iptables("filter").args(["-A", &chain, "-i", out, "-o", name, "-j", "DROP"]),
+                // Inserted first, so a DROP policy or rule later in FORWARD (Docker's) does
+                // not stop mesh traffic.
+                jump_once("filter", "FORWARD", "-I"),
+            ])
+        }
+    }
+}
+
+pub(super) fn exit_node_nat_off(
+    name: &InterfaceName,
+    _out: &InterfaceName,
+    _mesh: Ipv4Net,
+    firewall: Firewall,
+) -> Plan {
+    match firewall {
+        Firewall::Nftables => Plan::of(vec![Command::new("nft")
+            .args(["delete", "table", "ip", &nft_table(name)])
+            .tolerate_failure()]),
+        Firewall::Iptables => {
+            let chain = iptables_chain(name);
+            let mut commands = Vec::new();
+            for (table, builtin) in [("filter", "FORWARD"), ("nat", "POSTROUTING")] {
+                for args in [
+                    vec!["-D", builtin, "-j", &chain],
+                    vec!["-F", &chain],
+                    vec!["-X", &chain],
+                ] {
+                    commands.push(iptables(table).args(args).tolerate_failure());
+                }
+            }
+            Plan::of(commands)
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! macOS plans: `wireguard-go` on a kernel-named `utunN`, configured with `wg`, `ifconfig`
+//! and `route`, following `wg-quick`'s darwin script.
+
+use super::{
+    arg_budget, exit_peer_update, half_defaults, pinned_v4, wg_set, Command, InterfaceSpec,
+    Payload, PeerSpec, Plan, Secret, TargetOs,
+};
+use crate::types::InterfaceName;
+use ipnet::{IpNet, Ipv4Net};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+/// Where wireguard-go keeps its control sockets, and wg-quick its name files.
+const RUN_DIR: &str = "/var/run/wireguard";
+
+pub(super) fn name_file(name: &InterfaceName) -> PathBuf {
+    PathBuf::from(format!("{RUN_DIR}/{name}.name"))
+}
+
+fn socket_file(real_name: &InterfaceName) -> String {
+    format!("{RUN_DIR}/{real_name}.sock")
+}
+
+pub(super) fn create(name: &InterfaceName) -> Plan {
+    // "utun" asks the kernel for the next free utunN; wireguard-go writes the name it got to
+    // WG_TUN_NAME_FILE and daemonizes.
+    Plan::of(vec![
+        Command::new("mkdir").args(["-p", RUN_DIR]),
+        Command::new("wireguard-go")
+            .env("WG_TUN_NAME_FILE", name_file(name).display().to_string())
+            .arg("utun"),
+    ])
+}
+
+fn family(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "-inet",
+        IpNet::V6(_) => "-inet6",
+    }
+}
+
+/// `route -q -n VERB -inet NET -interface utunN`.
+fn interface_route(verb: &str, net: &IpNet, real_name: &InterfaceName) -> Command {
+    let net = net.trunc();
+    Command::new("route").args([
+        "-q",
+        "-n",
+        verb,
+        family(&net),
+        &net.to_string(),
+        "-interface",
+        real_name.as_str(),
+    ])
+}
+
+/// Adds a route, or repoints it when it already exists (`route add` refuses duplicates).
+fn ensure_interface_route(net: &IpNet, real_name: &InterfaceName) -> Command {
+    interface_route("add", net, real_name).or_else(interface_route("change", net, real_name))
+}
+
+pub(super) fn configure(
+    spec: &InterfaceSpec,
+    real_name: &InterfaceName,
+    peers: &[PeerSpec],
+) -> Plan {
+    let real = real_name.as_str();
+    let head = vec![
+        "private-key".to_string(),
+        "/dev/stdin".into(),
+        "listen-port".into(),
+        spec.listen_port.to_string(),
+    ];
+    let stdin = Payload::Secret(Secret::private_key(&spec.private_key));
+    let mut commands = wg_set(
+        "wg",
+        real_name,
+        head,
+        Some(stdin),
+        peers,
+        &[],
+        arg_budget(TargetOs::Macos),
+    );
+    // utun is point-to-point: the address is given as its own destination, as wg-quick does.
+    let address = spec.address.to_string();
+    commands.push(Command::new("ifconfig").args([
+        real,
+        "inet",
+        &format!("{address}/32"),
+        &address,
+        "alias",
+    ]));
+    commands.push(Command::new("ifconfig").args([real, "mtu", &spec.mtu.to_string()]));
+    commands.push(Command::new("ifconfig").args([real, "up"]));
+    commands.push(interface_route(
+        "add",
+        &IpNet::V4(spec.network.trunc()),
+        real_name,
+    ));
+    Plan::of(commands)
+}
+
+pub(super) fn routes(real_name: &InterfaceName, add: &[IpNet], remove: &[IpNet]) -> Plan {
+    let mut commands: Vec<Command> = add
+        .iter()
+        .map(|net| ensure_interface_route(net, real_name))
+        .collect();
+    commands.extend(
+        remove
+            .iter()
+            .map(|net| interface_route("delete", net, real_name).tolerate_failure()),
+    );
+    Plan::of(commands)
+}
+
+pub(super) fn destroy(name: &InterfaceName, real_name: &InterfaceName, network: Ipv4Net) -> Plan {
+    // wireguard-go exits (and the utun with its routes disappears) once its socket is gone;
+    // the mesh route is deleted first so a quickly re-created utun cannot collide with it.
+    Plan::of(vec![
+        interface_route("delete", &IpNet::V4(network.trunc()), real_name).tolerate_failure(),
+        Command::new("rm").args(["-f", &socket_file(real_name)]),
+        Command::new("rm").args(["-f", &name_file(name).display().to_string()]),
+    ])
+}
+
+/// `route -q -n VERB -inet ADDR [-gateway GW]`: a host route pinned to the physical network.
+fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Option<Ipv4Addr>) -> Command {
+    let mut cmd = Command::new("route").args(["-q", "-n", verb, "-inet", &addr.to_string()]);
+    if let Some(gw) = gateway {
+        cmd = cmd.args(["-gateway", &gw.to_string()]);
+    }
+    cmd
+}
+
+pub(super) fn full_tunnel_on(
+    real_name: &InterfaceName,
+    exit_peer: &PeerSpec,
+    keep_outside: &[IpAddr],
+    gateway: Ipv4Addr,
+) -> Plan {
+    let mut commands = vec![exit_peer_update("wg", real_name, vec![], exit_peer, true)];
+    // Pins before the default moves, so the exit peer stays reachable throughout.
+    for addr in pinned_v4(exit_peer, keep_outside) {
+        commands.push(
+            pinned_route("add", addr, Some(gateway)).or_else(pinned_route(
+                "change",
+                addr,
+                Some(gateway),
+            )),
+        );
+    }
+    for half in half_defaults() {
+        commands.push(ensure_interface_route(&IpNet::V4(half), real_name));
+    }
+    Plan::of(commands)
+}
+
+pub(super) fn full_tunnel_off(
+    real_name: &InterfaceName,
+    exit_peer: &PeerSpec,
+    keep_outside: &[IpAddr],
+    _gateway: Ipv4Addr,
+) -> Plan {
+    let mut commands: Vec<Command> = half_defaults()
+        .iter()
+        .map(|half| interface_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
+        .collect();
+    for addr in pinned_v4(exit_peer, keep_outside) {
+        commands.push(pinned_route("delete", addr, None).tolerate_failure());
+    }
+    commands.push(exit_peer_update("wg", real_name, vec![], exit_peer, false));
+    Plan::of(commands)
+}
