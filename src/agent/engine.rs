@@ -131,8 +131,34 @@ pub struct Engine {
     pub reader: Option<Box<dyn Runner>>,
     /// The last list the server sent, and its ETag.
     pub last_list: Option<(Vec<PeerInfo>, Option<String>)>,
-    /// Whether the config may be written (false for dry runs).
+    /// Whether the config may be written. Dry runs still keep the key and assignment (so a
+    /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
+}
+
+/// Where the last peer list is kept for `status` and offline `export`: beside the config.
+pub fn peer_cache_path(config_path: &std::path::Path) -> PathBuf {
+    config_path.with_extension("peers.json")
+}
+
+/// The last peer list this node saw (empty if none or unreadable: it is only a cache).
+pub fn load_peer_cache(config_path: &std::path::Path) -> Vec<PeerInfo> {
+    std::fs::read(peer_cache_path(config_path))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<crate::model::PeersResponse>(&bytes).ok())
+        .map(|r| r.peers)
+        .unwrap_or_default()
+}
+
+fn save_peer_cache(config_path: &std::path::Path, peers: &[PeerInfo]) {
+    let body = crate::model::PeersResponse {
+        peers: peers.to_vec(),
+    };
+    let bytes = serde_json::to_vec(&body).expect("peer lists serialize");
+    let path = peer_cache_path(config_path);
+    if let Err(e) = crate::fsutil::write_atomic(&path, &bytes, 0o600) {
+        log::warn!("cannot cache the peer list: {e}");
+    }
 }
 
 /// Our hostname: the configured one, else the OS's, else "wgmesh-node".
@@ -284,6 +310,9 @@ impl Engine {
                 Ok((peers, true))
             }
             PeerList::Changed { peers, etag } => {
+                if self.persist {
+                    save_peer_cache(&self.config_path, &peers);
+                }
                 self.last_list = Some((peers.clone(), etag));
                 Ok((peers, false))
             }
@@ -370,13 +399,15 @@ impl Engine {
                 let real = self.created_name(&spec.name, sink)?;
                 sink.apply(&os::configure(self.os, &spec, &real, &[]))?;
                 summary.created_interface = true;
-                self.config.applied = Some(Applied {
-                    os: self.os.as_str().to_owned(),
-                    interface: real.to_string(),
-                    address: Some(assignment.assigned_ip),
-                    routes: Vec::new(),
-                });
-                self.save()?;
+                if !sink.is_dry_run() {
+                    self.config.applied = Some(Applied {
+                        os: self.os.as_str().to_owned(),
+                        interface: real.to_string(),
+                        address: Some(assignment.assigned_ip),
+                        routes: Vec::new(),
+                    });
+                    self.save()?;
+                }
                 log::info!("created interface {real} with address {}", assignment.assigned_ip);
                 (real, Vec::new())
             }
@@ -407,10 +438,10 @@ impl Engine {
         let remove: Vec<IpNet> = have_routes.difference(&want_routes).copied().collect();
         if !add.is_empty() || !remove.is_empty() {
             sink.apply(&os::routes(self.os, &real_name, &add, &remove))?;
-            if let Some(applied) = self.config.applied.as_mut() {
+            if let Some(applied) = self.config.applied.as_mut().filter(|_| !sink.is_dry_run()) {
                 applied.routes = want_routes.into_iter().collect();
+                self.save()?;
             }
-            self.save()?;
         }
         summary.peers = desired.len();
         for (what, keys) in [("added", &summary.added), ("updated", &summary.updated), ("removed", &summary.removed)] {

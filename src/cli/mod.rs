@@ -11,6 +11,7 @@
 //! | 4 | a system command (`wg`, `ip`, ...) failed |
 //! | 5 | local state could not be read or written |
 
+mod agent;
 mod server;
 
 use argh::FromArgs;
@@ -43,6 +44,13 @@ pub struct Wgmesh {
 #[argh(subcommand)]
 enum Command {
     Server(server::ServerArgs),
+    Up(agent::UpArgs),
+    Sync(agent::SyncArgs),
+    Down(agent::DownArgs),
+    Status(agent::StatusArgs),
+    Export(agent::ExportArgs),
+    Genkey(agent::GenkeyArgs),
+    Pubkey(agent::PubkeyArgs),
 }
 
 /// A failure with its exit code; `main` prints the message once on stderr.
@@ -105,6 +113,13 @@ pub fn main() -> ExitCode {
     let args: Wgmesh = argh::from_env();
     let result = match args.command {
         Command::Server(a) => server::run(a),
+        Command::Up(a) => agent::up(a),
+        Command::Sync(a) => agent::sync(a),
+        Command::Down(a) => agent::down(a),
+        Command::Status(a) => agent::status(a),
+        Command::Export(a) => agent::export(a),
+        Command::Genkey(a) => agent::genkey(a),
+        Command::Pubkey(a) => agent::pubkey(a),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
