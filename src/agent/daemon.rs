@@ -73,13 +73,14 @@ pub fn run(
             match engine.sync(&mut Sink::Run(&mut *runner)) {
                 Ok(summary) => {
                     sync.succeeded(now);
-                    // A successful sync registered or re-checked us; no need to heartbeat now.
-                    heartbeat.succeeded(now);
                     log::debug!("sync ok: {} peers", summary.peers);
                 }
                 Err(e) if retryable(&e) => {
                     let wait = sync.failed(now);
-                    log::warn!("sync failed: {e}; the mesh stays as it is, retrying in {} s", wait.as_secs());
+                    log::warn!(
+                        "sync failed: {e}; the mesh stays as it is, retrying in {} s",
+                        wait.as_secs()
+                    );
                 }
                 Err(e) => {
                     result = Err(e);

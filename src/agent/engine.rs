@@ -195,7 +195,11 @@ impl Engine {
         RegisterRequest {
             public_key: self.config.private_key.public_key(),
             hostname: local_hostname(&self.config),
-            os: self.os.as_str().parse::<OsName>().expect("OS names are valid"),
+            os: self
+                .os
+                .as_str()
+                .parse::<OsName>()
+                .expect("OS names are valid"),
             endpoint: self.config.endpoint,
             listen_port: Some(self.config.listen_port),
             request_ip: true,
@@ -238,7 +242,10 @@ impl Engine {
         };
         match self.client.heartbeat(&request) {
             Err(ClientError::UnknownPeer) => {
-                log::warn!("the server no longer knows {}: registering again", request.peer_id);
+                log::warn!(
+                    "the server no longer knows {}: registering again",
+                    request.peer_id
+                );
                 self.register()?;
                 Ok(())
             }
@@ -306,7 +313,11 @@ impl Engine {
         };
         match answer {
             PeerList::NotModified => {
-                let peers = self.last_list.as_ref().map(|(p, _)| p.clone()).unwrap_or_default();
+                let peers = self
+                    .last_list
+                    .as_ref()
+                    .map(|(p, _)| p.clone())
+                    .unwrap_or_default();
                 Ok((peers, true))
             }
             PeerList::Changed { peers, etag } => {
@@ -322,7 +333,11 @@ impl Engine {
     /// Reads `wg show NAME dump`; None when the interface does not exist (or cannot be read).
     fn read_actual(&mut self, real_name: &InterfaceName) -> Option<wgdump::Dump> {
         let reader = self.reader.as_mut()?;
-        let program = if self.os == TargetOs::Windows { "wg.exe" } else { "wg" };
+        let program = if self.os == TargetOs::Windows {
+            "wg.exe"
+        } else {
+            "wg"
+        };
         let cmd = Command::new(program).args(["show", real_name.as_str(), "dump"]);
         match reader.run(&cmd) {
             Ok(out) => match wgdump::parse(&out.stdout) {
@@ -394,7 +409,12 @@ impl Engine {
                         sink.apply(&os::destroy(self.os, &spec.name, &old_name, network))?;
                     }
                 }
-                sink.apply(&os::destroy(self.os, &spec.name, &spec.name, assignment.network_cidr))?;
+                sink.apply(&os::destroy(
+                    self.os,
+                    &spec.name,
+                    &spec.name,
+                    assignment.network_cidr,
+                ))?;
                 sink.apply(&os::create(self.os, &spec.name))?;
                 let real = self.created_name(&spec.name, sink)?;
                 sink.apply(&os::configure(self.os, &spec, &real, &[]))?;
@@ -408,7 +428,10 @@ impl Engine {
                     });
                     self.save()?;
                 }
-                log::info!("created interface {real} with address {}", assignment.assigned_ip);
+                log::info!(
+                    "created interface {real} with address {}",
+                    assignment.assigned_ip
+                );
                 (real, Vec::new())
             }
         };
@@ -444,7 +467,11 @@ impl Engine {
             }
         }
         summary.peers = desired.len();
-        for (what, keys) in [("added", &summary.added), ("updated", &summary.updated), ("removed", &summary.removed)] {
+        for (what, keys) in [
+            ("added", &summary.added),
+            ("updated", &summary.updated),
+            ("removed", &summary.removed),
+        ] {
             if !keys.is_empty() {
                 log::info!("{what} {} peer(s) on {real_name}", keys.len());
             }
@@ -453,7 +480,11 @@ impl Engine {
     }
 
     /// The kernel's name for a just-created interface (macOS: the utunN in the name file).
-    fn created_name(&self, name: &InterfaceName, sink: &Sink<'_>) -> Result<InterfaceName, AgentError> {
+    fn created_name(
+        &self,
+        name: &InterfaceName,
+        sink: &Sink<'_>,
+    ) -> Result<InterfaceName, AgentError> {
         if self.os != TargetOs::Macos {
             return Ok(name.clone());
         }
@@ -462,7 +493,10 @@ impl Engine {
         }
         let file = os::macos_name_file(name);
         let text = std::fs::read_to_string(&file).map_err(|e| {
-            AgentError::Usage(format!("wireguard-go did not write {}: {e}", file.display()))
+            AgentError::Usage(format!(
+                "wireguard-go did not write {}: {e}",
+                file.display()
+            ))
         })?;
         os::parse_name_file(&text)
             .map_err(|e| AgentError::Usage(format!("{}: {e}", file.display())))
@@ -481,11 +515,10 @@ impl Engine {
             .os
             .parse()
             .map_err(|e| AgentError::Usage(format!("recorded OS: {e}")))?;
-        let network = self
-            .config
-            .assignment
-            .as_ref()
-            .map_or_else(|| "10.100.0.0/16".parse().expect("literal"), |a| a.network_cidr);
+        let network = self.config.assignment.as_ref().map_or_else(
+            || "10.100.0.0/16".parse().expect("literal"),
+            |a| a.network_cidr,
+        );
         if !applied.routes.is_empty() {
             sink.apply(&os::routes(os, &real, &[], &applied.routes))?;
         }

@@ -1,6 +1,9 @@
 //! The client subcommands: `up`, `sync`, `down`, `status`, `export`, `genkey`, `pubkey`.
 
-use super::{init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_SERVER, EXIT_STATE, EXIT_USAGE};
+use super::{
+    init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_SERVER, EXIT_STATE,
+    EXIT_USAGE,
+};
 use crate::agent::client::{ApiClient, ServerUrl};
 use crate::agent::config::{self, ClientConfig, ConfigError};
 use crate::agent::daemon::{self, Intervals};
@@ -50,7 +53,10 @@ struct Common {
 
 fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, Failure> {
     requested.or_else(TargetOs::current).ok_or_else(|| {
-        Failure::new(EXIT_USAGE, "this OS has no command set: pass --os linux, macos or windows")
+        Failure::new(
+            EXIT_USAGE,
+            "this OS has no command set: pass --os linux, macos or windows",
+        )
     })
 }
 
@@ -61,7 +67,12 @@ fn engine(common: Common) -> Result<Engine, Failure> {
     let existing = ClientConfig::load(&path).map_err(config_failure)?;
     let fresh = existing.is_none();
     let mut cfg = existing.unwrap_or_else(|| {
-        ClientConfig::generate(common.interface.clone().unwrap_or_else(|| "wg0".parse().expect("literal")))
+        ClientConfig::generate(
+            common
+                .interface
+                .clone()
+                .unwrap_or_else(|| "wg0".parse().expect("literal")),
+        )
     });
     if let Some(server) = common.server {
         cfg.server = Some(server);
@@ -83,7 +94,10 @@ fn engine(common: Common) -> Result<Engine, Failure> {
     }
     cfg.exit_node = common.exit_node;
     let server = cfg.server.clone().ok_or_else(|| {
-        Failure::new(EXIT_USAGE, "no coordination server known: pass --server http://HOST:PORT")
+        Failure::new(
+            EXIT_USAGE,
+            "no coordination server known: pass --server http://HOST:PORT",
+        )
     })?;
     cfg.save(&path).map_err(config_failure)?;
     if fresh {
@@ -237,7 +251,10 @@ pub struct PubkeyArgs {}
 
 fn check_interval(flag: &str, secs: u64) -> Result<Duration, Failure> {
     if secs == 0 {
-        return Err(Failure::new(EXIT_USAGE, format!("{flag} must be at least 1 second")));
+        return Err(Failure::new(
+            EXIT_USAGE,
+            format!("{flag} must be at least 1 second"),
+        ));
     }
     Ok(Duration::from_secs(secs))
 }
@@ -271,7 +288,9 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
     })?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
-        engine.sync(&mut Sink::Print(&mut stdout)).map_err(agent_failure)?;
+        engine
+            .sync(&mut Sink::Print(&mut stdout))
+            .map_err(agent_failure)?;
         return Ok(());
     }
     let stop = stop_flag()?;
@@ -298,7 +317,9 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
         engine.sync(&mut Sink::Print(&mut stdout))
     } else {
         let mut runner = SystemRunner::new();
-        engine.heartbeat().and_then(|()| engine.sync(&mut Sink::Run(&mut runner)))
+        engine
+            .heartbeat()
+            .and_then(|()| engine.sync(&mut Sink::Run(&mut runner)))
     }
     .map_err(agent_failure)?;
     if args.json {
@@ -352,9 +373,10 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn write_stdout(text: &str) -> Result<(), Failure> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Failure::new(EXIT_INTERNAL, format!("cannot write to stdout: {e}")))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
+            EXIT_INTERNAL,
+            format!("cannot write to stdout: {e}"),
+        )),
         _ => Ok(()),
     }
 }
@@ -396,11 +418,20 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
     let path = args.config.unwrap_or_else(config::default_path);
     let cfg = ClientConfig::load(&path)
         .map_err(config_failure)?
-        .ok_or_else(|| Failure::new(EXIT_USAGE, format!("no config at {}: run `wgmesh up` first", path.display())))?;
+        .ok_or_else(|| {
+            Failure::new(
+                EXIT_USAGE,
+                format!("no config at {}: run `wgmesh up` first", path.display()),
+            )
+        })?;
     let known = crate::agent::engine::load_peer_cache(&path);
     let interface = cfg.applied.as_ref().map(|a| a.interface.clone());
     let dump = interface.as_ref().and_then(|name| {
-        let program = if cfg.applied.as_ref().is_some_and(|a| a.os == "windows") { "wg.exe" } else { "wg" };
+        let program = if cfg.applied.as_ref().is_some_and(|a| a.os == "windows") {
+            "wg.exe"
+        } else {
+            "wg"
+        };
         SystemRunner::new()
             .run(&Command::new(program).args(["show", name, "dump"]))
             .ok()
@@ -461,11 +492,14 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
     for p in &status.peers {
         out.push_str(&format!(
             "{:<20} {:<15} {:<24} {:<7} {:>10} {:>12} {:>12}\n",
-            p.hostname.clone().unwrap_or_else(|| p.public_key[..8].to_string()),
+            p.hostname
+                .clone()
+                .unwrap_or_else(|| p.public_key[..8].to_string()),
             p.virtual_ip.clone().unwrap_or_else(dash),
             p.endpoint.clone().unwrap_or_else(dash),
             if p.online { "yes" } else { "no" },
-            p.latest_handshake_secs.map_or_else(|| "never".into(), |s| format!("{s}s ago")),
+            p.latest_handshake_secs
+                .map_or_else(|| "never".into(), |s| format!("{s}s ago")),
             p.rx_bytes,
             p.tx_bytes
         ));
@@ -479,10 +513,19 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
     let path = args.config.unwrap_or_else(config::default_path);
     let cfg = ClientConfig::load(&path)
         .map_err(config_failure)?
-        .ok_or_else(|| Failure::new(EXIT_USAGE, format!("no config at {}: run `wgmesh up` or `wgmesh sync` first", path.display())))?;
-    let assignment = cfg.assignment.clone().ok_or_else(|| {
-        Failure::new(EXIT_USAGE, "not registered yet: run `wgmesh sync` first")
-    })?;
+        .ok_or_else(|| {
+            Failure::new(
+                EXIT_USAGE,
+                format!(
+                    "no config at {}: run `wgmesh up` or `wgmesh sync` first",
+                    path.display()
+                ),
+            )
+        })?;
+    let assignment = cfg
+        .assignment
+        .clone()
+        .ok_or_else(|| Failure::new(EXIT_USAGE, "not registered yet: run `wgmesh sync` first"))?;
     let server = cfg
         .server
         .clone()
@@ -504,7 +547,10 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
         network: assignment.network_cidr,
         mtu: crate::os::DEFAULT_MTU,
     };
-    write_stdout(&crate::wgquick::render(&spec, &Engine::desired_peers(&peers)))
+    write_stdout(&crate::wgquick::render(
+        &spec,
+        &Engine::desired_peers(&peers),
+    ))
 }
 
 /// `wgmesh genkey`.
@@ -518,7 +564,13 @@ pub fn pubkey(_: PubkeyArgs) -> Result<(), Failure> {
     std::io::stdin()
         .take(1024)
         .read_to_string(&mut input)
-        .map_err(|e| Failure::new(EXIT_USAGE, format!("cannot read a private key on stdin: {e}")))?;
-    let key = PrivateKey::from_base64(&input).map_err(|e| Failure::new(EXIT_USAGE, format!("stdin: {e}")))?;
+        .map_err(|e| {
+            Failure::new(
+                EXIT_USAGE,
+                format!("cannot read a private key on stdin: {e}"),
+            )
+        })?;
+    let key = PrivateKey::from_base64(&input)
+        .map_err(|e| Failure::new(EXIT_USAGE, format!("stdin: {e}")))?;
     write_stdout(&format!("{}\n", key.public_key().to_base64()))
 }

@@ -99,6 +99,9 @@ pub fn init_logging(level: LogLevel) {
         .set_time_level(log::LevelFilter::Error)
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
+        // Our own debug lines say which request went where; the HTTP crates' are noise.
+        .add_filter_ignore_str("ureq")
+        .add_filter_ignore_str("rustls")
         .build();
     let colour = if std::io::stderr().is_terminal() {
         simplelog::ColorChoice::Auto

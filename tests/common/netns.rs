@@ -1,0 +1,255 @@
+//! A small lab of network namespaces joined by a bridge: real hosts for end-to-end tests.
+//!
+//! Every name carries a random tag so parallel tests never collide, and everything the lab
+//! made (namespaces, processes, wireguard-go sockets) is removed on drop, even after a
+//! failed assertion. Underlay addresses come from 198.18.0.0/15 (RFC 2544 benchmarking),
+//! and traffic only ever goes to addresses inside the lab's own namespaces.
+
+#![allow(dead_code)]
+
+use super::TempDir;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Fails (never skips) when the machine cannot host the lab, naming what is missing.
+pub fn require_lab_tools() {
+    let uid = Command::new("id").arg("-u").output().expect("id");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "end-to-end tests need root (network namespaces); CI runs them as root"
+    );
+    for tool in ["ip", "wg", "wireguard-go", "ping"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{tool} is missing: apt-get install iproute2 wireguard-tools wireguard-go iputils-ping"
+        );
+    }
+}
+
+/// A set of namespaces on one bridged segment.
+pub struct Lab {
+    pub tag: String,
+    pub dir: TempDir,
+    switch: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+/// Runs a command, returning its output (never panics on failure).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn must(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Lab {
+    /// A new lab with its switch namespace and bridge.
+    pub fn new(label: &str) -> Lab {
+        require_lab_tools();
+        let mut seed = [0u8; 2];
+        getrandom::fill(&mut seed).unwrap();
+        let tag = format!("{:02x}{:02x}", seed[0], seed[1]);
+        let switch = format!("wgmt-{label}-{tag}-sw");
+        let lab = Lab {
+            dir: TempDir::new(&format!("lab-{label}")),
+            tag,
+            switch: switch.clone(),
+            namespaces: vec![switch.clone()],
+            children: Vec::new(),
+        };
+        must(&["ip", "netns", "add", &switch]);
+        lab.exec_ok(&switch, &["ip", "link", "add", "br0", "type", "bridge"]);
+        lab.exec_ok(&switch, &["ip", "link", "set", "br0", "up"]);
+        lab
+    }
+
+    /// The namespace name for host `name`.
+    pub fn ns(&self, name: &str) -> String {
+        format!("wgmt-{}-{}", self.tag, name)
+    }
+
+    /// An interface name unique to this lab (<= 15 bytes).
+    pub fn ifname(&self, prefix: &str, name: &str) -> String {
+        let n = format!("{prefix}{}{name}", self.tag);
+        assert!(n.len() <= 15, "{n} is too long for an interface name");
+        n
+    }
+
+    /// Adds a host on the switch with `cidr` (e.g. 198.18.0.10/24) on its `eth0`.
+    pub fn host(&mut self, name: &str, cidr: &str) -> String {
+        let ns = self.ns(name);
+        must(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        let outside = self.ifname("v", name);
+        must(&[
+            "ip", "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        must(&["ip", "link", "set", &outside, "netns", &self.switch]);
+        self.exec_ok(
+            &self.switch,
+            &["ip", "link", "set", &outside, "master", "br0", "up"],
+        );
+        self.exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
+        self.exec_ok(&ns, &["ip", "addr", "add", cidr, "dev", "eth0"]);
+        self.exec_ok(&ns, &["ip", "link", "set", "eth0", "up"]);
+        ns
+    }
+
+    /// Adds a bare namespace (for routers wired by hand).
+    pub fn bare(&mut self, name: &str) -> String {
+        let ns = self.ns(name);
+        must(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        self.exec_ok(&ns, &["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The switch namespace (holds br0).
+    pub fn switch(&self) -> &str {
+        &self.switch
+    }
+
+    /// Runs a command inside a namespace.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Runs a command inside a namespace; it must succeed. Returns stdout.
+    pub fn exec_ok(&self, ns: &str, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        must(&full)
+    }
+
+    /// Starts a long-running process in a namespace; the lab kills it on drop.
+    pub fn spawn(&mut self, ns: &str, args: &[&str], log_name: &str) -> usize {
+        let log = std::fs::File::create(self.dir.path().join(log_name)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// The child started as number `index`.
+    pub fn child(&mut self, index: usize) -> &mut Child {
+        &mut self.children[index]
+    }
+
+    /// Sends a signal to a child and waits up to 20 s for it to exit; returns its exit code.
+    pub fn signal(&mut self, index: usize, signal: &str) -> Option<i32> {
+        let pid = self.children[index].id().to_string();
+        run(&["kill", &format!("-{signal}"), &pid]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.children[index].try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} ignored SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A log file's contents.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Whether `from` can ping `to` (one echo, 1 s wait).
+    pub fn ping(&self, from: &str, to: &str) -> bool {
+        self.exec(from, &["ping", "-c", "1", "-W", "1", "-n", "-q", to])
+            .status
+            .success()
+    }
+
+    /// Retries `check` every 200 ms until it holds or `limit` passes.
+    pub fn eventually(&self, limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting until {what}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Show every process's log next to the failed assertion.
+            if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+                for entry in entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                {
+                    let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                    eprintln!(
+                        "----- {} (last lines) -----",
+                        entry.file_name().to_string_lossy()
+                    );
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // wireguard-go daemons outlive `ip netns exec`; stop the ones of this lab's interfaces.
+        let _ = run(&["pkill", "-f", &format!("wireguard-go [a-z]*{}", self.tag)]);
+        for ns in self.namespaces.iter().rev() {
+            let _ = run(&["ip", "netns", "pids", ns])
+                .stdout
+                .split(|b| *b == b'\n')
+                .for_each(|pid| {
+                    let pid = String::from_utf8_lossy(pid).trim().to_owned();
+                    if !pid.is_empty() {
+                        let _ = run(&["kill", "-9", &pid]);
+                    }
+                });
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        if let Ok(entries) = std::fs::read_dir("/var/run/wireguard") {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().contains(&self.tag) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}

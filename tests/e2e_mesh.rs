@@ -1,0 +1,331 @@
+//! End to end in network namespaces with real userspace WireGuard (wireguard-go): a server
+//! and nodes brought up with `wgmesh up`, pinging each other over mesh addresses; failure and
+//! recovery; `down` leaving nothing behind; `sync` from a timer-like loop.
+//!
+//! Needs root, iproute2, wireguard-go, wireguard-tools and ping; fails (never skips) without.
+
+mod common;
+
+use common::netns::Lab;
+use common::wgmesh_bin;
+use std::time::Duration;
+
+const SERVER_IP: &str = "198.18.0.1";
+
+fn wg_peers(lab: &Lab, ns: &str, iface: &str) -> Vec<String> {
+    let out = lab.exec(ns, &["wg", "show", iface, "peers"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn config_of(lab: &Lab, node: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(lab.dir.path().join(format!("{node}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn mesh_ip(lab: &Lab, node: &str) -> String {
+    config_of(lab, node)["assignment"]["assigned_ip"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn public_key(node_config: &serde_json::Value) -> String {
+    let private = node_config["private_key"].as_str().unwrap();
+    wgmesh::keys::PrivateKey::from_base64(private)
+        .unwrap()
+        .public_key()
+        .to_base64()
+}
+
+struct Node {
+    name: &'static str,
+    ns: String,
+    iface: String,
+    config: String,
+}
+
+fn node(lab: &mut Lab, name: &'static str, underlay: &str) -> Node {
+    let ns = lab.host(name, underlay);
+    Node {
+        name,
+        ns,
+        iface: lab.ifname("wg", name),
+        config: lab
+            .dir
+            .path()
+            .join(format!("{name}.json"))
+            .display()
+            .to_string(),
+    }
+}
+
+fn up(lab: &mut Lab, n: &Node) -> usize {
+    let server = format!("http://{SERVER_IP}:8080");
+    lab.spawn(
+        &n.ns.clone(),
+        &[
+            wgmesh_bin(),
+            "up",
+            "--server",
+            &server,
+            "--config",
+            &n.config,
+            "--interface",
+            &n.iface,
+            "--hostname",
+            n.name,
+            "--heartbeat-interval",
+            "1",
+            "--sync-interval",
+            "1",
+            "--log-level",
+            "debug",
+        ],
+        &format!("{}.log", n.name),
+    )
+}
+
+fn links(lab: &Lab, ns: &str) -> String {
+    lab.exec_ok(ns, &["ip", "-o", "link", "show"])
+}
+
+/// IPv4 routes of every table plus the policy rules (IPv6 link-local routes come and go
+/// with address autoconfiguration, independently of wgmesh).
+fn routes(lab: &Lab, ns: &str) -> String {
+    lab.exec_ok(ns, &["ip", "-4", "route", "show", "table", "all"])
+        + &lab.exec_ok(ns, &["ip", "-4", "rule"])
+}
+
+#[test]
+fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
+    let mut lab = Lab::new("mesh");
+    let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
+    let state = lab.dir.path().join("peers.json").display().to_string();
+    lab.spawn(
+        &server_ns,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &format!("{SERVER_IP}:8080"),
+            "--state",
+            &state,
+            "--heartbeat-timeout",
+            "3",
+            "--sweep-interval",
+            "1",
+        ],
+        "server.log",
+    );
+    let nodes = [
+        node(&mut lab, "n1", "198.18.0.11/24"),
+        node(&mut lab, "n2", "198.18.0.12/24"),
+        node(&mut lab, "n3", "198.18.0.13/24"),
+    ];
+    // Record each node's pristine network state to compare after `down`.
+    let pristine: Vec<(String, String)> = nodes
+        .iter()
+        .map(|n| (links(&lab, &n.ns), routes(&lab, &n.ns)))
+        .collect();
+    let agents: Vec<usize> = nodes.iter().map(|n| up(&mut lab, n)).collect();
+
+    // Every node ends up with the other two as WireGuard peers.
+    for n in &nodes {
+        lab.eventually(
+            Duration::from_secs(30),
+            &format!("{} has 2 peers", n.name),
+            || wg_peers(&lab, &n.ns, &n.iface).len() == 2,
+        );
+    }
+    // Every pair pings over mesh addresses.
+    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, n.name)).collect();
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, _) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+            lab.eventually(
+                Duration::from_secs(15),
+                &format!("{} pings {}", a.name, ips[j]),
+                || lab.ping(&a.ns, &ips[j]),
+            );
+        }
+    }
+    // The peers' endpoints are their underlay addresses, as the server observed them.
+    let n3_key = public_key(&config_of(&lab, "n3"));
+    let endpoints = lab.exec_ok(&nodes[0].ns, &["wg", "show", &nodes[0].iface, "endpoints"]);
+    assert!(
+        endpoints.contains(&format!("{n3_key}\t198.18.0.13:51820")),
+        "{endpoints}"
+    );
+
+    // Kill n3's agent hard: no teardown, no heartbeats. It goes offline and leaves the others.
+    lab.child(agents[2]).kill().unwrap();
+    lab.child(agents[2]).wait().unwrap();
+    for n in &nodes[..2] {
+        lab.eventually(
+            Duration::from_secs(20),
+            &format!("{} drops n3", n.name),
+            || !wg_peers(&lab, &n.ns, &n.iface).contains(&n3_key),
+        );
+    }
+    assert!(
+        lab.log("server.log").contains("timed out"),
+        "{}",
+        lab.log("server.log")
+    );
+
+    // Restarted, n3 keeps its address and is reachable again.
+    let n3_again = up(&mut lab, &nodes[2]);
+    lab.eventually(Duration::from_secs(20), "n1 re-adds n3", || {
+        wg_peers(&lab, &nodes[0].ns, &nodes[0].iface).contains(&n3_key)
+    });
+    assert_eq!(mesh_ip(&lab, "n3"), ips[2], "same address after restart");
+    lab.eventually(Duration::from_secs(15), "n1 pings n3 again", || {
+        lab.ping(&nodes[0].ns, &ips[2])
+    });
+    lab.eventually(Duration::from_secs(15), "n3 pings n2 again", || {
+        lab.ping(&nodes[2].ns, &ips[1])
+    });
+
+    // SIGTERM: `up` removes what it set up and exits 0.
+    assert_eq!(
+        lab.signal(agents[0], "TERM"),
+        Some(0),
+        "{}",
+        lab.log("n1.log")
+    );
+    assert_eq!(
+        links(&lab, &nodes[0].ns),
+        pristine[0].0,
+        "n1's links after SIGTERM"
+    );
+    assert_eq!(
+        routes(&lab, &nodes[0].ns),
+        pristine[0].1,
+        "n1's routes after SIGTERM"
+    );
+
+    // `wgmesh down` after a hard kill removes the interface the dead agent left.
+    lab.child(n3_again).kill().unwrap();
+    lab.child(n3_again).wait().unwrap();
+    assert!(
+        links(&lab, &nodes[2].ns).contains(&nodes[2].iface),
+        "kill -9 leaves the interface"
+    );
+    lab.exec_ok(
+        &nodes[2].ns,
+        &[wgmesh_bin(), "down", "--config", &nodes[2].config],
+    );
+    lab.eventually(Duration::from_secs(5), "n3 is pristine after down", || {
+        links(&lab, &nodes[2].ns) == pristine[2].0 && routes(&lab, &nodes[2].ns) == pristine[2].1
+    });
+    let sock = format!("/var/run/wireguard/{}.sock", nodes[2].iface);
+    lab.eventually(Duration::from_secs(5), "wireguard-go exits", || {
+        !std::path::Path::new(&sock).exists()
+    });
+    assert_eq!(lab.signal(agents[1], "TERM"), Some(0));
+}
+
+#[test]
+fn sync_from_a_timer_loop_converges_the_same_mesh() {
+    let mut lab = Lab::new("sync");
+    let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
+    let state = lab.dir.path().join("peers.json").display().to_string();
+    lab.spawn(
+        &server_ns,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &format!("{SERVER_IP}:8080"),
+            "--state",
+            &state,
+        ],
+        "server.log",
+    );
+    let nodes = [
+        node(&mut lab, "s1", "198.18.0.21/24"),
+        node(&mut lab, "s2", "198.18.0.22/24"),
+        node(&mut lab, "s3", "198.18.0.23/24"),
+    ];
+    let server = format!("http://{SERVER_IP}:8080");
+    // Like a systemd timer: run `wgmesh sync` on every node, a few rounds.
+    let mut summaries = Vec::new();
+    for _round in 0..3 {
+        for n in &nodes {
+            let out = lab.exec(
+                &n.ns,
+                &[
+                    wgmesh_bin(),
+                    "sync",
+                    "--server",
+                    &server,
+                    "--config",
+                    &n.config,
+                    "--interface",
+                    &n.iface,
+                    "--hostname",
+                    n.name,
+                    "--json",
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "sync failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let summary: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("sync --json prints JSON");
+            summaries.push(summary);
+        }
+    }
+    // First round: s1 created its interface and saw nobody yet; last round: nothing to do.
+    assert_eq!(summaries[0]["created_interface"], true);
+    assert_eq!(summaries[0]["peers"], 0);
+    for last in &summaries[6..] {
+        assert_eq!(last["created_interface"], false);
+        assert_eq!(last["peers"], 2);
+        assert_eq!(last["added"], serde_json::json!([]));
+        assert_eq!(last["removed"], serde_json::json!([]));
+        assert_eq!(last["updated"], serde_json::json!([]));
+    }
+    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, n.name)).collect();
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, ip) in ips.iter().enumerate().filter(|(j, _)| *j != i) {
+            lab.eventually(
+                Duration::from_secs(15),
+                &format!("{} pings node {j}", a.name),
+                || lab.ping(&a.ns, ip),
+            );
+        }
+    }
+    // status shows the peers with their hostnames, handshakes and traffic.
+    let out = lab.exec_ok(
+        &nodes[0].ns,
+        &[
+            wgmesh_bin(),
+            "status",
+            "--config",
+            &nodes[0].config,
+            "--json",
+        ],
+    );
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["up"], true);
+    assert_eq!(status["address"].as_str(), Some(ips[0].as_str()));
+    let peers = status["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    for p in peers {
+        assert!(
+            ["s2", "s3"].contains(&p["hostname"].as_str().unwrap()),
+            "{p}"
+        );
+        assert_eq!(p["online"], true, "{p}");
+        assert!(p["rx_bytes"].as_u64().unwrap() > 0, "{p}");
+    }
+    for n in &nodes {
+        lab.exec_ok(&n.ns, &[wgmesh_bin(), "down", "--config", &n.config]);
+        assert!(!links(&lab, &n.ns).contains(&n.iface));
+    }
+}
