@@ -8,4 +8,5 @@
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod stun;
 pub mod types;
