@@ -8,5 +8,7 @@
 pub mod ipam;
 pub mod keys;
 pub mod model;
+pub mod netcheck;
 pub mod stun;
+pub mod stun_service;
 pub mod types;
