@@ -8,6 +8,7 @@
 //! 4.3 does: ask two server ports from the same local socket and compare the answers.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use crate::stun::{self, BindingResponse, TransactionId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -15,6 +15,7 @@
 //! 128-bit transaction id, which is what [`encode_binding_success`] does.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -11,6 +11,7 @@
 //! module exists.)
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use crate::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
 use serde::Serialize;
@@ -261,7 +262,7 @@ impl RateTable {
         if tat - now > self.tolerance {
             return (false, evicted);
         }
-        slot.tat = tat + self.interval;
+        slot.tat = tat.saturating_add(self.interval);
         (true, evicted)
     }
 }
