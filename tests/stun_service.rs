@@ -36,6 +36,16 @@ fn wait_for(stats: &Arc<StunStats>, what: &str, done: impl Fn(&StunCounters) -> 
     }
 }
 
+/// Each probe makes one request, or up to `netcheck::TRIES` if the machine stalls long enough
+/// for a retransmit: count answers within that range rather than flake under load.
+fn assert_answers(counted: &StunCounters, probes: u64) {
+    let most = probes * u64::from(netcheck::TRIES);
+    assert!(
+        (probes..=most).contains(&counted.answered),
+        "expected {probes} answers (at most {most} with retransmits): {counted:?}"
+    );
+}
+
 #[test]
 fn probe_reports_our_own_loopback_address_v4_and_v6() {
     for (server_addr, client_addr) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
@@ -49,7 +59,7 @@ fn probe_reports_our_own_loopback_address_v4_and_v6() {
         assert!(probe.mapped.ip().is_loopback(), "{probe:?}");
         let stats = service.stats();
         service.shutdown();
-        assert_eq!(stats.snapshot().answered, 2);
+        assert_answers(&stats.snapshot(), 2);
     }
 }
 
@@ -78,8 +88,8 @@ fn netcheck_asks_two_ports_from_one_socket() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["udp"], true);
     assert!(json["rtt_ms"].as_f64().unwrap() > 0.0);
-    assert_eq!(a.stats().snapshot().answered, 1);
-    assert_eq!(b.stats().snapshot().answered, 1);
+    assert_answers(&a.stats().snapshot(), 1);
+    assert_answers(&b.stats().snapshot(), 1);
 }
 
 #[test]
@@ -151,7 +161,7 @@ fn junk_is_counted_and_dropped_and_the_service_keeps_answering() {
     let probe = netcheck::probe_from(&client, server, TIMEOUT).unwrap();
     assert_eq!(probe.mapped, client.local_addr().unwrap());
     let after = stats.snapshot();
-    assert_eq!(after.answered, 1);
+    assert_answers(&after, 1);
     assert_eq!(after.rate_limited, 0, "junk must not use up the rate limit");
 
     let mut metrics = String::new();
@@ -160,7 +170,10 @@ fn junk_is_counted_and_dropped_and_the_service_keeps_answering() {
         "wgmesh_stun_dropped_total{{reason=\"malformed\"}} {}\n",
         junk.len()
     )));
-    assert!(metrics.contains("wgmesh_stun_responses_total{result=\"success\"} 1\n"));
+    assert!(metrics.contains(&format!(
+        "wgmesh_stun_responses_total{{result=\"success\"}} {}\n",
+        after.answered
+    )));
 }
 
 #[test]
@@ -231,7 +244,7 @@ fn full_rate_table_evicts_and_counts() {
         netcheck::probe_from(&client, server, TIMEOUT).unwrap();
     }
     let counted = service.stats().snapshot();
-    assert_eq!(counted.answered, 10);
+    assert_answers(&counted, 10);
     assert_eq!(counted.rate_limit_evictions, 6, "{counted:?}");
 }
 
@@ -256,7 +269,8 @@ fn change_request_gets_420_and_the_next_plain_request_still_works() {
     );
     netcheck::probe_from(&client, service.local_addr(), TIMEOUT).unwrap();
     let counted = service.stats().snapshot();
-    assert_eq!((counted.refused, counted.answered), (1, 1));
+    assert_eq!(counted.refused, 1);
+    assert_answers(&counted, 1);
 }
 
 #[test]
@@ -277,7 +291,7 @@ fn many_clients_on_many_threads_all_get_answers() {
     for c in clients {
         c.join().unwrap();
     }
-    assert_eq!(service.stats().snapshot().answered, 200);
+    assert_answers(&service.stats().snapshot(), 200);
 }
 
 #[test]
