@@ -14,7 +14,7 @@
 #![warn(missing_docs)]
 
 use crate::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
@@ -39,7 +39,7 @@ const WAYS: usize = 4;
 /// Per-source-IP answer rate limit: each source may burst `burst` answers, then gets
 /// `per_second` more each second. Dropped requests get no answer, so a spoofed flood cannot
 /// turn the server into an amplifier aimed at a victim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
     /// Sustained answers per second per source IP; 0 disables rate limiting entirely.
     pub per_second: u32,
@@ -275,7 +275,8 @@ struct Shared {
     options: ServiceOptions,
 }
 
-/// Namespace for starting the responder.
+/// The responder's entry point; a unit type because all state lives in the returned
+/// [`StunHandle`], which owns the threads, so there is nothing to keep besides the handle.
 pub struct StunService;
 
 impl StunService {
