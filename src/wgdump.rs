@@ -506,6 +506,25 @@ mod tests {
         assert_eq!(err.column, 1);
     }
 
+    #[test]
+    fn random_inputs_never_panic() {
+        // Random lines over an alphabet rich in the characters the parser cares about.
+        let alphabet: Vec<char> = "\t\n\r,:[]%/.()0123456789abcdefx+-=none off é"
+            .chars()
+            .collect();
+        let mut bytes = vec![0u8; 200_000];
+        getrandom::fill(&mut bytes).unwrap();
+        for chunk in bytes.chunks(200) {
+            let text: String = chunk
+                .iter()
+                .map(|b| alphabet[*b as usize % alphabet.len()])
+                .collect();
+            let _ = parse(&text);
+            let _ = parse(&format!("(none)\t(none)\t0\toff\n{text}"));
+            let _ = parse(&format!("(none)\t(none)\t0\toff\n{PEER1}\t{text}"));
+        }
+    }
+
     /// A network namespace (and the wireguard-go interface inside it) that is removed even
     /// when the test fails.
     struct Netns {
