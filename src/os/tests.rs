@@ -458,13 +458,17 @@ fn render_marks_fallbacks_tolerance_stdin_and_files() {
         .starts_with("# write C:\\ProgramData\\wgmesh\\wg0.conf (mode 0600)\n"));
 }
 
-/// Prefixes every command of `plan` (fallbacks included) with `ip netns exec NS`.
+/// Prefixes every command of `plan` (fallbacks included) with `ip netns exec NS`, under an
+/// inherited `LOG_LEVEL=debug` (which once made a daemonizing wireguard-go hold the runner's
+/// pipes open until the timeout).
 fn in_netns(ns: &str, plan: &Plan) -> Plan {
     fn wrap(ns: &str, cmd: &Command) -> Command {
         let mut wrapped = Command::new("ip")
             .args(["netns", "exec", ns, &cmd.program])
             .args(cmd.args.clone());
-        wrapped.env = cmd.env.clone();
+        // As if the agent itself ran with LOG_LEVEL=debug: the plan's own settings must win.
+        wrapped.env = vec![("LOG_LEVEL".into(), "debug".into())];
+        wrapped.env.extend(cmd.env.iter().cloned());
         wrapped.stdin = cmd.stdin.clone();
         wrapped.allow_failure = cmd.allow_failure;
         wrapped.fallback = cmd.fallback.as_deref().map(|f| Box::new(wrap(ns, f)));
@@ -497,7 +501,10 @@ impl Namespace {
 
     fn run(&self, plan: &Plan) {
         let wrapped = in_netns(&self.name, plan);
-        runner::execute(&wrapped, &mut SystemRunner::new())
+        let mut runner = SystemRunner {
+            timeout: std::time::Duration::from_secs(10),
+        };
+        runner::execute(&wrapped, &mut runner)
             .unwrap_or_else(|e| panic!("{e}\nplan:\n{}", plan.render()));
     }
 
