@@ -507,8 +507,7 @@ pub fn apply_peers(os: TargetOs, real_name: &InterfaceName, changes: &PeerChange
         real_name,
         Vec::new(),
         None,
-        &changes.upsert,
-        &changes.remove,
+        peer_groups(&changes.upsert, &changes.remove, false),
         arg_budget(os),
     ))
 }
@@ -652,22 +651,16 @@ fn arg_budget(os: TargetOs) -> usize {
 
 /// Builds `wg set NAME <head> peer ... peer ...`, splitting peers over several processes only
 /// when one would exceed `budget` bytes of arguments. `head` (private key, port, fwmark) and
-/// `stdin` go on the first process. Upserts come before removals (add before delete).
+/// `stdin` go on the first process; `groups` are the per-peer argument groups of
+/// [`peer_groups`].
 fn wg_set(
     program: &str,
     real_name: &InterfaceName,
     head: Vec<String>,
     stdin: Option<Payload>,
-    upsert: &[PeerSpec],
-    remove: &[PublicKey],
+    groups: Vec<Vec<String>>,
     budget: usize,
 ) -> Vec<Command> {
-    let mut groups: Vec<Vec<String>> = upsert.iter().map(peer_args).collect();
-    groups.extend(
-        remove
-            .iter()
-            .map(|k| vec!["peer".into(), k.to_base64(), "remove".into()]),
-    );
     if head.is_empty() && groups.is_empty() {
         return Vec::new();
     }
@@ -684,37 +677,52 @@ fn wg_set(
         current = current.stdin(payload);
     }
     let mut used = size(&current.args);
-    let mut fresh = true; // whether `current` carries nothing but its head
+    let mut only_head = true; // `current` has no peer yet, so it cannot be split off
     for group in groups {
         let len = size(&group);
-        if !fresh && used + len > budget {
+        if !only_head && used + len > budget {
             commands.push(std::mem::replace(&mut current, start(Vec::new())));
             used = size(&current.args);
         }
         used += len;
         current = current.args(group);
-        fresh = false;
+        only_head = false;
     }
     commands.push(current);
     commands
 }
 
-/// `peer KEY [endpoint E] allowed-ips A,B persistent-keepalive N|off` for one upsert. The
-/// keepalive is always given so that turning it off is an update like any other; allowed IPs
-/// replace the peer's whole set (empty string clears it).
-fn peer_args(peer: &PeerSpec) -> Vec<String> {
+/// The `wg set` argument groups for a peer diff: upserts before removals (add before delete).
+/// On a new interface (`fresh`) every peer is new, so settings that are already WireGuard's
+/// defaults (no allowed IPs, keepalive off) are left out.
+fn peer_groups(upsert: &[PeerSpec], remove: &[PublicKey], fresh: bool) -> Vec<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = upsert.iter().map(|p| peer_args(p, fresh)).collect();
+    groups.extend(
+        remove
+            .iter()
+            .map(|k| vec!["peer".into(), k.to_base64(), "remove".into()]),
+    );
+    groups
+}
+
+/// `peer KEY [endpoint E] allowed-ips A,B persistent-keepalive N|off` for one upsert. On an
+/// existing interface both are always given, so that clearing allowed IPs (`''`) or turning
+/// the keepalive off is an update like any other; allowed IPs replace the peer's whole set.
+fn peer_args(peer: &PeerSpec, fresh: bool) -> Vec<String> {
     let mut args = vec!["peer".to_string(), peer.public_key.to_base64()];
     if let Some(endpoint) = peer.endpoint {
         args.push("endpoint".into());
         args.push(endpoint.to_string());
     }
-    args.push("allowed-ips".into());
-    args.push(join_nets(&peer.allowed_ips));
-    args.push("persistent-keepalive".into());
-    args.push(match peer.persistent_keepalive {
-        Some(n) if n > 0 => n.to_string(),
-        _ => "off".into(),
-    });
+    if !(fresh && peer.allowed_ips.is_empty()) {
+        args.push("allowed-ips".into());
+        args.push(join_nets(&peer.allowed_ips));
+    }
+    match peer.persistent_keepalive {
+        Some(n) if n > 0 => args.extend(["persistent-keepalive".into(), n.to_string()]),
+        _ if !fresh => args.extend(["persistent-keepalive".into(), "off".into()]),
+        _ => {}
+    }
     args
 }
 

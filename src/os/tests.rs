@@ -106,7 +106,7 @@ fn all_plans() -> Vec<(String, Plan)> {
         add("create", create(os, &spec().name));
         add(
             "configure",
-            configure(os, &spec(), &r, &[peer_a(), peer_b()]),
+            configure(os, &spec(), &r, &[peer_a(), peer_b(), peer_c()]),
         );
         add("apply_peers", apply_peers(os, &r, &changes()));
         add(
@@ -556,14 +556,19 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
     };
     let os = TargetOs::Linux;
     ns.run(&create(os, &name));
-    ns.run(&configure(os, &spec, &name, &[peer_a(), peer_b()]));
+    ns.run(&configure(
+        os,
+        &spec,
+        &name,
+        &[peer_a(), peer_b(), peer_c()],
+    ));
     let dump = ns.dump();
     assert_eq!(
         dump.interface.public_key,
         Some(spec.private_key.public_key())
     );
     assert_eq!(dump.interface.listen_port, 51820);
-    let first = diff(&[peer_a(), peer_b()], &dump.peers);
+    let first = diff(&[peer_a(), peer_b(), peer_c()], &dump.peers);
     assert!(first.is_empty(), "{first:?}\n{dump:?}");
     let addr = ns.output("ip", &["-4", "-o", "address", "show", "dev", &ns.iface]);
     assert!(addr.contains("inet 10.100.0.5/32"), "{addr}");
@@ -577,7 +582,12 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
         persistent_keepalive: None,
         ..peer_a()
     };
-    let desired = [a2, peer_c()];
+    let c2 = PeerSpec {
+        allowed_ips: vec![net("10.100.0.9/32")],
+        persistent_keepalive: Some(10),
+        ..peer_c()
+    };
+    let desired = [a2, c2];
     let changes = diff(&desired, &ns.dump().peers);
     assert_eq!((changes.upsert.len(), changes.remove.len()), (2, 1));
     ns.run(&apply_peers(os, &name, &changes));
