@@ -552,15 +552,27 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
     let name = iface(&ns.iface);
     let spec = InterfaceSpec {
         name: name.clone(),
+        // Only benchmarking addresses (198.18.0.0/15), even inside a private namespace.
+        address: "198.19.0.5".parse().unwrap(),
+        network: "198.19.0.0/16".parse().unwrap(),
         ..spec()
     };
+    let in_range = |p: PeerSpec| PeerSpec {
+        allowed_ips: p
+            .allowed_ips
+            .iter()
+            .map(|n| net(&n.to_string().replace("10.100.", "198.19.")))
+            .collect(),
+        ..p
+    };
+    let (peer_a, peer_b, peer_c) = (in_range(peer_a()), in_range(peer_b()), in_range(peer_c()));
     let os = TargetOs::Linux;
     ns.run(&create(os, &name));
     ns.run(&configure(
         os,
         &spec,
         &name,
-        &[peer_a(), peer_b(), peer_c()],
+        &[peer_a.clone(), peer_b.clone(), peer_c.clone()],
     ));
     let dump = ns.dump();
     assert_eq!(
@@ -568,24 +580,27 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
         Some(spec.private_key.public_key())
     );
     assert_eq!(dump.interface.listen_port, 51820);
-    let first = diff(&[peer_a(), peer_b(), peer_c()], &dump.peers);
+    let first = diff(
+        &[peer_a.clone(), peer_b.clone(), peer_c.clone()],
+        &dump.peers,
+    );
     assert!(first.is_empty(), "{first:?}\n{dump:?}");
     let addr = ns.output("ip", &["-4", "-o", "address", "show", "dev", &ns.iface]);
-    assert!(addr.contains("inet 10.100.0.5/32"), "{addr}");
+    assert!(addr.contains("inet 198.19.0.5/32"), "{addr}");
     assert!(ns
         .output("ip", &["link", "show", "dev", &ns.iface])
         .contains("mtu 1420"));
 
     // Update a, drop b, add c; then the diff is empty again.
     let a2 = PeerSpec {
-        allowed_ips: vec![net("10.100.0.7/32")],
+        allowed_ips: vec![net("198.19.0.7/32")],
         persistent_keepalive: None,
-        ..peer_a()
+        ..peer_a.clone()
     };
     let c2 = PeerSpec {
-        allowed_ips: vec![net("10.100.0.9/32")],
+        allowed_ips: vec![net("198.19.0.9/32")],
         persistent_keepalive: Some(10),
-        ..peer_c()
+        ..peer_c.clone()
     };
     let desired = [a2, c2];
     let changes = diff(&desired, &ns.dump().peers);
@@ -604,13 +619,13 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
     ));
     let table = ns.output("ip", &["-4", "route", "show", "dev", &ns.iface]);
     assert!(
-        table.contains("198.18.4.0/24") && table.contains("10.100.0.0/16"),
+        table.contains("198.18.4.0/24") && table.contains("198.19.0.0/16"),
         "{table}"
     );
     ns.run(&routes(os, &name, &[], &[net("198.18.4.0/24")]));
 
     let rules_before = ns.output("ip", &["-4", "rule", "show"]);
-    let exit = exit_peer();
+    let exit = in_range(exit_peer());
     ns.run(&full_tunnel_on(os, &name, &exit, &keep_outside(), GATEWAY));
     let rules = ns.output("ip", &["-4", "rule", "show"]);
     assert!(
