@@ -38,15 +38,6 @@ pub const FWMARK_TABLE: u32 = 51820;
 /// Permission bits of every file a plan writes: files carry private keys (owner only).
 pub const PRIVATE_FILE_MODE: u32 = 0o600;
 
-/// `wireguard-go NAME`, daemonizing with its output on /dev/null. `LOG_LEVEL=silent` is set
-/// because any other inherited `LOG_LEVEL` makes the daemon keep the runner's stdout and
-/// stderr pipes open, so the runner would wait for it until its timeout and report a failure.
-fn wireguard_go(name: &str) -> Command {
-    Command::new("wireguard-go")
-        .env("LOG_LEVEL", "silent")
-        .arg(name)
-}
-
 /// The operating system a plan is generated for; independent of the host, so every OS's plans
 /// can be built and tested anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -628,6 +619,15 @@ pub fn macos_name_file(name: &InterfaceName) -> PathBuf {
 /// plain interface name (the file is root-owned, but its contents reach command lines).
 pub fn parse_name_file(contents: &str) -> Result<InterfaceName, InvalidValue> {
     contents.trim().parse()
+}
+
+/// `wireguard-go NAME`, daemonizing with its output on /dev/null. `LOG_LEVEL=silent` is set
+/// because any other inherited `LOG_LEVEL` makes the daemon keep the runner's stdout and
+/// stderr pipes open, so the runner would wait for it until its timeout and report a failure.
+fn wireguard_go(name: &str) -> Command {
+    Command::new("wireguard-go")
+        .env("LOG_LEVEL", "silent")
+        .arg(name)
 }
 
 /// The `wg` binary's name on `os`.
