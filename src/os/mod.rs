@@ -248,8 +248,8 @@ impl Command {
             words.push(format!("{}={}", name, quote(value)));
         }
         let program = quote(&self.program);
-        // A first word containing '=' would be read as an assignment: force quotes.
-        if self.env.is_empty() && program.contains('=') && !program.starts_with('\'') {
+        // A leading word containing '=' would be read as one more assignment: force quotes.
+        if program.contains('=') && !program.starts_with('\'') {
             words.push(format!("'{program}'"));
         } else {
             words.push(program.into_owned());

@@ -418,7 +418,7 @@ fn rendered_argv_splits_back_unchanged() {
     }
     // Environment values and a program name that looks like an assignment.
     let cmd = Command::new("x=y").env("V", "a 'b' $c").arg("z");
-    assert_eq!(cmd.render_argv(), "V='a '\\''b'\\'' $c' x=y z");
+    assert_eq!(cmd.render_argv(), "V='a '\\''b'\\'' $c' 'x=y' z");
     assert_eq!(Command::new("x=y").render_argv(), "'x=y'");
 }
 
@@ -443,6 +443,12 @@ fn posix_shell_reads_rendered_lines_back_unchanged() {
         .run(&Command::new("sh").args(["-c", &line]))
         .unwrap();
     assert_eq!(out.stdout, "EOF\n$(id) 'x'\n");
+    // A program named like an assignment is run (and not found), not assigned.
+    let line = Command::new("wgm=no-such-program").env("V", "1").render();
+    let err = SystemRunner::new()
+        .run(&Command::new("sh").args(["-c", &line]))
+        .unwrap_err();
+    assert_eq!(err.exit_status(), Some(127), "{err}");
 }
 
 #[test]
