@@ -399,6 +399,16 @@ mod tests {
     }
 
     #[test]
+    fn preshared_key_is_checked_and_only_its_presence_kept() {
+        let line = format!("{PEER1}\t{PEER2}\t(none)\t(none)\t0\t0\t0\toff");
+        assert!(parse_peer(&line, 2).unwrap().has_preshared_key);
+        let bad = format!("{PEER1}\tnot-a-key\t(none)\t(none)\t0\t0\t0\toff");
+        let err = parse_peer(&bad, 2).unwrap_err();
+        assert_eq!((err.column, err.field), (46, "preshared-key"));
+        assert!(!err.to_string().contains("not-a-key"), "{err}");
+    }
+
+    #[test]
     fn interface_with_nothing_set_parses_to_nones() {
         let dump = parse("(none)\t(none)\t0\toff\n").unwrap();
         assert_eq!(dump.interface.private_key, None);
