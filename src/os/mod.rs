@@ -476,7 +476,8 @@ pub fn create(os: TargetOs, name: &InterfaceName) -> Plan {
 
 /// Gives a freshly created interface its key, port, address, MTU, mesh route and initial
 /// peers. `real_name` is the kernel's name: `utunN` on macOS (read with [`macos_name_file`] /
-/// [`parse_name_file`]), the spec's name elsewhere.
+/// [`parse_name_file`]), the spec's name elsewhere. On Windows this installs the tunnel
+/// service, which refuses to install twice: later changes go through [`apply_peers`].
 pub fn configure(
     os: TargetOs,
     spec: &InterfaceSpec,
