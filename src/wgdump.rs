@@ -399,6 +399,16 @@ mod tests {
     }
 
     #[test]
+    fn preshared_key_is_checked_and_only_its_presence_kept() {
+        let line = format!("{PEER1}\t{PEER2}\t(none)\t(none)\t0\t0\t0\toff");
+        assert!(parse_peer(&line, 2).unwrap().has_preshared_key);
+        let bad = format!("{PEER1}\tnot-a-key\t(none)\t(none)\t0\t0\t0\toff");
+        let err = parse_peer(&bad, 2).unwrap_err();
+        assert_eq!((err.column, err.field), (46, "preshared-key"));
+        assert!(!err.to_string().contains("not-a-key"), "{err}");
+    }
+
+    #[test]
     fn interface_with_nothing_set_parses_to_nones() {
         let dump = parse("(none)\t(none)\t0\toff\n").unwrap();
         assert_eq!(dump.interface.private_key, None);
@@ -504,6 +514,25 @@ mod tests {
         // Multi-byte characters must not break column arithmetic.
         let err = parse("é\t(none)\t0\toff").unwrap_err();
         assert_eq!(err.column, 1);
+    }
+
+    #[test]
+    fn random_inputs_never_panic() {
+        // Random lines over an alphabet rich in the characters the parser cares about.
+        let alphabet: Vec<char> = "\t\n\r,:[]%/.()0123456789abcdefx+-=none off é"
+            .chars()
+            .collect();
+        let mut bytes = vec![0u8; 200_000];
+        getrandom::fill(&mut bytes).unwrap();
+        for chunk in bytes.chunks(200) {
+            let text: String = chunk
+                .iter()
+                .map(|b| alphabet[*b as usize % alphabet.len()])
+                .collect();
+            let _ = parse(&text);
+            let _ = parse(&format!("(none)\t(none)\t0\toff\n{text}"));
+            let _ = parse(&format!("(none)\t(none)\t0\toff\n{PEER1}\t{text}"));
+        }
     }
 
     /// A network namespace (and the wireguard-go interface inside it) that is removed even

@@ -20,8 +20,25 @@ pub fn render(spec: &InterfaceSpec, peers: &[PeerSpec]) -> String {
 /// later with `wg.exe set` would get no route. Windows installs an on-link route for the
 /// address's prefix, which routes the whole mesh into the tunnel, as the Linux and macOS plans
 /// do with an explicit mesh route.
+///
+/// Default routes (`/0`) are left out of AllowedIPs: at install the service would route all
+/// traffic into the tunnel and, for a single peer, turn on its kill-switch firewall. Full
+/// tunnelling is switched on and off live by `os::full_tunnel_on`, which adds `0.0.0.0/0` with
+/// `wg.exe` and routes the two halves of the address space instead.
 pub fn render_tunnel_service(spec: &InterfaceSpec, peers: &[PeerSpec]) -> String {
-    render_with_prefix(spec, peers, spec.network.prefix_len())
+    let peers: Vec<PeerSpec> = peers
+        .iter()
+        .map(|p| PeerSpec {
+            allowed_ips: p
+                .allowed_ips
+                .iter()
+                .filter(|n| n.prefix_len() > 0)
+                .copied()
+                .collect(),
+            ..p.clone()
+        })
+        .collect();
+    render_with_prefix(spec, &peers, spec.network.prefix_len())
 }
 
 fn render_with_prefix(spec: &InterfaceSpec, peers: &[PeerSpec], prefix: u8) -> String {
@@ -126,7 +143,21 @@ Endpoint = [::1]:51821
 PublicKey = /R8q7i+dnixuw76yJCzFO8tRjw9qglyEwdpV2JBuzH4=
 ";
         assert_eq!(text, expected);
-        assert!(render_tunnel_service(&spec("wg0"), &peers()).contains("Address = 10.100.0.5/16\n"));
+    }
+
+    #[test]
+    fn tunnel_service_config_routes_the_mesh_and_never_a_default_route() {
+        let mut exit = peers();
+        exit[0].allowed_ips.push("0.0.0.0/0".parse().unwrap());
+        exit[0].allowed_ips.push("::/0".parse().unwrap());
+        assert!(render(&spec("wg0"), &exit).contains("198.18.4.0/24, 0.0.0.0/0, ::/0\n"));
+        let text = render_tunnel_service(&spec("wg0"), &exit);
+        assert!(text.contains("Address = 10.100.0.5/16\n"), "{text}");
+        assert!(
+            text.contains("AllowedIPs = 10.100.0.7/32, 198.18.4.0/24\n"),
+            "{text}"
+        );
+        assert!(!text.contains("/0"), "{text}");
     }
 
     /// Runs the real `wg-quick strip` (wireguard-tools), which parses the file exactly as

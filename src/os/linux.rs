@@ -2,8 +2,8 @@
 //! `wireguard-go` as the fallback when the kernel has no WireGuard module.
 
 use super::{
-    arg_budget, exit_peer_update, wg_set, Command, Firewall, InterfaceSpec, Payload, PeerSpec,
-    Plan, Secret, TargetOs, FWMARK_TABLE,
+    arg_budget, exit_peer_update, peer_groups, wg_set, wireguard_go, Command, Firewall,
+    InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs, FWMARK_TABLE,
 };
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
@@ -11,7 +11,7 @@ use ipnet::{IpNet, Ipv4Net};
 pub(super) fn create(name: &InterfaceName) -> Plan {
     Plan::of(vec![Command::new("ip")
         .args(["link", "add", "dev", name.as_str(), "type", "wireguard"])
-        .or_else(Command::new("wireguard-go").arg(name.as_str()))])
+        .or_else(wireguard_go(name.as_str()))])
 }
 
 pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
@@ -28,8 +28,7 @@ pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
         &spec.name,
         head,
         Some(stdin),
-        peers,
-        &[],
+        peer_groups(peers, &[], true),
         arg_budget(TargetOs::Linux),
     );
     commands.push(Command::new("ip").args([

@@ -2,8 +2,8 @@
 //! and `route`, following `wg-quick`'s darwin script.
 
 use super::{
-    arg_budget, exit_peer_update, half_defaults, pinned_v4, wg_set, Command, InterfaceSpec,
-    Payload, PeerSpec, Plan, Secret, TargetOs,
+    arg_budget, exit_peer_update, half_defaults, peer_groups, pinned_v4, wg_set, wireguard_go,
+    Command, InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs,
 };
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
@@ -26,9 +26,7 @@ pub(super) fn create(name: &InterfaceName) -> Plan {
     // WG_TUN_NAME_FILE and daemonizes.
     Plan::of(vec![
         Command::new("mkdir").args(["-p", RUN_DIR]),
-        Command::new("wireguard-go")
-            .env("WG_TUN_NAME_FILE", name_file(name).display().to_string())
-            .arg("utun"),
+        wireguard_go("utun").env("WG_TUN_NAME_FILE", name_file(name).display().to_string()),
     ])
 }
 
@@ -76,8 +74,7 @@ pub(super) fn configure(
         real_name,
         head,
         Some(stdin),
-        peers,
-        &[],
+        peer_groups(peers, &[], true),
         arg_budget(TargetOs::Macos),
     );
     // utun is point-to-point: the address is given as its own destination, as wg-quick does.

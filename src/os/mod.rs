@@ -248,8 +248,8 @@ impl Command {
             words.push(format!("{}={}", name, quote(value)));
         }
         let program = quote(&self.program);
-        // A first word containing '=' would be read as an assignment: force quotes.
-        if self.env.is_empty() && program.contains('=') && !program.starts_with('\'') {
+        // A leading word containing '=' would be read as one more assignment: force quotes.
+        if program.contains('=') && !program.starts_with('\'') {
             words.push(format!("'{program}'"));
         } else {
             words.push(program.into_owned());
@@ -476,7 +476,8 @@ pub fn create(os: TargetOs, name: &InterfaceName) -> Plan {
 
 /// Gives a freshly created interface its key, port, address, MTU, mesh route and initial
 /// peers. `real_name` is the kernel's name: `utunN` on macOS (read with [`macos_name_file`] /
-/// [`parse_name_file`]), the spec's name elsewhere.
+/// [`parse_name_file`]), the spec's name elsewhere. On Windows this installs the tunnel
+/// service, which refuses to install twice: later changes go through [`apply_peers`].
 pub fn configure(
     os: TargetOs,
     spec: &InterfaceSpec,
@@ -498,8 +499,7 @@ pub fn apply_peers(os: TargetOs, real_name: &InterfaceName, changes: &PeerChange
         real_name,
         Vec::new(),
         None,
-        &changes.upsert,
-        &changes.remove,
+        peer_groups(&changes.upsert, &changes.remove, false),
         arg_budget(os),
     ))
 }
@@ -622,6 +622,15 @@ pub fn parse_name_file(contents: &str) -> Result<InterfaceName, InvalidValue> {
     contents.trim().parse()
 }
 
+/// `wireguard-go NAME`, daemonizing with its output on /dev/null. `LOG_LEVEL=silent` is set
+/// because any other inherited `LOG_LEVEL` makes the daemon keep the runner's stdout and
+/// stderr pipes open, so the runner would wait for it until its timeout and report a failure.
+fn wireguard_go(name: &str) -> Command {
+    Command::new("wireguard-go")
+        .env("LOG_LEVEL", "silent")
+        .arg(name)
+}
+
 /// The `wg` binary's name on `os`.
 fn wg_program(os: TargetOs) -> &'static str {
     match os {
@@ -643,22 +652,16 @@ fn arg_budget(os: TargetOs) -> usize {
 
 /// Builds `wg set NAME <head> peer ... peer ...`, splitting peers over several processes only
 /// when one would exceed `budget` bytes of arguments. `head` (private key, port, fwmark) and
-/// `stdin` go on the first process. Upserts come before removals (add before delete).
+/// `stdin` go on the first process; `groups` are the per-peer argument groups of
+/// [`peer_groups`].
 fn wg_set(
     program: &str,
     real_name: &InterfaceName,
     head: Vec<String>,
     stdin: Option<Payload>,
-    upsert: &[PeerSpec],
-    remove: &[PublicKey],
+    groups: Vec<Vec<String>>,
     budget: usize,
 ) -> Vec<Command> {
-    let mut groups: Vec<Vec<String>> = upsert.iter().map(peer_args).collect();
-    groups.extend(
-        remove
-            .iter()
-            .map(|k| vec!["peer".into(), k.to_base64(), "remove".into()]),
-    );
     if head.is_empty() && groups.is_empty() {
         return Vec::new();
     }
@@ -675,37 +678,52 @@ fn wg_set(
         current = current.stdin(payload);
     }
     let mut used = size(&current.args);
-    let mut fresh = true; // whether `current` carries nothing but its head
+    let mut only_head = true; // `current` has no peer yet, so it cannot be split off
     for group in groups {
         let len = size(&group);
-        if !fresh && used + len > budget {
+        if !only_head && used + len > budget {
             commands.push(std::mem::replace(&mut current, start(Vec::new())));
             used = size(&current.args);
         }
         used += len;
         current = current.args(group);
-        fresh = false;
+        only_head = false;
     }
     commands.push(current);
     commands
 }
 
-/// `peer KEY [endpoint E] allowed-ips A,B persistent-keepalive N|off` for one upsert. The
-/// keepalive is always given so that turning it off is an update like any other; allowed IPs
-/// replace the peer's whole set (empty string clears it).
-fn peer_args(peer: &PeerSpec) -> Vec<String> {
+/// The `wg set` argument groups for a peer diff: upserts before removals (add before delete).
+/// On a new interface (`fresh`) every peer is new, so settings that are already WireGuard's
+/// defaults (no allowed IPs, keepalive off) are left out.
+fn peer_groups(upsert: &[PeerSpec], remove: &[PublicKey], fresh: bool) -> Vec<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = upsert.iter().map(|p| peer_args(p, fresh)).collect();
+    groups.extend(
+        remove
+            .iter()
+            .map(|k| vec!["peer".into(), k.to_base64(), "remove".into()]),
+    );
+    groups
+}
+
+/// `peer KEY [endpoint E] allowed-ips A,B persistent-keepalive N|off` for one upsert. On an
+/// existing interface both are always given, so that clearing allowed IPs (`''`) or turning
+/// the keepalive off is an update like any other; allowed IPs replace the peer's whole set.
+fn peer_args(peer: &PeerSpec, fresh: bool) -> Vec<String> {
     let mut args = vec!["peer".to_string(), peer.public_key.to_base64()];
     if let Some(endpoint) = peer.endpoint {
         args.push("endpoint".into());
         args.push(endpoint.to_string());
     }
-    args.push("allowed-ips".into());
-    args.push(join_nets(&peer.allowed_ips));
-    args.push("persistent-keepalive".into());
-    args.push(match peer.persistent_keepalive {
-        Some(n) if n > 0 => n.to_string(),
-        _ => "off".into(),
-    });
+    if !(fresh && peer.allowed_ips.is_empty()) {
+        args.push("allowed-ips".into());
+        args.push(join_nets(&peer.allowed_ips));
+    }
+    match peer.persistent_keepalive {
+        Some(n) if n > 0 => args.extend(["persistent-keepalive".into(), n.to_string()]),
+        _ if !fresh => args.extend(["persistent-keepalive".into(), "off".into()]),
+        _ => {}
+    }
     args
 }
 

@@ -234,7 +234,9 @@ impl Runner for SystemRunner {
         // wg-quick's `[#]` echo; secrets are on stdin and never part of the line.
         log::debug!("[#] {}", cmd.render_argv());
         let mut expr = duct::cmd(&cmd.program, &cmd.args);
-        for (name, value) in &cmd.env {
+        // duct applies the innermost (first added) `env` last, so add ours in reverse: the
+        // last `VAR=value` of the command then wins, as it does in a shell.
+        for (name, value) in cmd.env.iter().rev() {
             expr = expr.env(name, value);
         }
         expr = match &cmd.stdin {
@@ -579,6 +581,12 @@ mod tests {
             .env("WGM_TEST", "a b")
             .stdin(Payload::Secret(Secret::new("key", b"secret\n".to_vec())));
         assert_eq!(runner.run(&cat).unwrap().stdout, "a b|secret\n");
+
+        let last_wins = Command::new("sh")
+            .args(["-c", "printf %s \"$WGM_TEST\""])
+            .env("WGM_TEST", "first")
+            .env("WGM_TEST", "last");
+        assert_eq!(runner.run(&last_wins).unwrap().stdout, "last");
 
         let fail = Command::new("sh").args(["-c", "echo '  oops  ' >&2; exit 3"]);
         let err = runner.run(&fail).unwrap_err();

@@ -106,7 +106,7 @@ fn all_plans() -> Vec<(String, Plan)> {
         add("create", create(os, &spec().name));
         add(
             "configure",
-            configure(os, &spec(), &r, &[peer_a(), peer_b()]),
+            configure(os, &spec(), &r, &[peer_a(), peer_b(), peer_c()]),
         );
         add("apply_peers", apply_peers(os, &r, &changes()));
         add(
@@ -418,7 +418,7 @@ fn rendered_argv_splits_back_unchanged() {
     }
     // Environment values and a program name that looks like an assignment.
     let cmd = Command::new("x=y").env("V", "a 'b' $c").arg("z");
-    assert_eq!(cmd.render_argv(), "V='a '\\''b'\\'' $c' x=y z");
+    assert_eq!(cmd.render_argv(), "V='a '\\''b'\\'' $c' 'x=y' z");
     assert_eq!(Command::new("x=y").render_argv(), "'x=y'");
 }
 
@@ -443,6 +443,12 @@ fn posix_shell_reads_rendered_lines_back_unchanged() {
         .run(&Command::new("sh").args(["-c", &line]))
         .unwrap();
     assert_eq!(out.stdout, "EOF\n$(id) 'x'\n");
+    // A program named like an assignment is run (and not found), not assigned.
+    let line = Command::new("wgm=no-such-program").env("V", "1").render();
+    let err = SystemRunner::new()
+        .run(&Command::new("sh").args(["-c", &line]))
+        .unwrap_err();
+    assert_eq!(err.exit_status(), Some(127), "{err}");
 }
 
 #[test]
@@ -458,13 +464,17 @@ fn render_marks_fallbacks_tolerance_stdin_and_files() {
         .starts_with("# write C:\\ProgramData\\wgmesh\\wg0.conf (mode 0600)\n"));
 }
 
-/// Prefixes every command of `plan` (fallbacks included) with `ip netns exec NS`.
+/// Prefixes every command of `plan` (fallbacks included) with `ip netns exec NS`, under an
+/// inherited `LOG_LEVEL=debug` (which once made a daemonizing wireguard-go hold the runner's
+/// pipes open until the timeout).
 fn in_netns(ns: &str, plan: &Plan) -> Plan {
     fn wrap(ns: &str, cmd: &Command) -> Command {
         let mut wrapped = Command::new("ip")
             .args(["netns", "exec", ns, &cmd.program])
             .args(cmd.args.clone());
-        wrapped.env = cmd.env.clone();
+        // As if the agent itself ran with LOG_LEVEL=debug: the plan's own settings must win.
+        wrapped.env = vec![("LOG_LEVEL".into(), "debug".into())];
+        wrapped.env.extend(cmd.env.iter().cloned());
         wrapped.stdin = cmd.stdin.clone();
         wrapped.allow_failure = cmd.allow_failure;
         wrapped.fallback = cmd.fallback.as_deref().map(|f| Box::new(wrap(ns, f)));
@@ -497,7 +507,10 @@ impl Namespace {
 
     fn run(&self, plan: &Plan) {
         let wrapped = in_netns(&self.name, plan);
-        runner::execute(&wrapped, &mut SystemRunner::new())
+        let mut runner = SystemRunner {
+            timeout: std::time::Duration::from_secs(10),
+        };
+        runner::execute(&wrapped, &mut runner)
             .unwrap_or_else(|e| panic!("{e}\nplan:\n{}", plan.render()));
     }
 
@@ -545,32 +558,57 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
     let name = iface(&ns.iface);
     let spec = InterfaceSpec {
         name: name.clone(),
+        // Only benchmarking addresses (198.18.0.0/15), even inside a private namespace.
+        address: "198.19.0.5".parse().unwrap(),
+        network: "198.19.0.0/16".parse().unwrap(),
         ..spec()
     };
+    let in_range = |p: PeerSpec| PeerSpec {
+        allowed_ips: p
+            .allowed_ips
+            .iter()
+            .map(|n| net(&n.to_string().replace("10.100.", "198.19.")))
+            .collect(),
+        ..p
+    };
+    let (peer_a, peer_b, peer_c) = (in_range(peer_a()), in_range(peer_b()), in_range(peer_c()));
     let os = TargetOs::Linux;
     ns.run(&create(os, &name));
-    ns.run(&configure(os, &spec, &name, &[peer_a(), peer_b()]));
+    ns.run(&configure(
+        os,
+        &spec,
+        &name,
+        &[peer_a.clone(), peer_b.clone(), peer_c.clone()],
+    ));
     let dump = ns.dump();
     assert_eq!(
         dump.interface.public_key,
         Some(spec.private_key.public_key())
     );
     assert_eq!(dump.interface.listen_port, 51820);
-    let first = diff(&[peer_a(), peer_b()], &dump.peers);
+    let first = diff(
+        &[peer_a.clone(), peer_b.clone(), peer_c.clone()],
+        &dump.peers,
+    );
     assert!(first.is_empty(), "{first:?}\n{dump:?}");
     let addr = ns.output("ip", &["-4", "-o", "address", "show", "dev", &ns.iface]);
-    assert!(addr.contains("inet 10.100.0.5/32"), "{addr}");
+    assert!(addr.contains("inet 198.19.0.5/32"), "{addr}");
     assert!(ns
         .output("ip", &["link", "show", "dev", &ns.iface])
         .contains("mtu 1420"));
 
     // Update a, drop b, add c; then the diff is empty again.
     let a2 = PeerSpec {
-        allowed_ips: vec![net("10.100.0.7/32")],
+        allowed_ips: vec![net("198.19.0.7/32")],
         persistent_keepalive: None,
-        ..peer_a()
+        ..peer_a.clone()
     };
-    let desired = [a2, peer_c()];
+    let c2 = PeerSpec {
+        allowed_ips: vec![net("198.19.0.9/32")],
+        persistent_keepalive: Some(10),
+        ..peer_c.clone()
+    };
+    let desired = [a2, c2];
     let changes = diff(&desired, &ns.dump().peers);
     assert_eq!((changes.upsert.len(), changes.remove.len()), (2, 1));
     ns.run(&apply_peers(os, &name, &changes));
@@ -587,13 +625,13 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
     ));
     let table = ns.output("ip", &["-4", "route", "show", "dev", &ns.iface]);
     assert!(
-        table.contains("198.18.4.0/24") && table.contains("10.100.0.0/16"),
+        table.contains("198.18.4.0/24") && table.contains("198.19.0.0/16"),
         "{table}"
     );
     ns.run(&routes(os, &name, &[], &[net("198.18.4.0/24")]));
 
     let rules_before = ns.output("ip", &["-4", "rule", "show"]);
-    let exit = exit_peer();
+    let exit = in_range(exit_peer());
     ns.run(&full_tunnel_on(os, &name, &exit, &keep_outside(), GATEWAY));
     let rules = ns.output("ip", &["-4", "rule", "show"]);
     assert!(
