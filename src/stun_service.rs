@@ -160,7 +160,28 @@ impl StunStats {
     /// Appends the counters to `out` in Prometheus text exposition format, so the server's
     /// `/metrics` page can concatenate every subsystem into one buffer.
     pub fn render_prometheus(&self, out: &mut String) {
-        let c = self.snapshot();
+        self.snapshot().render_prometheus(out);
+    }
+}
+
+impl StunCounters {
+    /// Adds another service's counters, so a server listening on two STUN ports (for the
+    /// mapping-behaviour check) exports one set of metrics.
+    pub fn merge(mut self, other: StunCounters) -> StunCounters {
+        self.answered += other.answered;
+        self.refused += other.refused;
+        self.malformed += other.malformed;
+        self.ignored += other.ignored;
+        self.rate_limited += other.rate_limited;
+        self.rate_limit_evictions += other.rate_limit_evictions;
+        self.send_errors += other.send_errors;
+        self.recv_errors += other.recv_errors;
+        self
+    }
+
+    /// Appends these counters to `out` in Prometheus text exposition format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let c = self;
         // Writing to a String cannot fail.
         let _ = write!(
             out,

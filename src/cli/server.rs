@@ -39,9 +39,33 @@ pub struct ServerArgs {
     /// most connections open at once; more get 503 (default 4096)
     #[argh(option, default = "4096")]
     max_connections: usize,
+    /// UDP address where the STUN service answers NAT checks (default 0.0.0.0:3478; "off"
+    /// disables it)
+    #[argh(option, default = "UdpListen(Some(\"0.0.0.0:3478\".parse().unwrap()))")]
+    udp_listen: UdpListen,
+    /// second STUN port on the same address, so `wgmesh netcheck` can tell whether a NAT's
+    /// mapping depends on the destination (default: the STUN port + 1; 0 disables it)
+    #[argh(option)]
+    udp_alt_port: Option<u16>,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
+}
+
+/// `--udp-listen`: an address, or "off".
+#[derive(Debug, Clone, Copy)]
+pub struct UdpListen(Option<SocketAddr>);
+
+impl argh::FromArgValue for UdpListen {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        if value == "off" {
+            return Ok(UdpListen(None));
+        }
+        value
+            .parse()
+            .map(|a| UdpListen(Some(a)))
+            .map_err(|_| format!("{value:?} is not ADDR:PORT (e.g. 0.0.0.0:3478) or \"off\""))
+    }
 }
 
 /// Runs `wgmesh server` until SIGINT/SIGTERM.
@@ -84,6 +108,13 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         }
         config.limits.handler_threads = threads;
     }
+    config.udp_listen = args.udp_listen.0;
+    config.udp_alt_port = match (args.udp_alt_port, args.udp_listen.0) {
+        (Some(0), _) | (_, None) => None,
+        (Some(port), _) => Some(port),
+        (None, Some(addr)) if addr.port() == 0 => Some(0),
+        (None, Some(addr)) => addr.port().checked_add(1),
+    };
     run_until_signalled(&config).map_err(|e| {
         let code = match e {
             ServerError::Store(_) => EXIT_STATE,

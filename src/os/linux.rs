@@ -7,6 +7,7 @@ use super::{
 };
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
+use std::net::IpAddr;
 
 pub(super) fn create(name: &InterfaceName) -> Plan {
     Plan::of(vec![Command::new("ip")
@@ -130,7 +131,29 @@ fn tunnel_rules() -> [Vec<String>; 2] {
     ]
 }
 
-pub(super) fn full_tunnel_on(name: &InterfaceName, exit_peer: &PeerSpec) -> Plan {
+/// Policy rules that keep TCP to `addr` (the coordination server) in the main table, so the
+/// control plane never depends on the exit node it may need to tell us is gone. Only TCP: a
+/// STUN probe (UDP) to the same server still goes through the tunnel, which is how `netcheck`
+/// sees the address the internet sees behind the exit node.
+fn control_plane_rule(addr: &IpAddr) -> Option<Vec<String>> {
+    match addr {
+        IpAddr::V4(v4) => Some(vec![
+            "to".into(),
+            format!("{v4}/32"),
+            "ipproto".into(),
+            "tcp".into(),
+            "table".into(),
+            "main".into(),
+        ]),
+        IpAddr::V6(_) => None,
+    }
+}
+
+pub(super) fn full_tunnel_on(
+    name: &InterfaceName,
+    exit_peer: &PeerSpec,
+    keep_outside: &[IpAddr],
+) -> Plan {
     let mut commands = vec![exit_peer_update(
         "wg",
         name,
@@ -139,6 +162,10 @@ pub(super) fn full_tunnel_on(name: &InterfaceName, exit_peer: &PeerSpec) -> Plan
         true,
     )];
     for rule in tunnel_rules() {
+        commands.push(Command::new("ip").args(["-4", "rule", "add"]).args(rule));
+    }
+    // Added last, so the kernel gives them a smaller preference: they are matched first.
+    for rule in keep_outside.iter().filter_map(control_plane_rule) {
         commands.push(Command::new("ip").args(["-4", "rule", "add"]).args(rule));
     }
     commands.push(Command::new("ip").args([
@@ -156,11 +183,16 @@ pub(super) fn full_tunnel_on(name: &InterfaceName, exit_peer: &PeerSpec) -> Plan
     Plan::of(commands)
 }
 
-pub(super) fn full_tunnel_off(name: &InterfaceName, exit_peer: &PeerSpec) -> Plan {
+pub(super) fn full_tunnel_off(
+    name: &InterfaceName,
+    exit_peer: &PeerSpec,
+    keep_outside: &[IpAddr],
+) -> Plan {
     // Rules first, so traffic returns to the main table before the tunnel's route goes. The
     // sysctl stays: wg-quick leaves it too, and it is harmless without the mark.
     let mut commands: Vec<Command> = tunnel_rules()
         .into_iter()
+        .chain(keep_outside.iter().filter_map(control_plane_rule))
         .map(|rule| {
             Command::new("ip")
                 .args(["-4", "rule", "del"])

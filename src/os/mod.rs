@@ -532,9 +532,11 @@ pub fn destroy(
 }
 
 /// Sends all IPv4 traffic through `exit_peer`: adds `0.0.0.0/0` to its allowed IPs and routes
-/// the default through the tunnel while keeping WireGuard's own packets (and, on macOS and
-/// Windows, each `keep_outside` address, pinned via `gateway`, the old default gateway) on the
-/// physical network.
+/// the default through the tunnel while keeping WireGuard's own packets on the physical
+/// network, and each `keep_outside` address (the coordination server, the exit's endpoint)
+/// too: on macOS and Windows pinned via `gateway`, the old default gateway; on Linux (where
+/// the fwmark already covers WireGuard) by a rule sending TCP to it through the main table,
+/// so the control plane survives a dead exit node while UDP probes still use the tunnel.
 ///
 /// The agent must also list `0.0.0.0/0` in the exit peer's desired allowed IPs, or the next
 /// reconcile takes it away again. Run [`full_tunnel_off`] before switching exit nodes; running
@@ -547,7 +549,7 @@ pub fn full_tunnel_on(
     gateway: Ipv4Addr,
 ) -> Plan {
     match os {
-        TargetOs::Linux => linux::full_tunnel_on(real_name, exit_peer),
+        TargetOs::Linux => linux::full_tunnel_on(real_name, exit_peer, keep_outside),
         TargetOs::Macos => macos::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
         TargetOs::Windows => windows::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
     }
@@ -563,7 +565,7 @@ pub fn full_tunnel_off(
     gateway: Ipv4Addr,
 ) -> Plan {
     match os {
-        TargetOs::Linux => linux::full_tunnel_off(real_name, exit_peer),
+        TargetOs::Linux => linux::full_tunnel_off(real_name, exit_peer, keep_outside),
         TargetOs::Macos => macos::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
         TargetOs::Windows => windows::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
     }

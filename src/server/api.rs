@@ -41,6 +41,8 @@ pub struct Api {
     server_public_key: PublicKey,
     /// Distinguishes ETags across restarts, since generations restart at 1.
     epoch: u64,
+    /// The STUN services' counters, exported with the rest.
+    stun_stats: std::sync::OnceLock<Vec<Arc<crate::stun_service::StunStats>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,7 +140,13 @@ impl Api {
             metrics: Metrics::default(),
             server_public_key,
             epoch: u64::from_le_bytes(seed),
+            stun_stats: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands over the STUN services' counters for `/metrics` (once, at startup).
+    pub fn set_stun_stats(&self, stats: Vec<Arc<crate::stun_service::StunStats>>) {
+        let _ = self.stun_stats.set(stats);
     }
 
     /// The server's counters.
@@ -404,8 +412,26 @@ impl Api {
         Response {
             status: 200,
             headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: Body::Owned(self.metrics.render(total, online, "").into_bytes()),
+            body: Body::Owned(
+                self.metrics
+                    .render(total, online, &self.stun_metrics())
+                    .into_bytes(),
+            ),
         }
+    }
+
+    fn stun_metrics(&self) -> String {
+        let mut out = String::new();
+        if let Some(stats) = self.stun_stats.get().filter(|s| !s.is_empty()) {
+            stats
+                .iter()
+                .map(|s| s.snapshot())
+                .fold(crate::stun_service::StunCounters::default(), |a, b| {
+                    a.merge(b)
+                })
+                .render_prometheus(&mut out);
+        }
+        out
     }
 
     fn route(&self, req: &Request) -> (MetricEndpoint, Result<Response, Refusal>) {

@@ -38,6 +38,11 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Connection-layer limits, including `--threads`.
     pub limits: http::Limits,
+    /// Where the STUN service answers "what address do you see me from?" (None: off).
+    pub udp_listen: Option<SocketAddr>,
+    /// A second STUN port on the same address, so clients can tell whether their NAT's
+    /// mapping changes with the destination (None: off).
+    pub udp_alt_port: Option<u16>,
 }
 
 impl ServerConfig {
@@ -52,6 +57,8 @@ impl ServerConfig {
             heartbeat_timeout: Duration::from_secs(120),
             sweep_interval: Duration::from_secs(60),
             limits: http::Limits::default(),
+            udp_listen: None,
+            udp_alt_port: None,
         }
     }
 }
@@ -107,6 +114,39 @@ pub struct RunningServer {
     stop: Arc<(Mutex<bool>, Condvar)>,
     sweeper: Option<std::thread::JoinHandle<()>>,
     public_key: PublicKey,
+    stun: Vec<crate::stun_service::StunHandle>,
+}
+
+/// STUN worker threads per port: one client waits for each answer, so more threads mostly
+/// add wake-ups (measured by `cargo bench --bench stun`); two keep one port busy under load.
+const STUN_THREADS: usize = 2;
+
+fn start_stun(config: &ServerConfig) -> Result<Vec<crate::stun_service::StunHandle>, ServerError> {
+    let Some(primary) = config.udp_listen else {
+        return Ok(Vec::new());
+    };
+    let mut addrs = vec![primary];
+    if let Some(port) = config.udp_alt_port.filter(|p| *p != 0) {
+        addrs.push(SocketAddr::new(primary.ip(), port));
+    }
+    let mut handles = Vec::new();
+    for addr in addrs {
+        let socket = std::net::UdpSocket::bind(addr).map_err(|e| {
+            ServerError::Io(io::Error::new(
+                e.kind(),
+                format!("cannot listen for STUN on udp {addr}: {e}"),
+            ))
+        })?;
+        let handle = crate::stun_service::StunService::spawn(
+            socket,
+            STUN_THREADS,
+            crate::stun_service::RateLimit::default(),
+        )
+        .map_err(ServerError::Io)?;
+        log::info!("STUN service answering on udp {}", handle.local_addr());
+        handles.push(handle);
+    }
+    Ok(handles)
 }
 
 impl RunningServer {
@@ -118,7 +158,9 @@ impl RunningServer {
         let peers = snapshot.peers.len();
         let registry = registry::Registry::from_snapshot(snapshot)
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        let stun = start_stun(config)?;
         let api = Arc::new(api::Api::new(registry, store, key.public_key()));
+        api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             ServerError::Io(io::Error::new(
                 e.kind(),
@@ -148,12 +190,18 @@ impl RunningServer {
             stop,
             sweeper: Some(sweeper),
             public_key: key.public_key(),
+            stun,
         })
     }
 
     /// The bound HTTP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.http.local_addr()
+    }
+
+    /// The bound STUN addresses (primary first), for tests using port 0.
+    pub fn stun_addrs(&self) -> Vec<SocketAddr> {
+        self.stun.iter().map(|h| h.local_addr()).collect()
     }
 
     /// The server's public key, as returned by `/register`.
@@ -171,6 +219,9 @@ impl RunningServer {
         }
         if let Some(t) = self.sweeper.take() {
             let _ = t.join();
+        }
+        for handle in self.stun.drain(..) {
+            handle.shutdown();
         }
         self.api.compact(true)
     }

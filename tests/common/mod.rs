@@ -64,7 +64,13 @@ impl ServerProcess {
     ) -> Result<ServerProcess, (Option<i32>, Vec<String>)> {
         let mut child = Command::new(wgmesh_bin())
             .arg("server")
-            .args(["--listen", "127.0.0.1:0", "--state"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--udp-listen",
+                "127.0.0.1:0",
+                "--state",
+            ])
             .arg(state)
             .args(extra)
             .stdin(Stdio::null())
