@@ -32,6 +32,55 @@ pub struct Assignment {
     pub server_public_key: PublicKey,
 }
 
+/// What to do when the chosen exit node goes offline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitFallback {
+    /// Fail closed: keep routing internet traffic into the tunnel, where it is dropped, so
+    /// nothing leaks out of the local network unannounced. The default.
+    #[default]
+    Block,
+    /// Fall back to the local internet connection until the exit node returns.
+    Direct,
+}
+
+impl std::str::FromStr for ExitFallback {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "block" => Ok(ExitFallback::Block),
+            "direct" => Ok(ExitFallback::Direct),
+            _ => Err(format!(
+                "{s:?} is not an exit fallback: use block or direct"
+            )),
+        }
+    }
+}
+
+/// The exit node's NAT as set up on this host (we are the exit node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedNat {
+    /// The interface traffic leaves by (the default route's).
+    pub out_iface: String,
+    /// "nftables" or "iptables".
+    pub firewall: String,
+}
+
+/// The full tunnel through an exit node as set up on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedTunnel {
+    /// The exit node's key.
+    pub exit_public_key: PublicKey,
+    /// The exit node's endpoint when the tunnel was set up.
+    pub exit_endpoint: Option<Endpoint>,
+    /// The exit peer's allowed IPs without the default route.
+    pub exit_allowed_ips: Vec<IpNet>,
+    /// Addresses kept outside the tunnel (the coordination server, the exit's endpoint).
+    pub keep_outside: Vec<std::net::IpAddr>,
+    /// The default gateway before the tunnel (macOS and Windows pin routes through it).
+    pub gateway: Ipv4Addr,
+}
+
 /// What this host has set up, so teardown removes exactly that and nothing else.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
@@ -45,6 +94,12 @@ pub struct Applied {
     /// Extra prefixes routed through the interface (beyond the mesh network).
     #[serde(default)]
     pub routes: Vec<IpNet>,
+    /// Exit-node NAT, when this host is an exit node.
+    #[serde(default)]
+    pub nat: Option<AppliedNat>,
+    /// The full tunnel, when this host uses an exit node.
+    #[serde(default)]
+    pub full_tunnel: Option<AppliedTunnel>,
 }
 
 /// The whole client configuration file.
@@ -71,9 +126,12 @@ pub struct ClientConfig {
     /// Whether we offer to be an exit node.
     #[serde(default)]
     pub exit_node: bool,
-    /// The exit node we route internet traffic through, if any.
+    /// The exit node we route internet traffic through (hostname, mesh address or peer id).
     #[serde(default)]
     pub use_exit_node: Option<String>,
+    /// What to do while that exit node is offline.
+    #[serde(default)]
+    pub exit_fallback: ExitFallback,
     /// What the server assigned.
     #[serde(default)]
     pub assignment: Option<Assignment>,
@@ -119,6 +177,7 @@ impl ClientConfig {
             endpoint: None,
             exit_node: false,
             use_exit_node: None,
+            exit_fallback: ExitFallback::Block,
             assignment: None,
             applied: None,
         }

@@ -5,18 +5,21 @@
 //! server with a recording runner, and `--dry-run` prints the same plans it would run.
 
 use super::client::{ApiClient, ClientError, PeerList};
-use super::config::{Applied, Assignment, ClientConfig, ConfigError};
+use super::config::{
+    Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig, ConfigError, ExitFallback,
+};
 use crate::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::os::runner::{execute, ExecuteError, Runner};
 use crate::os::{self, Command, InterfaceSpec, PeerSpec, Plan, TargetOs};
 use crate::reconcile;
 use crate::types::{Hostname, InterfaceName, OsName};
 use crate::wgdump;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 /// Seconds between keepalives to every peer: under the 30 s or so that common NATs keep an
@@ -264,9 +267,12 @@ impl Engine {
         }
     }
 
-    /// The peers as WireGuard should know them: each peer's own prefixes, never a default
-    /// route (exit nodes are opt-in).
-    pub fn desired_peers(peers: &[PeerInfo]) -> Vec<PeerSpec> {
+    /// The peers as WireGuard should know them: each peer's own prefixes, and a default
+    /// route only for the exit node this host chose (exit nodes are opt-in).
+    pub fn desired_peers(
+        peers: &[PeerInfo],
+        exit: Option<&crate::keys::PublicKey>,
+    ) -> Vec<PeerSpec> {
         peers
             .iter()
             .map(|p| PeerSpec {
@@ -275,7 +281,7 @@ impl Engine {
                 allowed_ips: p
                     .allowed_ips
                     .iter()
-                    .filter(|net| net.prefix_len() != 0)
+                    .filter(|net| net.prefix_len() != 0 || exit == Some(&p.public_key))
                     .copied()
                     .collect(),
                 persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
@@ -363,7 +369,8 @@ impl Engine {
         self.reconcile(&peers, unchanged, sink)
     }
 
-    /// Makes the interface match `peers`, creating it if needed.
+    /// Makes the interface match `peers`, creating it if needed, and sets up (or removes)
+    /// exit-node NAT and the full tunnel through a chosen exit node.
     pub fn reconcile(
         &mut self,
         peers: &[PeerInfo],
@@ -376,7 +383,8 @@ impl Engine {
             .clone()
             .ok_or_else(|| AgentError::Usage("not registered yet".into()))?;
         let spec = self.spec(&assignment);
-        let desired = Self::desired_peers(peers);
+        let exit = self.chosen_exit(peers)?;
+        let desired = Self::desired_peers(peers, exit.map(|p| &p.public_key));
         let mut summary = SyncSummary {
             peer_id: assignment.peer_id.to_string(),
             address: assignment.assigned_ip.to_string(),
@@ -402,13 +410,7 @@ impl Engine {
             Some(dump) if applied.is_some() => (real_name, dump.peers),
             _ => {
                 // Missing, stale (another key, port or address) or never applied: start clean.
-                let stale = self.config.applied.clone();
-                if let Some(old) = stale.as_ref().filter(|a| a.os == self.os.as_str()) {
-                    if let Ok(old_name) = old.interface.parse::<InterfaceName>() {
-                        let network = assignment.network_cidr;
-                        sink.apply(&os::destroy(self.os, &spec.name, &old_name, network))?;
-                    }
-                }
+                self.undo_applied(sink)?;
                 sink.apply(&os::destroy(
                     self.os,
                     &spec.name,
@@ -424,7 +426,7 @@ impl Engine {
                         os: self.os.as_str().to_owned(),
                         interface: real.to_string(),
                         address: Some(assignment.assigned_ip),
-                        routes: Vec::new(),
+                        ..Applied::default()
                     });
                     self.save()?;
                 }
@@ -436,6 +438,25 @@ impl Engine {
             }
         };
         summary.interface = real_name.to_string();
+
+        // The tunnel goes before peers change when it is being removed (its `off` rewrites
+        // the old exit peer, which must still exist), and after when it is being added.
+        let want_tunnel = self.wanted_tunnel(exit, &desired, sink)?;
+        let have_tunnel = self
+            .config
+            .applied
+            .as_ref()
+            .and_then(|a| a.full_tunnel.clone());
+        let tunnel_changes = want_tunnel != have_tunnel;
+        if tunnel_changes {
+            if let Some(old) = &have_tunnel {
+                sink.apply(&self.tunnel_off(&real_name, old, false))?;
+                log::info!(
+                    "stopped routing internet traffic through exit node {}",
+                    old.exit_public_key
+                );
+            }
+        }
 
         let changes = reconcile::diff(&desired, &actual_peers);
         let known: BTreeSet<_> = actual_peers.iter().map(|p| p.public_key).collect();
@@ -450,6 +471,27 @@ impl Engine {
         summary.removed = changes.remove.iter().map(|k| k.to_base64()).collect();
         sink.apply(&os::apply_peers(self.os, &real_name, &changes))?;
 
+        if tunnel_changes {
+            if let Some(new) = &want_tunnel {
+                let exit_peer = tunnel_peer(new, true);
+                let plan = os::full_tunnel_on(
+                    self.os,
+                    &real_name,
+                    &exit_peer,
+                    &new.keep_outside,
+                    new.gateway,
+                );
+                sink.apply(&plan)?;
+                log::info!(
+                    "routing internet traffic through exit node {}",
+                    new.exit_public_key
+                );
+            }
+            self.record(sink, |a| a.full_tunnel = want_tunnel.clone())?;
+        }
+
+        self.reconcile_nat(&real_name, assignment.network_cidr, sink)?;
+
         let want_routes = Self::extra_routes(&desired, assignment.network_cidr);
         let have_routes: BTreeSet<IpNet> = self
             .config
@@ -461,10 +503,7 @@ impl Engine {
         let remove: Vec<IpNet> = have_routes.difference(&want_routes).copied().collect();
         if !add.is_empty() || !remove.is_empty() {
             sink.apply(&os::routes(self.os, &real_name, &add, &remove))?;
-            if let Some(applied) = self.config.applied.as_mut().filter(|_| !sink.is_dry_run()) {
-                applied.routes = want_routes.into_iter().collect();
-                self.save()?;
-            }
+            self.record(sink, |a| a.routes = want_routes.into_iter().collect())?;
         }
         summary.peers = desired.len();
         for (what, keys) in [
@@ -477,6 +516,280 @@ impl Engine {
             }
         }
         Ok(summary)
+    }
+
+    /// Changes what is recorded as applied (never in a dry run) and saves it.
+    fn record(
+        &mut self,
+        sink: &Sink<'_>,
+        change: impl FnOnce(&mut Applied),
+    ) -> Result<(), AgentError> {
+        if sink.is_dry_run() {
+            return Ok(());
+        }
+        if let Some(applied) = self.config.applied.as_mut() {
+            change(applied);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// The exit node this host asked for, if it is in the list. A peer that is listed but
+    /// offers no exit is a configuration error; one that is missing is offline.
+    fn chosen_exit<'p>(&self, peers: &'p [PeerInfo]) -> Result<Option<&'p PeerInfo>, AgentError> {
+        let Some(wanted) = self.config.use_exit_node.as_deref() else {
+            return Ok(None);
+        };
+        let found = peers.iter().find(|p| {
+            p.hostname.as_str() == wanted
+                || p.virtual_ip.to_string() == wanted
+                || p.id.as_str() == wanted
+        });
+        match found {
+            Some(p) if !p.exit_node => Err(AgentError::Usage(format!(
+                "peer {wanted} ({}) does not offer to be an exit node: start it with --exit-node",
+                p.virtual_ip
+            ))),
+            Some(p) => Ok(Some(p)),
+            None => {
+                log::warn!(
+                    "exit node {wanted} is offline or unknown; {}",
+                    match self.config.exit_fallback {
+                        ExitFallback::Block => "internet traffic stays blocked until it returns (--exit-fallback block)",
+                        ExitFallback::Direct => "using the direct connection until it returns (--exit-fallback direct)",
+                    }
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// The full tunnel this host should have now.
+    fn wanted_tunnel(
+        &mut self,
+        exit: Option<&PeerInfo>,
+        desired: &[PeerSpec],
+        sink: &Sink<'_>,
+    ) -> Result<Option<AppliedTunnel>, AgentError> {
+        let have = self
+            .config
+            .applied
+            .as_ref()
+            .and_then(|a| a.full_tunnel.clone());
+        let Some(exit) = exit else {
+            // Exit node chosen but gone: fail closed keeps the tunnel (and so blocks traffic).
+            let keep = self.config.use_exit_node.is_some()
+                && self.config.exit_fallback == ExitFallback::Block;
+            return Ok(if keep { have } else { None });
+        };
+        let spec = desired
+            .iter()
+            .find(|p| p.public_key == exit.public_key)
+            .expect("the exit node is among the desired peers");
+        let mut keep_outside: Vec<IpAddr> = Vec::new();
+        if let Some(server) = self.server_ip() {
+            keep_outside.push(server);
+        }
+        if let Some(endpoint) = exit.endpoint {
+            if !keep_outside.contains(&endpoint.0.ip()) {
+                keep_outside.push(endpoint.0.ip());
+            }
+        }
+        let gateway = match &have {
+            // Keep the gateway found before the tunnel existed (now the default is the tunnel).
+            Some(t) => t.gateway,
+            None => self.default_gateway(sink),
+        };
+        Ok(Some(AppliedTunnel {
+            exit_public_key: exit.public_key,
+            exit_endpoint: exit.endpoint,
+            exit_allowed_ips: spec
+                .allowed_ips
+                .iter()
+                .filter(|n| n.prefix_len() != 0)
+                .copied()
+                .collect(),
+            keep_outside,
+            gateway,
+        }))
+    }
+
+    fn tunnel_off(&self, real_name: &InterfaceName, t: &AppliedTunnel, tolerant: bool) -> Plan {
+        let mut plan = os::full_tunnel_off(
+            self.os,
+            real_name,
+            &tunnel_peer(t, false),
+            &t.keep_outside,
+            t.gateway,
+        );
+        if tolerant {
+            for cmd in &mut plan.commands {
+                cmd.allow_failure = true;
+            }
+        }
+        plan
+    }
+
+    /// The coordination server's address, when its URL names one directly.
+    fn server_ip(&self) -> Option<IpAddr> {
+        let authority = self.client.server().authority();
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(authority, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.parse().ok().or_else(|| {
+            use std::net::ToSocketAddrs;
+            (host, 0)
+                .to_socket_addrs()
+                .ok()?
+                .find(|a| a.is_ipv4())
+                .map(|a| a.ip())
+        })
+    }
+
+    /// Runs a read-only command through the reader, returning its stdout.
+    fn read(&mut self, program: &str, args: &[&str]) -> Option<String> {
+        let reader = self.reader.as_mut()?;
+        reader
+            .run(&Command::new(program).args(args.iter().copied()))
+            .ok()
+            .map(|o| o.stdout)
+    }
+
+    /// The IPv4 default gateway (macOS and Windows pin routes to it); 0.0.0.0 if unknown.
+    fn default_gateway(&mut self, sink: &Sink<'_>) -> Ipv4Addr {
+        let found = match self.os {
+            TargetOs::Linux => self
+                .read("ip", &["-4", "route", "show", "default"])
+                .and_then(|out| word_after(&out, "via")),
+            TargetOs::Macos => self
+                .read("route", &["-n", "get", "default"])
+                .and_then(|out| word_after(&out, "gateway:")),
+            TargetOs::Windows => None,
+        };
+        found.and_then(|g| g.parse().ok()).unwrap_or_else(|| {
+            if !sink.is_dry_run() && self.os != TargetOs::Linux {
+                log::warn!("cannot find the default gateway: routes to the server and exit node are not pinned");
+            }
+            Ipv4Addr::UNSPECIFIED
+        })
+    }
+
+    /// Sets up, changes or removes NAT so this host serves as an exit node when asked to.
+    fn reconcile_nat(
+        &mut self,
+        real_name: &InterfaceName,
+        mesh: Ipv4Net,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), AgentError> {
+        let have = self.config.applied.as_ref().and_then(|a| a.nat.clone());
+        let want = if self.config.exit_node {
+            let out_iface = self
+                .read("ip", &["-4", "route", "show", "default"])
+                .and_then(|out| word_after(&out, "dev"))
+                .or_else(|| have.as_ref().map(|n| n.out_iface.clone()))
+                .ok_or_else(|| {
+                    AgentError::Usage(
+                        "an exit node needs a default route to send traffic out of; none found"
+                            .into(),
+                    )
+                })?;
+            let firewall = if self.read("nft", &["--version"]).is_some() {
+                "nftables"
+            } else {
+                "iptables"
+            };
+            Some(AppliedNat {
+                out_iface,
+                firewall: firewall.to_owned(),
+            })
+        } else {
+            None
+        };
+        if want == have {
+            return Ok(());
+        }
+        if let Some(old) = &have {
+            sink.apply(&self.nat_plan(real_name, mesh, old, false)?)?;
+        }
+        if let Some(new) = &want {
+            sink.apply(&self.nat_plan(real_name, mesh, new, true)?)?;
+            log::info!(
+                "serving as an exit node: NAT out of {} with {}",
+                new.out_iface,
+                new.firewall
+            );
+        }
+        self.record(sink, |a| a.nat = want)
+    }
+
+    fn nat_plan(
+        &self,
+        real_name: &InterfaceName,
+        mesh: Ipv4Net,
+        nat: &AppliedNat,
+        on: bool,
+    ) -> Result<Plan, AgentError> {
+        let out: InterfaceName = nat
+            .out_iface
+            .parse()
+            .map_err(|e| AgentError::Usage(format!("default route interface: {e}")))?;
+        let firewall = if nat.firewall == "nftables" {
+            os::Firewall::Nftables
+        } else {
+            os::Firewall::Iptables
+        };
+        let plan = if on {
+            os::exit_node_nat_on(self.os, real_name, &out, mesh, firewall)
+        } else {
+            os::exit_node_nat_off(self.os, real_name, &out, mesh, firewall)
+        };
+        plan.map_err(|e| AgentError::Usage(e.to_string()))
+    }
+
+    /// Removes NAT and the full tunnel recorded as applied (before rebuilding or tearing down
+    /// the interface). Tolerant: pieces may already be gone with the interface.
+    fn undo_applied(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
+        let Some(old) = self
+            .config
+            .applied
+            .clone()
+            .filter(|a| a.os == self.os.as_str())
+        else {
+            return Ok(());
+        };
+        let Ok(old_name) = old.interface.parse::<InterfaceName>() else {
+            return Ok(());
+        };
+        let mesh = self.config.assignment.as_ref().map_or_else(
+            || "10.100.0.0/16".parse().expect("literal"),
+            |a| a.network_cidr,
+        );
+        if let Some(nat) = &old.nat {
+            let mut plan = self.nat_plan(&old_name, mesh, nat, false)?;
+            plan.commands
+                .iter_mut()
+                .for_each(|c| c.allow_failure = true);
+            sink.apply(&plan)?;
+        }
+        if let Some(tunnel) = &old.full_tunnel {
+            sink.apply(&self.tunnel_off(&old_name, tunnel, true))?;
+        }
+        if !old.routes.is_empty() {
+            sink.apply(&os::routes(self.os, &old_name, &[], &old.routes))?;
+        }
+        sink.apply(&os::destroy(
+            self.os,
+            &self.config.interface,
+            &old_name,
+            mesh,
+        ))?;
+        if !sink.is_dry_run() {
+            self.config.applied = None;
+            self.save()?;
+        }
+        Ok(())
     }
 
     /// The kernel's name for a just-created interface (macOS: the utunN in the name file).
@@ -502,32 +815,39 @@ impl Engine {
             .map_err(|e| AgentError::Usage(format!("{}: {e}", file.display())))
     }
 
-    /// Removes everything `up`/`sync` set up on this host.
+    /// Removes everything `up`/`sync` set up on this host: NAT, the full tunnel, routes and
+    /// the interface. Returns whether there was anything to remove.
     pub fn teardown(&mut self, sink: &mut Sink<'_>) -> Result<bool, AgentError> {
         let Some(applied) = self.config.applied.clone() else {
             return Ok(false);
         };
-        let real: InterfaceName = applied
-            .interface
-            .parse()
-            .map_err(|e| AgentError::Usage(format!("recorded interface name: {e}")))?;
-        let os: TargetOs = applied
+        self.os = applied
             .os
             .parse()
             .map_err(|e| AgentError::Usage(format!("recorded OS: {e}")))?;
-        let network = self.config.assignment.as_ref().map_or_else(
-            || "10.100.0.0/16".parse().expect("literal"),
-            |a| a.network_cidr,
-        );
-        if !applied.routes.is_empty() {
-            sink.apply(&os::routes(os, &real, &[], &applied.routes))?;
-        }
-        sink.apply(&os::destroy(os, &self.config.interface, &real, network))?;
-        if !sink.is_dry_run() {
-            self.config.applied = None;
-            self.save()?;
-        }
-        log::info!("removed interface {real}");
+        self.undo_applied(sink)?;
+        log::info!("removed interface {}", applied.interface);
         Ok(true)
     }
+}
+
+/// The exit peer as `full_tunnel_on/off` want it.
+fn tunnel_peer(t: &AppliedTunnel, with_default: bool) -> PeerSpec {
+    let mut allowed_ips = t.exit_allowed_ips.clone();
+    if with_default {
+        allowed_ips.push("0.0.0.0/0".parse().expect("literal"));
+    }
+    PeerSpec {
+        public_key: t.exit_public_key,
+        endpoint: t.exit_endpoint,
+        allowed_ips,
+        persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+    }
+}
+
+/// The word following `key` in command output (`via X`, `dev X`, `gateway: X`).
+fn word_after(text: &str, key: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == key)?;
+    words.next().map(str::to_owned)
 }

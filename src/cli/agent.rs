@@ -5,7 +5,7 @@ use super::{
     EXIT_USAGE,
 };
 use crate::agent::client::{ApiClient, ServerUrl};
-use crate::agent::config::{self, ClientConfig, ConfigError};
+use crate::agent::config::{self, ClientConfig, ConfigError, ExitFallback};
 use crate::agent::daemon::{self, Intervals};
 use crate::agent::engine::{AgentError, Engine, Sink};
 use crate::keys::PrivateKey;
@@ -48,7 +48,32 @@ struct Common {
     endpoint: Option<Endpoint>,
     hostname: Option<Hostname>,
     exit_node: bool,
+    use_exit_node: Option<ExitChoice>,
+    exit_fallback: Option<ExitFallback>,
     os: Option<TargetOs>,
+}
+
+/// `--use-exit-node`: a peer's hostname, mesh address or peer id, or "none".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitChoice(Option<String>);
+
+impl argh::FromArgValue for ExitChoice {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        if value == "none" {
+            return Ok(ExitChoice(None));
+        }
+        let valid = value.parse::<std::net::Ipv4Addr>().is_ok()
+            || value.parse::<crate::types::PeerId>().is_ok()
+            || value.parse::<Hostname>().is_ok();
+        if valid {
+            Ok(ExitChoice(Some(value.to_owned())))
+        } else {
+            Err(format!(
+                "{:?} is not a peer: give its hostname, mesh address or peer id, or \"none\"",
+                crate::types::describe(value)
+            ))
+        }
+    }
 }
 
 fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, Failure> {
@@ -93,6 +118,18 @@ fn engine(common: Common) -> Result<Engine, Failure> {
         cfg.hostname = common.hostname;
     }
     cfg.exit_node = common.exit_node;
+    if let Some(choice) = common.use_exit_node {
+        cfg.use_exit_node = choice.0;
+    }
+    if let Some(fallback) = common.exit_fallback {
+        cfg.exit_fallback = fallback;
+    }
+    if cfg.exit_node && os != TargetOs::Linux {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            format!("{os} is not supported as an exit node yet: run the exit node on Linux"),
+        ));
+    }
     let server = cfg.server.clone().ok_or_else(|| {
         Failure::new(
             EXIT_USAGE,
@@ -146,9 +183,17 @@ pub struct UpArgs {
     /// seconds between peer syncs (default 60)
     #[argh(option, default = "60")]
     sync_interval: u64,
-    /// offer this machine as an exit node
+    /// offer this machine as an exit node (give it on every run; without it the machine stops
+    /// being one)
     #[argh(switch)]
     exit_node: bool,
+    /// send all internet traffic through this exit node (hostname, mesh address or peer id;
+    /// remembered; "none" clears it)
+    #[argh(option)]
+    use_exit_node: Option<ExitChoice>,
+    /// while the chosen exit node is offline: block (default: nothing leaks) or direct
+    #[argh(option)]
+    exit_fallback: Option<ExitFallback>,
     /// print the commands instead of running them, then exit
     #[argh(switch)]
     dry_run: bool,
@@ -184,9 +229,17 @@ pub struct SyncArgs {
     /// hostname to register (default: this machine's)
     #[argh(option)]
     hostname: Option<Hostname>,
-    /// offer this machine as an exit node
+    /// offer this machine as an exit node (give it on every run; without it the machine stops
+    /// being one)
     #[argh(switch)]
     exit_node: bool,
+    /// send all internet traffic through this exit node (hostname, mesh address or peer id;
+    /// remembered; "none" clears it)
+    #[argh(option)]
+    use_exit_node: Option<ExitChoice>,
+    /// while the chosen exit node is offline: block (default: nothing leaks) or direct
+    #[argh(option)]
+    exit_fallback: Option<ExitFallback>,
     /// print a JSON summary of what changed on stdout
     #[argh(switch)]
     json: bool,
@@ -284,6 +337,8 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         endpoint: args.endpoint,
         hostname: args.hostname,
         exit_node: args.exit_node,
+        use_exit_node: args.use_exit_node,
+        exit_fallback: args.exit_fallback,
         os: args.os,
     })?;
     if dry_run {
@@ -310,6 +365,8 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
         endpoint: args.endpoint,
         hostname: args.hostname,
         exit_node: args.exit_node,
+        use_exit_node: args.use_exit_node,
+        exit_fallback: args.exit_fallback,
         os: args.os,
     })?;
     let summary = if dry_run {
@@ -371,7 +428,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn write_stdout(text: &str) -> Result<(), Failure> {
+pub(super) fn write_stdout(text: &str) -> Result<(), Failure> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
             EXIT_INTERNAL,
@@ -387,7 +444,13 @@ struct PeerStatus {
     hostname: Option<String>,
     virtual_ip: Option<String>,
     public_key: String,
+    /// The endpoint WireGuard sends to right now.
     endpoint: Option<String>,
+    /// Whether packets go straight to the peer's endpoint: wgmesh never relays, so every
+    /// peer with a known endpoint is direct (a relay would show here when one exists).
+    direct: bool,
+    /// Whether this is the exit node internet traffic goes through.
+    exit_node_in_use: bool,
     online: bool,
     latest_handshake_secs: Option<u64>,
     rx_bytes: u64,
@@ -453,6 +516,12 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
                         virtual_ip: info.map(|i| i.virtual_ip.to_string()),
                         public_key: p.public_key.to_base64(),
                         endpoint: p.endpoint.map(|e| e.to_string()),
+                        direct: p.endpoint.is_some(),
+                        exit_node_in_use: cfg
+                            .applied
+                            .as_ref()
+                            .and_then(|a| a.full_tunnel.as_ref())
+                            .is_some_and(|t| t.exit_public_key == p.public_key),
                         online: age.is_some_and(|a| a <= HANDSHAKE_FRESH_SECS),
                         latest_handshake_secs: age,
                         rx_bytes: p.transfer_rx,
@@ -486,8 +555,8 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
         status.peer_id.clone().unwrap_or_else(dash),
     ));
     out.push_str(&format!(
-        "{:<20} {:<15} {:<24} {:<7} {:>10} {:>12} {:>12}\n",
-        "HOSTNAME", "ADDRESS", "ENDPOINT", "ONLINE", "HANDSHAKE", "RX", "TX"
+        "{:<20} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
+        "HOSTNAME", "ADDRESS", "ENDPOINT", "PATH", "ONLINE", "HANDSHAKE", "RX", "TX"
     ));
     for p in &status.peers {
         out.push_str(&format!(
@@ -547,10 +616,21 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
         network: assignment.network_cidr,
         mtu: crate::os::DEFAULT_MTU,
     };
-    write_stdout(&crate::wgquick::render(
-        &spec,
-        &Engine::desired_peers(&peers),
-    ))
+    // The chosen exit node (if any) gets the default route, so wg-quick makes the same full
+    // tunnel the agent would.
+    let exit = cfg.use_exit_node.as_deref().and_then(|wanted| {
+        peers
+            .iter()
+            .find(|p| {
+                p.exit_node
+                    && (p.hostname.as_str() == wanted
+                        || p.virtual_ip.to_string() == wanted
+                        || p.id.as_str() == wanted)
+            })
+            .map(|p| p.public_key)
+    });
+    let desired = Engine::desired_peers(&peers, exit.as_ref());
+    write_stdout(&crate::wgquick::render(&spec, &desired))
 }
 
 /// `wgmesh genkey`.

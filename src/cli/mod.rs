@@ -10,8 +10,10 @@
 //! | 3 | the coordination server is unreachable or refused the request |
 //! | 4 | a system command (`wg`, `ip`, ...) failed |
 //! | 5 | local state could not be read or written |
+//! | 6 | a check failed (`netcheck`: the exit node does not carry this node's traffic) |
 
 mod agent;
+mod netcheck;
 mod server;
 
 use argh::FromArgs;
@@ -30,10 +32,13 @@ pub const EXIT_SERVER: u8 = 3;
 pub const EXIT_COMMAND: u8 = 4;
 /// Local state could not be read or written.
 pub const EXIT_STATE: u8 = 5;
+/// A check found a problem (`netcheck`).
+pub const EXIT_CHECK: u8 = 6;
 
 /// wgmesh: a WireGuard mesh VPN. Every machine gets a stable private IP and a direct,
 /// encrypted path to every other machine. Exit codes: 0 ok, 1 internal error, 2 bad usage or
-/// config, 3 server unreachable or refusing, 4 a system command failed, 5 local state error.
+/// config, 3 server unreachable or refusing, 4 a system command failed, 5 local state error,
+/// 6 a check failed.
 #[derive(FromArgs, Debug)]
 pub struct Wgmesh {
     #[argh(subcommand)]
@@ -51,6 +56,7 @@ enum Command {
     Export(agent::ExportArgs),
     Genkey(agent::GenkeyArgs),
     Pubkey(agent::PubkeyArgs),
+    Netcheck(netcheck::NetcheckArgs),
 }
 
 /// A failure with its exit code; `main` prints the message once on stderr.
@@ -123,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Export(a) => agent::export(a),
         Command::Genkey(a) => agent::genkey(a),
         Command::Pubkey(a) => agent::pubkey(a),
+        Command::Netcheck(a) => netcheck::run(a),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
