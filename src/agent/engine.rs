@@ -289,11 +289,14 @@ impl Engine {
             .collect()
     }
 
-    /// Prefixes beyond the mesh network that must be routed into the interface.
+    /// Prefixes beyond the mesh network that must be routed into the interface. Never a
+    /// default route: an exit node's is the full tunnel's business (policy routing with a
+    /// fwmark); a plain default route here would loop WireGuard's own packets into itself.
     fn extra_routes(desired: &[PeerSpec], mesh: ipnet::Ipv4Net) -> BTreeSet<IpNet> {
         desired
             .iter()
             .flat_map(|p| p.allowed_ips.iter())
+            .filter(|net| net.prefix_len() != 0)
             .filter(|net| match net {
                 IpNet::V4(v4) => !mesh.contains(v4),
                 IpNet::V6(_) => true,

@@ -233,15 +233,10 @@ impl Drop for Lab {
         // wireguard-go daemons outlive `ip netns exec`; stop the ones of this lab's interfaces.
         let _ = run(&["pkill", "-f", &format!("wireguard-go [a-z]*{}", self.tag)]);
         for ns in self.namespaces.iter().rev() {
-            let _ = run(&["ip", "netns", "pids", ns])
-                .stdout
-                .split(|b| *b == b'\n')
-                .for_each(|pid| {
-                    let pid = String::from_utf8_lossy(pid).trim().to_owned();
-                    if !pid.is_empty() {
-                        let _ = run(&["kill", "-9", &pid]);
-                    }
-                });
+            let pids = run(&["ip", "netns", "pids", ns]).stdout;
+            for pid in String::from_utf8_lossy(&pids).split_whitespace() {
+                let _ = run(&["kill", "-9", pid]);
+            }
             let _ = run(&["ip", "netns", "del", ns]);
         }
         if let Ok(entries) = std::fs::read_dir("/var/run/wireguard") {

@@ -1,0 +1,487 @@
+//! A small internet in network namespaces (addresses in 198.18.0.0/15): a public segment with
+//! a router, the coordination server, an exit node and a "web" host; two home routers doing
+//! MASQUERADE, each with one node behind it. Proves NAT traversal (direct paths between two
+//! NATed nodes), exit-node routing and NAT, the fail-closed and fall-back policies, restoring
+//! routing exactly, and `netcheck` / a standard STUN client against the server.
+//!
+//! Needs root, iproute2, wireguard-go, wireguard-tools, nftables, iptables, ping and
+//! stun-client; fails (never skips) without them.
+
+mod common;
+
+use common::netns::{must, Lab};
+use common::wgmesh_bin;
+use std::time::Duration;
+
+const SERVER: &str = "198.18.0.1";
+const EXIT: &str = "198.18.0.2";
+const WEB: &str = "198.18.0.3";
+const HOME1: &str = "198.18.0.11";
+const HOME2: &str = "198.18.0.12";
+const GATEWAY: &str = "198.18.0.254";
+
+/// A home router on the public segment with one node behind it, masquerading its LAN.
+fn home(lab: &mut Lab, router: &str, public: &str, node: &str, lan: u8) -> (String, String) {
+    let router_ns = lab.host(router, &format!("{public}/24"));
+    lab.exec_ok(
+        &router_ns,
+        &["ip", "route", "add", "default", "via", GATEWAY],
+    );
+    lab.exec_ok(&router_ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    let node_ns = lab.bare(node);
+    let lan_if = lab.ifname("l", node);
+    must(&[
+        "ip", "link", "add", &lan_if, "type", "veth", "peer", "name", "eth0", "netns", &node_ns,
+    ]);
+    must(&["ip", "link", "set", &lan_if, "netns", &router_ns]);
+    lab.exec_ok(
+        &router_ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.19.{lan}.1/24"),
+            "dev",
+            &lan_if,
+        ],
+    );
+    lab.exec_ok(&router_ns, &["ip", "link", "set", &lan_if, "up"]);
+    lab.exec_ok(
+        &node_ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.19.{lan}.2/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    lab.exec_ok(&node_ns, &["ip", "link", "set", "eth0", "up"]);
+    lab.exec_ok(
+        &node_ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.19.{lan}.1"),
+        ],
+    );
+    lab.exec_ok(
+        &router_ns,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &format!("198.19.{lan}.0/24"),
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    // Like every home router, drop unsolicited traffic from the internet. (Without this, Linux
+    // would keep a conntrack entry for a peer's early, refused packet, and MASQUERADE would then
+    // have to give the node's own outgoing packets to that peer another source port.)
+    lab.exec_ok(
+        &router_ns,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-i",
+            "eth0",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW,INVALID",
+            "-j",
+            "DROP",
+        ],
+    );
+    (router_ns, node_ns)
+}
+
+fn public_host(lab: &mut Lab, name: &str, ip: &str) -> String {
+    let ns = lab.host(name, &format!("{ip}/24"));
+    lab.exec_ok(&ns, &["ip", "route", "add", "default", "via", GATEWAY]);
+    ns
+}
+
+fn rules_and_routes(lab: &Lab, ns: &str) -> String {
+    lab.exec_ok(ns, &["ip", "-4", "rule"])
+        + &lab.exec_ok(ns, &["ip", "-4", "route", "show", "table", "all"])
+}
+
+/// The address a STUN server at `server` sees `ns` from (None: no answer).
+fn seen_from(lab: &Lab, ns: &str, config: &str, server: &str) -> Option<String> {
+    let out = lab.exec(
+        ns,
+        &[
+            wgmesh_bin(),
+            "netcheck",
+            "--config",
+            config,
+            "--server",
+            server,
+            "--timeout-ms",
+            "800",
+            "--json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    json["mapped"]
+        .as_str()
+        .map(|m| m.rsplit_once(':').unwrap().0.to_owned())
+}
+
+fn wg_endpoints(lab: &Lab, ns: &str, iface: &str) -> String {
+    String::from_utf8_lossy(&lab.exec(ns, &["wg", "show", iface, "endpoints"]).stdout).into_owned()
+}
+
+fn mesh_ip(config: &str) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["assignment"]["assigned_ip"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn key_of(config: &str) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    wgmesh::keys::PrivateKey::from_base64(json["private_key"].as_str().unwrap())
+        .unwrap()
+        .public_key()
+        .to_base64()
+}
+
+#[test]
+fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
+    let mut lab = Lab::new("inet");
+    let router = lab.host("gw", &format!("{GATEWAY}/24"));
+    lab.exec_ok(&router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    let srv = public_host(&mut lab, "srv", SERVER);
+    let exit = public_host(&mut lab, "exit", EXIT);
+    let web = public_host(&mut lab, "web", WEB);
+    let (h1_ns, a) = home(&mut lab, "h1", HOME1, "a", 1);
+    let (_h2, b) = home(&mut lab, "h2", HOME2, "b", 2);
+    let dir = lab.dir.path().to_owned();
+    let path = |name: &str| dir.join(name).display().to_string();
+
+    // The coordination server (with STUN on 3478 and 3479), and a STUN "what is my address"
+    // service on the web host to see what source address the internet sees.
+    lab.spawn(
+        &srv,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &format!("{SERVER}:8080"),
+            "--state",
+            &path("peers.json"),
+            "--heartbeat-timeout",
+            "4",
+            "--sweep-interval",
+            "1",
+        ],
+        "server.log",
+    );
+    lab.spawn(
+        &web,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &format!("{WEB}:8080"),
+            "--state",
+            &path("web.json"),
+            "--udp-listen",
+            &format!("{WEB}:3478"),
+        ],
+        "web.log",
+    );
+    let server_url = format!("http://{SERVER}:8080");
+    let web_stun = format!("{WEB}:3478");
+    let nft_before = lab.exec_ok(&exit, &["nft", "list", "ruleset"]);
+    let a_pristine = rules_and_routes(&lab, &a);
+
+    let exit_if = lab.ifname("wg", "exit");
+    let b_if = lab.ifname("wg", "b");
+    let a_if = lab.ifname("wg", "a");
+    let (exit_cfg, a_cfg, b_cfg) = (path("exit.json"), path("a.json"), path("b.json"));
+    let up = |name: &'static str, iface: &str, cfg: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            wgmesh_bin(),
+            "up",
+            "--server",
+            &server_url,
+            "--config",
+            cfg,
+            "--interface",
+            iface,
+            "--hostname",
+            name,
+            "--heartbeat-interval",
+            "1",
+            "--sync-interval",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let exit_args = up("exit", &exit_if, &exit_cfg, &["--exit-node"]);
+    let exit_agent = lab.spawn(
+        &exit,
+        &exit_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "exit.log",
+    );
+    let b_args = up("b", &b_if, &b_cfg, &[]);
+    lab.spawn(
+        &b,
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "b.log",
+    );
+
+    // Node a is driven by `wgmesh sync`, like a timer would, so the test controls each change.
+    let sync_a = |lab: &Lab, extra: &[&str]| {
+        let mut args = vec![
+            wgmesh_bin(),
+            "sync",
+            "--server",
+            &server_url,
+            "--config",
+            &a_cfg,
+            "--interface",
+            &a_if,
+            "--hostname",
+            "a",
+        ];
+        args.extend_from_slice(extra);
+        let out = lab.exec(&a, &args);
+        if !out.status.success() {
+            eprintln!("a rules/routes:\n{}", rules_and_routes(lab, &a));
+            eprintln!(
+                "h1 filter:\n{}",
+                String::from_utf8_lossy(&lab.exec(&h1_ns, &["iptables-save", "-c"]).stdout)
+            );
+            eprintln!(
+                "a wg:\n{}",
+                String::from_utf8_lossy(&lab.exec(&a, &["wg", "show", &a_if]).stdout)
+            );
+        }
+        assert!(
+            out.status.success(),
+            "sync on a failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    lab.eventually(Duration::from_secs(20), "both servers listen", || {
+        lab.log("server.log").contains("listening on")
+            && lab.log("web.log").contains("listening on")
+    });
+    sync_a(&lab, &[]);
+    lab.eventually(
+        Duration::from_secs(30),
+        "a, b and exit know each other",
+        || {
+            sync_a(&lab, &[]);
+            wg_endpoints(&lab, &a, &a_if).lines().count() == 2
+                && wg_endpoints(&lab, &b, &b_if).lines().count() == 2
+        },
+    );
+
+    // NAT traversal: a and b reach each other directly, each naming the other's router.
+    let b_ip = mesh_ip(&b_cfg).unwrap();
+    let a_ip = mesh_ip(&a_cfg).unwrap();
+    lab.eventually(
+        Duration::from_secs(30),
+        "a and b ping each other through both NATs",
+        || {
+            sync_a(&lab, &[]);
+            lab.ping(&a, &b_ip) && lab.ping(&b, &a_ip)
+        },
+    );
+    let a_sees = wg_endpoints(&lab, &a, &a_if);
+    assert!(
+        a_sees.contains(&format!("{}\t{HOME2}:51820", key_of(&b_cfg))),
+        "a's endpoints: {a_sees}"
+    );
+    let b_sees = wg_endpoints(&lab, &b, &b_if);
+    assert!(
+        b_sees.contains(&format!("{}\t{HOME1}:51820", key_of(&a_cfg))),
+        "b's endpoints: {b_sees}"
+    );
+    let status: serde_json::Value = serde_json::from_str(
+        &lab.exec_ok(&a, &[wgmesh_bin(), "status", "--config", &a_cfg, "--json"]),
+    )
+    .unwrap();
+    let b_status = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["hostname"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_status["direct"], true);
+    assert_eq!(b_status["endpoint"], format!("{HOME2}:51820"));
+
+    // netcheck behind each NAT: the router's address, a mapping that does not vary.
+    let out = lab.exec_ok(
+        &a,
+        &[wgmesh_bin(), "netcheck", "--config", &a_cfg, "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["udp"], true, "{report}");
+    assert!(
+        report["mapped"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{HOME1}:")),
+        "{report}"
+    );
+    assert_eq!(report["mapping_varies_by_destination"], false, "{report}");
+    assert_eq!(
+        seen_from(&lab, &b, &b_cfg, &format!("{SERVER}:3478")).as_deref(),
+        Some(HOME2)
+    );
+    // A standard STUN client gets the same answer from the server.
+    let stun = lab.exec(&a, &["stun", &format!("{SERVER}:3478"), "1", "-v"]);
+    let stun_text =
+        String::from_utf8_lossy(&stun.stdout).to_string() + &String::from_utf8_lossy(&stun.stderr);
+    assert!(
+        stun_text.contains(&format!("MappedAddress = {HOME1}:")),
+        "stun client said: {stun_text}"
+    );
+
+    // Without an exit node the web host sees a's own router.
+    assert_eq!(
+        seen_from(&lab, &a, &a_cfg, &web_stun).as_deref(),
+        Some(HOME1)
+    );
+    let a_mesh_only = rules_and_routes(&lab, &a);
+
+    // Through the exit node: the web host sees the exit's address; mesh and server still work.
+    sync_a(&lab, &["--use-exit-node", "exit"]);
+    lab.eventually(
+        Duration::from_secs(20),
+        "the web host sees the exit node",
+        || {
+            sync_a(&lab, &[]);
+            seen_from(&lab, &a, &a_cfg, &web_stun).as_deref() == Some(EXIT)
+        },
+    );
+    assert!(
+        lab.ping(&a, WEB),
+        "a reaches the web host through the exit node"
+    );
+    lab.eventually(Duration::from_secs(10), "mesh traffic still flows", || {
+        lab.ping(&a, &b_ip)
+    });
+    let out = lab.exec(
+        &a,
+        &[wgmesh_bin(), "netcheck", "--config", &a_cfg, "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["exit_check"]["ok"], true, "{report}");
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_str(
+        &lab.exec_ok(&a, &[wgmesh_bin(), "status", "--config", &a_cfg, "--json"]),
+    )
+    .unwrap();
+    assert!(
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["hostname"] == "exit" && p["exit_node_in_use"] == true),
+        "{status}"
+    );
+
+    // Clearing the exit node restores rules and routes exactly.
+    sync_a(&lab, &["--use-exit-node", "none"]);
+    assert_eq!(
+        rules_and_routes(&lab, &a),
+        a_mesh_only,
+        "routing after --use-exit-node none"
+    );
+    assert_eq!(
+        seen_from(&lab, &a, &a_cfg, &web_stun).as_deref(),
+        Some(HOME1)
+    );
+
+    // The exit node dies (its link goes down): fail closed by default, within a bounded time.
+    sync_a(&lab, &["--use-exit-node", "exit"]);
+    lab.eventually(Duration::from_secs(20), "exit in use again", || {
+        sync_a(&lab, &[]);
+        seen_from(&lab, &a, &a_cfg, &web_stun).as_deref() == Some(EXIT)
+    });
+    lab.exec_ok(&exit, &["ip", "link", "set", "eth0", "down"]);
+    let exit_key = key_of(&exit_cfg);
+    lab.eventually(
+        Duration::from_secs(30),
+        "a drops the dead exit node",
+        || {
+            sync_a(&lab, &[]);
+            !wg_endpoints(&lab, &a, &a_if).contains(&exit_key)
+        },
+    );
+    // Nothing leaks: the web host hears nothing from a, and certainly not its home address.
+    for _ in 0..3 {
+        sync_a(&lab, &[]);
+        assert_eq!(
+            seen_from(&lab, &a, &a_cfg, &web_stun),
+            None,
+            "fail-closed leaked traffic"
+        );
+    }
+    assert!(!lab.ping(&a, WEB));
+    lab.eventually(Duration::from_secs(10), "mesh traffic still flows", || {
+        lab.ping(&a, &b_ip)
+    });
+
+    // With --exit-fallback direct the node uses its own connection while the exit is down...
+    sync_a(&lab, &["--exit-fallback", "direct"]);
+    lab.eventually(Duration::from_secs(20), "direct fallback", || {
+        sync_a(&lab, &[]);
+        seen_from(&lab, &a, &a_cfg, &web_stun).as_deref() == Some(HOME1)
+    });
+    assert_eq!(
+        rules_and_routes(&lab, &a),
+        a_mesh_only,
+        "routing while falling back"
+    );
+    // ...and returns to the exit node once it is back.
+    lab.exec_ok(&exit, &["ip", "link", "set", "eth0", "up"]);
+    lab.exec_ok(
+        &exit,
+        &["ip", "route", "replace", "default", "via", GATEWAY],
+    );
+    lab.eventually(Duration::from_secs(30), "exit node back in use", || {
+        sync_a(&lab, &[]);
+        seen_from(&lab, &a, &a_cfg, &web_stun).as_deref() == Some(EXIT)
+    });
+
+    // down restores a exactly; the exit node's SIGTERM removes its NAT rule set completely.
+    lab.exec_ok(&a, &[wgmesh_bin(), "down", "--config", &a_cfg]);
+    assert_eq!(rules_and_routes(&lab, &a), a_pristine, "a after down");
+    assert_eq!(
+        lab.signal(exit_agent, "TERM"),
+        Some(0),
+        "{}",
+        lab.log("exit.log")
+    );
+    assert_eq!(
+        lab.exec_ok(&exit, &["nft", "list", "ruleset"]),
+        nft_before,
+        "exit's NAT rules after down"
+    );
+}
