@@ -10,68 +10,51 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Every subcommand with every long flag it accepts. This is the command line the manual must
-/// document; change it together with `src/cli` and `man/wgmesh.1`.
-const CLI: &[(&str, &[&str])] = &[
-    (
-        "server",
-        &[
-            "listen",
-            "state",
-            "network-cidr",
-            "heartbeat-timeout",
-            "sweep-interval",
-            "threads",
-            "idle-timeout",
-            "max-connections",
-            "udp-listen",
-            "log-level",
-        ],
-    ),
-    (
-        "up",
-        &[
-            "server",
-            "config",
-            "interface",
-            "listen-port",
-            "endpoint",
-            "hostname",
-            "heartbeat-interval",
-            "sync-interval",
-            "exit-node",
-            "use-exit-node",
-            "dry-run",
-            "os",
-            "log-level",
-        ],
-    ),
-    (
-        "sync",
-        &[
-            "server",
-            "config",
-            "interface",
-            "listen-port",
-            "endpoint",
-            "hostname",
-            "exit-node",
-            "use-exit-node",
-            "dry-run",
-            "os",
-            "log-level",
-            "json",
-        ],
-    ),
-    ("down", &["config", "dry-run", "os"]),
-    ("status", &["config", "json"]),
-    ("export", &["config"]),
-    ("genkey", &[]),
-    ("pubkey", &[]),
-    ("netcheck", &["server", "json"]),
-];
+/// Every subcommand with every long flag it accepts, read from the real binary's `--help`,
+/// so the manual can never silently drift from the command line.
+fn cli() -> &'static [(String, Vec<&'static str>)] {
+    static CLI: std::sync::OnceLock<Vec<(String, Vec<&'static str>)>> = std::sync::OnceLock::new();
+    CLI.get_or_init(|| {
+        let help = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let top = help(&["--help"]);
+        let commands: Vec<String> = top
+            .split("Commands:")
+            .nth(1)
+            .expect("wgmesh --help lists its commands")
+            .lines()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        assert!(
+            commands.len() >= 8,
+            "too few subcommands in --help: {commands:?}"
+        );
+        commands
+            .into_iter()
+            .map(|name| {
+                let text = help(&[&name, "--help"]);
+                let flags = text
+                    .split("Options:")
+                    .nth(1)
+                    .unwrap_or("")
+                    .lines()
+                    .filter_map(|l| l.trim_start().strip_prefix("--"))
+                    .filter_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()).next())
+                    .filter(|f| *f != "help")
+                    .map(|f| &*Box::leak(f.to_owned().into_boxed_str()))
+                    .collect();
+                (name, flags)
+            })
+            .collect()
+    })
+}
 
-/// The sections the manual must have, in this order.
 const SECTIONS: &[&str] = &[
     "NAME",
     "SYNOPSIS",
@@ -103,8 +86,9 @@ fn manual() -> PathBuf {
 }
 
 fn flags_of(subcommand: &str) -> &'static [&'static str] {
-    CLI.iter()
-        .find(|(name, _)| *name == subcommand)
+    &cli()
+        .iter()
+        .find(|(name, _)| name == subcommand)
         .unwrap_or_else(|| panic!("`{subcommand}` is not a wgmesh subcommand"))
         .1
 }
@@ -241,14 +225,14 @@ fn manual_synopsis_lists_every_subcommand_with_every_flag() {
     let rendered = rendered_manual();
     let all = sections(&rendered);
     let synopsis = section(&all, "SYNOPSIS");
-    for (subcommand, flags) in CLI {
+    for (subcommand, flags) in cli().iter().map(|(n, f)| (n.as_str(), f.as_slice())) {
         let prefix = format!("wgmesh {subcommand}");
         let entry = synopsis
             .iter()
             .map(|l| l.trim())
             .find(|l| *l == prefix || l.starts_with(&format!("{prefix} ")))
             .unwrap_or_else(|| panic!("SYNOPSIS has no `{prefix}` line:\n{synopsis:#?}"));
-        for flag in *flags {
+        for flag in flags {
             assert!(
                 has_flag(entry, flag),
                 "SYNOPSIS entry for `{prefix}` lacks --{flag}:\n{entry}"
@@ -270,7 +254,7 @@ fn manual_synopsis_lists_every_subcommand_with_every_flag() {
         .count();
     assert_eq!(
         listed,
-        CLI.len(),
+        cli().len(),
         "SYNOPSIS lists other subcommands: {synopsis:#?}"
     );
 }
@@ -281,7 +265,7 @@ fn manual_describes_every_flag_of_every_subcommand() {
     let all = sections(&rendered);
     let subs = subsections(section(&all, "DESCRIPTION"));
     let names: Vec<&str> = subs.iter().map(|(h, _)| h.as_str()).collect();
-    for (subcommand, flags) in CLI {
+    for (subcommand, flags) in cli().iter().map(|(n, f)| (n.as_str(), f.as_slice())) {
         let heading = format!("wgmesh {subcommand}");
         let body = &subs
             .iter()
@@ -297,7 +281,7 @@ fn manual_describes_every_flag_of_every_subcommand() {
             .filter_map(|l| l.split_whitespace().next())
             .map(|f| f.trim_start_matches('-'))
             .collect();
-        for flag in *flags {
+        for flag in flags {
             assert!(
                 items.contains(flag),
                 "`{heading}` does not describe --{flag} (it describes {items:?})"
@@ -312,7 +296,7 @@ fn manual_describes_every_flag_of_every_subcommand() {
     }
     assert_eq!(
         subs.len(),
-        CLI.len(),
+        cli().len(),
         "DESCRIPTION has subsections that are not subcommands: {names:?}"
     );
 }
@@ -325,7 +309,11 @@ fn manual_exit_status_and_see_also_are_complete() {
         .iter()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(exit, ["0", "1", "2", "3", "4", "5"], "EXIT STATUS codes");
+    assert_eq!(
+        exit,
+        ["0", "1", "2", "3", "4", "5", "6"],
+        "EXIT STATUS codes"
+    );
     let see_also = section(&all, "SEE ALSO").join(" ");
     for page in ["wg(8)", "wg-quick(8)", "wireguard-go(8)"] {
         assert!(see_also.contains(page), "SEE ALSO lacks {page}: {see_also}");

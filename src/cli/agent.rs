@@ -265,6 +265,9 @@ pub struct DownArgs {
     /// print the commands instead of running them
     #[argh(switch)]
     dry_run: bool,
+    /// whose commands to produce: linux, macos or windows (default: the OS that set it up)
+    #[argh(option)]
+    os: Option<TargetOs>,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
@@ -389,10 +392,18 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
 pub fn down(args: DownArgs) -> Result<(), Failure> {
     init_logging(args.log_level);
     let path = args.config.unwrap_or_else(config::default_path);
-    let Some(cfg) = ClientConfig::load(&path).map_err(config_failure)? else {
+    let Some(mut cfg) = ClientConfig::load(&path).map_err(config_failure)? else {
         log::info!("nothing to take down: no config at {}", path.display());
         return Ok(());
     };
+    if let Some(os) = args.os {
+        // Show (or run) another OS's teardown of this configuration's interface.
+        let applied = cfg.applied.get_or_insert_with(|| config::Applied {
+            interface: cfg.interface.to_string(),
+            ..config::Applied::default()
+        });
+        applied.os = os.as_str().to_owned();
+    }
     let server = cfg
         .server
         .clone()
