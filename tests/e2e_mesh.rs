@@ -88,6 +88,26 @@ fn up(lab: &mut Lab, n: &Node) -> usize {
     )
 }
 
+fn start_server(lab: &mut Lab, ns: &str, state: &str, log: &str) -> usize {
+    let listen = format!("{SERVER_IP}:8080");
+    lab.spawn(
+        ns,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &listen,
+            "--state",
+            state,
+            "--heartbeat-timeout",
+            "3",
+            "--sweep-interval",
+            "1",
+        ],
+        log,
+    )
+}
+
 fn links(lab: &Lab, ns: &str) -> String {
     lab.exec_ok(ns, &["ip", "-o", "link", "show"])
 }
@@ -104,22 +124,7 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
     let mut lab = Lab::new("mesh");
     let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
     let state = lab.dir.path().join("peers.json").display().to_string();
-    lab.spawn(
-        &server_ns,
-        &[
-            wgmesh_bin(),
-            "server",
-            "--listen",
-            &format!("{SERVER_IP}:8080"),
-            "--state",
-            &state,
-            "--heartbeat-timeout",
-            "3",
-            "--sweep-interval",
-            "1",
-        ],
-        "server.log",
-    );
+    let server = start_server(&mut lab, &server_ns, &state, "server.log");
     let nodes = [
         node(&mut lab, "n1", "198.18.0.11/24"),
         node(&mut lab, "n2", "198.18.0.12/24"),
@@ -151,6 +156,31 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
             );
         }
     }
+    // The coordination server dies: the mesh keeps working, agents warn and retry, and carry
+    // on when it comes back on the same state.
+    lab.child(server).kill().unwrap();
+    lab.child(server).wait().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.ping(&nodes[0].ns, &ips[1]),
+        "the mesh survives the server"
+    );
+    assert!(
+        lab.log("n1.log").contains("retrying"),
+        "{}",
+        lab.log("n1.log")
+    );
+    let server = start_server(&mut lab, &server_ns, &state, "server2.log");
+    lab.eventually(
+        Duration::from_secs(15),
+        "agents talk to the restarted server",
+        || {
+            lab.log("server2.log").contains("listening on")
+                && wg_peers(&lab, &nodes[0].ns, &nodes[0].iface).len() == 2
+        },
+    );
+    let _ = server;
+
     // The peers' endpoints are their underlay addresses, as the server observed them.
     let n3_key = public_key(&config_of(&lab, "n3"));
     let endpoints = lab.exec_ok(&nodes[0].ns, &["wg", "show", &nodes[0].iface, "endpoints"]);
@@ -170,9 +200,9 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
         );
     }
     assert!(
-        lab.log("server.log").contains("timed out"),
+        lab.log("server2.log").contains("timed out"),
         "{}",
-        lab.log("server.log")
+        lab.log("server2.log")
     );
 
     // Restarted, n3 keeps its address and is reachable again.
@@ -324,6 +354,39 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
         assert_eq!(p["online"], true, "{p}");
         assert!(p["rx_bytes"].as_u64().unwrap() > 0, "{p}");
     }
+    // export gives a wg-quick config that real wg-quick accepts and brings up: s1 leaves
+    // wgmesh and keeps reaching s2 through the exported configuration alone.
+    let quick_if = lab.ifname("wq", "s1");
+    let conf = lab.dir.path().join(format!("{quick_if}.conf"));
+    let exported = lab.exec_ok(
+        &nodes[0].ns,
+        &[wgmesh_bin(), "export", "--config", &nodes[0].config],
+    );
+    assert!(
+        exported.contains("[Interface]") && exported.contains(&format!("Address = {}/32", ips[0])),
+        "{exported}"
+    );
+    assert_eq!(exported.matches("[Peer]").count(), 2, "{exported}");
+    std::fs::write(&conf, &exported).unwrap();
+    std::fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let conf = conf.display().to_string();
+    let stripped = lab.exec_ok(&nodes[0].ns, &["wg-quick", "strip", &conf]);
+    assert!(
+        stripped.contains("PrivateKey") && !stripped.contains("Address"),
+        "{stripped}"
+    );
+    lab.exec_ok(
+        &nodes[0].ns,
+        &[wgmesh_bin(), "down", "--config", &nodes[0].config],
+    );
+    lab.exec_ok(&nodes[0].ns, &["wg-quick", "up", &conf]);
+    lab.eventually(
+        Duration::from_secs(15),
+        "s1 pings s2 through the wg-quick interface",
+        || lab.ping(&nodes[0].ns, &ips[1]),
+    );
+    lab.exec_ok(&nodes[0].ns, &["wg-quick", "down", &conf]);
+
     for n in &nodes {
         lab.exec_ok(&n.ns, &[wgmesh_bin(), "down", "--config", &n.config]);
         assert!(!links(&lab, &n.ns).contains(&n.iface));
