@@ -854,3 +854,68 @@ fn word_after(text: &str, key: &str) -> Option<String> {
     words.find(|w| *w == key)?;
     words.next().map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(allowed: &[&str]) -> PeerSpec {
+        PeerSpec {
+            public_key: crate::keys::PrivateKey::generate().public_key(),
+            endpoint: None,
+            allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+            persistent_keepalive: None,
+        }
+    }
+
+    #[test]
+    fn extra_routes_skip_the_mesh_and_never_include_a_default_route() {
+        let mesh: Ipv4Net = "10.100.0.0/16".parse().unwrap();
+        let desired = [
+            peer(&["10.100.0.2/32", "192.0.2.0/24"]),
+            peer(&["10.100.0.3/32", "0.0.0.0/0"]),
+        ];
+        let routes: Vec<String> = Engine::extra_routes(&desired, mesh)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        // A default route here would loop WireGuard's own packets into the tunnel.
+        assert_eq!(routes, vec!["192.0.2.0/24"]);
+    }
+
+    #[test]
+    fn only_the_chosen_exit_node_gets_a_default_route() {
+        let info = |name: &str, exit: bool| PeerInfo {
+            id: crate::types::PeerId::for_key(&crate::keys::PrivateKey::generate().public_key()),
+            public_key: crate::keys::PrivateKey::generate().public_key(),
+            virtual_ip: "10.100.0.9".parse().unwrap(),
+            endpoint: None,
+            hostname: name.parse().unwrap(),
+            os: "linux".parse().unwrap(),
+            allowed_ips: vec![
+                "10.100.0.9/32".parse().unwrap(),
+                "0.0.0.0/0".parse().unwrap(),
+            ],
+            exit_node: exit,
+            online: true,
+            last_heartbeat: String::new(),
+        };
+        let (a, b) = (info("a", true), info("b", true));
+        let peers = [a.clone(), b.clone()];
+        let none = Engine::desired_peers(&peers, None);
+        assert!(none
+            .iter()
+            .all(|p| p.allowed_ips.iter().all(|n| n.prefix_len() != 0)));
+        let chosen = Engine::desired_peers(&peers, Some(&b.public_key));
+        assert_eq!(chosen[0].allowed_ips.len(), 1);
+        assert_eq!(chosen[1].allowed_ips.len(), 2);
+    }
+
+    #[test]
+    fn word_after_reads_route_output() {
+        let out = "default via 198.18.0.254 dev eth0 proto static\n";
+        assert_eq!(word_after(out, "via").as_deref(), Some("198.18.0.254"));
+        assert_eq!(word_after(out, "dev").as_deref(), Some("eth0"));
+        assert_eq!(word_after("", "dev"), None);
+    }
+}
