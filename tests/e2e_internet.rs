@@ -113,9 +113,16 @@ fn public_host(lab: &mut Lab, name: &str, ip: &str) -> String {
     ns
 }
 
+/// IPv4 rules and every IPv4 table, plus the IPv6 rules and table 51820 (IPv6 defaults are
+/// blocked while an exit node is in use); IPv6 link-local routes come and go on their own.
 fn rules_and_routes(lab: &Lab, ns: &str) -> String {
     lab.exec_ok(ns, &["ip", "-4", "rule"])
         + &lab.exec_ok(ns, &["ip", "-4", "route", "show", "table", "all"])
+        + &lab.exec_ok(ns, &["ip", "-6", "rule"])
+        + &String::from_utf8_lossy(
+            &lab.exec(ns, &["ip", "-6", "route", "show", "table", "51820"])
+                .stdout,
+        )
 }
 
 /// The address a STUN server at `server` sees `ns` from (None: no answer).
@@ -382,6 +389,11 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
     assert!(
         lab.ping(&a, WEB),
         "a reaches the web host through the exit node"
+    );
+    let v6 = lab.exec_ok(&a, &["ip", "-6", "route", "show", "table", "51820"]);
+    assert!(
+        v6.contains(&format!("default dev {a_if}")),
+        "IPv6 defaults go into the tunnel (and die there): {v6}"
     );
     lab.eventually(Duration::from_secs(10), "mesh traffic still flows", || {
         lab.ping(&a, &b_ip)

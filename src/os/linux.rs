@@ -168,6 +168,31 @@ pub(super) fn full_tunnel_on(
     for rule in keep_outside.iter().filter_map(control_plane_rule) {
         commands.push(Command::new("ip").args(["-4", "rule", "add"]).args(rule));
     }
+    // The mesh carries IPv4 only, so while an exit node is in use IPv6 to the internet would
+    // bypass it: send IPv6 defaults into the tunnel too, where no peer accepts them and they
+    // are dropped. Local IPv6 routes (prefix > 0) still apply. Tolerated where IPv6 is off.
+    for rule in tunnel_rules() {
+        commands.push(
+            Command::new("ip")
+                .args(["-6", "rule", "add"])
+                .args(rule)
+                .tolerate_failure(),
+        );
+    }
+    commands.push(
+        Command::new("ip")
+            .args([
+                "-6",
+                "route",
+                "add",
+                "::/0",
+                "dev",
+                name.as_str(),
+                "table",
+                &table(),
+            ])
+            .tolerate_failure(),
+    );
     commands.push(Command::new("ip").args([
         "-4",
         "route",
@@ -192,14 +217,38 @@ pub(super) fn full_tunnel_off(
     // sysctl stays: wg-quick leaves it too, and it is harmless without the mark.
     let mut commands: Vec<Command> = tunnel_rules()
         .into_iter()
-        .chain(keep_outside.iter().filter_map(control_plane_rule))
         .map(|rule| {
             Command::new("ip")
-                .args(["-4", "rule", "del"])
+                .args(["-6", "rule", "del"])
                 .args(rule)
                 .tolerate_failure()
         })
         .collect();
+    commands.push(
+        Command::new("ip")
+            .args([
+                "-6",
+                "route",
+                "del",
+                "::/0",
+                "dev",
+                name.as_str(),
+                "table",
+                &table(),
+            ])
+            .tolerate_failure(),
+    );
+    commands.extend(
+        tunnel_rules()
+            .into_iter()
+            .chain(keep_outside.iter().filter_map(control_plane_rule))
+            .map(|rule| {
+                Command::new("ip")
+                    .args(["-4", "rule", "del"])
+                    .args(rule)
+                    .tolerate_failure()
+            }),
+    );
     commands.push(
         Command::new("ip")
             .args([
