@@ -24,8 +24,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         file_name.to_string_lossy(),
         std::process::id()
     ));
+    let _ = fs::remove_file(&tmp); // a leftover of a crashed earlier run
     let result = (|| {
         let mut file = open_new(&tmp, mode)?;
+        #[cfg(unix)]
+        {
+            // The umask may have cleared bits of `mode`; say exactly what we mean.
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);

@@ -8,8 +8,7 @@
 use super::{Command, Plan, PlannedFile};
 use std::collections::VecDeque;
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -275,54 +274,10 @@ impl Runner for SystemRunner {
     }
 }
 
-/// Writes `contents` to `path` so that a crash leaves the old file or the new one: a temporary
-/// file beside it (created with `mode`, so a secret is never readable by others even for a
-/// moment), flushed to disk, renamed over `path`, and the directory flushed. Creates missing
-/// parent directories. On Windows `mode` is ignored and the file inherits its directory's ACL.
+/// Writes a planned file atomically with its mode; kept as the runner's entry point, the
+/// one implementation lives in [`crate::fsutil::write_atomic`].
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp); // a leftover of a crashed earlier run
-    let result = (|| {
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(mode);
-        }
-        let mut file = options.open(&tmp)?;
-        #[cfg(unix)]
-        {
-            // The umask may have cleared bits of `mode`; say exactly what we mean.
-            use std::os::unix::fs::PermissionsExt as _;
-            file.set_permissions(fs::Permissions::from_mode(mode))?;
-        }
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        #[cfg(unix)]
-        fs::File::open(dir)?.sync_all()?;
-        #[cfg(not(unix))]
-        let _ = mode;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::fsutil::write_atomic(path, contents, mode)
 }
 
 /// What a [`RecordingRunner`] answers for one expected command.
@@ -434,6 +389,7 @@ impl Drop for RecordingRunner {
 mod tests {
     use super::*;
     use crate::os::{Payload, Secret};
+    use std::fs;
 
     fn ip(args: &[&str]) -> Command {
         Command::new("ip").args(args.iter().copied())
