@@ -121,6 +121,7 @@ fn record(i: u32) -> PeerRecord {
         registered_at: now,
         last_heartbeat: now,
         online: true,
+        tags: Vec::new(),
     }
 }
 

@@ -11,6 +11,7 @@
 //! | 4 | a system command (`wg`, `ip`, ...) failed |
 //! | 5 | local state could not be read or written |
 
+mod admin;
 mod agent;
 mod server;
 
@@ -51,6 +52,9 @@ enum Command {
     Export(agent::ExportArgs),
     Genkey(agent::GenkeyArgs),
     Pubkey(agent::PubkeyArgs),
+    Token(admin::TokenArgs),
+    Peers(admin::PeersArgs),
+    Policy(admin::PolicyArgs),
 }
 
 /// A failure with its exit code; `main` prints the message once on stderr.
@@ -123,6 +127,9 @@ pub fn main() -> ExitCode {
         Command::Export(a) => agent::export(a),
         Command::Genkey(a) => agent::genkey(a),
         Command::Pubkey(a) => agent::pubkey(a),
+        Command::Token(a) => admin::token(a),
+        Command::Peers(a) => admin::peers(a),
+        Command::Policy(a) => admin::policy(a),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
