@@ -210,6 +210,7 @@ impl Admin {
             .uri(&url)
             .header("Authorization", format!("Bearer {}", self.secret));
         let built = |e: ureq::http::Error| Failure::new(EXIT_INTERNAL, e.to_string());
+        // Always a sized body (empty for GET/DELETE): the server refuses chunked uploads.
         let sent = match body {
             Some(json) => self.agent.run(
                 builder
@@ -217,7 +218,7 @@ impl Admin {
                     .body(json.to_string())
                     .map_err(built)?,
             ),
-            None => self.agent.run(builder.body(()).map_err(built)?),
+            None => self.agent.run(builder.body(String::new()).map_err(built)?),
         };
         let mut resp = sent.map_err(|e| {
             Failure::new(
