@@ -748,3 +748,152 @@ fn soak_hundreds_of_idle_connections_do_not_stop_heartbeats() {
     assert_eq!(health.status, 200);
     drop(idle);
 }
+
+/// A man in the middle on plain HTTP: forwards each request to `target` over a fresh
+/// connection and lets `tamper` rewrite the answer's head and body (request line given).
+fn man_in_the_middle(
+    target: std::net::SocketAddr,
+    tamper: impl Fn(&str, &mut Vec<String>, &mut Vec<u8>) + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    fn read_message(stream: &mut std::net::TcpStream) -> Option<(Vec<String>, Vec<u8>)> {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            buf.push(byte[0]);
+        }
+        let head: Vec<String> = String::from_utf8_lossy(&buf)
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let len = head
+            .iter()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).ok()?;
+        Some((head, body))
+    }
+    fn write_message(stream: &mut std::net::TcpStream, head: &[String], body: &[u8]) {
+        let mut out = String::new();
+        out.push_str(&head[0]);
+        out.push_str("\r\n");
+        for line in &head[1..] {
+            let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if name != "content-length" && name != "connection" {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+        }
+        out.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ));
+        let _ = stream.write_all(out.as_bytes());
+        let _ = stream.write_all(body);
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tamper = std::sync::Arc::new(tamper);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { break };
+            let tamper = tamper.clone();
+            std::thread::spawn(move || {
+                let Some((head, body)) = read_message(&mut client) else {
+                    return;
+                };
+                let mut upstream = std::net::TcpStream::connect(target).unwrap();
+                write_message(&mut upstream, &head, &body);
+                let Some((mut rhead, mut rbody)) = read_message(&mut upstream) else {
+                    return;
+                };
+                tamper(&head[0], &mut rhead, &mut rbody);
+                write_message(&mut client, &rhead, &rbody);
+            });
+        }
+    });
+    addr
+}
+
+fn dry_sync(
+    proxy: std::net::SocketAddr,
+    config: &std::path::Path,
+    extra: &[&str],
+) -> (i32, String) {
+    let out = std::process::Command::new(wgmesh_bin())
+        .args(["sync", "--dry-run", "--os", "linux", "--hostname", "victim"])
+        .args(["--server", &format!("http://{proxy}"), "--config"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_agent_refuses_answers_a_man_in_the_middle_forged_or_stripped() {
+    let dir = TempDir::new("mitm");
+    let server = token_server(&dir, &["--open"]);
+    assert_eq!(register(&server, &new_key(), "honest").status, 200);
+    let target = server.addr;
+
+    // Passing everything through works (and pins the server key on first use).
+    let clean = man_in_the_middle(target, |_, _, _| {});
+    let config = dir.path().join("client.json");
+    let (code, err) = dry_sync(clean, &config, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("on first use") || err.is_empty(), "{err}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert_eq!(
+        saved["assignment"]["server_public_key"],
+        server.public_key().to_base64().as_str()
+    );
+
+    // A forged peer list (an endpoint the attacker controls) is refused: exit 3.
+    let forge = man_in_the_middle(target, |line, _, body| {
+        if line.starts_with("GET /peers") {
+            let text =
+                String::from_utf8_lossy(body).replace("127.0.0.1:51820", "203.0.113.66:51820");
+            *body = text.into_bytes();
+        }
+    });
+    let (code, err) = dry_sync(forge, &config, &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("unauthenticated answer"), "{err}");
+
+    // So is the genuine list with its MAC stripped.
+    let strip = man_in_the_middle(target, |line, head, _| {
+        if line.starts_with("GET /peers") {
+            head.retain(|h| !h.to_ascii_lowercase().starts_with("x-wgmesh-response-mac"));
+        }
+    });
+    let (code, err) = dry_sync(strip, &config, &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("response MAC does not match"), "{err}");
+
+    // A wrong --server-key up front: nothing is believed, not even the registration.
+    let fresh = dir.path().join("fresh.json");
+    let wrong = PrivateKey::generate().public_key().to_base64();
+    let (code, err) = dry_sync(clean, &fresh, &["--server-key", &wrong]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("unauthenticated answer"), "{err}");
+    let (code, err) = dry_sync(
+        clean,
+        &fresh,
+        &["--server-key", &server.public_key().to_base64()],
+    );
+    assert_eq!(code, 0, "{err}");
+}
