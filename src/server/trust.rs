@@ -141,6 +141,18 @@ struct Bucket {
 /// bounds memory under a spray of source addresses.
 const MAX_TRACKED_SOURCES: usize = 65_536;
 
+/// The unit a limit applies to: an IPv4 address, or an IPv6 /64, because one host or site
+/// usually holds a whole /64 and could otherwise rotate through 2^64 fresh buckets.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
 impl RateLimiter {
     /// A limiter allowing `per_minute` events per source per minute (0 = unlimited).
     pub fn new(per_minute: u32) -> RateLimiter {
@@ -171,6 +183,7 @@ impl RateLimiter {
         if self.per_minute == 0 {
             return Ok(());
         }
+        let source = source_key(source);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         match buckets.get_mut(&source) {
             None => Ok(()),
@@ -190,6 +203,7 @@ impl RateLimiter {
         if self.per_minute == 0 {
             return Ok(());
         }
+        let source = source_key(source);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_TRACKED_SOURCES && !buckets.contains_key(&source) {
             let cap = f64::from(self.per_minute);
@@ -352,6 +366,17 @@ mod tests {
         limiter.take(other, t0).unwrap();
         limiter.take(ip, t0 + Duration::from_secs(20)).unwrap();
         assert!(RateLimiter::new(0).take(ip, t0).is_ok());
+    }
+
+    #[test]
+    fn ipv6_sources_share_a_bucket_per_64() {
+        let limiter = RateLimiter::new(1);
+        let t0 = Instant::now();
+        limiter.take("2001:db8:1:2::1".parse().unwrap(), t0).unwrap();
+        assert!(limiter
+            .take("2001:db8:1:2:ffff::9".parse().unwrap(), t0)
+            .is_err());
+        limiter.take("2001:db8:1:3::1".parse().unwrap(), t0).unwrap();
     }
 
     #[test]
