@@ -897,3 +897,57 @@ fn the_agent_refuses_answers_a_man_in_the_middle_forged_or_stripped() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_corrupt_token_file_stops_the_server_and_is_left_untouched() {
+    let dir = TempDir::new("badtokens");
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, b"{\"tokens\": [").unwrap();
+    let Err((code, log)) = ServerProcess::try_start(&dir.path().join("peers.json"), &[]) else {
+        panic!("server started on a corrupt token file");
+    };
+    assert_ne!(code, Some(0));
+    assert!(log.join("\n").contains("tokens.json"), "{log:?}");
+    assert_eq!(std::fs::read(&tokens).unwrap(), b"{\"tokens\": [");
+}
+
+#[test]
+fn the_agent_takes_its_token_from_a_file_or_the_environment() {
+    let dir = TempDir::new("tokensrc");
+    let server = token_server(&dir, &[]);
+    let (token, _) = server.create_token(serde_json::json!({"uses": 2}));
+    let url = format!("http://{}", server.addr);
+    let sync = |config: &str, token_file: Option<&std::path::Path>, env: Option<&str>| {
+        let mut cmd = std::process::Command::new(wgmesh_bin());
+        cmd.args(["sync", "--dry-run", "--os", "linux", "--server", &url])
+            .arg("--config")
+            .arg(dir.path().join(config))
+            .env_remove("WGMESH_TOKEN");
+        if let Some(file) = token_file {
+            cmd.arg("--token-file").arg(file);
+        }
+        if let Some(value) = env {
+            cmd.env("WGMESH_TOKEN", value);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = sync("none.json", None, None);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("join token is required"), "{err}");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let (code, err) = sync("file.json", Some(&file), None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = sync("env.json", None, Some(&token));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = sync("third.json", None, Some(&token));
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("no uses left"), "{err}");
+    // Once registered, no token is needed.
+    let (code, err) = sync("env.json", None, None);
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -458,28 +458,35 @@ impl Api {
         // A known key proves ownership with its MAC and keeps the tags it joined with; a new
         // key needs an invitation, which is checked here but used up only once all else passed.
         let mut tokens = lock(&self.trust.tokens);
-        let redeemed = match &body.token {
-            _ if known => None,
-            None if self.trust.open => None,
-            None => {
-                let why = "a join token is required to register a new key: pass --token \
-                           (create one with `wgmesh token create` on the server)";
-                self.auth_failed(req, Some(key), None, why);
-                return Err(Refusal(401, why.into()));
-            }
+        let redeemed: Result<_, (u16, String)> = match &body.token {
+            _ if known => Ok(None),
+            None if self.trust.open => Ok(None),
+            None => Err((
+                401,
+                "a join token is required to register a new key: pass --token \
+                 (create one with `wgmesh token create` on the server)"
+                    .to_owned(),
+            )),
             Some(text) => {
                 let mut next = tokens.store.clone();
                 match next.redeem_record(text, now) {
                     Ok(record) => {
                         let record = record.clone();
                         registration.tags = record.tags.clone();
-                        Some((next, record))
+                        Ok(Some((next, record)))
                     }
-                    Err(e) => {
-                        self.auth_failed(req, Some(key), None, &e.to_string());
-                        return Err(Refusal(e.http_status(), e.to_string()));
-                    }
+                    Err(e) => Err((e.http_status(), e.to_string())),
                 }
+            }
+        };
+        let redeemed = match redeemed {
+            Ok(r) => r,
+            Err((status, why)) => {
+                // Audit outside the locks: a refusal must not hold up other registrations.
+                drop(tokens);
+                drop(store);
+                self.auth_failed(req, Some(key), None, &why);
+                return Err(Refusal(status, why));
             }
         };
         let prepared = lock(&self.registry)

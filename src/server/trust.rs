@@ -317,9 +317,8 @@ impl Trust {
             admin: AdminSecret::load_or_create(&secret).map_err(ServerError::Io)?,
             tokens: Mutex::new(TokenFile::load(tokens).map_err(ServerError::Io)?),
             policy,
-            audit: AuditLog::open(&audit).map_err(|e| {
-                ServerError::Io(fsutil::with_path(e, "cannot open audit log", &audit))
-            })?,
+            // The error already names the file.
+            audit: AuditLog::open(&audit).map_err(ServerError::Io)?,
             register_limit: RateLimiter::new(config.register_per_minute),
             auth_failure_limit: RateLimiter::new(config.auth_failures_per_minute),
         };
@@ -372,11 +371,15 @@ mod tests {
     fn ipv6_sources_share_a_bucket_per_64() {
         let limiter = RateLimiter::new(1);
         let t0 = Instant::now();
-        limiter.take("2001:db8:1:2::1".parse().unwrap(), t0).unwrap();
+        limiter
+            .take("2001:db8:1:2::1".parse().unwrap(), t0)
+            .unwrap();
         assert!(limiter
             .take("2001:db8:1:2:ffff::9".parse().unwrap(), t0)
             .is_err());
-        limiter.take("2001:db8:1:3::1".parse().unwrap(), t0).unwrap();
+        limiter
+            .take("2001:db8:1:3::1".parse().unwrap(), t0)
+            .unwrap();
     }
 
     #[test]
