@@ -13,7 +13,7 @@ use super::metrics::{Endpoint as MetricEndpoint, Metrics};
 use super::registry::{Prepared, Registration, Registry};
 use super::trust::{Trust, ADMIN_HEADER};
 use crate::audit::{AuditEvent, AuditKind};
-use crate::auth::{self, ReplayCache, NONCE_HEADER};
+use crate::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
 use crate::ipam::IpamError;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::model::{
@@ -57,9 +57,8 @@ pub struct Api {
     /// One cached list per tag group (the caller's sorted tags).
     cache: Mutex<HashMap<Vec<Tag>, Arc<PeerListCache>>>,
     metrics: Metrics,
-    server_key: PrivateKey,
+    auth: ServerAuth,
     server_public_key: PublicKey,
-    replay: ReplayCache,
     trust: Trust,
     auth_failures: AtomicU64,
     rate_limited: AtomicU64,
@@ -256,8 +255,7 @@ impl Api {
             cache: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             server_public_key: server_key.public_key(),
-            server_key,
-            replay: ReplayCache::default(),
+            auth: ServerAuth::new(server_key, ReplayCache::default()),
             trust,
             auth_failures: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
@@ -375,14 +373,12 @@ impl Api {
         authed: &mut Option<Authed>,
     ) -> Result<PublicKey, Refusal> {
         self.check_failure_budget(req)?;
-        let verified = auth::verify_request(
-            &self.server_key,
+        let verified = self.auth.verify_request(
             &|name| req.header(name),
             &req.method,
             &req.target,
             &req.body,
             SystemTime::now(),
-            &self.replay,
         );
         match verified {
             Ok(key) => {
@@ -1022,13 +1018,9 @@ impl Api {
             Body::Owned(v) => vec![v.as_slice()],
             Body::Shared(buf, ranges) => ranges.iter().map(|r| &buf[r.clone()]).collect(),
         };
-        let headers = auth::sign_response_parts(
-            &self.server_key,
-            &authed.key,
-            &authed.nonce,
-            response.status,
-            &parts,
-        );
+        let headers =
+            self.auth
+                .sign_response_parts(&authed.key, &authed.nonce, response.status, &parts);
         response.headers.extend(headers);
         response
     }
