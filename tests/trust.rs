@@ -83,6 +83,11 @@ fn signed(
     auth::sign_request(key, &server.public_key(), method, path, body.as_bytes(), at)
 }
 
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 fn error_text(answer: &Answer) -> String {
     assert_eq!(answer.json["success"], false, "{}", answer.json);
     answer.json["error"].as_str().unwrap_or_default().to_owned()
@@ -548,7 +553,16 @@ fn oversize_bodies_are_refused_with_413_and_change_nothing() {
 #[test]
 fn hostile_input_in_every_field_is_rejected_and_nothing_is_stored() {
     let dir = TempDir::new("hostile");
-    let server = token_server(&dir, &["--open", "--register-limit", "0"]);
+    let server = token_server(
+        &dir,
+        &[
+            "--open",
+            "--register-limit",
+            "0",
+            "--auth-failure-limit",
+            "0",
+        ],
+    );
     let owner = new_key();
     let reg = register(&server, &owner, "owner");
     assert_eq!(reg.status, 200);
@@ -702,6 +716,50 @@ fn hostile_input_in_every_field_is_rejected_and_nothing_is_stored() {
         let answer = send_as(&server, Some(&key), "GET", &path, "", &[]);
         assert!((400..500).contains(&answer.status), "{path}");
     }
+    // Hostile values in the signature headers themselves.
+    let owner_private = private_of(&owner).unwrap();
+    let hb = format!(r#"{{"peer_id":"{id}"}}"#);
+    let good = signed(
+        &server,
+        &owner_private,
+        "POST",
+        "/heartbeat",
+        &hb,
+        SystemTime::now(),
+    );
+    let zero_key = base64_of(&[0u8; 32]);
+    for (header, value) in [
+        (auth::KEY_HEADER, "$(reboot)".to_owned()),
+        (auth::KEY_HEADER, zero_key.clone()),
+        (auth::KEY_HEADER, "A".repeat(5000)),
+        (auth::TIMESTAMP_HEADER, "99999999999999999999999".to_owned()),
+        (auth::TIMESTAMP_HEADER, "-1".to_owned()),
+        (auth::TIMESTAMP_HEADER, "1e9".to_owned()),
+        (auth::TIMESTAMP_HEADER, "１２３".to_owned()),
+        (auth::NONCE_HEADER, "AAAA".to_owned()),
+        (auth::NONCE_HEADER, "`id`".to_owned()),
+        (auth::MAC_HEADER, "%%%".to_owned()),
+        (auth::MAC_HEADER, String::new()),
+    ] {
+        let mut headers = good.clone();
+        headers.iter_mut().find(|(n, _)| *n == header).unwrap().1 = value.clone();
+        let answer = send_headers(&server, "POST", "/heartbeat", &hb, &headers);
+        assert_eq!(answer.status, 401, "{header}: {value:.40}: {}", answer.json);
+    }
+    // A low-order key's MAC key is computable by anyone: refused even when "signed".
+    let weak = serde_json::json!({"public_key": zero_key, "hostname": "weak"}).to_string();
+    let mut headers = signed(
+        &server,
+        stranger(),
+        "POST",
+        "/register",
+        &weak,
+        SystemTime::now(),
+    );
+    headers[0].1 = zero_key;
+    let answer = send_headers(&server, "POST", "/register", &weak, &headers);
+    assert_eq!(answer.status, 401, "{}", answer.json);
+
     assert_disk_unchanged(&server, &before, "hostile input");
     // The owner's record is as it was: nothing hostile reached what peers are told.
     let other = new_key();
