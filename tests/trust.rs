@@ -445,8 +445,15 @@ fn admin_endpoints_take_only_the_admin_secret_and_the_cli_drives_them() {
     assert_eq!(code, Some(0), "{err}");
     let token = token.trim().to_owned();
     assert!(token.starts_with("wgm_"), "{token}");
-    let (code, _, err) = cli(&["token", "create", "--tag", "ops"]);
-    assert_eq!(code, Some(2), "a bad tag is a usage error: {err}");
+    for bad in [
+        &["token", "create", "--tag", "ops"][..],
+        &["token", "create", "--uses", "0"],
+        &["token", "create", "--expires", "0s"],
+        &["token", "create", "--expires", "soon"],
+    ] {
+        let (code, _, err) = cli(bad);
+        assert_eq!(code, Some(2), "{bad:?} is a usage error: {err}");
+    }
     let key = new_key();
     let reg = register_with_token(&server, &key, "ops1", &token);
     assert_eq!(reg.status, 200, "{}", reg.json);

@@ -282,6 +282,12 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
                 tag.parse::<crate::tokens::Tag>()
                     .map_err(|e| Failure::new(EXIT_USAGE, format!("--tag: {e}")))?;
             }
+            if a.uses == Some(0) {
+                return Err(Failure::new(
+                    EXIT_USAGE,
+                    "--uses 0 would make a token nobody can use: give 1 or more, or omit it",
+                ));
+            }
             if let Some(expires) = &a.expires {
                 crate::tokens::parse_expiry(expires)
                     .map_err(|e| Failure::new(EXIT_USAGE, format!("--expires: {e}")))?;
