@@ -1016,3 +1016,27 @@ fn the_agent_takes_its_token_from_a_file_or_the_environment() {
     let (code, err) = sync("env.json", None, None);
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn a_changed_server_key_is_refused_until_the_operator_re_pins_it() {
+    let dir = TempDir::new("repin");
+    let server = token_server(&dir, &["--open"]);
+    let config = dir.path().join("client.json");
+    let (code, err) = dry_sync(server.addr, &config, &[]);
+    assert_eq!(code, 0, "{err}");
+    // Pretend the server key was replaced since: the pinned key no longer matches.
+    let mut saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let old = PrivateKey::generate().public_key().to_base64();
+    saved["assignment"]["server_public_key"] = old.clone().into();
+    std::fs::write(&config, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let (code, err) = dry_sync(server.addr, &config, &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("unauthenticated answer"), "{err}");
+    let real = server.public_key().to_base64();
+    let (code, err) = dry_sync(server.addr, &config, &["--server-key", &real]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("replaces the pinned server key"), "{err}");
+    let (code, err) = dry_sync(server.addr, &config, &[]);
+    assert_eq!(code, 0, "the new pin was kept: {err}");
+}

@@ -134,6 +134,12 @@ fn engine(common: Common) -> Result<Engine, Failure> {
         cfg.hostname = common.hostname;
     }
     cfg.exit_node = common.exit_node;
+    // An explicit --server-key re-pins for good (e.g. after the server's key was replaced),
+    // not just for this run.
+    let server_key = pinned_key(&cfg, common.server_key);
+    if let (Some(key), Some(assignment)) = (server_key, cfg.assignment.as_mut()) {
+        assignment.server_public_key = key;
+    }
     let server = cfg.server.clone().ok_or_else(|| {
         Failure::new(
             EXIT_USAGE,
@@ -146,7 +152,7 @@ fn engine(common: Common) -> Result<Engine, Failure> {
     }
     let reader: Option<Box<dyn Runner>> =
         (Some(os) == TargetOs::current()).then(|| Box::new(SystemRunner::new()) as Box<dyn Runner>);
-    let client = api_client(server, &cfg, common.server_key).with_token(common.token);
+    let client = api_client(server, &cfg, server_key).with_token(common.token);
     Ok(Engine {
         config: cfg,
         config_path: path,
