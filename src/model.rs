@@ -116,7 +116,7 @@ pub struct PeerInfo {
 /// Answer to `GET /peers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeersResponse {
-    /// Every online peer except the caller.
+    /// Every online peer except the caller that the access policy lets the caller see.
     pub peers: Vec<PeerInfo>,
 }
 

@@ -77,7 +77,7 @@ pub enum PeerList {
     NotModified,
     /// A new list and its ETag.
     Changed {
-        /// Every online peer except us.
+        /// Every online peer except us that the policy lets us see.
         peers: Vec<PeerInfo>,
         /// Send it back next time for a cheap 304.
         etag: Option<String>,
