@@ -1,12 +1,14 @@
 //! `just bench`: server throughput and latency next to a bare tiny_http hello-world, measured
 //! in the same run on the same machine, so the ratios mean something on a noisy shared box.
 //!
-//! Load comes from `wrk` (Debian package) on loopback only, keep-alive for every target.
+//! Load comes from `wrk` (Debian package) on loopback only, keep-alive for every target, except
+//! for the signed peer endpoints: every request there needs a fresh nonce and MAC, which wrk
+//! cannot make, so they get a small keep-alive load generator of the same shape (16
+//! connections, 4 s) that signs each request with the key agreement done once.
 //! Prints requests/s, p50/p99 latency, non-2xx/3xx responses and socket errors/timeouts.
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -100,8 +102,107 @@ fn bare_tiny_http() -> SocketAddr {
     addr
 }
 
+/// Drives one signed endpoint from `CONNECTIONS` keep-alive connections for `DURATION`.
+fn signed_load(
+    addr: SocketAddr,
+    server_key: &wgmesh::keys::PublicKey,
+    private: &PrivateKey,
+    method: &'static str,
+    path: &str,
+    body: &str,
+    if_none_match: Option<&str>,
+) -> WrkResult {
+    let signer = Arc::new(wgmesh::auth::RequestSigner::new(private, server_key));
+    let connections: usize = CONNECTIONS.parse().unwrap();
+    let secs: u64 = DURATION.trim_end_matches('s').parse().unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let signer = signer.clone();
+            let (path, body) = (path.to_owned(), body.to_owned());
+            let etag = if_none_match.map(str::to_owned);
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let url = format!("http://{addr}{path}");
+                let (mut latencies, mut bad, mut errors) = (Vec::new(), 0u64, 0u64);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let mut req = ureq::http::Request::builder().method(method).uri(&url);
+                    for (name, value) in
+                        signer.sign(method, &path, body.as_bytes(), SystemTime::now())
+                    {
+                        req = req.header(name, value);
+                    }
+                    if let Some(tag) = &etag {
+                        req = req.header("If-None-Match", tag.as_str());
+                    }
+                    let sent = if body.is_empty() {
+                        agent.run(req.body(()).unwrap())
+                    } else {
+                        agent.run(
+                            req.header("Content-Type", "application/json")
+                                .body(body.clone())
+                                .unwrap(),
+                        )
+                    };
+                    match sent {
+                        Ok(mut resp) => {
+                            let _ = resp.body_mut().with_config().limit(64 << 20).read_to_vec();
+                            if resp.status().as_u16() >= 400 {
+                                bad += 1;
+                            }
+                            latencies.push(t.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, bad, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut bad, mut errors) = (Vec::new(), 0, 0);
+    for w in workers {
+        let (l, b, e) = w.join().unwrap();
+        all.extend(l);
+        bad += b;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| -> String {
+        let Some(v) = all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+        else {
+            return "-".into();
+        };
+        if *v >= 1000 {
+            format!("{:.2}ms", *v as f64 / 1000.0)
+        } else {
+            format!("{v}us")
+        }
+    };
+    WrkResult {
+        rps: all.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        bad_status: bad,
+        socket_errors: if errors == 0 {
+            "none".into()
+        } else {
+            format!("{errors}")
+        },
+    }
+}
+
 fn record(i: u32) -> PeerRecord {
-    let key = PrivateKey::generate().public_key();
+    record_with(i, &PrivateKey::generate())
+}
+
+fn record_with(i: u32, private: &PrivateKey) -> PeerRecord {
+    let key = private.public_key();
     let now = SystemTime::now();
     PeerRecord {
         id: PeerId::for_key(&key),
@@ -121,14 +222,18 @@ fn record(i: u32) -> PeerRecord {
         registered_at: now,
         last_heartbeat: now,
         online: true,
+        tags: Vec::new(),
     }
 }
 
 /// A server whose registry already holds `peers` peers (written as a snapshot, as a server
 /// restarted on a big registry would find it).
-fn server_with(dir: &Path, peers: u32) -> (RunningServer, PeerId) {
+fn server_with(dir: &Path, peers: u32) -> (RunningServer, PeerId, PrivateKey) {
     let state = dir.join(format!("peers-{peers}.json"));
-    let records: Vec<PeerRecord> = (1..=peers).map(record).collect();
+    let caller_key = PrivateKey::generate();
+    let records: Vec<PeerRecord> = std::iter::once(record_with(1, &caller_key))
+        .chain((2..=peers).map(record))
+        .collect();
     let caller = records[0].id.clone();
     let snap = Snapshot {
         version: FORMAT_VERSION,
@@ -140,20 +245,26 @@ fn server_with(dir: &Path, peers: u32) -> (RunningServer, PeerId) {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.key_file = dir.join("server.key");
     config.limits.handler_threads = 2;
-    (RunningServer::start(&config).unwrap(), caller)
+    // Measure the API, not the abuse limits: registrations come from one address here.
+    config.open = true;
+    config.register_per_minute = 0;
+    (RunningServer::start(&config).unwrap(), caller, caller_key)
 }
 
-fn lua(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "wrk.method = \"POST\"").unwrap();
-    writeln!(f, "wrk.body = '{body}'").unwrap();
-    writeln!(f, "wrk.headers[\"Content-Type\"] = \"application/json\"").unwrap();
-    path
-}
-
-fn etag_of(url: &str) -> String {
-    let resp = ureq::get(url).call().unwrap();
+fn etag_of(server: &RunningServer, private: &PrivateKey, path: &str) -> String {
+    let addr = server.local_addr();
+    let mut req = ureq::get(format!("http://{addr}{path}"));
+    for (name, value) in wgmesh::auth::sign_request(
+        private,
+        &server.public_key(),
+        "GET",
+        path,
+        b"",
+        SystemTime::now(),
+    ) {
+        req = req.header(name, value);
+    }
+    let resp = req.call().unwrap();
     resp.headers()
         .get("etag")
         .and_then(|v| v.to_str().ok())
@@ -162,21 +273,32 @@ fn etag_of(url: &str) -> String {
 }
 
 /// Mean time of `n` registrations of new keys, in microseconds.
-fn registration_micros(addr: SocketAddr, n: usize) -> f64 {
+fn registration_micros(server: &RunningServer, n: usize) -> f64 {
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-    let url = format!("http://{addr}/register");
-    let bodies: Vec<String> = (0..n)
+    let url = format!("http://{}/register", server.local_addr());
+    let requests: Vec<(String, Vec<(&'static str, String)>)> = (0..n)
         .map(|_| {
-            let key = PrivateKey::generate().public_key();
-            format!("{{\"public_key\":\"{key}\",\"hostname\":\"bench\"}}")
+            let private = PrivateKey::generate();
+            let key = private.public_key();
+            let body = format!("{{\"public_key\":\"{key}\",\"hostname\":\"bench\"}}");
+            let headers = wgmesh::auth::sign_request(
+                &private,
+                &server.public_key(),
+                "POST",
+                "/register",
+                body.as_bytes(),
+                SystemTime::now(),
+            );
+            (body, headers)
         })
         .collect();
     let started = Instant::now();
-    for body in &bodies {
-        let resp = agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body.as_str());
+    for (body, headers) in &requests {
+        let mut req = agent.post(&url).header("Content-Type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
+        }
+        let resp = req.send(body.as_str());
         assert_eq!(resp.unwrap().status().as_u16(), 200);
     }
     started.elapsed().as_secs_f64() * 1e6 / n as f64
@@ -193,40 +315,43 @@ fn main() {
     report("bare tiny_http hello-world", &ceiling, ceiling.rps);
 
     for peers in [1_000u32, 10_000] {
-        let (server, caller) = server_with(&dir, peers);
+        let (server, caller, private) = server_with(&dir, peers);
         let addr = server.local_addr();
-        let hb = lua(
-            &dir,
-            "heartbeat.lua",
-            &format!("{{\"peer_id\":\"{caller}\"}}"),
-        );
+        let server_key = server.public_key();
         report(
             &format!("heartbeat ({peers} peers)"),
-            &wrk(&format!("http://{addr}/heartbeat"), Some(&hb), &[]),
+            &signed_load(
+                addr,
+                &server_key,
+                &private,
+                "POST",
+                "/heartbeat",
+                &format!("{{\"peer_id\":\"{caller}\"}}"),
+                None,
+            ),
             ceiling.rps,
         );
-        let url = format!("http://{addr}/peers?peer_id={caller}");
+        let path = format!("/peers?peer_id={caller}");
         report(
             &format!("GET /peers full ({peers} peers)"),
-            &wrk(&url, None, &[]),
+            &signed_load(addr, &server_key, &private, "GET", &path, "", None),
             ceiling.rps,
         );
-        let etag = etag_of(&url);
-        let header = format!("If-None-Match: {etag}");
+        let etag = etag_of(&server, &private, &path);
         report(
             &format!("GET /peers 304 ({peers} peers)"),
-            &wrk(&url, None, &[&header]),
+            &signed_load(addr, &server_key, &private, "GET", &path, "", Some(&etag)),
             ceiling.rps,
         );
         server.shutdown().unwrap();
     }
 
     // Registration cost must not grow with the registry: compare the first peers with peer 60,000.
-    let (small, _) = server_with(&dir, 1);
-    let first = registration_micros(small.local_addr(), 200);
+    let (small, _, _) = server_with(&dir, 1);
+    let first = registration_micros(&small, 200);
     small.shutdown().unwrap();
-    let (big, _) = server_with(&dir, 59_999);
-    let at_60k = registration_micros(big.local_addr(), 200);
+    let (big, _, _) = server_with(&dir, 59_999);
+    let at_60k = registration_micros(&big, 200);
     big.shutdown().unwrap();
     println!(
         "registration: {first:.0} us each near peer 1, {at_60k:.0} us each near peer 60,000 (ratio {:.2}; target <= 2)",

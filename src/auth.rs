@@ -275,7 +275,16 @@ impl MacKeys {
 }
 
 fn body_hash_hex(body: &[u8]) -> String {
-    Sha256::digest(body)
+    body_parts_hash_hex(&[body])
+}
+
+fn body_parts_hash_hex(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -316,9 +325,13 @@ fn request_canonical(
 }
 
 fn response_canonical(status: u16, nonce: &str, body: &[u8]) -> String {
+    response_canonical_parts(status, nonce, &[body])
+}
+
+fn response_canonical_parts(status: u16, nonce: &str, parts: &[&[u8]]) -> String {
     format!(
         "{PROTOCOL_VERSION} response\n{status}\n{nonce}\n{}",
-        body_hash_hex(body)
+        body_parts_hash_hex(parts)
     )
 }
 
@@ -337,16 +350,33 @@ pub fn sign_request(
     body: &[u8],
     now: SystemTime,
 ) -> Vec<(&'static str, String)> {
-    let key = private_key.public_key();
+    sign_with(
+        &private_key.public_key(),
+        MacKeys::for_peer(private_key, server_pub).ok().as_ref(),
+        method,
+        path,
+        body,
+        now,
+    )
+}
+
+fn sign_with(
+    key: &PublicKey,
+    keys: Option<&MacKeys>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    now: SystemTime,
+) -> Vec<(&'static str, String)> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).expect("the operating system's random source failed");
     let nonce = STANDARD.encode(nonce);
     let timestamp = unix_secs(now).to_string();
-    let canonical = request_canonical(method, path, &timestamp, &nonce, &key, body);
-    let mac = match MacKeys::for_peer(private_key, server_pub) {
-        Ok(keys) => STANDARD.encode(keys.request_mac(&canonical).finalize().into_bytes()),
+    let canonical = request_canonical(method, path, &timestamp, &nonce, key, body);
+    let mac = match keys {
+        Some(keys) => STANDARD.encode(keys.request_mac(&canonical).finalize().into_bytes()),
         // A low-order server key: send a MAC of zeros, which the real server refuses.
-        Err(_) => STANDARD.encode([0u8; MAC_LEN]),
+        None => STANDARD.encode([0u8; MAC_LEN]),
     };
     vec![
         (KEY_HEADER, key.to_base64()),
@@ -354,6 +384,43 @@ pub fn sign_request(
         (NONCE_HEADER, nonce),
         (MAC_HEADER, mac),
     ]
+}
+
+/// The agent's side with the key agreement done once: for a client that sends many requests
+/// to the same server (a load generator, a busy agent), where [`sign_request`]'s X25519 per
+/// call would dominate.
+pub struct RequestSigner {
+    key: PublicKey,
+    keys: Option<MacKeys>,
+}
+
+impl fmt::Debug for RequestSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestSigner")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestSigner {
+    /// Derives the MAC keys of `private_key` with `server_pub` once.
+    pub fn new(private_key: &PrivateKey, server_pub: &PublicKey) -> RequestSigner {
+        RequestSigner {
+            key: private_key.public_key(),
+            keys: MacKeys::for_peer(private_key, server_pub).ok(),
+        }
+    }
+
+    /// Exactly what [`sign_request`] returns for the same key pair.
+    pub fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Vec<(&'static str, String)> {
+        sign_with(&self.key, self.keys.as_ref(), method, path, body, now)
+    }
 }
 
 /// Finds a header in a list such as [`sign_request`] returns (names compared ignoring ASCII
@@ -417,6 +484,27 @@ pub fn verify_request<'a>(
     now: SystemTime,
     replay: &ReplayCache,
 ) -> Result<PublicKey, AuthError> {
+    verify_with(
+        &|key| MacKeys::for_server(server_private, key),
+        headers,
+        method,
+        path,
+        body,
+        now,
+        replay,
+    )
+    .map(|(key, _)| key)
+}
+
+fn verify_with<'a>(
+    derive: &dyn Fn(&PublicKey) -> Result<MacKeys, AuthError>,
+    headers: &dyn Fn(&str) -> Option<&'a str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    now: SystemTime,
+    replay: &ReplayCache,
+) -> Result<(PublicKey, MacKeys), AuthError> {
     let key_text = required(headers, KEY_HEADER)?;
     let timestamp = required(headers, TIMESTAMP_HEADER)?;
     let nonce_text = required(headers, NONCE_HEADER)?;
@@ -441,14 +529,113 @@ pub fn verify_request<'a>(
         });
     }
 
-    let keys = MacKeys::for_server(server_private, &key)?;
+    let keys = derive(&key)?;
     let canonical = request_canonical(method, path, timestamp, nonce_text, &key, body);
     keys.request_mac(&canonical)
         .verify_slice(&mac)
         .map_err(|_| AuthError::BadMac(key))?;
 
     replay.check_and_remember(nonce, ts, now_secs)?;
-    Ok(key)
+    Ok((key, keys))
+}
+
+/// Most peers whose derived MAC keys [`ServerAuth`] keeps: 65,536 entries of 64 bytes plus
+/// the map's overhead stay in the low megabytes, and cover a large mesh.
+pub const MAX_CACHED_PEER_KEYS: usize = 1 << 16;
+
+/// The server's side of the protocol with the X25519 work cached: one key agreement per peer
+/// rather than per request, which would otherwise cost more than the rest of a heartbeat.
+///
+/// Keys are remembered only after a request verified with them, so strangers sending forged
+/// requests cannot fill the cache (they still pay, and cost the server, one X25519 each, which
+/// the failed-authentication rate limit bounds). When full, the cache starts over.
+pub struct ServerAuth {
+    private: PrivateKey,
+    public: PublicKey,
+    replay: ReplayCache,
+    keys: Mutex<std::collections::HashMap<PublicKey, MacKeys>>,
+}
+
+impl fmt::Debug for ServerAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerAuth")
+            .field("public", &self.public)
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerAuth {
+    /// The server's key and the replay cache whose skew window requests must fall within.
+    pub fn new(private: PrivateKey, replay: ReplayCache) -> ServerAuth {
+        ServerAuth {
+            public: private.public_key(),
+            private,
+            replay,
+            keys: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The server's public key, as `/key` and `/register` announce it.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn cached(&self, peer: &PublicKey) -> Option<MacKeys> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .cloned()
+    }
+
+    fn remember(&self, peer: PublicKey, keys: MacKeys) {
+        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_CACHED_PEER_KEYS && !map.contains_key(&peer) {
+            map.clear();
+        }
+        map.insert(peer, keys);
+    }
+
+    /// [`verify_request`] with this server's key, replay cache and key cache.
+    pub fn verify_request<'a>(
+        &self,
+        headers: &dyn Fn(&str) -> Option<&'a str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<PublicKey, AuthError> {
+        let derive = |key: &PublicKey| match self.cached(key) {
+            Some(keys) => Ok(keys),
+            None => MacKeys::for_server(&self.private, key),
+        };
+        let (key, keys) = verify_with(&derive, headers, method, path, body, now, &self.replay)?;
+        if self.cached(&key).is_none() {
+            self.remember(key, keys);
+        }
+        Ok(key)
+    }
+
+    /// [`sign_response_parts`] with this server's key, reusing the cached keys of `peer`.
+    pub fn sign_response_parts(
+        &self,
+        peer: &PublicKey,
+        request_nonce: &str,
+        status: u16,
+        parts: &[&[u8]],
+    ) -> Vec<(&'static str, String)> {
+        let keys = self
+            .cached(peer)
+            .map(Ok)
+            .unwrap_or_else(|| MacKeys::for_server(&self.private, peer));
+        let canonical = response_canonical_parts(status, request_nonce, parts);
+        let mac = match keys {
+            Ok(keys) => STANDARD.encode(keys.response_mac(&canonical).finalize().into_bytes()),
+            Err(_) => STANDARD.encode([0u8; MAC_LEN]),
+        };
+        vec![(RESPONSE_MAC_HEADER, mac)]
+    }
 }
 
 /// Signs a response on the server's side: returns the [`RESPONSE_MAC_HEADER`] to add.
@@ -463,7 +650,20 @@ pub fn sign_response(
     status: u16,
     body: &[u8],
 ) -> Vec<(&'static str, String)> {
-    let canonical = response_canonical(status, request_nonce, body);
+    sign_response_parts(server_private, peer, request_nonce, status, &[body])
+}
+
+/// Like [`sign_response`], for a body sent as several slices (the server's cached peer list
+/// minus the caller's own entry goes out as two slices of a shared buffer): the MAC covers
+/// their concatenation, so the server never has to copy the list just to sign it.
+pub fn sign_response_parts(
+    server_private: &PrivateKey,
+    peer: &PublicKey,
+    request_nonce: &str,
+    status: u16,
+    parts: &[&[u8]],
+) -> Vec<(&'static str, String)> {
+    let canonical = response_canonical_parts(status, request_nonce, parts);
     let mac = match MacKeys::for_server(server_private, peer) {
         Ok(keys) => STANDARD.encode(keys.response_mac(&canonical).finalize().into_bytes()),
         // verify_request never accepts a low-order key; if called anyway, sign nothing useful.
@@ -673,6 +873,76 @@ mod tests {
             resp_body,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn response_signed_in_parts_verifies_as_the_whole_body() {
+        let s = setup();
+        let nonce = STANDARD.encode([3u8; NONCE_LEN]);
+        let body = br#"{"peers":[{"a":1},{"b":2}]}"#;
+        let (head, tail) = body.split_at(11);
+        let key = s.peer.public_key();
+        let resp = sign_response_parts(&s.server, &key, &nonce, 200, &[head, tail]);
+        let server_pub = s.server.public_key();
+        verify_response(&s.peer, &server_pub, &nonce, 200, &lookup(&resp), body).unwrap();
+    }
+
+    #[test]
+    fn server_auth_caches_keys_and_agrees_with_the_free_functions() {
+        let s = setup();
+        let server = ServerAuth::new(s.server.clone(), ReplayCache::default());
+        for round in 0..2 {
+            let body = format!("{{\"round\":{round}}}");
+            let headers = sign(&s, "POST", "/heartbeat", body.as_bytes());
+            let key = server
+                .verify_request(
+                    &lookup(&headers),
+                    "POST",
+                    "/heartbeat",
+                    body.as_bytes(),
+                    s.now,
+                )
+                .unwrap();
+            assert_eq!(key, s.peer.public_key());
+            let nonce = header_value(&headers, NONCE_HEADER).unwrap();
+            let resp = server.sign_response_parts(&key, nonce, 200, &[b"ok"]);
+            verify_response(
+                &s.peer,
+                &server.public_key(),
+                nonce,
+                200,
+                &lookup(&resp),
+                b"ok",
+            )
+            .unwrap();
+            // Replays and forgeries are refused whether or not the key is cached.
+            let err = server
+                .verify_request(
+                    &lookup(&headers),
+                    "POST",
+                    "/heartbeat",
+                    body.as_bytes(),
+                    s.now,
+                )
+                .unwrap_err();
+            assert_eq!(err, AuthError::Replayed);
+            let fresh = sign(&s, "POST", "/heartbeat", body.as_bytes());
+            let err = server
+                .verify_request(&lookup(&fresh), "POST", "/heartbeat", b"other", s.now)
+                .unwrap_err();
+            assert!(matches!(err, AuthError::BadMac(_)), "{err}");
+        }
+        assert_eq!(server.keys.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn request_signer_signs_what_the_server_verifies() {
+        let s = setup();
+        let signer = RequestSigner::new(&s.peer, &s.server.public_key());
+        let cache = ReplayCache::default();
+        let headers = signer.sign("GET", "/peers?peer_id=x", b"", s.now);
+        let key = verify(&s, &headers, "GET", "/peers?peer_id=x", b"", s.now, &cache).unwrap();
+        assert_eq!(key, s.peer.public_key());
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub struct RegisterRequest {
     /// Extra prefixes this peer routes (subnet routes), beyond its own mesh address.
     #[serde(default)]
     pub allowed_ips: Vec<IpNet>,
+    /// The join token (`wgm_...`) that invites this key: required for the first registration
+    /// of a key unless the server runs `--open`; ignored (and not used up) for a known key.
+    /// Absent from the JSON when not set, so requests to open servers look as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Answer to a successful registration.
@@ -111,7 +116,7 @@ pub struct PeerInfo {
 /// Answer to `GET /peers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeersResponse {
-    /// Every online peer except the caller.
+    /// Every online peer except the caller that the access policy lets the caller see.
     pub peers: Vec<PeerInfo>,
 }
 
@@ -129,4 +134,14 @@ pub struct ErrorResponse {
     pub success: bool,
     /// What went wrong and how to fix it.
     pub error: String,
+}
+
+/// Answer to the unauthenticated `GET /key`: the server's X25519 public key, which a new
+/// agent pins (trust on first use) unless the operator gave it with `--server-key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyResponse {
+    /// Always true on this type.
+    pub success: bool,
+    /// The key every signed answer is checked against.
+    pub server_public_key: PublicKey,
 }

@@ -64,6 +64,11 @@ pub struct PeerRecord {
     pub last_heartbeat: SystemTime,
     /// Whether the peer is within the heartbeat timeout.
     pub online: bool,
+    /// Tags from the join token the peer first registered with; the access policy decides
+    /// who sees whom by them. Absent in files written before tokens existed (= untagged),
+    /// and not written when empty so open-mode state files keep their old shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<crate::tokens::Tag>,
 }
 
 impl PeerRecord {
@@ -94,6 +99,9 @@ pub struct Snapshot {
 }
 
 /// One journal line: a change made after the snapshot was written.
+// Entries live only between building and writing (or reading and applying) one line, never
+// in bulk, so boxing the record would cost an allocation per line for no memory saved.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum JournalEntry {
@@ -427,6 +435,7 @@ mod tests {
             registered_at: timefmt::from_unix_secs(1_700_000_000),
             last_heartbeat: timefmt::from_unix_secs(1_700_000_000),
             online: true,
+            tags: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! End to end in network namespaces with real userspace WireGuard (wireguard-go): a server
 //! and nodes brought up with `wgmesh up`, pinging each other over mesh addresses; failure and
-//! recovery; `down` leaving nothing behind; `sync` from a timer-like loop.
+//! recovery; `down` leaving nothing behind; `sync` from a timer-like loop; join tokens whose
+//! tags meet an access policy that is reloaded without restarting anything.
 //!
 //! Needs root, iproute2, wireguard-go, wireguard-tools and ping; fails (never skips) without.
 
@@ -62,11 +63,38 @@ fn node(lab: &mut Lab, name: &'static str, underlay: &str) -> Node {
     }
 }
 
-fn up(lab: &mut Lab, n: &Node) -> usize {
+/// Runs `wgmesh token create ARGS` against the lab's server (retrying while it starts) and
+/// returns the token.
+fn create_token(lab: &Lab, server_ns: &str, args: &[&str]) -> String {
+    let server = format!("http://{SERVER_IP}:8080");
+    let secret = lab.dir.path().join("admin.secret").display().to_string();
+    let mut full = vec![
+        wgmesh_bin(),
+        "token",
+        "create",
+        "--server",
+        &server,
+        "--admin-secret-file",
+        &secret,
+    ];
+    full.extend_from_slice(args);
+    let mut token = String::new();
+    lab.eventually(Duration::from_secs(20), "the server makes a token", || {
+        let out = lab.exec(server_ns, &full);
+        token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        out.status.success()
+    });
+    assert!(token.starts_with("wgm_"), "{token}");
+    token
+}
+
+fn up(lab: &mut Lab, n: &Node, token: &str) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
     lab.spawn(
         &n.ns.clone(),
         &[
+            "env",
+            &format!("WGMESH_TOKEN={token}"),
             wgmesh_bin(),
             "up",
             "--server",
@@ -125,6 +153,9 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
     let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
     let state = lab.dir.path().join("peers.json").display().to_string();
     let server = start_server(&mut lab, &server_ns, &state, "server.log");
+    // One token for exactly three machines: n3's restart re-registers a known key, which
+    // needs no token and must not use one up.
+    let token = create_token(&lab, &server_ns, &["--uses", "3"]);
     let nodes = [
         node(&mut lab, "n1", "198.18.0.11/24"),
         node(&mut lab, "n2", "198.18.0.12/24"),
@@ -135,7 +166,7 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
         .iter()
         .map(|n| (links(&lab, &n.ns), routes(&lab, &n.ns)))
         .collect();
-    let agents: Vec<usize> = nodes.iter().map(|n| up(&mut lab, n)).collect();
+    let agents: Vec<usize> = nodes.iter().map(|n| up(&mut lab, n, &token)).collect();
 
     // Every node ends up with the other two as WireGuard peers.
     for n in &nodes {
@@ -206,7 +237,7 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
     );
 
     // Restarted, n3 keeps its address and is reachable again.
-    let n3_again = up(&mut lab, &nodes[2]);
+    let n3_again = up(&mut lab, &nodes[2], &token);
     lab.eventually(Duration::from_secs(20), "n1 re-adds n3", || {
         wg_peers(&lab, &nodes[0].ns, &nodes[0].iface).contains(&n3_key)
     });
@@ -271,6 +302,7 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
             &format!("{SERVER_IP}:8080"),
             "--state",
             &state,
+            "--open",
         ],
         "server.log",
     );
@@ -280,6 +312,10 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
         node(&mut lab, "s3", "198.18.0.23/24"),
     ];
     let server = format!("http://{SERVER_IP}:8080");
+    // A one-shot sync does not retry, so start only once the server listens.
+    lab.eventually(Duration::from_secs(20), "the server listens", || {
+        lab.log("server.log").contains("listening on")
+    });
     // Like a systemd timer: run `wgmesh sync` on every node, a few rounds.
     let mut summaries = Vec::new();
     for _round in 0..3 {
@@ -390,5 +426,112 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
     for n in &nodes {
         lab.exec_ok(&n.ns, &[wgmesh_bin(), "down", "--config", &n.config]);
         assert!(!links(&lab, &n.ns).contains(&n.iface));
+    }
+}
+
+#[test]
+fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
+    let mut lab = Lab::new("policy");
+    let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
+    let state = lab.dir.path().join("peers.json").display().to_string();
+    let policy = lab.dir.path().join("policy.json");
+    let deny_ab = r#"{"allow": [{"from": ["tag:a", "tag:b"], "to": ["tag:c"]}]}"#;
+    std::fs::write(&policy, deny_ab).unwrap();
+    let policy_arg = policy.display().to_string();
+    lab.spawn(
+        &server_ns,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &format!("{SERVER_IP}:8080"),
+            "--state",
+            &state,
+            "--policy",
+            &policy_arg,
+        ],
+        "server.log",
+    );
+    let tokens: Vec<String> = ["tag:a", "tag:b", "tag:c"]
+        .iter()
+        .map(|tag| create_token(&lab, &server_ns, &["--uses", "1", "--tag", tag]))
+        .collect();
+    let nodes = [
+        node(&mut lab, "pa", "198.18.0.31/24"),
+        node(&mut lab, "pb", "198.18.0.32/24"),
+        node(&mut lab, "pc", "198.18.0.33/24"),
+    ];
+    let agents: Vec<usize> = nodes
+        .iter()
+        .zip(&tokens)
+        .map(|(n, t)| up(&mut lab, n, t))
+        .collect();
+    // C sees both; A and B see only C.
+    lab.eventually(Duration::from_secs(30), "pc has 2 peers", || {
+        wg_peers(&lab, &nodes[2].ns, &nodes[2].iface).len() == 2
+    });
+    for n in &nodes[..2] {
+        lab.eventually(
+            Duration::from_secs(30),
+            &format!("{} has 1 peer", n.name),
+            || wg_peers(&lab, &n.ns, &n.iface).len() == 1,
+        );
+    }
+    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, n.name)).collect();
+    for (from, to) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
+        lab.eventually(
+            Duration::from_secs(15),
+            &format!("{} pings {}", nodes[from].name, nodes[to].name),
+            || lab.ping(&nodes[from].ns, &ips[to]),
+        );
+    }
+    let b_key = public_key(&config_of(&lab, "pb"));
+    assert!(!wg_peers(&lab, &nodes[0].ns, &nodes[0].iface).contains(&b_key));
+    assert!(
+        !lab.ping(&nodes[0].ns, &ips[1]),
+        "pa reached pb despite the policy"
+    );
+    assert!(
+        !lab.ping(&nodes[1].ns, &ips[0]),
+        "pb reached pa despite the policy"
+    );
+
+    // A broken policy file is refused and the old policy stays in force.
+    std::fs::write(&policy, "{\"allow\": [").unwrap();
+    let server = format!("http://{SERVER_IP}:8080");
+    let secret = lab.dir.path().join("admin.secret").display().to_string();
+    let reload = [
+        wgmesh_bin(),
+        "policy",
+        "reload",
+        "--server",
+        &server,
+        "--admin-secret-file",
+        &secret,
+    ];
+    let out = lab.exec(&server_ns, &reload);
+    assert_eq!(out.status.code(), Some(3), "a bad policy must be refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("old policy"), "{stderr}");
+
+    // Allow A-B and reload: without restarting the server or the agents, A and B meet.
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["tag:a", "tag:b"], "to": ["tag:c"]},
+                     {"from": ["tag:a"], "to": ["tag:b"]}]}"#,
+    )
+    .unwrap();
+    let out = lab.exec_ok(&server_ns, &reload);
+    assert!(out.contains("policy changed"), "{out}");
+    lab.eventually(Duration::from_secs(20), "pa pings pb", || {
+        lab.ping(&nodes[0].ns, &ips[1])
+    });
+    lab.eventually(Duration::from_secs(20), "pb pings pa", || {
+        lab.ping(&nodes[1].ns, &ips[0])
+    });
+    let audit = std::fs::read_to_string(lab.dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("\"policy_change\""), "{audit}");
+    for agent in agents {
+        assert_eq!(lab.signal(agent, "TERM"), Some(0));
     }
 }

@@ -29,7 +29,7 @@ fn error_of(answer: &Answer) -> String {
 #[test]
 fn registration_is_idempotent_per_public_key() {
     let dir = TempDir::new("idem");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let key = new_key();
     let first = register(&server, &key, "laptop");
     assert_eq!(first.status, 200, "{}", first.json);
@@ -56,11 +56,11 @@ fn same_key_gets_same_ip_after_restart_and_after_kill9() {
     let dir = TempDir::new("restart");
     let state = dir.path().join("peers.json");
     let keys: Vec<String> = (0..5).map(|_| new_key()).collect();
-    let server = ServerProcess::start(&state, &[]);
+    let server = ServerProcess::start(&state, &["--open"]);
     let before: Vec<Answer> = keys.iter().map(|k| register(&server, k, "host")).collect();
     assert!(server.stop().success());
 
-    let server = ServerProcess::start(&state, &[]);
+    let server = ServerProcess::start(&state, &["--open"]);
     for (key, old) in keys.iter().zip(&before) {
         let now = register(&server, key, "host");
         assert_eq!(now.json["assigned_ip"], old.json["assigned_ip"]);
@@ -70,7 +70,7 @@ fn same_key_gets_same_ip_after_restart_and_after_kill9() {
     assert_eq!(late.json["assigned_ip"], "10.100.0.6");
     server.kill9();
 
-    let server = ServerProcess::start(&state, &[]);
+    let server = ServerProcess::start(&state, &["--open"]);
     let again = register(&server, &new_key(), "later");
     assert_eq!(
         again.json["assigned_ip"], "10.100.0.7",
@@ -83,7 +83,13 @@ fn silent_peers_go_offline_and_come_back_with_the_same_ip() {
     let dir = TempDir::new("offline");
     let server = ServerProcess::start(
         &dir.path().join("peers.json"),
-        &["--heartbeat-timeout", "1", "--sweep-interval", "1"],
+        &[
+            "--open",
+            "--heartbeat-timeout",
+            "1",
+            "--sweep-interval",
+            "1",
+        ],
     );
     let a = register(&server, &new_key(), "a");
     let b_key = new_key();
@@ -140,7 +146,7 @@ fn silent_peers_go_offline_and_come_back_with_the_same_ip() {
 #[test]
 fn peers_list_has_the_design_shape_and_excludes_the_caller() {
     let dir = TempDir::new("shape");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let a = register(&server, &new_key(), "a");
     let exit_key = new_key();
     let exit = post(
@@ -185,7 +191,7 @@ fn peers_list_has_the_design_shape_and_excludes_the_caller() {
 #[test]
 fn unchanged_list_answers_304_and_a_change_gives_a_new_etag() {
     let dir = TempDir::new("etag");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let a = register(&server, &new_key(), "a");
     register(&server, &new_key(), "b");
     let path = format!("/peers?peer_id={}", a.json["peer_id"].as_str().unwrap());
@@ -214,7 +220,7 @@ fn unchanged_list_answers_304_and_a_change_gives_a_new_etag() {
 #[test]
 fn deregistration_frees_the_address_both_ways() {
     let dir = TempDir::new("dereg");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let a = register(&server, &new_key(), "a");
     let b = register(&server, &new_key(), "b");
     let a_id = a.json["peer_id"].as_str().unwrap();
@@ -239,16 +245,10 @@ fn deregistration_frees_the_address_both_ways() {
         "a's address returned to the pool"
     );
     let b_id = b.json["peer_id"].as_str().unwrap();
-    let resp = agent()
-        .delete(server.url(&format!("/peers/{b_id}")))
-        .call()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let again = agent()
-        .delete(server.url(&format!("/peers/{b_id}")))
-        .call()
-        .unwrap();
-    assert_eq!(again.status().as_u16(), 404);
+    let resp = send(&server, "DELETE", &format!("/peers/{b_id}"), "");
+    assert_eq!(resp.status, 200, "{}", resp.json);
+    let again = send(&server, "DELETE", &format!("/peers/{b_id}"), "");
+    assert_eq!(again.status, 404);
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn every_error_has_its_status_and_a_json_body_naming_the_problem() {
     let dir = TempDir::new("errors");
     let server = ServerProcess::start(
         &dir.path().join("peers.json"),
-        &["--network-cidr", "198.18.0.0/30"],
+        &["--open", "--network-cidr", "198.18.0.0/30"],
     );
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         (
@@ -373,19 +373,10 @@ fn every_error_has_its_status_and_a_json_body_naming_the_problem() {
         ),
     ];
     for (method, path, body, status, needle) in cases {
-        let req = ureq::http::Request::builder()
-            .method(method)
-            .uri(server.url(path))
-            .body(body.clone())
-            .unwrap();
-        let mut resp = agent().run(req).unwrap();
-        let text = resp.body_mut().read_to_string().unwrap();
-        assert_eq!(
-            resp.status().as_u16(),
-            status,
-            "{method} {path} {body:.60}: {text}"
-        );
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let answer = send(&server, method, path, &body);
+        let text = answer.json.to_string();
+        assert_eq!(answer.status, status, "{method} {path} {body:.60}: {text}");
+        let json = answer.json;
         assert_eq!(json["success"], false, "{text}");
         assert!(
             json["error"].as_str().unwrap().contains(needle),
@@ -404,14 +395,15 @@ fn every_error_has_its_status_and_a_json_body_naming_the_problem() {
 fn changing_the_network_of_a_state_file_is_refused() {
     let dir = TempDir::new("cidr");
     let state = dir.path().join("peers.json");
-    let server = ServerProcess::start(&state, &[]);
+    let server = ServerProcess::start(&state, &["--open"]);
     register(&server, &new_key(), "a");
     assert!(server.stop().success());
     let before = std::fs::read(&state).unwrap();
-    let (code, log) = match ServerProcess::try_start(&state, &["--network-cidr", "10.200.0.0/16"]) {
-        Ok(_) => panic!("server started on a mismatched network"),
-        Err(failure) => failure,
-    };
+    let (code, log) =
+        match ServerProcess::try_start(&state, &["--open", "--network-cidr", "10.200.0.0/16"]) {
+            Ok(_) => panic!("server started on a mismatched network"),
+            Err(failure) => failure,
+        };
     assert_eq!(code, Some(5));
     let log = log.join("\n");
     assert!(log.contains("--network-cidr 10.100.0.0/16"), "{log}");
@@ -439,7 +431,8 @@ fn corrupt_state_stops_the_server_and_is_left_untouched() {
 fn kill9_during_a_registration_burst_loses_no_acknowledged_registration() {
     let dir = TempDir::new("burst");
     let state = dir.path().join("peers.json");
-    let server = ServerProcess::start(&state, &[]);
+    let server = ServerProcess::start(&state, &["--open", "--register-limit", "0"]);
+    let server_key = server.public_key();
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let url = server.url("/register");
@@ -452,7 +445,19 @@ fn kill9_during_a_registration_burst_loses_no_acknowledged_registration() {
                     let key = new_key();
                     let body =
                         serde_json::json!({"public_key": key, "hostname": "burst"}).to_string();
-                    let Ok(mut resp) = agent.post(&url).send(&body) else {
+                    let headers = wgmesh::auth::sign_request(
+                        &private_of(&key).unwrap(),
+                        &server_key,
+                        "POST",
+                        "/register",
+                        body.as_bytes(),
+                        std::time::SystemTime::now(),
+                    );
+                    let mut req = agent.post(&url);
+                    for (name, value) in &headers {
+                        req = req.header(*name, value.as_str());
+                    }
+                    let Ok(mut resp) = req.send(&body) else {
                         break;
                     };
                     if resp.status().as_u16() != 200 {
@@ -476,7 +481,7 @@ fn kill9_during_a_registration_burst_loses_no_acknowledged_registration() {
         w.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    let server = ServerProcess::start(&state, &[]);
+    let server = ServerProcess::start(&state, &["--open", "--register-limit", "0"]);
     for (key, ip) in &acked {
         let again = register(&server, key, "burst");
         assert_eq!(
@@ -518,7 +523,10 @@ fn raw_get(stream: &mut TcpStream, path: &str) -> String {
 #[test]
 fn two_hundred_keep_alive_connections_at_once_all_get_answers() {
     let dir = TempDir::new("burst200");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--threads", "2"]);
+    let server = ServerProcess::start(
+        &dir.path().join("peers.json"),
+        &["--open", "--threads", "2"],
+    );
     let addr = server.addr;
     let barrier = Arc::new(std::sync::Barrier::new(200));
     let threads: Vec<_> = (0..200)
@@ -545,7 +553,10 @@ fn two_hundred_keep_alive_connections_at_once_all_get_answers() {
 #[test]
 fn idle_connections_are_closed_after_the_timeout() {
     let dir = TempDir::new("idle");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--idle-timeout", "1"]);
+    let server = ServerProcess::start(
+        &dir.path().join("peers.json"),
+        &["--open", "--idle-timeout", "1"],
+    );
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -567,7 +578,7 @@ fn idle_connections_are_closed_after_the_timeout() {
 #[test]
 fn healthz_and_metrics_report_the_registry() {
     let dir = TempDir::new("metrics");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let a = register(&server, &new_key(), "a");
     post(
         &server,

@@ -1,14 +1,24 @@
 //! The blocking HTTP client of the coordination API, with timeouts (ureq has none by
 //! default) and errors that say whether the server was unreachable or refused, since the
 //! agent reacts differently: keep the mesh and retry, or re-register, or give up.
+//!
+//! With an [`ApiClient::with_identity`], every request is signed with the agent's WireGuard
+//! key (`crate::auth`) and every answer must carry the server's MAC for the pinned server key:
+//! an answer that does not verify is [`ClientError::Unauthentic`] and its body is never read
+//! as data, so a man in the middle cannot feed the agent a forged peer list. The server key
+//! is pinned from `--server-key`, else from the config's assignment, else learned once from
+//! `GET /key` (trust on first use) and kept in the assignment from then on.
 
+use crate::auth;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::model::{
-    DeregisterRequest, ErrorResponse, HeartbeatRequest, PeerInfo, PeersResponse, RegisterRequest,
-    RegisterResponse,
+    DeregisterRequest, ErrorResponse, HeartbeatRequest, KeyResponse, PeerInfo, PeersResponse,
+    RegisterRequest, RegisterResponse,
 };
 use crate::types::PeerId;
 use std::fmt;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 /// Largest peer list accepted: far above the ~3 MB of 10,000 peers, well below memory trouble.
 const MAX_PEER_LIST_BYTES: u64 = 256 * 1024 * 1024;
@@ -29,6 +39,9 @@ pub enum ClientError {
     },
     /// The answer could not be understood.
     Protocol(String),
+    /// The answer is not signed by the pinned server key: a man in the middle, or a server
+    /// whose key changed. Nothing in it was believed.
+    Unauthentic(String),
 }
 
 impl fmt::Display for ClientError {
@@ -47,6 +60,10 @@ impl fmt::Display for ClientError {
             ClientError::Protocol(m) => {
                 write!(f, "unexpected answer from the coordination server: {m}")
             }
+            ClientError::Unauthentic(m) => write!(
+                f,
+                "refusing an unauthenticated answer from the coordination server: {m}"
+            ),
         }
     }
 }
@@ -60,7 +77,7 @@ pub enum PeerList {
     NotModified,
     /// A new list and its ETag.
     Changed {
-        /// Every online peer except us.
+        /// Every online peer except us that the policy lets us see.
         peers: Vec<PeerInfo>,
         /// Send it back next time for a cheap 304.
         etag: Option<String>,
@@ -117,11 +134,35 @@ impl ServerUrl {
     }
 }
 
+/// Who the agent is, for signing: its key, the server key it trusts, and the join token it
+/// presents on a first registration.
+#[derive(Debug, Clone)]
+struct Identity {
+    key: PrivateKey,
+    /// Shared between clones so a key learned on first use is pinned for all of them.
+    server_key: Arc<Mutex<Option<PublicKey>>>,
+    token: Option<String>,
+}
+
 /// A client of one coordination server.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     agent: ureq::Agent,
     base: ServerUrl,
+    identity: Option<Identity>,
+}
+
+/// An answer read whole, with what is needed to verify it.
+struct Answer {
+    status: u16,
+    headers: ureq::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 fn transport(e: ureq::Error) -> ClientError {
@@ -138,7 +179,181 @@ impl ApiClient {
             .user_agent(concat!("wgmesh/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        ApiClient { agent, base }
+        ApiClient {
+            agent,
+            base,
+            identity: None,
+        }
+    }
+
+    /// Signs every request with `key` and checks every answer against `server_key`; with
+    /// `None`, the server key is learned from `GET /key` on first use (trust on first use).
+    pub fn with_identity(mut self, key: PrivateKey, server_key: Option<PublicKey>) -> ApiClient {
+        self.identity = Some(Identity {
+            key,
+            server_key: Arc::new(Mutex::new(server_key)),
+            token: None,
+        });
+        self
+    }
+
+    /// Presents `token` on registrations of a key the server does not know yet.
+    pub fn with_token(mut self, token: Option<String>) -> ApiClient {
+        if let Some(identity) = self.identity.as_mut() {
+            identity.token = token;
+        }
+        self
+    }
+
+    /// The server key answers are checked against, once known.
+    pub fn pinned_server_key(&self) -> Option<PublicKey> {
+        let identity = self.identity.as_ref()?;
+        *identity
+            .server_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pinned server key, learning it from `GET /key` if none is pinned yet.
+    fn server_key(&self, identity: &Identity) -> Result<PublicKey, ClientError> {
+        let mut pinned = identity
+            .server_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = *pinned {
+            return Ok(key);
+        }
+        let mut resp = self.agent.get(self.url("/key")).call().map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(Self::refusal(resp));
+        }
+        let answer: KeyResponse = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_json()
+            .map_err(|e| ClientError::Protocol(format!("server key answer: {e}")))?;
+        log::warn!(
+            "trusting coordination server key {} on first use (pass --server-key to pin it up front)",
+            answer.server_public_key
+        );
+        *pinned = Some(answer.server_public_key);
+        Ok(answer.server_public_key)
+    }
+
+    /// Sends one request, signed when there is an identity, and reads the whole answer;
+    /// a signed request's answer is verified before anything else looks at it.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+        limit: u64,
+    ) -> Result<Answer, ClientError> {
+        let bytes = body.clone().unwrap_or_default();
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        if body.is_some() {
+            builder = builder.header("Content-Type", "application/json");
+        }
+        for (name, value) in extra {
+            builder = builder.header(*name, *value);
+        }
+        let mut nonce = None;
+        let mut signer = None;
+        if let Some(identity) = &self.identity {
+            let server_key = self.server_key(identity)?;
+            let headers = auth::sign_request(
+                &identity.key,
+                &server_key,
+                method,
+                path,
+                &bytes,
+                SystemTime::now(),
+            );
+            nonce = auth::header_value(&headers, auth::NONCE_HEADER).map(str::to_owned);
+            for (name, value) in &headers {
+                builder = builder.header(*name, value.as_str());
+            }
+            signer = Some((identity, server_key));
+        }
+        let built =
+            |e: ureq::http::Error| ClientError::Protocol(format!("cannot build request: {e}"));
+        let mut resp = if body.is_some() {
+            self.agent.run(builder.body(bytes).map_err(built)?)
+        } else {
+            self.agent.run(builder.body(()).map_err(built)?)
+        }
+        .map_err(transport)?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| ClientError::Protocol(format!("{path} answer: {e}")))?;
+        let answer = Answer {
+            status,
+            headers,
+            body,
+        };
+        if let (Some((identity, server_key)), Some(nonce)) = (signer, nonce) {
+            let verified = auth::verify_response(
+                &identity.key,
+                &server_key,
+                &nonce,
+                status,
+                &|name| answer.header(name),
+                &answer.body,
+            );
+            if let Err(e) = verified {
+                // An unsigned error can only be reported, never acted on: a 401 for a bad
+                // request MAC cannot be signed for a key the server could not verify.
+                let what = if (400..600).contains(&status) {
+                    let message = serde_json::from_slice::<ErrorResponse>(&answer.body)
+                        .map(|e| e.error)
+                        .unwrap_or_else(|_| {
+                            String::from_utf8_lossy(&answer.body)
+                                .chars()
+                                .take(200)
+                                .collect()
+                        });
+                    format!("{e} (the unsigned answer was {status}: {message})")
+                } else {
+                    e.to_string()
+                };
+                return Err(ClientError::Unauthentic(what));
+            }
+        }
+        Ok(answer)
+    }
+
+    fn refused(answer: &Answer) -> ClientError {
+        let text = String::from_utf8_lossy(&answer.body);
+        let message = serde_json::from_str::<ErrorResponse>(&text)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| text.chars().take(200).collect());
+        if answer.status == 404 && message.contains("unknown peer") {
+            ClientError::UnknownPeer
+        } else {
+            ClientError::Refused {
+                status: answer.status,
+                message,
+            }
+        }
+    }
+
+    fn post_json<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<Answer, ClientError> {
+        let bytes = serde_json::to_vec(body).expect("API types always serialize");
+        let answer = self.exchange("POST", path, Some(bytes), &[], 64 * 1024)?;
+        if (200..300).contains(&answer.status) {
+            Ok(answer)
+        } else {
+            Err(Self::refused(&answer))
+        }
     }
 
     /// The server this client talks to.
@@ -168,40 +383,35 @@ impl ApiClient {
         }
     }
 
-    fn post<T: serde::Serialize>(
-        &self,
-        path: &str,
-        body: &T,
-    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
-        let resp = self
-            .agent
-            .post(self.url(path))
-            .header("Content-Type", "application/json")
-            .send_json(body)
-            .map_err(transport)?;
-        if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(Self::refusal(resp))
-        }
-    }
-
-    /// `POST /register`.
+    /// `POST /register`, with the join token if one was given. The answer must name the
+    /// server key this client pinned: a server presenting another key is refused.
     pub fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        let mut resp = self.post("/register", req)?;
-        resp.body_mut()
-            .read_json()
-            .map_err(|e| ClientError::Protocol(format!("register answer: {e}")))
+        let mut req = req.clone();
+        if req.token.is_none() {
+            req.token = self.identity.as_ref().and_then(|i| i.token.clone());
+        }
+        let answer = self.post_json("/register", &req)?;
+        let parsed: RegisterResponse = serde_json::from_slice(&answer.body)
+            .map_err(|e| ClientError::Protocol(format!("register answer: {e}")))?;
+        if let Some(pinned) = self.pinned_server_key() {
+            if parsed.server_public_key != pinned {
+                return Err(ClientError::Unauthentic(format!(
+                    "the server says its key is {} but {pinned} is pinned",
+                    parsed.server_public_key
+                )));
+            }
+        }
+        Ok(parsed)
     }
 
     /// `POST /heartbeat`.
     pub fn heartbeat(&self, req: &HeartbeatRequest) -> Result<(), ClientError> {
-        self.post("/heartbeat", req).map(drop)
+        self.post_json("/heartbeat", req).map(drop)
     }
 
     /// `POST /deregister`.
     pub fn deregister(&self, peer_id: &PeerId) -> Result<(), ClientError> {
-        self.post(
+        self.post_json(
             "/deregister",
             &DeregisterRequest {
                 peer_id: peer_id.clone(),
@@ -212,33 +422,21 @@ impl ApiClient {
 
     /// `GET /peers`, conditional on the ETag of the list we already have.
     pub fn peers(&self, peer_id: &PeerId, etag: Option<&str>) -> Result<PeerList, ClientError> {
-        let mut req = self
-            .agent
-            .get(self.url(&format!("/peers?peer_id={peer_id}")));
-        if let Some(tag) = etag {
-            req = req.header("If-None-Match", tag);
-        }
-        let mut resp = req.call().map_err(transport)?;
-        match resp.status().as_u16() {
+        let path = format!("/peers?peer_id={peer_id}");
+        let extra: Vec<(&str, &str)> = etag.map(|t| ("If-None-Match", t)).into_iter().collect();
+        let answer = self.exchange("GET", &path, None, &extra, MAX_PEER_LIST_BYTES)?;
+        match answer.status {
             304 => Ok(PeerList::NotModified),
             200 => {
-                let etag = resp
-                    .headers()
-                    .get("etag")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let list: PeersResponse = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_PEER_LIST_BYTES)
-                    .read_json()
+                let etag = answer.header("etag").map(str::to_owned);
+                let list: PeersResponse = serde_json::from_slice(&answer.body)
                     .map_err(|e| ClientError::Protocol(format!("peer list: {e}")))?;
                 Ok(PeerList::Changed {
                     peers: list.peers,
                     etag,
                 })
             }
-            _ => Err(Self::refusal(resp)),
+            _ => Err(Self::refused(&answer)),
         }
     }
 }

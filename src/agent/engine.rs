@@ -208,6 +208,7 @@ impl Engine {
             request_ip: true,
             exit_node: self.config.exit_node,
             allowed_ips,
+            token: None,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::agent::client::{ApiClient, ServerUrl};
 use crate::agent::config::{self, ClientConfig, ConfigError, ExitFallback};
 use crate::agent::daemon::{self, Intervals};
 use crate::agent::engine::{AgentError, Engine, Sink};
-use crate::keys::PrivateKey;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::os::runner::{Runner, SystemRunner};
 use crate::os::{Command, TargetOs};
 use crate::types::{Endpoint, Hostname, InterfaceName};
@@ -51,6 +51,47 @@ struct Common {
     use_exit_node: Option<ExitChoice>,
     exit_fallback: Option<ExitFallback>,
     os: Option<TargetOs>,
+    token: Option<String>,
+    server_key: Option<PublicKey>,
+}
+
+/// The join token from `--token`, else `--token-file`, else the `WGMESH_TOKEN` environment
+/// variable: the last two keep it out of shell history and `ps`.
+fn join_token(flag: Option<String>, file: Option<PathBuf>) -> Result<Option<String>, Failure> {
+    if let Some(token) = flag {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Failure::new(
+                EXIT_USAGE,
+                format!("cannot read --token-file {}: {e}", path.display()),
+            )
+        })?;
+        return Ok(Some(text.trim().to_owned()));
+    }
+    Ok(std::env::var("WGMESH_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
+}
+
+/// The server key to check answers against: `--server-key` first (an operator re-pinning
+/// after a key change), else the one pinned at registration, else None (learned on first use).
+fn pinned_key(cfg: &ClientConfig, flag: Option<PublicKey>) -> Option<PublicKey> {
+    let stored = cfg.assignment.as_ref().map(|a| a.server_public_key);
+    if let (Some(flag), Some(stored)) = (flag, stored) {
+        if flag != stored {
+            log::warn!("--server-key {flag} replaces the pinned server key {stored}");
+        }
+    }
+    flag.or(stored)
+}
+
+/// The API client for this config: signing with its key, checking answers against its pin.
+fn api_client(server: ServerUrl, cfg: &ClientConfig, flag: Option<PublicKey>) -> ApiClient {
+    ApiClient::new(server, REQUEST_TIMEOUT)
+        .with_identity(cfg.private_key.clone(), pinned_key(cfg, flag))
 }
 
 /// `--use-exit-node`: a peer's hostname, mesh address or peer id, or "none".
@@ -130,6 +171,12 @@ fn engine(common: Common) -> Result<Engine, Failure> {
             format!("{os} is not supported as an exit node yet: run the exit node on Linux"),
         ));
     }
+    // An explicit --server-key re-pins for good (e.g. after the server's key was replaced),
+    // not just for this run.
+    let server_key = pinned_key(&cfg, common.server_key);
+    if let (Some(key), Some(assignment)) = (server_key, cfg.assignment.as_mut()) {
+        assignment.server_public_key = key;
+    }
     let server = cfg.server.clone().ok_or_else(|| {
         Failure::new(
             EXIT_USAGE,
@@ -142,11 +189,12 @@ fn engine(common: Common) -> Result<Engine, Failure> {
     }
     let reader: Option<Box<dyn Runner>> =
         (Some(os) == TargetOs::current()).then(|| Box::new(SystemRunner::new()) as Box<dyn Runner>);
+    let client = api_client(server, &cfg, server_key).with_token(common.token);
     Ok(Engine {
         config: cfg,
         config_path: path,
         os,
-        client: ApiClient::new(server, REQUEST_TIMEOUT),
+        client,
         reader,
         last_list: None,
         persist: true,
@@ -183,6 +231,17 @@ pub struct UpArgs {
     /// seconds between peer syncs (default 60)
     #[argh(option, default = "60")]
     sync_interval: u64,
+    /// join token for this key's first registration (or --token-file, or env WGMESH_TOKEN,
+    /// which keep it out of shell history); not needed once registered
+    #[argh(option)]
+    token: Option<String>,
+    /// file holding the join token
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+    /// the server's public key, pinned up front; default: the one pinned at registration, or
+    /// learned from the server on first use
+    #[argh(option)]
+    server_key: Option<PublicKey>,
     /// offer this machine as an exit node (give it on every run; without it the machine stops
     /// being one)
     #[argh(switch)]
@@ -229,6 +288,17 @@ pub struct SyncArgs {
     /// hostname to register (default: this machine's)
     #[argh(option)]
     hostname: Option<Hostname>,
+    /// join token for this key's first registration (or --token-file, or env WGMESH_TOKEN,
+    /// which keep it out of shell history); not needed once registered
+    #[argh(option)]
+    token: Option<String>,
+    /// file holding the join token
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+    /// the server's public key, pinned up front; default: the one pinned at registration, or
+    /// learned from the server on first use
+    #[argh(option)]
+    server_key: Option<PublicKey>,
     /// offer this machine as an exit node (give it on every run; without it the machine stops
     /// being one)
     #[argh(switch)]
@@ -343,6 +413,8 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         use_exit_node: args.use_exit_node,
         exit_fallback: args.exit_fallback,
         os: args.os,
+        token: join_token(args.token, args.token_file)?,
+        server_key: args.server_key,
     })?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -371,6 +443,8 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
         use_exit_node: args.use_exit_node,
         exit_fallback: args.exit_fallback,
         os: args.os,
+        token: join_token(args.token, args.token_file)?,
+        server_key: args.server_key,
     })?;
     let summary = if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -409,11 +483,12 @@ pub fn down(args: DownArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| "http://127.0.0.1:8080".parse().expect("literal"));
     let os = target_os(None)?;
+    let client = api_client(server, &cfg, None);
     let mut engine = Engine {
         config: cfg,
         config_path: path,
         os,
-        client: ApiClient::new(server, REQUEST_TIMEOUT),
+        client,
         reader: None,
         last_list: None,
         persist: true,
@@ -610,7 +685,7 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
         .server
         .clone()
         .ok_or_else(|| Failure::new(EXIT_USAGE, "no coordination server in the config"))?;
-    let client = ApiClient::new(server, REQUEST_TIMEOUT);
+    let client = api_client(server, &cfg, None);
     let peers = match client.peers(&assignment.peer_id, None) {
         Ok(crate::agent::client::PeerList::Changed { peers, .. }) => peers,
         Ok(crate::agent::client::PeerList::NotModified) => unreachable!("no ETag was sent"),

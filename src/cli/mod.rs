@@ -12,6 +12,7 @@
 //! | 5 | local state could not be read or written |
 //! | 6 | a check failed (`netcheck`: the exit node does not carry this node's traffic) |
 
+mod admin;
 mod agent;
 mod netcheck;
 mod server;
@@ -57,6 +58,9 @@ enum Command {
     Genkey(agent::GenkeyArgs),
     Pubkey(agent::PubkeyArgs),
     Netcheck(netcheck::NetcheckArgs),
+    Token(admin::TokenArgs),
+    Peers(admin::PeersArgs),
+    Policy(admin::PolicyArgs),
 }
 
 /// A failure with its exit code; `main` prints the message once on stderr.
@@ -130,6 +134,9 @@ pub fn main() -> ExitCode {
         Command::Genkey(a) => agent::genkey(a),
         Command::Pubkey(a) => agent::pubkey(a),
         Command::Netcheck(a) => netcheck::run(a),
+        Command::Token(a) => admin::token(a),
+        Command::Peers(a) => admin::peers(a),
+        Command::Policy(a) => admin::policy(a),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),

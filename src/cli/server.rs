@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Run the coordination server: registration, address allocation, peer discovery and health
-/// checks over HTTP, with the registry in a JSON file (snapshot plus journal).
+/// checks over HTTP, with the registry in a JSON file (snapshot plus journal). Peers sign
+/// every request with their WireGuard key; new keys need a join token unless --open. Beside
+/// the state file: server.key, admin.secret (for `wgmesh token|peers|policy`), tokens.json,
+/// audit.log (JSON lines).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "server")]
 pub struct ServerArgs {
@@ -50,6 +53,20 @@ pub struct ServerArgs {
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
+    /// let any key register without a join token (labs only: anyone who can reach the server
+    /// joins the mesh); by default a new key needs a token from `wgmesh token create`
+    #[argh(switch)]
+    open: bool,
+    /// access policy file (JSON: {"allow": [{"from": ["tag:dev"], "to": ["tag:db"]}]}), rules
+    /// symmetric; reloaded on SIGHUP and `wgmesh policy reload`; none = everyone sees everyone
+    #[argh(option)]
+    policy: Option<PathBuf>,
+    /// registrations accepted per source address per minute, then 429 (default 60; 0 = off)
+    #[argh(option, default = "crate::server::DEFAULT_REGISTER_PER_MINUTE")]
+    register_limit: u32,
+    /// failed authentications per source address per minute before 429 (default 30; 0 = off)
+    #[argh(option, default = "crate::server::DEFAULT_AUTH_FAILURES_PER_MINUTE")]
+    auth_failure_limit: u32,
 }
 
 /// `--udp-listen`: an address, or "off".
@@ -115,6 +132,10 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         (None, Some(addr)) if addr.port() == 0 => Some(0),
         (None, Some(addr)) => addr.port().checked_add(1),
     };
+    config.open = args.open;
+    config.policy = args.policy;
+    config.register_per_minute = args.register_limit;
+    config.auth_failures_per_minute = args.auth_failure_limit;
     run_until_signalled(&config).map_err(|e| {
         let code = match e {
             ServerError::Store(_) => EXIT_STATE,

@@ -1,31 +1,49 @@
 //! HTTP routing and handlers of the coordination API (design 5.2), over the registry and the
 //! store. Handlers validate everything before anything is stored, journal a change before
 //! acknowledging it, and never hold the registry lock while touching the disk or a socket.
+//!
+//! Every peer request is authenticated (`crate::auth`): the MAC must come from the key the
+//! request concerns (the key being registered, or the key registered under the peer id), and
+//! every answer to an authenticated request carries the server's response MAC. A first
+//! registration also needs a join token unless the server runs `--open`. `/peers` shows each
+//! caller only the peers the access policy lets it see. `/admin/...` takes the admin secret.
 
 use super::http::{Body, Handler, Request, Response};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
 use super::registry::{Prepared, Registration, Registry};
+use super::trust::{Trust, ADMIN_HEADER};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
 use crate::ipam::IpamError;
-use crate::keys::PublicKey;
+use crate::keys::{PrivateKey, PublicKey};
 use crate::model::{
-    DeregisterRequest, HeartbeatRequest, RegisterRequest, RegisterResponse, SuccessResponse,
+    DeregisterRequest, HeartbeatRequest, KeyResponse, RegisterRequest, RegisterResponse,
+    SuccessResponse,
 };
+use crate::policy::Membership;
 use crate::store::{JournalEntry, Store};
+use crate::tokens::{Tag, TokenRecord};
 use crate::types::PeerId;
 use ipnet::{IpNet, Ipv4Net};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Most extra prefixes one peer may advertise.
 pub const MAX_ALLOWED_IPS: usize = 64;
 
-/// The serialized online-peer list, shared by every `/peers` answer until the registry's
-/// generation moves on. Each caller gets it minus its own entry, as two slices.
+/// The serialized list of online peers one tag group may see, shared by every `/peers` answer
+/// to that group until the registry's generation or the policy moves on. Each caller gets it
+/// minus its own entry, as two slices.
 #[derive(Debug)]
 struct PeerListCache {
     generation: u64,
+    policy_version: u64,
     body: Arc<Vec<u8>>,
     /// For each listed peer, the bytes to cut (its entry and one adjacent comma).
     cut: std::collections::HashMap<PeerId, Range<usize>>,
@@ -36,25 +54,67 @@ pub struct Api {
     registry: Mutex<Registry>,
     /// The store doubles as the write lock: changes are journaled one at a time, in order.
     store: Mutex<Store>,
-    cache: Mutex<Option<Arc<PeerListCache>>>,
+    /// One cached list per tag group (the caller's sorted tags).
+    cache: Mutex<HashMap<Vec<Tag>, Arc<PeerListCache>>>,
     metrics: Metrics,
+    auth: ServerAuth,
     server_public_key: PublicKey,
+    trust: Trust,
+    auth_failures: AtomicU64,
+    rate_limited: AtomicU64,
     /// Distinguishes ETags across restarts, since generations restart at 1.
     epoch: u64,
     /// The STUN services' counters, exported with the rest.
     stun_stats: std::sync::OnceLock<Vec<Arc<crate::stun_service::StunStats>>>,
 }
 
+/// Who signed a request that verified, so the answer can be signed for them.
+struct Authed {
+    key: PublicKey,
+    nonce: String,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A handler's refusal: status plus message.
-struct Refusal(u16, String);
+/// A handler's refusal: status plus message, and how long to wait for a 429.
+struct Refusal {
+    status: u16,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+// A braced struct lives only in the type namespace, so this constructor keeps the terse
+// `Refusal(400, ...)` of every handler.
+
+#[allow(non_snake_case)]
+fn Refusal(status: u16, message: String) -> Refusal {
+    Refusal {
+        status,
+        message,
+        retry_after: None,
+    }
+}
 
 impl From<Refusal> for Response {
     fn from(r: Refusal) -> Response {
-        Response::error(r.0, &r.1)
+        let response = Response::error(r.status, &r.message);
+        match r.retry_after {
+            Some(wait) => response.with_header("Retry-After", wait.as_secs().max(1).to_string()),
+            None => response,
+        }
+    }
+}
+
+fn too_many(what: &str, source: IpAddr, wait: Duration) -> Refusal {
+    Refusal {
+        status: 429,
+        message: format!(
+            "too many {what} from {source}: retry after {} s",
+            wait.as_secs().max(1)
+        ),
+        retry_after: Some(wait),
     }
 }
 
@@ -128,17 +188,79 @@ fn check_allowed_ips(req: &RegisterRequest, mesh: Ipv4Net) -> Result<Vec<IpNet>,
     Ok(out)
 }
 
+/// `POST /admin/tokens`: what the operator asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenCreateRequest {
+    #[serde(default)]
+    uses: Option<u32>,
+    #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
+    tags: Vec<Tag>,
+}
+
+/// One token as `token list` shows it: never the hash, and a status column.
+#[derive(Debug, Serialize)]
+struct TokenView {
+    id: String,
+    uses_left: Option<u32>,
+    expires_at: Option<String>,
+    tags: Vec<Tag>,
+    created_at: String,
+    revoked: bool,
+    status: String,
+}
+
+fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
+    TokenView {
+        id: t.id.to_string(),
+        uses_left: t.uses_left,
+        expires_at: t.expires_at.map(crate::audit::rfc3339),
+        tags: t.tags.clone(),
+        created_at: crate::audit::rfc3339(t.created_at),
+        revoked: t.revoked,
+        status: match t.check(now) {
+            Ok(()) => "usable".into(),
+            Err(crate::tokens::TokenError::Revoked { .. }) => "revoked".into(),
+            Err(crate::tokens::TokenError::Expired { .. }) => "expired".into(),
+            Err(crate::tokens::TokenError::UsedUp { .. }) => "used up".into(),
+            Err(e) => e.to_string(),
+        },
+    }
+}
+
+/// One peer in the admin view: everything the registry holds, offline peers included.
+#[derive(Debug, Serialize)]
+struct AdminPeerView {
+    id: PeerId,
+    public_key: PublicKey,
+    virtual_ip: std::net::Ipv4Addr,
+    hostname: String,
+    os: String,
+    endpoint: Option<String>,
+    online: bool,
+    tags: Vec<Tag>,
+    registered_at: String,
+    last_heartbeat: String,
+}
+
 impl Api {
-    /// Builds the API over a loaded registry and its store.
-    pub fn new(registry: Registry, store: Store, server_public_key: PublicKey) -> Api {
+    /// Builds the API over a loaded registry and its store, signing with the server's key and
+    /// deciding who may do what with `trust`.
+    pub fn new(registry: Registry, store: Store, server_key: PrivateKey, trust: Trust) -> Api {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the operating system's random source failed");
         Api {
             registry: Mutex::new(registry),
             store: Mutex::new(store),
-            cache: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            server_public_key,
+            server_public_key: server_key.public_key(),
+            auth: ServerAuth::new(server_key, ReplayCache::default()),
+            trust,
+            auth_failures: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             epoch: u64::from_le_bytes(seed),
             stun_stats: std::sync::OnceLock::new(),
         }
@@ -164,7 +286,7 @@ impl Api {
         }
         self.metrics
             .timeouts
-            .fetch_add(gone.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
     }
 
     /// Writes a fresh snapshot if anything changed, emptying the journal. Holds the store
@@ -181,11 +303,149 @@ impl Api {
         store.compact(&snapshot)
     }
 
-    fn register(&self, req: &Request) -> Result<Response, Refusal> {
+    /// Re-reads the policy file (SIGHUP or `wgmesh policy reload`). A bad file keeps the old
+    /// policy and returns the reason; a change is audited and invalidates every cached list.
+    pub fn reload_policy(
+        &self,
+        source: Option<std::net::SocketAddr>,
+    ) -> Result<(bool, String), String> {
+        match self.trust.policy.reload() {
+            Ok((changed, policy)) => {
+                let text = policy.to_string();
+                if changed {
+                    lock(&self.cache).clear();
+                    log::info!("access policy reloaded: {text}");
+                    let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
+                        .detail(format!("policy reloaded: {text}"));
+                    if let Some(addr) = source {
+                        event = event.source(addr);
+                    }
+                    self.trust.audit(event);
+                } else {
+                    log::info!("access policy reloaded: unchanged");
+                }
+                Ok((changed, text))
+            }
+            Err(e) => {
+                let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
+                    .detail(format!("policy reload refused, old policy kept: {e}"));
+                if let Some(addr) = source {
+                    event = event.source(addr);
+                }
+                self.trust.audit(event);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Counts, logs and audits a refused authentication, and charges the source's budget.
+    fn auth_failed(&self, req: &Request, key: Option<PublicKey>, id: Option<&PeerId>, why: &str) {
+        let source = req.remote.ip().to_canonical();
+        let _ = self.trust.auth_failure_limit.take(source, Instant::now());
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "refused {} {} from {}: {why}",
+            req.method,
+            req.path(),
+            req.remote
+        );
+        let mut event = AuditEvent::new(AuditKind::AuthFailure, SystemTime::now())
+            .source(req.remote)
+            .detail(format!("{} {}: {why}", req.method, req.path()));
+        if let Some(key) = key {
+            event = event.peer_key(key);
+        }
+        if let Some(id) = id {
+            event = event.peer_id(id.clone());
+        }
+        self.trust.audit(event);
+    }
+
+    /// Refuses sources that failed authentication too often, before any expensive work.
+    fn check_failure_budget(&self, req: &Request) -> Result<(), Refusal> {
+        let source = req.remote.ip().to_canonical();
+        self.trust
+            .auth_failure_limit
+            .check(source, Instant::now())
+            .map_err(|wait| {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                too_many("failed authentications", source, wait)
+            })
+    }
+
+    /// Verifies the request's MAC and returns the key that signed it; remembers the signer so
+    /// the answer gets signed too.
+    fn authenticate(
+        &self,
+        req: &Request,
+        authed: &mut Option<Authed>,
+    ) -> Result<PublicKey, Refusal> {
+        self.check_failure_budget(req)?;
+        let verified = self.auth.verify_request(
+            &|name| req.header(name),
+            &req.method,
+            &req.target,
+            &req.body,
+            SystemTime::now(),
+        );
+        match verified {
+            Ok(key) => {
+                *authed = Some(Authed {
+                    key,
+                    nonce: req.header(NONCE_HEADER).unwrap_or_default().to_owned(),
+                });
+                Ok(key)
+            }
+            Err(e) => {
+                if e.http_status() == 401 {
+                    let claimed = req
+                        .header(auth::KEY_HEADER)
+                        .and_then(|k| PublicKey::from_base64(k).ok());
+                    self.auth_failed(req, claimed, None, &e.to_string());
+                }
+                Err(Refusal(e.http_status(), e.to_string()))
+            }
+        }
+    }
+
+    /// Checks that `key` (which signed the request) owns peer `id`: 404 for an unknown id
+    /// (so the agent registers again), 401 for someone else's id.
+    fn check_owner(&self, req: &Request, key: &PublicKey, id: &PeerId) -> Result<(), Refusal> {
+        let owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
+        match owner {
+            None => Err(unknown_peer(id)),
+            Some(owner) if owner == *key => Ok(()),
+            Some(_) => {
+                let why =
+                    format!("request signed by {key} concerns {id}, which belongs to another key");
+                self.auth_failed(req, Some(*key), Some(id), &why);
+                Err(Refusal(401, why))
+            }
+        }
+    }
+
+    fn register(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
+        let source = req.remote.ip().to_canonical();
+        self.trust
+            .register_limit
+            .take(source, Instant::now())
+            .map_err(|wait| {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                too_many("registrations", source, wait)
+            })?;
+        let key = self.authenticate(req, authed)?;
         let body: RegisterRequest = parse_body(req)?;
+        if body.public_key != key {
+            let why = format!(
+                "request signed by {key} tries to register {}: only a key's owner may register it",
+                body.public_key
+            );
+            self.auth_failed(req, Some(key), None, &why);
+            return Err(Refusal(401, why));
+        }
         let network = lock(&self.registry).network();
         let allowed_ips = check_allowed_ips(&body, network)?;
-        let registration = Registration {
+        let mut registration = Registration {
             public_key: body.public_key,
             hostname: body.hostname,
             os: body.os,
@@ -193,10 +453,46 @@ impl Api {
             listen_port: body.listen_port,
             exit_node: body.exit_node,
             allowed_ips,
-            observed_ip: req.remote.ip().to_canonical(),
+            observed_ip: source,
+            tags: Vec::new(),
         };
         let now = SystemTime::now();
         let mut store = lock(&self.store);
+        let known = lock(&self.registry).knows(&key);
+        // A known key proves ownership with its MAC and keeps the tags it joined with; a new
+        // key needs an invitation, which is checked here but used up only once all else passed.
+        let mut tokens = lock(&self.trust.tokens);
+        let redeemed: Result<_, (u16, String)> = match &body.token {
+            _ if known => Ok(None),
+            None if self.trust.open => Ok(None),
+            None => Err((
+                401,
+                "a join token is required to register a new key: pass --token \
+                 (create one with `wgmesh token create` on the server)"
+                    .to_owned(),
+            )),
+            Some(text) => {
+                let mut next = tokens.store.clone();
+                match next.redeem_record(text, now) {
+                    Ok(record) => {
+                        let record = record.clone();
+                        registration.tags = record.tags.clone();
+                        Ok(Some((next, record)))
+                    }
+                    Err(e) => Err((e.http_status(), e.to_string())),
+                }
+            }
+        };
+        let redeemed = match redeemed {
+            Ok(r) => r,
+            Err((status, why)) => {
+                // Audit outside the locks: a refusal must not hold up other registrations.
+                drop(tokens);
+                drop(store);
+                self.auth_failed(req, Some(key), None, &why);
+                return Err(Refusal(status, why));
+            }
+        };
         let prepared = lock(&self.registry)
             .prepare(&registration, now)
             .map_err(|e| match e {
@@ -205,23 +501,37 @@ impl Api {
             })?;
         let record = match &prepared {
             Prepared::Unchanged(record) => {
+                drop(tokens);
                 drop(store);
-                let observed = registration.observed_ip;
-                lock(&self.registry).heartbeat(&record.id, None, observed, now);
+                lock(&self.registry).heartbeat(&record.id, None, source, now);
                 self.metrics
                     .registrations_repeat
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(1, Ordering::Relaxed);
                 record.clone()
             }
             Prepared::Write {
                 record,
                 fresh_address,
             } => {
+                let previous = tokens.store.clone();
+                if let Some((next, _)) = &redeemed {
+                    if let Err(e) = tokens.replace(next.clone()) {
+                        lock(&self.registry).abort(&prepared);
+                        log::error!("cannot save the token file: {e}");
+                        return Err(Refusal(
+                            500,
+                            format!("registration could not be stored: {e}"),
+                        ));
+                    }
+                }
                 let entry = JournalEntry::Put {
                     peer: record.clone(),
                 };
                 if let Err(e) = store.append(&entry) {
                     lock(&self.registry).abort(&prepared);
+                    if redeemed.is_some() {
+                        let _ = tokens.replace(previous);
+                    }
                     log::error!("registration of {} failed: {e}", record.public_key);
                     return Err(Refusal(
                         500,
@@ -229,6 +539,7 @@ impl Api {
                     ));
                 }
                 lock(&self.registry).commit(record.clone());
+                drop(tokens);
                 drop(store);
                 let counter = if *fresh_address {
                     log::info!(
@@ -249,7 +560,25 @@ impl Api {
                     );
                     &self.metrics.registrations_repeat
                 };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counter.fetch_add(1, Ordering::Relaxed);
+                let mut event = AuditEvent::new(AuditKind::Registration, now)
+                    .source(req.remote)
+                    .peer_key(record.public_key)
+                    .detail(format!(
+                        "{} {} as {} with tags {}",
+                        if *fresh_address {
+                            "registered"
+                        } else {
+                            "re-registered"
+                        },
+                        record.hostname,
+                        record.virtual_ip,
+                        crate::policy::describe_tags(&record.tags)
+                    ));
+                if let Some((_, token)) = &redeemed {
+                    event = event.token(token.id.clone());
+                }
+                self.trust.audit(event);
                 record.clone()
             }
         };
@@ -262,8 +591,10 @@ impl Api {
         }))
     }
 
-    fn heartbeat(&self, req: &Request) -> Result<Response, Refusal> {
+    fn heartbeat(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
+        let key = self.authenticate(req, authed)?;
         let body: HeartbeatRequest = parse_body(req)?;
+        self.check_owner(req, &key, &body.peer_id)?;
         let observed = req.remote.ip().to_canonical();
         let known = lock(&self.registry)
             .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
@@ -274,7 +605,7 @@ impl Api {
         Ok(ok_json(&SuccessResponse { success: true }))
     }
 
-    fn deregister(&self, id: &PeerId) -> Result<Response, Refusal> {
+    fn deregister(&self, req: &Request, id: &PeerId, by: &str) -> Result<Response, Refusal> {
         let mut store = lock(&self.store);
         let Some(record) = lock(&self.registry).by_id(id).cloned() else {
             return Err(unknown_peer(id));
@@ -287,21 +618,46 @@ impl Api {
         lock(&self.registry).remove(id);
         drop(store);
         log::info!(
-            "deregistered {id} ({}); {} returns to the pool",
+            "deregistered {id} ({}) {by}; {} returns to the pool",
             record.hostname,
             record.virtual_ip
         );
-        self.metrics
-            .deregistrations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.deregistrations.fetch_add(1, Ordering::Relaxed);
+        self.trust.audit(
+            AuditEvent::new(AuditKind::Deregistration, SystemTime::now())
+                .source(req.remote)
+                .peer_key(record.public_key)
+                .detail(format!(
+                    "{} ({}) removed {by}",
+                    record.hostname, record.virtual_ip
+                )),
+        );
         Ok(ok_json(&SuccessResponse { success: true }))
     }
 
-    fn etag(&self, generation: u64) -> String {
-        format!("\"{:016x}-{generation}\"", self.epoch)
+    fn peer_deregister(
+        &self,
+        req: &Request,
+        authed: &mut Option<Authed>,
+        id: Option<&str>,
+    ) -> Result<Response, Refusal> {
+        let key = self.authenticate(req, authed)?;
+        let id = match id {
+            Some(raw) => raw
+                .parse::<PeerId>()
+                .map_err(|e| Refusal(400, format!("path: {e}")))?,
+            None => parse_body::<DeregisterRequest>(req)?.peer_id,
+        };
+        self.check_owner(req, &key, &id)?;
+        self.deregister(req, &id, "by itself")
     }
 
-    fn peers(&self, req: &Request) -> Result<Response, Refusal> {
+    fn etag(&self, generation: u64, policy_version: u64) -> String {
+        format!("\"{:016x}-{generation}-{policy_version}\"", self.epoch)
+    }
+
+    fn peers(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
+        let key = self.authenticate(req, authed)?;
         let Some(raw_id) = req.query_param("peer_id") else {
             return Err(Refusal(
                 400,
@@ -311,14 +667,16 @@ impl Api {
         let id: PeerId = raw_id
             .parse()
             .map_err(|e| Refusal(400, format!("query parameter `peer_id`: {e}")))?;
-        let generation = {
+        self.check_owner(req, &key, &id)?;
+        let (generation, tags) = {
             let registry = lock(&self.registry);
-            if registry.by_id(&id).is_none() {
+            let Some(record) = registry.by_id(&id) else {
                 return Err(unknown_peer(&id));
-            }
-            registry.generation()
+            };
+            (registry.generation(), record.tags.clone())
         };
-        let etag = self.etag(generation);
+        let (_, policy_version) = self.trust.policy.current();
+        let etag = self.etag(generation, policy_version);
         if let Some(tags) = req.header("if-none-match") {
             if tags.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
                 return Ok(Response {
@@ -328,7 +686,7 @@ impl Api {
                 });
             }
         }
-        let cache = self.current_list();
+        let cache = self.current_list(&tags);
         let parts = match cache.cut.get(&id) {
             Some(cut) => [0..cut.start, cut.end..cache.body.len()],
             None => [0..cache.body.len(), 0..0],
@@ -337,30 +695,51 @@ impl Api {
             status: 200,
             headers: vec![
                 ("Content-Type", "application/json".into()),
-                ("ETag", self.etag(cache.generation)),
+                ("ETag", self.etag(cache.generation, cache.policy_version)),
             ],
             body: Body::Shared(cache.body.clone(), parts),
         })
     }
 
-    /// The cached list for the current generation, rebuilt by one thread when stale; the
-    /// registry lock is held only to copy the entries, never while serializing.
-    fn current_list(&self) -> Arc<PeerListCache> {
-        let mut slot = lock(&self.cache);
+    /// The cached list for a tag group at the current generation and policy, rebuilt by one
+    /// thread when stale; the registry lock is held only to copy the entries, never while
+    /// serializing.
+    fn current_list(&self, group: &[Tag]) -> Arc<PeerListCache> {
+        let mut slots = lock(&self.cache);
+        let (policy, policy_version) = self.trust.policy.current();
         let (generation, entries) = {
             let registry = lock(&self.registry);
-            if let Some(cache) = slot
-                .as_ref()
-                .filter(|c| c.generation == registry.generation())
+            let generation = registry.generation();
+            if let Some(cache) = slots
+                .get(group)
+                .filter(|c| c.generation == generation && c.policy_version == policy_version)
             {
                 return cache.clone();
             }
-            (registry.generation(), registry.online_entries())
+            (generation, registry.online_tagged())
         };
-        let mut body = Vec::with_capacity(64 + entries.len() * 320);
+        if slots
+            .values()
+            .any(|c| c.generation != generation || c.policy_version != policy_version)
+        {
+            slots.clear();
+        }
+        let mine = policy.membership(group);
+        let mut memberships: HashMap<Vec<Tag>, Membership> = HashMap::new();
+        let visible: Vec<_> = entries
+            .iter()
+            .filter(|(tags, _)| {
+                memberships
+                    .entry(tags.clone())
+                    .or_insert_with(|| policy.membership(tags))
+                    .sees(&mine)
+            })
+            .map(|(_, entry)| entry)
+            .collect();
+        let mut body = Vec::with_capacity(64 + visible.len() * 320);
         body.extend_from_slice(b"{\"peers\":[");
-        let mut spans = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
+        let mut spans = Vec::with_capacity(visible.len());
+        for (i, entry) in visible.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
@@ -387,10 +766,11 @@ impl Api {
             .collect();
         let cache = Arc::new(PeerListCache {
             generation,
+            policy_version,
             body: Arc::new(body),
             cut,
         });
-        *slot = Some(cache.clone());
+        slots.insert(group.to_vec(), cache.clone());
         cache
     }
 
@@ -409,12 +789,22 @@ impl Api {
             let registry = lock(&self.registry);
             (registry.len(), registry.online())
         };
+        let extra = format!(
+            "# HELP wgmesh_auth_failures_total Requests refused for a bad MAC, stale time, replay, wrong key, bad token or admin secret.\n\
+             # TYPE wgmesh_auth_failures_total counter\n\
+             wgmesh_auth_failures_total {}\n\
+             # HELP wgmesh_rate_limited_total Requests answered 429.\n\
+             # TYPE wgmesh_rate_limited_total counter\n\
+             wgmesh_rate_limited_total {}\n",
+            self.auth_failures.load(Ordering::Relaxed),
+            self.rate_limited.load(Ordering::Relaxed)
+        );
         Response {
             status: 200,
             headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
             body: Body::Owned(
                 self.metrics
-                    .render(total, online, &self.stun_metrics())
+                    .render(total, online, &(extra + &self.stun_metrics()))
                     .into_bytes(),
             ),
         }
@@ -434,7 +824,153 @@ impl Api {
         out
     }
 
-    fn route(&self, req: &Request) -> (MetricEndpoint, Result<Response, Refusal>) {
+
+    /// Checks the admin secret; failures count against the source's failure budget.
+    fn admin_check(&self, req: &Request) -> Result<(), Refusal> {
+        self.check_failure_budget(req)?;
+        if self.trust.admin.matches(req.header(ADMIN_HEADER)) {
+            return Ok(());
+        }
+        let why = "admin requests need `Authorization: Bearer SECRET` with the server's \
+                   admin.secret (peers' own credentials never open /admin)";
+        self.auth_failed(req, None, None, why);
+        Err(Refusal(401, why.into()))
+    }
+
+    fn admin(&self, req: &Request, rest: &str) -> Result<Response, Refusal> {
+        self.admin_check(req)?;
+        let method = req.method.as_str();
+        let now = SystemTime::now();
+        match (method, rest) {
+            ("GET", "tokens") => {
+                let tokens = lock(&self.trust.tokens);
+                let list: Vec<TokenView> = tokens
+                    .store
+                    .list()
+                    .iter()
+                    .map(|t| token_view(t, now))
+                    .collect();
+                Ok(ok_json(
+                    &serde_json::json!({"success": true, "tokens": list}),
+                ))
+            }
+            ("POST", "tokens") => {
+                let body: TokenCreateRequest = parse_body(req)?;
+                let expires = body
+                    .expires
+                    .as_deref()
+                    .map(crate::tokens::parse_expiry)
+                    .transpose()
+                    .map_err(|e| Refusal(400, format!("field `expires`: {e}")))?;
+                let mut tokens = lock(&self.trust.tokens);
+                let mut next = tokens.store.clone();
+                let (secret, record) = next
+                    .create(body.uses, expires, body.tags, now)
+                    .map_err(|e| Refusal(e.http_status(), e.to_string()))?;
+                tokens
+                    .replace(next)
+                    .map_err(|e| Refusal(500, format!("token could not be stored: {e}")))?;
+                drop(tokens);
+                self.trust.audit(
+                    AuditEvent::new(AuditKind::TokenCreate, now)
+                        .source(req.remote)
+                        .token(record.id.clone())
+                        .detail(format!(
+                            "uses {}, expires {}, tags {}",
+                            record
+                                .uses_left
+                                .map_or("unlimited".into(), |n| n.to_string()),
+                            record
+                                .expires_at
+                                .map_or("never".into(), crate::audit::rfc3339),
+                            crate::policy::describe_tags(&record.tags)
+                        )),
+                );
+                log::info!("created join token {}", record.id);
+                let view = token_view(&record, now);
+                Ok(ok_json(
+                    &serde_json::json!({"success": true, "token": secret, "info": view}),
+                ))
+            }
+            ("GET", "peers") => {
+                let records = lock(&self.registry).records();
+                let list: Vec<AdminPeerView> = records
+                    .iter()
+                    .map(|r| AdminPeerView {
+                        id: r.id.clone(),
+                        public_key: r.public_key,
+                        virtual_ip: r.virtual_ip,
+                        hostname: r.hostname.to_string(),
+                        os: r.os.to_string(),
+                        endpoint: r.published_endpoint().map(|e| e.to_string()),
+                        online: r.online,
+                        tags: r.tags.clone(),
+                        registered_at: crate::audit::rfc3339(r.registered_at),
+                        last_heartbeat: crate::audit::rfc3339(r.last_heartbeat),
+                    })
+                    .collect();
+                Ok(ok_json(
+                    &serde_json::json!({"success": true, "peers": list}),
+                ))
+            }
+            ("POST", "policy/reload") => match self.reload_policy(Some(req.remote)) {
+                Ok((changed, policy)) => Ok(ok_json(
+                    &serde_json::json!({"success": true, "changed": changed, "policy": policy}),
+                )),
+                Err(e) => Err(Refusal(400, format!("{e}; the old policy stays in force"))),
+            },
+            _ => {
+                if let Some(id) = rest.strip_prefix("tokens/") {
+                    if method != "DELETE" {
+                        return Err(Refusal(
+                            405,
+                            format!("{method} is not allowed here: use DELETE"),
+                        ));
+                    }
+                    let mut tokens = lock(&self.trust.tokens);
+                    let mut next = tokens.store.clone();
+                    let record = next
+                        .revoke(id)
+                        .map_err(|e| Refusal(e.http_status(), e.to_string()))?
+                        .clone();
+                    tokens
+                        .replace(next)
+                        .map_err(|e| Refusal(500, format!("token could not be stored: {e}")))?;
+                    drop(tokens);
+                    self.trust.audit(
+                        AuditEvent::new(AuditKind::TokenRevoke, now)
+                            .source(req.remote)
+                            .token(record.id.clone())
+                            .detail("revoked"),
+                    );
+                    log::info!("revoked join token {}", record.id);
+                    return Ok(ok_json(&SuccessResponse { success: true }));
+                }
+                if let Some(raw) = rest.strip_prefix("peers/") {
+                    if method != "DELETE" {
+                        return Err(Refusal(
+                            405,
+                            format!("{method} is not allowed here: use DELETE"),
+                        ));
+                    }
+                    let id: PeerId = raw
+                        .parse()
+                        .map_err(|e| Refusal(400, format!("path: {e}")))?;
+                    return self.deregister(req, &id, "by an operator");
+                }
+                Err(Refusal(
+                    404,
+                    format!("no such admin endpoint: {method} /admin/{rest}"),
+                ))
+            }
+        }
+    }
+
+    fn route(
+        &self,
+        req: &Request,
+        authed: &mut Option<Authed>,
+    ) -> (MetricEndpoint, Result<Response, Refusal>) {
         let path = req.path();
         let method = req.method.as_str();
         let wrong_method = |allow: &'static str| {
@@ -445,23 +981,33 @@ impl Api {
         };
         match path {
             "/register" => match method {
-                "POST" => (MetricEndpoint::Register, self.register(req)),
+                "POST" => (MetricEndpoint::Register, self.register(req, authed)),
                 _ => (MetricEndpoint::Register, wrong_method("POST")),
             },
             "/heartbeat" => match method {
-                "POST" => (MetricEndpoint::Heartbeat, self.heartbeat(req)),
+                "POST" => (MetricEndpoint::Heartbeat, self.heartbeat(req, authed)),
                 _ => (MetricEndpoint::Heartbeat, wrong_method("POST")),
             },
             "/peers" => match method {
-                "GET" => (MetricEndpoint::Peers, self.peers(req)),
+                "GET" => (MetricEndpoint::Peers, self.peers(req, authed)),
                 _ => (MetricEndpoint::Peers, wrong_method("GET")),
             },
             "/deregister" => match method {
                 "POST" => (
                     MetricEndpoint::Deregister,
-                    parse_body::<DeregisterRequest>(req).and_then(|b| self.deregister(&b.peer_id)),
+                    self.peer_deregister(req, authed, None),
                 ),
                 _ => (MetricEndpoint::Deregister, wrong_method("POST")),
+            },
+            "/key" => match method {
+                "GET" => (
+                    MetricEndpoint::Other,
+                    Ok(ok_json(&KeyResponse {
+                        success: true,
+                        server_public_key: self.server_public_key,
+                    })),
+                ),
+                _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
             "/healthz" => match method {
                 "GET" | "HEAD" => (MetricEndpoint::Healthz, Ok(self.healthz())),
@@ -471,22 +1017,39 @@ impl Api {
                 "GET" => (MetricEndpoint::Metrics, Ok(self.metrics_text())),
                 _ => (MetricEndpoint::Metrics, wrong_method("GET")),
             },
-            _ => match path.strip_prefix("/peers/") {
-                Some(raw) => match method {
-                    "DELETE" => (
-                        MetricEndpoint::Deregister,
-                        raw.parse::<PeerId>()
-                            .map_err(|e| Refusal(400, format!("path: {e}")))
-                            .and_then(|id| self.deregister(&id)),
+            _ => {
+                if let Some(rest) = path.strip_prefix("/admin/") {
+                    return (MetricEndpoint::Other, self.admin(req, rest));
+                }
+                match path.strip_prefix("/peers/") {
+                    Some(raw) => match method {
+                        "DELETE" => (
+                            MetricEndpoint::Deregister,
+                            self.peer_deregister(req, authed, Some(raw)),
+                        ),
+                        _ => (MetricEndpoint::Deregister, wrong_method("DELETE")),
+                    },
+                    None => (
+                        MetricEndpoint::Other,
+                        Err(Refusal(404, format!("no such endpoint: {path}"))),
                     ),
-                    _ => (MetricEndpoint::Deregister, wrong_method("DELETE")),
-                },
-                None => (
-                    MetricEndpoint::Other,
-                    Err(Refusal(404, format!("no such endpoint: {path}"))),
-                ),
-            },
+                }
+            }
         }
+    }
+
+    /// Adds the response MAC for the peer whose request verified.
+    fn sign(&self, authed: &Authed, mut response: Response) -> Response {
+        let parts: Vec<&[u8]> = match &response.body {
+            Body::Empty => vec![],
+            Body::Owned(v) => vec![v.as_slice()],
+            Body::Shared(buf, ranges) => ranges.iter().map(|r| &buf[r.clone()]).collect(),
+        };
+        let headers =
+            self.auth
+                .sign_response_parts(&authed.key, &authed.nonce, response.status, &parts);
+        response.headers.extend(headers);
+        response
     }
 }
 
@@ -500,7 +1063,8 @@ fn unknown_peer(id: &PeerId) -> Refusal {
 impl Handler for Api {
     fn handle(&self, req: &Request) -> Response {
         let started = Instant::now();
-        let (endpoint, result) = self.route(req);
+        let mut authed = None;
+        let (endpoint, result) = self.route(req, &mut authed);
         let response = match result {
             Ok(response) => response,
             Err(refusal) => {
@@ -509,17 +1073,17 @@ impl Handler for Api {
                     req.method,
                     req.path(),
                     req.remote,
-                    refusal.0,
-                    refusal.1
+                    refusal.status,
+                    refusal.message
                 );
                 if endpoint == MetricEndpoint::Register {
                     self.metrics
                         .registrations_failed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
                 } else if endpoint == MetricEndpoint::Heartbeat {
                     self.metrics
                         .heartbeats_failed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 let mut response: Response = refusal.into();
                 if response.status == 405 {
@@ -528,6 +1092,8 @@ impl Handler for Api {
                         | MetricEndpoint::Healthz
                         | MetricEndpoint::Metrics => "GET",
                         MetricEndpoint::Deregister if req.path().starts_with("/peers/") => "DELETE",
+                        MetricEndpoint::Other if req.path() == "/key" => "GET",
+                        MetricEndpoint::Other => "DELETE",
                         _ => "POST",
                     };
                     response = response.with_header("Allow", allow.into());
@@ -535,10 +1101,12 @@ impl Handler for Api {
                 response
             }
         };
+        let response = match &authed {
+            Some(a) => self.sign(a, response),
+            None => response,
+        };
         if endpoint == MetricEndpoint::Heartbeat && response.status == 200 {
-            self.metrics
-                .heartbeats_ok
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
         }
         log::debug!(
             "{} {} from {} -> {}",

@@ -8,6 +8,7 @@ pub mod api;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod trust;
 
 use crate::fsutil;
 use crate::keys::{PrivateKey, PublicKey};
@@ -20,6 +21,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+/// Default registrations per source per minute: a whole office behind one NAT address can
+/// roll out 60 machines a minute, while a script spraying keys is slowed to that pace.
+pub const DEFAULT_REGISTER_PER_MINUTE: u32 = 60;
+
+/// Default failed authentications per source per minute before 429: a misconfigured agent
+/// retries far less often, while a guesser gets a handful of tries a minute.
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 30;
 
 /// Everything `wgmesh server` can be told.
 #[derive(Debug, Clone)]
@@ -43,6 +52,14 @@ pub struct ServerConfig {
     /// A second STUN port on the same address, so clients can tell whether their NAT's
     /// mapping changes with the destination (None: off).
     pub udp_alt_port: Option<u16>,
+    /// `--open`: new keys may register without a join token (labs only).
+    pub open: bool,
+    /// `--policy FILE`: who sees whom; None = everyone sees everyone.
+    pub policy: Option<PathBuf>,
+    /// Registrations accepted per source address per minute (0 = unlimited).
+    pub register_per_minute: u32,
+    /// Failed authentications tolerated per source address per minute before 429.
+    pub auth_failures_per_minute: u32,
 }
 
 impl ServerConfig {
@@ -59,6 +76,10 @@ impl ServerConfig {
             limits: http::Limits::default(),
             udp_listen: None,
             udp_alt_port: None,
+            open: false,
+            policy: None,
+            register_per_minute: DEFAULT_REGISTER_PER_MINUTE,
+            auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
         }
     }
 }
@@ -158,8 +179,9 @@ impl RunningServer {
         let peers = snapshot.peers.len();
         let registry = registry::Registry::from_snapshot(snapshot)
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        let trust = trust::Trust::load(config)?;
         let stun = start_stun(config)?;
-        let api = Arc::new(api::Api::new(registry, store, key.public_key()));
+        let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));
         api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             ServerError::Io(io::Error::new(
@@ -207,6 +229,13 @@ impl RunningServer {
     /// The server's public key, as returned by `/register`.
     pub fn public_key(&self) -> PublicKey {
         self.public_key
+    }
+
+    /// Re-reads the policy file (SIGHUP); a bad file keeps the old policy and is logged.
+    pub fn reload_policy(&self) {
+        if let Err(e) = self.api.reload_policy(None) {
+            log::error!("policy reload failed, keeping the old policy: {e}");
+        }
     }
 
     /// Stops accepting, stops the sweeper and writes a final snapshot.
@@ -258,9 +287,16 @@ pub fn run_until_signalled(config: &ServerConfig) -> Result<(), ServerError> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, term.clone()).map_err(ServerError::Io)?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(ServerError::Io)?;
     let server = RunningServer::start(config)?;
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Ordering::Relaxed) {
+            log::info!("SIGHUP: reloading the access policy");
+            server.reload_policy();
+        }
     }
     log::info!("shutting down: writing the final snapshot");
     server.shutdown().map_err(ServerError::Io)

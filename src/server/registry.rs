@@ -9,6 +9,7 @@ use crate::keys::PublicKey;
 use crate::model::PeerInfo;
 use crate::store::{PeerRecord, Snapshot, FORMAT_VERSION};
 use crate::timefmt;
+use crate::tokens::Tag;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::HashMap;
@@ -34,6 +35,9 @@ pub struct Registration {
     pub allowed_ips: Vec<IpNet>,
     /// Where the request came from.
     pub observed_ip: IpAddr,
+    /// Tags from the join token, for a first registration. A known key keeps the tags it
+    /// joined with: re-registering proves ownership of the key, not a new invitation.
+    pub tags: Vec<Tag>,
 }
 
 /// The outcome of preparing a registration.
@@ -150,6 +154,7 @@ impl Registry {
                 registered_at: now,
                 last_heartbeat: now,
                 online: true,
+                tags: reg.tags.clone(),
             },
             fresh_address: true,
         })
@@ -252,6 +257,30 @@ impl Registry {
             network_cidr: self.network(),
             peers,
         }
+    }
+
+    /// Whether a public key is registered: a first registration needs a join token, a known
+    /// key does not.
+    pub fn knows(&self, key: &PublicKey) -> bool {
+        self.peers.contains_key(key)
+    }
+
+    /// Every record, in address order, for the admin view.
+    pub fn records(&self) -> Vec<PeerRecord> {
+        self.snapshot().peers
+    }
+
+    /// The online peers as `/peers` shows them, each with its tags (which decide who may see
+    /// it), in address order.
+    pub fn online_tagged(&self) -> Vec<(Vec<Tag>, PeerInfo)> {
+        let mut entries: Vec<(Vec<Tag>, PeerInfo)> = self
+            .peers
+            .values()
+            .filter(|p| p.online)
+            .map(|p| (p.tags.clone(), peer_info(p)))
+            .collect();
+        entries.sort_by_key(|(_, e)| e.virtual_ip);
+        entries
     }
 
     /// The online peers as `/peers` shows them, in address order.

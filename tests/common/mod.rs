@@ -1,16 +1,26 @@
 //! Shared helpers for integration tests: a real `wgmesh server` process on an ephemeral
 //! loopback port, with its own temporary state folder, stopped (and cleaned up) on drop.
+//!
+//! Requests to peer endpoints are signed as a real agent signs them: `new_key()` remembers
+//! each private key it makes, so `register`/`post`/`get` sign with the key a request concerns
+//! (the body's `public_key`, or the key behind a `peer_id`), or with a stranger's key when the
+//! test names a key or id it never made. Every answer to a signed request that carries a
+//! response MAC is verified; a 2xx/304 without a valid one fails the test.
 
 #![allow(dead_code)]
 
 pub mod netns;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+use wgmesh::auth;
+use wgmesh::keys::{PrivateKey, PublicKey};
+use wgmesh::types::PeerId;
 
 /// The binary under test.
 pub fn wgmesh_bin() -> &'static str {
@@ -46,6 +56,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    pub state: PathBuf,
+    key: OnceLock<PublicKey>,
 }
 
 impl ServerProcess {
@@ -99,6 +111,8 @@ impl ServerProcess {
                 child,
                 addr: addr.parse().expect("listen address"),
                 log,
+                state: state.to_path_buf(),
+                key: OnceLock::new(),
             }),
             Err(_) => {
                 let status = child.wait().ok().and_then(|s| s.code());
@@ -111,6 +125,42 @@ impl ServerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The server's public key, from the unauthenticated `GET /key`.
+    pub fn public_key(&self) -> PublicKey {
+        *self.key.get_or_init(|| {
+            let answer = get(self, "/key", None);
+            assert_eq!(answer.status, 200, "{}", answer.json);
+            answer.json["server_public_key"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+    }
+
+    /// The folder holding the state, server key, admin secret, tokens and audit log.
+    pub fn dir(&self) -> PathBuf {
+        self.state.parent().unwrap().to_path_buf()
+    }
+
+    /// The admin secret the server created beside its state.
+    pub fn admin_secret(&self) -> String {
+        std::fs::read_to_string(self.dir().join("admin.secret"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Creates a join token through the admin API; returns (token, id).
+    pub fn create_token(&self, body: serde_json::Value) -> (String, String) {
+        let answer = admin(self, "POST", "/admin/tokens", Some(body));
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        (
+            answer.json["token"].as_str().unwrap().to_owned(),
+            answer.json["info"]["id"].as_str().unwrap().to_owned(),
+        )
     }
 
     pub fn log_text(&self) -> String {
@@ -155,11 +205,59 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
-/// A fresh WireGuard public key, base64.
+/// Private keys made by `new_key`, by public key and by peer id, so requests can be signed
+/// by whoever they concern.
+type Keyring = (HashMap<String, PrivateKey>, HashMap<String, PrivateKey>);
+
+fn keyring() -> &'static Mutex<Keyring> {
+    static KEYS: OnceLock<Mutex<Keyring>> = OnceLock::new();
+    KEYS.get_or_init(Mutex::default)
+}
+
+/// A key no test registers: signs requests that name keys or ids the test never made.
+pub fn stranger() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
+    KEY.get_or_init(PrivateKey::generate)
+}
+
+/// A fresh WireGuard public key, base64 (its private key is remembered for signing).
 pub fn new_key() -> String {
-    wgmesh::keys::PrivateKey::generate()
-        .public_key()
-        .to_base64()
+    let private = PrivateKey::generate();
+    let public = private.public_key();
+    let mut ring = keyring().lock().unwrap();
+    ring.0.insert(public.to_base64(), private.clone());
+    ring.1
+        .insert(PeerId::for_key(&public).to_string(), private.clone());
+    public.to_base64()
+}
+
+/// The private key behind a public key made by `new_key`.
+pub fn private_of(public: &str) -> Option<PrivateKey> {
+    keyring().lock().unwrap().0.get(public).cloned()
+}
+
+/// The private key behind a peer id whose key `new_key` made.
+pub fn private_of_id(id: &str) -> Option<PrivateKey> {
+    keyring().lock().unwrap().1.get(id).cloned()
+}
+
+/// Who signs a request to `path` with `body`: None for endpoints that take no signature.
+pub fn signer_for(method: &str, path: &str, body: &str) -> Option<PrivateKey> {
+    let route = path.split('?').next().unwrap_or("");
+    let json = || serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
+    let found = match route {
+        "/register" => json()["public_key"].as_str().and_then(private_of),
+        "/heartbeat" | "/deregister" => json()["peer_id"].as_str().and_then(private_of_id),
+        "/peers" if method == "GET" => path
+            .split("peer_id=")
+            .nth(1)
+            .and_then(|id| private_of_id(id.split('&').next().unwrap())),
+        _ => match route.strip_prefix("/peers/") {
+            Some(id) => private_of_id(id),
+            None => return None,
+        },
+    };
+    Some(found.unwrap_or_else(|| stranger().clone()))
 }
 
 /// A status code and parsed JSON body.
@@ -167,40 +265,126 @@ pub struct Answer {
     pub status: u16,
     pub json: serde_json::Value,
     pub etag: Option<String>,
+    pub retry_after: Option<String>,
+    /// Whether the answer carried a response MAC that verified.
+    pub signed: bool,
 }
 
-fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
+/// Sends one request, signed with `key` (if any) as the agent would sign it, and checks the
+/// answer's MAC.
+pub fn send_as(
+    server: &ServerProcess,
+    key: Option<&PrivateKey>,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut builder = ureq::http::Request::builder()
+        .method(method)
+        .uri(server.url(path));
+    if !body.is_empty() {
+        builder = builder.header("Content-Type", "application/json");
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let mut nonce = None;
+    if let Some(key) = key {
+        let signed = auth::sign_request(
+            key,
+            &server.public_key(),
+            method,
+            path,
+            body.as_bytes(),
+            SystemTime::now(),
+        );
+        nonce = auth::header_value(&signed, auth::NONCE_HEADER).map(str::to_owned);
+        for (name, value) in &signed {
+            builder = builder.header(*name, value.as_str());
+        }
+    }
+    let mut resp = agent()
+        .run(builder.body(body.to_owned()).unwrap())
+        .expect("request");
     let status = resp.status().as_u16();
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let headers = resp.headers().clone();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_vec()
+        .unwrap_or_default();
+    let signed = match (key, &nonce) {
+        (Some(key), Some(nonce)) => auth::verify_response(
+            key,
+            &server.public_key(),
+            nonce,
+            status,
+            &|name| header(name),
+            &bytes,
+        )
+        .is_ok(),
+        _ => false,
+    };
+    if key.is_some() && (200..300).contains(&status) || status == 304 && key.is_some() {
+        assert!(
+            signed,
+            "{method} {path}: answer {status} lacks a valid response MAC"
+        );
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let json = if text.is_empty() {
         serde_json::Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     };
-    Answer { status, json, etag }
+    Answer {
+        status,
+        json,
+        etag: header("etag").map(str::to_owned),
+        retry_after: header("retry-after").map(str::to_owned),
+        signed,
+    }
+}
+
+/// Sends a request signed by whoever it concerns (see the module comment).
+pub fn send(server: &ServerProcess, method: &str, path: &str, body: &str) -> Answer {
+    let key = signer_for(method, path, body);
+    send_as(server, key.as_ref(), method, path, body, &[])
 }
 
 pub fn post(server: &ServerProcess, path: &str, body: &str) -> Answer {
-    answer(
-        agent()
-            .post(server.url(path))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .expect("request"),
-    )
+    send(server, "POST", path, body)
 }
 
 pub fn get(server: &ServerProcess, path: &str, if_none_match: Option<&str>) -> Answer {
-    let mut req = agent().get(server.url(path));
-    if let Some(tag) = if_none_match {
-        req = req.header("If-None-Match", tag);
-    }
-    answer(req.call().expect("request"))
+    let key = signer_for("GET", path, "");
+    let extra: Vec<(&str, &str)> = if_none_match
+        .map(|t| ("If-None-Match", t))
+        .into_iter()
+        .collect();
+    send_as(server, key.as_ref(), "GET", path, "", &extra)
+}
+
+/// An admin request with the server's admin secret.
+pub fn admin(
+    server: &ServerProcess,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Answer {
+    let secret = format!("Bearer {}", server.admin_secret());
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    send_as(
+        server,
+        None,
+        method,
+        path,
+        &body,
+        &[("Authorization", secret.as_str())],
+    )
 }
 
 pub fn register(server: &ServerProcess, key: &str, hostname: &str) -> Answer {
@@ -209,5 +393,21 @@ pub fn register(server: &ServerProcess, key: &str, hostname: &str) -> Answer {
         "/register",
         &serde_json::json!({"public_key": key, "hostname": hostname, "os": "linux", "listen_port": 51820})
             .to_string(),
+    )
+}
+
+/// Registers with a join token.
+pub fn register_with_token(
+    server: &ServerProcess,
+    key: &str,
+    hostname: &str,
+    token: &str,
+) -> Answer {
+    post(
+        server,
+        "/register",
+        &serde_json::json!({"public_key": key, "hostname": hostname, "os": "linux",
+            "listen_port": 51820, "token": token})
+        .to_string(),
     )
 }

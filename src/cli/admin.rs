@@ -1,0 +1,388 @@
+//! The operator's commands: `token create|list|revoke`, `peers list|remove`, `policy reload`.
+//!
+//! They talk to the running server's `/admin/...` endpoints with the admin secret the server
+//! created beside its state file (`admin.secret`, mode 0600), sent as `Authorization: Bearer`.
+//! Going through the server (rather than editing its files) keeps one writer per file and
+//! makes changes take effect at once.
+
+use super::{init_logging, Failure, LogLevel, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use crate::agent::client::ServerUrl;
+use argh::FromArgs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Time limit of one admin request.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "token")]
+/// Manage join tokens: a new machine presents one (`wgmesh up --token`) on its first
+/// registration; its tags decide, through the policy, which peers it sees.
+pub struct TokenArgs {
+    #[argh(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum TokenCommand {
+    Create(TokenCreateArgs),
+    List(TokenListArgs),
+    Revoke(TokenRevokeArgs),
+}
+
+/// Create a join token and print it once (the server keeps only its hash).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "create")]
+pub struct TokenCreateArgs {
+    /// how many machines may join with it (default unlimited)
+    #[argh(option)]
+    uses: Option<u32>,
+    /// lifetime, e.g. 7d, 12h, 30m (default never expires)
+    #[argh(option)]
+    expires: Option<String>,
+    /// tag given to machines joining with it, e.g. tag:db (repeatable)
+    #[argh(option)]
+    tag: Vec<String>,
+    /// print the JSON answer instead of just the token
+    #[argh(switch)]
+    json: bool,
+    #[argh(option, default = "default_server()")]
+    /// coordination server (default http://127.0.0.1:8080)
+    server: ServerUrl,
+    /// admin secret file (default: admin.secret in the server's default state folder)
+    #[argh(option)]
+    admin_secret_file: Option<PathBuf>,
+}
+
+/// List join tokens: id, uses left, expiry, tags and whether each is still usable.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct TokenListArgs {
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+    /// coordination server (default http://127.0.0.1:8080)
+    #[argh(option, default = "default_server()")]
+    server: ServerUrl,
+    /// admin secret file (default: admin.secret in the server's default state folder)
+    #[argh(option)]
+    admin_secret_file: Option<PathBuf>,
+}
+
+/// Revoke a join token by id; machines that joined with it stay.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "revoke")]
+pub struct TokenRevokeArgs {
+    /// the token id (tok-...), as `token list` shows it
+    #[argh(positional)]
+    id: String,
+    /// coordination server (default http://127.0.0.1:8080)
+    #[argh(option, default = "default_server()")]
+    server: ServerUrl,
+    /// admin secret file (default: admin.secret in the server's default state folder)
+    #[argh(option)]
+    admin_secret_file: Option<PathBuf>,
+}
+
+/// The operator's view of the registry: every peer with its tags, online or not.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "peers")]
+pub struct PeersArgs {
+    #[argh(subcommand)]
+    command: PeersCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum PeersCommand {
+    List(PeersListArgs),
+    Remove(PeersRemoveArgs),
+}
+
+/// List every registered peer.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct PeersListArgs {
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+    /// coordination server (default http://127.0.0.1:8080)
+    #[argh(option, default = "default_server()")]
+    server: ServerUrl,
+    /// admin secret file (default: admin.secret in the server's default state folder)
+    #[argh(option)]
+    admin_secret_file: Option<PathBuf>,
+}
+
+/// Remove a peer for good: its address returns to the pool; it needs a new token to rejoin.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "remove")]
+pub struct PeersRemoveArgs {
+    /// the peer id (peer-...)
+    #[argh(positional)]
+    id: String,
+    /// coordination server (default http://127.0.0.1:8080)
+    #[argh(option, default = "default_server()")]
+    server: ServerUrl,
+    /// admin secret file (default: admin.secret in the server's default state folder)
+    #[argh(option)]
+    admin_secret_file: Option<PathBuf>,
+}
+
+/// The access policy (who sees whom).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "policy")]
+pub struct PolicyArgs {
+    #[argh(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum PolicyCommand {
+    Reload(PolicyReloadArgs),
+}
+
+/// Make the server re-read its --policy file now (as SIGHUP does); a bad file keeps the old
+/// policy and the error is printed.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "reload")]
+pub struct PolicyReloadArgs {
+    /// coordination server (default http://127.0.0.1:8080)
+    #[argh(option, default = "default_server()")]
+    server: ServerUrl,
+    /// admin secret file (default: admin.secret in the server's default state folder)
+    #[argh(option)]
+    admin_secret_file: Option<PathBuf>,
+}
+
+fn default_server() -> ServerUrl {
+    "http://127.0.0.1:8080".parse().expect("literal")
+}
+
+/// One admin connection: the server and the secret read from its file.
+struct Admin {
+    agent: ureq::Agent,
+    server: ServerUrl,
+    secret: String,
+}
+
+impl Admin {
+    fn new(server: ServerUrl, secret_file: Option<PathBuf>) -> Result<Admin, Failure> {
+        init_logging(LogLevel(log::LevelFilter::Warn));
+        let path = secret_file.unwrap_or_else(|| crate::fsutil::config_dir().join("admin.secret"));
+        let secret = std::fs::read_to_string(&path)
+            .map_err(|e| {
+                Failure::new(
+                    EXIT_USAGE,
+                    format!(
+                        "cannot read the admin secret {} ({e}): pass --admin-secret-file, the \
+                         admin.secret beside the server's state file",
+                        path.display()
+                    ),
+                )
+            })?
+            .trim()
+            .to_owned();
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(ADMIN_TIMEOUT))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Admin {
+            agent,
+            server,
+            secret,
+        })
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, Failure> {
+        let url = format!("{}/admin/{path}", self.server);
+        let builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Authorization", format!("Bearer {}", self.secret));
+        let built = |e: ureq::http::Error| Failure::new(EXIT_INTERNAL, e.to_string());
+        // Always a sized body (empty for GET/DELETE): the server refuses chunked uploads.
+        let sent = match body {
+            Some(json) => self.agent.run(
+                builder
+                    .header("Content-Type", "application/json")
+                    .body(json.to_string())
+                    .map_err(built)?,
+            ),
+            None => self.agent.run(builder.body(String::new()).map_err(built)?),
+        };
+        let mut resp = sent.map_err(|e| {
+            Failure::new(
+                EXIT_SERVER,
+                format!("coordination server {} unreachable: {e}", self.server),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if !(200..300).contains(&status) {
+            let message = json["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            return Err(Failure::new(
+                EXIT_SERVER,
+                format!("server refused ({status}): {message}"),
+            ));
+        }
+        Ok(json)
+    }
+}
+
+fn print(text: &str) -> Result<(), Failure> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
+            EXIT_INTERNAL,
+            format!("cannot write to stdout: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    text.push('\n');
+    text
+}
+
+fn column(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) if items.is_empty() => "-".into(),
+        serde_json::Value::Array(items) => items.iter().map(column).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// `wgmesh token ...`.
+pub fn token(args: TokenArgs) -> Result<(), Failure> {
+    match args.command {
+        TokenCommand::Create(a) => {
+            for tag in &a.tag {
+                tag.parse::<crate::tokens::Tag>()
+                    .map_err(|e| Failure::new(EXIT_USAGE, format!("--tag: {e}")))?;
+            }
+            if a.uses == Some(0) {
+                return Err(Failure::new(
+                    EXIT_USAGE,
+                    "--uses 0 would make a token nobody can use: give 1 or more, or omit it",
+                ));
+            }
+            if let Some(expires) = &a.expires {
+                crate::tokens::parse_expiry(expires)
+                    .map_err(|e| Failure::new(EXIT_USAGE, format!("--expires: {e}")))?;
+            }
+            let admin = Admin::new(a.server, a.admin_secret_file)?;
+            let body = serde_json::json!({"uses": a.uses, "expires": a.expires, "tags": a.tag});
+            let answer = admin.call("POST", "tokens", Some(body))?;
+            if a.json {
+                return print(&pretty(&answer));
+            }
+            print(&format!("{}\n", column(&answer["token"])))
+        }
+        TokenCommand::List(a) => {
+            let admin = Admin::new(a.server, a.admin_secret_file)?;
+            let answer = admin.call("GET", "tokens", None)?;
+            if a.json {
+                return print(&pretty(&answer));
+            }
+            let mut out = format!(
+                "{:<18} {:<9} {:<10} {:<26} {}\n",
+                "ID", "STATUS", "USES LEFT", "EXPIRES", "TAGS"
+            );
+            for t in answer["tokens"].as_array().into_iter().flatten() {
+                let uses = match &t["uses_left"] {
+                    serde_json::Value::Null => "unlimited".into(),
+                    v => v.to_string(),
+                };
+                out.push_str(&format!(
+                    "{:<18} {:<9} {:<10} {:<26} {}\n",
+                    column(&t["id"]),
+                    column(&t["status"]),
+                    uses,
+                    column(&t["expires_at"]),
+                    column(&t["tags"])
+                ));
+            }
+            print(&out)
+        }
+        TokenCommand::Revoke(a) => {
+            let admin = Admin::new(a.server, a.admin_secret_file)?;
+            admin.call("DELETE", &format!("tokens/{}", a.id), None)?;
+            print(&format!("revoked {}\n", a.id))
+        }
+    }
+}
+
+/// `wgmesh peers ...`.
+pub fn peers(args: PeersArgs) -> Result<(), Failure> {
+    match args.command {
+        PeersCommand::List(a) => {
+            let admin = Admin::new(a.server, a.admin_secret_file)?;
+            let answer = admin.call("GET", "peers", None)?;
+            if a.json {
+                return print(&pretty(&answer));
+            }
+            let mut out = format!(
+                "{:<22} {:<20} {:<15} {:<7} {:<22} {}\n",
+                "ID", "HOSTNAME", "ADDRESS", "ONLINE", "ENDPOINT", "TAGS"
+            );
+            for p in answer["peers"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<22} {:<20} {:<15} {:<7} {:<22} {}\n",
+                    column(&p["id"]),
+                    column(&p["hostname"]),
+                    column(&p["virtual_ip"]),
+                    if p["online"] == true { "yes" } else { "no" },
+                    column(&p["endpoint"]),
+                    column(&p["tags"])
+                ));
+            }
+            print(&out)
+        }
+        PeersCommand::Remove(a) => {
+            let admin = Admin::new(a.server, a.admin_secret_file)?;
+            admin.call("DELETE", &format!("peers/{}", a.id), None)?;
+            print(&format!("removed {}\n", a.id))
+        }
+    }
+}
+
+/// `wgmesh policy ...`.
+pub fn policy(args: PolicyArgs) -> Result<(), Failure> {
+    match args.command {
+        PolicyCommand::Reload(a) => {
+            let admin = Admin::new(a.server, a.admin_secret_file)?;
+            let answer = admin.call("POST", "policy/reload", None)?;
+            let changed = if answer["changed"] == true {
+                "changed"
+            } else {
+                "unchanged"
+            };
+            print(&format!(
+                "policy {changed}: {}\n",
+                column(&answer["policy"])
+            ))
+        }
+    }
+}
