@@ -64,7 +64,8 @@ fn engine(server: &ServerProcess, dir: &TempDir, reader: Shared) -> Engine {
     let url = format!("http://{}", server.addr).parse().unwrap();
     config.server = Some(url);
     Engine {
-        client: ApiClient::new(config.server.clone().unwrap(), Duration::from_secs(5)),
+        client: ApiClient::new(config.server.clone().unwrap(), Duration::from_secs(5))
+            .with_identity(config.private_key.clone(), None),
         config,
         config_path: dir.path().join("client.json"),
         os: TargetOs::Linux,
@@ -77,7 +78,7 @@ fn engine(server: &ServerProcess, dir: &TempDir, reader: Shared) -> Engine {
 #[test]
 fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
     let dir = TempDir::new("agent");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let other = new_key();
     let other_reg = post(
         &server,
@@ -190,7 +191,7 @@ fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
 #[test]
 fn dry_run_prints_each_os_plan_and_changes_nothing() {
     let dir = TempDir::new("dryrun");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let peer = new_key();
     post(&server, "/register", &serde_json::json!({"public_key": peer, "hostname": "peer", "endpoint": "198.18.0.50:51820"}).to_string());
     let config = dir.path().join("c.json").display().to_string();

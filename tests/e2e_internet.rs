@@ -192,6 +192,7 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
             &format!("{SERVER}:8080"),
             "--state",
             &path("peers.json"),
+            "--open",
             "--heartbeat-timeout",
             "4",
             "--sweep-interval",

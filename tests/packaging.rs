@@ -35,10 +35,28 @@ fn cli() -> &'static [(String, Vec<&'static str>)] {
             commands.len() >= 8,
             "too few subcommands in --help: {commands:?}"
         );
+        // Subcommands with subcommands of their own (`token create`) are listed by their
+        // full path, each with its own flags.
+        let commands: Vec<String> = commands
+            .into_iter()
+            .flat_map(|name| {
+                let text = help(&[&name, "--help"]);
+                match text.split("Commands:").nth(1) {
+                    Some(nested) => nested
+                        .lines()
+                        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+                        .filter_map(|l| l.split_whitespace().next())
+                        .map(|sub| format!("{name} {sub}"))
+                        .collect(),
+                    None => vec![name],
+                }
+            })
+            .collect();
         commands
             .into_iter()
             .map(|name| {
-                let text = help(&[&name, "--help"]);
+                let words: Vec<&str> = name.split(' ').chain(["--help"]).collect();
+                let text = help(&words);
                 let flags = text
                     .split("Options:")
                     .nth(1)

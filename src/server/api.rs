@@ -824,7 +824,6 @@ impl Api {
         out
     }
 
-
     /// Checks the admin secret; failures count against the source's failure budget.
     fn admin_check(&self, req: &Request) -> Result<(), Refusal> {
         self.check_failure_budget(req)?;
