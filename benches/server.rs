@@ -102,17 +102,21 @@ fn bare_tiny_http() -> SocketAddr {
     addr
 }
 
-/// Drives one signed endpoint from `CONNECTIONS` keep-alive connections for `DURATION`.
+/// Drives one endpoint from `CONNECTIONS` keep-alive connections for `DURATION`, signing
+/// each request when given a signer (wrk cannot: every request needs a fresh nonce and MAC).
+/// Unsigned, it measures the bare tiny_http ceiling with this same generator, so signed
+/// endpoints are compared like with like.
 fn signed_load(
     addr: SocketAddr,
-    server_key: &wgmesh::keys::PublicKey,
-    private: &PrivateKey,
+    signer: Option<(&wgmesh::keys::PublicKey, &PrivateKey)>,
     method: &'static str,
     path: &str,
     body: &str,
     if_none_match: Option<&str>,
 ) -> WrkResult {
-    let signer = Arc::new(wgmesh::auth::RequestSigner::new(private, server_key));
+    let signer = signer.map(|(server_key, private)| {
+        Arc::new(wgmesh::auth::RequestSigner::new(private, server_key))
+    });
     let connections: usize = CONNECTIONS.parse().unwrap();
     let secs: u64 = DURATION.trim_end_matches('s').parse().unwrap();
     let deadline = Instant::now() + std::time::Duration::from_secs(secs);
@@ -132,10 +136,12 @@ fn signed_load(
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     let mut req = ureq::http::Request::builder().method(method).uri(&url);
-                    for (name, value) in
-                        signer.sign(method, &path, body.as_bytes(), SystemTime::now())
-                    {
-                        req = req.header(name, value);
+                    if let Some(signer) = &signer {
+                        for (name, value) in
+                            signer.sign(method, &path, body.as_bytes(), SystemTime::now())
+                        {
+                            req = req.header(name, value);
+                        }
                     }
                     if let Some(tag) = &etag {
                         req = req.header("If-None-Match", tag.as_str());
@@ -312,36 +318,51 @@ fn main() {
 
     let bare = bare_tiny_http();
     let ceiling = wrk(&format!("http://{bare}/"), None, &[]);
-    report("bare tiny_http hello-world", &ceiling, ceiling.rps);
+    report("bare tiny_http hello-world (wrk)", &ceiling, ceiling.rps);
+    // The same bare server under the Rust generator used for the signed endpoints below.
+    let gen_ceiling = signed_load(bare, None, "GET", "/", "", None);
+    report(
+        "bare tiny_http hello-world (gen)",
+        &gen_ceiling,
+        gen_ceiling.rps,
+    );
 
     for peers in [1_000u32, 10_000] {
         let (server, caller, private) = server_with(&dir, peers);
         let addr = server.local_addr();
         let server_key = server.public_key();
+        if peers == 1_000 {
+            // The connection layer alone, like with like against the wrk ceiling.
+            report(
+                "GET /healthz (wrk)",
+                &wrk(&format!("http://{addr}/healthz"), None, &[]),
+                ceiling.rps,
+            );
+        }
+        let signer = Some((&server_key, &private));
         report(
             &format!("heartbeat ({peers} peers)"),
             &signed_load(
                 addr,
-                &server_key,
-                &private,
+                signer,
                 "POST",
                 "/heartbeat",
                 &format!("{{\"peer_id\":\"{caller}\"}}"),
                 None,
             ),
-            ceiling.rps,
+            gen_ceiling.rps,
         );
         let path = format!("/peers?peer_id={caller}");
         report(
             &format!("GET /peers full ({peers} peers)"),
-            &signed_load(addr, &server_key, &private, "GET", &path, "", None),
-            ceiling.rps,
+            &signed_load(addr, signer, "GET", &path, "", None),
+            gen_ceiling.rps,
         );
         let etag = etag_of(&server, &private, &path);
         report(
             &format!("GET /peers 304 ({peers} peers)"),
-            &signed_load(addr, &server_key, &private, "GET", &path, "", Some(&etag)),
-            ceiling.rps,
+            &signed_load(addr, signer, "GET", &path, "", Some(&etag)),
+            gen_ceiling.rps,
         );
         server.shutdown().unwrap();
     }
