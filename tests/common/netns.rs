@@ -233,7 +233,7 @@ impl Drop for Lab {
         // wireguard-go daemons outlive `ip netns exec`; stop the ones of this lab's interfaces.
         let _ = run(&["pkill", "-f", &format!("wireguard-go [a-z]*{}", self.tag)]);
         for ns in self.namespaces.iter().rev() {
-            let _ = run(&["ip", "netns", "pids", ns])
+            run(&["ip", "netns", "pids", ns])
                 .stdout
                 .split(|b| *b == b'\n')
                 .for_each(|pid| {
