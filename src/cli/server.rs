@@ -42,6 +42,13 @@ pub struct ServerArgs {
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
+    /// serve HTTPS with this PEM certificate chain (server certificate first); needs
+    /// --tls-key. Without both, the API is plain HTTP
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (keep it mode 0600)
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
 }
 
 /// Runs `wgmesh server` until SIGINT/SIGTERM.
@@ -84,6 +91,16 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         }
         config.limits.handler_threads = threads;
     }
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::server::http::TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::new(
+                EXIT_USAGE,
+                "--tls-cert and --tls-key go together: give both to serve HTTPS, or neither",
+            ))
+        }
+    };
     run_until_signalled(&config).map_err(|e| {
         let code = match e {
             ServerError::Store(_) => EXIT_STATE,

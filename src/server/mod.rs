@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Connection-layer limits, including `--threads`.
     pub limits: http::Limits,
+    /// Serve HTTPS with this certificate and key (`--tls-cert`, `--tls-key`); plain HTTP
+    /// when `None`.
+    pub tls: Option<http::TlsFiles>,
 }
 
 impl ServerConfig {
@@ -52,6 +55,7 @@ impl ServerConfig {
             heartbeat_timeout: Duration::from_secs(120),
             sweep_interval: Duration::from_secs(60),
             limits: http::Limits::default(),
+            tls: None,
         }
     }
 }
@@ -112,6 +116,11 @@ pub struct RunningServer {
 impl RunningServer {
     /// Loads the state, binds the socket and starts every thread.
     pub fn start(config: &ServerConfig) -> Result<RunningServer, ServerError> {
+        // Certificates first: a bad --tls-cert should fail before any state is touched.
+        let tls = match &config.tls {
+            Some(files) => Some(http::load_tls_config(files).map_err(ServerError::Config)?),
+            None => None,
+        };
         let key = load_or_create_key(&config.key_file)?;
         let (store, snapshot) =
             Store::open(&config.state, config.network).map_err(ServerError::Store)?;
@@ -125,10 +134,16 @@ impl RunningServer {
                 format!("cannot listen on {}: {e}", config.listen),
             ))
         })?;
-        let http = http::HttpServer::start(listener, config.limits.clone(), api.clone())
-            .map_err(ServerError::Io)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let http = match tls {
+            Some(tls) => {
+                http::HttpServer::start_tls(listener, config.limits.clone(), api.clone(), tls)
+            }
+            None => http::HttpServer::start(listener, config.limits.clone(), api.clone()),
+        }
+        .map_err(ServerError::Io)?;
         log::info!(
-            "wgmesh server listening on http://{} for {} ({peers} peers loaded from {})",
+            "wgmesh server listening on {scheme}://{} for {} ({peers} peers loaded from {})",
             http.local_addr(),
             config.network,
             config.state.display()
