@@ -4,7 +4,7 @@ use super::{
     init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_SERVER, EXIT_STATE,
     EXIT_USAGE,
 };
-use crate::agent::client::{ApiClient, ServerUrl};
+use crate::agent::client::{ApiClient, ServerUrl, TlsTrust};
 use crate::agent::config::{self, ClientConfig, ConfigError};
 use crate::agent::daemon::{self, Intervals};
 use crate::agent::engine::{AgentError, Engine, Sink};
@@ -49,6 +49,15 @@ struct Common {
     hostname: Option<Hostname>,
     exit_node: bool,
     os: Option<TargetOs>,
+    ca: Option<PathBuf>,
+}
+
+/// The CAs an https:// server must chain to: `--ca FILE`, or the bundled public roots.
+fn tls_trust(ca: Option<&std::path::Path>) -> Result<TlsTrust, Failure> {
+    match ca {
+        Some(path) => TlsTrust::from_ca_file(path).map_err(|e| Failure::new(EXIT_USAGE, e)),
+        None => Ok(TlsTrust::default()),
+    }
 }
 
 fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, Failure> {
@@ -64,6 +73,7 @@ fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, Failure> {
 fn engine(common: Common) -> Result<Engine, Failure> {
     let path = common.config.clone().unwrap_or_else(config::default_path);
     let os = target_os(common.os)?;
+    let trust = tls_trust(common.ca.as_deref())?;
     let existing = ClientConfig::load(&path).map_err(config_failure)?;
     let fresh = existing.is_none();
     let mut cfg = existing.unwrap_or_else(|| {
@@ -109,7 +119,7 @@ fn engine(common: Common) -> Result<Engine, Failure> {
         config: cfg,
         config_path: path,
         os,
-        client: ApiClient::new(server, REQUEST_TIMEOUT),
+        client: ApiClient::with_trust(server, REQUEST_TIMEOUT, &trust),
         reader,
         last_list: None,
         persist: true,
@@ -125,6 +135,10 @@ pub struct UpArgs {
     /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config)
     #[argh(option)]
     server: Option<ServerUrl>,
+    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
+    /// replacing the bundled public roots (for a private CA or a self-signed server)
+    #[argh(option)]
+    ca: Option<PathBuf>,
     /// client config file (default ~/.config/wireguard-mesh/client.json, mode 0600)
     #[argh(option)]
     config: Option<PathBuf>,
@@ -169,6 +183,10 @@ pub struct SyncArgs {
     /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config)
     #[argh(option)]
     server: Option<ServerUrl>,
+    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
+    /// replacing the bundled public roots (for a private CA or a self-signed server)
+    #[argh(option)]
+    ca: Option<PathBuf>,
     /// client config file (default ~/.config/wireguard-mesh/client.json, mode 0600)
     #[argh(option)]
     config: Option<PathBuf>,
@@ -237,6 +255,10 @@ pub struct ExportArgs {
     /// client config file (default ~/.config/wireguard-mesh/client.json)
     #[argh(option)]
     config: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
+    /// replacing the bundled public roots (for a private CA or a self-signed server)
+    #[argh(option)]
+    ca: Option<PathBuf>,
 }
 
 /// Print a new private key in base64, like `wg genkey`.
@@ -285,6 +307,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         hostname: args.hostname,
         exit_node: args.exit_node,
         os: args.os,
+        ca: args.ca,
     })?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -311,6 +334,7 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
         hostname: args.hostname,
         exit_node: args.exit_node,
         os: args.os,
+        ca: args.ca,
     })?;
     let summary = if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -530,7 +554,7 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
         .server
         .clone()
         .ok_or_else(|| Failure::new(EXIT_USAGE, "no coordination server in the config"))?;
-    let client = ApiClient::new(server, REQUEST_TIMEOUT);
+    let client = ApiClient::with_trust(server, REQUEST_TIMEOUT, &tls_trust(args.ca.as_deref())?);
     let peers = match client.peers(&assignment.peer_id, None) {
         Ok(crate::agent::client::PeerList::Changed { peers, .. }) => peers,
         Ok(crate::agent::client::PeerList::NotModified) => unreachable!("no ETag was sent"),
