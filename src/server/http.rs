@@ -12,8 +12,8 @@
 //!
 //! TLS: with [`HttpServer::start_tls`] every connection is wrapped in a current rustls
 //! session (ring provider) on its own thread, the handshake bounded by the request timeout.
-//! The connection code is generic over the stream ([`Transport`]), so the plain-HTTP path
-//! compiles to exactly what it was, with no TLS branch per read or write.
+//! The connection code is generic over the stream (a private `Transport` trait), so the
+//! plain-HTTP path compiles to exactly what it was, with no TLS branch per read or write.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -354,7 +354,7 @@ enum ReadOutcome {
 ///
 /// Why a trait rather than `Box<dyn Read + Write>`: the connection code is monomorphized per
 /// transport, so the plain path pays nothing for TLS existing.
-pub trait Transport: Read + Write {
+trait Transport: Read + Write {
     /// Makes reads fail with `TimedOut` once `deadline` has passed. Called before every
     /// read, so a peer trickling bytes cannot stretch one request past its deadline.
     fn read_deadline(&mut self, deadline: Instant) -> io::Result<()>;
@@ -729,6 +729,59 @@ fn read_request<S: Transport>(
         },
         keep_alive,
     ))
+}
+
+/// An in-memory `Transport`: the bytes a client sent, and nowhere to write.
+struct Replay<'a> {
+    input: &'a [u8],
+}
+
+impl Read for Replay<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for Replay<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Replay<'_> {
+    fn read_deadline(&mut self, _: Instant) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the connection layer makes of `bytes` arriving on a fresh connection: every request
+/// it would hand the handler, in order, and the refusal (status and message) that would end
+/// the connection, if any.
+///
+/// Why it exists: fuzzing and corpus replay reach the real request-head and body framing
+/// code (`read_request`, the same generic function live connections run) without sockets.
+pub fn parse_requests(bytes: &[u8], limits: &Limits) -> (Vec<Request>, Option<(u16, String)>) {
+    let remote: SocketAddr = ([127, 0, 0, 1], 9).into();
+    let mut conn = BufWriter::new(Replay { input: bytes });
+    let mut buf = Vec::new();
+    let mut requests = Vec::new();
+    loop {
+        match read_request(&mut conn, &mut buf, limits, remote) {
+            Ok(ReadOutcome::Request(request, keep_alive)) => {
+                requests.push(request);
+                if !keep_alive {
+                    return (requests, None);
+                }
+            }
+            Ok(ReadOutcome::Refused(status, message)) => {
+                return (requests, Some((status, message)))
+            }
+            Ok(ReadOutcome::Closed) | Err(_) => return (requests, None),
+        }
+    }
 }
 
 fn reason(status: u16) -> &'static str {
