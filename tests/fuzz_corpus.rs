@@ -46,3 +46,46 @@ fn stun_messages_seeds() {
 fn wg_dump_seeds() {
     replay("wg_dump", wgmesh::fuzzing::wg_dump);
 }
+
+fn seed(target: &str, name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(target)
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The seeds are only useful if they get past the first check of each parser: these are
+/// meant to be accepted, so the fuzzer starts from deep inside the code.
+#[test]
+fn the_valid_seeds_are_accepted() {
+    let limits = wgmesh::server::http::Limits::default();
+    let (requests, refusal) =
+        wgmesh::server::http::parse_requests(&seed("http_requests", "post_register"), &limits);
+    assert_eq!((requests.len(), refusal), (1, None));
+    serde_json::from_slice::<wgmesh::model::RegisterRequest>(&requests[0].body).unwrap();
+    let (requests, _) =
+        wgmesh::server::http::parse_requests(&seed("http_requests", "pipelined_get"), &limits);
+    assert_eq!(requests.len(), 2, "both pipelined requests");
+
+    for name in ["register_full", "register_minimal"] {
+        serde_json::from_slice::<wgmesh::model::RegisterRequest>(&seed("request_json", name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    serde_json::from_slice::<wgmesh::model::HeartbeatRequest>(&seed("request_json", "heartbeat"))
+        .unwrap();
+
+    for name in ["request_5389", "request_fingerprint", "request_3489_change"] {
+        wgmesh::stun::parse_binding_request(&seed("stun_messages", name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in ["response_success", "response_error"] {
+        wgmesh::stun::parse_binding_response(&seed("stun_messages", name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    let dump =
+        wgmesh::wgdump::parse(&String::from_utf8(seed("wg_dump", "two_peers")).unwrap()).unwrap();
+    assert_eq!(dump.peers.len(), 2);
+    wgmesh::wgdump::parse(&String::from_utf8(seed("wg_dump", "fwmark_crlf")).unwrap()).unwrap();
+}
