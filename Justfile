@@ -21,3 +21,19 @@ run *ARGS:
 # What CI runs.
 ci:
     bash .ci/run
+
+# Fuzz every parser of untrusted input for SECS seconds each (cargo-fuzz; needs
+# `cargo install cargo-fuzz --locked`). Stable Rust only here, so RUSTC_BOOTSTRAP=1 lets
+# cargo-fuzz use the nightly-only sanitizer flags. New inputs go to fuzz/corpus/ (ignored by
+# git); a crash is saved in fuzz/artifacts/TARGET/ and stops the run: copy it into
+# fuzz/seeds/TARGET/ so `cargo test` replays it, and add a unit test beside the fix.
+fuzz SECS="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd fuzz
+    for target in request_json http_requests stun_messages wg_dump; do
+        mkdir -p corpus/$target
+        echo "== fuzzing $target for {{SECS}} s"
+        RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" \
+            -- -max_total_time={{SECS}} -rss_limit_mb=2048
+    done

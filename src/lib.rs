@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod ipam;
 pub mod keys;
 pub mod model;

@@ -17,6 +17,7 @@ use crate::model::{
 };
 use crate::types::PeerId;
 use std::fmt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -166,13 +167,85 @@ impl Answer {
 }
 
 fn transport(e: ureq::Error) -> ClientError {
-    ClientError::Unreachable(e.to_string())
+    match tls_failure(&e) {
+        Some(tls) => ClientError::Unreachable(format!(
+            "TLS with the server failed: {tls} (if its certificate is not from a public CA, pass the CA certificate with --ca FILE)"
+        )),
+        None => ClientError::Unreachable(e.to_string()),
+    }
+}
+
+/// The rustls error behind a ureq error, if the failure was TLS (an untrusted certificate,
+/// a name mismatch, a server that does not speak TLS), so it can be reported as such
+/// rather than as a bare I/O error.
+fn tls_failure(e: &ureq::Error) -> Option<String> {
+    match e {
+        ureq::Error::Rustls(tls) => Some(tls.to_string()),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|tls| tls.to_string()),
+        _ => None,
+    }
+}
+
+/// Which certificate authorities an `https://` server's certificate must chain to.
+///
+/// Default: the Mozilla roots bundled with webpki-roots (the same everywhere, not whatever
+/// the host's store holds). `--ca FILE` replaces them with the CA certificates in FILE, for
+/// a server with a private CA or a self-signed certificate; it does not add to them, so a
+/// public CA cannot vouch for a server that should only be vouched for by its own.
+#[derive(Debug, Clone, Default)]
+pub struct TlsTrust {
+    roots: Option<Arc<Vec<ureq::tls::Certificate<'static>>>>,
+}
+
+impl TlsTrust {
+    /// Trusts only the CERTIFICATE blocks of the PEM file at `path` (other blocks, such as
+    /// a private key mistakenly bundled, are ignored). Fails if there are none.
+    pub fn from_ca_file(path: &Path) -> Result<TlsTrust, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca {}: {e}", path.display()))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(format!("--ca {}: not valid PEM: {e}", path.display())),
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!(
+                "--ca {}: no CERTIFICATE block in the file",
+                path.display()
+            ));
+        }
+        Ok(TlsTrust {
+            roots: Some(Arc::new(certs)),
+        })
+    }
+
+    fn tls_config(&self) -> ureq::tls::TlsConfig {
+        let roots = match &self.roots {
+            Some(certs) => ureq::tls::RootCerts::Specific(certs.clone()),
+            None => ureq::tls::RootCerts::WebPki,
+        };
+        ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(roots)
+            .build()
+    }
 }
 
 impl ApiClient {
-    /// A client with a per-request time limit.
+    /// A client with a per-request time limit, trusting the default roots for https://.
     pub fn new(base: ServerUrl, timeout: Duration) -> ApiClient {
+        Self::with_trust(base, timeout, &TlsTrust::default())
+    }
+
+    /// A client with a per-request time limit and the CAs an https:// server must chain to.
+    pub fn with_trust(base: ServerUrl, timeout: Duration, trust: &TlsTrust) -> ApiClient {
         let agent = ureq::Agent::config_builder()
+            .tls_config(trust.tls_config())
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
             .http_status_as_error(false)

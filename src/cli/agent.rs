@@ -4,7 +4,7 @@ use super::{
     init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_SERVER, EXIT_STATE,
     EXIT_USAGE,
 };
-use crate::agent::client::{ApiClient, ServerUrl};
+use crate::agent::client::{ApiClient, ServerUrl, TlsTrust};
 use crate::agent::config::{self, ClientConfig, ConfigError, ExitFallback};
 use crate::agent::daemon::{self, Intervals};
 use crate::agent::engine::{AgentError, Engine, Sink};
@@ -53,6 +53,7 @@ struct Common {
     os: Option<TargetOs>,
     token: Option<String>,
     server_key: Option<PublicKey>,
+    ca: Option<PathBuf>,
 }
 
 /// The join token from `--token`, else `--token-file`, else the `WGMESH_TOKEN` environment
@@ -88,9 +89,15 @@ fn pinned_key(cfg: &ClientConfig, flag: Option<PublicKey>) -> Option<PublicKey> 
     flag.or(stored)
 }
 
-/// The API client for this config: signing with its key, checking answers against its pin.
-fn api_client(server: ServerUrl, cfg: &ClientConfig, flag: Option<PublicKey>) -> ApiClient {
-    ApiClient::new(server, REQUEST_TIMEOUT)
+/// The API client for this config: trusting `trust` for https://, signing with its key,
+/// checking answers against its pin.
+fn api_client(
+    server: ServerUrl,
+    cfg: &ClientConfig,
+    flag: Option<PublicKey>,
+    trust: &TlsTrust,
+) -> ApiClient {
+    ApiClient::with_trust(server, REQUEST_TIMEOUT, trust)
         .with_identity(cfg.private_key.clone(), pinned_key(cfg, flag))
 }
 
@@ -117,6 +124,14 @@ impl argh::FromArgValue for ExitChoice {
     }
 }
 
+/// The CAs an https:// server must chain to: `--ca FILE`, or the bundled public roots.
+fn tls_trust(ca: Option<&std::path::Path>) -> Result<TlsTrust, Failure> {
+    match ca {
+        Some(path) => TlsTrust::from_ca_file(path).map_err(|e| Failure::new(EXIT_USAGE, e)),
+        None => Ok(TlsTrust::default()),
+    }
+}
+
 fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, Failure> {
     requested.or_else(TargetOs::current).ok_or_else(|| {
         Failure::new(
@@ -130,6 +145,7 @@ fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, Failure> {
 fn engine(common: Common) -> Result<Engine, Failure> {
     let path = common.config.clone().unwrap_or_else(config::default_path);
     let os = target_os(common.os)?;
+    let trust = tls_trust(common.ca.as_deref())?;
     let existing = ClientConfig::load(&path).map_err(config_failure)?;
     let fresh = existing.is_none();
     let mut cfg = existing.unwrap_or_else(|| {
@@ -189,7 +205,7 @@ fn engine(common: Common) -> Result<Engine, Failure> {
     }
     let reader: Option<Box<dyn Runner>> =
         (Some(os) == TargetOs::current()).then(|| Box::new(SystemRunner::new()) as Box<dyn Runner>);
-    let client = api_client(server, &cfg, server_key).with_token(common.token);
+    let client = api_client(server, &cfg, server_key, &trust).with_token(common.token);
     Ok(Engine {
         config: cfg,
         config_path: path,
@@ -210,6 +226,10 @@ pub struct UpArgs {
     /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config)
     #[argh(option)]
     server: Option<ServerUrl>,
+    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
+    /// replacing the bundled public roots (for a private CA or a self-signed server)
+    #[argh(option)]
+    ca: Option<PathBuf>,
     /// client config file (default ~/.config/wireguard-mesh/client.json, mode 0600)
     #[argh(option)]
     config: Option<PathBuf>,
@@ -273,6 +293,10 @@ pub struct SyncArgs {
     /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config)
     #[argh(option)]
     server: Option<ServerUrl>,
+    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
+    /// replacing the bundled public roots (for a private CA or a self-signed server)
+    #[argh(option)]
+    ca: Option<PathBuf>,
     /// client config file (default ~/.config/wireguard-mesh/client.json, mode 0600)
     #[argh(option)]
     config: Option<PathBuf>,
@@ -363,6 +387,10 @@ pub struct ExportArgs {
     /// client config file (default ~/.config/wireguard-mesh/client.json)
     #[argh(option)]
     config: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
+    /// replacing the bundled public roots (for a private CA or a self-signed server)
+    #[argh(option)]
+    ca: Option<PathBuf>,
 }
 
 /// Print a new private key in base64, like `wg genkey`.
@@ -415,6 +443,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         os: args.os,
         token: join_token(args.token, args.token_file)?,
         server_key: args.server_key,
+        ca: args.ca,
     })?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -445,6 +474,7 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
         os: args.os,
         token: join_token(args.token, args.token_file)?,
         server_key: args.server_key,
+        ca: args.ca,
     })?;
     let summary = if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -483,7 +513,7 @@ pub fn down(args: DownArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| "http://127.0.0.1:8080".parse().expect("literal"));
     let os = target_os(None)?;
-    let client = api_client(server, &cfg, None);
+    let client = api_client(server, &cfg, None, &TlsTrust::default());
     let mut engine = Engine {
         config: cfg,
         config_path: path,
@@ -685,7 +715,7 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
         .server
         .clone()
         .ok_or_else(|| Failure::new(EXIT_USAGE, "no coordination server in the config"))?;
-    let client = api_client(server, &cfg, None);
+    let client = api_client(server, &cfg, None, &tls_trust(args.ca.as_deref())?);
     let peers = match client.peers(&assignment.peer_id, None) {
         Ok(crate::agent::client::PeerList::Changed { peers, .. }) => peers,
         Ok(crate::agent::client::PeerList::NotModified) => unreachable!("no ETag was sent"),

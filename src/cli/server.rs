@@ -67,6 +67,13 @@ pub struct ServerArgs {
     /// failed authentications per source address per minute before 429 (default 30; 0 = off)
     #[argh(option, default = "crate::server::DEFAULT_AUTH_FAILURES_PER_MINUTE")]
     auth_failure_limit: u32,
+    /// serve HTTPS with this PEM certificate chain (server certificate first); needs
+    /// --tls-key. Without both, the API is plain HTTP
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (keep it mode 0600)
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
 }
 
 /// `--udp-listen`: an address, or "off".
@@ -136,6 +143,16 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
     config.policy = args.policy;
     config.register_per_minute = args.register_limit;
     config.auth_failures_per_minute = args.auth_failure_limit;
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::server::http::TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::new(
+                EXIT_USAGE,
+                "--tls-cert and --tls-key go together: give both to serve HTTPS, or neither",
+            ))
+        }
+    };
     run_until_signalled(&config).map_err(|e| {
         let code = match e {
             ServerError::Store(_) => EXIT_STATE,

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub register_per_minute: u32,
     /// Failed authentications tolerated per source address per minute before 429.
     pub auth_failures_per_minute: u32,
+    /// Serve HTTPS with this certificate and key (`--tls-cert`, `--tls-key`); plain HTTP
+    /// when `None`.
+    pub tls: Option<http::TlsFiles>,
 }
 
 impl ServerConfig {
@@ -80,6 +83,7 @@ impl ServerConfig {
             policy: None,
             register_per_minute: DEFAULT_REGISTER_PER_MINUTE,
             auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
+            tls: None,
         }
     }
 }
@@ -173,6 +177,11 @@ fn start_stun(config: &ServerConfig) -> Result<Vec<crate::stun_service::StunHand
 impl RunningServer {
     /// Loads the state, binds the socket and starts every thread.
     pub fn start(config: &ServerConfig) -> Result<RunningServer, ServerError> {
+        // Certificates first: a bad --tls-cert should fail before any state is touched.
+        let tls = match &config.tls {
+            Some(files) => Some(http::load_tls_config(files).map_err(ServerError::Config)?),
+            None => None,
+        };
         let key = load_or_create_key(&config.key_file)?;
         let (store, snapshot) =
             Store::open(&config.state, config.network).map_err(ServerError::Store)?;
@@ -189,10 +198,16 @@ impl RunningServer {
                 format!("cannot listen on {}: {e}", config.listen),
             ))
         })?;
-        let http = http::HttpServer::start(listener, config.limits.clone(), api.clone())
-            .map_err(ServerError::Io)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let http = match tls {
+            Some(tls) => {
+                http::HttpServer::start_tls(listener, config.limits.clone(), api.clone(), tls)
+            }
+            None => http::HttpServer::start(listener, config.limits.clone(), api.clone()),
+        }
+        .map_err(ServerError::Io)?;
         log::info!(
-            "wgmesh server listening on http://{} for {} ({peers} peers loaded from {})",
+            "wgmesh server listening on {scheme}://{} for {} ({peers} peers loaded from {})",
             http.local_addr(),
             config.network,
             config.state.display()
