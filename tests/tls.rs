@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use wgmesh::agent::client::{ApiClient, ClientError, PeerList, ServerUrl, TlsTrust};
+use wgmesh::keys::PrivateKey;
 use wgmesh::model::RegisterRequest;
 
 fn wgmesh_bin() -> &'static str {
@@ -93,7 +94,14 @@ impl TlsServer {
         let state = TempDir::new("tls-state");
         let mut cmd = Command::new(wgmesh_bin());
         cmd.arg("server")
-            .args(["--listen", "127.0.0.1:0", "--state"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--udp-listen",
+                "127.0.0.1:0",
+                "--open",
+                "--state",
+            ])
             .arg(state.path().join("peers.json"));
         if let Some(pki) = pki {
             cmd.arg("--tls-cert")
@@ -181,9 +189,10 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn register_request(hostname: &str) -> RegisterRequest {
+/// A registration for `key`; the client sending it must sign with the same key.
+fn register_request(key: &PrivateKey, hostname: &str) -> RegisterRequest {
     serde_json::from_value(serde_json::json!({
-        "public_key": wgmesh::keys::PrivateKey::generate().public_key().to_base64(),
+        "public_key": key.public_key().to_base64(),
         "hostname": hostname,
         "os": "linux",
         "listen_port": 51820,
@@ -231,12 +240,14 @@ fn clients_trusting_the_ca_register_and_sync_over_https() {
     // The library client: several requests over one keep-alive TLS session, a second peer
     // seeing the first, and a 304 on an unchanged list.
     let trust = TlsTrust::from_ca_file(&pki.ca()).unwrap();
+    let key = PrivateKey::generate();
     let client = ApiClient::with_trust(
         server.url().parse::<ServerUrl>().unwrap(),
         Duration::from_secs(10),
         &trust,
-    );
-    let me = client.register(&register_request("second")).unwrap();
+    )
+    .with_identity(key.clone(), None);
+    let me = client.register(&register_request(&key, "second")).unwrap();
     let PeerList::Changed { peers, etag } = client.peers(&me.peer_id, None).unwrap() else {
         panic!("first fetch must be a full list");
     };
@@ -283,7 +294,7 @@ fn a_client_without_the_ca_is_refused_with_a_clear_error() {
         server.url().parse::<ServerUrl>().unwrap(),
         Duration::from_secs(10),
     );
-    match client.register(&register_request("no-ca")) {
+    match client.register(&register_request(&PrivateKey::generate(), "no-ca")) {
         Err(ClientError::Unreachable(message)) => {
             assert!(message.contains("UnknownIssuer"), "{message}")
         }
@@ -301,7 +312,7 @@ fn plain_http_to_the_tls_port_fails_cleanly_and_the_server_keeps_serving() {
         format!("http://{}", server.addr).parse().unwrap(),
         Duration::from_secs(10),
     );
-    match client.register(&register_request("plain")) {
+    match client.register(&register_request(&PrivateKey::generate(), "plain")) {
         Err(ClientError::Refused { status, message }) => {
             assert_eq!(status, 400);
             assert!(message.contains("HTTPS"), "{message}");
@@ -325,12 +336,14 @@ fn plain_http_to_the_tls_port_fails_cleanly_and_the_server_keeps_serving() {
 
     // None of that disturbed the server.
     let trust = TlsTrust::from_ca_file(&pki.ca()).unwrap();
+    let key = PrivateKey::generate();
     let client = ApiClient::with_trust(
         server.url().parse().unwrap(),
         Duration::from_secs(10),
         &trust,
-    );
-    client.register(&register_request("after")).unwrap();
+    )
+    .with_identity(key.clone(), None);
+    client.register(&register_request(&key, "after")).unwrap();
 }
 
 #[test]
@@ -340,7 +353,7 @@ fn https_client_to_a_plain_http_server_fails_cleanly() {
         format!("https://{}", server.addr).parse().unwrap(),
         Duration::from_secs(10),
     );
-    match client.register(&register_request("mismatch")) {
+    match client.register(&register_request(&PrivateKey::generate(), "mismatch")) {
         Err(ClientError::Unreachable(message)) => assert!(message.contains("TLS"), "{message}"),
         other => panic!("expected a TLS failure, got {other:?}"),
     }
