@@ -111,7 +111,7 @@ impl TokenId {
     fn random() -> TokenId {
         let mut bytes = [0u8; ID_HEX_LEN / 2];
         getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-        TokenId(format!("{ID_PREFIX}{}", hex(&bytes)))
+        TokenId(format!("{ID_PREFIX}{}", hex::encode(bytes)))
     }
 }
 
@@ -158,10 +158,6 @@ impl<'de> Deserialize<'de> for TokenId {
             .parse()
             .map_err(serde::de::Error::custom)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a token was refused or an operation on the store failed. Messages name the token id
@@ -456,7 +452,7 @@ mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::hex(bytes))
+        s.serialize_str(&hex::encode(bytes))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {

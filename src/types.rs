@@ -175,7 +175,7 @@ impl PeerId {
     pub fn for_key(key: &crate::keys::PublicKey) -> PeerId {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(key.as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&digest[..8]);
         PeerId(format!("peer-{hex}"))
     }
 }
