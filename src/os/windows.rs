@@ -27,9 +27,21 @@ pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
             path.clone(),
             Payload::Secret(Secret::new("tunnel configuration", config.into_bytes())),
         )],
-        commands: vec![Command::new("wireguard.exe")
-            .arg("/installtunnelservice")
-            .arg(path.display().to_string())],
+        commands: vec![
+            // Mode 0600 means nothing on Windows, and C:\ProgramData lets Users read what is
+            // created there: drop the inherited ACL and leave only SYSTEM (S-1-5-18) and
+            // Administrators (S-1-5-32-544) on the file holding the private key.
+            Command::new("icacls").args([
+                path.display().to_string(),
+                "/inheritance:r".into(),
+                "/grant:r".into(),
+                "*S-1-5-18:F".into(),
+                "*S-1-5-32-544:F".into(),
+            ]),
+            Command::new("wireguard.exe")
+                .arg("/installtunnelservice")
+                .arg(path.display().to_string()),
+        ],
     }
 }
 
