@@ -480,7 +480,7 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
     let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, n.name)).collect();
     for (from, to) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
         lab.eventually(
-            Duration::from_secs(15),
+            Duration::from_secs(30),
             &format!("{} pings {}", nodes[from].name, nodes[to].name),
             || lab.ping(&nodes[from].ns, &ips[to]),
         );
@@ -523,10 +523,10 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
     .unwrap();
     let out = lab.exec_ok(&server_ns, &reload);
     assert!(out.contains("policy changed"), "{out}");
-    lab.eventually(Duration::from_secs(20), "pa pings pb", || {
+    lab.eventually(Duration::from_secs(30), "pa pings pb", || {
         lab.ping(&nodes[0].ns, &ips[1])
     });
-    lab.eventually(Duration::from_secs(20), "pb pings pa", || {
+    lab.eventually(Duration::from_secs(30), "pb pings pa", || {
         lab.ping(&nodes[1].ns, &ips[0])
     });
     let audit = std::fs::read_to_string(lab.dir.path().join("audit.log")).unwrap();
