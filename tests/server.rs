@@ -610,3 +610,41 @@ fn healthz_and_metrics_report_the_registry() {
         assert!(text.contains(line), "metrics lack {line:?}:\n{text}");
     }
 }
+
+#[test]
+fn head_answers_headers_without_a_body_and_keeps_the_connection_usable() {
+    let dir = TempDir::new("head");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // HEAD then GET on one keep-alive connection: if HEAD sent a body, the GET's answer
+    // would be read out of step.
+    write!(
+        stream,
+        "HEAD /healthz HTTP/1.1\r\nHost: test\r\n\r\nGET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&buf).contains("\"status\":\"ok\"") {
+        let n = stream.read(&mut chunk).expect("both answers arrive");
+        assert!(n > 0, "connection closed early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 0, "HEAD tells the length of the GET body");
+    assert!(
+        rest.starts_with("HTTP/1.1 200"),
+        "no body after HEAD: {rest:?}"
+    );
+}

@@ -541,7 +541,12 @@ fn serve_requests<S: Transport>(
                 }))
                 .unwrap_or_else(|_| Response::error(500, "internal error: see the server log"));
                 gate.release();
-                write_response(conn, &response, keep_alive)?;
+                // A HEAD answer carries the headers, Content-Length included, but no body.
+                if request.method == "HEAD" {
+                    write_head(conn, &response, keep_alive)?;
+                } else {
+                    write_response(conn, &response, keep_alive)?;
+                }
                 conn.flush()?;
                 if !keep_alive {
                     return Ok(());
@@ -809,6 +814,21 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn write_response<W: Write>(out: &mut W, response: &Response, keep_alive: bool) -> io::Result<()> {
+    write_head(out, response, keep_alive)?;
+    match &response.body {
+        Body::Empty => {}
+        Body::Owned(bytes) => out.write_all(bytes)?,
+        Body::Shared(buf, parts) => {
+            for part in parts {
+                out.write_all(&buf[part.clone()])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the status line and headers of `response` (with the Content-Length of its body).
+fn write_head<W: Write>(out: &mut W, response: &Response, keep_alive: bool) -> io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
         response.status,
@@ -826,17 +846,7 @@ fn write_response<W: Write>(out: &mut W, response: &Response, keep_alive: bool) 
     } else {
         "Connection: close\r\n\r\n"
     });
-    out.write_all(head.as_bytes())?;
-    match &response.body {
-        Body::Empty => {}
-        Body::Owned(bytes) => out.write_all(bytes)?,
-        Body::Shared(buf, parts) => {
-            for part in parts {
-                out.write_all(&buf[part.clone()])?;
-            }
-        }
-    }
-    Ok(())
+    out.write_all(head.as_bytes())
 }
 
 /// Where the server's certificate chain and private key are (`--tls-cert`, `--tls-key`).
