@@ -116,23 +116,29 @@ fn up(lab: &mut Lab, n: &Node, token: &str) -> usize {
     )
 }
 
-fn start_server(lab: &mut Lab, ns: &str, state: &str, log: &str) -> usize {
+/// Starts a coordination server in `ns` on SERVER_IP:8080 with `extra` flags.
+fn start_server_with(lab: &mut Lab, ns: &str, state: &str, log: &str, extra: &[&str]) -> usize {
     let listen = format!("{SERVER_IP}:8080");
-    lab.spawn(
+    let mut args = vec![
+        wgmesh_bin(),
+        "server",
+        "--listen",
+        &listen,
+        "--state",
+        state,
+    ];
+    args.extend_from_slice(extra);
+    lab.spawn(ns, &args, log)
+}
+
+/// A server that notices a silent peer within a few seconds.
+fn start_server(lab: &mut Lab, ns: &str, state: &str, log: &str) -> usize {
+    start_server_with(
+        lab,
         ns,
-        &[
-            wgmesh_bin(),
-            "server",
-            "--listen",
-            &listen,
-            "--state",
-            state,
-            "--heartbeat-timeout",
-            "3",
-            "--sweep-interval",
-            "1",
-        ],
+        state,
         log,
+        &["--heartbeat-timeout", "3", "--sweep-interval", "1"],
     )
 }
 
@@ -293,19 +299,7 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
     let mut lab = Lab::new("sync");
     let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
     let state = lab.dir.path().join("peers.json").display().to_string();
-    lab.spawn(
-        &server_ns,
-        &[
-            wgmesh_bin(),
-            "server",
-            "--listen",
-            &format!("{SERVER_IP}:8080"),
-            "--state",
-            &state,
-            "--open",
-        ],
-        "server.log",
-    );
+    start_server_with(&mut lab, &server_ns, &state, "server.log", &["--open"]);
     let nodes = [
         node(&mut lab, "s1", "198.18.0.21/24"),
         node(&mut lab, "s2", "198.18.0.22/24"),
@@ -438,19 +432,12 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
     let deny_ab = r#"{"allow": [{"from": ["tag:a", "tag:b"], "to": ["tag:c"]}]}"#;
     std::fs::write(&policy, deny_ab).unwrap();
     let policy_arg = policy.display().to_string();
-    lab.spawn(
+    start_server_with(
+        &mut lab,
         &server_ns,
-        &[
-            wgmesh_bin(),
-            "server",
-            "--listen",
-            &format!("{SERVER_IP}:8080"),
-            "--state",
-            &state,
-            "--policy",
-            &policy_arg,
-        ],
+        &state,
         "server.log",
+        &["--policy", &policy_arg],
     );
     let tokens: Vec<String> = ["tag:a", "tag:b", "tag:c"]
         .iter()
