@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod ipam;
 pub mod keys;
+pub mod mesh6;
 pub mod model;
 pub mod netcheck;
 pub mod os;

@@ -47,7 +47,25 @@ fn render_with_prefix(spec: &InterfaceSpec, peers: &[PeerSpec], prefix: u8) -> S
     let _ = writeln!(out, "# Written by wgmesh; edits are overwritten.");
     let _ = writeln!(out, "[Interface]");
     let _ = writeln!(out, "PrivateKey = {}", spec.private_key.to_base64());
-    let _ = writeln!(out, "Address = {}/{}", spec.address, prefix);
+    match spec.ipv6 {
+        // The IPv6 address takes the same width as the IPv4 one: /128 beside a /32, the mesh
+        // prefix beside the mesh network (for the Windows on-link route).
+        Some((v6, mesh6)) => {
+            let prefix6 = if prefix == 32 {
+                128
+            } else {
+                mesh6.prefix_len()
+            };
+            let _ = writeln!(
+                out,
+                "Address = {}/{}, {}/{}",
+                spec.address, prefix, v6, prefix6
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Address = {}/{}", spec.address, prefix);
+        }
+    }
     let _ = writeln!(out, "ListenPort = {}", spec.listen_port);
     let _ = writeln!(out, "MTU = {}", spec.mtu);
     for peer in peers {
@@ -84,6 +102,10 @@ mod tests {
             listen_port: 51820,
             address: "10.100.0.5".parse().unwrap(),
             network: "10.100.0.0/16".parse().unwrap(),
+            ipv6: Some((
+                "fd12:3456:789a::a64:5".parse().unwrap(),
+                "fd12:3456:789a::/96".parse().unwrap(),
+            )),
             mtu: DEFAULT_MTU,
         }
     }
@@ -124,7 +146,7 @@ mod tests {
 # Written by wgmesh; edits are overwritten.
 [Interface]
 PrivateKey = QNpZDY3OBvXJBPTgNPCX8Y31UzgAFy07ZEs68LXlpWM=
-Address = 10.100.0.5/32
+Address = 10.100.0.5/32, fd12:3456:789a::a64:5/128
 ListenPort = 51820
 MTU = 1420
 
@@ -152,7 +174,10 @@ PublicKey = /R8q7i+dnixuw76yJCzFO8tRjw9qglyEwdpV2JBuzH4=
         exit[0].allowed_ips.push("::/0".parse().unwrap());
         assert!(render(&spec("wg0"), &exit).contains("198.18.4.0/24, 0.0.0.0/0, ::/0\n"));
         let text = render_tunnel_service(&spec("wg0"), &exit);
-        assert!(text.contains("Address = 10.100.0.5/16\n"), "{text}");
+        assert!(
+            text.contains("Address = 10.100.0.5/16, fd12:3456:789a::a64:5/96\n"),
+            "{text}"
+        );
         assert!(
             text.contains("AllowedIPs = 10.100.0.7/32, 198.18.4.0/24\n"),
             "{text}"

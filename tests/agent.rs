@@ -87,6 +87,10 @@ fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
     );
     assert_eq!(other_reg.status, 200);
 
+    // Each peer's IPv6 mesh address derives from the server's key and its IPv4 address.
+    let prefix6 = wgmesh::mesh6::prefix(&server.public_key());
+    let v6 = |last: u8| wgmesh::mesh6::address(prefix6, std::net::Ipv4Addr::new(10, 100, 0, last));
+    let (me6, other6, third6) = (v6(2), v6(1), v6(3));
     let runner = Shared::default();
     let mut engine = engine(&server, &dir, runner.clone());
     let key = engine.config.private_key.clone();
@@ -103,8 +107,10 @@ fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
         .expect("ip -4 address add 10.100.0.2/32 dev wgt0")
         .expect("ip link set mtu 1420 up dev wgt0")
         .expect("ip -4 route add 10.100.0.0/16 dev wgt0")
+        .expect(&format!("ip -6 address add {me6}/128 dev wgt0 nodad"))
+        .expect(&format!("ip -6 route add {prefix6} dev wgt0"))
         .expect(&format!(
-            "wg set wgt0 peer {other} endpoint 198.18.0.50:51820 allowed-ips 10.100.0.1/32 persistent-keepalive 25"
+            "wg set wgt0 peer {other} endpoint 198.18.0.50:51820 allowed-ips 10.100.0.1/32,{other6}/128 persistent-keepalive 25"
         ));
     let mut sink_runner = runner.clone();
     let summary = engine.sync(&mut Sink::Run(&mut sink_runner)).unwrap();
@@ -118,7 +124,11 @@ fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
         "wg show wgt0 dump",
         Scripted::Succeed(dump(
             &key,
-            &[(&other, "198.18.0.50:51820", "10.100.0.1/32")],
+            &[(
+                &other,
+                "198.18.0.50:51820",
+                &format!("10.100.0.1/32,{other6}/128"),
+            )],
         )),
     );
     let summary = engine.sync(&mut Sink::Run(&mut sink_runner)).unwrap();
@@ -133,11 +143,11 @@ fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
     runner
         .expect_out(
             "wg show wgt0 dump",
-            Scripted::Succeed(dump(&key, &[(&other, "198.18.0.50:51820", "10.100.0.1/32")])),
+            Scripted::Succeed(dump(&key, &[(&other, "198.18.0.50:51820", &format!("10.100.0.1/32,{other6}/128"))])),
         )
         .expect(&format!(
-            "wg set wgt0 peer {other} endpoint 198.18.0.51:51820 allowed-ips 10.100.0.1/32 persistent-keepalive 25 \
-             peer {third} endpoint 198.18.0.60:51820 allowed-ips 10.100.0.3/32 persistent-keepalive 25"
+            "wg set wgt0 peer {other} endpoint 198.18.0.51:51820 allowed-ips 10.100.0.1/32,{other6}/128 persistent-keepalive 25 \
+             peer {third} endpoint 198.18.0.60:51820 allowed-ips 10.100.0.3/32,{third6}/128 persistent-keepalive 25"
         ));
     let summary = engine.sync(&mut Sink::Run(&mut sink_runner)).unwrap();
     runner.assert_done();
@@ -161,8 +171,16 @@ fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
             Scripted::Succeed(dump(
                 &key,
                 &[
-                    (&other, "198.18.0.51:51820", "10.100.0.1/32"),
-                    (&third, "198.18.0.60:51820", "10.100.0.3/32"),
+                    (
+                        &other,
+                        "198.18.0.51:51820",
+                        &format!("10.100.0.1/32,{other6}/128"),
+                    ),
+                    (
+                        &third,
+                        "198.18.0.60:51820",
+                        &format!("10.100.0.3/32,{third6}/128"),
+                    ),
                 ],
             )),
         )

@@ -19,6 +19,11 @@ const WEB: &str = "198.18.0.3";
 const HOME1: &str = "198.18.0.11";
 const HOME2: &str = "198.18.0.12";
 const GATEWAY: &str = "198.18.0.254";
+/// IPv6 on the public segment (unique local addresses, only inside this lab's namespaces):
+/// the exit node and the web host have it, the homes behind NAT do not.
+const EXIT6: &str = "fd00:198:18::2";
+const WEB6: &str = "fd00:198:18::3";
+const GATEWAY6: &str = "fd00:198:18::254";
 
 /// A home router on the public segment with one node behind it, masquerading its LAN.
 fn home(lab: &mut Lab, router: &str, public: &str, node: &str, lan: u8) -> (String, String) {
@@ -144,7 +149,8 @@ fn seen_from(lab: &Lab, ns: &str, config: &str, server: &str) -> Option<String> 
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     json["mapped"]
         .as_str()
-        .map(|m| m.rsplit_once(':').unwrap().0.to_owned())
+        .and_then(|m| m.parse::<std::net::SocketAddr>().ok())
+        .map(|m| m.ip().to_string())
 }
 
 fn wg_endpoints(lab: &Lab, ns: &str, iface: &str) -> String {
@@ -176,6 +182,25 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
     let srv = public_host(&mut lab, "srv", SERVER);
     let exit = public_host(&mut lab, "exit", EXIT);
     let web = public_host(&mut lab, "web", WEB);
+    for (ns, addr) in [(&router, GATEWAY6), (&exit, EXIT6), (&web, WEB6)] {
+        lab.exec_ok(
+            ns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+    }
+    lab.exec_ok(
+        &exit,
+        &["ip", "-6", "route", "add", "default", "via", GATEWAY6],
+    );
     let (h1_ns, a) = home(&mut lab, "h1", HOME1, "a", 1);
     let (_h2, b) = home(&mut lab, "h2", HOME2, "b", 2);
     let dir = lab.dir.path().to_owned();
@@ -214,8 +239,26 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
         ],
         "web.log",
     );
+    // A second STUN service on the web host's IPv6 address.
+    lab.spawn(
+        &web,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &format!("[{WEB6}]:8080"),
+            "--state",
+            &path("web6.json"),
+            "--udp-listen",
+            &format!("[{WEB6}]:3478"),
+            "--udp-alt-port",
+            "0",
+        ],
+        "web6.log",
+    );
     let server_url = format!("http://{SERVER}:8080");
     let web_stun = format!("{WEB}:3478");
+    let web6_stun = format!("[{WEB6}]:3478");
     let nft_before = lab.exec_ok(&exit, &["nft", "list", "ruleset"]);
     let a_pristine = rules_and_routes(&lab, &a);
 
@@ -370,11 +413,12 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
         "stun client said: {stun_text}"
     );
 
-    // Without an exit node the web host sees a's own router.
+    // Without an exit node the web host sees a's own router, and a has no IPv6 at all.
     assert_eq!(
         seen_from(&lab, &a, &a_cfg, &web_stun).as_deref(),
         Some(HOME1)
     );
+    assert_eq!(seen_from(&lab, &a, &a_cfg, &web6_stun), None);
     let a_mesh_only = rules_and_routes(&lab, &a);
 
     // Through the exit node: the web host sees the exit's address; mesh and server still work.
@@ -391,11 +435,17 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
         lab.ping(&a, WEB),
         "a reaches the web host through the exit node"
     );
-    let v6 = lab.exec_ok(&a, &["ip", "-6", "route", "show", "table", "51820"]);
-    assert!(
-        v6.contains(&format!("default dev {a_if}")),
-        "IPv6 defaults go into the tunnel (and die there): {v6}"
+    // The exit node has IPv6, so it offered ::/0 too: a reaches the IPv6 internet through it
+    // (from its IPv6 mesh address, NATed to the exit's).
+    lab.eventually(
+        Duration::from_secs(20),
+        "IPv6 through the exit node",
+        || seen_from(&lab, &a, &a_cfg, &web6_stun).as_deref() == Some(EXIT6),
     );
+    assert!(lab
+        .exec(&a, &["ping", "-6", "-c", "1", "-W", "1", "-n", "-q", WEB6])
+        .status
+        .success());
     lab.eventually(Duration::from_secs(10), "mesh traffic still flows", || {
         lab.ping(&a, &b_ip)
     });
@@ -430,6 +480,11 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
         seen_from(&lab, &a, &a_cfg, &web_stun).as_deref(),
         Some(HOME1)
     );
+    assert_eq!(
+        seen_from(&lab, &a, &a_cfg, &web6_stun),
+        None,
+        "no IPv6 without the exit"
+    );
 
     // The exit node dies (its link goes down): fail closed by default, within a bounded time.
     sync_a(&lab, &["--use-exit-node", "exit"]);
@@ -454,6 +509,11 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
             seen_from(&lab, &a, &a_cfg, &web_stun),
             None,
             "fail-closed leaked traffic"
+        );
+        assert_eq!(
+            seen_from(&lab, &a, &a_cfg, &web6_stun),
+            None,
+            "fail-closed leaked IPv6"
         );
     }
     assert!(!lab.ping(&a, WEB));

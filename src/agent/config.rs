@@ -64,6 +64,9 @@ pub struct AppliedNat {
     pub out_iface: String,
     /// "nftables" or "iptables".
     pub firewall: String,
+    /// The interface IPv6 leaves by, when the exit node has IPv6 and NATs the IPv6 mesh too.
+    #[serde(default)]
+    pub out_iface6: Option<String>,
 }
 
 /// The full tunnel through an exit node as set up on this host.
@@ -79,6 +82,9 @@ pub struct AppliedTunnel {
     pub keep_outside: Vec<std::net::IpAddr>,
     /// The default gateway before the tunnel (macOS and Windows pin routes through it).
     pub gateway: Ipv4Addr,
+    /// Whether the exit node also carries IPv6 (it advertised `::/0`).
+    #[serde(default)]
+    pub exit_ipv6: bool,
 }
 
 /// What this host has set up, so teardown removes exactly that and nothing else.

@@ -164,6 +164,24 @@ fn save_peer_cache(config_path: &std::path::Path, peers: &[PeerInfo]) {
     }
 }
 
+/// The interface this config and assignment call for: the IPv4 mesh address, and the IPv6
+/// one derived from it under the server's IPv6 mesh prefix.
+pub fn interface_spec(config: &ClientConfig, assignment: &Assignment) -> InterfaceSpec {
+    let prefix6 = crate::mesh6::prefix(&assignment.server_public_key);
+    InterfaceSpec {
+        name: config.interface.clone(),
+        private_key: config.private_key.clone(),
+        listen_port: config.listen_port,
+        address: assignment.assigned_ip,
+        network: assignment.network_cidr,
+        ipv6: Some((
+            crate::mesh6::address(prefix6, assignment.assigned_ip),
+            prefix6,
+        )),
+        mtu: os::DEFAULT_MTU,
+    }
+}
+
 /// Our hostname: the configured one, else the OS's, else "wgmesh-node".
 pub fn local_hostname(config: &ClientConfig) -> Hostname {
     if let Some(h) = &config.hostname {
@@ -190,10 +208,14 @@ impl Engine {
         Ok(())
     }
 
-    fn register_request(&self) -> RegisterRequest {
+    fn register_request(&mut self) -> RegisterRequest {
         let mut allowed_ips = Vec::new();
         if self.config.exit_node {
             allowed_ips.push("0.0.0.0/0".parse().expect("literal"));
+            // IPv6 too, when this host can send IPv6 to the internet.
+            if self.ipv6_default_interface().is_some() {
+                allowed_ips.push("::/0".parse().expect("literal"));
+            }
         }
         RegisterRequest {
             public_key: self.config.private_key.public_key(),
@@ -214,7 +236,8 @@ impl Engine {
 
     /// Registers (idempotent) and stores the assignment.
     pub fn register(&mut self) -> Result<&Assignment, AgentError> {
-        let answer = self.client.register(&self.register_request())?;
+        let request = self.register_request();
+        let answer = self.client.register(&request)?;
         let assignment = Assignment {
             peer_id: answer.peer_id,
             assigned_ip: answer.assigned_ip,
@@ -258,14 +281,7 @@ impl Engine {
     }
 
     fn spec(&self, assignment: &Assignment) -> InterfaceSpec {
-        InterfaceSpec {
-            name: self.config.interface.clone(),
-            private_key: self.config.private_key.clone(),
-            listen_port: self.config.listen_port,
-            address: assignment.assigned_ip,
-            network: assignment.network_cidr,
-            mtu: os::DEFAULT_MTU,
-        }
+        interface_spec(&self.config, assignment)
     }
 
     /// The peers as WireGuard should know them: each peer's own prefixes, and a default
@@ -293,14 +309,18 @@ impl Engine {
     /// Prefixes beyond the mesh network that must be routed into the interface. Never a
     /// default route: an exit node's is the full tunnel's business (policy routing with a
     /// fwmark); a plain default route here would loop WireGuard's own packets into itself.
-    fn extra_routes(desired: &[PeerSpec], mesh: ipnet::Ipv4Net) -> BTreeSet<IpNet> {
+    fn extra_routes(
+        desired: &[PeerSpec],
+        mesh: ipnet::Ipv4Net,
+        mesh6: ipnet::Ipv6Net,
+    ) -> BTreeSet<IpNet> {
         desired
             .iter()
             .flat_map(|p| p.allowed_ips.iter())
             .filter(|net| net.prefix_len() != 0)
             .filter(|net| match net {
                 IpNet::V4(v4) => !mesh.contains(v4),
-                IpNet::V6(_) => true,
+                IpNet::V6(v6) => !mesh6.contains(v6),
             })
             .map(IpNet::trunc)
             .collect()
@@ -496,7 +516,11 @@ impl Engine {
 
         self.reconcile_nat(&real_name, assignment.network_cidr, sink)?;
 
-        let want_routes = Self::extra_routes(&desired, assignment.network_cidr);
+        let want_routes = Self::extra_routes(
+            &desired,
+            assignment.network_cidr,
+            crate::mesh6::prefix(&assignment.server_public_key),
+        );
         let have_routes: BTreeSet<IpNet> = self
             .config
             .applied
@@ -615,6 +639,10 @@ impl Engine {
                 .collect(),
             keep_outside,
             gateway,
+            exit_ipv6: spec
+                .allowed_ips
+                .iter()
+                .any(|n| matches!(n, IpNet::V6(v6) if v6.prefix_len() == 0)),
         }))
     }
 
@@ -680,6 +708,12 @@ impl Engine {
         })
     }
 
+    /// The interface of the IPv6 default route, if this host has one.
+    fn ipv6_default_interface(&mut self) -> Option<String> {
+        self.read("ip", &["-6", "route", "show", "default"])
+            .and_then(|out| word_after(&out, "dev"))
+    }
+
     /// Sets up, changes or removes NAT so this host serves as an exit node when asked to.
     fn reconcile_nat(
         &mut self,
@@ -707,6 +741,7 @@ impl Engine {
             Some(AppliedNat {
                 out_iface,
                 firewall: firewall.to_owned(),
+                out_iface6: self.ipv6_default_interface(),
             })
         } else {
             None
@@ -744,12 +779,33 @@ impl Engine {
         } else {
             os::Firewall::Iptables
         };
-        let plan = if on {
+        let unsupported = |e: os::Unsupported| AgentError::Usage(e.to_string());
+        let mut plan = if on {
             os::exit_node_nat_on(self.os, real_name, &out, mesh, firewall)
         } else {
             os::exit_node_nat_off(self.os, real_name, &out, mesh, firewall)
-        };
-        plan.map_err(|e| AgentError::Usage(e.to_string()))
+        }
+        .map_err(unsupported)?;
+        // The IPv6 mesh too, when this exit node has IPv6 to offer.
+        let mesh6 = self
+            .config
+            .assignment
+            .as_ref()
+            .map(|a| crate::mesh6::prefix(&a.server_public_key));
+        if let (Some(out6), Some(mesh6)) = (nat.out_iface6.as_deref(), mesh6) {
+            let out6: InterfaceName = out6
+                .parse()
+                .map_err(|e| AgentError::Usage(format!("IPv6 default route interface: {e}")))?;
+            plan.extend(
+                if on {
+                    os::exit_node_nat6_on(self.os, real_name, &out6, mesh6, firewall)
+                } else {
+                    os::exit_node_nat6_off(self.os, real_name, firewall)
+                }
+                .map_err(unsupported)?,
+            );
+        }
+        Ok(plan)
     }
 
     /// Removes NAT and the full tunnel recorded as applied (before rebuilding or tearing down
@@ -840,6 +896,9 @@ fn tunnel_peer(t: &AppliedTunnel, with_default: bool) -> PeerSpec {
     let mut allowed_ips = t.exit_allowed_ips.clone();
     if with_default {
         allowed_ips.push("0.0.0.0/0".parse().expect("literal"));
+        if t.exit_ipv6 {
+            allowed_ips.push("::/0".parse().expect("literal"));
+        }
     }
     PeerSpec {
         public_key: t.exit_public_key,
@@ -872,11 +931,12 @@ mod tests {
     #[test]
     fn extra_routes_skip_the_mesh_and_never_include_a_default_route() {
         let mesh: Ipv4Net = "10.100.0.0/16".parse().unwrap();
+        let mesh6: ipnet::Ipv6Net = "fd12:3456:789a::/96".parse().unwrap();
         let desired = [
-            peer(&["10.100.0.2/32", "192.0.2.0/24"]),
-            peer(&["10.100.0.3/32", "0.0.0.0/0"]),
+            peer(&["10.100.0.2/32", "fd12:3456:789a::a64:2/128", "192.0.2.0/24"]),
+            peer(&["10.100.0.3/32", "0.0.0.0/0", "::/0"]),
         ];
-        let routes: Vec<String> = Engine::extra_routes(&desired, mesh)
+        let routes: Vec<String> = Engine::extra_routes(&desired, mesh, mesh6)
             .iter()
             .map(|n| n.to_string())
             .collect();

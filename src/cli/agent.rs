@@ -724,14 +724,7 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
             crate::agent::engine::load_peer_cache(&path)
         }
     };
-    let spec = crate::os::InterfaceSpec {
-        name: cfg.interface.clone(),
-        private_key: cfg.private_key.clone(),
-        listen_port: cfg.listen_port,
-        address: assignment.assigned_ip,
-        network: assignment.network_cidr,
-        mtu: crate::os::DEFAULT_MTU,
-    };
+    let spec = crate::agent::engine::interface_spec(&cfg, &assignment);
     // The chosen exit node (if any) gets the default route, so wg-quick makes the same full
     // tunnel the agent would.
     let exit = cfg.use_exit_node.as_deref().and_then(|wanted| {

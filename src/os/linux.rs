@@ -6,7 +6,7 @@ use super::{
     InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs, FWMARK_TABLE,
 };
 use crate::types::InterfaceName;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::IpAddr;
 
 pub(super) fn create(name: &InterfaceName) -> Plan {
@@ -57,6 +57,35 @@ pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
         "dev",
         name,
     ]));
+    if let Some((address, prefix)) = spec.ipv6 {
+        // nodad: the address is ours by construction, and duplicate detection would leave it
+        // "tentative" (unusable) for a second or two.
+        commands.push(
+            Command::new("ip")
+                .args([
+                    "-6",
+                    "address",
+                    "add",
+                    &format!("{address}/128"),
+                    "dev",
+                    name,
+                    "nodad",
+                ])
+                .tolerate_failure(),
+        );
+        commands.push(
+            Command::new("ip")
+                .args([
+                    "-6",
+                    "route",
+                    "add",
+                    &prefix.trunc().to_string(),
+                    "dev",
+                    name,
+                ])
+                .tolerate_failure(),
+        );
+    }
     Plan::of(commands)
 }
 
@@ -295,9 +324,41 @@ fn iptables_chain(name: &InterfaceName) -> String {
     format!("WGMESH-{name}")
 }
 
-fn iptables(table: &str) -> Command {
+/// The address family of an exit node's NAT: IPv4 for the mesh network, IPv6 for the
+/// IPv6 mesh prefix. The two rule sets are alike but live in separate tables and tools.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// nftables family and address keyword.
+    fn nft(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("ip", "ip"),
+            Family::V6 => ("ip6", "ip6"),
+        }
+    }
+
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn forwarding(self) -> &'static str {
+        match self {
+            Family::V4 => "net.ipv4.ip_forward=1",
+            Family::V6 => "net.ipv6.conf.all.forwarding=1",
+        }
+    }
+}
+
+fn iptables_for(family: Family, table: &str) -> Command {
     // -w: wait for the xtables lock instead of failing when another tool holds it.
-    Command::new("iptables").args(["-w", "-t", table])
+    Command::new(family.iptables()).args(["-w", "-t", table])
 }
 
 pub(super) fn exit_node_nat_on(
@@ -306,24 +367,56 @@ pub(super) fn exit_node_nat_on(
     mesh: Ipv4Net,
     firewall: Firewall,
 ) -> Plan {
-    let mesh = mesh.trunc().to_string();
-    let forward = Command::new("sysctl").args(["-q", "net.ipv4.ip_forward=1"]);
+    nat_on(Family::V4, name, out, mesh.trunc().to_string(), firewall)
+}
+
+pub(super) fn exit_node_nat6_on(
+    name: &InterfaceName,
+    out: &InterfaceName,
+    mesh: Ipv6Net,
+    firewall: Firewall,
+) -> Plan {
+    nat_on(Family::V6, name, out, mesh.trunc().to_string(), firewall)
+}
+
+pub(super) fn exit_node_nat_off(
+    name: &InterfaceName,
+    _out: &InterfaceName,
+    _mesh: Ipv4Net,
+    firewall: Firewall,
+) -> Plan {
+    nat_off(Family::V4, name, firewall)
+}
+
+pub(super) fn exit_node_nat6_off(name: &InterfaceName, firewall: Firewall) -> Plan {
+    nat_off(Family::V6, name, firewall)
+}
+
+fn nat_on(
+    family: Family,
+    name: &InterfaceName,
+    out: &InterfaceName,
+    mesh: String,
+    firewall: Firewall,
+) -> Plan {
+    let forward = Command::new("sysctl").args(["-q", family.forwarding()]);
+    let (nft_family, addr) = family.nft();
     match firewall {
         Firewall::Nftables => {
             let table = nft_table(name);
             // Declaring then deleting the table first makes the load a replacement in one
             // atomic transaction, whether or not the table existed.
             let ruleset = format!(
-                "table ip {table}\n\
-                 delete table ip {table}\n\
-                 table ip {table} {{\n\
+                "table {nft_family} {table}\n\
+                 delete table {nft_family} {table}\n\
+                 table {nft_family} {table} {{\n\
                  \tchain postrouting {{\n\
                  \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-                 \t\tip saddr {mesh} oifname \"{out}\" masquerade\n\
+                 \t\t{addr} saddr {mesh} oifname \"{out}\" masquerade\n\
                  \t}}\n\
                  \tchain forward {{\n\
                  \t\ttype filter hook forward priority filter; policy accept;\n\
-                 \t\tiifname \"{name}\" oifname \"{out}\" ip saddr {mesh} accept\n\
+                 \t\tiifname \"{name}\" oifname \"{out}\" {addr} saddr {mesh} accept\n\
                  \t\tiifname \"{out}\" oifname \"{name}\" ct state established,related accept\n\
                  \t\tiifname \"{out}\" oifname \"{name}\" drop\n\
                  \t}}\n\
@@ -339,26 +432,27 @@ pub(super) fn exit_node_nat_on(
         Firewall::Iptables => {
             let chain = iptables_chain(name);
             let (name, out) = (name.as_str(), out.as_str());
+            let ipt = |table: &str| iptables_for(family, table);
             let create_or_flush = |table: &str| {
-                iptables(table)
+                ipt(table)
                     .args(["-N", &chain])
-                    .or_else(iptables(table).args(["-F", &chain]))
+                    .or_else(ipt(table).args(["-F", &chain]))
             };
             let jump_once = |table: &str, builtin: &str, how: &str| {
-                iptables(table)
+                ipt(table)
                     .args(["-C", builtin, "-j", &chain])
-                    .or_else(iptables(table).args([how, builtin, "-j", &chain]))
+                    .or_else(ipt(table).args([how, builtin, "-j", &chain]))
             };
             Plan::of(vec![
                 forward,
                 create_or_flush("nat"),
-                iptables("nat").args(["-A", &chain, "-s", &mesh, "-o", out, "-j", "MASQUERADE"]),
+                ipt("nat").args(["-A", &chain, "-s", &mesh, "-o", out, "-j", "MASQUERADE"]),
                 jump_once("nat", "POSTROUTING", "-A"),
                 create_or_flush("filter"),
-                iptables("filter").args([
+                ipt("filter").args([
                     "-A", &chain, "-i", name, "-o", out, "-s", &mesh, "-j", "ACCEPT",
                 ]),
-                iptables("filter").args([
+                ipt("filter").args([
                     "-A",
                     &chain,
                     "-i",
@@ -372,7 +466,7 @@ pub(super) fn exit_node_nat_on(
                     "-j",
                     "ACCEPT",
                 ]),
-                iptables("filter").args(["-A", &chain, "-i", out, "-o", name, "-j", "DROP"]),
+                ipt("filter").args(["-A", &chain, "-i", out, "-o", name, "-j", "DROP"]),
                 // Inserted first, so a DROP policy or rule later in FORWARD (Docker's) does
                 // not stop mesh traffic.
                 jump_once("filter", "FORWARD", "-I"),
@@ -381,15 +475,10 @@ pub(super) fn exit_node_nat_on(
     }
 }
 
-pub(super) fn exit_node_nat_off(
-    name: &InterfaceName,
-    _out: &InterfaceName,
-    _mesh: Ipv4Net,
-    firewall: Firewall,
-) -> Plan {
+fn nat_off(family: Family, name: &InterfaceName, firewall: Firewall) -> Plan {
     match firewall {
         Firewall::Nftables => Plan::of(vec![Command::new("nft")
-            .args(["delete", "table", "ip", &nft_table(name)])
+            .args(["delete", "table", family.nft().0, &nft_table(name)])
             .tolerate_failure()]),
         Firewall::Iptables => {
             let chain = iptables_chain(name);
@@ -400,7 +489,7 @@ pub(super) fn exit_node_nat_off(
                     vec!["-F", &chain],
                     vec!["-X", &chain],
                 ] {
-                    commands.push(iptables(table).args(args).tolerate_failure());
+                    commands.push(iptables_for(family, table).args(args).tolerate_failure());
                 }
             }
             Plan::of(commands)

@@ -93,6 +93,22 @@ pub(super) fn configure(
         &IpNet::V4(spec.network.trunc()),
         real_name,
     ));
+    if let Some((address, prefix)) = spec.ipv6 {
+        commands.push(
+            Command::new("ifconfig")
+                .args([
+                    real,
+                    "inet6",
+                    &format!("{address}"),
+                    "prefixlen",
+                    "128",
+                    "alias",
+                ])
+                .tolerate_failure(),
+        );
+        commands
+            .push(interface_route("add", &IpNet::V6(prefix.trunc()), real_name).tolerate_failure());
+    }
     Plan::of(commands)
 }
 

@@ -414,6 +414,9 @@ pub struct InterfaceSpec {
     pub address: Ipv4Addr,
     /// The whole mesh network, routed into the interface.
     pub network: Ipv4Net,
+    /// This device's IPv6 mesh address (a /128) and the IPv6 mesh prefix, when the mesh
+    /// carries IPv6 (see [`crate::mesh6`]). Hosts with IPv6 turned off tolerate their absence.
+    pub ipv6: Option<(std::net::Ipv6Addr, ipnet::Ipv6Net)>,
     /// Tunnel MTU, normally [`DEFAULT_MTU`].
     pub mtu: u16,
 }
@@ -605,6 +608,42 @@ pub fn exit_node_nat_off(
         TargetOs::Linux => Ok(linux::exit_node_nat_off(
             real_name, out_iface, mesh, firewall,
         )),
+        _ => Err(Unsupported {
+            os,
+            what: "an exit node",
+        }),
+    }
+}
+
+/// IPv6 twin of [`exit_node_nat_on`]: forwards and masquerades traffic from the IPv6 mesh
+/// prefix out of `out_iface` (the IPv6 default route's interface), in an `ip6` table (or
+/// ip6tables chains) of wgmesh's own.
+pub fn exit_node_nat6_on(
+    os: TargetOs,
+    real_name: &InterfaceName,
+    out_iface: &InterfaceName,
+    mesh6: ipnet::Ipv6Net,
+    firewall: Firewall,
+) -> Result<Plan, Unsupported> {
+    match os {
+        TargetOs::Linux => Ok(linux::exit_node_nat6_on(
+            real_name, out_iface, mesh6, firewall,
+        )),
+        _ => Err(Unsupported {
+            os,
+            what: "an exit node",
+        }),
+    }
+}
+
+/// Undoes [`exit_node_nat6_on`].
+pub fn exit_node_nat6_off(
+    os: TargetOs,
+    real_name: &InterfaceName,
+    firewall: Firewall,
+) -> Result<Plan, Unsupported> {
+    match os {
+        TargetOs::Linux => Ok(linux::exit_node_nat6_off(real_name, firewall)),
         _ => Err(Unsupported {
             os,
             what: "an exit node",

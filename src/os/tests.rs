@@ -32,6 +32,10 @@ fn spec() -> InterfaceSpec {
         listen_port: 51820,
         address: "10.100.0.5".parse().unwrap(),
         network: "10.100.0.0/16".parse().unwrap(),
+        ipv6: Some((
+            "fd12:3456:789a::a64:5".parse().unwrap(),
+            "fd12:3456:789a::/96".parse().unwrap(),
+        )),
         mtu: DEFAULT_MTU,
     }
 }

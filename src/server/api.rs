@@ -150,7 +150,11 @@ fn parse_body<T: DeserializeOwned>(req: &Request) -> Result<T, Refusal> {
 
 /// Validates advertised prefixes: bounded, normalized, no default route unless an exit node,
 /// and never overlapping the mesh (which would let a peer capture others' addresses).
-fn check_allowed_ips(req: &RegisterRequest, mesh: Ipv4Net) -> Result<Vec<IpNet>, Refusal> {
+fn check_allowed_ips(
+    req: &RegisterRequest,
+    mesh: Ipv4Net,
+    mesh6: ipnet::Ipv6Net,
+) -> Result<Vec<IpNet>, Refusal> {
     if req.allowed_ips.len() > MAX_ALLOWED_IPS {
         return Err(Refusal(
             400,
@@ -172,12 +176,14 @@ fn check_allowed_ips(req: &RegisterRequest, mesh: Ipv4Net) -> Result<Vec<IpNet>,
                 ),
             ));
         }
-        let overlaps = net.contains(&mesh.network()) || mesh.contains(&net.network());
+        let overlaps = [mesh, IpNet::V6(mesh6)]
+            .iter()
+            .any(|m| net.contains(&m.network()) || m.contains(&net.network()));
         if overlaps && net.prefix_len() != 0 {
             return Err(Refusal(
                 400,
                 format!(
-                    "field `allowed_ips`: {net} overlaps the mesh network {mesh}, whose addresses the server assigns"
+                    "field `allowed_ips`: {net} overlaps the mesh network {mesh} or {mesh6}, whose addresses the server assigns"
                 ),
             ));
         }
@@ -444,7 +450,8 @@ impl Api {
             return Err(Refusal(401, why));
         }
         let network = lock(&self.registry).network();
-        let allowed_ips = check_allowed_ips(&body, network)?;
+        let mesh6 = crate::mesh6::prefix(&self.server_public_key);
+        let allowed_ips = check_allowed_ips(&body, network, mesh6)?;
         let mut registration = Registration {
             public_key: body.public_key,
             hostname: body.hostname,

@@ -188,6 +188,8 @@ impl RunningServer {
         let peers = snapshot.peers.len();
         let registry = registry::Registry::from_snapshot(snapshot)
             .map_err(|e| ServerError::Config(e.to_string()))?;
+        let mut registry = registry;
+        registry.set_mesh6(crate::mesh6::prefix(&key.public_key()));
         let trust = trust::Trust::load(config)?;
         let stun = start_stun(config)?;
         let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));

@@ -11,7 +11,7 @@ use crate::store::{PeerRecord, Snapshot, FORMAT_VERSION};
 use crate::timefmt;
 use crate::tokens::Tag;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -62,9 +62,17 @@ pub struct Registry {
     ids: HashMap<PeerId, PublicKey>,
     generation: u64,
     dirty: bool,
+    /// The IPv6 mesh prefix (from the server key); each peer's /128 is listed beside its /32.
+    mesh6: Option<Ipv6Net>,
 }
 
 impl Registry {
+    /// Gives every peer an IPv6 mesh address under `prefix` (see [`crate::mesh6`]).
+    pub fn set_mesh6(&mut self, prefix: Ipv6Net) {
+        self.mesh6 = Some(prefix);
+        self.generation += 1;
+    }
+
     /// Rebuilds the registry (and the address pool) from a loaded snapshot.
     pub fn from_snapshot(snapshot: Snapshot) -> Result<Registry, IpamError> {
         let mut ipam = Ipam::new(snapshot.network_cidr)?;
@@ -81,6 +89,7 @@ impl Registry {
             ids,
             generation: 1,
             dirty: false,
+            mesh6: None,
         })
     }
 
@@ -277,7 +286,7 @@ impl Registry {
             .peers
             .values()
             .filter(|p| p.online)
-            .map(|p| (p.tags.clone(), peer_info(p)))
+            .map(|p| (p.tags.clone(), peer_info(p, self.mesh6)))
             .collect();
         entries.sort_by_key(|(_, e)| e.virtual_ip);
         entries
@@ -289,17 +298,21 @@ impl Registry {
             .peers
             .values()
             .filter(|p| p.online)
-            .map(peer_info)
+            .map(|p| peer_info(p, self.mesh6))
             .collect();
         entries.sort_by_key(|e| e.virtual_ip);
         entries
     }
 }
 
-/// The public view of a record: its /32, its advertised prefixes, and the default route for
-/// an exit node.
-pub fn peer_info(p: &PeerRecord) -> PeerInfo {
+/// The public view of a record: its /32 (and /128 in the IPv6 mesh), its advertised prefixes,
+/// and the default route for an exit node.
+pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
     let mut allowed_ips = vec![IpNet::from(std::net::IpAddr::V4(p.virtual_ip))];
+    if let Some(prefix) = mesh6 {
+        let v6 = crate::mesh6::address(prefix, p.virtual_ip);
+        allowed_ips.push(IpNet::from(std::net::IpAddr::V6(v6)));
+    }
     allowed_ips.extend(p.allowed_ips.iter().copied());
     let default_v4: IpNet = "0.0.0.0/0".parse().expect("literal");
     if p.exit_node && !allowed_ips.contains(&default_v4) {
