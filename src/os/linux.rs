@@ -197,9 +197,9 @@ pub(super) fn full_tunnel_on(
     for rule in keep_outside.iter().filter_map(control_plane_rule) {
         commands.push(Command::new("ip").args(["-4", "rule", "add"]).args(rule));
     }
-    // The mesh carries IPv4 only, so while an exit node is in use IPv6 to the internet would
-    // bypass it: send IPv6 defaults into the tunnel too, where no peer accepts them and they
-    // are dropped. Local IPv6 routes (prefix > 0) still apply. Tolerated where IPv6 is off.
+    // IPv6 defaults go into the tunnel too: to the exit node when it offers ::/0 (its peer's
+    // allowed IPs then include it), dropped otherwise, so IPv6 never bypasses the exit node.
+    // Local IPv6 routes (prefix > 0) still apply. Tolerated where IPv6 is off.
     for rule in tunnel_rules() {
         commands.push(
             Command::new("ip")

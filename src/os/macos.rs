@@ -2,8 +2,8 @@
 //! and `route`, following `wg-quick`'s darwin script.
 
 use super::{
-    arg_budget, exit_peer_update, half_defaults, peer_groups, pinned_v4, wg_set, wireguard_go,
-    Command, InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs,
+    arg_budget, exit_peer_update, half_defaults, half_defaults_v6, peer_groups, pinned_v4, wg_set,
+    wireguard_go, Command, InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs,
 };
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
@@ -164,6 +164,10 @@ pub(super) fn full_tunnel_on(
     for half in half_defaults() {
         commands.push(ensure_interface_route(&IpNet::V4(half), real_name));
     }
+    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
+    for half in half_defaults_v6(exit_peer, keep_outside) {
+        commands.push(ensure_interface_route(&IpNet::V6(half), real_name).tolerate_failure());
+    }
     Plan::of(commands)
 }
 
@@ -177,6 +181,9 @@ pub(super) fn full_tunnel_off(
         .iter()
         .map(|half| interface_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
         .collect();
+    for half in half_defaults_v6(exit_peer, keep_outside) {
+        commands.push(interface_route("delete", &IpNet::V6(half), real_name).tolerate_failure());
+    }
     for addr in pinned_v4(exit_peer, keep_outside) {
         commands.push(pinned_route("delete", addr, None).tolerate_failure());
     }

@@ -543,7 +543,9 @@ pub fn destroy(
 ///
 /// The agent must also list `0.0.0.0/0` in the exit peer's desired allowed IPs, or the next
 /// reconcile takes it away again. Run [`full_tunnel_off`] before switching exit nodes; running
-/// `on` twice would duplicate Linux's routing rules. IPv6 is not tunnelled.
+/// `on` twice would duplicate Linux's routing rules. IPv6 defaults go into the tunnel too
+/// (carried when the exit peer's allowed IPs include `::/0`, dropped otherwise); on macOS and
+/// Windows only while no IPv6 address has to stay outside (see [`half_defaults_v6`]).
 pub fn full_tunnel_on(
     os: TargetOs,
     real_name: &InterfaceName,
@@ -816,7 +818,8 @@ fn exit_peer_update(
 }
 
 /// IPv4 addresses to pin outside a full tunnel: the exit peer's endpoint, then `keep_outside`,
-/// without duplicates. IPv6 is not tunnelled, so IPv6 addresses need no pin.
+/// without duplicates. There is no IPv6 gateway to pin IPv6 addresses to; their presence
+/// keeps IPv6 out of the tunnel instead (see [`half_defaults_v6`]).
 fn pinned_v4(exit_peer: &PeerSpec, keep_outside: &[IpAddr]) -> Vec<Ipv4Addr> {
     let mut out: Vec<Ipv4Addr> = Vec::new();
     let endpoint = exit_peer.endpoint.map(|e| e.0.ip());
@@ -832,6 +835,26 @@ fn pinned_v4(exit_peer: &PeerSpec, keep_outside: &[IpAddr]) -> Vec<Ipv4Addr> {
 
 /// The two halves of the IPv4 space: more specific than any default route, so they win
 /// without replacing it (and, on Windows, without the tunnel service's /0 kill-switch).
+/// The two halves of the IPv6 address space (`::/1`, `8000::/1`), routed into the tunnel for
+/// the same reason as [`half_defaults`] — but only when no address that must stay outside the
+/// tunnel is IPv6: without an IPv6 gateway to pin it to, such an address would be captured
+/// and WireGuard's own packets would loop. Returns nothing in that case (IPv6 then keeps its
+/// usual route, as wg-quick on these systems would need an IPv6 pin too).
+fn half_defaults_v6(exit_peer: &PeerSpec, keep_outside: &[IpAddr]) -> Vec<ipnet::Ipv6Net> {
+    let endpoint = exit_peer.endpoint.map(|e| e.0.ip());
+    if keep_outside
+        .iter()
+        .chain(endpoint.iter())
+        .any(IpAddr::is_ipv6)
+    {
+        return Vec::new();
+    }
+    ["::/1", "8000::/1"]
+        .iter()
+        .map(|h| h.parse().expect("literal IPv6 halves"))
+        .collect()
+}
+
 fn half_defaults() -> [Ipv4Net; 2] {
     [
         Ipv4Net::new(Ipv4Addr::new(0, 0, 0, 0), 1).expect("/1 is a valid prefix"),

@@ -84,12 +84,28 @@ fn real(os: TargetOs) -> InterfaceName {
 }
 
 fn keep_outside() -> Vec<IpAddr> {
-    // The coordination server, the exit peer's endpoint again (deduplicated), and an IPv6
-    // address (not tunnelled, so not pinned).
-    ["198.18.0.1", "198.18.0.7", "::1"]
+    // The coordination server and the exit peer's endpoint again (deduplicated).
+    ["198.18.0.1", "198.18.0.7"]
         .iter()
         .map(|s| s.parse().unwrap())
         .collect()
+}
+
+#[test]
+fn ipv6_halves_are_left_out_when_an_ipv6_address_must_stay_outside() {
+    // No IPv6 gateway to pin it to: routing ::/1 and 8000::/1 into the tunnel would capture
+    // it (and, for the exit's endpoint, loop WireGuard's own packets).
+    let mut outside = keep_outside();
+    outside.push("2001:db8::1".parse().unwrap());
+    for os in [TargetOs::Macos, TargetOs::Windows] {
+        let on = full_tunnel_on(os, &real(os), &exit_peer(), &outside, GATEWAY).render();
+        assert!(!on.contains("::/1") && !on.contains("8000::/1"), "{on}");
+        let plain = full_tunnel_on(os, &real(os), &exit_peer(), &keep_outside(), GATEWAY).render();
+        assert!(
+            plain.contains("::/1") && plain.contains("8000::/1"),
+            "{plain}"
+        );
+    }
 }
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);

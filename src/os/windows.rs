@@ -3,8 +3,8 @@
 //! routes the service does not (it only routes the AllowedIPs it saw at install time).
 
 use super::{
-    exit_peer_update, half_defaults, pinned_v4, Command, InterfaceSpec, Payload, PeerSpec, Plan,
-    PlannedFile, Secret,
+    exit_peer_update, half_defaults, half_defaults_v6, pinned_v4, Command, InterfaceSpec, Payload,
+    PeerSpec, Plan, PlannedFile, Secret,
 };
 use crate::types::InterfaceName;
 use ipnet::IpNet;
@@ -125,6 +125,10 @@ pub(super) fn full_tunnel_on(
     for half in half_defaults() {
         commands.push(ensure_netsh_route(&IpNet::V4(half), real_name));
     }
+    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
+    for half in half_defaults_v6(exit_peer, keep_outside) {
+        commands.push(ensure_netsh_route(&IpNet::V6(half), real_name).tolerate_failure());
+    }
     Plan::of(commands)
 }
 
@@ -138,6 +142,9 @@ pub(super) fn full_tunnel_off(
         .iter()
         .map(|half| netsh_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
         .collect();
+    for half in half_defaults_v6(exit_peer, keep_outside) {
+        commands.push(netsh_route("delete", &IpNet::V6(half), real_name).tolerate_failure());
+    }
     for addr in pinned_v4(exit_peer, keep_outside) {
         commands.push(pinned_route("DELETE", addr, gateway).tolerate_failure());
     }
