@@ -8,7 +8,7 @@ pub fn format(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Parses an RFC 3339 UTC time, as written by [`format`].
+/// Parses an RFC 3339 UTC time, as written by [`format()`].
 pub fn parse(s: &str) -> Result<SystemTime, humantime::TimestampError> {
     humantime::parse_rfc3339_weak(s)
 }

@@ -545,7 +545,7 @@ pub fn destroy(
 /// reconcile takes it away again. Run [`full_tunnel_off`] before switching exit nodes; running
 /// `on` twice would duplicate Linux's routing rules. IPv6 defaults go into the tunnel too
 /// (carried when the exit peer's allowed IPs include `::/0`, dropped otherwise); on macOS and
-/// Windows only while no IPv6 address has to stay outside (see [`half_defaults_v6`]).
+/// Windows only while no IPv6 address has to stay outside (no IPv6 gateway exists to pin it to).
 pub fn full_tunnel_on(
     os: TargetOs,
     real_name: &InterfaceName,
