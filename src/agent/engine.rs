@@ -182,6 +182,14 @@ pub fn interface_spec(config: &ClientConfig, assignment: &Assignment) -> Interfa
     }
 }
 
+/// Whether `peer` is the one a user named with `--use-exit-node` (its hostname, mesh
+/// address or peer id): the one rule the agent, `export` and `netcheck` all go by.
+pub fn is_named(peer: &PeerInfo, wanted: &str) -> bool {
+    peer.hostname.as_str() == wanted
+        || peer.virtual_ip.to_string() == wanted
+        || peer.id.as_str() == wanted
+}
+
 /// Our hostname: the configured one, else the OS's, else "wgmesh-node".
 pub fn local_hostname(config: &ClientConfig) -> Hostname {
     if let Some(h) = &config.hostname {
@@ -568,11 +576,7 @@ impl Engine {
         let Some(wanted) = self.config.use_exit_node.as_deref() else {
             return Ok(None);
         };
-        let found = peers.iter().find(|p| {
-            p.hostname.as_str() == wanted
-                || p.virtual_ip.to_string() == wanted
-                || p.id.as_str() == wanted
-        });
+        let found = peers.iter().find(|p| is_named(p, wanted));
         match found {
             Some(p) if !p.exit_node => Err(AgentError::Usage(format!(
                 "peer {wanted} ({}) does not offer to be an exit node: start it with --exit-node",

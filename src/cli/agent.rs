@@ -730,12 +730,7 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
     let exit = cfg.use_exit_node.as_deref().and_then(|wanted| {
         peers
             .iter()
-            .find(|p| {
-                p.exit_node
-                    && (p.hostname.as_str() == wanted
-                        || p.virtual_ip.to_string() == wanted
-                        || p.id.as_str() == wanted)
-            })
+            .find(|p| p.exit_node && crate::agent::engine::is_named(p, wanted))
             .map(|p| p.public_key)
     });
     let desired = Engine::desired_peers(&peers, exit.as_ref());

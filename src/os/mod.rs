@@ -586,15 +586,9 @@ pub fn exit_node_nat_on(
     mesh: Ipv4Net,
     firewall: Firewall,
 ) -> Result<Plan, Unsupported> {
-    match os {
-        TargetOs::Linux => Ok(linux::exit_node_nat_on(
-            real_name, out_iface, mesh, firewall,
-        )),
-        _ => Err(Unsupported {
-            os,
-            what: "an exit node",
-        }),
-    }
+    exit_node_only_on_linux(os, || {
+        linux::exit_node_nat_on(real_name, out_iface, mesh, firewall)
+    })
 }
 
 /// Undoes [`exit_node_nat_on`]: deletes wgmesh's table or chains. IP forwarding is left on,
@@ -606,15 +600,9 @@ pub fn exit_node_nat_off(
     mesh: Ipv4Net,
     firewall: Firewall,
 ) -> Result<Plan, Unsupported> {
-    match os {
-        TargetOs::Linux => Ok(linux::exit_node_nat_off(
-            real_name, out_iface, mesh, firewall,
-        )),
-        _ => Err(Unsupported {
-            os,
-            what: "an exit node",
-        }),
-    }
+    exit_node_only_on_linux(os, || {
+        linux::exit_node_nat_off(real_name, out_iface, mesh, firewall)
+    })
 }
 
 /// IPv6 twin of [`exit_node_nat_on`]: forwards and masquerades traffic from the IPv6 mesh
@@ -627,15 +615,9 @@ pub fn exit_node_nat6_on(
     mesh6: ipnet::Ipv6Net,
     firewall: Firewall,
 ) -> Result<Plan, Unsupported> {
-    match os {
-        TargetOs::Linux => Ok(linux::exit_node_nat6_on(
-            real_name, out_iface, mesh6, firewall,
-        )),
-        _ => Err(Unsupported {
-            os,
-            what: "an exit node",
-        }),
-    }
+    exit_node_only_on_linux(os, || {
+        linux::exit_node_nat6_on(real_name, out_iface, mesh6, firewall)
+    })
 }
 
 /// Undoes [`exit_node_nat6_on`].
@@ -644,8 +626,13 @@ pub fn exit_node_nat6_off(
     real_name: &InterfaceName,
     firewall: Firewall,
 ) -> Result<Plan, Unsupported> {
+    exit_node_only_on_linux(os, || linux::exit_node_nat6_off(real_name, firewall))
+}
+
+/// Exit nodes exist on Linux only for now: every other OS gets the same clear refusal.
+fn exit_node_only_on_linux(os: TargetOs, plan: impl FnOnce() -> Plan) -> Result<Plan, Unsupported> {
     match os {
-        TargetOs::Linux => Ok(linux::exit_node_nat6_off(real_name, firewall)),
+        TargetOs::Linux => Ok(plan()),
         _ => Err(Unsupported {
             os,
             what: "an exit node",

@@ -9,7 +9,7 @@ use super::{Command, Plan, PlannedFile};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// What a successful command printed.
@@ -270,14 +270,8 @@ impl Runner for SystemRunner {
     }
 
     fn write_file(&mut self, file: &PlannedFile) -> io::Result<()> {
-        write_atomically(&file.path, file.contents.as_bytes(), file.mode)
+        crate::fsutil::write_atomic(&file.path, file.contents.as_bytes(), file.mode)
     }
-}
-
-/// Writes a planned file atomically with its mode; kept as the runner's entry point, the
-/// one implementation lives in [`crate::fsutil::write_atomic`].
-pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    crate::fsutil::write_atomic(path, contents, mode)
 }
 
 /// What a [`RecordingRunner`] answers for one expected command.
@@ -389,7 +383,6 @@ impl Drop for RecordingRunner {
 mod tests {
     use super::*;
     use crate::os::{Payload, Secret};
-    use std::fs;
 
     fn ip(args: &[&str]) -> Command {
         Command::new("ip").args(args.iter().copied())
@@ -560,25 +553,5 @@ mod tests {
         .run(&Command::new("sleep").arg("5"))
         .unwrap_err();
         assert!(matches!(slow.failure, Failure::TimedOut(_)), "{slow}");
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn atomic_write_creates_private_files_and_replaces_old_ones() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("wgmesh-runner-{}", std::process::id()));
-        let path = dir.join("sub").join("wg0.conf");
-        write_atomically(&path, b"one", 0o600).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        write_atomically(&path, b"two", 0o600).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from("wg0.conf")]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -194,7 +194,6 @@ impl Gate {
 pub struct HttpServer {
     local_addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    gate: Arc<Gate>,
     accept_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -231,7 +230,7 @@ impl HttpServer {
         let gate = Arc::new(Gate::default());
         let limits = Arc::new(limits);
         let accept_thread = {
-            let (stop, gate) = (stop.clone(), gate.clone());
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name("http-accept".into())
                 .spawn(move || accept_loop(listener, limits, handler, gate, stop, tls))?
@@ -239,7 +238,6 @@ impl HttpServer {
         Ok(HttpServer {
             local_addr,
             stop,
-            gate,
             accept_thread: Some(accept_thread),
         })
     }
@@ -247,11 +245,6 @@ impl HttpServer {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// How many connections are open now.
-    pub fn open_connections(&self) -> usize {
-        self.gate.open.load(Ordering::Relaxed)
     }
 
     /// Stops accepting new connections; open ones finish their current request.

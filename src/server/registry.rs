@@ -291,18 +291,6 @@ impl Registry {
         entries.sort_by_key(|(_, e)| e.virtual_ip);
         entries
     }
-
-    /// The online peers as `/peers` shows them, in address order.
-    pub fn online_entries(&self) -> Vec<PeerInfo> {
-        let mut entries: Vec<PeerInfo> = self
-            .peers
-            .values()
-            .filter(|p| p.online)
-            .map(|p| peer_info(p, self.mesh6))
-            .collect();
-        entries.sort_by_key(|e| e.virtual_ip);
-        entries
-    }
 }
 
 /// The public view of a record: its /32 (and /128 in the IPv6 mesh), its advertised prefixes,
