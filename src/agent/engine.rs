@@ -8,12 +8,12 @@ use super::client::{ApiClient, ClientError, PeerList};
 use super::config::{
     Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig, ConfigError, ExitFallback,
 };
-use crate::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
+use crate::agent::reconcile;
 use crate::os::runner::{execute, ExecuteError, Runner};
+use crate::os::wgdump;
 use crate::os::{self, Command, InterfaceSpec, PeerSpec, Plan, TargetOs};
-use crate::reconcile;
+use crate::proto::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::types::{Hostname, InterfaceName, OsName};
-use crate::wgdump;
 use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -148,13 +148,13 @@ pub fn peer_cache_path(config_path: &std::path::Path) -> PathBuf {
 pub fn load_peer_cache(config_path: &std::path::Path) -> Vec<PeerInfo> {
     std::fs::read(peer_cache_path(config_path))
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<crate::model::PeersResponse>(&bytes).ok())
+        .and_then(|bytes| serde_json::from_slice::<crate::proto::model::PeersResponse>(&bytes).ok())
         .map(|r| r.peers)
         .unwrap_or_default()
 }
 
 fn save_peer_cache(config_path: &std::path::Path, peers: &[PeerInfo]) {
-    let body = crate::model::PeersResponse {
+    let body = crate::proto::model::PeersResponse {
         peers: peers.to_vec(),
     };
     let bytes = serde_json::to_vec(&body).expect("peer lists serialize");
@@ -167,7 +167,7 @@ fn save_peer_cache(config_path: &std::path::Path, peers: &[PeerInfo]) {
 /// The interface this config and assignment call for: the IPv4 mesh address, and the IPv6
 /// one derived from it under the server's IPv6 mesh prefix.
 pub fn interface_spec(config: &ClientConfig, assignment: &Assignment) -> InterfaceSpec {
-    let prefix6 = crate::mesh6::prefix(&assignment.server_public_key);
+    let prefix6 = crate::proto::mesh6::prefix(&assignment.server_public_key);
     InterfaceSpec {
         name: config.interface.clone(),
         private_key: config.private_key.clone(),
@@ -175,7 +175,7 @@ pub fn interface_spec(config: &ClientConfig, assignment: &Assignment) -> Interfa
         address: assignment.assigned_ip,
         network: assignment.network_cidr,
         ipv6: Some((
-            crate::mesh6::address(prefix6, assignment.assigned_ip),
+            crate::proto::mesh6::address(prefix6, assignment.assigned_ip),
             prefix6,
         )),
         mtu: os::DEFAULT_MTU,
@@ -527,7 +527,7 @@ impl Engine {
         let want_routes = Self::extra_routes(
             &desired,
             assignment.network_cidr,
-            crate::mesh6::prefix(&assignment.server_public_key),
+            crate::proto::mesh6::prefix(&assignment.server_public_key),
         );
         let have_routes: BTreeSet<IpNet> = self
             .config
@@ -795,7 +795,7 @@ impl Engine {
             .config
             .assignment
             .as_ref()
-            .map(|a| crate::mesh6::prefix(&a.server_public_key));
+            .map(|a| crate::proto::mesh6::prefix(&a.server_public_key));
         if let (Some(out6), Some(mesh6)) = (nat.out_iface6.as_deref(), mesh6) {
             let out6: InterfaceName = out6
                 .parse()

@@ -5,3 +5,5 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod netcheck;
+pub mod reconcile;

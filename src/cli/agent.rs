@@ -10,9 +10,9 @@ use crate::agent::daemon::{self, Intervals};
 use crate::agent::engine::{AgentError, Engine, Sink};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::os::runner::{Runner, SystemRunner};
+use crate::os::wgdump;
 use crate::os::{Command, TargetOs};
 use crate::types::{Endpoint, Hostname, InterfaceName};
-use crate::wgdump;
 use argh::FromArgs;
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -734,7 +734,7 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
             .map(|p| p.public_key)
     });
     let desired = Engine::desired_peers(&peers, exit.as_ref());
-    write_stdout(&crate::wgquick::render(&spec, &desired))
+    write_stdout(&crate::os::wgquick::render(&spec, &desired))
 }
 
 /// `wgmesh genkey`.

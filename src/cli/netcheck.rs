@@ -4,7 +4,7 @@
 
 use super::{init_logging, Failure, LogLevel, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
 use crate::agent::config::{self, ClientConfig};
-use crate::netcheck::{self, Report};
+use crate::agent::netcheck::{self, Report};
 use argh::FromArgs;
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

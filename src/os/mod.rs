@@ -13,10 +13,12 @@
 mod linux;
 mod macos;
 pub mod runner;
+pub mod wgdump;
+pub mod wgquick;
 mod windows;
 
+use crate::agent::reconcile::PeerChanges;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::reconcile::PeerChanges;
 use crate::types::{Endpoint, InterfaceName, InvalidValue};
 use ipnet::{IpNet, Ipv4Net};
 use std::borrow::Cow;
@@ -415,7 +417,7 @@ pub struct InterfaceSpec {
     /// The whole mesh network, routed into the interface.
     pub network: Ipv4Net,
     /// This device's IPv6 mesh address (a /128) and the IPv6 mesh prefix, when the mesh
-    /// carries IPv6 (see [`crate::mesh6`]). Hosts with IPv6 turned off tolerate their absence.
+    /// carries IPv6 (see [`crate::proto::mesh6`]). Hosts with IPv6 turned off tolerate their absence.
     pub ipv6: Option<(std::net::Ipv6Addr, ipnet::Ipv6Net)>,
     /// Tunnel MTU, normally [`DEFAULT_MTU`].
     pub mtu: u16,

@@ -5,7 +5,7 @@
 //! exactly once), copies it to the new machine, and the machine presents it when it first
 //! registers. The server keeps only SHA-256 hashes, so a leaked token file lets nobody join.
 //! Each token may be limited in uses and lifetime, may be revoked, and carries the [`Tag`]s
-//! its machines get, which the policy (`crate::policy`) uses to decide who sees whom.
+//! its machines get, which the policy (`crate::server::policy`) uses to decide who sees whom.
 //!
 //! Persistence is the caller's job: [`TokenStore`] is plain serde data kept in memory.
 
@@ -223,7 +223,7 @@ impl fmt::Display for TokenError {
             TokenError::Expired { id, at } => write!(
                 f,
                 "join token {id} expired at {}: create a new one",
-                crate::audit::rfc3339(*at)
+                crate::server::audit::rfc3339(*at)
             ),
             TokenError::UsedUp { id } => write!(
                 f,
@@ -474,7 +474,7 @@ mod time {
     use std::time::SystemTime;
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::audit::rfc3339(*t))
+        s.serialize_str(&crate::server::audit::rfc3339(*t))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {

@@ -9,7 +9,7 @@
 //! hostname or header cannot forge a line.
 
 use crate::keys::PublicKey;
-use crate::tokens::TokenId;
+use crate::server::tokens::TokenId;
 use crate::types::PeerId;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};

@@ -2,7 +2,7 @@
 //! store. Handlers validate everything before anything is stored, journal a change before
 //! acknowledging it, and never hold the registry lock while touching the disk or a socket.
 //!
-//! Every peer request is authenticated (`crate::auth`): the MAC must come from the key the
+//! Every peer request is authenticated (`crate::proto::auth`): the MAC must come from the key the
 //! request concerns (the key being registered, or the key registered under the peer id), and
 //! every answer to an authenticated request carries the server's response MAC. A first
 //! registration also needs a join token unless the server runs `--open`. `/peers` shows each
@@ -12,17 +12,17 @@ use super::http::{Body, Handler, Request, Response};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
 use super::registry::{Prepared, Registration, Registry};
 use super::trust::{Trust, ADMIN_HEADER};
-use crate::audit::{AuditEvent, AuditKind};
-use crate::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
-use crate::ipam::IpamError;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::model::{
+use crate::proto::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
+use crate::proto::model::{
     DeregisterRequest, HeartbeatRequest, KeyResponse, RegisterRequest, RegisterResponse,
     SuccessResponse,
 };
-use crate::policy::Membership;
-use crate::store::{JournalEntry, Store};
-use crate::tokens::{Tag, TokenRecord};
+use crate::server::audit::{AuditEvent, AuditKind};
+use crate::server::ipam::IpamError;
+use crate::server::policy::Membership;
+use crate::server::store::{JournalEntry, Store};
+use crate::server::tokens::{Tag, TokenRecord};
 use crate::types::PeerId;
 use ipnet::{IpNet, Ipv4Net};
 use serde::de::DeserializeOwned;
@@ -65,7 +65,7 @@ pub struct Api {
     /// Distinguishes ETags across restarts, since generations restart at 1.
     epoch: u64,
     /// The STUN services' counters, exported with the rest.
-    stun_stats: std::sync::OnceLock<Vec<Arc<crate::stun_service::StunStats>>>,
+    stun_stats: std::sync::OnceLock<Vec<Arc<crate::server::stun_service::StunStats>>>,
 }
 
 /// Who signed a request that verified, so the answer can be signed for them.
@@ -222,15 +222,15 @@ fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
     TokenView {
         id: t.id.to_string(),
         uses_left: t.uses_left,
-        expires_at: t.expires_at.map(crate::audit::rfc3339),
+        expires_at: t.expires_at.map(crate::server::audit::rfc3339),
         tags: t.tags.clone(),
-        created_at: crate::audit::rfc3339(t.created_at),
+        created_at: crate::server::audit::rfc3339(t.created_at),
         revoked: t.revoked,
         status: match t.check(now) {
             Ok(()) => "usable".into(),
-            Err(crate::tokens::TokenError::Revoked { .. }) => "revoked".into(),
-            Err(crate::tokens::TokenError::Expired { .. }) => "expired".into(),
-            Err(crate::tokens::TokenError::UsedUp { .. }) => "used up".into(),
+            Err(crate::server::tokens::TokenError::Revoked { .. }) => "revoked".into(),
+            Err(crate::server::tokens::TokenError::Expired { .. }) => "expired".into(),
+            Err(crate::server::tokens::TokenError::UsedUp { .. }) => "used up".into(),
             Err(e) => e.to_string(),
         },
     }
@@ -273,7 +273,7 @@ impl Api {
     }
 
     /// Hands over the STUN services' counters for `/metrics` (once, at startup).
-    pub fn set_stun_stats(&self, stats: Vec<Arc<crate::stun_service::StunStats>>) {
+    pub fn set_stun_stats(&self, stats: Vec<Arc<crate::server::stun_service::StunStats>>) {
         let _ = self.stun_stats.set(stats);
     }
 
@@ -450,7 +450,7 @@ impl Api {
             return Err(Refusal(401, why));
         }
         let network = lock(&self.registry).network();
-        let mesh6 = crate::mesh6::prefix(&self.server_public_key);
+        let mesh6 = crate::proto::mesh6::prefix(&self.server_public_key);
         let allowed_ips = check_allowed_ips(&body, network, mesh6)?;
         let mut registration = Registration {
             public_key: body.public_key,
@@ -580,7 +580,7 @@ impl Api {
                         },
                         record.hostname,
                         record.virtual_ip,
-                        crate::policy::describe_tags(&record.tags)
+                        crate::server::policy::describe_tags(&record.tags)
                     ));
                 if let Some((_, token)) = &redeemed {
                     event = event.token(token.id.clone());
@@ -823,9 +823,10 @@ impl Api {
             stats
                 .iter()
                 .map(|s| s.snapshot())
-                .fold(crate::stun_service::StunCounters::default(), |a, b| {
-                    a.merge(b)
-                })
+                .fold(
+                    crate::server::stun_service::StunCounters::default(),
+                    |a, b| a.merge(b),
+                )
                 .render_prometheus(&mut out);
         }
         out
@@ -865,7 +866,7 @@ impl Api {
                 let expires = body
                     .expires
                     .as_deref()
-                    .map(crate::tokens::parse_expiry)
+                    .map(crate::server::tokens::parse_expiry)
                     .transpose()
                     .map_err(|e| Refusal(400, format!("field `expires`: {e}")))?;
                 let mut tokens = lock(&self.trust.tokens);
@@ -888,8 +889,8 @@ impl Api {
                                 .map_or("unlimited".into(), |n| n.to_string()),
                             record
                                 .expires_at
-                                .map_or("never".into(), crate::audit::rfc3339),
-                            crate::policy::describe_tags(&record.tags)
+                                .map_or("never".into(), crate::server::audit::rfc3339),
+                            crate::server::policy::describe_tags(&record.tags)
                         )),
                 );
                 log::info!("created join token {}", record.id);
@@ -911,8 +912,8 @@ impl Api {
                         endpoint: r.published_endpoint().map(|e| e.to_string()),
                         online: r.online,
                         tags: r.tags.clone(),
-                        registered_at: crate::audit::rfc3339(r.registered_at),
-                        last_heartbeat: crate::audit::rfc3339(r.last_heartbeat),
+                        registered_at: crate::server::audit::rfc3339(r.registered_at),
+                        last_heartbeat: crate::server::audit::rfc3339(r.last_heartbeat),
                     })
                     .collect();
                 Ok(ok_json(
