@@ -8,46 +8,28 @@
 //! registration also needs a join token unless the server runs `--open`. `/peers` shows each
 //! caller only the peers the access policy lets it see. `/admin/...` takes the admin secret.
 
+mod admin;
+mod error;
+mod peer;
+
+pub use error::parse_body;
+pub use peer::MAX_ALLOWED_IPS;
+
 use super::http::{Body, Handler, Request, Response};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
-use super::registry::{Prepared, Registration, Registry};
-use super::trust::{Trust, ADMIN_HEADER};
+use super::peer_list::PeerLists;
+use super::registry::Registry;
+use super::trust::Trust;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
-use crate::proto::model::{
-    DeregisterRequest, HeartbeatRequest, KeyResponse, RegisterRequest, RegisterResponse,
-    SuccessResponse,
-};
+use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
-use crate::server::ipam::IpamError;
-use crate::server::policy::Membership;
-use crate::server::store::{JournalEntry, Store};
-use crate::server::tokens::{Tag, TokenRecord};
+use crate::server::store::Store;
 use crate::types::PeerId;
-use ipnet::{IpNet, Ipv4Net};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use error::{ok_json, too_many, unknown_peer, Refusal};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
-
-/// Most extra prefixes one peer may advertise.
-pub const MAX_ALLOWED_IPS: usize = 64;
-
-/// The serialized list of online peers one tag group may see, shared by every `/peers` answer
-/// to that group until the registry's generation or the policy moves on. Each caller gets it
-/// minus its own entry, as two slices.
-#[derive(Debug)]
-struct PeerListCache {
-    generation: u64,
-    policy_version: u64,
-    body: Arc<Vec<u8>>,
-    /// For each listed peer, the bytes to cut (its entry and one adjacent comma).
-    cut: std::collections::HashMap<PeerId, Range<usize>>,
-}
+use std::time::{Instant, SystemTime};
 
 /// The coordination API: shared by every connection thread.
 pub struct Api {
@@ -55,13 +37,11 @@ pub struct Api {
     /// The store doubles as the write lock: changes are journaled one at a time, in order.
     store: Mutex<Store>,
     /// One cached list per tag group (the caller's sorted tags).
-    cache: Mutex<HashMap<Vec<Tag>, Arc<PeerListCache>>>,
+    cache: PeerLists,
     metrics: Metrics,
     auth: ServerAuth,
     server_public_key: PublicKey,
     trust: Trust,
-    auth_failures: AtomicU64,
-    rate_limited: AtomicU64,
     /// Distinguishes ETags across restarts, since generations restart at 1.
     epoch: u64,
     /// The STUN services' counters, exported with the rest.
@@ -78,179 +58,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A handler's refusal: status plus message, and how long to wait for a 429.
-struct Refusal {
-    status: u16,
-    message: String,
-    retry_after: Option<Duration>,
-}
-
-// A braced struct lives only in the type namespace, so this constructor keeps the terse
-// `Refusal(400, ...)` of every handler.
-
-#[allow(non_snake_case)]
-fn Refusal(status: u16, message: String) -> Refusal {
-    Refusal {
-        status,
-        message,
-        retry_after: None,
-    }
-}
-
-impl From<Refusal> for Response {
-    fn from(r: Refusal) -> Response {
-        let response = Response::error(r.status, &r.message);
-        match r.retry_after {
-            Some(wait) => response.with_header("Retry-After", wait.as_secs().max(1).to_string()),
-            None => response,
-        }
-    }
-}
-
-fn too_many(what: &str, source: IpAddr, wait: Duration) -> Refusal {
-    Refusal {
-        status: 429,
-        message: format!(
-            "too many {what} from {source}: retry after {} s",
-            wait.as_secs().max(1)
-        ),
-        retry_after: Some(wait),
-    }
-}
-
-fn ok_json<T: serde::Serialize>(value: &T) -> Response {
-    Response::json(
-        200,
-        serde_json::to_vec(value).expect("API types always serialize"),
-    )
-}
-
-fn parse_body<T: DeserializeOwned>(req: &Request) -> Result<T, Refusal> {
-    if req.body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Refusal(
-            400,
-            "request body is empty: send a JSON object".into(),
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(&req.body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = if path == "." || path.is_empty() {
-            String::new()
-        } else {
-            format!("field `{path}`: ")
-        };
-        Refusal(400, format!("invalid request body: {field}{inner}"))
-    })?;
-    de.end()
-        .map_err(|e| Refusal(400, format!("invalid request body: {e}")))?;
-    Ok(value)
-}
-
-/// Validates advertised prefixes: bounded, normalized, no default route unless an exit node,
-/// and never overlapping the mesh (which would let a peer capture others' addresses).
-fn check_allowed_ips(
-    req: &RegisterRequest,
-    mesh: Ipv4Net,
-    mesh6: ipnet::Ipv6Net,
-) -> Result<Vec<IpNet>, Refusal> {
-    if req.allowed_ips.len() > MAX_ALLOWED_IPS {
-        return Err(Refusal(
-            400,
-            format!(
-                "field `allowed_ips`: {} prefixes given, at most {MAX_ALLOWED_IPS} are accepted",
-                req.allowed_ips.len()
-            ),
-        ));
-    }
-    let mesh = IpNet::V4(mesh);
-    let mut out: Vec<IpNet> = Vec::with_capacity(req.allowed_ips.len());
-    for net in &req.allowed_ips {
-        let net = net.trunc();
-        if net.prefix_len() == 0 && !req.exit_node {
-            return Err(Refusal(
-                400,
-                format!(
-                    "field `allowed_ips`: {net} is a default route; set exit_node to offer one"
-                ),
-            ));
-        }
-        let overlaps = [mesh, IpNet::V6(mesh6)]
-            .iter()
-            .any(|m| net.contains(&m.network()) || m.contains(&net.network()));
-        if overlaps && net.prefix_len() != 0 {
-            return Err(Refusal(
-                400,
-                format!(
-                    "field `allowed_ips`: {net} overlaps the mesh network {mesh} or {mesh6}, whose addresses the server assigns"
-                ),
-            ));
-        }
-        if !out.contains(&net) {
-            out.push(net);
-        }
-    }
-    Ok(out)
-}
-
-/// `POST /admin/tokens`: what the operator asks for.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenCreateRequest {
-    #[serde(default)]
-    uses: Option<u32>,
-    #[serde(default)]
-    expires: Option<String>,
-    #[serde(default)]
-    tags: Vec<Tag>,
-}
-
-/// One token as `token list` shows it: never the hash, and a status column.
-#[derive(Debug, Serialize)]
-struct TokenView {
-    id: String,
-    uses_left: Option<u32>,
-    expires_at: Option<String>,
-    tags: Vec<Tag>,
-    created_at: String,
-    revoked: bool,
-    status: String,
-}
-
-fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
-    TokenView {
-        id: t.id.to_string(),
-        uses_left: t.uses_left,
-        expires_at: t.expires_at.map(crate::server::audit::rfc3339),
-        tags: t.tags.clone(),
-        created_at: crate::server::audit::rfc3339(t.created_at),
-        revoked: t.revoked,
-        status: match t.check(now) {
-            Ok(()) => "usable".into(),
-            Err(crate::server::tokens::TokenError::Revoked { .. }) => "revoked".into(),
-            Err(crate::server::tokens::TokenError::Expired { .. }) => "expired".into(),
-            Err(crate::server::tokens::TokenError::UsedUp { .. }) => "used up".into(),
-            Err(e) => e.to_string(),
-        },
-    }
-}
-
-/// One peer in the admin view: everything the registry holds, offline peers included.
-#[derive(Debug, Serialize)]
-struct AdminPeerView {
-    id: PeerId,
-    public_key: PublicKey,
-    virtual_ip: std::net::Ipv4Addr,
-    hostname: String,
-    os: String,
-    endpoint: Option<String>,
-    online: bool,
-    tags: Vec<Tag>,
-    registered_at: String,
-    last_heartbeat: String,
-}
-
 impl Api {
     /// Builds the API over a loaded registry and its store, signing with the server's key and
     /// deciding who may do what with `trust`.
@@ -260,13 +67,11 @@ impl Api {
         Api {
             registry: Mutex::new(registry),
             store: Mutex::new(store),
-            cache: Mutex::new(HashMap::new()),
+            cache: PeerLists::default(),
             metrics: Metrics::default(),
             server_public_key: server_key.public_key(),
             auth: ServerAuth::new(server_key, ReplayCache::default()),
             trust,
-            auth_failures: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
             epoch: u64::from_le_bytes(seed),
             stun_stats: std::sync::OnceLock::new(),
         }
@@ -319,7 +124,7 @@ impl Api {
             Ok((changed, policy)) => {
                 let text = policy.to_string();
                 if changed {
-                    lock(&self.cache).clear();
+                    self.cache.clear();
                     log::info!("access policy reloaded: {text}");
                     let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
                         .detail(format!("policy reloaded: {text}"));
@@ -348,7 +153,7 @@ impl Api {
     fn auth_failed(&self, req: &Request, key: Option<PublicKey>, id: Option<&PeerId>, why: &str) {
         let source = req.remote.ip().to_canonical();
         let _ = self.trust.auth_failure_limit.take(source, Instant::now());
-        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
         log::warn!(
             "refused {} {} from {}: {why}",
             req.method,
@@ -374,7 +179,7 @@ impl Api {
             .auth_failure_limit
             .check(source, Instant::now())
             .map_err(|wait| {
-                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                 too_many("failed authentications", source, wait)
             })
     }
@@ -430,357 +235,6 @@ impl Api {
         }
     }
 
-    fn register(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
-        let source = req.remote.ip().to_canonical();
-        self.trust
-            .register_limit
-            .take(source, Instant::now())
-            .map_err(|wait| {
-                self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                too_many("registrations", source, wait)
-            })?;
-        let key = self.authenticate(req, authed)?;
-        let body: RegisterRequest = parse_body(req)?;
-        if body.public_key != key {
-            let why = format!(
-                "request signed by {key} tries to register {}: only a key's owner may register it",
-                body.public_key
-            );
-            self.auth_failed(req, Some(key), None, &why);
-            return Err(Refusal(401, why));
-        }
-        let network = lock(&self.registry).network();
-        let mesh6 = crate::proto::mesh6::prefix(&self.server_public_key);
-        let allowed_ips = check_allowed_ips(&body, network, mesh6)?;
-        let mut registration = Registration {
-            public_key: body.public_key,
-            hostname: body.hostname,
-            os: body.os,
-            endpoint: body.endpoint,
-            listen_port: body.listen_port,
-            exit_node: body.exit_node,
-            allowed_ips,
-            observed_ip: source,
-            tags: Vec::new(),
-        };
-        let now = SystemTime::now();
-        let mut store = lock(&self.store);
-        let known = lock(&self.registry).knows(&key);
-        // A known key proves ownership with its MAC and keeps the tags it joined with; a new
-        // key needs an invitation, which is checked here but used up only once all else passed.
-        let mut tokens = lock(&self.trust.tokens);
-        let redeemed: Result<_, (u16, String)> = match &body.token {
-            _ if known => Ok(None),
-            None if self.trust.open => Ok(None),
-            None => Err((
-                401,
-                "a join token is required to register a new key: pass --token \
-                 (create one with `wgmesh token create` on the server)"
-                    .to_owned(),
-            )),
-            Some(text) => {
-                let mut next = tokens.store.clone();
-                match next.redeem_record(text, now) {
-                    Ok(record) => {
-                        let record = record.clone();
-                        registration.tags = record.tags.clone();
-                        Ok(Some((next, record)))
-                    }
-                    Err(e) => Err((e.http_status(), e.to_string())),
-                }
-            }
-        };
-        let redeemed = match redeemed {
-            Ok(r) => r,
-            Err((status, why)) => {
-                // Audit outside the locks: a refusal must not hold up other registrations.
-                drop(tokens);
-                drop(store);
-                self.auth_failed(req, Some(key), None, &why);
-                return Err(Refusal(status, why));
-            }
-        };
-        let prepared = lock(&self.registry)
-            .prepare(&registration, now)
-            .map_err(|e| match e {
-                IpamError::Exhausted(_) => Refusal(503, e.to_string()),
-                other => Refusal(500, other.to_string()),
-            })?;
-        let record = match &prepared {
-            Prepared::Unchanged(record) => {
-                drop(tokens);
-                drop(store);
-                lock(&self.registry).heartbeat(&record.id, None, source, now);
-                self.metrics
-                    .registrations_repeat
-                    .fetch_add(1, Ordering::Relaxed);
-                record.clone()
-            }
-            Prepared::Write {
-                record,
-                fresh_address,
-            } => {
-                let previous = tokens.store.clone();
-                if let Some((next, _)) = &redeemed {
-                    if let Err(e) = tokens.replace(next.clone()) {
-                        lock(&self.registry).abort(&prepared);
-                        log::error!("cannot save the token file: {e}");
-                        return Err(Refusal(
-                            500,
-                            format!("registration could not be stored: {e}"),
-                        ));
-                    }
-                }
-                let entry = JournalEntry::Put {
-                    peer: record.clone(),
-                };
-                if let Err(e) = store.append(&entry) {
-                    lock(&self.registry).abort(&prepared);
-                    if redeemed.is_some() {
-                        let _ = tokens.replace(previous);
-                    }
-                    log::error!("registration of {} failed: {e}", record.public_key);
-                    return Err(Refusal(
-                        500,
-                        format!("registration could not be stored: {e}"),
-                    ));
-                }
-                lock(&self.registry).commit(record.clone());
-                drop(tokens);
-                drop(store);
-                let counter = if *fresh_address {
-                    log::info!(
-                        "registered {} ({}) as {} at {}",
-                        record.id,
-                        record.hostname,
-                        record.virtual_ip,
-                        record
-                            .published_endpoint()
-                            .map_or("unknown endpoint".into(), |e| e.to_string())
-                    );
-                    &self.metrics.registrations_new
-                } else {
-                    log::info!(
-                        "updated registration of {} ({})",
-                        record.id,
-                        record.hostname
-                    );
-                    &self.metrics.registrations_repeat
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                let mut event = AuditEvent::new(AuditKind::Registration, now)
-                    .source(req.remote)
-                    .peer_key(record.public_key)
-                    .detail(format!(
-                        "{} {} as {} with tags {}",
-                        if *fresh_address {
-                            "registered"
-                        } else {
-                            "re-registered"
-                        },
-                        record.hostname,
-                        record.virtual_ip,
-                        crate::server::policy::describe_tags(&record.tags)
-                    ));
-                if let Some((_, token)) = &redeemed {
-                    event = event.token(token.id.clone());
-                }
-                self.trust.audit(event);
-                record.clone()
-            }
-        };
-        Ok(ok_json(&RegisterResponse {
-            success: true,
-            assigned_ip: record.virtual_ip,
-            network_cidr: network,
-            peer_id: record.id,
-            server_public_key: self.server_public_key,
-        }))
-    }
-
-    fn heartbeat(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
-        let key = self.authenticate(req, authed)?;
-        let body: HeartbeatRequest = parse_body(req)?;
-        self.check_owner(req, &key, &body.peer_id)?;
-        let observed = req.remote.ip().to_canonical();
-        let known = lock(&self.registry)
-            .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
-            .is_some();
-        if !known {
-            return Err(unknown_peer(&body.peer_id));
-        }
-        Ok(ok_json(&SuccessResponse { success: true }))
-    }
-
-    fn deregister(&self, req: &Request, id: &PeerId, by: &str) -> Result<Response, Refusal> {
-        let mut store = lock(&self.store);
-        let Some(record) = lock(&self.registry).by_id(id).cloned() else {
-            return Err(unknown_peer(id));
-        };
-        store
-            .append(&JournalEntry::Delete {
-                public_key: record.public_key,
-            })
-            .map_err(|e| Refusal(500, format!("deregistration could not be stored: {e}")))?;
-        lock(&self.registry).remove(id);
-        drop(store);
-        log::info!(
-            "deregistered {id} ({}) {by}; {} returns to the pool",
-            record.hostname,
-            record.virtual_ip
-        );
-        self.metrics.deregistrations.fetch_add(1, Ordering::Relaxed);
-        self.trust.audit(
-            AuditEvent::new(AuditKind::Deregistration, SystemTime::now())
-                .source(req.remote)
-                .peer_key(record.public_key)
-                .detail(format!(
-                    "{} ({}) removed {by}",
-                    record.hostname, record.virtual_ip
-                )),
-        );
-        Ok(ok_json(&SuccessResponse { success: true }))
-    }
-
-    fn peer_deregister(
-        &self,
-        req: &Request,
-        authed: &mut Option<Authed>,
-        id: Option<&str>,
-    ) -> Result<Response, Refusal> {
-        let key = self.authenticate(req, authed)?;
-        let id = match id {
-            Some(raw) => raw
-                .parse::<PeerId>()
-                .map_err(|e| Refusal(400, format!("path: {e}")))?,
-            None => parse_body::<DeregisterRequest>(req)?.peer_id,
-        };
-        self.check_owner(req, &key, &id)?;
-        self.deregister(req, &id, "by itself")
-    }
-
-    fn etag(&self, generation: u64, policy_version: u64) -> String {
-        format!("\"{:016x}-{generation}-{policy_version}\"", self.epoch)
-    }
-
-    fn peers(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
-        let key = self.authenticate(req, authed)?;
-        let Some(raw_id) = req.query_param("peer_id") else {
-            return Err(Refusal(
-                400,
-                "missing query parameter `peer_id`: call GET /peers?peer_id=YOUR_PEER_ID".into(),
-            ));
-        };
-        let id: PeerId = raw_id
-            .parse()
-            .map_err(|e| Refusal(400, format!("query parameter `peer_id`: {e}")))?;
-        self.check_owner(req, &key, &id)?;
-        let (generation, tags) = {
-            let registry = lock(&self.registry);
-            let Some(record) = registry.by_id(&id) else {
-                return Err(unknown_peer(&id));
-            };
-            (registry.generation(), record.tags.clone())
-        };
-        let (_, policy_version) = self.trust.policy.current();
-        let etag = self.etag(generation, policy_version);
-        if let Some(tags) = req.header("if-none-match") {
-            if tags.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-                return Ok(Response {
-                    status: 304,
-                    headers: vec![("ETag", etag)],
-                    body: Body::Empty,
-                });
-            }
-        }
-        let cache = self.current_list(&tags);
-        let parts = match cache.cut.get(&id) {
-            Some(cut) => [0..cut.start, cut.end..cache.body.len()],
-            None => [0..cache.body.len(), 0..0],
-        };
-        Ok(Response {
-            status: 200,
-            headers: vec![
-                ("Content-Type", "application/json".into()),
-                ("ETag", self.etag(cache.generation, cache.policy_version)),
-            ],
-            body: Body::Shared(cache.body.clone(), parts),
-        })
-    }
-
-    /// The cached list for a tag group at the current generation and policy, rebuilt by one
-    /// thread when stale; the registry lock is held only to copy the entries, never while
-    /// serializing.
-    fn current_list(&self, group: &[Tag]) -> Arc<PeerListCache> {
-        let mut slots = lock(&self.cache);
-        let (policy, policy_version) = self.trust.policy.current();
-        let (generation, entries) = {
-            let registry = lock(&self.registry);
-            let generation = registry.generation();
-            if let Some(cache) = slots
-                .get(group)
-                .filter(|c| c.generation == generation && c.policy_version == policy_version)
-            {
-                return cache.clone();
-            }
-            (generation, registry.online_tagged())
-        };
-        if slots
-            .values()
-            .any(|c| c.generation != generation || c.policy_version != policy_version)
-        {
-            slots.clear();
-        }
-        let mine = policy.membership(group);
-        let mut memberships: HashMap<Vec<Tag>, Membership> = HashMap::new();
-        let visible: Vec<_> = entries
-            .iter()
-            .filter(|(tags, _)| {
-                memberships
-                    .entry(tags.clone())
-                    .or_insert_with(|| policy.membership(tags))
-                    .sees(&mine)
-            })
-            .map(|(_, entry)| entry)
-            .collect();
-        let mut body = Vec::with_capacity(64 + visible.len() * 320);
-        body.extend_from_slice(b"{\"peers\":[");
-        let mut spans = Vec::with_capacity(visible.len());
-        for (i, entry) in visible.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            let start = body.len();
-            serde_json::to_writer(&mut body, entry).expect("API types always serialize");
-            spans.push((entry.id.clone(), start..body.len()));
-        }
-        body.extend_from_slice(b"]}");
-        let count = spans.len();
-        let cut = spans
-            .into_iter()
-            .enumerate()
-            .map(|(i, (id, span))| {
-                // Cut the entry with the comma before it, or after it for the first entry.
-                let range = if i > 0 {
-                    span.start - 1..span.end
-                } else if count > 1 {
-                    span.start..span.end + 1
-                } else {
-                    span
-                };
-                (id, range)
-            })
-            .collect();
-        let cache = Arc::new(PeerListCache {
-            generation,
-            policy_version,
-            body: Arc::new(body),
-            cut,
-        });
-        slots.insert(group.to_vec(), cache.clone());
-        cache
-    }
-
     fn healthz(&self) -> Response {
         let (total, online) = {
             let registry = lock(&self.registry);
@@ -796,180 +250,11 @@ impl Api {
             let registry = lock(&self.registry);
             (registry.len(), registry.online())
         };
-        let extra = format!(
-            "# HELP wgmesh_auth_failures_total Requests refused for a bad MAC, stale time, replay, wrong key, bad token or admin secret.\n\
-             # TYPE wgmesh_auth_failures_total counter\n\
-             wgmesh_auth_failures_total {}\n\
-             # HELP wgmesh_rate_limited_total Requests answered 429.\n\
-             # TYPE wgmesh_rate_limited_total counter\n\
-             wgmesh_rate_limited_total {}\n",
-            self.auth_failures.load(Ordering::Relaxed),
-            self.rate_limited.load(Ordering::Relaxed)
-        );
+        let stun = self.stun_stats.get().map_or(&[][..], Vec::as_slice);
         Response {
             status: 200,
             headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: Body::Owned(
-                self.metrics
-                    .render(total, online, &(extra + &self.stun_metrics()))
-                    .into_bytes(),
-            ),
-        }
-    }
-
-    fn stun_metrics(&self) -> String {
-        let mut out = String::new();
-        if let Some(stats) = self.stun_stats.get().filter(|s| !s.is_empty()) {
-            stats
-                .iter()
-                .map(|s| s.snapshot())
-                .fold(
-                    crate::server::stun_service::StunCounters::default(),
-                    |a, b| a.merge(b),
-                )
-                .render_prometheus(&mut out);
-        }
-        out
-    }
-
-    /// Checks the admin secret; failures count against the source's failure budget.
-    fn admin_check(&self, req: &Request) -> Result<(), Refusal> {
-        self.check_failure_budget(req)?;
-        if self.trust.admin.matches(req.header(ADMIN_HEADER)) {
-            return Ok(());
-        }
-        let why = "admin requests need `Authorization: Bearer SECRET` with the server's \
-                   admin.secret (peers' own credentials never open /admin)";
-        self.auth_failed(req, None, None, why);
-        Err(Refusal(401, why.into()))
-    }
-
-    fn admin(&self, req: &Request, rest: &str) -> Result<Response, Refusal> {
-        self.admin_check(req)?;
-        let method = req.method.as_str();
-        let now = SystemTime::now();
-        match (method, rest) {
-            ("GET", "tokens") => {
-                let tokens = lock(&self.trust.tokens);
-                let list: Vec<TokenView> = tokens
-                    .store
-                    .list()
-                    .iter()
-                    .map(|t| token_view(t, now))
-                    .collect();
-                Ok(ok_json(
-                    &serde_json::json!({"success": true, "tokens": list}),
-                ))
-            }
-            ("POST", "tokens") => {
-                let body: TokenCreateRequest = parse_body(req)?;
-                let expires = body
-                    .expires
-                    .as_deref()
-                    .map(crate::server::tokens::parse_expiry)
-                    .transpose()
-                    .map_err(|e| Refusal(400, format!("field `expires`: {e}")))?;
-                let mut tokens = lock(&self.trust.tokens);
-                let mut next = tokens.store.clone();
-                let (secret, record) = next
-                    .create(body.uses, expires, body.tags, now)
-                    .map_err(|e| Refusal(e.http_status(), e.to_string()))?;
-                tokens
-                    .replace(next)
-                    .map_err(|e| Refusal(500, format!("token could not be stored: {e}")))?;
-                drop(tokens);
-                self.trust.audit(
-                    AuditEvent::new(AuditKind::TokenCreate, now)
-                        .source(req.remote)
-                        .token(record.id.clone())
-                        .detail(format!(
-                            "uses {}, expires {}, tags {}",
-                            record
-                                .uses_left
-                                .map_or("unlimited".into(), |n| n.to_string()),
-                            record
-                                .expires_at
-                                .map_or("never".into(), crate::server::audit::rfc3339),
-                            crate::server::policy::describe_tags(&record.tags)
-                        )),
-                );
-                log::info!("created join token {}", record.id);
-                let view = token_view(&record, now);
-                Ok(ok_json(
-                    &serde_json::json!({"success": true, "token": secret, "info": view}),
-                ))
-            }
-            ("GET", "peers") => {
-                let records = lock(&self.registry).records();
-                let list: Vec<AdminPeerView> = records
-                    .iter()
-                    .map(|r| AdminPeerView {
-                        id: r.id.clone(),
-                        public_key: r.public_key,
-                        virtual_ip: r.virtual_ip,
-                        hostname: r.hostname.to_string(),
-                        os: r.os.to_string(),
-                        endpoint: r.published_endpoint().map(|e| e.to_string()),
-                        online: r.online,
-                        tags: r.tags.clone(),
-                        registered_at: crate::server::audit::rfc3339(r.registered_at),
-                        last_heartbeat: crate::server::audit::rfc3339(r.last_heartbeat),
-                    })
-                    .collect();
-                Ok(ok_json(
-                    &serde_json::json!({"success": true, "peers": list}),
-                ))
-            }
-            ("POST", "policy/reload") => match self.reload_policy(Some(req.remote)) {
-                Ok((changed, policy)) => Ok(ok_json(
-                    &serde_json::json!({"success": true, "changed": changed, "policy": policy}),
-                )),
-                Err(e) => Err(Refusal(400, format!("{e}; the old policy stays in force"))),
-            },
-            _ => {
-                if let Some(id) = rest.strip_prefix("tokens/") {
-                    if method != "DELETE" {
-                        return Err(Refusal(
-                            405,
-                            format!("{method} is not allowed here: use DELETE"),
-                        ));
-                    }
-                    let mut tokens = lock(&self.trust.tokens);
-                    let mut next = tokens.store.clone();
-                    let record = next
-                        .revoke(id)
-                        .map_err(|e| Refusal(e.http_status(), e.to_string()))?
-                        .clone();
-                    tokens
-                        .replace(next)
-                        .map_err(|e| Refusal(500, format!("token could not be stored: {e}")))?;
-                    drop(tokens);
-                    self.trust.audit(
-                        AuditEvent::new(AuditKind::TokenRevoke, now)
-                            .source(req.remote)
-                            .token(record.id.clone())
-                            .detail("revoked"),
-                    );
-                    log::info!("revoked join token {}", record.id);
-                    return Ok(ok_json(&SuccessResponse { success: true }));
-                }
-                if let Some(raw) = rest.strip_prefix("peers/") {
-                    if method != "DELETE" {
-                        return Err(Refusal(
-                            405,
-                            format!("{method} is not allowed here: use DELETE"),
-                        ));
-                    }
-                    let id: PeerId = raw
-                        .parse()
-                        .map_err(|e| Refusal(400, format!("path: {e}")))?;
-                    return self.deregister(req, &id, "by an operator");
-                }
-                Err(Refusal(
-                    404,
-                    format!("no such admin endpoint: {method} /admin/{rest}"),
-                ))
-            }
+            body: Body::Owned(self.metrics.render(total, online, stun).into_bytes()),
         }
     }
 
@@ -1058,13 +343,6 @@ impl Api {
         response.headers.extend(headers);
         response
     }
-}
-
-fn unknown_peer(id: &PeerId) -> Refusal {
-    Refusal(
-        404,
-        format!("unknown peer {id}: it never registered or was deregistered; register again"),
-    )
 }
 
 impl Handler for Api {
