@@ -41,9 +41,9 @@ fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
     TokenView {
         id: t.id.to_string(),
         uses_left: t.uses_left,
-        expires_at: t.expires_at.map(crate::server::audit::rfc3339),
+        expires_at: t.expires_at.map(crate::time::format_exact),
         tags: t.tags.clone(),
-        created_at: crate::server::audit::rfc3339(t.created_at),
+        created_at: crate::time::format_exact(t.created_at),
         revoked: t.revoked,
         status: match t.check(now) {
             Ok(()) => "usable".into(),
@@ -128,7 +128,7 @@ impl Api {
                                 .map_or("unlimited".into(), |n| n.to_string()),
                             record
                                 .expires_at
-                                .map_or("never".into(), crate::server::audit::rfc3339),
+                                .map_or("never".into(), crate::time::format_exact),
                             crate::server::policy::describe_tags(&record.tags)
                         )),
                 );
@@ -151,8 +151,8 @@ impl Api {
                         endpoint: r.published_endpoint().map(|e| e.to_string()),
                         online: r.online,
                         tags: r.tags.clone(),
-                        registered_at: crate::server::audit::rfc3339(r.registered_at),
-                        last_heartbeat: crate::server::audit::rfc3339(r.last_heartbeat),
+                        registered_at: crate::time::format_exact(r.registered_at),
+                        last_heartbeat: crate::time::format_exact(r.last_heartbeat),
                     })
                     .collect();
                 Ok(ok_json(
