@@ -99,7 +99,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
         let peers = crate::agent::engine::load_peer_cache(&path);
         let expected = peers
             .iter()
-            .find(|p| crate::agent::engine::is_named(p, &wanted))
+            .find(|p| crate::agent::desired::is_named(p, &wanted))
             .and_then(|p| p.endpoint)
             .map(|e| e.0.ip());
         let seen = report.mapped.map(|m| m.ip());

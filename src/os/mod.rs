@@ -24,6 +24,7 @@ mod windows;
 pub use command::{quote, Command, Payload, Plan, PlannedFile, Secret, PRIVATE_FILE_MODE};
 pub use spec::{Firewall, InterfaceSpec, PeerSpec, TargetOs, Unsupported};
 use tunnel::*;
+pub use wg::wg_program;
 use wg::*;
 
 use crate::agent::reconcile::PeerChanges;

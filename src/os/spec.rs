@@ -82,7 +82,7 @@ pub struct InterfaceSpec {
     /// This device's IPv6 mesh address (a /128) and the IPv6 mesh prefix, when the mesh
     /// carries IPv6 (see [`crate::proto::mesh6`]). Hosts with IPv6 turned off tolerate their absence.
     pub ipv6: Option<(std::net::Ipv6Addr, ipnet::Ipv6Net)>,
-    /// Tunnel MTU, normally [`DEFAULT_MTU`].
+    /// Tunnel MTU, normally [`super::DEFAULT_MTU`].
     pub mtu: u16,
 }
 

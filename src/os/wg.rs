@@ -17,7 +17,7 @@ pub(super) fn wireguard_go(name: &str) -> Command {
 }
 
 /// The `wg` binary's name on `os`.
-pub(super) fn wg_program(os: TargetOs) -> &'static str {
+pub fn wg_program(os: TargetOs) -> &'static str {
     match os {
         TargetOs::Windows => "wg.exe",
         _ => "wg",
