@@ -5,7 +5,7 @@
 //! deserializes is already safe to store and to hand to a command line.
 
 use crate::keys::PublicKey;
-use crate::types::{Endpoint, Hostname, OsName, PeerId};
+use crate::types::{DnsName, Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -66,6 +66,10 @@ pub struct RegisterResponse {
     pub peer_id: PeerId,
     /// The coordination server's own WireGuard public key.
     pub server_public_key: PublicKey,
+    /// The peer's own name in the `.mesh` zone (others see it in `/peers`); absent from older
+    /// servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<DnsName>,
 }
 
 /// `POST /heartbeat`: a peer says it is alive, and maybe that its endpoint moved.
@@ -100,6 +104,10 @@ pub struct PeerInfo {
     pub endpoint: Option<Endpoint>,
     /// The peer's hostname.
     pub hostname: Hostname,
+    /// The peer's name in the `.mesh` zone (`NAME.mesh`), unique in the mesh and the same on
+    /// every node; absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<DnsName>,
     /// The peer's operating system.
     pub os: OsName,
     /// What to route to this peer: its /32, plus any advertised prefixes (`0.0.0.0/0` for an

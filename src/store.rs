@@ -69,6 +69,10 @@ pub struct PeerRecord {
     /// and not written when empty so open-mode state files keep their old shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<crate::tokens::Tag>,
+    /// The peer's name in the `.mesh` zone, unique in the registry. Absent in files written
+    /// before names existed: the registry assigns those on load, in registration order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<crate::types::DnsName>,
 }
 
 impl PeerRecord {
@@ -436,6 +440,7 @@ mod tests {
             last_heartbeat: timefmt::from_unix_secs(1_700_000_000),
             online: true,
             tags: Vec::new(),
+            dns_name: None,
         }
     }
 

@@ -956,6 +956,7 @@ mod tests {
             virtual_ip: "10.100.0.9".parse().unwrap(),
             endpoint: None,
             hostname: name.parse().unwrap(),
+            dns_name: None,
             os: "linux".parse().unwrap(),
             allowed_ips: vec![
                 "10.100.0.9/32".parse().unwrap(),

@@ -243,6 +243,7 @@ struct AdminPeerView {
     public_key: PublicKey,
     virtual_ip: std::net::Ipv4Addr,
     hostname: String,
+    dns_name: Option<String>,
     os: String,
     endpoint: Option<String>,
     online: bool,
@@ -449,6 +450,10 @@ impl Api {
             self.auth_failed(req, Some(key), None, &why);
             return Err(Refusal(401, why));
         }
+        // Every peer is reachable as NAME.mesh: a hostname that gives no DNS name is refused
+        // here, before anything is stored or a token used up.
+        crate::types::DnsName::from_hostname(body.hostname.as_str())
+            .map_err(|e| Refusal(400, format!("hostname: {e}")))?;
         let network = lock(&self.registry).network();
         let mesh6 = crate::mesh6::prefix(&self.server_public_key);
         let allowed_ips = check_allowed_ips(&body, network, mesh6)?;
@@ -595,6 +600,7 @@ impl Api {
             network_cidr: network,
             peer_id: record.id,
             server_public_key: self.server_public_key,
+            dns_name: record.dns_name,
         }))
     }
 
@@ -907,6 +913,7 @@ impl Api {
                         public_key: r.public_key,
                         virtual_ip: r.virtual_ip,
                         hostname: r.hostname.to_string(),
+                        dns_name: r.dns_name.as_ref().map(|n| n.to_string()),
                         os: r.os.to_string(),
                         endpoint: r.published_endpoint().map(|e| e.to_string()),
                         online: r.online,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod names;
 pub mod registry;
 pub mod trust;
 
