@@ -144,3 +144,31 @@ pub fn wg_dump(data: &[u8]) {
         }
     }
 }
+
+/// A DNS datagram as the agent's `.mesh` resolver receives it: the answer (if any) must be a
+/// well-formed response to the same id, carrying only records of the zone and only for a
+/// query that parsed; a datagram that does not parse must be dropped, never answered.
+pub fn dns_query(data: &[u8]) {
+    use crate::agent::resolver::{answer, Addresses, Table};
+    use simple_dns::{Packet, PacketFlag, RCODE};
+    let mut table = Table::default();
+    table.insert(
+        &"web".parse().expect("literal"),
+        Addresses {
+            v4: std::net::Ipv4Addr::new(10, 100, 0, 2),
+            v6: Some("fd00::a64:2".parse().expect("literal")),
+        },
+    );
+    let Some(reply) = answer(&table, data) else {
+        return;
+    };
+    let query = Packet::parse(data).expect("only a parsed query is answered");
+    let parsed = Packet::parse(&reply).expect("our answers parse");
+    assert!(parsed.has_flags(PacketFlag::RESPONSE));
+    assert_eq!(parsed.id(), query.id());
+    assert!(parsed.answers.len() <= 2);
+    if !parsed.answers.is_empty() {
+        assert_eq!(parsed.rcode(), RCODE::NoError);
+    }
+    assert!(reply.len() <= 512, "an answer fits a classic UDP message");
+}
