@@ -10,6 +10,7 @@
 //! wireguard-windows (`wireguard.exe /installtunnelservice`), so an operator who knows those
 //! tools recognises every line of [`Plan::render`].
 
+pub mod dns;
 mod linux;
 mod macos;
 pub mod runner;
@@ -349,9 +350,17 @@ impl PlannedFile {
         }
     }
 
-    /// The comment line [`Plan::render`] shows for this file.
+    /// The comment line [`Plan::render`] shows for this file; public text (a resolver or
+    /// hosts file) follows it, one `#   ` comment line per line, so golden files show it.
     pub fn render(&self) -> String {
-        format!("# write {} (mode {:04o})", self.path.display(), self.mode)
+        let mut out = format!("# write {} (mode {:04o})", self.path.display(), self.mode);
+        if let Payload::Text(text) = &self.contents {
+            for line in text.lines() {
+                out.push_str("\n#   ");
+                out.push_str(line);
+            }
+        }
+        out
     }
 }
 
