@@ -102,7 +102,8 @@ pub enum Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn apply(&mut self, plan: &Plan) -> Result<(), AgentError> {
+    /// Runs (or prints) one plan; an empty plan does nothing.
+    pub fn apply(&mut self, plan: &Plan) -> Result<(), AgentError> {
         if plan.is_empty() {
             return Ok(());
         }
@@ -115,7 +116,8 @@ impl Sink<'_> {
         }
     }
 
-    fn is_dry_run(&self) -> bool {
+    /// Whether plans are only printed.
+    pub fn is_dry_run(&self) -> bool {
         matches!(self, Sink::Print(_))
     }
 }
@@ -251,6 +253,7 @@ impl Engine {
             assigned_ip: answer.assigned_ip,
             network_cidr: answer.network_cidr,
             server_public_key: answer.server_public_key,
+            dns_name: answer.dns_name,
         };
         if self.config.assignment.as_ref() != Some(&assignment) {
             log::info!(
@@ -839,6 +842,9 @@ impl Engine {
         }
         if let Some(tunnel) = &old.full_tunnel {
             sink.apply(&self.tunnel_off(&old_name, tunnel, true))?;
+        }
+        if let Some(dns) = &old.dns {
+            sink.apply(&super::dns::undo_plan(dns)?)?;
         }
         if !old.routes.is_empty() {
             sink.apply(&os::routes(self.os, &old_name, &[], &old.routes))?;

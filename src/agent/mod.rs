@@ -4,5 +4,6 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod engine;
 pub mod resolver;
