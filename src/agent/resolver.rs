@@ -480,6 +480,36 @@ mod tests {
     }
 
     #[test]
+    fn mutated_queries_never_panic_and_answers_always_parse() {
+        // A bounded, deterministic smoke test between fuzzing runs: flip, cut and splice
+        // bytes of real queries (xorshift, fixed seed) and check what the fuzz target checks.
+        let seeds = [
+            query("web.mesh", TYPE::A),
+            query("WEB.mesh", TYPE::AAAA),
+            query("example.com", TYPE::A),
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % seeds.len()].clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at.max(1)),
+                    _ => bytes.insert(at, next() as u8),
+                }
+            }
+            crate::fuzzing::dns_query(&bytes);
+        }
+    }
+
+    #[test]
     fn odd_but_well_formed_queries_get_error_codes() {
         // Two questions: FORMERR without echoing them.
         let mut q = Packet::new_query(0x1234);
