@@ -163,7 +163,11 @@ impl NetnsEtc {
     fn resolv_conf(ns: &str, nameserver: &str) -> NetnsEtc {
         let dir = PathBuf::from("/etc/netns").join(ns);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\n")).unwrap();
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )
+        .unwrap();
         NetnsEtc(dir)
     }
 }
@@ -187,7 +191,11 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     let state = lab.dir.path().join("peers.json").display().to_string();
     // dev machines see each other; the one tagged secret sees (and is seen by) nobody.
     let policy = lab.dir.path().join("policy.json");
-    std::fs::write(&policy, r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:dev"]}]}"#).unwrap();
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:dev"]}]}"#,
+    )
+    .unwrap();
     let policy = policy.display().to_string();
     let listen = format!("{SERVER_IP}:8080");
     lab.spawn(
@@ -247,10 +255,38 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     let v6 = |ip: &str| wgmesh::mesh6::address(prefix6, ip.parse().unwrap()).to_string();
 
     // A and AAAA of a peer, on the resolver's IPv4 and IPv6 addresses; itself too.
-    expect_dig(&lab, &a.ns, &ip_a, ("host-b.mesh", "A"), "NOERROR", &[&ip_b]);
-    expect_dig(&lab, &a.ns, &ip_a, ("host-b.mesh", "AAAA"), "NOERROR", &[&v6(&ip_b)]);
-    expect_dig(&lab, &a.ns, &v6(&ip_a), ("HOST-B.mesh", "A"), "NOERROR", &[&ip_b]);
-    expect_dig(&lab, &a.ns, &ip_a, ("host-a.mesh", "A"), "NOERROR", &[&ip_a]);
+    expect_dig(
+        &lab,
+        &a.ns,
+        &ip_a,
+        ("host-b.mesh", "A"),
+        "NOERROR",
+        &[&ip_b],
+    );
+    expect_dig(
+        &lab,
+        &a.ns,
+        &ip_a,
+        ("host-b.mesh", "AAAA"),
+        "NOERROR",
+        &[&v6(&ip_b)],
+    );
+    expect_dig(
+        &lab,
+        &a.ns,
+        &v6(&ip_a),
+        ("HOST-B.mesh", "A"),
+        "NOERROR",
+        &[&ip_b],
+    );
+    expect_dig(
+        &lab,
+        &a.ns,
+        &ip_a,
+        ("host-a.mesh", "A"),
+        "NOERROR",
+        &[&ip_a],
+    );
     // Unknown mesh names are NXDOMAIN; the rest of the world is refused.
     expect_dig(&lab, &a.ns, &ip_a, ("nobody.mesh", "A"), "NXDOMAIN", &[]);
     expect_dig(&lab, &a.ns, &ip_a, ("example.com", "A"), "REFUSED", &[]);
@@ -259,7 +295,14 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
         expect_dig(&lab, &n.ns, ip, ("host-b-2.mesh", "A"), "NOERROR", &[&ip_c]);
     }
     // The policy hides h from a: h's name does not resolve there, though h itself knows it.
-    expect_dig(&lab, &h.ns, &ip_h, ("host-h.mesh", "A"), "NOERROR", &[&ip_h]);
+    expect_dig(
+        &lab,
+        &h.ns,
+        &ip_h,
+        ("host-h.mesh", "A"),
+        "NOERROR",
+        &[&ip_h],
+    );
     expect_dig(&lab, &a.ns, &ip_a, ("host-h.mesh", "A"), "NXDOMAIN", &[]);
     expect_dig(&lab, &h.ns, &ip_h, ("host-a.mesh", "A"), "NXDOMAIN", &[]);
 
@@ -295,38 +338,92 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
         &a.ns,
         &[wgmesh_bin(), "export", "--config", &a.config, "--names"],
     );
-    assert!(exported.contains("# host-b-2.mesh (host-b)\n[Peer]"), "{exported}");
+    assert!(
+        exported.contains("# host-b-2.mesh (host-b)\n[Peer]"),
+        "{exported}"
+    );
 
     // c's hosts file carries every name it can see, itself included.
-    lab.eventually(Duration::from_secs(20), "c's hosts block lists the mesh", || {
-        let text = std::fs::read_to_string(&c_hosts).unwrap();
-        text.starts_with(c_hosts_original)
-            && text.contains(&format!("{ip_a}\thost-a.mesh\n"))
-            && text.contains(&format!("{ip_b}\thost-b.mesh\n"))
-            && text.contains(&format!("{ip_c}\thost-b-2.mesh\n"))
-            && !text.contains("host-h")
-    });
+    lab.eventually(
+        Duration::from_secs(20),
+        "c's hosts block lists the mesh",
+        || {
+            let text = std::fs::read_to_string(&c_hosts).unwrap();
+            text.starts_with(c_hosts_original)
+                && text.contains(&format!("{ip_a}\thost-a.mesh\n"))
+                && text.contains(&format!("{ip_b}\thost-b.mesh\n"))
+                && text.contains(&format!("{ip_c}\thost-b-2.mesh\n"))
+                && !text.contains("host-h")
+        },
+    );
 
     // b comes back as another hostname, with DNS off: its name follows it on a, and b itself
     // no longer answers.
-    assert_eq!(lab.signal(agent_b, "TERM"), Some(0), "{}", lab.log("db.log"));
+    assert_eq!(
+        lab.signal(agent_b, "TERM"),
+        Some(0),
+        "{}",
+        lab.log("db.log")
+    );
     let agent_b = up(&mut lab, &b, "host-bee", &dev, &["--dns", "off"], "db2.log");
-    expect_dig(&lab, &a.ns, &ip_a, ("host-bee.mesh", "A"), "NOERROR", &[&ip_b]);
+    expect_dig(
+        &lab,
+        &a.ns,
+        &ip_a,
+        ("host-bee.mesh", "A"),
+        "NOERROR",
+        &[&ip_b],
+    );
     expect_dig(&lab, &a.ns, &ip_a, ("host-b.mesh", "A"), "NXDOMAIN", &[]);
-    assert_eq!(dns_listeners(&lab, &b.ns).trim(), "", "--dns off serves nothing");
+    assert_eq!(
+        dns_listeners(&lab, &b.ns).trim(),
+        "",
+        "--dns off serves nothing"
+    );
 
     // c stops: its hosts file is exactly as before. It comes back under the same hostname and
     // keeps host-b-2, although host-b is free now: names are stable.
-    assert_eq!(lab.signal(agent_c, "TERM"), Some(0), "{}", lab.log("dc.log"));
+    assert_eq!(
+        lab.signal(agent_c, "TERM"),
+        Some(0),
+        "{}",
+        lab.log("dc.log")
+    );
     assert_eq!(std::fs::read_to_string(&c_hosts).unwrap(), c_hosts_original);
     assert_eq!(dns_listeners(&lab, &c.ns).trim(), "");
     let agent_c = up(&mut lab, &c, c.hostname, &dev, &c_flags, "dc2.log");
-    expect_dig(&lab, &a.ns, &ip_a, ("host-b-2.mesh", "A"), "NOERROR", &[&ip_c]);
-    expect_dig(&lab, &c.ns, &ip_c, ("host-b-2.mesh", "A"), "NOERROR", &[&ip_c]);
-    expect_dig(&lab, &c.ns, &ip_c, ("host-bee.mesh", "A"), "NOERROR", &[&ip_b]);
+    expect_dig(
+        &lab,
+        &a.ns,
+        &ip_a,
+        ("host-b-2.mesh", "A"),
+        "NOERROR",
+        &[&ip_c],
+    );
+    expect_dig(
+        &lab,
+        &c.ns,
+        &ip_c,
+        ("host-b-2.mesh", "A"),
+        "NOERROR",
+        &[&ip_c],
+    );
+    expect_dig(
+        &lab,
+        &c.ns,
+        &ip_c,
+        ("host-bee.mesh", "A"),
+        "NOERROR",
+        &[&ip_b],
+    );
 
     // a stops: no listener, no interface, routes as before, nothing recorded as applied.
-    assert_eq!(lab.signal(agent_a, "TERM"), Some(0), "{}", lab.log("da.log"));
+    assert_eq!(
+        lab.signal(agent_a, "TERM"),
+        Some(0),
+        "{}",
+        lab.log("da.log")
+    );
     assert_eq!(dns_listeners(&lab, &a.ns).trim(), "");
     assert_eq!(links(&lab, &a.ns), pristine.0);
     assert_eq!(routes(&lab, &a.ns), pristine.1);
