@@ -247,12 +247,12 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     }
     let (ip_a, ip_b, ip_c, ip_h) = (mesh_ip(&a), mesh_ip(&b), mesh_ip(&c), mesh_ip(&h));
     let server_key = std::fs::read_to_string(lab.dir.path().join("server.key")).unwrap();
-    let prefix6 = wgmesh::mesh6::prefix(
+    let prefix6 = wgmesh::proto::mesh6::prefix(
         &wgmesh::keys::PrivateKey::from_base64(&server_key)
             .unwrap()
             .public_key(),
     );
-    let v6 = |ip: &str| wgmesh::mesh6::address(prefix6, ip.parse().unwrap()).to_string();
+    let v6 = |ip: &str| wgmesh::proto::mesh6::address(prefix6, ip.parse().unwrap()).to_string();
 
     // A and AAAA of a peer, on the resolver's IPv4 and IPv6 addresses; itself too.
     expect_dig(

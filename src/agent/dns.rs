@@ -11,9 +11,9 @@
 
 use super::engine::{AgentError, Engine, Sink};
 use super::resolver::{Addresses, Resolver, Table, DNS_PORT, ZONE};
-use crate::model::PeerInfo;
 use crate::os::dns::{self, DnsMethod};
 use crate::os::{Plan, TargetOs};
+use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -168,10 +168,13 @@ impl MeshDns {
         else {
             return Ok(());
         };
-        let prefix6 = crate::mesh6::prefix(&assignment.server_public_key);
+        let prefix6 = crate::proto::mesh6::prefix(&assignment.server_public_key);
         let own = Addresses {
             v4: assignment.assigned_ip,
-            v6: Some(crate::mesh6::address(prefix6, assignment.assigned_ip)),
+            v6: Some(crate::proto::mesh6::address(
+                prefix6,
+                assignment.assigned_ip,
+            )),
         };
         let peers: Vec<PeerInfo> = engine
             .last_list
@@ -472,8 +475,10 @@ mod tests {
         let dir = temp("resolved");
         let mut engine = engine(&dir, vec![web()]);
         let mut dns = MeshDns::new(DnsOptions::default()).assume_resolved(true);
-        let v6 = crate::mesh6::address(
-            crate::mesh6::prefix(&engine.config.assignment.as_ref().unwrap().server_public_key),
+        let v6 = crate::proto::mesh6::address(
+            crate::proto::mesh6::prefix(
+                &engine.config.assignment.as_ref().unwrap().server_public_key,
+            ),
             "10.100.0.5".parse().unwrap(),
         );
         let mut runner = RecordingRunner::new();

@@ -4,6 +4,13 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod desired;
 pub mod dns;
 pub mod engine;
+pub mod host;
+pub mod netcheck;
+pub mod plan;
+pub mod reconcile;
 pub mod resolver;
+pub mod setup;
+pub mod status;

@@ -8,7 +8,7 @@
 //! edge: one blocking UDP socket and thread per address it serves, answering from a [`Table`]
 //! that the agent swaps in after each sync.
 
-use crate::model::PeerInfo;
+use crate::proto::model::PeerInfo;
 use crate::types::DnsName;
 use ipnet::{IpNet, Ipv6Net};
 use simple_dns::rdata::{RData, A, AAAA};

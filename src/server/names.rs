@@ -10,7 +10,7 @@
 //! order, after every stored name has been claimed.
 
 use crate::keys::PublicKey;
-use crate::store::PeerRecord;
+use crate::server::store::PeerRecord;
 use crate::types::{DnsName, Hostname, PeerId};
 use std::collections::HashMap;
 
@@ -115,7 +115,7 @@ impl Names {
 mod tests {
     use super::*;
     use crate::keys::PrivateKey;
-    use crate::timefmt;
+    use crate::time;
 
     fn record(host: &str, at: u64, ip: u8) -> PeerRecord {
         let key = PrivateKey::generate().public_key();
@@ -130,8 +130,8 @@ mod tests {
             os: "linux".parse().unwrap(),
             allowed_ips: vec![],
             exit_node: false,
-            registered_at: timefmt::from_unix_secs(1_700_000_000 + at),
-            last_heartbeat: timefmt::from_unix_secs(1_700_000_000 + at),
+            registered_at: time::from_unix_secs(1_700_000_000 + at),
+            last_heartbeat: time::from_unix_secs(1_700_000_000 + at),
             online: true,
             tags: Vec::new(),
             dns_name: None,
