@@ -155,3 +155,65 @@ fn hostnames_without_a_dns_name_are_refused_with_what_to_do() {
     assert_eq!(name.len(), 63);
     assert!(name.ends_with("-2"), "{name}");
 }
+
+#[test]
+fn up_dry_run_shows_how_each_os_would_send_mesh_names_and_changes_nothing() {
+    let dir = TempDir::new("dns-dry");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    register(&server, &new_key(), "web");
+    let config = dir.path().join("c.json").display().to_string();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let hosts_arg = hosts.display().to_string();
+    let url = format!("http://{}", server.addr);
+    for (os, extra, must_contain) in [
+        ("macos", vec![], "# write /etc/resolver/mesh (mode 0644)"),
+        (
+            "windows",
+            vec![],
+            "Add-DnsClientNrptRule -Namespace .mesh -NameServers 10.100.0.2,",
+        ),
+        (
+            "linux",
+            vec!["--dns-hosts", "--hosts-file", hosts_arg.as_str()],
+            "\tweb.mesh",
+        ),
+    ] {
+        let mut args = vec![
+            "up",
+            "--dry-run",
+            "--os",
+            os,
+            "--server",
+            &url,
+            "--config",
+            &config,
+            "--hostname",
+            "me",
+        ];
+        args.extend(extra);
+        let out = std::process::Command::new(wgmesh_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(must_contain), "{os}:\n{stdout}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "127.0.0.1 localhost\n",
+        "a dry run writes nothing"
+    );
+    // --dns off with --dns-hosts is a contradiction, refused before anything happens.
+    let out = std::process::Command::new(wgmesh_bin())
+        .args(["up", "--dns", "off", "--dns-hosts", "--config", &config])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dns off"));
+}

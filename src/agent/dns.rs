@@ -160,13 +160,16 @@ impl MeshDns {
         let Some(assignment) = engine.config.assignment.clone() else {
             return Ok(());
         };
-        let Some(real_name) = engine
+        let applied = engine
             .config
             .applied
             .as_ref()
-            .and_then(|a| a.interface.parse::<InterfaceName>().ok())
-        else {
-            return Ok(());
+            .and_then(|a| a.interface.parse::<InterfaceName>().ok());
+        let real_name = match applied {
+            Some(name) => name,
+            // A dry run records nothing: show the plan for the interface it would create.
+            None if sink.is_dry_run() => engine.config.interface.clone(),
+            None => return Ok(()),
         };
         let prefix6 = crate::proto::mesh6::prefix(&assignment.server_public_key);
         let own = Addresses {

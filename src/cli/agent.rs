@@ -356,6 +356,11 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         engine
             .sync(&mut Sink::Print(&mut stdout))
             .map_err(agent_failure)?;
+        if let Some(options) = dns_options {
+            MeshDns::new(options)
+                .refresh(&mut engine, &mut Sink::Print(&mut stdout))
+                .map_err(agent_failure)?;
+        }
         return Ok(());
     }
     let stop = stop_flag()?;
