@@ -73,6 +73,18 @@ fn colliding_hostnames_get_stable_suffixes_that_every_peer_sees_alike() {
         "web-3"
     );
 
+    // A peer that leaves for good frees its name.
+    let gone = post(
+        &server,
+        "/deregister",
+        &serde_json::json!({"peer_id": id_of(&answers[3])}).to_string(),
+    );
+    assert_eq!(gone.status, 200, "{}", gone.json);
+    assert_eq!(
+        register(&server, &new_key(), "DB_1").json["dns_name"],
+        "db-1"
+    );
+
     // Names are kept across a restart (and a kill -9: they ride in the journal).
     let before = names_seen_by(&server, &id_of(&newcomer));
     server.kill9();
