@@ -428,8 +428,15 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     assert_eq!(links(&lab, &a.ns), pristine.0);
     assert_eq!(routes(&lab, &a.ns), pristine.1);
     assert!(config_of(&a)["applied"].is_null(), "{}", config_of(&a));
-    for agent in [agent_b, agent_c] {
-        assert_eq!(lab.signal(agent, "TERM"), Some(0));
-    }
+    assert_eq!(lab.signal(agent_b, "TERM"), Some(0));
+
+    // c dies hard: its hosts block stays behind until `wgmesh down` removes exactly that.
+    lab.child(agent_c).kill().unwrap();
+    lab.child(agent_c).wait().unwrap();
+    assert!(std::fs::read_to_string(&c_hosts)
+        .unwrap()
+        .contains("# BEGIN wgmesh"));
+    lab.exec_ok(&c.ns, &[wgmesh_bin(), "down", "--config", &c.config]);
     assert_eq!(std::fs::read_to_string(&c_hosts).unwrap(), c_hosts_original);
+    assert!(!links(&lab, &c.ns).contains(&c.iface));
 }
