@@ -34,9 +34,10 @@ pub const DNS_PORT: u16 = 53;
 /// the table changes at every sync (60 s by default).
 pub const TTL: u32 = 10;
 
-/// The largest datagram read: a query is a few dozen bytes, and anything larger than a
-/// classic 512-byte DNS message is not a query this server answers.
-const MAX_QUERY: usize = 512;
+/// The largest datagram read: a query is a few dozen bytes; 1232 bytes (the EDNS size DNS
+/// flag day 2020 settled on) leaves room for EDNS options and padding. A longer datagram is
+/// cut there, fails to parse and is dropped.
+const MAX_QUERY: usize = 1232;
 
 /// How often a serving thread looks at its stop flag while no query arrives.
 const POLL: Duration = Duration::from_millis(200);
@@ -318,8 +319,8 @@ impl Resolver {
             .name(format!("dns {bound}"))
             .spawn(move || serve(&socket, &table, &flag))?;
         Ok(Listener {
-            // Keep the address asked for (port 0 in tests stays comparable) only when it
-            // named a port; otherwise record the real one.
+            // Asked for port 0 (tests): record the port the kernel picked, so
+            // `local_addrs` says where to send queries.
             addr: if addr.port() == 0 { bound } else { addr },
             stop,
             thread: Some(thread),
