@@ -11,7 +11,7 @@
 use crate::proto::model::PeerInfo;
 use crate::types::DnsName;
 use ipnet::{IpNet, Ipv6Net};
-use simple_dns::rdata::{RData, A, AAAA};
+use simple_dns::rdata::{RData, A, AAAA, OPT};
 use simple_dns::{
     Name, Packet, PacketFlag, ResourceRecord, CLASS, OPCODE, QCLASS, QTYPE, RCODE, TYPE,
 };
@@ -38,6 +38,9 @@ pub const TTL: u32 = 10;
 /// flag day 2020 settled on) leaves room for EDNS options and padding. A longer datagram is
 /// cut there, fails to parse and is dropped.
 const MAX_QUERY: usize = 1232;
+
+/// The UDP payload size we advertise in EDNS answers (DNS flag day 2020's value).
+const EDNS_UDP_SIZE: u16 = 1232;
 
 /// How often a serving thread looks at its stop flag while no query arrives.
 const POLL: Duration = Duration::from_millis(200);
@@ -138,6 +141,8 @@ enum Outcome {
     FormatError,
     /// An opcode other than a standard query.
     NotImplemented,
+    /// An EDNS version this server does not speak (only 0 exists).
+    BadVersion,
 }
 
 fn decide(table: &Table, query: &Packet<'_>) -> Outcome {
@@ -187,8 +192,21 @@ pub fn answer(table: &Table, datagram: &[u8]) -> Option<Vec<u8>> {
     if query.has_flags(PacketFlag::RESPONSE) {
         return None;
     }
-    let outcome = decide(table, &query);
+    // EDNS (RFC 6891): answer an EDNS query with an OPT record of our own, so stub resolvers
+    // (systemd-resolved) keep using EDNS with us; a version above 0 is BADVERS.
+    let edns_version = query.opt().map(|o| o.version);
+    let outcome = match edns_version {
+        Some(v) if v > 0 => Outcome::BadVersion,
+        _ => decide(table, &query),
+    };
     let mut reply = Packet::new_reply(query.id());
+    if edns_version.is_some() {
+        *reply.opt_mut() = Some(OPT {
+            opt_codes: Vec::new(),
+            udp_packet_size: EDNS_UDP_SIZE,
+            version: 0,
+        });
+    }
     *reply.opcode_mut() = query.opcode();
     if query.has_flags(PacketFlag::RECURSION_DESIRED) {
         reply.set_flags(PacketFlag::RECURSION_DESIRED);
@@ -218,6 +236,7 @@ pub fn answer(table: &Table, datagram: &[u8]) -> Option<Vec<u8>> {
         Outcome::Refused => RCODE::Refused,
         Outcome::FormatError => RCODE::FormatError,
         Outcome::NotImplemented => RCODE::NotImplemented,
+        Outcome::BadVersion => RCODE::BADVERS,
     };
     reply.build_bytes_vec_compressed().ok()
 }
@@ -508,6 +527,37 @@ mod tests {
             }
             crate::fuzzing::dns_query(&bytes);
         }
+    }
+
+    #[test]
+    fn edns_queries_get_an_opt_record_back_and_unknown_versions_badvers() {
+        let with_opt = |version: u8| {
+            let mut q = Packet::new_query(0x1234);
+            q.questions.push(simple_dns::Question::new(
+                Name::new("web.mesh").unwrap(),
+                TYPE::A.into(),
+                CLASS::IN.into(),
+                false,
+            ));
+            *q.opt_mut() = Some(OPT {
+                opt_codes: Vec::new(),
+                udp_packet_size: 4096,
+                version,
+            });
+            q.build_bytes_vec().unwrap()
+        };
+        let reply = answer(&table(), &with_opt(0)).unwrap();
+        let parsed = Packet::parse(&reply).unwrap();
+        assert_eq!(parsed.rcode(), RCODE::NoError);
+        assert_eq!(parsed.answers.len(), 1);
+        assert_eq!(parsed.opt().map(|o| o.udp_packet_size), Some(EDNS_UDP_SIZE));
+        let reply = answer(&table(), &with_opt(1)).unwrap();
+        let parsed = Packet::parse(&reply).unwrap();
+        assert_eq!(parsed.rcode(), RCODE::BADVERS);
+        assert!(parsed.answers.is_empty());
+        // Without EDNS in the query, none in the answer.
+        let plain = answer(&table(), &query("web.mesh", TYPE::A)).unwrap();
+        assert!(Packet::parse(&plain).unwrap().opt().is_none());
     }
 
     #[test]
