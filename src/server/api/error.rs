@@ -1,6 +1,7 @@
 //! How a handler refuses a request: a status, a message that says how to fix the problem,
 //! and (for 429) how long to wait; plus the request-body parser every handler shares.
 
+use crate::proto::model::{ApiError, ErrorCode};
 use crate::server::http::{Request, Response};
 use crate::types::PeerId;
 use serde::de::DeserializeOwned;
@@ -11,6 +12,8 @@ use std::time::Duration;
 pub struct Refusal {
     /// The HTTP status.
     pub status: u16,
+    /// The machine-readable kind, sent as `code`.
+    pub code: ErrorCode,
     /// What was wrong and how to fix it.
     pub message: String,
     /// For 429: when the client may try again.
@@ -24,6 +27,7 @@ pub struct Refusal {
 pub fn Refusal(status: u16, message: String) -> Refusal {
     Refusal {
         status,
+        code: ErrorCode::for_status(status),
         message,
         retry_after: None,
     }
@@ -31,7 +35,13 @@ pub fn Refusal(status: u16, message: String) -> Refusal {
 
 impl From<Refusal> for Response {
     fn from(r: Refusal) -> Response {
-        let response = Response::error(r.status, &r.message);
+        let body = ApiError {
+            success: false,
+            error: r.message,
+            code: r.code,
+        };
+        let body = serde_json::to_vec(&body).expect("API types always serialize");
+        let response = Response::json(r.status, body);
         match r.retry_after {
             Some(wait) => response.with_header("Retry-After", wait.as_secs().max(1).to_string()),
             None => response,
@@ -43,6 +53,7 @@ impl From<Refusal> for Response {
 pub fn too_many(what: &str, source: IpAddr, wait: Duration) -> Refusal {
     Refusal {
         status: 429,
+        code: ErrorCode::RateLimited,
         message: format!(
             "too many {what} from {source}: retry after {} s",
             wait.as_secs().max(1)
@@ -85,8 +96,11 @@ pub fn parse_body<T: DeserializeOwned>(req: &Request) -> Result<T, Refusal> {
 
 /// The 404 an agent answers by registering again.
 pub fn unknown_peer(id: &PeerId) -> Refusal {
-    Refusal(
-        404,
-        format!("unknown peer {id}: it never registered or was deregistered; register again"),
-    )
+    Refusal {
+        code: ErrorCode::UnknownPeer,
+        ..Refusal(
+            404,
+            format!("unknown peer {id}: it never registered or was deregistered; register again"),
+        )
+    }
 }
