@@ -279,7 +279,7 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
     match args.command {
         TokenCommand::Create(a) => {
             for tag in &a.tag {
-                tag.parse::<crate::server::tokens::Tag>()
+                tag.parse::<crate::types::Tag>()
                     .map_err(|e| Failure::new(EXIT_USAGE, format!("--tag: {e}")))?;
             }
             if a.uses == Some(0) {

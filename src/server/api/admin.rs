@@ -7,9 +7,10 @@ use crate::keys::PublicKey;
 use crate::proto::model::SuccessResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::{Request, Response};
-use crate::server::tokens::{Tag, TokenRecord};
+use crate::server::tokens::TokenRecord;
 use crate::server::trust::ADMIN_HEADER;
 use crate::types::PeerId;
+use crate::types::Tag;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
