@@ -70,15 +70,22 @@ pub fn ok_json<T: serde::Serialize>(value: &T) -> Response {
     )
 }
 
-/// Parses a JSON request body, naming the offending field on failure (shared with fuzzing).
+/// Parses a request's JSON body (see [`parse_json`]).
 pub fn parse_body<T: DeserializeOwned>(req: &Request) -> Result<T, Refusal> {
-    if req.body.iter().all(u8::is_ascii_whitespace) {
+    parse_json(&req.body)
+}
+
+/// Parses a JSON request body exactly as every handler does: an empty body, a bad field
+/// (named by its path) or trailing bytes are refused with 400. Public so the fuzz harness
+/// exercises this very function.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Refusal(
             400,
             "request body is empty: send a JSON object".into(),
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(&req.body);
+    let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

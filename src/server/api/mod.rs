@@ -12,7 +12,7 @@ mod admin;
 mod error;
 mod peer;
 
-pub use error::parse_body;
+pub use error::{parse_body, parse_json, Refusal};
 pub use peer::MAX_ALLOWED_IPS;
 
 use super::http::{Body, Handler, Request, Response};
@@ -26,7 +26,7 @@ use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::store::Store;
 use crate::types::PeerId;
-use error::{ok_json, too_many, unknown_peer, Refusal};
+use error::{ok_json, too_many, unknown_peer};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
