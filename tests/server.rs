@@ -724,3 +724,40 @@ fn every_api_refusal_carries_a_stable_machine_readable_code() {
         (503, Some("unavailable"))
     );
 }
+
+#[test]
+fn a_wrong_method_is_answered_405_with_the_allowed_one() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("allow");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let secret = server.admin_secret();
+    for (method, path, allow) in [
+        ("GET", "/register", "POST"),
+        ("GET", "/heartbeat", "POST"),
+        ("GET", "/deregister", "POST"),
+        ("POST", "/peers", "GET"),
+        ("POST", "/key", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("POST", "/metrics", "GET"),
+        ("GET", "/peers/peer-0123456789abcdef", "DELETE"),
+        ("GET", "/admin/tokens/tok-0123456789ab", "DELETE"),
+        ("POST", "/admin/peers/peer-0123456789abcdef", "DELETE"),
+    ] {
+        let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+        write!(
+            tcp,
+            "{method} {path} HTTP/1.1\r\nHost: wgmesh\r\nAuthorization: Bearer {secret}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        let head = answer.split("\r\n\r\n").next().unwrap();
+        assert!(head.starts_with("HTTP/1.1 405"), "{method} {path}: {head}");
+        assert!(
+            head.lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("allow: {allow}"))),
+            "{method} {path} lacks Allow: {allow}: {head}"
+        );
+    }
+}

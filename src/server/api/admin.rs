@@ -1,7 +1,7 @@
 //! The operator endpoints under `/admin/`: join tokens, the full peer list and policy
 //! reload. Every one needs the admin secret.
 
-use super::error::{ok_json, parse_body, Refusal};
+use super::error::{method_not_allowed, ok_json, parse_body, Refusal};
 use super::{lock, Api};
 use crate::proto::admin::{
     AdminPeerView, AdminPeersResponse, PolicyReloadResponse, TokenCreateRequest,
@@ -136,9 +136,9 @@ impl Api {
             _ => {
                 if let Some(id) = rest.strip_prefix("tokens/") {
                     if method != "DELETE" {
-                        return Err(Refusal(
-                            405,
+                        return Err(method_not_allowed(
                             format!("{method} is not allowed here: use DELETE"),
+                            "DELETE",
                         ));
                     }
                     let mut tokens = lock(&self.trust.tokens);
@@ -162,9 +162,9 @@ impl Api {
                 }
                 if let Some(raw) = rest.strip_prefix("peers/") {
                     if method != "DELETE" {
-                        return Err(Refusal(
-                            405,
+                        return Err(method_not_allowed(
                             format!("{method} is not allowed here: use DELETE"),
+                            "DELETE",
                         ));
                     }
                     let id: PeerId = raw

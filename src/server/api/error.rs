@@ -18,6 +18,8 @@ pub struct Refusal {
     pub message: String,
     /// For 429: when the client may try again.
     pub retry_after: Option<Duration>,
+    /// For 405: the method the resource does allow, sent as `Allow`.
+    pub allow: Option<&'static str>,
 }
 
 // A braced struct lives only in the type namespace, so this constructor keeps the terse
@@ -30,6 +32,15 @@ pub fn Refusal(status: u16, message: String) -> Refusal {
         code: ErrorCode::for_status(status),
         message,
         retry_after: None,
+        allow: None,
+    }
+}
+
+/// A 405 whose `Allow` header names the one method the resource accepts.
+pub fn method_not_allowed(message: String, allow: &'static str) -> Refusal {
+    Refusal {
+        allow: Some(allow),
+        ..Refusal(405, message)
     }
 }
 
@@ -41,11 +52,14 @@ impl From<Refusal> for Response {
             code: r.code,
         };
         let body = serde_json::to_vec(&body).expect("API types always serialize");
-        let response = Response::json(r.status, body);
-        match r.retry_after {
-            Some(wait) => response.with_header("Retry-After", wait.as_secs().max(1).to_string()),
-            None => response,
+        let mut response = Response::json(r.status, body);
+        if let Some(wait) = r.retry_after {
+            response = response.with_header("Retry-After", wait.as_secs().max(1).to_string());
         }
+        if let Some(allow) = r.allow {
+            response = response.with_header("Allow", allow.into());
+        }
+        response
     }
 }
 
@@ -59,6 +73,7 @@ pub fn too_many(what: &str, source: IpAddr, wait: Duration) -> Refusal {
             wait.as_secs().max(1)
         ),
         retry_after: Some(wait),
+        allow: None,
     }
 }
 
