@@ -9,28 +9,24 @@
 use crate::os::wgdump;
 use crate::proto::model::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
 use crate::proto::stun;
+use crate::server::api;
 use crate::server::http::{self, Limits};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
 
-/// Deserializes a request body exactly as the API does (serde_path_to_error over
-/// serde_json, then `end()` so trailing garbage is refused), and checks that an accepted
-/// value survives a serialize/parse round trip unchanged: a request the server accepts must
-/// mean one thing.
+/// Deserializes a request body with the API's own parser ([`api::parse_json`]), checks a
+/// refusal is a 400 that says something, and that an accepted value survives a
+/// serialize/parse round trip unchanged: a request the server accepts must mean one thing.
 fn json_body<T: DeserializeOwned + Serialize>(data: &[u8]) {
-    let mut de = serde_json::Deserializer::from_slice(data);
-    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    let Ok(value) = parsed else {
-        // The error message is what the client gets back: building it must not panic.
-        if let Err(e) = parsed {
-            let _ = (e.path().to_string(), e.into_inner().to_string());
+    let value: T = match api::parse_json(data) {
+        Ok(value) => value,
+        Err(refusal) => {
+            assert_eq!(refusal.status, 400, "{}", refusal.message);
+            assert!(!refusal.message.is_empty());
+            return;
         }
-        return;
     };
-    if de.end().is_err() {
-        return;
-    }
     let once = serde_json::to_vec(&value).expect("accepted requests serialize");
     let again: T = serde_json::from_slice(&once).expect("a serialized request parses again");
     let twice = serde_json::to_vec(&again).expect("accepted requests serialize");

@@ -148,6 +148,44 @@ fn check_peer_id(s: &str) -> Result<(), InvalidValue> {
     }
 }
 
+const TAG_PREFIX: &str = "tag:";
+const TAG_MAX_NAME: usize = 63;
+
+fn check_tag(s: &str) -> Result<(), InvalidValue> {
+    let ok = s.strip_prefix(TAG_PREFIX).is_some_and(|name| {
+        !name.is_empty()
+            && name.len() <= TAG_MAX_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not a tag: tags look like tag:name, with 1-{TAG_MAX_NAME} lowercase \
+             letters, digits or '-' after the colon (e.g. tag:db)",
+            describe(s)
+        )))
+    }
+}
+
+fn check_token_id(s: &str) -> Result<(), InvalidValue> {
+    let ok = s.strip_prefix("tok-").is_some_and(|h| {
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not a token id: ids look like tok-0123456789ab (see `wgmesh token list`)",
+            describe(s)
+        )))
+    }
+}
+
 string_newtype!(
     /// A device's hostname as shown to other peers (RFC 1123 letters plus '_').
     Hostname,
@@ -236,6 +274,23 @@ string_newtype!(
     InterfaceName,
     check_interface
 );
+string_newtype!(
+    /// A label given to machines through the join token they used, e.g. `tag:db`: the unit
+    /// the access policy is written in. Only `tag:` followed by 1-63 of `[a-z0-9-]` is
+    /// accepted, so a tag is safe in logs, JSON and command lines, and `tag:DB` vs `tag:db`
+    /// cannot be confused.
+    Tag,
+    check_tag
+);
+
+string_newtype!(
+    /// The short public name of a join token (`tok-` + 12 hex digits), for `token list` and
+    /// `token revoke`. It is random, not derived from the secret, so showing it reveals
+    /// nothing.
+    TokenId,
+    check_token_id
+);
+
 string_newtype!(
     /// The server-assigned identifier of a peer, stable per public key.
     PeerId,
