@@ -375,14 +375,16 @@ pub fn peers(args: PeersArgs) -> Result<(), Failure> {
                 return print(&pretty(&text));
             }
             let mut out = format!(
-                "{:<22} {:<20} {:<15} {:<7} {:<22} {}\n",
-                "ID", "HOSTNAME", "ADDRESS", "ONLINE", "ENDPOINT", "TAGS"
+                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
+                "ID", "HOSTNAME", "NAME", "ADDRESS", "ONLINE", "ENDPOINT", "TAGS"
             );
             for p in &answer.peers {
+                let name = p.dns_name.as_ref().map(|n| format!("{n}.mesh"));
                 out.push_str(&format!(
-                    "{:<22} {:<20} {:<15} {:<7} {:<22} {}\n",
+                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
                     p.id.as_str(),
                     p.hostname,
+                    cell(name.as_deref()),
                     p.virtual_ip.to_string(),
                     if p.online { "yes" } else { "no" },
                     cell(p.endpoint.as_deref()),
