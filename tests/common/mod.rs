@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
