@@ -1,21 +1,398 @@
 //! Replicas on PostgreSQL (issue 11): several `wgmesh server` processes sharing one throwaway
-//! cluster (tests/common/postgres.rs) on loopback.
+//! cluster (tests/common/postgres.rs) on loopback. Each test starts its own cluster.
 
 mod common;
 
 use common::postgres::PgCluster;
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use wgmesh::proto::auth;
+
+/// A replica of the cluster at `url` with its own state folder (for its admin.secret copy).
+fn replica(dir: &TempDir, name: &str, url: &str, extra: &[&str]) -> ServerProcess {
+    let state = dir.path().join(name).join("peers.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let mut args = vec!["--store", url, "--register-limit", "0"];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&state, &args)
+}
+
+fn register_body(key: &str, hostname: &str, token: Option<&str>) -> String {
+    let mut body = serde_json::json!({"public_key": key, "hostname": hostname, "os": "linux",
+        "listen_port": 51820});
+    if let Some(t) = token {
+        body["token"] = t.into();
+    }
+    body.to_string()
+}
+
+fn try_register(server: &ServerProcess, key: &str, hostname: &str) -> Result<Answer, String> {
+    let body = register_body(key, hostname, None);
+    let signer = private_of(key).unwrap();
+    try_send_as(server, Some(&signer), "POST", "/register", &body, &[])
+}
+
+/// Every peer the replica knows: id -> address.
+fn admin_peers(server: &ServerProcess) -> HashMap<String, String> {
+    let answer = admin(server, "GET", "/admin/peers", None);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    answer.json["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_owned(),
+                p["virtual_ip"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 #[test]
 fn the_throwaway_cluster_takes_a_password_login_and_stops_and_starts() {
     let mut pg = PgCluster::start();
-    let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls)
+    let mut client = ::postgres::Client::connect(&pg.url(), ::postgres::NoTls)
         .unwrap_or_else(|e| panic!("connect: {e}\n{}", pg.log()));
     let row = client.query_one("SELECT 1 + 1", &[]).unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
     drop(client);
     pg.stop();
-    assert!(postgres::Client::connect(&pg.url(), postgres::NoTls).is_err());
+    assert!(::postgres::Client::connect(&pg.url(), ::postgres::NoTls).is_err());
     pg.start_again();
-    let mut client = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let mut client = ::postgres::Client::connect(&pg.url(), ::postgres::NoTls).unwrap();
     client.batch_execute("SELECT 1").unwrap();
+}
+
+#[test]
+fn replicas_share_one_identity_and_see_each_others_changes_within_a_second() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-identity");
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    assert_eq!(
+        a.public_key(),
+        b.public_key(),
+        "one server key for the cluster"
+    );
+    assert_eq!(a.admin_secret(), b.admin_secret(), "one admin secret");
+
+    let (x, y) = (new_key(), new_key());
+    let rx = register(&a, &x, "x-host");
+    assert_eq!(rx.status, 200, "{}", rx.json);
+    let ry = register(&b, &y, "y-host");
+    assert_eq!(ry.status, 200, "{}", ry.json);
+    assert_ne!(rx.json["assigned_ip"], ry.json["assigned_ip"]);
+    let y_id = ry.json["peer_id"].as_str().unwrap().to_owned();
+    let x_id = rx.json["peer_id"].as_str().unwrap().to_owned();
+    // A registration through A shows in B's peer list within a second (NOTIFY), and a
+    // heartbeat for a peer registered on the other replica is accepted.
+    let started = Instant::now();
+    wait_until("B lists the peer registered through A", 1, || {
+        let list = get(&b, &format!("/peers?peer_id={y_id}"), None);
+        list.json["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|e| e["id"] == x_id.as_str()))
+    });
+    eprintln!(
+        "change through A visible on B after {:?}",
+        started.elapsed()
+    );
+    let hb = post(
+        &b,
+        "/heartbeat",
+        &serde_json::json!({"peer_id": x_id}).to_string(),
+    );
+    assert_eq!(hb.status, 200, "{}", hb.json);
+    // Re-registering the same key on the other replica keeps its address.
+    let again = register(&b, &x, "x-host");
+    assert_eq!(again.json["assigned_ip"], rx.json["assigned_ip"]);
+    // Deregistration through B removes it everywhere.
+    let gone = post(
+        &b,
+        "/deregister",
+        &serde_json::json!({"peer_id": x_id}).to_string(),
+    );
+    assert_eq!(gone.status, 200, "{}", gone.json);
+    wait_until("A drops the peer removed through B", 1, || {
+        !admin_peers(&a).contains_key(&x_id)
+    });
+}
+
+#[test]
+fn a_thousand_registrations_over_two_replicas_get_distinct_addresses_and_survive_kill9() {
+    const TOTAL: usize = 1000;
+    const THREADS: usize = 8;
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-burst");
+    for victim in 0..2 {
+        // Round one kills replica A mid-burst, round two replica B (fresh database each time
+        // would need a new cluster; the second round simply registers 1,000 more).
+        let a = replica(&dir, &format!("a{victim}"), &pg.url(), &["--open"]);
+        let b = replica(&dir, &format!("b{victim}"), &pg.url(), &["--open"]);
+        let replicas = Arc::new(Mutex::new(vec![Some(a), Some(b)]));
+        let keys: Vec<String> = (0..TOTAL).map(|_| new_key()).collect();
+        let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut threads = Vec::new();
+        for t in 0..THREADS {
+            let (keys, acked, done, replicas) =
+                (keys.clone(), acked.clone(), done.clone(), replicas.clone());
+            threads.push(std::thread::spawn(move || {
+                for (i, key) in keys.iter().enumerate().skip(t).step_by(THREADS) {
+                    // Spread over both replicas; fall over to the other on no answer.
+                    let mut attempt = 0;
+                    loop {
+                        let which = (i + attempt) % 2;
+                        let server = {
+                            let guard = replicas.lock().unwrap();
+                            guard[which].as_ref().map(|s| (s.addr, s.public_key()))
+                        };
+                        attempt += 1;
+                        assert!(attempt < 50, "registration {i} never succeeded");
+                        let Some(_) = server else { continue };
+                        let answer = {
+                            let guard = replicas.lock().unwrap();
+                            let Some(s) = guard[which].as_ref() else {
+                                continue;
+                            };
+                            // Send without holding the lock for long: clone what is needed.
+                            let body = register_body(key, &format!("h{i}"), None);
+                            let signer = private_of(key).unwrap();
+                            let addr = s.addr;
+                            drop(guard);
+                            send_to(addr, server.unwrap().1, &signer, &body)
+                        };
+                        match answer {
+                            Ok((200, json)) => {
+                                let id = json["peer_id"].as_str().unwrap().to_owned();
+                                let ip = json["assigned_ip"].as_str().unwrap().to_owned();
+                                acked.lock().unwrap().insert(id, ip);
+                                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                            Ok((status, json)) if status >= 500 => {
+                                eprintln!("retrying after {status}: {json}");
+                            }
+                            Ok((status, json)) => panic!("registration refused {status}: {json}"),
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }));
+        }
+        wait_until("a third of the burst", 120, || {
+            done.load(std::sync::atomic::Ordering::Relaxed) >= TOTAL / 3
+        });
+        let killed = replicas.lock().unwrap()[victim].take().unwrap();
+        killed.kill9();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let survivor = replicas.lock().unwrap()[1 - victim].take().unwrap();
+        let acked = acked.lock().unwrap().clone();
+        assert_eq!(acked.len(), TOTAL);
+        let distinct: HashSet<&String> = acked.values().collect();
+        assert_eq!(distinct.len(), TOTAL, "two peers were given one address");
+        let listed = admin_peers(&survivor);
+        for (id, ip) in &acked {
+            assert_eq!(
+                listed.get(id),
+                Some(ip),
+                "acknowledged {id} at {ip} is missing"
+            );
+        }
+        let all: HashSet<&String> = listed.values().collect();
+        assert_eq!(
+            all.len(),
+            listed.len(),
+            "duplicate addresses in the registry"
+        );
+        // A replica started afterwards loads the same registry from the database.
+        let fresh = replica(&dir, &format!("c{victim}"), &pg.url(), &["--open"]);
+        let reloaded = admin_peers(&fresh);
+        for (id, ip) in &acked {
+            assert_eq!(reloaded.get(id), Some(ip));
+        }
+    }
+}
+
+/// Sends one signed registration to `addr`; Err when no answer came.
+fn send_to(
+    addr: std::net::SocketAddr,
+    server_key: wgmesh::keys::PublicKey,
+    signer: &wgmesh::keys::PrivateKey,
+    body: &str,
+) -> Result<(u16, serde_json::Value), String> {
+    let headers = auth::sign_request(
+        signer,
+        &server_key,
+        "POST",
+        "/register",
+        body.as_bytes(),
+        SystemTime::now(),
+    );
+    let mut builder = ureq::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/register"))
+        .header("Content-Type", "application/json");
+    for (name, value) in &headers {
+        builder = builder.header(*name, value.as_str());
+    }
+    let mut resp = agent()
+        .run(builder.body(body.to_owned()).unwrap())
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    let json = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+    Ok((status, json))
+}
+
+#[test]
+fn a_single_use_token_raced_on_two_replicas_admits_exactly_one_machine() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-token");
+    let a = Arc::new(replica(&dir, "a", &pg.url(), &[]));
+    let b = Arc::new(replica(&dir, "b", &pg.url(), &[]));
+    for round in 0..10 {
+        let (token, _) = a.create_token(serde_json::json!({"uses": 1}));
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .enumerate()
+            .map(|(i, server)| {
+                let (token, barrier) = (token.clone(), barrier.clone());
+                let key = new_key();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    register_with_token(&server, &key, &format!("r{round}-{i}"), &token).status
+                })
+            })
+            .collect();
+        let mut statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        statuses.sort();
+        assert_eq!(statuses, vec![200, 403], "round {round}");
+    }
+    // Both replicas list the tokens as used up.
+    let list = admin(&b, "GET", "/admin/tokens", None);
+    let tokens = list.json["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 10);
+    assert!(
+        tokens.iter().all(|t| t["status"] == "used up"),
+        "{}",
+        list.json
+    );
+}
+
+#[test]
+fn a_write_accepted_by_one_replica_is_refused_when_replayed_to_the_other() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-replay");
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let key = new_key();
+    let body = register_body(&key, "replayed", None);
+    let signer = private_of(&key).unwrap();
+    let headers = auth::sign_request(
+        &signer,
+        &a.public_key(),
+        "POST",
+        "/register",
+        body.as_bytes(),
+        SystemTime::now(),
+    );
+    let nonce = auth::header_value(&headers, auth::NONCE_HEADER).map(str::to_owned);
+    let build = |server: &ServerProcess| {
+        let mut builder = ureq::http::Request::builder()
+            .method("POST")
+            .uri(server.url("/register"))
+            .header("Content-Type", "application/json");
+        for (name, value) in &headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        builder
+    };
+    let first = try_send_raw(&a, build(&a), &body, Some(&signer), nonce.clone()).unwrap();
+    assert_eq!(first.status, 200, "{}", first.json);
+    let again = try_send_raw(&b, build(&b), &body, Some(&signer), nonce.clone()).unwrap();
+    assert_eq!(again.status, 401, "{}", again.json);
+    assert!(
+        again.json["error"].as_str().unwrap().contains("replay"),
+        "{}",
+        again.json
+    );
+    // The same on the replica that accepted it (its own cache refuses it first).
+    let same = try_send_raw(&a, build(&a), &body, Some(&signer), nonce).unwrap();
+    assert_eq!(same.status, 401, "{}", same.json);
+}
+
+#[test]
+fn while_postgresql_is_down_changes_get_503_and_afterwards_nothing_is_lost() {
+    let mut pg = PgCluster::start();
+    let dir = TempDir::new("replicas-outage");
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let before: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            let key = new_key();
+            let server = if i % 2 == 0 { &a } else { &b };
+            let answer = register(server, &key, &format!("before{i}"));
+            assert_eq!(answer.status, 200, "{}", answer.json);
+            (
+                answer.json["peer_id"].as_str().unwrap().to_owned(),
+                answer.json["assigned_ip"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pg.stop();
+    let during = new_key();
+    for server in [&a, &b] {
+        let answer = try_register(server, &during, "during").unwrap();
+        assert_eq!(answer.status, 503, "{}", answer.json);
+        assert_eq!(answer.json["success"], false);
+        assert!(
+            answer.json["error"].as_str().unwrap().contains("database"),
+            "{}",
+            answer.json
+        );
+        let health = get(server, "/healthz", None);
+        assert_eq!(health.status, 503, "{}", health.json);
+        assert_eq!(health.json["database"], "unreachable");
+        // Reads keep coming from the cache.
+        let list = get(server, &format!("/peers?peer_id={}", before[0].0), None);
+        assert_eq!(list.status, 200, "{}", list.json);
+    }
+    pg.start_again();
+    for server in [&a, &b] {
+        wait_until("the replica recovers by itself", 30, || {
+            get(server, "/healthz", None).status == 200
+        });
+    }
+    let after = register(&b, &during, "during");
+    assert_eq!(after.status, 200, "{}", after.json);
+    for server in [&a, &b] {
+        wait_until("both replicas list every peer", 5, || {
+            admin_peers(server).len() == before.len() + 1
+        });
+        let listed = admin_peers(server);
+        for (id, ip) in &before {
+            assert_eq!(listed.get(id), Some(ip));
+        }
+    }
 }

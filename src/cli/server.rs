@@ -74,6 +74,15 @@ pub struct ServerArgs {
     /// PEM private key of --tls-cert (keep it mode 0600)
     #[argh(option)]
     tls_key: Option<PathBuf>,
+    /// share the registry with other replicas in PostgreSQL:
+    /// postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or set WGMESH_STORE, which keeps the
+    /// password out of `ps`); without it, the JSON file at --state
+    #[argh(option)]
+    store: Option<String>,
+    /// copy the registry, join tokens, server key and admin secret of --state into this
+    /// PostgreSQL database (empty, or made by --store), keeping every address; then exit
+    #[argh(option)]
+    import_to: Option<String>,
 }
 
 /// `--udp-listen`: an address, or "off".
@@ -140,6 +149,13 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         (None, Some(addr)) => addr.port().checked_add(1),
     };
     config.open = args.open;
+    config.store = args
+        .store
+        .or_else(|| std::env::var("WGMESH_STORE").ok().filter(|s| !s.is_empty()));
+    if let Some(url) = args.import_to {
+        return crate::server::pg::import::run(&config, &url)
+            .map_err(|e| Failure::new(EXIT_STATE, format!("import into PostgreSQL failed: {e}")));
+    }
     config.policy = args.policy;
     config.register_per_minute = args.register_limit;
     config.auth_failures_per_minute = args.auth_failure_limit;

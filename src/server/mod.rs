@@ -11,6 +11,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod names;
 pub mod peer_list;
+pub mod pg;
 pub mod policy;
 pub mod registry;
 pub mod store;
@@ -71,6 +72,8 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate and key (`--tls-cert`, `--tls-key`); plain HTTP
     /// when `None`.
     pub tls: Option<http::TlsFiles>,
+    /// `--store postgresql://...`: replicas share this database instead of the JSON file.
+    pub store: Option<String>,
 }
 
 impl ServerConfig {
@@ -92,6 +95,7 @@ impl ServerConfig {
             register_per_minute: DEFAULT_REGISTER_PER_MINUTE,
             auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
             tls: None,
+            store: None,
         }
     }
 }
@@ -148,6 +152,7 @@ pub struct RunningServer {
     sweeper: Option<std::thread::JoinHandle<()>>,
     public_key: PublicKey,
     stun: Vec<crate::server::stun_service::StunHandle>,
+    listener: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
 
 /// STUN worker threads per port: one client waits for each answer, so more threads mostly
@@ -192,17 +197,22 @@ impl RunningServer {
             Some(files) => Some(http::load_tls_config(files).map_err(ServerError::Config)?),
             None => None,
         };
-        let key = load_or_create_key(&config.key_file)?;
-        let (store, snapshot) =
-            Store::open(&config.state, config.network).map_err(ServerError::Store)?;
-        let peers = snapshot.peers.len();
-        let registry = registry::Registry::from_snapshot(snapshot)
-            .map_err(|e| ServerError::Config(e.to_string()))?;
-        let mut registry = registry;
-        registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
-        let trust = trust::Trust::load(config)?;
+        let (api, key, peers, source) = match &config.store {
+            Some(url) => start_replica(config, url)?,
+            None => {
+                let key = load_or_create_key(&config.key_file)?;
+                let (store, snapshot) =
+                    Store::open(&config.state, config.network).map_err(ServerError::Store)?;
+                let peers = snapshot.peers.len();
+                let mut registry = registry::Registry::from_snapshot(snapshot)
+                    .map_err(|e| ServerError::Config(e.to_string()))?;
+                registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
+                let trust = trust::Trust::load(config)?;
+                let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));
+                (api, key, peers, config.state.display().to_string())
+            }
+        };
         let stun = start_stun(config)?;
-        let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));
         api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             ServerError::Io(io::Error::new(
@@ -219,11 +229,22 @@ impl RunningServer {
         }
         .map_err(ServerError::Io)?;
         log::info!(
-            "wgmesh server listening on {scheme}://{} for {} ({peers} peers loaded from {})",
+            "wgmesh server listening on {scheme}://{} for {} ({peers} peers loaded from {source})",
             http.local_addr(),
             config.network,
-            config.state.display()
         );
+        let listener = match config.store {
+            Some(_) => {
+                let flag = Arc::new(AtomicBool::new(false));
+                let (api, stop) = (api.clone(), flag.clone());
+                let handle = std::thread::Builder::new()
+                    .name("pg-listen".into())
+                    .spawn(move || api::listen_loop(&api, &stop))
+                    .map_err(ServerError::Io)?;
+                Some((flag, handle))
+            }
+            None => None,
+        };
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let sweeper = {
             let (api, stop) = (api.clone(), stop.clone());
@@ -240,6 +261,7 @@ impl RunningServer {
             sweeper: Some(sweeper),
             public_key: key.public_key(),
             stun,
+            listener,
         })
     }
 
@@ -279,8 +301,51 @@ impl RunningServer {
         for handle in self.stun.drain(..) {
             handle.shutdown();
         }
+        if let Some((flag, handle)) = self.listener.take() {
+            flag.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
         self.api.compact(true)
     }
+}
+
+/// Opens the shared database, loads (or creates) the cluster's identity and registry, and
+/// builds this replica's API over them.
+fn start_replica(
+    config: &ServerConfig,
+    url: &str,
+) -> Result<(Arc<api::Api>, PrivateKey, usize, String), ServerError> {
+    let db_error = |e: pg::pool::DbError| ServerError::Config(format!("--store: {e}"));
+    let db = Arc::new(pg::PgStore::open(url).map_err(db_error)?);
+    let (key, secret) = db.identity(config.network, None).map_err(db_error)?;
+    let (peers, seq) = db.load().map_err(db_error)?;
+    let count = peers.len();
+    let snapshot = store::Snapshot {
+        version: store::FORMAT_VERSION,
+        network_cidr: config.network,
+        peers,
+    };
+    let mut registry = registry::Registry::from_snapshot(snapshot)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
+    let mut trust = trust::Trust::load(config)?;
+    let (secret_file, _, _) = trust::files_beside(&config.state);
+    trust.admin = trust::AdminSecret::adopt(secret, &secret_file).map_err(ServerError::Io)?;
+    let _ = trust.audit_db.set(db.clone());
+    let publish = config.policy.is_some();
+    let api = Arc::new(api::Api::new_replica(
+        registry,
+        api::Replica::new(db.clone(), seq),
+        key.clone(),
+        trust,
+    ));
+    if publish {
+        api.reload_policy(None)
+            .map_err(|e| ServerError::Config(format!("--policy: {e}")))?;
+    } else {
+        api.policy_from_db();
+    }
+    Ok((api, key, count, "PostgreSQL".into()))
 }
 
 fn sweep_loop(

@@ -250,6 +250,50 @@ impl Registry {
         self.peers.get(key)
     }
 
+    /// Stores a record another replica committed to the shared database (issue 11): reserves
+    /// its address and name here, keeping the later of the two last-heartbeat times.
+    pub fn apply_remote(&mut self, mut record: PeerRecord) {
+        if let Some(old) = self.peers.get(&record.public_key) {
+            if old.virtual_ip != record.virtual_ip {
+                self.ipam.release(old.virtual_ip);
+            }
+            record.last_heartbeat = record.last_heartbeat.max(old.last_heartbeat);
+            if *old == record {
+                return;
+            }
+        }
+        if !self.ipam.is_allocated(record.virtual_ip) {
+            let _ = self.ipam.reserve(record.virtual_ip);
+        }
+        self.commit(record);
+    }
+
+    /// What a heartbeat would make of a peer's record, without changing anything: the new
+    /// record, and whether others would see the change (back online, new endpoint). A
+    /// replica writes visible changes to the database before applying them here.
+    pub fn heartbeat_preview(
+        &self,
+        id: &PeerId,
+        endpoint: Option<Endpoint>,
+        observed_ip: IpAddr,
+        now: SystemTime,
+    ) -> Option<(PeerRecord, bool)> {
+        let peer = self.by_id(id)?;
+        let mut record = peer.clone();
+        let mut visible = !record.online;
+        record.online = true;
+        if endpoint.is_some() && endpoint != record.endpoint {
+            record.endpoint = endpoint;
+            visible = true;
+        }
+        if record.observed_ip != Some(observed_ip) {
+            record.observed_ip = Some(observed_ip);
+            visible |= record.endpoint.is_none();
+        }
+        record.last_heartbeat = now;
+        Some((record, visible))
+    }
+
     /// Removes a peer for good and frees its address.
     pub fn remove(&mut self, id: &PeerId) -> Option<PeerRecord> {
         let key = self.ids.remove(id)?;

@@ -234,6 +234,11 @@ impl TokenStore {
         TokenStore::default()
     }
 
+    /// A store holding `records` (as the replica store loads them from its database table).
+    pub fn from_records(records: Vec<TokenRecord>) -> TokenStore {
+        TokenStore { tokens: records }
+    }
+
     /// Creates a token and returns its secret text (show it once, then forget it) and the
     /// stored record. `uses: None` means unlimited, `expires: None` never expires. Tags are
     /// sorted and de-duplicated so equal sets compare equal.

@@ -32,6 +32,13 @@ const ADMIN_SECRET_BYTES: usize = 32;
 /// The header the admin secret travels in, as `Authorization: Bearer SECRET`.
 pub const ADMIN_HEADER: &str = "Authorization";
 
+/// A fresh admin secret: 256 random bits in base64url.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; ADMIN_SECRET_BYTES];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// The secret that opens `/admin/...`, created on first start.
 pub struct AdminSecret {
     secret: String,
@@ -62,15 +69,20 @@ impl AdminSecret {
                 Ok(AdminSecret { secret })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; ADMIN_SECRET_BYTES];
-                getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-                let secret = URL_SAFE_NO_PAD.encode(bytes);
+                let secret = random_secret();
                 fsutil::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)?;
                 log::info!("created admin secret {}", path.display());
                 Ok(AdminSecret { secret })
             }
             Err(e) => Err(fsutil::with_path(e, "cannot read admin secret", path)),
         }
+    }
+
+    /// The cluster's secret as the replica store keeps it, written to `path` (0600) too so
+    /// the CLI on this host finds it where it always looks.
+    pub fn adopt(secret: String, path: &Path) -> io::Result<AdminSecret> {
+        fsutil::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)?;
+        Ok(AdminSecret { secret })
     }
 
     /// Whether an `Authorization` header value carries this secret. Compared in constant time
@@ -253,6 +265,22 @@ impl PolicyHolder {
         (guard.0.clone(), guard.1)
     }
 
+    /// Puts a policy received from elsewhere (the replica store) in force; returns whether
+    /// it changed anything.
+    pub fn replace(&self, fresh: Policy) -> bool {
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if *guard.0 == fresh {
+            return false;
+        }
+        *guard = (Arc::new(fresh), guard.1 + 1);
+        true
+    }
+
+    /// The policy file, if the server was given one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// Re-reads the policy file. A file that does not parse leaves the old policy in force
     /// (a typo must not open or close the whole mesh) and returns why. Returns whether the
     /// policy changed, and the policy now in force.
@@ -292,6 +320,8 @@ pub struct Trust {
     pub register_limit: RateLimiter,
     /// Failed authentications per source per minute, past which a source gets 429.
     pub auth_failure_limit: RateLimiter,
+    /// With replicas: the shared database, where audit events go instead of the file.
+    pub audit_db: std::sync::OnceLock<Arc<crate::server::pg::PgStore>>,
 }
 
 /// The files of the trust state beside a state file: `admin.secret`, `tokens.json`,
@@ -321,6 +351,7 @@ impl Trust {
             audit: AuditLog::open(&audit).map_err(ServerError::Io)?,
             register_limit: RateLimiter::new(config.register_per_minute),
             auth_failure_limit: RateLimiter::new(config.auth_failures_per_minute),
+            audit_db: std::sync::OnceLock::new(),
         };
         if trust.open {
             log::warn!(
@@ -337,6 +368,12 @@ impl Trust {
 
     /// Appends one audit event; a failing audit log is reported but never stops service.
     pub fn audit(&self, event: AuditEvent) {
+        if let Some(db) = self.audit_db.get() {
+            match db.record_audit(&event) {
+                Ok(()) => return,
+                Err(e) => log::error!("cannot write the audit table, using the file: {e}"),
+            }
+        }
         if let Err(e) = self.audit.record(&event) {
             log::error!(
                 "cannot write the audit log {}: {e}",

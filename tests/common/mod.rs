@@ -281,6 +281,19 @@ pub fn send_as(
     body: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
+    try_send_as(server, key, method, path, body, headers).expect("request")
+}
+
+/// Like [`send_as`], but Err when no answer came (connection refused or cut: a replica that
+/// was killed) instead of failing the test.
+pub fn try_send_as(
+    server: &ServerProcess,
+    key: Option<&PrivateKey>,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, String> {
     let mut builder = ureq::http::Request::builder()
         .method(method)
         .uri(server.url(path));
@@ -305,9 +318,29 @@ pub fn send_as(
             builder = builder.header(*name, value.as_str());
         }
     }
+    try_send_raw(server, builder, body, key, nonce)
+}
+
+/// Like [`send_as`] with the request already built and signed; Err when no answer came
+/// (connection refused or cut: a replica that was killed).
+pub fn try_send_raw(
+    server: &ServerProcess,
+    builder: ureq::http::request::Builder,
+    body: &str,
+    key: Option<&PrivateKey>,
+    nonce: Option<String>,
+) -> Result<Answer, String> {
+    let method = builder
+        .method_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    let path = builder
+        .uri_ref()
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default();
     let mut resp = agent()
         .run(builder.body(body.to_owned()).unwrap())
-        .expect("request");
+        .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -341,13 +374,13 @@ pub fn send_as(
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     };
-    Answer {
+    Ok(Answer {
         status,
         json,
         etag: header("etag").map(str::to_owned),
         retry_after: header("retry-after").map(str::to_owned),
         signed,
-    }
+    })
 }
 
 /// Sends a request signed by whoever it concerns (see the module comment).

@@ -15,7 +15,7 @@ use crate::server::trust::ADMIN_HEADER;
 use crate::types::PeerId;
 use std::time::SystemTime;
 
-fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
+pub(super) fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
     TokenView {
         id: t.id.to_string(),
         uses_left: t.uses_left,
@@ -50,6 +50,11 @@ impl Api {
         self.admin_check(req)?;
         let method = req.method.as_str();
         let now = SystemTime::now();
+        if let Some(r) = &self.replica {
+            if let Some(answer) = self.admin_tokens_replica(r, req, rest, now) {
+                return answer;
+            }
+        }
         match (method, rest) {
             ("GET", "tokens") => {
                 let tokens = lock(&self.trust.tokens);

@@ -11,9 +11,11 @@
 mod admin;
 mod error;
 mod peer;
+mod replica;
 
 pub use error::{parse_body, parse_json, Refusal};
 pub use peer::MAX_ALLOWED_IPS;
+pub use replica::{listen_loop, Replica};
 
 use super::http::{Body, Handler, Request, Response};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
@@ -35,7 +37,10 @@ use std::time::{Instant, SystemTime};
 pub struct Api {
     registry: Mutex<Registry>,
     /// The store doubles as the write lock: changes are journaled one at a time, in order.
-    store: Mutex<Store>,
+    /// None when replicas share a database instead.
+    store: Mutex<Option<Store>>,
+    /// With `--store postgresql://...`: the shared database this replica caches.
+    replica: Option<Replica>,
     /// One cached list per tag group (the caller's sorted tags).
     cache: PeerLists,
     metrics: Metrics,
@@ -62,11 +67,32 @@ impl Api {
     /// Builds the API over a loaded registry and its store, signing with the server's key and
     /// deciding who may do what with `trust`.
     pub fn new(registry: Registry, store: Store, server_key: PrivateKey, trust: Trust) -> Api {
+        Api::build(registry, Some(store), None, server_key, trust)
+    }
+
+    /// Builds the API of one replica over a registry loaded from the shared database.
+    pub fn new_replica(
+        registry: Registry,
+        replica: Replica,
+        server_key: PrivateKey,
+        trust: Trust,
+    ) -> Api {
+        Api::build(registry, None, Some(replica), server_key, trust)
+    }
+
+    fn build(
+        registry: Registry,
+        store: Option<Store>,
+        replica: Option<Replica>,
+        server_key: PrivateKey,
+        trust: Trust,
+    ) -> Api {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the operating system's random source failed");
         Api {
             registry: Mutex::new(registry),
             store: Mutex::new(store),
+            replica,
             cache: PeerLists::default(),
             metrics: Metrics::default(),
             server_public_key: server_key.public_key(),
@@ -89,6 +115,9 @@ impl Api {
 
     /// Marks silent peers offline; called by the sweeper thread.
     pub fn sweep(&self, timeout: std::time::Duration) {
+        if let Some(r) = &self.replica {
+            return self.sweep_replica(r, timeout);
+        }
         let gone = lock(&self.registry).sweep(SystemTime::now(), timeout);
         for (id, hostname, silent) in &gone {
             log::warn!(
@@ -103,7 +132,10 @@ impl Api {
     /// Writes a fresh snapshot if anything changed, emptying the journal. Holds the store
     /// lock throughout so no journaled change can slip between snapshot and truncation.
     pub fn compact(&self, force: bool) -> std::io::Result<()> {
-        let mut store = lock(&self.store);
+        let mut guard = lock(&self.store);
+        let Some(store) = guard.as_mut() else {
+            return Ok(());
+        };
         let snapshot = {
             let mut registry = lock(&self.registry);
             if !registry.take_dirty() && !force && store.journal_entries() == 0 {
@@ -120,6 +152,9 @@ impl Api {
         &self,
         source: Option<std::net::SocketAddr>,
     ) -> Result<(bool, String), String> {
+        if let Some(r) = &self.replica {
+            return self.reload_policy_replica(r, source);
+        }
         match self.trust.policy.reload() {
             Ok((changed, policy)) => {
                 let text = policy.to_string();
@@ -205,6 +240,7 @@ impl Api {
                     key,
                     nonce: req.header(NONCE_HEADER).unwrap_or_default().to_owned(),
                 });
+                self.claim_nonce(req, &key)?;
                 Ok(key)
             }
             Err(e) => {
@@ -222,7 +258,12 @@ impl Api {
     /// Checks that `key` (which signed the request) owns peer `id`: 404 for an unknown id
     /// (so the agent registers again), 401 for someone else's id.
     fn check_owner(&self, req: &Request, key: &PublicKey, id: &PeerId) -> Result<(), Refusal> {
-        let owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
+        let mut owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
+        if owner.is_none() && self.replica.is_some() {
+            // Registered through another replica a moment ago: catch up before refusing.
+            let _ = self.catch_up();
+            owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
+        }
         match owner {
             None => Err(unknown_peer(id)),
             Some(owner) if owner == *key => Ok(()),
@@ -240,6 +281,21 @@ impl Api {
             let registry = lock(&self.registry);
             (registry.len(), registry.online())
         };
+        if let Some(r) = &self.replica {
+            return match r.db.health() {
+                Ok(()) => ok_json(&serde_json::json!({"success": true, "status": "ok",
+                    "store": "postgresql", "database": "ok", "peers": total, "online": online})),
+                Err(e) => Response::json(
+                    503,
+                    serde_json::to_vec(&serde_json::json!({"success": false,
+                        "status": "database unreachable", "store": "postgresql",
+                        "database": "unreachable", "code": "unavailable",
+                        "error": format!("{e}: changes are refused until it is back"),
+                        "peers": total, "online": online}))
+                    .expect("JSON values serialize"),
+                ),
+            };
+        }
         ok_json(
             &serde_json::json!({"success": true, "status": "ok", "peers": total, "online": online}),
         )

@@ -108,7 +108,12 @@ impl Api {
             tags: Vec::new(),
         };
         let now = SystemTime::now();
-        let mut store = lock(&self.store);
+        if let Some(r) = &self.replica {
+            let token = body.token.as_deref();
+            return self.register_replica(r, req, key, registration, token, now, network);
+        }
+        let mut guard = lock(&self.store);
+        let store = guard.as_mut().expect("the JSON store, without replicas");
         let known = lock(&self.registry).knows(&key);
         // A known key proves ownership with its MAC and keeps the tags it joined with; a new
         // key needs an invitation, which is checked here but used up only once all else passed.
@@ -139,7 +144,7 @@ impl Api {
             Err((status, why)) => {
                 // Audit outside the locks: a refusal must not hold up other registrations.
                 drop(tokens);
-                drop(store);
+                drop(guard);
                 self.auth_failed(req, Some(key), None, &why);
                 return Err(Refusal(status, why));
             }
@@ -153,7 +158,7 @@ impl Api {
         let record = match &prepared {
             Prepared::Unchanged(record) => {
                 drop(tokens);
-                drop(store);
+                drop(guard);
                 lock(&self.registry).heartbeat(&record.id, None, source, now);
                 self.metrics
                     .registrations_repeat
@@ -191,7 +196,7 @@ impl Api {
                 }
                 lock(&self.registry).commit(record.clone());
                 drop(tokens);
-                drop(store);
+                drop(guard);
                 let counter = if *fresh_address {
                     log::info!(
                         "registered {} ({}) as {} at {}",
@@ -252,6 +257,9 @@ impl Api {
         let body: HeartbeatRequest = parse_body(req)?;
         self.check_owner(req, &key, &body.peer_id)?;
         let observed = req.remote.ip().to_canonical();
+        if let Some(r) = &self.replica {
+            return self.heartbeat_replica(r, &body.peer_id, body.endpoint, observed);
+        }
         let known = lock(&self.registry)
             .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
             .is_some();
@@ -267,7 +275,11 @@ impl Api {
         id: &PeerId,
         by: &str,
     ) -> Result<Response, Refusal> {
-        let mut store = lock(&self.store);
+        if let Some(r) = &self.replica {
+            return self.deregister_replica(r, req, id, by);
+        }
+        let mut guard = lock(&self.store);
+        let store = guard.as_mut().expect("the JSON store, without replicas");
         let Some(record) = lock(&self.registry).by_id(id).cloned() else {
             return Err(unknown_peer(id));
         };
@@ -277,7 +289,7 @@ impl Api {
             })
             .map_err(|e| Refusal(500, format!("deregistration could not be stored: {e}")))?;
         lock(&self.registry).remove(id);
-        drop(store);
+        drop(guard);
         log::info!(
             "deregistered {id} ({}) {by}; {} returns to the pool",
             record.hostname,
