@@ -396,3 +396,236 @@ fn while_postgresql_is_down_changes_get_503_and_afterwards_nothing_is_lost() {
         }
     }
 }
+
+/// Every peer the replica knows: hostname -> online.
+fn online_by_name(server: &ServerProcess) -> HashMap<String, bool> {
+    let answer = admin(server, "GET", "/admin/peers", None);
+    answer.json["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["hostname"].as_str().unwrap().to_owned(),
+                p["online"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn names_seen(server: &ServerProcess, id: &str) -> Vec<String> {
+    let answer = get(server, &format!("/peers?peer_id={id}"), None);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    let mut names: Vec<String> = answer.json["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["hostname"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_policy_the_audit_log_and_online_state_are_shared_by_all_replicas() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-policy");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["tag:a"], "to": ["tag:c"]}]}"#,
+    )
+    .unwrap();
+    let timers = ["--heartbeat-timeout", "3", "--sweep-interval", "1"];
+    let mut with_policy = vec!["--policy", policy.to_str().unwrap()];
+    with_policy.extend_from_slice(&timers);
+    let a = replica(&dir, "a", &pg.url(), &with_policy);
+    // B has no policy file: it runs with the policy A published.
+    let b = replica(&dir, "b", &pg.url(), &timers);
+    let mut ids = HashMap::new();
+    for (name, server) in [("a", &a), ("b", &b), ("c", &b)] {
+        let (token, _) = a.create_token(serde_json::json!({"tags": [format!("tag:{name}")]}));
+        let answer = register_with_token(server, &new_key(), name, &token);
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        ids.insert(name, answer.json["peer_id"].as_str().unwrap().to_owned());
+    }
+    wait_until("B sees every registration", 2, || {
+        online_by_name(&b).len() == 3
+    });
+    assert_eq!(names_seen(&b, &ids["a"]), ["c"]);
+    assert_eq!(names_seen(&b, &ids["b"]), Vec::<String>::new());
+    // A reload on A reaches B.
+    std::fs::write(&policy, r#"{"allow": [{"from": ["*"], "to": ["*"]}]}"#).unwrap();
+    let reload = admin(&a, "POST", "/admin/policy/reload", None);
+    assert_eq!(reload.status, 200, "{}", reload.json);
+    assert_eq!(reload.json["changed"], true);
+    wait_until("B applies the policy reloaded on A", 2, || {
+        names_seen(&b, &ids["b"]) == ["a", "c"]
+    });
+
+    // Online state: "a" heartbeats only to B, "b" and "c" fall silent. Both replicas agree
+    // that "a" stays online and the others go offline, from the database's last-seen times.
+    let deadline = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < deadline {
+        let hb = post(
+            &b,
+            "/heartbeat",
+            &serde_json::json!({"peer_id": ids["a"]}).to_string(),
+        );
+        assert_eq!(hb.status, 200, "{}", hb.json);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for server in [&a, &b] {
+        let online = online_by_name(server);
+        assert!(online["a"], "{online:?}");
+        assert!(!online["b"], "{online:?}");
+        assert!(!online["c"], "{online:?}");
+    }
+
+    // The audit log is one table: registrations through both replicas, the policy change.
+    let mut db = ::postgres::Client::connect(&pg.url(), ::postgres::NoTls).unwrap();
+    let events: Vec<String> = db
+        .query("SELECT event FROM wgmesh_audit ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| *e == "registration").count(),
+        3,
+        "{events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| *e == "token_create").count(),
+        3,
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e == "policy_change"), "{events:?}");
+}
+
+#[test]
+fn heartbeats_cost_no_database_write_each_and_are_flushed_once_per_sweep() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-heartbeats");
+    let slow = replica(
+        &dir,
+        "slow",
+        &pg.url(),
+        &["--open", "--sweep-interval", "3600"],
+    );
+    let fast = replica(
+        &dir,
+        "fast",
+        &pg.url(),
+        &["--open", "--sweep-interval", "1"],
+    );
+    let key = new_key();
+    let answer = register(&slow, &key, "beating");
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    let id = answer.json["peer_id"].as_str().unwrap().to_owned();
+    let mut db = ::postgres::Client::connect(&pg.url(), ::postgres::NoTls).unwrap();
+    // xmin changes with every write to the row: 50 heartbeats must leave it alone.
+    let row_version = |db: &mut ::postgres::Client| -> (String, i64) {
+        let row = db
+            .query_one(
+                "SELECT xmin::text, last_seen FROM wgmesh_peers WHERE public_key = $1",
+                &[&key],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let before = row_version(&mut db);
+    std::thread::sleep(Duration::from_millis(20));
+    for _ in 0..50 {
+        let hb = post(
+            &slow,
+            "/heartbeat",
+            &serde_json::json!({"peer_id": id}).to_string(),
+        );
+        assert_eq!(hb.status, 200, "{}", hb.json);
+    }
+    assert_eq!(
+        row_version(&mut db),
+        before,
+        "a heartbeat wrote to the database"
+    );
+    // A replica whose sweep runs every second writes its batch.
+    let hb = post(
+        &fast,
+        "/heartbeat",
+        &serde_json::json!({"peer_id": id}).to_string(),
+    );
+    assert_eq!(hb.status, 200, "{}", hb.json);
+    wait_until("the sweep flushes the last-seen time", 5, || {
+        row_version(&mut db).1 > before.1
+    });
+}
+
+#[test]
+fn import_moves_a_json_server_into_postgresql_without_renumbering() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-import");
+    let state = dir.path().join("single").join("peers.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let single = ServerProcess::start(&state, &["--register-limit", "0"]);
+    let server_key = single.public_key();
+    let (token, _) = single.create_token(serde_json::json!({"uses": 5}));
+    let mut before = HashMap::new();
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let key = new_key();
+        let answer = register_with_token(&single, &key, &format!("old{i}"), &token);
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        let id = answer.json["peer_id"].as_str().unwrap().to_owned();
+        before.insert(
+            id.clone(),
+            answer.json["assigned_ip"].as_str().unwrap().to_owned(),
+        );
+        keys.push(key);
+        ids.push(id);
+    }
+    // Free the first address so a renumbering import would show.
+    let first = ids[0].clone();
+    let gone = admin(&single, "DELETE", &format!("/admin/peers/{first}"), None);
+    assert_eq!(gone.status, 200, "{}", gone.json);
+    before.remove(&first);
+    assert!(single.stop().success());
+
+    let import = |expect_ok: bool| {
+        let out = std::process::Command::new(wgmesh_bin())
+            .args(["server", "--state"])
+            .arg(&state)
+            .args(["--import-to", &pg.url()])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), expect_ok, "{text}");
+        text
+    };
+    assert!(import(true).contains("imported 2 peers"));
+    // A second import would merge two registries: refused.
+    assert!(import(false).contains("already holds"));
+
+    let a = replica(&dir, "a", &pg.url(), &[]);
+    assert_eq!(
+        a.public_key(),
+        server_key,
+        "agents keep the key they pinned"
+    );
+    assert_eq!(admin_peers(&a), before);
+    // The token keeps its remaining uses, and known keys keep their addresses.
+    let answer = register_with_token(&a, &new_key(), "new", &token);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert!(!before
+        .values()
+        .any(|ip| answer.json["assigned_ip"] == ip.as_str()));
+    let again = register(&a, &keys[1], "old1");
+    assert_eq!(again.status, 200, "{}", again.json);
+    let id = again.json["peer_id"].as_str().unwrap();
+    assert_eq!(again.json["assigned_ip"], before[id].as_str());
+}

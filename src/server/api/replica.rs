@@ -50,12 +50,13 @@ impl Replica {
 /// The answer when the database could not do its part: 503 for an outage (retry), 500 for
 /// data this build cannot use.
 pub fn db_refusal(e: &DbError) -> Refusal {
-    match e {
-        DbError::Data(m) => Refusal(500, m.clone()),
-        _ => Refusal(
+    if e.is_outage() {
+        Refusal(
             503,
             format!("{e}: nothing was changed; retry shortly (another replica may answer)"),
-        ),
+        )
+    } else {
+        Refusal(500, format!("{e}: nothing was changed"))
     }
 }
 

@@ -117,7 +117,7 @@ impl PgStore {
     pub fn note<T>(&self, result: Result<T, DbError>) -> Result<T, DbError> {
         match &result {
             Ok(_) => self.healthy.store(true, Ordering::Relaxed),
-            Err(e @ (DbError::Pg(_) | DbError::Busy)) => {
+            Err(e) if e.is_outage() => {
                 if self.healthy.swap(false, Ordering::Relaxed) {
                     log::error!("the database is unreachable: {e}");
                     self.pool.clear_idle();

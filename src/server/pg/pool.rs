@@ -42,6 +42,25 @@ impl std::fmt::Display for DbError {
 
 impl std::error::Error for DbError {}
 
+impl DbError {
+    /// Whether the database is unreachable or unavailable (answer 503, retry later), as
+    /// opposed to refusing this one statement.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            DbError::Busy => true,
+            DbError::Data(_) => false,
+            DbError::Pg(e) => match e.code() {
+                None => true,
+                // 08: connection exception, 53: insufficient resources, 57: operator
+                // intervention (shutting down, starting up).
+                Some(code) => ["08", "53", "57"]
+                    .iter()
+                    .any(|c| code.code().starts_with(c)),
+            },
+        }
+    }
+}
+
 impl From<postgres::Error> for DbError {
     fn from(e: postgres::Error) -> Self {
         DbError::Pg(e)
