@@ -629,3 +629,71 @@ fn import_moves_a_json_server_into_postgresql_without_renumbering() {
     let id = again.json["peer_id"].as_str().unwrap();
     assert_eq!(again.json["assigned_ip"], before[id].as_str());
 }
+
+/// A stand-in for a sick replica: answers every request 503.
+fn always_503() -> (String, std::thread::JoinHandle<()>, Arc<tiny_http::Server>) {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let s = server.clone();
+    let handle = std::thread::spawn(move || {
+        for request in s.incoming_requests() {
+            let body = r#"{"success":false,"error":"sick","code":"unavailable"}"#;
+            let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(503));
+        }
+    });
+    (url, handle, server)
+}
+
+#[test]
+fn an_agent_given_several_servers_fails_over_on_5xx_and_on_a_dead_replica() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-agent");
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let (sick, sick_thread, sick_server) = always_503();
+    let x = new_key();
+    assert_eq!(register(&b, &x, "x-host").status, 200);
+    let config = dir.path().join("agent.json");
+    let sync = |servers: &[String]| {
+        let mut cmd = std::process::Command::new(wgmesh_bin());
+        cmd.args(["sync", "--dry-run", "--os", "linux", "--hostname", "me"])
+            .arg("--config")
+            .arg(&config);
+        for s in servers {
+            cmd.args(["--server", s]);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{stderr}");
+        (stdout, stderr)
+    };
+    // The first server answers 503: the agent moves on to A, pins the cluster's one key.
+    let (plan, log) = sync(&[sick.clone(), a.url(""), b.url("")]);
+    assert!(plan.contains(&x), "{plan}");
+    assert!(log.contains("trying"), "{log}");
+    let saved = wgmesh::agent::config::ClientConfig::load(&config)
+        .unwrap()
+        .unwrap();
+    let assignment = saved.assignment.clone().unwrap();
+    assert_eq!(assignment.server_public_key, a.public_key());
+    assert_eq!(saved.fallback_servers.len(), 2, "the list is remembered");
+
+    // A dies; a new peer joins through B; the agent (servers from its config) keeps working.
+    a.kill9();
+    let y = new_key();
+    assert_eq!(register(&b, &y, "y-host").status, 200);
+    let (plan, log) = sync(&[]);
+    assert!(plan.contains(&y), "{plan}\n{log}");
+    let again = wgmesh::agent::config::ClientConfig::load(&config)
+        .unwrap()
+        .unwrap()
+        .assignment
+        .unwrap();
+    assert_eq!(again.assigned_ip, assignment.assigned_ip, "same address");
+    sick_server.unblock();
+    drop(sick_server);
+    let _ = sick_thread;
+}

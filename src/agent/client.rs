@@ -145,11 +145,16 @@ struct Identity {
     token: Option<String>,
 }
 
-/// A client of one coordination server.
+/// A client of the coordination server, or of several replicas of it: it sticks to one and
+/// fails over to the next on a connection error or a 5xx answer (every replica has the same
+/// key, so the pin holds).
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     agent: ureq::Agent,
-    base: ServerUrl,
+    /// The servers in the order given; never empty.
+    servers: Arc<Vec<ServerUrl>>,
+    /// Index of the one in use, shared between clones so all stick to the same one.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     identity: Option<Identity>,
 }
 
@@ -254,7 +259,8 @@ impl ApiClient {
             .into();
         ApiClient {
             agent,
-            base,
+            servers: Arc::new(vec![base]),
+            current: Arc::default(),
             identity: None,
         }
     }
@@ -267,6 +273,19 @@ impl ApiClient {
             server_key: Arc::new(Mutex::new(server_key)),
             token: None,
         });
+        self
+    }
+
+    /// Adds servers to fail over to, after the one given at construction (replicas of one
+    /// cluster; see README).
+    pub fn with_fallbacks(mut self, more: &[ServerUrl]) -> ApiClient {
+        let mut servers = (*self.servers).clone();
+        for url in more {
+            if !servers.contains(url) {
+                servers.push(url.clone());
+            }
+        }
+        self.servers = Arc::new(servers);
         self
     }
 
@@ -296,7 +315,18 @@ impl ApiClient {
         if let Some(key) = *pinned {
             return Ok(key);
         }
-        let mut resp = self.agent.get(self.url("/key")).call().map_err(transport)?;
+        let mut resp = self.agent.get(self.url("/key")).call().map_err(transport);
+        for other in self.servers.iter().filter(|s| *s != self.server()) {
+            if resp.as_ref().is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            resp = self
+                .agent
+                .get(format!("{other}/key"))
+                .call()
+                .map_err(transport);
+        }
+        let mut resp = resp?;
         if !resp.status().is_success() {
             return Err(Self::refusal(resp));
         }
@@ -314,10 +344,56 @@ impl ApiClient {
         Ok(answer.server_public_key)
     }
 
-    /// Sends one request, signed when there is an identity, and reads the whole answer;
-    /// a signed request's answer is verified before anything else looks at it.
+    /// Sends one request to the server in use; on a connection error or a 5xx answer, to the
+    /// next one (signed afresh: a replica refuses a nonce another one already accepted), and
+    /// sticks with the first that answers.
     fn exchange(
         &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+        limit: u64,
+    ) -> Result<Answer, ClientError> {
+        use std::sync::atomic::Ordering;
+        let n = self.servers.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for step in 0..n {
+            let index = (start + step) % n;
+            let base = &self.servers[index];
+            let result = self.exchange_with(base, method, path, body.clone(), extra, limit);
+            let failed = match &result {
+                Err(ClientError::Unreachable(why)) => Some(why.clone()),
+                Err(ClientError::Refused { status, message }) if *status >= 500 => {
+                    Some(format!("answered {status}: {message}"))
+                }
+                Ok(answer) if answer.status >= 500 => Some(format!("answered {}", answer.status)),
+                _ => None,
+            };
+            match failed {
+                Some(why) if step + 1 < n => {
+                    let next = &self.servers[(index + 1) % n];
+                    log::warn!("coordination server {base} failed ({why}); trying {next}");
+                    last = Some(result);
+                }
+                _ => {
+                    if failed.is_none() && index != start {
+                        self.current.store(index, Ordering::Relaxed);
+                        log::info!("now using coordination server {base}");
+                    }
+                    return result;
+                }
+            }
+        }
+        last.expect("at least one server")
+    }
+
+    /// Sends one request to `base`, signed when there is an identity, and reads the whole
+    /// answer; a signed request's answer is verified before anything else looks at it.
+    fn exchange_with(
+        &self,
+        base: &ServerUrl,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
@@ -327,7 +403,7 @@ impl ApiClient {
         let bytes = body.clone().unwrap_or_default();
         let mut builder = ureq::http::Request::builder()
             .method(method)
-            .uri(self.url(path));
+            .uri(format!("{base}{path}"));
         if body.is_some() {
             builder = builder.header("Content-Type", "application/json");
         }
@@ -398,6 +474,14 @@ impl ApiClient {
                 } else {
                     e.to_string()
                 };
+                if status >= 500 {
+                    // A sick replica or a load balancer in front of a dead one: report it as
+                    // the failure it is (and fail over), never act on its body.
+                    return Err(ClientError::Refused {
+                        status,
+                        message: what,
+                    });
+                }
                 return Err(ClientError::Unauthentic(what));
             }
         }
@@ -418,13 +502,19 @@ impl ApiClient {
         }
     }
 
-    /// The server this client talks to.
+    /// The server this client talks to right now.
     pub fn server(&self) -> &ServerUrl {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.servers[i % self.servers.len()]
+    }
+
+    /// Every server this client may use, in order.
+    pub fn servers(&self) -> &[ServerUrl] {
+        &self.servers
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        format!("{}{}", self.server(), path)
     }
 
     fn refusal(mut resp: ureq::http::Response<ureq::Body>) -> ClientError {

@@ -126,6 +126,10 @@ pub struct ClientConfig {
     /// The coordination server.
     #[serde(default)]
     pub server: Option<ServerUrl>,
+    /// More replicas of the same cluster, tried in order when `server` fails (`--server`
+    /// given more than once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_servers: Vec<ServerUrl>,
     /// The interface name asked for.
     pub interface: InterfaceName,
     /// Our WireGuard listen port.
@@ -184,6 +188,7 @@ impl ClientConfig {
             version: CONFIG_VERSION,
             private_key: PrivateKey::generate(),
             server: None,
+            fallback_servers: Vec::new(),
             interface,
             listen_port: DEFAULT_LISTEN_PORT,
             hostname: None,

@@ -22,6 +22,8 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     /// The coordination server (remembered).
     pub server: Option<ServerUrl>,
+    /// Replicas to fail over to, after `server` (remembered with it).
+    pub fallback_servers: Vec<ServerUrl>,
     /// The interface name (remembered).
     pub interface: Option<InterfaceName>,
     /// The WireGuard listen port (remembered; 0 is refused).
@@ -101,6 +103,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     });
     if let Some(server) = o.server {
         cfg.server = Some(server);
+        cfg.fallback_servers = o.fallback_servers;
     }
     if let Some(interface) = o.interface {
         cfg.interface = interface;
@@ -144,7 +147,9 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     }
     let reader: Option<Box<dyn Runner>> =
         (Some(os) == TargetOs::current()).then(|| Box::new(SystemRunner::new()) as Box<dyn Runner>);
-    let client = api_client(server, &cfg, server_key, &trust).with_token(o.token);
+    let client = api_client(server, &cfg, server_key, &trust)
+        .with_fallbacks(&cfg.fallback_servers)
+        .with_token(o.token);
     Ok(Engine {
         config: cfg,
         config_path: path,

@@ -207,7 +207,8 @@ pub fn export(path: &Path, ca: Option<&Path>, names: bool) -> Result<String, Age
         .server
         .clone()
         .ok_or_else(|| AgentError::Usage("no coordination server in the config".into()))?;
-    let client = setup::api_client(server, &cfg, None, &setup::tls_trust(ca)?);
+    let client = setup::api_client(server, &cfg, None, &setup::tls_trust(ca)?)
+        .with_fallbacks(&cfg.fallback_servers);
     let peers = match client.peers(&assignment.peer_id, None) {
         Ok(super::client::PeerList::Changed { peers, .. }) => peers,
         Ok(super::client::PeerList::NotModified) => unreachable!("no ETag was sent"),

@@ -84,9 +84,10 @@ impl argh::FromArgValue for ExitChoice {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "up")]
 pub struct UpArgs {
-    /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config)
+    /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config); repeat
+    /// it for replicas of one cluster: the agent sticks to one and fails over to the next
     #[argh(option)]
-    server: Option<ServerUrl>,
+    server: Vec<ServerUrl>,
     /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
     /// replacing the bundled public roots (for a private CA or a self-signed server)
     #[argh(option)]
@@ -179,9 +180,10 @@ impl argh::FromArgValue for DnsSwitch {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "sync")]
 pub struct SyncArgs {
-    /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config)
+    /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config); repeat
+    /// it for replicas of one cluster: the agent sticks to one and fails over to the next
     #[argh(option)]
-    server: Option<ServerUrl>,
+    server: Vec<ServerUrl>,
     /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
     /// replacing the bundled public roots (for a private CA or a self-signed server)
     #[argh(option)]
@@ -337,7 +339,8 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
     });
     let mut engine = setup::engine(Overrides {
         config: args.config,
-        server: args.server,
+        server: args.server.first().cloned(),
+        fallback_servers: args.server.iter().skip(1).cloned().collect(),
         interface: args.interface,
         listen_port: args.listen_port,
         endpoint: args.endpoint,
@@ -375,7 +378,8 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
     let dry_run = args.dry_run;
     let mut engine = setup::engine(Overrides {
         config: args.config,
-        server: args.server,
+        server: args.server.first().cloned(),
+        fallback_servers: args.server.iter().skip(1).cloned().collect(),
         interface: args.interface,
         listen_port: args.listen_port,
         endpoint: args.endpoint,
