@@ -10,11 +10,13 @@ lint:
     cargo clippy --all-targets -- -D warnings
 
 # Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, mesh DNS
-# queries/s vs dnsmasq).
+# queries/s vs dnsmasq, registrations/s and heartbeats/s on the JSON store vs PostgreSQL
+# replicas).
 bench:
     cargo bench --bench server
     cargo bench --bench stun
     cargo bench --bench dns
+    cargo bench --bench replicas
 
 # Run the coordination server on its embedded JSON store (./peers.json by default here).
 run *ARGS:
