@@ -79,8 +79,9 @@ pub struct ServerArgs {
     /// password out of `ps`); without it, the JSON file at --state
     #[argh(option)]
     store: Option<String>,
-    /// copy the registry, join tokens, server key and admin secret of --state into this
-    /// PostgreSQL database (empty, or made by --store), keeping every address; then exit
+    /// copy the registry, join tokens, server key and admin secret of the state file into
+    /// this PostgreSQL database, which must hold no peers yet, keeping every address; then
+    /// exit
     #[argh(option)]
     import_to: Option<String>,
 }
