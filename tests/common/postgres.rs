@@ -28,6 +28,8 @@ pub struct PgCluster {
     uid: u32,
     gid: u32,
     running: bool,
+    /// The network namespace the cluster runs in (its own 127.0.0.1), if not the host's.
+    netns: Option<String>,
 }
 
 fn postgres_ids() -> (u32, u32) {
@@ -55,6 +57,16 @@ fn free_port() -> u16 {
 impl PgCluster {
     /// Creates and starts a cluster; panics with the reason (and the server log) if it cannot.
     pub fn start() -> PgCluster {
+        Self::start_in(None)
+    }
+
+    /// Like [`PgCluster::start`], inside network namespace `netns` (listening on that
+    /// namespace's loopback, for servers started in it).
+    pub fn start_in_netns(netns: &str) -> PgCluster {
+        Self::start_in(Some(netns.to_owned()))
+    }
+
+    fn start_in(netns: Option<String>) -> PgCluster {
         let initdb = Path::new(PG_BIN).join("initdb");
         assert!(
             initdb.exists(),
@@ -78,6 +90,7 @@ impl PgCluster {
             uid,
             gid,
             running: false,
+            netns,
         };
         std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid)).unwrap();
         let pwfile = cluster.dir.join("pwfile");
@@ -109,11 +122,21 @@ impl PgCluster {
     }
 
     fn as_postgres(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.uid(self.uid)
-            .gid(self.gid)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null());
+        let mut cmd = match &self.netns {
+            // `ip netns exec` needs root, so the switch to `postgres` comes after it.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "runuser", "-u", "postgres", "--"])
+                    .arg(program);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(program);
+                cmd.uid(self.uid).gid(self.gid);
+                cmd
+            }
+        };
+        cmd.current_dir(&self.dir).stdin(Stdio::null());
         cmd
     }
 
