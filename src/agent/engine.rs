@@ -190,22 +190,13 @@ pub fn is_named(peer: &PeerInfo, wanted: &str) -> bool {
         || peer.id.as_str() == wanted
 }
 
-/// Our hostname: the configured one, else the OS's, else "wgmesh-node".
+/// Our hostname: the configured one, else the OS's (see [`super::host::os_hostname`]), else
+/// "wgmesh-node".
 pub fn local_hostname(config: &ClientConfig) -> Hostname {
     if let Some(h) = &config.hostname {
         return h.clone();
     }
-    let candidates = [
-        std::env::var("HOSTNAME").ok(),
-        std::fs::read_to_string("/proc/sys/kernel/hostname").ok(),
-        std::fs::read_to_string("/etc/hostname").ok(),
-        std::env::var("COMPUTERNAME").ok(),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find_map(|h| h.trim().parse().ok())
-        .unwrap_or_else(|| "wgmesh-node".parse().expect("literal"))
+    super::host::os_hostname().unwrap_or_else(|| "wgmesh-node".parse().expect("literal"))
 }
 
 impl Engine {

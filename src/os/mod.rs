@@ -12,6 +12,9 @@
 
 mod linux;
 mod macos;
+pub mod observe_macos;
+pub mod observe_windows;
+pub mod route_table;
 pub mod runner;
 mod windows;
 
