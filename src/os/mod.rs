@@ -471,13 +471,26 @@ impl std::error::Error for Unsupported {}
 /// Brings a new interface into existence (it must not exist yet; [`destroy`] tolerates a
 /// missing one, so the agent runs it first to clear a stale interface).
 ///
-/// Windows needs nothing here: the tunnel service creates its adapter in [`configure`].
+/// On Windows the tunnel service creates its adapter in [`configure`]; this creates the
+/// protected configuration folder, which the agent checks ([`windows_config_dir_acl`])
+/// before [`configure`] writes the private key into it.
 pub fn create(os: TargetOs, name: &InterfaceName) -> Plan {
     match os {
         TargetOs::Linux => linux::create(name),
         TargetOs::Macos => macos::create(name),
-        TargetOs::Windows => Plan::default(),
+        TargetOs::Windows => windows::create(),
     }
+}
+
+/// Windows: the command printing the configuration folder's ACL as SDDL, for
+/// [`observe_windows::check_config_dir_sddl`].
+pub fn windows_config_dir_acl() -> Command {
+    windows::config_dir_acl_command()
+}
+
+/// Windows: where the tunnel configuration of `name` is written.
+pub fn windows_config_path(name: &InterfaceName) -> PathBuf {
+    windows::config_path(name)
 }
 
 /// Gives a freshly created interface its key, port, address, MTU, mesh route and initial

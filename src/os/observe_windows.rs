@@ -4,11 +4,13 @@
 //! the agent runs the commands through its reader.
 
 use super::route_table::{NextHop, Route, RouteTable};
+use super::runner::Runner;
 use super::Command;
 use crate::types::InterfaceName;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 /// `route print -4`: every active IPv4 route. `route.exe` exists on every Windows and starts
 /// in milliseconds (PowerShell takes about a second), and its numeric rows do not change with
@@ -188,10 +190,12 @@ pub fn check_config_dir_sddl(sddl: &str) -> Result<(), String> {
         match kind {
             Some("A") if trusted => {}
             Some("D") => {} // a deny entry only takes access away
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "grants access to {} (entry `{ace}`); only SYSTEM and Administrators may have any",
                 trustee.unwrap_or("someone")
-            )),
+            ))
+            }
         }
     }
     Ok(())
@@ -244,6 +248,65 @@ pub fn config_dir_from(program_data: Option<&str>) -> Result<String, String> {
         ));
     }
     Ok(format!(r"{base}\wgmesh"))
+}
+
+/// How long a rebuild waits for the old tunnel service to be deleted before installing the
+/// new one: wireguard-windows stops a tunnel in a second or two (it tears down the adapter
+/// and its routes); half a minute covers a slow machine without hanging the agent forever.
+pub const SERVICE_GONE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause between two `sc.exe query` polls: wireguard-windows' own installer polls a
+/// deleted service every third of a second.
+pub const SERVICE_POLL: Duration = Duration::from_millis(333);
+
+/// Waits (bounded by `timeout`) until the tunnel service `name` no longer exists, because
+/// `/installtunnelservice` refuses while the old one is still stopping ("Tunnel already
+/// installed and running"). Returns the state it was stuck in when time ran out.
+pub fn wait_service_gone(
+    reader: &mut dyn Runner,
+    name: &InterfaceName,
+    timeout: Duration,
+    pause: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let state = match reader.run(&service_query_command(name)) {
+            Ok(out) => parse_service_query(0, &out.stdout),
+            Err(e) => parse_service_query(e.exit_status().unwrap_or(-1), &e.stderr),
+        };
+        match state {
+            ServiceState::Gone => return Ok(()),
+            ServiceState::Present(state) if start.elapsed() >= timeout => {
+                return Err(format!(
+                    "the old tunnel service {} is still {state} after {} s, so the new one \
+                     cannot be installed; check `sc.exe query {}` and try again",
+                    service_name(name),
+                    timeout.as_secs(),
+                    service_name(name)
+                ))
+            }
+            ServiceState::Present(_) => std::thread::sleep(pause),
+        }
+    }
+}
+
+/// Reads and checks the configuration folder's ACL (`command` prints its SDDL) before a
+/// private key is written into it; the error says what is wrong and how to fix it.
+pub fn check_config_dir(
+    reader: &mut dyn Runner,
+    command: &Command,
+    dir: &str,
+) -> Result<(), String> {
+    let out = reader
+        .run(command)
+        .map_err(|e| format!("cannot read the ACL of {dir}: {e}"))?;
+    check_config_dir_sddl(&out.stdout).map_err(|why| {
+        format!(
+            "refusing to write the tunnel's private key into {dir}: the folder {why}. \
+             Delete it (wgmesh recreates it readable by SYSTEM and Administrators only) or \
+             give it exactly that ACL with owner Administrators"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -412,6 +475,54 @@ mod tests {
         for good in ["wg0", "com10", "console", "lpt", "nulx", "wg.0", "mesh-1"] {
             assert_eq!(check_tunnel_name(&good.parse().unwrap()), Ok(()), "{good}");
         }
+    }
+
+    #[test]
+    fn rebuild_waits_for_the_old_service_to_be_gone() {
+        use crate::os::runner::{RecordingRunner, Scripted};
+        let name: InterfaceName = "wg0".parse().unwrap();
+        let mut runner = RecordingRunner::new();
+        runner
+            .expect_scripted(
+                "sc.exe query 'WireGuardTunnel$wg0'",
+                Scripted::Succeed(fixture("sc_query_running.txt")),
+            )
+            .expect_scripted(
+                "sc.exe query 'WireGuardTunnel$wg0'",
+                Scripted::Succeed(fixture("sc_query_stop_pending.txt")),
+            )
+            .expect_scripted(
+                "sc.exe query 'WireGuardTunnel$wg0'",
+                Scripted::Fail(1060, fixture("sc_query_gone.txt")),
+            );
+        let pause = Duration::from_millis(1);
+        wait_service_gone(&mut runner, &name, Duration::from_secs(5), pause).unwrap();
+        runner.assert_done();
+
+        // Bounded: a service stuck stopping is reported, not waited on forever.
+        let mut stuck = RecordingRunner::new();
+        stuck.expect_scripted(
+            "sc.exe query 'WireGuardTunnel$wg0'",
+            Scripted::Succeed(fixture("sc_query_stop_pending.txt")),
+        );
+        let err = wait_service_gone(&mut stuck, &name, Duration::ZERO, pause).unwrap_err();
+        assert!(err.contains("still STOP_PENDING"), "{err}");
+    }
+
+    #[test]
+    fn config_dir_check_reads_the_acl_and_refuses_a_loose_one() {
+        use crate::os::runner::{RecordingRunner, Scripted};
+        let cmd = Command::new("get-acl");
+        let mut runner = RecordingRunner::new();
+        runner
+            .expect_scripted("get-acl", Scripted::Succeed(fixture("sddl_protected.txt")))
+            .expect_scripted("get-acl", Scripted::Succeed(fixture("sddl_user_owned.txt")));
+        check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap();
+        let err = check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap_err();
+        assert!(
+            err.contains("refusing") && err.contains("Delete it"),
+            "{err}"
+        );
     }
 
     #[test]
