@@ -14,6 +14,7 @@ mod linux;
 mod macos;
 pub mod observe_macos;
 pub mod observe_windows;
+pub mod pins;
 pub mod route_table;
 pub mod runner;
 mod windows;

@@ -108,7 +108,9 @@ pub fn parse_route_get_default(text: &str, tunnel_iface: &str) -> Uplink {
     match field("gateway").and_then(|g| g.parse::<Ipv4Addr>().ok()) {
         Some(g) if !g.is_unspecified() && iface.is_some() => Uplink::Gateway(g),
         _ => match iface {
-            Some(i) if is_point_to_point(&i) && field("gateway").is_none() => Uplink::Interface(i),
+            Some(i) if is_point_to_point(&i) && field("gateway").is_none() => {
+                i.parse().map_or(Uplink::Unusable, Uplink::Interface)
+            }
             _ => Uplink::Unusable,
         },
     }
@@ -168,12 +170,15 @@ mod tests {
         assert_eq!(uplink("netstat_tunnel_up.txt"), gw("192.168.1.1"));
         assert_eq!(uplink("netstat_cafe.txt"), gw("10.0.0.1"));
         // No gateway address: point-to-point links are usable as they are; link#N is not.
-        assert_eq!(uplink("netstat_ppp.txt"), Uplink::Interface("ppp0".into()));
+        assert_eq!(
+            uplink("netstat_ppp.txt"),
+            Uplink::Interface("ppp0".parse().unwrap())
+        );
         assert_eq!(uplink("netstat_link_only.txt"), Uplink::Unusable);
         // Another VPN owns the primary default; en0's default is scoped and not used.
         assert_eq!(
             uplink("netstat_other_vpn.txt"),
-            Uplink::Interface("utun5".into())
+            Uplink::Interface("utun5".parse().unwrap())
         );
     }
 
@@ -205,7 +210,7 @@ mod tests {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        let pins = up.pins_needed(&candidates, mesh, "utun3");
+        let pins = up.pins_needed(&candidates, mesh, "utun3", false);
         assert_eq!(
             pins,
             vec![
@@ -225,12 +230,12 @@ mod tests {
         assert_eq!(get("route_get_default.txt"), gw("192.168.1.1"));
         assert_eq!(
             get("route_get_default_ppp.txt"),
-            Uplink::Interface("ppp0".into())
+            Uplink::Interface("ppp0".parse().unwrap())
         );
         assert_eq!(get("route_get_default_link.txt"), Uplink::Unusable);
         assert_eq!(
             get("route_get_default_other_vpn.txt"),
-            Uplink::Interface("utun5".into())
+            Uplink::Interface("utun5".parse().unwrap())
         );
         // The command fails with this on stderr; stdout is empty.
         assert_eq!(parse_route_get_default("", "utun3"), Uplink::Unusable);

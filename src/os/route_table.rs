@@ -7,7 +7,9 @@
 //! Parsing lives in [`super::observe_macos`] and [`super::observe_windows`]; this module is the
 //! shared, pure model both produce, so the decisions are made (and tested) once.
 
+use crate::types::InterfaceName;
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
 /// Where a route sends packets.
@@ -48,15 +50,26 @@ pub struct RouteTable {
 
 /// How packets leave for the internet when the tunnel is not in the way: what host routes
 /// that must stay outside the tunnel are pinned to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Uplink {
     /// A default route through this router.
     Gateway(Ipv4Addr),
     /// A default route straight out of a point-to-point interface (PPP, another VPN's utun).
-    Interface(String),
+    Interface(InterfaceName),
     /// No usable default route (none at all, or only `link#N`): pinning is impossible, and
     /// pinned addresses are blackholed instead so WireGuard's packets cannot loop into itself.
     Unusable,
+}
+
+/// Addresses never pinned whatever the table says: they are local or inside the mesh.
+fn excluded(addr: Ipv4Addr, mesh: Ipv4Net) -> bool {
+    addr.is_loopback()
+        || addr.is_link_local()
+        || addr.is_multicast()
+        || addr.is_broadcast()
+        || addr.is_unspecified()
+        || mesh.contains(&addr)
 }
 
 /// A route into the tunnel that a full tunnel needs: the two IPv4 halves.
@@ -95,7 +108,7 @@ impl RouteTable {
         }
         match self.default_route(tunnel_iface) {
             Some(r) if r.next_hop == NextHop::OnLink && point_to_point(&r.iface) => {
-                Uplink::Interface(r.iface.clone())
+                r.iface.parse().map_or(Uplink::Unusable, Uplink::Interface)
             }
             _ => Uplink::Unusable,
         }
@@ -123,29 +136,31 @@ impl RouteTable {
     /// in the mesh (`mesh`), or anything a more specific route (a LAN, another VPN's subnet)
     /// already carries. With no route at all, the address is unreachable and is not pinned.
     pub fn reached_via_default(&self, addr: Ipv4Addr, mesh: Ipv4Net, tunnel_iface: &str) -> bool {
-        if addr.is_loopback()
-            || addr.is_link_local()
-            || addr.is_multicast()
-            || addr.is_broadcast()
-            || addr.is_unspecified()
-            || mesh.contains(&addr)
-        {
+        if excluded(addr, mesh) {
             return false;
         }
         self.lookup(addr, tunnel_iface)
             .is_some_and(|r| r.dest.prefix_len() == 0)
     }
 
-    /// The subset of `candidates` that need a pin, in order, without duplicates.
+    /// The subset of `candidates` that need a pin, in order, without duplicates. With
+    /// `unrouted_too`, addresses no route reaches at all are included (to be blackholed on
+    /// macOS, so the halves cannot capture WireGuard's own packets when the uplink returns
+    /// only later).
     pub fn pins_needed(
         &self,
         candidates: &[Ipv4Addr],
         mesh: Ipv4Net,
         tunnel_iface: &str,
+        unrouted_too: bool,
     ) -> Vec<Ipv4Addr> {
         let mut out: Vec<Ipv4Addr> = Vec::new();
         for addr in candidates {
-            if !out.contains(addr) && self.reached_via_default(*addr, mesh, tunnel_iface) {
+            let wanted = self.reached_via_default(*addr, mesh, tunnel_iface)
+                || (unrouted_too
+                    && !excluded(*addr, mesh)
+                    && self.lookup(*addr, tunnel_iface).is_none());
+            if !out.contains(addr) && wanted {
                 out.push(*addr);
             }
         }
@@ -173,7 +188,7 @@ impl RouteTable {
             r.dest == Ipv4Net::from(addr)
                 && match (uplink, &r.next_hop) {
                     (Uplink::Gateway(g), NextHop::Gateway(h)) => g == h,
-                    (Uplink::Interface(i), NextHop::OnLink) => *i == r.iface,
+                    (Uplink::Interface(i), NextHop::OnLink) => i.as_str() == r.iface,
                     (Uplink::Unusable, NextHop::Blackhole) => true,
                     _ => false,
                 }
@@ -230,7 +245,7 @@ mod tests {
         .map(|s| s.parse().unwrap())
         .collect();
         let pins: Vec<String> = t
-            .pins_needed(&addrs, mesh, "utun3")
+            .pins_needed(&addrs, mesh, "utun3", false)
             .iter()
             .map(|a| a.to_string())
             .collect();
@@ -257,7 +272,7 @@ mod tests {
         };
         assert_eq!(
             ppp.uplink("utun3", |i| i.starts_with("ppp")),
-            Uplink::Interface("ppp0".into())
+            Uplink::Interface("ppp0".parse().unwrap())
         );
         assert_eq!(ppp.uplink("utun3", |_| false), Uplink::Unusable);
         let zero = RouteTable {
