@@ -8,6 +8,7 @@ use super::client::{ApiClient, ClientError, PeerList};
 use super::config::{
     Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig, ConfigError, ExitFallback,
 };
+use super::host_routes;
 use crate::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::os::runner::{execute, ExecuteError, Runner};
 use crate::os::{self, Command, InterfaceSpec, PeerSpec, Plan, TargetOs};
@@ -385,6 +386,7 @@ impl Engine {
 
     /// One full step: register if needed, fetch peers, reconcile the interface.
     pub fn sync(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
+        self.check_interface_name()?;
         if self.config.assignment.is_none() {
             self.register()?;
         }
@@ -400,6 +402,7 @@ impl Engine {
         list_unchanged: bool,
         sink: &mut Sink<'_>,
     ) -> Result<SyncSummary, AgentError> {
+        self.check_interface_name()?;
         let assignment = self
             .config
             .assignment
@@ -440,7 +443,9 @@ impl Engine {
                     &spec.name,
                     assignment.network_cidr,
                 ))?;
+                self.wait_old_service_gone(&spec.name, sink)?;
                 sink.apply(&os::create(self.os, &spec.name))?;
+                self.check_config_dir(sink)?;
                 let real = self.created_name(&spec.name, sink)?;
                 sink.apply(&os::configure(self.os, &spec, &real, &[]))?;
                 summary.created_interface = true;
@@ -464,7 +469,7 @@ impl Engine {
 
         // The tunnel goes before peers change when it is being removed (its `off` rewrites
         // the old exit peer, which must still exist), and after when it is being added.
-        let want_tunnel = self.wanted_tunnel(exit, &desired, sink)?;
+        let want_tunnel = self.wanted_tunnel(exit, &desired)?;
         let have_tunnel = self
             .config
             .applied
@@ -494,16 +499,23 @@ impl Engine {
         summary.removed = changes.remove.iter().map(|k| k.to_base64()).collect();
         sink.apply(&os::apply_peers(self.os, &real_name, &changes))?;
 
+        let mut want_tunnel = want_tunnel;
         if tunnel_changes {
-            if let Some(new) = &want_tunnel {
+            if let Some(new) = want_tunnel.as_mut() {
                 let exit_peer = tunnel_peer(new, true);
-                let plan = os::full_tunnel_on(
-                    self.os,
-                    &real_name,
-                    &exit_peer,
-                    &new.keep_outside,
-                    new.gateway,
-                );
+                let plan = if host_routes::uses_host_routes(self.os) {
+                    // Routes follow below, planned from the observed routing table.
+                    new.pinned = None;
+                    os::pins::exit_peer_plan(self.os, &real_name, &exit_peer, true)
+                } else {
+                    os::full_tunnel_on(
+                        self.os,
+                        &real_name,
+                        &exit_peer,
+                        &new.keep_outside,
+                        new.gateway,
+                    )
+                };
                 sink.apply(&plan)?;
                 log::info!(
                     "routing internet traffic through exit node {}",
@@ -513,6 +525,15 @@ impl Engine {
             self.record(sink, |a| a.full_tunnel = want_tunnel.clone())?;
         }
 
+        // macOS and Windows: the tunnel's routes as the OS shows them now (a reboot or a
+        // network change may have taken them), and the subnet routes after a reboot.
+        let table = self.observe_routes(sink);
+        if let (Some(tunnel), Some(table)) = (&want_tunnel, &table) {
+            self.sync_tunnel_routes(&real_name, &assignment, tunnel, &desired, table, sink)?;
+        } else if want_tunnel.is_some() && host_routes::uses_host_routes(self.os) {
+            log::debug!("no routing table to read (planning for another OS): pins not planned");
+        }
+
         self.reconcile_nat(&real_name, assignment.network_cidr, sink)?;
 
         let want_routes = Self::extra_routes(
@@ -520,12 +541,38 @@ impl Engine {
             assignment.network_cidr,
             crate::mesh6::prefix(&assignment.server_public_key),
         );
-        let have_routes: BTreeSet<IpNet> = self
+        let mut have_routes: BTreeSet<IpNet> = self
             .config
             .applied
             .as_ref()
             .map(|a| a.routes.iter().copied().collect())
             .unwrap_or_default();
+        if let Some(table) = &table {
+            // Windows forgets `store=active` routes at a reboot while the tunnel service
+            // comes back by itself: when any recorded IPv4 route is missing, re-add them all
+            // (adding is idempotent; IPv6 routes cannot be observed with `route print -4`).
+            let iface = host_routes::tunnel(
+                self.os,
+                &real_name,
+                assignment.assigned_ip,
+                assignment.network_cidr,
+                false,
+            )
+            .table_iface;
+            let missing = have_routes.iter().any(|net| match net {
+                IpNet::V4(v4) => !table
+                    .routes
+                    .iter()
+                    .any(|r| r.dest == v4.trunc() && r.iface == iface),
+                IpNet::V6(_) => false,
+            });
+            if missing {
+                log::info!(
+                    "routes through {real_name} are missing (after a reboot?): adding them again"
+                );
+                have_routes.clear();
+            }
+        }
         let add: Vec<IpNet> = want_routes.difference(&have_routes).copied().collect();
         let remove: Vec<IpNet> = have_routes.difference(&want_routes).copied().collect();
         if !add.is_empty() || !remove.is_empty() {
@@ -543,6 +590,164 @@ impl Engine {
             }
         }
         Ok(summary)
+    }
+
+    /// Reads the routing table on macOS and Windows (None elsewhere, or without a reader
+    /// when planning for another OS; a failure to read is logged and treated the same).
+    fn observe_routes(&mut self, sink: &Sink<'_>) -> Option<os::route_table::RouteTable> {
+        if !host_routes::uses_host_routes(self.os) {
+            return None;
+        }
+        let os = self.os;
+        let reader = self.reader.as_deref_mut()?;
+        match host_routes::observe(os, reader) {
+            Ok(table) => Some(table),
+            Err(e) => {
+                if !sink.is_dry_run() {
+                    log::warn!("{e}; full-tunnel routes are not checked this time");
+                }
+                None
+            }
+        }
+    }
+
+    /// Makes the full tunnel's halves and pins match `table` (see [`os::pins`]) and records
+    /// what is pinned, so the next sync (and `down`) knows.
+    fn sync_tunnel_routes(
+        &mut self,
+        real_name: &InterfaceName,
+        assignment: &Assignment,
+        tunnel: &AppliedTunnel,
+        desired: &[PeerSpec],
+        table: &os::route_table::RouteTable,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), AgentError> {
+        let server = self.server_ip();
+        let mut peers = desired.to_vec();
+        if !peers.iter().any(|p| p.public_key == tunnel.exit_public_key) {
+            // The exit node is offline (and kept, failing closed): keep its endpoint pinned.
+            peers.push(tunnel_peer(tunnel, false));
+        }
+        let outside = host_routes::outside(server, &peers);
+        let routes = host_routes::tunnel(
+            self.os,
+            real_name,
+            assignment.assigned_ip,
+            assignment.network_cidr,
+            host_routes::ipv6_allowed(server, &peers),
+        );
+        let (plan, pinned) = routes.reconcile(table, &outside, tunnel.pinned.as_ref());
+        if !plan.is_empty() {
+            log::info!(
+                "full tunnel routes: {} pin(s) via {:?}{}",
+                pinned.pins.len(),
+                pinned.uplink,
+                if table.has_tunnel_halves(&routes.table_iface) {
+                    ""
+                } else {
+                    "; default halves (re)added"
+                }
+            );
+        }
+        sink.apply(&plan)?;
+        if tunnel.pinned.as_ref() != Some(&pinned) {
+            self.record(sink, |a| {
+                if let Some(t) = a.full_tunnel.as_mut() {
+                    t.pinned = Some(pinned);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The quick check `up` runs every few seconds on macOS and Windows while a full tunnel
+    /// is in place: reads the routing table and re-pins or re-adds routes when a network
+    /// change or a reboot moved them, without asking the server (the last peer list is
+    /// used). darwin.bash's route monitor does the same on every routing-socket message.
+    pub fn check_routes(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
+        let Some(applied) = self.config.applied.clone() else {
+            return Ok(());
+        };
+        let (Some(tunnel), Some(assignment)) =
+            (applied.full_tunnel.clone(), self.config.assignment.clone())
+        else {
+            return Ok(());
+        };
+        let Ok(real_name) = applied.interface.parse::<InterfaceName>() else {
+            return Ok(());
+        };
+        let Some(table) = self.observe_routes(sink) else {
+            return Ok(());
+        };
+        let peers = self
+            .last_list
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .unwrap_or_default();
+        let exit = peers
+            .iter()
+            .find(|p| p.public_key == tunnel.exit_public_key)
+            .map(|p| p.public_key);
+        let desired = Self::desired_peers(&peers, exit.as_ref());
+        self.sync_tunnel_routes(&real_name, &assignment, &tunnel, &desired, &table, sink)
+    }
+
+    /// Whether `up` should run [`Engine::check_routes`] between syncs.
+    pub fn watches_routes(&self) -> bool {
+        host_routes::uses_host_routes(self.os)
+            && self
+                .config
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.full_tunnel.is_some())
+    }
+
+    /// Windows: waits (bounded) until the tunnel service just uninstalled is deleted, since
+    /// `/installtunnelservice` fails while the old one is still stopping.
+    fn wait_old_service_gone(
+        &mut self,
+        name: &InterfaceName,
+        sink: &Sink<'_>,
+    ) -> Result<(), AgentError> {
+        if self.os != TargetOs::Windows || sink.is_dry_run() {
+            return Ok(());
+        }
+        let Some(reader) = self.reader.as_deref_mut() else {
+            return Ok(());
+        };
+        os::observe_windows::wait_service_gone(
+            reader,
+            name,
+            os::observe_windows::SERVICE_GONE_TIMEOUT,
+            os::observe_windows::SERVICE_POLL,
+        )
+        .map_err(AgentError::Usage)
+    }
+
+    /// Windows: checks that the configuration folder is protected (SYSTEM and
+    /// Administrators only, not inherited, owned by one of them) before the private key is
+    /// written into it, refusing otherwise.
+    fn check_config_dir(&mut self, sink: &Sink<'_>) -> Result<(), AgentError> {
+        if self.os != TargetOs::Windows || sink.is_dry_run() {
+            return Ok(());
+        }
+        let Some(reader) = self.reader.as_deref_mut() else {
+            return Ok(());
+        };
+        let command = os::windows_config_dir_acl();
+        let dir = os::windows_config_dir();
+        os::observe_windows::check_config_dir(reader, &command, &dir).map_err(AgentError::Usage)
+    }
+
+    /// Refuses, before anything is registered or run, an interface name the target OS will
+    /// not take (Windows: reserved device names such as `con` or `nul.x`, a leading or
+    /// trailing `.`), instead of failing later at `/installtunnelservice`.
+    fn check_interface_name(&self) -> Result<(), AgentError> {
+        if self.os == TargetOs::Windows {
+            os::observe_windows::check_tunnel_name(&self.config.interface)
+                .map_err(AgentError::Usage)?;
+        }
+        Ok(())
     }
 
     /// Changes what is recorded as applied (never in a dry run) and saves it.
@@ -592,7 +797,6 @@ impl Engine {
         &mut self,
         exit: Option<&PeerInfo>,
         desired: &[PeerSpec],
-        sink: &Sink<'_>,
     ) -> Result<Option<AppliedTunnel>, AgentError> {
         let have = self
             .config
@@ -618,11 +822,9 @@ impl Engine {
                 keep_outside.push(endpoint.0.ip());
             }
         }
-        let gateway = match &have {
-            // Keep the gateway found before the tunnel existed (now the default is the tunnel).
-            Some(t) => t.gateway,
-            None => self.default_gateway(sink),
-        };
+        // macOS and Windows pin through the uplink observed each sync (see `host_routes`);
+        // the field only keeps configurations of earlier versions comparing equal.
+        let gateway = have.as_ref().map_or(Ipv4Addr::UNSPECIFIED, |t| t.gateway);
         Ok(Some(AppliedTunnel {
             exit_public_key: exit.public_key,
             exit_endpoint: exit.endpoint,
@@ -638,17 +840,50 @@ impl Engine {
                 .allowed_ips
                 .iter()
                 .any(|n| matches!(n, IpNet::V6(v6) if v6.prefix_len() == 0)),
+            pinned: have.and_then(|t| t.pinned),
         }))
     }
 
     fn tunnel_off(&self, real_name: &InterfaceName, t: &AppliedTunnel, tolerant: bool) -> Plan {
-        let mut plan = os::full_tunnel_off(
-            self.os,
-            real_name,
-            &tunnel_peer(t, false),
-            &t.keep_outside,
-            t.gateway,
-        );
+        let mut plan = if host_routes::uses_host_routes(self.os) {
+            // The halves and exactly the pins last planned (configurations of earlier
+            // versions recorded none: their pins were the addresses kept outside).
+            let legacy = os::pins::Pinned {
+                uplink: os::route_table::Uplink::Unusable,
+                pins: t
+                    .keep_outside
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect(),
+            };
+            let (address, mesh) = self
+                .config
+                .assignment
+                .as_ref()
+                .map_or((Ipv4Addr::UNSPECIFIED, Ipv4Net::default()), |a| {
+                    (a.assigned_ip, a.network_cidr)
+                });
+            let routes = host_routes::tunnel(self.os, real_name, address, mesh, true);
+            let mut plan = routes.remove(Some(t.pinned.as_ref().unwrap_or(&legacy)));
+            plan.extend(os::pins::exit_peer_plan(
+                self.os,
+                real_name,
+                &tunnel_peer(t, false),
+                false,
+            ));
+            plan
+        } else {
+            os::full_tunnel_off(
+                self.os,
+                real_name,
+                &tunnel_peer(t, false),
+                &t.keep_outside,
+                t.gateway,
+            )
+        };
         if tolerant {
             for cmd in &mut plan.commands {
                 cmd.allow_failure = true;
@@ -682,25 +917,6 @@ impl Engine {
             .run(&Command::new(program).args(args.iter().copied()))
             .ok()
             .map(|o| o.stdout)
-    }
-
-    /// The IPv4 default gateway (macOS and Windows pin routes to it); 0.0.0.0 if unknown.
-    fn default_gateway(&mut self, sink: &Sink<'_>) -> Ipv4Addr {
-        let found = match self.os {
-            TargetOs::Linux => self
-                .read("ip", &["-4", "route", "show", "default"])
-                .and_then(|out| word_after(&out, "via")),
-            TargetOs::Macos => self
-                .read("route", &["-n", "get", "default"])
-                .and_then(|out| word_after(&out, "gateway:")),
-            TargetOs::Windows => None,
-        };
-        found.and_then(|g| g.parse().ok()).unwrap_or_else(|| {
-            if !sink.is_dry_run() && self.os != TargetOs::Linux {
-                log::warn!("cannot find the default gateway: routes to the server and exit node are not pinned");
-            }
-            Ipv4Addr::UNSPECIFIED
-        })
     }
 
     /// The interface of the IPv6 default route, if this host has one.

@@ -6,3 +6,4 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod host;
+pub mod host_routes;

@@ -489,9 +489,9 @@ pub fn windows_config_dir_acl() -> Command {
     windows::config_dir_acl_command()
 }
 
-/// Windows: where the tunnel configuration of `name` is written.
-pub fn windows_config_path(name: &InterfaceName) -> PathBuf {
-    windows::config_path(name)
+/// Windows: the folder tunnel configurations are written to (`%ProgramData%\wgmesh`).
+pub fn windows_config_dir() -> String {
+    windows::config_dir()
 }
 
 /// Gives a freshly created interface its key, port, address, MTU, mesh route and initial
