@@ -22,9 +22,9 @@ use wgmesh::agent::client::ApiClient;
 use wgmesh::agent::config::{Applied, Assignment, ClientConfig, ExitFallback};
 use wgmesh::agent::engine::{AgentError, Engine, Sink};
 use wgmesh::keys::{PrivateKey, PublicKey};
-use wgmesh::model::PeerInfo;
 use wgmesh::os::runner::{CommandError, CommandOutput, Failure, Runner};
 use wgmesh::os::{Command, PlannedFile, TargetOs};
+use wgmesh::proto::model::PeerInfo;
 use wgmesh::types::PeerId;
 
 const MESH_ADDR: &str = "10.100.0.5";
@@ -926,4 +926,33 @@ fn macos_without_a_usable_gateway_blackholes_pins_instead_of_looping() {
         pinned_via(&sim, EXIT_ENDPOINT),
         Some(Hop::Gateway(ip("192.168.1.1")))
     );
+}
+
+#[test]
+fn switching_exit_nodes_in_one_sync_keeps_traffic_in_the_tunnel() {
+    for os in [TargetOs::Windows, TargetOs::Macos] {
+        let sim = Sim::new(os);
+        let mut engine = engine(os, &sim, "wg0");
+        if os == TargetOs::Macos {
+            macos_with_utun(&mut engine, &sim);
+        }
+        let mut peers = peers();
+        peers.push(peer("exit2", "10.100.0.8", "203.0.113.88", true));
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(into_tunnel(&sim, INTERNET), "{os}");
+        // The old tunnel's halves and pins are removed and put back in the same sync: the
+        // table read before it must not make the agent think they are still there.
+        engine.config.use_exit_node = Some("exit2".into());
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(into_tunnel(&sim, INTERNET), "{os}: {:#?}", sim.log());
+        assert!(
+            pinned_via(&sim, "203.0.113.88").is_some(),
+            "{os}: {:#?}",
+            sim.log()
+        );
+        assert!(
+            pinned_via(&sim, EXIT_ENDPOINT).is_some(),
+            "{os}: still a peer"
+        );
+    }
 }
