@@ -150,8 +150,7 @@ pub fn full_tunnel_on(
 ) -> Plan {
     match os {
         TargetOs::Linux => linux::full_tunnel_on(real_name, exit_peer, keep_outside),
-        TargetOs::Macos => macos::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
-        TargetOs::Windows => windows::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
+        os => pins::full_tunnel_on(os, real_name, exit_peer, keep_outside, gateway),
     }
 }
 
@@ -166,8 +165,7 @@ pub fn full_tunnel_off(
 ) -> Plan {
     match os {
         TargetOs::Linux => linux::full_tunnel_off(real_name, exit_peer, keep_outside),
-        TargetOs::Macos => macos::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
-        TargetOs::Windows => windows::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
+        os => pins::full_tunnel_off(os, real_name, exit_peer, keep_outside, gateway),
     }
 }
 

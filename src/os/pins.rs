@@ -43,9 +43,9 @@ pub struct TunnelRoutes<'a> {
 }
 
 fn v4_halves() -> Vec<IpNet> {
-    ["0.0.0.0/1", "128.0.0.0/1"]
+    super::half_defaults()
         .iter()
-        .map(|h| h.parse().expect("literal halves"))
+        .map(|h| IpNet::V4(*h))
         .collect()
 }
 
@@ -196,6 +196,73 @@ pub fn exit_peer_plan(
     )])
 }
 
+/// A whole macOS or Windows full tunnel for a host whose default route goes through
+/// `gateway` (`0.0.0.0`: no usable one), as [`super::full_tunnel_on`] shows it (golden files,
+/// plans printed for another machine): the same algorithm the agent runs on the observed
+/// table, here on a table holding just that default route. The exit peer's endpoint and
+/// `keep_outside` are pinned.
+pub fn full_tunnel_on(
+    os: TargetOs,
+    real_name: &InterfaceName,
+    exit_peer: &super::PeerSpec,
+    keep_outside: &[std::net::IpAddr],
+    gateway: Ipv4Addr,
+) -> Plan {
+    let (routes, table) = assumed(os, real_name, exit_peer, keep_outside, gateway);
+    let mut plan = exit_peer_plan(os, real_name, exit_peer, true);
+    let outside = super::pinned_v4(exit_peer, keep_outside);
+    plan.extend(routes.reconcile(&table, &outside, None).0);
+    plan
+}
+
+/// Undoes [`full_tunnel_on`] (same arguments), tolerating pieces already gone.
+pub fn full_tunnel_off(
+    os: TargetOs,
+    real_name: &InterfaceName,
+    exit_peer: &super::PeerSpec,
+    keep_outside: &[std::net::IpAddr],
+    gateway: Ipv4Addr,
+) -> Plan {
+    let (routes, table) = assumed(os, real_name, exit_peer, keep_outside, gateway);
+    let pinned = Pinned {
+        uplink: routes.uplink(&table),
+        pins: super::pinned_v4(exit_peer, keep_outside),
+    };
+    let mut plan = routes.remove(Some(&pinned));
+    plan.extend(exit_peer_plan(os, real_name, exit_peer, false));
+    plan
+}
+
+/// The tunnel and a routing table holding only a default route through `gateway` (none
+/// when it is `0.0.0.0`).
+fn assumed<'a>(
+    os: TargetOs,
+    real_name: &'a InterfaceName,
+    exit_peer: &super::PeerSpec,
+    keep_outside: &[std::net::IpAddr],
+    gateway: Ipv4Addr,
+) -> (TunnelRoutes<'a>, RouteTable) {
+    let routes = TunnelRoutes {
+        os,
+        real_name,
+        table_iface: real_name.to_string(),
+        // No mesh is known here: a /32 on the broadcast address excludes nothing more.
+        mesh: Ipv4Net::from(Ipv4Addr::BROADCAST),
+        ipv6: !super::half_defaults_v6(exit_peer, keep_outside).is_empty(),
+    };
+    let mut table = RouteTable::default();
+    if !gateway.is_unspecified() {
+        table.routes.push(super::route_table::Route {
+            dest: Ipv4Net::default(),
+            next_hop: super::route_table::NextHop::Gateway(gateway),
+            iface: "uplink".into(),
+            metric: 0,
+            scoped: false,
+        });
+    }
+    (routes, table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +321,45 @@ mod tests {
             expected == actual,
             "{path} differs (UPDATE_GOLDEN=1 rewrites it after you check):\n{actual}"
         );
+    }
+
+    #[test]
+    fn printed_plans_never_route_via_0_0_0_0_when_no_gateway_is_known() {
+        let exit = crate::os::PeerSpec {
+            public_key: crate::keys::PrivateKey::generate().public_key(),
+            endpoint: Some("198.18.0.7:51820".parse().unwrap()),
+            allowed_ips: vec!["10.100.0.7/32".parse().unwrap()],
+            persistent_keepalive: None,
+        };
+        let outside = ["198.18.0.1".parse().unwrap()];
+        let utun: InterfaceName = "utun3".parse().unwrap();
+        let mac = full_tunnel_on(
+            TargetOs::Macos,
+            &utun,
+            &exit,
+            &outside,
+            Ipv4Addr::UNSPECIFIED,
+        );
+        let text = mac.render();
+        assert!(
+            text.contains("route -q -n add -inet 198.18.0.7 127.0.0.1 -blackhole"),
+            "{text}"
+        );
+        assert!(!text.contains("-gateway"), "{text}");
+        let wg0: InterfaceName = "wg0".parse().unwrap();
+        let win = full_tunnel_on(
+            TargetOs::Windows,
+            &wg0,
+            &exit,
+            &outside,
+            Ipv4Addr::UNSPECIFIED,
+        );
+        let text = win.render();
+        assert!(
+            !text.contains("MASK"),
+            "no pin at all rather than one via 0.0.0.0: {text}"
+        );
+        assert!(text.contains("prefix=0.0.0.0/1"), "{text}");
     }
 
     #[test]

@@ -3,12 +3,10 @@
 //! routes the service does not (it only routes the AllowedIPs it saw at install time).
 
 use super::{
-    exit_peer_update, half_defaults, half_defaults_v6, observe_windows, pinned_v4, Command,
-    InterfaceSpec, Payload, PeerSpec, Plan, PlannedFile, Secret,
+    observe_windows, Command, InterfaceSpec, Payload, PeerSpec, Plan, PlannedFile, Secret,
 };
 use crate::types::InterfaceName;
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 /// Where wgmesh keeps tunnel configurations: `%ProgramData%\wgmesh` (see
@@ -126,70 +124,4 @@ pub(super) fn destroy(real_name: &InterfaceName) -> Plan {
         .env("WGMESH_FILE", config_path(real_name).display().to_string())
         .tolerate_failure(),
     ])
-}
-
-/// `route VERB ADDR MASK 255.255.255.255 GW`: a host route via the physical gateway; Windows
-/// picks the interface that reaches the gateway.
-fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -> Command {
-    Command::new("route").args([
-        verb,
-        &addr.to_string(),
-        "MASK",
-        "255.255.255.255",
-        &gateway.to_string(),
-    ])
-}
-
-pub(super) fn full_tunnel_on(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands = vec![exit_peer_update(
-        "wg.exe",
-        real_name,
-        vec![],
-        exit_peer,
-        true,
-    )];
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(
-            pinned_route("ADD", addr, gateway).or_else(pinned_route("CHANGE", addr, gateway)),
-        );
-    }
-    for half in half_defaults() {
-        commands.push(ensure_netsh_route(&IpNet::V4(half), real_name));
-    }
-    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(ensure_netsh_route(&IpNet::V6(half), real_name).tolerate_failure());
-    }
-    Plan::of(commands)
-}
-
-pub(super) fn full_tunnel_off(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands: Vec<Command> = half_defaults()
-        .iter()
-        .map(|half| netsh_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
-        .collect();
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(netsh_route("delete", &IpNet::V6(half), real_name).tolerate_failure());
-    }
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(pinned_route("DELETE", addr, gateway).tolerate_failure());
-    }
-    commands.push(exit_peer_update(
-        "wg.exe",
-        real_name,
-        vec![],
-        exit_peer,
-        false,
-    ));
-    Plan::of(commands)
 }
