@@ -18,6 +18,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use wgmesh::agent::client::ApiClient;
 use wgmesh::agent::config::{Applied, Assignment, ClientConfig, ExitFallback};
 use wgmesh::agent::engine::{AgentError, Engine, Sink};
@@ -80,6 +82,17 @@ struct Host {
     /// How many `sc.exe query` answers say STOP_PENDING after an uninstall.
     stop_polls: u32,
     log: Vec<String>,
+    /// Windows: the tunnel's address, from the installed configuration.
+    mesh: Option<String>,
+    /// Reads of the routing table so far.
+    table_reads: u32,
+    /// Join this network (router, LAN, our address) right after the Nth table read.
+    change_after_read: Option<(u32, &'static str, &'static str, &'static str)>,
+    /// When that change happened.
+    changed_at: Option<Instant>,
+    /// Set this flag (stopping `up`) once a command containing the text runs; when it ran.
+    stop_on: Option<(&'static str, Rc<AtomicBool>)>,
+    stopped_at: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -120,6 +133,12 @@ impl Sim {
             folder_sddl: None,
             stop_polls: 0,
             log: Vec::new(),
+            mesh: None,
+            table_reads: 0,
+            change_after_read: None,
+            changed_at: None,
+            stop_on: None,
+            stopped_at: None,
         };
         host.connect(ip("192.168.1.1"), net("192.168.1.0/24"), ip("192.168.1.23"));
         Sim(Rc::new(RefCell::new(host)))
@@ -147,13 +166,7 @@ impl Sim {
     /// Joins another network: new router, new LAN; static host routes (the pins) stay and
     /// point at the old router.
     fn network_change(&self, router: &str, lan: &str, me: &str) {
-        let mut h = self.host();
-        let old_lan = h.lan.0;
-        h.routes.retain(|r| {
-            r.dest.prefix_len() != 0 && r.dest != old_lan || r.iface.starts_with("utun")
-        });
-        h.connect(ip(router), net(lan), ip(me));
-        h.log.push(format!("## network change: router {router}"));
+        self.host().network_change(router, lan, me);
     }
 
     /// Where a packet to `dest` goes now: (interface, next hop), by longest prefix.
@@ -187,9 +200,35 @@ impl Sim {
 impl Host {
     fn tunnel_iface(&self) -> String {
         match self.os {
-            TargetOs::Windows => MESH_ADDR.into(),
+            TargetOs::Windows => self.mesh.clone().unwrap_or_else(|| MESH_ADDR.into()),
             _ => "utun3".into(),
         }
+    }
+
+    /// Joins another network: new router, new LAN; static host routes (the pins) stay and
+    /// point at the old router.
+    fn network_change(&mut self, router: &str, lan: &str, me: &str) {
+        let old_lan = self.lan.0;
+        self.routes.retain(|r| {
+            r.dest.prefix_len() != 0 && r.dest != old_lan
+                || r.iface.starts_with("utun")
+                || r.iface == MESH_ADDR
+                || Some(&r.iface) == self.mesh.as_ref()
+        });
+        self.connect(ip(router), net(lan), ip(me));
+        self.log.push(format!("## network change: router {router}"));
+    }
+
+    /// Counts a table read, and joins another network after the scripted one.
+    fn table_read(&mut self, table: String) -> Result<CommandOutput, CommandError> {
+        self.table_reads += 1;
+        if let Some((n, router, lan, me)) = self.change_after_read {
+            if n == self.table_reads {
+                self.network_change(router, lan, me);
+                self.changed_at = Some(Instant::now());
+            }
+        }
+        ok(table)
     }
 
     fn connect(&mut self, router: Ipv4Addr, lan: Ipv4Net, me: Ipv4Addr) {
@@ -430,6 +469,7 @@ impl Host {
             peers: BTreeMap::new(),
         });
         self.service = Service::Running;
+        self.mesh = Some(v4.addr().to_string());
         self.routes.push(Row {
             dest: v4.trunc(),
             hop: Hop::OnLink,
@@ -507,8 +547,14 @@ impl Host {
                 ok("")
             }
             ("rm", ["-f", "/var/run/wireguard/wg0.name"]) => ok(""),
-            ("route", ["print", "-4"]) => ok(self.route_print()),
-            ("netstat", ["-rn", "-f", "inet"]) => ok(self.netstat()),
+            ("route", ["print", "-4"]) => {
+                let table = self.route_print();
+                self.table_read(table)
+            }
+            ("netstat", ["-rn", "-f", "inet"]) => {
+                let table = self.netstat();
+                self.table_read(table)
+            }
             // Windows route.exe
             ("route", [verb @ ("ADD" | "CHANGE"), dest, "MASK", "255.255.255.255", gw]) => {
                 let dest = Ipv4Net::from(ip(dest));
@@ -577,7 +623,14 @@ impl Host {
 impl Runner for Sim {
     fn run(&mut self, cmd: &Command) -> Result<CommandOutput, CommandError> {
         let mut h = self.host();
-        h.log.push(cmd.render_argv());
+        let line = cmd.render_argv();
+        if let Some((needle, stop)) = &h.stop_on {
+            if line.contains(needle) && h.stopped_at.is_none() {
+                stop.store(true, Ordering::Relaxed);
+                h.stopped_at = Some(Instant::now());
+            }
+        }
+        h.log.push(line);
         h.run(cmd)
     }
 
@@ -636,10 +689,7 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
         server_public_key: server_key,
     });
     Engine {
-        client: ApiClient::new(
-            config.server.clone().unwrap(),
-            std::time::Duration::from_secs(1),
-        ),
+        client: ApiClient::new(config.server.clone().unwrap(), Duration::from_secs(1)),
         config,
         config_path: std::env::temp_dir().join("wgmesh-os-sim-unused.json"),
         os,
@@ -955,4 +1005,67 @@ fn switching_exit_nodes_in_one_sync_keeps_traffic_in_the_tunnel() {
             "{os}: still a peer"
         );
     }
+}
+
+mod common;
+
+/// `up` itself (the daemon loop, against a real server): after the network changes, the
+/// route check between syncs re-pins through the new router within seconds, long before
+/// the next sync (60 s here).
+#[test]
+fn up_repins_within_seconds_of_a_network_change() {
+    use wgmesh::agent::daemon::{self, Intervals};
+    let dir = common::TempDir::new("ossim-up");
+    let server = common::ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let exit = common::post(
+        &server,
+        "/register",
+        &serde_json::json!({"public_key": common::new_key(), "hostname": "exit",
+            "os": "linux", "endpoint": format!("{EXIT_ENDPOINT}:51820"), "exit_node": true,
+            "allowed_ips": ["0.0.0.0/0"]})
+        .to_string(),
+    );
+    assert_eq!(exit.status, 200, "{}", exit.json);
+
+    let sim = Sim::new(TargetOs::Windows);
+    let stop = Rc::new(AtomicBool::new(false));
+    {
+        let mut h = sim.host();
+        // The first sync reads the table once; the network changes right after it.
+        h.change_after_read = Some((1, "10.0.0.1", "10.0.0.0/22", "10.0.1.77"));
+        h.stop_on = Some(("198.18.0.7 MASK 255.255.255.255 10.0.0.1", stop.clone()));
+    }
+    let mut engine = engine(TargetOs::Windows, &sim, "wg0");
+    engine.config.assignment = None;
+    engine.config.server = Some(format!("http://{}", server.addr).parse().unwrap());
+    engine.client = ApiClient::new(
+        engine.config.server.clone().unwrap(),
+        Duration::from_secs(5),
+    )
+    .with_identity(engine.config.private_key.clone(), None);
+    let intervals = Intervals {
+        heartbeat: Duration::from_secs(60),
+        sync: Duration::from_secs(60),
+    };
+    let started = Instant::now();
+    let mut runner = sim.clone();
+    daemon::run(&mut engine, &mut runner, intervals, &stop).unwrap();
+    let h = sim.0.borrow();
+    let (changed, repinned) = (
+        h.changed_at.unwrap(),
+        h.stopped_at.expect("never re-pinned"),
+    );
+    assert!(
+        repinned.duration_since(changed) < Duration::from_secs(10),
+        "re-pinned {:?} after the change: {:#?}",
+        repinned.duration_since(changed),
+        h.log
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "well before the next sync"
+    );
+    // `up` stopped and removed what it set up.
+    assert!(h.files.is_empty());
+    assert!(!h.routes.iter().any(|r| r.dest.prefix_len() == 1));
 }
