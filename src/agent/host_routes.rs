@@ -50,12 +50,15 @@ pub fn outside(server: Option<IpAddr>, peers: &[PeerSpec]) -> Vec<Ipv4Addr> {
     out
 }
 
-/// Whether IPv6 may go into the tunnel: only while nothing that must stay outside is IPv6,
-/// because there is no IPv6 uplink to pin it to and `::/1` would capture WireGuard's own
-/// packets to such a peer (IPv6 then keeps its usual route; README says so).
-pub fn ipv6_allowed(server: Option<IpAddr>, peers: &[PeerSpec]) -> bool {
-    let endpoints = peers.iter().filter_map(|p| p.endpoint.map(|e| e.0.ip()));
-    !server.into_iter().chain(endpoints).any(|a| a.is_ipv6())
+/// Whether IPv6 may go into the tunnel: not while the exit node's endpoint or the
+/// coordination server is IPv6, because there is no IPv6 uplink to pin them to: `::/1`
+/// would loop WireGuard's packets to the exit node into the tunnel, and take the server with
+/// a dead exit node (IPv6 then keeps its usual route; README says so). Other peers' IPv6
+/// endpoints need no pin: their packets travel through the exit node, as every peer's would
+/// without pins.
+pub fn ipv6_allowed(server: Option<IpAddr>, t: &AppliedTunnel) -> bool {
+    let exit = t.exit_endpoint.map(|e| e.0.ip());
+    !server.into_iter().chain(exit).any(|a| a.is_ipv6())
 }
 
 /// The tunnel as the routing table shows it: `utunN` by name on macOS, the tunnel's own
@@ -130,7 +133,7 @@ pub fn tunnel_routes(
         real_name,
         assignment.assigned_ip,
         assignment.network_cidr,
-        ipv6_allowed(server, peers),
+        ipv6_allowed(server, t),
     );
     routes.reconcile(table, &outside(server, peers), t.pinned.as_ref())
 }

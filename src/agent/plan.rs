@@ -409,6 +409,20 @@ impl Builder {
                 None => table.clone(),
             };
             self.tunnel_routes(&real_name, &assignment, tunnel, &desired, facts, &table);
+        } else if let Some(tunnel) = want_tunnel.as_ref().filter(|_| tunnel_changes) {
+            if host_routes::uses_host_routes(os) {
+                // No routing table to read (planning for another OS): the halves, and no
+                // pins, which depend on that machine's table and are planned there.
+                let routes = host_routes::tunnel(
+                    os,
+                    &real_name,
+                    assignment.assigned_ip,
+                    assignment.network_cidr,
+                    host_routes::ipv6_allowed(facts.server_ip, tunnel),
+                );
+                let (plan, _) = routes.reconcile(&RouteTable::default(), &[], None);
+                self.push(Step::run(plan));
+            }
         }
 
         self.nat(config, &real_name, assignment.network_cidr, facts)?;
@@ -854,6 +868,31 @@ mod tests {
         let rendered = lines(&p);
         assert!(rendered[0].contains("0.0.0.0/1"), "{rendered:#?}");
         assert!(p.applied.unwrap().full_tunnel.is_none());
+    }
+
+    #[test]
+    fn without_a_routing_table_windows_and_macos_plan_the_halves_and_no_pin() {
+        // Planning for another OS: no reader, no table; pins depend on that machine's table.
+        for os in [TargetOs::Windows, TargetOs::Macos] {
+            let mut config = config();
+            config.applied = Some(Applied {
+                os: os.as_str().into(),
+                ..applied(&config)
+            });
+            config.use_exit_node = Some("exit".into());
+            let exit = info("exit", 7, true);
+            let p = decide(os, &config, std::slice::from_ref(&exit), &up(&config));
+            let rendered = lines(&p).join("\n");
+            assert!(
+                rendered.contains("0.0.0.0/1") && rendered.contains("128.0.0.0/1"),
+                "{rendered}"
+            );
+            assert!(
+                !rendered.contains("MASK") && !rendered.contains("-gateway"),
+                "{rendered}"
+            );
+            assert!(!rendered.contains("blackhole"), "{rendered}");
+        }
     }
 
     #[test]
