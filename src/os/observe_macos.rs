@@ -120,14 +120,8 @@ pub fn parse_route_get_default(text: &str, tunnel_iface: &str) -> Uplink {
 mod tests {
     use super::*;
 
-    /// A recorded output, without its `#!` provenance lines.
-    pub(crate) fn fixture(name: &str) -> String {
-        let path = format!("{}/tests/fixtures/macos/{name}", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        text.lines()
-            .filter(|l| !l.starts_with("#!"))
-            .map(|l| format!("{l}\n"))
-            .collect()
+    fn fixture(name: &str) -> String {
+        crate::os::route_table::fixture("macos", name)
     }
 
     fn gw(s: &str) -> Uplink {

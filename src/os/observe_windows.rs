@@ -315,15 +315,7 @@ mod tests {
     use crate::os::route_table::Uplink;
 
     fn fixture(name: &str) -> String {
-        let path = format!(
-            "{}/tests/fixtures/windows/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        text.lines()
-            .filter(|l| !l.starts_with("#!"))
-            .map(|l| format!("{l}\n"))
-            .collect()
+        crate::os::route_table::fixture("windows", name)
     }
 
     const MESH_ADDR: &str = "10.100.0.5";

@@ -268,14 +268,7 @@ mod tests {
     use super::*;
     use crate::os::{observe_macos, observe_windows};
 
-    fn fixture(os: &str, name: &str) -> String {
-        let path = format!("{}/tests/fixtures/{os}/{name}", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        text.lines()
-            .filter(|l| !l.starts_with("#!"))
-            .map(|l| format!("{l}\n"))
-            .collect()
-    }
+    use crate::os::route_table::fixture;
 
     fn addrs(list: &[&str]) -> Vec<Ipv4Addr> {
         list.iter().map(|s| s.parse().unwrap()).collect()

@@ -196,6 +196,18 @@ impl RouteTable {
     }
 }
 
+/// A recorded output from `tests/fixtures/OS/NAME`, without its `#!` provenance lines:
+/// exactly the text the parsers see.
+#[cfg(test)]
+pub(crate) fn fixture(os: &str, name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{os}/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .filter(|l| !l.starts_with("#!"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
