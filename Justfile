@@ -9,10 +9,12 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Print throughput and latency figures (server vs bare tiny_http, STUN answers/s).
+# Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, mesh DNS
+# queries/s vs dnsmasq).
 bench:
     cargo bench --bench server
     cargo bench --bench stun
+    cargo bench --bench dns
 
 # Run the coordination server on its embedded JSON store (./peers.json by default here).
 run *ARGS:
@@ -31,7 +33,7 @@ fuzz SECS="60":
     #!/usr/bin/env bash
     set -euo pipefail
     cd fuzz
-    for target in request_json http_requests stun_messages wg_dump; do
+    for target in request_json http_requests stun_messages wg_dump dns_query; do
         mkdir -p corpus/$target
         echo "== fuzzing $target for {{SECS}} s"
         RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" \

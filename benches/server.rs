@@ -229,6 +229,7 @@ fn record_with(i: u32, private: &PrivateKey) -> PeerRecord {
         last_heartbeat: now,
         online: true,
         tags: Vec::new(),
+        dns_name: None,
     }
 }
 

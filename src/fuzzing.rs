@@ -9,28 +9,24 @@
 use crate::os::wgdump;
 use crate::proto::model::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
 use crate::proto::stun;
+use crate::server::api;
 use crate::server::http::{self, Limits};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
 
-/// Deserializes a request body exactly as the API does (serde_path_to_error over
-/// serde_json, then `end()` so trailing garbage is refused), and checks that an accepted
-/// value survives a serialize/parse round trip unchanged: a request the server accepts must
-/// mean one thing.
+/// Deserializes a request body with the API's own parser ([`api::parse_json`]), checks a
+/// refusal is a 400 that says something, and that an accepted value survives a
+/// serialize/parse round trip unchanged: a request the server accepts must mean one thing.
 fn json_body<T: DeserializeOwned + Serialize>(data: &[u8]) {
-    let mut de = serde_json::Deserializer::from_slice(data);
-    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    let Ok(value) = parsed else {
-        // The error message is what the client gets back: building it must not panic.
-        if let Err(e) = parsed {
-            let _ = (e.path().to_string(), e.into_inner().to_string());
+    let value: T = match api::parse_json(data) {
+        Ok(value) => value,
+        Err(refusal) => {
+            assert_eq!(refusal.status, 400, "{}", refusal.message);
+            assert!(!refusal.message.is_empty());
+            return;
         }
-        return;
     };
-    if de.end().is_err() {
-        return;
-    }
     let once = serde_json::to_vec(&value).expect("accepted requests serialize");
     let again: T = serde_json::from_slice(&once).expect("a serialized request parses again");
     let twice = serde_json::to_vec(&again).expect("accepted requests serialize");
@@ -143,4 +139,32 @@ pub fn wg_dump(data: &[u8]) {
             let _ = e.to_string();
         }
     }
+}
+
+/// A DNS datagram as the agent's `.mesh` resolver receives it: the answer (if any) must be a
+/// well-formed response to the same id, carrying only records of the zone and only for a
+/// query that parsed; a datagram that does not parse must be dropped, never answered.
+pub fn dns_query(data: &[u8]) {
+    use crate::agent::resolver::{answer, Addresses, Table};
+    use simple_dns::{Packet, PacketFlag, RCODE};
+    let mut table = Table::default();
+    table.insert(
+        &"web".parse().expect("literal"),
+        Addresses {
+            v4: std::net::Ipv4Addr::new(10, 100, 0, 2),
+            v6: Some("fd00::a64:2".parse().expect("literal")),
+        },
+    );
+    let Some(reply) = answer(&table, data) else {
+        return;
+    };
+    let query = Packet::parse(data).expect("only a parsed query is answered");
+    let parsed = Packet::parse(&reply).expect("our answers parse");
+    assert!(parsed.has_flags(PacketFlag::RESPONSE));
+    assert_eq!(parsed.id(), query.id());
+    assert!(parsed.answers.len() <= 2);
+    if !parsed.answers.is_empty() {
+        assert_eq!(parsed.rcode(), RCODE::NoError);
+    }
+    assert!(reply.len() <= 512, "an answer fits a classic UDP message");
 }

@@ -148,11 +148,122 @@ fn check_peer_id(s: &str) -> Result<(), InvalidValue> {
     }
 }
 
+const TAG_PREFIX: &str = "tag:";
+const TAG_MAX_NAME: usize = 63;
+
+fn check_tag(s: &str) -> Result<(), InvalidValue> {
+    let ok = s.strip_prefix(TAG_PREFIX).is_some_and(|name| {
+        !name.is_empty()
+            && name.len() <= TAG_MAX_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not a tag: tags look like tag:name, with 1-{TAG_MAX_NAME} lowercase \
+             letters, digits or '-' after the colon (e.g. tag:db)",
+            describe(s)
+        )))
+    }
+}
+
+fn check_token_id(s: &str) -> Result<(), InvalidValue> {
+    let ok = s.strip_prefix("tok-").is_some_and(|h| {
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not a token id: ids look like tok-0123456789ab (see `wgmesh token list`)",
+            describe(s)
+        )))
+    }
+}
+
 string_newtype!(
     /// A device's hostname as shown to other peers (RFC 1123 letters plus '_').
     Hostname,
     check_hostname
 );
+fn check_dns_name(s: &str) -> Result<(), InvalidValue> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_DNS_LABEL
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue(format!(
+            "{} is not a mesh DNS name: use 1-63 lowercase letters, digits and '-', \
+             not starting or ending with '-'",
+            describe(s)
+        )))
+    }
+}
+
+/// The longest DNS label (RFC 1035 section 2.3.4).
+pub const MAX_DNS_LABEL: usize = 63;
+
+string_newtype!(
+    /// A peer's name in the `.mesh` zone (`web` answers as `web.mesh`): one lowercase DNS
+    /// label, decided by the server so that every node agrees on it.
+    DnsName,
+    check_dns_name
+);
+
+impl DnsName {
+    /// The label a hostname asks for: its first label (a FQDN's host part, as `hostname -s`
+    /// gives), lowercased, with '_' (legal in hostnames, not in DNS host names) and any other
+    /// byte outside `[a-z0-9-]` turned into '-', cut to 63 bytes and trimmed of '-' at both
+    /// ends. Pure, so the server and tests agree on it. Refuses (with what to do) a name that
+    /// leaves nothing, and non-ASCII text, which [`Hostname`] never holds but callers with
+    /// raw text may pass.
+    pub fn from_hostname(hostname: &str) -> Result<DnsName, InvalidValue> {
+        if !hostname.is_ascii() {
+            return Err(InvalidValue(format!(
+                "hostname {} is not ASCII, so it has no DNS name: rename the host or pass \
+                 --hostname with letters, digits and '-' (e.g. its transliteration)",
+                describe(hostname)
+            )));
+        }
+        let first = hostname.split('.').next().unwrap_or_default();
+        let mut label: String = first
+            .bytes()
+            .map(|b| match b.to_ascii_lowercase() {
+                c @ (b'a'..=b'z' | b'0'..=b'9') => c as char,
+                _ => '-',
+            })
+            .collect();
+        label.truncate(MAX_DNS_LABEL);
+        let label = label.trim_matches('-');
+        if label.is_empty() {
+            return Err(InvalidValue(format!(
+                "hostname {} gives no DNS name: its first label needs a letter or digit; \
+                 pass --hostname with one (e.g. web-1)",
+                describe(hostname)
+            )));
+        }
+        Ok(DnsName(label.to_owned()))
+    }
+
+    /// This name with a collision suffix: `web` -> `web-2`, `web-3`, ...; the base is cut
+    /// (and trimmed of a trailing '-') so the result still fits in one 63-byte label.
+    pub fn with_suffix(&self, n: u32) -> DnsName {
+        let suffix = format!("-{n}");
+        let keep = MAX_DNS_LABEL.saturating_sub(suffix.len()).min(self.0.len());
+        let base = self.0[..keep].trim_end_matches('-');
+        DnsName(format!("{base}{suffix}"))
+    }
+}
+
 string_newtype!(
     /// The operating system a peer reports, used to pick command sets and shown in status.
     OsName,
@@ -163,6 +274,23 @@ string_newtype!(
     InterfaceName,
     check_interface
 );
+string_newtype!(
+    /// A label given to machines through the join token they used, e.g. `tag:db`: the unit
+    /// the access policy is written in. Only `tag:` followed by 1-63 of `[a-z0-9-]` is
+    /// accepted, so a tag is safe in logs, JSON and command lines, and `tag:DB` vs `tag:db`
+    /// cannot be confused.
+    Tag,
+    check_tag
+);
+
+string_newtype!(
+    /// The short public name of a join token (`tok-` + 12 hex digits), for `token list` and
+    /// `token revoke`. It is random, not derived from the secret, so showing it reveals
+    /// nothing.
+    TokenId,
+    check_token_id
+);
+
 string_newtype!(
     /// The server-assigned identifier of a peer, stable per public key.
     PeerId,
@@ -259,6 +387,47 @@ mod tests {
         ] {
             let err = bad.parse::<Hostname>().unwrap_err();
             assert!(err.0.contains("not a hostname"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn dns_names_come_from_hostnames_and_hostile_ones_are_made_valid_or_refused() {
+        let name = |h: &str| DnsName::from_hostname(h).map(|n| n.to_string());
+        assert_eq!(name("Web").unwrap(), "web");
+        assert_eq!(name("db_1.corp.example.com").unwrap(), "db-1");
+        assert_eq!(name("_x_").unwrap(), "x");
+        assert_eq!(name("a".repeat(80).as_str()).unwrap(), "a".repeat(63));
+        // Cut at 63 and then trimmed: never a trailing '-'.
+        let edge = format!("{}_b", "a".repeat(62));
+        assert_eq!(name(&edge).unwrap(), "a".repeat(62));
+        assert_eq!(name("a b;c").unwrap(), "a-b-c");
+        for bad in ["", "_", ".web", "---", "\u{fc}ber", "caf\u{e9}"] {
+            let err = name(bad).unwrap_err();
+            assert!(
+                err.0.contains("no DNS name") && err.0.contains("--hostname"),
+                "{bad:?}: {err}"
+            );
+        }
+        // Every result parses back as a DnsName.
+        for h in ["x", "X-Y", "a.b.c", "9lives"] {
+            let n = DnsName::from_hostname(h).unwrap();
+            assert_eq!(n.as_str().parse::<DnsName>().unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn collision_suffixes_fit_in_one_label() {
+        let web: DnsName = "web".parse().unwrap();
+        assert_eq!(web.with_suffix(2).as_str(), "web-2");
+        let long = DnsName::from_hostname(&"a".repeat(63)).unwrap();
+        let suffixed = long.with_suffix(12);
+        assert_eq!(suffixed.as_str().len(), 63);
+        assert!(suffixed.as_str().ends_with("a-12"));
+        let dashy: DnsName = format!("{}-b", "a".repeat(60)).parse().unwrap();
+        assert!(!dashy.with_suffix(2).as_str().contains("--"), "{dashy:?}");
+        assert!(dashy.with_suffix(2).as_str().parse::<DnsName>().is_ok());
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b"] {
+            assert!(bad.parse::<DnsName>().is_err(), "{bad}");
         }
     }
 

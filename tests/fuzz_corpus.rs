@@ -47,6 +47,36 @@ fn wg_dump_seeds() {
     replay("wg_dump", wgmesh::fuzzing::wg_dump);
 }
 
+#[test]
+fn dns_query_seeds() {
+    replay("dns_query", wgmesh::fuzzing::dns_query);
+}
+
+/// The DNS seeds reach the resolver's decisions: the well-formed ones are answered, the
+/// broken ones dropped.
+#[test]
+fn the_dns_seeds_are_answered_or_dropped_as_meant() {
+    let table = wgmesh::agent::resolver::Table::default();
+    for name in [
+        "a_web",
+        "aaaa_upper",
+        "nxdomain",
+        "refused_example",
+        "edns_any",
+    ] {
+        assert!(
+            wgmesh::agent::resolver::answer(&table, &seed("dns_query", name)).is_some(),
+            "{name}"
+        );
+    }
+    for name in ["pointer_loop", "truncated"] {
+        assert!(
+            wgmesh::agent::resolver::answer(&table, &seed("dns_query", name)).is_none(),
+            "{name}"
+        );
+    }
+}
+
 fn seed(target: &str, name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/seeds")

@@ -663,6 +663,7 @@ fn peer(name: &str, mesh: &str, endpoint: &str, exit: bool) -> PeerInfo {
         exit_node: exit,
         online: true,
         last_heartbeat: String::new(),
+        dns_name: None,
     }
 }
 
@@ -687,6 +688,7 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
         assigned_ip: MESH_ADDR.parse().unwrap(),
         network_cidr: "10.100.0.0/16".parse().unwrap(),
         server_public_key: server_key,
+        dns_name: None,
     });
     Engine {
         client: ApiClient::new(config.server.clone().unwrap(), Duration::from_secs(1)),
@@ -1049,7 +1051,7 @@ fn up_repins_within_seconds_of_a_network_change() {
     };
     let started = Instant::now();
     let mut runner = sim.clone();
-    daemon::run(&mut engine, &mut runner, intervals, &stop).unwrap();
+    daemon::run(&mut engine, &mut runner, intervals, &stop, None).unwrap();
     let h = sim.0.borrow();
     let (changed, repinned) = (
         h.changed_at.unwrap(),

@@ -659,3 +659,105 @@ fn head_answers_headers_without_a_body_and_keeps_the_connection_usable() {
         "no body after HEAD: {rest:?}"
     );
 }
+
+#[test]
+fn every_api_refusal_carries_a_stable_machine_readable_code() {
+    let dir = TempDir::new("codes");
+    let server = ServerProcess::start(
+        &dir.path().join("peers.json"),
+        &["--open", "--network-cidr", "198.18.0.0/30"],
+    );
+    let unknown = r#"{"peer_id":"peer-0123456789abcdef"}"#;
+    let cases = [
+        (
+            "POST",
+            "/heartbeat",
+            unknown.to_owned(),
+            404,
+            "unknown_peer",
+        ),
+        (
+            "GET",
+            "/peers?peer_id=peer-0123456789abcdef",
+            String::new(),
+            404,
+            "unknown_peer",
+        ),
+        (
+            "POST",
+            "/register",
+            "{not json".to_owned(),
+            400,
+            "bad_request",
+        ),
+        ("GET", "/nowhere", String::new(), 404, "not_found"),
+        ("GET", "/register", String::new(), 405, "method_not_allowed"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let answer = send(&server, method, path, &body);
+        assert_eq!(answer.status, status, "{method} {path}: {}", answer.json);
+        assert_eq!(
+            answer.json["code"], code,
+            "{method} {path}: {}",
+            answer.json
+        );
+        assert!(answer.json["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let denied = send_as(
+        &server,
+        None,
+        "GET",
+        "/admin/tokens",
+        "",
+        &[("Authorization", "Bearer wrong")],
+    );
+    assert_eq!(
+        (denied.status, denied.json["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    // The /30 holds two peers; the third registration finds the pool exhausted.
+    assert_eq!(register(&server, &new_key(), "one").status, 200);
+    assert_eq!(register(&server, &new_key(), "two").status, 200);
+    let full = register(&server, &new_key(), "three");
+    assert_eq!(
+        (full.status, full.json["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+}
+
+#[test]
+fn a_wrong_method_is_answered_405_with_the_allowed_one() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("allow");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let secret = server.admin_secret();
+    for (method, path, allow) in [
+        ("GET", "/register", "POST"),
+        ("GET", "/heartbeat", "POST"),
+        ("GET", "/deregister", "POST"),
+        ("POST", "/peers", "GET"),
+        ("POST", "/key", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("POST", "/metrics", "GET"),
+        ("GET", "/peers/peer-0123456789abcdef", "DELETE"),
+        ("GET", "/admin/tokens/tok-0123456789ab", "DELETE"),
+        ("POST", "/admin/peers/peer-0123456789abcdef", "DELETE"),
+    ] {
+        let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+        write!(
+            tcp,
+            "{method} {path} HTTP/1.1\r\nHost: wgmesh\r\nAuthorization: Bearer {secret}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        let head = answer.split("\r\n\r\n").next().unwrap();
+        assert!(head.starts_with("HTTP/1.1 405"), "{method} {path}: {head}");
+        assert!(
+            head.lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("allow: {allow}"))),
+            "{method} {path} lacks Allow: {allow}: {head}"
+        );
+    }
+}

@@ -466,7 +466,7 @@ fn admin_endpoints_take_only_the_admin_secret_and_the_cli_drives_them() {
     let (code, peers, _) = cli(&["peers", "list"]);
     assert_eq!(code, Some(0));
     assert!(
-        peers.contains("ops1") && peers.contains("tag:ops"),
+        peers.contains("ops1") && peers.contains("ops1.mesh") && peers.contains("tag:ops"),
         "{peers}"
     );
     let id = id_of(&reg);

@@ -12,7 +12,7 @@
 use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth;
 use crate::proto::model::{
-    DeregisterRequest, ErrorResponse, HeartbeatRequest, KeyResponse, PeerInfo, PeersResponse,
+    ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, KeyResponse, PeerInfo, PeersResponse,
     RegisterRequest, RegisterResponse,
 };
 use crate::types::PeerId;
@@ -386,7 +386,7 @@ impl ApiClient {
                 // An unsigned error can only be reported, never acted on: a 401 for a bad
                 // request MAC cannot be signed for a key the server could not verify.
                 let what = if (400..600).contains(&status) {
-                    let message = serde_json::from_slice::<ErrorResponse>(&answer.body)
+                    let message = serde_json::from_slice::<ApiError>(&answer.body)
                         .map(|e| e.error)
                         .unwrap_or_else(|_| {
                             String::from_utf8_lossy(&answer.body)
@@ -405,18 +405,7 @@ impl ApiClient {
     }
 
     fn refused(answer: &Answer) -> ClientError {
-        let text = String::from_utf8_lossy(&answer.body);
-        let message = serde_json::from_str::<ErrorResponse>(&text)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| text.chars().take(200).collect());
-        if answer.status == 404 && message.contains("unknown peer") {
-            ClientError::UnknownPeer
-        } else {
-            ClientError::Refused {
-                status: answer.status,
-                message,
-            }
-        }
+        Self::classify(answer.status, &String::from_utf8_lossy(&answer.body))
     }
 
     fn post_json<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<Answer, ClientError> {
@@ -446,10 +435,18 @@ impl ApiClient {
             .limit(64 * 1024)
             .read_to_string()
             .unwrap_or_default();
-        let message = serde_json::from_str::<ErrorResponse>(&text)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| text.chars().take(200).collect());
-        if status == 404 && message.contains("unknown peer") {
+        Self::classify(status, &text)
+    }
+
+    /// Turns an error answer into a [`ClientError`] by its `code`: only
+    /// [`ErrorCode::UnknownPeer`] makes the agent register again. The message is kept for
+    /// people; a body that is not JSON is quoted (cut to 200 characters).
+    fn classify(status: u16, text: &str) -> ClientError {
+        let (message, code) = match serde_json::from_str::<ApiError>(text) {
+            Ok(e) => (e.error, e.code),
+            Err(_) => (text.chars().take(200).collect(), ErrorCode::Unknown),
+        };
+        if code == ErrorCode::UnknownPeer {
             ClientError::UnknownPeer
         } else {
             ClientError::Refused { status, message }

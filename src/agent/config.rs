@@ -30,6 +30,10 @@ pub struct Assignment {
     pub network_cidr: Ipv4Net,
     /// The server's key (pinned for later authentication).
     pub server_public_key: PublicKey,
+    /// Our name in the `.mesh` zone; absent in configs from before names (and from older
+    /// servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<crate::types::DnsName>,
 }
 
 /// What to do when the chosen exit node goes offline.
@@ -111,6 +115,9 @@ pub struct Applied {
     /// The full tunnel, when this host uses an exit node.
     #[serde(default)]
     pub full_tunnel: Option<AppliedTunnel>,
+    /// How the OS sends `.mesh` names to our resolver, while `up` serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<super::dns::AppliedDns>,
 }
 
 /// The whole client configuration file.

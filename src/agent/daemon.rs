@@ -1,6 +1,7 @@
 //! `wgmesh up`'s foreground loop: heartbeat and sync on their own timers, keep the mesh as it
 //! is while the server is unreachable (retrying with backoff), and tear down on a signal.
 
+use super::dns::MeshDns;
 use super::engine::{AgentError, Engine, Sink};
 use crate::os::runner::Runner;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,12 +63,21 @@ fn retryable(e: &AgentError) -> bool {
 }
 
 /// Runs until `stop` is set, then removes what it set up. Returns the teardown's result.
+/// With `dns`, the `.mesh` resolver follows every successful sync (see [`MeshDns`]).
 pub fn run(
     engine: &mut Engine,
     runner: &mut dyn Runner,
     intervals: Intervals,
     stop: &AtomicBool,
+    mut dns: Option<&mut MeshDns>,
 ) -> Result<(), AgentError> {
+    if engine.config.assignment.is_some() {
+        // Registering again (idempotent) publishes what changed since the last run (hostname,
+        // and with it the mesh name; exit-node offer; endpoint) and learns our mesh name.
+        if let Err(e) = engine.register() {
+            log::warn!("cannot register again at start: {e}; carrying on with the last assignment");
+        }
+    }
     let start = Instant::now();
     let mut sync = Timer::new(intervals.sync, start);
     let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
@@ -80,6 +90,12 @@ pub fn run(
                 Ok(summary) => {
                     sync.succeeded(now);
                     log::debug!("sync ok: {} peers", summary.peers);
+                    if let Some(dns) = dns.as_deref_mut() {
+                        // Names are a convenience: trouble with them never stops the mesh.
+                        if let Err(e) = dns.refresh(engine, &mut Sink::Run(&mut *runner)) {
+                            log::warn!("DNS: {e}; retrying at the next sync");
+                        }
+                    }
                 }
                 Err(e) if retryable(&e) => {
                     let wait = sync.failed(now);
@@ -127,5 +143,8 @@ pub fn run(
     }
     log::info!("stopping: removing what this agent set up");
     let teardown = engine.teardown(&mut Sink::Run(runner)).map(drop);
+    if let Some(dns) = dns {
+        dns.shutdown();
+    }
     result.and(teardown)
 }

@@ -95,7 +95,8 @@ pub enum Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn apply(&mut self, plan: &Plan) -> Result<(), AgentError> {
+    /// Runs (or prints) one plan; an empty plan does nothing.
+    pub fn apply(&mut self, plan: &Plan) -> Result<(), AgentError> {
         if plan.is_empty() {
             return Ok(());
         }
@@ -108,7 +109,8 @@ impl Sink<'_> {
         }
     }
 
-    fn is_dry_run(&self) -> bool {
+    /// Whether plans are only printed.
+    pub fn is_dry_run(&self) -> bool {
         matches!(self, Sink::Print(_))
     }
 
@@ -230,6 +232,7 @@ impl Engine {
             assigned_ip: answer.assigned_ip,
             network_cidr: answer.network_cidr,
             server_public_key: answer.server_public_key,
+            dns_name: answer.dns_name,
         };
         if self.config.assignment.as_ref() != Some(&assignment) {
             log::info!(

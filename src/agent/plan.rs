@@ -169,6 +169,10 @@ pub fn undo(os: TargetOs, config: &ClientConfig) -> Result<Vec<Step>, AgentError
     if let Some(tunnel) = &old.full_tunnel {
         steps.push(Step::run(tunnel_off(os, &old_name, tunnel, true)));
     }
+    if let Some(dns) = &old.dns {
+        // Reads the hosts file when the names are kept there: only our block goes.
+        steps.push(Step::run(super::dns::undo_plan(dns)?));
+    }
     if !old.routes.is_empty() {
         steps.push(Step::run(os::routes(os, &old_name, &[], &old.routes)));
     }
@@ -675,6 +679,7 @@ mod tests {
             virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
             endpoint: Some(format!("198.18.0.{last}:51820").parse().unwrap()),
             hostname: name.parse().unwrap(),
+            dns_name: None,
             os: "linux".parse().unwrap(),
             allowed_ips,
             exit_node: exit,
@@ -690,6 +695,7 @@ mod tests {
             assigned_ip: "10.100.0.2".parse().unwrap(),
             network_cidr: "10.100.0.0/16".parse().unwrap(),
             server_public_key: PrivateKey::generate().public_key(),
+            dns_name: None,
         });
         config
     }

@@ -22,6 +22,8 @@ pub const HANDSHAKE_FRESH_SECS: u64 = 180;
 pub struct PeerStatus {
     /// The peer's hostname, when the last peer list named it.
     pub hostname: Option<String>,
+    /// The peer's name in the `.mesh` zone, when the last peer list named it.
+    pub dns_name: Option<String>,
     /// The peer's mesh address, when the last peer list named it.
     pub virtual_ip: Option<String>,
     /// The peer's key (base64).
@@ -62,6 +64,10 @@ pub struct Status {
     pub listen_port: u16,
     /// The coordination server.
     pub server: Option<String>,
+    /// Our name in the `.mesh` zone.
+    pub dns_name: Option<String>,
+    /// How `.mesh` names reach our resolver, or how to use it where nothing sends them.
+    pub dns: String,
     /// WireGuard's peers, as `wg show` lists them.
     pub peers: Vec<PeerStatus>,
 }
@@ -103,6 +109,7 @@ pub fn collect(
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
                     PeerStatus {
                         hostname: info.map(|i| i.hostname.to_string()),
+                        dns_name: info.and_then(|i| i.dns_name.as_ref().map(|n| n.to_string())),
                         virtual_ip: info.map(|i| i.virtual_ip.to_string()),
                         public_key: p.public_key.to_base64(),
                         endpoint: p.endpoint.map(|e| e.to_string()),
@@ -126,6 +133,11 @@ pub fn collect(
         public_key: cfg.private_key.public_key().to_base64(),
         listen_port: cfg.listen_port,
         server: cfg.server.as_ref().map(|s| s.to_string()),
+        dns_name: cfg
+            .assignment
+            .as_ref()
+            .and_then(|a| a.dns_name.as_ref().map(|n| n.to_string())),
+        dns: super::dns::describe(cfg.applied.as_ref().and_then(|a| a.dns.as_ref())),
         peers,
     })
 }
@@ -142,17 +154,24 @@ pub fn table(status: &Status) -> String {
         status.address.clone().unwrap_or_else(dash),
         status.peer_id.clone().unwrap_or_else(dash),
     );
+    let mesh_name = |n: &Option<String>| n.as_ref().map_or_else(dash, |n| format!("{n}.mesh"));
     out.push_str(&format!(
-        "{:<20} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
-        "HOSTNAME", "ADDRESS", "ENDPOINT", "PATH", "ONLINE", "HANDSHAKE", "RX", "TX"
+        "name {}; {}\n",
+        mesh_name(&status.dns_name),
+        status.dns
+    ));
+    out.push_str(&format!(
+        "{:<20} {:<24} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
+        "HOSTNAME", "NAME", "ADDRESS", "ENDPOINT", "PATH", "ONLINE", "HANDSHAKE", "RX", "TX"
     ));
     for p in &status.peers {
         let path = if p.direct { "direct" } else { "-" };
         out.push_str(&format!(
-            "{:<20} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
+            "{:<20} {:<24} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
             p.hostname
                 .clone()
                 .unwrap_or_else(|| p.public_key[..8].to_string()),
+            mesh_name(&p.dns_name),
             p.virtual_ip.clone().unwrap_or_else(dash),
             p.endpoint.clone().unwrap_or_else(dash),
             path,
@@ -172,7 +191,8 @@ pub fn table(status: &Status) -> String {
 
 /// A wg-quick configuration for this node (`export`): the server's current peer list, or
 /// the last one this node saw when the server cannot be reached.
-pub fn export(path: &Path, ca: Option<&Path>) -> Result<String, AgentError> {
+/// With `names`, each `[Peer]` gets a `# NAME.mesh (hostname)` comment above it.
+pub fn export(path: &Path, ca: Option<&Path>, names: bool) -> Result<String, AgentError> {
     let cfg = ClientConfig::load(path)?.ok_or_else(|| {
         AgentError::Usage(format!(
             "no config at {}: run `wgmesh up` or `wgmesh sync` first",
@@ -206,7 +226,12 @@ pub fn export(path: &Path, ca: Option<&Path>) -> Result<String, AgentError> {
             .map(|p| p.public_key)
     });
     let desired = desired::desired_peers(&peers, exit.as_ref());
-    Ok(crate::os::wgquick::render(&spec, &desired))
+    let text = crate::os::wgquick::render(&spec, &desired);
+    Ok(if names {
+        super::dns::annotate_export(&text, &peers)
+    } else {
+        text
+    })
 }
 
 #[cfg(test)]
@@ -216,6 +241,7 @@ mod tests {
     fn peer(hostname: Option<&str>, endpoint: Option<&str>, exit: bool) -> PeerStatus {
         PeerStatus {
             hostname: hostname.map(str::to_owned),
+            dns_name: hostname.map(str::to_owned),
             virtual_ip: hostname.map(|_| "10.100.0.3".to_owned()),
             public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
             endpoint: endpoint.map(str::to_owned),
@@ -239,6 +265,8 @@ mod tests {
             public_key: "key".into(),
             listen_port: 51820,
             server: None,
+            dns_name: Some("me".into()),
+            dns: "mesh DNS: off".into(),
             peers: vec![
                 peer(Some("web"), Some("198.18.0.3:51820"), false),
                 peer(Some("gateway"), Some("198.18.0.4:51820"), true),
@@ -251,11 +279,14 @@ mod tests {
             lines[0],
             "interface wg0 (up), address 10.100.0.2, peer id p-1"
         );
+        assert_eq!(lines[1], "name me.mesh; mesh DNS: off");
+        let lines = &lines[1..];
         let header: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             header,
             [
                 "HOSTNAME",
+                "NAME",
                 "ADDRESS",
                 "ENDPOINT",
                 "PATH",
@@ -273,6 +304,7 @@ mod tests {
             rows[0],
             [
                 "web",
+                "web.mesh",
                 "10.100.0.3",
                 "198.18.0.3:51820",
                 "direct",
@@ -283,10 +315,10 @@ mod tests {
                 "56"
             ]
         );
-        assert_eq!(rows[1][3], "direct");
+        assert_eq!(rows[1][4], "direct");
         assert_eq!(
             rows[2],
-            ["AAAAAAAA", "-", "-", "-", "no", "never", "1234", "56"]
+            ["AAAAAAAA", "-", "-", "-", "-", "no", "never", "1234", "56"]
         );
         assert_eq!(lines[5], "internet traffic goes through exit node gateway");
         assert_eq!(lines.len(), 6);

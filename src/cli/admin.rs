@@ -7,7 +7,14 @@
 
 use super::{init_logging, Failure, LogLevel, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
 use crate::agent::client::ServerUrl;
+use crate::proto::admin::{
+    AdminPeersResponse, PolicyReloadResponse, TokenCreateRequest, TokenCreateResponse,
+    TokenListResponse,
+};
+use crate::proto::model::ApiError;
+use crate::types::Tag;
 use argh::FromArgs;
+use serde::de::DeserializeOwned;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -198,12 +205,8 @@ impl Admin {
         })
     }
 
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, Failure> {
+    /// Sends one admin request; returns the body of a 2xx answer.
+    fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<String, Failure> {
         let url = format!("{}/admin/{path}", self.server);
         let builder = ureq::http::Request::builder()
             .method(method)
@@ -215,7 +218,7 @@ impl Admin {
             Some(json) => self.agent.run(
                 builder
                     .header("Content-Type", "application/json")
-                    .body(json.to_string())
+                    .body(json)
                     .map_err(built)?,
             ),
             None => self.agent.run(builder.body(String::new()).map_err(built)?),
@@ -233,18 +236,34 @@ impl Admin {
             .limit(256 * 1024 * 1024)
             .read_to_string()
             .unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         if !(200..300).contains(&status) {
-            let message = json["error"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| text.chars().take(200).collect());
+            let message = serde_json::from_str::<ApiError>(&text)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| text.chars().take(200).collect());
             return Err(Failure::new(
                 EXIT_SERVER,
                 format!("server refused ({status}): {message}"),
             ));
         }
-        Ok(json)
+        Ok(text)
+    }
+
+    /// Sends one admin request and reads the answer as `T`; returns the raw body too, for
+    /// `--json`.
+    fn call_as<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(T, String), Failure> {
+        let text = self.call(method, path, body)?;
+        let parsed = serde_json::from_str(&text).map_err(|e| {
+            Failure::new(
+                EXIT_SERVER,
+                format!("the server's answer to {method} /admin/{path} is not understood: {e}"),
+            )
+        })?;
+        Ok((parsed, text))
     }
 }
 
@@ -258,30 +277,37 @@ fn print(text: &str) -> Result<(), Failure> {
     }
 }
 
-fn pretty(value: &serde_json::Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+/// The server's answer as `--json` prints it: pretty, keys sorted.
+fn pretty(text: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&value).expect("JSON values serialize");
     text.push('\n');
     text
 }
 
-fn column(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Null => "-".into(),
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) if items.is_empty() => "-".into(),
-        serde_json::Value::Array(items) => items.iter().map(column).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
+/// An optional cell: `-` when absent.
+fn cell(value: Option<&str>) -> &str {
+    value.unwrap_or("-")
+}
+
+/// A tag list cell: comma-separated, `-` when empty.
+fn tags(tags: &[Tag]) -> String {
+    if tags.is_empty() {
+        return "-".into();
     }
+    tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(",")
 }
 
 /// `wgmesh token ...`.
 pub fn token(args: TokenArgs) -> Result<(), Failure> {
     match args.command {
         TokenCommand::Create(a) => {
-            for tag in &a.tag {
-                tag.parse::<crate::server::tokens::Tag>()
-                    .map_err(|e| Failure::new(EXIT_USAGE, format!("--tag: {e}")))?;
-            }
+            let tags = a
+                .tag
+                .iter()
+                .map(|tag| tag.parse::<Tag>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Failure::new(EXIT_USAGE, format!("--tag: {e}")))?;
             if a.uses == Some(0) {
                 return Err(Failure::new(
                     EXIT_USAGE,
@@ -293,35 +319,40 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
                     .map_err(|e| Failure::new(EXIT_USAGE, format!("--expires: {e}")))?;
             }
             let admin = Admin::new(a.server, a.admin_secret_file)?;
-            let body = serde_json::json!({"uses": a.uses, "expires": a.expires, "tags": a.tag});
-            let answer = admin.call("POST", "tokens", Some(body))?;
+            let body = TokenCreateRequest {
+                uses: a.uses,
+                expires: a.expires,
+                tags,
+            };
+            let body = serde_json::to_string(&body).expect("API types always serialize");
+            let (answer, text): (TokenCreateResponse, _) =
+                admin.call_as("POST", "tokens", Some(body))?;
             if a.json {
-                return print(&pretty(&answer));
+                return print(&pretty(&text));
             }
-            print(&format!("{}\n", column(&answer["token"])))
+            print(&format!("{}\n", answer.token))
         }
         TokenCommand::List(a) => {
             let admin = Admin::new(a.server, a.admin_secret_file)?;
-            let answer = admin.call("GET", "tokens", None)?;
+            let (answer, text): (TokenListResponse, _) = admin.call_as("GET", "tokens", None)?;
             if a.json {
-                return print(&pretty(&answer));
+                return print(&pretty(&text));
             }
             let mut out = format!(
                 "{:<18} {:<9} {:<10} {:<26} {}\n",
                 "ID", "STATUS", "USES LEFT", "EXPIRES", "TAGS"
             );
-            for t in answer["tokens"].as_array().into_iter().flatten() {
-                let uses = match &t["uses_left"] {
-                    serde_json::Value::Null => "unlimited".into(),
-                    v => v.to_string(),
-                };
+            for t in &answer.tokens {
+                let uses = t
+                    .uses_left
+                    .map_or_else(|| "unlimited".into(), |n| n.to_string());
                 out.push_str(&format!(
                     "{:<18} {:<9} {:<10} {:<26} {}\n",
-                    column(&t["id"]),
-                    column(&t["status"]),
+                    t.id,
+                    t.status,
                     uses,
-                    column(&t["expires_at"]),
-                    column(&t["tags"])
+                    cell(t.expires_at.as_deref()),
+                    tags(&t.tags)
                 ));
             }
             print(&out)
@@ -339,23 +370,25 @@ pub fn peers(args: PeersArgs) -> Result<(), Failure> {
     match args.command {
         PeersCommand::List(a) => {
             let admin = Admin::new(a.server, a.admin_secret_file)?;
-            let answer = admin.call("GET", "peers", None)?;
+            let (answer, text): (AdminPeersResponse, _) = admin.call_as("GET", "peers", None)?;
             if a.json {
-                return print(&pretty(&answer));
+                return print(&pretty(&text));
             }
             let mut out = format!(
-                "{:<22} {:<20} {:<15} {:<7} {:<22} {}\n",
-                "ID", "HOSTNAME", "ADDRESS", "ONLINE", "ENDPOINT", "TAGS"
+                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
+                "ID", "HOSTNAME", "NAME", "ADDRESS", "ONLINE", "ENDPOINT", "TAGS"
             );
-            for p in answer["peers"].as_array().into_iter().flatten() {
+            for p in &answer.peers {
+                let name = p.dns_name.as_ref().map(|n| format!("{n}.mesh"));
                 out.push_str(&format!(
-                    "{:<22} {:<20} {:<15} {:<7} {:<22} {}\n",
-                    column(&p["id"]),
-                    column(&p["hostname"]),
-                    column(&p["virtual_ip"]),
-                    if p["online"] == true { "yes" } else { "no" },
-                    column(&p["endpoint"]),
-                    column(&p["tags"])
+                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
+                    p.id.as_str(),
+                    p.hostname,
+                    cell(name.as_deref()),
+                    p.virtual_ip.to_string(),
+                    if p.online { "yes" } else { "no" },
+                    cell(p.endpoint.as_deref()),
+                    tags(&p.tags)
                 ));
             }
             print(&out)
@@ -373,16 +406,14 @@ pub fn policy(args: PolicyArgs) -> Result<(), Failure> {
     match args.command {
         PolicyCommand::Reload(a) => {
             let admin = Admin::new(a.server, a.admin_secret_file)?;
-            let answer = admin.call("POST", "policy/reload", None)?;
-            let changed = if answer["changed"] == true {
+            let (answer, _): (PolicyReloadResponse, _) =
+                admin.call_as("POST", "policy/reload", None)?;
+            let changed = if answer.changed {
                 "changed"
             } else {
                 "unchanged"
             };
-            print(&format!(
-                "policy {changed}: {}\n",
-                column(&answer["policy"])
-            ))
+            print(&format!("policy {changed}: {}\n", answer.policy))
         }
     }
 }

@@ -7,6 +7,7 @@ use super::{
 use crate::agent::client::ServerUrl;
 use crate::agent::config::{self, ConfigError, ExitFallback};
 use crate::agent::daemon::{self, Intervals};
+use crate::agent::dns::{DnsOptions, MeshDns};
 use crate::agent::engine::{self, AgentError, Sink};
 use crate::agent::setup::{self, Overrides};
 use crate::agent::status;
@@ -133,6 +134,17 @@ pub struct UpArgs {
     /// while the chosen exit node is offline: block (default: nothing leaks) or direct
     #[argh(option)]
     exit_fallback: Option<ExitFallback>,
+    /// answer NAME.mesh for the mesh on this node's mesh addresses while up runs: on
+    /// (default) or off
+    #[argh(option, default = "DnsSwitch(true)")]
+    dns: DnsSwitch,
+    /// on Linux without systemd-resolved, also keep the mesh names in a marked block of the
+    /// hosts file (removed when up stops)
+    #[argh(switch)]
+    dns_hosts: bool,
+    /// the hosts file --dns-hosts writes (default /etc/hosts)
+    #[argh(option)]
+    hosts_file: Option<PathBuf>,
     /// print the commands instead of running them, then exit
     #[argh(switch)]
     dry_run: bool,
@@ -142,6 +154,23 @@ pub struct UpArgs {
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
+}
+
+/// `--dns on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsSwitch(bool);
+
+impl argh::FromArgValue for DnsSwitch {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        match value {
+            "on" => Ok(DnsSwitch(true)),
+            "off" => Ok(DnsSwitch(false)),
+            _ => Err(format!(
+                "{} is not a DNS setting: use on or off",
+                crate::types::describe(value)
+            )),
+        }
+    }
 }
 
 /// Do what `up` does once (register if needed, heartbeat, fetch peers, reconcile) and exit:
@@ -251,6 +280,9 @@ pub struct ExportArgs {
     /// replacing the bundled public roots (for a private CA or a self-signed server)
     #[argh(option)]
     ca: Option<PathBuf>,
+    /// put each peer's mesh name (NAME.mesh) and hostname in a comment above its [Peer]
+    #[argh(switch)]
+    names: bool,
 }
 
 /// Print a new private key in base64, like `wg genkey`.
@@ -290,6 +322,19 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         sync: check_interval("--sync-interval", args.sync_interval)?,
     };
     let dry_run = args.dry_run;
+    if !args.dns.0 && (args.dns_hosts || args.hosts_file.is_some()) {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            "--dns-hosts and --hosts-file keep mesh names, which --dns off turns off: drop one",
+        ));
+    }
+    let dns_options = args.dns.0.then(|| DnsOptions {
+        hosts: args.dns_hosts,
+        hosts_file: args
+            .hosts_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::os::dns::HOSTS_FILE)),
+    });
     let mut engine = setup::engine(Overrides {
         config: args.config,
         server: args.server,
@@ -311,11 +356,17 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
         engine
             .sync(&mut Sink::Print(&mut stdout))
             .map_err(agent_failure)?;
+        if let Some(options) = dns_options {
+            MeshDns::new(options)
+                .refresh(&mut engine, &mut Sink::Print(&mut stdout))
+                .map_err(agent_failure)?;
+        }
         return Ok(());
     }
     let stop = stop_flag()?;
     let mut runner = SystemRunner::new();
-    daemon::run(&mut engine, &mut runner, intervals, &stop).map_err(agent_failure)
+    let mut dns = dns_options.map(MeshDns::new);
+    daemon::run(&mut engine, &mut runner, intervals, &stop, dns.as_mut()).map_err(agent_failure)
 }
 
 /// `wgmesh sync`.
@@ -403,7 +454,7 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
 pub fn export(args: ExportArgs) -> Result<(), Failure> {
     init_logging(LogLevel(log::LevelFilter::Warn));
     let path = args.config.unwrap_or_else(config::default_path);
-    let text = status::export(&path, args.ca.as_deref()).map_err(agent_failure)?;
+    let text = status::export(&path, args.ca.as_deref(), args.names).map_err(agent_failure)?;
     write_stdout(&text)
 }
 

@@ -121,9 +121,44 @@ pub fn init_logging(level: LogLevel) {
     let _ = simplelog::TermLogger::init(level.0, config, simplelog::TerminalMode::Stderr, colour);
 }
 
+/// Parses the command line. Help (`--help`, `help`) goes to stdout with exit 0; anything argh
+/// refuses (unknown flag, missing value, a value that does not parse) goes to stderr with
+/// [`EXIT_USAGE`], as the exit-code table promises (argh itself would exit 1).
+fn parse_args(argv: &[String]) -> Result<Wgmesh, ExitCode> {
+    let name = argv
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name()?.to_str())
+        .unwrap_or("wgmesh");
+    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    Wgmesh::from_args(&[name], &rest).map_err(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            ExitCode::from(EXIT_OK)
+        }
+        Err(()) => {
+            eprintln!("{}\nRun {name} --help for more information.", early.output);
+            ExitCode::from(EXIT_USAGE)
+        }
+    })
+}
+
 /// Entry point of the `wgmesh` binary: parses arguments, runs, maps errors to exit codes.
 pub fn main() -> ExitCode {
-    let args: Wgmesh = argh::from_env();
+    let argv: Result<Vec<String>, _> = std::env::args_os().map(|a| a.into_string()).collect();
+    let argv = match argv {
+        Ok(argv) => argv,
+        Err(arg) => {
+            eprintln!(
+                "wgmesh: argument {:?} is not valid UTF-8",
+                arg.to_string_lossy()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let args = match parse_args(&argv) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     let result = match args.command {
         Command::Server(a) => server::run(a),
         Command::Up(a) => agent::up(a),

@@ -262,9 +262,17 @@ impl PlannedFile {
         }
     }
 
-    /// The comment line [`Plan::render`] shows for this file.
+    /// The comment line [`Plan::render`] shows for this file; public text (a resolver or
+    /// hosts file) follows it, one `#   ` comment line per line, so golden files show it.
     pub fn render(&self) -> String {
-        format!("# write {} (mode {:04o})", self.path.display(), self.mode)
+        let mut out = format!("# write {} (mode {:04o})", self.path.display(), self.mode);
+        if let Payload::Text(text) = &self.contents {
+            for line in text.lines() {
+                out.push_str("\n#   ");
+                out.push_str(line);
+            }
+        }
+        out
     }
 }
 

@@ -11,6 +11,7 @@
 //! tools recognises every line of [`Plan::render`].
 
 mod command;
+pub mod dns;
 mod linux;
 mod macos;
 pub mod observe_macos;

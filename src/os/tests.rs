@@ -161,6 +161,7 @@ fn all_plans() -> Vec<(String, Plan)> {
             }
         }
     }
+    plans.extend(super::dns::golden_plans());
     plans
 }
 

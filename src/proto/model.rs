@@ -5,7 +5,7 @@
 //! deserializes is already safe to store and to hand to a command line.
 
 use crate::keys::PublicKey;
-use crate::types::{Endpoint, Hostname, OsName, PeerId};
+use crate::types::{DnsName, Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -66,6 +66,10 @@ pub struct RegisterResponse {
     pub peer_id: PeerId,
     /// The coordination server's own WireGuard public key.
     pub server_public_key: PublicKey,
+    /// The peer's own name in the `.mesh` zone (others see it in `/peers`); absent from older
+    /// servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<DnsName>,
 }
 
 /// `POST /heartbeat`: a peer says it is alive, and maybe that its endpoint moved.
@@ -100,6 +104,10 @@ pub struct PeerInfo {
     pub endpoint: Option<Endpoint>,
     /// The peer's hostname.
     pub hostname: Hostname,
+    /// The peer's name in the `.mesh` zone (`NAME.mesh`), unique in the mesh and the same on
+    /// every node; absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<DnsName>,
     /// The peer's operating system.
     pub os: OsName,
     /// What to route to this peer: its /32, plus any advertised prefixes (`0.0.0.0/0` for an
@@ -127,13 +135,79 @@ pub struct SuccessResponse {
     pub success: bool,
 }
 
-/// Every error the API returns, whatever the status.
+/// An error the HTTP layer returns before any handler ran (malformed request, body too
+/// large, timeout). API refusals use [`ApiError`], which adds a `code`; a client reads every
+/// error body as [`ApiError`], whose `code` is [`ErrorCode::Unknown`] when absent.
+// Kept apart from ApiError only because server/http.rs (being rewritten on another branch)
+// builds it; fold the two together once that lands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
     /// Always false.
     pub success: bool,
     /// What went wrong and how to fix it.
     pub error: String,
+}
+
+/// Every refusal of the coordination API: `error` says what went wrong and how to fix it (for
+/// people); `code` says which kind of refusal it is (for programs, which must never parse
+/// `error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Always false.
+    pub success: bool,
+    /// What went wrong and how to fix it.
+    pub error: String,
+    /// The stable, machine-readable kind of refusal.
+    #[serde(default)]
+    pub code: ErrorCode,
+}
+
+/// The kinds of refusal, as `code` in every API error body (snake_case strings). New kinds
+/// may be added; clients treat codes they do not know as [`ErrorCode::Unknown`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the request or one of its fields is invalid; `error` names it.
+    BadRequest,
+    /// 401: authentication failed (request MAC, clock, replay, key ownership, join token,
+    /// admin secret).
+    Unauthorized,
+    /// 403: the join token is expired, used up or revoked.
+    Forbidden,
+    /// 404: the peer id is not registered (never was, or was removed): register again.
+    UnknownPeer,
+    /// 404: no such endpoint or object.
+    NotFound,
+    /// 405: the endpoint exists but not for this method (see `Allow`).
+    MethodNotAllowed,
+    /// 429: too many requests from this source (see `Retry-After`).
+    RateLimited,
+    /// 500: the server could not store the change; nothing was changed.
+    Internal,
+    /// 503: the server cannot take this now (address pool exhausted, replay cache full).
+    Unavailable,
+    /// No code given (an HTTP-layer error) or one this build does not know.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The usual code for an HTTP status; refusals with a more specific meaning (such as
+    /// [`ErrorCode::UnknownPeer`]) set theirs explicitly.
+    pub fn for_status(status: u16) -> ErrorCode {
+        match status {
+            400 => ErrorCode::BadRequest,
+            401 => ErrorCode::Unauthorized,
+            403 => ErrorCode::Forbidden,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            429 => ErrorCode::RateLimited,
+            503 => ErrorCode::Unavailable,
+            500..=599 => ErrorCode::Internal,
+            _ => ErrorCode::Unknown,
+        }
+    }
 }
 
 /// Answer to the unauthenticated `GET /key`: the server's X25519 public key, which a new

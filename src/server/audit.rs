@@ -9,8 +9,8 @@
 //! hostname or header cannot forge a line.
 
 use crate::keys::PublicKey;
-use crate::server::tokens::TokenId;
 use crate::types::PeerId;
+use crate::types::TokenId;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod http;
 pub mod ipam;
 pub mod metrics;
+pub mod names;
 pub mod peer_list;
 pub mod policy;
 pub mod registry;

@@ -5,9 +5,9 @@
 
 use crate::server::policy::Membership;
 use crate::server::registry::Registry;
-use crate::server::tokens::Tag;
 use crate::server::trust::PolicyHolder;
 use crate::types::PeerId;
+use crate::types::Tag;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};

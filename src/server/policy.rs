@@ -32,7 +32,7 @@
 //! tag set and asks [`Policy::group_visibility`] once per policy or membership change, so
 //! thousands of peers in a handful of groups cost a handful of comparisons.
 
-use crate::server::tokens::Tag;
+use crate::types::Tag;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
 use std::fmt;

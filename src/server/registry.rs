@@ -4,12 +4,13 @@
 //! Pure state, no I/O: the API layer journals a change to disk before committing it here,
 //! so nothing is acknowledged that a crash could lose.
 
+use super::names::Names;
 use crate::keys::PublicKey;
 use crate::proto::model::PeerInfo;
 use crate::server::ipam::{Ipam, IpamError};
 use crate::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
-use crate::server::tokens::Tag;
 use crate::time;
+use crate::types::Tag;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
@@ -64,6 +65,8 @@ pub struct Registry {
     dirty: bool,
     /// The IPv6 mesh prefix (from the server key); each peer's /128 is listed beside its /32.
     mesh6: Option<Ipv6Net>,
+    /// Which peer holds which `.mesh` name.
+    names: Names,
 }
 
 impl Registry {
@@ -76,9 +79,14 @@ impl Registry {
     /// Rebuilds the registry (and the address pool) from a loaded snapshot.
     pub fn from_snapshot(snapshot: Snapshot) -> Result<Registry, IpamError> {
         let mut ipam = Ipam::new(snapshot.network_cidr)?;
-        let mut peers = HashMap::with_capacity(snapshot.peers.len());
-        let mut ids = HashMap::with_capacity(snapshot.peers.len());
-        for peer in snapshot.peers {
+        let mut records = snapshot.peers;
+        let (names, renamed) = Names::load(&mut records);
+        if renamed > 0 {
+            log::info!("gave {renamed} peer(s) a DNS name");
+        }
+        let mut peers = HashMap::with_capacity(records.len());
+        let mut ids = HashMap::with_capacity(records.len());
+        for peer in records {
             ipam.reserve(peer.virtual_ip)?;
             ids.insert(peer.id.clone(), peer.public_key);
             peers.insert(peer.public_key, peer);
@@ -88,8 +96,10 @@ impl Registry {
             peers,
             ids,
             generation: 1,
-            dirty: false,
+            // Names assigned on load must reach the snapshot at the next compaction.
+            dirty: renamed > 0,
             mesh6: None,
+            names,
         })
     }
 
@@ -136,6 +146,12 @@ impl Registry {
             record.exit_node = reg.exit_node;
             record.allowed_ips = reg.allowed_ips.clone();
             record.observed_ip = Some(reg.observed_ip);
+            record.dns_name = Some(self.names.choose(
+                &record.public_key,
+                &record.id,
+                &reg.hostname,
+                existing.dns_name.as_ref().map(|n| (&existing.hostname, n)),
+            ));
             if record == *existing {
                 return Ok(Prepared::Unchanged(record));
             }
@@ -148,9 +164,11 @@ impl Registry {
             });
         }
         let virtual_ip = self.ipam.allocate()?;
+        let id = PeerId::for_key(&reg.public_key);
+        let dns_name = self.names.choose(&reg.public_key, &id, &reg.hostname, None);
         Ok(Prepared::Write {
             record: PeerRecord {
-                id: PeerId::for_key(&reg.public_key),
+                id,
                 public_key: reg.public_key,
                 virtual_ip,
                 endpoint: reg.endpoint,
@@ -164,6 +182,7 @@ impl Registry {
                 last_heartbeat: now,
                 online: true,
                 tags: reg.tags.clone(),
+                dns_name: Some(dns_name),
             },
             fresh_address: true,
         })
@@ -171,10 +190,16 @@ impl Registry {
 
     /// Stores a journaled record.
     pub fn commit(&mut self, record: PeerRecord) {
-        if let Some(old) = self.peers.get(&record.public_key) {
+        let old = self.peers.get(&record.public_key);
+        if let Some(old) = old {
             if !old.online {
                 log::info!("peer {} ({}) is back online", old.id, old.hostname);
             }
+        }
+        if let Some(name) = &record.dns_name {
+            let old_name = old.and_then(|o| o.dns_name.clone());
+            self.names
+                .claim(record.public_key, name.clone(), old_name.as_ref());
         }
         self.ids.insert(record.id.clone(), record.public_key);
         self.peers.insert(record.public_key, record);
@@ -230,6 +255,9 @@ impl Registry {
         let key = self.ids.remove(id)?;
         let peer = self.peers.remove(&key)?;
         self.ipam.release(peer.virtual_ip);
+        if let Some(name) = &peer.dns_name {
+            self.names.release(name, &key);
+        }
         self.generation += 1;
         self.dirty = true;
         Some(peer)
@@ -312,6 +340,7 @@ pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
         virtual_ip: p.virtual_ip,
         endpoint: p.published_endpoint(),
         hostname: p.hostname.clone(),
+        dns_name: p.dns_name.clone(),
         os: p.os.clone(),
         allowed_ips,
         exit_node: p.exit_node,

@@ -68,7 +68,11 @@ pub struct PeerRecord {
     /// who sees whom by them. Absent in files written before tokens existed (= untagged),
     /// and not written when empty so open-mode state files keep their old shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<crate::server::tokens::Tag>,
+    pub tags: Vec<crate::types::Tag>,
+    /// The peer's name in the `.mesh` zone, unique in the registry. Absent in files written
+    /// before names existed: the registry assigns those on load, in registration order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<crate::types::DnsName>,
 }
 
 impl PeerRecord {
@@ -436,6 +440,7 @@ mod tests {
             last_heartbeat: time::from_unix_secs(1_700_000_000),
             online: true,
             tags: Vec::new(),
+            dns_name: None,
         }
     }
 

@@ -9,13 +9,12 @@
 //!
 //! Persistence is the caller's job: [`TokenStore`] is plain serde data kept in memory.
 
-use crate::types::{describe, InvalidValue};
+use crate::types::{describe, Tag, TokenId};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
 
@@ -31,133 +30,16 @@ pub const TOKEN_SECRET_LEN: usize = 32;
 /// `--expires` for a token that never expires), and RFC 3339 formatting stays in range.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
-const TAG_PREFIX: &str = "tag:";
-const TAG_MAX_NAME: usize = 63;
 const ID_PREFIX: &str = "tok-";
 const ID_HEX_LEN: usize = 12;
 
-/// A label given to machines through the token they joined with, e.g. `tag:db`: the unit the
-/// access policy is written in. Only `tag:` followed by 1-63 of `[a-z0-9-]` is accepted, so a
-/// tag is safe in logs, JSON, and command lines, and `tag:DB` vs `tag:db` cannot be confused.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(String);
-
-impl Tag {
-    /// The validated text, `tag:` prefix included.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Tag {
-    type Err = InvalidValue;
-    fn from_str(s: &str) -> Result<Tag, InvalidValue> {
-        let ok = s.strip_prefix(TAG_PREFIX).is_some_and(|name| {
-            !name.is_empty()
-                && name.len() <= TAG_MAX_NAME
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        });
-        if ok {
-            Ok(Tag(s.to_owned()))
-        } else {
-            Err(InvalidValue(format!(
-                "{} is not a tag: tags look like tag:name, with 1-{TAG_MAX_NAME} lowercase \
-                 letters, digits or '-' after the colon (e.g. tag:db)",
-                describe(s)
-            )))
-        }
-    }
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tag({:?})", self.0)
-    }
-}
-
-impl Serialize for Tag {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Tag {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The short public name of a token (`tok-` + 12 hex digits), for `token list` and
-/// `token revoke`. It is random, not derived from the secret, so showing it reveals nothing.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenId(String);
-
-impl TokenId {
-    /// The validated text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    fn random() -> TokenId {
-        let mut bytes = [0u8; ID_HEX_LEN / 2];
-        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-        TokenId(format!("{ID_PREFIX}{}", hex::encode(bytes)))
-    }
-}
-
-impl FromStr for TokenId {
-    type Err = InvalidValue;
-    fn from_str(s: &str) -> Result<TokenId, InvalidValue> {
-        let ok = s.strip_prefix(ID_PREFIX).is_some_and(|h| {
-            h.len() == ID_HEX_LEN
-                && h.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
-        if ok {
-            Ok(TokenId(s.to_owned()))
-        } else {
-            Err(InvalidValue(format!(
-                "{} is not a token id: ids look like tok-0123456789ab (see `wgmesh token list`)",
-                describe(s)
-            )))
-        }
-    }
-}
-
-impl fmt::Display for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TokenId({:?})", self.0)
-    }
-}
-
-impl Serialize for TokenId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for TokenId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
+/// A fresh random token id (`tok-` + 12 hex digits).
+fn random_id() -> TokenId {
+    let mut bytes = [0u8; ID_HEX_LEN / 2];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    format!("{ID_PREFIX}{}", hex::encode(bytes))
+        .parse()
+        .expect("random ids are valid")
 }
 
 /// Why a token was refused or an operation on the store failed. Messages name the token id
@@ -382,9 +264,9 @@ impl TokenStore {
 
         let mut secret = [0u8; TOKEN_SECRET_LEN];
         getrandom::fill(&mut secret).expect("the operating system's random source failed");
-        let mut id = TokenId::random();
+        let mut id = random_id();
         while self.tokens.iter().any(|t| t.id == id) {
-            id = TokenId::random();
+            id = random_id();
         }
         let record = TokenRecord {
             id,

@@ -1,41 +1,19 @@
 //! The operator endpoints under `/admin/`: join tokens, the full peer list and policy
 //! reload. Every one needs the admin secret.
 
-use super::error::{ok_json, parse_body, Refusal};
+use super::error::{method_not_allowed, ok_json, parse_body, Refusal};
 use super::{lock, Api};
-use crate::keys::PublicKey;
+use crate::proto::admin::{
+    AdminPeerView, AdminPeersResponse, PolicyReloadResponse, TokenCreateRequest,
+    TokenCreateResponse, TokenListResponse, TokenView,
+};
 use crate::proto::model::SuccessResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::{Request, Response};
-use crate::server::tokens::{Tag, TokenRecord};
+use crate::server::tokens::TokenRecord;
 use crate::server::trust::ADMIN_HEADER;
 use crate::types::PeerId;
-use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
-
-/// `POST /admin/tokens`: what the operator asks for.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenCreateRequest {
-    #[serde(default)]
-    uses: Option<u32>,
-    #[serde(default)]
-    expires: Option<String>,
-    #[serde(default)]
-    tags: Vec<Tag>,
-}
-
-/// One token as `token list` shows it: never the hash, and a status column.
-#[derive(Debug, Serialize)]
-struct TokenView {
-    id: String,
-    uses_left: Option<u32>,
-    expires_at: Option<String>,
-    tags: Vec<Tag>,
-    created_at: String,
-    revoked: bool,
-    status: String,
-}
 
 fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
     TokenView {
@@ -53,21 +31,6 @@ fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
             Err(e) => e.to_string(),
         },
     }
-}
-
-/// One peer in the admin view: everything the registry holds, offline peers included.
-#[derive(Debug, Serialize)]
-struct AdminPeerView {
-    id: PeerId,
-    public_key: PublicKey,
-    virtual_ip: std::net::Ipv4Addr,
-    hostname: String,
-    os: String,
-    endpoint: Option<String>,
-    online: bool,
-    tags: Vec<Tag>,
-    registered_at: String,
-    last_heartbeat: String,
 }
 
 impl Api {
@@ -96,9 +59,10 @@ impl Api {
                     .iter()
                     .map(|t| token_view(t, now))
                     .collect();
-                Ok(ok_json(
-                    &serde_json::json!({"success": true, "tokens": list}),
-                ))
+                Ok(ok_json(&TokenListResponse {
+                    success: true,
+                    tokens: list,
+                }))
             }
             ("POST", "tokens") => {
                 let body: TokenCreateRequest = parse_body(req)?;
@@ -133,10 +97,11 @@ impl Api {
                         )),
                 );
                 log::info!("created join token {}", record.id);
-                let view = token_view(&record, now);
-                Ok(ok_json(
-                    &serde_json::json!({"success": true, "token": secret, "info": view}),
-                ))
+                Ok(ok_json(&TokenCreateResponse {
+                    info: token_view(&record, now),
+                    success: true,
+                    token: secret,
+                }))
             }
             ("GET", "peers") => {
                 let records = lock(&self.registry).records();
@@ -147,6 +112,7 @@ impl Api {
                         public_key: r.public_key,
                         virtual_ip: r.virtual_ip,
                         hostname: r.hostname.to_string(),
+                        dns_name: r.dns_name.as_ref().map(|n| n.to_string()),
                         os: r.os.to_string(),
                         endpoint: r.published_endpoint().map(|e| e.to_string()),
                         online: r.online,
@@ -155,22 +121,25 @@ impl Api {
                         last_heartbeat: crate::time::format_exact(r.last_heartbeat),
                     })
                     .collect();
-                Ok(ok_json(
-                    &serde_json::json!({"success": true, "peers": list}),
-                ))
+                Ok(ok_json(&AdminPeersResponse {
+                    peers: list,
+                    success: true,
+                }))
             }
             ("POST", "policy/reload") => match self.reload_policy(Some(req.remote)) {
-                Ok((changed, policy)) => Ok(ok_json(
-                    &serde_json::json!({"success": true, "changed": changed, "policy": policy}),
-                )),
+                Ok((changed, policy)) => Ok(ok_json(&PolicyReloadResponse {
+                    changed,
+                    policy,
+                    success: true,
+                })),
                 Err(e) => Err(Refusal(400, format!("{e}; the old policy stays in force"))),
             },
             _ => {
                 if let Some(id) = rest.strip_prefix("tokens/") {
                     if method != "DELETE" {
-                        return Err(Refusal(
-                            405,
+                        return Err(method_not_allowed(
                             format!("{method} is not allowed here: use DELETE"),
+                            "DELETE",
                         ));
                     }
                     let mut tokens = lock(&self.trust.tokens);
@@ -194,9 +163,9 @@ impl Api {
                 }
                 if let Some(raw) = rest.strip_prefix("peers/") {
                     if method != "DELETE" {
-                        return Err(Refusal(
-                            405,
+                        return Err(method_not_allowed(
                             format!("{method} is not allowed here: use DELETE"),
+                            "DELETE",
                         ));
                     }
                     let id: PeerId = raw

@@ -12,7 +12,7 @@ mod admin;
 mod error;
 mod peer;
 
-pub use error::parse_body;
+pub use error::{parse_body, parse_json, Refusal};
 pub use peer::MAX_ALLOWED_IPS;
 
 use super::http::{Body, Handler, Request, Response};
@@ -26,7 +26,7 @@ use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::store::Store;
 use crate::types::PeerId;
-use error::{ok_json, too_many, unknown_peer, Refusal};
+use error::{method_not_allowed, ok_json, too_many, unknown_peer};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
@@ -266,9 +266,9 @@ impl Api {
         let path = req.path();
         let method = req.method.as_str();
         let wrong_method = |allow: &'static str| {
-            Err(Refusal(
-                405,
+            Err(method_not_allowed(
                 format!("{method} is not allowed on {path}: use {allow}"),
+                allow,
             ))
         };
         match path {
@@ -370,20 +370,7 @@ impl Handler for Api {
                         .heartbeats_failed
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                let mut response: Response = refusal.into();
-                if response.status == 405 {
-                    let allow = match endpoint {
-                        MetricEndpoint::Peers
-                        | MetricEndpoint::Healthz
-                        | MetricEndpoint::Metrics => "GET",
-                        MetricEndpoint::Deregister if req.path().starts_with("/peers/") => "DELETE",
-                        MetricEndpoint::Other if req.path() == "/key" => "GET",
-                        MetricEndpoint::Other => "DELETE",
-                        _ => "POST",
-                    };
-                    response = response.with_header("Allow", allow.into());
-                }
-                response
+                refusal.into()
             }
         };
         let response = match &authed {

@@ -89,6 +89,10 @@ impl Api {
             self.auth_failed(req, Some(key), None, &why);
             return Err(Refusal(401, why));
         }
+        // Every peer is reachable as NAME.mesh: a hostname that gives no DNS name is refused
+        // here, before anything is stored or a token used up.
+        crate::types::DnsName::from_hostname(body.hostname.as_str())
+            .map_err(|e| Refusal(400, format!("hostname: {e}")))?;
         let network = lock(&self.registry).network();
         let mesh6 = crate::proto::mesh6::prefix(&self.server_public_key);
         let allowed_ips = check_allowed_ips(&body, network, mesh6)?;
@@ -235,6 +239,7 @@ impl Api {
             network_cidr: network,
             peer_id: record.id,
             server_public_key: self.server_public_key,
+            dns_name: record.dns_name,
         }))
     }
 

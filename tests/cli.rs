@@ -1,0 +1,51 @@
+//! The command line's exit codes for what argh catches before any subcommand runs: scripts
+//! must tell bad usage (2) from internal errors (1), and `--help` is success (0).
+
+use std::process::{Command, Output};
+
+fn wgmesh(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn usage_errors_caught_by_argh_exit_2_naming_the_problem() {
+    for (args, names) in [
+        (&["sync", "--server", "notaurl"][..], "--server"),
+        (&["up", "--use-exit-node"][..], "--use-exit-node"),
+        (&["sync", "--no-such-flag"][..], "--no-such-flag"),
+        (&["no-such-command"][..], "no-such-command"),
+        (&["sync", "--log-level", "loud"][..], "loud"),
+    ] {
+        let out = wgmesh(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(names), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--help for more information"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+}
+
+#[test]
+fn help_exits_0_on_stdout() {
+    for args in [
+        &["--help"][..],
+        &["sync", "--help"],
+        &["help"],
+        &["token", "create", "--help"],
+    ] {
+        let out = wgmesh(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: wgmesh"), "{args:?}: {text}");
+    }
+}
