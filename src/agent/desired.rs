@@ -115,7 +115,7 @@ pub(super) fn chosen_exit<'p>(
 /// The full tunnel this host should have now, given the one it has.
 pub(super) fn wanted_tunnel(
     config: &ClientConfig,
-    (os, _dry_run): (TargetOs, bool),
+    os: TargetOs,
     exit: Option<&PeerInfo>,
     desired: &[PeerSpec],
     have: Option<&AppliedTunnel>,

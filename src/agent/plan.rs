@@ -345,14 +345,7 @@ impl Builder {
         // The tunnel goes before peers change when it is being removed (its `off` rewrites
         // the old exit peer, which must still exist), and after when it is being added.
         let have_tunnel = self.rec.as_ref().and_then(|a| a.full_tunnel.clone());
-        let want_tunnel = wanted_tunnel(
-            config,
-            (os, self.dry_run),
-            exit,
-            &desired,
-            have_tunnel.as_ref(),
-            facts,
-        );
+        let want_tunnel = wanted_tunnel(config, os, exit, &desired, have_tunnel.as_ref(), facts);
         let tunnel_changes = want_tunnel != have_tunnel;
         if tunnel_changes {
             if let Some(old) = &have_tunnel {
@@ -874,6 +867,51 @@ mod tests {
         let rendered = lines(&p);
         assert!(rendered[0].contains("0.0.0.0/1"), "{rendered:#?}");
         assert!(p.applied.unwrap().full_tunnel.is_none());
+    }
+
+    #[test]
+    fn windows_checks_the_old_service_and_the_folder_acl_before_the_key_is_written() {
+        let config = config();
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        // Each step as one line: its commands, its file writes, or the check it makes.
+        let order: Vec<String> = p
+            .steps
+            .iter()
+            .flat_map(|s| {
+                let mut out: Vec<String> = s.plan.files.iter().map(|f| f.render()).collect();
+                out.extend(s.plan.commands.iter().map(|c| c.render_argv()));
+                out.extend(s.check.iter().map(|c| format!("check {c:?}")));
+                out
+            })
+            .collect();
+        let at = |needle: &str| {
+            order
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {order:#?}"))
+        };
+        let steps = [
+            at("/uninstalltunnelservice"),
+            at("check ServiceGone"),
+            at("CreateDirectory"),
+            at("check ConfigDirProtected"),
+            at("# write"),
+            at("/installtunnelservice"),
+        ];
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{order:#?}");
+    }
+
+    #[test]
+    fn windows_refuses_reserved_names_before_any_step() {
+        let mut config = config();
+        config.interface = "nul.x".parse().unwrap();
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        assert!(p.steps.is_empty());
+        let failure = p.failure.unwrap().to_string();
+        assert!(failure.contains("reserved device name"), "{failure}");
+        // The same name is fine where it is not reserved.
+        let p = decide(TargetOs::Linux, &config, &[], &HostFacts::default());
+        assert!(p.failure.is_none());
     }
 
     #[test]
