@@ -726,8 +726,18 @@ fn pinned_via(sim: &Sim, dest: &str) -> Option<Hop> {
 fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
     let sim = Sim::new(TargetOs::Windows);
     let mut engine = engine(TargetOs::Windows, &sim, "wg0");
-    let peers = peers();
+    let mut peers = peers();
+    // Peer b routes a subnet behind it: a `store=active` route a reboot forgets too.
+    peers[1].allowed_ips.push("192.0.2.0/24".parse().unwrap());
     sync(&mut engine, &sim, &peers).unwrap();
+    assert!(into_tunnel(&sim, "192.0.2.10"));
+    let before_reboot = sim
+        .0
+        .borrow()
+        .routes
+        .iter()
+        .any(|r| r.dest == net("192.0.2.0/24"));
+    assert!(before_reboot);
 
     // The folder is created protected and checked before the key is written, then installed.
     let create = sim.position("CreateDirectory");
@@ -764,6 +774,19 @@ fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
     sync(&mut engine, &sim, &peers).unwrap();
     assert!(into_tunnel(&sim, INTERNET), "{:#?}", sim.log());
     assert_eq!(pinned_via(&sim, EXIT_ENDPOINT), Some(gw.clone()));
+    // (Checked as its own route: the halves alone would also send it into the tunnel.)
+    let subnet_routed = |sim: &Sim| {
+        sim.0
+            .borrow()
+            .routes
+            .iter()
+            .any(|r| r.dest == net("192.0.2.0/24") && r.iface == MESH_ADDR)
+    };
+    assert!(
+        subnet_routed(&sim),
+        "subnet route re-added: {:#?}",
+        sim.log()
+    );
     assert_eq!(
         sim.0.borrow().wg.as_ref().unwrap().peers.len(),
         3,
