@@ -96,7 +96,9 @@ pub fn parse_netstat(text: &str) -> RouteTable {
 
 /// Parses `route -n get default` (stdout; pass "" when it failed with "not in table" or
 /// "route has not been found"): a `gateway:` that is an address is the uplink; none, or a
-/// `link#N` one, leaves the interface, usable only when it is point-to-point.
+/// `link#N` one, leaves the interface, usable only when it is point-to-point. The agent
+/// reads the whole table ([`parse_netstat`]), which also shows its own routes; this is the
+/// quick one-route reading for diagnostics, tested to agree with it.
 pub fn parse_route_get_default(text: &str, tunnel_iface: &str) -> Uplink {
     let field = |name: &str| {
         text.lines().find_map(|l| {
@@ -237,6 +239,24 @@ mod tests {
         // Our own utun is never an uplink.
         let own = fixture("route_get_default_other_vpn.txt").replace("utun5", "utun3");
         assert_eq!(parse_route_get_default(&own, "utun3"), Uplink::Unusable);
+    }
+
+    #[test]
+    fn route_get_default_and_netstat_agree_on_the_uplink() {
+        // Two independent readings of the same situations must lead to the same pins: a
+        // check on the reconstructed outputs as much as on the parsers.
+        for (get, netstat) in [
+            ("route_get_default.txt", "netstat_home.txt"),
+            ("route_get_default_ppp.txt", "netstat_ppp.txt"),
+            ("route_get_default_link.txt", "netstat_link_only.txt"),
+            ("route_get_default_other_vpn.txt", "netstat_other_vpn.txt"),
+        ] {
+            assert_eq!(
+                parse_route_get_default(&fixture(get), "utun3"),
+                uplink(netstat),
+                "{get} vs {netstat}"
+            );
+        }
     }
 
     #[test]

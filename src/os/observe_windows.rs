@@ -74,7 +74,9 @@ struct NetRoute {
 /// Parses `Get-NetRoute -AddressFamily IPv4 ... | Select-Object DestinationPrefix, NextHop,
 /// RouteMetric, InterfaceMetric, InterfaceIndex, InterfaceAlias | ConvertTo-Json` (one route
 /// is printed as an object, several as an array). NextHop `0.0.0.0` is how Windows writes
-/// "on-link": it is never a gateway. The interface is named by its alias here.
+/// "on-link": it is never a gateway. The interface is named by its alias here. The agent
+/// reads `route print -4` (no PowerShell start-up per sync); this reading, for diagnostics
+/// and hosts where `route.exe` is restricted, decides the uplink the same way.
 pub fn parse_get_netroute_json(text: &str) -> Result<RouteTable, String> {
     let value: serde_json::Value =
         serde_json::from_str(text.trim()).map_err(|e| format!("Get-NetRoute JSON: {e}"))?;
