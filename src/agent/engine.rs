@@ -383,11 +383,12 @@ impl Engine {
             None => None,
         };
         let facts = host::observe_routes(reader, self.os, &self.config, self.client.server());
-        let peers = self
-            .last_list
-            .as_ref()
-            .map(|(p, _)| p.clone())
-            .unwrap_or_default();
+        // Before the first list of this run (the server unreachable since `up` started), the
+        // cached one keeps the peers pinned that the last run pinned.
+        let peers = match &self.last_list {
+            Some((peers, _)) => peers.clone(),
+            None => load_peer_cache(&self.config_path),
+        };
         let input = PlanInput {
             os: self.os,
             config: &self.config,
