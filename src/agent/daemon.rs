@@ -1,7 +1,8 @@
 //! `wgmesh up`'s foreground loop: heartbeat and sync on their own timers, keep the mesh as it
 //! is while the server is unreachable (retrying with backoff), and tear down on a signal.
 
-use super::engine::{AgentError, Engine, Sink};
+use super::engine::{Engine, Sink};
+use super::error::AgentError;
 use crate::os::runner::Runner;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

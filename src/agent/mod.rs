@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod desired;
 pub mod engine;
+pub mod error;
 pub mod host;
 pub mod netcheck;
 pub mod plan;

@@ -7,7 +7,8 @@ use super::{
 use crate::agent::client::ServerUrl;
 use crate::agent::config::{self, ConfigError, ExitFallback};
 use crate::agent::daemon::{self, Intervals};
-use crate::agent::engine::{self, AgentError, Sink};
+use crate::agent::engine::{self, Sink};
+use crate::agent::error::AgentError;
 use crate::agent::setup::{self, Overrides};
 use crate::agent::status;
 use crate::keys::{PrivateKey, PublicKey};

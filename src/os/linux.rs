@@ -1,10 +1,10 @@
 //! Linux plans: kernel WireGuard through `ip` and `wg`, as `wg-quick` does it, with
 //! `wireguard-go` as the fallback when the kernel has no WireGuard module.
 
-use super::{
-    arg_budget, exit_peer_update, peer_groups, wg_set, wireguard_go, Command, Firewall,
-    InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs, FWMARK_TABLE,
-};
+use super::command::{Command, Payload, Plan, Secret};
+use super::spec::{Firewall, InterfaceSpec, PeerSpec, TargetOs, FWMARK_TABLE};
+use super::tunnel::exit_peer_update;
+use super::wg::{arg_budget, peer_groups, wg_set, wireguard_go};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::IpAddr;

@@ -1,10 +1,10 @@
 //! macOS plans: `wireguard-go` on a kernel-named `utunN`, configured with `wg`, `ifconfig`
 //! and `route`, following `wg-quick`'s darwin script.
 
-use super::{
-    arg_budget, exit_peer_update, half_defaults, half_defaults_v6, peer_groups, pinned_v4, wg_set,
-    wireguard_go, Command, InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs,
-};
+use super::command::{Command, Payload, Plan, Secret};
+use super::spec::{InterfaceSpec, PeerSpec, TargetOs};
+use super::tunnel::{exit_peer_update, half_defaults, half_defaults_v6, pinned_v4};
+use super::wg::{arg_budget, peer_groups, wg_set, wireguard_go};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
 use std::net::{IpAddr, Ipv4Addr};

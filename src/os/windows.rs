@@ -2,10 +2,9 @@
 //! addresses and initial routes; `wg.exe` updates peers live; `netsh` and `route` add the
 //! routes the service does not (it only routes the AllowedIPs it saw at install time).
 
-use super::{
-    exit_peer_update, half_defaults, half_defaults_v6, pinned_v4, Command, InterfaceSpec, Payload,
-    PeerSpec, Plan, PlannedFile, Secret,
-};
+use super::command::{Command, Payload, Plan, PlannedFile, Secret};
+use super::spec::{InterfaceSpec, PeerSpec};
+use super::tunnel::{exit_peer_update, half_defaults, half_defaults_v6, pinned_v4};
 use crate::types::InterfaceName;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,7 +20,7 @@ fn config_path(name: &InterfaceName) -> PathBuf {
 
 pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
     let path = config_path(&spec.name);
-    let config = crate::os::wgquick::render_tunnel_service(spec, peers);
+    let config = super::wgquick::render_tunnel_service(spec, peers);
     Plan {
         files: vec![PlannedFile::private(
             path.clone(),

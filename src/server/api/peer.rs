@@ -5,6 +5,7 @@ use super::error::{ok_json, parse_body, too_many, unknown_peer, Refusal};
 use super::{lock, Api, Authed};
 use crate::proto::model::{
     DeregisterRequest, HeartbeatRequest, RegisterRequest, RegisterResponse, SuccessResponse,
+    MAX_ALLOWED_IPS,
 };
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::{Body, Request, Response};
@@ -16,9 +17,6 @@ use crate::types::PeerId;
 use ipnet::{IpNet, Ipv4Net};
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
-
-/// Most extra prefixes one peer may advertise.
-pub const MAX_ALLOWED_IPS: usize = 64;
 
 /// Validates advertised prefixes: bounded, normalized, no default route unless an exit node,
 /// and never overlapping the mesh (which would let a peer capture others' addresses).
