@@ -382,11 +382,13 @@ fn sign_with(
     ]
 }
 
-/// The agent's side with the key agreement done once: for a client that sends many requests
-/// to the same server (a load generator, a busy agent), where [`sign_request`]'s X25519 per
-/// call would dominate.
+/// The agent's side with the key agreement done once: signs requests and verifies the
+/// answers for one (agent key, server key) pair, for a client that sends many requests to the
+/// same server (the agent, a load generator), where [`sign_request`]'s and
+/// [`verify_response`]'s X25519 per call would dominate.
 pub struct RequestSigner {
     key: PublicKey,
+    server: PublicKey,
     keys: Option<MacKeys>,
 }
 
@@ -403,8 +405,14 @@ impl RequestSigner {
     pub fn new(private_key: &PrivateKey, server_pub: &PublicKey) -> RequestSigner {
         RequestSigner {
             key: private_key.public_key(),
+            server: *server_pub,
             keys: MacKeys::for_peer(private_key, server_pub).ok(),
         }
+    }
+
+    /// The server key this signer was made for.
+    pub fn server_key(&self) -> PublicKey {
+        self.server
     }
 
     /// Exactly what [`sign_request`] returns for the same key pair.
@@ -416,6 +424,18 @@ impl RequestSigner {
         now: SystemTime,
     ) -> Vec<(&'static str, String)> {
         sign_with(&self.key, self.keys.as_ref(), method, path, body, now)
+    }
+
+    /// Exactly what [`verify_response`] returns for the same key pair.
+    pub fn verify_response<'a>(
+        &self,
+        request_nonce: &str,
+        status: u16,
+        headers: &dyn Fn(&str) -> Option<&'a str>,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        let keys = self.keys.as_ref().ok_or(AuthError::WeakKey(self.server))?;
+        verify_response_with(keys, &self.server, request_nonce, status, headers, body)
     }
 }
 
@@ -682,6 +702,17 @@ pub fn verify_response<'a>(
     body: &[u8],
 ) -> Result<(), AuthError> {
     let keys = MacKeys::for_peer(private_key, server_pub)?;
+    verify_response_with(&keys, server_pub, request_nonce, status, headers, body)
+}
+
+fn verify_response_with<'a>(
+    keys: &MacKeys,
+    server_pub: &PublicKey,
+    request_nonce: &str,
+    status: u16,
+    headers: &dyn Fn(&str) -> Option<&'a str>,
+    body: &[u8],
+) -> Result<(), AuthError> {
     let bad = || AuthError::BadResponseMac(*server_pub);
     let mac_text = headers(RESPONSE_MAC_HEADER).ok_or_else(bad)?;
     let mac: [u8; MAC_LEN] =
@@ -939,6 +970,29 @@ mod tests {
         let headers = signer.sign("GET", "/peers?peer_id=x", b"", s.now);
         let key = verify(&s, &headers, "GET", "/peers?peer_id=x", b"", s.now, &cache).unwrap();
         assert_eq!(key, s.peer.public_key());
+        // ... and checks answers as verify_response does: the server's MAC passes, a changed
+        // body or status does not.
+        let nonce = header_value(&headers, NONCE_HEADER).unwrap();
+        let answer = sign_response(&s.server, &s.peer.public_key(), nonce, 200, b"{}");
+        assert_eq!(
+            signer.verify_response(nonce, 200, &lookup(&answer), b"{}"),
+            Ok(())
+        );
+        let forged = AuthError::BadResponseMac(s.server.public_key());
+        assert_eq!(
+            signer.verify_response(nonce, 200, &lookup(&answer), b"{ }"),
+            Err(forged.clone())
+        );
+        assert_eq!(
+            signer.verify_response(nonce, 404, &lookup(&answer), b"{}"),
+            Err(forged)
+        );
+        let weak = PublicKey::from_bytes([0u8; 32]);
+        let none: Vec<(&'static str, String)> = Vec::new();
+        assert_eq!(
+            RequestSigner::new(&s.peer, &weak).verify_response(nonce, 200, &lookup(&none), b""),
+            Err(AuthError::WeakKey(weak))
+        );
     }
 
     #[test]
