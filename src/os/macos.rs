@@ -3,11 +3,11 @@
 
 use super::command::{Command, Payload, Plan, Secret};
 use super::spec::{InterfaceSpec, PeerSpec, TargetOs};
-use super::tunnel::{exit_peer_update, half_defaults, half_defaults_v6, pinned_v4};
+use super::tunnel::SplitRoutes;
 use super::wg::{arg_budget, peer_groups, wg_set, wireguard_go};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Where wireguard-go keeps its control sockets, and wg-quick its name files.
@@ -144,49 +144,29 @@ fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Option<Ipv4Addr>) -> Comman
     cmd
 }
 
-pub(super) fn full_tunnel_on(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands = vec![exit_peer_update("wg", real_name, vec![], exit_peer, true)];
-    // Pins before the default moves, so the exit peer stays reachable throughout.
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(
-            pinned_route("add", addr, Some(gateway)).or_else(pinned_route(
-                "change",
-                addr,
-                Some(gateway),
-            )),
-        );
-    }
-    for half in half_defaults() {
-        commands.push(ensure_interface_route(&IpNet::V4(half), real_name));
-    }
-    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(ensure_interface_route(&IpNet::V6(half), real_name).tolerate_failure());
-    }
-    Plan::of(commands)
-}
+/// macOS's split-default routes: `route` on the utun interface, pins via `-gateway`.
+pub(super) struct Routes;
 
-pub(super) fn full_tunnel_off(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    _gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands: Vec<Command> = half_defaults()
-        .iter()
-        .map(|half| interface_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
-        .collect();
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(interface_route("delete", &IpNet::V6(half), real_name).tolerate_failure());
+impl SplitRoutes for Routes {
+    const WG: &'static str = "wg";
+
+    fn route_into(net: &IpNet, real_name: &InterfaceName) -> Command {
+        ensure_interface_route(net, real_name)
     }
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(pinned_route("delete", addr, None).tolerate_failure());
+
+    fn unroute(net: &IpNet, real_name: &InterfaceName) -> Command {
+        interface_route("delete", net, real_name)
     }
-    commands.push(exit_peer_update("wg", real_name, vec![], exit_peer, false));
-    Plan::of(commands)
+
+    fn pin(addr: Ipv4Addr, gateway: Ipv4Addr) -> Command {
+        pinned_route("add", addr, Some(gateway)).or_else(pinned_route(
+            "change",
+            addr,
+            Some(gateway),
+        ))
+    }
+
+    fn unpin(addr: Ipv4Addr, _gateway: Ipv4Addr) -> Command {
+        pinned_route("delete", addr, None)
+    }
 }

@@ -26,6 +26,7 @@ pub use spec::{
     Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
     FWMARK_TABLE,
 };
+use tunnel::{split_default_off, split_default_on};
 pub use wg::wg_program;
 use wg::{arg_budget, peer_groups, wg_set};
 
@@ -124,8 +125,12 @@ pub fn full_tunnel_on(
 ) -> Plan {
     match os {
         TargetOs::Linux => linux::full_tunnel_on(real_name, exit_peer, keep_outside),
-        TargetOs::Macos => macos::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
-        TargetOs::Windows => windows::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
+        TargetOs::Macos => {
+            split_default_on::<macos::Routes>(real_name, exit_peer, keep_outside, gateway)
+        }
+        TargetOs::Windows => {
+            split_default_on::<windows::Routes>(real_name, exit_peer, keep_outside, gateway)
+        }
     }
 }
 
@@ -140,8 +145,12 @@ pub fn full_tunnel_off(
 ) -> Plan {
     match os {
         TargetOs::Linux => linux::full_tunnel_off(real_name, exit_peer, keep_outside),
-        TargetOs::Macos => macos::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
-        TargetOs::Windows => windows::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
+        TargetOs::Macos => {
+            split_default_off::<macos::Routes>(real_name, exit_peer, keep_outside, gateway)
+        }
+        TargetOs::Windows => {
+            split_default_off::<windows::Routes>(real_name, exit_peer, keep_outside, gateway)
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! which addresses stay outside, and the half-space routes that win over the default route
 //! without replacing it.
 
-use super::command::Command;
+use super::command::{Command, Plan};
 use super::spec::PeerSpec;
 use super::wg::join_nets;
 use crate::types::InterfaceName;
@@ -95,4 +95,66 @@ pub(super) fn half_defaults() -> [Ipv4Net; 2] {
         Ipv4Net::new(Ipv4Addr::new(0, 0, 0, 0), 1).expect("/1 is a valid prefix"),
         Ipv4Net::new(Ipv4Addr::new(128, 0, 0, 0), 1).expect("/1 is a valid prefix"),
     ]
+}
+
+/// How one OS writes the routes of a split-default full tunnel (macOS and Windows; Linux
+/// uses policy routing instead). [`split_default_on`] and [`split_default_off`] are the one
+/// algorithm; each OS only builds its commands.
+pub(super) trait SplitRoutes {
+    /// The `wg` binary.
+    const WG: &'static str;
+    /// Routes `net` into the tunnel interface, adding it or updating an existing route.
+    fn route_into(net: &IpNet, real_name: &InterfaceName) -> Command;
+    /// Removes the route of `net` through the tunnel interface.
+    fn unroute(net: &IpNet, real_name: &InterfaceName) -> Command;
+    /// Pins host route `addr` to the physical `gateway`, adding or updating it.
+    fn pin(addr: Ipv4Addr, gateway: Ipv4Addr) -> Command;
+    /// Removes the pinned host route `addr`.
+    fn unpin(addr: Ipv4Addr, gateway: Ipv4Addr) -> Command;
+}
+
+/// Sends the default route's traffic into the tunnel without replacing the default route:
+/// the exit peer gets `0.0.0.0/0` (and `::/0` when it offers it), the addresses that must
+/// stay outside are pinned to `gateway` before anything moves, then the two halves of each
+/// address space are routed into the interface.
+pub(super) fn split_default_on<R: SplitRoutes>(
+    real_name: &InterfaceName,
+    exit_peer: &PeerSpec,
+    keep_outside: &[IpAddr],
+    gateway: Ipv4Addr,
+) -> Plan {
+    let mut commands = vec![exit_peer_update(R::WG, real_name, vec![], exit_peer, true)];
+    // Pins before the default moves, so the exit peer stays reachable throughout.
+    for addr in pinned_v4(exit_peer, keep_outside) {
+        commands.push(R::pin(addr, gateway));
+    }
+    for half in half_defaults() {
+        commands.push(R::route_into(&IpNet::V4(half), real_name));
+    }
+    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
+    for half in half_defaults_v6(exit_peer, keep_outside) {
+        commands.push(R::route_into(&IpNet::V6(half), real_name).tolerate_failure());
+    }
+    Plan::of(commands)
+}
+
+/// Undoes [`split_default_on`] (same arguments), tolerating pieces already gone.
+pub(super) fn split_default_off<R: SplitRoutes>(
+    real_name: &InterfaceName,
+    exit_peer: &PeerSpec,
+    keep_outside: &[IpAddr],
+    gateway: Ipv4Addr,
+) -> Plan {
+    let mut commands: Vec<Command> = half_defaults()
+        .iter()
+        .map(|half| R::unroute(&IpNet::V4(*half), real_name).tolerate_failure())
+        .collect();
+    for half in half_defaults_v6(exit_peer, keep_outside) {
+        commands.push(R::unroute(&IpNet::V6(half), real_name).tolerate_failure());
+    }
+    for addr in pinned_v4(exit_peer, keep_outside) {
+        commands.push(R::unpin(addr, gateway).tolerate_failure());
+    }
+    commands.push(exit_peer_update(R::WG, real_name, vec![], exit_peer, false));
+    Plan::of(commands)
 }

@@ -4,10 +4,10 @@
 
 use super::command::{Command, Payload, Plan, PlannedFile, Secret};
 use super::spec::{InterfaceSpec, PeerSpec};
-use super::tunnel::{exit_peer_update, half_defaults, half_defaults_v6, pinned_v4};
+use super::tunnel::SplitRoutes;
 use crate::types::InterfaceName;
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Where wgmesh keeps tunnel configurations; the file name (minus `.conf`) becomes the tunnel
@@ -103,56 +103,25 @@ fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -> Command {
     ])
 }
 
-pub(super) fn full_tunnel_on(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands = vec![exit_peer_update(
-        "wg.exe",
-        real_name,
-        vec![],
-        exit_peer,
-        true,
-    )];
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(
-            pinned_route("ADD", addr, gateway).or_else(pinned_route("CHANGE", addr, gateway)),
-        );
-    }
-    for half in half_defaults() {
-        commands.push(ensure_netsh_route(&IpNet::V4(half), real_name));
-    }
-    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(ensure_netsh_route(&IpNet::V6(half), real_name).tolerate_failure());
-    }
-    Plan::of(commands)
-}
+/// Windows's split-default routes: `netsh` on the tunnel adapter, pins with `route`.
+pub(super) struct Routes;
 
-pub(super) fn full_tunnel_off(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands: Vec<Command> = half_defaults()
-        .iter()
-        .map(|half| netsh_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
-        .collect();
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(netsh_route("delete", &IpNet::V6(half), real_name).tolerate_failure());
+impl SplitRoutes for Routes {
+    const WG: &'static str = "wg.exe";
+
+    fn route_into(net: &IpNet, real_name: &InterfaceName) -> Command {
+        ensure_netsh_route(net, real_name)
     }
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(pinned_route("DELETE", addr, gateway).tolerate_failure());
+
+    fn unroute(net: &IpNet, real_name: &InterfaceName) -> Command {
+        netsh_route("delete", net, real_name)
     }
-    commands.push(exit_peer_update(
-        "wg.exe",
-        real_name,
-        vec![],
-        exit_peer,
-        false,
-    ));
-    Plan::of(commands)
+
+    fn pin(addr: Ipv4Addr, gateway: Ipv4Addr) -> Command {
+        pinned_route("ADD", addr, gateway).or_else(pinned_route("CHANGE", addr, gateway))
+    }
+
+    fn unpin(addr: Ipv4Addr, gateway: Ipv4Addr) -> Command {
+        pinned_route("DELETE", addr, gateway)
+    }
 }
