@@ -1,8 +1,10 @@
 //! Request and response authentication between a peer and the coordination server.
 //!
-//! wgmesh talks plain HTTP, so anything on the path could forge a registration ("this is my
-//! key, route me your traffic") or a peer list ("here is a new peer, trust it"). Instead of
-//! adding TLS and a PKI, both ends reuse keys they already have: the server's static X25519
+//! The control plane may run as plain HTTP (HTTPS is optional: `--tls-cert`/`--tls-key`), and
+//! even over TLS a misissued certificate would let a man in the middle forge a registration
+//! ("this is my key, route me your traffic") or a peer list ("here is a new peer, trust it").
+//! So, whatever the transport, both ends authenticate with keys they already have: the
+//! server's static X25519
 //! key (pinned by every agent at join time) and each peer's WireGuard key. The X25519 shared
 //! secret between the two is known only to those two key owners, so a MAC keyed from it
 //! proves "the owner of this public key sent this" in both directions.
@@ -485,8 +487,8 @@ fn parse_timestamp(value: &str) -> Result<u64, AuthError> {
 
 /// Verifies a request on the server's side and returns the public key that signed it.
 ///
-/// `headers` looks a header up by name; it must ignore ASCII case as HTTP requires (tiny_http's
-/// header fields already compare that way). Checks run cheapest first: headers present and
+/// `headers` looks a header up by name; it must ignore ASCII case as HTTP requires (the
+/// server's `Request::header` does). Checks run cheapest first: headers present and
 /// well-formed, timestamp within the cache's skew, MAC, and only then the replay cache, so a
 /// stranger without a valid MAC can never insert nonces. The caller must still check that the
 /// returned key is the one the request is about (e.g. the key in a register body, or the key
