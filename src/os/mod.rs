@@ -104,6 +104,9 @@ pub fn destroy(
     }
 }
 
+// The on/off pairs below (full tunnel, exit-node NAT) look alike to `duplicates` because each
+// is a per-OS dispatch; their bodies live in linux.rs, macos.rs, windows.rs and tunnel.rs.
+
 /// Sends all IPv4 traffic through `exit_peer`: adds `0.0.0.0/0` to its allowed IPs and routes
 /// the default through the tunnel while keeping WireGuard's own packets on the physical
 /// network, and each `keep_outside` address (the coordination server, the exit's endpoint)
