@@ -2,7 +2,8 @@
 //! is while the server is unreachable (retrying with backoff), and tear down on a signal.
 
 use super::dns::MeshDns;
-use super::engine::{AgentError, Engine, Sink};
+use super::engine::{Engine, Sink};
+use super::error::AgentError;
 use crate::os::runner::Runner;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

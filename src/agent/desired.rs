@@ -4,8 +4,7 @@
 //! `netcheck`.
 
 use super::config::{AppliedTunnel, Assignment, ClientConfig, ExitFallback};
-use super::engine::AgentError;
-use super::host::HostFacts;
+use super::error::AgentError;
 use crate::keys::PublicKey;
 use crate::os::{self, InterfaceSpec, PeerSpec, TargetOs};
 use crate::proto::model::PeerInfo;
@@ -119,7 +118,7 @@ pub(super) fn wanted_tunnel(
     exit: Option<&PeerInfo>,
     desired: &[PeerSpec],
     have: Option<&AppliedTunnel>,
-    facts: &HostFacts,
+    (server_ip, gateway): (Option<IpAddr>, Option<Ipv4Addr>),
 ) -> Option<AppliedTunnel> {
     let Some(exit) = exit else {
         // Exit node chosen but gone: fail closed keeps the tunnel (and so blocks traffic).
@@ -131,7 +130,7 @@ pub(super) fn wanted_tunnel(
         .find(|p| p.public_key == exit.public_key)
         .expect("the exit node is among the desired peers");
     let mut keep_outside: Vec<IpAddr> = Vec::new();
-    if let Some(server) = facts.server_ip {
+    if let Some(server) = server_ip {
         keep_outside.push(server);
     }
     if let Some(endpoint) = exit.endpoint {
@@ -143,7 +142,7 @@ pub(super) fn wanted_tunnel(
     // equal); macOS and Windows pin through the uplink observed each sync (`host_routes`).
     let gateway = match have {
         Some(t) => t.gateway,
-        None if os == TargetOs::Linux => facts.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        None if os == TargetOs::Linux => gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
         None => Ipv4Addr::UNSPECIFIED,
     };
     Some(AppliedTunnel {

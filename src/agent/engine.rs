@@ -6,85 +6,17 @@
 //! server with a recording runner, and `--dry-run` prints the same plans it would run.
 
 use super::client::{ApiClient, ClientError, PeerList};
-use super::config::{Applied, Assignment, ClientConfig, ConfigError};
+use super::config::{Applied, Assignment, ClientConfig};
+use super::error::AgentError;
 use super::host::{self, HostFacts};
 use super::host_routes;
-use super::plan::{self, HostCheck, PlanInput, Step};
-use crate::os::runner::{execute, ExecuteError, Runner};
+use super::plan::{self, HostCheck, PlanInput, Step, SyncSummary};
+use crate::os::runner::{execute, Runner};
 use crate::os::{self, observe_windows, Plan, TargetOs};
 use crate::proto::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::types::OsName;
-use serde::Serialize;
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Why an agent step failed; each kind maps to its own exit code.
-#[derive(Debug)]
-pub enum AgentError {
-    /// Bad configuration or usage.
-    Usage(String),
-    /// The config file could not be read or written.
-    Config(ConfigError),
-    /// The coordination server was unreachable or refused.
-    Server(ClientError),
-    /// A system command failed.
-    Command(ExecuteError),
-}
-
-impl fmt::Display for AgentError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AgentError::Usage(m) => f.write_str(m),
-            AgentError::Config(e) => e.fmt(f),
-            AgentError::Server(e) => e.fmt(f),
-            AgentError::Command(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for AgentError {}
-
-impl From<ClientError> for AgentError {
-    fn from(e: ClientError) -> Self {
-        AgentError::Server(e)
-    }
-}
-
-impl From<ConfigError> for AgentError {
-    fn from(e: ConfigError) -> Self {
-        AgentError::Config(e)
-    }
-}
-
-impl From<ExecuteError> for AgentError {
-    fn from(e: ExecuteError) -> Self {
-        AgentError::Command(e)
-    }
-}
-
-/// What one sync changed, printed by `sync --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SyncSummary {
-    /// Our stable peer id.
-    pub peer_id: String,
-    /// Our mesh address.
-    pub address: String,
-    /// The interface's real name.
-    pub interface: String,
-    /// Whether the interface had to be created (first run, or after a reboot or `down`).
-    pub created_interface: bool,
-    /// Peers configured after the sync.
-    pub peers: usize,
-    /// Public keys of peers added.
-    pub added: Vec<String>,
-    /// Public keys of peers whose endpoint, allowed IPs or keepalive changed.
-    pub updated: Vec<String>,
-    /// Public keys of peers removed.
-    pub removed: Vec<String>,
-    /// Whether the server said the list had not changed (304).
-    pub list_unchanged: bool,
-}
 
 /// Where plans go: run for real, or printed one command per line for `--dry-run`.
 pub enum Sink<'a> {
@@ -328,7 +260,14 @@ impl Engine {
             Some(r) => Some(r.as_mut()),
             None => None,
         };
-        let mut facts = HostFacts::observe(reader, self.os, &self.config, self.client.server());
+        let interface = plan::interface_to_read(&self.config, self.os);
+        let mut facts = HostFacts::observe(
+            reader,
+            self.os,
+            &self.config,
+            self.client.server(),
+            &interface,
+        );
         let summary = loop {
             let input = PlanInput {
                 os: self.os,

@@ -6,7 +6,7 @@
 
 use super::client::ServerUrl;
 use super::config::ClientConfig;
-use super::engine::AgentError;
+use super::error::AgentError;
 use super::host_routes;
 use crate::os::route_table::RouteTable;
 use crate::os::runner::Runner;
@@ -39,24 +39,24 @@ pub struct HostFacts {
     /// an exit node is chosen: it must stay outside the full tunnel).
     pub server_ip: Option<IpAddr>,
     /// macOS: the real `utunN` name of the interface just created, from wireguard-go's
-    /// name file. Set between the two planning passes, see
-    /// [`super::plan::SyncPlan::awaiting_name`].
+    /// name file; set between the two planning passes (the plan's `awaiting_name`).
     pub created_name: Option<InterfaceName>,
 }
 
 impl HostFacts {
-    /// Reads what a sync of `config` on `os` needs, and nothing more.
+    /// Reads what a sync of `config` on `os` needs, and nothing more; `interface` is the
+    /// one whose `wg show dump` matters (the plan's `interface_to_read`).
     pub fn observe(
         mut reader: Option<&mut dyn Runner>,
         os: TargetOs,
         config: &ClientConfig,
         server: &ServerUrl,
+        interface: &InterfaceName,
     ) -> HostFacts {
-        let interface = super::plan::interface_to_read(config, os);
         let mut facts = HostFacts {
             dump: reader
                 .as_deref_mut()
-                .and_then(|r| wg_dump(r, os, &interface)),
+                .and_then(|r| wg_dump(r, os, interface)),
             ..HostFacts::default()
         };
         if config.use_exit_node.is_some() {

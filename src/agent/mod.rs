@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod desired;
 pub mod dns;
 pub mod engine;
+pub mod error;
 pub mod host;
 pub mod host_routes;
 pub mod netcheck;

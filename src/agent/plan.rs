@@ -11,7 +11,7 @@ use super::config::{Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig
 use super::desired::{
     chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel, PERSISTENT_KEEPALIVE,
 };
-use super::engine::{AgentError, SyncSummary};
+use super::error::AgentError;
 use super::host::HostFacts;
 use super::host_routes;
 use crate::agent::reconcile;
@@ -20,6 +20,7 @@ use crate::os::{self, InterfaceSpec, PeerSpec, Plan, TargetOs};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
+use serde::Serialize;
 use std::collections::BTreeSet;
 
 /// What the decision depends on besides the host.
@@ -35,6 +36,29 @@ pub struct PlanInput<'a> {
     /// A dry run records nothing, so later decisions still see the old record, and takes
     /// macOS's interface name to be `utunN`.
     pub dry_run: bool,
+}
+
+/// What one sync changed, printed by `sync --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncSummary {
+    /// Our stable peer id.
+    pub peer_id: String,
+    /// Our mesh address.
+    pub address: String,
+    /// The interface's real name.
+    pub interface: String,
+    /// Whether the interface had to be created (first run, or after a reboot or `down`).
+    pub created_interface: bool,
+    /// Peers configured after the sync.
+    pub peers: usize,
+    /// Public keys of peers added.
+    pub added: Vec<String>,
+    /// Public keys of peers whose endpoint, allowed IPs or keepalive changed.
+    pub updated: Vec<String>,
+    /// Public keys of peers removed.
+    pub removed: Vec<String>,
+    /// Whether the server said the list had not changed (304).
+    pub list_unchanged: bool,
 }
 
 /// One plan, and what is recorded as applied once it ran.
@@ -345,7 +369,14 @@ impl Builder {
         // The tunnel goes before peers change when it is being removed (its `off` rewrites
         // the old exit peer, which must still exist), and after when it is being added.
         let have_tunnel = self.rec.as_ref().and_then(|a| a.full_tunnel.clone());
-        let want_tunnel = wanted_tunnel(config, os, exit, &desired, have_tunnel.as_ref(), facts);
+        let want_tunnel = wanted_tunnel(
+            config,
+            os,
+            exit,
+            &desired,
+            have_tunnel.as_ref(),
+            (facts.server_ip, facts.gateway),
+        );
         let tunnel_changes = want_tunnel != have_tunnel;
         if tunnel_changes {
             if let Some(old) = &have_tunnel {

@@ -1,10 +1,9 @@
 //! macOS plans: `wireguard-go` on a kernel-named `utunN`, configured with `wg`, `ifconfig`
 //! and `route`, following `wg-quick`'s darwin script.
 
-use super::{
-    arg_budget, peer_groups, wg_set, wireguard_go, Command, InterfaceSpec, Payload, PeerSpec, Plan,
-    Secret, TargetOs,
-};
+use super::command::{Command, Plan};
+use super::spec::{InterfaceSpec, PeerSpec, TargetOs};
+use super::wg::{configure_wg, wireguard_go};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
 use std::path::PathBuf;
@@ -61,21 +60,7 @@ pub(super) fn configure(
     peers: &[PeerSpec],
 ) -> Plan {
     let real = real_name.as_str();
-    let head = vec![
-        "private-key".to_string(),
-        "/dev/stdin".into(),
-        "listen-port".into(),
-        spec.listen_port.to_string(),
-    ];
-    let stdin = Payload::Secret(Secret::private_key(&spec.private_key));
-    let mut commands = wg_set(
-        "wg",
-        real_name,
-        head,
-        Some(stdin),
-        peer_groups(peers, &[], true),
-        arg_budget(TargetOs::Macos),
-    );
+    let mut commands = configure_wg(TargetOs::Macos, spec, real_name, peers);
     // utun is point-to-point: the address is given as its own destination, as wg-quick does.
     let address = spec.address.to_string();
     commands.push(Command::new("ifconfig").args([

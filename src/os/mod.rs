@@ -27,26 +27,17 @@ pub mod wgquick;
 mod windows;
 
 pub use command::{quote, Command, Payload, Plan, PlannedFile, Secret, PRIVATE_FILE_MODE};
-pub use spec::{Firewall, InterfaceSpec, PeerSpec, TargetOs, Unsupported};
-use tunnel::*;
+pub use spec::{
+    Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
+    FWMARK_TABLE,
+};
 pub use wg::wg_program;
-use wg::*;
+use wg::{arg_budget, peer_groups, wg_set};
 
-use crate::agent::reconcile::PeerChanges;
 use crate::types::{InterfaceName, InvalidValue};
 use ipnet::{IpNet, Ipv4Net};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-
-/// Default tunnel MTU: a 1500-byte Ethernet MTU minus WireGuard's worst-case overhead of 80
-/// bytes (40 IPv6 header + 8 UDP + 16 WireGuard data header + 16 Poly1305 tag), the same value
-/// `wg-quick` and the WireGuard apps pick, so tunnelled packets never fragment on the path.
-pub const DEFAULT_MTU: u16 = 1420;
-
-/// Firewall mark and routing table number used for full-tunnel routing on Linux: WireGuard's
-/// own encrypted packets carry this mark and so bypass the tunnel's default route. 51820 is the
-/// value `wg-quick` uses (WireGuard's default port), which keeps `ip rule` output familiar.
-pub const FWMARK_TABLE: u32 = 51820;
 
 /// Brings a new interface into existence (it must not exist yet; [`destroy`] tolerates a
 /// missing one, so the agent runs it first to clear a stale interface).
@@ -129,6 +120,9 @@ pub fn destroy(
         TargetOs::Windows => windows::destroy(real_name),
     }
 }
+
+// The on/off pairs below (full tunnel, exit-node NAT) look alike to `duplicates` because each
+// is a per-OS dispatch; their bodies live in linux.rs, macos.rs, windows.rs and tunnel.rs.
 
 /// Sends all IPv4 traffic through `exit_peer`: adds `0.0.0.0/0` to its allowed IPs and routes
 /// the default through the tunnel while keeping WireGuard's own packets on the physical

@@ -43,7 +43,7 @@ pub struct TunnelRoutes<'a> {
 }
 
 fn v4_halves() -> Vec<IpNet> {
-    super::half_defaults()
+    super::tunnel::half_defaults()
         .iter()
         .map(|h| IpNet::V4(*h))
         .collect()
@@ -187,7 +187,7 @@ pub fn exit_peer_plan(
     } else {
         "wg"
     };
-    Plan::of(vec![super::exit_peer_update(
+    Plan::of(vec![super::tunnel::exit_peer_update(
         program,
         real_name,
         Vec::new(),
@@ -210,7 +210,7 @@ pub fn full_tunnel_on(
 ) -> Plan {
     let (routes, table) = assumed(os, real_name, exit_peer, keep_outside, gateway);
     let mut plan = exit_peer_plan(os, real_name, exit_peer, true);
-    let outside = super::pinned_v4(exit_peer, keep_outside);
+    let outside = super::tunnel::pinned_v4(exit_peer, keep_outside);
     plan.extend(routes.reconcile(&table, &outside, None).0);
     plan
 }
@@ -226,7 +226,7 @@ pub fn full_tunnel_off(
     let (routes, table) = assumed(os, real_name, exit_peer, keep_outside, gateway);
     let pinned = Pinned {
         uplink: routes.uplink(&table),
-        pins: super::pinned_v4(exit_peer, keep_outside),
+        pins: super::tunnel::pinned_v4(exit_peer, keep_outside),
     };
     let mut plan = routes.remove(Some(&pinned));
     plan.extend(exit_peer_plan(os, real_name, exit_peer, false));
@@ -248,7 +248,7 @@ fn assumed<'a>(
         table_iface: real_name.to_string(),
         // No mesh is known here: a /32 on the broadcast address excludes nothing more.
         mesh: Ipv4Net::from(Ipv4Addr::BROADCAST),
-        ipv6: !super::half_defaults_v6(exit_peer, keep_outside).is_empty(),
+        ipv6: !super::tunnel::half_defaults_v6(exit_peer, keep_outside).is_empty(),
     };
     let mut table = RouteTable::default();
     if !gateway.is_unspecified() {

@@ -59,7 +59,7 @@ pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
     // The file inherits the folder's protected ACL (SYSTEM and Administrators only), which
     // [`create`] set and the agent checked before this plan writes the private key.
     let path = config_path(&spec.name);
-    let config = crate::os::wgquick::render_tunnel_service(spec, peers);
+    let config = super::wgquick::render_tunnel_service(spec, peers);
     Plan {
         files: vec![PlannedFile::private(
             path.clone(),

@@ -13,7 +13,6 @@ mod error;
 mod peer;
 
 pub use error::{parse_body, parse_json, Refusal};
-pub use peer::MAX_ALLOWED_IPS;
 
 use super::http::{Body, Handler, Request, Response};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
