@@ -10,7 +10,7 @@
 //! `GET /key` (trust on first use) and kept in the assignment from then on.
 
 use crate::keys::{PrivateKey, PublicKey};
-use crate::proto::auth;
+use crate::proto::auth::{self, RequestSigner};
 use crate::proto::model::{
     ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, KeyResponse, PeerInfo, PeersResponse,
     RegisterRequest, RegisterResponse,
@@ -140,8 +140,9 @@ impl ServerUrl {
 #[derive(Debug, Clone)]
 struct Identity {
     key: PrivateKey,
+    /// The signer for the pinned server key (key agreement done once), when one is pinned.
     /// Shared between clones so a key learned on first use is pinned for all of them.
-    server_key: Arc<Mutex<Option<PublicKey>>>,
+    signer: Arc<Mutex<Option<Arc<RequestSigner>>>>,
     token: Option<String>,
 }
 
@@ -268,9 +269,10 @@ impl ApiClient {
     /// Signs every request with `key` and checks every answer against `server_key`; with
     /// `None`, the server key is learned from `GET /key` on first use (trust on first use).
     pub fn with_identity(mut self, key: PrivateKey, server_key: Option<PublicKey>) -> ApiClient {
+        let signer = server_key.map(|server| Arc::new(RequestSigner::new(&key, &server)));
         self.identity = Some(Identity {
             key,
-            server_key: Arc::new(Mutex::new(server_key)),
+            signer: Arc::new(Mutex::new(signer)),
             token: None,
         });
         self
@@ -300,20 +302,20 @@ impl ApiClient {
     /// The server key answers are checked against, once known.
     pub fn pinned_server_key(&self) -> Option<PublicKey> {
         let identity = self.identity.as_ref()?;
-        *identity
-            .server_key
+        identity
+            .signer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.server_key())
     }
 
-    /// The pinned server key, learning it from `GET /key` if none is pinned yet.
-    fn server_key(&self, identity: &Identity) -> Result<PublicKey, ClientError> {
-        let mut pinned = identity
-            .server_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(key) = *pinned {
-            return Ok(key);
+    /// The signer for the pinned server key, learning the key from `GET /key` if none is
+    /// pinned yet.
+    fn signer(&self, identity: &Identity) -> Result<Arc<RequestSigner>, ClientError> {
+        let mut pinned = identity.signer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(signer) = pinned.as_ref() {
+            return Ok(signer.clone());
         }
         let mut resp = self.agent.get(self.url("/key")).call().map_err(transport);
         for other in self.servers.iter().filter(|s| *s != self.server()) {
@@ -340,8 +342,9 @@ impl ApiClient {
             "trusting coordination server key {} on first use (pass --server-key to pin it up front)",
             answer.server_public_key
         );
-        *pinned = Some(answer.server_public_key);
-        Ok(answer.server_public_key)
+        let signer = Arc::new(RequestSigner::new(&identity.key, &answer.server_public_key));
+        *pinned = Some(signer.clone());
+        Ok(signer)
     }
 
     /// Sends one request to the server in use; on a connection error or a 5xx answer, to the
@@ -413,20 +416,13 @@ impl ApiClient {
         let mut nonce = None;
         let mut signer = None;
         if let Some(identity) = &self.identity {
-            let server_key = self.server_key(identity)?;
-            let headers = auth::sign_request(
-                &identity.key,
-                &server_key,
-                method,
-                path,
-                &bytes,
-                SystemTime::now(),
-            );
+            let request_signer = self.signer(identity)?;
+            let headers = request_signer.sign(method, path, &bytes, SystemTime::now());
             nonce = auth::header_value(&headers, auth::NONCE_HEADER).map(str::to_owned);
             for (name, value) in &headers {
                 builder = builder.header(*name, value.as_str());
             }
-            signer = Some((identity, server_key));
+            signer = Some(request_signer);
         }
         let built =
             |e: ureq::http::Error| ClientError::Protocol(format!("cannot build request: {e}"));
@@ -449,15 +445,9 @@ impl ApiClient {
             headers,
             body,
         };
-        if let (Some((identity, server_key)), Some(nonce)) = (signer, nonce) {
-            let verified = auth::verify_response(
-                &identity.key,
-                &server_key,
-                &nonce,
-                status,
-                &|name| answer.header(name),
-                &answer.body,
-            );
+        if let (Some(signer), Some(nonce)) = (signer, nonce) {
+            let verified =
+                signer.verify_response(&nonce, status, &|name| answer.header(name), &answer.body);
             if let Err(e) = verified {
                 // An unsigned error can only be reported, never acted on: a 401 for a bad
                 // request MAC cannot be signed for a key the server could not verify.

@@ -84,11 +84,16 @@ pub struct AppliedTunnel {
     pub exit_allowed_ips: Vec<IpNet>,
     /// Addresses kept outside the tunnel (the coordination server, the exit's endpoint).
     pub keep_outside: Vec<std::net::IpAddr>,
-    /// The default gateway before the tunnel (macOS and Windows pin routes through it).
+    /// Unused since pins follow the observed uplink ([`AppliedTunnel::pinned`]); kept so
+    /// configurations written by earlier versions still load.
     pub gateway: Ipv4Addr,
     /// Whether the exit node also carries IPv6 (it advertised `::/0`).
     #[serde(default)]
     pub exit_ipv6: bool,
+    /// macOS and Windows: the host routes pinned outside the tunnel and the uplink they use,
+    /// as last planned from the observed routing table (removed exactly at `down`).
+    #[serde(default)]
+    pub pinned: Option<crate::os::pins::Pinned>,
 }
 
 /// What this host has set up, so teardown removes exactly that and nothing else.

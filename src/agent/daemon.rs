@@ -2,7 +2,8 @@
 //! is while the server is unreachable (retrying with backoff), and tear down on a signal.
 
 use super::dns::MeshDns;
-use super::engine::{AgentError, Engine, Sink};
+use super::engine::{Engine, Sink};
+use super::error::AgentError;
 use crate::os::runner::Runner;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +53,11 @@ impl Timer {
     }
 }
 
+/// How often `up` re-reads the routing table on macOS and Windows while a full tunnel is in
+/// place, so a network change (new default gateway) or lost routes are repaired within
+/// seconds rather than at the next sync; one `netstat`/`route print` is cheap.
+pub const ROUTE_CHECK: Duration = Duration::from_secs(2);
+
 /// Whether an error is worth retrying (server or command trouble) or fatal (bad config).
 fn retryable(e: &AgentError) -> bool {
     matches!(e, AgentError::Server(_) | AgentError::Command(_))
@@ -76,6 +82,7 @@ pub fn run(
     let start = Instant::now();
     let mut sync = Timer::new(intervals.sync, start);
     let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
+    let mut routes = Timer::new(ROUTE_CHECK, start + ROUTE_CHECK);
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -117,7 +124,20 @@ pub fn run(
                 }
             }
         }
-        let wake = sync.next.min(heartbeat.next);
+        let watching = engine.watches_routes();
+        if watching && routes.due(now) {
+            match engine.check_routes(&mut Sink::Run(&mut *runner)) {
+                Ok(()) => routes.succeeded(now),
+                Err(e) => {
+                    let wait = routes.failed(now);
+                    log::warn!("route check failed: {e}; retrying in {} s", wait.as_secs());
+                }
+            }
+        }
+        let mut wake = sync.next.min(heartbeat.next);
+        if watching {
+            wake = wake.min(routes.next);
+        }
         while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
             std::thread::sleep(Duration::from_millis(50).min(wake - Instant::now()));
         }

@@ -4,8 +4,7 @@
 //! `netcheck`.
 
 use super::config::{AppliedTunnel, Assignment, ClientConfig, ExitFallback};
-use super::engine::AgentError;
-use super::host::HostFacts;
+use super::error::AgentError;
 use crate::keys::PublicKey;
 use crate::os::{self, InterfaceSpec, PeerSpec, TargetOs};
 use crate::proto::model::PeerInfo;
@@ -115,11 +114,11 @@ pub(super) fn chosen_exit<'p>(
 /// The full tunnel this host should have now, given the one it has.
 pub(super) fn wanted_tunnel(
     config: &ClientConfig,
-    (os, dry_run): (TargetOs, bool),
+    os: TargetOs,
     exit: Option<&PeerInfo>,
     desired: &[PeerSpec],
     have: Option<&AppliedTunnel>,
-    facts: &HostFacts,
+    (server_ip, gateway): (Option<IpAddr>, Option<Ipv4Addr>),
 ) -> Option<AppliedTunnel> {
     let Some(exit) = exit else {
         // Exit node chosen but gone: fail closed keeps the tunnel (and so blocks traffic).
@@ -131,7 +130,7 @@ pub(super) fn wanted_tunnel(
         .find(|p| p.public_key == exit.public_key)
         .expect("the exit node is among the desired peers");
     let mut keep_outside: Vec<IpAddr> = Vec::new();
-    if let Some(server) = facts.server_ip {
+    if let Some(server) = server_ip {
         keep_outside.push(server);
     }
     if let Some(endpoint) = exit.endpoint {
@@ -139,15 +138,12 @@ pub(super) fn wanted_tunnel(
             keep_outside.push(endpoint.0.ip());
         }
     }
+    // Recorded for Linux only (and kept, so configurations of earlier versions compare
+    // equal); macOS and Windows pin through the uplink observed each sync (`host_routes`).
     let gateway = match have {
-        // Keep the gateway found before the tunnel existed (now the default is the tunnel).
         Some(t) => t.gateway,
-        None => facts.gateway.unwrap_or_else(|| {
-            if !dry_run && os != TargetOs::Linux {
-                log::warn!("cannot find the default gateway: routes to the server and exit node are not pinned");
-            }
-            Ipv4Addr::UNSPECIFIED
-        }),
+        None if os == TargetOs::Linux => gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        None => Ipv4Addr::UNSPECIFIED,
     };
     Some(AppliedTunnel {
         exit_public_key: exit.public_key,
@@ -164,5 +160,6 @@ pub(super) fn wanted_tunnel(
             .allowed_ips
             .iter()
             .any(|n| matches!(n, IpNet::V6(v6) if v6.prefix_len() == 0)),
+        pinned: have.and_then(|t| t.pinned.clone()),
     })
 }

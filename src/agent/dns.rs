@@ -9,7 +9,8 @@
 //! Observe (assignment, peer list, whether systemd-resolved runs, the hosts file), decide
 //! ([`wanted`], [`hosts_entries`], pure), apply (plans through the engine's sink).
 
-use super::engine::{AgentError, Engine, Sink};
+use super::engine::{Engine, Sink};
+use super::error::AgentError;
 use super::resolver::{Addresses, Resolver, Table, DNS_PORT, ZONE};
 use crate::os::dns::{self, DnsMethod};
 use crate::os::{Plan, TargetOs};

@@ -6,84 +6,17 @@
 //! server with a recording runner, and `--dry-run` prints the same plans it would run.
 
 use super::client::{ApiClient, ClientError, PeerList};
-use super::config::{Applied, Assignment, ClientConfig, ConfigError};
+use super::config::{Applied, Assignment, ClientConfig};
+use super::error::AgentError;
 use super::host::{self, HostFacts};
-use super::plan::{self, PlanInput, Step};
-use crate::os::runner::{execute, ExecuteError, Runner};
-use crate::os::{Plan, TargetOs};
+use super::host_routes;
+use super::plan::{self, HostCheck, PlanInput, Step, SyncSummary};
+use crate::os::runner::{execute, Runner};
+use crate::os::{self, observe_windows, Plan, TargetOs};
 use crate::proto::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::types::OsName;
-use serde::Serialize;
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Why an agent step failed; each kind maps to its own exit code.
-#[derive(Debug)]
-pub enum AgentError {
-    /// Bad configuration or usage.
-    Usage(String),
-    /// The config file could not be read or written.
-    Config(ConfigError),
-    /// The coordination server was unreachable or refused.
-    Server(ClientError),
-    /// A system command failed.
-    Command(ExecuteError),
-}
-
-impl fmt::Display for AgentError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AgentError::Usage(m) => f.write_str(m),
-            AgentError::Config(e) => e.fmt(f),
-            AgentError::Server(e) => e.fmt(f),
-            AgentError::Command(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for AgentError {}
-
-impl From<ClientError> for AgentError {
-    fn from(e: ClientError) -> Self {
-        AgentError::Server(e)
-    }
-}
-
-impl From<ConfigError> for AgentError {
-    fn from(e: ConfigError) -> Self {
-        AgentError::Config(e)
-    }
-}
-
-impl From<ExecuteError> for AgentError {
-    fn from(e: ExecuteError) -> Self {
-        AgentError::Command(e)
-    }
-}
-
-/// What one sync changed, printed by `sync --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SyncSummary {
-    /// Our stable peer id.
-    pub peer_id: String,
-    /// Our mesh address.
-    pub address: String,
-    /// The interface's real name.
-    pub interface: String,
-    /// Whether the interface had to be created (first run, or after a reboot or `down`).
-    pub created_interface: bool,
-    /// Peers configured after the sync.
-    pub peers: usize,
-    /// Public keys of peers added.
-    pub added: Vec<String>,
-    /// Public keys of peers whose endpoint, allowed IPs or keepalive changed.
-    pub updated: Vec<String>,
-    /// Public keys of peers removed.
-    pub removed: Vec<String>,
-    /// Whether the server said the list had not changed (304).
-    pub list_unchanged: bool,
-}
 
 /// Where plans go: run for real, or printed one command per line for `--dry-run`.
 pub enum Sink<'a> {
@@ -111,6 +44,29 @@ impl Sink<'_> {
     /// Whether plans are only printed.
     pub fn is_dry_run(&self) -> bool {
         matches!(self, Sink::Print(_))
+    }
+
+    /// Checks the host before the next step runs, through the runner that runs the plans
+    /// (a dry run checks nothing: it changes nothing either).
+    fn check(&mut self, check: &HostCheck) -> Result<(), AgentError> {
+        let Sink::Run(runner) = self else {
+            return Ok(());
+        };
+        let runner: &mut dyn Runner = &mut **runner;
+        match check {
+            HostCheck::ServiceGone(name) => observe_windows::wait_service_gone(
+                runner,
+                name,
+                observe_windows::SERVICE_GONE_TIMEOUT,
+                observe_windows::SERVICE_POLL,
+            ),
+            HostCheck::ConfigDirProtected => observe_windows::check_config_dir(
+                runner,
+                &os::windows_config_dir_acl(),
+                &os::windows_config_dir(),
+            ),
+        }
+        .map_err(AgentError::Usage)
     }
 }
 
@@ -282,6 +238,7 @@ impl Engine {
 
     /// One full step: register if needed, fetch peers, reconcile the interface.
     pub fn sync(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
+        plan::check_interface_name(self.os, &self.config)?;
         if self.config.assignment.is_none() {
             self.register()?;
         }
@@ -298,11 +255,19 @@ impl Engine {
         list_unchanged: bool,
         sink: &mut Sink<'_>,
     ) -> Result<SyncSummary, AgentError> {
+        plan::check_interface_name(self.os, &self.config)?;
         let reader: Option<&mut dyn Runner> = match &mut self.reader {
             Some(r) => Some(r.as_mut()),
             None => None,
         };
-        let mut facts = HostFacts::observe(reader, self.os, &self.config, self.client.server());
+        let interface = plan::interface_to_read(&self.config, self.os);
+        let mut facts = HostFacts::observe(
+            reader,
+            self.os,
+            &self.config,
+            self.client.server(),
+            &interface,
+        );
         let summary = loop {
             let input = PlanInput {
                 os: self.os,
@@ -318,7 +283,17 @@ impl Engine {
             }
             match &planned.awaiting_name {
                 // macOS: wireguard-go named the new interface only now; plan the rest.
-                Some(name) => facts.created_name = Some(host::created_name(name)?),
+                Some(name) => {
+                    facts.created_name = Some(host::created_name(name)?);
+                    // The first pass's steps (the undo of an old tunnel) changed the table.
+                    let reader: Option<&mut dyn Runner> = match &mut self.reader {
+                        Some(r) => Some(r.as_mut()),
+                        None => None,
+                    };
+                    let server = self.client.server();
+                    facts.routes =
+                        host::observe_routes(reader, self.os, &self.config, server).routes;
+                }
                 None => break planned.summary,
             }
         };
@@ -332,6 +307,47 @@ impl Engine {
             }
         }
         Ok(summary)
+    }
+
+    /// The quick check `up` runs every few seconds on macOS and Windows while a full tunnel
+    /// is in place: reads the routing table and re-pins or re-adds routes a network change
+    /// or a reboot moved, without asking the server (the last peer list is used), as
+    /// darwin.bash's route monitor re-pins on every routing-socket message.
+    pub fn check_routes(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
+        if !self.watches_routes() {
+            return Ok(());
+        }
+        let reader: Option<&mut dyn Runner> = match &mut self.reader {
+            Some(r) => Some(r.as_mut()),
+            None => None,
+        };
+        let facts = host::observe_routes(reader, self.os, &self.config, self.client.server());
+        // Before the first list of this run (the server unreachable since `up` started), the
+        // cached one keeps the peers pinned that the last run pinned.
+        let peers = match &self.last_list {
+            Some((peers, _)) => peers.clone(),
+            None => load_peer_cache(&self.config_path),
+        };
+        let input = PlanInput {
+            os: self.os,
+            config: &self.config,
+            peers: &peers,
+            list_unchanged: true,
+            dry_run: sink.is_dry_run(),
+        };
+        let steps = plan::route_check(&input, &facts);
+        self.apply(&steps, sink)
+    }
+
+    /// Whether `up` should run [`Engine::check_routes`] between syncs: on macOS and Windows
+    /// while a full tunnel is recorded.
+    pub fn watches_routes(&self) -> bool {
+        host_routes::uses_host_routes(self.os)
+            && self
+                .config
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.full_tunnel.is_some())
     }
 
     fn apply(&mut self, steps: &[Step], sink: &mut Sink<'_>) -> Result<(), AgentError> {
@@ -368,6 +384,9 @@ fn apply_steps(
 ) -> Result<(), AgentError> {
     for step in steps {
         sink.apply(&step.plan)?;
+        if let Some(check) = &step.check {
+            sink.check(check)?;
+        }
         if let Some(record) = &step.record {
             if !sink.is_dry_run() {
                 config.applied = record.clone();

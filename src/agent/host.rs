@@ -6,7 +6,9 @@
 
 use super::client::ServerUrl;
 use super::config::ClientConfig;
-use super::engine::AgentError;
+use super::error::AgentError;
+use super::host_routes;
+use crate::os::route_table::RouteTable;
 use crate::os::runner::Runner;
 use crate::os::wgdump::{self, Dump};
 use crate::os::{self, Command, TargetOs};
@@ -19,9 +21,14 @@ pub struct HostFacts {
     /// `wg show NAME dump` of the interface recorded as applied (or the configured one);
     /// `None` when it does not exist or cannot be read.
     pub dump: Option<Dump>,
-    /// The IPv4 default gateway (read only when an exit node is chosen: macOS and Windows pin
-    /// routes to it).
+    /// Linux: the IPv4 default gateway (read only when an exit node is chosen; recorded, not
+    /// used: the fwmark keeps WireGuard's packets outside). macOS and Windows pin through the
+    /// uplink found in [`HostFacts::routes`] instead.
     pub gateway: Option<Ipv4Addr>,
+    /// macOS and Windows: the IPv4 routing table (`netstat -rn -f inet`, `route print -4`),
+    /// read every sync, so the full tunnel's routes are planned from what the OS has now
+    /// (a reboot or a network change may have taken them), not from what was saved.
+    pub routes: Option<RouteTable>,
     /// The interface of the IPv4 default route (read only for an exit node's NAT).
     pub default_dev: Option<String>,
     /// Whether `nft` is installed (read only for an exit node's NAT).
@@ -32,37 +39,35 @@ pub struct HostFacts {
     /// an exit node is chosen: it must stay outside the full tunnel).
     pub server_ip: Option<IpAddr>,
     /// macOS: the real `utunN` name of the interface just created, from wireguard-go's
-    /// name file. Set between the two planning passes, see
-    /// [`super::plan::SyncPlan::awaiting_name`].
+    /// name file; set between the two planning passes (the plan's `awaiting_name`).
     pub created_name: Option<InterfaceName>,
 }
 
 impl HostFacts {
-    /// Reads what a sync of `config` on `os` needs, and nothing more.
+    /// Reads what a sync of `config` on `os` needs, and nothing more; `interface` is the
+    /// one whose `wg show dump` matters (the plan's `interface_to_read`).
     pub fn observe(
         mut reader: Option<&mut dyn Runner>,
         os: TargetOs,
         config: &ClientConfig,
         server: &ServerUrl,
+        interface: &InterfaceName,
     ) -> HostFacts {
-        let interface = super::plan::interface_to_read(config, os);
         let mut facts = HostFacts {
             dump: reader
                 .as_deref_mut()
-                .and_then(|r| wg_dump(r, os, &interface)),
+                .and_then(|r| wg_dump(r, os, interface)),
             ..HostFacts::default()
         };
         if config.use_exit_node.is_some() {
             facts.server_ip = server_ip(server);
-            facts.gateway = match os {
-                TargetOs::Linux => read(&mut reader, "ip", &["-4", "route", "show", "default"])
-                    .and_then(|out| word_after(&out, "via")),
-                TargetOs::Macos => read(&mut reader, "route", &["-n", "get", "default"])
-                    .and_then(|out| word_after(&out, "gateway:")),
-                TargetOs::Windows => None,
+            if os == TargetOs::Linux {
+                facts.gateway = read(&mut reader, "ip", &["-4", "route", "show", "default"])
+                    .and_then(|out| word_after(&out, "via"))
+                    .and_then(|g| g.parse().ok());
             }
-            .and_then(|g| g.parse().ok());
         }
+        facts.routes = routes(&mut reader, os);
         if config.exit_node {
             facts.default_dev = read(&mut reader, "ip", &["-4", "route", "show", "default"])
                 .and_then(|out| word_after(&out, "dev"));
@@ -70,6 +75,39 @@ impl HostFacts {
             facts.ipv6_default_dev = ipv6_default_dev(reader);
         }
         facts
+    }
+}
+
+/// What [`super::engine::Engine::check_routes`] needs between syncs: the routing table and
+/// the server's address, nothing else.
+pub fn observe_routes(
+    mut reader: Option<&mut dyn Runner>,
+    os: TargetOs,
+    config: &ClientConfig,
+    server: &ServerUrl,
+) -> HostFacts {
+    HostFacts {
+        routes: routes(&mut reader, os),
+        server_ip: config
+            .use_exit_node
+            .as_ref()
+            .and_then(|_| server_ip(server)),
+        ..HostFacts::default()
+    }
+}
+
+/// The routing table on macOS and Windows; a failure to read it is logged and leaves the
+/// routes unchecked this time (as without a reader, when planning for another OS).
+fn routes(reader: &mut Option<&mut dyn Runner>, os: TargetOs) -> Option<RouteTable> {
+    if !host_routes::uses_host_routes(os) {
+        return None;
+    }
+    match host_routes::observe(os, reader.as_deref_mut()?) {
+        Ok(table) => Some(table),
+        Err(e) => {
+            log::warn!("{e}; full-tunnel routes are not checked this time");
+            None
+        }
     }
 }
 
@@ -139,22 +177,44 @@ fn server_ip(server: &ServerUrl) -> Option<IpAddr> {
     })
 }
 
-/// Our hostname: the configured one, else the OS's, else "wgmesh-node".
+/// Our hostname: the configured one, else the OS's (see [`os_hostname`]), else
+/// "wgmesh-node".
 pub fn local_hostname(config: &ClientConfig) -> Hostname {
     if let Some(h) = &config.hostname {
         return h.clone();
     }
-    let candidates = [
-        std::env::var("HOSTNAME").ok(),
-        std::fs::read_to_string("/proc/sys/kernel/hostname").ok(),
-        std::fs::read_to_string("/etc/hostname").ok(),
-        std::env::var("COMPUTERNAME").ok(),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find_map(|h| h.trim().parse().ok())
-        .unwrap_or_else(|| "wgmesh-node".parse().expect("literal"))
+    os_hostname().unwrap_or_else(|| "wgmesh-node".parse().expect("literal"))
+}
+
+/// The OS's own name for this machine, from the one call every OS answers the same way
+/// (`gethostname(3)` on Linux and macOS, `GetComputerNameExW` on Windows, through the
+/// `gethostname` crate) — not `/proc` or `/etc/hostname`, which macOS and Windows lack, so
+/// every Mac used to register as `wgmesh-node` and `--use-exit-node NAME` became ambiguous.
+pub fn os_hostname() -> Option<Hostname> {
+    hostname_from(&gethostname::gethostname().to_string_lossy())
+}
+
+/// Turns what the OS calls this machine into a registrable [`Hostname`]: taken as it is when
+/// valid (`Johns-MacBook-Pro.local`, `DESKTOP-4F1K2Q7`), otherwise with each character a
+/// hostname may not contain replaced by `-` (`John's Mac` -> `John-s-Mac`); `None` when
+/// nothing usable is left.
+pub fn hostname_from(raw: &str) -> Option<Hostname> {
+    let raw = raw.trim().trim_end_matches('\0');
+    if let Ok(h) = raw.parse() {
+        return Some(h);
+    }
+    let cleaned: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches(|c| c == '-' || c == '.');
+    cleaned.chars().take(63).collect::<String>().parse().ok()
 }
 
 /// The word following `key` in command output (`via X`, `dev X`, `gateway: X`).
@@ -167,6 +227,29 @@ fn word_after(text: &str, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_os_hostname_is_what_the_os_call_returns() {
+        // On this (Linux) host the crate's answer must match the kernel's own record.
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .expect("Linux exposes the hostname in /proc");
+        let ours = os_hostname().expect("the test host has a usable hostname");
+        assert_eq!(ours.as_str(), kernel.trim());
+    }
+
+    #[test]
+    fn os_names_are_made_registrable() {
+        let h = |s: &str| hostname_from(s).map(|h| h.as_str().to_string());
+        assert_eq!(
+            h("Johns-MacBook-Pro.local").as_deref(),
+            Some("Johns-MacBook-Pro.local")
+        );
+        assert_eq!(h("DESKTOP-4F1K2Q7").as_deref(), Some("DESKTOP-4F1K2Q7"));
+        assert_eq!(h("John's Mac").as_deref(), Some("John-s-Mac"));
+        assert_eq!(h("  node1\n").as_deref(), Some("node1"));
+        assert_eq!(h(""), None);
+        assert_eq!(h("???"), None);
+    }
 
     #[test]
     fn word_after_reads_route_output() {

@@ -11,13 +11,16 @@ use super::config::{Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig
 use super::desired::{
     chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel, PERSISTENT_KEEPALIVE,
 };
-use super::engine::{AgentError, SyncSummary};
+use super::error::AgentError;
 use super::host::HostFacts;
+use super::host_routes;
 use crate::agent::reconcile;
+use crate::os::route_table::RouteTable;
 use crate::os::{self, InterfaceSpec, PeerSpec, Plan, TargetOs};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
+use serde::Serialize;
 use std::collections::BTreeSet;
 
 /// What the decision depends on besides the host.
@@ -35,6 +38,29 @@ pub struct PlanInput<'a> {
     pub dry_run: bool,
 }
 
+/// What one sync changed, printed by `sync --json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncSummary {
+    /// Our stable peer id.
+    pub peer_id: String,
+    /// Our mesh address.
+    pub address: String,
+    /// The interface's real name.
+    pub interface: String,
+    /// Whether the interface had to be created (first run, or after a reboot or `down`).
+    pub created_interface: bool,
+    /// Peers configured after the sync.
+    pub peers: usize,
+    /// Public keys of peers added.
+    pub added: Vec<String>,
+    /// Public keys of peers whose endpoint, allowed IPs or keepalive changed.
+    pub updated: Vec<String>,
+    /// Public keys of peers removed.
+    pub removed: Vec<String>,
+    /// Whether the server said the list had not changed (304).
+    pub list_unchanged: bool,
+}
+
 /// One plan, and what is recorded as applied once it ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -45,6 +71,20 @@ pub struct Step {
     pub record: Option<Option<Applied>>,
     /// Logged (info) once the plan ran.
     pub note: Option<String>,
+    /// A check of the host to pass once the plan ran, before anything later runs.
+    pub check: Option<HostCheck>,
+}
+
+/// What must be true of the host before the next step may run; the engine checks it
+/// (never in a dry run) and stops the sync with the check's error otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCheck {
+    /// Windows: the tunnel service of this name is deleted (waited for, bounded), since
+    /// `/installtunnelservice` fails while the old one is still stopping.
+    ServiceGone(InterfaceName),
+    /// Windows: the configuration folder is protected (owner Administrators or SYSTEM, only
+    /// they have access, nothing inherited), checked before the private key is written.
+    ConfigDirProtected,
 }
 
 impl Step {
@@ -53,6 +93,15 @@ impl Step {
             plan,
             record: None,
             note: None,
+            check: None,
+        }
+    }
+
+    /// A step that only checks the host.
+    fn check(check: HostCheck) -> Step {
+        Step {
+            check: Some(check),
+            ..Step::run(Plan::default())
         }
     }
 
@@ -152,11 +201,56 @@ pub fn undo(os: TargetOs, config: &ClientConfig) -> Result<Vec<Step>, AgentError
         steps.push(Step::run(os::routes(os, &old_name, &[], &old.routes)));
     }
     steps.push(Step {
-        plan: os::destroy(os, &config.interface, &old_name, mesh),
         record: Some(None),
-        note: None,
+        ..Step::run(os::destroy(os, &config.interface, &old_name, mesh))
     });
     Ok(steps)
+}
+
+/// Refuses an interface name the target OS will not take (Windows: reserved device names
+/// such as `con` or `nul.x`, a leading or trailing `.`) before anything is read or run,
+/// rather than at `/installtunnelservice`.
+pub fn check_interface_name(os: TargetOs, config: &ClientConfig) -> Result<(), AgentError> {
+    if os == TargetOs::Windows {
+        os::observe_windows::check_tunnel_name(&config.interface).map_err(AgentError::Usage)?;
+    }
+    Ok(())
+}
+
+/// The quick route check between syncs (macOS and Windows, full tunnel in place): the one
+/// step that re-pins or re-adds routes a network change or reboot moved, planned from the
+/// observed table in `facts` and the last peer list. Empty when there is nothing to check.
+pub fn route_check(input: &PlanInput<'_>, facts: &HostFacts) -> Vec<Step> {
+    let config = input.config;
+    let (Some(applied), Some(assignment), Some(table)) = (
+        recorded(config, input.os),
+        config.assignment.as_ref(),
+        facts.routes.as_ref(),
+    ) else {
+        return Vec::new();
+    };
+    let (Some(tunnel), Ok(real_name)) = (
+        applied.full_tunnel.as_ref(),
+        applied.interface.parse::<InterfaceName>(),
+    ) else {
+        return Vec::new();
+    };
+    let exit = input
+        .peers
+        .iter()
+        .find(|p| p.public_key == tunnel.exit_public_key)
+        .map(|p| p.public_key);
+    let desired = desired_peers(input.peers, exit.as_ref());
+    let mut b = Builder {
+        os: input.os,
+        dry_run: input.dry_run,
+        steps: Vec::new(),
+        rec: config.applied.clone(),
+        summary: SyncSummary::default(),
+        awaiting_name: None,
+    };
+    b.tunnel_routes(&real_name, assignment, tunnel, &desired, facts, table);
+    b.steps
 }
 
 struct Builder {
@@ -179,9 +273,8 @@ impl Builder {
         if !self.dry_run {
             self.rec = new.clone();
             self.push(Step {
-                plan: Plan::default(),
                 record: Some(new),
-                note: None,
+                ..Step::run(Plan::default())
             });
         }
     }
@@ -197,6 +290,7 @@ impl Builder {
     fn build(&mut self, input: &PlanInput<'_>, facts: &HostFacts) -> Result<(), AgentError> {
         let config = input.config;
         let os = self.os;
+        check_interface_name(os, config)?;
         let assignment = config
             .assignment
             .clone()
@@ -217,6 +311,9 @@ impl Builder {
             .filter(|d| d.interface.public_key == Some(spec.private_key.public_key()))
             .filter(|d| d.interface.listen_port == spec.listen_port)
             .filter(|_| recorded(config, os).is_some());
+        // A full tunnel that the undo of a rebuild removes (its routes still show in the
+        // table, which was read before any step ran).
+        let mut gone_tunnel: Option<AppliedTunnel> = None;
         let (real_name, actual_peers) = match (&facts.created_name, reusable) {
             (Some(real), _) => {
                 // Second pass on macOS: the interface was just created under this name.
@@ -226,6 +323,11 @@ impl Builder {
             (None, Some(dump)) => (interface_to_read(config, os), dump.peers.clone()),
             (None, None) => {
                 // Missing, stale (another key, port or address) or never applied: start clean.
+                gone_tunnel = self
+                    .rec
+                    .as_ref()
+                    .filter(|a| a.os == os.as_str())
+                    .and_then(|a| a.full_tunnel.clone());
                 for mut step in undo(os, config)? {
                     if step.record.is_some() {
                         if self.dry_run {
@@ -242,7 +344,14 @@ impl Builder {
                     &spec.name,
                     assignment.network_cidr,
                 )));
+                if os == TargetOs::Windows {
+                    self.push(Step::check(HostCheck::ServiceGone(spec.name.clone())));
+                }
                 self.push(Step::run(os::create(os, &spec.name)));
+                if os == TargetOs::Windows {
+                    // `create` made the folder protected, or left an existing one as it is.
+                    self.push(Step::check(HostCheck::ConfigDirProtected));
+                }
                 let real = match os {
                     TargetOs::Macos if self.dry_run => "utunN".parse().expect("literal"),
                     TargetOs::Macos => {
@@ -262,11 +371,11 @@ impl Builder {
         let have_tunnel = self.rec.as_ref().and_then(|a| a.full_tunnel.clone());
         let want_tunnel = wanted_tunnel(
             config,
-            (os, self.dry_run),
+            os,
             exit,
             &desired,
             have_tunnel.as_ref(),
-            facts,
+            (facts.server_ip, facts.gateway),
         );
         let tunnel_changes = want_tunnel != have_tunnel;
         if tunnel_changes {
@@ -293,21 +402,55 @@ impl Builder {
         self.summary.removed = changes.remove.iter().map(|k| k.to_base64()).collect();
         self.push(Step::run(os::apply_peers(os, &real_name, &changes)));
 
+        let mut want_tunnel = want_tunnel;
         if tunnel_changes {
-            if let Some(new) = &want_tunnel {
-                let plan = os::full_tunnel_on(
-                    os,
-                    &real_name,
-                    &tunnel_peer(new, true),
-                    &new.keep_outside,
-                    new.gateway,
-                );
+            if let Some(new) = want_tunnel.as_mut() {
+                let plan = if host_routes::uses_host_routes(os) {
+                    // Only the WireGuard half here: the routes follow, planned from the
+                    // observed routing table like on every sync.
+                    new.pinned = None;
+                    os::pins::exit_peer_plan(os, &real_name, &tunnel_peer(new, true), true)
+                } else {
+                    os::full_tunnel_on(
+                        os,
+                        &real_name,
+                        &tunnel_peer(new, true),
+                        &new.keep_outside,
+                        new.gateway,
+                    )
+                };
                 self.push(Step::run(plan).note(format!(
                     "routing internet traffic through exit node {}",
                     new.exit_public_key
                 )));
             }
             self.record(|a| a.full_tunnel = want_tunnel.clone());
+        }
+        if let (Some(tunnel), Some(table)) = (&want_tunnel, &facts.routes) {
+            // The table was read before the steps: without what they remove first.
+            let removed = match (&have_tunnel, &gone_tunnel) {
+                (Some(old), _) if tunnel_changes => Some(old),
+                (_, gone) => gone.as_ref(),
+            };
+            let table = match removed {
+                Some(old) => host_routes::without_tunnel(os, &real_name, &assignment, old, table),
+                None => table.clone(),
+            };
+            self.tunnel_routes(&real_name, &assignment, tunnel, &desired, facts, &table);
+        } else if let Some(tunnel) = want_tunnel.as_ref().filter(|_| tunnel_changes) {
+            if host_routes::uses_host_routes(os) {
+                // No routing table to read (planning for another OS): the halves, and no
+                // pins, which depend on that machine's table and are planned there.
+                let routes = host_routes::tunnel(
+                    os,
+                    &real_name,
+                    assignment.assigned_ip,
+                    assignment.network_cidr,
+                    host_routes::ipv6_allowed(facts.server_ip, tunnel),
+                );
+                let (plan, _) = routes.reconcile(&RouteTable::default(), &[], None);
+                self.push(Step::run(plan));
+            }
         }
 
         self.nat(config, &real_name, assignment.network_cidr, facts)?;
@@ -317,11 +460,19 @@ impl Builder {
             assignment.network_cidr,
             crate::proto::mesh6::prefix(&assignment.server_public_key),
         );
-        let have_routes: BTreeSet<IpNet> = self
+        let mut have_routes: BTreeSet<IpNet> = self
             .rec
             .as_ref()
             .map(|a| a.routes.iter().copied().collect())
             .unwrap_or_default();
+        if let Some(table) = &facts.routes {
+            let recorded: Vec<IpNet> = have_routes.iter().copied().collect();
+            if host_routes::routes_missing(os, &real_name, &assignment, table, &recorded) {
+                // A Windows reboot forgets them while the service comes back: re-add all
+                // (adding is idempotent).
+                have_routes.clear();
+            }
+        }
         let add: Vec<IpNet> = want_routes.difference(&have_routes).copied().collect();
         let remove: Vec<IpNet> = have_routes.difference(&want_routes).copied().collect();
         if !add.is_empty() || !remove.is_empty() {
@@ -330,6 +481,50 @@ impl Builder {
         }
         self.summary.peers = desired.len();
         Ok(())
+    }
+
+    /// macOS and Windows: the step that makes the tunnel's halves and pins match the
+    /// observed table, recording what is pinned when it changed.
+    fn tunnel_routes(
+        &mut self,
+        real_name: &InterfaceName,
+        assignment: &Assignment,
+        tunnel: &AppliedTunnel,
+        desired: &[PeerSpec],
+        facts: &HostFacts,
+        table: &RouteTable,
+    ) {
+        let mut peers = desired.to_vec();
+        if !peers.iter().any(|p| p.public_key == tunnel.exit_public_key) {
+            peers.push(tunnel_peer(tunnel, false));
+        }
+        let (plan, pinned) = host_routes::tunnel_routes(
+            self.os,
+            real_name,
+            assignment,
+            tunnel,
+            &peers,
+            facts.server_ip,
+            table,
+        );
+        let note = (!plan.is_empty()).then(|| {
+            format!(
+                "full tunnel routes: {} pin(s) via {:?}",
+                pinned.pins.len(),
+                pinned.uplink
+            )
+        });
+        self.push(Step {
+            note,
+            ..Step::run(plan)
+        });
+        if tunnel.pinned.as_ref() != Some(&pinned) {
+            self.record(|a| {
+                if let Some(t) = a.full_tunnel.as_mut() {
+                    t.pinned = Some(pinned);
+                }
+            });
+        }
     }
 
     /// Configures a just-created interface and records it as the fresh applied state.
@@ -398,13 +593,17 @@ impl Builder {
 }
 
 fn tunnel_off(os: TargetOs, real_name: &InterfaceName, t: &AppliedTunnel, tolerant: bool) -> Plan {
-    let mut plan = os::full_tunnel_off(
-        os,
-        real_name,
-        &tunnel_peer(t, false),
-        &t.keep_outside,
-        t.gateway,
-    );
+    let mut plan = if host_routes::uses_host_routes(os) {
+        host_routes::tunnel_off(os, real_name, t, &tunnel_peer(t, false))
+    } else {
+        os::full_tunnel_off(
+            os,
+            real_name,
+            &tunnel_peer(t, false),
+            &t.keep_outside,
+            t.gateway,
+        )
+    };
     if tolerant {
         for cmd in &mut plan.commands {
             cmd.allow_failure = true;
@@ -647,8 +846,12 @@ mod tests {
         });
         config.use_exit_node = Some("exit".into());
         let exit = info("exit", 7, true);
+        // macOS pins through the default route's gateway as the routing table shows it.
+        let table = crate::os::observe_macos::parse_netstat(
+            "default            198.18.0.254       UGScg                 en0\n",
+        );
         let facts = HostFacts {
-            gateway: Some("198.18.0.254".parse().unwrap()),
+            routes: Some(table),
             server_ip: Some("198.18.0.1".parse().unwrap()),
             ..up(&config)
         };
@@ -662,7 +865,18 @@ mod tests {
         let rendered = lines(&p);
         let tunnel = p.applied.unwrap().full_tunnel.unwrap();
         assert_eq!(tunnel.exit_public_key, exit.public_key);
-        assert_eq!(tunnel.gateway, "198.18.0.254".parse::<Ipv4Addr>().unwrap());
+        let pinned = tunnel.pinned.clone().unwrap();
+        assert_eq!(
+            pinned.uplink,
+            crate::os::route_table::Uplink::Gateway("198.18.0.254".parse().unwrap())
+        );
+        assert_eq!(
+            pinned.pins,
+            vec![
+                "198.18.0.1".parse::<Ipv4Addr>().unwrap(),
+                "198.18.0.7".parse().unwrap()
+            ]
+        );
         assert_eq!(
             tunnel.keep_outside,
             vec![
@@ -684,6 +898,76 @@ mod tests {
         let rendered = lines(&p);
         assert!(rendered[0].contains("0.0.0.0/1"), "{rendered:#?}");
         assert!(p.applied.unwrap().full_tunnel.is_none());
+    }
+
+    #[test]
+    fn windows_checks_the_old_service_and_the_folder_acl_before_the_key_is_written() {
+        let config = config();
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        // Each step as one line: its commands, its file writes, or the check it makes.
+        let order: Vec<String> = p
+            .steps
+            .iter()
+            .flat_map(|s| {
+                let mut out: Vec<String> = s.plan.files.iter().map(|f| f.render()).collect();
+                out.extend(s.plan.commands.iter().map(|c| c.render_argv()));
+                out.extend(s.check.iter().map(|c| format!("check {c:?}")));
+                out
+            })
+            .collect();
+        let at = |needle: &str| {
+            order
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {order:#?}"))
+        };
+        let steps = [
+            at("/uninstalltunnelservice"),
+            at("check ServiceGone"),
+            at("CreateDirectory"),
+            at("check ConfigDirProtected"),
+            at("# write"),
+            at("/installtunnelservice"),
+        ];
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{order:#?}");
+    }
+
+    #[test]
+    fn windows_refuses_reserved_names_before_any_step() {
+        let mut config = config();
+        config.interface = "nul.x".parse().unwrap();
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        assert!(p.steps.is_empty());
+        let failure = p.failure.unwrap().to_string();
+        assert!(failure.contains("reserved device name"), "{failure}");
+        // The same name is fine where it is not reserved.
+        let p = decide(TargetOs::Linux, &config, &[], &HostFacts::default());
+        assert!(p.failure.is_none());
+    }
+
+    #[test]
+    fn without_a_routing_table_windows_and_macos_plan_the_halves_and_no_pin() {
+        // Planning for another OS: no reader, no table; pins depend on that machine's table.
+        for os in [TargetOs::Windows, TargetOs::Macos] {
+            let mut config = config();
+            config.applied = Some(Applied {
+                os: os.as_str().into(),
+                ..applied(&config)
+            });
+            config.use_exit_node = Some("exit".into());
+            let exit = info("exit", 7, true);
+            let p = decide(os, &config, std::slice::from_ref(&exit), &up(&config));
+            let rendered = lines(&p).join("\n");
+            assert!(
+                rendered.contains("0.0.0.0/1") && rendered.contains("128.0.0.0/1"),
+                "{rendered}"
+            );
+            assert!(
+                !rendered.contains("MASK") && !rendered.contains("-gateway"),
+                "{rendered}"
+            );
+            assert!(!rendered.contains("blackhole"), "{rendered}");
+        }
     }
 
     #[test]

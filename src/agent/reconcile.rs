@@ -6,26 +6,9 @@
 
 use crate::keys::PublicKey;
 use crate::os::wgdump::DumpPeer;
-use crate::os::PeerSpec;
+use crate::os::{PeerChanges, PeerSpec};
 use ipnet::IpNet;
 use std::collections::{BTreeSet, HashMap, HashSet};
-
-/// What to change on the interface: peers to add or update (the whole desired spec), and
-/// peers to remove.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerChanges {
-    /// New peers and peers whose allowed IPs, endpoint or keepalive differ, in desired order.
-    pub upsert: Vec<PeerSpec>,
-    /// Peers WireGuard has that are no longer desired, in WireGuard's order.
-    pub remove: Vec<PublicKey>,
-}
-
-impl PeerChanges {
-    /// True when the interface already matches, so no command needs to run.
-    pub fn is_empty(&self) -> bool {
-        self.upsert.is_empty() && self.remove.is_empty()
-    }
-}
 
 /// Allowed IPs as WireGuard stores them: a set (order is meaningless), host bits cleared
 /// (`wg` shows `10.0.0.5/24` back as `10.0.0.0/24`).

@@ -4,7 +4,8 @@
 
 use super::client::{ApiClient, ServerUrl, TlsTrust};
 use super::config::{self, ClientConfig, ExitFallback};
-use super::engine::{AgentError, Engine};
+use super::engine::Engine;
+use super::error::AgentError;
 use crate::keys::PublicKey;
 use crate::os::runner::{Runner, SystemRunner};
 use crate::os::TargetOs;

@@ -3,7 +3,8 @@
 
 use super::config::ClientConfig;
 use super::desired;
-use super::engine::{load_peer_cache, AgentError};
+use super::engine::load_peer_cache;
+use super::error::AgentError;
 use super::host;
 use super::setup;
 use crate::os::runner::Runner;

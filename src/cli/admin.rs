@@ -39,6 +39,10 @@ enum TokenCommand {
     Revoke(TokenRevokeArgs),
 }
 
+// Every admin subcommand repeats `--server` and `--admin-secret-file`: argh cannot flatten a
+// shared struct into subcommands, and each flag's doc comment is its help text. `duplicates`
+// reports these structs as pairs; that is the reason.
+
 /// Create a join token and print it once (the server keeps only its hash).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "create")]

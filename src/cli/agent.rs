@@ -8,7 +8,8 @@ use crate::agent::client::ServerUrl;
 use crate::agent::config::{self, ConfigError, ExitFallback};
 use crate::agent::daemon::{self, Intervals};
 use crate::agent::dns::{DnsOptions, MeshDns};
-use crate::agent::engine::{self, AgentError, Sink};
+use crate::agent::engine::{self, Sink};
+use crate::agent::error::AgentError;
 use crate::agent::setup::{self, Overrides};
 use crate::agent::status;
 use crate::keys::{PrivateKey, PublicKey};
@@ -76,6 +77,31 @@ impl argh::FromArgValue for ExitChoice {
             ))
         }
     }
+}
+
+/// The flags `up` and `sync` share, as [`Overrides`]. The two argument structs repeat these
+/// flags because argh has no way to flatten one struct into another and each flag's doc
+/// comment is its help text; `duplicates` reports the pair, and this macro keeps their use in
+/// one place.
+macro_rules! overrides {
+    ($args:ident) => {
+        Overrides {
+            config: $args.config,
+            server: $args.server.first().cloned(),
+            fallback_servers: $args.server.iter().skip(1).cloned().collect(),
+            interface: $args.interface,
+            listen_port: $args.listen_port,
+            endpoint: $args.endpoint,
+            hostname: $args.hostname,
+            exit_node: $args.exit_node,
+            use_exit_node: $args.use_exit_node.map(|c| c.0),
+            exit_fallback: $args.exit_fallback,
+            os: $args.os,
+            token: join_token($args.token, $args.token_file)?,
+            server_key: $args.server_key,
+            ca: $args.ca,
+        }
+    };
 }
 
 /// Bring this machine into the mesh and keep it there: register, create the WireGuard
@@ -337,23 +363,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::os::dns::HOSTS_FILE)),
     });
-    let mut engine = setup::engine(Overrides {
-        config: args.config,
-        server: args.server.first().cloned(),
-        fallback_servers: args.server.iter().skip(1).cloned().collect(),
-        interface: args.interface,
-        listen_port: args.listen_port,
-        endpoint: args.endpoint,
-        hostname: args.hostname,
-        exit_node: args.exit_node,
-        use_exit_node: args.use_exit_node.map(|c| c.0),
-        exit_fallback: args.exit_fallback,
-        os: args.os,
-        token: join_token(args.token, args.token_file)?,
-        server_key: args.server_key,
-        ca: args.ca,
-    })
-    .map_err(agent_failure)?;
+    let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
         engine
@@ -376,23 +386,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
 pub fn sync(args: SyncArgs) -> Result<(), Failure> {
     init_logging(args.log_level);
     let dry_run = args.dry_run;
-    let mut engine = setup::engine(Overrides {
-        config: args.config,
-        server: args.server.first().cloned(),
-        fallback_servers: args.server.iter().skip(1).cloned().collect(),
-        interface: args.interface,
-        listen_port: args.listen_port,
-        endpoint: args.endpoint,
-        hostname: args.hostname,
-        exit_node: args.exit_node,
-        use_exit_node: args.use_exit_node.map(|c| c.0),
-        exit_fallback: args.exit_fallback,
-        os: args.os,
-        token: join_token(args.token, args.token_file)?,
-        server_key: args.server_key,
-        ca: args.ca,
-    })
-    .map_err(agent_failure)?;
+    let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     let summary = if dry_run {
         let mut stdout = std::io::stdout().lock();
         engine.sync(&mut Sink::Print(&mut stdout))

@@ -1,10 +1,10 @@
 //! Linux plans: kernel WireGuard through `ip` and `wg`, as `wg-quick` does it, with
 //! `wireguard-go` as the fallback when the kernel has no WireGuard module.
 
-use super::{
-    arg_budget, exit_peer_update, peer_groups, wg_set, wireguard_go, Command, Firewall,
-    InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs, FWMARK_TABLE,
-};
+use super::command::{Command, Payload, Plan};
+use super::spec::{Firewall, InterfaceSpec, PeerSpec, TargetOs, FWMARK_TABLE};
+use super::tunnel::exit_peer_update;
+use super::wg::{configure_wg, wireguard_go};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::IpAddr;
@@ -17,21 +17,7 @@ pub(super) fn create(name: &InterfaceName) -> Plan {
 
 pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
     let name = spec.name.as_str();
-    let head = vec![
-        "private-key".to_string(),
-        "/dev/stdin".into(),
-        "listen-port".into(),
-        spec.listen_port.to_string(),
-    ];
-    let stdin = Payload::Secret(Secret::private_key(&spec.private_key));
-    let mut commands = wg_set(
-        "wg",
-        &spec.name,
-        head,
-        Some(stdin),
-        peer_groups(peers, &[], true),
-        arg_budget(TargetOs::Linux),
-    );
+    let mut commands = configure_wg(TargetOs::Linux, spec, &spec.name, peers);
     commands.push(Command::new("ip").args([
         "-4",
         "address",

@@ -1,13 +1,11 @@
 //! macOS plans: `wireguard-go` on a kernel-named `utunN`, configured with `wg`, `ifconfig`
 //! and `route`, following `wg-quick`'s darwin script.
 
-use super::{
-    arg_budget, exit_peer_update, half_defaults, half_defaults_v6, peer_groups, pinned_v4, wg_set,
-    wireguard_go, Command, InterfaceSpec, Payload, PeerSpec, Plan, Secret, TargetOs,
-};
+use super::command::{Command, Plan};
+use super::spec::{InterfaceSpec, PeerSpec, TargetOs};
+use super::wg::{configure_wg, wireguard_go};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 /// Where wireguard-go keeps its control sockets, and wg-quick its name files.
@@ -62,21 +60,7 @@ pub(super) fn configure(
     peers: &[PeerSpec],
 ) -> Plan {
     let real = real_name.as_str();
-    let head = vec![
-        "private-key".to_string(),
-        "/dev/stdin".into(),
-        "listen-port".into(),
-        spec.listen_port.to_string(),
-    ];
-    let stdin = Payload::Secret(Secret::private_key(&spec.private_key));
-    let mut commands = wg_set(
-        "wg",
-        real_name,
-        head,
-        Some(stdin),
-        peer_groups(peers, &[], true),
-        arg_budget(TargetOs::Macos),
-    );
+    let mut commands = configure_wg(TargetOs::Macos, spec, real_name, peers);
     // utun is point-to-point: the address is given as its own destination, as wg-quick does.
     let address = spec.address.to_string();
     commands.push(Command::new("ifconfig").args([
@@ -133,60 +117,4 @@ pub(super) fn destroy(name: &InterfaceName, real_name: &InterfaceName, network: 
         Command::new("rm").args(["-f", &socket_file(real_name)]),
         Command::new("rm").args(["-f", &name_file(name).display().to_string()]),
     ])
-}
-
-/// `route -q -n VERB -inet ADDR [-gateway GW]`: a host route pinned to the physical network.
-fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Option<Ipv4Addr>) -> Command {
-    let mut cmd = Command::new("route").args(["-q", "-n", verb, "-inet", &addr.to_string()]);
-    if let Some(gw) = gateway {
-        cmd = cmd.args(["-gateway", &gw.to_string()]);
-    }
-    cmd
-}
-
-pub(super) fn full_tunnel_on(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands = vec![exit_peer_update("wg", real_name, vec![], exit_peer, true)];
-    // Pins before the default moves, so the exit peer stays reachable throughout.
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(
-            pinned_route("add", addr, Some(gateway)).or_else(pinned_route(
-                "change",
-                addr,
-                Some(gateway),
-            )),
-        );
-    }
-    for half in half_defaults() {
-        commands.push(ensure_interface_route(&IpNet::V4(half), real_name));
-    }
-    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(ensure_interface_route(&IpNet::V6(half), real_name).tolerate_failure());
-    }
-    Plan::of(commands)
-}
-
-pub(super) fn full_tunnel_off(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    _gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands: Vec<Command> = half_defaults()
-        .iter()
-        .map(|half| interface_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
-        .collect();
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(interface_route("delete", &IpNet::V6(half), real_name).tolerate_failure());
-    }
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(pinned_route("delete", addr, None).tolerate_failure());
-    }
-    commands.push(exit_peer_update("wg", real_name, vec![], exit_peer, false));
-    Plan::of(commands)
 }

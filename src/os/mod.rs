@@ -14,6 +14,10 @@ mod command;
 pub mod dns;
 mod linux;
 mod macos;
+pub mod observe_macos;
+pub mod observe_windows;
+pub mod pins;
+pub mod route_table;
 pub mod runner;
 mod spec;
 mod tunnel;
@@ -23,37 +27,41 @@ pub mod wgquick;
 mod windows;
 
 pub use command::{quote, Command, Payload, Plan, PlannedFile, Secret, PRIVATE_FILE_MODE};
-pub use spec::{Firewall, InterfaceSpec, PeerSpec, TargetOs, Unsupported};
-use tunnel::*;
+pub use spec::{
+    Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
+    FWMARK_TABLE,
+};
 pub use wg::wg_program;
-use wg::*;
+use wg::{arg_budget, peer_groups, wg_set};
 
-use crate::agent::reconcile::PeerChanges;
 use crate::types::{InterfaceName, InvalidValue};
 use ipnet::{IpNet, Ipv4Net};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-/// Default tunnel MTU: a 1500-byte Ethernet MTU minus WireGuard's worst-case overhead of 80
-/// bytes (40 IPv6 header + 8 UDP + 16 WireGuard data header + 16 Poly1305 tag), the same value
-/// `wg-quick` and the WireGuard apps pick, so tunnelled packets never fragment on the path.
-pub const DEFAULT_MTU: u16 = 1420;
-
-/// Firewall mark and routing table number used for full-tunnel routing on Linux: WireGuard's
-/// own encrypted packets carry this mark and so bypass the tunnel's default route. 51820 is the
-/// value `wg-quick` uses (WireGuard's default port), which keeps `ip rule` output familiar.
-pub const FWMARK_TABLE: u32 = 51820;
-
 /// Brings a new interface into existence (it must not exist yet; [`destroy`] tolerates a
 /// missing one, so the agent runs it first to clear a stale interface).
 ///
-/// Windows needs nothing here: the tunnel service creates its adapter in [`configure`].
+/// On Windows the tunnel service creates its adapter in [`configure`]; this creates the
+/// protected configuration folder, which the agent checks ([`windows_config_dir_acl`])
+/// before [`configure`] writes the private key into it.
 pub fn create(os: TargetOs, name: &InterfaceName) -> Plan {
     match os {
         TargetOs::Linux => linux::create(name),
         TargetOs::Macos => macos::create(name),
-        TargetOs::Windows => Plan::default(),
+        TargetOs::Windows => windows::create(),
     }
+}
+
+/// Windows: the command printing the configuration folder's ACL as SDDL, for
+/// [`observe_windows::check_config_dir_sddl`].
+pub fn windows_config_dir_acl() -> Command {
+    windows::config_dir_acl_command()
+}
+
+/// Windows: the folder tunnel configurations are written to (`%ProgramData%\wgmesh`).
+pub fn windows_config_dir() -> String {
+    windows::config_dir()
 }
 
 /// Gives a freshly created interface its key, port, address, MTU, mesh route and initial
@@ -113,6 +121,9 @@ pub fn destroy(
     }
 }
 
+// The on/off pairs below (full tunnel, exit-node NAT) look alike to `duplicates` because each
+// is a per-OS dispatch; their bodies live in linux.rs, macos.rs, windows.rs and tunnel.rs.
+
 /// Sends all IPv4 traffic through `exit_peer`: adds `0.0.0.0/0` to its allowed IPs and routes
 /// the default through the tunnel while keeping WireGuard's own packets on the physical
 /// network, and each `keep_outside` address (the coordination server, the exit's endpoint)
@@ -134,8 +145,7 @@ pub fn full_tunnel_on(
 ) -> Plan {
     match os {
         TargetOs::Linux => linux::full_tunnel_on(real_name, exit_peer, keep_outside),
-        TargetOs::Macos => macos::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
-        TargetOs::Windows => windows::full_tunnel_on(real_name, exit_peer, keep_outside, gateway),
+        os => pins::full_tunnel_on(os, real_name, exit_peer, keep_outside, gateway),
     }
 }
 
@@ -150,8 +160,7 @@ pub fn full_tunnel_off(
 ) -> Plan {
     match os {
         TargetOs::Linux => linux::full_tunnel_off(real_name, exit_peer, keep_outside),
-        TargetOs::Macos => macos::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
-        TargetOs::Windows => windows::full_tunnel_off(real_name, exit_peer, keep_outside, gateway),
+        os => pins::full_tunnel_off(os, real_name, exit_peer, keep_outside, gateway),
     }
 }
 

@@ -8,6 +8,16 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+/// Default tunnel MTU: a 1500-byte Ethernet MTU minus WireGuard's worst-case overhead of 80
+/// bytes (40 IPv6 header + 8 UDP + 16 WireGuard data header + 16 Poly1305 tag), the same value
+/// `wg-quick` and the WireGuard apps pick, so tunnelled packets never fragment on the path.
+pub const DEFAULT_MTU: u16 = 1420;
+
+/// Firewall mark and routing table number used for full-tunnel routing on Linux: WireGuard's
+/// own encrypted packets carry this mark and so bypass the tunnel's default route. 51820 is the
+/// value `wg-quick` uses (WireGuard's default port), which keeps `ip rule` output familiar.
+pub const FWMARK_TABLE: u32 = 51820;
+
 /// The operating system a plan is generated for; independent of the host, so every OS's plans
 /// can be built and tested anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,7 +92,7 @@ pub struct InterfaceSpec {
     /// This device's IPv6 mesh address (a /128) and the IPv6 mesh prefix, when the mesh
     /// carries IPv6 (see [`crate::proto::mesh6`]). Hosts with IPv6 turned off tolerate their absence.
     pub ipv6: Option<(std::net::Ipv6Addr, ipnet::Ipv6Net)>,
-    /// Tunnel MTU, normally [`super::DEFAULT_MTU`].
+    /// Tunnel MTU, normally [`DEFAULT_MTU`].
     pub mtu: u16,
 }
 
@@ -129,3 +139,20 @@ impl fmt::Display for Unsupported {
 }
 
 impl std::error::Error for Unsupported {}
+
+/// What to change on the interface: peers to add or update (the whole desired spec), and
+/// peers to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    /// New peers and peers whose allowed IPs, endpoint or keepalive differ, in desired order.
+    pub upsert: Vec<PeerSpec>,
+    /// Peers WireGuard has that are no longer desired, in WireGuard's order.
+    pub remove: Vec<PublicKey>,
+}
+
+impl PeerChanges {
+    /// True when the interface already matches, so no command needs to run.
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}

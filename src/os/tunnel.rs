@@ -65,8 +65,6 @@ pub(super) fn pinned_v4(exit_peer: &PeerSpec, keep_outside: &[IpAddr]) -> Vec<Ip
     out
 }
 
-/// The two halves of the IPv4 space: more specific than any default route, so they win
-/// without replacing it (and, on Windows, without the tunnel service's /0 kill-switch).
 /// The two halves of the IPv6 address space (`::/1`, `8000::/1`), routed into the tunnel for
 /// the same reason as [`half_defaults`] — but only when no address that must stay outside the
 /// tunnel is IPv6: without an IPv6 gateway to pin it to, such an address would be captured
@@ -90,6 +88,8 @@ pub(super) fn half_defaults_v6(
         .collect()
 }
 
+/// The two halves of the IPv4 space: more specific than any default route, so they win
+/// without replacing it (and, on Windows, without the tunnel service's /0 kill-switch).
 pub(super) fn half_defaults() -> [Ipv4Net; 2] {
     [
         Ipv4Net::new(Ipv4Addr::new(0, 0, 0, 0), 1).expect("/1 is a valid prefix"),

@@ -1,8 +1,8 @@
 //! `wg` and `wireguard-go` argv: which binary, how many peers fit one `wg set`, and the
 //! per-peer argument groups, shared by every OS's plans.
 
-use super::command::{Command, Payload};
-use super::spec::{PeerSpec, TargetOs};
+use super::command::{Command, Payload, Secret};
+use super::spec::{InterfaceSpec, PeerSpec, TargetOs};
 use crate::keys::PublicKey;
 use crate::types::InterfaceName;
 use ipnet::IpNet;
@@ -121,4 +121,30 @@ pub(super) fn join_nets(nets: &[IpNet]) -> String {
         .map(|n| n.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `wg set NAME private-key /dev/stdin listen-port PORT peer ...` with the key on stdin: how
+/// a freshly created interface gets its identity and first peers (Linux and macOS; Windows
+/// writes a configuration file instead).
+pub(super) fn configure_wg(
+    os: TargetOs,
+    spec: &InterfaceSpec,
+    real_name: &InterfaceName,
+    peers: &[PeerSpec],
+) -> Vec<Command> {
+    let head = vec![
+        "private-key".to_string(),
+        "/dev/stdin".into(),
+        "listen-port".into(),
+        spec.listen_port.to_string(),
+    ];
+    let stdin = Payload::Secret(Secret::private_key(&spec.private_key));
+    wg_set(
+        wg_program(os),
+        real_name,
+        head,
+        Some(stdin),
+        peer_groups(peers, &[], true),
+        arg_budget(os),
+    )
 }

@@ -1,7 +1,7 @@
 //! wg-quick configuration files: for exporting a device's mesh configuration (usable with
 //! `wg-quick up` or the WireGuard apps) and for installing the Windows tunnel service.
 
-use crate::os::{InterfaceSpec, PeerSpec};
+use super::spec::{InterfaceSpec, PeerSpec};
 use std::fmt::Write as _;
 
 /// Renders a wg-quick config for `spec` with `peers`.

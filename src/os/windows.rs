@@ -3,45 +3,71 @@
 //! routes the service does not (it only routes the AllowedIPs it saw at install time).
 
 use super::{
-    exit_peer_update, half_defaults, half_defaults_v6, pinned_v4, Command, InterfaceSpec, Payload,
-    PeerSpec, Plan, PlannedFile, Secret,
+    observe_windows, Command, InterfaceSpec, Payload, PeerSpec, Plan, PlannedFile, Secret,
 };
 use crate::types::InterfaceName;
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-/// Where wgmesh keeps tunnel configurations; the file name (minus `.conf`) becomes the tunnel
-/// name, `WireGuardTunnel$NAME`.
-const CONFIG_DIR: &str = r"C:\ProgramData\wgmesh";
+/// Where wgmesh keeps tunnel configurations: `%ProgramData%\wgmesh` (see
+/// [`observe_windows::config_dir_from`]); the file name (minus `.conf`) becomes the tunnel
+/// name, `WireGuardTunnel$NAME`. An unusable `%ProgramData%` falls back to the default
+/// location with a warning rather than writing somewhere unexpected.
+pub(super) fn config_dir() -> String {
+    let program_data = std::env::var("ProgramData").ok();
+    observe_windows::config_dir_from(program_data.as_deref()).unwrap_or_else(|why| {
+        log::warn!("{why}; using C:\\ProgramData\\wgmesh");
+        r"C:\ProgramData\wgmesh".to_string()
+    })
+}
 
-fn config_path(name: &InterfaceName) -> PathBuf {
-    PathBuf::from(format!(r"{CONFIG_DIR}\{name}.conf"))
+pub(super) fn config_path(name: &InterfaceName) -> PathBuf {
+    PathBuf::from(format!(r"{}\{name}.conf", config_dir()))
+}
+
+/// `powershell.exe` running a fixed script. Values reach the script only through
+/// environment variables (`$env:WGMESH_DIR`), never by being pasted into its text, so no
+/// path can be read as code.
+fn powershell(script: &str) -> Command {
+    Command::new("powershell.exe").args(["-NoProfile", "-NonInteractive", "-Command", script])
+}
+
+/// Creates the configuration folder already protected, when it does not exist: .NET's
+/// `Directory.CreateDirectory(path, DirectorySecurity)` applies the security descriptor as
+/// the folder is created, so there is no moment in which `%ProgramData%`'s inherited ACL
+/// (Users may create files) applies to it. An existing folder is left as it is: the agent
+/// then checks its ACL ([`config_dir_acl_command`]) and refuses a wrong one before writing.
+pub(super) fn create() -> Plan {
+    let script = format!(
+        "$ErrorActionPreference = \"Stop\"; \
+         if (-not (Test-Path -LiteralPath $env:WGMESH_DIR)) {{ \
+         $acl = New-Object System.Security.AccessControl.DirectorySecurity; \
+         $acl.SetSecurityDescriptorSddlForm(\"{}\"); \
+         [void][System.IO.Directory]::CreateDirectory($env:WGMESH_DIR, $acl) }}",
+        observe_windows::CONFIG_DIR_SDDL
+    );
+    Plan::of(vec![powershell(&script).env("WGMESH_DIR", config_dir())])
+}
+
+/// Prints the configuration folder's security descriptor as SDDL, for
+/// [`observe_windows::check_config_dir_sddl`].
+pub(super) fn config_dir_acl_command() -> Command {
+    powershell("(Get-Acl -LiteralPath $env:WGMESH_DIR).Sddl").env("WGMESH_DIR", config_dir())
 }
 
 pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
+    // The file inherits the folder's protected ACL (SYSTEM and Administrators only), which
+    // [`create`] set and the agent checked before this plan writes the private key.
     let path = config_path(&spec.name);
-    let config = crate::os::wgquick::render_tunnel_service(spec, peers);
+    let config = super::wgquick::render_tunnel_service(spec, peers);
     Plan {
         files: vec![PlannedFile::private(
             path.clone(),
             Payload::Secret(Secret::new("tunnel configuration", config.into_bytes())),
         )],
-        commands: vec![
-            // Mode 0600 means nothing on Windows, and C:\ProgramData lets Users read what is
-            // created there: drop the inherited ACL and leave only SYSTEM (S-1-5-18) and
-            // Administrators (S-1-5-32-544) on the file holding the private key.
-            Command::new("icacls").args([
-                path.display().to_string(),
-                "/inheritance:r".into(),
-                "/grant:r".into(),
-                "*S-1-5-18:F".into(),
-                "*S-1-5-32-544:F".into(),
-            ]),
-            Command::new("wireguard.exe")
-                .arg("/installtunnelservice")
-                .arg(path.display().to_string()),
-        ],
+        commands: vec![Command::new("wireguard.exe")
+            .arg("/installtunnelservice")
+            .arg(path.display().to_string())],
     }
 }
 
@@ -86,74 +112,16 @@ pub(super) fn routes(real_name: &InterfaceName, add: &[IpNet], remove: &[IpNet])
 }
 
 pub(super) fn destroy(real_name: &InterfaceName) -> Plan {
-    // Removing the service removes the adapter and every route through it.
-    Plan::of(vec![Command::new("wireguard.exe")
-        .args(["/uninstalltunnelservice", real_name.as_str()])
-        .tolerate_failure()])
-}
-
-/// `route VERB ADDR MASK 255.255.255.255 GW`: a host route via the physical gateway; Windows
-/// picks the interface that reaches the gateway.
-fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -> Command {
-    Command::new("route").args([
-        verb,
-        &addr.to_string(),
-        "MASK",
-        "255.255.255.255",
-        &gateway.to_string(),
+    // Removing the service removes the adapter and every route through it; the configuration
+    // (with the private key) goes too, so nothing of the tunnel is left after `down`.
+    Plan::of(vec![
+        Command::new("wireguard.exe")
+            .args(["/uninstalltunnelservice", real_name.as_str()])
+            .tolerate_failure(),
+        powershell(
+            "Remove-Item -LiteralPath $env:WGMESH_FILE -Force -ErrorAction SilentlyContinue",
+        )
+        .env("WGMESH_FILE", config_path(real_name).display().to_string())
+        .tolerate_failure(),
     ])
-}
-
-pub(super) fn full_tunnel_on(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands = vec![exit_peer_update(
-        "wg.exe",
-        real_name,
-        vec![],
-        exit_peer,
-        true,
-    )];
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(
-            pinned_route("ADD", addr, gateway).or_else(pinned_route("CHANGE", addr, gateway)),
-        );
-    }
-    for half in half_defaults() {
-        commands.push(ensure_netsh_route(&IpNet::V4(half), real_name));
-    }
-    // IPv6 into the tunnel too: carried when the exit offers ::/0, dropped otherwise.
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(ensure_netsh_route(&IpNet::V6(half), real_name).tolerate_failure());
-    }
-    Plan::of(commands)
-}
-
-pub(super) fn full_tunnel_off(
-    real_name: &InterfaceName,
-    exit_peer: &PeerSpec,
-    keep_outside: &[IpAddr],
-    gateway: Ipv4Addr,
-) -> Plan {
-    let mut commands: Vec<Command> = half_defaults()
-        .iter()
-        .map(|half| netsh_route("delete", &IpNet::V4(*half), real_name).tolerate_failure())
-        .collect();
-    for half in half_defaults_v6(exit_peer, keep_outside) {
-        commands.push(netsh_route("delete", &IpNet::V6(half), real_name).tolerate_failure());
-    }
-    for addr in pinned_v4(exit_peer, keep_outside) {
-        commands.push(pinned_route("DELETE", addr, gateway).tolerate_failure());
-    }
-    commands.push(exit_peer_update(
-        "wg.exe",
-        real_name,
-        vec![],
-        exit_peer,
-        false,
-    ));
-    Plan::of(commands)
 }

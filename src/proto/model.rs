@@ -18,6 +18,9 @@ fn yes() -> bool {
     true
 }
 
+/// Most extra prefixes (`allowed_ips`) one peer may advertise; the server refuses more.
+pub const MAX_ALLOWED_IPS: usize = 64;
+
 /// `POST /register`: a peer announces its public key and asks for its mesh address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,6 @@
 //! The coordination server (design 3.1.1): registration, IPAM, peer discovery, health
-//! checks and persistence, served over HTTP on plain std threads.
+//! checks and persistence, served over HTTP or HTTPS (rustls) by our own small HTTP/1.1
+//! layer (`http`) on plain std threads.
 //!
 //! Threads: one accepts connections, one per open connection serves requests, and one
 //! sweeper marks silent peers offline and compacts the store on each `sweep_interval`.

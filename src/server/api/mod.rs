@@ -14,7 +14,6 @@ mod peer;
 mod replica;
 
 pub use error::{parse_body, parse_json, Refusal};
-pub use peer::MAX_ALLOWED_IPS;
 pub use replica::{listen_loop, Replica};
 
 use super::http::{Body, Handler, Request, Response};

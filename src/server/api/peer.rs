@@ -5,19 +5,18 @@ use super::error::{ok_json, parse_body, too_many, unknown_peer, Refusal};
 use super::{lock, Api, Authed};
 use crate::proto::model::{
     DeregisterRequest, HeartbeatRequest, RegisterRequest, RegisterResponse, SuccessResponse,
+    MAX_ALLOWED_IPS,
 };
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::{Body, Request, Response};
 use crate::server::ipam::IpamError;
 use crate::server::registry::{Prepared, Registration};
-use crate::server::store::JournalEntry;
+use crate::server::store::{JournalEntry, PeerRecord};
+use crate::server::tokens::TokenRecord;
 use crate::types::PeerId;
 use ipnet::{IpNet, Ipv4Net};
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
-
-/// Most extra prefixes one peer may advertise.
-pub const MAX_ALLOWED_IPS: usize = 64;
 
 /// Validates advertised prefixes: bounded, normalized, no default route unless an exit node,
 /// and never overlapping the mesh (which would let a peer capture others' addresses).
@@ -65,6 +64,27 @@ fn check_allowed_ips(
     Ok(out)
 }
 
+/// A registration that passed every check and was made durable (or needed nothing).
+enum Stored {
+    /// Same key, same details: nothing written; counts as a heartbeat.
+    Unchanged(PeerRecord),
+    /// A new or changed record, journaled and committed.
+    Written {
+        record: PeerRecord,
+        fresh_address: bool,
+        /// The join token redeemed for it, if any.
+        token: Option<TokenRecord>,
+    },
+}
+
+/// Why a registration was not stored.
+enum Refused {
+    /// Missing or unusable join token: audited as an authentication failure.
+    Auth(u16, String),
+    /// Anything else (pool exhausted, storage failure).
+    Other(Refusal),
+}
+
 impl Api {
     pub(super) fn register(
         &self,
@@ -96,7 +116,7 @@ impl Api {
         let network = lock(&self.registry).network();
         let mesh6 = crate::proto::mesh6::prefix(&self.server_public_key);
         let allowed_ips = check_allowed_ips(&body, network, mesh6)?;
-        let mut registration = Registration {
+        let registration = Registration {
             public_key: body.public_key,
             hostname: body.hostname,
             os: body.os,
@@ -112,130 +132,27 @@ impl Api {
             let token = body.token.as_deref();
             return self.register_replica(r, req, key, registration, token, now, network);
         }
-        let mut guard = lock(&self.store);
-        let store = guard.as_mut().expect("the JSON store, without replicas");
-        let known = lock(&self.registry).knows(&key);
-        // A known key proves ownership with its MAC and keeps the tags it joined with; a new
-        // key needs an invitation, which is checked here but used up only once all else passed.
-        let mut tokens = lock(&self.trust.tokens);
-        let redeemed: Result<_, (u16, String)> = match &body.token {
-            _ if known => Ok(None),
-            None if self.trust.open => Ok(None),
-            None => Err((
-                401,
-                "a join token is required to register a new key: pass --token \
-                 (create one with `wgmesh token create` on the server)"
-                    .to_owned(),
-            )),
-            Some(text) => {
-                let mut next = tokens.store.clone();
-                match next.redeem_record(text, now) {
-                    Ok(record) => {
-                        let record = record.clone();
-                        registration.tags = record.tags.clone();
-                        Ok(Some((next, record)))
-                    }
-                    Err(e) => Err((e.http_status(), e.to_string())),
-                }
-            }
-        };
-        let redeemed = match redeemed {
-            Ok(r) => r,
-            Err((status, why)) => {
-                // Audit outside the locks: a refusal must not hold up other registrations.
-                drop(tokens);
-                drop(guard);
+        // Decide and make durable under the locks; log, count and audit after releasing them.
+        let record = match self.store_registration(registration, body.token.as_deref(), now) {
+            Err(Refused::Auth(status, why)) => {
                 self.auth_failed(req, Some(key), None, &why);
                 return Err(Refusal(status, why));
             }
-        };
-        let prepared = lock(&self.registry)
-            .prepare(&registration, now)
-            .map_err(|e| match e {
-                IpamError::Exhausted(_) => Refusal(503, e.to_string()),
-                other => Refusal(500, other.to_string()),
-            })?;
-        let record = match &prepared {
-            Prepared::Unchanged(record) => {
-                drop(tokens);
-                drop(guard);
+            Err(Refused::Other(refusal)) => return Err(refusal),
+            Ok(Stored::Unchanged(record)) => {
                 lock(&self.registry).heartbeat(&record.id, None, source, now);
                 self.metrics
                     .registrations_repeat
                     .fetch_add(1, Ordering::Relaxed);
-                record.clone()
+                record
             }
-            Prepared::Write {
+            Ok(Stored::Written {
                 record,
                 fresh_address,
-            } => {
-                let previous = tokens.store.clone();
-                if let Some((next, _)) = &redeemed {
-                    if let Err(e) = tokens.replace(next.clone()) {
-                        lock(&self.registry).abort(&prepared);
-                        log::error!("cannot save the token file: {e}");
-                        return Err(Refusal(
-                            500,
-                            format!("registration could not be stored: {e}"),
-                        ));
-                    }
-                }
-                let entry = JournalEntry::Put {
-                    peer: record.clone(),
-                };
-                if let Err(e) = store.append(&entry) {
-                    lock(&self.registry).abort(&prepared);
-                    if redeemed.is_some() {
-                        let _ = tokens.replace(previous);
-                    }
-                    log::error!("registration of {} failed: {e}", record.public_key);
-                    return Err(Refusal(
-                        500,
-                        format!("registration could not be stored: {e}"),
-                    ));
-                }
-                lock(&self.registry).commit(record.clone());
-                drop(tokens);
-                drop(guard);
-                let counter = if *fresh_address {
-                    log::info!(
-                        "registered {} ({}) as {} at {}",
-                        record.id,
-                        record.hostname,
-                        record.virtual_ip,
-                        record
-                            .published_endpoint()
-                            .map_or("unknown endpoint".into(), |e| e.to_string())
-                    );
-                    &self.metrics.registrations_new
-                } else {
-                    log::info!(
-                        "updated registration of {} ({})",
-                        record.id,
-                        record.hostname
-                    );
-                    &self.metrics.registrations_repeat
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                let mut event = AuditEvent::new(AuditKind::Registration, now)
-                    .source(req.remote)
-                    .peer_key(record.public_key)
-                    .detail(format!(
-                        "{} {} as {} with tags {}",
-                        if *fresh_address {
-                            "registered"
-                        } else {
-                            "re-registered"
-                        },
-                        record.hostname,
-                        record.virtual_ip,
-                        crate::server::policy::describe_tags(&record.tags)
-                    ));
-                if let Some((_, token)) = &redeemed {
-                    event = event.token(token.id.clone());
-                }
-                self.trust.audit(event);
-                record.clone()
+                token,
+            }) => {
+                self.announce_registration(req, &record, fresh_address, token, now);
+                record
             }
         };
         Ok(ok_json(&RegisterResponse {
@@ -246,6 +163,137 @@ impl Api {
             server_public_key: self.server_public_key,
             dns_name: record.dns_name,
         }))
+    }
+
+    /// Prepares a registration and, if it changes anything, commits it: the token
+    /// redemption (if any) saved first, then the journal entry, then the registry. Holds the
+    /// store lock (the write order) and the token lock throughout, so nothing interleaves;
+    /// a failure at any point undoes what was done before it. A known key keeps the tags it
+    /// joined with; a new key needs a join token unless the server is open.
+    fn store_registration(
+        &self,
+        mut registration: Registration,
+        token: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Stored, Refused> {
+        let mut guard = lock(&self.store);
+        let store = guard.as_mut().expect("the JSON store, without replicas");
+        let mut tokens = lock(&self.trust.tokens);
+        let known = lock(&self.registry).knows(&registration.public_key);
+        let redeemed = match token {
+            _ if known => None,
+            None if self.trust.open => None,
+            None => {
+                return Err(Refused::Auth(
+                    401,
+                    "a join token is required to register a new key: pass --token \
+                     (create one with `wgmesh token create` on the server)"
+                        .to_owned(),
+                ))
+            }
+            Some(text) => {
+                let mut next = tokens.store.clone();
+                let record = next
+                    .redeem_record(text, now)
+                    .map_err(|e| Refused::Auth(e.http_status(), e.to_string()))?
+                    .clone();
+                registration.tags = record.tags.clone();
+                Some((next, record))
+            }
+        };
+        let prepared = lock(&self.registry)
+            .prepare(&registration, now)
+            .map_err(|e| {
+                Refused::Other(match e {
+                    IpamError::Exhausted(_) => Refusal(503, e.to_string()),
+                    other => Refusal(500, other.to_string()),
+                })
+            })?;
+        let (record, fresh_address) = match &prepared {
+            Prepared::Unchanged(record) => return Ok(Stored::Unchanged(record.clone())),
+            Prepared::Write {
+                record,
+                fresh_address,
+            } => (record.clone(), *fresh_address),
+        };
+        let failed = |e: std::io::Error| {
+            log::error!("registration of {} failed: {e}", record.public_key);
+            Refused::Other(Refusal(
+                500,
+                format!("registration could not be stored: {e}"),
+            ))
+        };
+        let previous = tokens.store.clone();
+        if let Some((next, _)) = &redeemed {
+            if let Err(e) = tokens.replace(next.clone()) {
+                lock(&self.registry).abort(&prepared);
+                return Err(failed(e));
+            }
+        }
+        if let Err(e) = store.append(&JournalEntry::Put {
+            peer: record.clone(),
+        }) {
+            lock(&self.registry).abort(&prepared);
+            if redeemed.is_some() {
+                let _ = tokens.replace(previous);
+            }
+            return Err(failed(e));
+        }
+        lock(&self.registry).commit(record.clone());
+        Ok(Stored::Written {
+            record,
+            fresh_address,
+            token: redeemed.map(|(_, token)| token),
+        })
+    }
+
+    /// Logs, counts and audits a registration that was stored.
+    fn announce_registration(
+        &self,
+        req: &Request,
+        record: &PeerRecord,
+        fresh_address: bool,
+        token: Option<TokenRecord>,
+        now: SystemTime,
+    ) {
+        let counter = if fresh_address {
+            log::info!(
+                "registered {} ({}) as {} at {}",
+                record.id,
+                record.hostname,
+                record.virtual_ip,
+                record
+                    .published_endpoint()
+                    .map_or("unknown endpoint".into(), |e| e.to_string())
+            );
+            &self.metrics.registrations_new
+        } else {
+            log::info!(
+                "updated registration of {} ({})",
+                record.id,
+                record.hostname
+            );
+            &self.metrics.registrations_repeat
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut event = AuditEvent::new(AuditKind::Registration, now)
+            .source(req.remote)
+            .peer_key(record.public_key)
+            .detail(format!(
+                "{} {} as {} with tags {}",
+                if fresh_address {
+                    "registered"
+                } else {
+                    "re-registered"
+                },
+                record.hostname,
+                record.virtual_ip,
+                crate::server::policy::describe_tags(&record.tags)
+            ));
+        if let Some(token) = token {
+            event = event.token(token.id);
+        }
+        self.trust.audit(event);
     }
 
     pub(super) fn heartbeat(

@@ -1,8 +1,10 @@
 //! Request and response authentication between a peer and the coordination server.
 //!
-//! wgmesh talks plain HTTP, so anything on the path could forge a registration ("this is my
-//! key, route me your traffic") or a peer list ("here is a new peer, trust it"). Instead of
-//! adding TLS and a PKI, both ends reuse keys they already have: the server's static X25519
+//! The control plane may run as plain HTTP (HTTPS is optional: `--tls-cert`/`--tls-key`), and
+//! even over TLS a misissued certificate would let a man in the middle forge a registration
+//! ("this is my key, route me your traffic") or a peer list ("here is a new peer, trust it").
+//! So, whatever the transport, both ends authenticate with keys they already have: the
+//! server's static X25519
 //! key (pinned by every agent at join time) and each peer's WireGuard key. The X25519 shared
 //! secret between the two is known only to those two key owners, so a MAC keyed from it
 //! proves "the owner of this public key sent this" in both directions.
@@ -54,11 +56,10 @@ use base64::Engine as _;
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+
 use std::fmt;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -101,7 +102,7 @@ pub const DEFAULT_REPLAY_CAPACITY: usize = 1 << 18;
 /// Length of the random nonce, in bytes: 128 bits never collide by chance.
 pub const NONCE_LEN: usize = 16;
 
-const MAC_LEN: usize = 32;
+pub(super) const MAC_LEN: usize = 32;
 const MAX_TIMESTAMP_DIGITS: usize = 19;
 
 /// Why a request or response was refused. Each message says what went wrong and what to
@@ -209,7 +210,7 @@ impl std::error::Error for AuthError {}
 /// Private: derived afresh per call (one X25519 operation, tens of microseconds), which is
 /// cheap next to an HTTP request; cache per key here if profiling ever says otherwise.
 #[derive(Clone)]
-struct MacKeys {
+pub(super) struct MacKeys {
     request: [u8; 32],
     response: [u8; 32],
 }
@@ -274,11 +275,11 @@ impl MacKeys {
     }
 }
 
-fn body_hash_hex(body: &[u8]) -> String {
+pub(super) fn body_hash_hex(body: &[u8]) -> String {
     body_parts_hash_hex(&[body])
 }
 
-fn body_parts_hash_hex(parts: &[&[u8]]) -> String {
+pub(super) fn body_parts_hash_hex(parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part);
@@ -286,7 +287,7 @@ fn body_parts_hash_hex(parts: &[&[u8]]) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn unix_secs(now: SystemTime) -> u64 {
+pub(super) fn unix_secs(now: SystemTime) -> u64 {
     // A clock before 1970 is broken; treating it as 0 makes every timestamp "stale" with a
     // message pointing at the clock, which is the right diagnosis.
     now.duration_since(UNIX_EPOCH)
@@ -294,7 +295,7 @@ fn unix_secs(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn check_request_line(method: &str, path: &str) -> Result<(), AuthError> {
+pub(super) fn check_request_line(method: &str, path: &str) -> Result<(), AuthError> {
     for (what, text) in [("method", method), ("path", path)] {
         if text.chars().any(char::is_control) {
             return Err(AuthError::MalformedRequestLine(format!(
@@ -306,7 +307,7 @@ fn check_request_line(method: &str, path: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-fn request_canonical(
+pub(super) fn request_canonical(
     method: &str,
     path: &str,
     timestamp: &str,
@@ -320,122 +321,25 @@ fn request_canonical(
     )
 }
 
-fn response_canonical(status: u16, nonce: &str, body: &[u8]) -> String {
+pub(super) fn response_canonical(status: u16, nonce: &str, body: &[u8]) -> String {
     response_canonical_parts(status, nonce, &[body])
 }
 
-fn response_canonical_parts(status: u16, nonce: &str, parts: &[&[u8]]) -> String {
+pub(super) fn response_canonical_parts(status: u16, nonce: &str, parts: &[&[u8]]) -> String {
     format!(
         "{PROTOCOL_VERSION} response\n{status}\n{nonce}\n{}",
         body_parts_hash_hex(parts)
     )
 }
 
-/// Signs a request on the agent's side: returns the four headers to add to it.
-///
-/// `path` must be exactly the request target sent on the wire (path plus query), and `body`
-/// exactly the bytes sent (empty for a GET). Keep the returned [`NONCE_HEADER`] value (see
-/// [`header_value`]) to check the response with [`verify_response`]. Signing with a low-order
-/// server key is harmless (the server will refuse it), so this cannot fail; the agent's
-/// [`verify_response`] refuses such a key.
-pub fn sign_request(
-    private_key: &PrivateKey,
-    server_pub: &PublicKey,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    now: SystemTime,
-) -> Vec<(&'static str, String)> {
-    sign_with(
-        &private_key.public_key(),
-        MacKeys::for_peer(private_key, server_pub).ok().as_ref(),
-        method,
-        path,
-        body,
-        now,
-    )
-}
-
-fn sign_with(
-    key: &PublicKey,
-    keys: Option<&MacKeys>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    now: SystemTime,
-) -> Vec<(&'static str, String)> {
-    let mut nonce = [0u8; NONCE_LEN];
-    getrandom::fill(&mut nonce).expect("the operating system's random source failed");
-    let nonce = STANDARD.encode(nonce);
-    let timestamp = unix_secs(now).to_string();
-    let canonical = request_canonical(method, path, &timestamp, &nonce, key, body);
-    let mac = match keys {
-        Some(keys) => STANDARD.encode(keys.request_mac(&canonical).finalize().into_bytes()),
-        // A low-order server key: send a MAC of zeros, which the real server refuses.
-        None => STANDARD.encode([0u8; MAC_LEN]),
-    };
-    vec![
-        (KEY_HEADER, key.to_base64()),
-        (TIMESTAMP_HEADER, timestamp),
-        (NONCE_HEADER, nonce),
-        (MAC_HEADER, mac),
-    ]
-}
-
-/// The agent's side with the key agreement done once: for a client that sends many requests
-/// to the same server (a load generator, a busy agent), where [`sign_request`]'s X25519 per
-/// call would dominate.
-pub struct RequestSigner {
-    key: PublicKey,
-    keys: Option<MacKeys>,
-}
-
-impl fmt::Debug for RequestSigner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestSigner")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RequestSigner {
-    /// Derives the MAC keys of `private_key` with `server_pub` once.
-    pub fn new(private_key: &PrivateKey, server_pub: &PublicKey) -> RequestSigner {
-        RequestSigner {
-            key: private_key.public_key(),
-            keys: MacKeys::for_peer(private_key, server_pub).ok(),
-        }
-    }
-
-    /// Exactly what [`sign_request`] returns for the same key pair.
-    pub fn sign(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Vec<(&'static str, String)> {
-        sign_with(&self.key, self.keys.as_ref(), method, path, body, now)
-    }
-}
-
-/// Finds a header in a list such as [`sign_request`] returns (names compared ignoring ASCII
-/// case, as HTTP does), so the agent can pick out the nonce it sent.
-pub fn header_value<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn required<'a>(
+pub(super) fn required<'a>(
     headers: &dyn Fn(&str) -> Option<&'a str>,
     name: &'static str,
 ) -> Result<&'a str, AuthError> {
     headers(name).ok_or(AuthError::MissingHeader(name))
 }
 
-fn decode_fixed<const N: usize>(
+pub(super) fn decode_fixed<const N: usize>(
     header: &'static str,
     value: &str,
     what: &str,
@@ -451,7 +355,7 @@ fn decode_fixed<const N: usize>(
     bytes.try_into().map_err(|_| bad())
 }
 
-fn parse_timestamp(value: &str) -> Result<u64, AuthError> {
+pub(super) fn parse_timestamp(value: &str) -> Result<u64, AuthError> {
     let ok = !value.is_empty()
         && value.len() <= MAX_TIMESTAMP_DIGITS
         && value.bytes().all(|b| b.is_ascii_digit());
@@ -463,342 +367,20 @@ fn parse_timestamp(value: &str) -> Result<u64, AuthError> {
         })
 }
 
-/// Verifies a request on the server's side and returns the public key that signed it.
-///
-/// `headers` looks a header up by name; it must ignore ASCII case as HTTP requires (tiny_http's
-/// header fields already compare that way). Checks run cheapest first: headers present and
-/// well-formed, timestamp within the cache's skew, MAC, and only then the replay cache, so a
-/// stranger without a valid MAC can never insert nonces. The caller must still check that the
-/// returned key is the one the request is about (e.g. the key in a register body, or the key
-/// registered under the peer id being heartbeated).
-pub fn verify_request<'a>(
-    server_private: &PrivateKey,
-    headers: &dyn Fn(&str) -> Option<&'a str>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    now: SystemTime,
-    replay: &ReplayCache,
-) -> Result<PublicKey, AuthError> {
-    verify_with(
-        &|key| MacKeys::for_server(server_private, key),
-        headers,
-        method,
-        path,
-        body,
-        now,
-        replay,
-    )
-    .map(|(key, _)| key)
-}
+mod agent;
+mod replay;
+mod server;
 
-fn verify_with<'a>(
-    derive: &dyn Fn(&PublicKey) -> Result<MacKeys, AuthError>,
-    headers: &dyn Fn(&str) -> Option<&'a str>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    now: SystemTime,
-    replay: &ReplayCache,
-) -> Result<(PublicKey, MacKeys), AuthError> {
-    let key_text = required(headers, KEY_HEADER)?;
-    let timestamp = required(headers, TIMESTAMP_HEADER)?;
-    let nonce_text = required(headers, NONCE_HEADER)?;
-    let mac_text = required(headers, MAC_HEADER)?;
-
-    let key = PublicKey::from_base64(key_text).map_err(|e| AuthError::MalformedHeader {
-        header: KEY_HEADER,
-        reason: e.0,
-    })?;
-    let ts = parse_timestamp(timestamp)?;
-    let nonce: [u8; NONCE_LEN] = decode_fixed(NONCE_HEADER, nonce_text, "a random nonce")?;
-    let mac: [u8; MAC_LEN] = decode_fixed(MAC_HEADER, mac_text, "an HMAC-SHA256")?;
-    check_request_line(method, path)?;
-
-    let now_secs = unix_secs(now);
-    let offset = i128::from(ts) - i128::from(now_secs);
-    let max = replay.max_skew_secs();
-    if offset.unsigned_abs() > u128::from(max) {
-        return Err(AuthError::ClockSkew {
-            offset_secs: offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
-            max_secs: max,
-        });
-    }
-
-    let keys = derive(&key)?;
-    let canonical = request_canonical(method, path, timestamp, nonce_text, &key, body);
-    keys.request_mac(&canonical)
-        .verify_slice(&mac)
-        .map_err(|_| AuthError::BadMac(key))?;
-
-    replay.check_and_remember(nonce, ts, now_secs)?;
-    Ok((key, keys))
-}
-
-/// Most peers whose derived MAC keys [`ServerAuth`] keeps: 65,536 entries of 64 bytes plus
-/// the map's overhead stay in the low megabytes, and cover a large mesh.
-pub const MAX_CACHED_PEER_KEYS: usize = 1 << 16;
-
-/// The server's side of the protocol with the X25519 work cached: one key agreement per peer
-/// rather than per request, which would otherwise cost more than the rest of a heartbeat.
-///
-/// Keys are remembered only after a request verified with them, so strangers sending forged
-/// requests cannot fill the cache (they still pay, and cost the server, one X25519 each, which
-/// the failed-authentication rate limit bounds). When full, the cache starts over.
-pub struct ServerAuth {
-    private: PrivateKey,
-    public: PublicKey,
-    replay: ReplayCache,
-    keys: Mutex<std::collections::HashMap<PublicKey, MacKeys>>,
-}
-
-impl fmt::Debug for ServerAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerAuth")
-            .field("public", &self.public)
-            .field("replay", &self.replay)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerAuth {
-    /// The server's key and the replay cache whose skew window requests must fall within.
-    pub fn new(private: PrivateKey, replay: ReplayCache) -> ServerAuth {
-        ServerAuth {
-            public: private.public_key(),
-            private,
-            replay,
-            keys: Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// The server's public key, as `/key` and `/register` announce it.
-    pub fn public_key(&self) -> PublicKey {
-        self.public
-    }
-
-    fn cached(&self, peer: &PublicKey) -> Option<MacKeys> {
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(peer)
-            .cloned()
-    }
-
-    fn remember(&self, peer: PublicKey, keys: MacKeys) {
-        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_CACHED_PEER_KEYS && !map.contains_key(&peer) {
-            map.clear();
-        }
-        map.insert(peer, keys);
-    }
-
-    /// [`verify_request`] with this server's key, replay cache and key cache.
-    pub fn verify_request<'a>(
-        &self,
-        headers: &dyn Fn(&str) -> Option<&'a str>,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        now: SystemTime,
-    ) -> Result<PublicKey, AuthError> {
-        let derive = |key: &PublicKey| match self.cached(key) {
-            Some(keys) => Ok(keys),
-            None => MacKeys::for_server(&self.private, key),
-        };
-        let (key, keys) = verify_with(&derive, headers, method, path, body, now, &self.replay)?;
-        if self.cached(&key).is_none() {
-            self.remember(key, keys);
-        }
-        Ok(key)
-    }
-
-    /// [`sign_response_parts`] with this server's key, reusing the cached keys of `peer`.
-    pub fn sign_response_parts(
-        &self,
-        peer: &PublicKey,
-        request_nonce: &str,
-        status: u16,
-        parts: &[&[u8]],
-    ) -> Vec<(&'static str, String)> {
-        let keys = self
-            .cached(peer)
-            .map(Ok)
-            .unwrap_or_else(|| MacKeys::for_server(&self.private, peer));
-        let canonical = response_canonical_parts(status, request_nonce, parts);
-        let mac = match keys {
-            Ok(keys) => STANDARD.encode(keys.response_mac(&canonical).finalize().into_bytes()),
-            Err(_) => STANDARD.encode([0u8; MAC_LEN]),
-        };
-        vec![(RESPONSE_MAC_HEADER, mac)]
-    }
-}
-
-/// Signs a response on the server's side: returns the [`RESPONSE_MAC_HEADER`] to add.
-///
-/// `peer` is the key [`verify_request`] returned and `request_nonce` the request's
-/// [`NONCE_HEADER`] value; `body` must be exactly the bytes sent. Sign every response to an
-/// authenticated request, errors included, so the agent can trust the error too.
-pub fn sign_response(
-    server_private: &PrivateKey,
-    peer: &PublicKey,
-    request_nonce: &str,
-    status: u16,
-    body: &[u8],
-) -> Vec<(&'static str, String)> {
-    sign_response_parts(server_private, peer, request_nonce, status, &[body])
-}
-
-/// Like [`sign_response`], for a body sent as several slices (the server's cached peer list
-/// minus the caller's own entry goes out as two slices of a shared buffer): the MAC covers
-/// their concatenation, so the server never has to copy the list just to sign it.
-pub fn sign_response_parts(
-    server_private: &PrivateKey,
-    peer: &PublicKey,
-    request_nonce: &str,
-    status: u16,
-    parts: &[&[u8]],
-) -> Vec<(&'static str, String)> {
-    let canonical = response_canonical_parts(status, request_nonce, parts);
-    let mac = match MacKeys::for_server(server_private, peer) {
-        Ok(keys) => STANDARD.encode(keys.response_mac(&canonical).finalize().into_bytes()),
-        // verify_request never accepts a low-order key; if called anyway, sign nothing useful.
-        Err(_) => STANDARD.encode([0u8; MAC_LEN]),
-    };
-    vec![(RESPONSE_MAC_HEADER, mac)]
-}
-
-/// Verifies a response on the agent's side against the pinned server key.
-///
-/// `request_nonce` is the [`NONCE_HEADER`] value this agent sent; `headers` looks up the
-/// response's headers (ignoring ASCII case). Until this returns `Ok`, the body is untrusted:
-/// it may be a forged peer list injected on the path.
-pub fn verify_response<'a>(
-    private_key: &PrivateKey,
-    server_pub: &PublicKey,
-    request_nonce: &str,
-    status: u16,
-    headers: &dyn Fn(&str) -> Option<&'a str>,
-    body: &[u8],
-) -> Result<(), AuthError> {
-    let keys = MacKeys::for_peer(private_key, server_pub)?;
-    let bad = || AuthError::BadResponseMac(*server_pub);
-    let mac_text = headers(RESPONSE_MAC_HEADER).ok_or_else(bad)?;
-    let mac: [u8; MAC_LEN] =
-        decode_fixed(RESPONSE_MAC_HEADER, mac_text, "an HMAC-SHA256").map_err(|_| bad())?;
-    let canonical = response_canonical(status, request_nonce, body);
-    keys.response_mac(&canonical)
-        .verify_slice(&mac)
-        .map_err(|_| bad())
-}
-
-/// Remembers the nonces of accepted requests for as long as their timestamps stay acceptable,
-/// so each signed request is accepted at most once.
-///
-/// The clock-skew window lives here too, because the two must agree: a nonce has to be
-/// remembered until its timestamp would be refused as stale anyway (timestamp + skew), and no
-/// longer. Memory is bounded by `capacity`; expired nonces are evicted on every insert. When
-/// the cache is full of live nonces, requests are refused with [`AuthError::ReplayCacheFull`]
-/// (fail closed). Thread-safe: one `Mutex`, held for a hash-set insert.
-///
-/// The cache lives in memory: after a server restart, a request captured in the last
-/// `max_skew` seconds could be replayed once. Requests are idempotent (register, heartbeat,
-/// list), which is why this is accepted rather than persisted.
-pub struct ReplayCache {
-    max_skew_secs: u64,
-    capacity: usize,
-    inner: Mutex<ReplayInner>,
-}
-
-#[derive(Default)]
-struct ReplayInner {
-    seen: HashSet<[u8; NONCE_LEN]>,
-    expiry: BinaryHeap<Reverse<(u64, [u8; NONCE_LEN])>>,
-}
-
-impl ReplayCache {
-    /// Builds a cache accepting timestamps within `max_skew` of the server clock (rounded down
-    /// to whole seconds) and remembering at most `capacity` nonces.
-    pub fn new(max_skew: Duration, capacity: usize) -> ReplayCache {
-        ReplayCache {
-            max_skew_secs: max_skew.as_secs(),
-            capacity,
-            inner: Mutex::new(ReplayInner::default()),
-        }
-    }
-
-    /// The accepted clock skew in seconds, which [`verify_request`] applies.
-    pub fn max_skew_secs(&self) -> u64 {
-        self.max_skew_secs
-    }
-
-    /// How many nonces are remembered right now (expired ones included until the next insert),
-    /// for metrics.
-    pub fn len(&self) -> usize {
-        self.lock().seen.len()
-    }
-
-    /// Whether no nonce is remembered, for metrics and tests.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayInner> {
-        // A panic while holding the lock leaves at worst one nonce without an expiry entry;
-        // refusing every later request would be far worse.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn check_and_remember(
-        &self,
-        nonce: [u8; NONCE_LEN],
-        timestamp: u64,
-        now: u64,
-    ) -> Result<(), AuthError> {
-        let mut inner = self.lock();
-        while let Some(Reverse((expires, old))) = inner.expiry.peek().copied() {
-            if expires >= now {
-                break;
-            }
-            inner.expiry.pop();
-            inner.seen.remove(&old);
-        }
-        if inner.seen.contains(&nonce) {
-            return Err(AuthError::Replayed);
-        }
-        if inner.seen.len() >= self.capacity {
-            return Err(AuthError::ReplayCacheFull);
-        }
-        inner.seen.insert(nonce);
-        let expires = timestamp.saturating_add(self.max_skew_secs);
-        inner.expiry.push(Reverse((expires, nonce)));
-        Ok(())
-    }
-}
-
-impl Default for ReplayCache {
-    /// [`DEFAULT_MAX_CLOCK_SKEW_SECS`] and [`DEFAULT_REPLAY_CAPACITY`].
-    fn default() -> Self {
-        ReplayCache::new(
-            Duration::from_secs(DEFAULT_MAX_CLOCK_SKEW_SECS),
-            DEFAULT_REPLAY_CAPACITY,
-        )
-    }
-}
-
-impl fmt::Debug for ReplayCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplayCache")
-            .field("max_skew_secs", &self.max_skew_secs)
-            .field("capacity", &self.capacity)
-            .field("len", &self.len())
-            .finish()
-    }
-}
+pub use agent::{header_value, sign_request, verify_response, RequestSigner};
+pub use replay::ReplayCache;
+pub use server::{
+    sign_response, sign_response_parts, verify_request, ServerAuth, MAX_CACHED_PEER_KEYS,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     struct Setup {
         server: PrivateKey,
@@ -939,6 +521,29 @@ mod tests {
         let headers = signer.sign("GET", "/peers?peer_id=x", b"", s.now);
         let key = verify(&s, &headers, "GET", "/peers?peer_id=x", b"", s.now, &cache).unwrap();
         assert_eq!(key, s.peer.public_key());
+        // ... and checks answers as verify_response does: the server's MAC passes, a changed
+        // body or status does not.
+        let nonce = header_value(&headers, NONCE_HEADER).unwrap();
+        let answer = sign_response(&s.server, &s.peer.public_key(), nonce, 200, b"{}");
+        assert_eq!(
+            signer.verify_response(nonce, 200, &lookup(&answer), b"{}"),
+            Ok(())
+        );
+        let forged = AuthError::BadResponseMac(s.server.public_key());
+        assert_eq!(
+            signer.verify_response(nonce, 200, &lookup(&answer), b"{ }"),
+            Err(forged.clone())
+        );
+        assert_eq!(
+            signer.verify_response(nonce, 404, &lookup(&answer), b"{}"),
+            Err(forged)
+        );
+        let weak = PublicKey::from_bytes([0u8; 32]);
+        let none: Vec<(&'static str, String)> = Vec::new();
+        assert_eq!(
+            RequestSigner::new(&s.peer, &weak).verify_response(nonce, 200, &lookup(&none), b""),
+            Err(AuthError::WeakKey(weak))
+        );
     }
 
     #[test]
