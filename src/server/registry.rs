@@ -392,3 +392,102 @@ pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
         last_heartbeat: time::format(p.last_heartbeat),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    fn empty() -> Registry {
+        Registry::from_snapshot(Snapshot {
+            version: FORMAT_VERSION,
+            network_cidr: "10.100.0.0/24".parse().unwrap(),
+            peers: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    fn registration(hostname: &str) -> Registration {
+        Registration {
+            public_key: PrivateKey::generate().public_key(),
+            hostname: hostname.parse().unwrap(),
+            os: "linux".parse().unwrap(),
+            endpoint: None,
+            listen_port: Some(51820),
+            exit_node: false,
+            allowed_ips: Vec::new(),
+            observed_ip: "198.18.0.9".parse().unwrap(),
+            tags: Vec::new(),
+        }
+    }
+
+    fn write(registry: &mut Registry, reg: &Registration, now: SystemTime) -> PeerRecord {
+        match registry.prepare(reg, now).unwrap() {
+            Prepared::Write { record, .. } => record,
+            Prepared::Unchanged(_) => panic!("a new key is a write"),
+        }
+    }
+
+    #[test]
+    fn a_record_from_another_replica_takes_its_address_and_name_here() {
+        let now = time::from_unix_secs(1_700_000_000);
+        let (mut here, mut there) = (empty(), empty());
+        let remote = write(&mut there, &registration("box"), now);
+        there.commit(remote.clone());
+        let before = here.generation();
+        here.apply_remote(remote.clone());
+        assert!(here.generation() > before, "peer lists are rebuilt");
+        assert_eq!(here.by_id(&remote.id), Some(&remote));
+        // The next local allocation skips the address, and the name gets a suffix.
+        let local = write(&mut here, &registration("box"), now);
+        assert_ne!(local.virtual_ip, remote.virtual_ip);
+        assert_ne!(local.dns_name, remote.dns_name);
+        // Applying the same record again changes nothing; a later heartbeat time held
+        // here is kept over an older one from the database.
+        let mut seen = remote.clone();
+        seen.last_heartbeat = now + Duration::from_secs(30);
+        here.apply_remote(seen.clone());
+        let generation = here.generation();
+        here.apply_remote(remote.clone());
+        assert_eq!(here.generation(), generation);
+        assert_eq!(
+            here.by_id(&remote.id).unwrap().last_heartbeat,
+            seen.last_heartbeat
+        );
+    }
+
+    #[test]
+    fn heartbeat_preview_says_what_others_would_see_and_changes_nothing() {
+        let now = time::from_unix_secs(1_700_000_000);
+        let mut registry = empty();
+        let reg = registration("beat");
+        let record = write(&mut registry, &reg, now);
+        registry.commit(record.clone());
+        let later = now + Duration::from_secs(5);
+        let same_ip = reg.observed_ip;
+        let (next, visible) = registry
+            .heartbeat_preview(&record.id, None, same_ip, later)
+            .unwrap();
+        assert!(!visible, "a plain heartbeat is invisible");
+        assert_eq!(next.last_heartbeat, later);
+        assert_eq!(registry.by_id(&record.id).unwrap().last_heartbeat, now);
+        let endpoint = "198.18.0.9:51999".parse().unwrap();
+        let (_, visible) = registry
+            .heartbeat_preview(&record.id, Some(endpoint), same_ip, later)
+            .unwrap();
+        assert!(visible, "a new endpoint is visible");
+        registry.sweep(later + Duration::from_secs(600), Duration::from_secs(120));
+        let (next, visible) = registry
+            .heartbeat_preview(&record.id, None, same_ip, later)
+            .unwrap();
+        assert!(visible && next.online, "coming back online is visible");
+        assert!(registry
+            .heartbeat_preview(
+                &PeerId::for_key(&PrivateKey::generate().public_key()),
+                None,
+                same_ip,
+                later
+            )
+            .is_none());
+    }
+}

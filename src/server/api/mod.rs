@@ -130,7 +130,16 @@ impl Api {
 
     /// Writes a fresh snapshot if anything changed, emptying the journal. Holds the store
     /// lock throughout so no journaled change can slip between snapshot and truncation.
+    /// A replica has no snapshot: at shutdown (`force`) it writes its batched heartbeats.
     pub fn compact(&self, force: bool) -> std::io::Result<()> {
+        if let Some(r) = &self.replica {
+            if !force {
+                return Ok(());
+            }
+            return self
+                .flush_heartbeats(r)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+        }
         let mut guard = lock(&self.store);
         let Some(store) = guard.as_mut() else {
             return Ok(());
@@ -260,7 +269,7 @@ impl Api {
         let mut owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
         if owner.is_none() && self.replica.is_some() {
             // Registered through another replica a moment ago: catch up before refusing.
-            let _ = self.catch_up();
+            self.catch_up_for_unknown();
             owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
         }
         match owner {

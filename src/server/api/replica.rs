@@ -34,7 +34,13 @@ pub struct Replica {
     seq: Mutex<i64>,
     /// Heartbeats answered here since the last flush: key -> last seen.
     pending: Mutex<HashMap<PublicKey, SystemTime>>,
+    /// When a request for an unknown peer last made this replica catch up, so a stream of
+    /// such requests costs at most one query per [`UNKNOWN_PEER_CATCH_UP`].
+    last_lookup: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a request naming an unknown peer may make the replica ask the database.
+const UNKNOWN_PEER_CATCH_UP: Duration = Duration::from_millis(100);
 
 impl Replica {
     /// A replica whose cache was loaded at sequence `seq`.
@@ -43,6 +49,7 @@ impl Replica {
             db,
             seq: Mutex::new(seq),
             pending: Mutex::new(HashMap::new()),
+            last_lookup: Mutex::new(None),
         }
     }
 }
@@ -101,6 +108,38 @@ impl Api {
         let (changes, reached) = r.db.changes_since(*seq)?;
         self.apply_changes(changes);
         *seq = reached;
+        Ok(())
+    }
+
+    /// Catches up before answering "unknown peer" (it may have registered through another
+    /// replica a moment ago), at most once per [`UNKNOWN_PEER_CATCH_UP`].
+    pub(super) fn catch_up_for_unknown(&self) {
+        let Some(r) = &self.replica else { return };
+        let now = std::time::Instant::now();
+        {
+            let mut last = lock(&r.last_lookup);
+            if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_PEER_CATCH_UP) {
+                return;
+            }
+            *last = Some(now);
+        }
+        if let Err(e) = self.catch_up() {
+            log::debug!("cannot catch up with the database: {e}");
+        }
+    }
+
+    /// Writes the heartbeats batched since the last sweep (also at shutdown, so a clean
+    /// stop loses none).
+    pub(super) fn flush_heartbeats(&self, r: &Replica) -> Result<(), DbError> {
+        let batch: Vec<(PublicKey, SystemTime)> = lock(&r.pending).drain().collect();
+        if let Err(e) = r.db.flush_last_seen(&batch) {
+            let mut pending = lock(&r.pending);
+            for (k, t) in batch {
+                let slot = pending.entry(k).or_insert(t);
+                *slot = (*slot).max(t);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -438,14 +477,8 @@ impl Api {
     /// whole cluster offline (from the database's last-seen times, so replicas agree), catch
     /// up, and forget expired nonces.
     pub(super) fn sweep_replica(&self, r: &Replica, timeout: Duration) {
-        let batch: Vec<(PublicKey, SystemTime)> = lock(&r.pending).drain().collect();
-        if let Err(e) = r.db.flush_last_seen(&batch) {
+        if let Err(e) = self.flush_heartbeats(r) {
             log::warn!("cannot write heartbeats to the database (kept for the next sweep): {e}");
-            let mut pending = lock(&r.pending);
-            for (k, t) in batch {
-                let slot = pending.entry(k).or_insert(t);
-                *slot = (*slot).max(t);
-            }
             return;
         }
         let now = SystemTime::now();
