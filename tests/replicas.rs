@@ -703,3 +703,36 @@ fn an_agent_given_several_servers_fails_over_on_5xx_and_on_a_dead_replica() {
     drop(sick_server);
     let _ = sick_thread;
 }
+
+#[test]
+fn a_bad_url_an_unreachable_database_or_another_network_stop_the_replica_with_the_reason() {
+    let dir = TempDir::new("replicas-refused");
+    let state = dir.path().join("peers.json");
+    let refused = |extra: &[&str]| match ServerProcess::try_start(&state, extra) {
+        Ok(_) => panic!("replica started with {extra:?}"),
+        Err((code, log)) => (code, log.join("\n")),
+    };
+    let (code, log) = refused(&["--store", "mysql://x"]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+        "{log}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (code, log) = refused(&["--store", &format!("postgresql://u:p@127.0.0.1:{port}/db")]);
+    assert_eq!(code, Some(5), "{log}");
+    assert!(log.contains("unreachable"), "{log}");
+    assert!(
+        !log.contains("u:p@"),
+        "the password never reaches the log: {log}"
+    );
+
+    let pg = PgCluster::start();
+    let first = replica(&dir, "a", &pg.url(), &["--open"]);
+    assert_eq!(register(&first, &new_key(), "n").status, 200);
+    let (code, log) = refused(&["--store", &pg.url(), "--network-cidr", "10.200.0.0/16"]);
+    assert_eq!(code, Some(5), "{log}");
+    assert!(log.contains("--network-cidr 10.100.0.0/16"), "{log}");
+}

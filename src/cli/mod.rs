@@ -9,7 +9,7 @@
 //! | 2 | bad usage, configuration or input (fix the command or the file) |
 //! | 3 | the coordination server is unreachable or refused the request |
 //! | 4 | a system command (`wg`, `ip`, ...) failed |
-//! | 5 | local state could not be read or written |
+//! | 5 | local state could not be read or written (or a replica's database) |
 //! | 6 | a check failed (`netcheck`: the exit node does not carry this node's traffic) |
 
 mod admin;

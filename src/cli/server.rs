@@ -172,7 +172,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
     };
     run_until_signalled(&config).map_err(|e| {
         let code = match e {
-            ServerError::Store(_) => EXIT_STATE,
+            ServerError::Store(_) | ServerError::Database(_) => EXIT_STATE,
             ServerError::Config(_) => EXIT_USAGE,
             ServerError::Io(_) => EXIT_INTERNAL,
         };

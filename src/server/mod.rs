@@ -110,6 +110,8 @@ pub enum ServerError {
     Config(String),
     /// A socket or file could not be opened.
     Io(io::Error),
+    /// The replicas' database is unreachable or holds state this server must not use.
+    Database(String),
 }
 
 impl fmt::Display for ServerError {
@@ -118,6 +120,7 @@ impl fmt::Display for ServerError {
             ServerError::Store(e) => e.fmt(f),
             ServerError::Config(m) => f.write_str(m),
             ServerError::Io(e) => e.fmt(f),
+            ServerError::Database(m) => f.write_str(m),
         }
     }
 }
@@ -316,8 +319,11 @@ fn start_replica(
     config: &ServerConfig,
     url: &str,
 ) -> Result<(Arc<api::Api>, PrivateKey, usize, String), ServerError> {
-    let db_error = |e: pg::pool::DbError| ServerError::Config(format!("--store: {e}"));
-    let db = Arc::new(pg::PgStore::open(url).map_err(db_error)?);
+    let db_error = |e: pg::pool::DbError| ServerError::Database(format!("--store: {e}"));
+    let db = Arc::new(pg::PgStore::open(url).map_err(|e| match e {
+        pg::pool::DbError::Data(m) if m.starts_with("--store") => ServerError::Config(m),
+        other => db_error(other),
+    })?);
     let (key, secret) = db.identity(config.network, None).map_err(db_error)?;
     let (peers, seq) = db.load().map_err(db_error)?;
     let count = peers.len();
