@@ -736,3 +736,87 @@ fn a_bad_url_an_unreachable_database_or_another_network_stop_the_replica_with_th
     assert_eq!(code, Some(5), "{log}");
     assert!(log.contains("--network-cidr 10.100.0.0/16"), "{log}");
 }
+
+#[test]
+fn replicas_publish_where_agents_reach_them_and_a_dead_one_drops_out() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-list");
+    let timers = [
+        "--open",
+        "--heartbeat-timeout",
+        "2",
+        "--sweep-interval",
+        "1",
+    ];
+    let a = replica(&dir, "a", &pg.url(), &timers);
+    let b = replica(&dir, "b", &pg.url(), &timers);
+    let listed = |server: &ServerProcess| -> Vec<String> {
+        let answer = get(server, "/replicas", None);
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        answer.json["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut both = vec![a.url(""), b.url("")];
+    both.sort();
+    wait_until("both replicas are listed", 5, || listed(&a) == both);
+    assert_eq!(listed(&b), both);
+    // Both ends of a pair compute the same meeting replica from the list.
+    let (x, y) = (
+        wgmesh::keys::PrivateKey::generate().public_key(),
+        wgmesh::keys::PrivateKey::generate().public_key(),
+    );
+    let list = listed(&b);
+    assert_eq!(
+        wgmesh::proto::replicas::meeting_replica(&x, &y, &list),
+        wgmesh::proto::replicas::meeting_replica(&y, &x, &list)
+    );
+    let b_url = b.url("");
+    a.kill9();
+    wait_until("the dead replica drops out", 10, || {
+        listed(&b) == [b_url.clone()]
+    });
+}
+
+#[test]
+fn the_schema_is_versioned_migrated_at_start_and_a_newer_one_refused() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-schema");
+    let first = replica(&dir, "a", &pg.url(), &["--open"]);
+    assert_eq!(register(&first, &new_key(), "kept").status, 200);
+    first.kill9();
+    let mut db = ::postgres::Client::connect(&pg.url(), ::postgres::NoTls).unwrap();
+    let version = |db: &mut ::postgres::Client| -> i32 {
+        db.query_one("SELECT version FROM wgmesh_schema_version", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(version(&mut db), 2);
+    // Back to version 1, as an older build left it: the next start migrates it again.
+    db.batch_execute("DROP TABLE wgmesh_replicas; UPDATE wgmesh_schema_version SET version = 1")
+        .unwrap();
+    let second = replica(&dir, "b", &pg.url(), &["--open"]);
+    assert_eq!(version(&mut db), 2);
+    assert_eq!(
+        admin_peers(&second).len(),
+        1,
+        "the data survived the migration"
+    );
+    assert_eq!(get(&second, "/replicas", None).status, 200);
+    drop(second);
+    // A database written by a newer build is refused, untouched.
+    db.batch_execute("UPDATE wgmesh_schema_version SET version = 99")
+        .unwrap();
+    let state = dir.path().join("c").join("peers.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let (code, log) = match ServerProcess::try_start(&state, &["--store", &pg.url()]) {
+        Ok(_) => panic!("started on a newer schema"),
+        Err((code, log)) => (code, log.join("\n")),
+    };
+    assert_eq!(code, Some(5), "{log}");
+    assert!(log.contains("newer than this build"), "{log}");
+    assert_eq!(version(&mut db), 99);
+}

@@ -84,6 +84,10 @@ pub struct ServerArgs {
     /// exit
     #[argh(option)]
     import_to: Option<String>,
+    /// with replicas: the URL agents reach this replica at, published in GET /replicas
+    /// (default: the listen address, unless it is a wildcard such as 0.0.0.0)
+    #[argh(option)]
+    advertise: Option<crate::agent::client::ServerUrl>,
 }
 
 /// `--udp-listen`: an address, or "off".
@@ -150,6 +154,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         (None, Some(addr)) => addr.port().checked_add(1),
     };
     config.open = args.open;
+    config.advertise = args.advertise.map(|u| u.to_string());
     config.store = args
         .store
         .or_else(|| std::env::var("WGMESH_STORE").ok().filter(|s| !s.is_empty()));

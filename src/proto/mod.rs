@@ -5,4 +5,5 @@ pub mod admin;
 pub mod auth;
 pub mod mesh6;
 pub mod model;
+pub mod replicas;
 pub mod stun;

@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub tls: Option<http::TlsFiles>,
     /// `--store postgresql://...`: replicas share this database instead of the JSON file.
     pub store: Option<String>,
+    /// `--advertise URL`: where agents reach this replica, published in `GET /replicas`.
+    pub advertise: Option<String>,
 }
 
 impl ServerConfig {
@@ -97,6 +99,7 @@ impl ServerConfig {
             auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
             tls: None,
             store: None,
+            advertise: None,
         }
     }
 }
@@ -239,6 +242,9 @@ impl RunningServer {
         );
         let listener = match config.store {
             Some(_) => {
+                if let Some(url) = advertised(config, http.local_addr()) {
+                    api.advertise(url);
+                }
                 let flag = Arc::new(AtomicBool::new(false));
                 let (api, stop) = (api.clone(), flag.clone());
                 let handle = std::thread::Builder::new()
@@ -313,6 +319,20 @@ impl RunningServer {
     }
 }
 
+/// Where agents reach this replica: `--advertise`, else the listen address when it names one
+/// (a wildcard address names none, so nothing is published).
+fn advertised(config: &ServerConfig, bound: SocketAddr) -> Option<String> {
+    if config.advertise.is_some() {
+        return config.advertise.clone();
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    (!bound.ip().is_unspecified()).then(|| format!("{scheme}://{bound}"))
+}
+
 /// Opens the shared database, loads (or creates) the cluster's identity and registry, and
 /// builds this replica's API over them.
 fn start_replica(
@@ -342,7 +362,7 @@ fn start_replica(
     let publish = config.policy.is_some();
     let api = Arc::new(api::Api::new_replica(
         registry,
-        api::Replica::new(db.clone(), seq),
+        api::Replica::new(db.clone(), seq).with_ttl(config.heartbeat_timeout),
         key.clone(),
         trust,
     ));

@@ -365,6 +365,10 @@ impl Api {
                 ),
                 _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
+            "/replicas" => match method {
+                "GET" => (MetricEndpoint::Other, self.replicas_answer()),
+                _ => (MetricEndpoint::Other, wrong_method("GET")),
+            },
             "/healthz" => match method {
                 "GET" | "HEAD" => (MetricEndpoint::Healthz, Ok(self.healthz())),
                 _ => (MetricEndpoint::Healthz, wrong_method("GET")),

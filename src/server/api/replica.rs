@@ -37,12 +37,33 @@ pub struct Replica {
     /// When a request for an unknown peer last made this replica catch up, so a stream of
     /// such requests costs at most one query per [`UNKNOWN_PEER_CATCH_UP`].
     last_lookup: Mutex<Option<std::time::Instant>>,
+    /// Where agents reach this replica (`--advertise`), announced every sweep.
+    advertise: std::sync::OnceLock<String>,
+    /// How long an announcement counts: a replica silent for longer is left out of
+    /// `GET /replicas`.
+    ttl: Duration,
 }
 
 /// How often a request naming an unknown peer may make the replica ask the database.
 const UNKNOWN_PEER_CATCH_UP: Duration = Duration::from_millis(100);
 
 impl Replica {
+    /// Counts announcements for `ttl` (the heartbeat timeout: a replica is treated like a
+    /// peer).
+    pub fn with_ttl(mut self, ttl: Duration) -> Replica {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Tells the other replicas (and through `GET /replicas`, the agents) this one is alive.
+    pub fn announce(&self) {
+        if let Some(url) = self.advertise.get() {
+            if let Err(e) = self.db.announce(url) {
+                log::warn!("cannot announce this replica: {e}");
+            }
+        }
+    }
+
     /// A replica whose cache was loaded at sequence `seq`.
     pub fn new(db: Arc<PgStore>, seq: i64) -> Replica {
         Replica {
@@ -50,6 +71,8 @@ impl Replica {
             seq: Mutex::new(seq),
             pending: Mutex::new(HashMap::new()),
             last_lookup: Mutex::new(None),
+            advertise: std::sync::OnceLock::new(),
+            ttl: Duration::from_secs(120),
         }
     }
 }
@@ -495,6 +518,34 @@ impl Api {
             log::warn!("cannot catch up with the database: {e}");
         }
         let _ = r.db.purge_nonces(now);
+        r.announce();
+    }
+
+    /// Publishes where agents reach this replica (once, when the socket is bound) and
+    /// announces it at once.
+    pub fn advertise(&self, url: String) {
+        if let Some(r) = &self.replica {
+            log::info!("announcing this replica as {url}");
+            let _ = r.advertise.set(url);
+            r.announce();
+        }
+    }
+
+    /// `GET /replicas`: the replicas that announced themselves lately, for agents that must
+    /// agree on one of them (see `crate::proto::replicas`); empty on the JSON store.
+    pub(super) fn replicas_answer(&self) -> Result<Response, Refusal> {
+        let list = match &self.replica {
+            None => Vec::new(),
+            Some(r) => {
+                let since = SystemTime::now()
+                    .checked_sub(r.ttl)
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                r.db.replicas(since).map_err(|e| db_refusal(&e))?
+            }
+        };
+        Ok(ok_json(
+            &serde_json::json!({"success": true, "replicas": list}),
+        ))
     }
 
     /// The admin token endpoints on the shared database; None for other endpoints.

@@ -358,6 +358,32 @@ impl PgStore {
         })
     }
 
+    /// Records that the replica at `url` is alive now.
+    pub fn announce(&self, url: &str) -> Result<(), DbError> {
+        let now = millis(SystemTime::now());
+        let result = (|| {
+            self.pool.get()?.execute(
+                "INSERT INTO wgmesh_replicas (url, last_seen) VALUES ($1, $2)
+                 ON CONFLICT (url) DO UPDATE SET last_seen = excluded.last_seen",
+                &[&url, &now],
+            )?;
+            Ok(())
+        })();
+        self.note(result)
+    }
+
+    /// The replicas that announced themselves since `since`, sorted.
+    pub fn replicas(&self, since: SystemTime) -> Result<Vec<String>, DbError> {
+        let result = (|| {
+            let rows = self.pool.get()?.query(
+                "SELECT url FROM wgmesh_replicas WHERE last_seen >= $1 ORDER BY url",
+                &[&millis(since)],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })();
+        self.note(result)
+    }
+
     /// The join tokens, for `token list`.
     pub fn tokens(&self) -> Result<TokenStore, DbError> {
         let result = (|| load_tokens(&mut *self.pool.get()?))();

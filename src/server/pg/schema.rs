@@ -13,7 +13,7 @@ pub const MIGRATION_LOCK: i64 = 0x7767_6d65_7368_0001;
 pub const WRITE_LOCK: i64 = 0x7767_6d65_7368_0002;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each migration, in order: migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -38,6 +38,8 @@ const MIGRATIONS: &[&str] = &[
          record text NOT NULL);
      CREATE UNLOGGED TABLE wgmesh_nonces (nonce bytea PRIMARY KEY, expires bigint NOT NULL);
      CREATE INDEX wgmesh_nonces_expires ON wgmesh_nonces (expires);",
+    // 2: the replicas announce where agents reach them (for the relay's meeting replica).
+    "CREATE TABLE wgmesh_replicas (url text PRIMARY KEY, last_seen bigint NOT NULL);",
 ];
 
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a database written by a newer build.
