@@ -12,9 +12,12 @@ mod admin;
 mod error;
 mod peer;
 mod replica;
+mod replica_sync;
+mod replica_tokens;
 
 pub use error::{parse_body, parse_json, Refusal};
-pub use replica::{listen_loop, Replica};
+pub use replica::Replica;
+pub use replica_sync::listen_loop;
 
 use super::http::{Body, Handler, Request, Response};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};

@@ -12,15 +12,13 @@ use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::{Request, Response};
 use crate::server::ipam::IpamError;
 use crate::server::pg::pool::DbError;
-use crate::server::pg::{self, Change, PgStore};
-use crate::server::policy::Policy;
+use crate::server::pg::{self, PgStore};
 use crate::server::registry::{Prepared, Registration};
 use crate::server::store::PeerRecord;
 use crate::types::{PeerId, TokenId};
 use ipnet::Ipv4Net;
-use postgres::fallible_iterator::FallibleIterator;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -31,21 +29,21 @@ pub struct Replica {
     pub db: Arc<PgStore>,
     /// The sequence number the cache is current to; held while catching up or writing so
     /// the two never interleave on this replica.
-    seq: Mutex<i64>,
+    pub(super) seq: Mutex<i64>,
     /// Heartbeats answered here since the last flush: key -> last seen.
-    pending: Mutex<HashMap<PublicKey, SystemTime>>,
+    pub(super) pending: Mutex<HashMap<PublicKey, SystemTime>>,
     /// When a request for an unknown peer last made this replica catch up, so a stream of
     /// such requests costs at most one query per [`UNKNOWN_PEER_CATCH_UP`].
-    last_lookup: Mutex<Option<std::time::Instant>>,
+    pub(super) last_lookup: Mutex<Option<std::time::Instant>>,
     /// Where agents reach this replica (`--advertise`), announced every sweep.
-    advertise: std::sync::OnceLock<String>,
+    pub(super) advertise: std::sync::OnceLock<String>,
     /// How long an announcement counts: a replica silent for longer is left out of
     /// `GET /replicas`.
-    ttl: Duration,
+    pub(super) ttl: Duration,
 }
 
 /// How often a request naming an unknown peer may make the replica ask the database.
-const UNKNOWN_PEER_CATCH_UP: Duration = Duration::from_millis(100);
+pub(super) const UNKNOWN_PEER_CATCH_UP: Duration = Duration::from_millis(100);
 
 impl Replica {
     /// Counts announcements for `ttl` (the heartbeat timeout: a replica is treated like a
@@ -107,50 +105,6 @@ enum Outcome {
 }
 
 impl Api {
-    fn apply_changes(&self, changes: Vec<Change>) {
-        if changes.is_empty() {
-            return;
-        }
-        let mut registry = lock(&self.registry);
-        for change in changes {
-            match change {
-                Change::Put(record) => registry.apply_remote(*record),
-                Change::Delete(key) => {
-                    registry.remove(&PeerId::for_key(&key));
-                }
-            }
-        }
-    }
-
-    /// Brings the cache up to date with the database.
-    pub fn catch_up(&self) -> Result<(), DbError> {
-        let Some(r) = &self.replica else {
-            return Ok(());
-        };
-        let mut seq = lock(&r.seq);
-        let (changes, reached) = r.db.changes_since(*seq)?;
-        self.apply_changes(changes);
-        *seq = reached;
-        Ok(())
-    }
-
-    /// Catches up before answering "unknown peer" (it may have registered through another
-    /// replica a moment ago), at most once per [`UNKNOWN_PEER_CATCH_UP`].
-    pub(super) fn catch_up_for_unknown(&self) {
-        let Some(r) = &self.replica else { return };
-        let now = std::time::Instant::now();
-        {
-            let mut last = lock(&r.last_lookup);
-            if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_PEER_CATCH_UP) {
-                return;
-            }
-            *last = Some(now);
-        }
-        if let Err(e) = self.catch_up() {
-            log::debug!("cannot catch up with the database: {e}");
-        }
-    }
-
     /// Writes the heartbeats batched since the last sweep (also at shutdown, so a clean
     /// stop loses none).
     pub(super) fn flush_heartbeats(&self, r: &Replica) -> Result<(), DbError> {
@@ -164,52 +118,6 @@ impl Api {
             return Err(e);
         }
         Ok(())
-    }
-
-    /// Loads the cluster's policy from the database and puts it in force here.
-    pub fn policy_from_db(&self) {
-        let Some(r) = &self.replica else { return };
-        match r.db.policy() {
-            Ok(Some(text)) => match Policy::from_json(&text) {
-                Ok(policy) => {
-                    if self.trust.policy.replace(policy) {
-                        self.cache.clear();
-                        log::info!("access policy changed by another replica");
-                    }
-                }
-                Err(e) => log::error!("the database holds an unusable policy: {e}"),
-            },
-            Ok(None) => {}
-            Err(e) => log::warn!("cannot read the policy from the database: {e}"),
-        }
-    }
-
-    pub(super) fn reload_policy_replica(
-        &self,
-        r: &Replica,
-        source: Option<std::net::SocketAddr>,
-    ) -> Result<(bool, String), String> {
-        let Some(path) = self.trust.policy.path() else {
-            self.policy_from_db();
-            let (policy, _) = self.trust.policy.current();
-            return Ok((false, policy.to_string()));
-        };
-        let fresh = Policy::load(path).map_err(|e| e.to_string())?;
-        r.db.set_policy(&fresh.to_json_pretty())
-            .map_err(|e| format!("cannot publish the policy to the other replicas: {e}"))?;
-        let text = fresh.to_string();
-        let changed = self.trust.policy.replace(fresh);
-        if changed {
-            self.cache.clear();
-            log::info!("access policy reloaded and published to every replica: {text}");
-            let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
-                .detail(format!("policy reloaded: {text}"));
-            if let Some(addr) = source {
-                event = event.source(addr);
-            }
-            self.trust.audit(event);
-        }
-        Ok((changed, text))
     }
 
     /// Refuses a signed write whose nonce some replica already accepted.
@@ -519,182 +427,5 @@ impl Api {
         }
         let _ = r.db.purge_nonces(now);
         r.announce();
-    }
-
-    /// Publishes where agents reach this replica (once, when the socket is bound) and
-    /// announces it at once.
-    pub fn advertise(&self, url: String) {
-        if let Some(r) = &self.replica {
-            log::info!("announcing this replica as {url}");
-            let _ = r.advertise.set(url);
-            r.announce();
-        }
-    }
-
-    /// `GET /replicas`: the replicas that announced themselves lately, for agents that must
-    /// agree on one of them (see `crate::proto::replicas`); empty on the JSON store.
-    pub(super) fn replicas_answer(&self) -> Result<Response, Refusal> {
-        let list = match &self.replica {
-            None => Vec::new(),
-            Some(r) => {
-                let since = SystemTime::now()
-                    .checked_sub(r.ttl)
-                    .unwrap_or(std::time::UNIX_EPOCH);
-                r.db.replicas(since).map_err(|e| db_refusal(&e))?
-            }
-        };
-        Ok(ok_json(
-            &serde_json::json!({"success": true, "replicas": list}),
-        ))
-    }
-
-    /// The admin token endpoints on the shared database; None for other endpoints.
-    pub(super) fn admin_tokens_replica(
-        &self,
-        r: &Replica,
-        req: &Request,
-        rest: &str,
-        now: SystemTime,
-    ) -> Option<Result<Response, Refusal>> {
-        use crate::proto::admin::{TokenCreateRequest, TokenCreateResponse, TokenListResponse};
-        let method = req.method.as_str();
-        Some(match (method, rest) {
-            ("GET", "tokens") => r.db.tokens().map_err(|e| db_refusal(&e)).map(|store| {
-                ok_json(&TokenListResponse {
-                    success: true,
-                    tokens: store
-                        .list()
-                        .iter()
-                        .map(|t| super::admin::token_view(t, now))
-                        .collect(),
-                })
-            }),
-            ("POST", "tokens") => (|| {
-                let body: TokenCreateRequest = super::error::parse_body(req)?;
-                let expires = body
-                    .expires
-                    .as_deref()
-                    .map(crate::server::tokens::parse_expiry)
-                    .transpose()
-                    .map_err(|e| Refusal(400, format!("field `expires`: {e}")))?;
-                let made = r.db.write("tokens", |tx| {
-                    let mut store = pg::load_tokens(tx)?;
-                    match store.create(body.uses, expires, body.tags.clone(), now) {
-                        Ok((secret, record)) => {
-                            pg::put_token(tx, &record)?;
-                            Ok(Ok((secret, record)))
-                        }
-                        Err(e) => Ok(Err(e)),
-                    }
-                });
-                let (secret, record) = made
-                    .map_err(|e| db_refusal(&e))?
-                    .map_err(|e| Refusal(e.http_status(), e.to_string()))?;
-                self.trust.audit(
-                    AuditEvent::new(AuditKind::TokenCreate, now)
-                        .source(req.remote)
-                        .token(record.id.clone())
-                        .detail("created"),
-                );
-                log::info!("created join token {}", record.id);
-                Ok(ok_json(&TokenCreateResponse {
-                    info: super::admin::token_view(&record, now),
-                    success: true,
-                    token: secret,
-                }))
-            })(),
-            ("DELETE", _) if rest.starts_with("tokens/") => (|| {
-                let id = &rest["tokens/".len()..];
-                let revoked = r.db.write("tokens", |tx| {
-                    let mut store = pg::load_tokens(tx)?;
-                    match store.revoke(id) {
-                        Ok(record) => {
-                            let record = record.clone();
-                            pg::put_token(tx, &record)?;
-                            Ok(Ok(record))
-                        }
-                        Err(e) => Ok(Err(e)),
-                    }
-                });
-                let record = revoked
-                    .map_err(|e| db_refusal(&e))?
-                    .map_err(|e| Refusal(e.http_status(), e.to_string()))?;
-                self.trust.audit(
-                    AuditEvent::new(AuditKind::TokenRevoke, now)
-                        .source(req.remote)
-                        .token(record.id.clone())
-                        .detail("revoked"),
-                );
-                Ok(ok_json(&SuccessResponse { success: true }))
-            })(),
-            _ => return None,
-        })
-    }
-}
-
-/// Keeps one connection LISTENing and catches the cache up whenever another replica (or
-/// this one) commits a change, and at least every few seconds; reconnects after an outage
-/// and then catches up in full.
-pub fn listen_loop(api: &Api, stop: &AtomicBool) {
-    let Some(r) = &api.replica else { return };
-    while !stop.load(Ordering::Relaxed) {
-        let mut client = match r.db.listen_connection() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = r.db.note::<()>(Err(e));
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-        };
-        let _ = r.db.note(api.catch_up());
-        api.policy_from_db();
-        let mut idle_rounds = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let (mut peers, mut policy, mut broken) = (false, false, false);
-            {
-                // Wait for the first notification, then take whatever else is queued without
-                // waiting: a steady stream of changes must not postpone catching up.
-                let mut notes = client.notifications();
-                let first = notes.timeout_iter(Duration::from_millis(250)).next();
-                let mut seen = Vec::new();
-                match first {
-                    Ok(Some(n)) => {
-                        seen.push(n);
-                        let mut queued = notes.iter();
-                        loop {
-                            match queued.next() {
-                                Ok(Some(n)) => seen.push(n),
-                                Ok(None) => break,
-                                Err(_) => {
-                                    broken = true;
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => broken = true,
-                }
-                for n in &seen {
-                    match n.payload() {
-                        "policy" => policy = true,
-                        _ => peers = true,
-                    }
-                }
-            }
-            if broken || client.is_closed() {
-                break;
-            }
-            idle_rounds += 1;
-            if peers || idle_rounds >= 20 {
-                idle_rounds = 0;
-                if let Err(e) = r.db.note(api.catch_up()) {
-                    log::warn!("cannot catch up with the database: {e}");
-                }
-            }
-            if policy {
-                api.policy_from_db();
-            }
-        }
     }
 }
