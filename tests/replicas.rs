@@ -820,3 +820,72 @@ fn the_schema_is_versioned_migrated_at_start_and_a_newer_one_refused() {
     assert!(log.contains("newer than this build"), "{log}");
     assert_eq!(version(&mut db), 99);
 }
+
+/// A plain round-robin TCP load balancer on loopback: each new connection goes to the next
+/// backend. Runs until the test process ends (its threads only copy bytes).
+fn round_robin(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (i, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = std::net::TcpStream::connect(backends[i % backends.len()]) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn agents_work_through_a_plain_load_balancer_that_alternates_replicas() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-lb");
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let lb = format!("http://{}", round_robin(vec![a.addr, b.addr]));
+    let config = dir.path().join("agent.json");
+    let others: Vec<String> = (0..3).map(|_| new_key()).collect();
+    let mut address = None;
+    for (round, other) in others.iter().enumerate() {
+        // A peer joins through one replica; the agent, its requests spread over both by
+        // the balancer (key, register, heartbeat, list), sees it at once.
+        assert_eq!(register(&a, other, &format!("o{round}")).status, 200);
+        let out = std::process::Command::new(wgmesh_bin())
+            .args(["sync", "--dry-run", "--os", "linux", "--hostname", "me"])
+            .arg("--config")
+            .arg(&config)
+            .args(["--server", &lb])
+            .output()
+            .unwrap();
+        let plan = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for seen in &others[..=round] {
+            assert!(plan.contains(seen.as_str()), "round {round}: {plan}");
+        }
+        let saved = wgmesh::agent::config::ClientConfig::load(&config)
+            .unwrap()
+            .unwrap()
+            .assignment
+            .unwrap();
+        assert_eq!(saved.server_public_key, a.public_key());
+        assert_eq!(
+            *address.get_or_insert(saved.assigned_ip),
+            saved.assigned_ip,
+            "one address"
+        );
+    }
+}
