@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 impl Api {
+    /// Applies changes read from the database to this replica's cache. Every change another
+    /// replica commits arrives here (via `catch_up`, woken by NOTIFY), so this is where live
+    /// sync's notifier must be woken once the `livesync` branch lands, so that long-polls
+    /// parked on this replica see changes made through any other.
     pub(super) fn apply_changes(&self, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
