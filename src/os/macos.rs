@@ -134,7 +134,7 @@ fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Option<Ipv4Addr>) -> Comman
 pub(super) struct Routes;
 
 impl SplitRoutes for Routes {
-    const WG: &'static str = "wg";
+    const OS: TargetOs = TargetOs::Macos;
 
     fn route_into(net: &IpNet, real_name: &InterfaceName) -> Command {
         ensure_interface_route(net, real_name)

@@ -3,8 +3,8 @@
 //! without replacing it.
 
 use super::command::{Command, Plan};
-use super::spec::PeerSpec;
-use super::wg::join_nets;
+use super::spec::{PeerSpec, TargetOs};
+use super::wg::{join_nets, wg_program};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
 use std::net::{IpAddr, Ipv4Addr};
@@ -101,8 +101,8 @@ pub(super) fn half_defaults() -> [Ipv4Net; 2] {
 /// uses policy routing instead). [`split_default_on`] and [`split_default_off`] are the one
 /// algorithm; each OS only builds its commands.
 pub(super) trait SplitRoutes {
-    /// The `wg` binary.
-    const WG: &'static str;
+    /// The OS these commands are for (which `wg` binary, see [`wg_program`]).
+    const OS: TargetOs;
     /// Routes `net` into the tunnel interface, adding it or updating an existing route.
     fn route_into(net: &IpNet, real_name: &InterfaceName) -> Command;
     /// Removes the route of `net` through the tunnel interface.
@@ -123,7 +123,13 @@ pub(super) fn split_default_on<R: SplitRoutes>(
     keep_outside: &[IpAddr],
     gateway: Ipv4Addr,
 ) -> Plan {
-    let mut commands = vec![exit_peer_update(R::WG, real_name, vec![], exit_peer, true)];
+    let mut commands = vec![exit_peer_update(
+        wg_program(R::OS),
+        real_name,
+        vec![],
+        exit_peer,
+        true,
+    )];
     // Pins before the default moves, so the exit peer stays reachable throughout.
     for addr in pinned_v4(exit_peer, keep_outside) {
         commands.push(R::pin(addr, gateway));
@@ -155,6 +161,12 @@ pub(super) fn split_default_off<R: SplitRoutes>(
     for addr in pinned_v4(exit_peer, keep_outside) {
         commands.push(R::unpin(addr, gateway).tolerate_failure());
     }
-    commands.push(exit_peer_update(R::WG, real_name, vec![], exit_peer, false));
+    commands.push(exit_peer_update(
+        wg_program(R::OS),
+        real_name,
+        vec![],
+        exit_peer,
+        false,
+    ));
     Plan::of(commands)
 }

@@ -3,7 +3,7 @@
 //! routes the service does not (it only routes the AllowedIPs it saw at install time).
 
 use super::command::{Command, Payload, Plan, PlannedFile, Secret};
-use super::spec::{InterfaceSpec, PeerSpec};
+use super::spec::{InterfaceSpec, PeerSpec, TargetOs};
 use super::tunnel::SplitRoutes;
 use crate::types::InterfaceName;
 use ipnet::IpNet;
@@ -107,7 +107,7 @@ fn pinned_route(verb: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -> Command {
 pub(super) struct Routes;
 
 impl SplitRoutes for Routes {
-    const WG: &'static str = "wg.exe";
+    const OS: TargetOs = TargetOs::Windows;
 
     fn route_into(net: &IpNet, real_name: &InterfaceName) -> Command {
         ensure_netsh_route(net, real_name)
