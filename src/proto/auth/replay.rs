@@ -1,6 +1,6 @@
 //! The replay cache: each signed request is accepted at most once.
 
-use super::{AuthError, DEFAULT_MAX_CLOCK_SKEW_SECS, DEFAULT_REPLAY_CAPACITY, NONCE_LEN};
+use super::mac::{AuthError, DEFAULT_MAX_CLOCK_SKEW_SECS, DEFAULT_REPLAY_CAPACITY, NONCE_LEN};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::fmt;
