@@ -2,8 +2,9 @@
 //!
 //! The server (`server`) assigns each public key a stable mesh address and tells every peer
 //! about the others; the agent (`agent`) turns that list into `wg`/`ip` commands (`os`) and
-//! keeps the local interface matching it. Everything is synchronous: std threads, blocking
-//! sockets, and child processes.
+//! keeps the local interface matching it. What both sides say to each other (JSON types,
+//! request authentication, STUN) is `proto`; `cli` is only flags, printing and exit codes.
+//! Everything is synchronous: std threads, blocking sockets, and child processes.
 
 pub mod agent;
 pub mod cli;

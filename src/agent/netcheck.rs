@@ -380,9 +380,74 @@ pub fn netcheck(
     Ok(report)
 }
 
+/// The design's STUN port on the coordination server.
+pub const DEFAULT_STUN_PORT: u16 = 3478;
+
+/// `HOST:3478` for the coordination server at `url`: where `netcheck` asks by default.
+pub fn stun_server_for(url: &super::client::ServerUrl) -> String {
+    let authority = url.authority();
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    format!("{host}:{DEFAULT_STUN_PORT}")
+}
+
+/// Whether the internet sees the chosen exit node's address: the exit-node part of
+/// `netcheck`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitCheck {
+    /// The exit node asked for.
+    pub exit_node: String,
+    /// Its public address, as the coordination server saw it.
+    pub expected: Option<IpAddr>,
+    /// The address the STUN server saw us from.
+    pub seen: Option<IpAddr>,
+    /// Whether they match.
+    pub ok: bool,
+}
+
+impl ExitCheck {
+    /// The check for `config` (saved at `config_path`, beside its cached peer list) given
+    /// what `report` saw; `None` unless an exit node is chosen and its tunnel is up.
+    pub fn of(
+        config: &super::config::ClientConfig,
+        config_path: &std::path::Path,
+        report: &Report,
+    ) -> Option<ExitCheck> {
+        let wanted = config.use_exit_node.clone()?;
+        config.applied.as_ref()?.full_tunnel.as_ref()?;
+        let peers = super::engine::load_peer_cache(config_path);
+        let expected = peers
+            .iter()
+            .find(|p| super::desired::is_named(p, &wanted))
+            .and_then(|p| p.endpoint)
+            .map(|e| e.0.ip());
+        let seen = report.mapped.map(|m| m.ip());
+        Some(ExitCheck {
+            exit_node: wanted,
+            ok: expected.is_some() && expected == seen,
+            expected,
+            seen,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_stun_server_is_the_coordination_host_on_3478() {
+        for (url, want) in [
+            ("http://198.18.0.1:8080", "198.18.0.1:3478"),
+            ("https://mesh.example.com", "mesh.example.com:3478"),
+            ("http://[fd00::1]:8080", "[fd00::1]:3478"),
+        ] {
+            let url: super::super::client::ServerUrl = url.parse().unwrap();
+            assert_eq!(stun_server_for(&url), want);
+        }
+    }
 
     #[test]
     fn no_answer_message_says_who_how_often_and_what_to_check() {

@@ -4,15 +4,12 @@
 
 use super::{init_logging, Failure, LogLevel, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
 use crate::agent::config::{self, ClientConfig};
-use crate::agent::netcheck::{self, Report};
+use crate::agent::netcheck::{self, ExitCheck, Report};
 use argh::FromArgs;
 use serde::Serialize;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// The design's STUN port on the coordination server.
-const DEFAULT_STUN_PORT: u16 = 3478;
 
 /// Check UDP reachability of the coordination server's STUN service, this node's public
 /// address, whether the NAT's mapping changes with the destination, and the round trip; with
@@ -36,19 +33,6 @@ pub struct NetcheckArgs {
     json: bool,
 }
 
-/// The exit-node part of the report.
-#[derive(Debug, Serialize)]
-struct ExitCheck {
-    /// The exit node asked for.
-    exit_node: String,
-    /// Its public address, as the coordination server saw it.
-    expected: Option<IpAddr>,
-    /// The address the STUN server saw us from.
-    seen: Option<IpAddr>,
-    /// Whether they match.
-    ok: bool,
-}
-
 #[derive(Debug, Serialize)]
 struct Output {
     #[serde(flatten)]
@@ -70,14 +54,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
     let cfg = ClientConfig::load(&path).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
     let primary = match (&args.server, cfg.as_ref().and_then(|c| c.server.as_ref())) {
         (Some(text), _) => resolve(text)?,
-        (None, Some(url)) => {
-            let authority = url.authority();
-            let host = match authority.rsplit_once(':') {
-                Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-                _ => authority,
-            };
-            resolve(&format!("{host}:{DEFAULT_STUN_PORT}"))?
-        }
+        (None, Some(url)) => resolve(&netcheck::stun_server_for(url))?,
         (None, None) => {
             return Err(Failure::new(
                 EXIT_USAGE,
@@ -93,23 +70,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
     let report = netcheck::netcheck(primary, secondary, timeout, None)
         .map_err(|e| Failure::new(EXIT_INTERNAL, e.to_string()))?;
 
-    let exit_check = cfg.as_ref().and_then(|c| {
-        let wanted = c.use_exit_node.clone()?;
-        c.applied.as_ref()?.full_tunnel.as_ref()?;
-        let peers = crate::agent::engine::load_peer_cache(&path);
-        let expected = peers
-            .iter()
-            .find(|p| crate::agent::desired::is_named(p, &wanted))
-            .and_then(|p| p.endpoint)
-            .map(|e| e.0.ip());
-        let seen = report.mapped.map(|m| m.ip());
-        Some(ExitCheck {
-            exit_node: wanted,
-            ok: expected.is_some() && expected == seen,
-            expected,
-            seen,
-        })
-    });
+    let exit_check = cfg.as_ref().and_then(|c| ExitCheck::of(c, &path, &report));
 
     let udp_ok = report.udp;
     let exit_ok = exit_check.as_ref().is_none_or(|c| c.ok);

@@ -4,7 +4,7 @@
 use super::command::{Command, Payload, Plan};
 use super::spec::{Firewall, InterfaceSpec, PeerSpec, TargetOs, FWMARK_TABLE};
 use super::tunnel::exit_peer_update;
-use super::wg::{configure_wg, wireguard_go};
+use super::wg::{configure_wg, wg_program, wireguard_go};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::IpAddr;
@@ -170,7 +170,7 @@ pub(super) fn full_tunnel_on(
     keep_outside: &[IpAddr],
 ) -> Plan {
     let mut commands = vec![exit_peer_update(
-        "wg",
+        wg_program(TargetOs::Linux),
         name,
         vec!["fwmark".into(), table()],
         exit_peer,
@@ -279,7 +279,7 @@ pub(super) fn full_tunnel_off(
             .tolerate_failure(),
     );
     commands.push(exit_peer_update(
-        "wg",
+        wg_program(TargetOs::Linux),
         name,
         vec!["fwmark".into(), "off".into()],
         exit_peer,

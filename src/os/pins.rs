@@ -182,13 +182,8 @@ pub fn exit_peer_plan(
     exit_peer: &super::PeerSpec,
     on: bool,
 ) -> Plan {
-    let program = if os == TargetOs::Windows {
-        "wg.exe"
-    } else {
-        "wg"
-    };
     Plan::of(vec![super::tunnel::exit_peer_update(
-        program,
+        super::wg_program(os),
         real_name,
         Vec::new(),
         exit_peer,

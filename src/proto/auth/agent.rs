@@ -1,8 +1,8 @@
 //! The agent's side: sign requests, check the server's answers. [`RequestSigner`] does the
 //! key agreement once per server key; [`sign_request`] and [`verify_response`] per call.
 
-use super::{decode_fixed, request_canonical, response_canonical, unix_secs};
-use super::{
+use super::mac::{decode_fixed, request_canonical, response_canonical, unix_secs};
+use super::mac::{
     AuthError, MacKeys, KEY_HEADER, MAC_HEADER, MAC_LEN, NONCE_HEADER, NONCE_LEN,
     RESPONSE_MAC_HEADER, TIMESTAMP_HEADER,
 };

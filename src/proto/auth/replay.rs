@@ -1,6 +1,6 @@
 //! The replay cache: each signed request is accepted at most once.
 
-use super::{AuthError, DEFAULT_MAX_CLOCK_SKEW_SECS, DEFAULT_REPLAY_CAPACITY, NONCE_LEN};
+use super::mac::{AuthError, DEFAULT_MAX_CLOCK_SKEW_SECS, DEFAULT_REPLAY_CAPACITY, NONCE_LEN};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::fmt;
@@ -42,7 +42,7 @@ impl ReplayCache {
         }
     }
 
-    /// The accepted clock skew in seconds, which [`verify_request`] applies.
+    /// The accepted clock skew in seconds, which [`super::verify_request`] applies.
     pub fn max_skew_secs(&self) -> u64 {
         self.max_skew_secs
     }

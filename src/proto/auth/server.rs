@@ -1,14 +1,15 @@
 //! The server's side: verify requests (cheapest checks first, replay cache last) and sign
 //! answers; [`ServerAuth`] caches each peer's derived keys.
 
-use super::{
+use super::mac::{
     check_request_line, decode_fixed, parse_timestamp, request_canonical, required,
     response_canonical_parts, unix_secs,
 };
-use super::{
-    AuthError, MacKeys, ReplayCache, KEY_HEADER, MAC_HEADER, MAC_LEN, NONCE_HEADER, NONCE_LEN,
+use super::mac::{
+    AuthError, MacKeys, KEY_HEADER, MAC_HEADER, MAC_LEN, NONCE_HEADER, NONCE_LEN,
     RESPONSE_MAC_HEADER, TIMESTAMP_HEADER,
 };
+use super::replay::ReplayCache;
 use crate::keys::{PrivateKey, PublicKey};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

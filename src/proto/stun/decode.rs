@@ -1,6 +1,7 @@
 //! Parsing: a server's incoming Binding Request, a client's incoming response.
 
-use super::*;
+use super::message::*;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Parses a datagram a server received as a Binding Request, from either dialect.
 ///

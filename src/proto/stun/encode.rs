@@ -1,6 +1,7 @@
 //! Encoding into a caller's buffer: our own Binding Request, and a server's answers.
 
-use super::*;
+use super::message::*;
+use std::net::{IpAddr, SocketAddr};
 
 /// The 20-byte Binding Request our own client sends: no attributes, because the answer needs
 /// none and a bare header is the most widely accepted form.
