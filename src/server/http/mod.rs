@@ -1,27 +1,49 @@
-//! The coordination server's HTTP/1.1 connection layer: one light std thread per open
-//! connection, parsing with `httparse`, answering through a [`Handler`].
+//! The coordination server's HTTP/1.1 connection layer, parsing with `httparse` and
+//! answering through a [`Handler`].
 //!
-//! Why not tiny_http's own loop: tiny_http 0.12 hands each connection to a task pool whose
-//! spawn races with idle workers, so during a burst a keep-alive connection can sit in the
-//! pool's queue behind connections that never close, and get no answer at all; it also has
-//! no idle timeout, no header limit and pins an old rustls. Owning the accept loop fixes all
-//! of that in a few hundred lines: every accepted connection gets its own thread at once (up
-//! to `max_connections`, past which new ones get a 503 instead of silence), idle and slow
-//! connections are closed on timeouts, and `--threads` bounds how many requests run handler
-//! code at the same moment.
+//! Design (for 10,000 agents, each with an idle keep-alive connection and a parked
+//! long-poll): a connection costs a thread only while it has something to do.
+//! - one accept thread hands every new socket to the readiness loop ([`accept`]);
+//! - one readiness loop thread ([`poller`]) owns every *waiting* connection: idle between
+//!   requests, parked on a long-poll ([`Park`]), or draining before close. It watches them
+//!   with epoll/kqueue (`mio`), enforces their deadlines (idle timeout, park deadline), wakes
+//!   parked requests when their [`Notifier`] moves, and hands a readable connection to a
+//!   worker;
+//! - an elastic worker pool ([`pool`]) reads the request with blocking reads bounded by the
+//!   request timeout, runs the handler (at most `--threads` at once), writes the answer, and
+//!   gives the connection back to the loop. Workers start when every one is busy (so slow
+//!   clients cannot stall others) and exit after a few idle seconds.
 //!
-//! TLS: with [`HttpServer::start_tls`] every connection is wrapped in a current rustls
-//! session (ring provider) on its own thread, the handshake bounded by the request timeout.
-//! The connection code is generic over the stream (a private `Transport` trait), so the
-//! plain-HTTP path compiles to exactly what it was, with no TLS branch per read or write.
+//! Why not tiny_http's own loop: it hands each connection to a task pool whose spawn races
+//! with idle workers (a keep-alive connection can starve behind ones that never close), has
+//! no idle timeout, no header limit, and pins an old rustls.
+//!
+//! HTTPS ([`HttpServer::start_tls`]): the handshake runs on a worker when the first bytes
+//! arrive, bounded by the request timeout; the session then travels with the connection.
 
-use std::io::{self, BufWriter, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+mod accept;
+mod conn;
+mod park;
+mod parse;
+mod poller;
+mod pool;
+mod readiness;
+mod tls;
+
+pub use park::{Notifier, Park, Reply, Wake};
+pub use parse::parse_requests;
+pub use tls::{load_tls_config, TlsFiles};
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default `--max-connections`: two per agent (a parked long-poll and a heartbeat) for
+/// 10,000 agents, with room to spare.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32_768;
 
 /// Limits that keep one client from taking the server down.
 #[derive(Debug, Clone)]
@@ -34,7 +56,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long a client may take to send one whole request once it started it.
     pub request_timeout: Duration,
-    /// Most connections open at once; past it new ones get 503 and are closed.
+    /// Most connections open at once; past it new ones get 503 and are closed. Waiting
+    /// connections (idle or parked) cost a descriptor and a few hundred bytes, not a thread.
     pub max_connections: usize,
     /// Most requests running handler code at once (`--threads`).
     pub handler_threads: usize,
@@ -47,7 +70,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
-            max_connections: 4096,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             handler_threads: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
         }
     }
@@ -155,8 +178,14 @@ impl Response {
 
 /// The application behind the connection layer.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request. Runs on the connection's thread, within a handler slot.
+    /// Answers one request. Runs on a worker thread, within a handler slot.
     fn handle(&self, request: &Request) -> Response;
+
+    /// Answers one request now, or parks it (a long-poll; see [`Park`]). The connection
+    /// layer calls this; the default answers with [`Handler::handle`].
+    fn handle_or_park(&self, request: &Request) -> Reply {
+        Reply::Now(self.handle(request))
+    }
 
     /// Told about every request the layer itself refused (malformed, too large, too slow,
     /// too many connections), so they can be counted.
@@ -165,36 +194,24 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// Counts open connections and bounds concurrent handler work.
-#[derive(Debug, Default)]
-struct Gate {
-    open: AtomicUsize,
-    busy: Mutex<usize>,
-    freed: Condvar,
+/// Connection counts, for figures and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Connections open (accepted and not yet closed).
+    pub open: usize,
+    /// Of those, waiting idle between requests in the readiness loop.
+    pub idle: usize,
+    /// Of those, parked on a long-poll in the readiness loop.
+    pub parked: usize,
+    /// Worker threads alive.
+    pub workers: usize,
 }
 
-impl Gate {
-    fn acquire(&self, max: usize) {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        while *busy >= max {
-            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
-        }
-        *busy += 1;
-    }
-
-    fn release(&self) {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        *busy -= 1;
-        drop(busy);
-        self.freed.notify_one();
-    }
-}
-
-/// A running HTTP server: the accept loop on its own thread.
+/// A running HTTP server: the accept thread, the readiness loop and its workers.
 pub struct HttpServer {
     local_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept_thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<poller::Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl HttpServer {
@@ -225,20 +242,40 @@ impl HttpServer {
         handler: Arc<dyn Handler>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<HttpServer> {
+        if let Some(nofile) = accept::raise_nofile_limit() {
+            if (nofile as usize) < limits.max_connections + 64 {
+                log::warn!(
+                    "the open-file limit ({nofile}) is below --max-connections ({}): past it, idle connections are closed and new ones answered 503; raise the hard limit (`ulimit -Hn`, LimitNOFILE=) to serve that many",
+                    limits.max_connections
+                );
+            }
+        }
         let local_addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let gate = Arc::new(Gate::default());
-        let limits = Arc::new(limits);
+        let (handle, readiness, rx, notified) = poller::channel()?;
+        let shared = Arc::new(poller::Shared {
+            pool: pool::Pool::new(limits.max_connections),
+            limits,
+            handler,
+            gate: conn::Gate::default(),
+            handle,
+            open: Arc::new(AtomicUsize::new(0)),
+            counts: poller::Counts::default(),
+            stop: AtomicBool::new(false),
+        });
+        let event_loop = poller::Loop::new(shared.clone(), readiness, rx, notified);
+        let loop_thread = std::thread::Builder::new()
+            .name("http-loop".into())
+            .spawn(move || event_loop.run())?;
         let accept_thread = {
-            let stop = stop.clone();
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("http-accept".into())
-                .spawn(move || accept_loop(listener, limits, handler, gate, stop, tls))?
+                .spawn(move || accept::accept_loop(listener, shared, tls))?
         };
         Ok(HttpServer {
             local_addr,
-            stop,
-            accept_thread: Some(accept_thread),
+            shared,
+            threads: vec![accept_thread, loop_thread],
         })
     }
 
@@ -247,9 +284,21 @@ impl HttpServer {
         self.local_addr
     }
 
-    /// Stops accepting new connections; open ones finish their current request.
+    /// How many connections are open, waiting or parked, and how many workers run.
+    pub fn stats(&self) -> ConnStats {
+        ConnStats {
+            open: self.shared.open.load(Ordering::SeqCst),
+            idle: self.shared.counts.idle.load(Ordering::Relaxed),
+            parked: self.shared.counts.parked.load(Ordering::Relaxed),
+            workers: self.shared.pool.threads(),
+        }
+    }
+
+    /// Stops accepting new connections and closes waiting ones; requests being handled
+    /// finish, parked ones are dropped.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.handle.wake();
         // Wake the blocking accept() with a throwaway connection.
         let mut wake = self.local_addr;
         if wake.ip().is_unspecified() {
@@ -259,648 +308,26 @@ impl HttpServer {
             });
         }
         let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        if let Some(thread) = self.accept_thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        self.shared.pool.stop();
     }
 }
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        if self.accept_thread.is_some() {
+        if !self.threads.is_empty() {
             self.stop();
         }
-    }
-}
-
-/// Stack size of connection threads: they parse small requests, so 256 KiB is plenty and
-/// keeps thousands of idle keep-alive connections cheap.
-const CONNECTION_STACK: usize = 256 * 1024;
-
-fn accept_loop(
-    listener: TcpListener,
-    limits: Arc<Limits>,
-    handler: Arc<dyn Handler>,
-    gate: Arc<Gate>,
-    stop: Arc<AtomicBool>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                log::warn!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        if gate.open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
-            gate.open.fetch_sub(1, Ordering::SeqCst);
-            handler.rejected(503);
-            let _ = refuse(stream, 503, "too many open connections: retry shortly");
-            continue;
-        }
-        let (limits, handler, gate2) = (limits.clone(), handler.clone(), gate.clone());
-        let tls = tls.clone();
-        let spawned = std::thread::Builder::new()
-            .name("http-conn".into())
-            .stack_size(CONNECTION_STACK)
-            .spawn(move || {
-                match tls {
-                    None => {
-                        let _ = serve_plain(stream, &limits, &*handler, &gate2);
-                    }
-                    Some(config) => {
-                        if let Err(e) = serve_tls(stream, config, &limits, &*handler, &gate2) {
-                            log::debug!("TLS connection ended: {e}");
-                        }
-                    }
-                }
-                gate2.open.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            gate.open.fetch_sub(1, Ordering::SeqCst);
-            log::error!("cannot start a connection thread: {e}");
-        }
-    }
-}
-
-fn refuse(mut stream: TcpStream, status: u16, message: &str) -> io::Result<()> {
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut out = BufWriter::new(&mut stream);
-    write_response(&mut out, &Response::error(status, message), false)?;
-    out.flush()
-}
-
-/// Why reading a request stopped.
-enum ReadOutcome {
-    Request(Request, bool),
-    Closed,
-    Refused(u16, String),
-}
-
-/// A byte stream a connection is served over: plain TCP or a TLS session on top of it.
-///
-/// Why a trait rather than `Box<dyn Read + Write>`: the connection code is monomorphized per
-/// transport, so the plain path pays nothing for TLS existing.
-trait Transport: Read + Write {
-    /// Makes reads fail with `TimedOut` once `deadline` has passed. Called before every
-    /// read, so a peer trickling bytes cannot stretch one request past its deadline.
-    fn read_deadline(&mut self, deadline: Instant) -> io::Result<()>;
-
-    /// Ends the session politely (TLS close_notify); plain TCP has nothing to say.
-    fn close(&mut self) {}
-}
-
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::ErrorKind::TimedOut.into())
-    } else {
-        Ok(left)
-    }
-}
-
-impl Transport for TcpStream {
-    fn read_deadline(&mut self, deadline: Instant) -> io::Result<()> {
-        self.set_read_timeout(Some(remaining(deadline)?))
-    }
-}
-
-/// The TCP socket under a TLS session. rustls may read the socket several times to produce
-/// one plaintext chunk (records split across segments), so the deadline is re-armed before
-/// each socket read here, not once per plaintext read.
-struct DeadlineSocket {
-    tcp: TcpStream,
-    deadline: Instant,
-}
-
-impl Read for DeadlineSocket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.set_read_timeout(Some(remaining(self.deadline)?))?;
-        self.tcp.read(buf)
-    }
-}
-
-impl Write for DeadlineSocket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.tcp.flush()
-    }
-}
-
-type TlsStream = rustls::StreamOwned<rustls::ServerConnection, DeadlineSocket>;
-
-impl Transport for TlsStream {
-    fn read_deadline(&mut self, deadline: Instant) -> io::Result<()> {
-        remaining(deadline)?;
-        self.sock.deadline = deadline;
-        Ok(())
-    }
-
-    fn close(&mut self) {
-        self.conn.send_close_notify();
-        let _ = self.flush();
-    }
-}
-
-fn serve_plain(
-    stream: TcpStream,
-    limits: &Limits,
-    handler: &dyn Handler,
-    gate: &Gate,
-) -> io::Result<()> {
-    let remote = stream.peer_addr()?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(limits.request_timeout))?;
-    serve_connection(stream, remote, limits, handler, gate)
-}
-
-/// The first byte of a TLS ClientHello record (content type "handshake").
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-fn serve_tls(
-    tcp: TcpStream,
-    config: Arc<rustls::ServerConfig>,
-    limits: &Limits,
-    handler: &dyn Handler,
-    gate: &Gate,
-) -> io::Result<()> {
-    let remote = tcp.peer_addr()?;
-    tcp.set_nodelay(true)?;
-    tcp.set_write_timeout(Some(limits.request_timeout))?;
-    // The handshake, like a request, must complete within the request timeout.
-    let deadline = Instant::now() + limits.request_timeout;
-    tcp.set_read_timeout(Some(limits.request_timeout))?;
-    let mut first = [0u8; 1];
-    match tcp.peek(&mut first) {
-        Ok(0) => return Ok(()),
-        Ok(_) => {}
-        Err(e) if is_timeout(&e) => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if first[0] != TLS_HANDSHAKE_RECORD {
-        if first[0].is_ascii_uppercase() {
-            // Looks like "GET /..." or "POST /...": say so in plain HTTP.
-            handler.rejected(400);
-            refuse_plain_on_tls_port(tcp);
-        }
-        return Ok(());
-    }
-    let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-    let mut stream = TlsStream::new(conn, DeadlineSocket { tcp, deadline });
-    while stream.conn.is_handshaking() {
-        stream
-            .conn
-            .complete_io(&mut stream.sock)
-            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {remote}: {e}")))?;
-    }
-    serve_connection(stream, remote, limits, handler, gate)
-}
-
-/// Answers a plain-HTTP request sent to the HTTPS port, then closes. The request is read
-/// first and the socket half-closed before closing, so the client sees the answer rather
-/// than a reset caused by unread data.
-fn refuse_plain_on_tls_port(mut tcp: TcpStream) {
-    let mut sink = [0u8; 16 * 1024];
-    let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
-    let _ = tcp.read(&mut sink);
-    let response = Response::error(
-        400,
-        "this server speaks HTTPS only: use an https:// server URL",
-    );
-    let mut out = BufWriter::new(&mut tcp);
-    if write_response(&mut out, &response, false)
-        .and_then(|()| out.flush())
-        .is_err()
-    {
-        return;
-    }
-    drop(out);
-    let _ = tcp.shutdown(Shutdown::Write);
-    let until = Instant::now() + Duration::from_secs(1);
-    while let Ok(left) = remaining(until) {
-        let _ = tcp.set_read_timeout(Some(left));
-        match tcp.read(&mut sink) {
-            Ok(n) if n > 0 => {}
-            _ => break,
-        }
-    }
-}
-
-fn serve_connection<S: Transport>(
-    stream: S,
-    remote: SocketAddr,
-    limits: &Limits,
-    handler: &dyn Handler,
-    gate: &Gate,
-) -> io::Result<()> {
-    let mut conn = BufWriter::with_capacity(64 * 1024, stream);
-    let result = serve_requests(&mut conn, remote, limits, handler, gate);
-    if result.is_ok() {
-        let _ = conn.flush();
-        conn.get_mut().close();
-    }
-    result
-}
-
-fn serve_requests<S: Transport>(
-    conn: &mut BufWriter<S>,
-    remote: SocketAddr,
-    limits: &Limits,
-    handler: &dyn Handler,
-    gate: &Gate,
-) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    loop {
-        match read_request(conn, &mut buf, limits, remote)? {
-            ReadOutcome::Closed => return Ok(()),
-            ReadOutcome::Refused(status, message) => {
-                handler.rejected(status);
-                write_response(conn, &Response::error(status, &message), false)?;
-                conn.flush()?;
-                return Ok(());
-            }
-            ReadOutcome::Request(request, keep_alive) => {
-                gate.acquire(limits.handler_threads);
-                let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handler.handle(&request)
-                }))
-                .unwrap_or_else(|_| Response::error(500, "internal error: see the server log"));
-                gate.release();
-                // A HEAD answer carries the headers, Content-Length included, but no body.
-                if request.method == "HEAD" {
-                    write_head(conn, &response, keep_alive)?;
-                } else {
-                    write_response(conn, &response, keep_alive)?;
-                }
-                conn.flush()?;
-                if !keep_alive {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// Reads into `buf` with a deadline; Ok(0) means the peer closed. Reads go straight to the
-/// stream under the write buffer, which is always flushed before a read.
-fn read_some<S: Transport>(
-    conn: &mut BufWriter<S>,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-) -> io::Result<usize> {
-    let stream = conn.get_mut();
-    stream.read_deadline(deadline)?;
-    let mut chunk = [0u8; 8192];
-    let n = stream.read(&mut chunk)?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-fn read_request<S: Transport>(
-    conn: &mut BufWriter<S>,
-    buf: &mut Vec<u8>,
-    limits: &Limits,
-    remote: SocketAddr,
-) -> io::Result<ReadOutcome> {
-    // Wait for the first byte of a request under the idle timeout.
-    if buf.is_empty() {
-        match read_some(conn, buf, Instant::now() + limits.idle_timeout) {
-            Ok(0) => return Ok(ReadOutcome::Closed),
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => return Ok(ReadOutcome::Closed),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                return Ok(ReadOutcome::Closed)
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let deadline = Instant::now() + limits.request_timeout;
-    // Read the head.
-    let (head_len, method, target, headers, version) = loop {
-        let mut slots = [httparse::EMPTY_HEADER; 64];
-        let mut parsed = httparse::Request::new(&mut slots);
-        match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let version = parsed.version.unwrap_or(1);
-                let method = parsed.method.unwrap_or("").to_owned();
-                let target = parsed.path.unwrap_or("").to_owned();
-                let headers: Vec<(String, String)> = parsed
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_owned(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                break (len, method, target, headers, version);
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() > limits.max_header_bytes {
-                    return Ok(ReadOutcome::Refused(
-                        431,
-                        format!("request headers exceed {} bytes", limits.max_header_bytes),
-                    ));
-                }
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Ok(ReadOutcome::Refused(
-                    431,
-                    "more than 64 request headers".into(),
-                ))
-            }
-            Err(e) => {
-                return Ok(ReadOutcome::Refused(
-                    400,
-                    format!("malformed HTTP request: {e}"),
-                ))
-            }
-        }
-        match read_some(conn, buf, deadline) {
-            Ok(0) => return Ok(ReadOutcome::Closed),
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => {
-                return Ok(ReadOutcome::Refused(
-                    408,
-                    "request not received in time".into(),
-                ))
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    if head_len > limits.max_header_bytes {
-        return Ok(ReadOutcome::Refused(
-            431,
-            format!("request headers exceed {} bytes", limits.max_header_bytes),
-        ));
-    }
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_ascii_lowercase())
-    };
-    if find("transfer-encoding").is_some() {
-        return Ok(ReadOutcome::Refused(
-            411,
-            "chunked request bodies are not supported: send Content-Length".into(),
-        ));
-    }
-    let content_length = match find("content-length") {
-        None => 0,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) => n,
-            Err(_) => return Ok(ReadOutcome::Refused(400, "invalid Content-Length".into())),
-        },
-    };
-    if content_length > limits.max_body_bytes {
-        return Ok(ReadOutcome::Refused(
-            413,
-            format!(
-                "request body of {content_length} bytes exceeds the limit of {} bytes",
-                limits.max_body_bytes
-            ),
-        ));
-    }
-    let connection = find("connection");
-    let has_token = |token: &str| {
-        connection
-            .as_deref()
-            .is_some_and(|c| c.split(',').any(|t| t.trim() == token))
-    };
-    // HTTP/1.1 keeps connections open unless told otherwise; HTTP/1.0 only when asked.
-    let keep_alive = if version == 0 {
-        has_token("keep-alive")
-    } else {
-        !has_token("close")
-    };
-    if content_length > 0
-        && buf.len() < head_len + content_length
-        && find("expect").as_deref() == Some("100-continue")
-    {
-        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-        conn.flush()?;
-    }
-    while buf.len() < head_len + content_length {
-        match read_some(conn, buf, deadline) {
-            Ok(0) => return Ok(ReadOutcome::Closed),
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => {
-                return Ok(ReadOutcome::Refused(
-                    408,
-                    "request body not received in time".into(),
-                ))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let body = buf[head_len..head_len + content_length].to_vec();
-    buf.drain(..head_len + content_length);
-    Ok(ReadOutcome::Request(
-        Request {
-            method,
-            target,
-            headers,
-            body,
-            remote,
-        },
-        keep_alive,
-    ))
-}
-
-/// An in-memory `Transport`: the bytes a client sent, and nowhere to write.
-struct Replay<'a> {
-    input: &'a [u8],
-}
-
-impl Read for Replay<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.input.read(buf)
-    }
-}
-
-impl Write for Replay<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Transport for Replay<'_> {
-    fn read_deadline(&mut self, _: Instant) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// What the connection layer makes of `bytes` arriving on a fresh connection: every request
-/// it would hand the handler, in order, and the refusal (status and message) that would end
-/// the connection, if any.
-///
-/// Why it exists: fuzzing and corpus replay reach the real request-head and body framing
-/// code (`read_request`, the same generic function live connections run) without sockets.
-pub fn parse_requests(bytes: &[u8], limits: &Limits) -> (Vec<Request>, Option<(u16, String)>) {
-    let remote: SocketAddr = ([127, 0, 0, 1], 9).into();
-    let mut conn = BufWriter::new(Replay { input: bytes });
-    let mut buf = Vec::new();
-    let mut requests = Vec::new();
-    loop {
-        match read_request(&mut conn, &mut buf, limits, remote) {
-            Ok(ReadOutcome::Request(request, keep_alive)) => {
-                requests.push(request);
-                if !keep_alive {
-                    return (requests, None);
-                }
-            }
-            Ok(ReadOutcome::Refused(status, message)) => {
-                return (requests, Some((status, message)))
-            }
-            Ok(ReadOutcome::Closed) | Err(_) => return (requests, None),
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-fn write_response<W: Write>(out: &mut W, response: &Response, keep_alive: bool) -> io::Result<()> {
-    write_head(out, response, keep_alive)?;
-    match &response.body {
-        Body::Empty => {}
-        Body::Owned(bytes) => out.write_all(bytes)?,
-        Body::Shared(buf, parts) => {
-            for part in parts {
-                out.write_all(&buf[part.clone()])?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes the status line and headers of `response` (with the Content-Length of its body).
-fn write_head<W: Write>(out: &mut W, response: &Response, keep_alive: bool) -> io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        response.status,
-        reason(response.status)
-    );
-    for (name, value) in &response.headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
-    head.push_str(if keep_alive {
-        "Connection: keep-alive\r\n\r\n"
-    } else {
-        "Connection: close\r\n\r\n"
-    });
-    out.write_all(head.as_bytes())
-}
-
-/// Where the server's certificate chain and private key are (`--tls-cert`, `--tls-key`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM file with the server certificate first, then any intermediates.
-    pub cert: PathBuf,
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
-
-/// Builds the rustls server configuration from PEM files.
-///
-/// Uses rustls 0.23 with the `ring` provider (no cmake or aws-lc build) and rustls' safe
-/// defaults (TLS 1.2 and 1.3, no client certificates: peers authenticate with request MACs,
-/// not certificates). Errors name the file and what is wrong with it, since a bad path or a
-/// key that does not match the certificate is the usual first-run mistake.
-pub fn load_tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error("--tls-cert", &files.cert, e))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "--tls-cert {}: no CERTIFICATE block in the file",
-            files.cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| pem_error("--tls-key", &files.key, e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map(Arc::new)
-        .map_err(|e| {
-            format!(
-                "--tls-cert {} and --tls-key {} are not a usable pair: {e}",
-                files.cert.display(),
-                files.key.display()
-            )
-        })
-}
-
-fn pem_error(flag: &str, path: &Path, e: rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error;
-    match e {
-        Error::Io(io) => format!("{flag} {}: {io}", path.display()),
-        Error::NoItemsFound => {
-            format!("{flag} {}: no usable PEM block in the file", path.display())
-        }
-        other => format!("{flag} {}: not valid PEM ({other:?})", path.display()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::time::Instant;
 
     struct Hello;
     impl Handler for Hello {
@@ -952,7 +379,7 @@ mod tests {
             }
             match stream.read(&mut sink) {
                 Ok(0) => break,
-                Err(e) if !is_timeout(&e) => break,
+                Err(e) if !parse::is_timeout(&e) => break,
                 _ => {}
             }
             assert!(start.elapsed() < Duration::from_secs(10), "never closed");
@@ -1003,3 +430,7 @@ mod tests {
         assert!(answer.contains("Connection: close"), "{answer}");
     }
 }
+
+/// Real-socket tests of the loop: parking, conformance on the wire, graceful close.
+#[cfg(test)]
+mod loop_tests;
