@@ -29,7 +29,8 @@ pub struct ServerArgs {
     /// seconds without a heartbeat after which a peer is offline (default 120)
     #[argh(option, default = "120")]
     heartbeat_timeout: u64,
-    /// seconds between sweeps that mark silent peers offline and flush heartbeats (default 60)
+    /// seconds between sweeps that mark silent peers offline and store endpoint changes
+    /// (default 60)
     #[argh(option, default = "60")]
     sweep_interval: u64,
     /// requests handled at the same moment (default: twice the number of cores); a waiting

@@ -12,7 +12,7 @@ use crate::server::tokens::Tag;
 use crate::time;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -61,7 +61,9 @@ pub struct Registry {
     peers: HashMap<PublicKey, PeerRecord>,
     ids: HashMap<PeerId, PublicKey>,
     generation: u64,
-    dirty: bool,
+    /// Peers whose stored fields (endpoint, observed address, online) changed without a
+    /// journal entry: heartbeats and timeouts. Journaled in a batch by the sweeper.
+    unsaved: HashSet<PublicKey>,
     /// The IPv6 mesh prefix (from the server key); each peer's /128 is listed beside its /32.
     mesh6: Option<Ipv6Net>,
 }
@@ -88,7 +90,7 @@ impl Registry {
             peers,
             ids,
             generation: 1,
-            dirty: false,
+            unsaved: HashSet::new(),
             mesh6: None,
         })
     }
@@ -177,9 +179,9 @@ impl Registry {
             }
         }
         self.ids.insert(record.id.clone(), record.public_key);
+        self.unsaved.remove(&record.public_key);
         self.peers.insert(record.public_key, record);
         self.generation += 1;
-        self.dirty = true;
     }
 
     /// Undoes [`Registry::prepare`] when the change could not be made durable.
@@ -213,12 +215,17 @@ impl Registry {
             peer.endpoint = endpoint;
             visible = true;
         }
+        let mut stored = visible;
         if peer.observed_ip != Some(observed_ip) {
             peer.observed_ip = Some(observed_ip);
             visible |= peer.endpoint.is_none();
+            stored = true;
         }
+        // The time alone is not stored: heartbeats must not cost disk writes.
         peer.last_heartbeat = now;
-        self.dirty = true;
+        if stored {
+            self.unsaved.insert(*key);
+        }
         if visible {
             self.generation += 1;
         }
@@ -230,8 +237,8 @@ impl Registry {
         let key = self.ids.remove(id)?;
         let peer = self.peers.remove(&key)?;
         self.ipam.release(peer.virtual_ip);
+        self.unsaved.remove(&key);
         self.generation += 1;
-        self.dirty = true;
         Some(peer)
     }
 
@@ -242,19 +249,23 @@ impl Registry {
             let silent = now.duration_since(peer.last_heartbeat).unwrap_or_default();
             if silent > timeout {
                 peer.online = false;
+                self.unsaved.insert(peer.public_key);
                 gone.push((peer.id.clone(), peer.hostname.clone(), silent.as_secs()));
             }
         }
         if !gone.is_empty() {
             self.generation += 1;
-            self.dirty = true;
         }
         gone
     }
 
-    /// Whether anything changed since the last [`Registry::take_dirty`].
-    pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
+    /// The records changed since the last call without a journal entry of their own, for
+    /// the sweeper to journal in one batch.
+    pub fn take_unsaved(&mut self) -> Vec<PeerRecord> {
+        let keys = std::mem::take(&mut self.unsaved);
+        keys.iter()
+            .filter_map(|k| self.peers.get(k).cloned())
+            .collect()
     }
 
     /// The whole registry, for a snapshot on disk.
