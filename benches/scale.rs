@@ -6,11 +6,13 @@
 //!    connections, then 30 s of signed heartbeats paced as 10,000 agents on a 30 s timer
 //!    (333/s): p50/p99 latency and the server's CPU (from /proc, so the load generator's own
 //!    work is not counted).
-//! 2. The connection layer alone (in this process) with 10,000 long-polls parked on one
-//!    notifier: threads and RSS added, and how long one notify takes to answer them all.
+//! 2. The connection layer alone (in a child process running this bench's parking handler)
+//!    with 10,000 long-polls parked on one notifier: its threads and RSS, and how long one
+//!    notify takes to answer them all.
 //!
 //! Every loop is bounded in count and time; only loopback addresses are used. The bench raises
-//! its own open-file limit (to 65,536 as root, else soft to hard) and needs 22,000.
+//! its own open-file limit (to 65,536 as root, else soft to hard) and needs 11,000; the
+//! servers run as child processes, each with its own limit.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -161,8 +163,10 @@ fn start_server(dir: &Path) -> (Child, SocketAddr) {
             "--udp-listen",
             "off",
             "--open",
-            "--log-level",
-            "warn",
+            // Agents with a long-poll outstanding keep their connection busy; here the
+            // heartbeat connection must outlive the 30 s timer plus the settling time.
+            "--idle-timeout",
+            "120",
             "--state",
         ])
         .arg(dir.join("peers.json"))
@@ -178,7 +182,7 @@ fn start_server(dir: &Path) -> (Child, SocketAddr) {
         for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            } else if !line.contains("open-file limit") {
+            } else if line.contains("ERROR") || line.contains("out of file descriptors") {
                 eprintln!("server: {line}");
             }
         }
@@ -337,10 +341,13 @@ impl Handler for ParkAll {
     }
 }
 
-fn parked_long_polls() {
+/// The parking server's side of [`parked_long_polls`], run in a child process (each
+/// process has its own open-file limit): serves until stdin closes; "stats" prints the
+/// parked and worker counts, "notify" wakes every parked request.
+fn parked_server_child() {
+    use std::io::BufRead;
+    raise_nofile();
     let notifier = Notifier::new();
-    let me = std::process::id();
-    let (threads_before, rss_before) = threads_and_rss(me);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = http::HttpServer::start(
         listener,
@@ -348,7 +355,41 @@ fn parked_long_polls() {
         Arc::new(ParkAll(notifier.clone())),
     )
     .unwrap();
-    let addr = server.local_addr();
+    println!("{}", server.local_addr());
+    for line in io::stdin().lock().lines().map_while(Result::ok) {
+        match line.trim() {
+            "stats" => {
+                let stats = server.stats();
+                println!("{} {}", stats.parked, stats.workers);
+            }
+            "notify" => notifier.notify(),
+            _ => {}
+        }
+    }
+}
+
+fn parked_long_polls() {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("WGMESH_SCALE_PARKED_SERVER", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    output.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.trim().parse().unwrap();
+    let (threads_before, rss_before) = threads_and_rss(pid);
+    let mut ask_stats = || -> (usize, usize) {
+        writeln!(input, "stats").unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        let mut parts = line.split_whitespace().map(|v| v.parse().unwrap());
+        (parts.next().unwrap(), parts.next().unwrap())
+    };
     let mut clients: Vec<TcpStream> = (0..AGENTS)
         .map(|_| {
             let mut s = TcpStream::connect(addr).unwrap();
@@ -359,48 +400,52 @@ fn parked_long_polls() {
         })
         .collect();
     let settle = Instant::now();
-    while server.stats().parked < AGENTS && settle.elapsed() < Duration::from_secs(60) {
+    while ask_stats().0 < AGENTS && settle.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Workers idle out after 5 s; measure at rest.
     std::thread::sleep(Duration::from_secs(7));
-    let stats = server.stats();
-    let (threads, rss) = threads_and_rss(me);
+    let (parked, workers) = ask_stats();
+    let (threads, rss) = threads_and_rss(pid);
     println!(
-        "connection layer, {} long-polls parked: {} threads added ({} workers alive), RSS +{:.1} MiB (client sockets in the same process)",
-        stats.parked,
-        threads - threads_before,
-        stats.workers,
-        rss - rss_before
+        "connection layer with {parked} long-polls parked: {threads} threads ({threads_before} before any connection, {workers} workers alive), RSS {rss:.1} MiB ({rss_before:.1} before)"
     );
     let started = Instant::now();
-    notifier.notify();
+    writeln!(input, "notify").unwrap();
     let mut buf = Vec::new();
     let mut answered = 0;
     let mut chunk = [0u8; 1024];
+    let marker = b"{\"changed\":true}";
     for client in &mut clients {
         buf.clear();
-        while !buf.windows(16).any(|w| w == b"{\"changed\":true}") {
+        while !buf.windows(marker.len()).any(|w| w == marker) {
             match client.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        if buf.windows(16).any(|w| w == b"{\"changed\":true}") {
+        if buf.windows(marker.len()).any(|w| w == marker) {
             answered += 1;
         }
     }
     println!(
-        "one notify answered {answered} parked long-polls in {:.0} ms (the last one included)",
+        "one notify answered {answered} parked long-polls in {:.0} ms (until the last answer was read)",
         started.elapsed().as_secs_f64() * 1000.0
     );
+    drop(clients);
+    drop(input);
+    let _ = child.wait();
 }
 
 fn main() {
+    if std::env::var_os("WGMESH_SCALE_PARKED_SERVER").is_some() {
+        return parked_server_child();
+    }
     let nofile = raise_nofile();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("wgmesh scale bench: {cores} cores, loopback, open-file limit {nofile}");
-    if nofile < 2 * AGENTS as u64 + 2_000 {
-        println!("skipped: the open-file limit ({nofile}) is below 22,000; raise it (ulimit -Hn)");
+    if nofile < AGENTS as u64 + 1_000 {
+        println!("skipped: the open-file limit ({nofile}) is below 11,000; raise it (ulimit -Hn)");
         return;
     }
     let dir = std::env::temp_dir().join(format!("wgmesh-scale-{}", std::process::id()));
