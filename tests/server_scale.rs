@@ -1,6 +1,8 @@
 //! The server at scale, through the real binary: running out of file descriptors, and how
 //! much heartbeats write to disk.
 
+#![cfg(unix)]
+
 mod common;
 
 use common::*;
