@@ -197,6 +197,13 @@ mod linux {
         (child, addr)
     }
 
+    /// (snapshot mtime, total bytes of snapshot and journal)
+    fn state_files(dir: &Path) -> (SystemTime, u64) {
+        let snapshot = std::fs::metadata(dir.join("peers.json")).unwrap();
+        let journal = std::fs::metadata(dir.join("peers.json.journal")).map_or(0, |m| m.len());
+        (snapshot.modified().unwrap(), snapshot.len() + journal)
+    }
+
     fn percentile(sorted: &[u64], p: f64) -> String {
         let Some(v) =
             sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
@@ -271,6 +278,7 @@ mod linux {
 
         // 30 s of heartbeats as 10,000 agents on a 30 s timer: each agent sends one, evenly
         // spread, from a few client threads over their own connections.
+        let disk_before = state_files(dir);
         let cpu_before = cpu_secs(pid);
         let started = Instant::now();
         let per_thread = AGENTS / CLIENT_THREADS;
@@ -323,6 +331,12 @@ mod linux {
         percentile(&latencies, 1.0),
         100.0 * cpu / elapsed,
     );
+        let disk_after = state_files(dir);
+        println!(
+            "state files during those heartbeats (6 sweeps): {} bytes written, snapshot rewritten: {}",
+            disk_after.1.saturating_sub(disk_before.1),
+            if disk_after.0 == disk_before.0 { "no" } else { "yes" }
+        );
         drop(agents);
         let _ = child.kill();
         let _ = child.wait();
