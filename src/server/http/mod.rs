@@ -3,13 +3,13 @@
 //!
 //! Design (for 10,000 agents, each with an idle keep-alive connection and a parked
 //! long-poll): a connection costs a thread only while it has something to do.
-//! - one accept thread hands every new socket to the readiness loop ([`accept`]);
-//! - one readiness loop thread ([`poller`]) owns every *waiting* connection: idle between
+//! - one accept thread hands every new socket to the readiness loop (`accept.rs`);
+//! - one readiness loop thread (`poller.rs`) owns every *waiting* connection: idle between
 //!   requests, parked on a long-poll ([`Park`]), or draining before close. It watches them
 //!   with epoll/kqueue (`mio`), enforces their deadlines (idle timeout, park deadline), wakes
 //!   parked requests when their [`Notifier`] moves, and hands a readable connection to a
 //!   worker;
-//! - an elastic worker pool ([`pool`]) reads the request with blocking reads bounded by the
+//! - an elastic worker pool (`pool.rs`) reads the request with blocking reads bounded by the
 //!   request timeout, runs the handler (at most `--threads` at once), writes the answer, and
 //!   gives the connection back to the loop. Workers start when every one is busy (so slow
 //!   clients cannot stall others) and exit after a few idle seconds.
