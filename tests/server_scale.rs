@@ -173,3 +173,41 @@ fn heartbeats_write_nothing_to_disk_and_state_survives_a_crash() {
         .unwrap_or_else(|| panic!("{} missing: {}", ids[0], list.json));
     assert_eq!(first["endpoint"], moved);
 }
+
+/// `/metrics` shows how many connections wait idle (and parked), so an operator can see
+/// 10,000 agents sitting in the readiness loop.
+#[test]
+fn metrics_count_idle_connections() {
+    let dir = TempDir::new("connmetrics");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            let mut answer = [0u8; 512];
+            assert!(s.read(&mut answer).unwrap() > 0);
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    loop {
+        let mut resp = agent().get(server.url("/metrics")).call().unwrap();
+        let text = resp.body_mut().read_to_string().unwrap();
+        // The five, and the metrics request's own connection once it is idle again.
+        if text.contains("wgmesh_http_connections{state=\"idle\"} 5")
+            || text.contains("wgmesh_http_connections{state=\"idle\"} 6")
+        {
+            assert!(
+                text.contains("wgmesh_http_connections{state=\"parked\"} 0"),
+                "{text}"
+            );
+            assert!(text.contains("wgmesh_http_workers "), "{text}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
+}

@@ -207,6 +207,53 @@ pub struct ConnStats {
     pub workers: usize,
 }
 
+impl ConnStats {
+    /// Appends the counts as Prometheus gauges (`wgmesh_http_connections{state=...}`,
+    /// `wgmesh_http_workers`), so an operator sees parked long-polls and idle agents.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP wgmesh_http_connections Open HTTP connections: all, idle between requests, parked on a long-poll."
+        );
+        let _ = writeln!(out, "# TYPE wgmesh_http_connections gauge");
+        for (state, n) in [
+            ("open", self.open),
+            ("idle", self.idle),
+            ("parked", self.parked),
+        ] {
+            let _ = writeln!(out, "wgmesh_http_connections{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wgmesh_http_workers HTTP worker threads alive (they exit when idle)."
+        );
+        let _ = writeln!(out, "# TYPE wgmesh_http_workers gauge");
+        let _ = writeln!(out, "wgmesh_http_workers {}", self.workers);
+    }
+}
+
+/// Reads a server's [`ConnStats`] without keeping the server alive (the handler holds one
+/// for `/metrics`, and the server holds the handler).
+#[derive(Clone)]
+pub struct StatsHandle(std::sync::Weak<poller::Shared>);
+
+impl StatsHandle {
+    /// The counts now, or None once the server is gone.
+    pub fn get(&self) -> Option<ConnStats> {
+        self.0.upgrade().map(|shared| stats_of(&shared))
+    }
+}
+
+fn stats_of(shared: &poller::Shared) -> ConnStats {
+    ConnStats {
+        open: shared.open.load(Ordering::SeqCst),
+        idle: shared.counts.idle.load(Ordering::Relaxed),
+        parked: shared.counts.parked.load(Ordering::Relaxed),
+        workers: shared.pool.threads(),
+    }
+}
+
 /// A running HTTP server: the accept thread, the readiness loop and its workers.
 pub struct HttpServer {
     local_addr: SocketAddr,
@@ -286,12 +333,12 @@ impl HttpServer {
 
     /// How many connections are open, waiting or parked, and how many workers run.
     pub fn stats(&self) -> ConnStats {
-        ConnStats {
-            open: self.shared.open.load(Ordering::SeqCst),
-            idle: self.shared.counts.idle.load(Ordering::Relaxed),
-            parked: self.shared.counts.parked.load(Ordering::Relaxed),
-            workers: self.shared.pool.threads(),
-        }
+        stats_of(&self.shared)
+    }
+
+    /// A handle for reading [`HttpServer::stats`] from elsewhere (e.g. `/metrics`).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(Arc::downgrade(&self.shared))
     }
 
     /// Stops accepting new connections and closes waiting ones; requests being handled
