@@ -454,10 +454,12 @@ mod linux {
                 answered += 1;
             }
         }
+        let elapsed = started.elapsed();
+        let (_, workers) = ask_stats();
         println!(
-        "one notify answered {answered} parked long-polls in {:.0} ms (until the last answer was read)",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+            "one notify answered {answered} parked long-polls in {:.0} ms (until the last answer was read), with {workers} workers",
+            elapsed.as_secs_f64() * 1000.0
+        );
         drop(clients);
         drop(input);
         let _ = child.wait();

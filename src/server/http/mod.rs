@@ -300,7 +300,10 @@ impl HttpServer {
         let local_addr = listener.local_addr()?;
         let (handle, readiness, rx, notified) = poller::channel()?;
         let shared = Arc::new(poller::Shared {
-            pool: pool::Pool::new(limits.max_connections),
+            pool: pool::Pool::new(
+                limits.handler_threads.saturating_mul(2).max(8),
+                limits.max_connections,
+            ),
             limits,
             handler,
             gate: conn::Gate::default(),
