@@ -409,8 +409,12 @@ mod linux {
         output.read_line(&mut line).unwrap();
         let addr: SocketAddr = line.trim().parse().unwrap();
         let (threads_before, rss_before) = threads_and_rss(pid);
-        let mut ask_stats = || -> (usize, usize) {
-            writeln!(input, "stats").unwrap();
+        // "notify" is sent through here too, so one closure owns the child's stdin.
+        let mut ask = |command: &str| -> (usize, usize) {
+            writeln!(input, "{command}").unwrap();
+            if command != "stats" {
+                return (0, 0);
+            }
             let mut line = String::new();
             output.read_line(&mut line).unwrap();
             let mut parts = line.split_whitespace().map(|v| v.parse().unwrap());
@@ -426,18 +430,18 @@ mod linux {
             })
             .collect();
         let settle = Instant::now();
-        while ask_stats().0 < AGENTS && settle.elapsed() < Duration::from_secs(60) {
+        while ask("stats").0 < AGENTS && settle.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Workers idle out after 5 s; measure at rest.
         std::thread::sleep(Duration::from_secs(7));
-        let (parked, workers) = ask_stats();
+        let (parked, workers) = ask("stats");
         let (threads, rss) = threads_and_rss(pid);
         println!(
         "connection layer with {parked} long-polls parked: {threads} threads ({threads_before} before any connection, {workers} workers alive), RSS {rss:.1} MiB ({rss_before:.1} before)"
     );
         let started = Instant::now();
-        writeln!(input, "notify").unwrap();
+        ask("notify");
         let mut buf = Vec::new();
         let mut answered = 0;
         let mut chunk = [0u8; 1024];
@@ -455,7 +459,7 @@ mod linux {
             }
         }
         let elapsed = started.elapsed();
-        let (_, workers) = ask_stats();
+        let (_, workers) = ask("stats");
         println!(
             "one notify answered {answered} parked long-polls in {:.0} ms (until the last answer was read), with {workers} workers",
             elapsed.as_secs_f64() * 1000.0
