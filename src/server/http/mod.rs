@@ -57,7 +57,7 @@ pub struct Limits {
     /// How long a client may take to send one whole request once it started it.
     pub request_timeout: Duration,
     /// Most connections open at once; past it new ones get 503 and are closed. Waiting
-    /// connections (idle or parked) cost a descriptor and a few hundred bytes, not a thread.
+    /// connections (idle or parked) cost a descriptor and about a kilobyte, not a thread.
     pub max_connections: usize,
     /// Most requests running handler code at once (`--threads`).
     pub handler_threads: usize,
