@@ -211,3 +211,43 @@ fn metrics_count_idle_connections() {
     }
     drop(idle);
 }
+
+/// HEAD is GET without the body on every GET resource (it used to be 405 on all but
+/// /healthz), and never 405 where GET is allowed.
+#[test]
+fn head_works_on_every_get_resource() {
+    let dir = TempDir::new("head");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    for (path, status) in [
+        ("/key", 200),
+        ("/metrics", 200),
+        ("/healthz", 200),
+        ("/peers?peer_id=peer-0123456789abcdef", 401),
+        ("/admin/peers", 401),
+    ] {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "HEAD {path}: {answer}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(body.is_empty(), "HEAD {path} sent a body: {body:?}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0, "HEAD {path} tells the GET body's length");
+    }
+}
