@@ -9,12 +9,13 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, mesh DNS
-# queries/s vs dnsmasq, registrations/s and heartbeats/s on the JSON store vs PostgreSQL
-# replicas).
+# Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, the
+# connection layer with 10,000 idle or parked connections, mesh DNS queries/s vs dnsmasq,
+# registrations/s and heartbeats/s on the JSON store vs PostgreSQL replicas).
 bench:
     cargo bench --bench server
     cargo bench --bench stun
+    cargo bench --bench scale
     cargo bench --bench dns
     cargo bench --bench replicas
 

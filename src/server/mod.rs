@@ -2,8 +2,9 @@
 //! checks and persistence, served over HTTP or HTTPS (rustls) by our own small HTTP/1.1
 //! layer (`http`) on plain std threads.
 //!
-//! Threads: one accepts connections, one per open connection serves requests, and one
-//! sweeper marks silent peers offline and compacts the store on each `sweep_interval`.
+//! Threads: one accepts connections, one readiness loop holds every waiting connection, an
+//! elastic pool of workers serves requests (see [`http`]), and one sweeper marks silent peers
+//! offline and journals what heartbeats changed on each `sweep_interval`.
 
 pub mod api;
 pub mod audit;
@@ -208,8 +209,14 @@ impl RunningServer {
             Some(url) => start_replica(config, url)?,
             None => {
                 let key = load_or_create_key(&config.key_file)?;
-                let (store, snapshot) =
+                let (store, mut snapshot) =
                     Store::open(&config.state, config.network).map_err(ServerError::Store)?;
+                // Heartbeat times are not written to disk (README "Durability"): a peer stored
+                // as online gets one full heartbeat timeout from this start to check in again.
+                let started = std::time::SystemTime::now();
+                for peer in snapshot.peers.iter_mut().filter(|p| p.online) {
+                    peer.last_heartbeat = peer.last_heartbeat.max(started);
+                }
                 let peers = snapshot.peers.len();
                 let mut registry = registry::Registry::from_snapshot(snapshot)
                     .map_err(|e| ServerError::Config(e.to_string()))?;
@@ -235,6 +242,7 @@ impl RunningServer {
             None => http::HttpServer::start(listener, config.limits.clone(), api.clone()),
         }
         .map_err(ServerError::Io)?;
+        api.set_http_stats(http.stats_handle());
         log::info!(
             "wgmesh server listening on {scheme}://{} for {} ({peers} peers loaded from {source})",
             http.local_addr(),

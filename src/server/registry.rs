@@ -13,7 +13,7 @@ use crate::time;
 use crate::types::Tag;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -62,7 +62,9 @@ pub struct Registry {
     peers: HashMap<PublicKey, PeerRecord>,
     ids: HashMap<PeerId, PublicKey>,
     generation: u64,
-    dirty: bool,
+    /// Peers whose stored fields (endpoint, observed address, online) changed without a
+    /// journal entry: heartbeats and timeouts. Journaled in a batch by the sweeper.
+    unsaved: HashSet<PublicKey>,
     /// The IPv6 mesh prefix (from the server key); each peer's /128 is listed beside its /32.
     mesh6: Option<Ipv6Net>,
     /// Which peer holds which `.mesh` name.
@@ -84,6 +86,12 @@ impl Registry {
         if renamed > 0 {
             log::info!("gave {renamed} peer(s) a DNS name");
         }
+        // Names assigned on load must reach the disk at the next sweep's journal batch.
+        let unsaved: HashSet<PublicKey> = if renamed > 0 {
+            records.iter().map(|p| p.public_key).collect()
+        } else {
+            HashSet::new()
+        };
         let mut peers = HashMap::with_capacity(records.len());
         let mut ids = HashMap::with_capacity(records.len());
         for peer in records {
@@ -96,8 +104,7 @@ impl Registry {
             peers,
             ids,
             generation: 1,
-            // Names assigned on load must reach the snapshot at the next compaction.
-            dirty: renamed > 0,
+            unsaved,
             mesh6: None,
             names,
         })
@@ -202,9 +209,9 @@ impl Registry {
                 .claim(record.public_key, name.clone(), old_name.as_ref());
         }
         self.ids.insert(record.id.clone(), record.public_key);
+        self.unsaved.remove(&record.public_key);
         self.peers.insert(record.public_key, record);
         self.generation += 1;
-        self.dirty = true;
     }
 
     /// Undoes [`Registry::prepare`] when the change could not be made durable.
@@ -238,12 +245,17 @@ impl Registry {
             peer.endpoint = endpoint;
             visible = true;
         }
+        let mut stored = visible;
         if peer.observed_ip != Some(observed_ip) {
             peer.observed_ip = Some(observed_ip);
             visible |= peer.endpoint.is_none();
+            stored = true;
         }
+        // The time alone is not stored: heartbeats must not cost disk writes.
         peer.last_heartbeat = now;
-        self.dirty = true;
+        if stored {
+            self.unsaved.insert(*key);
+        }
         if visible {
             self.generation += 1;
         }
@@ -302,8 +314,8 @@ impl Registry {
         if let Some(name) = &peer.dns_name {
             self.names.release(name, &key);
         }
+        self.unsaved.remove(&key);
         self.generation += 1;
-        self.dirty = true;
         Some(peer)
     }
 
@@ -314,19 +326,23 @@ impl Registry {
             let silent = now.duration_since(peer.last_heartbeat).unwrap_or_default();
             if silent > timeout {
                 peer.online = false;
+                self.unsaved.insert(peer.public_key);
                 gone.push((peer.id.clone(), peer.hostname.clone(), silent.as_secs()));
             }
         }
         if !gone.is_empty() {
             self.generation += 1;
-            self.dirty = true;
         }
         gone
     }
 
-    /// Whether anything changed since the last [`Registry::take_dirty`].
-    pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
+    /// The records changed since the last call without a journal entry of their own, for
+    /// the sweeper to journal in one batch.
+    pub fn take_unsaved(&mut self) -> Vec<PeerRecord> {
+        let keys = std::mem::take(&mut self.unsaved);
+        keys.iter()
+            .filter_map(|k| self.peers.get(k).cloned())
+            .collect()
     }
 
     /// The whole registry, for a snapshot on disk.

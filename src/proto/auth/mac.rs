@@ -43,13 +43,13 @@ pub const RESPONSE_MAC_HEADER: &str = "X-Wgmesh-Response-Mac";
 /// generous either.
 pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 120;
 
-/// How many nonces [`super::ReplayCache::default`] remembers at once.
+/// How many nonces [`super::ReplayCache::default`] remembers at once, across all keys.
 ///
-/// Why 262,144: a nonce is remembered for at most twice the skew window (240 s), so this
-/// absorbs about 1,000 authenticated requests per second, e.g. 10,000 peers heartbeating every
-/// 10 s with 4x headroom, in roughly 20 MB at worst. Only requests with a valid MAC are
-/// inserted, so strangers cannot fill it.
-pub const DEFAULT_REPLAY_CAPACITY: usize = 1 << 18;
+/// Why 2^22 (4,194,304, about 150 MB at worst, far less in practice): nonces are kept for
+/// [`super::REPLAY_ORDER_WINDOW_SECS`] of each key's own requests, so 10,000 signed requests a
+/// second need about 300,000; this leaves over tenfold headroom before the cache fails
+/// closed. Only requests with a valid MAC are inserted.
+pub const DEFAULT_REPLAY_CAPACITY: usize = 1 << 22;
 
 /// Length of the random nonce, in bytes: 128 bits never collide by chance.
 pub const NONCE_LEN: usize = 16;

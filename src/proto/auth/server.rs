@@ -86,7 +86,7 @@ fn verify_with<'a>(
         .verify_slice(&mac)
         .map_err(|_| AuthError::BadMac(key))?;
 
-    replay.check_and_remember(nonce, ts, now_secs)?;
+    replay.check_and_remember(&key, nonce, ts, now_secs)?;
     Ok((key, keys))
 }
 

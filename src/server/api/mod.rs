@@ -28,7 +28,7 @@ use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
 use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
-use crate::server::store::Store;
+use crate::server::store::{JournalEntry, Store};
 use crate::types::PeerId;
 use error::{method_not_allowed, ok_json, too_many, unknown_peer};
 use std::sync::atomic::Ordering;
@@ -53,6 +53,8 @@ pub struct Api {
     epoch: u64,
     /// The STUN services' counters, exported with the rest.
     stun_stats: std::sync::OnceLock<Vec<Arc<crate::server::stun_service::StunStats>>>,
+    /// The connection layer's counts, exported with the rest.
+    http_stats: std::sync::OnceLock<super::http::StatsHandle>,
 }
 
 /// Who signed a request that verified, so the answer can be signed for them.
@@ -102,12 +104,18 @@ impl Api {
             trust,
             epoch: u64::from_le_bytes(seed),
             stun_stats: std::sync::OnceLock::new(),
+            http_stats: std::sync::OnceLock::new(),
         }
     }
 
     /// Hands over the STUN services' counters for `/metrics` (once, at startup).
     pub fn set_stun_stats(&self, stats: Vec<Arc<crate::server::stun_service::StunStats>>) {
         let _ = self.stun_stats.set(stats);
+    }
+
+    /// Hands over the connection layer's counts for `/metrics` (once, at startup).
+    pub fn set_http_stats(&self, stats: super::http::StatsHandle) {
+        let _ = self.http_stats.set(stats);
     }
 
     /// The server's counters.
@@ -131,11 +139,15 @@ impl Api {
             .fetch_add(gone.len() as u64, Ordering::Relaxed);
     }
 
-    /// Writes a fresh snapshot if anything changed, emptying the journal. Holds the store
-    /// lock throughout so no journaled change can slip between snapshot and truncation.
-    /// A replica has no snapshot: at shutdown (`force`) it writes its batched heartbeats.
+    /// Journals what heartbeats and timeouts changed (one fsync for the batch), and rewrites
+    /// the snapshot only when the journal has grown enough (or `force`, at shutdown). A mesh
+    /// that only heartbeats writes nothing. Holds the store lock throughout so no journaled
+    /// change can slip between snapshot and truncation. A replica has no snapshot: its
+    /// database is the record, and at shutdown (`force`) it writes its batched heartbeats.
     pub fn compact(&self, force: bool) -> std::io::Result<()> {
         if let Some(r) = &self.replica {
+            // The database keeps these; the local batch only needs emptying.
+            drop(lock(&self.registry).take_unsaved());
             if !force {
                 return Ok(());
             }
@@ -147,13 +159,16 @@ impl Api {
         let Some(store) = guard.as_mut() else {
             return Ok(());
         };
-        let snapshot = {
-            let mut registry = lock(&self.registry);
-            if !registry.take_dirty() && !force && store.journal_entries() == 0 {
-                return Ok(());
-            }
-            registry.snapshot()
-        };
+        let unsaved = lock(&self.registry).take_unsaved();
+        let entries: Vec<JournalEntry> = unsaved
+            .into_iter()
+            .map(|peer| JournalEntry::Put { peer })
+            .collect();
+        store.append_all(&entries)?;
+        if !force && !store.wants_compaction() {
+            return Ok(());
+        }
+        let snapshot = lock(&self.registry).snapshot();
         store.compact(&snapshot)
     }
 
@@ -321,7 +336,13 @@ impl Api {
         Response {
             status: 200,
             headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: Body::Owned(self.metrics.render(total, online, stun).into_bytes()),
+            body: Body::Owned({
+                let mut text = self.metrics.render(total, online, stun);
+                if let Some(stats) = self.http_stats.get().and_then(|h| h.get()) {
+                    stats.render_prometheus(&mut text);
+                }
+                text.into_bytes()
+            }),
         }
     }
 
@@ -331,7 +352,11 @@ impl Api {
         authed: &mut Option<Authed>,
     ) -> (MetricEndpoint, Result<Response, Refusal>) {
         let path = req.path();
-        let method = req.method.as_str();
+        // HEAD is GET without the body (the connection layer drops it) on every resource.
+        let method = match req.method.as_str() {
+            "HEAD" => "GET",
+            other => other,
+        };
         let wrong_method = |allow: &'static str| {
             Err(method_not_allowed(
                 format!("{method} is not allowed on {path}: use {allow}"),
@@ -373,7 +398,7 @@ impl Api {
                 _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
             "/healthz" => match method {
-                "GET" | "HEAD" => (MetricEndpoint::Healthz, Ok(self.healthz())),
+                "GET" => (MetricEndpoint::Healthz, Ok(self.healthz())),
                 _ => (MetricEndpoint::Healthz, wrong_method("GET")),
             },
             "/metrics" => match method {
