@@ -18,6 +18,7 @@ pub mod model;
 pub mod netcheck;
 pub mod os;
 pub mod policy;
+pub mod proto;
 pub mod reconcile;
 pub mod server;
 pub mod store;

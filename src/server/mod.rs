@@ -8,6 +8,7 @@ pub mod api;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod relay;
 pub mod trust;
 
 use crate::fsutil;

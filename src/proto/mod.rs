@@ -1,0 +1,3 @@
+//! Wire formats spoken on the network that are not the coordination API's JSON.
+
+pub mod wg_wire;

@@ -1,0 +1,1068 @@
+//! The relay's decisions: which member a WireGuard datagram is for and where to send it, for
+//! unmodified WireGuard peers whose endpoint is the server's UDP port. Pure state over
+//! `(datagram, source, now)`; the socket loop lives in `stun_service`.
+//!
+//! How it learns, with zero bytes added to any packet (the design `wpex` uses):
+//! - A handshake message's MAC1 is keyed by its *recipient's* public key, so checking it
+//!   against every online member's precomputed MAC1 key names the member it is for.
+//! - An initiation is forwarded to the recipient's bound address, or, before one is known, to
+//!   the addresses at the recipient's own public IP (the IP the server sees its authenticated
+//!   HTTP requests come from) that have sent us WireGuard traffic. Its sender index is noted.
+//! - The response names the initiator by MAC1 and the initiation by its receiver index: both
+//!   ends are then bound (key <-> address, each checked against that member's IP) and both
+//!   indexes routed. Transport data and cookie replies follow the indexes.
+//!
+//! What keeps it from being an open relay or a reflector:
+//! - Datagrams from IPs that are not an online member's are dropped before any state is made.
+//! - A handshake must be addressed (MAC1) to an online member, and a response completes only
+//!   if both ends sit at their members' IPs and the policy lets the pair see each other.
+//! - Transport data is forwarded only on a completed handshake's index, and only from the
+//!   address at the other end of it.
+//! - Handshake-class messages are forwarded towards an address only within the credit that
+//!   address earned by sending us datagrams (packets and bytes, capped), and each source IP's
+//!   handshakes are rate limited. Every table is bounded and idle entries expire.
+
+use crate::keys::PublicKey;
+use crate::policy::Policy;
+use crate::proto::wg_wire::{self, Mac1Key, Message};
+use crate::tokens::Tag;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most addresses one handshake is forwarded to while the recipient's address is unknown.
+pub const MAX_FANOUT: usize = 4;
+
+/// Bounds and timings; the defaults suit a few thousand members.
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    /// Source ports remembered per member IP (many members can share one NAT address).
+    pub ports_per_ip: usize,
+    /// Session indexes remembered in all (two per relayed session, plus pending handshakes).
+    pub max_indexes: usize,
+    /// Handshake messages per second per source IP, and the burst allowed after idling.
+    pub handshakes_per_second: u32,
+    /// See `handshakes_per_second`.
+    pub handshake_burst: u32,
+    /// Cap on the packets an address may bank as credit.
+    pub credit_packets: u32,
+    /// Cap on the bytes an address may bank as credit.
+    pub credit_bytes: u32,
+    /// An address that sent nothing for this long is no longer a place to send handshakes.
+    pub live: Duration,
+    /// Idle time after which a source address is forgotten.
+    pub port_idle: Duration,
+    /// A handshake unanswered for this long is forgotten (WireGuard retries after 5 s).
+    pub pending_idle: Duration,
+    /// Idle time after which a session index is forgotten (WireGuard rejects keys after
+    /// 180 s and rekeys every 120 s, so an index idle this long is dead).
+    pub session_idle: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            ports_per_ip: 64,
+            max_indexes: 1 << 17,
+            handshakes_per_second: 20,
+            handshake_burst: 50,
+            credit_packets: 64,
+            credit_bytes: 64 * 1024,
+            live: Duration::from_secs(60),
+            port_idle: Duration::from_secs(200),
+            pending_idle: Duration::from_secs(15),
+            session_idle: Duration::from_secs(200),
+        }
+    }
+}
+
+/// Why a datagram was not forwarded; each has its own counter in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Not a WireGuard message (wrong type, size or reserved bytes).
+    Malformed,
+    /// From an IP that is no online member's.
+    Stranger,
+    /// A handshake whose MAC1 matches no online member.
+    NotForMember,
+    /// No session or address known for its destination (yet).
+    NoRoute,
+    /// Transport data on a known index but from an address that is not the session's peer.
+    WrongSource,
+    /// The access policy does not let the two members see each other.
+    Policy,
+    /// A response whose ends are not at their members' IPs.
+    Unauthenticated,
+    /// The destination has not sent us enough to be owed this datagram.
+    NoCredit,
+    /// The source IP sent handshakes faster than its rate limit.
+    RateLimited,
+    /// A table is full.
+    TableFull,
+}
+
+impl Drop {
+    const ALL: [Drop; 10] = [
+        Drop::Malformed,
+        Drop::Stranger,
+        Drop::NotForMember,
+        Drop::NoRoute,
+        Drop::WrongSource,
+        Drop::Policy,
+        Drop::Unauthenticated,
+        Drop::NoCredit,
+        Drop::RateLimited,
+        Drop::TableFull,
+    ];
+
+    /// The `reason` label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::Stranger => "stranger",
+            Drop::NotForMember => "not_for_member",
+            Drop::NoRoute => "no_route",
+            Drop::WrongSource => "wrong_source",
+            Drop::Policy => "policy",
+            Drop::Unauthenticated => "unauthenticated",
+            Drop::NoCredit => "no_credit",
+            Drop::RateLimited => "rate_limited",
+            Drop::TableFull => "table_full",
+        }
+    }
+}
+
+/// Where to send a datagram: up to [`MAX_FANOUT`] addresses, no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    addrs: [Option<SocketAddr>; MAX_FANOUT],
+}
+
+impl Targets {
+    fn one(addr: SocketAddr) -> Targets {
+        let mut addrs = [None; MAX_FANOUT];
+        addrs[0] = Some(addr);
+        Targets { addrs }
+    }
+
+    /// The addresses, in order.
+    pub fn iter(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs.iter().flatten().copied()
+    }
+}
+
+/// What to do with one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it, unchanged, to these addresses.
+    Forward(Targets),
+    /// Send nothing.
+    Drop(Drop),
+}
+
+/// Relay counters: relaxed atomics, read only for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    handshake_packets: AtomicU64,
+    data_packets: AtomicU64,
+    bytes: AtomicU64,
+    drops: [AtomicU64; 10],
+    sessions: AtomicU64,
+    pairs: AtomicU64,
+    bound: AtomicU64,
+}
+
+impl RelayStats {
+    fn forwarded(&self, handshake: bool, bytes: usize, copies: usize) {
+        let counter = if handshake {
+            &self.handshake_packets
+        } else {
+            &self.data_packets
+        };
+        counter.fetch_add(copies as u64, Ordering::Relaxed);
+        self.bytes
+            .fetch_add((bytes * copies) as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a dropped datagram.
+    pub fn dropped(&self, why: Drop) {
+        let i = Drop::ALL.iter().position(|d| *d == why).unwrap_or(0);
+        self.drops[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams dropped for `why` so far.
+    pub fn drops(&self, why: Drop) -> u64 {
+        let i = Drop::ALL.iter().position(|d| *d == why).unwrap_or(0);
+        self.drops[i].load(Ordering::Relaxed)
+    }
+
+    /// Datagrams forwarded so far (handshake-class, transport).
+    pub fn forwarded_packets(&self) -> (u64, u64) {
+        (
+            self.handshake_packets.load(Ordering::Relaxed),
+            self.data_packets.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Appends the counters in Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "# HELP wgmesh_relay_packets_total WireGuard datagrams the relay forwarded, by message class.\n\
+             # TYPE wgmesh_relay_packets_total counter\n\
+             wgmesh_relay_packets_total{{kind=\"handshake\"}} {}\n\
+             wgmesh_relay_packets_total{{kind=\"data\"}} {}\n\
+             # HELP wgmesh_relay_bytes_total UDP payload bytes the relay forwarded.\n\
+             # TYPE wgmesh_relay_bytes_total counter\n\
+             wgmesh_relay_bytes_total {}\n\
+             # HELP wgmesh_relay_sessions Relayed WireGuard session indexes in use.\n\
+             # TYPE wgmesh_relay_sessions gauge\n\
+             wgmesh_relay_sessions {}\n\
+             # HELP wgmesh_relay_pairs Member pairs with a relayed session.\n\
+             # TYPE wgmesh_relay_pairs gauge\n\
+             wgmesh_relay_pairs {}\n\
+             # HELP wgmesh_relay_bound_members Members whose relay address is known.\n\
+             # TYPE wgmesh_relay_bound_members gauge\n\
+             wgmesh_relay_bound_members {}\n\
+             # HELP wgmesh_relay_dropped_total Datagrams the relay did not forward, by reason.\n\
+             # TYPE wgmesh_relay_dropped_total counter\n",
+            get(&self.handshake_packets),
+            get(&self.data_packets),
+            get(&self.bytes),
+            get(&self.sessions),
+            get(&self.pairs),
+            get(&self.bound),
+        );
+        for (d, c) in Drop::ALL.iter().zip(&self.drops) {
+            let _ = writeln!(
+                out,
+                "wgmesh_relay_dropped_total{{reason=\"{}\"}} {}",
+                d.label(),
+                get(c)
+            );
+        }
+    }
+}
+
+/// One online member as the relay knows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its WireGuard public key.
+    pub public_key: PublicKey,
+    /// The IPs it is known at (where its authenticated requests come from, its published
+    /// endpoint's): the only sources accepted as this member.
+    pub ips: Vec<IpAddr>,
+    /// Its tags, which decide whom it may reach under the policy.
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug)]
+struct ViewMember {
+    key: PublicKey,
+    mac1: Mac1Key,
+    ips: Vec<IpAddr>,
+    group: usize,
+}
+
+/// The online members and who may see whom: an immutable snapshot the server rebuilds when
+/// its peer list or policy changes, swapped in whole.
+#[derive(Debug, Default)]
+pub struct MemberView {
+    members: Vec<ViewMember>,
+    by_key: HashMap<PublicKey, usize>,
+    ips: HashMap<IpAddr, ()>,
+    groups: usize,
+    /// `groups` x `groups`, row-major.
+    sees: Vec<bool>,
+}
+
+impl MemberView {
+    /// Compiles the members' tag sets against `policy` once, so each decision is a lookup.
+    pub fn new(members: Vec<Member>, policy: &Policy) -> MemberView {
+        let mut group_of: HashMap<Vec<Tag>, usize> = HashMap::new();
+        let mut group_tags: Vec<Vec<Tag>> = Vec::new();
+        let mut view = MemberView::default();
+        for m in members {
+            let mut tags = m.tags.clone();
+            tags.sort();
+            let group = *group_of.entry(tags.clone()).or_insert_with(|| {
+                group_tags.push(tags);
+                group_tags.len() - 1
+            });
+            let mut ips: Vec<IpAddr> = m.ips.iter().map(|ip| ip.to_canonical()).collect();
+            ips.dedup();
+            for ip in &ips {
+                view.ips.insert(*ip, ());
+            }
+            view.by_key.insert(m.public_key, view.members.len());
+            view.members.push(ViewMember {
+                mac1: Mac1Key::new(&m.public_key),
+                key: m.public_key,
+                ips,
+                group,
+            });
+        }
+        let memberships: Vec<_> = group_tags.iter().map(|t| policy.membership(t)).collect();
+        view.groups = memberships.len();
+        view.sees = memberships
+            .iter()
+            .flat_map(|a| memberships.iter().map(move |b| a.sees(b)))
+            .collect();
+        view
+    }
+
+    /// How many members it holds.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether it holds no member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The member a handshake message is addressed to (by MAC1): a scan of every member's
+    /// precomputed key, which is why handshakes are rate limited per source.
+    fn recipient(&self, datagram: &[u8]) -> Option<usize> {
+        self.members.iter().position(|m| m.mac1.addresses(datagram))
+    }
+
+    fn at_member_ip(&self, ip: IpAddr) -> bool {
+        self.ips.contains_key(&ip)
+    }
+
+    fn sees(&self, a: usize, b: usize) -> bool {
+        let (ga, gb) = (self.members[a].group, self.members[b].group);
+        self.sees[ga * self.groups + gb]
+    }
+
+    fn index_of(&self, key: &PublicKey) -> Option<usize> {
+        self.by_key.get(key).copied()
+    }
+}
+
+/// A source address at a member IP, and what it has earned.
+#[derive(Debug, Clone, Copy)]
+struct Port {
+    port: u16,
+    last: Instant,
+    credit_packets: u32,
+    credit_bytes: u32,
+}
+
+#[derive(Debug)]
+struct Source {
+    ports: Vec<Port>,
+    /// GCRA theoretical arrival time of the next handshake.
+    tat: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum IndexState {
+    /// An initiation's sender index, waiting for the response; the recipient by MAC1.
+    Pending { recipient: PublicKey },
+    /// A completed handshake's index: data for it comes from `from`.
+    Established { from: SocketAddr },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    dest: SocketAddr,
+    state: IndexState,
+    pair: Option<(PublicKey, PublicKey)>,
+    last: Instant,
+}
+
+/// The relay's tables. Not thread-safe by itself: the service keeps it behind one mutex.
+#[derive(Debug)]
+pub struct Relay {
+    view: Arc<MemberView>,
+    limits: RelayLimits,
+    stats: Arc<RelayStats>,
+    sources: HashMap<IpAddr, Source>,
+    indexes: HashMap<u32, IndexEntry>,
+    bindings: HashMap<PublicKey, SocketAddr>,
+    last_sweep: Instant,
+}
+
+impl Relay {
+    /// An empty relay over a member view.
+    pub fn new(view: Arc<MemberView>, limits: RelayLimits, stats: Arc<RelayStats>) -> Relay {
+        Relay {
+            view,
+            limits,
+            stats,
+            sources: HashMap::new(),
+            indexes: HashMap::new(),
+            bindings: HashMap::new(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    /// The current member view (to tell whether a new one is worth swapping in).
+    pub fn view(&self) -> &Arc<MemberView> {
+        &self.view
+    }
+
+    /// Swaps in a new member view: sources no longer at a member IP and bindings of members
+    /// gone are forgotten; sessions of a pair that may no longer see each other are cut.
+    pub fn set_view(&mut self, view: Arc<MemberView>) {
+        self.sources.retain(|ip, _| view.at_member_ip(*ip));
+        self.bindings.retain(|key, _| view.index_of(key).is_some());
+        self.indexes.retain(|_, e| match e.pair {
+            Some((a, b)) => match (view.index_of(&a), view.index_of(&b)) {
+                (Some(a), Some(b)) => view.sees(a, b),
+                _ => false,
+            },
+            None => true,
+        });
+        self.view = view;
+        self.publish_gauges();
+    }
+
+    /// Decides the fate of one datagram from `from`, counting it.
+    pub fn handle(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) -> Verdict {
+        if now.saturating_duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.sweep(now);
+        }
+        let verdict = self.decide(datagram, from, now);
+        match verdict {
+            Verdict::Forward(targets) => {
+                let handshake =
+                    !matches!(wg_wire::parse(datagram), Some(Message::Transport { .. }));
+                self.stats
+                    .forwarded(handshake, datagram.len(), targets.iter().count());
+            }
+            Verdict::Drop(why) => self.stats.dropped(why),
+        }
+        verdict
+    }
+
+    fn decide(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) -> Verdict {
+        let Some(message) = wg_wire::parse(datagram) else {
+            return Verdict::Drop(Drop::Malformed);
+        };
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        if !self.view.at_member_ip(from.ip()) {
+            return Verdict::Drop(Drop::Stranger);
+        }
+        if let Err(why) = self.earn(from, datagram.len(), now) {
+            return Verdict::Drop(why);
+        }
+        match message {
+            Message::Transport { receiver } => {
+                let Some(entry) = self.indexes.get_mut(&receiver) else {
+                    return Verdict::Drop(Drop::NoRoute);
+                };
+                match entry.state {
+                    IndexState::Established { from: peer } if peer == from => {
+                        entry.last = now;
+                        Verdict::Forward(Targets::one(entry.dest))
+                    }
+                    IndexState::Established { .. } => Verdict::Drop(Drop::WrongSource),
+                    IndexState::Pending { .. } => Verdict::Drop(Drop::NoRoute),
+                }
+            }
+            Message::Initiation { sender } => {
+                if !self.within_rate(from.ip(), now) {
+                    return Verdict::Drop(Drop::RateLimited);
+                }
+                self.initiation(datagram, from, sender, now)
+            }
+            Message::Response { sender, receiver } => {
+                if !self.within_rate(from.ip(), now) {
+                    return Verdict::Drop(Drop::RateLimited);
+                }
+                self.response(datagram, from, sender, receiver, now)
+            }
+            Message::CookieReply { receiver } => {
+                if !self.within_rate(from.ip(), now) {
+                    return Verdict::Drop(Drop::RateLimited);
+                }
+                let Some(dest) = self.indexes.get(&receiver).map(|e| e.dest) else {
+                    return Verdict::Drop(Drop::NoRoute);
+                };
+                if !self.charge(dest, datagram.len()) {
+                    return Verdict::Drop(Drop::NoCredit);
+                }
+                Verdict::Forward(Targets::one(dest))
+            }
+        }
+    }
+
+    fn initiation(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        sender: u32,
+        now: Instant,
+    ) -> Verdict {
+        let view = Arc::clone(&self.view);
+        let Some(recipient) = view.recipient(datagram) else {
+            return Verdict::Drop(Drop::NotForMember);
+        };
+        let recipient_key = view.members[recipient].key;
+        // When the source is a known member, the policy can refuse at once.
+        if let Some(initiator) = self.bound_key(from).and_then(|k| view.index_of(&k)) {
+            if !view.sees(initiator, recipient) {
+                return Verdict::Drop(Drop::Policy);
+            }
+        }
+        let mut addrs = [None; MAX_FANOUT];
+        let mut n = 0;
+        let mut push = |addr: SocketAddr, addrs: &mut [Option<SocketAddr>; MAX_FANOUT]| {
+            if n < MAX_FANOUT && addr != from && !addrs.contains(&Some(addr)) {
+                addrs[n] = Some(addr);
+                n += 1;
+            }
+        };
+        let bound = self.bindings.get(&recipient_key).copied();
+        let bound_live = bound.filter(|a| self.is_live(*a, now));
+        if let Some(addr) = bound_live {
+            push(addr, &mut addrs);
+        } else {
+            // Not bound, or the bound address went quiet (the member moved): try the
+            // addresses at the member's own IPs that are talking to us, newest first.
+            if let Some(addr) = bound {
+                push(addr, &mut addrs);
+            }
+            let mut candidates: Vec<(Instant, SocketAddr)> = view.members[recipient]
+                .ips
+                .iter()
+                .filter_map(|ip| self.sources.get(ip).map(|s| (ip, s)))
+                .flat_map(|(ip, s)| {
+                    s.ports
+                        .iter()
+                        .filter(|p| now.saturating_duration_since(p.last) < self.limits.live)
+                        .map(move |p| (p.last, SocketAddr::new(*ip, p.port)))
+                })
+                .collect();
+            candidates.sort_by(|a, b| b.0.cmp(&a.0));
+            for (_, addr) in candidates {
+                push(addr, &mut addrs);
+            }
+        }
+        if n == 0 {
+            return Verdict::Drop(Drop::NoRoute);
+        }
+        // Only to addresses that have earned it.
+        let mut paid = [None; MAX_FANOUT];
+        let mut m = 0;
+        for addr in addrs.into_iter().flatten() {
+            if self.charge(addr, datagram.len()) {
+                paid[m] = Some(addr);
+                m += 1;
+            }
+        }
+        if m == 0 {
+            return Verdict::Drop(Drop::NoCredit);
+        }
+        let entry = IndexEntry {
+            dest: from,
+            state: IndexState::Pending {
+                recipient: recipient_key,
+            },
+            pair: None,
+            last: now,
+        };
+        if !self.put_index(sender, entry) {
+            return Verdict::Drop(Drop::TableFull);
+        }
+        Verdict::Forward(Targets { addrs: paid })
+    }
+
+    fn response(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        sender: u32,
+        receiver: u32,
+        now: Instant,
+    ) -> Verdict {
+        let view = Arc::clone(&self.view);
+        let Some(pending) = self.indexes.get(&receiver).copied() else {
+            return Verdict::Drop(Drop::NoRoute);
+        };
+        let IndexState::Pending { recipient } = pending.state else {
+            return Verdict::Drop(Drop::NoRoute);
+        };
+        let Some(initiator) = view.recipient(datagram) else {
+            return Verdict::Drop(Drop::NotForMember);
+        };
+        let Some(responder) = view.index_of(&recipient) else {
+            return Verdict::Drop(Drop::NoRoute);
+        };
+        let at_own_ip =
+            |member: usize, addr: SocketAddr| view.members[member].ips.contains(&addr.ip());
+        if !at_own_ip(initiator, pending.dest) || !at_own_ip(responder, from) {
+            return Verdict::Drop(Drop::Unauthenticated);
+        }
+        if !view.sees(initiator, responder) {
+            return Verdict::Drop(Drop::Policy);
+        }
+        if !self.charge(pending.dest, datagram.len()) {
+            return Verdict::Drop(Drop::NoCredit);
+        }
+        let pair = Some((view.members[initiator].key, recipient));
+        let initiator_side = IndexEntry {
+            dest: pending.dest,
+            state: IndexState::Established { from },
+            pair,
+            last: now,
+        };
+        let responder_side = IndexEntry {
+            dest: from,
+            state: IndexState::Established { from: pending.dest },
+            pair,
+            last: now,
+        };
+        self.indexes.insert(receiver, initiator_side);
+        if !self.put_index(sender, responder_side) {
+            return Verdict::Drop(Drop::TableFull);
+        }
+        self.bindings
+            .insert(view.members[initiator].key, pending.dest);
+        self.bindings.insert(recipient, from);
+        self.publish_gauges();
+        Verdict::Forward(Targets::one(pending.dest))
+    }
+
+    /// Inserts an index unless the table is full or the index belongs to a live session of
+    /// another address (a 32-bit collision, or someone trying to steal it).
+    fn put_index(&mut self, index: u32, entry: IndexEntry) -> bool {
+        match self.indexes.get(&index) {
+            Some(old)
+                if old.dest != entry.dest
+                    && matches!(old.state, IndexState::Established { .. }) =>
+            {
+                false
+            }
+            Some(_) => {
+                self.indexes.insert(index, entry);
+                true
+            }
+            None if self.indexes.len() >= self.limits.max_indexes => false,
+            None => {
+                self.indexes.insert(index, entry);
+                true
+            }
+        }
+    }
+
+    fn bound_key(&self, addr: SocketAddr) -> Option<PublicKey> {
+        // Members bound at one address are few; a linear scan beats a second map to keep in
+        // step with the first.
+        self.bindings
+            .iter()
+            .find(|(_, a)| **a == addr)
+            .map(|(k, _)| *k)
+    }
+
+    fn port_mut(&mut self, addr: SocketAddr) -> Option<&mut Port> {
+        self.sources
+            .get_mut(&addr.ip())?
+            .ports
+            .iter_mut()
+            .find(|p| p.port == addr.port())
+    }
+
+    fn is_live(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let live = self.limits.live;
+        self.port_mut(addr)
+            .is_some_and(|p| now.saturating_duration_since(p.last) < live)
+    }
+
+    /// Records a datagram from `from`: the address is alive and earns credit.
+    fn earn(&mut self, from: SocketAddr, len: usize, now: Instant) -> Result<(), Drop> {
+        let limits = &self.limits;
+        let source = self.sources.entry(from.ip()).or_insert_with(|| Source {
+            ports: Vec::new(),
+            tat: now,
+        });
+        let port = match source.ports.iter().position(|p| p.port == from.port()) {
+            Some(i) => &mut source.ports[i],
+            None => {
+                if source.ports.len() >= limits.ports_per_ip {
+                    // Forget the idlest port of this IP: only its own ports compete.
+                    let idlest = (0..source.ports.len())
+                        .min_by_key(|&i| source.ports[i].last)
+                        .ok_or(Drop::TableFull)?;
+                    source.ports.swap_remove(idlest);
+                }
+                source.ports.push(Port {
+                    port: from.port(),
+                    last: now,
+                    credit_packets: 0,
+                    credit_bytes: 0,
+                });
+                source.ports.last_mut().expect("just pushed")
+            }
+        };
+        port.last = now;
+        port.credit_packets = (port.credit_packets + 1).min(limits.credit_packets);
+        port.credit_bytes = port
+            .credit_bytes
+            .saturating_add(len as u32)
+            .min(limits.credit_bytes);
+        Ok(())
+    }
+
+    /// Spends `to`'s credit on a datagram of `len` bytes; false if it has not earned it.
+    fn charge(&mut self, to: SocketAddr, len: usize) -> bool {
+        match self.port_mut(to) {
+            Some(p) if p.credit_packets >= 1 && p.credit_bytes as usize >= len => {
+                p.credit_packets -= 1;
+                p.credit_bytes -= len as u32;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Charges one handshake to `ip`'s GCRA bucket; false when it is over its rate.
+    fn within_rate(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.limits.handshakes_per_second == 0 {
+            return true;
+        }
+        let interval = Duration::from_secs(1) / self.limits.handshakes_per_second;
+        let tolerance = interval * self.limits.handshake_burst.saturating_sub(1);
+        let Some(source) = self.sources.get_mut(&ip) else {
+            return true;
+        };
+        let tat = source.tat.max(now);
+        if tat.saturating_duration_since(now) > tolerance {
+            return false;
+        }
+        source.tat = tat + interval;
+        true
+    }
+
+    /// Forgets idle addresses and indexes, and refreshes the gauges.
+    pub fn sweep(&mut self, now: Instant) {
+        self.last_sweep = now;
+        let l = &self.limits;
+        for source in self.sources.values_mut() {
+            source
+                .ports
+                .retain(|p| now.saturating_duration_since(p.last) < l.port_idle);
+        }
+        self.sources.retain(|_, s| !s.ports.is_empty());
+        self.indexes.retain(|_, e| {
+            let idle = now.saturating_duration_since(e.last);
+            match e.state {
+                IndexState::Pending { .. } => idle < l.pending_idle,
+                IndexState::Established { .. } => idle < l.session_idle,
+            }
+        });
+        let sources = &self.sources;
+        self.bindings.retain(|_, addr| {
+            sources
+                .get(&addr.ip())
+                .is_some_and(|s| s.ports.iter().any(|p| p.port == addr.port()))
+        });
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        let mut pairs: Vec<(PublicKey, PublicKey)> = Vec::new();
+        let mut sessions = 0u64;
+        for e in self.indexes.values() {
+            if let Some(pair) = e.pair {
+                sessions += 1;
+                if !pairs.contains(&pair) {
+                    pairs.push(pair);
+                }
+            }
+        }
+        self.stats.sessions.store(sessions, Ordering::Relaxed);
+        self.stats
+            .pairs
+            .store(pairs.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bound
+            .store(self.bindings.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+    use crate::proto::wg_wire::{fake_initiation, fake_response, fake_transport};
+
+    struct Node {
+        key: PublicKey,
+        mac1: Mac1Key,
+        addr: SocketAddr,
+    }
+
+    fn node(addr: &str) -> Node {
+        let key = PrivateKey::generate().public_key();
+        Node {
+            mac1: Mac1Key::new(&key),
+            key,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    fn member(n: &Node, tags: &[&str]) -> Member {
+        Member {
+            public_key: n.key,
+            ips: vec![n.addr.ip()],
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+        }
+    }
+
+    fn relay(members: Vec<Member>, policy: &Policy) -> Relay {
+        Relay::new(
+            Arc::new(MemberView::new(members, policy)),
+            RelayLimits::default(),
+            Arc::new(RelayStats::default()),
+        )
+    }
+
+    fn to(v: Verdict) -> Vec<SocketAddr> {
+        match v {
+            Verdict::Forward(t) => t.iter().collect(),
+            Verdict::Drop(why) => panic!("dropped: {why:?}"),
+        }
+    }
+
+    /// A and B each send an initiation; A's reaches B, B responds: the relay binds both.
+    fn handshake(r: &mut Relay, a: &Node, b: &Node, now: Instant) -> (u32, u32) {
+        // B has been talking to the relay (its own initiation towards A, not answered yet).
+        assert_eq!(
+            r.handle(&fake_initiation(&a.mac1, 900, 1), b.addr, now),
+            Verdict::Drop(Drop::NoRoute)
+        );
+        assert_eq!(
+            to(r.handle(&fake_initiation(&b.mac1, 100, 2), a.addr, now)),
+            vec![b.addr]
+        );
+        assert_eq!(
+            to(r.handle(&fake_response(&a.mac1, 200, 100), b.addr, now)),
+            vec![a.addr]
+        );
+        (100, 200)
+    }
+
+    #[test]
+    fn a_handshake_binds_both_ends_and_routes_data_both_ways() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let mut r = relay(vec![member(&a, &[]), member(&b, &[])], &Policy::allow_all());
+        let now = Instant::now();
+        let (ia, ib) = handshake(&mut r, &a, &b, now);
+        assert_eq!(
+            to(r.handle(&fake_transport(ib, 4), a.addr, now)),
+            vec![b.addr]
+        );
+        assert_eq!(
+            to(r.handle(&fake_transport(ia, 0), b.addr, now)),
+            vec![a.addr]
+        );
+        // Data on A's index from anyone but B goes nowhere.
+        let c: SocketAddr = "198.18.1.1:40001".parse().unwrap();
+        assert_eq!(
+            r.handle(&fake_transport(ia, 0), c, now),
+            Verdict::Drop(Drop::WrongSource)
+        );
+        assert_eq!(
+            r.handle(&fake_transport(12345, 0), a.addr, now),
+            Verdict::Drop(Drop::NoRoute)
+        );
+        // Later initiations go straight to the bound address.
+        assert_eq!(
+            to(r.handle(&fake_initiation(&a.mac1, 300, 3), b.addr, now)),
+            vec![a.addr]
+        );
+        assert_eq!(r.stats.pairs.load(Ordering::Relaxed), 1);
+        assert_eq!(r.stats.bound.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn strangers_and_unaddressed_handshakes_reach_nobody() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let mut r = relay(vec![member(&a, &[]), member(&b, &[])], &Policy::allow_all());
+        let now = Instant::now();
+        handshake(&mut r, &a, &b, now);
+        let stranger: SocketAddr = "203.0.113.9:1234".parse().unwrap();
+        // Even a stranger who knows B's public key gets nothing forwarded.
+        for junk in [
+            fake_initiation(&b.mac1, 1, 0).to_vec(),
+            fake_response(&a.mac1, 1, 100).to_vec(),
+            fake_transport(100, 2),
+        ] {
+            assert_eq!(
+                r.handle(&junk, stranger, now),
+                Verdict::Drop(Drop::Stranger)
+            );
+        }
+        assert_eq!(
+            r.handle(b"hello", a.addr, now),
+            Verdict::Drop(Drop::Malformed)
+        );
+        let nobody = Mac1Key::new(&PrivateKey::generate().public_key());
+        assert_eq!(
+            r.handle(&fake_initiation(&nobody, 5, 0), a.addr, now),
+            Verdict::Drop(Drop::NotForMember)
+        );
+        assert_eq!(r.stats.drops(Drop::Stranger), 3);
+    }
+
+    #[test]
+    fn a_policy_denied_pair_never_completes_a_handshake() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let policy = Policy::from_json(r#"{"allow":[{"from":["tag:x"],"to":["tag:x"]}]}"#).unwrap();
+        let mut r = relay(
+            vec![member(&a, &["tag:x"]), member(&b, &["tag:y"])],
+            &policy,
+        );
+        let now = Instant::now();
+        r.handle(&fake_initiation(&a.mac1, 900, 1), b.addr, now);
+        to(r.handle(&fake_initiation(&b.mac1, 100, 2), a.addr, now));
+        assert_eq!(
+            r.handle(&fake_response(&a.mac1, 200, 100), b.addr, now),
+            Verdict::Drop(Drop::Policy)
+        );
+        assert_eq!(
+            r.handle(&fake_transport(200, 1), a.addr, now),
+            Verdict::Drop(Drop::NoRoute)
+        );
+    }
+
+    #[test]
+    fn a_response_from_the_wrong_ip_binds_nothing() {
+        let (a, b, c) = (
+            node("198.18.1.1:40000"),
+            node("198.18.2.1:50000"),
+            node("198.18.3.1:50000"),
+        );
+        let mut r = relay(
+            vec![member(&a, &[]), member(&b, &[]), member(&c, &[])],
+            &Policy::allow_all(),
+        );
+        let now = Instant::now();
+        r.handle(&fake_initiation(&a.mac1, 900, 1), b.addr, now);
+        to(r.handle(&fake_initiation(&b.mac1, 100, 2), a.addr, now));
+        // C saw nothing, but guesses the index and answers as if it were B.
+        assert_eq!(
+            r.handle(&fake_response(&a.mac1, 200, 100), c.addr, now),
+            Verdict::Drop(Drop::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn never_sends_more_than_an_address_sent() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let mut r = relay(vec![member(&a, &[]), member(&b, &[])], &Policy::allow_all());
+        let mut limits = RelayLimits::default();
+        limits.handshakes_per_second = 0;
+        r.limits = limits;
+        let now = Instant::now();
+        // B sent one keepalive (32 bytes): not enough for a 148-byte initiation.
+        r.handle(&fake_transport(1, 0), b.addr, now);
+        assert_eq!(
+            r.handle(&fake_initiation(&b.mac1, 100, 2), a.addr, now),
+            Verdict::Drop(Drop::NoCredit)
+        );
+        // Five keepalives (160 bytes) pay for exactly one initiation.
+        for _ in 0..4 {
+            r.handle(&fake_transport(1, 0), b.addr, now);
+        }
+        to(r.handle(&fake_initiation(&b.mac1, 101, 2), a.addr, now));
+        assert_eq!(
+            r.handle(&fake_initiation(&b.mac1, 102, 2), a.addr, now),
+            Verdict::Drop(Drop::NoCredit)
+        );
+        // A flood of initiations from A reaches B at most as often as B spoke.
+        let mut forwarded = 0;
+        for i in 0..1000 {
+            if let Verdict::Forward(_) =
+                r.handle(&fake_initiation(&b.mac1, 1000 + i, 2), a.addr, now)
+            {
+                forwarded += 1;
+            }
+        }
+        assert_eq!(forwarded, 0);
+    }
+
+    #[test]
+    fn handshakes_are_rate_limited_per_source_ip() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let mut r = relay(vec![member(&a, &[]), member(&b, &[])], &Policy::allow_all());
+        let now = Instant::now();
+        let limited = (0..200)
+            .filter(|i| {
+                r.handle(&fake_initiation(&b.mac1, *i, 2), a.addr, now)
+                    == Verdict::Drop(Drop::RateLimited)
+            })
+            .count();
+        assert_eq!(limited, 200 - 50);
+    }
+
+    #[test]
+    fn tables_expire_and_stay_bounded() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let mut r = relay(vec![member(&a, &[]), member(&b, &[])], &Policy::allow_all());
+        r.limits.ports_per_ip = 8;
+        let now = Instant::now();
+        let (_, ib) = handshake(&mut r, &a, &b, now);
+        for port in 1..100u16 {
+            r.handle(
+                &fake_transport(1, 0),
+                SocketAddr::new(a.addr.ip(), port),
+                now,
+            );
+        }
+        assert_eq!(r.sources[&a.addr.ip()].ports.len(), 8);
+        let later = now + Duration::from_secs(300);
+        r.sweep(later);
+        assert!(r.sources.is_empty() && r.indexes.is_empty() && r.bindings.is_empty());
+        assert_eq!(
+            r.handle(&fake_transport(ib, 0), a.addr, later),
+            Verdict::Drop(Drop::NoRoute)
+        );
+    }
+
+    #[test]
+    fn a_new_view_cuts_pairs_the_policy_now_denies() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let mut r = relay(vec![member(&a, &[]), member(&b, &[])], &Policy::allow_all());
+        let now = Instant::now();
+        let (_, ib) = handshake(&mut r, &a, &b, now);
+        let deny = Policy::from_json(r#"{"allow":[]}"#).unwrap();
+        r.set_view(Arc::new(MemberView::new(
+            vec![member(&a, &[]), member(&b, &[])],
+            &deny,
+        )));
+        assert_eq!(
+            r.handle(&fake_transport(ib, 0), a.addr, now),
+            Verdict::Drop(Drop::NoRoute)
+        );
+        // A member that went offline is a stranger.
+        r.set_view(Arc::new(MemberView::new(
+            vec![member(&a, &[])],
+            &Policy::allow_all(),
+        )));
+        assert_eq!(
+            r.handle(&fake_transport(ib, 0), b.addr, now),
+            Verdict::Drop(Drop::Stranger)
+        );
+    }
+
+    #[test]
+    fn metrics_name_every_drop_reason() {
+        let stats = RelayStats::default();
+        stats.dropped(Drop::Policy);
+        let mut out = String::new();
+        stats.render_prometheus(&mut out);
+        assert!(out.contains("wgmesh_relay_dropped_total{reason=\"policy\"} 1\n"));
+        for d in Drop::ALL {
+            assert!(out.contains(&format!("reason=\"{}\"", d.label())));
+        }
+    }
+}
