@@ -155,6 +155,7 @@ pub fn load_peer_cache(config_path: &std::path::Path) -> Vec<PeerInfo> {
 
 fn save_peer_cache(config_path: &std::path::Path, peers: &[PeerInfo]) {
     let body = crate::model::PeersResponse {
+        relay_port: None,
         peers: peers.to_vec(),
     };
     let bytes = serde_json::to_vec(&body).expect("peer lists serialize");

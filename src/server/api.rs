@@ -66,6 +66,11 @@ pub struct Api {
     epoch: u64,
     /// The STUN services' counters, exported with the rest.
     stun_stats: std::sync::OnceLock<Vec<Arc<crate::stun_service::StunStats>>>,
+    /// The relay's UDP port (advertised in `/peers`) and counters, when it runs.
+    relay: std::sync::OnceLock<(u16, Arc<super::relay::RelayStats>)>,
+    /// The member view last handed to the relay, with the generation and policy version
+    /// it was built from and when.
+    relay_view: Mutex<Option<(u64, u64, Instant, Arc<super::relay::MemberView>)>>,
 }
 
 /// Who signed a request that verified, so the answer can be signed for them.
@@ -269,7 +274,48 @@ impl Api {
             rate_limited: AtomicU64::new(0),
             epoch: u64::from_le_bytes(seed),
             stun_stats: std::sync::OnceLock::new(),
+            relay: std::sync::OnceLock::new(),
+            relay_view: Mutex::new(None),
         }
+    }
+
+    /// Records that the relay runs on UDP `port` (advertised to agents in `/peers`) and
+    /// hands over its counters for `/metrics` (once, at startup).
+    pub fn set_relay(&self, port: u16, stats: Arc<super::relay::RelayStats>) {
+        let _ = self.relay.set((port, stats));
+    }
+
+    /// The online members as the relay needs them: keys, the IPs they are known at, tags
+    /// under the current policy. Rebuilt when the registry or policy changed, and at least
+    /// every 10 s (a member's observed IP can move without changing any list).
+    pub fn relay_view(&self) -> Arc<super::relay::MemberView> {
+        let (policy, version) = self.trust.policy.current();
+        let mut cached = lock(&self.relay_view);
+        let registry = lock(&self.registry);
+        let generation = registry.generation();
+        if let Some((g, v, at, view)) = cached.as_ref() {
+            if *g == generation && *v == version && at.elapsed() < Duration::from_secs(10) {
+                return Arc::clone(view);
+            }
+        }
+        let members: Vec<super::relay::Member> = registry
+            .records()
+            .into_iter()
+            .filter(|r| r.online)
+            .map(|r| super::relay::Member {
+                public_key: r.public_key,
+                ips: r
+                    .observed_ip
+                    .into_iter()
+                    .chain(r.endpoint.map(|e| e.0.ip()))
+                    .collect(),
+                tags: r.tags,
+            })
+            .collect();
+        drop(registry);
+        let view = Arc::new(super::relay::MemberView::new(members, &policy));
+        *cached = Some((generation, version, Instant::now(), Arc::clone(&view)));
+        view
     }
 
     /// Hands over the STUN services' counters for `/metrics` (once, at startup).
@@ -744,7 +790,12 @@ impl Api {
             .map(|(_, entry)| entry)
             .collect();
         let mut body = Vec::with_capacity(64 + visible.len() * 320);
-        body.extend_from_slice(b"{\"peers\":[");
+        body.push(b'{');
+        if let Some((port, _)) = self.relay.get() {
+            // Where this server relays WireGuard: its host, this UDP port.
+            body.extend_from_slice(format!("\"relay_port\":{port},").as_bytes());
+        }
+        body.extend_from_slice(b"\"peers\":[");
         let mut spans = Vec::with_capacity(visible.len());
         for (i, entry) in visible.iter().enumerate() {
             if i > 0 {
@@ -827,6 +878,9 @@ impl Api {
                     a.merge(b)
                 })
                 .render_prometheus(&mut out);
+        }
+        if let Some((_, relay)) = self.relay.get() {
+            relay.render_prometheus(&mut out);
         }
         out
     }

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// A second STUN port on the same address, so clients can tell whether their NAT's
     /// mapping changes with the destination (None: off).
     pub udp_alt_port: Option<u16>,
+    /// Relay WireGuard between members on the primary STUN port (`--relay off` disables it).
+    pub relay: bool,
     /// `--open`: new keys may register without a join token (labs only).
     pub open: bool,
     /// `--policy FILE`: who sees whom; None = everyone sees everyone.
@@ -80,6 +82,7 @@ impl ServerConfig {
             limits: http::Limits::default(),
             udp_listen: None,
             udp_alt_port: None,
+            relay: true,
             open: false,
             policy: None,
             register_per_minute: DEFAULT_REGISTER_PER_MINUTE,
@@ -147,7 +150,12 @@ pub struct RunningServer {
 /// add wake-ups (measured by `cargo bench --bench stun`); two keep one port busy under load.
 const STUN_THREADS: usize = 2;
 
-fn start_stun(config: &ServerConfig) -> Result<Vec<crate::stun_service::StunHandle>, ServerError> {
+/// Starts the STUN service on `--udp-listen` (and the alternate port); the primary socket
+/// also carries the WireGuard relay when `relay` is given.
+fn start_stun(
+    config: &ServerConfig,
+    relay: Option<Arc<relay::RelayService>>,
+) -> Result<Vec<crate::stun_service::StunHandle>, ServerError> {
     let Some(primary) = config.udp_listen else {
         return Ok(Vec::new());
     };
@@ -156,6 +164,7 @@ fn start_stun(config: &ServerConfig) -> Result<Vec<crate::stun_service::StunHand
         addrs.push(SocketAddr::new(primary.ip(), port));
     }
     let mut handles = Vec::new();
+    let mut relay = relay;
     for addr in addrs {
         let socket = std::net::UdpSocket::bind(addr).map_err(|e| {
             ServerError::Io(io::Error::new(
@@ -163,13 +172,20 @@ fn start_stun(config: &ServerConfig) -> Result<Vec<crate::stun_service::StunHand
                 format!("cannot listen for STUN on udp {addr}: {e}"),
             ))
         })?;
-        let handle = crate::stun_service::StunService::spawn(
+        let relaying = relay.is_some();
+        let handle = crate::stun_service::StunService::spawn_with_relay(
             socket,
             STUN_THREADS,
             crate::stun_service::RateLimit::default(),
+            crate::stun_service::ServiceOptions::default(),
+            relay.take(),
         )
         .map_err(ServerError::Io)?;
-        log::info!("STUN service answering on udp {}", handle.local_addr());
+        log::info!(
+            "STUN service{} answering on udp {}",
+            if relaying { " and WireGuard relay" } else { "" },
+            handle.local_addr()
+        );
         handles.push(handle);
     }
     Ok(handles)
@@ -192,9 +208,20 @@ impl RunningServer {
         let mut registry = registry;
         registry.set_mesh6(crate::mesh6::prefix(&key.public_key()));
         let trust = trust::Trust::load(config)?;
-        let stun = start_stun(config)?;
         let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));
+        let relay = (config.relay && config.udp_listen.is_some()).then(|| {
+            let source = Arc::clone(&api);
+            relay::RelayService::new(
+                Box::new(move || source.relay_view()),
+                relay::RelayLimits::default(),
+            )
+        });
+        let relay_stats = relay.as_ref().map(|r| r.stats());
+        let stun = start_stun(config, relay)?;
         api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
+        if let (Some(stats), Some(primary)) = (relay_stats, stun.first()) {
+            api.set_relay(primary.local_addr().port(), stats);
+        }
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             ServerError::Io(io::Error::new(
                 e.kind(),
