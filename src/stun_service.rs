@@ -441,7 +441,8 @@ fn serve(socket: &UdpSocket, shared: &Shared) {
                     .as_ref()
                     .filter(|_| wg_wire::is_wireguard(&buf[..len]))
                 {
-                    if let Verdict::Forward(targets) = relay.handle(&buf[..len], from, Instant::now())
+                    if let Verdict::Forward(targets) =
+                        relay.handle(&buf[..len], from, Instant::now())
                     {
                         for to in targets.iter() {
                             if socket.send_to(&buf[..len], to).is_err() {

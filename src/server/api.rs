@@ -70,8 +70,12 @@ pub struct Api {
     relay: std::sync::OnceLock<(u16, Arc<super::relay::RelayStats>)>,
     /// The member view last handed to the relay, with the generation and policy version
     /// it was built from and when.
-    relay_view: Mutex<Option<(u64, u64, Instant, Arc<super::relay::MemberView>)>>,
+    relay_view: Mutex<Option<CachedView>>,
 }
+
+/// A member view for the relay with the registry generation and policy version it was
+/// built from, and when.
+type CachedView = (u64, u64, Instant, Arc<super::relay::MemberView>);
 
 /// Who signed a request that verified, so the answer can be signed for them.
 struct Authed {

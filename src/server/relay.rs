@@ -18,9 +18,11 @@
 //!   if both ends sit at their members' IPs and the policy lets the pair see each other.
 //! - Transport data is forwarded only on a completed handshake's index, and only from the
 //!   address at the other end of it.
-//! - Handshake-class messages are forwarded towards an address only within the credit that
-//!   address earned by sending us datagrams (packets and bytes, capped), and each source IP's
-//!   handshakes are rate limited. Every table is bounded and idle entries expire.
+//! - No amplification: an initiation goes to an address not yet proven (by completing a
+//!   handshake here) only within the credit that address earned by sending us datagrams
+//!   (packets and bytes, capped); a response goes only to the sender of its initiation, once;
+//!   cookie replies are paid from credit. Each source IP's handshakes are rate limited.
+//!   Every table is bounded and idle entries expire.
 
 use crate::keys::PublicKey;
 use crate::policy::Policy;
@@ -437,7 +439,16 @@ impl Relay {
                 self.stats
                     .forwarded(handshake, datagram.len(), targets.iter().count());
             }
-            Verdict::Drop(why) => self.stats.dropped(why),
+            Verdict::Drop(why) => {
+                self.stats.dropped(why);
+                if datagram.first().is_some_and(|t| *t != 4) {
+                    log::debug!(
+                        "relay: dropped a type-{} message from {from}: {}",
+                        datagram[0],
+                        why.label()
+                    );
+                }
+            }
         }
         verdict
     }
@@ -541,7 +552,7 @@ impl Relay {
                         .map(move |p| (p.last, SocketAddr::new(*ip, p.port)))
                 })
                 .collect();
-            candidates.sort_by(|a, b| b.0.cmp(&a.0));
+            candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
             for (_, addr) in candidates {
                 push(addr, &mut addrs);
             }
@@ -549,11 +560,12 @@ impl Relay {
         if n == 0 {
             return Verdict::Drop(Drop::NoRoute);
         }
-        // Only to addresses that have earned it.
+        // A live bound address proved it wants this by completing a handshake here; any
+        // other address is sent only what it has earned.
         let mut paid = [None; MAX_FANOUT];
         let mut m = 0;
         for addr in addrs.into_iter().flatten() {
-            if self.charge(addr, datagram.len()) {
+            if Some(addr) == bound_live || self.charge(addr, datagram.len()) {
                 paid[m] = Some(addr);
                 m += 1;
             }
@@ -604,9 +616,7 @@ impl Relay {
         if !view.sees(initiator, responder) {
             return Verdict::Drop(Drop::Policy);
         }
-        if !self.charge(pending.dest, datagram.len()) {
-            return Verdict::Drop(Drop::NoCredit);
-        }
+        // The initiation pays for its one response: the pending entry is consumed below.
         let pair = Some((view.members[initiator].key, recipient));
         let initiator_side = IndexEntry {
             dest: pending.dest,
@@ -1012,9 +1022,10 @@ mod tests {
     fn never_sends_more_than_an_address_sent() {
         let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
         let mut r = relay(vec![member(&a, &[]), member(&b, &[])], &Policy::allow_all());
-        let mut limits = RelayLimits::default();
-        limits.handshakes_per_second = 0;
-        r.limits = limits;
+        r.limits = RelayLimits {
+            handshakes_per_second: 0,
+            ..RelayLimits::default()
+        };
         let now = Instant::now();
         // B sent one keepalive (32 bytes): not enough for a 148-byte initiation.
         r.handle(&fake_transport(1, 0), b.addr, now);
