@@ -51,7 +51,7 @@ impl Default for PathSettings {
             relay_after: Duration::from_secs(15),
             probe_interval: Duration::from_secs(300),
             probe_window: Duration::from_secs(5),
-            keepalive: crate::agent::engine::PERSISTENT_KEEPALIVE,
+            keepalive: crate::agent::desired::PERSISTENT_KEEPALIVE,
         }
     }
 }

@@ -544,8 +544,8 @@ impl Namespace {
             .stdout
     }
 
-    fn dump(&self) -> crate::wgdump::Dump {
-        crate::wgdump::parse(&self.output("wg", &["show", &self.iface, "dump"])).unwrap()
+    fn dump(&self) -> crate::os::wgdump::Dump {
+        crate::os::wgdump::parse(&self.output("wg", &["show", &self.iface, "dump"])).unwrap()
     }
 }
 
@@ -573,7 +573,7 @@ impl Drop for Namespace {
 /// Needs root, iproute2, wireguard-tools, wireguard-go, nft and iptables; fails without them.
 #[test]
 fn linux_plans_run_for_real_in_a_private_namespace() {
-    use crate::reconcile::diff;
+    use crate::agent::reconcile::diff;
     let ns = Namespace::new("plans");
     let name = iface(&ns.iface);
     let spec = InterfaceSpec {

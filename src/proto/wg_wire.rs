@@ -241,8 +241,8 @@ mod tests {
 
     #[test]
     fn stun_and_wireguard_are_told_apart() {
-        let id = crate::stun::TransactionId::random();
-        assert!(!is_wireguard(&crate::stun::binding_request(&id)));
+        let id = crate::proto::stun::TransactionId::random();
+        assert!(!is_wireguard(&crate::proto::stun::binding_request(&id)));
         let key = Mac1Key::new(&PrivateKey::generate().public_key());
         assert!(is_wireguard(&fake_initiation(&key, 1, 0)));
         assert!(is_wireguard(&fake_transport(1, 0)));

@@ -5,15 +5,22 @@
 //! sweeper marks silent peers offline and compacts the store on each `sweep_interval`.
 
 pub mod api;
+pub mod audit;
 pub mod http;
+pub mod ipam;
 pub mod metrics;
+pub mod peer_list;
+pub mod policy;
 pub mod registry;
 pub mod relay;
+pub mod store;
+pub mod stun_service;
+pub mod tokens;
 pub mod trust;
 
 use crate::fsutil;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::store::{Store, StoreError};
+use crate::server::store::{Store, StoreError};
 use ipnet::Ipv4Net;
 use std::fmt;
 use std::io;
@@ -143,7 +150,7 @@ pub struct RunningServer {
     stop: Arc<(Mutex<bool>, Condvar)>,
     sweeper: Option<std::thread::JoinHandle<()>>,
     public_key: PublicKey,
-    stun: Vec<crate::stun_service::StunHandle>,
+    stun: Vec<crate::server::stun_service::StunHandle>,
 }
 
 /// STUN worker threads per port: one client waits for each answer, so more threads mostly
@@ -155,7 +162,7 @@ const STUN_THREADS: usize = 2;
 fn start_stun(
     config: &ServerConfig,
     relay: Option<Arc<relay::RelayService>>,
-) -> Result<Vec<crate::stun_service::StunHandle>, ServerError> {
+) -> Result<Vec<crate::server::stun_service::StunHandle>, ServerError> {
     let Some(primary) = config.udp_listen else {
         return Ok(Vec::new());
     };
@@ -173,11 +180,11 @@ fn start_stun(
             ))
         })?;
         let relaying = relay.is_some();
-        let handle = crate::stun_service::StunService::spawn_with_relay(
+        let handle = crate::server::stun_service::StunService::spawn_with_relay(
             socket,
             STUN_THREADS,
-            crate::stun_service::RateLimit::default(),
-            crate::stun_service::ServiceOptions::default(),
+            crate::server::stun_service::RateLimit::default(),
+            crate::server::stun_service::ServiceOptions::default(),
             relay.take(),
         )
         .map_err(ServerError::Io)?;
@@ -206,7 +213,7 @@ impl RunningServer {
         let registry = registry::Registry::from_snapshot(snapshot)
             .map_err(|e| ServerError::Config(e.to_string()))?;
         let mut registry = registry;
-        registry.set_mesh6(crate::mesh6::prefix(&key.public_key()));
+        registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
         let trust = trust::Trust::load(config)?;
         let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));
         let relay = (config.relay && config.udp_listen.is_some()).then(|| {

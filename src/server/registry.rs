@@ -4,12 +4,12 @@
 //! Pure state, no I/O: the API layer journals a change to disk before committing it here,
 //! so nothing is acknowledged that a crash could lose.
 
-use crate::ipam::{Ipam, IpamError};
 use crate::keys::PublicKey;
-use crate::model::PeerInfo;
-use crate::store::{PeerRecord, Snapshot, FORMAT_VERSION};
-use crate::timefmt;
-use crate::tokens::Tag;
+use crate::proto::model::PeerInfo;
+use crate::server::ipam::{Ipam, IpamError};
+use crate::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
+use crate::server::tokens::Tag;
+use crate::time;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
@@ -67,7 +67,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Gives every peer an IPv6 mesh address under `prefix` (see [`crate::mesh6`]).
+    /// Gives every peer an IPv6 mesh address under `prefix` (see [`crate::proto::mesh6`]).
     pub fn set_mesh6(&mut self, prefix: Ipv6Net) {
         self.mesh6 = Some(prefix);
         self.generation += 1;
@@ -298,7 +298,7 @@ impl Registry {
 pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
     let mut allowed_ips = vec![IpNet::from(std::net::IpAddr::V4(p.virtual_ip))];
     if let Some(prefix) = mesh6 {
-        let v6 = crate::mesh6::address(prefix, p.virtual_ip);
+        let v6 = crate::proto::mesh6::address(prefix, p.virtual_ip);
         allowed_ips.push(IpNet::from(std::net::IpAddr::V6(v6)));
     }
     allowed_ips.extend(p.allowed_ips.iter().copied());
@@ -316,6 +316,6 @@ pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
         allowed_ips,
         exit_node: p.exit_node,
         online: p.online,
-        last_heartbeat: timefmt::format(p.last_heartbeat),
+        last_heartbeat: time::format(p.last_heartbeat),
     }
 }

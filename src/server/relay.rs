@@ -25,9 +25,9 @@
 //!   Every table is bounded and idle entries expire.
 
 use crate::keys::PublicKey;
-use crate::policy::Policy;
 use crate::proto::wg_wire::{self, Mac1Key, Message};
-use crate::tokens::Tag;
+use crate::server::policy::Policy;
+use crate::server::tokens::Tag;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};

@@ -13,9 +13,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use crate::proto::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
 use crate::proto::wg_wire;
 use crate::server::relay::{RelayService, Verdict};
-use crate::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
