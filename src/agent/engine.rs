@@ -8,6 +8,7 @@
 use super::client::{ApiClient, ClientError, PeerList};
 use super::config::{Applied, Assignment, ClientConfig, ConfigError};
 use super::host::{self, HostFacts};
+use super::path::{PathSettings, PathTable};
 use super::plan::{self, PlanInput, Step};
 use crate::os::runner::{execute, ExecuteError, Runner};
 use crate::os::{Plan, TargetOs};
@@ -16,6 +17,7 @@ use crate::types::OsName;
 use serde::Serialize;
 use std::fmt;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Why an agent step failed; each kind maps to its own exit code.
@@ -129,6 +131,11 @@ pub struct Engine {
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
+    /// Each peer's path (direct or relayed) and the relay's address; saved beside the
+    /// config so `sync` from a timer and `status` see it.
+    pub paths: PathTable,
+    /// How paths are chosen (`--relay-after`, `--direct-probe-interval`).
+    pub path_settings: PathSettings,
 }
 
 /// Where the last peer list is kept for `status` and offline `export`: beside the config.
@@ -268,9 +275,24 @@ impl Engine {
                     .unwrap_or_default();
                 Ok((peers, true))
             }
-            PeerList::Changed { peers, etag } => {
+            PeerList::Changed {
+                peers,
+                etag,
+                relay_port,
+            } => {
                 if self.persist {
                     save_peer_cache(&self.config_path, &peers);
+                }
+                // The relay listens on the server's own host.
+                let relay = relay_port.and_then(|port| {
+                    host::server_ip(self.client.server()).map(|ip| SocketAddr::new(ip, port))
+                });
+                if relay != self.paths.relay {
+                    match relay {
+                        Some(r) => log::info!("the server relays WireGuard at {r}"),
+                        None => log::info!("the server offers no relay: direct paths only"),
+                    }
+                    self.paths.relay = relay;
                 }
                 self.last_list = Some((peers.clone(), etag));
                 Ok((peers, false))
@@ -287,6 +309,18 @@ impl Engine {
         self.reconcile(&peers, unchanged, sink)
     }
 
+    /// Re-plans from the last peer list without asking the server: the paths' tick between
+    /// syncs. Nothing to do before the first list.
+    pub fn refresh_paths(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
+        let Some((peers, _)) = self.last_list.clone() else {
+            return Ok(());
+        };
+        if self.config.assignment.is_none() {
+            return Ok(());
+        }
+        self.reconcile(&peers, true, sink).map(drop)
+    }
+
     /// Makes the interface match `peers`: observes the host, plans (pure), applies the
     /// plans in order (saving what is applied after each step that changes it) and reports
     /// what changed.
@@ -301,6 +335,18 @@ impl Engine {
             None => None,
         };
         let mut facts = HostFacts::observe(reader, self.os, &self.config, self.client.server());
+        let me = self.config.private_key.public_key();
+        let before = self.paths.clone();
+        let paths = self.paths.step_all(
+            std::time::SystemTime::now(),
+            &me,
+            peers,
+            facts.dump.as_ref(),
+            &self.path_settings,
+        );
+        if self.paths != before && self.persist && !sink.is_dry_run() {
+            self.paths.save(&self.config_path);
+        }
         let summary = loop {
             let input = PlanInput {
                 os: self.os,
@@ -308,6 +354,7 @@ impl Engine {
                 peers,
                 list_unchanged,
                 dry_run: sink.is_dry_run(),
+                paths: &paths,
             };
             let planned = plan::plan(&input, &facts);
             self.apply(&planned.steps, sink)?;

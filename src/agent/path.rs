@@ -251,6 +251,95 @@ pub fn step(
     (st, choice)
 }
 
+/// Every peer's path state, and the relay's address: what the agent keeps between ticks,
+/// saved beside the config (`client.paths.json`) for `sync` runs and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTable {
+    /// Where the server relays WireGuard (its host, the port `/peers` names); None: no relay.
+    pub relay: Option<SocketAddr>,
+    /// Each listed peer's state, by base64 public key.
+    pub peers: std::collections::BTreeMap<String, PeerPath>,
+}
+
+/// Where the path table of the config at `config_path` is kept.
+pub fn table_path(config_path: &std::path::Path) -> std::path::PathBuf {
+    config_path.with_extension("paths.json")
+}
+
+impl PathTable {
+    /// The saved table (empty if none or unreadable: it is only state to resume from).
+    pub fn load(config_path: &std::path::Path) -> PathTable {
+        std::fs::read(table_path(config_path))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the table atomically (0600, like the config); a failure is only logged.
+    pub fn save(&self, config_path: &std::path::Path) {
+        let bytes = serde_json::to_vec_pretty(self).expect("path tables serialize");
+        if let Err(e) = crate::fsutil::write_atomic(&table_path(config_path), &bytes, 0o600) {
+            log::warn!("cannot save the path table: {e}");
+        }
+    }
+
+    /// One tick for every listed peer, from the interface's dump; forgets peers no longer
+    /// listed, logs every change of path, and returns what to configure per peer.
+    pub fn step_all(
+        &mut self,
+        now: SystemTime,
+        me: &crate::keys::PublicKey,
+        peers: &[crate::proto::model::PeerInfo],
+        dump: Option<&crate::os::wgdump::Dump>,
+        settings: &PathSettings,
+    ) -> std::collections::HashMap<crate::keys::PublicKey, Choice> {
+        let mut choices = std::collections::HashMap::new();
+        let mut next = std::collections::BTreeMap::new();
+        for peer in peers {
+            let key = peer.public_key.to_base64();
+            let seen = dump
+                .and_then(|d| d.peers.iter().find(|p| p.public_key == peer.public_key))
+                .map(|p| Observed {
+                    endpoint: p.endpoint,
+                    latest_handshake: p.latest_handshake,
+                    rx_bytes: p.transfer_rx,
+                })
+                .unwrap_or_default();
+            let old = self.peers.get(&key);
+            let (state, choice) = step(
+                old,
+                now,
+                peer.endpoint.map(|e| e.0),
+                self.relay,
+                &seen,
+                pair_offset(me, &peer.public_key),
+                settings,
+            );
+            let was = old.map(|o| (o.mode, o.probe_until_ms.is_some()));
+            let is = (state.mode, state.probe_until_ms.is_some());
+            if was != Some(is) && (was.is_some() || state.mode != Mode::Direct) {
+                log::info!(
+                    "peer {} ({}): {}",
+                    peer.hostname,
+                    peer.virtual_ip,
+                    match is {
+                        (Mode::Direct, _) => "direct path".to_owned(),
+                        (Mode::Relay, true) => "probing the direct path".to_owned(),
+                        (Mode::Relay, false) => match self.relay {
+                            Some(r) => format!("through the relay at {r}"),
+                            None => "through the relay".to_owned(),
+                        },
+                    }
+                );
+            }
+            choices.insert(peer.public_key, choice);
+            next.insert(key, state);
+        }
+        self.peers = next;
+        choices
+    }
+}
+
 fn relayed(now_ms: u64, rx: u64, slot: u64, published: Option<SocketAddr>) -> PeerPath {
     PeerPath {
         mode: Mode::Relay,

@@ -33,6 +33,8 @@ pub struct PlanInput<'a> {
     /// A dry run records nothing, so later decisions still see the old record, and takes
     /// macOS's interface name to be `utunN`.
     pub dry_run: bool,
+    /// The path chosen for each peer ([`super::path`]): its endpoint and keepalive.
+    pub paths: &'a std::collections::HashMap<crate::keys::PublicKey, super::path::Choice>,
 }
 
 /// One plan, and what is recorded as applied once it ran.
@@ -199,7 +201,13 @@ impl Builder {
             .ok_or_else(|| AgentError::Usage("not registered yet".into()))?;
         let spec = interface_spec(config, &assignment);
         let exit = chosen_exit(config, input.peers)?;
-        let desired = desired_peers(input.peers, exit.map(|p| &p.public_key));
+        let mut desired = desired_peers(input.peers, exit.map(|p| &p.public_key));
+        for peer in &mut desired {
+            if let Some(choice) = input.paths.get(&peer.public_key) {
+                peer.endpoint = choice.endpoint.map(crate::types::Endpoint);
+                peer.persistent_keepalive = Some(choice.keepalive);
+            }
+        }
         self.summary = SyncSummary {
             peer_id: assignment.peer_id.to_string(),
             address: assignment.assigned_ip.to_string(),
@@ -556,6 +564,7 @@ mod tests {
             peers,
             list_unchanged: false,
             dry_run: false,
+            paths: &Default::default(),
         };
         plan(&input, facts)
     }
@@ -737,6 +746,7 @@ mod tests {
             peers: &[],
             list_unchanged: true,
             dry_run: true,
+            paths: &Default::default(),
         };
         let p = plan(&input, &HostFacts::default());
         assert!(p.steps.iter().all(|s| s.record.is_none()));

@@ -5,6 +5,7 @@
 use super::client::{ApiClient, ServerUrl, TlsTrust};
 use super::config::{self, ClientConfig, ExitFallback};
 use super::engine::{AgentError, Engine};
+use super::path::{PathSettings, PathTable};
 use crate::keys::PublicKey;
 use crate::os::runner::{Runner, SystemRunner};
 use crate::os::TargetOs;
@@ -44,6 +45,8 @@ pub struct Overrides {
     pub server_key: Option<PublicKey>,
     /// The CA file an https:// server must chain to.
     pub ca: Option<PathBuf>,
+    /// How direct and relayed paths are chosen.
+    pub paths: PathSettings,
 }
 
 /// The OS to produce commands for: the requested one, else this host's.
@@ -145,7 +148,9 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     let reader: Option<Box<dyn Runner>> =
         (Some(os) == TargetOs::current()).then(|| Box::new(SystemRunner::new()) as Box<dyn Runner>);
     let client = api_client(server, &cfg, server_key, &trust).with_token(o.token);
+    let paths = PathTable::load(&path);
     Ok(Engine {
+        paths,
         config: cfg,
         config_path: path,
         os,
@@ -153,5 +158,6 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         reader,
         last_list: None,
         persist: true,
+        path_settings: o.paths,
     })
 }

@@ -28,8 +28,12 @@ pub struct PeerStatus {
     pub public_key: String,
     /// The endpoint WireGuard sends to right now.
     pub endpoint: Option<String>,
-    /// Whether packets go straight to the peer's endpoint: wgmesh never relays, so every
-    /// peer with a known endpoint is direct (a relay would show here when one exists).
+    /// How packets reach the peer, when they do (a handshake within
+    /// [`HANDSHAKE_FRESH_SECS`]): `"exit"` for the exit node in use, `"relay"` when the
+    /// endpoint is the server's relay, `"direct"` otherwise. `None` (null) while there is no
+    /// working path: a peer that never answered is not shown as reachable.
+    pub path: Option<&'static str>,
+    /// `path == "direct"`: kept for scripts written before the relay existed.
     pub direct: bool,
     /// Whether this is the exit node internet traffic goes through.
     pub exit_node_in_use: bool,
@@ -80,6 +84,7 @@ pub fn collect(
         ))
     })?;
     let known = load_peer_cache(path);
+    let relay = super::path::PathTable::load(path).relay;
     let interface = cfg.applied.as_ref().map(|a| a.interface.clone());
     let dump = cfg.applied.as_ref().and_then(|a| {
         let os = a.os.parse().unwrap_or(TargetOs::Linux);
@@ -101,14 +106,22 @@ pub fn collect(
                     let age = p
                         .latest_handshake
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
+                    let online = age.is_some_and(|a| a <= HANDSHAKE_FRESH_SECS);
+                    let path = match () {
+                        _ if !online => None,
+                        _ if exit_in_use == Some(p.public_key) => Some("exit"),
+                        _ if relay.is_some() && p.endpoint == relay => Some("relay"),
+                        _ => Some("direct"),
+                    };
                     PeerStatus {
                         hostname: info.map(|i| i.hostname.to_string()),
                         virtual_ip: info.map(|i| i.virtual_ip.to_string()),
                         public_key: p.public_key.to_base64(),
                         endpoint: p.endpoint.map(|e| e.to_string()),
-                        direct: p.endpoint.is_some(),
+                        path,
+                        direct: path == Some("direct"),
                         exit_node_in_use: exit_in_use == Some(p.public_key),
-                        online: age.is_some_and(|a| a <= HANDSHAKE_FRESH_SECS),
+                        online,
                         latest_handshake_secs: age,
                         rx_bytes: p.transfer_rx,
                         tx_bytes: p.transfer_tx,
@@ -131,8 +144,8 @@ pub fn collect(
 }
 
 /// The human `status` table: a summary line, one row per peer, and which peer carries
-/// internet traffic when a full tunnel is up. PATH says how packets reach the peer: `direct`
-/// to its endpoint, or `-` while no endpoint is known.
+/// internet traffic when a full tunnel is up. PATH says how packets reach the peer: `direct`,
+/// `relay` (through the server) or `exit`, or `-` while no handshake proves any path works.
 pub fn table(status: &Status) -> String {
     let dash = || "-".to_string();
     let mut out = format!(
@@ -147,7 +160,7 @@ pub fn table(status: &Status) -> String {
         "HOSTNAME", "ADDRESS", "ENDPOINT", "PATH", "ONLINE", "HANDSHAKE", "RX", "TX"
     ));
     for p in &status.peers {
-        let path = if p.direct { "direct" } else { "-" };
+        let path = p.path.unwrap_or("-");
         out.push_str(&format!(
             "{:<20} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
             p.hostname
@@ -219,7 +232,8 @@ mod tests {
             virtual_ip: hostname.map(|_| "10.100.0.3".to_owned()),
             public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
             endpoint: endpoint.map(str::to_owned),
-            direct: endpoint.is_some(),
+            path: endpoint.map(|_| if exit { "exit" } else { "direct" }),
+            direct: endpoint.is_some() && !exit,
             exit_node_in_use: exit,
             online: endpoint.is_some(),
             latest_handshake_secs: endpoint.map(|_| 12),
@@ -283,7 +297,8 @@ mod tests {
                 "56"
             ]
         );
-        assert_eq!(rows[1][3], "direct");
+        // The exit node in use shows as the path its traffic takes.
+        assert_eq!(rows[1][3], "exit");
         assert_eq!(
             rows[2],
             ["AAAAAAAA", "-", "-", "-", "no", "never", "1234", "56"]
