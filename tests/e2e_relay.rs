@@ -325,3 +325,269 @@ fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_h
         || both_ping(&net.lab, &a, &b_ip, &b, &a_ip),
     );
 }
+
+/// A node running `wgmesh up` in namespace `ns`.
+struct Node {
+    name: &'static str,
+    ns: String,
+    cfg: String,
+    agent: usize,
+}
+
+impl Internet {
+    /// A node on the public segment itself, with no NAT in front of it.
+    fn public_host(&mut self, name: &str, ip: &str) -> String {
+        let ns = self.lab.host(name, &format!("{ip}/24"));
+        self.lab
+            .exec_ok(&ns, &["ip", "route", "add", "default", "via", GATEWAY]);
+        ns
+    }
+
+    /// Starts `wgmesh up` for `name` in `ns`.
+    fn agent(&mut self, name: &'static str, ns: &str, extra: &[&str]) -> Node {
+        let cfg = self.path(&format!("{name}.json"));
+        let iface = self.lab.ifname("wg", name);
+        let url = format!("http://{SERVER}:8080");
+        let mut args = vec![
+            wgmesh_bin(),
+            "up",
+            "--server",
+            &url,
+            "--config",
+            &cfg,
+            "--interface",
+            &iface,
+            "--hostname",
+            name,
+            "--heartbeat-interval",
+            "2",
+            "--sync-interval",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let agent = self.lab.spawn(ns, &args, &format!("{name}.log"));
+        Node {
+            name,
+            ns: ns.to_owned(),
+            cfg,
+            agent,
+        }
+    }
+
+    /// `status --json` of `from`'s view of `to`: (path, endpoint).
+    fn path_of(&self, from: &Node, to: &Node) -> (serde_json::Value, serde_json::Value) {
+        let out = self.lab.exec(
+            &from.ns,
+            &[wgmesh_bin(), "status", "--config", &from.cfg, "--json"],
+        );
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        status["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|p| p["hostname"] == to.name))
+            .map(|p| (p["path"].clone(), p["endpoint"].clone()))
+            .unwrap_or((serde_json::Value::Null, serde_json::Value::Null))
+    }
+
+    /// Waits until every pair pings both ways.
+    fn all_ping(&self, nodes: &[&Node], limit: Duration) {
+        let ips: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                let mut ip = None;
+                self.lab
+                    .eventually(limit, &format!("{} is registered", n.name), || {
+                        ip = std::fs::read_to_string(&n.cfg)
+                            .ok()
+                            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                            .and_then(|j| {
+                                j["assignment"]["assigned_ip"].as_str().map(str::to_owned)
+                            });
+                        ip.is_some()
+                    });
+                ip.unwrap()
+            })
+            .collect();
+        for (i, a) in nodes.iter().enumerate() {
+            for (j, b) in nodes.iter().enumerate() {
+                if i != j {
+                    self.lab
+                        .eventually(limit, &format!("{} pings {}", a.name, b.name), || {
+                            self.lab.ping(&a.ns, &ips[j])
+                        });
+                }
+            }
+        }
+    }
+
+    /// Asserts the path both ends report for a pair.
+    fn expect_path(&self, a: &Node, b: &Node, path: &str, limit: Duration) {
+        self.lab.eventually(
+            limit,
+            &format!("{} and {} both report path {path}", a.name, b.name),
+            || self.path_of(a, b).0 == path && self.path_of(b, a).0 == path,
+        );
+        let relay = format!("{SERVER}:3478");
+        let (_, endpoint) = self.path_of(a, b);
+        assert_eq!(
+            endpoint == relay.as_str(),
+            path == "relay",
+            "{} sends to {} at {endpoint}",
+            a.name,
+            b.name
+        );
+    }
+}
+
+#[test]
+fn every_pair_connects_whatever_the_nat_and_status_tells_the_path() {
+    let mut net = Internet::new("mix");
+    net.start_server("server.log", &[]);
+    let p_ns = net.public_host("p", PUBLIC);
+    let (_, m1_ns) = home(&mut net.lab, "m1", "198.18.0.21", 21, Router::Masquerade);
+    let (_, m2_ns) = home(&mut net.lab, "m2", "198.18.0.22", 22, Router::Masquerade);
+    let (_, r_ns) = home(&mut net.lab, "r", "198.18.0.23", 23, Router::RandomPorts);
+    let (_, u_ns) = home(
+        &mut net.lab,
+        "u",
+        "198.18.0.24",
+        24,
+        Router::UdpOnlyToServer,
+    );
+    let (_, f_ns) = home(
+        &mut net.lab,
+        "f",
+        "198.18.0.25",
+        25,
+        Router::MasqueradeFirewall,
+    );
+    let p = net.agent("p", &p_ns, &[]);
+    let m1 = net.agent("m1", &m1_ns, &[]);
+    let m2 = net.agent("m2", &m2_ns, &[]);
+    let r = net.agent("r", &r_ns, &[]);
+    let u = net.agent("u", &u_ns, &[]);
+    let f = net.agent("f", &f_ns, &[]);
+    let all = [&p, &m1, &m2, &r, &u, &f];
+    net.all_ping(&all, Duration::from_secs(90));
+    let limit = Duration::from_secs(30);
+    // Relayed where no direct path can exist: UDP only to the server, or a NAT that picks a
+    // new port per destination on both sides of a pair.
+    for other in [&p, &m1, &m2, &r, &f] {
+        net.expect_path(&u, other, "relay", limit);
+    }
+    for other in [&m1, &m2, &f] {
+        net.expect_path(&r, other, "relay", limit);
+    }
+    // Direct where one can exist: to a public node, and through a port-preserving NAT.
+    for other in [&m1, &m2, &r, &f] {
+        net.expect_path(&p, other, "direct", limit);
+    }
+}
+
+#[test]
+fn a_direct_path_that_opens_later_is_taken_and_relayed_pairs_survive_a_server_kill() {
+    let mut net = Internet::new("later");
+    let server = net.start_server("server.log", &[]);
+    let p_ns = net.public_host("p", PUBLIC);
+    let (u_router, u_ns) = home(
+        &mut net.lab,
+        "u",
+        "198.18.0.24",
+        24,
+        Router::UdpOnlyToServer,
+    );
+    let (_, r_ns) = home(&mut net.lab, "r", "198.18.0.23", 23, Router::RandomPorts);
+    let (_, m_ns) = home(&mut net.lab, "m", "198.18.0.21", 21, Router::Masquerade);
+    let probe = ["--direct-probe-interval", "20"];
+    let p = net.agent("p", &p_ns, &probe);
+    let u = net.agent("u", &u_ns, &probe);
+    let r = net.agent("r", &r_ns, &probe);
+    let m = net.agent("m", &m_ns, &probe);
+    net.all_ping(&[&p, &u, &r, &m], Duration::from_secs(90));
+    net.expect_path(&u, &p, "relay", Duration::from_secs(30));
+    net.expect_path(&r, &m, "relay", Duration::from_secs(30));
+
+    // kill -9: the relay's tables are gone; the agents keep their interfaces, and the
+    // restarted relay learns the pairs again from their handshakes.
+    net.lab.signal(server, "KILL");
+    net.start_server("server2.log", &[]);
+    net.all_ping(&[&p, &u, &r, &m], Duration::from_secs(90));
+    net.expect_path(&r, &m, "relay", Duration::from_secs(30));
+
+    // u's network opens UDP: within a probe interval (20 s) both ends go direct.
+    net.lab.exec_ok(&u_router, &["iptables", "-F", "FORWARD"]);
+    net.expect_path(&u, &p, "direct", Duration::from_secs(60));
+    net.all_ping(&[&p, &u], Duration::from_secs(30));
+    for n in [&p, &u, &r, &m] {
+        assert!(
+            net.lab.child(n.agent).try_wait().unwrap().is_none(),
+            "{} exited",
+            n.name
+        );
+    }
+}
+
+#[test]
+fn a_policy_denied_pair_is_not_relayed() {
+    let mut net = Internet::new("deny");
+    let policy = net.path("policy.json");
+    std::fs::write(&policy, r#"{"allow": []}"#).unwrap();
+    net.start_server("server.log", &["--policy", &policy]);
+    let (_, a) = home(&mut net.lab, "a", "198.18.0.11", 1, Router::RandomPorts);
+    let (_, b) = home(&mut net.lab, "b", "198.18.0.12", 2, Router::RandomPorts);
+    let (a_cfg, b_cfg) = (net.path("a.json"), net.path("b.json"));
+    let (a_if, b_if) = (net.lab.ifname("wg", "a"), net.lab.ifname("wg", "b"));
+    let url = format!("http://{SERVER}:8080");
+    for (ns, cfg, iface, name) in [(&a, &a_cfg, &a_if, "a"), (&b, &b_cfg, &b_if, "b")] {
+        net.lab.exec_ok(
+            ns,
+            &[
+                wgmesh_bin(),
+                "sync",
+                "--server",
+                &url,
+                "--config",
+                cfg,
+                "--interface",
+                iface,
+                "--hostname",
+                name,
+            ],
+        );
+    }
+    // The policy hides them from each other; configure each as the other's peer by hand,
+    // through the relay, as a member trying to get around the policy would.
+    let relay = format!("{SERVER}:3478");
+    for (ns, iface, other_cfg) in [(&a, &a_if, &b_cfg), (&b, &b_if, &a_cfg)] {
+        let ip = format!("{}/32", mesh_ip(other_cfg));
+        net.lab.exec_ok(
+            ns,
+            &[
+                "wg",
+                "set",
+                iface,
+                "peer",
+                &key_of(other_cfg).to_base64(),
+                "endpoint",
+                &relay,
+                "allowed-ips",
+                &ip,
+                "persistent-keepalive",
+                "1",
+            ],
+        );
+    }
+    let (a_ip, b_ip) = (mesh_ip(&a_cfg), mesh_ip(&b_cfg));
+    for _ in 0..12 {
+        assert!(
+            !both_ping(&net.lab, &a, &b_ip, &b, &a_ip),
+            "a policy-denied pair talked"
+        );
+    }
+    let handshakes = net
+        .lab
+        .exec_ok(&a, &["wg", "show", &a_if, "latest-handshakes"]);
+    assert!(handshakes.trim_end().ends_with("\t0"), "{handshakes}");
+    assert!(net.metric("wgmesh_relay_dropped_total{reason=\"policy\"}") >= 1);
+    assert_eq!(net.metric("wgmesh_relay_packets_total{kind=\"data\"}"), 0);
+}
