@@ -482,6 +482,18 @@ fn every_pair_connects_whatever_the_nat_and_status_tells_the_path() {
     for other in [&m1, &m2, &r, &f] {
         net.expect_path(&p, other, "direct", limit);
     }
+    // netcheck says the relay answers, even where only UDP to the server gets out.
+    let out = net.lab.exec_ok(
+        &u.ns,
+        &[wgmesh_bin(), "netcheck", "--config", &u.cfg, "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["relay"]["address"],
+        format!("{SERVER}:3478"),
+        "{report}"
+    );
+    assert_eq!(report["relay"]["answers"], true, "{report}");
 }
 
 #[test]
