@@ -9,10 +9,12 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Print throughput and latency figures (server vs bare tiny_http, STUN answers/s).
+# Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, relay vs
+# direct vs socat; the relay bench needs root for its network namespaces).
 bench:
     cargo bench --bench server
     cargo bench --bench stun
+    cargo bench --bench relay
 
 # Run the coordination server on its embedded JSON store (./peers.json by default here).
 run *ARGS:

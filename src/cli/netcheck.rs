@@ -124,8 +124,12 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
         })
     });
 
+    // The relay is the coordination server's: checked when netcheck asks that server (not
+    // another STUN server given with --server), reusing the STUN answer when it is the same
+    // port.
     let relay = crate::agent::path::PathTable::load(&path)
         .relay
+        .filter(|_| args.server.is_none())
         .map(|address| {
             let answers = if address == primary {
                 report.udp
