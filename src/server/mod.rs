@@ -188,11 +188,13 @@ fn start_stun(
             relay.take(),
         )
         .map_err(ServerError::Io)?;
-        log::info!(
-            "STUN service{} answering on udp {}",
-            if relaying { " and WireGuard relay" } else { "" },
-            handle.local_addr()
-        );
+        log::info!("STUN service answering on udp {}", handle.local_addr());
+        if relaying {
+            log::info!(
+                "WireGuard relay on udp {} (the same socket)",
+                handle.local_addr()
+            );
+        }
         handles.push(handle);
     }
     Ok(handles)
