@@ -59,10 +59,29 @@ fn iperf(lab: &Lab, from: &str, to_ip: &str) -> (f64, f64) {
     let out = lab.exec_ok(from, &["iperf3", "-c", to_ip, "-t", SECONDS, "-J"]);
     let json: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     let sum = &json["end"]["sum_received"];
+    if let Some(error) = json["error"].as_str() {
+        eprintln!("iperf3 from {from} to {to_ip}: {error}");
+    }
     (
         sum["bits_per_second"].as_f64().unwrap_or(0.0),
         sum["bytes"].as_f64().unwrap_or(0.0),
     )
+}
+
+/// Points `ns`'s WireGuard at `endpoint` for the peer of `peer_cfg`.
+fn set_endpoint(lab: &Lab, ns: &str, iface: &str, peer_cfg: &str, endpoint: &str) {
+    lab.exec_ok(
+        ns,
+        &[
+            "wg",
+            "set",
+            iface,
+            "peer",
+            &key_of(peer_cfg),
+            "endpoint",
+            endpoint,
+        ],
+    );
 }
 
 fn main() {
@@ -116,34 +135,28 @@ fn main() {
         .as_str()
         .unwrap()
         .to_owned();
+    let a_ip = json_of(&a_cfg)["assignment"]["assigned_ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     lab.spawn(&b, &["iperf3", "-s"], "iperf3.log");
     lab.eventually(Duration::from_secs(20), "a reaches b directly", || {
         lab.ping(&a, &b_ip)
     });
-    let set_endpoint = |ns: &str, iface: &str, peer_cfg: &str, endpoint: &str| {
-        lab.exec_ok(
-            ns,
-            &[
-                "wg",
-                "set",
-                iface,
-                "peer",
-                &key_of(peer_cfg),
-                "endpoint",
-                endpoint,
-            ],
-        );
-    };
-
     let direct = iperf(&lab, &a, &b_ip);
 
     let relay_addr = format!("{SERVER}:3478");
-    set_endpoint(&a, &a_if, &b_cfg, &relay_addr);
-    set_endpoint(&b, &b_if, &a_cfg, &relay_addr);
+    set_endpoint(&lab, &a, &a_if, &b_cfg, &relay_addr);
+    set_endpoint(&lab, &b, &b_if, &a_cfg, &relay_addr);
+    // Both ends send, so both retry their handshake through the relay (an idle end would
+    // first have to earn the relay's credit with 25 s keepalives).
     lab.eventually(
-        Duration::from_secs(40),
+        Duration::from_secs(60),
         "a reaches b through the relay",
-        || lab.ping(&a, &b_ip),
+        || {
+            let back = lab.ping(&b, &a_ip);
+            lab.ping(&a, &b_ip) && back
+        },
     );
     let before = cpu_of(&srv, "wgmesh");
     let relay = iperf(&lab, &a, &b_ip);
@@ -165,7 +178,7 @@ fn main() {
         "socat.log",
     );
     std::thread::sleep(Duration::from_millis(300));
-    set_endpoint(&a, &a_if, &b_cfg, &format!("{SERVER}:{SOCAT_PORT}"));
+    set_endpoint(&lab, &a, &a_if, &b_cfg, &format!("{SERVER}:{SOCAT_PORT}"));
     lab.eventually(Duration::from_secs(20), "a reaches b through socat", || {
         lab.ping(&a, &b_ip)
     });

@@ -60,7 +60,7 @@ fn index(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Parses a datagram as a WireGuard message: type 1-4 in byte 0, three zero bytes, and the
-/// exact size of its type (transport: at least 32 bytes, 16-byte aligned). None otherwise.
+/// exact size of its type (transport: at least 32 bytes). None otherwise.
 pub fn parse(datagram: &[u8]) -> Option<Message> {
     if datagram.len() < TRANSPORT_MIN_LEN || datagram[1..4] != [0, 0, 0] {
         return None;
@@ -76,7 +76,9 @@ pub fn parse(datagram: &[u8]) -> Option<Message> {
         (3, COOKIE_REPLY_LEN) => Some(Message::CookieReply {
             receiver: index(datagram, 4),
         }),
-        (4, n) if n % 16 == 0 => Some(Message::Transport {
+        // No size rule beyond the minimum: WireGuard pads plaintext to 16 bytes only up to
+        // the interface MTU, so a full-size packet (1420 + 32 = 1452) is no multiple of 16.
+        (4, _) => Some(Message::Transport {
             receiver: index(datagram, 4),
         }),
         _ => None,
@@ -211,9 +213,11 @@ mod tests {
         // Wrong sizes, a non-zero reserved byte, unknown types, too short: not WireGuard.
         assert_eq!(parse(&init[..147]), None);
         assert_eq!(parse(&fake_transport(1, 0)[..31]), None);
-        let mut odd = fake_transport(1, 1);
-        odd.push(0);
-        assert_eq!(parse(&odd), None);
+        // A full-MTU transport message is not a multiple of 16 bytes (padding stops at the
+        // MTU); it must still be recognised, or bulk traffic would never be relayed.
+        let mut full = fake_transport(1, 0);
+        full.resize(1420 + 32, 0x5a);
+        assert_eq!(parse(&full), Some(Message::Transport { receiver: 1 }));
         let mut reserved = init;
         reserved[2] = 1;
         assert_eq!(parse(&reserved), None);
