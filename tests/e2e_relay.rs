@@ -287,6 +287,23 @@ fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_h
         "a and b ping through the relay",
         || both_ping(&net.lab, &a, &b_ip, &b, &a_ip),
     );
+    // Full-size packets too (1392 bytes of ICMP payload fill the 1420-byte tunnel MTU, and
+    // their WireGuard messages are no multiple of 16 bytes).
+    net.lab.eventually(
+        Duration::from_secs(10),
+        "a full-MTU ping through the relay",
+        || {
+            net.lab
+                .exec(
+                    &a,
+                    &[
+                        "ping", "-c", "1", "-W", "1", "-s", "1392", "-M", "do", &b_ip,
+                    ],
+                )
+                .status
+                .success()
+        },
+    );
     // The pings went through the relay: nothing else could carry them (a's NAT picks a new
     // random port for every destination), and the relay counted them.
     assert!(net.metric("wgmesh_relay_packets_total{kind=\"data\"}") >= 4);

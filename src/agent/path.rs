@@ -29,6 +29,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Keepalive while a probe runs: a packet every second, so the probe window sees traffic.
 pub const PROBE_KEEPALIVE: u16 = 1;
 
+/// A relayed peer silent this long (more than one 25 s keepalive) is nudged.
+pub const NUDGE_AFTER: Duration = Duration::from_secs(35);
+/// How long a nudge lasts: five 1-second keepalives, 160 bytes, pay for one handshake
+/// initiation (148 bytes) forwarded to us by the relay.
+pub const NUDGE_LENGTH: Duration = Duration::from_secs(5);
+/// At most one nudge per this interval per peer.
+pub const NUDGE_EVERY: Duration = Duration::from_secs(60);
+
 /// WireGuard's REJECT_AFTER_TIME: a handshake older than this means no usable session.
 pub const HANDSHAKE_STALE: Duration = Duration::from_secs(180);
 
@@ -89,6 +97,15 @@ pub struct PeerPath {
     /// The last probe slot used (probes happen once per slot).
     #[serde(default)]
     pub probe_slot: u64,
+    /// When bytes last arrived from the peer while relayed.
+    #[serde(default)]
+    pub rx_changed_ms: u64,
+    /// A nudge (keepalive every second) in progress, until this time.
+    #[serde(default)]
+    pub nudge_until_ms: Option<u64>,
+    /// When the last nudge began.
+    #[serde(default)]
+    pub nudged_ms: u64,
 }
 
 /// What `wg show dump` says about one peer.
@@ -164,6 +181,9 @@ pub fn step(
         probe_until_ms: None,
         probe_rx: 0,
         probe_slot: state.map_or(0, |s| s.probe_slot),
+        rx_changed_ms: at,
+        nudge_until_ms: None,
+        nudged_ms: 0,
     };
     let mut st = match state {
         Some(s) => s.clone(),
@@ -223,13 +243,34 @@ pub fn step(
                 st.probe_rx = seen.rx_bytes;
                 st.probe_slot = slot;
             }
+            // Silence through the relay (a healthy peer sends at least a keepalive every
+            // 25 s): maybe the relay restarted and forgot us. A few quick keepalives earn the
+            // credit it needs to pass the peer's next handshake to us.
+            if received {
+                st.rx_changed_ms = now_ms;
+            }
+            if st.nudge_until_ms.is_some_and(|until| now_ms >= until) {
+                st.nudge_until_ms = None;
+            }
+            let quiet = now_ms.saturating_sub(st.rx_changed_ms.max(st.since_ms));
+            if st.nudge_until_ms.is_none()
+                && quiet >= NUDGE_AFTER.as_millis() as u64
+                && now_ms.saturating_sub(st.nudged_ms) >= NUDGE_EVERY.as_millis() as u64
+            {
+                st.nudge_until_ms = Some(now_ms + NUDGE_LENGTH.as_millis() as u64);
+                st.nudged_ms = now_ms;
+            }
         }
     }
     st.last_rx = seen.rx_bytes;
     let choice = match (st.mode, st.probe_until_ms) {
         (Mode::Relay, None) => Choice {
             endpoint: Some(relay),
-            keepalive: settings.keepalive,
+            keepalive: if st.nudge_until_ms.is_some() {
+                PROBE_KEEPALIVE
+            } else {
+                settings.keepalive
+            },
             mode: Mode::Relay,
         },
         (Mode::Relay, Some(_)) => Choice {
@@ -351,6 +392,9 @@ fn relayed(now_ms: u64, rx: u64, slot: u64, published: Option<SocketAddr>) -> Pe
         probe_rx: 0,
         // The slot we are in counts as probed: the failure just seen was that probe.
         probe_slot: slot,
+        rx_changed_ms: now_ms,
+        nudge_until_ms: None,
+        nudged_ms: 0,
     }
 }
 
@@ -507,6 +551,30 @@ mod tests {
         // A roamed, working address is not overwritten with the published one.
         s.handshake(31);
         assert_eq!(s.tick(32).endpoint, None);
+    }
+
+    #[test]
+    fn a_silent_relayed_peer_is_nudged_briefly_and_not_often() {
+        let mut s = Sim::new();
+        s.settings.probe_interval = Duration::from_secs(10_000);
+        s.tick(0);
+        s.tick(15);
+        s.handshake(16);
+        for t in 17..52 {
+            assert_eq!(s.tick(t).keepalive, 25, "at {t}");
+        }
+        // Nothing received since 17 (35 s): five seconds of 1 s keepalives, to the relay.
+        let c = s.tick(52);
+        assert_eq!((c.endpoint, c.keepalive), (relay(), PROBE_KEEPALIVE));
+        assert_eq!(s.tick(56).keepalive, PROBE_KEEPALIVE);
+        assert_eq!(s.tick(57).keepalive, 25);
+        // Still silent: the next nudge comes a minute after the last one.
+        assert_eq!(s.tick(100).keepalive, 25);
+        assert_eq!(s.tick(112).keepalive, PROBE_KEEPALIVE);
+        // Packets arriving keep it quiet.
+        s.seen.rx_bytes += 32;
+        assert_eq!(s.tick(118).keepalive, 25);
+        assert_eq!(s.tick(140).keepalive, 25);
     }
 
     #[test]
