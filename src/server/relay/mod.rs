@@ -24,14 +24,19 @@
 //!   cookie replies are paid from credit. Each source IP's handshakes are rate limited.
 //!   Every table is bounded and idle entries expire.
 
+mod service;
+mod stats;
+mod view;
+
+pub use service::{RelayService, ViewSource};
+pub use stats::{Drop, RelayStats};
+pub use view::{Member, MemberView};
+
 use crate::keys::PublicKey;
-use crate::proto::wg_wire::{self, Mac1Key, Message};
-use crate::server::policy::Policy;
-use crate::server::tokens::Tag;
+use crate::proto::wg_wire::{self, Message};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,62 +86,6 @@ impl Default for RelayLimits {
     }
 }
 
-/// Why a datagram was not forwarded; each has its own counter in `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
-    /// Not a WireGuard message (wrong type, size or reserved bytes).
-    Malformed,
-    /// From an IP that is no online member's.
-    Stranger,
-    /// A handshake whose MAC1 matches no online member.
-    NotForMember,
-    /// No session or address known for its destination (yet).
-    NoRoute,
-    /// Transport data on a known index but from an address that is not the session's peer.
-    WrongSource,
-    /// The access policy does not let the two members see each other.
-    Policy,
-    /// A response whose ends are not at their members' IPs.
-    Unauthenticated,
-    /// The destination has not sent us enough to be owed this datagram.
-    NoCredit,
-    /// The source IP sent handshakes faster than its rate limit.
-    RateLimited,
-    /// A table is full.
-    TableFull,
-}
-
-impl Drop {
-    const ALL: [Drop; 10] = [
-        Drop::Malformed,
-        Drop::Stranger,
-        Drop::NotForMember,
-        Drop::NoRoute,
-        Drop::WrongSource,
-        Drop::Policy,
-        Drop::Unauthenticated,
-        Drop::NoCredit,
-        Drop::RateLimited,
-        Drop::TableFull,
-    ];
-
-    /// The `reason` label in `/metrics`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Drop::Malformed => "malformed",
-            Drop::Stranger => "stranger",
-            Drop::NotForMember => "not_for_member",
-            Drop::NoRoute => "no_route",
-            Drop::WrongSource => "wrong_source",
-            Drop::Policy => "policy",
-            Drop::Unauthenticated => "unauthenticated",
-            Drop::NoCredit => "no_credit",
-            Drop::RateLimited => "rate_limited",
-            Drop::TableFull => "table_full",
-        }
-    }
-}
-
 /// Where to send a datagram: up to [`MAX_FANOUT`] addresses, no allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Targets {
@@ -163,188 +112,6 @@ pub enum Verdict {
     Forward(Targets),
     /// Send nothing.
     Drop(Drop),
-}
-
-/// Relay counters: relaxed atomics, read only for `/metrics`.
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    handshake_packets: AtomicU64,
-    data_packets: AtomicU64,
-    bytes: AtomicU64,
-    drops: [AtomicU64; 10],
-    sessions: AtomicU64,
-    pairs: AtomicU64,
-    bound: AtomicU64,
-}
-
-impl RelayStats {
-    fn forwarded(&self, handshake: bool, bytes: usize, copies: usize) {
-        let counter = if handshake {
-            &self.handshake_packets
-        } else {
-            &self.data_packets
-        };
-        counter.fetch_add(copies as u64, Ordering::Relaxed);
-        self.bytes
-            .fetch_add((bytes * copies) as u64, Ordering::Relaxed);
-    }
-
-    /// Counts a dropped datagram.
-    pub fn dropped(&self, why: Drop) {
-        let i = Drop::ALL.iter().position(|d| *d == why).unwrap_or(0);
-        self.drops[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Datagrams dropped for `why` so far.
-    pub fn drops(&self, why: Drop) -> u64 {
-        let i = Drop::ALL.iter().position(|d| *d == why).unwrap_or(0);
-        self.drops[i].load(Ordering::Relaxed)
-    }
-
-    /// Datagrams forwarded so far (handshake-class, transport).
-    pub fn forwarded_packets(&self) -> (u64, u64) {
-        (
-            self.handshake_packets.load(Ordering::Relaxed),
-            self.data_packets.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Appends the counters in Prometheus text format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = write!(
-            out,
-            "# HELP wgmesh_relay_packets_total WireGuard datagrams the relay forwarded, by message class.\n\
-             # TYPE wgmesh_relay_packets_total counter\n\
-             wgmesh_relay_packets_total{{kind=\"handshake\"}} {}\n\
-             wgmesh_relay_packets_total{{kind=\"data\"}} {}\n\
-             # HELP wgmesh_relay_bytes_total UDP payload bytes the relay forwarded.\n\
-             # TYPE wgmesh_relay_bytes_total counter\n\
-             wgmesh_relay_bytes_total {}\n\
-             # HELP wgmesh_relay_sessions Relayed WireGuard session indexes in use.\n\
-             # TYPE wgmesh_relay_sessions gauge\n\
-             wgmesh_relay_sessions {}\n\
-             # HELP wgmesh_relay_pairs Member pairs with a relayed session.\n\
-             # TYPE wgmesh_relay_pairs gauge\n\
-             wgmesh_relay_pairs {}\n\
-             # HELP wgmesh_relay_bound_members Members whose relay address is known.\n\
-             # TYPE wgmesh_relay_bound_members gauge\n\
-             wgmesh_relay_bound_members {}\n\
-             # HELP wgmesh_relay_dropped_total Datagrams the relay did not forward, by reason.\n\
-             # TYPE wgmesh_relay_dropped_total counter\n",
-            get(&self.handshake_packets),
-            get(&self.data_packets),
-            get(&self.bytes),
-            get(&self.sessions),
-            get(&self.pairs),
-            get(&self.bound),
-        );
-        for (d, c) in Drop::ALL.iter().zip(&self.drops) {
-            let _ = writeln!(
-                out,
-                "wgmesh_relay_dropped_total{{reason=\"{}\"}} {}",
-                d.label(),
-                get(c)
-            );
-        }
-    }
-}
-
-/// One online member as the relay knows it.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Its WireGuard public key.
-    pub public_key: PublicKey,
-    /// The IPs it is known at (where its authenticated requests come from, its published
-    /// endpoint's): the only sources accepted as this member.
-    pub ips: Vec<IpAddr>,
-    /// Its tags, which decide whom it may reach under the policy.
-    pub tags: Vec<Tag>,
-}
-
-#[derive(Debug)]
-struct ViewMember {
-    key: PublicKey,
-    mac1: Mac1Key,
-    ips: Vec<IpAddr>,
-    group: usize,
-}
-
-/// The online members and who may see whom: an immutable snapshot the server rebuilds when
-/// its peer list or policy changes, swapped in whole.
-#[derive(Debug, Default)]
-pub struct MemberView {
-    members: Vec<ViewMember>,
-    by_key: HashMap<PublicKey, usize>,
-    ips: HashMap<IpAddr, ()>,
-    groups: usize,
-    /// `groups` x `groups`, row-major.
-    sees: Vec<bool>,
-}
-
-impl MemberView {
-    /// Compiles the members' tag sets against `policy` once, so each decision is a lookup.
-    pub fn new(members: Vec<Member>, policy: &Policy) -> MemberView {
-        let mut group_of: HashMap<Vec<Tag>, usize> = HashMap::new();
-        let mut group_tags: Vec<Vec<Tag>> = Vec::new();
-        let mut view = MemberView::default();
-        for m in members {
-            let mut tags = m.tags.clone();
-            tags.sort();
-            let group = *group_of.entry(tags.clone()).or_insert_with(|| {
-                group_tags.push(tags);
-                group_tags.len() - 1
-            });
-            let mut ips: Vec<IpAddr> = m.ips.iter().map(|ip| ip.to_canonical()).collect();
-            ips.dedup();
-            for ip in &ips {
-                view.ips.insert(*ip, ());
-            }
-            view.by_key.insert(m.public_key, view.members.len());
-            view.members.push(ViewMember {
-                mac1: Mac1Key::new(&m.public_key),
-                key: m.public_key,
-                ips,
-                group,
-            });
-        }
-        let memberships: Vec<_> = group_tags.iter().map(|t| policy.membership(t)).collect();
-        view.groups = memberships.len();
-        view.sees = memberships
-            .iter()
-            .flat_map(|a| memberships.iter().map(move |b| a.sees(b)))
-            .collect();
-        view
-    }
-
-    /// How many members it holds.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Whether it holds no member.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    /// The member a handshake message is addressed to (by MAC1): a scan of every member's
-    /// precomputed key, which is why handshakes are rate limited per source.
-    fn recipient(&self, datagram: &[u8]) -> Option<usize> {
-        self.members.iter().position(|m| m.mac1.addresses(datagram))
-    }
-
-    fn at_member_ip(&self, ip: IpAddr) -> bool {
-        self.ips.contains_key(&ip)
-    }
-
-    fn sees(&self, a: usize, b: usize) -> bool {
-        let (ga, gb) = (self.members[a].group, self.members[b].group);
-        self.sees[ga * self.groups + gb]
-    }
-
-    fn index_of(&self, key: &PublicKey) -> Option<usize> {
-        self.by_key.get(key).copied()
-    }
 }
 
 /// A source address at a member IP, and what it has earned.
@@ -798,64 +565,13 @@ impl Relay {
     }
 }
 
-/// Where the relay gets the current members: called at most once a second, off the hot path;
-/// it returns the same `Arc` while nothing changed.
-pub type ViewSource = Box<dyn Fn() -> Arc<MemberView> + Send + Sync>;
-
-/// The relay as the UDP workers share it: the tables behind one mutex, the counters, and the
-/// member view source.
-pub struct RelayService {
-    relay: std::sync::Mutex<Relay>,
-    stats: Arc<RelayStats>,
-    source: ViewSource,
-    refreshed: std::sync::Mutex<Instant>,
-}
-
-impl RelayService {
-    /// A relay fed by `source`, with these bounds.
-    pub fn new(source: ViewSource, limits: RelayLimits) -> Arc<RelayService> {
-        let stats = Arc::new(RelayStats::default());
-        let view = source();
-        Arc::new(RelayService {
-            relay: std::sync::Mutex::new(Relay::new(view, limits, Arc::clone(&stats))),
-            stats,
-            source,
-            refreshed: std::sync::Mutex::new(Instant::now()),
-        })
-    }
-
-    /// The counters, for `/metrics`.
-    pub fn stats(&self) -> Arc<RelayStats> {
-        Arc::clone(&self.stats)
-    }
-
-    /// Decides one datagram (see [`Relay::handle`]), first taking a new member view if a
-    /// second has passed since the last look.
-    pub fn handle(&self, datagram: &[u8], from: SocketAddr, now: Instant) -> Verdict {
-        let due = self.refreshed.try_lock().is_ok_and(|mut at| {
-            let due = now.saturating_duration_since(*at) >= Duration::from_secs(1);
-            if due {
-                *at = now;
-            }
-            due
-        });
-        let fresh = due.then(|| (self.source)());
-        let mut relay = self
-            .relay
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(view) = fresh.filter(|v| !Arc::ptr_eq(v, relay.view())) {
-            relay.set_view(view);
-        }
-        relay.handle(datagram, from, now)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::PrivateKey;
+    use crate::proto::wg_wire::Mac1Key;
     use crate::proto::wg_wire::{fake_initiation, fake_response, fake_transport};
+    use crate::server::policy::Policy;
 
     struct Node {
         key: PublicKey,
