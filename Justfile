@@ -33,7 +33,7 @@ fuzz SECS="60":
     #!/usr/bin/env bash
     set -euo pipefail
     cd fuzz
-    for target in request_json http_requests stun_messages wg_dump; do
+    for target in request_json http_requests stun_messages wg_dump relay_datagrams; do
         mkdir -p corpus/$target
         echo "== fuzzing $target for {{SECS}} s"
         RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" \

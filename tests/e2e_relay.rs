@@ -25,7 +25,7 @@ enum Router {
     Masquerade,
     /// MASQUERADE plus the stateful inbound firewall every home router has.
     MasqueradeFirewall,
-    /// `MASQUERADE --random-fully`: a new random port per mapping, like carrier-grade and
+    /// `MASQUERADE --random --random-fully`: a new random port per mapping, like carrier-grade and
     /// many corporate NATs (no direct path to anyone behind a NAT).
     RandomPorts,
     /// MASQUERADE, and UDP leaves only towards the coordination server.
@@ -82,7 +82,8 @@ fn home(lab: &mut Lab, name: &str, public: &str, lan: u8, kind: Router) -> (Stri
         "MASQUERADE",
     ];
     if kind == Router::RandomPorts {
-        masq.push("--random-fully");
+        // nft's `masquerade random,fully-random`.
+        masq.extend_from_slice(&["--random", "--random-fully"]);
     }
     iptables(lab, &router, &masq);
     match kind {
