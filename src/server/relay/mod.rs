@@ -404,7 +404,6 @@ impl Relay {
         self.bindings
             .insert(view.members[initiator].key, pending.dest);
         self.bindings.insert(recipient, from);
-        self.publish_gauges();
         Verdict::Forward(Targets::one(pending.dest))
     }
 
@@ -544,15 +543,14 @@ impl Relay {
         self.publish_gauges();
     }
 
+    /// Recounts the gauges: once a second (the sweep) and on a new view, never per packet.
     fn publish_gauges(&self) {
-        let mut pairs: Vec<(PublicKey, PublicKey)> = Vec::new();
+        let mut pairs = std::collections::HashSet::new();
         let mut sessions = 0u64;
         for e in self.indexes.values() {
-            if let Some(pair) = e.pair {
+            if let Some((a, b)) = e.pair {
                 sessions += 1;
-                if !pairs.contains(&pair) {
-                    pairs.push(pair);
-                }
+                pairs.insert(if a <= b { (a, b) } else { (b, a) });
             }
         }
         self.stats.sessions.store(sessions, Ordering::Relaxed);
@@ -658,6 +656,8 @@ mod tests {
             to(r.handle(&fake_initiation(&a.mac1, 300, 3), b.addr, now)),
             vec![a.addr]
         );
+        // Gauges are recounted by the sweep, once a second.
+        r.sweep(now);
         assert_eq!(r.stats.pairs.load(Ordering::Relaxed), 1);
         assert_eq!(r.stats.bound.load(Ordering::Relaxed), 2);
     }
