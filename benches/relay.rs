@@ -84,7 +84,61 @@ fn set_endpoint(lab: &Lab, ns: &str, iface: &str, peer_cfg: &str, endpoint: &str
     );
 }
 
+/// The relay's cost per handshake message, addressed to the last of `members` online members,
+/// with no rate limit: from a new source address each time (a MAC1 check against every
+/// member), or from one that sent there before (its remembered recipient is tried first).
+fn mac1_scan(members: usize, fresh_source: bool) -> f64 {
+    use std::sync::Arc;
+    use wgmesh::keys::PrivateKey;
+    use wgmesh::proto::wg_wire::{fake_initiation, Mac1Key};
+    use wgmesh::server::relay::{Member, MemberView, Relay, RelayLimits, RelayStats};
+    let keys: Vec<_> = (0..members)
+        .map(|_| PrivateKey::generate().public_key())
+        .collect();
+    let view = MemberView::new(
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| Member {
+                public_key: *k,
+                ips: vec![std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8])],
+                tags: Vec::new(),
+            })
+            .collect(),
+        &wgmesh::server::policy::Policy::allow_all(),
+    );
+    let limits = RelayLimits {
+        handshakes_per_second: 0,
+        ..RelayLimits::default()
+    };
+    let mut relay = Relay::new(Arc::new(view), limits, Arc::new(RelayStats::default()));
+    let last = Mac1Key::new(keys.last().unwrap());
+    let from: std::net::SocketAddr = "10.1.0.0:40000".parse().unwrap();
+    let rounds = 2000u32;
+    let start = std::time::Instant::now();
+    for i in 0..rounds {
+        let message = fake_initiation(&last, i, 1);
+        let source = if fresh_source {
+            std::net::SocketAddr::new(from.ip(), 1 + i as u16)
+        } else {
+            from
+        };
+        std::hint::black_box(relay.handle(&message, source, std::time::Instant::now()));
+    }
+    start.elapsed().as_secs_f64() / f64::from(rounds)
+}
+
 fn main() {
+    for members in [100, 1000] {
+        let first = mac1_scan(members, true);
+        let again = mac1_scan(members, false);
+        println!(
+            "relay handshake cost with {members} online members: {:.1} us from a new address \
+             ({:.0} ns per member), {:.1} us from an address that sent there before",
+            first * 1e6,
+            first * 1e9 / members as f64,
+            again * 1e6
+        );
+    }
     let mut lab = Lab::new("bench");
     let srv = lab.host("srv", &format!("{SERVER}/24"));
     let a = lab.host("a", &format!("{A}/24"));

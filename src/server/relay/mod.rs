@@ -121,7 +121,13 @@ struct Port {
     last: Instant,
     credit_packets: u32,
     credit_bytes: u32,
+    /// The members this address sent its latest handshakes to, tried first next time: a
+    /// full MAC1 scan costs about a microsecond per online member.
+    recent: [Option<PublicKey>; RECENT],
 }
+
+/// Recipients remembered per source address.
+const RECENT: usize = 4;
 
 #[derive(Debug)]
 struct Source {
@@ -155,6 +161,8 @@ pub struct Relay {
     sources: HashMap<IpAddr, Source>,
     indexes: HashMap<u32, IndexEntry>,
     bindings: HashMap<PublicKey, SocketAddr>,
+    /// `bindings` the other way round.
+    bound_at: HashMap<SocketAddr, PublicKey>,
     last_sweep: Instant,
 }
 
@@ -168,6 +176,7 @@ impl Relay {
             sources: HashMap::new(),
             indexes: HashMap::new(),
             bindings: HashMap::new(),
+            bound_at: HashMap::new(),
             last_sweep: Instant::now(),
         }
     }
@@ -182,6 +191,7 @@ impl Relay {
     pub fn set_view(&mut self, view: Arc<MemberView>) {
         self.sources.retain(|ip, _| view.at_member_ip(*ip));
         self.bindings.retain(|key, _| view.index_of(key).is_some());
+        self.reindex_bindings();
         self.indexes.retain(|_, e| match e.pair {
             Some((a, b)) => match (view.index_of(&a), view.index_of(&b)) {
                 (Some(a), Some(b)) => view.sees(a, b),
@@ -280,10 +290,17 @@ impl Relay {
         now: Instant,
     ) -> Verdict {
         let view = Arc::clone(&self.view);
-        let Some(recipient) = view.recipient(datagram) else {
+        let guesses = self.port_mut(from).map(|p| p.recent).unwrap_or_default();
+        let Some(recipient) = view.recipient_of(datagram, guesses.into_iter().flatten()) else {
             return Verdict::Drop(Drop::NotForMember);
         };
         let recipient_key = view.members[recipient].key;
+        if let Some(port) = self.port_mut(from) {
+            if !port.recent.contains(&Some(recipient_key)) {
+                port.recent.rotate_right(1);
+                port.recent[0] = Some(recipient_key);
+            }
+        }
         // When the source is a known member, the policy can refuse at once.
         if let Some(initiator) = self.bound_key(from).and_then(|k| view.index_of(&k)) {
             if !view.sees(initiator, recipient) {
@@ -369,7 +386,9 @@ impl Relay {
         let IndexState::Pending { recipient } = pending.state else {
             return Verdict::Drop(Drop::NoRoute);
         };
-        let Some(initiator) = view.recipient(datagram) else {
+        // The initiator is most likely the member already bound where the initiation came from.
+        let guess = self.bound_key(pending.dest);
+        let Some(initiator) = view.recipient_of(datagram, guess) else {
             return Verdict::Drop(Drop::NotForMember);
         };
         let Some(responder) = view.index_of(&recipient) else {
@@ -401,9 +420,8 @@ impl Relay {
         if !self.put_index(sender, responder_side) {
             return Verdict::Drop(Drop::TableFull);
         }
-        self.bindings
-            .insert(view.members[initiator].key, pending.dest);
-        self.bindings.insert(recipient, from);
+        self.bind(view.members[initiator].key, pending.dest);
+        self.bind(recipient, from);
         Verdict::Forward(Targets::one(pending.dest))
     }
 
@@ -430,12 +448,22 @@ impl Relay {
     }
 
     fn bound_key(&self, addr: SocketAddr) -> Option<PublicKey> {
-        // Members bound at one address are few; a linear scan beats a second map to keep in
-        // step with the first.
-        self.bindings
-            .iter()
-            .find(|(_, a)| **a == addr)
-            .map(|(k, _)| *k)
+        self.bound_at.get(&addr).copied()
+    }
+
+    /// Records that `key` is at `addr`, both ways.
+    fn bind(&mut self, key: PublicKey, addr: SocketAddr) {
+        if let Some(old) = self.bindings.insert(key, addr) {
+            if self.bound_at.get(&old) == Some(&key) {
+                self.bound_at.remove(&old);
+            }
+        }
+        self.bound_at.insert(addr, key);
+    }
+
+    /// Rebuilds `bound_at` after `bindings` lost entries.
+    fn reindex_bindings(&mut self) {
+        self.bound_at = self.bindings.iter().map(|(k, a)| (*a, *k)).collect();
     }
 
     fn port_mut(&mut self, addr: SocketAddr) -> Option<&mut Port> {
@@ -474,6 +502,7 @@ impl Relay {
                     last: now,
                     credit_packets: 0,
                     credit_bytes: 0,
+                    recent: [None; RECENT],
                 });
                 source.ports.last_mut().expect("just pushed")
             }
@@ -540,6 +569,7 @@ impl Relay {
                 .get(&addr.ip())
                 .is_some_and(|s| s.ports.iter().any(|p| p.port == addr.port()))
         });
+        self.reindex_bindings();
         self.publish_gauges();
     }
 

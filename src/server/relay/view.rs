@@ -91,6 +91,25 @@ impl MemberView {
         self.members.iter().position(|m| m.mac1.addresses(datagram))
     }
 
+    /// Whether a handshake message is addressed to `member`: one MAC1 check, for guesses
+    /// tried before the full scan.
+    pub(super) fn addressed_to(&self, member: usize, datagram: &[u8]) -> bool {
+        self.members[member].mac1.addresses(datagram)
+    }
+
+    /// The recipient, trying `guesses` (likely keys) first, then every member.
+    pub(super) fn recipient_of(
+        &self,
+        datagram: &[u8],
+        guesses: impl IntoIterator<Item = PublicKey>,
+    ) -> Option<usize> {
+        guesses
+            .into_iter()
+            .filter_map(|k| self.index_of(&k))
+            .find(|&i| self.addressed_to(i, datagram))
+            .or_else(|| self.recipient(datagram))
+    }
+
     pub(super) fn at_member_ip(&self, ip: IpAddr) -> bool {
         self.ips.contains_key(&ip)
     }
