@@ -25,6 +25,7 @@
 //!   Every table is bounded and idle entries expire.
 
 mod service;
+mod sources;
 mod stats;
 mod view;
 
@@ -32,10 +33,12 @@ pub use service::{RelayService, ViewSource};
 pub use stats::{Drop, RelayStats};
 pub use view::{Member, MemberView};
 
+use sources::Sources;
+
 use crate::keys::PublicKey;
 use crate::proto::wg_wire::{self, Message};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,27 +119,6 @@ pub enum Verdict {
 
 /// A source address at a member IP, and what it has earned.
 #[derive(Debug, Clone, Copy)]
-struct Port {
-    port: u16,
-    last: Instant,
-    credit_packets: u32,
-    credit_bytes: u32,
-    /// The members this address sent its latest handshakes to, tried first next time: a
-    /// full MAC1 scan costs about a microsecond per online member.
-    recent: [Option<PublicKey>; RECENT],
-}
-
-/// Recipients remembered per source address.
-const RECENT: usize = 4;
-
-#[derive(Debug)]
-struct Source {
-    ports: Vec<Port>,
-    /// GCRA theoretical arrival time of the next handshake.
-    tat: Instant,
-}
-
-#[derive(Debug, Clone, Copy)]
 enum IndexState {
     /// An initiation's sender index, waiting for the response; the recipient by MAC1.
     Pending { recipient: PublicKey },
@@ -158,7 +140,7 @@ pub struct Relay {
     view: Arc<MemberView>,
     limits: RelayLimits,
     stats: Arc<RelayStats>,
-    sources: HashMap<IpAddr, Source>,
+    sources: Sources,
     indexes: HashMap<u32, IndexEntry>,
     bindings: HashMap<PublicKey, SocketAddr>,
     /// `bindings` the other way round.
@@ -173,7 +155,7 @@ impl Relay {
             view,
             limits,
             stats,
-            sources: HashMap::new(),
+            sources: Sources::default(),
             indexes: HashMap::new(),
             bindings: HashMap::new(),
             bound_at: HashMap::new(),
@@ -189,7 +171,7 @@ impl Relay {
     /// Swaps in a new member view: sources no longer at a member IP and bindings of members
     /// gone are forgotten; sessions of a pair that may no longer see each other are cut.
     pub fn set_view(&mut self, view: Arc<MemberView>) {
-        self.sources.retain(|ip, _| view.at_member_ip(*ip));
+        self.sources.retain_ips(|ip| view.at_member_ip(ip));
         self.bindings.retain(|key, _| view.index_of(key).is_some());
         self.reindex_bindings();
         self.indexes.retain(|_, e| match e.pair {
@@ -238,7 +220,7 @@ impl Relay {
         if !self.view.at_member_ip(from.ip()) {
             return Verdict::Drop(Drop::Stranger);
         }
-        if let Err(why) = self.earn(from, datagram.len(), now) {
+        if let Err(why) = self.sources.earn(from, datagram.len(), now, &self.limits) {
             return Verdict::Drop(why);
         }
         match message {
@@ -256,25 +238,25 @@ impl Relay {
                 }
             }
             Message::Initiation { sender } => {
-                if !self.within_rate(from.ip(), now) {
+                if !self.sources.within_rate(from.ip(), now, &self.limits) {
                     return Verdict::Drop(Drop::RateLimited);
                 }
                 self.initiation(datagram, from, sender, now)
             }
             Message::Response { sender, receiver } => {
-                if !self.within_rate(from.ip(), now) {
+                if !self.sources.within_rate(from.ip(), now, &self.limits) {
                     return Verdict::Drop(Drop::RateLimited);
                 }
                 self.response(datagram, from, sender, receiver, now)
             }
             Message::CookieReply { receiver } => {
-                if !self.within_rate(from.ip(), now) {
+                if !self.sources.within_rate(from.ip(), now, &self.limits) {
                     return Verdict::Drop(Drop::RateLimited);
                 }
                 let Some(dest) = self.indexes.get(&receiver).map(|e| e.dest) else {
                     return Verdict::Drop(Drop::NoRoute);
                 };
-                if !self.charge(dest, datagram.len()) {
+                if !self.sources.charge(dest, datagram.len()) {
                     return Verdict::Drop(Drop::NoCredit);
                 }
                 Verdict::Forward(Targets::one(dest))
@@ -290,17 +272,12 @@ impl Relay {
         now: Instant,
     ) -> Verdict {
         let view = Arc::clone(&self.view);
-        let guesses = self.port_mut(from).map(|p| p.recent).unwrap_or_default();
+        let guesses = self.sources.recent(from);
         let Some(recipient) = view.recipient_of(datagram, guesses.into_iter().flatten()) else {
             return Verdict::Drop(Drop::NotForMember);
         };
         let recipient_key = view.members[recipient].key;
-        if let Some(port) = self.port_mut(from) {
-            if !port.recent.contains(&Some(recipient_key)) {
-                port.recent.rotate_right(1);
-                port.recent[0] = Some(recipient_key);
-            }
-        }
+        self.sources.remember(from, recipient_key);
         // When the source is a known member, the policy can refuse at once.
         if let Some(initiator) = self.bound_key(from).and_then(|k| view.index_of(&k)) {
             if !view.sees(initiator, recipient) {
@@ -316,7 +293,7 @@ impl Relay {
             }
         };
         let bound = self.bindings.get(&recipient_key).copied();
-        let bound_live = bound.filter(|a| self.is_live(*a, now));
+        let bound_live = bound.filter(|a| self.sources.is_live(*a, now, self.limits.live));
         if let Some(addr) = bound_live {
             push(addr, &mut addrs);
         } else {
@@ -328,13 +305,7 @@ impl Relay {
             let mut candidates: Vec<(Instant, SocketAddr)> = view.members[recipient]
                 .ips
                 .iter()
-                .filter_map(|ip| self.sources.get(ip).map(|s| (ip, s)))
-                .flat_map(|(ip, s)| {
-                    s.ports
-                        .iter()
-                        .filter(|p| now.saturating_duration_since(p.last) < self.limits.live)
-                        .map(move |p| (p.last, SocketAddr::new(*ip, p.port)))
-                })
+                .flat_map(|ip| self.sources.live_at(*ip, now, self.limits.live))
                 .collect();
             candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
             for (_, addr) in candidates {
@@ -349,7 +320,7 @@ impl Relay {
         let mut paid = [None; MAX_FANOUT];
         let mut m = 0;
         for addr in addrs.into_iter().flatten() {
-            if Some(addr) == bound_live || self.charge(addr, datagram.len()) {
+            if Some(addr) == bound_live || self.sources.charge(addr, datagram.len()) {
                 paid[m] = Some(addr);
                 m += 1;
             }
@@ -466,96 +437,11 @@ impl Relay {
         self.bound_at = self.bindings.iter().map(|(k, a)| (*a, *k)).collect();
     }
 
-    fn port_mut(&mut self, addr: SocketAddr) -> Option<&mut Port> {
-        self.sources
-            .get_mut(&addr.ip())?
-            .ports
-            .iter_mut()
-            .find(|p| p.port == addr.port())
-    }
-
-    fn is_live(&mut self, addr: SocketAddr, now: Instant) -> bool {
-        let live = self.limits.live;
-        self.port_mut(addr)
-            .is_some_and(|p| now.saturating_duration_since(p.last) < live)
-    }
-
-    /// Records a datagram from `from`: the address is alive and earns credit.
-    fn earn(&mut self, from: SocketAddr, len: usize, now: Instant) -> Result<(), Drop> {
-        let limits = &self.limits;
-        let source = self.sources.entry(from.ip()).or_insert_with(|| Source {
-            ports: Vec::new(),
-            tat: now,
-        });
-        let port = match source.ports.iter().position(|p| p.port == from.port()) {
-            Some(i) => &mut source.ports[i],
-            None => {
-                if source.ports.len() >= limits.ports_per_ip {
-                    // Forget the idlest port of this IP: only its own ports compete.
-                    let idlest = (0..source.ports.len())
-                        .min_by_key(|&i| source.ports[i].last)
-                        .ok_or(Drop::TableFull)?;
-                    source.ports.swap_remove(idlest);
-                }
-                source.ports.push(Port {
-                    port: from.port(),
-                    last: now,
-                    credit_packets: 0,
-                    credit_bytes: 0,
-                    recent: [None; RECENT],
-                });
-                source.ports.last_mut().expect("just pushed")
-            }
-        };
-        port.last = now;
-        port.credit_packets = (port.credit_packets + 1).min(limits.credit_packets);
-        port.credit_bytes = port
-            .credit_bytes
-            .saturating_add(len as u32)
-            .min(limits.credit_bytes);
-        Ok(())
-    }
-
-    /// Spends `to`'s credit on a datagram of `len` bytes; false if it has not earned it.
-    fn charge(&mut self, to: SocketAddr, len: usize) -> bool {
-        match self.port_mut(to) {
-            Some(p) if p.credit_packets >= 1 && p.credit_bytes as usize >= len => {
-                p.credit_packets -= 1;
-                p.credit_bytes -= len as u32;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Charges one handshake to `ip`'s GCRA bucket; false when it is over its rate.
-    fn within_rate(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.limits.handshakes_per_second == 0 {
-            return true;
-        }
-        let interval = Duration::from_secs(1) / self.limits.handshakes_per_second;
-        let tolerance = interval * self.limits.handshake_burst.saturating_sub(1);
-        let Some(source) = self.sources.get_mut(&ip) else {
-            return true;
-        };
-        let tat = source.tat.max(now);
-        if tat.saturating_duration_since(now) > tolerance {
-            return false;
-        }
-        source.tat = tat + interval;
-        true
-    }
-
     /// Forgets idle addresses and indexes, and refreshes the gauges.
     pub fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
         let l = &self.limits;
-        for source in self.sources.values_mut() {
-            source
-                .ports
-                .retain(|p| now.saturating_duration_since(p.last) < l.port_idle);
-        }
-        self.sources.retain(|_, s| !s.ports.is_empty());
+        self.sources.sweep(now, l.port_idle);
         self.indexes.retain(|_, e| {
             let idle = now.saturating_duration_since(e.last);
             match e.state {
@@ -564,11 +450,7 @@ impl Relay {
             }
         });
         let sources = &self.sources;
-        self.bindings.retain(|_, addr| {
-            sources
-                .get(&addr.ip())
-                .is_some_and(|s| s.ports.iter().any(|p| p.port == addr.port()))
-        });
+        self.bindings.retain(|_, addr| sources.knows(*addr));
         self.reindex_bindings();
         self.publish_gauges();
     }
@@ -828,7 +710,7 @@ mod tests {
                 now,
             );
         }
-        assert_eq!(r.sources[&a.addr.ip()].ports.len(), 8);
+        assert_eq!(r.sources.ports_at(a.addr.ip()), 8);
         let later = now + Duration::from_secs(300);
         r.sweep(later);
         assert!(r.sources.is_empty() && r.indexes.is_empty() && r.bindings.is_empty());
