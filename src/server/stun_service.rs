@@ -464,7 +464,12 @@ fn serve(socket: &UdpSocket, shared: &Shared) {
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                if let Some(relay) = &shared.relay {
+                    relay.tick(Instant::now());
+                }
+            }
             Err(e) => {
                 // E.g. ECONNREFUSED reported for an earlier send: keep serving, but do not
                 // spin if the socket is persistently broken.

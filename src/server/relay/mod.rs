@@ -437,6 +437,13 @@ impl Relay {
         self.bound_at = self.bindings.iter().map(|(k, a)| (*a, *k)).collect();
     }
 
+    /// Sweeps if a second has passed since the last sweep.
+    pub fn tick(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.sweep(now);
+        }
+    }
+
     /// Forgets idle addresses and indexes, and refreshes the gauges.
     pub fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;

@@ -57,4 +57,13 @@ impl RelayService {
         }
         relay.handle(datagram, from, now)
     }
+
+    /// Expires idle entries and recounts the gauges when a second has passed, for the quiet
+    /// moments when no datagram arrives to do it (the workers call this on their poll
+    /// timeout).
+    pub fn tick(&self, now: Instant) {
+        if let Ok(mut relay) = self.relay.try_lock() {
+            relay.tick(now);
+        }
+    }
 }
