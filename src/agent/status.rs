@@ -341,4 +341,49 @@ mod tests {
         assert_eq!(status.interface.as_deref(), Some("wg0"));
         assert!(status.peers.is_empty());
     }
+
+    #[test]
+    fn the_path_is_relay_at_the_relay_and_none_without_a_handshake() {
+        use crate::os::runner::{RecordingRunner, Scripted};
+        let dir = std::env::temp_dir().join(format!("wgmesh-status-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("client.json");
+        let mut cfg = ClientConfig::generate("wg0".parse().unwrap());
+        cfg.applied = Some(super::super::config::Applied {
+            os: "linux".into(),
+            interface: "wg0".into(),
+            ..Default::default()
+        });
+        cfg.save(&path).unwrap();
+        let table = super::super::path::PathTable {
+            relay: Some("198.18.0.1:3478".parse().unwrap()),
+            ..Default::default()
+        };
+        table.save(&path);
+        let now = SystemTime::now();
+        let fresh = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 10;
+        let keys: Vec<String> = (1..=3u8)
+            .map(|n| crate::keys::PublicKey::from_bytes([n; 32]).to_base64())
+            .collect();
+        let me = cfg.private_key.public_key().to_base64();
+        let dump = format!(
+            "{priv}\t{me}\t51820\toff\n\
+             {k1}\t(none)\t198.18.0.1:3478\t10.100.0.2/32\t{fresh}\t100\t100\t25\n\
+             {k2}\t(none)\t198.18.0.12:51820\t10.100.0.3/32\t{fresh}\t100\t100\t25\n\
+             {k3}\t(none)\t198.18.0.13:51820\t10.100.0.4/32\t0\t0\t100\t25\n",
+            priv = cfg.private_key.to_base64(),
+            k1 = keys[0],
+            k2 = keys[1],
+            k3 = keys[2],
+        );
+        let mut reader = RecordingRunner::default();
+        reader.expect_scripted("wg show wg0 dump", Scripted::Succeed(dump));
+        let status = collect(&path, &mut reader, now).unwrap();
+        reader.assert_done();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let paths: Vec<Option<&str>> = status.peers.iter().map(|p| p.path).collect();
+        // Through the relay; straight to the peer; and nothing proven: no handshake ever.
+        assert_eq!(paths, [Some("relay"), Some("direct"), None]);
+        assert!(!status.peers[2].direct && !status.peers[2].online);
+    }
 }
