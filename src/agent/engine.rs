@@ -318,7 +318,7 @@ impl Engine {
         if self.config.assignment.is_none() {
             return Ok(());
         }
-        self.reconcile(&peers, true, sink).map(drop)
+        self.reconcile_with(&peers, true, sink, false).map(drop)
     }
 
     /// Makes the interface match `peers`: observes the host, plans (pure), applies the
@@ -329,6 +329,19 @@ impl Engine {
         peers: &[PeerInfo],
         list_unchanged: bool,
         sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        self.reconcile_with(peers, list_unchanged, sink, true)
+    }
+
+    /// [`Engine::reconcile`]; `save_paths` saves the path table even when only its counters
+    /// moved (a `sync` run resumes from them), else only when a path changed (the daemon's
+    /// once-a-second tick must not write the disk every second).
+    fn reconcile_with(
+        &mut self,
+        peers: &[PeerInfo],
+        list_unchanged: bool,
+        sink: &mut Sink<'_>,
+        save_paths: bool,
     ) -> Result<SyncSummary, AgentError> {
         let reader: Option<&mut dyn Runner> = match &mut self.reader {
             Some(r) => Some(r.as_mut()),
@@ -344,7 +357,12 @@ impl Engine {
             facts.dump.as_ref(),
             &self.path_settings,
         );
-        if self.paths != before && self.persist && !sink.is_dry_run() {
+        let changed = if save_paths {
+            self.paths != before
+        } else {
+            self.paths.material() != before.material()
+        };
+        if changed && self.persist && !sink.is_dry_run() {
             self.paths.save(&self.config_path);
         }
         let summary = loop {

@@ -308,6 +308,25 @@ pub fn table_path(config_path: &std::path::Path) -> std::path::PathBuf {
 }
 
 impl PathTable {
+    /// What a change of path is made of (not the byte counters, which move all the time):
+    /// compared to decide whether the table is worth saving.
+    pub fn material(&self) -> (Option<SocketAddr>, Vec<(&str, Mode, bool, bool)>) {
+        (
+            self.relay,
+            self.peers
+                .iter()
+                .map(|(k, p)| {
+                    (
+                        k.as_str(),
+                        p.mode,
+                        p.probe_until_ms.is_some(),
+                        p.nudge_until_ms.is_some(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// The saved table (empty if none or unreadable: it is only state to resume from).
     pub fn load(config_path: &std::path::Path) -> PathTable {
         std::fs::read(table_path(config_path))
