@@ -302,6 +302,10 @@ pub struct PathTable {
     pub peers: std::collections::BTreeMap<String, PeerPath>,
 }
 
+/// The parts of a [`PathTable`] that make a change of path: the relay, and per peer (by key)
+/// its mode and whether a probe or a nudge runs.
+pub type Material<'a> = (Option<SocketAddr>, Vec<(&'a str, Mode, bool, bool)>);
+
 /// Where the path table of the config at `config_path` is kept.
 pub fn table_path(config_path: &std::path::Path) -> std::path::PathBuf {
     config_path.with_extension("paths.json")
@@ -310,7 +314,7 @@ pub fn table_path(config_path: &std::path::Path) -> std::path::PathBuf {
 impl PathTable {
     /// What a change of path is made of (not the byte counters, which move all the time):
     /// compared to decide whether the table is worth saving.
-    pub fn material(&self) -> (Option<SocketAddr>, Vec<(&str, Mode, bool, bool)>) {
+    pub fn material(&self) -> Material<'_> {
         (
             self.relay,
             self.peers
