@@ -82,6 +82,8 @@ pub enum PeerList {
         peers: Vec<PeerInfo>,
         /// Send it back next time for a cheap 304.
         etag: Option<String>,
+        /// The UDP port of the server's WireGuard relay, when it runs one.
+        relay_port: Option<u16>,
     },
 }
 
@@ -584,6 +586,7 @@ impl ApiClient {
                 Ok(PeerList::Changed {
                     peers: list.peers,
                     etag,
+                    relay_port: list.relay_port,
                 })
             }
             _ => Err(Self::refused(&answer)),
