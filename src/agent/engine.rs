@@ -264,6 +264,39 @@ impl Engine {
         }
     }
 
+    /// With a relay and replicas (issue 11): learns each live replica's relay from
+    /// `GET /replicas` (its host, the same port as ours), so every pair meets at the
+    /// replica both ends pick alike ([`PathTable::relay_for`]). A failure keeps the last
+    /// list: a pair must not split because one end missed one answer.
+    fn refresh_relays(&mut self) {
+        let Some(relay) = self.paths.relay else {
+            self.paths.relays.clear();
+            return;
+        };
+        let urls = match self.client.replicas() {
+            Ok(urls) => urls,
+            Err(e) => {
+                log::warn!("cannot read the replica list: {e}; keeping the last one");
+                return;
+            }
+        };
+        let relays: std::collections::BTreeMap<String, SocketAddr> = urls
+            .into_iter()
+            .filter_map(|url| {
+                let ip = host::server_ip(&url.parse().ok()?)?;
+                Some((url, SocketAddr::new(ip, relay.port())))
+            })
+            .collect();
+        if relays != self.paths.relays {
+            log::info!(
+                "relayed pairs meet at one of {} replica relay(s): {:?}",
+                relays.len(),
+                relays.values().collect::<Vec<_>>()
+            );
+            self.paths.relays = relays;
+        }
+    }
+
     /// One full step: register if needed, fetch peers, reconcile the interface.
     pub fn sync(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
         plan::check_interface_name(self.os, &self.config)?;
@@ -271,6 +304,7 @@ impl Engine {
             self.register()?;
         }
         let (peers, unchanged) = self.fetch_peers()?;
+        self.refresh_relays();
         self.reconcile(&peers, unchanged, sink)
     }
 

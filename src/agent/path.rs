@@ -298,13 +298,22 @@ pub fn step(
 pub struct PathTable {
     /// Where the server relays WireGuard (its host, the port `/peers` names); None: no relay.
     pub relay: Option<SocketAddr>,
+    /// With replicas (issue 11): each live replica's relay, by the URL `GET /replicas` names
+    /// it by. A pair meets at [`crate::proto::replicas::meeting_replica`]'s choice, so both
+    /// ends send to the same relay without talking; empty: every pair uses `relay`.
+    #[serde(default)]
+    pub relays: std::collections::BTreeMap<String, SocketAddr>,
     /// Each listed peer's state, by base64 public key.
     pub peers: std::collections::BTreeMap<String, PeerPath>,
 }
 
 /// The parts of a [`PathTable`] that make a change of path: the relay, and per peer (by key)
 /// its mode and whether a probe or a nudge runs.
-pub type Material<'a> = (Option<SocketAddr>, Vec<(&'a str, Mode, bool, bool)>);
+pub type Material<'a> = (
+    Option<SocketAddr>,
+    &'a std::collections::BTreeMap<String, SocketAddr>,
+    Vec<(&'a str, Mode, bool, bool)>,
+);
 
 /// Where the path table of the config at `config_path` is kept.
 pub fn table_path(config_path: &std::path::Path) -> std::path::PathBuf {
@@ -317,6 +326,7 @@ impl PathTable {
     pub fn material(&self) -> Material<'_> {
         (
             self.relay,
+            &self.relays,
             self.peers
                 .iter()
                 .map(|(k, p)| {
@@ -329,6 +339,26 @@ impl PathTable {
                 })
                 .collect(),
         )
+    }
+
+    /// The relay the pair `me`-`peer` meets at: the replica both ends pick from the same
+    /// list (see [`PathTable::relays`]), else the server's own relay.
+    pub fn relay_for(
+        &self,
+        me: &crate::keys::PublicKey,
+        peer: &crate::keys::PublicKey,
+    ) -> Option<SocketAddr> {
+        let urls: Vec<String> = self.relays.keys().cloned().collect();
+        match crate::proto::replicas::meeting_replica(me, peer, &urls) {
+            Some(url) => self.relays.get(url).copied(),
+            None => self.relay,
+        }
+    }
+
+    /// Whether `endpoint` is a relay's (the server's or a replica's): for `status`.
+    pub fn is_relay(&self, endpoint: Option<SocketAddr>) -> bool {
+        endpoint.is_some()
+            && (endpoint == self.relay || self.relays.values().any(|r| Some(*r) == endpoint))
     }
 
     /// The saved table (empty if none or unreadable: it is only state to resume from).
@@ -370,11 +400,12 @@ impl PathTable {
                 })
                 .unwrap_or_default();
             let old = self.peers.get(&key);
+            let relay = self.relay_for(me, &peer.public_key);
             let (state, choice) = step(
                 old,
                 now,
                 peer.endpoint.map(|e| e.0),
-                self.relay,
+                relay,
                 &seen,
                 pair_offset(me, &peer.public_key),
                 settings,
@@ -389,7 +420,7 @@ impl PathTable {
                     match is {
                         (Mode::Direct, _) => "direct path".to_owned(),
                         (Mode::Relay, true) => "probing the direct path".to_owned(),
-                        (Mode::Relay, false) => match self.relay {
+                        (Mode::Relay, false) => match relay {
                             Some(r) => format!("through the relay at {r}"),
                             None => "through the relay".to_owned(),
                         },
@@ -634,5 +665,57 @@ mod tests {
         let a = crate::keys::PrivateKey::generate().public_key();
         let b = crate::keys::PrivateKey::generate().public_key();
         assert_eq!(pair_offset(&a, &b), pair_offset(&b, &a));
+    }
+
+    #[test]
+    fn with_replicas_both_ends_meet_at_the_same_relay() {
+        let a = crate::keys::PrivateKey::generate().public_key();
+        let b = crate::keys::PrivateKey::generate().public_key();
+        let mut table = PathTable {
+            relay: relay(),
+            ..PathTable::default()
+        };
+        // A single server (no replica list): the server's own relay.
+        assert_eq!(table.relay_for(&a, &b), relay());
+        table.relays = (1..=3u8)
+            .map(|i| {
+                (
+                    format!("http://198.18.0.{i}:8080"),
+                    SocketAddr::from(([198, 18, 0, i], 3478)),
+                )
+            })
+            .collect();
+        let urls: Vec<String> = table.relays.keys().cloned().collect();
+        let chosen = table.relay_for(&a, &b);
+        assert_eq!(chosen, table.relay_for(&b, &a), "both ends agree");
+        let url = crate::proto::replicas::meeting_replica(&a, &b, &urls).unwrap();
+        assert_eq!(chosen, table.relays.get(url).copied());
+        assert!(table.is_relay(chosen));
+        assert!(table.is_relay(relay()));
+        assert!(!table.is_relay(Some(PEER.parse().unwrap())));
+        assert!(!table.is_relay(None));
+        // A relayed peer's endpoint is the meeting replica's relay.
+        let (st, c) = step(
+            None,
+            at(0),
+            Some(PEER.parse().unwrap()),
+            chosen,
+            &Observed::default(),
+            0,
+            &PathSettings::default(),
+        );
+        let (_, c2) = step(
+            Some(&st),
+            at(20),
+            Some(PEER.parse().unwrap()),
+            chosen,
+            &Observed {
+                endpoint: c.endpoint,
+                ..Observed::default()
+            },
+            0,
+            &PathSettings::default(),
+        );
+        assert_eq!((c2.mode, c2.endpoint), (Mode::Relay, chosen));
     }
 }

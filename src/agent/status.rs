@@ -91,7 +91,7 @@ pub fn collect(
         ))
     })?;
     let known = load_peer_cache(path);
-    let relay = super::path::PathTable::load(path).relay;
+    let paths = super::path::PathTable::load(path);
     let interface = cfg.applied.as_ref().map(|a| a.interface.clone());
     let dump = cfg.applied.as_ref().and_then(|a| {
         let os = a.os.parse().unwrap_or(TargetOs::Linux);
@@ -117,7 +117,7 @@ pub fn collect(
                     let path = match () {
                         _ if !online => None,
                         _ if exit_in_use == Some(p.public_key) => Some("exit"),
-                        _ if relay.is_some() && p.endpoint == relay => Some("relay"),
+                        _ if paths.is_relay(p.endpoint) => Some("relay"),
                         _ => Some("direct"),
                     };
                     PeerStatus {
