@@ -11,13 +11,15 @@ lint:
 
 # Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, the
 # connection layer with 10,000 idle or parked connections, mesh DNS queries/s vs dnsmasq,
-# registrations/s and heartbeats/s on the JSON store vs PostgreSQL replicas).
+# registrations/s and heartbeats/s on the JSON store vs PostgreSQL replicas, relay vs direct
+# vs socat; the relay bench needs root for its network namespaces).
 bench:
     cargo bench --bench server
     cargo bench --bench stun
     cargo bench --bench scale
     cargo bench --bench dns
     cargo bench --bench replicas
+    cargo bench --bench relay
 
 # Run the coordination server on its embedded JSON store (./peers.json by default here).
 run *ARGS:
@@ -36,7 +38,7 @@ fuzz SECS="60":
     #!/usr/bin/env bash
     set -euo pipefail
     cd fuzz
-    for target in request_json http_requests stun_messages wg_dump dns_query; do
+    for target in request_json http_requests stun_messages wg_dump dns_query relay_datagrams; do
         mkdir -p corpus/$target
         echo "== fuzzing $target for {{SECS}} s"
         RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" \

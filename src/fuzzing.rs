@@ -168,3 +168,80 @@ pub fn dns_query(data: &[u8]) {
     }
     assert!(reply.len() <= 512, "an answer fits a classic UDP message");
 }
+
+/// The relay (`server::relay`) on a stream of datagrams from a small fixed mesh: each record
+/// is `[source, flags, len (2 bytes, little-endian, at most 2048), bytes...]`. `source` picks one of three members' addresses (two
+/// ports each) or a stranger's; a set bit 0 of `flags` stamps a valid MAC1 for member
+/// `flags >> 1 & 3` onto a handshake-sized datagram, so the fuzzer reaches the binding and
+/// session paths. Checked on every verdict: nothing is ever sent to a stranger, back to the
+/// source, or because of a stranger's datagram.
+pub fn relay_datagrams(data: &[u8]) {
+    use crate::keys::PublicKey;
+    use crate::proto::wg_wire::{self, Mac1Key};
+    use crate::server::relay::{Member, MemberView, Relay, RelayLimits, RelayStats, Verdict};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let keys: Vec<PublicKey> = (1..=3u8).map(|n| PublicKey::from_bytes([n; 32])).collect();
+    let ips: Vec<std::net::IpAddr> = (1..=3u8)
+        .map(|n| std::net::IpAddr::from([198, 18, n, 1]))
+        .collect();
+    let members = keys
+        .iter()
+        .zip(&ips)
+        .map(|(k, ip)| Member {
+            public_key: *k,
+            ips: vec![*ip],
+            tags: Vec::new(),
+        })
+        .collect();
+    let view = Arc::new(MemberView::new(
+        members,
+        &crate::server::policy::Policy::allow_all(),
+    ));
+    let mut relay = Relay::new(
+        view,
+        RelayLimits::default(),
+        Arc::new(RelayStats::default()),
+    );
+    let macs: Vec<Mac1Key> = keys.iter().map(Mac1Key::new).collect();
+    let start = Instant::now();
+    let mut rest = data;
+    let mut step = 0u64;
+    while rest.len() >= 4 {
+        let (source, flags) = (rest[0], rest[1]);
+        let len = usize::from(u16::from_le_bytes([rest[2], rest[3]])).min(2048);
+        let body = &rest[4..];
+        let take = len.min(body.len());
+        let mut datagram = body[..take].to_vec();
+        rest = &body[take..];
+        let from = match source % 7 {
+            6 => SocketAddr::from(([203, 0, 113, 9], 4000)),
+            n => SocketAddr::new(ips[usize::from(n / 2)], 40000 + u16::from(n % 2)),
+        };
+        if flags & 1 == 1 {
+            let mac = &macs[usize::from(flags >> 1 & 3) % macs.len()];
+            let at = match datagram.len() {
+                wg_wire::INITIATION_LEN => Some(116),
+                wg_wire::RESPONSE_LEN => Some(60),
+                _ => None,
+            };
+            if let Some(at) = at {
+                datagram[..4].copy_from_slice(&[if at == 116 { 1 } else { 2 }, 0, 0, 0]);
+                let m = mac.compute(&datagram[..at]);
+                datagram[at..at + 16].copy_from_slice(&m);
+            }
+        }
+        step += 1;
+        let now = start + Duration::from_millis(step * u64::from(flags >> 3) * 50);
+        if let Verdict::Forward(targets) = relay.handle(&datagram, from, now) {
+            assert!(
+                !ips.iter().all(|ip| *ip != from.ip()),
+                "forwarded a stranger's datagram"
+            );
+            for to in targets.iter() {
+                assert!(ips.contains(&to.ip()), "sent to a stranger: {to}");
+                assert_ne!(to, from, "sent back to the source");
+            }
+        }
+    }
+}

@@ -73,6 +73,9 @@ fn engine(server: &ServerProcess, dir: &TempDir, reader: Shared) -> Engine {
         reader: Some(Box::new(reader)),
         last_list: None,
         persist: true,
+        paths: Default::default(),
+        path_settings: Default::default(),
+        path_choices: Default::default(),
     }
 }
 

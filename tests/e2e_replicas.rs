@@ -27,33 +27,41 @@ fn mesh_ip(lab: &Lab, node: &str) -> String {
 }
 
 fn up(lab: &mut Lab, name: &str, ns: &str) -> usize {
+    up_with(lab, name, ns, [A_IP, B_IP], &[])
+}
+
+/// `wgmesh up` naming the replicas in `order` (the first is the one it uses), with `extra`
+/// flags.
+fn up_with(lab: &mut Lab, name: &str, ns: &str, order: [&str; 2], extra: &[&str]) -> usize {
     let config = lab.dir.path().join(format!("{name}.json"));
     let iface = lab.ifname("wg", name);
-    let (a, b) = (format!("http://{A_IP}:8080"), format!("http://{B_IP}:8080"));
-    lab.spawn(
-        ns,
-        &[
-            wgmesh_bin(),
-            "up",
-            "--server",
-            &a,
-            "--server",
-            &b,
-            "--config",
-            config.to_str().unwrap(),
-            "--interface",
-            &iface,
-            "--hostname",
-            name,
-            "--heartbeat-interval",
-            "1",
-            "--sync-interval",
-            "1",
-            "--log-level",
-            "debug",
-        ],
-        &format!("{name}.log"),
-    )
+    let (a, b) = (
+        format!("http://{}:8080", order[0]),
+        format!("http://{}:8080", order[1]),
+    );
+    let config = config.to_str().unwrap();
+    let mut args = vec![
+        wgmesh_bin(),
+        "up",
+        "--server",
+        &a,
+        "--server",
+        &b,
+        "--config",
+        config,
+        "--interface",
+        &iface,
+        "--hostname",
+        name,
+        "--heartbeat-interval",
+        "1",
+        "--sync-interval",
+        "1",
+        "--log-level",
+        "debug",
+    ];
+    args.extend_from_slice(extra);
+    lab.spawn(ns, &args, &format!("{name}.log"))
 }
 
 #[test]
@@ -148,5 +156,152 @@ fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_die
     });
     assert!(lab.ping(&n1, &ips[1]) && lab.ping(&n2, &ips[0]));
     assert!(lab.log("n1.log").contains("trying"), "n1 failed over");
+    drop(pg);
+}
+
+/// The node's public key, from its config.
+fn key_of(lab: &Lab, node: &str) -> wgmesh::keys::PublicKey {
+    let text = std::fs::read_to_string(lab.dir.path().join(format!("{node}.json"))).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    wgmesh::keys::PrivateKey::from_base64(config["private_key"].as_str().unwrap())
+        .unwrap()
+        .public_key()
+}
+
+/// `status --json` of `node`'s view of the peer `to`: (path, endpoint).
+fn path_of(lab: &Lab, ns: &str, node: &str, to: &str) -> (serde_json::Value, serde_json::Value) {
+    let config = lab.dir.path().join(format!("{node}.json"));
+    let out = lab.exec(
+        ns,
+        &[
+            wgmesh_bin(),
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    status["peers"]
+        .as_array()
+        .and_then(|peers| peers.iter().find(|p| p["hostname"] == to))
+        .map(|p| (p["path"].clone(), p["endpoint"].clone()))
+        .unwrap_or((serde_json::Value::Null, serde_json::Value::Null))
+}
+
+/// Whether n1 and n2 (in `ns`) both report the path to the other as relayed at `relay`.
+fn both_relayed_at(lab: &Lab, ns: [&str; 2], relay: &str) -> bool {
+    let a = path_of(lab, ns[0], "n1", "n2");
+    let b = path_of(lab, ns[1], "n2", "n1");
+    a.0 == "relay" && b.0 == "relay" && a.1 == relay && b.1 == relay
+}
+
+/// Issue 11 with the relay (issue 9): two nodes that cannot reach each other directly, each
+/// using another replica for HTTP, are relayed through one replica's relay, the one
+/// `meeting_replica` picks for the pair; when that replica dies, both move to the other's.
+#[test]
+fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
+    let mut lab = Lab::new("rrel");
+    let srv = lab.host("srv", &format!("{A_IP}/24"));
+    lab.exec_ok(
+        &srv,
+        &["ip", "addr", "add", &format!("{B_IP}/24"), "dev", "eth0"],
+    );
+    let pg = PgCluster::start_in_netns(&srv);
+    let url = pg.url();
+    let mut replicas = Vec::new();
+    for (name, ip) in [("a", A_IP), ("b", B_IP)] {
+        let state = lab.dir.path().join(name).join("peers.json");
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        let (listen, udp) = (format!("{ip}:8080"), format!("{ip}:3478"));
+        replicas.push(lab.spawn(
+            &srv,
+            &[
+                "env",
+                &format!("WGMESH_STORE={url}"),
+                wgmesh_bin(),
+                "server",
+                "--open",
+                "--listen",
+                &listen,
+                "--udp-listen",
+                &udp,
+                "--state",
+                state.to_str().unwrap(),
+                "--heartbeat-timeout",
+                "5",
+                "--sweep-interval",
+                "1",
+            ],
+            &format!("replica-{name}.log"),
+        ));
+    }
+    for name in ["a", "b"] {
+        lab.eventually(Duration::from_secs(20), "the replica listens", || {
+            lab.log(&format!("replica-{name}.log"))
+                .contains("listening on")
+        });
+    }
+    let n1 = lab.host("n1", "198.18.0.11/24");
+    let n2 = lab.host("n2", "198.18.0.12/24");
+    // No direct UDP between the two nodes: only a relay can join them.
+    for (ns, other) in [(&n1, "198.18.0.12"), (&n2, "198.18.0.11")] {
+        lab.exec_ok(
+            ns,
+            &[
+                "iptables", "-A", "OUTPUT", "-p", "udp", "-d", other, "-j", "DROP",
+            ],
+        );
+    }
+    let fast = ["--relay-after", "5"];
+    up_with(&mut lab, "n1", &n1, [A_IP, B_IP], &fast);
+    up_with(&mut lab, "n2", &n2, [B_IP, A_IP], &fast);
+    let mut ips = Vec::new();
+    for name in ["n1", "n2"] {
+        lab.eventually(
+            Duration::from_secs(30),
+            &format!("{name} registers"),
+            || {
+                std::fs::read_to_string(lab.dir.path().join(format!("{name}.json")))
+                    .is_ok_and(|t| t.contains("assigned_ip"))
+            },
+        );
+        ips.push(mesh_ip(&lab, name));
+    }
+    let urls = vec![format!("http://{A_IP}:8080"), format!("http://{B_IP}:8080")];
+    let (k1, k2) = (key_of(&lab, "n1"), key_of(&lab, "n2"));
+    let meet = wgmesh::proto::replicas::meeting_replica(&k1, &k2, &urls).unwrap();
+    let (dead, survivor) = if meet == urls[0] {
+        (0, B_IP)
+    } else {
+        (1, A_IP)
+    };
+    let meet_relay = format!("{}:3478", [A_IP, B_IP][dead]);
+
+    lab.eventually(Duration::from_secs(90), "n1 pings n2", || {
+        lab.ping(&n1, &ips[1])
+    });
+    lab.eventually(Duration::from_secs(30), "n2 pings n1", || {
+        lab.ping(&n2, &ips[0])
+    });
+    lab.eventually(
+        Duration::from_secs(30),
+        &format!("both ends relayed at the meeting replica's relay {meet_relay}"),
+        || both_relayed_at(&lab, [&n1, &n2], &meet_relay),
+    );
+
+    // The meeting replica dies: once it leaves GET /replicas (5 s), both ends move to the
+    // survivor's relay together, and the pair talks again.
+    lab.signal(replicas[dead], "KILL");
+    let next_relay = format!("{survivor}:3478");
+    lab.eventually(
+        Duration::from_secs(60),
+        &format!("both ends move to {next_relay}"),
+        || both_relayed_at(&lab, [&n1, &n2], &next_relay),
+    );
+    lab.eventually(Duration::from_secs(120), "n1 pings n2 again", || {
+        lab.ping(&n1, &ips[1]) && lab.ping(&n2, &ips[0])
+    });
     drop(pg);
 }

@@ -43,6 +43,11 @@ fn stun_messages_seeds() {
 }
 
 #[test]
+fn relay_datagrams_seeds() {
+    replay("relay_datagrams", wgmesh::fuzzing::relay_datagrams);
+}
+
+#[test]
 fn wg_dump_seeds() {
     replay("wg_dump", wgmesh::fuzzing::wg_dump);
 }

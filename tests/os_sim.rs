@@ -699,6 +699,9 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
         reader: Some(Box::new(sim.clone())),
         last_list: None,
         persist: false,
+        paths: Default::default(),
+        path_settings: Default::default(),
+        path_choices: Default::default(),
     }
 }
 

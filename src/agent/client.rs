@@ -82,6 +82,8 @@ pub enum PeerList {
         peers: Vec<PeerInfo>,
         /// Send it back next time for a cheap 304.
         etag: Option<String>,
+        /// The UDP port of the server's WireGuard relay, when it runs one.
+        relay_port: Option<u16>,
     },
 }
 
@@ -570,6 +572,32 @@ impl ApiClient {
         .map(drop)
     }
 
+    /// `GET /replicas` from the server in use: the URLs of the live replicas of its cluster,
+    /// for choosing where a relayed pair meets; empty for a single server (or one too old
+    /// to answer, which says 404).
+    pub fn replicas(&self) -> Result<Vec<String>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Replicas {
+            replicas: Vec<String>,
+        }
+        let mut resp = self
+            .agent
+            .get(self.url("/replicas"))
+            .call()
+            .map_err(transport)?;
+        match resp.status().as_u16() {
+            404 => Ok(Vec::new()),
+            200..=299 => resp
+                .body_mut()
+                .with_config()
+                .limit(256 * 1024)
+                .read_json::<Replicas>()
+                .map(|r| r.replicas)
+                .map_err(|e| ClientError::Protocol(format!("replica list: {e}"))),
+            _ => Err(Self::refusal(resp)),
+        }
+    }
+
     /// `GET /peers`, conditional on the ETag of the list we already have.
     pub fn peers(&self, peer_id: &PeerId, etag: Option<&str>) -> Result<PeerList, ClientError> {
         let path = format!("/peers?peer_id={peer_id}");
@@ -584,6 +612,7 @@ impl ApiClient {
                 Ok(PeerList::Changed {
                     peers: list.peers,
                     etag,
+                    relay_port: list.relay_port,
                 })
             }
             _ => Err(Self::refused(&answer)),

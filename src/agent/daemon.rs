@@ -17,6 +17,10 @@ pub struct Intervals {
     pub sync: Duration,
 }
 
+/// How often each peer's path (direct or relayed) is re-evaluated between syncs: fine
+/// enough for `--relay-after` and a probe window of a few seconds, cheap (one `wg show`).
+pub const PATH_TICK: Duration = Duration::from_secs(1);
+
 /// One periodic job with exponential backoff after failures.
 struct Timer {
     every: Duration,
@@ -83,6 +87,7 @@ pub fn run(
     let mut sync = Timer::new(intervals.sync, start);
     let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
     let mut routes = Timer::new(ROUTE_CHECK, start + ROUTE_CHECK);
+    let mut paths = Timer::new(PATH_TICK, start + PATH_TICK);
     let mut result = Ok(());
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -124,6 +129,21 @@ pub fn run(
                 }
             }
         }
+        if paths.due(now) {
+            // Between syncs, only the paths move: observe the interface and re-plan from
+            // the last list (a relay switch or a probe must not wait for the next sync).
+            match engine.refresh_paths(&mut Sink::Run(&mut *runner)) {
+                Ok(()) => paths.succeeded(now),
+                Err(e) if retryable(&e) => {
+                    paths.failed(now);
+                    log::warn!("path update failed: {e}");
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
         let watching = engine.watches_routes();
         if watching && routes.due(now) {
             match engine.check_routes(&mut Sink::Run(&mut *runner)) {
@@ -134,7 +154,7 @@ pub fn run(
                 }
             }
         }
-        let mut wake = sync.next.min(heartbeat.next);
+        let mut wake = sync.next.min(heartbeat.next).min(paths.next);
         if watching {
             wake = wake.min(routes.next);
         }

@@ -446,6 +446,9 @@ mod tests {
             reader: None,
             last_list: Some((peers, None)),
             persist: true,
+            paths: Default::default(),
+            path_settings: Default::default(),
+            path_choices: Default::default(),
         }
     }
 

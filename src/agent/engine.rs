@@ -10,12 +10,16 @@ use super::config::{Applied, Assignment, ClientConfig};
 use super::error::AgentError;
 use super::host::{self, HostFacts};
 use super::host_routes;
+use super::path::{Choice, PathSettings, PathTable};
 use super::plan::{self, HostCheck, PlanInput, Step, SyncSummary};
+use crate::keys::PublicKey;
 use crate::os::runner::{execute, Runner};
 use crate::os::{self, observe_windows, Plan, TargetOs};
 use crate::proto::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
 use crate::types::OsName;
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Where plans go: run for real, or printed one command per line for `--dry-run`.
@@ -87,6 +91,14 @@ pub struct Engine {
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
+    /// Each peer's path (direct or relayed) and the relay's address; saved beside the
+    /// config so `sync` from a timer and `status` see it.
+    pub paths: PathTable,
+    /// How paths are chosen (`--relay-after`, `--direct-probe-interval`).
+    pub path_settings: PathSettings,
+    /// What the last reconcile chose per peer, so the route check between syncs pins the
+    /// same endpoints (a relayed peer's is the relay's) instead of fighting the sync.
+    pub path_choices: HashMap<PublicKey, Choice>,
 }
 
 /// Where the last peer list is kept for `status` and offline `export`: beside the config.
@@ -105,6 +117,7 @@ pub fn load_peer_cache(config_path: &Path) -> Vec<PeerInfo> {
 
 fn save_peer_cache(config_path: &Path, peers: &[PeerInfo]) {
     let body = crate::proto::model::PeersResponse {
+        relay_port: None,
         peers: peers.to_vec(),
     };
     let bytes = serde_json::to_vec(&body).expect("peer lists serialize");
@@ -226,13 +239,61 @@ impl Engine {
                     .unwrap_or_default();
                 Ok((peers, true))
             }
-            PeerList::Changed { peers, etag } => {
+            PeerList::Changed {
+                peers,
+                etag,
+                relay_port,
+            } => {
                 if self.persist {
                     save_peer_cache(&self.config_path, &peers);
+                }
+                // The relay listens on the server's own host.
+                let relay = relay_port.and_then(|port| {
+                    host::server_ip(self.client.server()).map(|ip| SocketAddr::new(ip, port))
+                });
+                if relay != self.paths.relay {
+                    match relay {
+                        Some(r) => log::info!("the server relays WireGuard at {r}"),
+                        None => log::info!("the server offers no relay: direct paths only"),
+                    }
+                    self.paths.relay = relay;
                 }
                 self.last_list = Some((peers.clone(), etag));
                 Ok((peers, false))
             }
+        }
+    }
+
+    /// With a relay and replicas (issue 11): learns each live replica's relay from
+    /// `GET /replicas` (its host, the same port as ours), so every pair meets at the
+    /// replica both ends pick alike ([`PathTable::relay_for`]). A failure keeps the last
+    /// list: a pair must not split because one end missed one answer.
+    fn refresh_relays(&mut self) {
+        let Some(relay) = self.paths.relay else {
+            self.paths.relays.clear();
+            return;
+        };
+        let urls = match self.client.replicas() {
+            Ok(urls) => urls,
+            Err(e) => {
+                log::warn!("cannot read the replica list: {e}; keeping the last one");
+                return;
+            }
+        };
+        let relays: std::collections::BTreeMap<String, SocketAddr> = urls
+            .into_iter()
+            .filter_map(|url| {
+                let ip = host::server_ip(&url.parse().ok()?)?;
+                Some((url, SocketAddr::new(ip, relay.port())))
+            })
+            .collect();
+        if relays != self.paths.relays {
+            log::info!(
+                "relayed pairs meet at one of {} replica relay(s): {:?}",
+                relays.len(),
+                relays.values().collect::<Vec<_>>()
+            );
+            self.paths.relays = relays;
         }
     }
 
@@ -243,7 +304,20 @@ impl Engine {
             self.register()?;
         }
         let (peers, unchanged) = self.fetch_peers()?;
+        self.refresh_relays();
         self.reconcile(&peers, unchanged, sink)
+    }
+
+    /// Re-plans from the last peer list without asking the server: the paths' tick between
+    /// syncs. Nothing to do before the first list.
+    pub fn refresh_paths(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
+        let Some((peers, _)) = self.last_list.clone() else {
+            return Ok(());
+        };
+        if self.config.assignment.is_none() {
+            return Ok(());
+        }
+        self.reconcile_with(&peers, true, sink, false).map(drop)
     }
 
     /// Makes the interface match `peers`: observes the host, plans (pure), applies the
@@ -254,6 +328,19 @@ impl Engine {
         peers: &[PeerInfo],
         list_unchanged: bool,
         sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        self.reconcile_with(peers, list_unchanged, sink, true)
+    }
+
+    /// [`Engine::reconcile`]; `save_paths` saves the path table even when only its counters
+    /// moved (a `sync` run resumes from them), else only when a path changed (the daemon's
+    /// once-a-second tick must not write the disk every second).
+    fn reconcile_with(
+        &mut self,
+        peers: &[PeerInfo],
+        list_unchanged: bool,
+        sink: &mut Sink<'_>,
+        save_paths: bool,
     ) -> Result<SyncSummary, AgentError> {
         plan::check_interface_name(self.os, &self.config)?;
         let reader: Option<&mut dyn Runner> = match &mut self.reader {
@@ -268,6 +355,24 @@ impl Engine {
             self.client.server(),
             &interface,
         );
+        let me = self.config.private_key.public_key();
+        let before = self.paths.clone();
+        let paths = self.paths.step_all(
+            std::time::SystemTime::now(),
+            &me,
+            peers,
+            facts.dump.as_ref(),
+            &self.path_settings,
+        );
+        let changed = if save_paths {
+            self.paths != before
+        } else {
+            self.paths.material() != before.material()
+        };
+        if changed && self.persist && !sink.is_dry_run() {
+            self.paths.save(&self.config_path);
+        }
+        self.path_choices = paths.clone();
         let summary = loop {
             let input = PlanInput {
                 os: self.os,
@@ -275,6 +380,7 @@ impl Engine {
                 peers,
                 list_unchanged,
                 dry_run: sink.is_dry_run(),
+                paths: &paths,
             };
             let planned = plan::plan(&input, &facts);
             self.apply(&planned.steps, sink)?;
@@ -334,6 +440,7 @@ impl Engine {
             peers: &peers,
             list_unchanged: true,
             dry_run: sink.is_dry_run(),
+            paths: &self.path_choices,
         };
         let steps = plan::route_check(&input, &facts);
         self.apply(&steps, sink)

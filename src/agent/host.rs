@@ -160,7 +160,7 @@ pub fn created_name(name: &InterfaceName) -> Result<InterfaceName, AgentError> {
 
 /// The coordination server's address, when its URL names one directly or resolves to an
 /// IPv4 address.
-fn server_ip(server: &ServerUrl) -> Option<IpAddr> {
+pub fn server_ip(server: &ServerUrl) -> Option<IpAddr> {
     let authority = server.authority();
     let host = authority
         .rsplit_once(':')

@@ -11,6 +11,7 @@ pub mod error;
 pub mod host;
 pub mod host_routes;
 pub mod netcheck;
+pub mod path;
 pub mod plan;
 pub mod reconcile;
 pub mod resolver;

@@ -36,6 +36,8 @@ pub struct PlanInput<'a> {
     /// A dry run records nothing, so later decisions still see the old record, and takes
     /// macOS's interface name to be `utunN`.
     pub dry_run: bool,
+    /// The path chosen for each peer ([`super::path`]): its endpoint and keepalive.
+    pub paths: &'a std::collections::HashMap<crate::keys::PublicKey, super::path::Choice>,
 }
 
 /// What one sync changed, printed by `sync --json`.
@@ -240,7 +242,8 @@ pub fn route_check(input: &PlanInput<'_>, facts: &HostFacts) -> Vec<Step> {
         .iter()
         .find(|p| p.public_key == tunnel.exit_public_key)
         .map(|p| p.public_key);
-    let desired = desired_peers(input.peers, exit.as_ref());
+    let published = desired_peers(input.peers, exit.as_ref());
+    let desired = pinned_peers(&published, &with_paths(&published, input.paths));
     let mut b = Builder {
         os: input.os,
         dry_run: input.dry_run,
@@ -251,6 +254,42 @@ pub fn route_check(input: &PlanInput<'_>, facts: &HostFacts) -> Vec<Step> {
     };
     b.tunnel_routes(&real_name, assignment, tunnel, &desired, facts, table);
     b.steps
+}
+
+/// `published` with each peer's chosen path ([`super::path`]) applied: its endpoint (the
+/// relay's, the published one, or None to keep one WireGuard roamed to) and keepalive.
+fn with_paths(
+    published: &[PeerSpec],
+    paths: &std::collections::HashMap<crate::keys::PublicKey, super::path::Choice>,
+) -> Vec<PeerSpec> {
+    let mut desired = published.to_vec();
+    for peer in &mut desired {
+        if let Some(choice) = paths.get(&peer.public_key) {
+            peer.endpoint = choice.endpoint.map(crate::types::Endpoint);
+            peer.persistent_keepalive = Some(choice.keepalive);
+        }
+    }
+    desired
+}
+
+/// The peers whose endpoints a full tunnel keeps outside (pins): every peer at its published
+/// endpoint, as without a relay (a probe, or a path WireGuard roamed to, sends there), and
+/// also at its chosen endpoint where that differs (the relay), so the sync and the route
+/// check between syncs pin the same set.
+fn pinned_peers(published: &[PeerSpec], desired: &[PeerSpec]) -> Vec<PeerSpec> {
+    let mut out = published.to_vec();
+    out.extend(
+        desired
+            .iter()
+            .filter(|d| {
+                d.endpoint.is_some()
+                    && !published
+                        .iter()
+                        .any(|p| p.public_key == d.public_key && p.endpoint == d.endpoint)
+            })
+            .cloned(),
+    );
+    out
 }
 
 struct Builder {
@@ -297,7 +336,8 @@ impl Builder {
             .ok_or_else(|| AgentError::Usage("not registered yet".into()))?;
         let spec = interface_spec(config, &assignment);
         let exit = chosen_exit(config, input.peers)?;
-        let desired = desired_peers(input.peers, exit.map(|p| &p.public_key));
+        let published = desired_peers(input.peers, exit.map(|p| &p.public_key));
+        let desired = with_paths(&published, input.paths);
         self.summary = SyncSummary {
             peer_id: assignment.peer_id.to_string(),
             address: assignment.assigned_ip.to_string(),
@@ -436,7 +476,8 @@ impl Builder {
                 Some(old) => host_routes::without_tunnel(os, &real_name, &assignment, old, table),
                 None => table.clone(),
             };
-            self.tunnel_routes(&real_name, &assignment, tunnel, &desired, facts, &table);
+            let pinned = pinned_peers(&published, &desired);
+            self.tunnel_routes(&real_name, &assignment, tunnel, &pinned, facts, &table);
         } else if let Some(tunnel) = want_tunnel.as_ref().filter(|_| tunnel_changes) {
             if host_routes::uses_host_routes(os) {
                 // No routing table to read (planning for another OS): the halves, and no
@@ -761,6 +802,7 @@ mod tests {
             peers,
             list_unchanged: false,
             dry_run: false,
+            paths: &Default::default(),
         };
         plan(&input, facts)
     }
@@ -1027,6 +1069,7 @@ mod tests {
             peers: &[],
             list_unchanged: true,
             dry_run: true,
+            paths: &Default::default(),
         };
         let p = plan(&input, &HostFacts::default());
         assert!(p.steps.iter().all(|s| s.record.is_none()));

@@ -6,6 +6,7 @@ use super::client::{ApiClient, ServerUrl, TlsTrust};
 use super::config::{self, ClientConfig, ExitFallback};
 use super::engine::Engine;
 use super::error::AgentError;
+use super::path::{PathSettings, PathTable};
 use crate::keys::PublicKey;
 use crate::os::runner::{Runner, SystemRunner};
 use crate::os::TargetOs;
@@ -47,6 +48,8 @@ pub struct Overrides {
     pub server_key: Option<PublicKey>,
     /// The CA file an https:// server must chain to.
     pub ca: Option<PathBuf>,
+    /// How direct and relayed paths are chosen.
+    pub paths: PathSettings,
 }
 
 /// The OS to produce commands for: the requested one, else this host's.
@@ -151,7 +154,9 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     let client = api_client(server, &cfg, server_key, &trust)
         .with_fallbacks(&cfg.fallback_servers)
         .with_token(o.token);
+    let paths = PathTable::load(&path);
     Ok(Engine {
+        paths,
         config: cfg,
         config_path: path,
         os,
@@ -159,5 +164,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         reader,
         last_list: None,
         persist: true,
+        path_settings: o.paths,
+        path_choices: Default::default(),
     })
 }

@@ -31,8 +31,12 @@ pub struct PeerStatus {
     pub public_key: String,
     /// The endpoint WireGuard sends to right now.
     pub endpoint: Option<String>,
-    /// Whether packets go straight to the peer's endpoint: wgmesh never relays, so every
-    /// peer with a known endpoint is direct (a relay would show here when one exists).
+    /// How packets reach the peer, when they do (a handshake within
+    /// [`HANDSHAKE_FRESH_SECS`]): `"exit"` for the exit node in use, `"relay"` when the
+    /// endpoint is the server's relay, `"direct"` otherwise. `None` (null) while there is no
+    /// working path: a peer that never answered is not shown as reachable.
+    pub path: Option<&'static str>,
+    /// `path == "direct"`: kept for scripts written before the relay existed.
     pub direct: bool,
     /// Whether this is the exit node internet traffic goes through.
     pub exit_node_in_use: bool,
@@ -87,6 +91,7 @@ pub fn collect(
         ))
     })?;
     let known = load_peer_cache(path);
+    let paths = super::path::PathTable::load(path);
     let interface = cfg.applied.as_ref().map(|a| a.interface.clone());
     let dump = cfg.applied.as_ref().and_then(|a| {
         let os = a.os.parse().unwrap_or(TargetOs::Linux);
@@ -108,15 +113,23 @@ pub fn collect(
                     let age = p
                         .latest_handshake
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
+                    let online = age.is_some_and(|a| a <= HANDSHAKE_FRESH_SECS);
+                    let path = match () {
+                        _ if !online => None,
+                        _ if exit_in_use == Some(p.public_key) => Some("exit"),
+                        _ if paths.is_relay(p.endpoint) => Some("relay"),
+                        _ => Some("direct"),
+                    };
                     PeerStatus {
                         hostname: info.map(|i| i.hostname.to_string()),
                         dns_name: info.and_then(|i| i.dns_name.as_ref().map(|n| n.to_string())),
                         virtual_ip: info.map(|i| i.virtual_ip.to_string()),
                         public_key: p.public_key.to_base64(),
                         endpoint: p.endpoint.map(|e| e.to_string()),
-                        direct: p.endpoint.is_some(),
+                        path,
+                        direct: path == Some("direct"),
                         exit_node_in_use: exit_in_use == Some(p.public_key),
-                        online: age.is_some_and(|a| a <= HANDSHAKE_FRESH_SECS),
+                        online,
                         latest_handshake_secs: age,
                         rx_bytes: p.transfer_rx,
                         tx_bytes: p.transfer_tx,
@@ -144,8 +157,8 @@ pub fn collect(
 }
 
 /// The human `status` table: a summary line, one row per peer, and which peer carries
-/// internet traffic when a full tunnel is up. PATH says how packets reach the peer: `direct`
-/// to its endpoint, or `-` while no endpoint is known.
+/// internet traffic when a full tunnel is up. PATH says how packets reach the peer: `direct`,
+/// `relay` (through the server) or `exit`, or `-` while no handshake proves any path works.
 pub fn table(status: &Status) -> String {
     let dash = || "-".to_string();
     let mut out = format!(
@@ -166,7 +179,7 @@ pub fn table(status: &Status) -> String {
         "HOSTNAME", "NAME", "ADDRESS", "ENDPOINT", "PATH", "ONLINE", "HANDSHAKE", "RX", "TX"
     ));
     for p in &status.peers {
-        let path = if p.direct { "direct" } else { "-" };
+        let path = p.path.unwrap_or("-");
         out.push_str(&format!(
             "{:<20} {:<24} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
             p.hostname
@@ -247,7 +260,8 @@ mod tests {
             virtual_ip: hostname.map(|_| "10.100.0.3".to_owned()),
             public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
             endpoint: endpoint.map(str::to_owned),
-            direct: endpoint.is_some(),
+            path: endpoint.map(|_| if exit { "exit" } else { "direct" }),
+            direct: endpoint.is_some() && !exit,
             exit_node_in_use: exit,
             online: endpoint.is_some(),
             latest_handshake_secs: endpoint.map(|_| 12),
@@ -317,7 +331,8 @@ mod tests {
                 "56"
             ]
         );
-        assert_eq!(rows[1][4], "direct");
+        // The exit node in use shows as the path its traffic takes.
+        assert_eq!(rows[1][4], "exit");
         assert_eq!(
             rows[2],
             ["AAAAAAAA", "-", "-", "-", "-", "no", "never", "1234", "56"]
@@ -359,5 +374,50 @@ mod tests {
         assert!(!status.up);
         assert_eq!(status.interface.as_deref(), Some("wg0"));
         assert!(status.peers.is_empty());
+    }
+
+    #[test]
+    fn the_path_is_relay_at_the_relay_and_none_without_a_handshake() {
+        use crate::os::runner::{RecordingRunner, Scripted};
+        let dir = std::env::temp_dir().join(format!("wgmesh-status-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("client.json");
+        let mut cfg = ClientConfig::generate("wg0".parse().unwrap());
+        cfg.applied = Some(super::super::config::Applied {
+            os: "linux".into(),
+            interface: "wg0".into(),
+            ..Default::default()
+        });
+        cfg.save(&path).unwrap();
+        let table = super::super::path::PathTable {
+            relay: Some("198.18.0.1:3478".parse().unwrap()),
+            ..Default::default()
+        };
+        table.save(&path);
+        let now = SystemTime::now();
+        let fresh = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 10;
+        let keys: Vec<String> = (1..=3u8)
+            .map(|n| crate::keys::PublicKey::from_bytes([n; 32]).to_base64())
+            .collect();
+        let me = cfg.private_key.public_key().to_base64();
+        let dump = format!(
+            "{priv}\t{me}\t51820\toff\n\
+             {k1}\t(none)\t198.18.0.1:3478\t10.100.0.2/32\t{fresh}\t100\t100\t25\n\
+             {k2}\t(none)\t198.18.0.12:51820\t10.100.0.3/32\t{fresh}\t100\t100\t25\n\
+             {k3}\t(none)\t198.18.0.13:51820\t10.100.0.4/32\t0\t0\t100\t25\n",
+            priv = cfg.private_key.to_base64(),
+            k1 = keys[0],
+            k2 = keys[1],
+            k3 = keys[2],
+        );
+        let mut reader = RecordingRunner::default();
+        reader.expect_scripted("wg show wg0 dump", Scripted::Succeed(dump));
+        let status = collect(&path, &mut reader, now).unwrap();
+        reader.assert_done();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let paths: Vec<Option<&str>> = status.peers.iter().map(|p| p.path).collect();
+        // Through the relay; straight to the peer; and nothing proven: no handshake ever.
+        assert_eq!(paths, [Some("relay"), Some("direct"), None]);
+        assert!(!status.peers[2].direct && !status.peers[2].online);
     }
 }

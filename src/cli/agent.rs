@@ -10,6 +10,7 @@ use crate::agent::daemon::{self, Intervals};
 use crate::agent::dns::{DnsOptions, MeshDns};
 use crate::agent::engine::{self, Sink};
 use crate::agent::error::AgentError;
+use crate::agent::path::PathSettings;
 use crate::agent::setup::{self, Overrides};
 use crate::agent::status;
 use crate::keys::{PrivateKey, PublicKey};
@@ -100,6 +101,7 @@ macro_rules! overrides {
             token: join_token($args.token, $args.token_file)?,
             server_key: $args.server_key,
             ca: $args.ca,
+            paths: path_settings($args.relay_after, $args.direct_probe_interval)?,
         }
     };
 }
@@ -175,6 +177,14 @@ pub struct UpArgs {
     /// print the commands instead of running them, then exit
     #[argh(switch)]
     dry_run: bool,
+    /// seconds a peer may stay silent on its direct path before its traffic goes through
+    /// the server's relay (default 15)
+    #[argh(option, default = "15")]
+    relay_after: u64,
+    /// seconds between probes of a relayed peer's direct path (default 300); a change of the
+    /// peer's published endpoint is probed at once
+    #[argh(option, default = "300")]
+    direct_probe_interval: u64,
     /// whose commands to produce: linux, macos or windows (default: this OS)
     #[argh(option)]
     os: Option<TargetOs>,
@@ -257,6 +267,14 @@ pub struct SyncArgs {
     /// print the commands instead of running them
     #[argh(switch)]
     dry_run: bool,
+    /// seconds a peer may stay silent on its direct path before its traffic goes through
+    /// the server's relay (default 15)
+    #[argh(option, default = "15")]
+    relay_after: u64,
+    /// seconds between probes of a relayed peer's direct path (default 300); a change of the
+    /// peer's published endpoint is probed at once
+    #[argh(option, default = "300")]
+    direct_probe_interval: u64,
     /// whose commands to produce: linux, macos or windows (default: this OS)
     #[argh(option)]
     os: Option<TargetOs>,
@@ -331,6 +349,15 @@ fn check_interval(flag: &str, secs: u64) -> Result<Duration, Failure> {
         ));
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// `--relay-after` and `--direct-probe-interval`, checked.
+fn path_settings(relay_after: u64, probe_interval: u64) -> Result<PathSettings, Failure> {
+    Ok(PathSettings {
+        relay_after: check_interval("--relay-after", relay_after)?,
+        probe_interval: check_interval("--direct-probe-interval", probe_interval)?,
+        ..PathSettings::default()
+    })
 }
 
 fn stop_flag() -> Result<Arc<AtomicBool>, Failure> {

@@ -33,11 +33,24 @@ pub struct NetcheckArgs {
     json: bool,
 }
 
+/// The relay part of the report.
+#[derive(Debug, Serialize)]
+struct RelayCheck {
+    /// Where the server relays WireGuard, as its `/peers` said (saved by the agent).
+    address: SocketAddr,
+    /// Whether a STUN request to that port was answered: the relay shares its socket with
+    /// STUN (it never answers WireGuard itself), so an answer proves the port is open and
+    /// served.
+    answers: bool,
+}
+
 #[derive(Debug, Serialize)]
 struct Output {
     #[serde(flatten)]
     report: Report,
     exit_check: Option<ExitCheck>,
+    /// Null when the server offers no relay or this node has not synced yet.
+    relay: Option<RelayCheck>,
 }
 
 fn resolve(text: &str) -> Result<SocketAddr, Failure> {
@@ -72,6 +85,20 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
 
     let exit_check = cfg.as_ref().and_then(|c| ExitCheck::of(c, &path, &report));
 
+    // The relay is the coordination server's: checked when netcheck asks that server (not
+    // another STUN server given with --server), reusing the STUN answer when it is the same
+    // port.
+    let relay = crate::agent::path::PathTable::load(&path)
+        .relay
+        .filter(|_| args.server.is_none())
+        .map(|address| {
+            let answers = if address == primary {
+                report.udp
+            } else {
+                netcheck::probe(address, timeout, None).is_ok()
+            };
+            RelayCheck { address, answers }
+        });
     let udp_ok = report.udp;
     let exit_ok = exit_check.as_ref().is_none_or(|c| c.ok);
     let exit_message =
@@ -84,11 +111,26 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
         )
         });
     if args.json {
-        let text =
-            serde_json::to_string_pretty(&Output { report, exit_check }).expect("serializes");
+        let text = serde_json::to_string_pretty(&Output {
+            report,
+            exit_check,
+            relay,
+        })
+        .expect("serializes");
         super::agent::write_stdout(&format!("{text}\n"))?;
     } else {
         let mut text = report.to_string();
+        if let Some(r) = &relay {
+            text.push_str(&format!(
+                "\nrelay {}: {}\n",
+                r.address,
+                if r.answers {
+                    "answers"
+                } else {
+                    "NO ANSWER (relayed peers cannot connect)"
+                }
+            ));
+        }
         if let Some(check) = &exit_check {
             text.push_str(&format!(
                 "\nexit node {}: {}\n",

@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// mapping depends on the destination (default: the STUN port + 1; 0 disables it)
     #[argh(option)]
     udp_alt_port: Option<u16>,
+    /// do not relay WireGuard on the --udp-listen port (by default the server forwards
+    /// WireGuard between online members whose direct path fails; see README)
+    #[argh(switch)]
+    no_relay: bool,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
@@ -155,6 +159,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         (None, Some(addr)) if addr.port() == 0 => Some(0),
         (None, Some(addr)) => addr.port().checked_add(1),
     };
+    config.relay = !args.no_relay;
     config.open = args.open;
     config.advertise = args.advertise.map(|u| u.to_string());
     config.store = args

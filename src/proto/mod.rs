@@ -7,3 +7,4 @@ pub mod mesh6;
 pub mod model;
 pub mod replicas;
 pub mod stun;
+pub mod wg_wire;

@@ -127,6 +127,10 @@ pub struct PeerInfo {
 /// Answer to `GET /peers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeersResponse {
+    /// The UDP port where the server relays WireGuard between members (on the server's own
+    /// host); absent when the server runs no relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_port: Option<u16>,
     /// Every online peer except the caller that the access policy lets the caller see.
     pub peers: Vec<PeerInfo>,
 }

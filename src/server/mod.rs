@@ -16,6 +16,7 @@ pub mod peer_list;
 pub mod pg;
 pub mod policy;
 pub mod registry;
+pub mod relay;
 pub mod store;
 pub mod stun_service;
 pub mod tokens;
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     /// A second STUN port on the same address, so clients can tell whether their NAT's
     /// mapping changes with the destination (None: off).
     pub udp_alt_port: Option<u16>,
+    /// Relay WireGuard between members on the primary STUN port (`--relay off` disables it).
+    pub relay: bool,
     /// `--open`: new keys may register without a join token (labs only).
     pub open: bool,
     /// `--policy FILE`: who sees whom; None = everyone sees everyone.
@@ -94,6 +97,7 @@ impl ServerConfig {
             limits: http::Limits::default(),
             udp_listen: None,
             udp_alt_port: None,
+            relay: true,
             open: false,
             policy: None,
             register_per_minute: DEFAULT_REGISTER_PER_MINUTE,
@@ -167,8 +171,11 @@ pub struct RunningServer {
 /// add wake-ups (measured by `cargo bench --bench stun`); two keep one port busy under load.
 const STUN_THREADS: usize = 2;
 
+/// Starts the STUN service on `--udp-listen` (and the alternate port); the primary socket
+/// also carries the WireGuard relay when `relay` is given.
 fn start_stun(
     config: &ServerConfig,
+    relay: Option<Arc<relay::RelayService>>,
 ) -> Result<Vec<crate::server::stun_service::StunHandle>, ServerError> {
     let Some(primary) = config.udp_listen else {
         return Ok(Vec::new());
@@ -178,6 +185,7 @@ fn start_stun(
         addrs.push(SocketAddr::new(primary.ip(), port));
     }
     let mut handles = Vec::new();
+    let mut relay = relay;
     for addr in addrs {
         let socket = std::net::UdpSocket::bind(addr).map_err(|e| {
             ServerError::Io(io::Error::new(
@@ -185,13 +193,22 @@ fn start_stun(
                 format!("cannot listen for STUN on udp {addr}: {e}"),
             ))
         })?;
-        let handle = crate::server::stun_service::StunService::spawn(
+        let relaying = relay.is_some();
+        let handle = crate::server::stun_service::StunService::spawn_with_relay(
             socket,
             STUN_THREADS,
             crate::server::stun_service::RateLimit::default(),
+            crate::server::stun_service::ServiceOptions::default(),
+            relay.take(),
         )
         .map_err(ServerError::Io)?;
         log::info!("STUN service answering on udp {}", handle.local_addr());
+        if relaying {
+            log::info!(
+                "WireGuard relay on udp {} (the same socket)",
+                handle.local_addr()
+            );
+        }
         handles.push(handle);
     }
     Ok(handles)
@@ -226,8 +243,19 @@ impl RunningServer {
                 (api, key, peers, config.state.display().to_string())
             }
         };
-        let stun = start_stun(config)?;
+        let relay = (config.relay && config.udp_listen.is_some()).then(|| {
+            let source = Arc::clone(&api);
+            relay::RelayService::new(
+                Box::new(move || source.relay_view()),
+                relay::RelayLimits::default(),
+            )
+        });
+        let relay_stats = relay.as_ref().map(|r| r.stats());
+        let stun = start_stun(config, relay)?;
         api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
+        if let (Some(stats), Some(primary)) = (relay_stats, stun.first()) {
+            api.set_relay(primary.local_addr().port(), stats);
+        }
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             ServerError::Io(io::Error::new(
                 e.kind(),

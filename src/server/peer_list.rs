@@ -19,7 +19,7 @@ pub struct PeerList {
     pub generation: u64,
     /// The policy version the list was filtered with.
     pub policy_version: u64,
-    /// `{"peers":[...]}`, every visible online peer.
+    /// `{"relay_port":N,"peers":[...]}`, every visible online peer.
     pub body: Arc<Vec<u8>>,
     /// For each listed peer, the bytes to cut (its entry and one adjacent comma).
     cut: HashMap<PeerId, Range<usize>>,
@@ -39,6 +39,8 @@ impl PeerList {
 #[derive(Debug, Default)]
 pub struct PeerLists {
     slots: Mutex<HashMap<Vec<Tag>, Arc<PeerList>>>,
+    /// The relay's UDP port, written into every list so agents know where it is.
+    relay_port: std::sync::OnceLock<u16>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,6 +48,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PeerLists {
+    /// Advertises the relay on UDP `port` of the server's host in every list (once, at
+    /// startup, before the first list is built).
+    pub fn set_relay_port(&self, port: u16) {
+        let _ = self.relay_port.set(port);
+    }
+
     /// Drops every cached list (the policy changed).
     pub fn clear(&self) {
         lock(&self.slots).clear();
@@ -92,7 +100,11 @@ impl PeerLists {
             .map(|(_, entry)| entry)
             .collect();
         let mut body = Vec::with_capacity(64 + visible.len() * 320);
-        body.extend_from_slice(b"{\"peers\":[");
+        body.push(b'{');
+        if let Some(port) = self.relay_port.get() {
+            body.extend_from_slice(format!("\"relay_port\":{port},").as_bytes());
+        }
+        body.extend_from_slice(b"\"peers\":[");
         let mut spans = Vec::with_capacity(visible.len());
         for (i, entry) in visible.iter().enumerate() {
             if i > 0 {

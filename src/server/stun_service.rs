@@ -14,6 +14,8 @@
 #![warn(missing_docs)]
 
 use crate::proto::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
+use crate::proto::wg_wire;
+use crate::server::relay::{RelayService, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
@@ -291,6 +293,8 @@ impl RateTable {
 /// Everything a worker thread reads; shared by `Arc`.
 struct Shared {
     stats: Arc<StunStats>,
+    /// The WireGuard relay sharing this port, if any: WireGuard-shaped datagrams go to it.
+    relay: Option<Arc<RelayService>>,
     stop: AtomicBool,
     limiter: Option<RateTable>,
     options: ServiceOptions,
@@ -319,6 +323,18 @@ impl StunService {
         limits: RateLimit,
         options: ServiceOptions,
     ) -> io::Result<StunHandle> {
+        Self::spawn_with_relay(socket, threads, limits, options, None)
+    }
+
+    /// Like [`StunService::spawn_with`], and hands WireGuard datagrams arriving on the same
+    /// socket to `relay`, which forwards them from this socket: one UDP port for both.
+    pub fn spawn_with_relay(
+        socket: UdpSocket,
+        threads: usize,
+        limits: RateLimit,
+        options: ServiceOptions,
+        relay: Option<Arc<RelayService>>,
+    ) -> io::Result<StunHandle> {
         if options
             .software
             .as_ref()
@@ -336,6 +352,7 @@ impl StunService {
         let local_addr = socket.local_addr()?;
         let shared = Arc::new(Shared {
             stats: Arc::new(StunStats::default()),
+            relay,
             stop: AtomicBool::new(false),
             limiter: RateTable::new(&limits),
             options,
@@ -407,8 +424,9 @@ impl Drop for StunHandle {
 
 /// A worker's loop: receive, classify, maybe answer; until the stop flag is set.
 fn serve(socket: &UdpSocket, shared: &Shared) {
-    // One byte more than we accept, so a datagram that fills it is known to be oversized.
-    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    // Room for any UDP datagram: WireGuard packets for the relay may exceed STUN's limit
+    // (STUN still refuses anything over MAX_DATAGRAM).
+    let mut buf = vec![0u8; 65_536];
     let mut out = [0u8; stun::MAX_RESPONSE_LEN];
     let opts = ResponseOptions {
         mapped_address_for_modern_clients: shared.options.mapped_address_for_modern_clients,
@@ -418,6 +436,22 @@ fn serve(socket: &UdpSocket, shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
             Ok((len, from)) => {
+                if let Some(relay) = shared
+                    .relay
+                    .as_ref()
+                    .filter(|_| wg_wire::is_wireguard(&buf[..len]))
+                {
+                    if let Verdict::Forward(targets) =
+                        relay.handle(&buf[..len], from, Instant::now())
+                    {
+                        for to in targets.iter() {
+                            if socket.send_to(&buf[..len], to).is_err() {
+                                bump(&shared.stats.send_errors);
+                            }
+                        }
+                    }
+                    continue;
+                }
                 if let Some(reply) = handle_datagram(&buf[..len], from, shared, &opts, &mut out) {
                     if socket.send_to(&out[..reply], from).is_err() {
                         bump(&shared.stats.send_errors);
@@ -430,7 +464,12 @@ fn serve(socket: &UdpSocket, shared: &Shared) {
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                if let Some(relay) = &shared.relay {
+                    relay.tick(Instant::now());
+                }
+            }
             Err(e) => {
                 // E.g. ECONNREFUSED reported for an earlier send: keep serving, but do not
                 // spin if the socket is persistently broken.
@@ -519,6 +558,7 @@ mod tests {
     fn shared(limit: RateLimit) -> Shared {
         Shared {
             stats: Arc::new(StunStats::default()),
+            relay: None,
             stop: AtomicBool::new(false),
             limiter: RateTable::new(&limit),
             options: ServiceOptions::default(),

@@ -33,7 +33,7 @@ use crate::types::PeerId;
 use error::{method_not_allowed, ok_json, too_many, unknown_peer};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The coordination API: shared by every connection thread.
 pub struct Api {
@@ -55,7 +55,16 @@ pub struct Api {
     stun_stats: std::sync::OnceLock<Vec<Arc<crate::server::stun_service::StunStats>>>,
     /// The connection layer's counts, exported with the rest.
     http_stats: std::sync::OnceLock<super::http::StatsHandle>,
+    /// The relay's counters, when it runs.
+    relay_stats: std::sync::OnceLock<Arc<super::relay::RelayStats>>,
+    /// The member view last handed to the relay, with the generation and policy version
+    /// it was built from and when.
+    relay_view: Mutex<Option<CachedView>>,
 }
+
+/// A member view for the relay with the registry generation and policy version it was
+/// built from, and when.
+type CachedView = (u64, u64, Instant, Arc<super::relay::MemberView>);
 
 /// Who signed a request that verified, so the answer can be signed for them.
 struct Authed {
@@ -105,7 +114,49 @@ impl Api {
             epoch: u64::from_le_bytes(seed),
             stun_stats: std::sync::OnceLock::new(),
             http_stats: std::sync::OnceLock::new(),
+            relay_stats: std::sync::OnceLock::new(),
+            relay_view: Mutex::new(None),
         }
+    }
+
+    /// Records that the relay runs on UDP `port` (advertised to agents in `/peers`) and
+    /// hands over its counters for `/metrics` (once, at startup).
+    pub fn set_relay(&self, port: u16, stats: Arc<super::relay::RelayStats>) {
+        self.cache.set_relay_port(port);
+        let _ = self.relay_stats.set(stats);
+    }
+
+    /// The online members as the relay needs them: keys, the IPs they are known at, tags
+    /// under the current policy. Rebuilt when the registry or policy changed, and at least
+    /// every 10 s (a member's observed IP can move without changing any list).
+    pub fn relay_view(&self) -> Arc<super::relay::MemberView> {
+        let (policy, version) = self.trust.policy.current();
+        let mut cached = lock(&self.relay_view);
+        let registry = lock(&self.registry);
+        let generation = registry.generation();
+        if let Some((g, v, at, view)) = cached.as_ref() {
+            if *g == generation && *v == version && at.elapsed() < Duration::from_secs(10) {
+                return Arc::clone(view);
+            }
+        }
+        let members: Vec<super::relay::Member> = registry
+            .records()
+            .into_iter()
+            .filter(|r| r.online)
+            .map(|r| super::relay::Member {
+                public_key: r.public_key,
+                ips: r
+                    .observed_ip
+                    .into_iter()
+                    .chain(r.endpoint.map(|e| e.0.ip()))
+                    .collect(),
+                tags: r.tags,
+            })
+            .collect();
+        drop(registry);
+        let view = Arc::new(super::relay::MemberView::new(members, &policy));
+        *cached = Some((generation, version, Instant::now(), Arc::clone(&view)));
+        view
     }
 
     /// Hands over the STUN services' counters for `/metrics` (once, at startup).
@@ -340,6 +391,9 @@ impl Api {
                 let mut text = self.metrics.render(total, online, stun);
                 if let Some(stats) = self.http_stats.get().and_then(|h| h.get()) {
                     stats.render_prometheus(&mut text);
+                }
+                if let Some(relay) = self.relay_stats.get() {
+                    relay.render_prometheus(&mut text);
                 }
                 text.into_bytes()
             }),
