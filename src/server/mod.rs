@@ -5,6 +5,7 @@
 //! sweeper marks silent peers offline and compacts the store on each `sweep_interval`.
 
 pub mod api;
+pub mod changes;
 pub mod http;
 pub mod metrics;
 pub mod registry;
