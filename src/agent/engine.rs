@@ -8,7 +8,7 @@ use super::client::{ApiClient, ClientError, PeerList};
 use super::config::{
     Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig, ConfigError, ExitFallback,
 };
-use crate::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
+use crate::model::{HeartbeatRequest, PeerInfo, PeersDelta, RegisterRequest};
 use crate::os::runner::{execute, ExecuteError, Runner};
 use crate::os::{self, Command, InterfaceSpec, PeerSpec, Plan, TargetOs};
 use crate::reconcile;
@@ -25,6 +25,10 @@ use std::path::PathBuf;
 /// Seconds between keepalives to every peer: under the 30 s or so that common NATs keep an
 /// idle UDP mapping, as wg-quick users conventionally set (25).
 pub const PERSISTENT_KEEPALIVE: u16 = 25;
+
+/// How long `down` or a stopping `up` waits to tell the server it goes offline: short,
+/// since stopping must not hang on an unreachable server.
+const OFFLINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Why an agent step failed; each kind maps to its own exit code.
 #[derive(Debug)]
@@ -132,11 +136,53 @@ pub struct Engine {
     pub client: ApiClient,
     /// Reads actual state (`wg show dump`); None when planning for another OS.
     pub reader: Option<Box<dyn Runner>>,
-    /// The last list the server sent, and its ETag.
-    pub last_list: Option<(Vec<PeerInfo>, Option<String>)>,
+    /// The last list the server sent, with its ETag and version.
+    pub last_list: Option<KnownPeers>,
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
+}
+
+/// The peer list as this node last knew it: what deltas apply to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownPeers {
+    /// The peers, in address order.
+    pub peers: Vec<PeerInfo>,
+    /// The list's ETag, for a 304 from servers without versions.
+    pub etag: Option<String>,
+    /// The list's version, sent as `since` to get only what changed.
+    pub version: Option<u64>,
+}
+
+impl KnownPeers {
+    /// Applies an answer to `/peers?since=N`; returns whether the list changed. An answer
+    /// older than the list (a long-poll overtaken by a sync) changes nothing; a full answer
+    /// replaces the list, so nothing stale survives a missed delta.
+    pub fn apply(&mut self, answer: PeersDelta) -> bool {
+        if self.version.is_some_and(|v| answer.version < v) {
+            return false;
+        }
+        self.version = Some(answer.version);
+        self.etag = None;
+        if answer.full {
+            let changed = self.peers != answer.peers;
+            self.peers = answer.peers;
+            self.peers.sort_by_key(|p| p.virtual_ip);
+            return changed;
+        }
+        if answer.changed.is_empty() && answer.removed.is_empty() {
+            return false;
+        }
+        let drop: std::collections::HashSet<&crate::types::PeerId> = answer
+            .removed
+            .iter()
+            .chain(answer.changed.iter().map(|p| &p.id))
+            .collect();
+        self.peers.retain(|p| !drop.contains(&p.id));
+        self.peers.extend(answer.changed);
+        self.peers.sort_by_key(|p| p.virtual_ip);
+        true
+    }
 }
 
 /// Where the last peer list is kept for `status` and offline `export`: beside the config.
@@ -146,16 +192,27 @@ pub fn peer_cache_path(config_path: &std::path::Path) -> PathBuf {
 
 /// The last peer list this node saw (empty if none or unreadable: it is only a cache).
 pub fn load_peer_cache(config_path: &std::path::Path) -> Vec<PeerInfo> {
-    std::fs::read(peer_cache_path(config_path))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<crate::model::PeersResponse>(&bytes).ok())
-        .map(|r| r.peers)
+    load_known_peers(config_path)
+        .map(|k| k.peers)
         .unwrap_or_default()
 }
 
-fn save_peer_cache(config_path: &std::path::Path, peers: &[PeerInfo]) {
+/// The last peer list this node saw with its version, so `sync` can ask for only what
+/// changed since (None if none or unreadable: the full list is always correct).
+pub fn load_known_peers(config_path: &std::path::Path) -> Option<KnownPeers> {
+    let bytes = std::fs::read(peer_cache_path(config_path)).ok()?;
+    let cached = serde_json::from_slice::<crate::model::PeersResponse>(&bytes).ok()?;
+    Some(KnownPeers {
+        peers: cached.peers,
+        etag: None,
+        version: cached.version,
+    })
+}
+
+fn save_peer_cache(config_path: &std::path::Path, peers: &[PeerInfo], version: Option<u64>) {
     let body = crate::model::PeersResponse {
         peers: peers.to_vec(),
+        version,
     };
     let bytes = serde_json::to_vec(&body).expect("peer lists serialize");
     let path = peer_cache_path(config_path);
@@ -334,13 +391,32 @@ impl Engine {
             .collect()
     }
 
-    /// The current peer list: a fresh one from the server, or the last one on a 304.
+    /// The current peer list: only what changed since the version we have when we have one
+    /// (kept beside the config, so a one-shot `sync` benefits too), else the whole list, or
+    /// the last one on a 304. Returns the list and whether it is unchanged.
     pub fn fetch_peers(&mut self) -> Result<(Vec<PeerInfo>, bool), AgentError> {
         let peer_id = match &self.config.assignment {
             Some(a) => a.peer_id.clone(),
             None => self.register()?.peer_id.clone(),
         };
-        let etag = self.last_list.as_ref().and_then(|(_, e)| e.clone());
+        if self.last_list.is_none() && self.persist {
+            self.last_list = load_known_peers(&self.config_path);
+        }
+        if let Some(since) = self.last_list.as_ref().and_then(|k| k.version) {
+            let answer = match self.client.peers_since(&peer_id, since, None) {
+                Err(ClientError::UnknownPeer) => {
+                    log::warn!("the server no longer knows {peer_id}: registering again");
+                    self.register()?;
+                    self.last_list = None;
+                    return self.fetch_peers();
+                }
+                other => other?,
+            };
+            let unchanged = !self.apply_answer(answer);
+            let peers = self.known_peers();
+            return Ok((peers, unchanged));
+        }
+        let etag = self.last_list.as_ref().and_then(|k| k.etag.clone());
         let answer = match self.client.peers(&peer_id, etag.as_deref()) {
             Err(ClientError::UnknownPeer) => {
                 log::warn!("the server no longer knows {peer_id}: registering again");
@@ -350,21 +426,66 @@ impl Engine {
             other => other?,
         };
         match answer {
-            PeerList::NotModified => {
-                let peers = self
-                    .last_list
-                    .as_ref()
-                    .map(|(p, _)| p.clone())
-                    .unwrap_or_default();
-                Ok((peers, true))
-            }
-            PeerList::Changed { peers, etag } => {
+            PeerList::NotModified => Ok((self.known_peers(), true)),
+            PeerList::Changed {
+                peers,
+                etag,
+                version,
+            } => {
                 if self.persist {
-                    save_peer_cache(&self.config_path, &peers);
+                    save_peer_cache(&self.config_path, &peers, version);
                 }
-                self.last_list = Some((peers.clone(), etag));
+                self.last_list = Some(KnownPeers {
+                    peers: peers.clone(),
+                    etag,
+                    version,
+                });
                 Ok((peers, false))
             }
+        }
+    }
+
+    /// The list as last known (empty before the first fetch).
+    pub fn known_peers(&self) -> Vec<PeerInfo> {
+        self.last_list
+            .as_ref()
+            .map(|k| k.peers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Where a long-poll should start from: our peer id and the version we have.
+    pub fn poll_point(&self) -> Option<(crate::types::PeerId, u64)> {
+        let id = self.config.assignment.as_ref()?.peer_id.clone();
+        Some((id, self.last_list.as_ref()?.version?))
+    }
+
+    /// Applies an answer to `/peers?since=N` (from a sync or a long-poll) to the known list
+    /// and caches it beside the config; returns whether the list changed.
+    pub fn apply_answer(&mut self, answer: PeersDelta) -> bool {
+        let known = self.last_list.get_or_insert_with(KnownPeers::default);
+        let changed = known.apply(answer);
+        if self.persist {
+            let known = self.last_list.as_ref().expect("just set");
+            save_peer_cache(&self.config_path, &known.peers, known.version);
+        }
+        changed
+    }
+
+    /// Tells the server we stop on purpose, so the others drop us now (best effort: a
+    /// server that cannot be reached drops us at the heartbeat timeout instead).
+    pub fn go_offline(&self) {
+        let Some(assignment) = &self.config.assignment else {
+            return;
+        };
+        match self
+            .client
+            .with_timeout(OFFLINE_TIMEOUT)
+            .offline(&assignment.peer_id)
+        {
+            Ok(()) => log::info!("told the server {} is going offline", assignment.peer_id),
+            Err(e) => log::warn!(
+                "could not tell the server we are going offline ({e}); the others drop this node at the heartbeat timeout"
+            ),
         }
     }
 

@@ -348,8 +348,9 @@ pub struct SyncArgs {
     log_level: LogLevel,
 }
 
-/// Remove the interface, routes and anything else `up` or `sync` set up on this machine.
-/// The registration (and so the address) is kept for the next `up`.
+/// Remove the interface, routes and anything else `up` or `sync` set up on this machine, after
+/// telling the server this node goes offline (so the others drop it at once). The
+/// registration (and so the address) is kept for the next `up`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "down")]
 pub struct DownArgs {
@@ -527,6 +528,8 @@ pub fn down(args: DownArgs) -> Result<(), Failure> {
         let mut stdout = std::io::stdout().lock();
         engine.teardown(&mut Sink::Print(&mut stdout))
     } else {
+        // Others drop us now rather than at the heartbeat timeout.
+        engine.go_offline();
         let mut runner = SystemRunner::new();
         engine.teardown(&mut Sink::Run(&mut runner))
     }

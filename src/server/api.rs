@@ -8,7 +8,9 @@
 //! registration also needs a join token unless the server runs `--open`. `/peers` shows each
 //! caller only the peers the access policy lets it see. `/admin/...` takes the admin secret.
 
+use super::changes::{self, PeerState, Since};
 use super::http::{Body, Handler, Request, Response};
+use super::live::{self, ChangeSignal, GroupDelta, PeersQuery};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
 use super::registry::{Prepared, Registration, Registry};
 use super::trust::{Trust, ADMIN_HEADER};
@@ -17,8 +19,8 @@ use crate::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
 use crate::ipam::IpamError;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::model::{
-    DeregisterRequest, HeartbeatRequest, KeyResponse, RegisterRequest, RegisterResponse,
-    SuccessResponse,
+    DeregisterRequest, HeartbeatRequest, KeyResponse, OfflineRequest, PeerInfo, RegisterRequest,
+    RegisterResponse, SuccessResponse,
 };
 use crate::policy::Membership;
 use crate::store::{JournalEntry, Store};
@@ -49,6 +51,28 @@ struct PeerListCache {
     cut: std::collections::HashMap<PeerId, Range<usize>>,
 }
 
+/// What `/peers?since=N` has for one caller right now.
+enum SinceAnswer {
+    /// Send this (a delta or the full list).
+    Ready(Response),
+    /// Nothing this caller sees changed; it is current at this version.
+    Nothing(u64),
+}
+
+/// What a tag group at `since` needs.
+enum GroupAnswer {
+    /// Nothing changed at all.
+    Current(u64),
+    /// `since` is unknown or too old: the full list.
+    Full,
+    /// The group's delta (which may still be empty for a given caller).
+    Delta(Arc<GroupDelta>),
+}
+
+fn delta_response(body: Vec<u8>) -> Response {
+    Response::json(200, body)
+}
+
 /// The coordination API: shared by every connection thread.
 pub struct Api {
     registry: Mutex<Registry>,
@@ -56,6 +80,10 @@ pub struct Api {
     store: Mutex<Store>,
     /// One cached list per tag group (the caller's sorted tags).
     cache: Mutex<HashMap<Vec<Tag>, Arc<PeerListCache>>>,
+    /// One cached delta per tag group and `since`, at the current version only.
+    deltas: Mutex<HashMap<(Vec<Tag>, u64), Arc<GroupDelta>>>,
+    /// Wakes long-polls (`/peers?since=N&wait=SECS`) when the version moves.
+    changes: ChangeSignal,
     metrics: Metrics,
     auth: ServerAuth,
     server_public_key: PublicKey,
@@ -261,6 +289,8 @@ impl Api {
             registry: Mutex::new(registry),
             store: Mutex::new(store),
             cache: Mutex::new(HashMap::new()),
+            deltas: Mutex::new(HashMap::new()),
+            changes: ChangeSignal::default(),
             metrics: Metrics::default(),
             server_public_key: server_key.public_key(),
             auth: ServerAuth::new(server_key, ReplayCache::default()),
@@ -285,6 +315,9 @@ impl Api {
     /// Marks silent peers offline; called by the sweeper thread.
     pub fn sweep(&self, timeout: std::time::Duration) {
         let gone = lock(&self.registry).sweep(SystemTime::now(), timeout);
+        if !gone.is_empty() {
+            self.changes.notify();
+        }
         for (id, hostname, silent) in &gone {
             log::warn!(
                 "peer {id} ({hostname}) timed out: no heartbeat for {silent} s, marked offline"
@@ -315,11 +348,23 @@ impl Api {
         &self,
         source: Option<std::net::SocketAddr>,
     ) -> Result<(bool, String), String> {
-        match self.trust.policy.reload() {
+        // Swapped and recorded under the registry lock, so no delta is ever computed with
+        // one policy and stamped with the version of the other.
+        let reloaded = {
+            let mut registry = lock(&self.registry);
+            let (replaced, _) = self.trust.policy.current();
+            let reloaded = self.trust.policy.reload();
+            if let Ok((true, _)) = &reloaded {
+                registry.policy_changed(replaced);
+            }
+            reloaded
+        };
+        match reloaded {
             Ok((changed, policy)) => {
                 let text = policy.to_string();
                 if changed {
                     lock(&self.cache).clear();
+                    self.changes.notify();
                     log::info!("access policy reloaded: {text}");
                     let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
                         .detail(format!("policy reloaded: {text}"));
@@ -510,7 +555,15 @@ impl Api {
             Prepared::Unchanged(record) => {
                 drop(tokens);
                 drop(store);
-                lock(&self.registry).heartbeat(&record.id, None, source, now);
+                let moved = {
+                    let mut registry = lock(&self.registry);
+                    let before = registry.generation();
+                    registry.heartbeat(&record.id, None, source, now);
+                    registry.generation() != before
+                };
+                if moved {
+                    self.changes.notify();
+                }
                 self.metrics
                     .registrations_repeat
                     .fetch_add(1, Ordering::Relaxed);
@@ -548,6 +601,7 @@ impl Api {
                 lock(&self.registry).commit(record.clone());
                 drop(tokens);
                 drop(store);
+                self.changes.notify();
                 let counter = if *fresh_address {
                     log::info!(
                         "registered {} ({}) as {} at {}",
@@ -603,9 +657,17 @@ impl Api {
         let body: HeartbeatRequest = parse_body(req)?;
         self.check_owner(req, &key, &body.peer_id)?;
         let observed = req.remote.ip().to_canonical();
-        let known = lock(&self.registry)
-            .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
-            .is_some();
+        let (known, moved) = {
+            let mut registry = lock(&self.registry);
+            let before = registry.generation();
+            let known = registry
+                .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
+                .is_some();
+            (known, registry.generation() != before)
+        };
+        if moved {
+            self.changes.notify();
+        }
         if !known {
             return Err(unknown_peer(&body.peer_id));
         }
@@ -624,6 +686,7 @@ impl Api {
             .map_err(|e| Refusal(500, format!("deregistration could not be stored: {e}")))?;
         lock(&self.registry).remove(id);
         drop(store);
+        self.changes.notify();
         log::info!(
             "deregistered {id} ({}) {by}; {} returns to the pool",
             record.hostname,
@@ -665,47 +728,147 @@ impl Api {
 
     fn peers(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
         let key = self.authenticate(req, authed)?;
-        let Some(raw_id) = req.query_param("peer_id") else {
-            return Err(Refusal(
-                400,
-                "missing query parameter `peer_id`: call GET /peers?peer_id=YOUR_PEER_ID".into(),
-            ));
-        };
-        let id: PeerId = raw_id
-            .parse()
-            .map_err(|e| Refusal(400, format!("query parameter `peer_id`: {e}")))?;
+        let query = PeersQuery::parse(|name| req.query_param(name)).map_err(|e| Refusal(400, e))?;
+        let id = query.peer_id.clone();
         self.check_owner(req, &key, &id)?;
-        let (generation, tags) = {
-            let registry = lock(&self.registry);
-            let Some(record) = registry.by_id(&id) else {
-                return Err(unknown_peer(&id));
-            };
-            (registry.generation(), record.tags.clone())
+        let tags = match lock(&self.registry).by_id(&id) {
+            Some(record) => record.tags.clone(),
+            None => return Err(unknown_peer(&id)),
         };
+        let Some(since) = query.since else {
+            return Ok(self.full_list(req, &id, &tags));
+        };
+        // Long-poll: answer as soon as something this caller sees changed, or at the deadline
+        // with the empty delta (blocking fallback: holds this request's thread meanwhile).
+        let deadline = query.wait.map(|wait| Instant::now() + wait);
+        loop {
+            let seen = self.changes.version();
+            match self.answer_since(req, &id, &tags, since) {
+                SinceAnswer::Ready(response) => return Ok(response),
+                SinceAnswer::Nothing(version) => match deadline {
+                    Some(deadline) if Instant::now() < deadline => {
+                        self.changes.wait_past(seen, deadline)
+                    }
+                    _ => return Ok(delta_response(live::empty_delta(version))),
+                },
+            }
+        }
+    }
+
+    /// The whole list a caller may see (`"full": true`), or 304 when its ETag is current.
+    fn full_list(&self, req: &Request, id: &PeerId, tags: &[Tag]) -> Response {
+        let generation = lock(&self.registry).generation();
         let (_, policy_version) = self.trust.policy.current();
         let etag = self.etag(generation, policy_version);
         if let Some(tags) = req.header("if-none-match") {
             if tags.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-                return Ok(Response {
+                return Response {
                     status: 304,
                     headers: vec![("ETag", etag)],
                     body: Body::Empty,
-                });
+                };
             }
         }
-        let cache = self.current_list(&tags);
-        let parts = match cache.cut.get(&id) {
+        let cache = self.current_list(tags);
+        let parts = match cache.cut.get(id) {
             Some(cut) => [0..cut.start, cut.end..cache.body.len()],
             None => [0..cache.body.len(), 0..0],
         };
-        Ok(Response {
+        Response {
             status: 200,
             headers: vec![
                 ("Content-Type", "application/json".into()),
                 ("ETag", self.etag(cache.generation, cache.policy_version)),
             ],
             body: Body::Shared(cache.body.clone(), parts),
-        })
+        }
+    }
+
+    /// What a caller at version `since` gets now: a delta, the full list when `since` cannot
+    /// be answered as a delta, or nothing (with the version it is current at).
+    fn answer_since(&self, req: &Request, id: &PeerId, tags: &[Tag], since: u64) -> SinceAnswer {
+        match self.group_delta(tags, since) {
+            GroupAnswer::Full => SinceAnswer::Ready(self.full_list(req, id, tags)),
+            GroupAnswer::Current(version) => SinceAnswer::Nothing(version),
+            GroupAnswer::Delta(delta) if delta.is_empty_for(id) => {
+                SinceAnswer::Nothing(delta.version)
+            }
+            GroupAnswer::Delta(delta) => SinceAnswer::Ready(delta_response(delta.body_for(id))),
+        }
+    }
+
+    /// The delta from `since` to now for a tag group, computed and serialized once per
+    /// group, `since` and version, whoever asks. The policy is read under the registry lock,
+    /// where reloads swap it, so a delta and its version always belong together.
+    fn group_delta(&self, group: &[Tag], since: u64) -> GroupAnswer {
+        let mut slots = lock(&self.deltas);
+        let key = (group.to_vec(), since);
+        let registry = lock(&self.registry);
+        let version = registry.generation();
+        if let Some(delta) = slots.get(&key).filter(|d| d.version == version) {
+            return GroupAnswer::Delta(delta.clone());
+        }
+        let (peers, policy_then) = match registry.changes().since(since) {
+            Since::Current => return GroupAnswer::Current(version),
+            Since::Full => return GroupAnswer::Full,
+            Since::Delta { peers, policy_then } => (peers, policy_then),
+        };
+        let (policy, _) = self.trust.policy.current();
+        let plan = changes::delta(
+            &peers,
+            policy_then.as_deref(),
+            &policy,
+            group,
+            |id| {
+                registry.by_id(id).map(|r| PeerState {
+                    tags: &r.tags,
+                    online: r.online,
+                })
+            },
+            registry.online_ids(),
+        );
+        let entries: Vec<PeerInfo> = plan
+            .changed
+            .iter()
+            .filter_map(|id| registry.info(id))
+            .collect();
+        drop(registry);
+        let delta = Arc::new(GroupDelta {
+            version,
+            changed: entries
+                .into_iter()
+                .map(|entry| {
+                    let bytes = serde_json::to_vec(&entry).expect("API types always serialize");
+                    (entry.id, bytes)
+                })
+                .collect(),
+            removed: plan.removed,
+        });
+        slots.retain(|_, d| d.version == version);
+        slots.insert(key, delta.clone());
+        GroupAnswer::Delta(delta)
+    }
+
+    /// `POST /offline`: a peer stopping on purpose leaves everyone's list now, keeping its
+    /// registration and address; its next heartbeat or registration brings it back.
+    fn offline(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
+        let key = self.authenticate(req, authed)?;
+        let body: OfflineRequest = parse_body(req)?;
+        self.check_owner(req, &key, &body.peer_id)?;
+        let (known, moved) = {
+            let mut registry = lock(&self.registry);
+            let before = registry.generation();
+            let known = registry.offline(&body.peer_id).is_some();
+            (known, registry.generation() != before)
+        };
+        if !known {
+            return Err(unknown_peer(&body.peer_id));
+        }
+        if moved {
+            self.changes.notify();
+            log::info!("peer {} went offline on purpose", body.peer_id);
+        }
+        Ok(ok_json(&SuccessResponse { success: true }))
     }
 
     /// The cached list for a tag group at the current generation and policy, rebuilt by one
@@ -713,9 +876,9 @@ impl Api {
     /// serializing.
     fn current_list(&self, group: &[Tag]) -> Arc<PeerListCache> {
         let mut slots = lock(&self.cache);
-        let (policy, policy_version) = self.trust.policy.current();
-        let (generation, entries) = {
+        let (policy, policy_version, generation, entries) = {
             let registry = lock(&self.registry);
+            let (policy, policy_version) = self.trust.policy.current();
             let generation = registry.generation();
             if let Some(cache) = slots
                 .get(group)
@@ -723,7 +886,7 @@ impl Api {
             {
                 return cache.clone();
             }
-            (generation, registry.online_tagged())
+            (policy, policy_version, generation, registry.online_tagged())
         };
         if slots
             .values()
@@ -744,7 +907,10 @@ impl Api {
             .map(|(_, entry)| entry)
             .collect();
         let mut body = Vec::with_capacity(64 + visible.len() * 320);
-        body.extend_from_slice(b"{\"peers\":[");
+        body.extend_from_slice(
+            format!("{{\"success\":true,\"version\":{generation},\"full\":true,\"peers\":[")
+                .as_bytes(),
+        );
         let mut spans = Vec::with_capacity(visible.len());
         for (i, entry) in visible.iter().enumerate() {
             if i > 0 {
@@ -998,6 +1164,10 @@ impl Api {
                 "GET" => (MetricEndpoint::Peers, self.peers(req, authed)),
                 _ => (MetricEndpoint::Peers, wrong_method("GET")),
             },
+            "/offline" => match method {
+                "POST" => (MetricEndpoint::Other, self.offline(req, authed)),
+                _ => (MetricEndpoint::Other, wrong_method("POST")),
+            },
             "/deregister" => match method {
                 "POST" => (
                     MetricEndpoint::Deregister,
@@ -1099,6 +1269,7 @@ impl Handler for Api {
                         | MetricEndpoint::Metrics => "GET",
                         MetricEndpoint::Deregister if req.path().starts_with("/peers/") => "DELETE",
                         MetricEndpoint::Other if req.path() == "/key" => "GET",
+                        MetricEndpoint::Other if req.path() == "/offline" => "POST",
                         MetricEndpoint::Other => "DELETE",
                         _ => "POST",
                     };

@@ -2,11 +2,13 @@
 //! checks and persistence, served over HTTP on plain std threads.
 //!
 //! Threads: one accepts connections, one per open connection serves requests, and one
-//! sweeper marks silent peers offline and compacts the store on each `sweep_interval`.
+//! sweeper marks silent peers offline every second (waking long-polls) and compacts the
+//! store on each `sweep_interval`.
 
 pub mod api;
 pub mod changes;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod registry;
 pub mod trust;
@@ -274,6 +276,10 @@ impl RunningServer {
     }
 }
 
+/// How often silent peers are looked for: a dead node leaves every list within the heartbeat
+/// timeout plus this (and the moment's delivery), at the cost of one pass over the registry.
+pub const TIMEOUT_CHECK: Duration = Duration::from_secs(1);
+
 fn sweep_loop(
     api: &api::Api,
     stop: &(Mutex<bool>, Condvar),
@@ -281,10 +287,12 @@ fn sweep_loop(
     timeout: Duration,
 ) {
     let (flag, wake) = stop;
+    let tick = interval.min(TIMEOUT_CHECK);
+    let mut next_compaction = std::time::Instant::now() + interval;
     let mut stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let (guard, _) = wake
-            .wait_timeout(stopped, interval)
+            .wait_timeout(stopped, tick)
             .unwrap_or_else(|p| p.into_inner());
         stopped = guard;
         if *stopped {
@@ -292,8 +300,12 @@ fn sweep_loop(
         }
         drop(stopped);
         api.sweep(timeout);
-        if let Err(e) = api.compact(false) {
-            log::error!("cannot write the registry snapshot: {e}");
+        // Snapshots keep their own pace: sweeping often must not mean writing often.
+        if std::time::Instant::now() >= next_compaction {
+            next_compaction = std::time::Instant::now() + interval;
+            if let Err(e) = api.compact(false) {
+                log::error!("cannot write the registry snapshot: {e}");
+            }
         }
         stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     }
