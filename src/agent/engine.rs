@@ -395,11 +395,17 @@ impl Engine {
     /// (kept beside the config, so a one-shot `sync` benefits too), else the whole list, or
     /// the last one on a 304. Returns the list and whether it is unchanged.
     pub fn fetch_peers(&mut self) -> Result<(Vec<PeerInfo>, bool), AgentError> {
+        self.fetch_peers_from(true)
+    }
+
+    /// [`Engine::fetch_peers`]; `use_cache: false` (dry runs) starts from the whole list
+    /// instead of the cached version, so what is printed never depends on an earlier run.
+    fn fetch_peers_from(&mut self, use_cache: bool) -> Result<(Vec<PeerInfo>, bool), AgentError> {
         let peer_id = match &self.config.assignment {
             Some(a) => a.peer_id.clone(),
             None => self.register()?.peer_id.clone(),
         };
-        if self.last_list.is_none() && self.persist {
+        if self.last_list.is_none() && self.persist && use_cache {
             self.last_list = load_known_peers(&self.config_path);
         }
         if let Some(since) = self.last_list.as_ref().and_then(|k| k.version) {
@@ -408,7 +414,7 @@ impl Engine {
                     log::warn!("the server no longer knows {peer_id}: registering again");
                     self.register()?;
                     self.last_list = None;
-                    return self.fetch_peers();
+                    return self.fetch_peers_from(false);
                 }
                 other => other?,
             };
@@ -518,7 +524,7 @@ impl Engine {
         if self.config.assignment.is_none() {
             self.register()?;
         }
-        let (peers, unchanged) = self.fetch_peers()?;
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
         self.reconcile(&peers, unchanged, sink)
     }
 
