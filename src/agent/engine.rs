@@ -1103,6 +1103,82 @@ mod tests {
         assert_eq!(chosen[1].allowed_ips.len(), 2);
     }
 
+    fn listed(n: u8, endpoint: &str) -> PeerInfo {
+        let key = crate::keys::PublicKey::from_bytes([n; 32]);
+        PeerInfo {
+            id: crate::types::PeerId::for_key(&key),
+            public_key: key,
+            virtual_ip: std::net::Ipv4Addr::new(10, 100, 0, n),
+            endpoint: Some(endpoint.parse().unwrap()),
+            hostname: format!("h{n}").parse().unwrap(),
+            os: "linux".parse().unwrap(),
+            allowed_ips: vec![format!("10.100.0.{n}/32").parse().unwrap()],
+            exit_node: false,
+            online: true,
+            last_heartbeat: String::new(),
+        }
+    }
+
+    fn answer(version: u64, full: bool, peers: Vec<PeerInfo>, removed: &[&PeerInfo]) -> PeersDelta {
+        PeersDelta {
+            version,
+            full,
+            peers: if full { peers.clone() } else { Vec::new() },
+            changed: if full { Vec::new() } else { peers },
+            removed: removed.iter().map(|p| p.id.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn deltas_update_add_and_drop_peers_and_keep_address_order() {
+        let (a, b, c) = (
+            listed(1, "198.18.0.1:1"),
+            listed(2, "198.18.0.2:1"),
+            listed(3, "198.18.0.3:1"),
+        );
+        let mut known = KnownPeers::default();
+        assert!(known.apply(answer(10, true, vec![c.clone(), a.clone()], &[])));
+        assert_eq!(known.peers, vec![a.clone(), c.clone()]);
+        assert_eq!(known.version, Some(10));
+        // b joins, a moves, c leaves; an unknown id in `removed` is ignored.
+        let moved = listed(1, "198.18.0.9:1");
+        let stranger = listed(9, "198.18.0.99:1");
+        assert!(known.apply(answer(
+            12,
+            false,
+            vec![b.clone(), moved.clone()],
+            &[&c, &stranger]
+        )));
+        assert_eq!(known.peers, vec![moved.clone(), b.clone()]);
+        assert_eq!(known.version, Some(12));
+        // An empty delta only moves the version.
+        assert!(!known.apply(answer(13, false, vec![], &[])));
+        assert_eq!(known.version, Some(13));
+        // An answer older than the list (an overtaken long-poll) changes nothing.
+        assert!(!known.apply(answer(11, false, vec![c.clone()], &[&moved])));
+        assert_eq!(known.peers, vec![moved.clone(), b.clone()]);
+        assert_eq!(known.version, Some(13));
+    }
+
+    #[test]
+    fn a_full_answer_leaves_no_stale_peer_behind() {
+        let (a, b, c) = (
+            listed(1, "198.18.0.1:1"),
+            listed(2, "198.18.0.2:1"),
+            listed(3, "198.18.0.3:1"),
+        );
+        let mut known = KnownPeers {
+            peers: vec![a.clone(), b.clone()],
+            etag: Some("\"x\"".into()),
+            version: Some(5),
+        };
+        // Missed deltas (asleep, server restarted): the full list replaces everything.
+        assert!(known.apply(answer(99, true, vec![c.clone()], &[])));
+        assert_eq!(known.peers, vec![c]);
+        assert_eq!(known.etag, None);
+        assert!(!known.apply(answer(100, true, known.peers.clone(), &[])));
+    }
+
     #[test]
     fn word_after_reads_route_output() {
         let out = "default via 198.18.0.254 dev eth0 proto static\n";
