@@ -61,7 +61,7 @@ fn peers_carries_a_version_and_since_answers_only_what_changed() {
     let full = get(&server, &format!("/peers?peer_id={a}"), None);
     assert_eq!(full.json["success"], true);
     let v1 = version_of(&full);
-    assert_eq!(ids(&full.json["peers"]), [b.clone()]);
+    assert_eq!(ids(&full.json["peers"]), vec![b.clone()]);
 
     // Nothing changed: an empty delta at the same version.
     let same = since(&server, &a, v1, None);
@@ -111,7 +111,7 @@ fn peers_carries_a_version_and_since_answers_only_what_changed() {
     let mine = since(&server, &c, v2, None);
     assert_eq!(mine.json["changed"], serde_json::json!([]));
     let theirs = since(&server, &a, v2, None);
-    assert_eq!(ids(&theirs.json["changed"]), [c.clone()]);
+    assert_eq!(ids(&theirs.json["changed"]), vec![c.clone()]);
 
     // A departure (deregistration) is `removed`.
     let v3 = version_of(&theirs);
@@ -140,7 +140,7 @@ fn unknown_versions_and_restarts_get_the_full_list() {
     for unknown in [0, 1, v + 1_000] {
         let full = since(&server, &a, unknown, None);
         assert_eq!(full.json["full"], true, "since={unknown}: {}", full.json);
-        assert_eq!(ids(&full.json["peers"]), [b.clone()]);
+        assert_eq!(ids(&full.json["peers"]), vec![b.clone()]);
         assert_eq!(version_of(&full), v);
     }
     drop(server);
@@ -341,12 +341,12 @@ fn a_policy_reload_reaches_deltas_as_peers_entering_and_leaving_the_view() {
         assert_eq!(reload.status, 200, "{}", reload.json);
         // b sees a for the first time: woken, a is in `changed`.
         let answer = waiting.join().unwrap();
-        assert_eq!(ids(&answer.json["changed"]), [a.clone()]);
+        assert_eq!(ids(&answer.json["changed"]), vec![a.clone()]);
     });
     // a lost c and gained b.
     let delta = since(&server, a, va, None);
     assert_eq!(delta.json["full"], false);
-    assert_eq!(ids(&delta.json["changed"]), [b.clone()]);
+    assert_eq!(ids(&delta.json["changed"]), vec![b.clone()]);
     assert_eq!(delta.json["removed"], serde_json::json!([c]));
     // And c lost a.
     let vc_old = va; // c's list at the same version showed a

@@ -51,6 +51,9 @@ struct PeerListCache {
     cut: std::collections::HashMap<PeerId, Range<usize>>,
 }
 
+/// A cached delta's key: the tag group and the `since` it answers.
+type DeltaKey = (Vec<Tag>, u64);
+
 /// What `/peers?since=N` has for one caller right now.
 enum SinceAnswer {
     /// Send this (a delta or the full list).
@@ -81,7 +84,7 @@ pub struct Api {
     /// One cached list per tag group (the caller's sorted tags).
     cache: Mutex<HashMap<Vec<Tag>, Arc<PeerListCache>>>,
     /// One cached delta per tag group and `since`, at the current version only.
-    deltas: Mutex<HashMap<(Vec<Tag>, u64), Arc<GroupDelta>>>,
+    deltas: Mutex<HashMap<DeltaKey, Arc<GroupDelta>>>,
     /// Wakes long-polls (`/peers?since=N&wait=SECS`) when the version moves.
     changes: ChangeSignal,
     metrics: Metrics,
