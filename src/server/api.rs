@@ -1014,7 +1014,10 @@ impl Api {
 
     fn admin(&self, req: &Request, rest: &str) -> Result<Response, Refusal> {
         self.admin_check(req)?;
-        let method = req.method.as_str();
+        let method = match req.method.as_str() {
+            "HEAD" => "GET",
+            other => other,
+        };
         let now = SystemTime::now();
         match (method, rest) {
             ("GET", "tokens") => {
@@ -1147,7 +1150,11 @@ impl Api {
         authed: &mut Option<Authed>,
     ) -> (MetricEndpoint, Result<Response, Refusal>) {
         let path = req.path();
-        let method = req.method.as_str();
+        // HEAD is GET without the body (the connection layer drops it) on every resource.
+        let method = match req.method.as_str() {
+            "HEAD" => "GET",
+            other => other,
+        };
         let wrong_method = |allow: &'static str| {
             Err(Refusal(
                 405,
@@ -1189,7 +1196,7 @@ impl Api {
                 _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
             "/healthz" => match method {
-                "GET" | "HEAD" => (MetricEndpoint::Healthz, Ok(self.healthz())),
+                "GET" => (MetricEndpoint::Healthz, Ok(self.healthz())),
                 _ => (MetricEndpoint::Healthz, wrong_method("GET")),
             },
             "/metrics" => match method {

@@ -1,0 +1,436 @@
+//! The coordination server's HTTP/1.1 connection layer, parsing with `httparse` and
+//! answering through a [`Handler`].
+//!
+//! Design (for 10,000 agents, each with an idle keep-alive connection and a parked
+//! long-poll): a connection costs a thread only while it has something to do.
+//! - one accept thread hands every new socket to the readiness loop ([`accept`]);
+//! - one readiness loop thread ([`poller`]) owns every *waiting* connection: idle between
+//!   requests, parked on a long-poll ([`Park`]), or draining before close. It watches them
+//!   with epoll/kqueue (`mio`), enforces their deadlines (idle timeout, park deadline), wakes
+//!   parked requests when their [`Notifier`] moves, and hands a readable connection to a
+//!   worker;
+//! - an elastic worker pool ([`pool`]) reads the request with blocking reads bounded by the
+//!   request timeout, runs the handler (at most `--threads` at once), writes the answer, and
+//!   gives the connection back to the loop. Workers start when every one is busy (so slow
+//!   clients cannot stall others) and exit after a few idle seconds.
+//!
+//! Why not tiny_http's own loop: it hands each connection to a task pool whose spawn races
+//! with idle workers (a keep-alive connection can starve behind ones that never close), has
+//! no idle timeout, no header limit, and pins an old rustls.
+//!
+//! HTTPS ([`HttpServer::start_tls`]): the handshake runs on a worker when the first bytes
+//! arrive, bounded by the request timeout; the session then travels with the connection.
+
+mod accept;
+mod conn;
+mod park;
+mod parse;
+mod poller;
+mod pool;
+mod readiness;
+mod tls;
+
+pub use park::{Notifier, Park, Reply, Wake};
+pub use parse::parse_requests;
+pub use tls::{load_tls_config, TlsFiles};
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default `--max-connections`: two per agent (a parked long-poll and a heartbeat) for
+/// 10,000 agents, with room to spare.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32_768;
+
+/// Limits that keep one client from taking the server down.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line plus headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted; larger gets 413 without being read.
+    pub max_body_bytes: usize,
+    /// How long a keep-alive connection may sit without starting a request.
+    pub idle_timeout: Duration,
+    /// How long a client may take to send one whole request once it started it.
+    pub request_timeout: Duration,
+    /// Most connections open at once; past it new ones get 503 and are closed. Waiting
+    /// connections (idle or parked) cost a descriptor and a few hundred bytes, not a thread.
+    pub max_connections: usize,
+    /// Most requests running handler code at once (`--threads`).
+    pub handler_threads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handler_threads: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+        }
+    }
+}
+
+/// A parsed request, handed to the handler with its body fully read.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method, e.g. "GET".
+    pub method: String,
+    /// The request target: path plus query.
+    pub target: String,
+    /// Headers in arrival order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty when there is none).
+    pub body: Vec<u8>,
+    /// Who sent it, for endpoint discovery and rate limits.
+    pub remote: SocketAddr,
+}
+
+impl Request {
+    /// The path without the query string.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The raw value of one query parameter (no percent-decoding: wgmesh ids need none).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        let query = self.target.split_once('?')?.1;
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The first header with this name, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a response body is made of.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// No body (e.g. 304).
+    Empty,
+    /// A body built for this response.
+    Owned(Vec<u8>),
+    /// Up to two slices of a shared, cached buffer: how `/peers` sends the cached list minus
+    /// the caller's own entry without copying it.
+    Shared(Arc<Vec<u8>>, [Range<usize>; 2]),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::Owned(v) => v.len(),
+            Body::Shared(_, parts) => parts.iter().map(|r| r.len()).sum(),
+        }
+    }
+}
+
+/// A response to write back.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Extra headers (Content-Length and Connection are added by the layer).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Body,
+}
+
+impl Response {
+    /// A JSON response with an owned body.
+    pub fn json(status: u16, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type", "application/json".into())],
+            body: Body::Owned(body),
+        }
+    }
+
+    /// The API's uniform error: `{"success": false, "error": message}`.
+    pub fn error(status: u16, message: &str) -> Response {
+        let body = serde_json::to_vec(&crate::model::ErrorResponse {
+            success: false,
+            error: message.to_owned(),
+        })
+        .expect("serializing a string cannot fail");
+        Response::json(status, body)
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// The application behind the connection layer.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. Runs on a worker thread, within a handler slot.
+    fn handle(&self, request: &Request) -> Response;
+
+    /// Answers one request now, or parks it (a long-poll; see [`Park`]). The connection
+    /// layer calls this; the default answers with [`Handler::handle`].
+    fn handle_or_park(&self, request: &Request) -> Reply {
+        Reply::Now(self.handle(request))
+    }
+
+    /// Told about every request the layer itself refused (malformed, too large, too slow,
+    /// too many connections), so they can be counted.
+    fn rejected(&self, status: u16) {
+        let _ = status;
+    }
+}
+
+/// Connection counts, for figures and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Connections open (accepted and not yet closed).
+    pub open: usize,
+    /// Of those, waiting idle between requests in the readiness loop.
+    pub idle: usize,
+    /// Of those, parked on a long-poll in the readiness loop.
+    pub parked: usize,
+    /// Worker threads alive.
+    pub workers: usize,
+}
+
+/// A running HTTP server: the accept thread, the readiness loop and its workers.
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    shared: Arc<poller::Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Starts accepting plain HTTP on `listener`, answering with `handler` under `limits`.
+    pub fn start(
+        listener: TcpListener,
+        limits: Limits,
+        handler: Arc<dyn Handler>,
+    ) -> io::Result<HttpServer> {
+        Self::start_inner(listener, limits, handler, None)
+    }
+
+    /// Like [`HttpServer::start`], but every connection speaks HTTPS with `tls` (see
+    /// [`load_tls_config`]). A client that sends plain HTTP to this port gets a plain-HTTP
+    /// 400 naming the problem rather than a silent close, so the mistake is obvious.
+    pub fn start_tls(
+        listener: TcpListener,
+        limits: Limits,
+        handler: Arc<dyn Handler>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> io::Result<HttpServer> {
+        Self::start_inner(listener, limits, handler, Some(tls))
+    }
+
+    fn start_inner(
+        listener: TcpListener,
+        limits: Limits,
+        handler: Arc<dyn Handler>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<HttpServer> {
+        if let Some(nofile) = accept::raise_nofile_limit() {
+            if (nofile as usize) < limits.max_connections + 64 {
+                log::warn!(
+                    "the open-file limit ({nofile}) is below --max-connections ({}): past it, idle connections are closed and new ones answered 503; raise the hard limit (`ulimit -Hn`, LimitNOFILE=) to serve that many",
+                    limits.max_connections
+                );
+            }
+        }
+        let local_addr = listener.local_addr()?;
+        let (handle, readiness, rx, notified) = poller::channel()?;
+        let shared = Arc::new(poller::Shared {
+            pool: pool::Pool::new(limits.max_connections),
+            limits,
+            handler,
+            gate: conn::Gate::default(),
+            handle,
+            open: Arc::new(AtomicUsize::new(0)),
+            counts: poller::Counts::default(),
+            stop: AtomicBool::new(false),
+        });
+        let event_loop = poller::Loop::new(shared.clone(), readiness, rx, notified);
+        let loop_thread = std::thread::Builder::new()
+            .name("http-loop".into())
+            .spawn(move || event_loop.run())?;
+        let accept_thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("http-accept".into())
+                .spawn(move || accept::accept_loop(listener, shared, tls))?
+        };
+        Ok(HttpServer {
+            local_addr,
+            shared,
+            threads: vec![accept_thread, loop_thread],
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many connections are open, waiting or parked, and how many workers run.
+    pub fn stats(&self) -> ConnStats {
+        ConnStats {
+            open: self.shared.open.load(Ordering::SeqCst),
+            idle: self.shared.counts.idle.load(Ordering::Relaxed),
+            parked: self.shared.counts.parked.load(Ordering::Relaxed),
+            workers: self.shared.pool.threads(),
+        }
+    }
+
+    /// Stops accepting new connections and closes waiting ones; requests being handled
+    /// finish, parked ones are dropped.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.handle.wake();
+        // Wake the blocking accept() with a throwaway connection.
+        let mut wake = self.local_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.shared.pool.stop();
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    struct Hello;
+    impl Handler for Hello {
+        fn handle(&self, _: &Request) -> Response {
+            Response::json(200, b"{}".to_vec())
+        }
+    }
+
+    fn tls_server(request_timeout: Duration) -> HttpServer {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "wgmesh-http-tls-{}-{}",
+            std::process::id(),
+            request_timeout.as_millis()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        let config = load_tls_config(&files).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let limits = Limits {
+            request_timeout,
+            idle_timeout: request_timeout,
+            ..Limits::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        HttpServer::start_tls(listener, limits, Arc::new(Hello), config).unwrap()
+    }
+
+    /// Seconds until the server closes a connection that trickles `bytes` one at a time.
+    fn seconds_until_closed(server: &HttpServer, bytes: &[u8], gap: Duration) -> f64 {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let start = Instant::now();
+        let mut sink = [0u8; 256];
+        for byte in bytes.iter().cycle() {
+            if stream.write_all(&[*byte]).is_err() {
+                break;
+            }
+            match stream.read(&mut sink) {
+                Ok(0) => break,
+                Err(e) if !parse::is_timeout(&e) => break,
+                _ => {}
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "never closed");
+            std::thread::sleep(gap);
+        }
+        start.elapsed().as_secs_f64()
+    }
+
+    #[test]
+    fn a_stalled_or_trickled_tls_handshake_is_cut_at_the_request_timeout() {
+        let server = tls_server(Duration::from_millis(400));
+        // A ClientHello record header, then nothing more.
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let start = Instant::now();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        // One byte of a long record every 50 ms: each socket read succeeds well within the
+        // timeout, so only a deadline re-armed per read cuts it.
+        let mut hello = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        hello.extend(std::iter::repeat_n(0x01, 0x4000));
+        let secs = seconds_until_closed(&server, &hello, Duration::from_millis(50));
+        assert!(secs < 2.0, "trickled handshake lasted {secs} s");
+    }
+
+    #[test]
+    fn plain_http_on_the_tls_port_gets_a_plain_answer() {
+        let server = tls_server(Duration::from_secs(5));
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("HTTPS only"), "{answer}");
+        assert!(answer.contains("Connection: close"), "{answer}");
+    }
+}
+
+/// Real-socket tests of the loop: parking, conformance on the wire, graceful close.
+#[cfg(test)]
+mod loop_tests;
