@@ -354,3 +354,40 @@ fn a_policy_reload_reaches_deltas_as_peers_entering_and_leaving_the_view() {
     assert_eq!(delta.json["removed"], serde_json::json!([a]));
     assert_eq!(delta.json["changed"], serde_json::json!([]));
 }
+
+#[test]
+fn parked_long_polls_hold_no_handler_thread() {
+    // One handler thread, fifty long-polls held: heartbeats and registrations still go
+    // through at once, and one change answers every poll.
+    let dir = TempDir::new("parked");
+    let server = ServerProcess::start(
+        &dir.path().join("peers.json"),
+        &["--open", "--threads", "1"],
+    );
+    let pollers: Vec<String> = (0..50)
+        .map(|i| id_of(&register(&server, &new_key(), &format!("p{i}"))))
+        .collect();
+    let v = version_of(&get(
+        &server,
+        &format!("/peers?peer_id={}", pollers[0]),
+        None,
+    ));
+    std::thread::scope(|s| {
+        let waiting: Vec<_> = pollers
+            .iter()
+            .map(|id| s.spawn(|| since(&server, id, v, Some(8))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        assert_eq!(heartbeat(&server, &pollers[0], None).status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a heartbeat waited"
+        );
+        let newcomer = id_of(&register(&server, &new_key(), "late"));
+        for poll in waiting {
+            let answer = poll.join().unwrap();
+            assert_eq!(ids(&answer.json["changed"]), vec![newcomer.clone()]);
+        }
+    });
+}

@@ -9,8 +9,8 @@
 //! caller only the peers the access policy lets it see. `/admin/...` takes the admin secret.
 
 use super::changes::{self, PeerState, Since};
-use super::http::{Body, Handler, Request, Response};
-use super::live::{self, ChangeSignal, GroupDelta, PeersQuery};
+use super::http::{Body, Handler, Notifier, Park, Reply, Request, Response, Wake};
+use super::live::{self, GroupDelta, PeersQuery};
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
 use super::registry::{Prepared, Registration, Registry};
 use super::trust::{Trust, ADMIN_HEADER};
@@ -85,8 +85,11 @@ pub struct Api {
     cache: Mutex<HashMap<Vec<Tag>, Arc<PeerListCache>>>,
     /// One cached delta per tag group and `since`, at the current version only.
     deltas: Mutex<HashMap<DeltaKey, Arc<GroupDelta>>>,
-    /// Wakes long-polls (`/peers?since=N&wait=SECS`) when the version moves.
-    changes: ChangeSignal,
+    /// Wakes long-polls (`/peers?since=N&wait=SECS`) parked in the connection layer when
+    /// the version moves.
+    changes: Notifier,
+    /// This API's own `Arc`, for long-polls answered after their handler returned.
+    me: std::sync::OnceLock<std::sync::Weak<Api>>,
     metrics: Metrics,
     auth: ServerAuth,
     server_public_key: PublicKey,
@@ -100,6 +103,7 @@ pub struct Api {
 }
 
 /// Who signed a request that verified, so the answer can be signed for them.
+#[derive(Clone)]
 struct Authed {
     key: PublicKey,
     nonce: String,
@@ -293,7 +297,8 @@ impl Api {
             store: Mutex::new(store),
             cache: Mutex::new(HashMap::new()),
             deltas: Mutex::new(HashMap::new()),
-            changes: ChangeSignal::default(),
+            changes: Notifier::new(),
+            me: std::sync::OnceLock::new(),
             metrics: Metrics::default(),
             server_public_key: server_key.public_key(),
             auth: ServerAuth::new(server_key, ReplayCache::default()),
@@ -303,6 +308,12 @@ impl Api {
             epoch: u64::from_le_bytes(seed),
             stun_stats: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets long-polls outlive their handler call (parked requests resume on this `Arc`);
+    /// without it long-polls are answered at once.
+    pub fn attach(self: &Arc<Api>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     /// Hands over the STUN services' counters for `/metrics` (once, at startup).
@@ -729,41 +740,53 @@ impl Api {
         format!("\"{:016x}-{generation}-{policy_version}\"", self.epoch)
     }
 
+    /// `GET /peers` without holding: a long-poll reaching here (outside the connection
+    /// layer's parking) is answered at once.
     fn peers(&self, req: &Request, authed: &mut Option<Authed>) -> Result<Response, Refusal> {
+        let (query, tags) = self.peers_query(req, authed)?;
+        Ok(self.peers_answer(req.header("if-none-match"), &query, &tags))
+    }
+
+    /// Authenticates a `/peers` request and parses it; returns the query and the caller's tags.
+    fn peers_query(
+        &self,
+        req: &Request,
+        authed: &mut Option<Authed>,
+    ) -> Result<(PeersQuery, Vec<Tag>), Refusal> {
         let key = self.authenticate(req, authed)?;
         let query = PeersQuery::parse(|name| req.query_param(name)).map_err(|e| Refusal(400, e))?;
-        let id = query.peer_id.clone();
-        self.check_owner(req, &key, &id)?;
-        let tags = match lock(&self.registry).by_id(&id) {
+        self.check_owner(req, &key, &query.peer_id)?;
+        let tags = match lock(&self.registry).by_id(&query.peer_id) {
             Some(record) => record.tags.clone(),
-            None => return Err(unknown_peer(&id)),
+            None => return Err(unknown_peer(&query.peer_id)),
         };
+        Ok((query, tags))
+    }
+
+    /// The answer to a `/peers` query right now: the full list (or 304), or what changed
+    /// since its version (empty when nothing did).
+    fn peers_answer(
+        &self,
+        if_none_match: Option<&str>,
+        query: &PeersQuery,
+        tags: &[Tag],
+    ) -> Response {
+        let id = &query.peer_id;
         let Some(since) = query.since else {
-            return Ok(self.full_list(req, &id, &tags));
+            return self.full_list(if_none_match, id, tags);
         };
-        // Long-poll: answer as soon as something this caller sees changed, or at the deadline
-        // with the empty delta (blocking fallback: holds this request's thread meanwhile).
-        let deadline = query.wait.map(|wait| Instant::now() + wait);
-        loop {
-            let seen = self.changes.version();
-            match self.answer_since(req, &id, &tags, since) {
-                SinceAnswer::Ready(response) => return Ok(response),
-                SinceAnswer::Nothing(version) => match deadline {
-                    Some(deadline) if Instant::now() < deadline => {
-                        self.changes.wait_past(seen, deadline)
-                    }
-                    _ => return Ok(delta_response(live::empty_delta(version))),
-                },
-            }
+        match self.answer_since(if_none_match, id, tags, since) {
+            SinceAnswer::Ready(response) => response,
+            SinceAnswer::Nothing(version) => delta_response(live::empty_delta(version)),
         }
     }
 
     /// The whole list a caller may see (`"full": true`), or 304 when its ETag is current.
-    fn full_list(&self, req: &Request, id: &PeerId, tags: &[Tag]) -> Response {
+    fn full_list(&self, if_none_match: Option<&str>, id: &PeerId, tags: &[Tag]) -> Response {
         let generation = lock(&self.registry).generation();
         let (_, policy_version) = self.trust.policy.current();
         let etag = self.etag(generation, policy_version);
-        if let Some(tags) = req.header("if-none-match") {
+        if let Some(tags) = if_none_match {
             if tags.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
                 return Response {
                     status: 304,
@@ -789,9 +812,15 @@ impl Api {
 
     /// What a caller at version `since` gets now: a delta, the full list when `since` cannot
     /// be answered as a delta, or nothing (with the version it is current at).
-    fn answer_since(&self, req: &Request, id: &PeerId, tags: &[Tag], since: u64) -> SinceAnswer {
+    fn answer_since(
+        &self,
+        if_none_match: Option<&str>,
+        id: &PeerId,
+        tags: &[Tag],
+        since: u64,
+    ) -> SinceAnswer {
         match self.group_delta(tags, since) {
-            GroupAnswer::Full => SinceAnswer::Ready(self.full_list(req, id, tags)),
+            GroupAnswer::Full => SinceAnswer::Ready(self.full_list(if_none_match, id, tags)),
             GroupAnswer::Current(version) => SinceAnswer::Nothing(version),
             GroupAnswer::Delta(delta) if delta.is_empty_for(id) => {
                 SinceAnswer::Nothing(delta.version)
@@ -1246,11 +1275,42 @@ fn unknown_peer(id: &PeerId) -> Refusal {
     )
 }
 
-impl Handler for Api {
-    fn handle(&self, req: &Request) -> Response {
-        let started = Instant::now();
-        let mut authed = None;
-        let (endpoint, result) = self.route(req, &mut authed);
+/// What finishing an answer needs to know of its request (a parked request is gone by then).
+struct RequestLine<'a> {
+    method: &'a str,
+    target: &'a str,
+    remote: std::net::SocketAddr,
+}
+
+impl RequestLine<'_> {
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or(self.target)
+    }
+}
+
+/// A long-poll held until something its caller sees changes: everything needed to answer
+/// it later, since the request itself (and its nonce) cannot be run again.
+struct HeldPoll {
+    id: PeerId,
+    tags: Vec<Tag>,
+    since: u64,
+    deadline: Instant,
+    authed: Option<Authed>,
+    method: String,
+    target: String,
+    remote: std::net::SocketAddr,
+}
+
+impl Api {
+    /// Signs, counts and logs an answer (or a refusal) to one request.
+    fn finish(
+        &self,
+        req: &RequestLine<'_>,
+        endpoint: MetricEndpoint,
+        started: Instant,
+        authed: Option<&Authed>,
+        result: Result<Response, Refusal>,
+    ) -> Response {
         let response = match result {
             Ok(response) => response,
             Err(refusal) => {
@@ -1288,7 +1348,7 @@ impl Handler for Api {
                 response
             }
         };
-        let response = match &authed {
+        let response = match authed {
             Some(a) => self.sign(a, response),
             None => response,
         };
@@ -1305,6 +1365,113 @@ impl Handler for Api {
         self.metrics
             .observe(endpoint, response.status, started.elapsed());
         response
+    }
+
+    /// `GET /peers?...&wait=SECS`: answered now when there is something to say (or the
+    /// request is refused), else parked in the connection layer without a thread until the
+    /// version moves or the wait runs out.
+    fn long_poll(&self, req: &Request) -> Reply {
+        let started = Instant::now();
+        let line = RequestLine {
+            method: &req.method,
+            target: &req.target,
+            remote: req.remote,
+        };
+        let mut authed = None;
+        let prepared = self.peers_query(req, &mut authed);
+        let (query, tags) = match prepared {
+            Ok(ok) => ok,
+            Err(refusal) => {
+                return Reply::Now(self.finish(
+                    &line,
+                    MetricEndpoint::Peers,
+                    started,
+                    authed.as_ref(),
+                    Err(refusal),
+                ))
+            }
+        };
+        let (Some(since), Some(wait), Some(api)) = (
+            query.since,
+            query.wait,
+            self.me.get().and_then(std::sync::Weak::upgrade),
+        ) else {
+            let result = self.peers_answer(req.header("if-none-match"), &query, &tags);
+            return Reply::Now(self.finish(
+                &line,
+                MetricEndpoint::Peers,
+                started,
+                authed.as_ref(),
+                Ok(result),
+            ));
+        };
+        let held = HeldPoll {
+            id: query.peer_id,
+            tags,
+            since,
+            deadline: Instant::now() + wait,
+            authed,
+            method: req.method.clone(),
+            target: req.target.clone(),
+            remote: req.remote,
+        };
+        api.hold(held, None)
+    }
+
+    /// Answers a held long-poll if its caller has something to see (or its time ran out),
+    /// else parks it (again) until the next change.
+    fn hold(self: Arc<Self>, held: HeldPoll, wake: Option<Wake>) -> Reply {
+        let started = Instant::now();
+        let seen = self.changes.version();
+        let answer = self.answer_since(None, &held.id, &held.tags, held.since);
+        let response = match answer {
+            SinceAnswer::Ready(response) => response,
+            SinceAnswer::Nothing(version)
+                if wake == Some(Wake::Deadline) || Instant::now() >= held.deadline =>
+            {
+                delta_response(live::empty_delta(version))
+            }
+            SinceAnswer::Nothing(_) => {
+                let (notifier, deadline) = (self.changes.clone(), held.deadline);
+                let api = self.clone();
+                return Reply::Park(Park::new(&notifier, seen, deadline, move |wake| {
+                    api.hold(held, Some(wake))
+                }));
+            }
+        };
+        let line = RequestLine {
+            method: &held.method,
+            target: &held.target,
+            remote: held.remote,
+        };
+        Reply::Now(self.finish(
+            &line,
+            MetricEndpoint::Peers,
+            started,
+            held.authed.as_ref(),
+            Ok(response),
+        ))
+    }
+}
+
+impl Handler for Api {
+    fn handle(&self, req: &Request) -> Response {
+        let started = Instant::now();
+        let mut authed = None;
+        let (endpoint, result) = self.route(req, &mut authed);
+        let line = RequestLine {
+            method: &req.method,
+            target: &req.target,
+            remote: req.remote,
+        };
+        self.finish(&line, endpoint, started, authed.as_ref(), result)
+    }
+
+    fn handle_or_park(&self, req: &Request) -> Reply {
+        if req.method == "GET" && req.path() == "/peers" && req.query_param("wait").is_some() {
+            return self.long_poll(req);
+        }
+        Reply::Now(self.handle(req))
     }
 
     fn rejected(&self, status: u16) {

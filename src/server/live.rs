@@ -1,13 +1,12 @@
 //! The wire side of live sync: parsing `GET /peers?peer_id=ID&since=N&wait=SECS`,
-//! serializing a tag group's delta once, cutting each caller's own entry out of it, and the
-//! signal long-polls wait on.
+//! serializing a tag group's delta once, and cutting each caller's own entry out of it.
+//! Long-polls wait in the connection layer (`super::http::Park`), woken by a `Notifier`.
 //!
 //! The change log itself (what changed since N, and who may see it) is `super::changes`;
 //! this module only turns its answers into bytes and waits.
 
 use crate::types::PeerId;
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest long-poll a client may ask for: long enough that an idle mesh costs one request
 /// a minute per node, short enough that a dead connection is noticed.
@@ -130,49 +129,10 @@ pub fn empty_delta(version: u64) -> Vec<u8> {
     .body_for(&"peer-0000000000000000".parse().expect("literal"))
 }
 
-/// A version counter long-polls wait on: bumped after every change that moves the
-/// registry's version. This blocking form holds the waiting request's thread; the
-/// connection layer's parking takes over where it is available.
-#[derive(Debug, Default)]
-pub struct ChangeSignal {
-    version: Mutex<u64>,
-    moved: Condvar,
-}
-
-impl ChangeSignal {
-    /// The current count; read it before looking at the state a wait depends on.
-    pub fn version(&self) -> u64 {
-        *self.version.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Wakes every waiter: call after each committed change.
-    pub fn notify(&self) {
-        *self.version.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.moved.notify_all();
-    }
-
-    /// Blocks until the count moves past `seen` or `deadline` passes.
-    pub fn wait_past(&self, seen: u64, deadline: Instant) {
-        let mut version = self.version.lock().unwrap_or_else(|p| p.into_inner());
-        while *version == seen {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            version = self
-                .moved
-                .wait_timeout(version, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::sync::Arc;
 
     fn parse(q: &str) -> Result<PeersQuery, String> {
         let map: HashMap<&str, &str> = q.split('&').filter_map(|p| p.split_once('=')).collect();
@@ -245,30 +205,5 @@ mod tests {
             empty,
             serde_json::json!({"success": true, "version": 7, "full": false, "changed": [], "removed": []})
         );
-    }
-
-    #[test]
-    fn a_waiter_wakes_on_notify_and_gives_up_at_its_deadline() {
-        let signal = Arc::new(ChangeSignal::default());
-        let seen = signal.version();
-        let started = Instant::now();
-        signal.wait_past(seen, started + Duration::from_millis(50));
-        assert!(started.elapsed() >= Duration::from_millis(50));
-        let waiter = {
-            let signal = signal.clone();
-            std::thread::spawn(move || {
-                signal.wait_past(seen, Instant::now() + Duration::from_secs(30));
-                Instant::now()
-            })
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        let notified = Instant::now();
-        signal.notify();
-        let woke = waiter.join().unwrap();
-        assert!(woke.duration_since(notified) < Duration::from_secs(5));
-        // Already moved: no wait at all.
-        let started = Instant::now();
-        signal.wait_past(seen, started + Duration::from_secs(30));
-        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -196,6 +196,7 @@ impl RunningServer {
         let trust = trust::Trust::load(config)?;
         let stun = start_stun(config)?;
         let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));
+        api.attach();
         api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
         let listener = TcpListener::bind(config.listen).map_err(|e| {
             ServerError::Io(io::Error::new(
