@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use wgmesh::keys::PrivateKey;
+use wgmesh::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
 use wgmesh::server::{RunningServer, ServerConfig};
-use wgmesh::store::{PeerRecord, Snapshot, FORMAT_VERSION};
 use wgmesh::types::PeerId;
 
 const THREADS: &str = "2";
@@ -115,7 +115,7 @@ fn signed_load(
     if_none_match: Option<&str>,
 ) -> WrkResult {
     let signer = signer.map(|(server_key, private)| {
-        Arc::new(wgmesh::auth::RequestSigner::new(private, server_key))
+        Arc::new(wgmesh::proto::auth::RequestSigner::new(private, server_key))
     });
     let connections: usize = CONNECTIONS.parse().unwrap();
     let secs: u64 = DURATION.trim_end_matches('s').parse().unwrap();
@@ -260,7 +260,7 @@ fn server_with(dir: &Path, peers: u32) -> (RunningServer, PeerId, PrivateKey) {
 fn etag_of(server: &RunningServer, private: &PrivateKey, path: &str) -> String {
     let addr = server.local_addr();
     let mut req = ureq::get(format!("http://{addr}{path}"));
-    for (name, value) in wgmesh::auth::sign_request(
+    for (name, value) in wgmesh::proto::auth::sign_request(
         private,
         &server.public_key(),
         "GET",
@@ -287,7 +287,7 @@ fn registration_micros(server: &RunningServer, n: usize) -> f64 {
             let private = PrivateKey::generate();
             let key = private.public_key();
             let body = format!("{{\"public_key\":\"{key}\",\"hostname\":\"bench\"}}");
-            let headers = wgmesh::auth::sign_request(
+            let headers = wgmesh::proto::auth::sign_request(
                 &private,
                 &server.public_key(),
                 "POST",

@@ -7,8 +7,8 @@
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-use wgmesh::stun::{self, BindingResponse, TransactionId};
-use wgmesh::stun_service::{RateLimit, StunService};
+use wgmesh::proto::stun::{self, BindingResponse, TransactionId};
+use wgmesh::server::stun_service::{RateLimit, StunService};
 
 const REQUESTS: usize = 200_000;
 const WARMUP: usize = 2_000;

@@ -6,10 +6,10 @@
 //! exercising the exact code it found it in. Each harness panics only on a real bug: a
 //! parser that panics, or an invariant below that does not hold.
 
-use crate::model::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
+use crate::os::wgdump;
+use crate::proto::model::{DeregisterRequest, HeartbeatRequest, RegisterRequest};
+use crate::proto::stun;
 use crate::server::http::{self, Limits};
-use crate::stun;
-use crate::wgdump;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;

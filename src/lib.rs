@@ -6,25 +6,12 @@
 //! sockets, and child processes.
 
 pub mod agent;
-pub mod audit;
-pub mod auth;
 pub mod cli;
 pub mod fsutil;
 pub mod fuzzing;
-pub mod ipam;
 pub mod keys;
-pub mod mesh6;
-pub mod model;
-pub mod netcheck;
 pub mod os;
-pub mod policy;
-pub mod reconcile;
+pub mod proto;
 pub mod server;
-pub mod store;
-pub mod stun;
-pub mod stun_service;
-pub mod timefmt;
-pub mod tokens;
+pub mod time;
 pub mod types;
-pub mod wgdump;
-pub mod wgquick;

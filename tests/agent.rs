@@ -88,8 +88,10 @@ fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
     assert_eq!(other_reg.status, 200);
 
     // Each peer's IPv6 mesh address derives from the server's key and its IPv4 address.
-    let prefix6 = wgmesh::mesh6::prefix(&server.public_key());
-    let v6 = |last: u8| wgmesh::mesh6::address(prefix6, std::net::Ipv4Addr::new(10, 100, 0, last));
+    let prefix6 = wgmesh::proto::mesh6::prefix(&server.public_key());
+    let v6 = |last: u8| {
+        wgmesh::proto::mesh6::address(prefix6, std::net::Ipv4Addr::new(10, 100, 0, last))
+    };
     let (me6, other6, third6) = (v6(2), v6(1), v6(3));
     let runner = Shared::default();
     let mut engine = engine(&server, &dir, runner.clone());

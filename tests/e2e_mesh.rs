@@ -363,12 +363,12 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
     // The mesh carries IPv6 too: each node's IPv6 mesh address derives from the server's key
     // and its IPv4 mesh address.
     let server_key = std::fs::read_to_string(lab.dir.path().join("server.key")).unwrap();
-    let prefix6 = wgmesh::mesh6::prefix(
+    let prefix6 = wgmesh::proto::mesh6::prefix(
         &wgmesh::keys::PrivateKey::from_base64(&server_key)
             .unwrap()
             .public_key(),
     );
-    let s2_v6 = wgmesh::mesh6::address(prefix6, ips[1].parse().unwrap()).to_string();
+    let s2_v6 = wgmesh::proto::mesh6::address(prefix6, ips[1].parse().unwrap()).to_string();
     lab.eventually(Duration::from_secs(15), "s1 pings s2 over IPv6", || {
         lab.ping(&nodes[0].ns, &s2_v6)
     });

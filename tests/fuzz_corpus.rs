@@ -63,29 +63,35 @@ fn the_valid_seeds_are_accepted() {
     let (requests, refusal) =
         wgmesh::server::http::parse_requests(&seed("http_requests", "post_register"), &limits);
     assert_eq!((requests.len(), refusal), (1, None));
-    serde_json::from_slice::<wgmesh::model::RegisterRequest>(&requests[0].body).unwrap();
+    serde_json::from_slice::<wgmesh::proto::model::RegisterRequest>(&requests[0].body).unwrap();
     let (requests, _) =
         wgmesh::server::http::parse_requests(&seed("http_requests", "pipelined_get"), &limits);
     assert_eq!(requests.len(), 2, "both pipelined requests");
 
     for name in ["register_full", "register_minimal"] {
-        serde_json::from_slice::<wgmesh::model::RegisterRequest>(&seed("request_json", name))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_json::from_slice::<wgmesh::proto::model::RegisterRequest>(&seed(
+            "request_json",
+            name,
+        ))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    serde_json::from_slice::<wgmesh::model::HeartbeatRequest>(&seed("request_json", "heartbeat"))
-        .unwrap();
+    serde_json::from_slice::<wgmesh::proto::model::HeartbeatRequest>(&seed(
+        "request_json",
+        "heartbeat",
+    ))
+    .unwrap();
 
     for name in ["request_5389", "request_fingerprint", "request_3489_change"] {
-        wgmesh::stun::parse_binding_request(&seed("stun_messages", name))
+        wgmesh::proto::stun::parse_binding_request(&seed("stun_messages", name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     for name in ["response_success", "response_error"] {
-        wgmesh::stun::parse_binding_response(&seed("stun_messages", name))
+        wgmesh::proto::stun::parse_binding_response(&seed("stun_messages", name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 
-    let dump =
-        wgmesh::wgdump::parse(&String::from_utf8(seed("wg_dump", "two_peers")).unwrap()).unwrap();
+    let dump = wgmesh::os::wgdump::parse(&String::from_utf8(seed("wg_dump", "two_peers")).unwrap())
+        .unwrap();
     assert_eq!(dump.peers.len(), 2);
-    wgmesh::wgdump::parse(&String::from_utf8(seed("wg_dump", "fwmark_crlf")).unwrap()).unwrap();
+    wgmesh::os::wgdump::parse(&String::from_utf8(seed("wg_dump", "fwmark_crlf")).unwrap()).unwrap();
 }

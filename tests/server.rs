@@ -174,8 +174,8 @@ fn peers_list_has_the_design_shape_and_excludes_the_caller() {
     assert_eq!(p["os"], "linux");
     // Its /32, its /128 in the IPv6 mesh (derived from the server key and the /32), what it
     // advertised, and the default route it offers as an exit node.
-    let v6 = wgmesh::mesh6::address(
-        wgmesh::mesh6::prefix(&server.public_key()),
+    let v6 = wgmesh::proto::mesh6::address(
+        wgmesh::proto::mesh6::prefix(&server.public_key()),
         "10.100.0.2".parse().unwrap(),
     );
     assert_eq!(
@@ -456,7 +456,7 @@ fn kill9_during_a_registration_burst_loses_no_acknowledged_registration() {
                     let key = new_key();
                     let body =
                         serde_json::json!({"public_key": key, "hostname": "burst"}).to_string();
-                    let headers = wgmesh::auth::sign_request(
+                    let headers = wgmesh::proto::auth::sign_request(
                         &private_of(&key).unwrap(),
                         &server_key,
                         "POST",

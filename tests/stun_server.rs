@@ -34,14 +34,16 @@ fn server_answers_stun_with_the_observed_address_and_counts_garbage() {
     let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
     let addrs = stun_addrs(&server);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let probe = wgmesh::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2)).unwrap();
+    let probe =
+        wgmesh::agent::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2)).unwrap();
     assert_eq!(probe.mapped, socket.local_addr().unwrap());
 
     for garbage in [&b"hello"[..], &[0u8; 20][..], &[0xffu8; 600][..]] {
         socket.send_to(garbage, addrs[0]).unwrap();
     }
     // Still answering after garbage.
-    let again = wgmesh::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2)).unwrap();
+    let again =
+        wgmesh::agent::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2)).unwrap();
     assert_eq!(again.mapped, socket.local_addr().unwrap());
 
     let mut resp = agent().get(server.url("/metrics")).call().unwrap();

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wgmesh::netcheck::{self, NetcheckError};
-use wgmesh::stun::{self, BindingResponse, TransactionId};
-use wgmesh::stun_service::{RateLimit, StunCounters, StunHandle, StunService, StunStats};
+use wgmesh::agent::netcheck::{self, NetcheckError};
+use wgmesh::proto::stun::{self, BindingResponse, TransactionId};
+use wgmesh::server::stun_service::{RateLimit, StunCounters, StunHandle, StunService, StunStats};
 
 /// Generous: the test machine has two cores shared with other builds.
 const TIMEOUT: Duration = Duration::from_secs(3);

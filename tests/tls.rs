@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use wgmesh::agent::client::{ApiClient, ClientError, PeerList, ServerUrl, TlsTrust};
 use wgmesh::keys::PrivateKey;
-use wgmesh::model::RegisterRequest;
+use wgmesh::proto::model::RegisterRequest;
 
 fn wgmesh_bin() -> &'static str {
     env!("CARGO_BIN_EXE_wgmesh")

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use std::time::{Duration, SystemTime};
-use wgmesh::auth;
 use wgmesh::keys::PrivateKey;
+use wgmesh::proto::auth;
 
 /// Everything a refused request must not change: snapshot, journal and tokens.
 fn disk(server: &ServerProcess) -> Vec<(String, Vec<u8>)> {

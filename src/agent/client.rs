@@ -3,15 +3,15 @@
 //! agent reacts differently: keep the mesh and retry, or re-register, or give up.
 //!
 //! With an [`ApiClient::with_identity`], every request is signed with the agent's WireGuard
-//! key (`crate::auth`) and every answer must carry the server's MAC for the pinned server key:
+//! key (`crate::proto::auth`) and every answer must carry the server's MAC for the pinned server key:
 //! an answer that does not verify is [`ClientError::Unauthentic`] and its body is never read
 //! as data, so a man in the middle cannot feed the agent a forged peer list. The server key
 //! is pinned from `--server-key`, else from the config's assignment, else learned once from
 //! `GET /key` (trust on first use) and kept in the assignment from then on.
 
-use crate::auth;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::model::{
+use crate::proto::auth;
+use crate::proto::model::{
     DeregisterRequest, ErrorResponse, HeartbeatRequest, KeyResponse, OfflineRequest, PeerInfo,
     PeersDelta, PeersResponse, RegisterRequest, RegisterResponse,
 };

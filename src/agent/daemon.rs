@@ -5,8 +5,8 @@
 
 use super::client::{ApiClient, ClientError};
 use super::engine::{AgentError, Engine, Sink};
-use crate::model::PeersDelta;
 use crate::os::runner::Runner;
+use crate::proto::model::PeersDelta;
 use crate::types::PeerId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};

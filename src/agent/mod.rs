@@ -4,4 +4,12 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod desired;
 pub mod engine;
+pub mod host;
+pub mod known;
+pub mod netcheck;
+pub mod plan;
+pub mod reconcile;
+pub mod setup;
+pub mod status;

@@ -279,7 +279,7 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
     match args.command {
         TokenCommand::Create(a) => {
             for tag in &a.tag {
-                tag.parse::<crate::tokens::Tag>()
+                tag.parse::<crate::server::tokens::Tag>()
                     .map_err(|e| Failure::new(EXIT_USAGE, format!("--tag: {e}")))?;
             }
             if a.uses == Some(0) {
@@ -289,7 +289,7 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
                 ));
             }
             if let Some(expires) = &a.expires {
-                crate::tokens::parse_expiry(expires)
+                crate::server::tokens::parse_expiry(expires)
                     .map_err(|e| Failure::new(EXIT_USAGE, format!("--expires: {e}")))?;
             }
             let admin = Admin::new(a.server, a.admin_secret_file)?;

@@ -4,7 +4,7 @@
 
 use super::{init_logging, Failure, LogLevel, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
 use crate::agent::config::{self, ClientConfig};
-use crate::netcheck::{self, Report};
+use crate::agent::netcheck::{self, Report};
 use argh::FromArgs;
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -99,7 +99,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
         let peers = crate::agent::engine::load_peer_cache(&path);
         let expected = peers
             .iter()
-            .find(|p| crate::agent::engine::is_named(p, &wanted))
+            .find(|p| crate::agent::desired::is_named(p, &wanted))
             .and_then(|p| p.endpoint)
             .map(|e| e.0.ip());
         let seen = report.mapped.map(|m| m.ip());

@@ -549,10 +549,14 @@ struct Namespace {
 
 impl Namespace {
     fn new(tag: &str) -> Namespace {
+        // Unique per namespace, not just per process: tests run in parallel threads, and
+        // wireguard-go's control socket (/var/run/wireguard/NAME.sock) is not namespaced.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
         let pid = std::process::id();
         let ns = Namespace {
             name: format!("wgm-os-{tag}-{pid}"),
-            iface: format!("wgmp{}", pid % 1_000_000_000),
+            iface: format!("wgm{n}p{}", pid % 100_000_000),
         };
         let add = Plan::of(vec![Command::new("ip").args(["netns", "add", &ns.name])]);
         runner::execute(&add, &mut SystemRunner::new()).expect("ip netns add (needs root)");
@@ -578,8 +582,8 @@ impl Namespace {
             .stdout
     }
 
-    fn dump(&self) -> crate::wgdump::Dump {
-        crate::wgdump::parse(&self.output("wg", &["show", &self.iface, "dump"])).unwrap()
+    fn dump(&self) -> crate::os::wgdump::Dump {
+        crate::os::wgdump::parse(&self.output("wg", &["show", &self.iface, "dump"])).unwrap()
     }
 }
 
@@ -607,7 +611,7 @@ impl Drop for Namespace {
 /// Needs root, iproute2, wireguard-tools, wireguard-go, nft and iptables; fails without them.
 #[test]
 fn linux_plans_run_for_real_in_a_private_namespace() {
-    use crate::reconcile::diff;
+    use crate::agent::reconcile::diff;
     let ns = Namespace::new("plans");
     let name = iface(&ns.iface);
     let spec = InterfaceSpec {
@@ -741,7 +745,7 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
 /// Needs root, iproute2, wireguard-tools and wireguard-go (or kernel WireGuard).
 #[test]
 fn a_thousand_peer_change_lands_in_two_processes_for_real() {
-    use crate::reconcile::diff;
+    use crate::agent::reconcile::diff;
     let ns = Namespace::new("bulk");
     let name = iface(&ns.iface);
     let spec = InterfaceSpec {

@@ -21,7 +21,7 @@ fn config_path(name: &InterfaceName) -> PathBuf {
 
 pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
     let path = config_path(&spec.name);
-    let config = crate::wgquick::render_tunnel_service(spec, peers);
+    let config = crate::os::wgquick::render_tunnel_service(spec, peers);
     Plan {
         files: vec![PlannedFile::private(
             path.clone(),

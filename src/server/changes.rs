@@ -13,8 +13,8 @@
 //! than everything this process can answer, and a version from the future (another server)
 //! is unknown. Both are answered with the full list.
 
-use crate::policy::{Membership, Policy};
-use crate::tokens::Tag;
+use crate::server::policy::{Membership, Policy};
+use crate::server::tokens::Tag;
 use crate::types::PeerId;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;

@@ -1,8 +1,10 @@
 //! Server metrics (design 10.1) in the Prometheus text format, kept in atomics so counting
 //! never takes a lock on the request path.
 
+use crate::server::stun_service::{StunCounters, StunStats};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The API endpoints metrics are broken down by.
@@ -81,6 +83,11 @@ pub struct Metrics {
     pub deregistrations: AtomicU64,
     /// Peers marked offline by the sweeper.
     pub timeouts: AtomicU64,
+    /// Requests refused for a bad MAC, stale time, replay, wrong key, bad token or admin
+    /// secret.
+    pub auth_failures: AtomicU64,
+    /// Requests answered 429.
+    pub rate_limited: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -101,8 +108,14 @@ impl Metrics {
         add(&stats.sum_micros, elapsed.as_micros() as u64);
     }
 
-    /// Renders everything, with the registry gauges passed in by the caller.
-    pub fn render(&self, peers_total: usize, peers_online: usize, extra: &str) -> String {
+    /// Renders everything, with the registry gauges and the STUN services' counters passed in
+    /// by the caller.
+    pub fn render(
+        &self,
+        peers_total: usize,
+        peers_online: usize,
+        stun: &[Arc<StunStats>],
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -208,7 +221,23 @@ impl Metrics {
                 "wgmesh_http_request_duration_seconds_count{{endpoint=\"{label}\"}} {count}"
             );
         }
-        out.push_str(extra);
+        let _ = write!(
+            out,
+            "# HELP wgmesh_auth_failures_total Requests refused for a bad MAC, stale time, replay, wrong key, bad token or admin secret.\n\
+             # TYPE wgmesh_auth_failures_total counter\n\
+             wgmesh_auth_failures_total {}\n\
+             # HELP wgmesh_rate_limited_total Requests answered 429.\n\
+             # TYPE wgmesh_rate_limited_total counter\n\
+             wgmesh_rate_limited_total {}\n",
+            load(&self.auth_failures),
+            load(&self.rate_limited)
+        );
+        if !stun.is_empty() {
+            stun.iter()
+                .map(|s| s.snapshot())
+                .fold(StunCounters::default(), StunCounters::merge)
+                .render_prometheus(&mut out);
+        }
         out
     }
 }
@@ -223,7 +252,7 @@ mod tests {
         m.observe(Endpoint::Peers, 200, Duration::from_micros(50));
         m.observe(Endpoint::Peers, 304, Duration::from_millis(3));
         m.observe(Endpoint::Peers, 404, Duration::from_secs(5));
-        let text = m.render(3, 2, "");
+        let text = m.render(3, 2, &[]);
         assert!(text.contains("wgmesh_peers_total 3\n"));
         assert!(text.contains("wgmesh_http_requests_total{endpoint=\"peers\",code=\"2xx\"} 1"));
         assert!(text.contains("wgmesh_http_requests_total{endpoint=\"peers\",code=\"3xx\"} 1"));

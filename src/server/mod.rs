@@ -6,16 +6,23 @@
 //! store on each `sweep_interval`.
 
 pub mod api;
+pub mod audit;
 pub mod changes;
 pub mod http;
+pub mod ipam;
 pub mod live;
 pub mod metrics;
+pub mod peer_list;
+pub mod policy;
 pub mod registry;
+pub mod store;
+pub mod stun_service;
+pub mod tokens;
 pub mod trust;
 
 use crate::fsutil;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::store::{Store, StoreError};
+use crate::server::store::{Store, StoreError};
 use ipnet::Ipv4Net;
 use std::fmt;
 use std::io;
@@ -142,14 +149,16 @@ pub struct RunningServer {
     stop: Arc<(Mutex<bool>, Condvar)>,
     sweeper: Option<std::thread::JoinHandle<()>>,
     public_key: PublicKey,
-    stun: Vec<crate::stun_service::StunHandle>,
+    stun: Vec<crate::server::stun_service::StunHandle>,
 }
 
 /// STUN worker threads per port: one client waits for each answer, so more threads mostly
 /// add wake-ups (measured by `cargo bench --bench stun`); two keep one port busy under load.
 const STUN_THREADS: usize = 2;
 
-fn start_stun(config: &ServerConfig) -> Result<Vec<crate::stun_service::StunHandle>, ServerError> {
+fn start_stun(
+    config: &ServerConfig,
+) -> Result<Vec<crate::server::stun_service::StunHandle>, ServerError> {
     let Some(primary) = config.udp_listen else {
         return Ok(Vec::new());
     };
@@ -165,10 +174,10 @@ fn start_stun(config: &ServerConfig) -> Result<Vec<crate::stun_service::StunHand
                 format!("cannot listen for STUN on udp {addr}: {e}"),
             ))
         })?;
-        let handle = crate::stun_service::StunService::spawn(
+        let handle = crate::server::stun_service::StunService::spawn(
             socket,
             STUN_THREADS,
-            crate::stun_service::RateLimit::default(),
+            crate::server::stun_service::RateLimit::default(),
         )
         .map_err(ServerError::Io)?;
         log::info!("STUN service answering on udp {}", handle.local_addr());
@@ -192,7 +201,7 @@ impl RunningServer {
         let registry = registry::Registry::from_snapshot(snapshot)
             .map_err(|e| ServerError::Config(e.to_string()))?;
         let mut registry = registry;
-        registry.set_mesh6(crate::mesh6::prefix(&key.public_key()));
+        registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
         let trust = trust::Trust::load(config)?;
         let stun = start_stun(config)?;
         let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));

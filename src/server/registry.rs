@@ -5,12 +5,12 @@
 //! so nothing is acknowledged that a crash could lose.
 
 use super::changes::ChangeLog;
-use crate::ipam::{Ipam, IpamError};
 use crate::keys::PublicKey;
-use crate::model::PeerInfo;
-use crate::store::{PeerRecord, Snapshot, FORMAT_VERSION};
-use crate::timefmt;
-use crate::tokens::Tag;
+use crate::proto::model::PeerInfo;
+use crate::server::ipam::{Ipam, IpamError};
+use crate::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
+use crate::server::tokens::Tag;
+use crate::time;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::HashMap;
@@ -68,7 +68,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Gives every peer an IPv6 mesh address under `prefix` (see [`crate::mesh6`]).
+    /// Gives every peer an IPv6 mesh address under `prefix` (see [`crate::proto::mesh6`]).
     pub fn set_mesh6(&mut self, prefix: Ipv6Net) {
         self.mesh6 = Some(prefix);
         self.changes.reset();
@@ -113,7 +113,7 @@ impl Registry {
     }
 
     /// Records a policy reload (with the policy it replaced) as a change everyone may see.
-    pub fn policy_changed(&mut self, replaced: std::sync::Arc<crate::policy::Policy>) {
+    pub fn policy_changed(&mut self, replaced: std::sync::Arc<crate::server::policy::Policy>) {
         self.changes.record_policy(replaced);
     }
 
@@ -341,7 +341,7 @@ impl Registry {
 pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
     let mut allowed_ips = vec![IpNet::from(std::net::IpAddr::V4(p.virtual_ip))];
     if let Some(prefix) = mesh6 {
-        let v6 = crate::mesh6::address(prefix, p.virtual_ip);
+        let v6 = crate::proto::mesh6::address(prefix, p.virtual_ip);
         allowed_ips.push(IpNet::from(std::net::IpAddr::V6(v6)));
     }
     allowed_ips.extend(p.allowed_ips.iter().copied());
@@ -359,6 +359,6 @@ pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
         allowed_ips,
         exit_node: p.exit_node,
         online: p.online,
-        last_heartbeat: timefmt::format(p.last_heartbeat),
+        last_heartbeat: time::format(p.last_heartbeat),
     }
 }

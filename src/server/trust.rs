@@ -12,10 +12,10 @@
 //! state file), compared in constant time. A Unix socket would add a second listener, a second
 //! request parser and platform differences (Windows) for no gain in what it protects.
 
-use crate::audit::{AuditEvent, AuditLog};
 use crate::fsutil;
-use crate::policy::{Policy, PolicyError};
-use crate::tokens::TokenStore;
+use crate::server::audit::{AuditEvent, AuditLog};
+use crate::server::policy::{Policy, PolicyError};
+use crate::server::tokens::TokenStore;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use std::collections::HashMap;

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-use wgmesh::auth;
 use wgmesh::keys::{PrivateKey, PublicKey};
+use wgmesh::proto::auth;
 use wgmesh::types::PeerId;
 
 /// The binary under test.

@@ -161,7 +161,7 @@ impl Response {
 
     /// The API's uniform error: `{"success": false, "error": message}`.
     pub fn error(status: u16, message: &str) -> Response {
-        let body = serde_json::to_vec(&crate::model::ErrorResponse {
+        let body = serde_json::to_vec(&crate::proto::model::ErrorResponse {
             success: false,
             error: message.to_owned(),
         })

@@ -13,7 +13,7 @@
 
 use crate::fsutil::{self, with_path};
 use crate::keys::PublicKey;
-use crate::timefmt;
+use crate::time;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
@@ -57,10 +57,10 @@ pub struct PeerRecord {
     #[serde(default)]
     pub exit_node: bool,
     /// When the peer last registered (or re-registered).
-    #[serde(with = "timefmt::rfc3339")]
+    #[serde(with = "time::rfc3339")]
     pub registered_at: SystemTime,
     /// When the peer last showed signs of life.
-    #[serde(with = "timefmt::rfc3339")]
+    #[serde(with = "time::rfc3339")]
     pub last_heartbeat: SystemTime,
     /// Whether the peer is within the heartbeat timeout.
     pub online: bool,
@@ -68,7 +68,7 @@ pub struct PeerRecord {
     /// who sees whom by them. Absent in files written before tokens existed (= untagged),
     /// and not written when empty so open-mode state files keep their old shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<crate::tokens::Tag>,
+    pub tags: Vec<crate::server::tokens::Tag>,
 }
 
 impl PeerRecord {
@@ -432,8 +432,8 @@ mod tests {
             os: "linux".parse().unwrap(),
             allowed_ips: vec![],
             exit_node: false,
-            registered_at: timefmt::from_unix_secs(1_700_000_000),
-            last_heartbeat: timefmt::from_unix_secs(1_700_000_000),
+            registered_at: time::from_unix_secs(1_700_000_000),
+            last_heartbeat: time::from_unix_secs(1_700_000_000),
             online: true,
             tags: Vec::new(),
         }

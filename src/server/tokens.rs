@@ -5,7 +5,7 @@
 //! exactly once), copies it to the new machine, and the machine presents it when it first
 //! registers. The server keeps only SHA-256 hashes, so a leaked token file lets nobody join.
 //! Each token may be limited in uses and lifetime, may be revoked, and carries the [`Tag`]s
-//! its machines get, which the policy (`crate::policy`) uses to decide who sees whom.
+//! its machines get, which the policy (`crate::server::policy`) uses to decide who sees whom.
 //!
 //! Persistence is the caller's job: [`TokenStore`] is plain serde data kept in memory.
 
@@ -223,7 +223,7 @@ impl fmt::Display for TokenError {
             TokenError::Expired { id, at } => write!(
                 f,
                 "join token {id} expired at {}: create a new one",
-                crate::audit::rfc3339(*at)
+                crate::time::format_exact(*at)
             ),
             TokenError::UsedUp { id } => write!(
                 f,
@@ -285,12 +285,12 @@ pub struct TokenRecord {
     /// Redemptions left; `None` = unlimited (e.g. for an auto-scaling group).
     pub uses_left: Option<u32>,
     /// When the token stops working; `None` = never.
-    #[serde(with = "opt_time")]
+    #[serde(with = "crate::time::rfc3339_exact_opt")]
     pub expires_at: Option<SystemTime>,
     /// Tags given to every machine that joins with this token, sorted and without duplicates.
     pub tags: Vec<Tag>,
     /// When it was created, for `token list` and audits.
-    #[serde(with = "time")]
+    #[serde(with = "crate::time::rfc3339_exact")]
     pub created_at: SystemTime,
     /// Set by `revoke`; the record is kept so the id stays meaningful in the audit log.
     pub revoked: bool,
@@ -466,43 +466,6 @@ mod hex32 {
             *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).map_err(|_| bad())?;
         }
         Ok(out)
-    }
-}
-
-mod time {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::SystemTime;
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::audit::rfc3339(*t))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{} is not an RFC 3339 UTC time ({e})",
-                crate::types::describe(&text)
-            ))
-        })
-    }
-}
-
-mod opt_time {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::SystemTime;
-
-    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => super::time::serialize(t, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrap(#[serde(with = "super::time")] SystemTime);
-        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
     }
 }
 

@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use crate::stun::{self, BindingResponse, TransactionId};
+use crate::proto::stun::{self, BindingResponse, TransactionId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io;

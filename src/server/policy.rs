@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Each entry of `from`/`to` is a [`Tag`] or `"*"` (any peer, tagged or not). Peers get their
-//! tags from the join token they registered with (`crate::tokens`).
+//! tags from the join token they registered with (`crate::server::tokens`).
 //!
 //! # Visibility is symmetric
 //!
@@ -32,7 +32,7 @@
 //! tag set and asks [`Policy::group_visibility`] once per policy or membership change, so
 //! thousands of peers in a handful of groups cost a handful of comparisons.
 
-use crate::tokens::Tag;
+use crate::server::tokens::Tag;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
 use std::fmt;

@@ -5,8 +5,8 @@
 //! yields no change the second time (the agent loop relies on that to stay quiet).
 
 use crate::keys::PublicKey;
+use crate::os::wgdump::DumpPeer;
 use crate::os::PeerSpec;
-use crate::wgdump::DumpPeer;
 use ipnet::IpNet;
 use std::collections::{BTreeSet, HashMap, HashSet};
 

@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use crate::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
+use crate::proto::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;

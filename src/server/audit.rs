@@ -9,7 +9,7 @@
 //! hostname or header cannot forge a line.
 
 use crate::keys::PublicKey;
-use crate::tokens::TokenId;
+use crate::server::tokens::TokenId;
 use crate::types::PeerId;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -17,28 +17,11 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Longest `detail` kept, in characters. Details may quote what a client sent; capping them
 /// stops a hostile client from growing the audit log by megabytes per request.
 pub const MAX_DETAIL_CHARS: usize = 1000;
-
-// 9999-12-31T23:59:59Z, the last instant RFC 3339 (and humantime) can write.
-const LAST_WRITABLE_SECS: u64 = 253_402_300_799;
-
-fn clamp_time(t: SystemTime) -> SystemTime {
-    // humantime panics on times before 1970 and fails after 9999; a broken clock must not
-    // take the server down with it, so such times are written as the nearest edge.
-    let last = UNIX_EPOCH + Duration::from_secs(LAST_WRITABLE_SECS);
-    t.clamp(UNIX_EPOCH, last)
-}
-
-/// Formats a time as RFC 3339 UTC (`2026-11-25T17:49:35Z`, fractional seconds only when
-/// present, so it round-trips through `humantime::parse_rfc3339`). Never panics: times
-/// outside 1970..=9999 are clamped into that range.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339(clamp_time(t)).to_string()
-}
 
 /// What happened. Serialized in snake_case (`"registration"`, `"auth_failure"`, ...) so the
 /// log is easy to filter with `jq 'select(.event == "auth_failure")'`.
@@ -65,7 +48,7 @@ pub enum AuditKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// When it happened, RFC 3339 UTC with milliseconds.
-    #[serde(with = "millis")]
+    #[serde(with = "crate::time::rfc3339_millis")]
     pub time: SystemTime,
     /// What happened.
     pub event: AuditKind,
@@ -204,25 +187,12 @@ impl AuditLog {
     }
 }
 
-mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::SystemTime;
-
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(super::clamp_time(*t)))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::PrivateKey;
     use std::io::BufRead;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn temp_path(name: &str) -> PathBuf {
         let mut rand = [0u8; 8];
@@ -365,9 +335,12 @@ mod tests {
         assert!(e.detail.ends_with("..."));
 
         let before_epoch = UNIX_EPOCH - Duration::from_secs(5);
-        assert_eq!(rfc3339(before_epoch), "1970-01-01T00:00:00Z");
-        let far = UNIX_EPOCH + Duration::from_secs(LAST_WRITABLE_SECS * 2);
-        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            crate::time::format_exact(before_epoch),
+            "1970-01-01T00:00:00Z"
+        );
+        let far = UNIX_EPOCH + Duration::from_secs(253_402_300_799 * 2);
+        assert_eq!(crate::time::format_exact(far), "9999-12-31T23:59:59Z");
         let line = serde_json::to_string(&AuditEvent::new(AuditKind::PolicyChange, far)).unwrap();
         assert!(line.contains("9999-12-31T23:59:59.000Z"), "{line}");
     }

@@ -1,0 +1,168 @@
+//! What the mesh and this node's configuration want, before looking at the host: the
+//! interface, the peers as WireGuard should know them, extra routes, the chosen exit node and
+//! the full tunnel through it. Pure functions, shared by the sync plan, `export` and
+//! `netcheck`.
+
+use super::config::{AppliedTunnel, Assignment, ClientConfig, ExitFallback};
+use super::engine::AgentError;
+use super::host::HostFacts;
+use crate::keys::PublicKey;
+use crate::os::{self, InterfaceSpec, PeerSpec, TargetOs};
+use crate::proto::model::PeerInfo;
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Seconds between keepalives to every peer: under the 30 s or so that common NATs keep an
+/// idle UDP mapping, as wg-quick users conventionally set (25).
+pub const PERSISTENT_KEEPALIVE: u16 = 25;
+
+/// The interface this config and assignment call for: the IPv4 mesh address, and the IPv6
+/// one derived from it under the server's IPv6 mesh prefix.
+pub fn interface_spec(config: &ClientConfig, assignment: &Assignment) -> InterfaceSpec {
+    let prefix6 = crate::proto::mesh6::prefix(&assignment.server_public_key);
+    InterfaceSpec {
+        name: config.interface.clone(),
+        private_key: config.private_key.clone(),
+        listen_port: config.listen_port,
+        address: assignment.assigned_ip,
+        network: assignment.network_cidr,
+        ipv6: Some((
+            crate::proto::mesh6::address(prefix6, assignment.assigned_ip),
+            prefix6,
+        )),
+        mtu: os::DEFAULT_MTU,
+    }
+}
+
+/// Whether `peer` is the one a user named with `--use-exit-node` (its hostname, mesh
+/// address or peer id): the one rule the agent, `export` and `netcheck` all go by.
+pub fn is_named(peer: &PeerInfo, wanted: &str) -> bool {
+    peer.hostname.as_str() == wanted
+        || peer.virtual_ip.to_string() == wanted
+        || peer.id.as_str() == wanted
+}
+
+/// The peers as WireGuard should know them: each peer's own prefixes, and a default route
+/// only for the exit node this host chose (exit nodes are opt-in).
+pub fn desired_peers(peers: &[PeerInfo], exit: Option<&PublicKey>) -> Vec<PeerSpec> {
+    peers
+        .iter()
+        .map(|p| PeerSpec {
+            public_key: p.public_key,
+            endpoint: p.endpoint,
+            allowed_ips: p
+                .allowed_ips
+                .iter()
+                .filter(|net| net.prefix_len() != 0 || exit == Some(&p.public_key))
+                .copied()
+                .collect(),
+            persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+        })
+        .collect()
+}
+
+/// Prefixes beyond the mesh network that must be routed into the interface. Never a default
+/// route: an exit node's is the full tunnel's business (policy routing with a fwmark); a
+/// plain default route here would loop WireGuard's own packets into itself.
+pub(super) fn extra_routes(
+    desired: &[PeerSpec],
+    mesh: Ipv4Net,
+    mesh6: ipnet::Ipv6Net,
+) -> BTreeSet<IpNet> {
+    desired
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter())
+        .filter(|net| net.prefix_len() != 0)
+        .filter(|net| match net {
+            IpNet::V4(v4) => !mesh.contains(v4),
+            IpNet::V6(v6) => !mesh6.contains(v6),
+        })
+        .map(IpNet::trunc)
+        .collect()
+}
+
+/// The exit node this host asked for, if it is in the list. A peer that is listed but offers
+/// no exit is a configuration error; one that is missing is offline.
+pub(super) fn chosen_exit<'p>(
+    config: &ClientConfig,
+    peers: &'p [PeerInfo],
+) -> Result<Option<&'p PeerInfo>, AgentError> {
+    let Some(wanted) = config.use_exit_node.as_deref() else {
+        return Ok(None);
+    };
+    match peers.iter().find(|p| is_named(p, wanted)) {
+        Some(p) if !p.exit_node => Err(AgentError::Usage(format!(
+            "peer {wanted} ({}) does not offer to be an exit node: start it with --exit-node",
+            p.virtual_ip
+        ))),
+        Some(p) => Ok(Some(p)),
+        None => {
+            log::warn!(
+                "exit node {wanted} is offline or unknown; {}",
+                match config.exit_fallback {
+                    ExitFallback::Block =>
+                        "internet traffic stays blocked until it returns (--exit-fallback block)",
+                    ExitFallback::Direct =>
+                        "using the direct connection until it returns (--exit-fallback direct)",
+                }
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The full tunnel this host should have now, given the one it has.
+pub(super) fn wanted_tunnel(
+    config: &ClientConfig,
+    (os, dry_run): (TargetOs, bool),
+    exit: Option<&PeerInfo>,
+    desired: &[PeerSpec],
+    have: Option<&AppliedTunnel>,
+    facts: &HostFacts,
+) -> Option<AppliedTunnel> {
+    let Some(exit) = exit else {
+        // Exit node chosen but gone: fail closed keeps the tunnel (and so blocks traffic).
+        let keep = config.use_exit_node.is_some() && config.exit_fallback == ExitFallback::Block;
+        return if keep { have.cloned() } else { None };
+    };
+    let spec = desired
+        .iter()
+        .find(|p| p.public_key == exit.public_key)
+        .expect("the exit node is among the desired peers");
+    let mut keep_outside: Vec<IpAddr> = Vec::new();
+    if let Some(server) = facts.server_ip {
+        keep_outside.push(server);
+    }
+    if let Some(endpoint) = exit.endpoint {
+        if !keep_outside.contains(&endpoint.0.ip()) {
+            keep_outside.push(endpoint.0.ip());
+        }
+    }
+    let gateway = match have {
+        // Keep the gateway found before the tunnel existed (now the default is the tunnel).
+        Some(t) => t.gateway,
+        None => facts.gateway.unwrap_or_else(|| {
+            if !dry_run && os != TargetOs::Linux {
+                log::warn!("cannot find the default gateway: routes to the server and exit node are not pinned");
+            }
+            Ipv4Addr::UNSPECIFIED
+        }),
+    };
+    Some(AppliedTunnel {
+        exit_public_key: exit.public_key,
+        exit_endpoint: exit.endpoint,
+        exit_allowed_ips: spec
+            .allowed_ips
+            .iter()
+            .filter(|n| n.prefix_len() != 0)
+            .copied()
+            .collect(),
+        keep_outside,
+        gateway,
+        exit_ipv6: spec
+            .allowed_ips
+            .iter()
+            .any(|n| matches!(n, IpNet::V6(v6) if v6.prefix_len() == 0)),
+    })
+}

@@ -1,0 +1,786 @@
+//! The agent's decision, as a pure function: from the configuration, the server's peer list
+//! and the [`HostFacts`] read beforehand, the ordered plans that make the host match, and
+//! what is recorded as applied after each of them. Nothing here reads the host or runs a
+//! command, so every branch (rebuild, exit node, full tunnel, routes) is tested on data.
+//!
+//! The shape follows tailscale's `Router.Set(cfg)` and wg-quick's `cmd_up`: read the host
+//! once, then one straight sequence: the interface (reused, or rebuilt from scratch), the
+//! full tunnel's removal, the peer diff, the full tunnel's addition, exit-node NAT, routes.
+
+use super::config::{Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig};
+use super::desired::{
+    chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel, PERSISTENT_KEEPALIVE,
+};
+use super::engine::{AgentError, SyncSummary};
+use super::host::HostFacts;
+use crate::agent::reconcile;
+use crate::os::{self, InterfaceSpec, PeerSpec, Plan, TargetOs};
+use crate::proto::model::PeerInfo;
+use crate::types::InterfaceName;
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::BTreeSet;
+
+/// What the decision depends on besides the host.
+pub struct PlanInput<'a> {
+    /// Whose commands to produce.
+    pub os: TargetOs,
+    /// The configuration, including what is recorded as applied.
+    pub config: &'a ClientConfig,
+    /// The server's peer list.
+    pub peers: &'a [PeerInfo],
+    /// Whether the server said the list had not changed (reported in the summary).
+    pub list_unchanged: bool,
+    /// A dry run records nothing, so later decisions still see the old record, and takes
+    /// macOS's interface name to be `utunN`.
+    pub dry_run: bool,
+}
+
+/// One plan, and what is recorded as applied once it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The commands (possibly none: a step may only record).
+    pub plan: Plan,
+    /// `Some(record)` when this step changes what is recorded as applied; saved right after
+    /// the plan ran, so a failure later in the sequence never forgets what is set up.
+    pub record: Option<Option<Applied>>,
+    /// Logged (info) once the plan ran.
+    pub note: Option<String>,
+}
+
+impl Step {
+    fn run(plan: Plan) -> Step {
+        Step {
+            plan,
+            record: None,
+            note: None,
+        }
+    }
+
+    fn note(mut self, note: String) -> Step {
+        self.note = Some(note);
+        self
+    }
+}
+
+/// The decision for one sync.
+#[derive(Debug)]
+pub struct SyncPlan {
+    /// What to run and record, in order.
+    pub steps: Vec<Step>,
+    /// What is recorded as applied once every step ran.
+    pub applied: Option<Applied>,
+    /// What the sync changes, for `sync --json`.
+    pub summary: SyncSummary,
+    /// macOS only: the steps end with creating interface NAME, whose real `utunN` name
+    /// wireguard-go writes to its name file. Run the steps, read the name into
+    /// [`HostFacts::created_name`], and plan again.
+    pub awaiting_name: Option<InterfaceName>,
+    /// A refusal met after `steps`: run them (they were decided before it), then fail with
+    /// this, as a straight sequence stopping at its first error would.
+    pub failure: Option<AgentError>,
+}
+
+/// The interface whose `wg show dump` is worth reading: the one recorded as applied for this
+/// OS and address, else the configured name.
+pub fn interface_to_read(config: &ClientConfig, os: TargetOs) -> InterfaceName {
+    recorded(config, os)
+        .and_then(|a| a.interface.parse().ok())
+        .unwrap_or_else(|| config.interface.clone())
+}
+
+/// The applied record, if it was made for this OS and our current address (otherwise the
+/// interface must be rebuilt).
+fn recorded(config: &ClientConfig, os: TargetOs) -> Option<&Applied> {
+    let address = config.assignment.as_ref().map(|a| a.assigned_ip);
+    config
+        .applied
+        .as_ref()
+        .filter(|a| a.os == os.as_str() && a.address.is_some() && a.address == address)
+}
+
+/// Decides one sync. Never fails by itself: a refusal is returned in
+/// [`SyncPlan::failure`] after the steps decided before it.
+pub fn plan(input: &PlanInput<'_>, facts: &HostFacts) -> SyncPlan {
+    let mut b = Builder {
+        os: input.os,
+        dry_run: input.dry_run,
+        steps: Vec::new(),
+        rec: input.config.applied.clone(),
+        summary: SyncSummary::default(),
+        awaiting_name: None,
+    };
+    let failure = b.build(input, facts).err();
+    SyncPlan {
+        steps: b.steps,
+        applied: b.rec,
+        summary: b.summary,
+        awaiting_name: b.awaiting_name,
+        failure,
+    }
+}
+
+/// Removes what `config` records as applied for `os`: NAT, the full tunnel and routes
+/// (tolerating pieces already gone with the interface), then the interface itself; the last
+/// step records nothing applied. Empty when nothing is recorded for `os`.
+pub fn undo(os: TargetOs, config: &ClientConfig) -> Result<Vec<Step>, AgentError> {
+    let Some(old) = config.applied.as_ref().filter(|a| a.os == os.as_str()) else {
+        return Ok(Vec::new());
+    };
+    let Ok(old_name) = old.interface.parse::<InterfaceName>() else {
+        return Ok(Vec::new());
+    };
+    let mesh = config.assignment.as_ref().map_or_else(
+        || "10.100.0.0/16".parse().expect("literal"),
+        |a| a.network_cidr,
+    );
+    let mut steps = Vec::new();
+    if let Some(nat) = &old.nat {
+        let mut plan = nat_plan(os, config, &old_name, mesh, nat, false)?;
+        plan.commands
+            .iter_mut()
+            .for_each(|c| c.allow_failure = true);
+        steps.push(Step::run(plan));
+    }
+    if let Some(tunnel) = &old.full_tunnel {
+        steps.push(Step::run(tunnel_off(os, &old_name, tunnel, true)));
+    }
+    if !old.routes.is_empty() {
+        steps.push(Step::run(os::routes(os, &old_name, &[], &old.routes)));
+    }
+    steps.push(Step {
+        plan: os::destroy(os, &config.interface, &old_name, mesh),
+        record: Some(None),
+        note: None,
+    });
+    Ok(steps)
+}
+
+struct Builder {
+    os: TargetOs,
+    dry_run: bool,
+    steps: Vec<Step>,
+    /// What is recorded as applied at this point of the sequence (never changed in a dry run).
+    rec: Option<Applied>,
+    summary: SyncSummary,
+    awaiting_name: Option<InterfaceName>,
+}
+
+impl Builder {
+    fn push(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    /// Records `new` as applied (never in a dry run), saved once the steps so far ran.
+    fn set_record(&mut self, new: Option<Applied>) {
+        if !self.dry_run {
+            self.rec = new.clone();
+            self.push(Step {
+                plan: Plan::default(),
+                record: Some(new),
+                note: None,
+            });
+        }
+    }
+
+    /// Changes the existing record (if any; never in a dry run).
+    fn record(&mut self, change: impl FnOnce(&mut Applied)) {
+        if let Some(mut rec) = self.rec.clone().filter(|_| !self.dry_run) {
+            change(&mut rec);
+            self.set_record(Some(rec));
+        }
+    }
+
+    fn build(&mut self, input: &PlanInput<'_>, facts: &HostFacts) -> Result<(), AgentError> {
+        let config = input.config;
+        let os = self.os;
+        let assignment = config
+            .assignment
+            .clone()
+            .ok_or_else(|| AgentError::Usage("not registered yet".into()))?;
+        let spec = interface_spec(config, &assignment);
+        let exit = chosen_exit(config, input.peers)?;
+        let desired = desired_peers(input.peers, exit.map(|p| &p.public_key));
+        self.summary = SyncSummary {
+            peer_id: assignment.peer_id.to_string(),
+            address: assignment.assigned_ip.to_string(),
+            list_unchanged: input.list_unchanged,
+            ..SyncSummary::default()
+        };
+
+        let reusable = facts
+            .dump
+            .as_ref()
+            .filter(|d| d.interface.public_key == Some(spec.private_key.public_key()))
+            .filter(|d| d.interface.listen_port == spec.listen_port)
+            .filter(|_| recorded(config, os).is_some());
+        let (real_name, actual_peers) = match (&facts.created_name, reusable) {
+            (Some(real), _) => {
+                // Second pass on macOS: the interface was just created under this name.
+                self.configure(&spec, &assignment, real);
+                (real.clone(), Vec::new())
+            }
+            (None, Some(dump)) => (interface_to_read(config, os), dump.peers.clone()),
+            (None, None) => {
+                // Missing, stale (another key, port or address) or never applied: start clean.
+                for mut step in undo(os, config)? {
+                    if step.record.is_some() {
+                        if self.dry_run {
+                            step.record = None;
+                        } else {
+                            self.rec = None;
+                        }
+                    }
+                    self.push(step);
+                }
+                self.push(Step::run(os::destroy(
+                    os,
+                    &spec.name,
+                    &spec.name,
+                    assignment.network_cidr,
+                )));
+                self.push(Step::run(os::create(os, &spec.name)));
+                let real = match os {
+                    TargetOs::Macos if self.dry_run => "utunN".parse().expect("literal"),
+                    TargetOs::Macos => {
+                        self.awaiting_name = Some(spec.name.clone());
+                        return Ok(());
+                    }
+                    _ => spec.name.clone(),
+                };
+                self.configure(&spec, &assignment, &real);
+                (real, Vec::new())
+            }
+        };
+        self.summary.interface = real_name.to_string();
+
+        // The tunnel goes before peers change when it is being removed (its `off` rewrites
+        // the old exit peer, which must still exist), and after when it is being added.
+        let have_tunnel = self.rec.as_ref().and_then(|a| a.full_tunnel.clone());
+        let want_tunnel = wanted_tunnel(
+            config,
+            (os, self.dry_run),
+            exit,
+            &desired,
+            have_tunnel.as_ref(),
+            facts,
+        );
+        let tunnel_changes = want_tunnel != have_tunnel;
+        if tunnel_changes {
+            if let Some(old) = &have_tunnel {
+                self.push(
+                    Step::run(tunnel_off(os, &real_name, old, false)).note(format!(
+                        "stopped routing internet traffic through exit node {}",
+                        old.exit_public_key
+                    )),
+                );
+            }
+        }
+
+        let changes = reconcile::diff(&desired, &actual_peers);
+        let known: BTreeSet<_> = actual_peers.iter().map(|p| p.public_key).collect();
+        for spec in &changes.upsert {
+            let list = if known.contains(&spec.public_key) {
+                &mut self.summary.updated
+            } else {
+                &mut self.summary.added
+            };
+            list.push(spec.public_key.to_base64());
+        }
+        self.summary.removed = changes.remove.iter().map(|k| k.to_base64()).collect();
+        self.push(Step::run(os::apply_peers(os, &real_name, &changes)));
+
+        if tunnel_changes {
+            if let Some(new) = &want_tunnel {
+                let plan = os::full_tunnel_on(
+                    os,
+                    &real_name,
+                    &tunnel_peer(new, true),
+                    &new.keep_outside,
+                    new.gateway,
+                );
+                self.push(Step::run(plan).note(format!(
+                    "routing internet traffic through exit node {}",
+                    new.exit_public_key
+                )));
+            }
+            self.record(|a| a.full_tunnel = want_tunnel.clone());
+        }
+
+        self.nat(config, &real_name, assignment.network_cidr, facts)?;
+
+        let want_routes = extra_routes(
+            &desired,
+            assignment.network_cidr,
+            crate::proto::mesh6::prefix(&assignment.server_public_key),
+        );
+        let have_routes: BTreeSet<IpNet> = self
+            .rec
+            .as_ref()
+            .map(|a| a.routes.iter().copied().collect())
+            .unwrap_or_default();
+        let add: Vec<IpNet> = want_routes.difference(&have_routes).copied().collect();
+        let remove: Vec<IpNet> = have_routes.difference(&want_routes).copied().collect();
+        if !add.is_empty() || !remove.is_empty() {
+            self.push(Step::run(os::routes(os, &real_name, &add, &remove)));
+            self.record(|a| a.routes = want_routes.into_iter().collect());
+        }
+        self.summary.peers = desired.len();
+        Ok(())
+    }
+
+    /// Configures a just-created interface and records it as the fresh applied state.
+    fn configure(&mut self, spec: &InterfaceSpec, assignment: &Assignment, real: &InterfaceName) {
+        self.push(
+            Step::run(os::configure(self.os, spec, real, &[])).note(format!(
+                "created interface {real} with address {}",
+                assignment.assigned_ip
+            )),
+        );
+        self.summary.created_interface = true;
+        self.set_record(Some(Applied {
+            os: self.os.as_str().to_owned(),
+            interface: real.to_string(),
+            address: Some(assignment.assigned_ip),
+            ..Applied::default()
+        }));
+    }
+
+    /// Sets up, changes or removes NAT so this host serves as an exit node when asked to.
+    fn nat(
+        &mut self,
+        config: &ClientConfig,
+        real_name: &InterfaceName,
+        mesh: Ipv4Net,
+        facts: &HostFacts,
+    ) -> Result<(), AgentError> {
+        let have = self.rec.as_ref().and_then(|a| a.nat.clone());
+        let want = if config.exit_node {
+            let out_iface = facts
+                .default_dev
+                .clone()
+                .or_else(|| have.as_ref().map(|n| n.out_iface.clone()))
+                .ok_or_else(|| {
+                    AgentError::Usage(
+                        "an exit node needs a default route to send traffic out of; none found"
+                            .into(),
+                    )
+                })?;
+            let firewall = if facts.nft { "nftables" } else { "iptables" };
+            Some(AppliedNat {
+                out_iface,
+                firewall: firewall.to_owned(),
+                out_iface6: facts.ipv6_default_dev.clone(),
+            })
+        } else {
+            None
+        };
+        if want == have {
+            return Ok(());
+        }
+        if let Some(old) = &have {
+            let plan = nat_plan(self.os, config, real_name, mesh, old, false)?;
+            self.push(Step::run(plan));
+        }
+        if let Some(new) = &want {
+            let plan = nat_plan(self.os, config, real_name, mesh, new, true)?;
+            self.push(Step::run(plan).note(format!(
+                "serving as an exit node: NAT out of {} with {}",
+                new.out_iface, new.firewall
+            )));
+        }
+        self.record(|a| a.nat = want);
+        Ok(())
+    }
+}
+
+fn tunnel_off(os: TargetOs, real_name: &InterfaceName, t: &AppliedTunnel, tolerant: bool) -> Plan {
+    let mut plan = os::full_tunnel_off(
+        os,
+        real_name,
+        &tunnel_peer(t, false),
+        &t.keep_outside,
+        t.gateway,
+    );
+    if tolerant {
+        for cmd in &mut plan.commands {
+            cmd.allow_failure = true;
+        }
+    }
+    plan
+}
+
+/// The exit peer as `full_tunnel_on/off` want it.
+fn tunnel_peer(t: &AppliedTunnel, with_default: bool) -> PeerSpec {
+    let mut allowed_ips = t.exit_allowed_ips.clone();
+    if with_default {
+        allowed_ips.push("0.0.0.0/0".parse().expect("literal"));
+        if t.exit_ipv6 {
+            allowed_ips.push("::/0".parse().expect("literal"));
+        }
+    }
+    PeerSpec {
+        public_key: t.exit_public_key,
+        endpoint: t.exit_endpoint,
+        allowed_ips,
+        persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+    }
+}
+
+fn nat_plan(
+    os: TargetOs,
+    config: &ClientConfig,
+    real_name: &InterfaceName,
+    mesh: Ipv4Net,
+    nat: &AppliedNat,
+    on: bool,
+) -> Result<Plan, AgentError> {
+    let out: InterfaceName = nat
+        .out_iface
+        .parse()
+        .map_err(|e| AgentError::Usage(format!("default route interface: {e}")))?;
+    let firewall = if nat.firewall == "nftables" {
+        os::Firewall::Nftables
+    } else {
+        os::Firewall::Iptables
+    };
+    let unsupported = |e: os::Unsupported| AgentError::Usage(e.to_string());
+    let mut plan = if on {
+        os::exit_node_nat_on(os, real_name, &out, mesh, firewall)
+    } else {
+        os::exit_node_nat_off(os, real_name, &out, mesh, firewall)
+    }
+    .map_err(unsupported)?;
+    // The IPv6 mesh too, when this exit node has IPv6 to offer.
+    let mesh6 = config
+        .assignment
+        .as_ref()
+        .map(|a| crate::proto::mesh6::prefix(&a.server_public_key));
+    if let (Some(out6), Some(mesh6)) = (nat.out_iface6.as_deref(), mesh6) {
+        let out6: InterfaceName = out6
+            .parse()
+            .map_err(|e| AgentError::Usage(format!("IPv6 default route interface: {e}")))?;
+        plan.extend(
+            if on {
+                os::exit_node_nat6_on(os, real_name, &out6, mesh6, firewall)
+            } else {
+                os::exit_node_nat6_off(os, real_name, firewall)
+            }
+            .map_err(unsupported)?,
+        );
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+    use crate::os::wgdump::{Dump, DumpInterface};
+    use crate::types::PeerId;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn peer_spec(allowed: &[&str]) -> PeerSpec {
+        PeerSpec {
+            public_key: PrivateKey::generate().public_key(),
+            endpoint: None,
+            allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+            persistent_keepalive: None,
+        }
+    }
+
+    fn info(name: &str, last: u8, exit: bool) -> PeerInfo {
+        let key = PrivateKey::generate().public_key();
+        let mut allowed_ips = vec![format!("10.100.0.{last}/32").parse().unwrap()];
+        if exit {
+            allowed_ips.push("0.0.0.0/0".parse().unwrap());
+        }
+        PeerInfo {
+            id: PeerId::for_key(&key),
+            public_key: key,
+            virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
+            endpoint: Some(format!("198.18.0.{last}:51820").parse().unwrap()),
+            hostname: name.parse().unwrap(),
+            os: "linux".parse().unwrap(),
+            allowed_ips,
+            exit_node: exit,
+            online: true,
+            last_heartbeat: String::new(),
+        }
+    }
+
+    fn config() -> ClientConfig {
+        let mut config = ClientConfig::generate("wg0".parse().unwrap());
+        config.assignment = Some(Assignment {
+            peer_id: PeerId::for_key(&config.private_key.public_key()),
+            assigned_ip: "10.100.0.2".parse().unwrap(),
+            network_cidr: "10.100.0.0/16".parse().unwrap(),
+            server_public_key: PrivateKey::generate().public_key(),
+        });
+        config
+    }
+
+    /// The interface as `wg show dump` shows it after this config's interface came up.
+    fn up(config: &ClientConfig) -> HostFacts {
+        HostFacts {
+            dump: Some(Dump {
+                interface: DumpInterface {
+                    private_key: Some(config.private_key.clone()),
+                    public_key: Some(config.private_key.public_key()),
+                    listen_port: config.listen_port,
+                    fwmark: None,
+                },
+                peers: Vec::new(),
+            }),
+            ..HostFacts::default()
+        }
+    }
+
+    fn applied(config: &ClientConfig) -> Applied {
+        Applied {
+            os: "linux".into(),
+            interface: "wg0".into(),
+            address: Some(config.assignment.as_ref().unwrap().assigned_ip),
+            ..Applied::default()
+        }
+    }
+
+    fn decide(
+        os: TargetOs,
+        config: &ClientConfig,
+        peers: &[PeerInfo],
+        facts: &HostFacts,
+    ) -> SyncPlan {
+        let input = PlanInput {
+            os,
+            config,
+            peers,
+            list_unchanged: false,
+            dry_run: false,
+        };
+        plan(&input, facts)
+    }
+
+    /// Every command of every step, one rendered line each (tolerated failures included).
+    fn lines(p: &SyncPlan) -> Vec<String> {
+        p.steps
+            .iter()
+            .flat_map(|s| s.plan.commands.iter().map(|c| c.render()))
+            .collect()
+    }
+
+    #[test]
+    fn a_missing_interface_is_created_configured_and_recorded() {
+        let config = config();
+        let peers = [info("a", 1, false)];
+        let p = decide(TargetOs::Linux, &config, &peers, &HostFacts::default());
+        assert!(p.failure.is_none() && p.awaiting_name.is_none());
+        let rendered = lines(&p);
+        assert!(
+            rendered[0].starts_with("ip link delete dev wg0"),
+            "{rendered:#?}"
+        );
+        assert!(rendered[1].starts_with("ip link add dev wg0 type wireguard"));
+        assert!(rendered
+            .iter()
+            .any(|l| l == "ip -4 address add 10.100.0.2/32 dev wg0"));
+        let last = rendered.last().unwrap();
+        assert!(last.starts_with(&format!("wg set wg0 peer {}", peers[0].public_key)));
+        assert!(p.summary.created_interface);
+        assert_eq!(p.summary.added, vec![peers[0].public_key.to_base64()]);
+        assert_eq!(p.applied, Some(applied(&config)));
+        // The fresh record is saved right after the interface is configured, before peers.
+        let saved = p.steps.iter().position(|s| s.record.is_some()).unwrap();
+        let peers_step = p.steps.iter().rposition(|s| !s.plan.is_empty()).unwrap();
+        assert!(saved < peers_step);
+    }
+
+    #[test]
+    fn a_matching_interface_gets_only_the_peer_diff() {
+        let mut config = config();
+        config.applied = Some(applied(&config));
+        let peers = [info("a", 1, false)];
+        let p = decide(TargetOs::Linux, &config, &peers, &up(&config));
+        let rendered = lines(&p);
+        assert_eq!(rendered.len(), 1, "{rendered:#?}");
+        assert!(rendered[0].starts_with("wg set wg0 peer"));
+        assert!(!p.summary.created_interface);
+        assert_eq!(p.applied, config.applied);
+        assert!(p.steps.iter().all(|s| s.record.is_none()));
+    }
+
+    #[test]
+    fn an_interface_with_another_key_is_rebuilt_after_undoing_what_was_recorded() {
+        let mut config = config();
+        let mut old = applied(&config);
+        old.routes = vec!["192.0.2.0/24".parse().unwrap()];
+        config.applied = Some(old);
+        let mut facts = up(&config);
+        facts.dump.as_mut().unwrap().interface.public_key =
+            Some(PrivateKey::generate().public_key());
+        let p = decide(TargetOs::Linux, &config, &[], &facts);
+        let rendered = lines(&p);
+        assert!(
+            rendered[0].starts_with("ip -4 route del 192.0.2.0/24 dev wg0"),
+            "{rendered:#?}"
+        );
+        assert!(rendered
+            .iter()
+            .any(|l| l.starts_with("ip link add dev wg0")));
+        // Forgotten first (the old interface is gone), then the fresh one recorded.
+        let records: Vec<_> = p.steps.iter().filter_map(|s| s.record.clone()).collect();
+        assert_eq!(records, vec![None, Some(applied(&config))]);
+        assert!(p.applied.unwrap().routes.is_empty());
+    }
+
+    #[test]
+    fn a_chosen_exit_node_gets_the_full_tunnel_after_the_peers_and_it_is_recorded() {
+        let mut config = config();
+        config.applied = Some(Applied {
+            os: "macos".into(),
+            ..applied(&config)
+        });
+        config.use_exit_node = Some("exit".into());
+        let exit = info("exit", 7, true);
+        let facts = HostFacts {
+            gateway: Some("198.18.0.254".parse().unwrap()),
+            server_ip: Some("198.18.0.1".parse().unwrap()),
+            ..up(&config)
+        };
+        let p = decide(
+            TargetOs::Macos,
+            &config,
+            std::slice::from_ref(&exit),
+            &facts,
+        );
+        assert!(p.failure.is_none());
+        let rendered = lines(&p);
+        let tunnel = p.applied.unwrap().full_tunnel.unwrap();
+        assert_eq!(tunnel.exit_public_key, exit.public_key);
+        assert_eq!(tunnel.gateway, "198.18.0.254".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            tunnel.keep_outside,
+            vec![
+                "198.18.0.1".parse::<IpAddr>().unwrap(),
+                "198.18.0.7".parse().unwrap()
+            ]
+        );
+        let peer = rendered
+            .iter()
+            .position(|l| l.contains("allowed-ips 10.100.0.7/32,0.0.0.0/0"));
+        let half = rendered.iter().position(|l| l.contains("0.0.0.0/1"));
+        assert!(peer.unwrap() < half.unwrap(), "{rendered:#?}");
+
+        // Choosing none: the tunnel comes down before the peer loses its default route.
+        let mut config = config.clone();
+        config.applied.as_mut().unwrap().full_tunnel = Some(tunnel);
+        config.use_exit_node = None;
+        let p = decide(TargetOs::Macos, &config, &[exit], &facts);
+        let rendered = lines(&p);
+        assert!(rendered[0].contains("0.0.0.0/1"), "{rendered:#?}");
+        assert!(p.applied.unwrap().full_tunnel.is_none());
+    }
+
+    #[test]
+    fn an_exit_node_without_a_default_route_fails_after_the_peers_are_applied() {
+        let mut config = config();
+        config.applied = Some(applied(&config));
+        config.exit_node = true;
+        let peers = [info("a", 1, false)];
+        let p = decide(TargetOs::Linux, &config, &peers, &up(&config));
+        let failure = p.failure.as_ref().unwrap().to_string();
+        assert!(failure.contains("needs a default route"), "{failure}");
+        assert!(lines(&p)[0].starts_with("wg set wg0 peer"));
+
+        let facts = HostFacts {
+            default_dev: Some("eth0".into()),
+            nft: true,
+            ..up(&config)
+        };
+        let p = decide(TargetOs::Linux, &config, &peers, &facts);
+        assert!(p.failure.is_none());
+        assert!(
+            lines(&p).iter().any(|l| l.starts_with("nft ")),
+            "{:#?}",
+            lines(&p)
+        );
+        let nat = p.applied.unwrap().nat.unwrap();
+        assert_eq!(
+            (nat.out_iface.as_str(), nat.firewall.as_str()),
+            ("eth0", "nftables")
+        );
+    }
+
+    #[test]
+    fn macos_plans_the_rest_once_wireguard_go_named_the_interface() {
+        let config = config();
+        let p = decide(TargetOs::Macos, &config, &[], &HostFacts::default());
+        assert_eq!(p.awaiting_name, Some("wg0".parse().unwrap()));
+        assert!(lines(&p).last().unwrap().contains("wireguard-go utun"));
+        let facts = HostFacts {
+            created_name: Some("utun7".parse().unwrap()),
+            ..HostFacts::default()
+        };
+        let p = decide(TargetOs::Macos, &config, &[], &facts);
+        assert!(p.awaiting_name.is_none());
+        assert!(lines(&p).iter().all(|l| !l.contains("wireguard-go")));
+        assert!(lines(&p).iter().any(|l| l.contains("utun7")));
+        assert_eq!(p.applied.unwrap().interface, "utun7");
+        assert_eq!(p.summary.interface, "utun7");
+    }
+
+    #[test]
+    fn a_dry_run_records_nothing() {
+        let config = config();
+        let input = PlanInput {
+            os: TargetOs::Macos,
+            config: &config,
+            peers: &[],
+            list_unchanged: true,
+            dry_run: true,
+        };
+        let p = plan(&input, &HostFacts::default());
+        assert!(p.steps.iter().all(|s| s.record.is_none()));
+        assert_eq!(p.applied, None);
+        assert_eq!(p.summary.interface, "utunN");
+        assert!(p.summary.list_unchanged);
+    }
+
+    #[test]
+    fn undo_removes_what_is_recorded_then_forgets_it() {
+        let mut config = config();
+        assert!(undo(TargetOs::Linux, &config).unwrap().is_empty());
+        config.applied = Some(applied(&config));
+        let steps = undo(TargetOs::Linux, &config).unwrap();
+        assert_eq!(steps.last().unwrap().record, Some(None));
+        assert!(undo(TargetOs::Windows, &config).unwrap().is_empty());
+    }
+
+    #[test]
+    fn extra_routes_skip_the_mesh_and_never_include_a_default_route() {
+        let mesh: Ipv4Net = "10.100.0.0/16".parse().unwrap();
+        let mesh6: ipnet::Ipv6Net = "fd12:3456:789a::/96".parse().unwrap();
+        let desired = [
+            peer_spec(&["10.100.0.2/32", "fd12:3456:789a::a64:2/128", "192.0.2.0/24"]),
+            peer_spec(&["10.100.0.3/32", "0.0.0.0/0", "::/0"]),
+        ];
+        let routes: Vec<String> = extra_routes(&desired, mesh, mesh6)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        // A default route here would loop WireGuard's own packets into the tunnel.
+        assert_eq!(routes, vec!["192.0.2.0/24"]);
+    }
+
+    #[test]
+    fn only_the_chosen_exit_node_gets_a_default_route() {
+        let (a, b) = (info("a", 8, true), info("b", 9, true));
+        let peers = [a.clone(), b.clone()];
+        let none = desired_peers(&peers, None);
+        assert!(none
+            .iter()
+            .all(|p| p.allowed_ips.iter().all(|n| n.prefix_len() != 0)));
+        let chosen = desired_peers(&peers, Some(&b.public_key));
+        assert_eq!(chosen[0].allowed_ips.len(), 1);
+        assert_eq!(chosen[1].allowed_ips.len(), 2);
+    }
+}

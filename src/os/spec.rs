@@ -1,0 +1,131 @@
+//! What the agent wants the host to look like, independent of any OS: the target OS, the
+//! interface and its peers, the firewall flavour, and the refusal for a feature an OS lacks.
+
+use crate::keys::{PrivateKey, PublicKey};
+use crate::types::{Endpoint, InterfaceName, InvalidValue};
+use ipnet::{IpNet, Ipv4Net};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// The operating system a plan is generated for; independent of the host, so every OS's plans
+/// can be built and tested anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetOs {
+    /// Kernel WireGuard driven by `ip` and `wg`, falling back to `wireguard-go`.
+    Linux,
+    /// `wireguard-go` on a `utun` device, driven by `ifconfig`, `route` and `wg`.
+    Macos,
+    /// The WireGuard for Windows tunnel service (`wireguard.exe`, `wg.exe`, `netsh`).
+    Windows,
+}
+
+impl TargetOs {
+    /// The OS this binary was compiled for, or `None` on a host wgmesh has no commands for
+    /// (the generators still work there, e.g. to print a plan for another machine).
+    pub fn current() -> Option<TargetOs> {
+        if cfg!(target_os = "linux") {
+            Some(TargetOs::Linux)
+        } else if cfg!(target_os = "macos") {
+            Some(TargetOs::Macos)
+        } else if cfg!(target_os = "windows") {
+            Some(TargetOs::Windows)
+        } else {
+            None
+        }
+    }
+
+    /// The lowercase name used on command lines and in errors (`linux`, `macos`, `windows`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetOs::Linux => "linux",
+            TargetOs::Macos => "macos",
+            TargetOs::Windows => "windows",
+        }
+    }
+}
+
+impl fmt::Display for TargetOs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TargetOs {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match s {
+            "linux" => Ok(TargetOs::Linux),
+            "macos" => Ok(TargetOs::Macos),
+            "windows" => Ok(TargetOs::Windows),
+            _ => Err(InvalidValue(format!(
+                "{} is not a supported OS: use linux, macos or windows",
+                crate::types::describe(s)
+            ))),
+        }
+    }
+}
+
+/// The local interface as the agent wants it: identity, port, mesh address and MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// The logical name (`wg0`); on macOS the kernel picks the real `utunN` name.
+    pub name: InterfaceName,
+    /// This device's WireGuard identity.
+    pub private_key: PrivateKey,
+    /// UDP port WireGuard listens on.
+    pub listen_port: u16,
+    /// This device's mesh address (a /32 on the interface).
+    pub address: Ipv4Addr,
+    /// The whole mesh network, routed into the interface.
+    pub network: Ipv4Net,
+    /// This device's IPv6 mesh address (a /128) and the IPv6 mesh prefix, when the mesh
+    /// carries IPv6 (see [`crate::proto::mesh6`]). Hosts with IPv6 turned off tolerate their absence.
+    pub ipv6: Option<(std::net::Ipv6Addr, ipnet::Ipv6Net)>,
+    /// Tunnel MTU, normally [`super::DEFAULT_MTU`].
+    pub mtu: u16,
+}
+
+/// One peer as the agent wants WireGuard to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// The peer's identity.
+    pub public_key: PublicKey,
+    /// Where to dial it; `None` leaves whatever WireGuard learned from the peer's packets.
+    pub endpoint: Option<Endpoint>,
+    /// What WireGuard routes to this peer and accepts from it.
+    pub allowed_ips: Vec<IpNet>,
+    /// Seconds between keepalives (holds NAT mappings open); `None` means off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Which packet filter programs an exit node's NAT: nftables where available, iptables for
+/// older distributions (and hosts whose firewall is managed through iptables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firewall {
+    /// A table of wgmesh's own, loaded atomically with `nft -f`.
+    Nftables,
+    /// Chains of wgmesh's own, jumped to from the built-in chains.
+    Iptables,
+}
+
+/// A feature that has no command sequence on the requested OS yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// The OS that was asked.
+    pub os: TargetOs,
+    /// What was asked of it.
+    pub what: &'static str,
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is not supported as {} yet: run the exit node on Linux",
+            self.os, self.what
+        )
+    }
+}
+
+impl std::error::Error for Unsupported {}

@@ -1,0 +1,7 @@
+//! What server and agent share on the wire: the JSON model, request authentication, the
+//! STUN codec and the IPv6 mesh address scheme. Nothing here touches the host or a socket.
+
+pub mod auth;
+pub mod mesh6;
+pub mod model;
+pub mod stun;

@@ -1,0 +1,491 @@
+//! HTTP routing and handlers of the coordination API (design 5.2), over the registry and the
+//! store. Handlers validate everything before anything is stored, journal a change before
+//! acknowledging it, and never hold the registry lock while touching the disk or a socket.
+//!
+//! Every peer request is authenticated (`crate::proto::auth`): the MAC must come from the key the
+//! request concerns (the key being registered, or the key registered under the peer id), and
+//! every answer to an authenticated request carries the server's response MAC. A first
+//! registration also needs a join token unless the server runs `--open`. `/peers` shows each
+//! caller only the peers the access policy lets it see. `/admin/...` takes the admin secret.
+
+mod admin;
+mod error;
+mod peer;
+mod sync;
+
+pub use error::parse_body;
+pub use peer::MAX_ALLOWED_IPS;
+
+use super::http::{Body, Handler, Notifier, Reply, Request, Response};
+use super::live::GroupDelta;
+use super::metrics::{Endpoint as MetricEndpoint, Metrics};
+use super::peer_list::PeerLists;
+use super::registry::Registry;
+use super::trust::Trust;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::proto::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
+use crate::proto::model::KeyResponse;
+use crate::server::audit::{AuditEvent, AuditKind};
+use crate::server::store::Store;
+use crate::types::PeerId;
+use error::{ok_json, too_many, unknown_peer, Refusal};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+/// The coordination API: shared by every connection thread.
+pub struct Api {
+    registry: Mutex<Registry>,
+    /// The store doubles as the write lock: changes are journaled one at a time, in order.
+    store: Mutex<Store>,
+    /// One cached list per tag group (the caller's sorted tags).
+    cache: PeerLists,
+    /// One cached delta per tag group and `since`, at the current version only.
+    deltas: Mutex<HashMap<sync::DeltaKey, Arc<GroupDelta>>>,
+    /// Wakes long-polls (`/peers?since=N&wait=SECS`) parked in the connection layer when
+    /// the version moves.
+    changes: Notifier,
+    /// This API's own `Arc`, for long-polls answered after their handler returned.
+    me: std::sync::OnceLock<std::sync::Weak<Api>>,
+    metrics: Metrics,
+    auth: ServerAuth,
+    server_public_key: PublicKey,
+    trust: Trust,
+    /// Distinguishes ETags across restarts, since generations restart at 1.
+    epoch: u64,
+    /// The STUN services' counters, exported with the rest.
+    stun_stats: std::sync::OnceLock<Vec<Arc<crate::server::stun_service::StunStats>>>,
+}
+
+/// Who signed a request that verified, so the answer can be signed for them.
+#[derive(Clone)]
+struct Authed {
+    key: PublicKey,
+    nonce: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Api {
+    /// Builds the API over a loaded registry and its store, signing with the server's key and
+    /// deciding who may do what with `trust`.
+    pub fn new(registry: Registry, store: Store, server_key: PrivateKey, trust: Trust) -> Api {
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).expect("the operating system's random source failed");
+        Api {
+            registry: Mutex::new(registry),
+            store: Mutex::new(store),
+            cache: PeerLists::default(),
+            deltas: Mutex::new(HashMap::new()),
+            changes: Notifier::new(),
+            me: std::sync::OnceLock::new(),
+            metrics: Metrics::default(),
+            server_public_key: server_key.public_key(),
+            auth: ServerAuth::new(server_key, ReplayCache::default()),
+            trust,
+            epoch: u64::from_le_bytes(seed),
+            stun_stats: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Lets long-polls outlive their handler call (parked requests resume on this `Arc`);
+    /// without it long-polls are answered at once.
+    pub fn attach(self: &Arc<Api>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Hands over the STUN services' counters for `/metrics` (once, at startup).
+    pub fn set_stun_stats(&self, stats: Vec<Arc<crate::server::stun_service::StunStats>>) {
+        let _ = self.stun_stats.set(stats);
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Marks silent peers offline; called by the sweeper thread.
+    pub fn sweep(&self, timeout: std::time::Duration) {
+        let gone = lock(&self.registry).sweep(SystemTime::now(), timeout);
+        if !gone.is_empty() {
+            self.changes.notify();
+        }
+        for (id, hostname, silent) in &gone {
+            log::warn!(
+                "peer {id} ({hostname}) timed out: no heartbeat for {silent} s, marked offline"
+            );
+        }
+        self.metrics
+            .timeouts
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes a fresh snapshot if anything changed, emptying the journal. Holds the store
+    /// lock throughout so no journaled change can slip between snapshot and truncation.
+    pub fn compact(&self, force: bool) -> std::io::Result<()> {
+        let mut store = lock(&self.store);
+        let snapshot = {
+            let mut registry = lock(&self.registry);
+            if !registry.take_dirty() && !force && store.journal_entries() == 0 {
+                return Ok(());
+            }
+            registry.snapshot()
+        };
+        store.compact(&snapshot)
+    }
+
+    /// Re-reads the policy file (SIGHUP or `wgmesh policy reload`). A bad file keeps the old
+    /// policy and returns the reason; a change is audited and invalidates every cached list.
+    pub fn reload_policy(
+        &self,
+        source: Option<std::net::SocketAddr>,
+    ) -> Result<(bool, String), String> {
+        // Swapped and recorded under the registry lock, so no delta is ever computed with
+        // one policy and stamped with the version of the other.
+        let reloaded = {
+            let mut registry = lock(&self.registry);
+            let (replaced, _) = self.trust.policy.current();
+            let reloaded = self.trust.policy.reload();
+            if let Ok((true, _)) = &reloaded {
+                registry.policy_changed(replaced);
+            }
+            reloaded
+        };
+        match reloaded {
+            Ok((changed, policy)) => {
+                let text = policy.to_string();
+                if changed {
+                    self.cache.clear();
+                    self.changes.notify();
+                    log::info!("access policy reloaded: {text}");
+                    let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
+                        .detail(format!("policy reloaded: {text}"));
+                    if let Some(addr) = source {
+                        event = event.source(addr);
+                    }
+                    self.trust.audit(event);
+                } else {
+                    log::info!("access policy reloaded: unchanged");
+                }
+                Ok((changed, text))
+            }
+            Err(e) => {
+                let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
+                    .detail(format!("policy reload refused, old policy kept: {e}"));
+                if let Some(addr) = source {
+                    event = event.source(addr);
+                }
+                self.trust.audit(event);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Counts, logs and audits a refused authentication, and charges the source's budget.
+    fn auth_failed(&self, req: &Request, key: Option<PublicKey>, id: Option<&PeerId>, why: &str) {
+        let source = req.remote.ip().to_canonical();
+        let _ = self.trust.auth_failure_limit.take(source, Instant::now());
+        self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "refused {} {} from {}: {why}",
+            req.method,
+            req.path(),
+            req.remote
+        );
+        let mut event = AuditEvent::new(AuditKind::AuthFailure, SystemTime::now())
+            .source(req.remote)
+            .detail(format!("{} {}: {why}", req.method, req.path()));
+        if let Some(key) = key {
+            event = event.peer_key(key);
+        }
+        if let Some(id) = id {
+            event = event.peer_id(id.clone());
+        }
+        self.trust.audit(event);
+    }
+
+    /// Refuses sources that failed authentication too often, before any expensive work.
+    fn check_failure_budget(&self, req: &Request) -> Result<(), Refusal> {
+        let source = req.remote.ip().to_canonical();
+        self.trust
+            .auth_failure_limit
+            .check(source, Instant::now())
+            .map_err(|wait| {
+                self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                too_many("failed authentications", source, wait)
+            })
+    }
+
+    /// Verifies the request's MAC and returns the key that signed it; remembers the signer so
+    /// the answer gets signed too.
+    fn authenticate(
+        &self,
+        req: &Request,
+        authed: &mut Option<Authed>,
+    ) -> Result<PublicKey, Refusal> {
+        self.check_failure_budget(req)?;
+        let verified = self.auth.verify_request(
+            &|name| req.header(name),
+            &req.method,
+            &req.target,
+            &req.body,
+            SystemTime::now(),
+        );
+        match verified {
+            Ok(key) => {
+                *authed = Some(Authed {
+                    key,
+                    nonce: req.header(NONCE_HEADER).unwrap_or_default().to_owned(),
+                });
+                Ok(key)
+            }
+            Err(e) => {
+                if e.http_status() == 401 {
+                    let claimed = req
+                        .header(auth::KEY_HEADER)
+                        .and_then(|k| PublicKey::from_base64(k).ok());
+                    self.auth_failed(req, claimed, None, &e.to_string());
+                }
+                Err(Refusal(e.http_status(), e.to_string()))
+            }
+        }
+    }
+
+    /// Checks that `key` (which signed the request) owns peer `id`: 404 for an unknown id
+    /// (so the agent registers again), 401 for someone else's id.
+    fn check_owner(&self, req: &Request, key: &PublicKey, id: &PeerId) -> Result<(), Refusal> {
+        let owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
+        match owner {
+            None => Err(unknown_peer(id)),
+            Some(owner) if owner == *key => Ok(()),
+            Some(_) => {
+                let why =
+                    format!("request signed by {key} concerns {id}, which belongs to another key");
+                self.auth_failed(req, Some(*key), Some(id), &why);
+                Err(Refusal(401, why))
+            }
+        }
+    }
+
+    fn healthz(&self) -> Response {
+        let (total, online) = {
+            let registry = lock(&self.registry);
+            (registry.len(), registry.online())
+        };
+        ok_json(
+            &serde_json::json!({"success": true, "status": "ok", "peers": total, "online": online}),
+        )
+    }
+
+    fn metrics_text(&self) -> Response {
+        let (total, online) = {
+            let registry = lock(&self.registry);
+            (registry.len(), registry.online())
+        };
+        let stun = self.stun_stats.get().map_or(&[][..], Vec::as_slice);
+        Response {
+            status: 200,
+            headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
+            body: Body::Owned(self.metrics.render(total, online, stun).into_bytes()),
+        }
+    }
+
+    fn route(
+        &self,
+        req: &Request,
+        authed: &mut Option<Authed>,
+    ) -> (MetricEndpoint, Result<Response, Refusal>) {
+        let path = req.path();
+        let method = req.method.as_str();
+        let wrong_method = |allow: &'static str| {
+            Err(Refusal(
+                405,
+                format!("{method} is not allowed on {path}: use {allow}"),
+            ))
+        };
+        match path {
+            "/register" => match method {
+                "POST" => (MetricEndpoint::Register, self.register(req, authed)),
+                _ => (MetricEndpoint::Register, wrong_method("POST")),
+            },
+            "/heartbeat" => match method {
+                "POST" => (MetricEndpoint::Heartbeat, self.heartbeat(req, authed)),
+                _ => (MetricEndpoint::Heartbeat, wrong_method("POST")),
+            },
+            "/peers" => match method {
+                "GET" => (MetricEndpoint::Peers, self.peers(req, authed)),
+                _ => (MetricEndpoint::Peers, wrong_method("GET")),
+            },
+            "/offline" => match method {
+                "POST" => (MetricEndpoint::Other, self.offline(req, authed)),
+                _ => (MetricEndpoint::Other, wrong_method("POST")),
+            },
+            "/deregister" => match method {
+                "POST" => (
+                    MetricEndpoint::Deregister,
+                    self.peer_deregister(req, authed, None),
+                ),
+                _ => (MetricEndpoint::Deregister, wrong_method("POST")),
+            },
+            "/key" => match method {
+                "GET" => (
+                    MetricEndpoint::Other,
+                    Ok(ok_json(&KeyResponse {
+                        success: true,
+                        server_public_key: self.server_public_key,
+                    })),
+                ),
+                _ => (MetricEndpoint::Other, wrong_method("GET")),
+            },
+            "/healthz" => match method {
+                "GET" | "HEAD" => (MetricEndpoint::Healthz, Ok(self.healthz())),
+                _ => (MetricEndpoint::Healthz, wrong_method("GET")),
+            },
+            "/metrics" => match method {
+                "GET" => (MetricEndpoint::Metrics, Ok(self.metrics_text())),
+                _ => (MetricEndpoint::Metrics, wrong_method("GET")),
+            },
+            _ => {
+                if let Some(rest) = path.strip_prefix("/admin/") {
+                    return (MetricEndpoint::Other, self.admin(req, rest));
+                }
+                match path.strip_prefix("/peers/") {
+                    Some(raw) => match method {
+                        "DELETE" => (
+                            MetricEndpoint::Deregister,
+                            self.peer_deregister(req, authed, Some(raw)),
+                        ),
+                        _ => (MetricEndpoint::Deregister, wrong_method("DELETE")),
+                    },
+                    None => (
+                        MetricEndpoint::Other,
+                        Err(Refusal(404, format!("no such endpoint: {path}"))),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Adds the response MAC for the peer whose request verified.
+    fn sign(&self, authed: &Authed, mut response: Response) -> Response {
+        let parts: Vec<&[u8]> = match &response.body {
+            Body::Empty => vec![],
+            Body::Owned(v) => vec![v.as_slice()],
+            Body::Shared(buf, ranges) => ranges.iter().map(|r| &buf[r.clone()]).collect(),
+        };
+        let headers =
+            self.auth
+                .sign_response_parts(&authed.key, &authed.nonce, response.status, &parts);
+        response.headers.extend(headers);
+        response
+    }
+}
+
+/// What finishing an answer needs to know of its request (a parked request is gone by then).
+pub(super) struct RequestLine<'a> {
+    method: &'a str,
+    target: &'a str,
+    remote: std::net::SocketAddr,
+}
+
+impl RequestLine<'_> {
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or(self.target)
+    }
+}
+
+impl Api {
+    /// Signs, counts and logs an answer (or a refusal) to one request.
+    fn finish(
+        &self,
+        req: &RequestLine<'_>,
+        endpoint: MetricEndpoint,
+        started: Instant,
+        authed: Option<&Authed>,
+        result: Result<Response, Refusal>,
+    ) -> Response {
+        let response = match result {
+            Ok(response) => response,
+            Err(refusal) => {
+                log::debug!(
+                    "{} {} from {}: {} {}",
+                    req.method,
+                    req.path(),
+                    req.remote,
+                    refusal.status,
+                    refusal.message
+                );
+                if endpoint == MetricEndpoint::Register {
+                    self.metrics
+                        .registrations_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if endpoint == MetricEndpoint::Heartbeat {
+                    self.metrics
+                        .heartbeats_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let mut response: Response = refusal.into();
+                if response.status == 405 {
+                    let allow = match endpoint {
+                        MetricEndpoint::Peers
+                        | MetricEndpoint::Healthz
+                        | MetricEndpoint::Metrics => "GET",
+                        MetricEndpoint::Deregister if req.path().starts_with("/peers/") => "DELETE",
+                        MetricEndpoint::Other if req.path() == "/key" => "GET",
+                        MetricEndpoint::Other if req.path() == "/offline" => "POST",
+                        MetricEndpoint::Other => "DELETE",
+                        _ => "POST",
+                    };
+                    response = response.with_header("Allow", allow.into());
+                }
+                response
+            }
+        };
+        let response = match authed {
+            Some(a) => self.sign(a, response),
+            None => response,
+        };
+        if endpoint == MetricEndpoint::Heartbeat && response.status == 200 {
+            self.metrics.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        log::debug!(
+            "{} {} from {} -> {}",
+            req.method,
+            req.target,
+            req.remote,
+            response.status
+        );
+        self.metrics
+            .observe(endpoint, response.status, started.elapsed());
+        response
+    }
+}
+
+impl Handler for Api {
+    fn handle(&self, req: &Request) -> Response {
+        let started = Instant::now();
+        let mut authed = None;
+        let (endpoint, result) = self.route(req, &mut authed);
+        let line = RequestLine {
+            method: &req.method,
+            target: &req.target,
+            remote: req.remote,
+        };
+        self.finish(&line, endpoint, started, authed.as_ref(), result)
+    }
+
+    fn handle_or_park(&self, req: &Request) -> Reply {
+        if req.method == "GET" && req.path() == "/peers" && req.query_param("wait").is_some() {
+            return self.long_poll(req);
+        }
+        Reply::Now(self.handle(req))
+    }
+
+    fn rejected(&self, status: u16) {
+        self.metrics
+            .observe(MetricEndpoint::Other, status, std::time::Duration::ZERO);
+    }
+}

@@ -1,0 +1,136 @@
+//! The `/peers` answer cache: the serialized list of online peers one tag group may see,
+//! shared by every answer to that group until the registry's generation or the policy moves
+//! on. Serializing once per change instead of once per request is what lets a large mesh poll
+//! cheaply; each caller gets the shared bytes minus its own entry, as two slices.
+
+use crate::server::policy::Membership;
+use crate::server::registry::Registry;
+use crate::server::tokens::Tag;
+use crate::server::trust::PolicyHolder;
+use crate::types::PeerId;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One tag group's serialized list at one registry generation and policy version.
+#[derive(Debug)]
+pub struct PeerList {
+    /// The registry generation the list was built from.
+    pub generation: u64,
+    /// The policy version the list was filtered with.
+    pub policy_version: u64,
+    /// `{"success":true,"version":N,"full":true,"peers":[...]}`, every visible online peer.
+    pub body: Arc<Vec<u8>>,
+    /// For each listed peer, the bytes to cut (its entry and one adjacent comma).
+    cut: HashMap<PeerId, Range<usize>>,
+}
+
+impl PeerList {
+    /// The two byte ranges of `body` that make up the list as `id` sees it (without itself).
+    pub fn parts_for(&self, id: &PeerId) -> [Range<usize>; 2] {
+        match self.cut.get(id) {
+            Some(cut) => [0..cut.start, cut.end..self.body.len()],
+            None => [0..self.body.len(), 0..0],
+        }
+    }
+}
+
+/// One cached list per tag group (the caller's sorted tags).
+#[derive(Debug, Default)]
+pub struct PeerLists {
+    slots: Mutex<HashMap<Vec<Tag>, Arc<PeerList>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PeerLists {
+    /// Drops every cached list (the policy changed).
+    pub fn clear(&self) {
+        lock(&self.slots).clear();
+    }
+
+    /// The cached list for a tag group at the current generation and policy, rebuilt by one
+    /// thread when stale; the registry lock is held only to copy the entries, never while
+    /// serializing.
+    pub fn current(
+        &self,
+        group: &[Tag],
+        registry: &Mutex<Registry>,
+        policy: &PolicyHolder,
+    ) -> Arc<PeerList> {
+        let mut slots = lock(&self.slots);
+        // The policy is read under the registry lock, where reloads swap it, so a list and
+        // its version always belong together.
+        let (policy, policy_version, generation, entries) = {
+            let registry = lock(registry);
+            let (policy, policy_version) = policy.current();
+            let generation = registry.generation();
+            if let Some(cache) = slots
+                .get(group)
+                .filter(|c| c.generation == generation && c.policy_version == policy_version)
+            {
+                return cache.clone();
+            }
+            (policy, policy_version, generation, registry.online_tagged())
+        };
+        if slots
+            .values()
+            .any(|c| c.generation != generation || c.policy_version != policy_version)
+        {
+            slots.clear();
+        }
+        let mine = policy.membership(group);
+        let mut memberships: HashMap<Vec<Tag>, Membership> = HashMap::new();
+        let visible: Vec<_> = entries
+            .iter()
+            .filter(|(tags, _)| {
+                memberships
+                    .entry(tags.clone())
+                    .or_insert_with(|| policy.membership(tags))
+                    .sees(&mine)
+            })
+            .map(|(_, entry)| entry)
+            .collect();
+        let mut body = Vec::with_capacity(64 + visible.len() * 320);
+        body.extend_from_slice(
+            format!("{{\"success\":true,\"version\":{generation},\"full\":true,\"peers\":[")
+                .as_bytes(),
+        );
+        let mut spans = Vec::with_capacity(visible.len());
+        for (i, entry) in visible.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            let start = body.len();
+            serde_json::to_writer(&mut body, entry).expect("API types always serialize");
+            spans.push((entry.id.clone(), start..body.len()));
+        }
+        body.extend_from_slice(b"]}");
+        let count = spans.len();
+        let cut = spans
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, span))| {
+                // Cut the entry with the comma before it, or after it for the first entry.
+                let range = if i > 0 {
+                    span.start - 1..span.end
+                } else if count > 1 {
+                    span.start..span.end + 1
+                } else {
+                    span
+                };
+                (id, range)
+            })
+            .collect();
+        let cache = Arc::new(PeerList {
+            generation,
+            policy_version,
+            body: Arc::new(body),
+            cut,
+        });
+        slots.insert(group.to_vec(), cache.clone());
+        cache
+    }
+}
