@@ -26,7 +26,13 @@ use wgmesh::proto::auth::RequestSigner;
 use wgmesh::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
 use wgmesh::types::PeerId;
 
-const AGENTS: u32 = 10_000;
+/// Simulated agents (`WGMESH_BENCH_AGENTS` overrides, e.g. for a quick check).
+fn agents() -> u32 {
+    std::env::var("WGMESH_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 
 fn record(i: u32, private: &PrivateKey) -> PeerRecord {
     let key = private.public_key();
@@ -86,9 +92,10 @@ fn signed_get(signer: &RequestSigner, path: &str) -> Vec<u8> {
 }
 
 fn fanout_at_10k() {
+    let agents = agents();
     let dir = TempDir::new("bench-live");
     let state = dir.path().join("peers.json");
-    let keys: Vec<PrivateKey> = (0..AGENTS).map(|_| PrivateKey::generate()).collect();
+    let keys: Vec<PrivateKey> = (0..agents).map(|_| PrivateKey::generate()).collect();
     let snapshot = Snapshot {
         version: FORMAT_VERSION,
         network_cidr: "10.100.0.0/16".parse().unwrap(),
@@ -99,6 +106,7 @@ fn fanout_at_10k() {
             .collect(),
     };
     std::fs::write(&state, serde_json::to_vec(&snapshot).unwrap()).unwrap();
+    eprintln!("bench: {agents} keys and a snapshot written; starting the server");
     let server = ServerProcess::start(
         &state,
         &[
@@ -109,8 +117,6 @@ fn fanout_at_10k() {
             "0",
             "--threads",
             "2",
-            "--log-level",
-            "warn",
         ],
     );
     let addr = server.addr;
@@ -145,8 +151,9 @@ fn fanout_at_10k() {
     let full_bytes = full.read.len();
     drop(full);
 
+    eprintln!("bench: full list {full_bytes} B at version {version}; parking {agents} long-polls");
     let mut poll = Poll::new().unwrap();
-    let mut pollers: Vec<Poller> = Vec::with_capacity(AGENTS as usize);
+    let mut pollers: Vec<Poller> = Vec::with_capacity(agents as usize);
     let parked_at = Instant::now();
     for (i, (signer, id)) in signers.iter().zip(&ids).enumerate() {
         let path = format!("/peers?peer_id={id}&since={version}&wait=60");
@@ -173,6 +180,7 @@ fn fanout_at_10k() {
     poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
     let early = events.iter().count();
 
+    eprintln!("bench: parked; {early} answered early; one peer registers");
     // The change: one new peer.
     let newcomer = PrivateKey::generate();
     let body = format!(
@@ -229,13 +237,13 @@ fn fanout_at_10k() {
     let delta: serde_json::Value = serde_json::from_slice(sample_body).unwrap();
     assert_eq!(delta["changed"][0]["hostname"], "newcomer", "{delta}");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("live sync, one change at {AGENTS} nodes ({cores} cores, server in its own process):");
+    println!("live sync, one change at {agents} nodes ({cores} cores, server in its own process):");
     println!(
-        "  {AGENTS} signed long-polls parked in {:.2} s; answered early: {early}",
+        "  {agents} signed long-polls parked in {:.2} s; answered early: {early}",
         parking.as_secs_f64()
     );
     println!(
-        "  agents answered: {} of {AGENTS}; first {:.0} ms, median {:.0} ms, last {:.0} ms after the change",
+        "  agents answered: {} of {agents}; first {:.0} ms, median {:.0} ms, last {:.0} ms after the change",
         times.len(),
         times.first().map_or(0.0, |t| t.as_secs_f64() * 1e3),
         times.get(times.len() / 2).map_or(0.0, |t| t.as_secs_f64() * 1e3),
@@ -245,7 +253,7 @@ fn fanout_at_10k() {
         "  bytes all agents downloaded: {:.2} MB ({} B each, headers and MAC included); a full refetch: {:.1} GB ({full_bytes} B each)",
         bytes as f64 / 1e6,
         bytes / pollers.len(),
-        full_bytes as f64 * AGENTS as f64 / 1e9,
+        full_bytes as f64 * agents as f64 / 1e9,
     );
     drop(pollers);
     drop(server);
@@ -325,6 +333,7 @@ fn mesh_of_ten() {
     time_until(Duration::from_secs(20), "the server listens", || {
         lab.log("server.log").contains("listening on")
     });
+    let verbose = std::env::var_os("WGMESH_BENCH_LOGS").is_some();
     let mut agents = Vec::new();
     for (name, (ns, iface, config)) in names.iter().zip(&nodes) {
         agents.push(lab.spawn(
@@ -341,7 +350,7 @@ fn mesh_of_ten() {
                 "--hostname",
                 name,
                 "--log-level",
-                "warn",
+                if verbose { "debug" } else { "warn" },
             ],
             &format!("{name}.log"),
         ));
@@ -359,19 +368,38 @@ fn mesh_of_ten() {
             .collect();
         ips.len() == NODES
     });
-    let mut pending: Vec<(usize, usize)> = (0..NODES)
-        .flat_map(|i| (0..NODES).filter(move |j| *j != i).map(move |j| (i, j)))
-        .collect();
-    while !pending.is_empty() {
-        assert!(
-            last_up.elapsed() < Duration::from_secs(120),
-            "pairs still not pinging after 120 s: {pending:?}"
-        );
-        pending.retain(|(i, j)| !lab.ping(&nodes[*i].0, &ips[*j]));
-    }
-    let all_ping = last_up.elapsed();
+    // Every ordered pair pings on its own thread (a lost echo must not hold up the others).
+    let all_ping = std::thread::scope(|scope| {
+        let (lab, nodes, ips) = (&lab, &nodes, &ips);
+        let pairs: Vec<_> = (0..NODES)
+            .flat_map(|i| (0..NODES).filter(move |j| *j != i).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                scope.spawn(move || loop {
+                    let ok = lab
+                        .exec(
+                            &nodes[i].0,
+                            &["ping", "-c", "1", "-W", "0.3", "-n", "-q", &ips[j]],
+                        )
+                        .status
+                        .success();
+                    if ok {
+                        return last_up.elapsed();
+                    }
+                    assert!(
+                        last_up.elapsed() < Duration::from_secs(120),
+                        "n{i} cannot ping n{j} after 120 s"
+                    );
+                })
+            })
+            .collect();
+        pairs.into_iter().map(|p| p.join().unwrap()).max().unwrap()
+    });
 
     // A SIGTERM to n0's `up`: it tells the server, the others drop it.
+    eprintln!("bench: all pairs ping after {all_ping:?}; stopping n0");
+    if verbose {
+        eprintln!("{}", lab.log("n9.log"));
+    }
     let n0_key = public_key(&lab, &names[0]);
     let pid = lab.child(agents[0]).id().to_string();
     let stopped = Instant::now();
@@ -424,6 +452,12 @@ fn mesh_of_ten() {
 }
 
 fn main() {
-    fanout_at_10k();
-    mesh_of_ten();
+    // `WGMESH_BENCH_ONLY=fanout` or `=mesh` runs one half.
+    let only = std::env::var("WGMESH_BENCH_ONLY").unwrap_or_default();
+    if only != "mesh" {
+        fanout_at_10k();
+    }
+    if only != "fanout" {
+        mesh_of_ten();
+    }
 }
