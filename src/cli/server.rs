@@ -29,18 +29,20 @@ pub struct ServerArgs {
     /// seconds without a heartbeat after which a peer is offline (default 120)
     #[argh(option, default = "120")]
     heartbeat_timeout: u64,
-    /// seconds between sweeps that mark silent peers offline and flush heartbeats (default 60)
+    /// seconds between sweeps that mark silent peers offline and store endpoint changes
+    /// (default 60)
     #[argh(option, default = "60")]
     sweep_interval: u64,
-    /// requests handled at the same moment (default: twice the number of cores); each open
-    /// connection also has its own light I/O thread
+    /// requests handled at the same moment (default: twice the number of cores); a waiting
+    /// connection (idle or long-polling) costs no thread
     #[argh(option)]
     threads: Option<usize>,
     /// seconds an idle keep-alive connection is kept open (default 30)
     #[argh(option, default = "30")]
     idle_timeout: u64,
-    /// most connections open at once; more get 503 (default 4096)
-    #[argh(option, default = "4096")]
+    /// most connections open at once; more get 503 (default 32768: 10,000 agents with a
+    /// long-poll and a heartbeat each)
+    #[argh(option, default = "crate::server::http::DEFAULT_MAX_CONNECTIONS")]
     max_connections: usize,
     /// UDP address where the STUN service answers NAT checks (default 0.0.0.0:3478; "off"
     /// disables it)

@@ -1,9 +1,10 @@
 //! The coordination server (design 3.1.1): registration, IPAM, peer discovery, health
 //! checks and persistence, served over HTTP on plain std threads.
 //!
-//! Threads: one accepts connections, one per open connection serves requests, and one
-//! sweeper marks silent peers offline every second (waking long-polls) and compacts the
-//! store on each `sweep_interval`.
+//! Threads: one accepts connections, one readiness loop holds every waiting connection
+//! (parked long-polls included), an elastic pool of workers serves requests (see [`http`]),
+//! and one sweeper marks silent peers offline every second (waking long-polls) and journals
+//! what heartbeats changed on each `sweep_interval`.
 
 pub mod api;
 pub mod audit;
@@ -195,8 +196,14 @@ impl RunningServer {
             None => None,
         };
         let key = load_or_create_key(&config.key_file)?;
-        let (store, snapshot) =
+        let (store, mut snapshot) =
             Store::open(&config.state, config.network).map_err(ServerError::Store)?;
+        // Heartbeat times are not written to disk (README "Durability"): a peer stored as
+        // online gets one full heartbeat timeout from this start to check in again.
+        let started = std::time::SystemTime::now();
+        for peer in snapshot.peers.iter_mut().filter(|p| p.online) {
+            peer.last_heartbeat = peer.last_heartbeat.max(started);
+        }
         let peers = snapshot.peers.len();
         let registry = registry::Registry::from_snapshot(snapshot)
             .map_err(|e| ServerError::Config(e.to_string()))?;

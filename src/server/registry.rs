@@ -13,7 +13,7 @@ use crate::server::tokens::Tag;
 use crate::time;
 use crate::types::{Endpoint, Hostname, OsName, PeerId};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -62,7 +62,9 @@ pub struct Registry {
     peers: HashMap<PublicKey, PeerRecord>,
     ids: HashMap<PeerId, PublicKey>,
     changes: ChangeLog,
-    dirty: bool,
+    /// Peers whose stored fields (endpoint, observed address, online) changed without a
+    /// journal entry: heartbeats and timeouts. Journaled in a batch by the sweeper.
+    unsaved: HashSet<PublicKey>,
     /// The IPv6 mesh prefix (from the server key); each peer's /128 is listed beside its /32.
     mesh6: Option<Ipv6Net>,
 }
@@ -92,7 +94,7 @@ impl Registry {
                 super::changes::start_version(SystemTime::now()),
                 super::changes::DEFAULT_CAPACITY,
             ),
-            dirty: false,
+            unsaved: HashSet::new(),
             mesh6: None,
         })
     }
@@ -125,7 +127,7 @@ impl Registry {
         let peer = self.peers.get_mut(key)?;
         if peer.online {
             peer.online = false;
-            self.dirty = true;
+            self.unsaved.insert(*key);
             self.changes.record(peer.id.clone());
         }
         self.peers.get(key)
@@ -205,9 +207,9 @@ impl Registry {
             }
         }
         self.ids.insert(record.id.clone(), record.public_key);
+        self.unsaved.remove(&record.public_key);
         self.changes.record(record.id.clone());
         self.peers.insert(record.public_key, record);
-        self.dirty = true;
     }
 
     /// Undoes [`Registry::prepare`] when the change could not be made durable.
@@ -241,12 +243,17 @@ impl Registry {
             peer.endpoint = endpoint;
             visible = true;
         }
+        let mut stored = visible;
         if peer.observed_ip != Some(observed_ip) {
             peer.observed_ip = Some(observed_ip);
             visible |= peer.endpoint.is_none();
+            stored = true;
         }
+        // The time alone is not stored: heartbeats must not cost disk writes.
         peer.last_heartbeat = now;
-        self.dirty = true;
+        if stored {
+            self.unsaved.insert(*key);
+        }
         if visible {
             self.changes.record(peer.id.clone());
         }
@@ -258,8 +265,8 @@ impl Registry {
         let key = self.ids.remove(id)?;
         let peer = self.peers.remove(&key)?;
         self.ipam.release(peer.virtual_ip);
+        self.unsaved.remove(&key);
         self.changes.record(peer.id.clone());
-        self.dirty = true;
         Some(peer)
     }
 
@@ -270,21 +277,23 @@ impl Registry {
             let silent = now.duration_since(peer.last_heartbeat).unwrap_or_default();
             if silent > timeout {
                 peer.online = false;
+                self.unsaved.insert(peer.public_key);
                 gone.push((peer.id.clone(), peer.hostname.clone(), silent.as_secs()));
             }
         }
         for (id, _, _) in &gone {
             self.changes.record(id.clone());
         }
-        if !gone.is_empty() {
-            self.dirty = true;
-        }
         gone
     }
 
-    /// Whether anything changed since the last [`Registry::take_dirty`].
-    pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
+    /// The records changed since the last call without a journal entry of their own, for
+    /// the sweeper to journal in one batch.
+    pub fn take_unsaved(&mut self) -> Vec<PeerRecord> {
+        let keys = std::mem::take(&mut self.unsaved);
+        keys.iter()
+            .filter_map(|k| self.peers.get(k).cloned())
+            .collect()
     }
 
     /// The whole registry, for a snapshot on disk.

@@ -4,8 +4,10 @@
 //! snapshot for every registration would make the last registration thousands of times
 //! slower than the first. So each change is one fsynced JSON line appended to
 //! `PATH.journal`; the snapshot at `PATH` is rewritten atomically (temp, fsync, rename) only
-//! when the server compacts (periodically and at start and stop), and then the journal is
-//! emptied. Heartbeat times ride along with compaction, so they are flushed in batches.
+//! at start and stop and when the journal has grown to the snapshot's size (at least
+//! [`MIN_COMPACT_BYTES`]), and then the journal is emptied. So writes are proportional to
+//! changes: a heartbeat that changes nothing visible writes nothing at all (its time lives
+//! in memory; see README "Durability"), and one that moves an endpoint costs one line.
 //!
 //! Loading refuses anything it cannot fully understand, and never rewrites a file it could
 //! not read: a corrupt state file stops the server with the path and the reason. Only a torn
@@ -176,6 +178,11 @@ enum AnySnapshot {
     Legacy(Vec<PeerRecord>),
 }
 
+/// The journal may grow to this size (or the snapshot's, if larger) before compaction
+/// rewrites the snapshot: small enough to replay in a blink, large enough that a busy mesh
+/// rewrites its snapshot rarely.
+pub const MIN_COMPACT_BYTES: u64 = 1 << 20;
+
 /// Handle on the snapshot and journal files of one registry.
 #[derive(Debug)]
 pub struct Store {
@@ -183,6 +190,8 @@ pub struct Store {
     journal_path: PathBuf,
     journal: File,
     journal_entries: usize,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
 }
 
 impl Store {
@@ -223,6 +232,8 @@ impl Store {
             journal_path,
             journal,
             journal_entries: 0,
+            journal_bytes: 0,
+            snapshot_bytes: 0,
         };
         store.compact(&snapshot)?;
         Ok((store, snapshot))
@@ -230,14 +241,32 @@ impl Store {
 
     /// Appends one change and waits until it is on disk; only then may it be acknowledged.
     pub fn append(&mut self, entry: &JournalEntry) -> io::Result<()> {
-        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
-        line.push(b'\n');
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// Appends several changes with one write and one fsync (e.g. the endpoint changes and
+    /// timeouts a sweep collected).
+    pub fn append_all(&mut self, entries: &[JournalEntry]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for entry in entries {
+            serde_json::to_writer(&mut lines, entry).map_err(io::Error::other)?;
+            lines.push(b'\n');
+        }
         self.journal
-            .write_all(&line)
+            .write_all(&lines)
             .and_then(|()| self.journal.sync_data())
             .map_err(|e| with_path(e, "cannot append to journal", &self.journal_path))?;
-        self.journal_entries += 1;
+        self.journal_entries += entries.len();
+        self.journal_bytes += lines.len() as u64;
         Ok(())
+    }
+
+    /// Whether the journal has grown enough that rewriting the snapshot is worth it.
+    pub fn wants_compaction(&self) -> bool {
+        self.journal_bytes > self.snapshot_bytes.max(MIN_COMPACT_BYTES)
     }
 
     /// How many changes wait in the journal for the next compaction.
@@ -256,6 +285,8 @@ impl Store {
             .and_then(|()| self.journal.sync_all())
             .map_err(|e| with_path(e, "cannot truncate journal", &self.journal_path))?;
         self.journal_entries = 0;
+        self.journal_bytes = 0;
+        self.snapshot_bytes = bytes.len() as u64;
         Ok(())
     }
 

@@ -74,7 +74,18 @@ impl ServerProcess {
         state: &Path,
         extra: &[&str],
     ) -> Result<ServerProcess, (Option<i32>, Vec<String>)> {
-        let mut child = Command::new(wgmesh_bin())
+        Self::try_start_with(state, extra, |_| {})
+    }
+
+    /// Like `try_start`, with a last say on the command (e.g. resource limits).
+    pub fn try_start_with(
+        state: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<ServerProcess, (Option<i32>, Vec<String>)> {
+        let mut command = Command::new(wgmesh_bin());
+        configure(&mut command);
+        let mut child = command
             .arg("server")
             .args([
                 "--listen",

@@ -85,7 +85,11 @@ impl Api {
 
     pub(super) fn admin(&self, req: &Request, rest: &str) -> Result<Response, Refusal> {
         self.admin_check(req)?;
-        let method = req.method.as_str();
+        // HEAD is GET without the body (the connection layer drops it) on every resource.
+        let method = match req.method.as_str() {
+            "HEAD" => "GET",
+            other => other,
+        };
         let now = SystemTime::now();
         match (method, rest) {
             ("GET", "tokens") => {

@@ -26,7 +26,7 @@ use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
 use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
-use crate::server::store::Store;
+use crate::server::store::{JournalEntry, Store};
 use crate::types::PeerId;
 use error::{ok_json, too_many, unknown_peer, Refusal};
 use std::collections::HashMap;
@@ -123,17 +123,22 @@ impl Api {
             .fetch_add(gone.len() as u64, Ordering::Relaxed);
     }
 
-    /// Writes a fresh snapshot if anything changed, emptying the journal. Holds the store
-    /// lock throughout so no journaled change can slip between snapshot and truncation.
+    /// Journals what heartbeats and timeouts changed (one fsync for the batch), and rewrites
+    /// the snapshot only when the journal has grown enough (or `force`, at shutdown). A mesh
+    /// that only heartbeats writes nothing. Holds the store lock throughout so no journaled
+    /// change can slip between snapshot and truncation.
     pub fn compact(&self, force: bool) -> std::io::Result<()> {
         let mut store = lock(&self.store);
-        let snapshot = {
-            let mut registry = lock(&self.registry);
-            if !registry.take_dirty() && !force && store.journal_entries() == 0 {
-                return Ok(());
-            }
-            registry.snapshot()
-        };
+        let unsaved = lock(&self.registry).take_unsaved();
+        let entries: Vec<JournalEntry> = unsaved
+            .into_iter()
+            .map(|peer| JournalEntry::Put { peer })
+            .collect();
+        store.append_all(&entries)?;
+        if !force && !store.wants_compaction() {
+            return Ok(());
+        }
+        let snapshot = lock(&self.registry).snapshot();
         store.compact(&snapshot)
     }
 
@@ -299,7 +304,11 @@ impl Api {
         authed: &mut Option<Authed>,
     ) -> (MetricEndpoint, Result<Response, Refusal>) {
         let path = req.path();
-        let method = req.method.as_str();
+        // HEAD is GET without the body (the connection layer drops it) on every resource.
+        let method = match req.method.as_str() {
+            "HEAD" => "GET",
+            other => other,
+        };
         let wrong_method = |allow: &'static str| {
             Err(Refusal(
                 405,
@@ -341,7 +350,7 @@ impl Api {
                 _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
             "/healthz" => match method {
-                "GET" | "HEAD" => (MetricEndpoint::Healthz, Ok(self.healthz())),
+                "GET" => (MetricEndpoint::Healthz, Ok(self.healthz())),
                 _ => (MetricEndpoint::Healthz, wrong_method("GET")),
             },
             "/metrics" => match method {

@@ -208,6 +208,7 @@ pub(super) fn accept_loop(
             buf: Vec::new(),
             remote,
             ticket,
+            answered_at: None,
         }));
     }
 }

@@ -337,6 +337,12 @@ mod tests {
     }
 
     fn tls_server(request_timeout: Duration) -> HttpServer {
+        tls_server_and_cert(request_timeout).0
+    }
+
+    fn tls_server_and_cert(
+        request_timeout: Duration,
+    ) -> (HttpServer, rustls::pki_types::CertificateDer<'static>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
@@ -362,7 +368,59 @@ mod tests {
             ..Limits::default()
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        HttpServer::start_tls(listener, limits, Arc::new(Hello), config).unwrap()
+        let server = HttpServer::start_tls(listener, limits, Arc::new(Hello), config).unwrap();
+        (server, cert.der().clone())
+    }
+
+    /// Two requests in one TLS record: rustls decrypts both at once, so the second may never
+    /// makes the socket readable again; it must be served before the connection goes back
+    /// to the readiness loop. Then a third request after a pause goes through the loop.
+    #[test]
+    fn pipelined_requests_over_tls_are_all_answered() {
+        let (server, cert) = tls_server_and_cert(Duration::from_secs(5));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+        let tcp = TcpStream::connect(server.local_addr()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let request = b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n";
+        let read_answers = |tls: &mut rustls::StreamOwned<_, TcpStream>, n: usize| {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while String::from_utf8_lossy(&got)
+                .matches("HTTP/1.1 200")
+                .count()
+                < n
+                || !got.ends_with(b"{}")
+            {
+                let read = tls.read(&mut chunk).expect("answer before the timeout");
+                assert!(read > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&chunk[..read]);
+            }
+            String::from_utf8_lossy(&got)
+                .matches("HTTP/1.1 200")
+                .count()
+        };
+        // The first request exactly fills one 8 KiB read, so the second stays in rustls.
+        let mut first = b"GET /a HTTP/1.1\r\nHost: t\r\nX-Pad: ".to_vec();
+        let pad = 8192 - first.len() - 4;
+        first.extend(std::iter::repeat_n(b'p', pad));
+        first.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(first.len(), 8192);
+        tls.write_all(&[&first[..], &request[..]].concat()).unwrap();
+        assert_eq!(read_answers(&mut tls, 2), 2);
+        std::thread::sleep(Duration::from_millis(300));
+        tls.write_all(request).unwrap();
+        assert_eq!(read_answers(&mut tls, 1), 1);
+        assert_eq!(server.stats().open, 1);
     }
 
     /// Seconds until the server closes a connection that trickles `bytes` one at a time.

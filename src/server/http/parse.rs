@@ -21,7 +21,7 @@ pub(super) enum ReadOutcome {
 
 /// Reads into `buf` with a deadline; Ok(0) means the peer closed. Reads go straight to the
 /// stream under the write buffer, which is always flushed before a read.
-fn read_some<S: Transport>(
+pub(super) fn read_some<S: Transport>(
     conn: &mut BufWriter<S>,
     buf: &mut Vec<u8>,
     deadline: Instant,
