@@ -371,6 +371,15 @@ fn mesh_of_ten() {
     // Every ordered pair pings on its own thread (a lost echo must not hold up the others).
     let all_ping = std::thread::scope(|scope| {
         let (lab, nodes, ips) = (&lab, &nodes, &ips);
+        if verbose {
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(3000));
+                for (i, (ns, iface, _)) in nodes.iter().enumerate() {
+                    let out = lab.exec(ns, &["wg", "show", iface, "dump"]);
+                    eprintln!("n{i} at 3 s:\n{}", String::from_utf8_lossy(&out.stdout));
+                }
+            });
+        }
         let pairs: Vec<_> = (0..NODES)
             .flat_map(|i| (0..NODES).filter(move |j| *j != i).map(move |j| (i, j)))
             .map(|(i, j)| {
@@ -383,7 +392,7 @@ fn mesh_of_ten() {
                         .status
                         .success();
                     if ok {
-                        return last_up.elapsed();
+                        return (last_up.elapsed(), i, j);
                     }
                     assert!(
                         last_up.elapsed() < Duration::from_secs(120),
@@ -392,13 +401,22 @@ fn mesh_of_ten() {
                 })
             })
             .collect();
-        pairs.into_iter().map(|p| p.join().unwrap()).max().unwrap()
+        let mut times: Vec<(Duration, usize, usize)> =
+            pairs.into_iter().map(|p| p.join().unwrap()).collect();
+        times.sort();
+        if verbose {
+            eprintln!("slowest pairs: {:?}", &times[times.len() - 8..]);
+            eprintln!("fastest pairs: {:?}", &times[..4]);
+        }
+        times.last().unwrap().0
     });
 
     // A SIGTERM to n0's `up`: it tells the server, the others drop it.
     eprintln!("bench: all pairs ping after {all_ping:?}; stopping n0");
     if verbose {
-        eprintln!("{}", lab.log("n9.log"));
+        for (i, name) in names.iter().enumerate() {
+            eprintln!("n{i} key {}", public_key(&lab, name));
+        }
     }
     let n0_key = public_key(&lab, &names[0]);
     let pid = lab.child(agents[0]).id().to_string();

@@ -33,6 +33,31 @@ pub struct PlanInput<'a> {
     /// A dry run records nothing, so later decisions still see the old record, and takes
     /// macOS's interface name to be `utunN`.
     pub dry_run: bool,
+    /// `up` applying live changes: new peers whose key sorts above ours get their keepalive
+    /// a moment later (see [`defer_crossing_handshakes`]).
+    pub live: bool,
+}
+
+/// When two nodes add each other at the same moment, both send a handshake initiation at
+/// once (a new peer's keepalive starts one); each answers the other's and drops its own
+/// pending one, so both responses are refused and WireGuard retries only after 5 s. To
+/// break the tie, of two nodes that meet, only the one with the smaller public key
+/// initiates at once: the other adds the new peer with its keepalive off, and the next pass
+/// (a second later, `up` schedules it) turns the keepalive on, which initiates only if no
+/// session exists by then. Returns whether any keepalive was deferred.
+pub fn defer_crossing_handshakes(
+    changes: &mut reconcile::PeerChanges,
+    known: &BTreeSet<crate::keys::PublicKey>,
+    mine: &crate::keys::PublicKey,
+) -> bool {
+    let mut deferred = false;
+    for spec in &mut changes.upsert {
+        if !known.contains(&spec.public_key) && spec.public_key.as_bytes() > mine.as_bytes() {
+            spec.persistent_keepalive = None;
+            deferred = true;
+        }
+    }
+    deferred
 }
 
 /// One plan, and what is recorded as applied once it ran.
@@ -276,8 +301,13 @@ impl Builder {
             }
         }
 
-        let changes = reconcile::diff(&desired, &actual_peers);
+        let mut changes = reconcile::diff(&desired, &actual_peers);
         let known: BTreeSet<_> = actual_peers.iter().map(|p| p.public_key).collect();
+        if input.live {
+            let mine = spec.private_key.public_key();
+            self.summary.keepalive_deferred =
+                defer_crossing_handshakes(&mut changes, &known, &mine);
+        }
         for spec in &changes.upsert {
             let list = if known.contains(&spec.public_key) {
                 &mut self.summary.updated
@@ -475,6 +505,44 @@ fn nat_plan(
 mod tests {
     use super::*;
     use crate::keys::PrivateKey;
+
+    #[test]
+    fn only_the_smaller_key_initiates_at_once_when_two_nodes_meet() {
+        let key = |b: u8| crate::keys::PublicKey::from_bytes([b; 32]);
+        let spec = |b: u8| crate::os::PeerSpec {
+            public_key: key(b),
+            endpoint: None,
+            allowed_ips: vec![],
+            persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+        };
+        let mut changes = reconcile::PeerChanges {
+            upsert: vec![spec(1), spec(9), spec(7)],
+            remove: vec![],
+        };
+        // 7 is already configured (an update), 1 sorts below us, 9 above.
+        let known: BTreeSet<_> = [key(7)].into_iter().collect();
+        assert!(defer_crossing_handshakes(&mut changes, &known, &key(5)));
+        let keepalives: Vec<_> = changes
+            .upsert
+            .iter()
+            .map(|p| p.persistent_keepalive)
+            .collect();
+        assert_eq!(
+            keepalives,
+            [Some(PERSISTENT_KEEPALIVE), None, Some(PERSISTENT_KEEPALIVE)]
+        );
+        // The next pass sees 9 configured and turns its keepalive on.
+        let mut next = reconcile::PeerChanges {
+            upsert: vec![spec(9)],
+            remove: vec![],
+        };
+        let known: BTreeSet<_> = [key(9)].into_iter().collect();
+        assert!(!defer_crossing_handshakes(&mut next, &known, &key(5)));
+        assert_eq!(
+            next.upsert[0].persistent_keepalive,
+            Some(PERSISTENT_KEEPALIVE)
+        );
+    }
     use crate::os::wgdump::{Dump, DumpInterface};
     use crate::types::PeerId;
     use std::net::{IpAddr, Ipv4Addr};
@@ -556,6 +624,7 @@ mod tests {
             peers,
             list_unchanged: false,
             dry_run: false,
+            live: false,
         };
         plan(&input, facts)
     }
@@ -737,6 +806,7 @@ mod tests {
             peers: &[],
             list_unchanged: true,
             dry_run: true,
+            live: false,
         };
         let p = plan(&input, &HostFacts::default());
         assert!(p.steps.iter().all(|s| s.record.is_none()));
