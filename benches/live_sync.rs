@@ -368,7 +368,10 @@ fn mesh_of_ten() {
             .collect();
         ips.len() == NODES
     });
-    // Every ordered pair pings on its own thread (a lost echo must not hold up the others).
+    // Every pair pings on its own thread (a lost echo must not hold up the others), from one
+    // side: the echo proves both directions, and pinging from both sides at the very moment
+    // both learn of each other would make both initiate a handshake at once, which
+    // WireGuard resolves only by its 5 s retry (each side drops its own pending one).
     let all_ping = std::thread::scope(|scope| {
         let (lab, nodes, ips) = (&lab, &nodes, &ips);
         if verbose {
@@ -381,7 +384,7 @@ fn mesh_of_ten() {
             });
         }
         let pairs: Vec<_> = (0..NODES)
-            .flat_map(|i| (0..NODES).filter(move |j| *j != i).map(move |j| (i, j)))
+            .flat_map(|i| (i + 1..NODES).map(move |j| (i, j)))
             .map(|(i, j)| {
                 scope.spawn(move || loop {
                     let ok = lab
@@ -405,7 +408,7 @@ fn mesh_of_ten() {
             pairs.into_iter().map(|p| p.join().unwrap()).collect();
         times.sort();
         if verbose {
-            eprintln!("slowest pairs: {:?}", &times[times.len() - 8..]);
+            eprintln!("slowest pairs: {:?}", &times[times.len() - 6..]);
             eprintln!("fastest pairs: {:?}", &times[..4]);
         }
         times.last().unwrap().0
@@ -450,9 +453,9 @@ fn mesh_of_ten() {
         "live sync, {NODES}-node namespace mesh, wireguard-go, default timers ({cores} cores):"
     );
     println!(
-        "  every pair pings {:.2} s after the last `wgmesh up` ({} ordered pairs)",
+        "  every pair pings {:.2} s after the last `wgmesh up` ({} pairs)",
         all_ping.as_secs_f64(),
-        NODES * (NODES - 1)
+        NODES * (NODES - 1) / 2
     );
     println!(
         "  SIGTERM to one `up` until all {} others dropped it: {:.2} s",

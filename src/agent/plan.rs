@@ -38,13 +38,30 @@ pub struct PlanInput<'a> {
     pub live: bool,
 }
 
-/// When two nodes add each other at the same moment, both send a handshake initiation at
+/// Peers this node deferred (keepalive off, key above ours) that still have no handshake a
+/// pass later: the other side's first initiation was lost or crossed one of ours, and
+/// WireGuard would wait 5 s before trying again. Removing and re-adding such a peer starts it
+/// afresh, so its keepalive initiates at once, while the other side, having just tried,
+/// waits: the two cannot cross again.
+pub fn stuck_deferred(
+    actual: &[crate::os::wgdump::DumpPeer],
+    mine: &crate::keys::PublicKey,
+) -> Vec<crate::keys::PublicKey> {
+    actual
+        .iter()
+        .filter(|p| p.persistent_keepalive.is_none() && p.latest_handshake.is_none())
+        .filter(|p| p.public_key.as_bytes() > mine.as_bytes())
+        .map(|p| p.public_key)
+        .collect()
+}
+
+/// When two nodes add each other at the same moment, both may send a handshake initiation at
 /// once (a new peer's keepalive starts one); each answers the other's and drops its own
 /// pending one, so both responses are refused and WireGuard retries only after 5 s. To
-/// break the tie, of two nodes that meet, only the one with the smaller public key
-/// initiates at once: the other adds the new peer with its keepalive off, and the next pass
-/// (a second later, `up` schedules it) turns the keepalive on, which initiates only if no
-/// session exists by then. Returns whether any keepalive was deferred.
+/// break the tie, of two nodes that meet, only the one with the smaller public key initiates
+/// at once: the other adds the new peer with its keepalive off, and the next pass (a second
+/// later, `up` schedules it) turns it on, or, if no handshake happened by then, re-adds the
+/// peer (see [`stuck_deferred`]). Returns whether any keepalive was deferred.
 pub fn defer_crossing_handshakes(
     changes: &mut reconcile::PeerChanges,
     known: &BTreeSet<crate::keys::PublicKey>,
@@ -305,6 +322,17 @@ impl Builder {
         let known: BTreeSet<_> = actual_peers.iter().map(|p| p.public_key).collect();
         if input.live {
             let mine = spec.private_key.public_key();
+            let stuck: Vec<_> = stuck_deferred(&actual_peers, &mine)
+                .into_iter()
+                .filter(|k| changes.upsert.iter().any(|p| p.public_key == *k))
+                .collect();
+            if !stuck.is_empty() {
+                let reset = reconcile::PeerChanges {
+                    upsert: Vec::new(),
+                    remove: stuck,
+                };
+                self.push(Step::run(os::apply_peers(os, &real_name, &reset)));
+            }
             self.summary.keepalive_deferred =
                 defer_crossing_handshakes(&mut changes, &known, &mine);
         }
@@ -511,7 +539,7 @@ mod tests {
         let key = |b: u8| crate::keys::PublicKey::from_bytes([b; 32]);
         let spec = |b: u8| crate::os::PeerSpec {
             public_key: key(b),
-            endpoint: None,
+            endpoint: Some("198.18.0.9:51820".parse().unwrap()),
             allowed_ips: vec![],
             persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
         };
