@@ -36,21 +36,45 @@ pub struct PlanInput<'a> {
     /// `up` applying live changes: new peers whose key sorts above ours get their keepalive
     /// a moment later (see [`defer_crossing_handshakes`]).
     pub live: bool,
+    /// With `live`: keep deferring peers that have not sent anything yet (`up` does for a
+    /// few seconds, then turns every keepalive on, so NAT mappings still open both ways).
+    pub hold_silent: bool,
 }
 
-/// Peers this node deferred (keepalive off, key above ours) that still have no handshake a
-/// pass later: the other side's first initiation was lost or crossed one of ours, and
-/// WireGuard would wait 5 s before trying again. Removing and re-adding such a peer starts it
-/// afresh, so its keepalive initiates at once, while the other side, having just tried,
-/// waits: the two cannot cross again.
+/// Peers this node deferred (keepalive off, key above ours) that have sent us something but
+/// still have no handshake a pass later: their first initiation crossed one of ours (traffic
+/// here starts one too), and WireGuard would wait 5 s before trying again. Removing and
+/// re-adding such a peer starts it afresh, so its keepalive initiates at once, while the
+/// other side, having just tried, waits: the two cannot cross again.
 pub fn stuck_deferred(
     actual: &[crate::os::wgdump::DumpPeer],
     mine: &crate::keys::PublicKey,
 ) -> Vec<crate::keys::PublicKey> {
+    deferred_without_handshake(actual, mine)
+        .filter(|p| p.transfer_rx > 0)
+        .map(|p| p.public_key)
+        .collect()
+}
+
+/// Deferred peers (keepalive off, key above ours) with no handshake yet.
+fn deferred_without_handshake<'a>(
+    actual: &'a [crate::os::wgdump::DumpPeer],
+    mine: &'a crate::keys::PublicKey,
+) -> impl Iterator<Item = &'a crate::os::wgdump::DumpPeer> {
     actual
         .iter()
         .filter(|p| p.persistent_keepalive.is_none() && p.latest_handshake.is_none())
-        .filter(|p| p.public_key.as_bytes() > mine.as_bytes())
+        .filter(move |p| p.public_key.as_bytes() > mine.as_bytes())
+}
+
+/// Deferred peers that have not sent anything yet: the other side has not added us (it is
+/// slower), so initiating now could cross its first initiation; keep waiting.
+pub fn silent_deferred(
+    actual: &[crate::os::wgdump::DumpPeer],
+    mine: &crate::keys::PublicKey,
+) -> BTreeSet<crate::keys::PublicKey> {
+    deferred_without_handshake(actual, mine)
+        .filter(|p| p.transfer_rx == 0)
         .map(|p| p.public_key)
         .collect()
 }
@@ -333,8 +357,17 @@ impl Builder {
                 };
                 self.push(Step::run(os::apply_peers(os, &real_name, &reset)));
             }
-            self.summary.keepalive_deferred =
-                defer_crossing_handshakes(&mut changes, &known, &mine);
+            let mut deferred = defer_crossing_handshakes(&mut changes, &known, &mine);
+            if input.hold_silent {
+                let silent = silent_deferred(&actual_peers, &mine);
+                for spec in &mut changes.upsert {
+                    if silent.contains(&spec.public_key) {
+                        spec.persistent_keepalive = None;
+                        deferred = true;
+                    }
+                }
+            }
+            self.summary.keepalive_deferred = deferred;
         }
         for spec in &changes.upsert {
             let list = if known.contains(&spec.public_key) {
@@ -653,6 +686,7 @@ mod tests {
             list_unchanged: false,
             dry_run: false,
             live: false,
+            hold_silent: false,
         };
         plan(&input, facts)
     }
@@ -835,6 +869,7 @@ mod tests {
             list_unchanged: true,
             dry_run: true,
             live: false,
+            hold_silent: false,
         };
         let p = plan(&input, &HostFacts::default());
         assert!(p.steps.iter().all(|s| s.record.is_none()));
