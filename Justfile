@@ -11,13 +11,15 @@ lint:
 
 # Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, the
 # connection layer with 10,000 idle or parked connections, mesh DNS queries/s vs dnsmasq,
-# registrations/s and heartbeats/s on the JSON store vs PostgreSQL replicas).
+# registrations/s and heartbeats/s on the JSON store vs PostgreSQL replicas, and live sync at
+# 10,000 nodes and in a 10-node namespace mesh; the last needs root).
 bench:
     cargo bench --bench server
     cargo bench --bench stun
     cargo bench --bench scale
     cargo bench --bench dns
     cargo bench --bench replicas
+    cargo bench --bench live_sync
 
 # Run the coordination server on its embedded JSON store (./peers.json by default here).
 run *ARGS:

@@ -248,7 +248,7 @@ fn clients_trusting_the_ca_register_and_sync_over_https() {
     )
     .with_identity(key.clone(), None);
     let me = client.register(&register_request(&key, "second")).unwrap();
-    let PeerList::Changed { peers, etag } = client.peers(&me.peer_id, None).unwrap() else {
+    let PeerList::Changed { peers, etag, .. } = client.peers(&me.peer_id, None).unwrap() else {
         panic!("first fetch must be a full list");
     };
     assert_eq!(peers.len(), 1, "the first peer is listed: {peers:?}");

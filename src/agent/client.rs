@@ -12,8 +12,8 @@
 use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth::{self, RequestSigner};
 use crate::proto::model::{
-    ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, KeyResponse, PeerInfo, PeersResponse,
-    RegisterRequest, RegisterResponse,
+    ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, KeyResponse, OfflineRequest,
+    PeerInfo, PeersDelta, PeersResponse, RegisterRequest, RegisterResponse,
 };
 use crate::types::PeerId;
 use std::fmt;
@@ -82,6 +82,8 @@ pub enum PeerList {
         peers: Vec<PeerInfo>,
         /// Send it back next time for a cheap 304.
         etag: Option<String>,
+        /// Send it back as `since` to get only what changed (absent from older servers).
+        version: Option<u64>,
     },
 }
 
@@ -157,6 +159,7 @@ pub struct ApiClient {
     /// Index of the one in use, shared between clones so all stick to the same one.
     current: Arc<std::sync::atomic::AtomicUsize>,
     identity: Option<Identity>,
+    trust: TlsTrust,
 }
 
 /// An answer read whole, with what is needed to verify it.
@@ -250,20 +253,33 @@ impl ApiClient {
 
     /// A client with a per-request time limit and the CAs an https:// server must chain to.
     pub fn with_trust(base: ServerUrl, timeout: Duration, trust: &TlsTrust) -> ApiClient {
-        let agent = ureq::Agent::config_builder()
+        ApiClient {
+            agent: Self::agent(timeout, trust),
+            servers: Arc::new(vec![base]),
+            current: Arc::default(),
+            identity: None,
+            trust: trust.clone(),
+        }
+    }
+
+    /// The same client (server, trust, identity and pinned key) with another time limit per
+    /// request: longer for long-polls, shorter for a last word on the way out.
+    pub fn with_timeout(&self, timeout: Duration) -> ApiClient {
+        ApiClient {
+            agent: Self::agent(timeout, &self.trust),
+            ..self.clone()
+        }
+    }
+
+    fn agent(timeout: Duration, trust: &TlsTrust) -> ureq::Agent {
+        ureq::Agent::config_builder()
             .tls_config(trust.tls_config())
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
             .http_status_as_error(false)
             .user_agent(concat!("wgmesh/", env!("CARGO_PKG_VERSION")))
             .build()
-            .into();
-        ApiClient {
-            agent,
-            servers: Arc::new(vec![base]),
-            current: Arc::default(),
-            identity: None,
-        }
+            .into()
     }
 
     /// Signs every request with `key` and checks every answer against `server_key`; with
@@ -570,6 +586,39 @@ impl ApiClient {
         .map(drop)
     }
 
+    /// `POST /offline`: tells the server this node stops on purpose, so the others drop it
+    /// now rather than at the heartbeat timeout; the registration and address stay.
+    pub fn offline(&self, peer_id: &PeerId) -> Result<(), ClientError> {
+        self.post_json(
+            "/offline",
+            &OfflineRequest {
+                peer_id: peer_id.clone(),
+            },
+        )
+        .map(drop)
+    }
+
+    /// `GET /peers?since=N[&wait=SECS]`: what changed after version `since` (or the whole
+    /// list, when the server cannot answer from there), waiting up to `wait` for a change.
+    /// The client's time limit must exceed `wait` (see [`ApiClient::with_timeout`]).
+    pub fn peers_since(
+        &self,
+        peer_id: &PeerId,
+        since: u64,
+        wait: Option<Duration>,
+    ) -> Result<PeersDelta, ClientError> {
+        let mut path = format!("/peers?peer_id={peer_id}&since={since}");
+        if let Some(wait) = wait {
+            path.push_str(&format!("&wait={}", wait.as_secs()));
+        }
+        let answer = self.exchange("GET", &path, None, &[], MAX_PEER_LIST_BYTES)?;
+        match answer.status {
+            200 => serde_json::from_slice(&answer.body)
+                .map_err(|e| ClientError::Protocol(format!("peer list: {e}"))),
+            _ => Err(Self::refused(&answer)),
+        }
+    }
+
     /// `GET /peers`, conditional on the ETag of the list we already have.
     pub fn peers(&self, peer_id: &PeerId, etag: Option<&str>) -> Result<PeerList, ClientError> {
         let path = format!("/peers?peer_id={peer_id}");
@@ -584,6 +633,7 @@ impl ApiClient {
                 Ok(PeerList::Changed {
                     peers: list.peers,
                     etag,
+                    version: list.version,
                 })
             }
             _ => Err(Self::refused(&answer)),

@@ -10,13 +10,18 @@ use super::config::{Applied, Assignment, ClientConfig};
 use super::error::AgentError;
 use super::host::{self, HostFacts};
 use super::host_routes;
+use super::known::KnownPeers;
 use super::plan::{self, HostCheck, PlanInput, Step, SyncSummary};
 use crate::os::runner::{execute, Runner};
 use crate::os::{self, observe_windows, Plan, TargetOs};
-use crate::proto::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
+use crate::proto::model::{HeartbeatRequest, PeerInfo, PeersDelta, RegisterRequest};
 use crate::types::OsName;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// How long `down` or a stopping `up` waits to tell the server it goes offline: short,
+/// since stopping must not hang on an unreachable server.
+const OFFLINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Where plans go: run for real, or printed one command per line for `--dry-run`.
 pub enum Sink<'a> {
@@ -82,8 +87,8 @@ pub struct Engine {
     pub client: ApiClient,
     /// Reads actual state (`wg show dump`); None when planning for another OS.
     pub reader: Option<Box<dyn Runner>>,
-    /// The last list the server sent, and its ETag.
-    pub last_list: Option<(Vec<PeerInfo>, Option<String>)>,
+    /// The last list the server sent, with its ETag and version.
+    pub last_list: Option<KnownPeers>,
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
@@ -96,16 +101,27 @@ pub fn peer_cache_path(config_path: &Path) -> PathBuf {
 
 /// The last peer list this node saw (empty if none or unreadable: it is only a cache).
 pub fn load_peer_cache(config_path: &Path) -> Vec<PeerInfo> {
-    std::fs::read(peer_cache_path(config_path))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<crate::proto::model::PeersResponse>(&bytes).ok())
-        .map(|r| r.peers)
+    load_known_peers(config_path)
+        .map(|k| k.peers)
         .unwrap_or_default()
 }
 
-fn save_peer_cache(config_path: &Path, peers: &[PeerInfo]) {
+/// The last peer list this node saw with its version, so `sync` can ask for only what
+/// changed since (None if none or unreadable: the full list is always correct).
+pub fn load_known_peers(config_path: &Path) -> Option<KnownPeers> {
+    let bytes = std::fs::read(peer_cache_path(config_path)).ok()?;
+    let cached = serde_json::from_slice::<crate::proto::model::PeersResponse>(&bytes).ok()?;
+    Some(KnownPeers {
+        peers: cached.peers,
+        etag: None,
+        version: cached.version,
+    })
+}
+
+fn save_peer_cache(config_path: &Path, peers: &[PeerInfo], version: Option<u64>) {
     let body = crate::proto::model::PeersResponse {
         peers: peers.to_vec(),
+        version,
     };
     let bytes = serde_json::to_vec(&body).expect("peer lists serialize");
     let path = peer_cache_path(config_path);
@@ -202,13 +218,38 @@ impl Engine {
         }
     }
 
-    /// The current peer list: a fresh one from the server, or the last one on a 304.
+    /// The current peer list: only what changed since the version we have when we have one
+    /// (kept beside the config, so a one-shot `sync` benefits too), else the whole list, or
+    /// the last one on a 304. Returns the list and whether it is unchanged.
     pub fn fetch_peers(&mut self) -> Result<(Vec<PeerInfo>, bool), AgentError> {
+        self.fetch_peers_from(true)
+    }
+
+    /// [`Engine::fetch_peers`]; `use_cache: false` (dry runs) starts from the whole list
+    /// instead of the cached version, so what is printed never depends on an earlier run.
+    fn fetch_peers_from(&mut self, use_cache: bool) -> Result<(Vec<PeerInfo>, bool), AgentError> {
         let peer_id = match &self.config.assignment {
             Some(a) => a.peer_id.clone(),
             None => self.register()?.peer_id.clone(),
         };
-        let etag = self.last_list.as_ref().and_then(|(_, e)| e.clone());
+        if self.last_list.is_none() && self.persist && use_cache {
+            self.last_list = load_known_peers(&self.config_path);
+        }
+        if let Some(since) = self.last_list.as_ref().and_then(|k| k.version) {
+            let answer = match self.client.peers_since(&peer_id, since, None) {
+                Err(ClientError::UnknownPeer) => {
+                    log::warn!("the server no longer knows {peer_id}: registering again");
+                    self.register()?;
+                    self.last_list = None;
+                    return self.fetch_peers_from(false);
+                }
+                other => other?,
+            };
+            let unchanged = !self.apply_answer(answer);
+            let peers = self.known_peers();
+            return Ok((peers, unchanged));
+        }
+        let etag = self.last_list.as_ref().and_then(|k| k.etag.clone());
         let answer = match self.client.peers(&peer_id, etag.as_deref()) {
             Err(ClientError::UnknownPeer) => {
                 log::warn!("the server no longer knows {peer_id}: registering again");
@@ -218,21 +259,56 @@ impl Engine {
             other => other?,
         };
         match answer {
-            PeerList::NotModified => {
-                let peers = self
-                    .last_list
-                    .as_ref()
-                    .map(|(p, _)| p.clone())
-                    .unwrap_or_default();
-                Ok((peers, true))
-            }
-            PeerList::Changed { peers, etag } => {
+            PeerList::NotModified => Ok((self.known_peers(), true)),
+            PeerList::Changed {
+                peers,
+                etag,
+                version,
+            } => {
                 if self.persist {
-                    save_peer_cache(&self.config_path, &peers);
+                    save_peer_cache(&self.config_path, &peers, version);
                 }
-                self.last_list = Some((peers.clone(), etag));
+                self.last_list = Some(KnownPeers {
+                    peers: peers.clone(),
+                    etag,
+                    version,
+                });
                 Ok((peers, false))
             }
+        }
+    }
+
+    /// The list as last known (empty before the first fetch).
+    pub fn known_peers(&self) -> Vec<PeerInfo> {
+        self.last_list
+            .as_ref()
+            .map(|k| k.peers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Where a long-poll should start from: our peer id and the version we have.
+    pub fn poll_point(&self) -> Option<(crate::types::PeerId, u64)> {
+        let id = self.config.assignment.as_ref()?.peer_id.clone();
+        Some((id, self.last_list.as_ref()?.version?))
+    }
+
+    /// Applies an answer to `/peers?since=N` (from a sync or a long-poll) to the known list
+    /// and caches it beside the config; returns whether the list changed.
+    pub fn apply_answer(&mut self, answer: PeersDelta) -> bool {
+        let known = self.last_list.get_or_insert_with(KnownPeers::default);
+        let changed = known.apply(answer);
+        if self.persist {
+            let known = self.last_list.as_ref().expect("just set");
+            save_peer_cache(&self.config_path, &known.peers, known.version);
+        }
+        changed
+    }
+
+    /// Tells the server we stop on purpose, so the others drop us now (best effort: a
+    /// server that cannot be reached drops us at the heartbeat timeout instead).
+    pub fn go_offline(&self) {
+        if let Some(assignment) = &self.config.assignment {
+            offline_with(&self.client, &assignment.peer_id);
         }
     }
 
@@ -242,7 +318,7 @@ impl Engine {
         if self.config.assignment.is_none() {
             self.register()?;
         }
-        let (peers, unchanged) = self.fetch_peers()?;
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
         self.reconcile(&peers, unchanged, sink)
     }
 
@@ -253,6 +329,43 @@ impl Engine {
         &mut self,
         peers: &[PeerInfo],
         list_unchanged: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        self.reconcile_as(peers, list_unchanged, None, sink)
+    }
+
+    /// [`Engine::reconcile`] as `up` runs it: new peers whose key sorts above ours get their
+    /// keepalive on the next pass, so two nodes meeting do not both initiate at once.
+    /// `hold_silent`: keep deferring peers that have not sent anything yet.
+    pub fn reconcile_live(
+        &mut self,
+        peers: &[PeerInfo],
+        hold_silent: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        self.reconcile_as(peers, false, Some(hold_silent), sink)
+    }
+
+    /// [`Engine::sync`] as `up` runs it (see [`Engine::reconcile_live`]).
+    pub fn sync_live(
+        &mut self,
+        hold_silent: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        plan::check_interface_name(self.os, &self.config)?;
+        if self.config.assignment.is_none() {
+            self.register()?;
+        }
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
+        self.reconcile_as(&peers, unchanged, Some(hold_silent), sink)
+    }
+
+    /// `live`: None for a plain pass, else `up`'s, holding silent peers or not.
+    fn reconcile_as(
+        &mut self,
+        peers: &[PeerInfo],
+        list_unchanged: bool,
+        live: Option<bool>,
         sink: &mut Sink<'_>,
     ) -> Result<SyncSummary, AgentError> {
         plan::check_interface_name(self.os, &self.config)?;
@@ -275,6 +388,8 @@ impl Engine {
                 peers,
                 list_unchanged,
                 dry_run: sink.is_dry_run(),
+                live: live.is_some(),
+                hold_silent: live == Some(true),
             };
             let planned = plan::plan(&input, &facts);
             self.apply(&planned.steps, sink)?;
@@ -325,7 +440,7 @@ impl Engine {
         // Before the first list of this run (the server unreachable since `up` started), the
         // cached one keeps the peers pinned that the last run pinned.
         let peers = match &self.last_list {
-            Some((peers, _)) => peers.clone(),
+            Some(known) => known.peers.clone(),
             None => load_peer_cache(&self.config_path),
         };
         let input = PlanInput {
@@ -334,6 +449,8 @@ impl Engine {
             peers: &peers,
             list_unchanged: true,
             dry_run: sink.is_dry_run(),
+            live: false,
+            hold_silent: false,
         };
         let steps = plan::route_check(&input, &facts);
         self.apply(&steps, sink)
@@ -423,14 +540,41 @@ fn undo_recorded(
     Ok(Some(os))
 }
 
-/// `down`: removes what the config at `path` records as applied, optionally as `os` would
-/// (to show another OS's teardown of this configuration's interface). Needs no server.
-/// Returns whether there was anything to remove.
+/// Tells the server this node stops on purpose, from its config alone (`down`), checking
+/// the answer against the pinned server key.
+fn tell_offline(config: &ClientConfig) {
+    let (Some(server), Some(assignment)) = (&config.server, &config.assignment) else {
+        return;
+    };
+    let client = ApiClient::new(server.clone(), OFFLINE_TIMEOUT).with_identity(
+        config.private_key.clone(),
+        Some(assignment.server_public_key),
+    );
+    offline_with(&client, &assignment.peer_id);
+}
+
+fn offline_with(client: &ApiClient, peer_id: &crate::types::PeerId) {
+    match client.with_timeout(OFFLINE_TIMEOUT).offline(peer_id) {
+        Ok(()) => log::info!("told the server {peer_id} is going offline"),
+        Err(e) => log::warn!(
+            "could not tell the server we are going offline ({e}); the others drop this node at the heartbeat timeout"
+        ),
+    }
+}
+
+/// `down`: tells the server this node goes offline (best effort; not in a dry run), then
+/// removes what the config at `path` records as applied, optionally as `os` would (to show
+/// another OS's teardown of this configuration's interface). Returns whether there was
+/// anything to remove.
 pub fn down(path: &Path, os: Option<TargetOs>, sink: &mut Sink<'_>) -> Result<bool, AgentError> {
     let Some(mut config) = ClientConfig::load(path)? else {
         log::info!("nothing to take down: no config at {}", path.display());
         return Ok(false);
     };
+    if !sink.is_dry_run() {
+        // Others drop us now rather than at the heartbeat timeout.
+        tell_offline(&config);
+    }
     if let Some(os) = os {
         let interface = config.interface.to_string();
         let applied = config.applied.get_or_insert_with(|| Applied {

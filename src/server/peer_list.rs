@@ -19,7 +19,7 @@ pub struct PeerList {
     pub generation: u64,
     /// The policy version the list was filtered with.
     pub policy_version: u64,
-    /// `{"peers":[...]}`, every visible online peer.
+    /// `{"success":true,"version":N,"full":true,"peers":[...]}`, every visible online peer.
     pub body: Arc<Vec<u8>>,
     /// For each listed peer, the bytes to cut (its entry and one adjacent comma).
     cut: HashMap<PeerId, Range<usize>>,
@@ -61,9 +61,11 @@ impl PeerLists {
         policy: &PolicyHolder,
     ) -> Arc<PeerList> {
         let mut slots = lock(&self.slots);
-        let (policy, policy_version) = policy.current();
-        let (generation, entries) = {
+        // The policy is read under the registry lock, where reloads swap it, so a list and
+        // its version always belong together.
+        let (policy, policy_version, generation, entries) = {
             let registry = lock(registry);
+            let (policy, policy_version) = policy.current();
             let generation = registry.generation();
             if let Some(cache) = slots
                 .get(group)
@@ -71,7 +73,7 @@ impl PeerLists {
             {
                 return cache.clone();
             }
-            (generation, registry.online_tagged())
+            (policy, policy_version, generation, registry.online_tagged())
         };
         if slots
             .values()
@@ -92,7 +94,10 @@ impl PeerLists {
             .map(|(_, entry)| entry)
             .collect();
         let mut body = Vec::with_capacity(64 + visible.len() * 320);
-        body.extend_from_slice(b"{\"peers\":[");
+        body.extend_from_slice(
+            format!("{{\"success\":true,\"version\":{generation},\"full\":true,\"peers\":[")
+                .as_bytes(),
+        );
         let mut spans = Vec::with_capacity(visible.len());
         for (i, entry) in visible.iter().enumerate() {
             if i > 0 {

@@ -269,10 +269,12 @@ impl Api {
             } => {
                 match fresh {
                     None => {
-                        lock(&self.registry).heartbeat(&record.id, None, source, now);
+                        self.change_registry(|reg| {
+                            reg.heartbeat(&record.id, None, source, now).is_some()
+                        });
                         lock(&r.pending).insert(key, now);
                     }
-                    Some(_) => lock(&self.registry).commit(record.clone()),
+                    Some(_) => self.change_registry(|reg| reg.commit(record.clone())),
                 }
                 if let Some(s) = s {
                     *seq = s;
@@ -347,17 +349,49 @@ impl Api {
             });
             match written {
                 Ok(Some(s)) => {
-                    lock(&self.registry).heartbeat(id, endpoint, observed, now);
+                    self.change_registry(|reg| {
+                        reg.heartbeat(id, endpoint, observed, now).is_some()
+                    });
                     *seq = s;
                 }
                 Ok(None) => return Err(unknown_peer(id)),
                 Err(e) => return Err(db_refusal(&e)),
             }
         } else {
-            lock(&self.registry).heartbeat(id, endpoint, observed, now);
+            self.change_registry(|reg| reg.heartbeat(id, endpoint, observed, now).is_some());
             lock(&r.pending).insert(record.public_key, now);
         }
         Ok(ok_json(&SuccessResponse { success: true }))
+    }
+
+    /// `POST /offline` on a replica: written to the database first (so every replica drops
+    /// the peer and its long-polls wake), then applied here. Returns whether the peer is
+    /// known; a peer already offline writes nothing.
+    pub(super) fn offline_replica(&self, r: &Replica, id: &PeerId) -> Result<bool, Refusal> {
+        let mut seq = lock(&r.seq);
+        let written = r.db.write("peers", |tx| {
+            let (changes, reached) = pg::changes_since(tx, *seq)?;
+            self.apply_changes(changes);
+            *seq = reached;
+            let Some(mut record) = lock(&self.registry).by_id(id).cloned() else {
+                return Ok(None);
+            };
+            if !record.online {
+                return Ok(Some(None));
+            }
+            record.online = false;
+            pg::put_peer(tx, &record).map(|s| Some(Some(s)))
+        });
+        match written {
+            Ok(None) => Ok(false),
+            Ok(Some(None)) => Ok(true),
+            Ok(Some(Some(s))) => {
+                self.change_registry(|reg| reg.offline(id).is_some());
+                *seq = s;
+                Ok(true)
+            }
+            Err(e) => Err(db_refusal(&e)),
+        }
     }
 
     pub(super) fn deregister_replica(
@@ -383,7 +417,7 @@ impl Api {
             Ok(None) => return Err(unknown_peer(id)),
             Err(e) => return Err(db_refusal(&e)),
         };
-        lock(&self.registry).remove(id);
+        self.change_registry(|reg| reg.remove(id));
         *seq = s;
         drop(seq);
         log::info!(
