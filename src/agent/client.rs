@@ -158,6 +158,9 @@ pub struct ApiClient {
     servers: Arc<Vec<ServerUrl>>,
     /// Index of the one in use, shared between clones so all stick to the same one.
     current: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when the client moved to another server: live-sync versions are per server, so
+    /// the next `peers_since` asks for the whole list instead of a delta.
+    switched: Arc<std::sync::atomic::AtomicBool>,
     identity: Option<Identity>,
     trust: TlsTrust,
 }
@@ -257,6 +260,7 @@ impl ApiClient {
             agent: Self::agent(timeout, trust),
             servers: Arc::new(vec![base]),
             current: Arc::default(),
+            switched: Arc::default(),
             identity: None,
             trust: trust.clone(),
         }
@@ -399,6 +403,7 @@ impl ApiClient {
                 _ => {
                     if failed.is_none() && index != start {
                         self.current.store(index, Ordering::Relaxed);
+                        self.switched.store(true, Ordering::Relaxed);
                         log::info!("now using coordination server {base}");
                     }
                     return result;
@@ -601,7 +606,33 @@ impl ApiClient {
     /// `GET /peers?since=N[&wait=SECS]`: what changed after version `since` (or the whole
     /// list, when the server cannot answer from there), waiting up to `wait` for a change.
     /// The client's time limit must exceed `wait` (see [`ApiClient::with_timeout`]).
+    ///
+    /// Versions are numbered by each server (each replica) on its own, so a version from
+    /// one means nothing to another: after this client failed over (by this request or any
+    /// other), it asks from version 0, which every server answers with its whole list.
     pub fn peers_since(
+        &self,
+        peer_id: &PeerId,
+        since: u64,
+        wait: Option<Duration>,
+    ) -> Result<PeersDelta, ClientError> {
+        use std::sync::atomic::Ordering;
+        let since = if self.switched.swap(false, Ordering::Relaxed) {
+            0
+        } else {
+            since
+        };
+        let before = self.current.load(Ordering::Relaxed);
+        let answer = self.get_since(peer_id, since, wait)?;
+        if !answer.full && self.current.load(Ordering::Relaxed) != before {
+            // The delta came from the server we failed over to, counted from another's version.
+            self.switched.store(false, Ordering::Relaxed);
+            return self.get_since(peer_id, 0, None);
+        }
+        Ok(answer)
+    }
+
+    fn get_since(
         &self,
         peer_id: &PeerId,
         since: u64,

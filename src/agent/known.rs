@@ -16,11 +16,13 @@ pub struct KnownPeers {
 }
 
 impl KnownPeers {
-    /// Applies an answer to `/peers?since=N`; returns whether the list changed. An answer
+    /// Applies an answer to `/peers?since=N`; returns whether the list changed. A delta
     /// older than the list (a long-poll overtaken by a sync) changes nothing; a full answer
-    /// replaces the list, so nothing stale survives a missed delta.
+    /// always replaces the list, so nothing stale survives a missed delta, whatever its
+    /// version: after a fail-over to another replica (which numbers versions its own way)
+    /// or a server whose clock went back, an older-looking full list is still the truth.
     pub fn apply(&mut self, answer: PeersDelta) -> bool {
-        if self.version.is_some_and(|v| answer.version < v) {
+        if !answer.full && self.version.is_some_and(|v| answer.version < v) {
             return false;
         }
         self.version = Some(answer.version);
@@ -125,5 +127,15 @@ mod tests {
         assert_eq!(known.peers, vec![c]);
         assert_eq!(known.etag, None);
         assert!(!known.apply(answer(100, true, known.peers.clone(), &[])));
+        // Another replica numbers versions its own way: its full list is taken as it is,
+        // and deltas count from its version from then on.
+        let d = listed(4, "198.18.0.4:1");
+        assert!(known.apply(answer(7, true, vec![d.clone()], &[])));
+        assert_eq!(
+            (known.peers.clone(), known.version),
+            (vec![d.clone()], Some(7))
+        );
+        assert!(known.apply(answer(8, false, vec![], &[&d])));
+        assert!(known.peers.is_empty());
     }
 }
