@@ -197,6 +197,13 @@ mod linux {
         (child, addr)
     }
 
+    /// (snapshot mtime, total bytes of snapshot and journal)
+    fn state_files(dir: &Path) -> (SystemTime, u64) {
+        let snapshot = std::fs::metadata(dir.join("peers.json")).unwrap();
+        let journal = std::fs::metadata(dir.join("peers.json.journal")).map_or(0, |m| m.len());
+        (snapshot.modified().unwrap(), snapshot.len() + journal)
+    }
+
     fn percentile(sorted: &[u64], p: f64) -> String {
         let Some(v) =
             sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
@@ -271,6 +278,7 @@ mod linux {
 
         // 30 s of heartbeats as 10,000 agents on a 30 s timer: each agent sends one, evenly
         // spread, from a few client threads over their own connections.
+        let disk_before = state_files(dir);
         let cpu_before = cpu_secs(pid);
         let started = Instant::now();
         let per_thread = AGENTS / CLIENT_THREADS;
@@ -323,6 +331,12 @@ mod linux {
         percentile(&latencies, 1.0),
         100.0 * cpu / elapsed,
     );
+        let disk_after = state_files(dir);
+        println!(
+            "state files during those heartbeats (6 sweeps): {} bytes written, snapshot rewritten: {}",
+            disk_after.1.saturating_sub(disk_before.1),
+            if disk_after.0 == disk_before.0 { "no" } else { "yes" }
+        );
         drop(agents);
         let _ = child.kill();
         let _ = child.wait();
@@ -395,8 +409,12 @@ mod linux {
         output.read_line(&mut line).unwrap();
         let addr: SocketAddr = line.trim().parse().unwrap();
         let (threads_before, rss_before) = threads_and_rss(pid);
-        let mut ask_stats = || -> (usize, usize) {
-            writeln!(input, "stats").unwrap();
+        // "notify" is sent through here too, so one closure owns the child's stdin.
+        let mut ask = |command: &str| -> (usize, usize) {
+            writeln!(input, "{command}").unwrap();
+            if command != "stats" {
+                return (0, 0);
+            }
             let mut line = String::new();
             output.read_line(&mut line).unwrap();
             let mut parts = line.split_whitespace().map(|v| v.parse().unwrap());
@@ -412,18 +430,18 @@ mod linux {
             })
             .collect();
         let settle = Instant::now();
-        while ask_stats().0 < AGENTS && settle.elapsed() < Duration::from_secs(60) {
+        while ask("stats").0 < AGENTS && settle.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Workers idle out after 5 s; measure at rest.
         std::thread::sleep(Duration::from_secs(7));
-        let (parked, workers) = ask_stats();
+        let (parked, workers) = ask("stats");
         let (threads, rss) = threads_and_rss(pid);
         println!(
         "connection layer with {parked} long-polls parked: {threads} threads ({threads_before} before any connection, {workers} workers alive), RSS {rss:.1} MiB ({rss_before:.1} before)"
     );
         let started = Instant::now();
-        writeln!(input, "notify").unwrap();
+        ask("notify");
         let mut buf = Vec::new();
         let mut answered = 0;
         let mut chunk = [0u8; 1024];
@@ -440,10 +458,12 @@ mod linux {
                 answered += 1;
             }
         }
+        let elapsed = started.elapsed();
+        let (_, workers) = ask("stats");
         println!(
-        "one notify answered {answered} parked long-polls in {:.0} ms (until the last answer was read)",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+            "one notify answered {answered} parked long-polls in {:.0} ms (until the last answer was read), with {workers} workers",
+            elapsed.as_secs_f64() * 1000.0
+        );
         drop(clients);
         drop(input);
         let _ = child.wait();

@@ -173,3 +173,81 @@ fn heartbeats_write_nothing_to_disk_and_state_survives_a_crash() {
         .unwrap_or_else(|| panic!("{} missing: {}", ids[0], list.json));
     assert_eq!(first["endpoint"], moved);
 }
+
+/// `/metrics` shows how many connections wait idle (and parked), so an operator can see
+/// 10,000 agents sitting in the readiness loop.
+#[test]
+fn metrics_count_idle_connections() {
+    let dir = TempDir::new("connmetrics");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let idle: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            let mut answer = [0u8; 512];
+            assert!(s.read(&mut answer).unwrap() > 0);
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    loop {
+        let mut resp = agent().get(server.url("/metrics")).call().unwrap();
+        let text = resp.body_mut().read_to_string().unwrap();
+        // The five, and the metrics request's own connection once it is idle again.
+        if text.contains("wgmesh_http_connections{state=\"idle\"} 5")
+            || text.contains("wgmesh_http_connections{state=\"idle\"} 6")
+        {
+            assert!(
+                text.contains("wgmesh_http_connections{state=\"parked\"} 0"),
+                "{text}"
+            );
+            assert!(text.contains("wgmesh_http_workers "), "{text}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
+}
+
+/// HEAD is GET without the body on every GET resource (it used to be 405 on all but
+/// /healthz), and never 405 where GET is allowed.
+#[test]
+fn head_works_on_every_get_resource() {
+    let dir = TempDir::new("head");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    for (path, status) in [
+        ("/key", 200),
+        ("/metrics", 200),
+        ("/healthz", 200),
+        ("/peers?peer_id=peer-0123456789abcdef", 401),
+        ("/admin/peers", 401),
+    ] {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "HEAD {path}: {answer}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(body.is_empty(), "HEAD {path} sent a body: {body:?}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0, "HEAD {path} tells the GET body's length");
+    }
+}

@@ -228,6 +228,7 @@ impl RunningServer {
             None => http::HttpServer::start(listener, config.limits.clone(), api.clone()),
         }
         .map_err(ServerError::Io)?;
+        api.set_http_stats(http.stats_handle());
         log::info!(
             "wgmesh server listening on {scheme}://{} for {} ({peers} peers loaded from {})",
             http.local_addr(),

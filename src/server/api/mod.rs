@@ -56,6 +56,8 @@ pub struct Api {
     epoch: u64,
     /// The STUN services' counters, exported with the rest.
     stun_stats: std::sync::OnceLock<Vec<Arc<crate::server::stun_service::StunStats>>>,
+    /// The connection layer's counts, exported with the rest.
+    http_stats: std::sync::OnceLock<super::http::StatsHandle>,
 }
 
 /// Who signed a request that verified, so the answer can be signed for them.
@@ -88,6 +90,7 @@ impl Api {
             trust,
             epoch: u64::from_le_bytes(seed),
             stun_stats: std::sync::OnceLock::new(),
+            http_stats: std::sync::OnceLock::new(),
         }
     }
 
@@ -100,6 +103,11 @@ impl Api {
     /// Hands over the STUN services' counters for `/metrics` (once, at startup).
     pub fn set_stun_stats(&self, stats: Vec<Arc<crate::server::stun_service::StunStats>>) {
         let _ = self.stun_stats.set(stats);
+    }
+
+    /// Hands over the connection layer's counts for `/metrics` (once, at startup).
+    pub fn set_http_stats(&self, stats: super::http::StatsHandle) {
+        let _ = self.http_stats.set(stats);
     }
 
     /// The server's counters.
@@ -294,7 +302,13 @@ impl Api {
         Response {
             status: 200,
             headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: Body::Owned(self.metrics.render(total, online, stun).into_bytes()),
+            body: Body::Owned({
+                let mut text = self.metrics.render(total, online, stun);
+                if let Some(stats) = self.http_stats.get().and_then(|h| h.get()) {
+                    stats.render_prometheus(&mut text);
+                }
+                text.into_bytes()
+            }),
         }
     }
 

@@ -232,6 +232,15 @@ pub(super) fn serve(
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
     match serve_requests(&mut out, &mut buf, remote, ctx, first, &mut linger) {
         Ok(Next::Idle) => match out.into_inner() {
+            Ok(stream) if buf.is_empty() => After::Idle(Conn {
+                stream,
+                // Nothing is buffered: give the memory back while the connection waits, so
+                // 10,000 idle agents do not hold 10,000 read buffers.
+                buf: Vec::new(),
+                remote,
+                ticket,
+                answered_at: Some(Instant::now()),
+            }),
             Ok(stream) => After::Idle(Conn {
                 stream,
                 buf,

@@ -309,3 +309,34 @@ fn head_answers_get_headers_without_a_body() {
     assert!(answer.contains("Content-Length: 2\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n"), "no body: {answer:?}");
 }
+
+#[test]
+fn over_the_connection_limit_the_503_arrives_despite_unread_data() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let (server, _, _) = waiter_server(limits);
+    let mut first = connect(&server);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(first.try_clone().unwrap());
+    assert_eq!(read_response(&mut reader).0, 200);
+    // The first connection stays open; the second sends a large body the server never reads.
+    let mut second = connect(&server);
+    let mut writer = second.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut request = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 262144\r\n\r\n".to_vec();
+        request.extend(std::iter::repeat_n(b'x', 262_144));
+        let _ = writer.write_all(&request);
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+    let mut answer = Vec::new();
+    let read = second.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "read failed ({read:?}) after {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    sender.join().unwrap();
+    drop(first);
+}

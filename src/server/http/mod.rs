@@ -3,13 +3,13 @@
 //!
 //! Design (for 10,000 agents, each with an idle keep-alive connection and a parked
 //! long-poll): a connection costs a thread only while it has something to do.
-//! - one accept thread hands every new socket to the readiness loop ([`accept`]);
-//! - one readiness loop thread ([`poller`]) owns every *waiting* connection: idle between
+//! - one accept thread hands every new socket to the readiness loop (`accept.rs`);
+//! - one readiness loop thread (`poller.rs`) owns every *waiting* connection: idle between
 //!   requests, parked on a long-poll ([`Park`]), or draining before close. It watches them
 //!   with epoll/kqueue (`mio`), enforces their deadlines (idle timeout, park deadline), wakes
 //!   parked requests when their [`Notifier`] moves, and hands a readable connection to a
 //!   worker;
-//! - an elastic worker pool ([`pool`]) reads the request with blocking reads bounded by the
+//! - an elastic worker pool (`pool.rs`) reads the request with blocking reads bounded by the
 //!   request timeout, runs the handler (at most `--threads` at once), writes the answer, and
 //!   gives the connection back to the loop. Workers start when every one is busy (so slow
 //!   clients cannot stall others) and exit after a few idle seconds.
@@ -57,7 +57,7 @@ pub struct Limits {
     /// How long a client may take to send one whole request once it started it.
     pub request_timeout: Duration,
     /// Most connections open at once; past it new ones get 503 and are closed. Waiting
-    /// connections (idle or parked) cost a descriptor and a few hundred bytes, not a thread.
+    /// connections (idle or parked) cost a descriptor and about a kilobyte, not a thread.
     pub max_connections: usize,
     /// Most requests running handler code at once (`--threads`).
     pub handler_threads: usize,
@@ -207,6 +207,53 @@ pub struct ConnStats {
     pub workers: usize,
 }
 
+impl ConnStats {
+    /// Appends the counts as Prometheus gauges (`wgmesh_http_connections{state=...}`,
+    /// `wgmesh_http_workers`), so an operator sees parked long-polls and idle agents.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP wgmesh_http_connections Open HTTP connections: all, idle between requests, parked on a long-poll."
+        );
+        let _ = writeln!(out, "# TYPE wgmesh_http_connections gauge");
+        for (state, n) in [
+            ("open", self.open),
+            ("idle", self.idle),
+            ("parked", self.parked),
+        ] {
+            let _ = writeln!(out, "wgmesh_http_connections{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wgmesh_http_workers HTTP worker threads alive (they exit when idle)."
+        );
+        let _ = writeln!(out, "# TYPE wgmesh_http_workers gauge");
+        let _ = writeln!(out, "wgmesh_http_workers {}", self.workers);
+    }
+}
+
+/// Reads a server's [`ConnStats`] without keeping the server alive (the handler holds one
+/// for `/metrics`, and the server holds the handler).
+#[derive(Clone)]
+pub struct StatsHandle(std::sync::Weak<poller::Shared>);
+
+impl StatsHandle {
+    /// The counts now, or None once the server is gone.
+    pub fn get(&self) -> Option<ConnStats> {
+        self.0.upgrade().map(|shared| stats_of(&shared))
+    }
+}
+
+fn stats_of(shared: &poller::Shared) -> ConnStats {
+    ConnStats {
+        open: shared.open.load(Ordering::SeqCst),
+        idle: shared.counts.idle.load(Ordering::Relaxed),
+        parked: shared.counts.parked.load(Ordering::Relaxed),
+        workers: shared.pool.threads(),
+    }
+}
+
 /// A running HTTP server: the accept thread, the readiness loop and its workers.
 pub struct HttpServer {
     local_addr: SocketAddr,
@@ -253,7 +300,10 @@ impl HttpServer {
         let local_addr = listener.local_addr()?;
         let (handle, readiness, rx, notified) = poller::channel()?;
         let shared = Arc::new(poller::Shared {
-            pool: pool::Pool::new(limits.max_connections),
+            pool: pool::Pool::new(
+                limits.handler_threads.saturating_mul(2).max(8),
+                limits.max_connections,
+            ),
             limits,
             handler,
             gate: conn::Gate::default(),
@@ -286,12 +336,12 @@ impl HttpServer {
 
     /// How many connections are open, waiting or parked, and how many workers run.
     pub fn stats(&self) -> ConnStats {
-        ConnStats {
-            open: self.shared.open.load(Ordering::SeqCst),
-            idle: self.shared.counts.idle.load(Ordering::Relaxed),
-            parked: self.shared.counts.parked.load(Ordering::Relaxed),
-            workers: self.shared.pool.threads(),
-        }
+        stats_of(&self.shared)
+    }
+
+    /// A handle for reading [`HttpServer::stats`] from elsewhere (e.g. `/metrics`).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(Arc::downgrade(&self.shared))
     }
 
     /// Stops accepting new connections and closes waiting ones; requests being handled

@@ -1,8 +1,8 @@
 //! The readiness loop: one thread owns every connection that is waiting (idle between
 //! requests, parked on a long-poll, or draining before close), watches their sockets with
 //! epoll/kqueue, enforces their deadlines, and hands a connection to a worker only when it
-//! has something to do. Ten thousand waiting connections cost one thread and a few hundred
-//! bytes each.
+//! has something to do. Ten thousand waiting connections cost one thread and about a
+//! kilobyte each.
 
 use super::conn::{self, After, Conn, Gate, Pending, Serving, Ticket};
 use super::park::{Park, Subscriber, Wake};
