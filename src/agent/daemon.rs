@@ -96,6 +96,21 @@ impl Poller {
     }
 }
 
+/// How long after adding peers with a deferred keepalive `up` turns it on: long enough for
+/// the other side's initiation to arrive first (it is usually there in milliseconds), short
+/// enough that a lost one costs a second, not WireGuard's 5 s retry.
+const FOLLOW_UP: Duration = Duration::from_secs(1);
+
+/// How long `up` keeps a new peer that has not sent anything yet without keepalive (so it
+/// does not initiate across the other side's first initiation); after that every keepalive
+/// is on, so both sides open their NAT mappings even if the other never initiates.
+const HOLD_SILENT: Duration = Duration::from_millis(1500);
+
+/// Whether silent deferred peers are still held (see [`HOLD_SILENT`]).
+fn holding(deferred_at: Option<Instant>, now: Instant) -> bool {
+    deferred_at.is_none_or(|t| now.duration_since(t) < HOLD_SILENT)
+}
+
 /// Longest pause between failed long-polls.
 const MAX_POLL_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -162,12 +177,37 @@ pub fn run(
     let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
     let mut poller = Poller::spawn(engine.client.with_timeout(LONG_POLL_WAIT + LONG_POLL_SLACK));
     let mut result = Ok(());
+    // When a pass deferred new peers' keepalives, the pass that turns them on, and since
+    // when peers have been deferred (silent ones are held only for a while).
+    let mut followup: Option<Instant> = None;
+    let mut deferred_at: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        if followup.is_some_and(|t| now >= t) {
+            followup = None;
+            let peers = engine.known_peers();
+            match engine.reconcile_live(
+                &peers,
+                holding(deferred_at, now),
+                &mut Sink::Run(&mut *runner),
+            ) {
+                Ok(summary) if summary.keepalive_deferred => followup = Some(now + FOLLOW_UP),
+                Ok(_) => deferred_at = None,
+                Err(e) if retryable(&e) => log::warn!("turning keepalives on failed: {e}"),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
         if sync.due(now) {
-            match engine.sync(&mut Sink::Run(&mut *runner)) {
+            match engine.sync_live(holding(deferred_at, now), &mut Sink::Run(&mut *runner)) {
                 Ok(summary) => {
                     sync.succeeded(now);
+                    if summary.keepalive_deferred {
+                        followup = Some(now + FOLLOW_UP);
+                        deferred_at.get_or_insert(now);
+                    }
                     log::debug!("sync ok: {} peers", summary.peers);
                 }
                 Err(e) if retryable(&e) => {
@@ -196,7 +236,10 @@ pub fn run(
                 }
             }
         }
-        let wake = sync.next.min(heartbeat.next);
+        let wake = sync
+            .next
+            .min(heartbeat.next)
+            .min(followup.unwrap_or(sync.next));
         while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
             let now = Instant::now();
             poller.keep_one_outstanding(engine.poll_point(), now);
@@ -207,8 +250,17 @@ pub fn run(
                     poller.succeeded();
                     if engine.apply_answer(delta) {
                         let peers = engine.known_peers();
-                        match engine.reconcile(&peers, false, &mut Sink::Run(&mut *runner)) {
-                            Ok(summary) => log::debug!("live update: {} peers", summary.peers),
+                        let now = Instant::now();
+                        let hold = holding(deferred_at, now);
+                        match engine.reconcile_live(&peers, hold, &mut Sink::Run(&mut *runner)) {
+                            Ok(summary) => {
+                                if summary.keepalive_deferred && followup.is_none() {
+                                    followup = Some(now + FOLLOW_UP);
+                                    deferred_at.get_or_insert(now);
+                                    break;
+                                }
+                                log::debug!("live update: {} peers", summary.peers)
+                            }
                             Err(e) if retryable(&e) => {
                                 log::warn!(
                                     "applying a live update failed: {e}; a full sync follows"

@@ -88,6 +88,10 @@ pub struct SyncSummary {
     pub removed: Vec<String>,
     /// Whether the server said the list had not changed (304).
     pub list_unchanged: bool,
+    /// Whether new peers were added with their keepalive deferred (`up` only): another pass
+    /// a moment later turns it on (see `plan::defer_crossing_handshakes`).
+    #[serde(skip)]
+    pub keepalive_deferred: bool,
 }
 
 /// Where plans go: run for real, or printed one command per line for `--dry-run`.
@@ -371,6 +375,42 @@ impl Engine {
         list_unchanged: bool,
         sink: &mut Sink<'_>,
     ) -> Result<SyncSummary, AgentError> {
+        self.reconcile_as(peers, list_unchanged, None, sink)
+    }
+
+    /// [`Engine::reconcile`] as `up` runs it: new peers whose key sorts above ours get their
+    /// keepalive on the next pass, so two nodes meeting do not both initiate at once.
+    /// `hold_silent`: keep deferring peers that have not sent anything yet.
+    pub fn reconcile_live(
+        &mut self,
+        peers: &[PeerInfo],
+        hold_silent: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        self.reconcile_as(peers, false, Some(hold_silent), sink)
+    }
+
+    /// [`Engine::sync`] as `up` runs it (see [`Engine::reconcile_live`]).
+    pub fn sync_live(
+        &mut self,
+        hold_silent: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        if self.config.assignment.is_none() {
+            self.register()?;
+        }
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
+        self.reconcile_as(&peers, unchanged, Some(hold_silent), sink)
+    }
+
+    /// `live`: None for a plain pass, else `up`'s, holding silent peers or not.
+    fn reconcile_as(
+        &mut self,
+        peers: &[PeerInfo],
+        list_unchanged: bool,
+        live: Option<bool>,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
         let reader: Option<&mut dyn Runner> = match &mut self.reader {
             Some(r) => Some(r.as_mut()),
             None => None,
@@ -383,6 +423,8 @@ impl Engine {
                 peers,
                 list_unchanged,
                 dry_run: sink.is_dry_run(),
+                live: live.is_some(),
+                hold_silent: live == Some(true),
             };
             let planned = plan::plan(&input, &facts);
             self.apply(&planned.steps, sink)?;
