@@ -30,6 +30,8 @@ struct Poller {
     /// After a failure, when to ask again (doubling back-off, like the timers).
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Whole-list answers in a row (see [`Poller::answered`]).
+    fulls: u32,
 }
 
 impl Poller {
@@ -53,6 +55,7 @@ impl Poller {
             outstanding: false,
             retry_at: None,
             backoff: FIRST_RETRY,
+            fulls: 0,
         }
     }
 
@@ -88,6 +91,23 @@ impl Poller {
 
     fn succeeded(&mut self) {
         self.backoff = FIRST_RETRY;
+    }
+
+    /// After an answer: whole lists twice in a row mean the server cannot answer from our
+    /// version (a plain load balancer alternating replicas, which number versions each
+    /// their own way), so every long-poll would come back at once with the whole list;
+    /// pause between them as after a failure instead of spinning. A delta resets it.
+    fn answered(&mut self, full: bool, now: Instant) {
+        self.fulls = if full { self.fulls + 1 } else { 0 };
+        if self.fulls >= 2 {
+            let wait = self.failed(now);
+            log::debug!(
+                "whole peer lists twice in a row: next long-poll in {} s",
+                wait.as_secs()
+            );
+        } else {
+            self.succeeded();
+        }
     }
 
     fn failed(&mut self, now: Instant) -> Duration {
@@ -288,7 +308,7 @@ pub fn run(
             match answer {
                 None => {}
                 Some(Ok(delta)) => {
-                    poller.succeeded();
+                    poller.answered(delta.full, Instant::now());
                     if engine.apply_answer(delta) {
                         let peers = engine.known_peers();
                         let now = Instant::now();
@@ -344,4 +364,39 @@ pub fn run(
         dns.shutdown();
     }
     result.and(teardown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poller() -> Poller {
+        let (ask, _questions) = mpsc::channel();
+        let (_reply, answers) = mpsc::channel();
+        Poller {
+            ask,
+            answers,
+            outstanding: false,
+            retry_at: None,
+            backoff: FIRST_RETRY,
+            fulls: 0,
+        }
+    }
+
+    #[test]
+    fn whole_lists_in_a_row_pause_the_long_poll_and_a_delta_resumes_it() {
+        let mut p = poller();
+        let now = Instant::now();
+        // One whole list (after a restart or a fail-over) is normal: poll again at once.
+        p.answered(true, now);
+        assert_eq!(p.retry_at, None);
+        // Again and again: the server cannot follow our version; back off, doubling.
+        p.answered(true, now);
+        assert_eq!(p.retry_at, Some(now + FIRST_RETRY));
+        p.answered(true, now);
+        assert_eq!(p.retry_at, Some(now + 2 * FIRST_RETRY));
+        // A delta means versions work again.
+        p.answered(false, now);
+        assert_eq!((p.fulls, p.backoff), (0, FIRST_RETRY));
+    }
 }
