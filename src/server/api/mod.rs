@@ -158,7 +158,7 @@ impl Api {
         &self.metrics
     }
 
-    /// Marks silent peers offline; called by the sweeper thread.
+    /// Marks silent peers offline; called by the sweeper thread every second.
     pub fn sweep(&self, timeout: std::time::Duration) {
         if let Some(r) = &self.replica {
             return self.sweep_replica(r, timeout);
@@ -181,12 +181,15 @@ impl Api {
     /// the snapshot only when the journal has grown enough (or `force`, at shutdown). A mesh
     /// that only heartbeats writes nothing. Holds the store lock throughout so no journaled
     /// change can slip between snapshot and truncation. A replica has no snapshot: its
-    /// database is the record, and at shutdown (`force`) it writes its batched heartbeats.
+    /// database is the record; here (every `--sweep-interval`) it writes its batched
+    /// heartbeats, catches up, purges nonces and announces itself, and at shutdown
+    /// (`force`) it writes its batched heartbeats.
     pub fn compact(&self, force: bool) -> std::io::Result<()> {
         if let Some(r) = &self.replica {
             // The database keeps these; the local batch only needs emptying.
             drop(lock(&self.registry).take_unsaved());
             if !force {
+                self.housekeep_replica(r);
                 return Ok(());
             }
             return self

@@ -438,17 +438,19 @@ impl Api {
         Ok(ok_json(&SuccessResponse { success: true }))
     }
 
-    /// The sweep of a replica: write the batched heartbeats, mark peers silent across the
-    /// whole cluster offline (from the database's last-seen times, so replicas agree), catch
-    /// up, and forget expired nonces.
+    /// The timeout check of a replica, every second: mark peers silent across the whole
+    /// cluster offline, from the database's last-seen times so replicas agree (each
+    /// replica's batch reaches the database every `--sweep-interval`, well within the
+    /// timeout). Announced only when it took someone offline; every replica (this one
+    /// included) then catches up and wakes its long-polls.
     pub(super) fn sweep_replica(&self, r: &Replica, timeout: Duration) {
-        if let Err(e) = self.flush_heartbeats(r) {
-            log::warn!("cannot write heartbeats to the database (kept for the next sweep): {e}");
-            return;
-        }
-        let now = SystemTime::now();
-        let cutoff = now.checked_sub(timeout).unwrap_or(std::time::UNIX_EPOCH);
-        match r.db.write("peers", |tx| pg::mark_offline(tx, cutoff)) {
+        let cutoff = SystemTime::now()
+            .checked_sub(timeout)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        match r
+            .db
+            .write_if("peers", |tx| pg::mark_offline(tx, cutoff), |n| *n > 0)
+        {
             Ok(n) if n > 0 => {
                 log::warn!("{n} peer(s) timed out: no heartbeat on any replica, marked offline");
                 self.metrics.timeouts.fetch_add(n, Ordering::Relaxed);
@@ -456,10 +458,19 @@ impl Api {
             Ok(_) => {}
             Err(e) => log::warn!("sweep could not reach the database: {e}"),
         }
+    }
+
+    /// A replica's work every `--sweep-interval`: write the batched heartbeats, catch up,
+    /// forget expired nonces and announce itself.
+    pub(super) fn housekeep_replica(&self, r: &Replica) {
+        if let Err(e) = self.flush_heartbeats(r) {
+            log::warn!("cannot write heartbeats to the database (kept for the next sweep): {e}");
+            return;
+        }
         if let Err(e) = self.catch_up() {
             log::warn!("cannot catch up with the database: {e}");
         }
-        let _ = r.db.purge_nonces(now);
+        let _ = r.db.purge_nonces(SystemTime::now());
         r.announce();
     }
 }
