@@ -115,10 +115,13 @@ impl Api {
             return Ok((false, policy.to_string()));
         };
         let fresh = Policy::load(path).map_err(|e| e.to_string())?;
+        // Decided before publishing: this replica's own LISTEN thread may put the published
+        // policy in force before the line below does, and the reload still changed it.
+        let changed = *self.trust.policy.current().0 != fresh;
         r.db.set_policy(&fresh.to_json_pretty())
             .map_err(|e| format!("cannot publish the policy to the other replicas: {e}"))?;
         let text = fresh.to_string();
-        let changed = self.put_policy(fresh);
+        self.put_policy(fresh);
         if changed {
             log::info!("access policy reloaded and published to every replica: {text}");
             let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
