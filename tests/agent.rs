@@ -329,3 +329,80 @@ fn keys_are_wg_compatible_both_ways() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("private key"));
 }
+
+/// A one-shot `sync` (a fresh engine, as each `wgmesh sync` run is) asks for only what changed
+/// since the version cached beside its config, and a cached version the server cannot answer
+/// (it restarted) converges through the full list with no stale peer left.
+#[test]
+fn sync_sends_since_from_the_cached_version_and_recovers_through_full() {
+    let dir = TempDir::new("agent-since");
+    let state = dir.path().join("peers.json");
+    let server = ServerProcess::start(&state, &["--open", "--log-level", "debug"]);
+    let first = new_key();
+    assert_eq!(register(&server, &first, "first").status, 200);
+    let mut engine = engine(&server, &dir, Shared::default());
+    engine.fetch_peers().unwrap();
+    let cache: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("client.peers.json")).unwrap())
+            .unwrap();
+    let version = cache["version"]
+        .as_u64()
+        .expect("the cache keeps the version");
+
+    // Next run: a fresh engine from the same config, one new peer on the server.
+    let second = new_key();
+    assert_eq!(register(&server, &second, "second").status, 200);
+    let config = engine.config.clone();
+    let mut again = engine_from(&server, &dir, config.clone());
+    let (peers, unchanged) = again.fetch_peers().unwrap();
+    assert!(!unchanged);
+    let mut keys: Vec<String> = peers.iter().map(|p| p.public_key.to_base64()).collect();
+    keys.sort();
+    let mut want = vec![first.clone(), second.clone()];
+    want.sort();
+    assert_eq!(keys, want);
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("&since={version} ")),
+        "the second run asked for a delta:\n{log}"
+    );
+
+    // The server restarts and `first` is deregistered meanwhile: the cached version is
+    // unknown to the new process, so the full list replaces the cache.
+    drop(server);
+    let server = ServerProcess::start(&state, &["--open", "--log-level", "debug"]);
+    assert_eq!(
+        post(
+            &server,
+            "/deregister",
+            &serde_json::json!({"peer_id": wgmesh::types::PeerId::for_key(
+                &wgmesh::keys::PublicKey::from_base64(&first).unwrap()
+            )})
+            .to_string()
+        )
+        .status,
+        200
+    );
+    let mut third = engine_from(&server, &dir, config);
+    let (peers, _) = third.fetch_peers().unwrap();
+    let keys: Vec<String> = peers.iter().map(|p| p.public_key.to_base64()).collect();
+    assert_eq!(keys, vec![second], "no stale peer survives a missed delta");
+}
+
+fn engine_from(server: &ServerProcess, dir: &TempDir, mut config: ClientConfig) -> Engine {
+    // A restarted test server listens on another ephemeral port.
+    config.server = Some(format!("http://{}", server.addr).parse().unwrap());
+    Engine {
+        client: ApiClient::new(config.server.clone().unwrap(), Duration::from_secs(5))
+            .with_identity(config.private_key.clone(), Some(server.public_key())),
+        config,
+        config_path: dir.path().join("client.json"),
+        os: TargetOs::Linux,
+        reader: None,
+        last_list: None,
+        paths: Default::default(),
+        path_settings: Default::default(),
+        path_choices: Default::default(),
+        persist: true,
+    }
+}

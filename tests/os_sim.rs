@@ -707,7 +707,10 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
 
 fn sync(engine: &mut Engine, sim: &Sim, peers: &[PeerInfo]) -> Result<(), AgentError> {
     let mut runner = sim.clone();
-    engine.last_list = Some((peers.to_vec(), None));
+    engine.last_list = Some(wgmesh::agent::known::KnownPeers {
+        peers: peers.to_vec(),
+        ..Default::default()
+    });
     engine
         .reconcile(peers, false, &mut Sink::Run(&mut runner))
         .map(drop)

@@ -889,3 +889,94 @@ fn agents_work_through_a_plain_load_balancer_that_alternates_replicas() {
         );
     }
 }
+
+/// `GET /peers?since=N&wait=SECS` on `server`, answered 200 and signed.
+fn long_poll(server: &ServerProcess, id: &str, since: u64, wait: u64) -> Answer {
+    let answer = get(
+        server,
+        &format!("/peers?peer_id={id}&since={since}&wait={wait}"),
+        None,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert!(answer.signed, "live answers are signed");
+    answer
+}
+
+/// Parks a long-poll on `server` from `since`, runs `change` half a second later, and
+/// returns the answer with how long after the change it came.
+fn woken_by(
+    server: &ServerProcess,
+    id: &str,
+    since: u64,
+    change: impl FnOnce(),
+) -> (Answer, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let answer = long_poll(server, id, since, 8);
+            tx.send((Instant::now(), answer)).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let changed = Instant::now();
+        change();
+        let (answered, answer) = rx.recv_timeout(Duration::from_secs(9)).unwrap();
+        (answer, answered.duration_since(changed))
+    })
+}
+
+#[test]
+fn a_long_poll_parked_on_one_replica_is_woken_by_changes_through_the_other() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-longpoll");
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let x = register(&b, &new_key(), "x-host");
+    assert_eq!(x.status, 200, "{}", x.json);
+    let x_id = x.json["peer_id"].as_str().unwrap().to_owned();
+    let first = get(&b, &format!("/peers?peer_id={x_id}"), None);
+    let version = first.json["version"].as_u64().expect("a version");
+
+    // A registration through A reaches the long-poll parked on B (NOTIFY, catch-up, wake).
+    let mut y_id = String::new();
+    let (joined, took) = woken_by(&b, &x_id, version, || {
+        let y = register(&a, &new_key(), "y-host");
+        assert_eq!(y.status, 200, "{}", y.json);
+        y_id = y.json["peer_id"].as_str().unwrap().to_owned();
+    });
+    assert_eq!(joined.json["full"], false, "{}", joined.json);
+    let changed: Vec<&str> = joined.json["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(changed, [y_id.as_str()], "{}", joined.json);
+    assert!(
+        took < Duration::from_secs(1),
+        "woken {took:?} after the change"
+    );
+
+    // Going offline through A (written to the database) drops the peer from B's answer.
+    let version = joined.json["version"].as_u64().unwrap();
+    let (left, took) = woken_by(&b, &x_id, version, || {
+        let off = post(
+            &a,
+            "/offline",
+            &serde_json::json!({"peer_id": y_id}).to_string(),
+        );
+        assert_eq!(off.status, 200, "{}", off.json);
+    });
+    assert_eq!(
+        left.json["removed"],
+        serde_json::json!([y_id]),
+        "{}",
+        left.json
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "woken {took:?} after the change"
+    );
+    // And A agrees: the peer is offline there too, with its address kept.
+    let on_a = admin_peers(&a);
+    assert!(on_a.contains_key(&y_id), "registration kept: {on_a:?}");
+}

@@ -12,8 +12,8 @@
 use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth::{self, RequestSigner};
 use crate::proto::model::{
-    ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, KeyResponse, PeerInfo, PeersResponse,
-    RegisterRequest, RegisterResponse,
+    ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, KeyResponse, OfflineRequest,
+    PeerInfo, PeersDelta, PeersResponse, RegisterRequest, RegisterResponse,
 };
 use crate::types::PeerId;
 use std::fmt;
@@ -84,6 +84,8 @@ pub enum PeerList {
         etag: Option<String>,
         /// The UDP port of the server's WireGuard relay, when it runs one.
         relay_port: Option<u16>,
+        /// Send it back as `since` to get only what changed (absent from older servers).
+        version: Option<u64>,
     },
 }
 
@@ -158,7 +160,11 @@ pub struct ApiClient {
     servers: Arc<Vec<ServerUrl>>,
     /// Index of the one in use, shared between clones so all stick to the same one.
     current: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when the client moved to another server: live-sync versions are per server, so
+    /// the next `peers_since` asks for the whole list instead of a delta.
+    switched: Arc<std::sync::atomic::AtomicBool>,
     identity: Option<Identity>,
+    trust: TlsTrust,
 }
 
 /// An answer read whole, with what is needed to verify it.
@@ -252,20 +258,34 @@ impl ApiClient {
 
     /// A client with a per-request time limit and the CAs an https:// server must chain to.
     pub fn with_trust(base: ServerUrl, timeout: Duration, trust: &TlsTrust) -> ApiClient {
-        let agent = ureq::Agent::config_builder()
+        ApiClient {
+            agent: Self::agent(timeout, trust),
+            servers: Arc::new(vec![base]),
+            current: Arc::default(),
+            switched: Arc::default(),
+            identity: None,
+            trust: trust.clone(),
+        }
+    }
+
+    /// The same client (server, trust, identity and pinned key) with another time limit per
+    /// request: longer for long-polls, shorter for a last word on the way out.
+    pub fn with_timeout(&self, timeout: Duration) -> ApiClient {
+        ApiClient {
+            agent: Self::agent(timeout, &self.trust),
+            ..self.clone()
+        }
+    }
+
+    fn agent(timeout: Duration, trust: &TlsTrust) -> ureq::Agent {
+        ureq::Agent::config_builder()
             .tls_config(trust.tls_config())
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(5))))
             .http_status_as_error(false)
             .user_agent(concat!("wgmesh/", env!("CARGO_PKG_VERSION")))
             .build()
-            .into();
-        ApiClient {
-            agent,
-            servers: Arc::new(vec![base]),
-            current: Arc::default(),
-            identity: None,
-        }
+            .into()
     }
 
     /// Signs every request with `key` and checks every answer against `server_key`; with
@@ -385,6 +405,7 @@ impl ApiClient {
                 _ => {
                     if failed.is_none() && index != start {
                         self.current.store(index, Ordering::Relaxed);
+                        self.switched.store(true, Ordering::Relaxed);
                         log::info!("now using coordination server {base}");
                     }
                     return result;
@@ -598,6 +619,65 @@ impl ApiClient {
         }
     }
 
+    /// `POST /offline`: tells the server this node stops on purpose, so the others drop it
+    /// now rather than at the heartbeat timeout; the registration and address stay.
+    pub fn offline(&self, peer_id: &PeerId) -> Result<(), ClientError> {
+        self.post_json(
+            "/offline",
+            &OfflineRequest {
+                peer_id: peer_id.clone(),
+            },
+        )
+        .map(drop)
+    }
+
+    /// `GET /peers?since=N[&wait=SECS]`: what changed after version `since` (or the whole
+    /// list, when the server cannot answer from there), waiting up to `wait` for a change.
+    /// The client's time limit must exceed `wait` (see [`ApiClient::with_timeout`]).
+    ///
+    /// Versions are numbered by each server (each replica) on its own, so a version from
+    /// one means nothing to another: after this client failed over (by this request or any
+    /// other), it asks from version 0, which every server answers with its whole list.
+    pub fn peers_since(
+        &self,
+        peer_id: &PeerId,
+        since: u64,
+        wait: Option<Duration>,
+    ) -> Result<PeersDelta, ClientError> {
+        use std::sync::atomic::Ordering;
+        let since = if self.switched.swap(false, Ordering::Relaxed) {
+            0
+        } else {
+            since
+        };
+        let before = self.current.load(Ordering::Relaxed);
+        let answer = self.get_since(peer_id, since, wait)?;
+        if !answer.full && self.current.load(Ordering::Relaxed) != before {
+            // The delta came from the server we failed over to, counted from another's version.
+            self.switched.store(false, Ordering::Relaxed);
+            return self.get_since(peer_id, 0, None);
+        }
+        Ok(answer)
+    }
+
+    fn get_since(
+        &self,
+        peer_id: &PeerId,
+        since: u64,
+        wait: Option<Duration>,
+    ) -> Result<PeersDelta, ClientError> {
+        let mut path = format!("/peers?peer_id={peer_id}&since={since}");
+        if let Some(wait) = wait {
+            path.push_str(&format!("&wait={}", wait.as_secs()));
+        }
+        let answer = self.exchange("GET", &path, None, &[], MAX_PEER_LIST_BYTES)?;
+        match answer.status {
+            200 => serde_json::from_slice(&answer.body)
+                .map_err(|e| ClientError::Protocol(format!("peer list: {e}"))),
+            _ => Err(Self::refused(&answer)),
+        }
+    }
+
     /// `GET /peers`, conditional on the ETag of the list we already have.
     pub fn peers(&self, peer_id: &PeerId, etag: Option<&str>) -> Result<PeerList, ClientError> {
         let path = format!("/peers?peer_id={peer_id}");
@@ -613,6 +693,7 @@ impl ApiClient {
                     peers: list.peers,
                     etag,
                     relay_port: list.relay_port,
+                    version: list.version,
                 })
             }
             _ => Err(Self::refused(&answer)),

@@ -183,7 +183,7 @@ impl MeshDns {
         let peers: Vec<PeerInfo> = engine
             .last_list
             .as_ref()
-            .map(|(p, _)| p.clone())
+            .map(|k| k.peers.clone())
             .unwrap_or_default();
         let table = Table::build(
             assignment.dns_name.as_ref().map(|n| (n, own)),
@@ -444,7 +444,10 @@ mod tests {
             config_path: dir.join("client.json"),
             os: TargetOs::Linux,
             reader: None,
-            last_list: Some((peers, None)),
+            last_list: Some(crate::agent::known::KnownPeers {
+                peers,
+                ..Default::default()
+            }),
             persist: true,
             paths: Default::default(),
             path_settings: Default::default(),
@@ -541,7 +544,7 @@ mod tests {
         dns.refresh(&mut engine, &mut Sink::Run(&mut quiet))
             .unwrap();
         // web leaves: its lines go.
-        engine.last_list = Some((Vec::new(), None));
+        engine.last_list = Some(Default::default());
         dns.refresh(&mut engine, &mut Sink::Run(&mut SystemRunner::new()))
             .unwrap();
         let text = std::fs::read_to_string(&hosts).unwrap();

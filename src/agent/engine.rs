@@ -10,17 +10,22 @@ use super::config::{Applied, Assignment, ClientConfig};
 use super::error::AgentError;
 use super::host::{self, HostFacts};
 use super::host_routes;
+use super::known::KnownPeers;
 use super::path::{Choice, PathSettings, PathTable};
 use super::plan::{self, HostCheck, PlanInput, Step, SyncSummary};
 use crate::keys::PublicKey;
 use crate::os::runner::{execute, Runner};
 use crate::os::{self, observe_windows, Plan, TargetOs};
-use crate::proto::model::{HeartbeatRequest, PeerInfo, RegisterRequest};
+use crate::proto::model::{HeartbeatRequest, PeerInfo, PeersDelta, RegisterRequest};
 use crate::types::OsName;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// How long `down` or a stopping `up` waits to tell the server it goes offline: short,
+/// since stopping must not hang on an unreachable server.
+const OFFLINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Where plans go: run for real, or printed one command per line for `--dry-run`.
 pub enum Sink<'a> {
@@ -86,11 +91,8 @@ pub struct Engine {
     pub client: ApiClient,
     /// Reads actual state (`wg show dump`); None when planning for another OS.
     pub reader: Option<Box<dyn Runner>>,
-    /// The last list the server sent, and its ETag.
-    pub last_list: Option<(Vec<PeerInfo>, Option<String>)>,
-    /// Whether the config may be written. Dry runs still keep the key and assignment (so a
-    /// later real run uses the address it printed) but never record anything as applied.
-    pub persist: bool,
+    /// The last list the server sent, with its ETag and version.
+    pub last_list: Option<KnownPeers>,
     /// Each peer's path (direct or relayed) and the relay's address; saved beside the
     /// config so `sync` from a timer and `status` see it.
     pub paths: PathTable,
@@ -99,6 +101,9 @@ pub struct Engine {
     /// What the last reconcile chose per peer, so the route check between syncs pins the
     /// same endpoints (a relayed peer's is the relay's) instead of fighting the sync.
     pub path_choices: HashMap<PublicKey, Choice>,
+    /// Whether the config may be written. Dry runs still keep the key and assignment (so a
+    /// later real run uses the address it printed) but never record anything as applied.
+    pub persist: bool,
 }
 
 /// Where the last peer list is kept for `status` and offline `export`: beside the config.
@@ -108,17 +113,28 @@ pub fn peer_cache_path(config_path: &Path) -> PathBuf {
 
 /// The last peer list this node saw (empty if none or unreadable: it is only a cache).
 pub fn load_peer_cache(config_path: &Path) -> Vec<PeerInfo> {
-    std::fs::read(peer_cache_path(config_path))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<crate::proto::model::PeersResponse>(&bytes).ok())
-        .map(|r| r.peers)
+    load_known_peers(config_path)
+        .map(|k| k.peers)
         .unwrap_or_default()
 }
 
-fn save_peer_cache(config_path: &Path, peers: &[PeerInfo]) {
+/// The last peer list this node saw with its version, so `sync` can ask for only what
+/// changed since (None if none or unreadable: the full list is always correct).
+pub fn load_known_peers(config_path: &Path) -> Option<KnownPeers> {
+    let bytes = std::fs::read(peer_cache_path(config_path)).ok()?;
+    let cached = serde_json::from_slice::<crate::proto::model::PeersResponse>(&bytes).ok()?;
+    Some(KnownPeers {
+        peers: cached.peers,
+        etag: None,
+        version: cached.version,
+    })
+}
+
+fn save_peer_cache(config_path: &Path, peers: &[PeerInfo], version: Option<u64>) {
     let body = crate::proto::model::PeersResponse {
         relay_port: None,
         peers: peers.to_vec(),
+        version,
     };
     let bytes = serde_json::to_vec(&body).expect("peer lists serialize");
     let path = peer_cache_path(config_path);
@@ -215,13 +231,38 @@ impl Engine {
         }
     }
 
-    /// The current peer list: a fresh one from the server, or the last one on a 304.
+    /// The current peer list: only what changed since the version we have when we have one
+    /// (kept beside the config, so a one-shot `sync` benefits too), else the whole list, or
+    /// the last one on a 304. Returns the list and whether it is unchanged.
     pub fn fetch_peers(&mut self) -> Result<(Vec<PeerInfo>, bool), AgentError> {
+        self.fetch_peers_from(true)
+    }
+
+    /// [`Engine::fetch_peers`]; `use_cache: false` (dry runs) starts from the whole list
+    /// instead of the cached version, so what is printed never depends on an earlier run.
+    fn fetch_peers_from(&mut self, use_cache: bool) -> Result<(Vec<PeerInfo>, bool), AgentError> {
         let peer_id = match &self.config.assignment {
             Some(a) => a.peer_id.clone(),
             None => self.register()?.peer_id.clone(),
         };
-        let etag = self.last_list.as_ref().and_then(|(_, e)| e.clone());
+        if self.last_list.is_none() && self.persist && use_cache {
+            self.last_list = load_known_peers(&self.config_path);
+        }
+        if let Some(since) = self.last_list.as_ref().and_then(|k| k.version) {
+            let answer = match self.client.peers_since(&peer_id, since, None) {
+                Err(ClientError::UnknownPeer) => {
+                    log::warn!("the server no longer knows {peer_id}: registering again");
+                    self.register()?;
+                    self.last_list = None;
+                    return self.fetch_peers_from(false);
+                }
+                other => other?,
+            };
+            let unchanged = !self.apply_answer(answer);
+            let peers = self.known_peers();
+            return Ok((peers, unchanged));
+        }
+        let etag = self.last_list.as_ref().and_then(|k| k.etag.clone());
         let answer = match self.client.peers(&peer_id, etag.as_deref()) {
             Err(ClientError::UnknownPeer) => {
                 log::warn!("the server no longer knows {peer_id}: registering again");
@@ -231,36 +272,42 @@ impl Engine {
             other => other?,
         };
         match answer {
-            PeerList::NotModified => {
-                let peers = self
-                    .last_list
-                    .as_ref()
-                    .map(|(p, _)| p.clone())
-                    .unwrap_or_default();
-                Ok((peers, true))
-            }
+            PeerList::NotModified => Ok((self.known_peers(), true)),
             PeerList::Changed {
                 peers,
                 etag,
                 relay_port,
+                version,
             } => {
                 if self.persist {
-                    save_peer_cache(&self.config_path, &peers);
+                    save_peer_cache(&self.config_path, &peers, version);
                 }
-                // The relay listens on the server's own host.
-                let relay = relay_port.and_then(|port| {
-                    host::server_ip(self.client.server()).map(|ip| SocketAddr::new(ip, port))
+                self.learn_relay(relay_port, true);
+                self.last_list = Some(KnownPeers {
+                    peers: peers.clone(),
+                    etag,
+                    version,
                 });
-                if relay != self.paths.relay {
-                    match relay {
-                        Some(r) => log::info!("the server relays WireGuard at {r}"),
-                        None => log::info!("the server offers no relay: direct paths only"),
-                    }
-                    self.paths.relay = relay;
-                }
-                self.last_list = Some((peers.clone(), etag));
                 Ok((peers, false))
             }
+        }
+    }
+
+    /// Where the server relays WireGuard (its own host, the port it advertises). A full list
+    /// without a port means no relay; a delta without one keeps what we know.
+    fn learn_relay(&mut self, relay_port: Option<u16>, authoritative: bool) {
+        if relay_port.is_none() && !authoritative {
+            return;
+        }
+        let relay = relay_port.and_then(|port| {
+            host::server_ip(self.client.server()).map(|ip| SocketAddr::new(ip, port))
+        });
+        if relay != self.paths.relay {
+            match relay {
+                Some(r) => log::info!("the server relays WireGuard at {r}"),
+                None => log::info!("the server offers no relay: direct paths only"),
+            }
+            self.paths.relay = relay;
         }
     }
 
@@ -297,27 +344,50 @@ impl Engine {
         }
     }
 
+    /// The list as last known (empty before the first fetch).
+    pub fn known_peers(&self) -> Vec<PeerInfo> {
+        self.last_list
+            .as_ref()
+            .map(|k| k.peers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Where a long-poll should start from: our peer id and the version we have.
+    pub fn poll_point(&self) -> Option<(crate::types::PeerId, u64)> {
+        let id = self.config.assignment.as_ref()?.peer_id.clone();
+        Some((id, self.last_list.as_ref()?.version?))
+    }
+
+    /// Applies an answer to `/peers?since=N` (from a sync or a long-poll) to the known list
+    /// and caches it beside the config; returns whether the list changed.
+    pub fn apply_answer(&mut self, answer: PeersDelta) -> bool {
+        self.learn_relay(answer.relay_port, answer.full);
+        let known = self.last_list.get_or_insert_with(KnownPeers::default);
+        let changed = known.apply(answer);
+        if self.persist {
+            let known = self.last_list.as_ref().expect("just set");
+            save_peer_cache(&self.config_path, &known.peers, known.version);
+        }
+        changed
+    }
+
+    /// Tells the server we stop on purpose, so the others drop us now (best effort: a
+    /// server that cannot be reached drops us at the heartbeat timeout instead).
+    pub fn go_offline(&self) {
+        if let Some(assignment) = &self.config.assignment {
+            offline_with(&self.client, &assignment.peer_id);
+        }
+    }
+
     /// One full step: register if needed, fetch peers, reconcile the interface.
     pub fn sync(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
         plan::check_interface_name(self.os, &self.config)?;
         if self.config.assignment.is_none() {
             self.register()?;
         }
-        let (peers, unchanged) = self.fetch_peers()?;
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
         self.refresh_relays();
         self.reconcile(&peers, unchanged, sink)
-    }
-
-    /// Re-plans from the last peer list without asking the server: the paths' tick between
-    /// syncs. Nothing to do before the first list.
-    pub fn refresh_paths(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
-        let Some((peers, _)) = self.last_list.clone() else {
-            return Ok(());
-        };
-        if self.config.assignment.is_none() {
-            return Ok(());
-        }
-        self.reconcile_with(&peers, true, sink, false).map(drop)
     }
 
     /// Makes the interface match `peers`: observes the host, plans (pure), applies the
@@ -329,16 +399,58 @@ impl Engine {
         list_unchanged: bool,
         sink: &mut Sink<'_>,
     ) -> Result<SyncSummary, AgentError> {
-        self.reconcile_with(peers, list_unchanged, sink, true)
+        self.reconcile_as(peers, list_unchanged, None, sink, true)
     }
 
-    /// [`Engine::reconcile`]; `save_paths` saves the path table even when only its counters
-    /// moved (a `sync` run resumes from them), else only when a path changed (the daemon's
-    /// once-a-second tick must not write the disk every second).
-    fn reconcile_with(
+    /// Re-plans from the last peer list without asking the server: the paths' tick between
+    /// syncs. Nothing to do before the first list.
+    pub fn refresh_paths(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
+        let Some(known) = self.last_list.clone() else {
+            return Ok(());
+        };
+        if self.config.assignment.is_none() {
+            return Ok(());
+        }
+        self.reconcile_as(&known.peers, true, None, sink, false)
+            .map(drop)
+    }
+
+    /// [`Engine::reconcile`] as `up` runs it: new peers whose key sorts above ours get their
+    /// keepalive on the next pass, so two nodes meeting do not both initiate at once.
+    /// `hold_silent`: keep deferring peers that have not sent anything yet.
+    pub fn reconcile_live(
+        &mut self,
+        peers: &[PeerInfo],
+        hold_silent: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        self.reconcile_as(peers, false, Some(hold_silent), sink, true)
+    }
+
+    /// [`Engine::sync`] as `up` runs it (see [`Engine::reconcile_live`]).
+    pub fn sync_live(
+        &mut self,
+        hold_silent: bool,
+        sink: &mut Sink<'_>,
+    ) -> Result<SyncSummary, AgentError> {
+        plan::check_interface_name(self.os, &self.config)?;
+        if self.config.assignment.is_none() {
+            self.register()?;
+        }
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
+        self.refresh_relays();
+        self.reconcile_as(&peers, unchanged, Some(hold_silent), sink, true)
+    }
+
+    /// `live`: None for a plain pass, else `up`'s, holding silent peers or not.
+    /// `save_paths` saves the path table even when only its counters moved (a `sync` run
+    /// resumes from them), else only when a path changed (the daemon's once-a-second tick
+    /// must not write the disk every second).
+    fn reconcile_as(
         &mut self,
         peers: &[PeerInfo],
         list_unchanged: bool,
+        live: Option<bool>,
         sink: &mut Sink<'_>,
         save_paths: bool,
     ) -> Result<SyncSummary, AgentError> {
@@ -381,6 +493,8 @@ impl Engine {
                 list_unchanged,
                 dry_run: sink.is_dry_run(),
                 paths: &paths,
+                live: live.is_some(),
+                hold_silent: live == Some(true),
             };
             let planned = plan::plan(&input, &facts);
             self.apply(&planned.steps, sink)?;
@@ -431,7 +545,7 @@ impl Engine {
         // Before the first list of this run (the server unreachable since `up` started), the
         // cached one keeps the peers pinned that the last run pinned.
         let peers = match &self.last_list {
-            Some((peers, _)) => peers.clone(),
+            Some(known) => known.peers.clone(),
             None => load_peer_cache(&self.config_path),
         };
         let input = PlanInput {
@@ -441,6 +555,8 @@ impl Engine {
             list_unchanged: true,
             dry_run: sink.is_dry_run(),
             paths: &self.path_choices,
+            live: false,
+            hold_silent: false,
         };
         let steps = plan::route_check(&input, &facts);
         self.apply(&steps, sink)
@@ -530,14 +646,41 @@ fn undo_recorded(
     Ok(Some(os))
 }
 
-/// `down`: removes what the config at `path` records as applied, optionally as `os` would
-/// (to show another OS's teardown of this configuration's interface). Needs no server.
-/// Returns whether there was anything to remove.
+/// Tells the server this node stops on purpose, from its config alone (`down`), checking
+/// the answer against the pinned server key.
+fn tell_offline(config: &ClientConfig) {
+    let (Some(server), Some(assignment)) = (&config.server, &config.assignment) else {
+        return;
+    };
+    let client = ApiClient::new(server.clone(), OFFLINE_TIMEOUT).with_identity(
+        config.private_key.clone(),
+        Some(assignment.server_public_key),
+    );
+    offline_with(&client, &assignment.peer_id);
+}
+
+fn offline_with(client: &ApiClient, peer_id: &crate::types::PeerId) {
+    match client.with_timeout(OFFLINE_TIMEOUT).offline(peer_id) {
+        Ok(()) => log::info!("told the server {peer_id} is going offline"),
+        Err(e) => log::warn!(
+            "could not tell the server we are going offline ({e}); the others drop this node at the heartbeat timeout"
+        ),
+    }
+}
+
+/// `down`: tells the server this node goes offline (best effort; not in a dry run), then
+/// removes what the config at `path` records as applied, optionally as `os` would (to show
+/// another OS's teardown of this configuration's interface). Returns whether there was
+/// anything to remove.
 pub fn down(path: &Path, os: Option<TargetOs>, sink: &mut Sink<'_>) -> Result<bool, AgentError> {
     let Some(mut config) = ClientConfig::load(path)? else {
         log::info!("nothing to take down: no config at {}", path.display());
         return Ok(false);
     };
+    if !sink.is_dry_run() {
+        // Others drop us now rather than at the heartbeat timeout.
+        tell_offline(&config);
+    }
     if let Some(os) = os {
         let interface = config.interface.to_string();
         let applied = config.applied.get_or_insert_with(|| Applied {

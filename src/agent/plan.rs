@@ -38,6 +38,72 @@ pub struct PlanInput<'a> {
     pub dry_run: bool,
     /// The path chosen for each peer ([`super::path`]): its endpoint and keepalive.
     pub paths: &'a std::collections::HashMap<crate::keys::PublicKey, super::path::Choice>,
+    /// `up` applying live changes: new peers whose key sorts above ours get their keepalive
+    /// a moment later (see [`defer_crossing_handshakes`]).
+    pub live: bool,
+    /// With `live`: keep deferring peers that have not sent anything yet (`up` does for a
+    /// few seconds, then turns every keepalive on, so NAT mappings still open both ways).
+    pub hold_silent: bool,
+}
+
+/// Peers this node deferred (keepalive off, key above ours) that have sent us something but
+/// still have no handshake a pass later: their first initiation crossed one of ours (traffic
+/// here starts one too), and WireGuard would wait 5 s before trying again. Removing and
+/// re-adding such a peer starts it afresh, so its keepalive initiates at once, while the
+/// other side, having just tried, waits: the two cannot cross again.
+pub fn stuck_deferred(
+    actual: &[crate::os::wgdump::DumpPeer],
+    mine: &crate::keys::PublicKey,
+) -> Vec<crate::keys::PublicKey> {
+    deferred_without_handshake(actual, mine)
+        .filter(|p| p.transfer_rx > 0)
+        .map(|p| p.public_key)
+        .collect()
+}
+
+/// Deferred peers (keepalive off, key above ours) with no handshake yet.
+fn deferred_without_handshake<'a>(
+    actual: &'a [crate::os::wgdump::DumpPeer],
+    mine: &'a crate::keys::PublicKey,
+) -> impl Iterator<Item = &'a crate::os::wgdump::DumpPeer> {
+    actual
+        .iter()
+        .filter(|p| p.persistent_keepalive.is_none() && p.latest_handshake.is_none())
+        .filter(move |p| p.public_key.as_bytes() > mine.as_bytes())
+}
+
+/// Deferred peers that have not sent anything yet: the other side has not added us (it is
+/// slower), so initiating now could cross its first initiation; keep waiting.
+pub fn silent_deferred(
+    actual: &[crate::os::wgdump::DumpPeer],
+    mine: &crate::keys::PublicKey,
+) -> BTreeSet<crate::keys::PublicKey> {
+    deferred_without_handshake(actual, mine)
+        .filter(|p| p.transfer_rx == 0)
+        .map(|p| p.public_key)
+        .collect()
+}
+
+/// When two nodes add each other at the same moment, both may send a handshake initiation at
+/// once (a new peer's keepalive starts one); each answers the other's and drops its own
+/// pending one, so both responses are refused and WireGuard retries only after 5 s. To
+/// break the tie, of two nodes that meet, only the one with the smaller public key initiates
+/// at once: the other adds the new peer with its keepalive off, and the next pass (a second
+/// later, `up` schedules it) turns it on, or, if no handshake happened by then, re-adds the
+/// peer (see [`stuck_deferred`]). Returns whether any keepalive was deferred.
+pub fn defer_crossing_handshakes(
+    changes: &mut crate::os::PeerChanges,
+    known: &BTreeSet<crate::keys::PublicKey>,
+    mine: &crate::keys::PublicKey,
+) -> bool {
+    let mut deferred = false;
+    for spec in &mut changes.upsert {
+        if !known.contains(&spec.public_key) && spec.public_key.as_bytes() > mine.as_bytes() {
+            spec.persistent_keepalive = None;
+            deferred = true;
+        }
+    }
+    deferred
 }
 
 /// What one sync changed, printed by `sync --json`.
@@ -61,6 +127,10 @@ pub struct SyncSummary {
     pub removed: Vec<String>,
     /// Whether the server said the list had not changed (304).
     pub list_unchanged: bool,
+    /// Whether new peers were added with their keepalive deferred (`up` only): another pass
+    /// a moment later turns it on (see `plan::defer_crossing_handshakes`).
+    #[serde(skip)]
+    pub keepalive_deferred: bool,
 }
 
 /// One plan, and what is recorded as applied once it ran.
@@ -429,8 +499,33 @@ impl Builder {
             }
         }
 
-        let changes = reconcile::diff(&desired, &actual_peers);
+        let mut changes = reconcile::diff(&desired, &actual_peers);
         let known: BTreeSet<_> = actual_peers.iter().map(|p| p.public_key).collect();
+        if input.live {
+            let mine = spec.private_key.public_key();
+            let stuck: Vec<_> = stuck_deferred(&actual_peers, &mine)
+                .into_iter()
+                .filter(|k| changes.upsert.iter().any(|p| p.public_key == *k))
+                .collect();
+            if !stuck.is_empty() {
+                let reset = crate::os::PeerChanges {
+                    upsert: Vec::new(),
+                    remove: stuck,
+                };
+                self.push(Step::run(os::apply_peers(os, &real_name, &reset)));
+            }
+            let mut deferred = defer_crossing_handshakes(&mut changes, &known, &mine);
+            if input.hold_silent {
+                let silent = silent_deferred(&actual_peers, &mine);
+                for spec in &mut changes.upsert {
+                    if silent.contains(&spec.public_key) {
+                        spec.persistent_keepalive = None;
+                        deferred = true;
+                    }
+                }
+            }
+            self.summary.keepalive_deferred = deferred;
+        }
         for spec in &changes.upsert {
             let list = if known.contains(&spec.public_key) {
                 &mut self.summary.updated
@@ -719,6 +814,44 @@ fn nat_plan(
 mod tests {
     use super::*;
     use crate::keys::PrivateKey;
+
+    #[test]
+    fn only_the_smaller_key_initiates_at_once_when_two_nodes_meet() {
+        let key = |b: u8| crate::keys::PublicKey::from_bytes([b; 32]);
+        let spec = |b: u8| crate::os::PeerSpec {
+            public_key: key(b),
+            endpoint: Some("198.18.0.9:51820".parse().unwrap()),
+            allowed_ips: vec![],
+            persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
+        };
+        let mut changes = crate::os::PeerChanges {
+            upsert: vec![spec(1), spec(9), spec(7)],
+            remove: vec![],
+        };
+        // 7 is already configured (an update), 1 sorts below us, 9 above.
+        let known: BTreeSet<_> = [key(7)].into_iter().collect();
+        assert!(defer_crossing_handshakes(&mut changes, &known, &key(5)));
+        let keepalives: Vec<_> = changes
+            .upsert
+            .iter()
+            .map(|p| p.persistent_keepalive)
+            .collect();
+        assert_eq!(
+            keepalives,
+            [Some(PERSISTENT_KEEPALIVE), None, Some(PERSISTENT_KEEPALIVE)]
+        );
+        // The next pass sees 9 configured and turns its keepalive on.
+        let mut next = crate::os::PeerChanges {
+            upsert: vec![spec(9)],
+            remove: vec![],
+        };
+        let known: BTreeSet<_> = [key(9)].into_iter().collect();
+        assert!(!defer_crossing_handshakes(&mut next, &known, &key(5)));
+        assert_eq!(
+            next.upsert[0].persistent_keepalive,
+            Some(PERSISTENT_KEEPALIVE)
+        );
+    }
     use crate::os::wgdump::{Dump, DumpInterface};
     use crate::types::PeerId;
     use std::net::{IpAddr, Ipv4Addr};
@@ -803,6 +936,8 @@ mod tests {
             list_unchanged: false,
             dry_run: false,
             paths: &Default::default(),
+            live: false,
+            hold_silent: false,
         };
         plan(&input, facts)
     }
@@ -1070,6 +1205,8 @@ mod tests {
             list_unchanged: true,
             dry_run: true,
             paths: &Default::default(),
+            live: false,
+            hold_silent: false,
         };
         let p = plan(&input, &HostFacts::default());
         assert!(p.steps.iter().all(|s| s.record.is_none()));

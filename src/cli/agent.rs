@@ -283,8 +283,9 @@ pub struct SyncArgs {
     log_level: LogLevel,
 }
 
-/// Remove the interface, routes and anything else `up` or `sync` set up on this machine.
-/// The registration (and so the address) is kept for the next `up`.
+/// Remove the interface, routes and anything else `up` or `sync` set up on this machine, after
+/// telling the server this node goes offline (so the others drop it at once). The
+/// registration (and so the address) is kept for the next `up`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "down")]
 pub struct DownArgs {

@@ -32,7 +32,7 @@ pub use spec::{
     FWMARK_TABLE,
 };
 pub use wg::wg_program;
-use wg::{arg_budget, peer_groups, wg_set};
+use wg::{arg_budget, peer_groups, peers_conf, wg_set};
 
 use crate::types::{InterfaceName, InvalidValue};
 use ipnet::{IpNet, Ipv4Net};
@@ -81,17 +81,49 @@ pub fn configure(
     }
 }
 
-/// Applies a peer diff with as few `wg set` processes as the OS's command-line limit allows
-/// (one for any realistic mesh), never one per peer; empty when there is nothing to change.
+/// Applies a peer diff in a constant number of processes: one `wg set` when it fits the
+/// command line; otherwise (a mass change, e.g. a server restart seen by a 1,000-peer node)
+/// on Linux and macOS all upserts as one `wg addconf NAME /dev/stdin` and all removals as one
+/// `wg set`, so at most two processes whatever the size. Windows keeps splitting `wg set`
+/// under its 32 KiB command line. Empty when there is nothing to change.
 pub fn apply_peers(os: TargetOs, real_name: &InterfaceName, changes: &PeerChanges) -> Plan {
-    Plan::of(wg_set(
-        wg_program(os),
+    let program = wg_program(os);
+    let commands = wg_set(
+        program,
         real_name,
         Vec::new(),
         None,
         peer_groups(&changes.upsert, &changes.remove, false),
         arg_budget(os),
-    ))
+    );
+    if commands.len() <= 1 || os == TargetOs::Windows {
+        return Plan::of(commands);
+    }
+    // `wg` config files cannot say "no allowed IPs" (an empty `AllowedIPs =` is refused), so
+    // such rare peers stay on the command line with the removals.
+    let (by_file, by_argv): (Vec<PeerSpec>, Vec<PeerSpec>) = changes
+        .upsert
+        .iter()
+        .cloned()
+        .partition(|p| !p.allowed_ips.is_empty());
+    let mut bulk = Vec::new();
+    if !by_file.is_empty() {
+        bulk.push(
+            Command::new(program)
+                .args(["addconf", real_name.as_str(), "/dev/stdin"])
+                .stdin(Payload::Text(peers_conf(&by_file))),
+        );
+    }
+    // Removals cost about 60 bytes each: even 10,000 fit Linux's 2 MiB and macOS's 1 MiB.
+    bulk.extend(wg_set(
+        program,
+        real_name,
+        Vec::new(),
+        None,
+        peer_groups(&by_argv, &changes.remove, false),
+        usize::MAX,
+    ));
+    Plan::of(bulk)
 }
 
 /// Adds and removes routes for extra prefixes routed into the mesh (peers' subnet routes);

@@ -148,3 +148,23 @@ pub(super) fn configure_wg(
         arg_budget(os),
     )
 }
+
+/// `[Peer]` sections for `wg addconf`: each replaces the peer's allowed IPs and keepalive,
+/// and its endpoint when one is known (as `peer_args` does on the command line).
+pub(super) fn peers_conf(peers: &[PeerSpec]) -> String {
+    let mut text = String::with_capacity(peers.len() * 160);
+    for peer in peers {
+        text.push_str("[Peer]\nPublicKey = ");
+        text.push_str(&peer.public_key.to_base64());
+        text.push('\n');
+        if let Some(endpoint) = peer.endpoint {
+            text.push_str(&format!("Endpoint = {endpoint}\n"));
+        }
+        text.push_str(&format!("AllowedIPs = {}\n", join_nets(&peer.allowed_ips)));
+        match peer.persistent_keepalive {
+            Some(n) if n > 0 => text.push_str(&format!("PersistentKeepalive = {n}\n")),
+            _ => text.push_str("PersistentKeepalive = off\n"),
+        }
+    }
+    text
+}

@@ -94,6 +94,15 @@ pub struct DeregisterRequest {
     pub peer_id: PeerId,
 }
 
+/// `POST /offline`: a peer stops on purpose (`wgmesh down`, or `up` stopping) and leaves
+/// everyone's list now, keeping its registration and address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineRequest {
+    /// Who is going offline.
+    pub peer_id: PeerId,
+}
+
 /// One entry of `GET /peers`: everything a client needs to configure a WireGuard peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
@@ -124,7 +133,7 @@ pub struct PeerInfo {
     pub last_heartbeat: String,
 }
 
-/// Answer to `GET /peers`.
+/// Answer to `GET /peers`, and the agent's peer cache (with the version it is at).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeersResponse {
     /// The UDP port where the server relays WireGuard between members (on the server's own
@@ -133,6 +142,33 @@ pub struct PeersResponse {
     pub relay_port: Option<u16>,
     /// Every online peer except the caller that the access policy lets the caller see.
     pub peers: Vec<PeerInfo>,
+    /// The list's version, to ask for only what changed after it (`since`); absent from
+    /// servers before live sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// Answer to `GET /peers?since=N`: either the whole list (`full`, in `peers`) or what
+/// changed after N (`changed` entries replace or add, `removed` ids go).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersDelta {
+    /// The version the caller is at after applying this answer.
+    pub version: u64,
+    /// True: `peers` is the whole list; false: apply `changed` and `removed`.
+    pub full: bool,
+    /// The whole list, when `full`.
+    #[serde(default)]
+    pub peers: Vec<PeerInfo>,
+    /// Peers to add or replace, when not `full`.
+    #[serde(default)]
+    pub changed: Vec<PeerInfo>,
+    /// Peers to drop, when not `full` (ids the caller never had are ignored).
+    #[serde(default)]
+    pub removed: Vec<PeerId>,
+    /// The relay's UDP port, in full answers from a server that relays (as in
+    /// [`PeersResponse`]); deltas leave it out and keep what the caller knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_port: Option<u16>,
 }
 
 /// Answer to heartbeat and deregister.

@@ -2,14 +2,17 @@
 //! checks and persistence, served over HTTP or HTTPS (rustls) by our own small HTTP/1.1
 //! layer (`http`) on plain std threads.
 //!
-//! Threads: one accepts connections, one readiness loop holds every waiting connection, an
-//! elastic pool of workers serves requests (see [`http`]), and one sweeper marks silent peers
-//! offline and journals what heartbeats changed on each `sweep_interval`.
+//! Threads: one accepts connections, one readiness loop holds every waiting connection
+//! (parked long-polls included), an elastic pool of workers serves requests (see [`http`]),
+//! and one sweeper marks silent peers offline every second (waking long-polls) and journals
+//! what heartbeats changed on each `sweep_interval`.
 
 pub mod api;
 pub mod audit;
+pub mod changes;
 pub mod http;
 pub mod ipam;
+pub mod live;
 pub mod metrics;
 pub mod names;
 pub mod peer_list;
@@ -252,6 +255,7 @@ impl RunningServer {
         });
         let relay_stats = relay.as_ref().map(|r| r.stats());
         let stun = start_stun(config, relay)?;
+        api.attach();
         api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
         if let (Some(stats), Some(primary)) = (relay_stats, stun.first()) {
             api.set_relay(primary.local_addr().port(), stats);
@@ -411,6 +415,10 @@ fn start_replica(
     Ok((api, key, count, "PostgreSQL".into()))
 }
 
+/// How often silent peers are looked for: a dead node leaves every list within the heartbeat
+/// timeout plus this (and the moment's delivery), at the cost of one pass over the registry.
+pub const TIMEOUT_CHECK: Duration = Duration::from_secs(1);
+
 fn sweep_loop(
     api: &api::Api,
     stop: &(Mutex<bool>, Condvar),
@@ -418,10 +426,12 @@ fn sweep_loop(
     timeout: Duration,
 ) {
     let (flag, wake) = stop;
+    let tick = interval.min(TIMEOUT_CHECK);
+    let mut next_compaction = std::time::Instant::now() + interval;
     let mut stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let (guard, _) = wake
-            .wait_timeout(stopped, interval)
+            .wait_timeout(stopped, tick)
             .unwrap_or_else(|p| p.into_inner());
         stopped = guard;
         if *stopped {
@@ -429,8 +439,12 @@ fn sweep_loop(
         }
         drop(stopped);
         api.sweep(timeout);
-        if let Err(e) = api.compact(false) {
-            log::error!("cannot write the registry snapshot: {e}");
+        // Snapshots keep their own pace: sweeping often must not mean writing often.
+        if std::time::Instant::now() >= next_compaction {
+            next_compaction = std::time::Instant::now() + interval;
+            if let Err(e) = api.compact(false) {
+                log::error!("cannot write the registry snapshot: {e}");
+            }
         }
         stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
     }

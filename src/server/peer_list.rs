@@ -19,7 +19,8 @@ pub struct PeerList {
     pub generation: u64,
     /// The policy version the list was filtered with.
     pub policy_version: u64,
-    /// `{"relay_port":N,"peers":[...]}`, every visible online peer.
+    /// `{"success":true,"version":N,"full":true,"relay_port":P,"peers":[...]}`, every visible
+    /// online peer (`relay_port` only when the relay runs).
     pub body: Arc<Vec<u8>>,
     /// For each listed peer, the bytes to cut (its entry and one adjacent comma).
     cut: HashMap<PeerId, Range<usize>>,
@@ -69,9 +70,11 @@ impl PeerLists {
         policy: &PolicyHolder,
     ) -> Arc<PeerList> {
         let mut slots = lock(&self.slots);
-        let (policy, policy_version) = policy.current();
-        let (generation, entries) = {
+        // The policy is read under the registry lock, where reloads swap it, so a list and
+        // its version always belong together.
+        let (policy, policy_version, generation, entries) = {
             let registry = lock(registry);
+            let (policy, policy_version) = policy.current();
             let generation = registry.generation();
             if let Some(cache) = slots
                 .get(group)
@@ -79,7 +82,7 @@ impl PeerLists {
             {
                 return cache.clone();
             }
-            (generation, registry.online_tagged())
+            (policy, policy_version, generation, registry.online_tagged())
         };
         if slots
             .values()
@@ -100,7 +103,9 @@ impl PeerLists {
             .map(|(_, entry)| entry)
             .collect();
         let mut body = Vec::with_capacity(64 + visible.len() * 320);
-        body.push(b'{');
+        body.extend_from_slice(
+            format!("{{\"success\":true,\"version\":{generation},\"full\":true,").as_bytes(),
+        );
         if let Some(port) = self.relay_port.get() {
             body.extend_from_slice(format!("\"relay_port\":{port},").as_bytes());
         }

@@ -1,9 +1,10 @@
-//! The in-memory peer registry: who holds which address, who is online, and a generation
-//! counter that changes whenever what `/peers` would show changes.
+//! The in-memory peer registry: who holds which address, who is online, and a change log
+//! (`super::changes`) whose version moves whenever what `/peers` would show changes.
 //!
 //! Pure state, no I/O: the API layer journals a change to disk before committing it here,
 //! so nothing is acknowledged that a crash could lose.
 
+use super::changes::ChangeLog;
 use super::names::Names;
 use crate::keys::PublicKey;
 use crate::proto::model::PeerInfo;
@@ -61,7 +62,7 @@ pub struct Registry {
     ipam: Ipam,
     peers: HashMap<PublicKey, PeerRecord>,
     ids: HashMap<PeerId, PublicKey>,
-    generation: u64,
+    changes: ChangeLog,
     /// Peers whose stored fields (endpoint, observed address, online) changed without a
     /// journal entry: heartbeats and timeouts. Journaled in a batch by the sweeper.
     unsaved: HashSet<PublicKey>,
@@ -75,7 +76,7 @@ impl Registry {
     /// Gives every peer an IPv6 mesh address under `prefix` (see [`crate::proto::mesh6`]).
     pub fn set_mesh6(&mut self, prefix: Ipv6Net) {
         self.mesh6 = Some(prefix);
-        self.generation += 1;
+        self.changes.reset();
     }
 
     /// Rebuilds the registry (and the address pool) from a loaded snapshot.
@@ -103,7 +104,10 @@ impl Registry {
             ipam,
             peers,
             ids,
-            generation: 1,
+            changes: ChangeLog::new(
+                super::changes::start_version(SystemTime::now()),
+                super::changes::DEFAULT_CAPACITY,
+            ),
             unsaved,
             mesh6: None,
             names,
@@ -115,9 +119,33 @@ impl Registry {
         self.ipam.network()
     }
 
-    /// Changes whenever the visible peer list changes; the basis of `/peers` ETags.
+    /// Changes whenever the visible peer list changes: the `/peers` version and ETag.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.changes.version()
+    }
+
+    /// The change log, to answer `/peers?since=N`.
+    pub fn changes(&self) -> &ChangeLog {
+        &self.changes
+    }
+
+    /// Records a policy reload (with the policy it replaced) as a change everyone may see.
+    pub fn policy_changed(&mut self, replaced: std::sync::Arc<crate::server::policy::Policy>) {
+        self.changes.record_policy(replaced);
+    }
+
+    /// A peer says it is going offline on purpose (`wgmesh down`, or `up` stopping): it keeps
+    /// its registration and address, and leaves everyone's list at once instead of at the
+    /// heartbeat timeout. Returns None for an unknown id.
+    pub fn offline(&mut self, id: &PeerId) -> Option<&PeerRecord> {
+        let key = self.ids.get(id)?;
+        let peer = self.peers.get_mut(key)?;
+        if peer.online {
+            peer.online = false;
+            self.unsaved.insert(*key);
+            self.changes.record(peer.id.clone());
+        }
+        self.peers.get(key)
     }
 
     /// How many peers are registered.
@@ -210,8 +238,8 @@ impl Registry {
         }
         self.ids.insert(record.id.clone(), record.public_key);
         self.unsaved.remove(&record.public_key);
+        self.changes.record(record.id.clone());
         self.peers.insert(record.public_key, record);
-        self.generation += 1;
     }
 
     /// Undoes [`Registry::prepare`] when the change could not be made durable.
@@ -257,7 +285,7 @@ impl Registry {
             self.unsaved.insert(*key);
         }
         if visible {
-            self.generation += 1;
+            self.changes.record(peer.id.clone());
         }
         self.peers.get(key)
     }
@@ -315,7 +343,7 @@ impl Registry {
             self.names.release(name, &key);
         }
         self.unsaved.remove(&key);
-        self.generation += 1;
+        self.changes.record(peer.id.clone());
         Some(peer)
     }
 
@@ -330,8 +358,8 @@ impl Registry {
                 gone.push((peer.id.clone(), peer.hostname.clone(), silent.as_secs()));
             }
         }
-        if !gone.is_empty() {
-            self.generation += 1;
+        for (id, _, _) in &gone {
+            self.changes.record(id.clone());
         }
         gone
     }
@@ -365,6 +393,19 @@ impl Registry {
     /// Every record, in address order, for the admin view.
     pub fn records(&self) -> Vec<PeerRecord> {
         self.snapshot().peers
+    }
+
+    /// Every online peer's id and tags, for deltas across a policy reload.
+    pub fn online_ids(&self) -> impl Iterator<Item = (&PeerId, &[Tag])> {
+        self.peers
+            .values()
+            .filter(|p| p.online)
+            .map(|p| (&p.id, p.tags.as_slice()))
+    }
+
+    /// One peer's entry as `/peers` shows it, for a delta.
+    pub fn info(&self, id: &PeerId) -> Option<PeerInfo> {
+        self.by_id(id).map(|p| peer_info(p, self.mesh6))
     }
 
     /// The online peers as `/peers` shows them, each with its tags (which decide who may see

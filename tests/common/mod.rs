@@ -259,7 +259,9 @@ pub fn signer_for(method: &str, path: &str, body: &str) -> Option<PrivateKey> {
     let json = || serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
     let found = match route {
         "/register" => json()["public_key"].as_str().and_then(private_of),
-        "/heartbeat" | "/deregister" => json()["peer_id"].as_str().and_then(private_of_id),
+        "/heartbeat" | "/deregister" | "/offline" => {
+            json()["peer_id"].as_str().and_then(private_of_id)
+        }
         "/peers" if method == "GET" => path
             .split("peer_id=")
             .nth(1)

@@ -14,12 +14,14 @@ mod peer;
 mod replica;
 mod replica_sync;
 mod replica_tokens;
+mod sync;
 
 pub use error::{parse_body, parse_json, Refusal};
 pub use replica::Replica;
 pub use replica_sync::listen_loop;
 
-use super::http::{Body, Handler, Request, Response};
+use super::http::{Body, Handler, Notifier, Reply, Request, Response};
+use super::live::GroupDelta;
 use super::metrics::{Endpoint as MetricEndpoint, Metrics};
 use super::peer_list::PeerLists;
 use super::registry::Registry;
@@ -31,6 +33,7 @@ use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::store::{JournalEntry, Store};
 use crate::types::PeerId;
 use error::{method_not_allowed, ok_json, too_many, unknown_peer};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -45,6 +48,13 @@ pub struct Api {
     replica: Option<Replica>,
     /// One cached list per tag group (the caller's sorted tags).
     cache: PeerLists,
+    /// One cached delta per tag group and `since`, at the current version only.
+    deltas: Mutex<HashMap<sync::DeltaKey, Arc<GroupDelta>>>,
+    /// Wakes long-polls (`/peers?since=N&wait=SECS`) parked in the connection layer when
+    /// the version moves.
+    changes: Notifier,
+    /// This API's own `Arc`, for long-polls answered after their handler returned.
+    me: std::sync::OnceLock<std::sync::Weak<Api>>,
     metrics: Metrics,
     auth: ServerAuth,
     server_public_key: PublicKey,
@@ -67,6 +77,7 @@ pub struct Api {
 type CachedView = (u64, u64, Instant, Arc<super::relay::MemberView>);
 
 /// Who signed a request that verified, so the answer can be signed for them.
+#[derive(Clone)]
 struct Authed {
     key: PublicKey,
     nonce: String,
@@ -107,6 +118,9 @@ impl Api {
             store: Mutex::new(store),
             replica,
             cache: PeerLists::default(),
+            deltas: Mutex::new(HashMap::new()),
+            changes: Notifier::new(),
+            me: std::sync::OnceLock::new(),
             metrics: Metrics::default(),
             server_public_key: server_key.public_key(),
             auth: ServerAuth::new(server_key, ReplayCache::default()),
@@ -159,6 +173,27 @@ impl Api {
         view
     }
 
+    /// Runs `f` on the registry and wakes parked long-polls when it moved the version (a
+    /// change any caller may see). The notifier is poked after the lock is released.
+    fn change_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let (result, moved) = {
+            let mut registry = lock(&self.registry);
+            let before = registry.generation();
+            let result = f(&mut registry);
+            (result, registry.generation() != before)
+        };
+        if moved {
+            self.changes.notify();
+        }
+        result
+    }
+
+    /// Lets long-polls outlive their handler call (parked requests resume on this `Arc`);
+    /// without it long-polls are answered at once.
+    pub fn attach(self: &Arc<Api>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
     /// Hands over the STUN services' counters for `/metrics` (once, at startup).
     pub fn set_stun_stats(&self, stats: Vec<Arc<crate::server::stun_service::StunStats>>) {
         let _ = self.stun_stats.set(stats);
@@ -174,12 +209,15 @@ impl Api {
         &self.metrics
     }
 
-    /// Marks silent peers offline; called by the sweeper thread.
+    /// Marks silent peers offline; called by the sweeper thread every second.
     pub fn sweep(&self, timeout: std::time::Duration) {
         if let Some(r) = &self.replica {
             return self.sweep_replica(r, timeout);
         }
         let gone = lock(&self.registry).sweep(SystemTime::now(), timeout);
+        if !gone.is_empty() {
+            self.changes.notify();
+        }
         for (id, hostname, silent) in &gone {
             log::warn!(
                 "peer {id} ({hostname}) timed out: no heartbeat for {silent} s, marked offline"
@@ -194,12 +232,15 @@ impl Api {
     /// the snapshot only when the journal has grown enough (or `force`, at shutdown). A mesh
     /// that only heartbeats writes nothing. Holds the store lock throughout so no journaled
     /// change can slip between snapshot and truncation. A replica has no snapshot: its
-    /// database is the record, and at shutdown (`force`) it writes its batched heartbeats.
+    /// database is the record; here (every `--sweep-interval`) it writes its batched
+    /// heartbeats, catches up, purges nonces and announces itself, and at shutdown
+    /// (`force`) it writes its batched heartbeats.
     pub fn compact(&self, force: bool) -> std::io::Result<()> {
         if let Some(r) = &self.replica {
             // The database keeps these; the local batch only needs emptying.
             drop(lock(&self.registry).take_unsaved());
             if !force {
+                self.housekeep_replica(r);
                 return Ok(());
             }
             return self
@@ -232,11 +273,23 @@ impl Api {
         if let Some(r) = &self.replica {
             return self.reload_policy_replica(r, source);
         }
-        match self.trust.policy.reload() {
+        // Swapped and recorded under the registry lock, so no delta is ever computed with
+        // one policy and stamped with the version of the other.
+        let reloaded = {
+            let mut registry = lock(&self.registry);
+            let (replaced, _) = self.trust.policy.current();
+            let reloaded = self.trust.policy.reload();
+            if let Ok((true, _)) = &reloaded {
+                registry.policy_changed(replaced);
+            }
+            reloaded
+        };
+        match reloaded {
             Ok((changed, policy)) => {
                 let text = policy.to_string();
                 if changed {
                     self.cache.clear();
+                    self.changes.notify();
                     log::info!("access policy reloaded: {text}");
                     let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
                         .detail(format!("policy reloaded: {text}"));
@@ -430,6 +483,10 @@ impl Api {
                 "GET" => (MetricEndpoint::Peers, self.peers(req, authed)),
                 _ => (MetricEndpoint::Peers, wrong_method("GET")),
             },
+            "/offline" => match method {
+                "POST" => (MetricEndpoint::Other, self.offline(req, authed)),
+                _ => (MetricEndpoint::Other, wrong_method("POST")),
+            },
             "/deregister" => match method {
                 "POST" => (
                     MetricEndpoint::Deregister,
@@ -495,11 +552,29 @@ impl Api {
     }
 }
 
-impl Handler for Api {
-    fn handle(&self, req: &Request) -> Response {
-        let started = Instant::now();
-        let mut authed = None;
-        let (endpoint, result) = self.route(req, &mut authed);
+/// What finishing an answer needs to know of its request (a parked request is gone by then).
+pub(super) struct RequestLine<'a> {
+    method: &'a str,
+    target: &'a str,
+    remote: std::net::SocketAddr,
+}
+
+impl RequestLine<'_> {
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or(self.target)
+    }
+}
+
+impl Api {
+    /// Signs, counts and logs an answer (or a refusal) to one request.
+    fn finish(
+        &self,
+        req: &RequestLine<'_>,
+        endpoint: MetricEndpoint,
+        started: Instant,
+        authed: Option<&Authed>,
+        result: Result<Response, Refusal>,
+    ) -> Response {
         let response = match result {
             Ok(response) => response,
             Err(refusal) => {
@@ -523,7 +598,7 @@ impl Handler for Api {
                 refusal.into()
             }
         };
-        let response = match &authed {
+        let response = match authed {
             Some(a) => self.sign(a, response),
             None => response,
         };
@@ -540,6 +615,27 @@ impl Handler for Api {
         self.metrics
             .observe(endpoint, response.status, started.elapsed());
         response
+    }
+}
+
+impl Handler for Api {
+    fn handle(&self, req: &Request) -> Response {
+        let started = Instant::now();
+        let mut authed = None;
+        let (endpoint, result) = self.route(req, &mut authed);
+        let line = RequestLine {
+            method: &req.method,
+            target: &req.target,
+            remote: req.remote,
+        };
+        self.finish(&line, endpoint, started, authed.as_ref(), result)
+    }
+
+    fn handle_or_park(&self, req: &Request) -> Reply {
+        if req.method == "GET" && req.path() == "/peers" && req.query_param("wait").is_some() {
+            return self.long_poll(req);
+        }
+        Reply::Now(self.handle(req))
     }
 
     fn rejected(&self, status: u16) {

@@ -1,5 +1,6 @@
-//! The peer endpoints: register, heartbeat, deregister and the peer list. Every one is
-//! authenticated by the key it concerns; see the module above for the rules.
+//! The peer endpoints: register, heartbeat and deregister (the peer list and `/offline` are
+//! in `sync`). Every one is authenticated by the key it concerns; see the module above for
+//! the rules. Each change that moves the registry's version pokes the long-poll notifier.
 
 use super::error::{ok_json, parse_body, too_many, unknown_peer, Refusal};
 use super::{lock, Api, Authed};
@@ -8,7 +9,7 @@ use crate::proto::model::{
     MAX_ALLOWED_IPS,
 };
 use crate::server::audit::{AuditEvent, AuditKind};
-use crate::server::http::{Body, Request, Response};
+use crate::server::http::{Request, Response};
 use crate::server::ipam::IpamError;
 use crate::server::registry::{Prepared, Registration};
 use crate::server::store::{JournalEntry, PeerRecord};
@@ -140,7 +141,15 @@ impl Api {
             }
             Err(Refused::Other(refusal)) => return Err(refusal),
             Ok(Stored::Unchanged(record)) => {
-                lock(&self.registry).heartbeat(&record.id, None, source, now);
+                let moved = {
+                    let mut registry = lock(&self.registry);
+                    let before = registry.generation();
+                    registry.heartbeat(&record.id, None, source, now);
+                    registry.generation() != before
+                };
+                if moved {
+                    self.changes.notify();
+                }
                 self.metrics
                     .registrations_repeat
                     .fetch_add(1, Ordering::Relaxed);
@@ -151,6 +160,7 @@ impl Api {
                 fresh_address,
                 token,
             }) => {
+                self.changes.notify();
                 self.announce_registration(req, &record, fresh_address, token, now);
                 record
             }
@@ -308,9 +318,17 @@ impl Api {
         if let Some(r) = &self.replica {
             return self.heartbeat_replica(r, &body.peer_id, body.endpoint, observed);
         }
-        let known = lock(&self.registry)
-            .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
-            .is_some();
+        let (known, moved) = {
+            let mut registry = lock(&self.registry);
+            let before = registry.generation();
+            let known = registry
+                .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
+                .is_some();
+            (known, registry.generation() != before)
+        };
+        if moved {
+            self.changes.notify();
+        }
         if !known {
             return Err(unknown_peer(&body.peer_id));
         }
@@ -338,6 +356,7 @@ impl Api {
             .map_err(|e| Refusal(500, format!("deregistration could not be stored: {e}")))?;
         lock(&self.registry).remove(id);
         drop(guard);
+        self.changes.notify();
         log::info!(
             "deregistered {id} ({}) {by}; {} returns to the pool",
             record.hostname,
@@ -371,57 +390,5 @@ impl Api {
         };
         self.check_owner(req, &key, &id)?;
         self.deregister(req, &id, "by itself")
-    }
-
-    pub(super) fn etag(&self, generation: u64, policy_version: u64) -> String {
-        format!("\"{:016x}-{generation}-{policy_version}\"", self.epoch)
-    }
-
-    pub(super) fn peers(
-        &self,
-        req: &Request,
-        authed: &mut Option<Authed>,
-    ) -> Result<Response, Refusal> {
-        let key = self.authenticate(req, authed)?;
-        let Some(raw_id) = req.query_param("peer_id") else {
-            return Err(Refusal(
-                400,
-                "missing query parameter `peer_id`: call GET /peers?peer_id=YOUR_PEER_ID".into(),
-            ));
-        };
-        let id: PeerId = raw_id
-            .parse()
-            .map_err(|e| Refusal(400, format!("query parameter `peer_id`: {e}")))?;
-        self.check_owner(req, &key, &id)?;
-        let (generation, tags) = {
-            let registry = lock(&self.registry);
-            let Some(record) = registry.by_id(&id) else {
-                return Err(unknown_peer(&id));
-            };
-            (registry.generation(), record.tags.clone())
-        };
-        let (_, policy_version) = self.trust.policy.current();
-        let etag = self.etag(generation, policy_version);
-        if let Some(tags) = req.header("if-none-match") {
-            if tags.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-                return Ok(Response {
-                    status: 304,
-                    headers: vec![("ETag", etag)],
-                    body: Body::Empty,
-                });
-            }
-        }
-        let cache = self
-            .cache
-            .current(&tags, &self.registry, &self.trust.policy);
-        let parts = cache.parts_for(&id);
-        Ok(Response {
-            status: 200,
-            headers: vec![
-                ("Content-Type", "application/json".into()),
-                ("ETag", self.etag(cache.generation, cache.policy_version)),
-            ],
-            body: Body::Shared(cache.body.clone(), parts),
-        })
     }
 }

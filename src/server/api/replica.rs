@@ -269,10 +269,12 @@ impl Api {
             } => {
                 match fresh {
                     None => {
-                        lock(&self.registry).heartbeat(&record.id, None, source, now);
+                        self.change_registry(|reg| {
+                            reg.heartbeat(&record.id, None, source, now).is_some()
+                        });
                         lock(&r.pending).insert(key, now);
                     }
-                    Some(_) => lock(&self.registry).commit(record.clone()),
+                    Some(_) => self.change_registry(|reg| reg.commit(record.clone())),
                 }
                 if let Some(s) = s {
                     *seq = s;
@@ -347,17 +349,49 @@ impl Api {
             });
             match written {
                 Ok(Some(s)) => {
-                    lock(&self.registry).heartbeat(id, endpoint, observed, now);
+                    self.change_registry(|reg| {
+                        reg.heartbeat(id, endpoint, observed, now).is_some()
+                    });
                     *seq = s;
                 }
                 Ok(None) => return Err(unknown_peer(id)),
                 Err(e) => return Err(db_refusal(&e)),
             }
         } else {
-            lock(&self.registry).heartbeat(id, endpoint, observed, now);
+            self.change_registry(|reg| reg.heartbeat(id, endpoint, observed, now).is_some());
             lock(&r.pending).insert(record.public_key, now);
         }
         Ok(ok_json(&SuccessResponse { success: true }))
+    }
+
+    /// `POST /offline` on a replica: written to the database first (so every replica drops
+    /// the peer and its long-polls wake), then applied here. Returns whether the peer is
+    /// known; a peer already offline writes nothing.
+    pub(super) fn offline_replica(&self, r: &Replica, id: &PeerId) -> Result<bool, Refusal> {
+        let mut seq = lock(&r.seq);
+        let written = r.db.write("peers", |tx| {
+            let (changes, reached) = pg::changes_since(tx, *seq)?;
+            self.apply_changes(changes);
+            *seq = reached;
+            let Some(mut record) = lock(&self.registry).by_id(id).cloned() else {
+                return Ok(None);
+            };
+            if !record.online {
+                return Ok(Some(None));
+            }
+            record.online = false;
+            pg::put_peer(tx, &record).map(|s| Some(Some(s)))
+        });
+        match written {
+            Ok(None) => Ok(false),
+            Ok(Some(None)) => Ok(true),
+            Ok(Some(Some(s))) => {
+                self.change_registry(|reg| reg.offline(id).is_some());
+                *seq = s;
+                Ok(true)
+            }
+            Err(e) => Err(db_refusal(&e)),
+        }
     }
 
     pub(super) fn deregister_replica(
@@ -383,7 +417,7 @@ impl Api {
             Ok(None) => return Err(unknown_peer(id)),
             Err(e) => return Err(db_refusal(&e)),
         };
-        lock(&self.registry).remove(id);
+        self.change_registry(|reg| reg.remove(id));
         *seq = s;
         drop(seq);
         log::info!(
@@ -404,17 +438,19 @@ impl Api {
         Ok(ok_json(&SuccessResponse { success: true }))
     }
 
-    /// The sweep of a replica: write the batched heartbeats, mark peers silent across the
-    /// whole cluster offline (from the database's last-seen times, so replicas agree), catch
-    /// up, and forget expired nonces.
+    /// The timeout check of a replica, every second: mark peers silent across the whole
+    /// cluster offline, from the database's last-seen times so replicas agree (each
+    /// replica's batch reaches the database every `--sweep-interval`, well within the
+    /// timeout). Announced only when it took someone offline; every replica (this one
+    /// included) then catches up and wakes its long-polls.
     pub(super) fn sweep_replica(&self, r: &Replica, timeout: Duration) {
-        if let Err(e) = self.flush_heartbeats(r) {
-            log::warn!("cannot write heartbeats to the database (kept for the next sweep): {e}");
-            return;
-        }
-        let now = SystemTime::now();
-        let cutoff = now.checked_sub(timeout).unwrap_or(std::time::UNIX_EPOCH);
-        match r.db.write("peers", |tx| pg::mark_offline(tx, cutoff)) {
+        let cutoff = SystemTime::now()
+            .checked_sub(timeout)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        match r
+            .db
+            .write_if("peers", |tx| pg::mark_offline(tx, cutoff), |n| *n > 0)
+        {
             Ok(n) if n > 0 => {
                 log::warn!("{n} peer(s) timed out: no heartbeat on any replica, marked offline");
                 self.metrics.timeouts.fetch_add(n, Ordering::Relaxed);
@@ -422,10 +458,19 @@ impl Api {
             Ok(_) => {}
             Err(e) => log::warn!("sweep could not reach the database: {e}"),
         }
+    }
+
+    /// A replica's work every `--sweep-interval`: write the batched heartbeats, catch up,
+    /// forget expired nonces and announce itself.
+    pub(super) fn housekeep_replica(&self, r: &Replica) {
+        if let Err(e) = self.flush_heartbeats(r) {
+            log::warn!("cannot write heartbeats to the database (kept for the next sweep): {e}");
+            return;
+        }
         if let Err(e) = self.catch_up() {
             log::warn!("cannot catch up with the database: {e}");
         }
-        let _ = r.db.purge_nonces(now);
+        let _ = r.db.purge_nonces(SystemTime::now());
         r.announce();
     }
 }

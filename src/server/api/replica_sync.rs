@@ -17,22 +17,23 @@ use std::time::{Duration, SystemTime};
 
 impl Api {
     /// Applies changes read from the database to this replica's cache. Every change another
-    /// replica commits arrives here (via `catch_up`, woken by NOTIFY), so this is where live
-    /// sync's notifier must be woken once the `livesync` branch lands, so that long-polls
-    /// parked on this replica see changes made through any other.
+    /// replica commits arrives here (via `catch_up`, woken by NOTIFY), so this records them in
+    /// the change log (through the registry) and wakes the long-polls parked on this replica:
+    /// a change made through any replica reaches every replica's waiting agents.
     pub(super) fn apply_changes(&self, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
         }
-        let mut registry = lock(&self.registry);
-        for change in changes {
-            match change {
-                Change::Put(record) => registry.apply_remote(*record),
-                Change::Delete(key) => {
-                    registry.remove(&PeerId::for_key(&key));
+        self.change_registry(|registry| {
+            for change in changes {
+                match change {
+                    Change::Put(record) => registry.apply_remote(*record),
+                    Change::Delete(key) => {
+                        registry.remove(&PeerId::for_key(&key));
+                    }
                 }
             }
-        }
+        });
     }
 
     /// Brings the cache up to date with the database.
@@ -70,8 +71,7 @@ impl Api {
         match r.db.policy() {
             Ok(Some(text)) => match Policy::from_json(&text) {
                 Ok(policy) => {
-                    if self.trust.policy.replace(policy) {
-                        self.cache.clear();
+                    if self.put_policy(policy) {
                         log::info!("access policy changed by another replica");
                     }
                 }
@@ -82,6 +82,28 @@ impl Api {
         }
     }
 
+    /// Puts a policy in force the way `reload_policy` does: swapped under the registry lock
+    /// and recorded in the change log (with the policy it replaced), so deltas across it
+    /// are right, then the cached lists dropped and parked long-polls woken.
+    fn put_policy(&self, fresh: Policy) -> bool {
+        let changed = {
+            let mut registry = lock(&self.registry);
+            let (replaced, _) = self.trust.policy.current();
+            let changed = self.trust.policy.replace(fresh);
+            if changed {
+                registry.policy_changed(replaced);
+            }
+            changed
+        };
+        if changed {
+            self.cache.clear();
+            self.changes.notify();
+        }
+        changed
+    }
+
+    /// `reload_policy` on a replica: the file is published to the database, so every
+    /// replica puts it in force.
     pub(super) fn reload_policy_replica(
         &self,
         r: &Replica,
@@ -93,12 +115,14 @@ impl Api {
             return Ok((false, policy.to_string()));
         };
         let fresh = Policy::load(path).map_err(|e| e.to_string())?;
+        // Decided before publishing: this replica's own LISTEN thread may put the published
+        // policy in force before the line below does, and the reload still changed it.
+        let changed = *self.trust.policy.current().0 != fresh;
         r.db.set_policy(&fresh.to_json_pretty())
             .map_err(|e| format!("cannot publish the policy to the other replicas: {e}"))?;
         let text = fresh.to_string();
-        let changed = self.trust.policy.replace(fresh);
+        self.put_policy(fresh);
         if changed {
-            self.cache.clear();
             log::info!("access policy reloaded and published to every replica: {text}");
             let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
                 .detail(format!("policy reloaded: {text}"));

@@ -142,7 +142,19 @@ impl PgStore {
     pub fn write<R>(
         &self,
         payload: &str,
+        f: impl FnMut(&mut postgres::Transaction<'_>) -> Result<R, DbError>,
+    ) -> Result<R, DbError> {
+        self.write_if(payload, f, |_| true)
+    }
+
+    /// [`PgStore::write`] that announces the change only when `changed` says `f` changed
+    /// something: a check that runs every second (the timeout sweep) and usually finds
+    /// nothing must not wake every replica to catch up.
+    pub fn write_if<R>(
+        &self,
+        payload: &str,
         mut f: impl FnMut(&mut postgres::Transaction<'_>) -> Result<R, DbError>,
+        changed: impl Fn(&R) -> bool,
     ) -> Result<R, DbError> {
         let mut attempt = 0;
         loop {
@@ -152,7 +164,9 @@ impl PgStore {
                 let mut tx = conn.transaction()?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::WRITE_LOCK])?;
                 let value = f(&mut tx)?;
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
+                if changed(&value) {
+                    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
+                }
                 tx.commit()?;
                 Ok(value)
             })();
