@@ -723,6 +723,34 @@ fn every_api_refusal_carries_a_stable_machine_readable_code() {
         (full.status, full.json["code"].as_str()),
         (503, Some("unavailable"))
     );
+    // Refusals of the HTTP layer itself, before any handler runs, carry a code too.
+    for (request, status, code) in [
+        (
+            "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n",
+            413,
+            "payload_too_large",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+    ] {
+        let mut tcp = TcpStream::connect(server.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tcp.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
+        let json: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+        assert_eq!(json["code"], code, "{answer}");
+        assert_eq!(json["success"], false, "{answer}");
+    }
 }
 
 #[test]

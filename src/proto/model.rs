@@ -59,7 +59,7 @@ pub struct RegisterRequest {
 /// Answer to a successful registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {
-    /// Always true on this type; errors use [`ErrorResponse`].
+    /// Always true on this type; errors use [`ApiError`].
     pub success: bool,
     /// The peer's mesh address; the same for the same public key, always.
     pub assigned_ip: Ipv4Addr,
@@ -178,19 +178,6 @@ pub struct SuccessResponse {
     pub success: bool,
 }
 
-/// An error the HTTP layer returns before any handler ran (malformed request, body too
-/// large, timeout). API refusals use [`ApiError`], which adds a `code`; a client reads every
-/// error body as [`ApiError`], whose `code` is [`ErrorCode::Unknown`] when absent.
-// Kept apart from ApiError only because server/http.rs (being rewritten on another branch)
-// builds it; fold the two together once that lands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorResponse {
-    /// Always false.
-    pub success: bool,
-    /// What went wrong and how to fix it.
-    pub error: String,
-}
-
 /// Every refusal of the coordination API: `error` says what went wrong and how to fix it (for
 /// people); `code` says which kind of refusal it is (for programs, which must never parse
 /// `error`).
@@ -223,13 +210,21 @@ pub enum ErrorCode {
     NotFound,
     /// 405: the endpoint exists but not for this method (see `Allow`).
     MethodNotAllowed,
+    /// 408: the request did not arrive in time.
+    RequestTimeout,
+    /// 411: a body was sent without `Content-Length`.
+    LengthRequired,
+    /// 413: the body is larger than the server accepts.
+    PayloadTooLarge,
     /// 429: too many requests from this source (see `Retry-After`).
     RateLimited,
+    /// 431: the request's headers are too large or too many.
+    HeadersTooLarge,
     /// 500: the server could not store the change; nothing was changed.
     Internal,
     /// 503: the server cannot take this now (address pool exhausted, replay cache full).
     Unavailable,
-    /// No code given (an HTTP-layer error) or one this build does not know.
+    /// No code given (a server older than codes) or one this build does not know.
     #[default]
     #[serde(other)]
     Unknown,
@@ -245,7 +240,11 @@ impl ErrorCode {
             403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
             405 => ErrorCode::MethodNotAllowed,
+            408 => ErrorCode::RequestTimeout,
+            411 => ErrorCode::LengthRequired,
+            413 => ErrorCode::PayloadTooLarge,
             429 => ErrorCode::RateLimited,
+            431 => ErrorCode::HeadersTooLarge,
             503 => ErrorCode::Unavailable,
             500..=599 => ErrorCode::Internal,
             _ => ErrorCode::Unknown,

@@ -159,11 +159,13 @@ impl Response {
         }
     }
 
-    /// The API's uniform error: `{"success": false, "error": message}`.
+    /// The API's uniform error: `{"success": false, "error": message, "code": kind}`, with
+    /// the code the status implies (refusals with a more specific kind build their own).
     pub fn error(status: u16, message: &str) -> Response {
-        let body = serde_json::to_vec(&crate::proto::model::ErrorResponse {
+        let body = serde_json::to_vec(&crate::proto::model::ApiError {
             success: false,
             error: message.to_owned(),
+            code: crate::proto::model::ErrorCode::for_status(status),
         })
         .expect("serializing a string cannot fail");
         Response::json(status, body)
