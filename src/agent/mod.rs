@@ -17,4 +17,5 @@ pub mod plan;
 pub mod reconcile;
 pub mod resolver;
 pub mod setup;
+pub mod stagger;
 pub mod status;
