@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub(super) type CachedView = (u64, u64, Instant, Arc<crate::server::relay::MemberView>);
 
 impl Api {
+    /// Records that the relay runs on UDP `port` (advertised to agents in `/peers`) and
     /// hands over its counters for `/metrics` (once, at startup).
     pub fn set_relay(&self, port: u16, stats: Arc<crate::server::relay::RelayStats>) {
         self.cache.set_relay_port(port);
