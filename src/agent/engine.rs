@@ -6,78 +6,27 @@
 //! server with a recording runner, and `--dry-run` prints the same plans it would run.
 
 use super::client::{ApiClient, ClientError, PeerList};
-use super::config::{Applied, Assignment, ClientConfig};
+use super::config::{Assignment, ClientConfig};
 use super::error::AgentError;
 use super::host::{self, HostFacts};
 use super::host_routes;
 use super::known::KnownPeers;
 use super::path::{Choice, PathSettings, PathTable};
-use super::plan::{self, HostCheck, PlanInput, Step, SyncSummary};
+use super::plan::{self, PlanInput, Step, SyncSummary};
 use crate::keys::PublicKey;
-use crate::os::runner::{execute, Runner};
-use crate::os::{self, observe_windows, Plan, TargetOs};
+use crate::os::runner::Runner;
+use crate::os::TargetOs;
 use crate::proto::model::{HeartbeatRequest, PeerInfo, PeersDelta, RegisterRequest};
 use crate::types::OsName;
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
-/// How long `down` or a stopping `up` waits to tell the server it goes offline: short,
-/// since stopping must not hang on an unreachable server.
-const OFFLINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Where plans go: run for real, or printed one command per line for `--dry-run`.
-pub enum Sink<'a> {
-    /// Execute through this runner.
-    Run(&'a mut dyn Runner),
-    /// Print to this writer (stdout for `--dry-run`).
-    Print(&'a mut dyn Write),
-}
-
-impl Sink<'_> {
-    /// Runs (or prints) one plan; an empty plan does nothing.
-    pub fn apply(&mut self, plan: &Plan) -> Result<(), AgentError> {
-        if plan.is_empty() {
-            return Ok(());
-        }
-        match self {
-            Sink::Run(runner) => execute(plan, *runner).map_err(AgentError::from),
-            Sink::Print(out) => {
-                let _ = writeln!(out, "{}", plan.render().trim_end());
-                Ok(())
-            }
-        }
-    }
-
-    /// Whether plans are only printed.
-    pub fn is_dry_run(&self) -> bool {
-        matches!(self, Sink::Print(_))
-    }
-
-    /// Checks the host before the next step runs, through the runner that runs the plans
-    /// (a dry run checks nothing: it changes nothing either).
-    fn check(&mut self, check: &HostCheck) -> Result<(), AgentError> {
-        let Sink::Run(runner) = self else {
-            return Ok(());
-        };
-        let runner: &mut dyn Runner = &mut **runner;
-        match check {
-            HostCheck::ServiceGone(name) => observe_windows::wait_service_gone(
-                runner,
-                name,
-                observe_windows::SERVICE_GONE_TIMEOUT,
-                observe_windows::SERVICE_POLL,
-            ),
-            HostCheck::ConfigDirProtected => observe_windows::check_config_dir(
-                runner,
-                &os::windows_config_dir_acl(),
-                &os::windows_config_dir(),
-            ),
-        }
-        .map_err(AgentError::Usage)
-    }
-}
+use super::peer_cache::save_peer_cache;
+pub use super::peer_cache::{load_known_peers, load_peer_cache, peer_cache_path};
+use super::sink::apply_steps;
+pub use super::sink::Sink;
+pub use super::teardown::down;
+use super::teardown::{offline_with, undo_recorded};
+use std::path::PathBuf;
 
 /// The agent's state between steps.
 pub struct Engine {
@@ -104,43 +53,6 @@ pub struct Engine {
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
-}
-
-/// Where the last peer list is kept for `status` and offline `export`: beside the config.
-pub fn peer_cache_path(config_path: &Path) -> PathBuf {
-    config_path.with_extension("peers.json")
-}
-
-/// The last peer list this node saw (empty if none or unreadable: it is only a cache).
-pub fn load_peer_cache(config_path: &Path) -> Vec<PeerInfo> {
-    load_known_peers(config_path)
-        .map(|k| k.peers)
-        .unwrap_or_default()
-}
-
-/// The last peer list this node saw with its version, so `sync` can ask for only what
-/// changed since (None if none or unreadable: the full list is always correct).
-pub fn load_known_peers(config_path: &Path) -> Option<KnownPeers> {
-    let bytes = std::fs::read(peer_cache_path(config_path)).ok()?;
-    let cached = serde_json::from_slice::<crate::proto::model::PeersResponse>(&bytes).ok()?;
-    Some(KnownPeers {
-        peers: cached.peers,
-        etag: None,
-        version: cached.version,
-    })
-}
-
-fn save_peer_cache(config_path: &Path, peers: &[PeerInfo], version: Option<u64>) {
-    let body = crate::proto::model::PeersResponse {
-        relay_port: None,
-        peers: peers.to_vec(),
-        version,
-    };
-    let bytes = serde_json::to_vec(&body).expect("peer lists serialize");
-    let path = peer_cache_path(config_path);
-    if let Err(e) = crate::fsutil::write_atomic(&path, &bytes, 0o600) {
-        log::warn!("cannot cache the peer list: {e}");
-    }
 }
 
 impl Engine {
@@ -290,57 +202,6 @@ impl Engine {
                 });
                 Ok((peers, false))
             }
-        }
-    }
-
-    /// Where the server relays WireGuard (its own host, the port it advertises). A full list
-    /// without a port means no relay; a delta without one keeps what we know.
-    fn learn_relay(&mut self, relay_port: Option<u16>, authoritative: bool) {
-        if relay_port.is_none() && !authoritative {
-            return;
-        }
-        let relay = relay_port.and_then(|port| {
-            host::server_ip(self.client.server()).map(|ip| SocketAddr::new(ip, port))
-        });
-        if relay != self.paths.relay {
-            match relay {
-                Some(r) => log::info!("the server relays WireGuard at {r}"),
-                None => log::info!("the server offers no relay: direct paths only"),
-            }
-            self.paths.relay = relay;
-        }
-    }
-
-    /// With a relay and replicas (issue 11): learns each live replica's relay from
-    /// `GET /replicas` (its host, the same port as ours), so every pair meets at the
-    /// replica both ends pick alike ([`PathTable::relay_for`]). A failure keeps the last
-    /// list: a pair must not split because one end missed one answer.
-    fn refresh_relays(&mut self) {
-        let Some(relay) = self.paths.relay else {
-            self.paths.relays.clear();
-            return;
-        };
-        let urls = match self.client.replicas() {
-            Ok(urls) => urls,
-            Err(e) => {
-                log::warn!("cannot read the replica list: {e}; keeping the last one");
-                return;
-            }
-        };
-        let relays: std::collections::BTreeMap<String, SocketAddr> = urls
-            .into_iter()
-            .filter_map(|url| {
-                let ip = host::server_ip(&url.parse().ok()?)?;
-                Some((url, SocketAddr::new(ip, relay.port())))
-            })
-            .collect();
-        if relays != self.paths.relays {
-            log::info!(
-                "relayed pairs meet at one of {} replica relay(s): {:?}",
-                relays.len(),
-                relays.values().collect::<Vec<_>>()
-            );
-            self.paths.relays = relays;
         }
     }
 
@@ -594,104 +455,4 @@ impl Engine {
             None => Ok(false),
         }
     }
-}
-
-/// Runs (or prints) each step's plan, then records what it changed and saves the config
-/// (never in a dry run, and only when `persist`).
-fn apply_steps(
-    config: &mut ClientConfig,
-    path: &Path,
-    persist: bool,
-    steps: &[Step],
-    sink: &mut Sink<'_>,
-) -> Result<(), AgentError> {
-    for step in steps {
-        sink.apply(&step.plan)?;
-        if let Some(check) = &step.check {
-            sink.check(check)?;
-        }
-        if let Some(record) = &step.record {
-            if !sink.is_dry_run() {
-                config.applied = record.clone();
-                if persist {
-                    config.save(path)?;
-                }
-            }
-        }
-        if let Some(note) = &step.note {
-            log::info!("{note}");
-        }
-    }
-    Ok(())
-}
-
-/// Removes what `config` records as applied, as the recorded OS does it; returns that OS,
-/// or `None` when nothing is recorded.
-fn undo_recorded(
-    config: &mut ClientConfig,
-    path: &Path,
-    persist: bool,
-    sink: &mut Sink<'_>,
-) -> Result<Option<TargetOs>, AgentError> {
-    let Some(applied) = config.applied.clone() else {
-        return Ok(None);
-    };
-    let os: TargetOs = applied
-        .os
-        .parse()
-        .map_err(|e| AgentError::Usage(format!("recorded OS: {e}")))?;
-    let steps = plan::undo(os, config)?;
-    apply_steps(config, path, persist, &steps, sink)?;
-    log::info!("removed interface {}", applied.interface);
-    Ok(Some(os))
-}
-
-/// Tells the server this node stops on purpose, from its config alone (`down`), checking
-/// the answer against the pinned server key.
-fn tell_offline(config: &ClientConfig) {
-    let (Some(server), Some(assignment)) = (&config.server, &config.assignment) else {
-        return;
-    };
-    let client = ApiClient::new(server.clone(), OFFLINE_TIMEOUT).with_identity(
-        config.private_key.clone(),
-        Some(assignment.server_public_key),
-    );
-    offline_with(&client, &assignment.peer_id);
-}
-
-fn offline_with(client: &ApiClient, peer_id: &crate::types::PeerId) {
-    match client.with_timeout(OFFLINE_TIMEOUT).offline(peer_id) {
-        Ok(()) => log::info!("told the server {peer_id} is going offline"),
-        Err(e) => log::warn!(
-            "could not tell the server we are going offline ({e}); the others drop this node at the heartbeat timeout"
-        ),
-    }
-}
-
-/// `down`: tells the server this node goes offline (best effort; not in a dry run), then
-/// removes what the config at `path` records as applied, optionally as `os` would (to show
-/// another OS's teardown of this configuration's interface). Returns whether there was
-/// anything to remove.
-pub fn down(path: &Path, os: Option<TargetOs>, sink: &mut Sink<'_>) -> Result<bool, AgentError> {
-    let Some(mut config) = ClientConfig::load(path)? else {
-        log::info!("nothing to take down: no config at {}", path.display());
-        return Ok(false);
-    };
-    if !sink.is_dry_run() {
-        // Others drop us now rather than at the heartbeat timeout.
-        tell_offline(&config);
-    }
-    if let Some(os) = os {
-        let interface = config.interface.to_string();
-        let applied = config.applied.get_or_insert_with(|| Applied {
-            interface,
-            ..Applied::default()
-        });
-        applied.os = os.as_str().to_owned();
-    }
-    let removed = undo_recorded(&mut config, path, true, sink)?.is_some();
-    if !removed {
-        log::info!("nothing to take down: this agent has nothing set up");
-    }
-    Ok(removed)
 }

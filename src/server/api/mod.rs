@@ -9,14 +9,18 @@
 //! caller only the peers the access policy lets it see. `/admin/...` takes the admin secret.
 
 mod admin;
+mod authenticate;
 mod error;
+mod monitoring;
 mod peer;
+mod relay_view;
 mod replica;
 mod replica_sync;
 mod replica_tokens;
 mod sync;
 
 pub use error::{parse_body, parse_json, Refusal};
+use relay_view::CachedView;
 pub use replica::Replica;
 pub use replica_sync::listen_loop;
 
@@ -27,16 +31,15 @@ use super::peer_list::PeerLists;
 use super::registry::Registry;
 use super::trust::Trust;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::proto::auth::{self, ReplayCache, ServerAuth, NONCE_HEADER};
+use crate::proto::auth::{ReplayCache, ServerAuth};
 use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::store::{JournalEntry, Store};
-use crate::types::PeerId;
-use error::{method_not_allowed, ok_json, too_many, unknown_peer};
+use error::{method_not_allowed, ok_json};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 /// The coordination API: shared by every connection thread.
 pub struct Api {
@@ -71,10 +74,6 @@ pub struct Api {
     /// it was built from and when.
     relay_view: Mutex<Option<CachedView>>,
 }
-
-/// A member view for the relay with the registry generation and policy version it was
-/// built from, and when.
-type CachedView = (u64, u64, Instant, Arc<super::relay::MemberView>);
 
 /// Who signed a request that verified, so the answer can be signed for them.
 #[derive(Clone)]
@@ -133,46 +132,6 @@ impl Api {
         }
     }
 
-    /// Records that the relay runs on UDP `port` (advertised to agents in `/peers`) and
-    /// hands over its counters for `/metrics` (once, at startup).
-    pub fn set_relay(&self, port: u16, stats: Arc<super::relay::RelayStats>) {
-        self.cache.set_relay_port(port);
-        let _ = self.relay_stats.set(stats);
-    }
-
-    /// The online members as the relay needs them: keys, the IPs they are known at, tags
-    /// under the current policy. Rebuilt when the registry or policy changed, and at least
-    /// every 10 s (a member's observed IP can move without changing any list).
-    pub fn relay_view(&self) -> Arc<super::relay::MemberView> {
-        let (policy, version) = self.trust.policy.current();
-        let mut cached = lock(&self.relay_view);
-        let registry = lock(&self.registry);
-        let generation = registry.generation();
-        if let Some((g, v, at, view)) = cached.as_ref() {
-            if *g == generation && *v == version && at.elapsed() < Duration::from_secs(10) {
-                return Arc::clone(view);
-            }
-        }
-        let members: Vec<super::relay::Member> = registry
-            .records()
-            .into_iter()
-            .filter(|r| r.online)
-            .map(|r| super::relay::Member {
-                public_key: r.public_key,
-                ips: r
-                    .observed_ip
-                    .into_iter()
-                    .chain(r.endpoint.map(|e| e.0.ip()))
-                    .collect(),
-                tags: r.tags,
-            })
-            .collect();
-        drop(registry);
-        let view = Arc::new(super::relay::MemberView::new(members, &policy));
-        *cached = Some((generation, version, Instant::now(), Arc::clone(&view)));
-        view
-    }
-
     /// Runs `f` on the registry and wakes parked long-polls when it moved the version (a
     /// change any caller may see). The notifier is poked after the lock is released.
     fn change_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
@@ -192,21 +151,6 @@ impl Api {
     /// without it long-polls are answered at once.
     pub fn attach(self: &Arc<Api>) {
         let _ = self.me.set(Arc::downgrade(self));
-    }
-
-    /// Hands over the STUN services' counters for `/metrics` (once, at startup).
-    pub fn set_stun_stats(&self, stats: Vec<Arc<crate::server::stun_service::StunStats>>) {
-        let _ = self.stun_stats.set(stats);
-    }
-
-    /// Hands over the connection layer's counts for `/metrics` (once, at startup).
-    pub fn set_http_stats(&self, stats: super::http::StatsHandle) {
-        let _ = self.http_stats.set(stats);
-    }
-
-    /// The server's counters.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Marks silent peers offline; called by the sweeper thread every second.
@@ -311,145 +255,6 @@ impl Api {
                 self.trust.audit(event);
                 Err(e.to_string())
             }
-        }
-    }
-
-    /// Counts, logs and audits a refused authentication, and charges the source's budget.
-    fn auth_failed(&self, req: &Request, key: Option<PublicKey>, id: Option<&PeerId>, why: &str) {
-        let source = req.remote.ip().to_canonical();
-        let _ = self.trust.auth_failure_limit.take(source, Instant::now());
-        self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-        log::warn!(
-            "refused {} {} from {}: {why}",
-            req.method,
-            req.path(),
-            req.remote
-        );
-        let mut event = AuditEvent::new(AuditKind::AuthFailure, SystemTime::now())
-            .source(req.remote)
-            .detail(format!("{} {}: {why}", req.method, req.path()));
-        if let Some(key) = key {
-            event = event.peer_key(key);
-        }
-        if let Some(id) = id {
-            event = event.peer_id(id.clone());
-        }
-        self.trust.audit(event);
-    }
-
-    /// Refuses sources that failed authentication too often, before any expensive work.
-    fn check_failure_budget(&self, req: &Request) -> Result<(), Refusal> {
-        let source = req.remote.ip().to_canonical();
-        self.trust
-            .auth_failure_limit
-            .check(source, Instant::now())
-            .map_err(|wait| {
-                self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                too_many("failed authentications", source, wait)
-            })
-    }
-
-    /// Verifies the request's MAC and returns the key that signed it; remembers the signer so
-    /// the answer gets signed too.
-    fn authenticate(
-        &self,
-        req: &Request,
-        authed: &mut Option<Authed>,
-    ) -> Result<PublicKey, Refusal> {
-        self.check_failure_budget(req)?;
-        let verified = self.auth.verify_request(
-            &|name| req.header(name),
-            &req.method,
-            &req.target,
-            &req.body,
-            SystemTime::now(),
-        );
-        match verified {
-            Ok(key) => {
-                *authed = Some(Authed {
-                    key,
-                    nonce: req.header(NONCE_HEADER).unwrap_or_default().to_owned(),
-                });
-                self.claim_nonce(req, &key)?;
-                Ok(key)
-            }
-            Err(e) => {
-                if e.http_status() == 401 {
-                    let claimed = req
-                        .header(auth::KEY_HEADER)
-                        .and_then(|k| PublicKey::from_base64(k).ok());
-                    self.auth_failed(req, claimed, None, &e.to_string());
-                }
-                Err(Refusal(e.http_status(), e.to_string()))
-            }
-        }
-    }
-
-    /// Checks that `key` (which signed the request) owns peer `id`: 404 for an unknown id
-    /// (so the agent registers again), 401 for someone else's id.
-    fn check_owner(&self, req: &Request, key: &PublicKey, id: &PeerId) -> Result<(), Refusal> {
-        let mut owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
-        if owner.is_none() && self.replica.is_some() {
-            // Registered through another replica a moment ago: catch up before refusing.
-            self.catch_up_for_unknown();
-            owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
-        }
-        match owner {
-            None => Err(unknown_peer(id)),
-            Some(owner) if owner == *key => Ok(()),
-            Some(_) => {
-                let why =
-                    format!("request signed by {key} concerns {id}, which belongs to another key");
-                self.auth_failed(req, Some(*key), Some(id), &why);
-                Err(Refusal(401, why))
-            }
-        }
-    }
-
-    fn healthz(&self) -> Response {
-        let (total, online) = {
-            let registry = lock(&self.registry);
-            (registry.len(), registry.online())
-        };
-        if let Some(r) = &self.replica {
-            return match r.db.health() {
-                Ok(()) => ok_json(&serde_json::json!({"success": true, "status": "ok",
-                    "store": "postgresql", "database": "ok", "peers": total, "online": online})),
-                Err(e) => Response::json(
-                    503,
-                    serde_json::to_vec(&serde_json::json!({"success": false,
-                        "status": "database unreachable", "store": "postgresql",
-                        "database": "unreachable", "code": "unavailable",
-                        "error": format!("{e}: changes are refused until it is back"),
-                        "peers": total, "online": online}))
-                    .expect("JSON values serialize"),
-                ),
-            };
-        }
-        ok_json(
-            &serde_json::json!({"success": true, "status": "ok", "peers": total, "online": online}),
-        )
-    }
-
-    fn metrics_text(&self) -> Response {
-        let (total, online) = {
-            let registry = lock(&self.registry);
-            (registry.len(), registry.online())
-        };
-        let stun = self.stun_stats.get().map_or(&[][..], Vec::as_slice);
-        Response {
-            status: 200,
-            headers: vec![("Content-Type", "text/plain; version=0.0.4".into())],
-            body: Body::Owned({
-                let mut text = self.metrics.render(total, online, stun);
-                if let Some(stats) = self.http_stats.get().and_then(|h| h.get()) {
-                    stats.render_prometheus(&mut text);
-                }
-                if let Some(relay) = self.relay_stats.get() {
-                    relay.render_prometheus(&mut text);
-                }
-                text.into_bytes()
-            }),
         }
     }
 

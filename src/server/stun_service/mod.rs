@@ -16,16 +16,20 @@
 use crate::proto::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
 use crate::proto::wg_wire;
 use crate::server::relay::{RelayService, Verdict};
-use serde::{Deserialize, Serialize};
-use std::collections::hash_map::RandomState;
-use std::fmt::Write as _;
-use std::hash::BuildHasher;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+mod rate_limit;
+mod stats;
+
+pub use rate_limit::RateLimit;
+use rate_limit::RateTable;
+use stats::bump;
+pub use stats::{StunCounters, StunStats};
 
 /// Largest datagram we consider; anything that fills the receive buffer completely may have
 /// been truncated by the kernel, so it is dropped as malformed rather than half-parsed.
@@ -34,49 +38,6 @@ pub const MAX_DATAGRAM: usize = 1500;
 /// How often idle worker threads wake to check for shutdown: the upper bound on how long
 /// [`StunHandle::shutdown`] waits.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Entries per set in the rate-limit table: a new source evicts the idlest of these.
-const WAYS: usize = 4;
-
-/// Per-source-IP answer rate limit: each source may burst `burst` answers, then gets
-/// `per_second` more each second. Dropped requests get no answer, so a spoofed flood cannot
-/// turn the server into an amplifier aimed at a victim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateLimit {
-    /// Sustained answers per second per source IP; 0 disables rate limiting entirely.
-    pub per_second: u32,
-    /// Answers a source may get back to back after being idle (at least 1).
-    pub burst: u32,
-    /// Bound on sources tracked at once (rounded up to a power of two). When the table is full
-    /// the idlest source in a slot's set is forgotten; one forgotten while still throttled
-    /// starts over with a full burst, which is why this should exceed the expected number of
-    /// simultaneously active sources.
-    pub max_sources: usize,
-}
-
-impl RateLimit {
-    /// No rate limit: for tests and benchmarks on loopback only.
-    pub fn unlimited() -> Self {
-        RateLimit {
-            per_second: 0,
-            burst: 1,
-            max_sources: WAYS,
-        }
-    }
-}
-
-impl Default for RateLimit {
-    /// 20 answers/s with bursts of 50, 16,384 sources: an agent probes a few times a minute,
-    /// so this covers hundreds of agents behind one carrier-grade NAT while capping what one
-    /// spoofed victim address can receive at roughly 1 kB/s.
-    fn default() -> Self {
-        RateLimit {
-            per_second: 20,
-            burst: 50,
-            max_sources: 16_384,
-        }
-    }
-}
 
 /// Behaviour knobs beyond rate limiting, for [`StunService::spawn_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,194 +60,6 @@ impl Default for ServiceOptions {
             mapped_address_for_modern_clients: false,
             accept_rfc3489: true,
         }
-    }
-}
-
-/// Counters shared by all worker threads. Relaxed atomics: each is an independent tally read
-/// only for metrics, so no ordering between them is needed.
-#[derive(Debug, Default)]
-pub struct StunStats {
-    answered: AtomicU64,
-    refused: AtomicU64,
-    malformed: AtomicU64,
-    ignored: AtomicU64,
-    rate_limited: AtomicU64,
-    evictions: AtomicU64,
-    send_errors: AtomicU64,
-    recv_errors: AtomicU64,
-}
-
-/// A plain copy of [`StunStats`] at one moment, for tests, logs and JSON status pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct StunCounters {
-    /// Binding Requests answered with a success response.
-    pub answered: u64,
-    /// Binding Requests answered with an error response (420: CHANGE-REQUEST or another
-    /// attribute we do not support).
-    pub refused: u64,
-    /// Datagrams dropped because they were not a well-formed STUN message (or were too big).
-    pub malformed: u64,
-    /// Well-formed STUN messages dropped because they are not Binding Requests (indications,
-    /// responses, other methods): RFC 8489 gives them no answer.
-    pub ignored: u64,
-    /// Binding Requests dropped because their source was over its rate limit.
-    pub rate_limited: u64,
-    /// Rate-limit table entries replaced by a new source because the table was full.
-    pub rate_limit_evictions: u64,
-    /// Answers the kernel refused to send.
-    pub send_errors: u64,
-    /// Receive errors other than the shutdown poll's timeouts.
-    pub recv_errors: u64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-impl StunStats {
-    /// Reads every counter once.
-    pub fn snapshot(&self) -> StunCounters {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StunCounters {
-            answered: get(&self.answered),
-            refused: get(&self.refused),
-            malformed: get(&self.malformed),
-            ignored: get(&self.ignored),
-            rate_limited: get(&self.rate_limited),
-            rate_limit_evictions: get(&self.evictions),
-            send_errors: get(&self.send_errors),
-            recv_errors: get(&self.recv_errors),
-        }
-    }
-
-    /// Appends the counters to `out` in Prometheus text exposition format, so the server's
-    /// `/metrics` page can concatenate every subsystem into one buffer.
-    pub fn render_prometheus(&self, out: &mut String) {
-        self.snapshot().render_prometheus(out);
-    }
-}
-
-impl StunCounters {
-    /// Adds another service's counters, so a server listening on two STUN ports (for the
-    /// mapping-behaviour check) exports one set of metrics.
-    pub fn merge(mut self, other: StunCounters) -> StunCounters {
-        self.answered += other.answered;
-        self.refused += other.refused;
-        self.malformed += other.malformed;
-        self.ignored += other.ignored;
-        self.rate_limited += other.rate_limited;
-        self.rate_limit_evictions += other.rate_limit_evictions;
-        self.send_errors += other.send_errors;
-        self.recv_errors += other.recv_errors;
-        self
-    }
-
-    /// Appends these counters to `out` in Prometheus text exposition format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let c = self;
-        // Writing to a String cannot fail.
-        let _ = write!(
-            out,
-            "# HELP wgmesh_stun_responses_total STUN Binding responses sent, by outcome.\n\
-             # TYPE wgmesh_stun_responses_total counter\n\
-             wgmesh_stun_responses_total{{result=\"success\"}} {}\n\
-             wgmesh_stun_responses_total{{result=\"error\"}} {}\n\
-             # HELP wgmesh_stun_dropped_total Datagrams received on the STUN port and not answered, by reason.\n\
-             # TYPE wgmesh_stun_dropped_total counter\n\
-             wgmesh_stun_dropped_total{{reason=\"malformed\"}} {}\n\
-             wgmesh_stun_dropped_total{{reason=\"not_binding_request\"}} {}\n\
-             wgmesh_stun_dropped_total{{reason=\"rate_limited\"}} {}\n\
-             # HELP wgmesh_stun_rate_limit_evictions_total Sources forgotten by the full per-source rate-limit table.\n\
-             # TYPE wgmesh_stun_rate_limit_evictions_total counter\n\
-             wgmesh_stun_rate_limit_evictions_total {}\n\
-             # HELP wgmesh_stun_socket_errors_total STUN socket errors, by direction.\n\
-             # TYPE wgmesh_stun_socket_errors_total counter\n\
-             wgmesh_stun_socket_errors_total{{op=\"send\"}} {}\n\
-             wgmesh_stun_socket_errors_total{{op=\"recv\"}} {}\n",
-            c.answered,
-            c.refused,
-            c.malformed,
-            c.ignored,
-            c.rate_limited,
-            c.rate_limit_evictions,
-            c.send_errors,
-            c.recv_errors,
-        );
-    }
-}
-
-/// One tracked source: its IP (IPv4 as IPv4-mapped IPv6) and GCRA "theoretical arrival time"
-/// in nanoseconds since the service started; `tat == 0` marks a free slot.
-#[derive(Clone, Copy, Default)]
-struct Slot {
-    key: u128,
-    tat: u64,
-}
-
-/// Per-source GCRA limiter in a fixed table of small sets, each behind its own mutex, so
-/// worker threads rarely contend and memory is fixed at start.
-struct RateTable {
-    /// Nanoseconds between answers at the sustained rate.
-    interval: u64,
-    /// How far ahead of now a source's TAT may run before it is throttled (burst - 1 intervals).
-    tolerance: u64,
-    sets: Box<[Mutex<[Slot; WAYS]>]>,
-    hasher: RandomState,
-    start: Instant,
-}
-
-impl RateTable {
-    fn new(limit: &RateLimit) -> Option<Self> {
-        if limit.per_second == 0 {
-            return None;
-        }
-        let interval = (1_000_000_000 / u64::from(limit.per_second)).max(1);
-        let tolerance = interval.saturating_mul(u64::from(limit.burst.max(1) - 1));
-        let sets = (limit.max_sources.clamp(WAYS, 1 << 24).next_power_of_two() / WAYS).max(1);
-        Some(RateTable {
-            interval,
-            tolerance,
-            sets: (0..sets)
-                .map(|_| Mutex::new([Slot::default(); WAYS]))
-                .collect(),
-            hasher: RandomState::new(),
-            start: Instant::now(),
-        })
-    }
-
-    /// Charges one answer to `ip`; false when it is over its limit. Also reports whether a
-    /// tracked source had to be evicted to make room.
-    fn allow(&self, ip: IpAddr) -> (bool, bool) {
-        let key = match ip.to_canonical() {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
-        // Keyed hash: an attacker cannot aim many sources at one set to evict a victim.
-        let index = (self.hasher.hash_one(key) as usize) & (self.sets.len() - 1);
-        // +1 so a real TAT is never 0, the free-slot marker.
-        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
-        // A poisoned lock only means another worker panicked mid-update of plain integers.
-        let mut set = self.sets[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut evicted = false;
-        let slot = match set.iter().position(|s| s.tat != 0 && s.key == key) {
-            Some(i) => &mut set[i],
-            None => {
-                // Replace the slot with the smallest TAT: a free one, else the source whose
-                // bucket is fullest, whose forgetting changes least.
-                let i = (0..WAYS).min_by_key(|&i| set[i].tat).unwrap_or(0);
-                evicted = set[i].tat != 0;
-                set[i] = Slot { key, tat: 0 };
-                &mut set[i]
-            }
-        };
-        let tat = slot.tat.max(now);
-        if tat - now > self.tolerance {
-            return (false, evicted);
-        }
-        slot.tat = tat.saturating_add(self.interval);
-        (true, evicted)
     }
 }
 
@@ -566,37 +339,6 @@ mod tests {
     }
 
     #[test]
-    fn gcra_allows_the_burst_then_refuses() {
-        let table = RateTable::new(&RateLimit {
-            per_second: 1,
-            burst: 3,
-            max_sources: 16,
-        })
-        .unwrap();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let allowed = (0..10).filter(|_| table.allow(ip).0).count();
-        assert_eq!(allowed, 3);
-        // The same address seen through a dual-stack socket shares the bucket.
-        assert!(!table.allow("::ffff:192.0.2.1".parse().unwrap()).0);
-        assert!(table.allow("192.0.2.2".parse().unwrap()).0);
-    }
-
-    #[test]
-    fn table_stays_bounded_and_counts_evictions() {
-        let table = RateTable::new(&RateLimit {
-            per_second: 1,
-            burst: 1,
-            max_sources: 8,
-        })
-        .unwrap();
-        assert_eq!(table.sets.len() * WAYS, 8);
-        let evictions = (0..100u32)
-            .filter(|i| table.allow(IpAddr::from(i.to_be_bytes())).1)
-            .count();
-        assert_eq!(evictions, 100 - 8);
-    }
-
-    #[test]
     fn handle_datagram_answers_counts_and_refuses() {
         let s = shared(RateLimit::default());
         let opts = ResponseOptions {
@@ -641,28 +383,5 @@ mod tests {
                 ..Default::default()
             }
         );
-    }
-
-    #[test]
-    fn prometheus_text_names_every_counter() {
-        let stats = StunStats::default();
-        bump(&stats.answered);
-        bump(&stats.rate_limited);
-        bump(&stats.rate_limited);
-        let mut out = String::from("# earlier metrics\n");
-        stats.render_prometheus(&mut out);
-        assert!(out.starts_with("# earlier metrics\n"));
-        assert!(out.contains("\nwgmesh_stun_responses_total{result=\"success\"} 1\n"));
-        assert!(out.contains("\nwgmesh_stun_dropped_total{reason=\"rate_limited\"} 2\n"));
-        assert!(out.contains("\nwgmesh_stun_dropped_total{reason=\"malformed\"} 0\n"));
-        for line in out.lines().skip(1) {
-            assert!(
-                line.starts_with("# HELP wgmesh_stun_")
-                    || line.starts_with("# TYPE wgmesh_stun_")
-                    || line.starts_with("wgmesh_stun_"),
-                "{line}"
-            );
-        }
-        assert!(out.ends_with('\n'));
     }
 }

@@ -12,18 +12,23 @@ use crate::agent::engine::{self, Sink};
 use crate::agent::error::AgentError;
 use crate::agent::path::PathSettings;
 use crate::agent::setup::{self, Overrides};
-use crate::agent::status;
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::PublicKey;
 use crate::os::runner::SystemRunner;
 use crate::os::TargetOs;
 use crate::types::{Endpoint, Hostname, InterfaceName};
 use argh::FromArgs;
 use serde::Serialize;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+mod inspect;
+mod keys;
+
+pub use inspect::{export, status, ExportArgs, StatusArgs};
+pub use keys::{genkey, pubkey, GenkeyArgs, PubkeyArgs};
 
 fn agent_failure(e: AgentError) -> Failure {
     let code = match &e {
@@ -303,45 +308,6 @@ pub struct DownArgs {
     log_level: LogLevel,
 }
 
-/// Show this node's address and interface, and per peer: hostname, mesh address, endpoint,
-/// whether it is online, latest handshake age and bytes received and sent.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "status")]
-pub struct StatusArgs {
-    /// client config file (default ~/.config/wireguard-mesh/client.json)
-    #[argh(option)]
-    config: Option<PathBuf>,
-    /// print JSON on stdout
-    #[argh(switch)]
-    json: bool,
-}
-
-/// Print a wg-quick configuration for this node on stdout (use it with `wg-quick up`).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "export")]
-pub struct ExportArgs {
-    /// client config file (default ~/.config/wireguard-mesh/client.json)
-    #[argh(option)]
-    config: Option<PathBuf>,
-    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
-    /// replacing the bundled public roots (for a private CA or a self-signed server)
-    #[argh(option)]
-    ca: Option<PathBuf>,
-    /// put each peer's mesh name (NAME.mesh) and hostname in a comment above its [Peer]
-    #[argh(switch)]
-    names: bool,
-}
-
-/// Print a new private key in base64, like `wg genkey`.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "genkey")]
-pub struct GenkeyArgs {}
-
-/// Read a private key on stdin and print its public key, like `wg pubkey`.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "pubkey")]
-pub struct PubkeyArgs {}
-
 fn check_interval(flag: &str, secs: u64) -> Result<Duration, Failure> {
     if secs == 0 {
         return Err(Failure::new(
@@ -462,46 +428,4 @@ pub(super) fn write_stdout(text: &str) -> Result<(), Failure> {
         )),
         _ => Ok(()),
     }
-}
-
-/// `wgmesh status`.
-pub fn status(args: StatusArgs) -> Result<(), Failure> {
-    init_logging(LogLevel(log::LevelFilter::Warn));
-    let path = args.config.unwrap_or_else(config::default_path);
-    let status = status::collect(&path, &mut SystemRunner::new(), SystemTime::now())
-        .map_err(agent_failure)?;
-    if args.json {
-        return print_json(&status);
-    }
-    write_stdout(&status::table(&status))
-}
-
-/// `wgmesh export`.
-pub fn export(args: ExportArgs) -> Result<(), Failure> {
-    init_logging(LogLevel(log::LevelFilter::Warn));
-    let path = args.config.unwrap_or_else(config::default_path);
-    let text = status::export(&path, args.ca.as_deref(), args.names).map_err(agent_failure)?;
-    write_stdout(&text)
-}
-
-/// `wgmesh genkey`.
-pub fn genkey(_: GenkeyArgs) -> Result<(), Failure> {
-    write_stdout(&format!("{}\n", PrivateKey::generate().to_base64()))
-}
-
-/// `wgmesh pubkey`.
-pub fn pubkey(_: PubkeyArgs) -> Result<(), Failure> {
-    let mut input = String::new();
-    std::io::stdin()
-        .take(1024)
-        .read_to_string(&mut input)
-        .map_err(|e| {
-            Failure::new(
-                EXIT_USAGE,
-                format!("cannot read a private key on stdin: {e}"),
-            )
-        })?;
-    let key = PrivateKey::from_base64(&input)
-        .map_err(|e| Failure::new(EXIT_USAGE, format!("stdin: {e}")))?;
-    write_stdout(&format!("{}\n", key.public_key().to_base64()))
 }

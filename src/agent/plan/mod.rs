@@ -7,21 +7,28 @@
 //! once, then one straight sequence: the interface (reused, or rebuilt from scratch), the
 //! full tunnel's removal, the peer diff, the full tunnel's addition, exit-node NAT, routes.
 
-use super::config::{Applied, AppliedNat, AppliedTunnel, Assignment, ClientConfig};
-use super::desired::{
-    chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel, PERSISTENT_KEEPALIVE,
-};
+use super::config::{Applied, AppliedTunnel, Assignment, ClientConfig};
+use super::desired::{chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel};
 use super::error::AgentError;
 use super::host::HostFacts;
 use super::host_routes;
 use crate::agent::reconcile;
 use crate::os::route_table::RouteTable;
-use crate::os::{self, InterfaceSpec, PeerSpec, Plan, TargetOs};
+use crate::os::{self, InterfaceSpec, Plan, TargetOs};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
-use ipnet::{IpNet, Ipv4Net};
-use serde::Serialize;
+use ipnet::IpNet;
 use std::collections::BTreeSet;
+
+mod route_check;
+mod steps;
+mod tunnel;
+
+pub use super::stagger::{defer_crossing_handshakes, silent_deferred, stuck_deferred};
+pub use route_check::route_check;
+use route_check::{pinned_peers, with_paths};
+pub use steps::{HostCheck, Step, SyncPlan, SyncSummary};
+use tunnel::{nat_plan, tunnel_off, tunnel_peer};
 
 /// What the decision depends on besides the host.
 pub struct PlanInput<'a> {
@@ -44,161 +51,6 @@ pub struct PlanInput<'a> {
     /// With `live`: keep deferring peers that have not sent anything yet (`up` does for a
     /// few seconds, then turns every keepalive on, so NAT mappings still open both ways).
     pub hold_silent: bool,
-}
-
-/// Peers this node deferred (keepalive off, key above ours) that have sent us something but
-/// still have no handshake a pass later: their first initiation crossed one of ours (traffic
-/// here starts one too), and WireGuard would wait 5 s before trying again. Removing and
-/// re-adding such a peer starts it afresh, so its keepalive initiates at once, while the
-/// other side, having just tried, waits: the two cannot cross again.
-pub fn stuck_deferred(
-    actual: &[crate::os::wgdump::DumpPeer],
-    mine: &crate::keys::PublicKey,
-) -> Vec<crate::keys::PublicKey> {
-    deferred_without_handshake(actual, mine)
-        .filter(|p| p.transfer_rx > 0)
-        .map(|p| p.public_key)
-        .collect()
-}
-
-/// Deferred peers (keepalive off, key above ours) with no handshake yet.
-fn deferred_without_handshake<'a>(
-    actual: &'a [crate::os::wgdump::DumpPeer],
-    mine: &'a crate::keys::PublicKey,
-) -> impl Iterator<Item = &'a crate::os::wgdump::DumpPeer> {
-    actual
-        .iter()
-        .filter(|p| p.persistent_keepalive.is_none() && p.latest_handshake.is_none())
-        .filter(move |p| p.public_key.as_bytes() > mine.as_bytes())
-}
-
-/// Deferred peers that have not sent anything yet: the other side has not added us (it is
-/// slower), so initiating now could cross its first initiation; keep waiting.
-pub fn silent_deferred(
-    actual: &[crate::os::wgdump::DumpPeer],
-    mine: &crate::keys::PublicKey,
-) -> BTreeSet<crate::keys::PublicKey> {
-    deferred_without_handshake(actual, mine)
-        .filter(|p| p.transfer_rx == 0)
-        .map(|p| p.public_key)
-        .collect()
-}
-
-/// When two nodes add each other at the same moment, both may send a handshake initiation at
-/// once (a new peer's keepalive starts one); each answers the other's and drops its own
-/// pending one, so both responses are refused and WireGuard retries only after 5 s. To
-/// break the tie, of two nodes that meet, only the one with the smaller public key initiates
-/// at once: the other adds the new peer with its keepalive off, and the next pass (a second
-/// later, `up` schedules it) turns it on, or, if no handshake happened by then, re-adds the
-/// peer (see [`stuck_deferred`]). Returns whether any keepalive was deferred.
-pub fn defer_crossing_handshakes(
-    changes: &mut crate::os::PeerChanges,
-    known: &BTreeSet<crate::keys::PublicKey>,
-    mine: &crate::keys::PublicKey,
-) -> bool {
-    let mut deferred = false;
-    for spec in &mut changes.upsert {
-        if !known.contains(&spec.public_key) && spec.public_key.as_bytes() > mine.as_bytes() {
-            spec.persistent_keepalive = None;
-            deferred = true;
-        }
-    }
-    deferred
-}
-
-/// What one sync changed, printed by `sync --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SyncSummary {
-    /// Our stable peer id.
-    pub peer_id: String,
-    /// Our mesh address.
-    pub address: String,
-    /// The interface's real name.
-    pub interface: String,
-    /// Whether the interface had to be created (first run, or after a reboot or `down`).
-    pub created_interface: bool,
-    /// Peers configured after the sync.
-    pub peers: usize,
-    /// Public keys of peers added.
-    pub added: Vec<String>,
-    /// Public keys of peers whose endpoint, allowed IPs or keepalive changed.
-    pub updated: Vec<String>,
-    /// Public keys of peers removed.
-    pub removed: Vec<String>,
-    /// Whether the server said the list had not changed (304).
-    pub list_unchanged: bool,
-    /// Whether new peers were added with their keepalive deferred (`up` only): another pass
-    /// a moment later turns it on (see `plan::defer_crossing_handshakes`).
-    #[serde(skip)]
-    pub keepalive_deferred: bool,
-}
-
-/// One plan, and what is recorded as applied once it ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    /// The commands (possibly none: a step may only record).
-    pub plan: Plan,
-    /// `Some(record)` when this step changes what is recorded as applied; saved right after
-    /// the plan ran, so a failure later in the sequence never forgets what is set up.
-    pub record: Option<Option<Applied>>,
-    /// Logged (info) once the plan ran.
-    pub note: Option<String>,
-    /// A check of the host to pass once the plan ran, before anything later runs.
-    pub check: Option<HostCheck>,
-}
-
-/// What must be true of the host before the next step may run; the engine checks it
-/// (never in a dry run) and stops the sync with the check's error otherwise.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostCheck {
-    /// Windows: the tunnel service of this name is deleted (waited for, bounded), since
-    /// `/installtunnelservice` fails while the old one is still stopping.
-    ServiceGone(InterfaceName),
-    /// Windows: the configuration folder is protected (owner Administrators or SYSTEM, only
-    /// they have access, nothing inherited), checked before the private key is written.
-    ConfigDirProtected,
-}
-
-impl Step {
-    fn run(plan: Plan) -> Step {
-        Step {
-            plan,
-            record: None,
-            note: None,
-            check: None,
-        }
-    }
-
-    /// A step that only checks the host.
-    fn check(check: HostCheck) -> Step {
-        Step {
-            check: Some(check),
-            ..Step::run(Plan::default())
-        }
-    }
-
-    fn note(mut self, note: String) -> Step {
-        self.note = Some(note);
-        self
-    }
-}
-
-/// The decision for one sync.
-#[derive(Debug)]
-pub struct SyncPlan {
-    /// What to run and record, in order.
-    pub steps: Vec<Step>,
-    /// What is recorded as applied once every step ran.
-    pub applied: Option<Applied>,
-    /// What the sync changes, for `sync --json`.
-    pub summary: SyncSummary,
-    /// macOS only: the steps end with creating interface NAME, whose real `utunN` name
-    /// wireguard-go writes to its name file. Run the steps, read the name into
-    /// [`HostFacts::created_name`], and plan again.
-    pub awaiting_name: Option<InterfaceName>,
-    /// A refusal met after `steps`: run them (they were decided before it), then fail with
-    /// this, as a straight sequence stopping at its first error would.
-    pub failure: Option<AgentError>,
 }
 
 /// The interface whose `wg show dump` is worth reading: the one recorded as applied for this
@@ -287,79 +139,6 @@ pub fn check_interface_name(os: TargetOs, config: &ClientConfig) -> Result<(), A
         os::observe_windows::check_tunnel_name(&config.interface).map_err(AgentError::Usage)?;
     }
     Ok(())
-}
-
-/// The quick route check between syncs (macOS and Windows, full tunnel in place): the one
-/// step that re-pins or re-adds routes a network change or reboot moved, planned from the
-/// observed table in `facts` and the last peer list. Empty when there is nothing to check.
-pub fn route_check(input: &PlanInput<'_>, facts: &HostFacts) -> Vec<Step> {
-    let config = input.config;
-    let (Some(applied), Some(assignment), Some(table)) = (
-        recorded(config, input.os),
-        config.assignment.as_ref(),
-        facts.routes.as_ref(),
-    ) else {
-        return Vec::new();
-    };
-    let (Some(tunnel), Ok(real_name)) = (
-        applied.full_tunnel.as_ref(),
-        applied.interface.parse::<InterfaceName>(),
-    ) else {
-        return Vec::new();
-    };
-    let exit = input
-        .peers
-        .iter()
-        .find(|p| p.public_key == tunnel.exit_public_key)
-        .map(|p| p.public_key);
-    let published = desired_peers(input.peers, exit.as_ref());
-    let desired = pinned_peers(&published, &with_paths(&published, input.paths));
-    let mut b = Builder {
-        os: input.os,
-        dry_run: input.dry_run,
-        steps: Vec::new(),
-        rec: config.applied.clone(),
-        summary: SyncSummary::default(),
-        awaiting_name: None,
-    };
-    b.tunnel_routes(&real_name, assignment, tunnel, &desired, facts, table);
-    b.steps
-}
-
-/// `published` with each peer's chosen path ([`super::path`]) applied: its endpoint (the
-/// relay's, the published one, or None to keep one WireGuard roamed to) and keepalive.
-fn with_paths(
-    published: &[PeerSpec],
-    paths: &std::collections::HashMap<crate::keys::PublicKey, super::path::Choice>,
-) -> Vec<PeerSpec> {
-    let mut desired = published.to_vec();
-    for peer in &mut desired {
-        if let Some(choice) = paths.get(&peer.public_key) {
-            peer.endpoint = choice.endpoint.map(crate::types::Endpoint);
-            peer.persistent_keepalive = Some(choice.keepalive);
-        }
-    }
-    desired
-}
-
-/// The peers whose endpoints a full tunnel keeps outside (pins): every peer at its published
-/// endpoint, as without a relay (a probe, or a path WireGuard roamed to, sends there), and
-/// also at its chosen endpoint where that differs (the relay), so the sync and the route
-/// check between syncs pin the same set.
-fn pinned_peers(published: &[PeerSpec], desired: &[PeerSpec]) -> Vec<PeerSpec> {
-    let mut out = published.to_vec();
-    out.extend(
-        desired
-            .iter()
-            .filter(|d| {
-                d.endpoint.is_some()
-                    && !published
-                        .iter()
-                        .any(|p| p.public_key == d.public_key && p.endpoint == d.endpoint)
-            })
-            .cloned(),
-    );
-    out
 }
 
 struct Builder {
@@ -619,50 +398,6 @@ impl Builder {
         Ok(())
     }
 
-    /// macOS and Windows: the step that makes the tunnel's halves and pins match the
-    /// observed table, recording what is pinned when it changed.
-    fn tunnel_routes(
-        &mut self,
-        real_name: &InterfaceName,
-        assignment: &Assignment,
-        tunnel: &AppliedTunnel,
-        desired: &[PeerSpec],
-        facts: &HostFacts,
-        table: &RouteTable,
-    ) {
-        let mut peers = desired.to_vec();
-        if !peers.iter().any(|p| p.public_key == tunnel.exit_public_key) {
-            peers.push(tunnel_peer(tunnel, false));
-        }
-        let (plan, pinned) = host_routes::tunnel_routes(
-            self.os,
-            real_name,
-            assignment,
-            tunnel,
-            &peers,
-            facts.server_ip,
-            table,
-        );
-        let note = (!plan.is_empty()).then(|| {
-            format!(
-                "full tunnel routes: {} pin(s) via {:?}",
-                pinned.pins.len(),
-                pinned.uplink
-            )
-        });
-        self.push(Step {
-            note,
-            ..Step::run(plan)
-        });
-        if tunnel.pinned.as_ref() != Some(&pinned) {
-            self.record(|a| {
-                if let Some(t) = a.full_tunnel.as_mut() {
-                    t.pinned = Some(pinned);
-                }
-            });
-        }
-    }
-
     /// Configures a just-created interface and records it as the fresh applied state.
     fn configure(&mut self, spec: &InterfaceSpec, assignment: &Assignment, real: &InterfaceName) {
         self.push(
@@ -679,181 +414,16 @@ impl Builder {
             ..Applied::default()
         }));
     }
-
-    /// Sets up, changes or removes NAT so this host serves as an exit node when asked to.
-    fn nat(
-        &mut self,
-        config: &ClientConfig,
-        real_name: &InterfaceName,
-        mesh: Ipv4Net,
-        facts: &HostFacts,
-    ) -> Result<(), AgentError> {
-        let have = self.rec.as_ref().and_then(|a| a.nat.clone());
-        let want = if config.exit_node {
-            let out_iface = facts
-                .default_dev
-                .clone()
-                .or_else(|| have.as_ref().map(|n| n.out_iface.clone()))
-                .ok_or_else(|| {
-                    AgentError::Usage(
-                        "an exit node needs a default route to send traffic out of; none found"
-                            .into(),
-                    )
-                })?;
-            let firewall = if facts.nft { "nftables" } else { "iptables" };
-            Some(AppliedNat {
-                out_iface,
-                firewall: firewall.to_owned(),
-                out_iface6: facts.ipv6_default_dev.clone(),
-            })
-        } else {
-            None
-        };
-        if want == have {
-            return Ok(());
-        }
-        if let Some(old) = &have {
-            let plan = nat_plan(self.os, config, real_name, mesh, old, false)?;
-            self.push(Step::run(plan));
-        }
-        if let Some(new) = &want {
-            let plan = nat_plan(self.os, config, real_name, mesh, new, true)?;
-            self.push(Step::run(plan).note(format!(
-                "serving as an exit node: NAT out of {} with {}",
-                new.out_iface, new.firewall
-            )));
-        }
-        self.record(|a| a.nat = want);
-        Ok(())
-    }
-}
-
-fn tunnel_off(os: TargetOs, real_name: &InterfaceName, t: &AppliedTunnel, tolerant: bool) -> Plan {
-    let mut plan = if host_routes::uses_host_routes(os) {
-        host_routes::tunnel_off(os, real_name, t, &tunnel_peer(t, false))
-    } else {
-        os::full_tunnel_off(
-            os,
-            real_name,
-            &tunnel_peer(t, false),
-            &t.keep_outside,
-            t.gateway,
-        )
-    };
-    if tolerant {
-        for cmd in &mut plan.commands {
-            cmd.allow_failure = true;
-        }
-    }
-    plan
-}
-
-/// The exit peer as `full_tunnel_on/off` want it.
-fn tunnel_peer(t: &AppliedTunnel, with_default: bool) -> PeerSpec {
-    let mut allowed_ips = t.exit_allowed_ips.clone();
-    if with_default {
-        allowed_ips.push("0.0.0.0/0".parse().expect("literal"));
-        if t.exit_ipv6 {
-            allowed_ips.push("::/0".parse().expect("literal"));
-        }
-    }
-    PeerSpec {
-        public_key: t.exit_public_key,
-        endpoint: t.exit_endpoint,
-        allowed_ips,
-        persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
-    }
-}
-
-fn nat_plan(
-    os: TargetOs,
-    config: &ClientConfig,
-    real_name: &InterfaceName,
-    mesh: Ipv4Net,
-    nat: &AppliedNat,
-    on: bool,
-) -> Result<Plan, AgentError> {
-    let out: InterfaceName = nat
-        .out_iface
-        .parse()
-        .map_err(|e| AgentError::Usage(format!("default route interface: {e}")))?;
-    let firewall = if nat.firewall == "nftables" {
-        os::Firewall::Nftables
-    } else {
-        os::Firewall::Iptables
-    };
-    let unsupported = |e: os::Unsupported| AgentError::Usage(e.to_string());
-    let mut plan = if on {
-        os::exit_node_nat_on(os, real_name, &out, mesh, firewall)
-    } else {
-        os::exit_node_nat_off(os, real_name, &out, mesh, firewall)
-    }
-    .map_err(unsupported)?;
-    // The IPv6 mesh too, when this exit node has IPv6 to offer.
-    let mesh6 = config
-        .assignment
-        .as_ref()
-        .map(|a| crate::proto::mesh6::prefix(&a.server_public_key));
-    if let (Some(out6), Some(mesh6)) = (nat.out_iface6.as_deref(), mesh6) {
-        let out6: InterfaceName = out6
-            .parse()
-            .map_err(|e| AgentError::Usage(format!("IPv6 default route interface: {e}")))?;
-        plan.extend(
-            if on {
-                os::exit_node_nat6_on(os, real_name, &out6, mesh6, firewall)
-            } else {
-                os::exit_node_nat6_off(os, real_name, firewall)
-            }
-            .map_err(unsupported)?,
-        );
-    }
-    Ok(plan)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::PrivateKey;
-
-    #[test]
-    fn only_the_smaller_key_initiates_at_once_when_two_nodes_meet() {
-        let key = |b: u8| crate::keys::PublicKey::from_bytes([b; 32]);
-        let spec = |b: u8| crate::os::PeerSpec {
-            public_key: key(b),
-            endpoint: Some("198.18.0.9:51820".parse().unwrap()),
-            allowed_ips: vec![],
-            persistent_keepalive: Some(PERSISTENT_KEEPALIVE),
-        };
-        let mut changes = crate::os::PeerChanges {
-            upsert: vec![spec(1), spec(9), spec(7)],
-            remove: vec![],
-        };
-        // 7 is already configured (an update), 1 sorts below us, 9 above.
-        let known: BTreeSet<_> = [key(7)].into_iter().collect();
-        assert!(defer_crossing_handshakes(&mut changes, &known, &key(5)));
-        let keepalives: Vec<_> = changes
-            .upsert
-            .iter()
-            .map(|p| p.persistent_keepalive)
-            .collect();
-        assert_eq!(
-            keepalives,
-            [Some(PERSISTENT_KEEPALIVE), None, Some(PERSISTENT_KEEPALIVE)]
-        );
-        // The next pass sees 9 configured and turns its keepalive on.
-        let mut next = crate::os::PeerChanges {
-            upsert: vec![spec(9)],
-            remove: vec![],
-        };
-        let known: BTreeSet<_> = [key(9)].into_iter().collect();
-        assert!(!defer_crossing_handshakes(&mut next, &known, &key(5)));
-        assert_eq!(
-            next.upsert[0].persistent_keepalive,
-            Some(PERSISTENT_KEEPALIVE)
-        );
-    }
     use crate::os::wgdump::{Dump, DumpInterface};
+    use crate::os::PeerSpec;
     use crate::types::PeerId;
+    use ipnet::Ipv4Net;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn peer_spec(allowed: &[&str]) -> PeerSpec {

@@ -10,16 +10,24 @@
 //! `GET /key` (trust on first use) and kept in the assignment from then on.
 
 use crate::keys::{PrivateKey, PublicKey};
-use crate::proto::auth::{self, RequestSigner};
+use crate::proto::auth::RequestSigner;
 use crate::proto::model::{
-    ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, KeyResponse, OfflineRequest,
-    PeerInfo, PeersDelta, PeersResponse, RegisterRequest, RegisterResponse,
+    ApiError, DeregisterRequest, ErrorCode, HeartbeatRequest, OfflineRequest, PeerInfo, PeersDelta,
+    PeersResponse, RegisterRequest, RegisterResponse,
 };
 use crate::types::PeerId;
 use std::fmt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+mod exchange;
+mod failover;
+mod server_url;
+mod tls;
+
+pub use server_url::ServerUrl;
+use tls::transport;
+pub use tls::TlsTrust;
 
 /// Largest peer list accepted: far above the ~3 MB of 10,000 peers, well below memory trouble.
 const MAX_PEER_LIST_BYTES: u64 = 256 * 1024 * 1024;
@@ -89,56 +97,6 @@ pub enum PeerList {
     },
 }
 
-/// A validated server base URL such as `http://198.18.0.1:8080`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerUrl(String);
-
-impl std::str::FromStr for ServerUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let trimmed = s.trim_end_matches('/');
-        let rest = trimmed
-            .strip_prefix("http://")
-            .or_else(|| trimmed.strip_prefix("https://"))
-            .ok_or_else(|| format!("server URL {s:?} must start with http:// or https://"))?;
-        let ok = !rest.is_empty()
-            && !rest.contains(['/', '?', '#', '@', ' '])
-            && rest.chars().all(|c| c.is_ascii_graphic());
-        if !ok {
-            return Err(format!(
-                "server URL {s:?} must be scheme://host[:port] with no path, e.g. http://198.18.0.1:8080"
-            ));
-        }
-        Ok(ServerUrl(trimmed.to_owned()))
-    }
-}
-
-impl fmt::Display for ServerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl serde::Serialize for ServerUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ServerUrl {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl ServerUrl {
-    /// The host:port part, for routing decisions (keeping the server outside an exit tunnel).
-    pub fn authority(&self) -> &str {
-        self.0.split("://").nth(1).unwrap_or("")
-    }
-}
-
 /// Who the agent is, for signing: its key, the server key it trusts, and the join token it
 /// presents on a first registration.
 #[derive(Debug, Clone)]
@@ -177,76 +135,6 @@ struct Answer {
 impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-fn transport(e: ureq::Error) -> ClientError {
-    match tls_failure(&e) {
-        Some(tls) => ClientError::Unreachable(format!(
-            "TLS with the server failed: {tls} (if its certificate is not from a public CA, pass the CA certificate with --ca FILE)"
-        )),
-        None => ClientError::Unreachable(e.to_string()),
-    }
-}
-
-/// The rustls error behind a ureq error, if the failure was TLS (an untrusted certificate,
-/// a name mismatch, a server that does not speak TLS), so it can be reported as such
-/// rather than as a bare I/O error.
-fn tls_failure(e: &ureq::Error) -> Option<String> {
-    match e {
-        ureq::Error::Rustls(tls) => Some(tls.to_string()),
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .map(|tls| tls.to_string()),
-        _ => None,
-    }
-}
-
-/// Which certificate authorities an `https://` server's certificate must chain to.
-///
-/// Default: the Mozilla roots bundled with webpki-roots (the same everywhere, not whatever
-/// the host's store holds). `--ca FILE` replaces them with the CA certificates in FILE, for
-/// a server with a private CA or a self-signed certificate; it does not add to them, so a
-/// public CA cannot vouch for a server that should only be vouched for by its own.
-#[derive(Debug, Clone, Default)]
-pub struct TlsTrust {
-    roots: Option<Arc<Vec<ureq::tls::Certificate<'static>>>>,
-}
-
-impl TlsTrust {
-    /// Trusts only the CERTIFICATE blocks of the PEM file at `path` (other blocks, such as
-    /// a private key mistakenly bundled, are ignored). Fails if there are none.
-    pub fn from_ca_file(path: &Path) -> Result<TlsTrust, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("--ca {}: {e}", path.display()))?;
-        let mut certs = Vec::new();
-        for item in ureq::tls::parse_pem(&pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
-                Ok(_) => {}
-                Err(e) => return Err(format!("--ca {}: not valid PEM: {e}", path.display())),
-            }
-        }
-        if certs.is_empty() {
-            return Err(format!(
-                "--ca {}: no CERTIFICATE block in the file",
-                path.display()
-            ));
-        }
-        Ok(TlsTrust {
-            roots: Some(Arc::new(certs)),
-        })
-    }
-
-    fn tls_config(&self) -> ureq::tls::TlsConfig {
-        let roots = match &self.roots {
-            Some(certs) => ureq::tls::RootCerts::Specific(certs.clone()),
-            None => ureq::tls::RootCerts::WebPki,
-        };
-        ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .root_certs(roots)
-            .build()
     }
 }
 
@@ -300,205 +188,12 @@ impl ApiClient {
         self
     }
 
-    /// Adds servers to fail over to, after the one given at construction (replicas of one
-    /// cluster; see README).
-    pub fn with_fallbacks(mut self, more: &[ServerUrl]) -> ApiClient {
-        let mut servers = (*self.servers).clone();
-        for url in more {
-            if !servers.contains(url) {
-                servers.push(url.clone());
-            }
-        }
-        self.servers = Arc::new(servers);
-        self
-    }
-
     /// Presents `token` on registrations of a key the server does not know yet.
     pub fn with_token(mut self, token: Option<String>) -> ApiClient {
         if let Some(identity) = self.identity.as_mut() {
             identity.token = token;
         }
         self
-    }
-
-    /// The server key answers are checked against, once known.
-    pub fn pinned_server_key(&self) -> Option<PublicKey> {
-        let identity = self.identity.as_ref()?;
-        identity
-            .signer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.server_key())
-    }
-
-    /// The signer for the pinned server key, learning the key from `GET /key` if none is
-    /// pinned yet.
-    fn signer(&self, identity: &Identity) -> Result<Arc<RequestSigner>, ClientError> {
-        let mut pinned = identity.signer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(signer) = pinned.as_ref() {
-            return Ok(signer.clone());
-        }
-        let mut resp = self.agent.get(self.url("/key")).call().map_err(transport);
-        for other in self.servers.iter().filter(|s| *s != self.server()) {
-            if resp.as_ref().is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            resp = self
-                .agent
-                .get(format!("{other}/key"))
-                .call()
-                .map_err(transport);
-        }
-        let mut resp = resp?;
-        if !resp.status().is_success() {
-            return Err(Self::refusal(resp));
-        }
-        let answer: KeyResponse = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_json()
-            .map_err(|e| ClientError::Protocol(format!("server key answer: {e}")))?;
-        log::warn!(
-            "trusting coordination server key {} on first use (pass --server-key to pin it up front)",
-            answer.server_public_key
-        );
-        let signer = Arc::new(RequestSigner::new(&identity.key, &answer.server_public_key));
-        *pinned = Some(signer.clone());
-        Ok(signer)
-    }
-
-    /// Sends one request to the server in use; on a connection error or a 5xx answer, to the
-    /// next one (signed afresh: a replica refuses a nonce another one already accepted), and
-    /// sticks with the first that answers.
-    fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        extra: &[(&str, &str)],
-        limit: u64,
-    ) -> Result<Answer, ClientError> {
-        use std::sync::atomic::Ordering;
-        let n = self.servers.len();
-        let start = self.current.load(Ordering::Relaxed) % n;
-        let mut last = None;
-        for step in 0..n {
-            let index = (start + step) % n;
-            let base = &self.servers[index];
-            let result = self.exchange_with(base, method, path, body.clone(), extra, limit);
-            let failed = match &result {
-                Err(ClientError::Unreachable(why)) => Some(why.clone()),
-                Err(ClientError::Refused { status, message }) if *status >= 500 => {
-                    Some(format!("answered {status}: {message}"))
-                }
-                Ok(answer) if answer.status >= 500 => Some(format!("answered {}", answer.status)),
-                _ => None,
-            };
-            match failed {
-                Some(why) if step + 1 < n => {
-                    let next = &self.servers[(index + 1) % n];
-                    log::warn!("coordination server {base} failed ({why}); trying {next}");
-                    last = Some(result);
-                }
-                _ => {
-                    if failed.is_none() && index != start {
-                        self.current.store(index, Ordering::Relaxed);
-                        self.switched.store(true, Ordering::Relaxed);
-                        log::info!("now using coordination server {base}");
-                    }
-                    return result;
-                }
-            }
-        }
-        last.expect("at least one server")
-    }
-
-    /// Sends one request to `base`, signed when there is an identity, and reads the whole
-    /// answer; a signed request's answer is verified before anything else looks at it.
-    fn exchange_with(
-        &self,
-        base: &ServerUrl,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        extra: &[(&str, &str)],
-        limit: u64,
-    ) -> Result<Answer, ClientError> {
-        let bytes = body.clone().unwrap_or_default();
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{base}{path}"));
-        if body.is_some() {
-            builder = builder.header("Content-Type", "application/json");
-        }
-        for (name, value) in extra {
-            builder = builder.header(*name, *value);
-        }
-        let mut nonce = None;
-        let mut signer = None;
-        if let Some(identity) = &self.identity {
-            let request_signer = self.signer(identity)?;
-            let headers = request_signer.sign(method, path, &bytes, SystemTime::now());
-            nonce = auth::header_value(&headers, auth::NONCE_HEADER).map(str::to_owned);
-            for (name, value) in &headers {
-                builder = builder.header(*name, value.as_str());
-            }
-            signer = Some(request_signer);
-        }
-        let built =
-            |e: ureq::http::Error| ClientError::Protocol(format!("cannot build request: {e}"));
-        let mut resp = if body.is_some() {
-            self.agent.run(builder.body(bytes).map_err(built)?)
-        } else {
-            self.agent.run(builder.body(()).map_err(built)?)
-        }
-        .map_err(transport)?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| ClientError::Protocol(format!("{path} answer: {e}")))?;
-        let answer = Answer {
-            status,
-            headers,
-            body,
-        };
-        if let (Some(signer), Some(nonce)) = (signer, nonce) {
-            let verified =
-                signer.verify_response(&nonce, status, &|name| answer.header(name), &answer.body);
-            if let Err(e) = verified {
-                // An unsigned error can only be reported, never acted on: a 401 for a bad
-                // request MAC cannot be signed for a key the server could not verify.
-                let what = if (400..600).contains(&status) {
-                    let message = serde_json::from_slice::<ApiError>(&answer.body)
-                        .map(|e| e.error)
-                        .unwrap_or_else(|_| {
-                            String::from_utf8_lossy(&answer.body)
-                                .chars()
-                                .take(200)
-                                .collect()
-                        });
-                    format!("{e} (the unsigned answer was {status}: {message})")
-                } else {
-                    e.to_string()
-                };
-                if status >= 500 {
-                    // A sick replica or a load balancer in front of a dead one: report it as
-                    // the failure it is (and fail over), never act on its body.
-                    return Err(ClientError::Refused {
-                        status,
-                        message: what,
-                    });
-                }
-                return Err(ClientError::Unauthentic(what));
-            }
-        }
-        Ok(answer)
     }
 
     fn refused(answer: &Answer) -> ClientError {
@@ -513,17 +208,6 @@ impl ApiClient {
         } else {
             Err(Self::refused(&answer))
         }
-    }
-
-    /// The server this client talks to right now.
-    pub fn server(&self) -> &ServerUrl {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
-        &self.servers[i % self.servers.len()]
-    }
-
-    /// Every server this client may use, in order.
-    pub fn servers(&self) -> &[ServerUrl] {
-        &self.servers
     }
 
     fn url(&self, path: &str) -> String {
@@ -697,38 +381,6 @@ impl ApiClient {
                 })
             }
             _ => Err(Self::refused(&answer)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_urls_are_checked() {
-        assert_eq!(
-            "http://198.18.0.1:8080/"
-                .parse::<ServerUrl>()
-                .unwrap()
-                .to_string(),
-            "http://198.18.0.1:8080"
-        );
-        assert_eq!(
-            "http://[::1]:8080"
-                .parse::<ServerUrl>()
-                .unwrap()
-                .authority(),
-            "[::1]:8080"
-        );
-        for bad in [
-            "198.18.0.1:8080",
-            "ftp://x",
-            "http://",
-            "http://a/b",
-            "http://a b",
-        ] {
-            assert!(bad.parse::<ServerUrl>().is_err(), "{bad}");
         }
     }
 }

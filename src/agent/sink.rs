@@ -1,0 +1,92 @@
+//! Where the engine's plans go (run through a [`Runner`], or printed for `--dry-run`) and
+//! how a sequence of [`Step`]s is applied: run, check the host, record, save. Shared by a
+//! sync and by `down`.
+
+use super::config::ClientConfig;
+use super::error::AgentError;
+use super::plan::{HostCheck, Step};
+use crate::os::runner::{execute, Runner};
+use crate::os::{self, observe_windows, Plan};
+use std::io::Write;
+use std::path::Path;
+
+/// Where plans go: run for real, or printed one command per line for `--dry-run`.
+pub enum Sink<'a> {
+    /// Execute through this runner.
+    Run(&'a mut dyn Runner),
+    /// Print to this writer (stdout for `--dry-run`).
+    Print(&'a mut dyn Write),
+}
+
+impl Sink<'_> {
+    /// Runs (or prints) one plan; an empty plan does nothing.
+    pub fn apply(&mut self, plan: &Plan) -> Result<(), AgentError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Sink::Run(runner) => execute(plan, *runner).map_err(AgentError::from),
+            Sink::Print(out) => {
+                let _ = writeln!(out, "{}", plan.render().trim_end());
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether plans are only printed.
+    pub fn is_dry_run(&self) -> bool {
+        matches!(self, Sink::Print(_))
+    }
+
+    /// Checks the host before the next step runs, through the runner that runs the plans
+    /// (a dry run checks nothing: it changes nothing either).
+    pub(super) fn check(&mut self, check: &HostCheck) -> Result<(), AgentError> {
+        let Sink::Run(runner) = self else {
+            return Ok(());
+        };
+        let runner: &mut dyn Runner = &mut **runner;
+        match check {
+            HostCheck::ServiceGone(name) => observe_windows::wait_service_gone(
+                runner,
+                name,
+                observe_windows::SERVICE_GONE_TIMEOUT,
+                observe_windows::SERVICE_POLL,
+            ),
+            HostCheck::ConfigDirProtected => observe_windows::check_config_dir(
+                runner,
+                &os::windows_config_dir_acl(),
+                &os::windows_config_dir(),
+            ),
+        }
+        .map_err(AgentError::Usage)
+    }
+}
+
+/// Runs (or prints) each step's plan, then records what it changed and saves the config
+/// (never in a dry run, and only when `persist`).
+pub(super) fn apply_steps(
+    config: &mut ClientConfig,
+    path: &Path,
+    persist: bool,
+    steps: &[Step],
+    sink: &mut Sink<'_>,
+) -> Result<(), AgentError> {
+    for step in steps {
+        sink.apply(&step.plan)?;
+        if let Some(check) = &step.check {
+            sink.check(check)?;
+        }
+        if let Some(record) = &step.record {
+            if !sink.is_dry_run() {
+                config.applied = record.clone();
+                if persist {
+                    config.save(path)?;
+                }
+            }
+        }
+        if let Some(note) = &step.note {
+            log::info!("{note}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `status` and `export`: the client subcommands that only read this node's config, cached
+//! peer list and interface, and print them (a table, JSON, or a wg-quick file).
+
+use super::{agent_failure, print_json, write_stdout};
+use crate::agent::{config, status};
+use crate::cli::{init_logging, Failure, LogLevel};
+use crate::os::runner::SystemRunner;
+use argh::FromArgs;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// Show this node's address and interface, and per peer: hostname, mesh address, endpoint,
+/// whether it is online, latest handshake age and bytes received and sent.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// client config file (default ~/.config/wireguard-mesh/client.json)
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// print JSON on stdout
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Print a wg-quick configuration for this node on stdout (use it with `wg-quick up`).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "export")]
+pub struct ExportArgs {
+    /// client config file (default ~/.config/wireguard-mesh/client.json)
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
+    /// replacing the bundled public roots (for a private CA or a self-signed server)
+    #[argh(option)]
+    ca: Option<PathBuf>,
+    /// put each peer's mesh name (NAME.mesh) and hostname in a comment above its [Peer]
+    #[argh(switch)]
+    names: bool,
+}
+
+/// `wgmesh status`.
+pub fn status(args: StatusArgs) -> Result<(), Failure> {
+    init_logging(LogLevel(log::LevelFilter::Warn));
+    let path = args.config.unwrap_or_else(config::default_path);
+    let status = status::collect(&path, &mut SystemRunner::new(), SystemTime::now())
+        .map_err(agent_failure)?;
+    if args.json {
+        return print_json(&status);
+    }
+    write_stdout(&status::table(&status))
+}
+
+/// `wgmesh export`.
+pub fn export(args: ExportArgs) -> Result<(), Failure> {
+    init_logging(LogLevel(log::LevelFilter::Warn));
+    let path = args.config.unwrap_or_else(config::default_path);
+    let text = status::export(&path, args.ca.as_deref(), args.names).map_err(agent_failure)?;
+    write_stdout(&text)
+}
