@@ -76,7 +76,7 @@ impl ReplayCache {
         }
     }
 
-    /// The accepted clock skew in seconds, which [`verify_request`] applies.
+    /// The accepted clock skew in seconds, which [`super::verify_request`] applies.
     pub fn max_skew_secs(&self) -> u64 {
         self.max_skew_secs
     }
