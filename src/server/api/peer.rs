@@ -357,6 +357,18 @@ impl Api {
         lock(&self.registry).remove(id);
         drop(guard);
         self.changes.notify();
+        Ok(self.deregistered(req, id, &record, by))
+    }
+
+    /// What every deregistration (JSON store or replica) does once the peer is gone: log,
+    /// count, audit, and the answer.
+    pub(super) fn deregistered(
+        &self,
+        req: &Request,
+        id: &PeerId,
+        record: &PeerRecord,
+        by: &str,
+    ) -> Response {
         log::info!(
             "deregistered {id} ({}) {by}; {} returns to the pool",
             record.hostname,
@@ -372,7 +384,7 @@ impl Api {
                     record.hostname, record.virtual_ip
                 )),
         );
-        Ok(ok_json(&SuccessResponse { success: true }))
+        ok_json(&SuccessResponse { success: true })
     }
 
     pub(super) fn peer_deregister(

@@ -420,22 +420,7 @@ impl Api {
         self.change_registry(|reg| reg.remove(id));
         *seq = s;
         drop(seq);
-        log::info!(
-            "deregistered {id} ({}) {by}; {} returns to the pool",
-            record.hostname,
-            record.virtual_ip
-        );
-        self.metrics.deregistrations.fetch_add(1, Ordering::Relaxed);
-        self.trust.audit(
-            AuditEvent::new(AuditKind::Deregistration, SystemTime::now())
-                .source(req.remote)
-                .peer_key(record.public_key)
-                .detail(format!(
-                    "{} ({}) removed {by}",
-                    record.hostname, record.virtual_ip
-                )),
-        );
-        Ok(ok_json(&SuccessResponse { success: true }))
+        Ok(self.deregistered(req, id, &record, by))
     }
 
     /// The timeout check of a replica, every second: mark peers silent across the whole
