@@ -12,18 +12,21 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/peer_record.rs"]
+mod peer_record;
 
 use common::netns::Lab;
 use common::{wgmesh_bin, ServerProcess, TempDir};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use peer_record::peer_record;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime};
 use wgmesh::keys::PrivateKey;
 use wgmesh::proto::auth::RequestSigner;
-use wgmesh::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
+use wgmesh::server::store::{Snapshot, FORMAT_VERSION};
 use wgmesh::types::PeerId;
 
 /// Simulated agents (`WGMESH_BENCH_AGENTS` overrides, e.g. for a quick check).
@@ -32,32 +35,6 @@ fn agents() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000)
-}
-
-fn record(i: u32, private: &PrivateKey) -> PeerRecord {
-    let key = private.public_key();
-    let now = SystemTime::now();
-    PeerRecord {
-        id: PeerId::for_key(&key),
-        public_key: key,
-        virtual_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i),
-        endpoint: Some(
-            format!("198.18.{}.{}:51820", (i >> 8) & 255, i & 255)
-                .parse()
-                .unwrap(),
-        ),
-        observed_ip: None,
-        listen_port: Some(51820),
-        hostname: format!("host-{i}").parse().unwrap(),
-        os: "linux".parse().unwrap(),
-        allowed_ips: vec![],
-        exit_node: false,
-        registered_at: now,
-        last_heartbeat: now,
-        online: true,
-        tags: Vec::new(),
-        dns_name: Some(format!("host-{i}").parse().unwrap()),
-    }
 }
 
 /// One agent's outstanding long-poll: its socket and what it has read so far.
@@ -103,7 +80,7 @@ fn fanout_at_10k() {
         peers: keys
             .iter()
             .enumerate()
-            .map(|(i, k)| record(i as u32 + 1, k))
+            .map(|(i, k)| peer_record(i as u32 + 1, k))
             .collect(),
     };
     std::fs::write(&state, serde_json::to_vec(&snapshot).unwrap()).unwrap();

@@ -15,9 +15,13 @@
 //! servers run as child processes, each with its own limit.
 
 #[cfg(target_os = "linux")]
+#[path = "support/peer_record.rs"]
+mod peer_record;
+
+#[cfg(target_os = "linux")]
 mod linux {
     use std::io::{self, Read, Write};
-    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::path::Path;
     use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
@@ -25,7 +29,7 @@ mod linux {
     use wgmesh::keys::PrivateKey;
     use wgmesh::proto::auth::RequestSigner;
     use wgmesh::server::http::{self, Handler, Notifier, Park, Reply, Request, Response, Wake};
-    use wgmesh::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
+    use wgmesh::server::store::{Snapshot, FORMAT_VERSION};
     use wgmesh::types::PeerId;
 
     const AGENTS: usize = 10_000;
@@ -80,32 +84,6 @@ mod linux {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         ticks as f64 / hz
-    }
-
-    fn record(i: u32, private: &PrivateKey) -> PeerRecord {
-        let key = private.public_key();
-        let now = SystemTime::now();
-        PeerRecord {
-            id: PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i),
-            endpoint: Some(
-                format!("198.18.{}.{}:51820", (i >> 8) & 255, i & 255)
-                    .parse()
-                    .unwrap(),
-            ),
-            observed_ip: None,
-            listen_port: Some(51820),
-            hostname: format!("host-{i}").parse().unwrap(),
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec![],
-            exit_node: false,
-            registered_at: now,
-            last_heartbeat: now,
-            online: true,
-            tags: Vec::new(),
-            dns_name: Some(format!("host-{i}").parse().unwrap()),
-        }
     }
 
     /// Sends one request and reads its answer (head plus Content-Length body); returns the status.
@@ -229,7 +207,7 @@ mod linux {
             peers: privates
                 .iter()
                 .enumerate()
-                .map(|(i, p)| record(i as u32 + 1, p))
+                .map(|(i, p)| super::peer_record::peer_record(i as u32 + 1, p))
                 .collect(),
         };
         std::fs::write(

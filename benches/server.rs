@@ -7,7 +7,10 @@
 //! connections, 4 s) that signs each request with the key agreement done once.
 //! Prints requests/s, p50/p99 latency, non-2xx/3xx responses and socket errors/timeouts.
 
-use std::net::{Ipv4Addr, SocketAddr};
+#[path = "support/peer_record.rs"]
+mod peer_record;
+
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -208,29 +211,7 @@ fn record(i: u32) -> PeerRecord {
 }
 
 fn record_with(i: u32, private: &PrivateKey) -> PeerRecord {
-    let key = private.public_key();
-    let now = SystemTime::now();
-    PeerRecord {
-        id: PeerId::for_key(&key),
-        public_key: key,
-        virtual_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i),
-        endpoint: Some(
-            format!("198.18.{}.{}:51820", (i >> 8) & 255, i & 255)
-                .parse()
-                .unwrap(),
-        ),
-        observed_ip: None,
-        listen_port: Some(51820),
-        hostname: format!("host-{i}").parse().unwrap(),
-        os: "linux".parse().unwrap(),
-        allowed_ips: vec![],
-        exit_node: false,
-        registered_at: now,
-        last_heartbeat: now,
-        online: true,
-        tags: Vec::new(),
-        dns_name: None,
-    }
+    peer_record::peer_record(i, private)
 }
 
 /// A server whose registry already holds `peers` peers (written as a snapshot, as a server
