@@ -64,24 +64,22 @@ fn up_with(lab: &mut Lab, name: &str, ns: &str, order: [&str; 2], extra: &[&str]
     lab.spawn(ns, &args, &format!("{name}.log"))
 }
 
-#[test]
-fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_dies() {
-    let mut lab = Lab::new("repl");
-    let srv = lab.host("srv", &format!("{A_IP}/24"));
-    lab.exec_ok(
-        &srv,
-        &["ip", "addr", "add", &format!("{B_IP}/24"), "dev", "eth0"],
-    );
-    // Declared after the lab, so it is stopped before the lab's namespaces go away.
-    let pg = PgCluster::start_in_netns(&srv);
-    let url = pg.url();
+/// Starts replicas `a` (on A_IP) and `b` (on B_IP) in `srv` on the cluster at `url`, with
+/// short timers, each relaying on its own UDP port 3478 when `relay`; waits until both
+/// listen and returns their lab process indexes.
+fn start_replicas(lab: &mut Lab, srv: &str, url: &str, relay: bool) -> Vec<usize> {
     let mut replicas = Vec::new();
     for (name, ip) in [("a", A_IP), ("b", B_IP)] {
         let state = lab.dir.path().join(name).join("peers.json");
         std::fs::create_dir_all(state.parent().unwrap()).unwrap();
         let listen = format!("{ip}:8080");
+        let udp = if relay {
+            format!("{ip}:3478")
+        } else {
+            "off".to_owned()
+        };
         replicas.push(lab.spawn(
-            &srv,
+            srv,
             &[
                 "env",
                 &format!("WGMESH_STORE={url}"),
@@ -91,7 +89,7 @@ fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_die
                 "--listen",
                 &listen,
                 "--udp-listen",
-                "off",
+                &udp,
                 "--state",
                 state.to_str().unwrap(),
                 "--heartbeat-timeout",
@@ -108,6 +106,21 @@ fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_die
                 .contains("listening on")
         });
     }
+    replicas
+}
+
+#[test]
+fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_dies() {
+    let mut lab = Lab::new("repl");
+    let srv = lab.host("srv", &format!("{A_IP}/24"));
+    lab.exec_ok(
+        &srv,
+        &["ip", "addr", "add", &format!("{B_IP}/24"), "dev", "eth0"],
+    );
+    // Declared after the lab, so it is stopped before the lab's namespaces go away.
+    let pg = PgCluster::start_in_netns(&srv);
+    let url = pg.url();
+    let replicas = start_replicas(&mut lab, &srv, &url, false);
     let n1 = lab.host("n1", "198.18.0.11/24");
     let n2 = lab.host("n2", "198.18.0.12/24");
     up(&mut lab, "n1", &n1);
@@ -210,39 +223,7 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
     );
     let pg = PgCluster::start_in_netns(&srv);
     let url = pg.url();
-    let mut replicas = Vec::new();
-    for (name, ip) in [("a", A_IP), ("b", B_IP)] {
-        let state = lab.dir.path().join(name).join("peers.json");
-        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-        let (listen, udp) = (format!("{ip}:8080"), format!("{ip}:3478"));
-        replicas.push(lab.spawn(
-            &srv,
-            &[
-                "env",
-                &format!("WGMESH_STORE={url}"),
-                wgmesh_bin(),
-                "server",
-                "--open",
-                "--listen",
-                &listen,
-                "--udp-listen",
-                &udp,
-                "--state",
-                state.to_str().unwrap(),
-                "--heartbeat-timeout",
-                "5",
-                "--sweep-interval",
-                "1",
-            ],
-            &format!("replica-{name}.log"),
-        ));
-    }
-    for name in ["a", "b"] {
-        lab.eventually(Duration::from_secs(20), "the replica listens", || {
-            lab.log(&format!("replica-{name}.log"))
-                .contains("listening on")
-        });
-    }
+    let replicas = start_replicas(&mut lab, &srv, &url, true);
     let n1 = lab.host("n1", "198.18.0.11/24");
     let n2 = lab.host("n2", "198.18.0.12/24");
     // No direct UDP between the two nodes: only a relay can join them.
