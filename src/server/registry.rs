@@ -124,6 +124,18 @@ impl Registry {
         self.changes.version()
     }
 
+    /// Replicas (issue 11): from now on versions are the shared database's sequence numbers,
+    /// starting at `start`, the sequence this registry was loaded at (see
+    /// [`ChangeLog::following`]). Called once at start, after [`Registry::set_mesh6`].
+    pub fn follow_versions(&mut self, start: u64) {
+        self.changes = ChangeLog::following(start, super::changes::DEFAULT_CAPACITY);
+    }
+
+    /// Following the database: what is recorded next happens at sequence `seq`.
+    pub fn advance_to(&mut self, seq: u64) {
+        self.changes.advance_to(seq);
+    }
+
     /// The change log, to answer `/peers?since=N`.
     pub fn changes(&self) -> &ChangeLog {
         &self.changes
