@@ -149,7 +149,8 @@ impl ChangeLog {
     }
 
     /// Makes every earlier version unanswerable as a delta (something changed for everyone,
-    /// e.g. the IPv6 mesh prefix at start); returns the new version.
+    /// e.g. the IPv6 mesh prefix at start); returns the new version. Counting logs only: a
+    /// following log has no version of its own to move to (a replica starts a new log).
     pub fn reset(&mut self) -> u64 {
         self.next_version();
         self.forget_up_to(self.version);
