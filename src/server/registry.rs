@@ -526,6 +526,33 @@ mod tests {
     }
 
     #[test]
+    fn registries_following_the_database_agree_on_versions() {
+        let now = time::from_unix_secs(1_700_000_000);
+        let (mut here, mut there) = (empty(), empty());
+        here.follow_versions(10);
+        there.follow_versions(10);
+        // "there" writes at sequence 12 (11 went elsewhere, invisible to both); "here"
+        // applies it from the database at the same sequence.
+        let record = write(&mut there, &registration("box"), now);
+        there.advance_to(12);
+        there.commit(record.clone());
+        here.advance_to(11);
+        here.advance_to(12);
+        here.apply_remote(record.clone());
+        assert_eq!((here.generation(), there.generation()), (12, 12));
+        assert_eq!(here.changes().since(10), there.changes().since(10));
+        // Re-applying what it already has (its own write read back) records nothing but
+        // still reaches the sequence.
+        there.advance_to(13);
+        there.apply_remote(record);
+        assert_eq!(there.generation(), 13);
+        assert!(matches!(
+            there.changes().since(12),
+            crate::server::changes::Since::Delta { ref peers, .. } if peers.is_empty()
+        ));
+    }
+
+    #[test]
     fn heartbeat_preview_says_what_others_would_see_and_changes_nothing() {
         let now = time::from_unix_secs(1_700_000_000);
         let mut registry = empty();

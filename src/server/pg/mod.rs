@@ -496,7 +496,9 @@ pub fn changes_since(
     Ok((out, reached))
 }
 
-/// Inserts or replaces a peer; returns its new sequence number.
+/// Inserts or replaces a peer; returns its new sequence number. Only inside
+/// [`PgStore::write`], like every use of `wgmesh_seq`: the write lock makes sequence order
+/// commit order, which catching up and the `/peers` versions rely on.
 pub fn put_peer(c: &mut impl GenericClient, record: &PeerRecord) -> Result<i64, DbError> {
     let text = serde_json::to_string(record).map_err(|e| DbError::Data(e.to_string()))?;
     let row = c.query_one(
