@@ -72,6 +72,7 @@ fn engine(server: &ServerProcess, dir: &TempDir, reader: Shared) -> Engine {
         os: TargetOs::Linux,
         reader: Some(Box::new(reader)),
         last_list: None,
+        relay_probe: Default::default(),
         persist: true,
         paths: Default::default(),
         path_settings: Default::default(),
@@ -403,6 +404,7 @@ fn engine_from(server: &ServerProcess, dir: &TempDir, mut config: ClientConfig) 
         paths: Default::default(),
         path_settings: Default::default(),
         path_choices: Default::default(),
+        relay_probe: Default::default(),
         persist: true,
     }
 }

@@ -65,9 +65,16 @@ fn up_with(lab: &mut Lab, name: &str, ns: &str, order: [&str; 2], extra: &[&str]
 }
 
 /// Starts replicas `a` (on A_IP) and `b` (on B_IP) in `srv` on the cluster at `url`, with
-/// short timers, each relaying on its own UDP port 3478 when `relay`; waits until both
+/// a one-second sweep and `heartbeat_timeout` (which is also how long a dead replica stays in
+/// `GET /replicas`), each relaying on its own UDP port 3478 when `relay`; waits until both
 /// listen and returns their lab process indexes.
-fn start_replicas(lab: &mut Lab, srv: &str, url: &str, relay: bool) -> Vec<usize> {
+fn start_replicas(
+    lab: &mut Lab,
+    srv: &str,
+    url: &str,
+    relay: bool,
+    heartbeat_timeout: &str,
+) -> Vec<usize> {
     let mut replicas = Vec::new();
     for (name, ip) in [("a", A_IP), ("b", B_IP)] {
         let state = lab.dir.path().join(name).join("peers.json");
@@ -93,7 +100,7 @@ fn start_replicas(lab: &mut Lab, srv: &str, url: &str, relay: bool) -> Vec<usize
                 "--state",
                 state.to_str().unwrap(),
                 "--heartbeat-timeout",
-                "5",
+                heartbeat_timeout,
                 "--sweep-interval",
                 "1",
             ],
@@ -120,7 +127,7 @@ fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_die
     // Declared after the lab, so it is stopped before the lab's namespaces go away.
     let pg = PgCluster::start_in_netns(&srv);
     let url = pg.url();
-    let replicas = start_replicas(&mut lab, &srv, &url, false);
+    let replicas = start_replicas(&mut lab, &srv, &url, false, "5");
     let n1 = lab.host("n1", "198.18.0.11/24");
     let n2 = lab.host("n2", "198.18.0.12/24");
     up(&mut lab, "n1", &n1);
@@ -223,7 +230,7 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
     );
     let pg = PgCluster::start_in_netns(&srv);
     let url = pg.url();
-    let replicas = start_replicas(&mut lab, &srv, &url, true);
+    let replicas = start_replicas(&mut lab, &srv, &url, true, "60");
     let n1 = lab.host("n1", "198.18.0.11/24");
     let n2 = lab.host("n2", "198.18.0.12/24");
     // No direct UDP between the two nodes: only a relay can join them.
@@ -272,17 +279,32 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
         || both_relayed_at(&lab, [&n1, &n2], &meet_relay),
     );
 
-    // The meeting replica dies: once it leaves GET /replicas (5 s), both ends move to the
-    // survivor's relay together, and the pair talks again.
+    // The meeting replica dies. It stays in GET /replicas for the heartbeat timeout (60 s),
+    // so only the agents' own watch can see it go: both ends stop getting STUN answers from
+    // its relay, leave it, and move to the survivor's relay together within the relay's
+    // switch time (15 s by default), restarting the session there.
     lab.signal(replicas[dead], "KILL");
+    let killed = std::time::Instant::now();
     let next_relay = format!("{survivor}:3478");
     lab.eventually(
-        Duration::from_secs(60),
-        &format!("both ends move to {next_relay}"),
+        Duration::from_secs(15),
+        &format!("both ends move to {next_relay} within the relay's switch time"),
         || both_relayed_at(&lab, [&n1, &n2], &next_relay),
     );
-    lab.eventually(Duration::from_secs(120), "n1 pings n2 again", || {
+    let moved = killed.elapsed();
+    lab.eventually(Duration::from_secs(30), "n1 and n2 ping again", || {
         lab.ping(&n1, &ips[1]) && lab.ping(&n2, &ips[0])
     });
+    eprintln!(
+        "relay switch after replica death: both ends moved in {moved:?}, pinging again in {:?}",
+        killed.elapsed()
+    );
+    for node in ["n1", "n2"] {
+        let log = lab.log(&format!("{node}.log"));
+        assert!(
+            log.contains(&format!("the relay at {meet_relay} stopped answering")),
+            "{node} says why it moved:\n{log}"
+        );
+    }
     drop(pg);
 }

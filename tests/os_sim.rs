@@ -698,6 +698,7 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
         os,
         reader: Some(Box::new(sim.clone())),
         last_list: None,
+        relay_probe: Default::default(),
         persist: false,
         paths: Default::default(),
         path_settings: Default::default(),

@@ -300,46 +300,77 @@ fn a_single_use_token_raced_on_two_replicas_admits_exactly_one_machine() {
     );
 }
 
+/// Signs one request with `signer`, then sends those very bytes (one nonce) to each of
+/// `servers` in turn: returns the answers.
+fn same_request_to(
+    servers: &[&ServerProcess],
+    signer: &wgmesh::keys::PrivateKey,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Vec<Answer> {
+    let headers = auth::sign_request(
+        signer,
+        &servers[0].public_key(),
+        method,
+        path,
+        body.as_bytes(),
+        SystemTime::now(),
+    );
+    let nonce = auth::header_value(&headers, auth::NONCE_HEADER).map(str::to_owned);
+    servers
+        .iter()
+        .map(|server| {
+            let mut builder = ureq::http::Request::builder()
+                .method(method)
+                .uri(server.url(path))
+                .header("Content-Type", "application/json");
+            for (name, value) in &headers {
+                builder = builder.header(*name, value.as_str());
+            }
+            try_send_raw(server, builder, body, Some(signer), nonce.clone()).unwrap()
+        })
+        .collect()
+}
+
 #[test]
-fn a_write_accepted_by_one_replica_is_refused_when_replayed_to_the_other() {
+fn any_request_accepted_by_one_replica_is_refused_when_replayed_to_the_other() {
     let pg = PgCluster::start();
     let dir = TempDir::new("replicas-replay");
     let a = replica(&dir, "a", &pg.url(), &["--open"]);
     let b = replica(&dir, "b", &pg.url(), &["--open"]);
     let key = new_key();
-    let body = register_body(&key, "replayed", None);
     let signer = private_of(&key).unwrap();
-    let headers = auth::sign_request(
-        &signer,
-        &a.public_key(),
-        "POST",
-        "/register",
-        body.as_bytes(),
-        SystemTime::now(),
-    );
-    let nonce = auth::header_value(&headers, auth::NONCE_HEADER).map(str::to_owned);
-    let build = |server: &ServerProcess| {
-        let mut builder = ureq::http::Request::builder()
-            .method("POST")
-            .uri(server.url("/register"))
-            .header("Content-Type", "application/json");
-        for (name, value) in &headers {
-            builder = builder.header(*name, value.as_str());
+    let body = register_body(&key, "replayed", None);
+    let registered = same_request_to(&[&a, &b, &a], &signer, "POST", "/register", &body);
+    let id = registered[0].json["peer_id"].as_str().unwrap().to_owned();
+    // A write, a heartbeat (which replicas batch, but whose nonce they still claim in the
+    // shared table) and a read: each accepted by one replica, refused by the other, and
+    // refused again by the first (its own cache).
+    let heartbeat = serde_json::json!({"peer_id": id}).to_string();
+    let peers = format!("/peers?peer_id={id}");
+    let cases = [
+        ("POST /register", registered),
+        (
+            "POST /heartbeat",
+            same_request_to(&[&b, &a, &b], &signer, "POST", "/heartbeat", &heartbeat),
+        ),
+        (
+            "GET /peers",
+            same_request_to(&[&b, &a, &b], &signer, "GET", &peers, ""),
+        ),
+    ];
+    for (what, answers) in cases {
+        assert_eq!(answers[0].status, 200, "{what}: {}", answers[0].json);
+        for replayed in &answers[1..] {
+            assert_eq!(replayed.status, 401, "{what} replayed: {}", replayed.json);
+            assert!(
+                replayed.json["error"].as_str().unwrap().contains("replay"),
+                "{what}: {}",
+                replayed.json
+            );
         }
-        builder
-    };
-    let first = try_send_raw(&a, build(&a), &body, Some(&signer), nonce.clone()).unwrap();
-    assert_eq!(first.status, 200, "{}", first.json);
-    let again = try_send_raw(&b, build(&b), &body, Some(&signer), nonce.clone()).unwrap();
-    assert_eq!(again.status, 401, "{}", again.json);
-    assert!(
-        again.json["error"].as_str().unwrap().contains("replay"),
-        "{}",
-        again.json
-    );
-    // The same on the replica that accepted it (its own cache refuses it first).
-    let same = try_send_raw(&a, build(&a), &body, Some(&signer), nonce).unwrap();
-    assert_eq!(same.status, 401, "{}", same.json);
+    }
 }
 
 #[test]

@@ -448,6 +448,7 @@ mod tests {
                 peers,
                 ..Default::default()
             }),
+            relay_probe: Default::default(),
             persist: true,
             paths: Default::default(),
             path_settings: Default::default(),

@@ -50,6 +50,8 @@ pub struct Engine {
     /// What the last reconcile chose per peer, so the route check between syncs pins the
     /// same endpoints (a relayed peer's is the relay's) instead of fighting the sync.
     pub path_choices: HashMap<PublicKey, Choice>,
+    /// Asks the replica relays in use whether they still answer ([`super::relay_health`]).
+    pub relay_probe: super::relay_probe::RelayProbe,
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
@@ -248,6 +250,7 @@ impl Engine {
         }
         let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
         self.refresh_relays();
+        self.watch_relays(super::relay_probe::ROUND_WAIT);
         self.reconcile(&peers, unchanged, sink)
     }
 
@@ -272,6 +275,7 @@ impl Engine {
         if self.config.assignment.is_none() {
             return Ok(());
         }
+        self.watch_relays(std::time::Duration::ZERO);
         self.reconcile_as(&known.peers, true, None, sink, false)
             .map(drop)
     }
@@ -300,6 +304,7 @@ impl Engine {
         }
         let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
         self.refresh_relays();
+        self.watch_relays(std::time::Duration::ZERO);
         self.reconcile_as(&peers, unchanged, Some(hold_silent), sink, true)
     }
 

@@ -17,6 +17,8 @@ mod path_relays;
 pub mod peer_cache;
 pub mod plan;
 pub mod reconcile;
+pub mod relay_health;
+pub mod relay_probe;
 pub mod resolver;
 pub mod setup;
 pub mod sink;

@@ -106,6 +106,10 @@ pub struct PeerPath {
     /// When the last nudge began.
     #[serde(default)]
     pub nudged_ms: u64,
+    /// While relayed: the relay this pair meets at, so a move to another replica's relay
+    /// (the old one died) is seen and the session restarted there.
+    #[serde(default)]
+    pub relay: Option<SocketAddr>,
 }
 
 /// What `wg show dump` says about one peer.
@@ -128,6 +132,10 @@ pub struct Choice {
     pub keepalive: u16,
     /// The path this amounts to.
     pub mode: Mode,
+    /// The pair's relay moved to another replica's: drop the WireGuard session so the next
+    /// packet starts a handshake through the new relay at once, which binds the pair there
+    /// (the new relay knows neither the old session's indexes nor the peer's address).
+    pub restart: bool,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -184,6 +192,7 @@ pub fn step(
         rx_changed_ms: at,
         nudge_until_ms: None,
         nudged_ms: 0,
+        relay: None,
     };
     let mut st = match state {
         Some(s) => s.clone(),
@@ -197,6 +206,7 @@ pub fn step(
                 endpoint: published,
                 keepalive: settings.keepalive,
                 mode: Mode::Direct,
+                restart: false,
             },
         );
     };
@@ -272,11 +282,13 @@ pub fn step(
                 settings.keepalive
             },
             mode: Mode::Relay,
+            restart: false,
         },
         (Mode::Relay, Some(_)) => Choice {
             endpoint: published,
             keepalive: PROBE_KEEPALIVE,
             mode: Mode::Relay,
+            restart: false,
         },
         (Mode::Direct, _) => Choice {
             // A working path WireGuard roamed to (a NAT that moved the peer's port) is kept.
@@ -287,6 +299,7 @@ pub fn step(
             },
             keepalive: settings.keepalive,
             mode: Mode::Direct,
+            restart: false,
         },
     };
     (st, choice)
@@ -303,16 +316,22 @@ pub struct PathTable {
     /// ends send to the same relay without talking; empty: every pair uses `relay`.
     #[serde(default)]
     pub relays: std::collections::BTreeMap<String, SocketAddr>,
+    /// Which replica relays still answer ([`super::relay_health`]): a down one leaves the
+    /// rendezvous, so the pairs that met there move within the relay's switch time.
+    #[serde(default)]
+    pub health: super::relay_health::RelayHealth,
     /// Each listed peer's state, by base64 public key.
     pub peers: std::collections::BTreeMap<String, PeerPath>,
 }
 
 /// The parts of a [`PathTable`] that make a change of path: the relay, and per peer (by key)
-/// its mode and whether a probe or a nudge runs.
+/// its mode, whether a probe or a nudge runs and which relay it meets at; and the relays
+/// that are down.
 pub type Material<'a> = (
     Option<SocketAddr>,
     &'a std::collections::BTreeMap<String, SocketAddr>,
-    Vec<(&'a str, Mode, bool, bool)>,
+    std::collections::BTreeSet<SocketAddr>,
+    Vec<(&'a str, Mode, bool, bool, Option<SocketAddr>)>,
 );
 
 /// Where the path table of the config at `config_path` is kept.
@@ -327,6 +346,7 @@ impl PathTable {
         (
             self.relay,
             &self.relays,
+            self.health.down(),
             self.peers
                 .iter()
                 .map(|(k, p)| {
@@ -335,6 +355,7 @@ impl PathTable {
                         p.mode,
                         p.probe_until_ms.is_some(),
                         p.nudge_until_ms.is_some(),
+                        p.relay,
                     )
                 })
                 .collect(),
@@ -348,11 +369,31 @@ impl PathTable {
         me: &crate::keys::PublicKey,
         peer: &crate::keys::PublicKey,
     ) -> Option<SocketAddr> {
-        let urls: Vec<String> = self.relays.keys().cloned().collect();
+        let live: Vec<String> = self
+            .relays
+            .iter()
+            .filter(|(_, addr)| !self.health.is_down(addr))
+            .map(|(url, _)| url.clone())
+            .collect();
+        // With every relay down there is no better choice than the full list.
+        let urls = if live.is_empty() {
+            self.relays.keys().cloned().collect()
+        } else {
+            live
+        };
         match crate::proto::replicas::meeting_replica(me, peer, &urls) {
             Some(url) => self.relays.get(url).copied(),
             None => self.relay,
         }
+    }
+
+    /// The replica relays some relayed peer meets at now: the ones worth watching.
+    pub fn relays_in_use(&self) -> std::collections::BTreeSet<SocketAddr> {
+        self.peers
+            .values()
+            .filter(|p| p.mode == Mode::Relay)
+            .filter_map(|p| p.relay)
+            .collect()
     }
 
     /// Whether `endpoint` is a relay's (the server's or a replica's): for `status`.
@@ -401,7 +442,7 @@ impl PathTable {
                 .unwrap_or_default();
             let old = self.peers.get(&key);
             let relay = self.relay_for(me, &peer.public_key);
-            let (state, choice) = step(
+            let (mut state, mut choice) = step(
                 old,
                 now,
                 peer.endpoint.map(|e| e.0),
@@ -410,6 +451,20 @@ impl PathTable {
                 pair_offset(me, &peer.public_key),
                 settings,
             );
+            if state.mode == Mode::Relay {
+                let before = old.filter(|o| o.mode == Mode::Relay).and_then(|o| o.relay);
+                if let (Some(was), Some(now)) = (before, relay) {
+                    if was != now {
+                        log::info!(
+                            "peer {} ({}): its relay moves from {was} to {now}",
+                            peer.hostname,
+                            peer.virtual_ip,
+                        );
+                        choice.restart = true;
+                    }
+                }
+                state.relay = relay;
+            }
             let was = old.map(|o| (o.mode, o.probe_until_ms.is_some()));
             let is = (state.mode, state.probe_until_ms.is_some());
             if was != Some(is) && (was.is_some() || state.mode != Mode::Direct) {
@@ -449,6 +504,7 @@ fn relayed(now_ms: u64, rx: u64, slot: u64, published: Option<SocketAddr>) -> Pe
         rx_changed_ms: now_ms,
         nudge_until_ms: None,
         nudged_ms: 0,
+        relay: None,
     }
 }
 
@@ -717,5 +773,85 @@ mod tests {
             &PathSettings::default(),
         );
         assert_eq!((c2.mode, c2.endpoint), (Mode::Relay, chosen));
+    }
+
+    #[test]
+    fn when_the_meeting_replica_stops_answering_both_ends_move_to_the_same_next_relay() {
+        let keys: Vec<crate::keys::PrivateKey> = (0..2)
+            .map(|_| crate::keys::PrivateKey::generate())
+            .collect();
+        let info = |k: &crate::keys::PrivateKey, last: u8| crate::proto::model::PeerInfo {
+            id: crate::types::PeerId::for_key(&k.public_key()),
+            public_key: k.public_key(),
+            virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
+            endpoint: Some(format!("198.18.0.{last}:51820").parse().unwrap()),
+            hostname: format!("n{last}").parse().unwrap(),
+            dns_name: None,
+            os: "linux".parse().unwrap(),
+            allowed_ips: vec![format!("10.100.0.{last}/32").parse().unwrap()],
+            exit_node: false,
+            online: true,
+            last_heartbeat: String::new(),
+        };
+        let relays: std::collections::BTreeMap<String, SocketAddr> = (1..=3u8)
+            .map(|i| {
+                (
+                    format!("http://198.18.0.{i}:8080"),
+                    SocketAddr::from(([198, 18, 0, i], 3478)),
+                )
+            })
+            .collect();
+        let settings = PathSettings::default();
+        // Each end: its table, its key, and the other end as its one peer.
+        let mut ends: Vec<(
+            PathTable,
+            crate::keys::PublicKey,
+            crate::proto::model::PeerInfo,
+        )> = vec![
+            (
+                PathTable::default(),
+                keys[0].public_key(),
+                info(&keys[1], 12),
+            ),
+            (
+                PathTable::default(),
+                keys[1].public_key(),
+                info(&keys[0], 11),
+            ),
+        ];
+        let mut chosen = Vec::new();
+        for (table, me, peer) in &mut ends {
+            table.relay = Some(relays.values().next().copied().unwrap());
+            table.relays = relays.clone();
+            // No direct path ever: relayed after relay_after, at the meeting replica.
+            table.step_all(at(0), me, std::slice::from_ref(peer), None, &settings);
+            let c = table.step_all(at(16), me, std::slice::from_ref(peer), None, &settings);
+            let c = c[&peer.public_key];
+            assert_eq!((c.mode, c.restart), (Mode::Relay, false));
+            assert_eq!(table.relays_in_use(), [c.endpoint.unwrap()].into());
+            chosen.push(c.endpoint.unwrap());
+        }
+        assert_eq!(chosen[0], chosen[1], "both ends meet at one relay");
+        // That relay stops answering: both ends mark it down and move to the same next one,
+        // restarting the session there once.
+        let mut next = Vec::new();
+        for (table, me, peer) in &mut ends {
+            table.health.round_failed(chosen[0]);
+            let c = table.step_all(at(20), me, std::slice::from_ref(peer), None, &settings);
+            let c = c[&peer.public_key];
+            assert_eq!(c.mode, Mode::Relay);
+            assert!(c.restart, "the session restarts at the new relay");
+            assert_ne!(c.endpoint, Some(chosen[0]));
+            next.push(c.endpoint.unwrap());
+            let again = table.step_all(at(21), me, std::slice::from_ref(peer), None, &settings);
+            assert!(!again[&peer.public_key].restart, "only once");
+        }
+        assert_eq!(next[0], next[1], "both ends move to the same relay");
+        // Every relay down: no better choice than the full list (the first choice again).
+        let (table, me, peer) = &mut ends[0];
+        for relay in relays.values() {
+            table.health.round_failed(*relay);
+        }
+        assert_eq!(table.relay_for(me, &peer.public_key), Some(chosen[0]));
     }
 }

@@ -163,6 +163,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         client,
         reader,
         last_list: None,
+        relay_probe: Default::default(),
         persist: true,
         path_settings: o.paths,
         path_choices: Default::default(),

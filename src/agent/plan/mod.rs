@@ -156,6 +156,43 @@ impl Builder {
         self.steps.push(step);
     }
 
+    /// Peers whose relay moved to another replica's ([`super::path::Choice::restart`]) are
+    /// removed and added back: that drops the WireGuard session, so the next packet starts a
+    /// handshake through the new relay at once instead of after 15 s of unanswered data the
+    /// new relay cannot route (it never saw the old session's indexes).
+    fn restart_moved_relays(
+        &mut self,
+        os: TargetOs,
+        real_name: &InterfaceName,
+        input: &PlanInput<'_>,
+        known: &BTreeSet<crate::keys::PublicKey>,
+        desired: &[os::PeerSpec],
+        changes: &mut os::PeerChanges,
+    ) {
+        let restart: Vec<_> = desired
+            .iter()
+            .filter(|p| known.contains(&p.public_key))
+            .filter(|p| input.paths.get(&p.public_key).is_some_and(|c| c.restart))
+            .collect();
+        if restart.is_empty() {
+            return;
+        }
+        let reset = os::PeerChanges {
+            upsert: Vec::new(),
+            remove: restart.iter().map(|p| p.public_key).collect(),
+        };
+        self.push(Step::run(os::apply_peers(os, real_name, &reset)));
+        for spec in restart {
+            if !changes
+                .upsert
+                .iter()
+                .any(|p| p.public_key == spec.public_key)
+            {
+                changes.upsert.push(spec.clone());
+            }
+        }
+    }
+
     /// Records `new` as applied (never in a dry run), saved once the steps so far ran.
     fn set_record(&mut self, new: Option<Applied>) {
         if !self.dry_run {
@@ -280,11 +317,14 @@ impl Builder {
 
         let mut changes = reconcile::diff(&desired, &actual_peers);
         let known: BTreeSet<_> = actual_peers.iter().map(|p| p.public_key).collect();
+        self.restart_moved_relays(os, &real_name, input, &known, &desired, &mut changes);
         if input.live {
             let mine = spec.private_key.public_key();
             let stuck: Vec<_> = stuck_deferred(&actual_peers, &mine)
                 .into_iter()
                 .filter(|k| changes.upsert.iter().any(|p| p.public_key == *k))
+                // Removed once already when their relay moved.
+                .filter(|k| !input.paths.get(k).is_some_and(|c| c.restart))
                 .collect();
             if !stuck.is_empty() {
                 let reset = crate::os::PeerChanges {
@@ -645,6 +685,68 @@ mod tests {
         let rendered = lines(&p);
         assert!(rendered[0].contains("0.0.0.0/1"), "{rendered:#?}");
         assert!(p.applied.unwrap().full_tunnel.is_none());
+    }
+
+    #[test]
+    fn a_peer_whose_relay_moved_is_removed_then_added_back_at_the_new_relay() {
+        let mut config = config();
+        config.applied = Some(applied(&config));
+        let (moved, steady) = (info("moved", 7, false), info("steady", 8, false));
+        let old_relay: std::net::SocketAddr = "198.18.0.1:3478".parse().unwrap();
+        let new_relay: std::net::SocketAddr = "198.18.0.2:3478".parse().unwrap();
+        let mut facts = up(&config);
+        for p in [&moved, &steady] {
+            facts
+                .dump
+                .as_mut()
+                .unwrap()
+                .peers
+                .push(crate::os::wgdump::DumpPeer {
+                    public_key: p.public_key,
+                    has_preshared_key: false,
+                    endpoint: Some(old_relay),
+                    allowed_ips: p.allowed_ips.clone(),
+                    latest_handshake: None,
+                    transfer_rx: 0,
+                    transfer_tx: 0,
+                    persistent_keepalive: Some(25),
+                });
+        }
+        let choice = |endpoint, restart| crate::agent::path::Choice {
+            endpoint: Some(endpoint),
+            keepalive: 25,
+            mode: crate::agent::path::Mode::Relay,
+            restart,
+        };
+        let paths = std::collections::HashMap::from([
+            (moved.public_key, choice(new_relay, true)),
+            (steady.public_key, choice(old_relay, false)),
+        ]);
+        for live in [false, true] {
+            let input = PlanInput {
+                os: TargetOs::Linux,
+                config: &config,
+                peers: &[moved.clone(), steady.clone()],
+                list_unchanged: true,
+                dry_run: false,
+                paths: &paths,
+                live,
+                hold_silent: false,
+            };
+            let rendered = lines(&plan(&input, &facts));
+            let key = moved.public_key.to_base64();
+            assert_eq!(
+                rendered,
+                vec![
+                    format!("wg set wg0 peer {key} remove"),
+                    format!(
+                        "wg set wg0 peer {key} endpoint {new_relay} allowed-ips 10.100.0.7/32 \
+                         persistent-keepalive 25"
+                    ),
+                ],
+                "live: {live}"
+            );
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Replica {
     /// How long an announcement counts: a replica silent for longer is left out of
     /// `GET /replicas`.
     pub(super) ttl: Duration,
+    /// Nonce claims waiting for the next group commit.
+    pub(super) claims: crate::server::pg::nonces::NonceClaims,
 }
 
 /// How often a request naming an unknown peer may make the replica ask the database.
@@ -71,6 +73,7 @@ impl Replica {
             last_lookup: Mutex::new(None),
             advertise: std::sync::OnceLock::new(),
             ttl: Duration::from_secs(120),
+            claims: Default::default(),
         }
     }
 }
@@ -84,13 +87,27 @@ fn at(seq: Option<i64>) -> u64 {
 /// The answer when the database could not do its part: 503 for an outage (retry), 500 for
 /// data this build cannot use.
 pub fn db_refusal(e: &DbError) -> Refusal {
-    if e.is_outage() {
+    claim_refusal(&crate::server::pg::nonces::ClaimFailed::from(e))
+}
+
+/// Whether `req` changes shared state by itself (registration, deregistration, offline, an
+/// admin change), as opposed to a read or a heartbeat.
+fn is_write(req: &Request) -> bool {
+    (req.method == "POST" && req.path() != "/heartbeat") || req.method == "DELETE"
+}
+
+/// [`db_refusal`] for a failure shared by a whole group commit.
+fn claim_refusal(failed: &crate::server::pg::nonces::ClaimFailed) -> Refusal {
+    if failed.outage {
         Refusal(
             503,
-            format!("{e}: nothing was changed; retry shortly (another replica may answer)"),
+            format!(
+                "{}: nothing was changed; retry shortly (another replica may answer)",
+                failed.text
+            ),
         )
     } else {
-        Refusal(500, format!("{e}: nothing was changed"))
+        Refusal(500, format!("{}: nothing was changed", failed.text))
     }
 }
 
@@ -126,13 +143,17 @@ impl Api {
         Ok(())
     }
 
-    /// Refuses a signed write whose nonce some replica already accepted.
+    /// Refuses a signed request whose nonce some replica already accepted: every signed
+    /// request, reads and heartbeats included, claims its nonce in the shared table (in
+    /// group commits, [`crate::server::pg::nonces`]), so a request captured on its way to
+    /// replica A is refused by B too.
     pub(super) fn claim_nonce(&self, req: &Request, key: &PublicKey) -> Result<(), Refusal> {
         let Some(r) = &self.replica else {
             return Ok(());
         };
-        let write = (req.method == "POST" && req.path() != "/heartbeat") || req.method == "DELETE";
-        if !write {
+        if !is_write(req) && r.db.health().is_err() {
+            // Known down: reads and heartbeats do not wait for a connect timeout each (see
+            // the outage arm below); the sweep notices when the database is back.
             return Ok(());
         }
         let nonce = req
@@ -140,14 +161,23 @@ impl Api {
             .unwrap_or_default();
         let now = pg::millis(SystemTime::now()) as u64 / 1000;
         let expires = now + 2 * crate::proto::auth::DEFAULT_MAX_CLOCK_SKEW_SECS;
-        match r.db.claim_nonce(nonce.as_bytes(), expires) {
+        match r
+            .claims
+            .claim(nonce.as_bytes(), |batch| r.db.claim_nonces(batch, expires))
+        {
             Ok(true) => Ok(()),
             Ok(false) => {
                 let e = crate::proto::auth::AuthError::Replayed;
                 self.auth_failed(req, Some(*key), None, &format!("{e} (on another replica)"));
                 Err(Refusal(e.http_status(), e.to_string()))
             }
-            Err(e) => Err(db_refusal(&e)),
+            // While the database is unreachable, reads and heartbeats still come from the
+            // cache (agents keep working), checked by this replica's own replay cache only:
+            // safe, because nothing they could change reaches another replica until the
+            // database is back (a heartbeat that others would see is written first, and
+            // fails). Writes fail with 503 as they must.
+            Err(failed) if failed.outage && !is_write(req) => Ok(()),
+            Err(failed) => Err(claim_refusal(&failed)),
         }
     }
 

@@ -22,6 +22,7 @@
 //! runtime inside each connection, while everything at our level stays blocking std code.
 
 pub mod import;
+pub mod nonces;
 pub mod pool;
 pub mod schema;
 
@@ -318,19 +319,6 @@ impl PgStore {
                 &[&keys, &times],
             )?;
             Ok(())
-        })();
-        self.note(result)
-    }
-
-    /// Remembers the nonce of an accepted write until `expires` (unix seconds); false when
-    /// some replica already accepted it (a replay).
-    pub fn claim_nonce(&self, nonce: &[u8], expires: u64) -> Result<bool, DbError> {
-        let result = (|| {
-            let n = self.pool.get()?.execute(
-                "INSERT INTO wgmesh_nonces (nonce, expires) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&nonce, &(expires as i64)],
-            )?;
-            Ok(n == 1)
         })();
         self.note(result)
     }
