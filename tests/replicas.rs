@@ -825,12 +825,15 @@ fn the_schema_is_versioned_migrated_at_start_and_a_newer_one_refused() {
             .unwrap()
             .get(0)
     };
-    assert_eq!(version(&mut db), 2);
+    assert_eq!(version(&mut db), 3);
     // Back to version 1, as an older build left it: the next start migrates it again.
-    db.batch_execute("DROP TABLE wgmesh_replicas; UPDATE wgmesh_schema_version SET version = 1")
-        .unwrap();
+    db.batch_execute(
+        "DROP TABLE wgmesh_replicas; DROP TABLE wgmesh_policies;
+         UPDATE wgmesh_schema_version SET version = 1",
+    )
+    .unwrap();
     let second = replica(&dir, "b", &pg.url(), &["--open"]);
-    assert_eq!(version(&mut db), 2);
+    assert_eq!(version(&mut db), 3);
     assert_eq!(
         admin_peers(&second).len(),
         1,
@@ -1010,4 +1013,237 @@ fn a_long_poll_parked_on_one_replica_is_woken_by_changes_through_the_other() {
     // And A agrees: the peer is offline there too, with its address kept.
     let on_a = admin_peers(&a);
     assert!(on_a.contains_key(&y_id), "registration kept: {on_a:?}");
+}
+
+/// `GET /peers?peer_id=ID&since=N` on `server` (no wait), answered 200.
+fn since(server: &ServerProcess, id: &str, since: u64) -> Answer {
+    let answer = get(server, &format!("/peers?peer_id={id}&since={since}"), None);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    answer
+}
+
+/// The version of `id`'s full list on `server`.
+fn version_on(server: &ServerProcess, id: &str) -> u64 {
+    let answer = get(server, &format!("/peers?peer_id={id}"), None);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    answer.json["version"].as_u64().expect("a version")
+}
+
+/// A delta's changed ids and removed ids; panics on a full list.
+fn delta_of(answer: &Answer) -> (Vec<String>, Vec<String>) {
+    assert_eq!(answer.json["full"], false, "a delta: {}", answer.json);
+    let ids = |key: &str, pick: fn(&serde_json::Value) -> &serde_json::Value| -> Vec<String> {
+        answer.json[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| pick(v).as_str().unwrap().to_owned())
+            .collect()
+    };
+    (ids("changed", |p| &p["id"]), ids("removed", |v| v))
+}
+
+/// Waits until `a` and `b` show `id` the same version (both caught up), and returns it.
+fn agreed_version(a: &ServerProcess, b: &ServerProcess, id: &str) -> u64 {
+    let mut agreed = 0;
+    wait_until("both replicas reach one version", 3, || {
+        let (va, vb) = (version_on(a, id), version_on(b, id));
+        agreed = va;
+        va == vb
+    });
+    agreed
+}
+
+#[test]
+fn a_version_from_one_replica_is_answered_as_a_delta_by_every_other() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-versions");
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let x = register(&a, &new_key(), "x-host");
+    assert_eq!(x.status, 200, "{}", x.json);
+    let x_id = x.json["peer_id"].as_str().unwrap().to_owned();
+    let v1 = version_on(&a, &x_id);
+
+    // A change through A, asked about on B with A's version: just the change (a long-poll,
+    // so an answer before B heard of it waits for it rather than saying "nothing").
+    let y_key = new_key();
+    let y = register(&a, &y_key, "y-host");
+    let y_id = y.json["peer_id"].as_str().unwrap().to_owned();
+    let on_b = long_poll(&b, &x_id, v1, 5);
+    assert_eq!(delta_of(&on_b), (vec![y_id.clone()], vec![]));
+    let v2 = on_b.json["version"].as_u64().unwrap();
+    assert!(v2 > v1);
+    // A answers the same version with the same delta: one numbering for the cluster.
+    let on_a = since(&a, &x_id, v1);
+    assert_eq!(on_a.json["version"], v2, "{}", on_a.json);
+    assert_eq!(delta_of(&on_a), (vec![y_id.clone()], vec![]));
+    assert_eq!(delta_of(&since(&a, &x_id, v2)), (vec![], vec![]));
+
+    // And the other way round: a change through B, a version from B asked on A.
+    let z = register(&b, &new_key(), "z-host");
+    let z_id = z.json["peer_id"].as_str().unwrap().to_owned();
+    let on_a = long_poll(&a, &x_id, v2, 5);
+    assert_eq!(delta_of(&on_a), (vec![z_id.clone()], vec![]));
+    let v3 = on_a.json["version"].as_u64().unwrap();
+
+    // A long-poll parked on B with A's version is woken by a change through A, with a
+    // delta holding exactly that change.
+    let (left, took) = woken_by(&b, &x_id, v3, || {
+        let off = post(
+            &a,
+            "/offline",
+            &serde_json::json!({"peer_id": z_id}).to_string(),
+        );
+        assert_eq!(off.status, 200, "{}", off.json);
+    });
+    assert_eq!(delta_of(&left), (vec![], vec![z_id.clone()]));
+    assert!(
+        took < Duration::from_secs(1),
+        "woken {took:?} after the change"
+    );
+    let v4 = left.json["version"].as_u64().unwrap();
+    assert_eq!(
+        agreed_version(&a, &b, &x_id),
+        v4,
+        "the offline has one version"
+    );
+    // Nothing more happened: a long-poll on A with B's version waits and runs out empty
+    // (no spurious wake-up, no full list).
+    let quiet = long_poll(&a, &x_id, v4, 1);
+    assert_eq!(delta_of(&quiet), (vec![], vec![]));
+    assert_eq!(quiet.json["version"], v4);
+
+    // A version ahead of a replica: the agent saw a change through another replica whose
+    // NOTIFY has not reached this one. Made here by committing a change without NOTIFY.
+    // B catches up instead of answering the full list, and the agent is current.
+    let mut db = ::postgres::Client::connect(&pg.url(), ::postgres::NoTls).unwrap();
+    let mut tx = db.transaction().unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&wgmesh::server::pg::schema::WRITE_LOCK],
+    )
+    .unwrap();
+    let v5: i64 = tx
+        .query_one(
+            "UPDATE wgmesh_peers SET online = false, seq = nextval('wgmesh_seq')
+             WHERE public_key = $1 RETURNING seq",
+            &[&y_key],
+        )
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    let v5 = v5 as u64;
+    assert!(v5 > v4);
+    let ahead = long_poll(&b, &x_id, v5, 1);
+    assert_eq!(delta_of(&ahead), (vec![], vec![]));
+    assert_eq!(ahead.json["version"], v5, "{}", ahead.json);
+    assert_eq!(
+        delta_of(&since(&b, &x_id, v4)),
+        (vec![], vec![y_id.clone()])
+    );
+
+    // A replica started later answers versions from its start on as deltas, and older
+    // ones with the full list (it cannot know what changed before it loaded).
+    let c = replica(&dir, "c", &pg.url(), &["--open"]);
+    let start = version_on(&c, &x_id);
+    assert_eq!(start, v5, "C starts at the cluster's version");
+    assert_eq!(since(&c, &x_id, v1).json["full"], true);
+    assert_eq!(delta_of(&since(&c, &x_id, start)), (vec![], vec![]));
+    let w = register(&b, &new_key(), "w-host");
+    let w_id = w.json["peer_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        delta_of(&long_poll(&c, &x_id, start, 5)),
+        (vec![w_id], vec![])
+    );
+    // A version this cluster never gave out (a single server's, from its start time) is
+    // unknown everywhere: the full list, at once.
+    let foreign = 1_700_000_000_000_000;
+    assert_eq!(since(&c, &x_id, foreign).json["full"], true);
+    let started = Instant::now();
+    assert_eq!(long_poll(&b, &x_id, foreign, 5).json["full"], true);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered at once"
+    );
+}
+
+#[test]
+fn timeouts_comebacks_and_policy_reloads_get_one_version_on_every_replica() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("replicas-versions-shared");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"allow": [{"from": ["*"], "to": ["*"]}]}"#).unwrap();
+    let timers = ["--heartbeat-timeout", "3", "--sweep-interval", "1"];
+    let mut with_policy = vec!["--policy", policy.to_str().unwrap()];
+    with_policy.extend_from_slice(&timers);
+    let a = replica(&dir, "a", &pg.url(), &with_policy);
+    let b = replica(&dir, "b", &pg.url(), &timers);
+    let mut ids = HashMap::new();
+    for name in ["a", "b", "c"] {
+        let (token, _) = a.create_token(serde_json::json!({"tags": [format!("tag:{name}")]}));
+        let answer = register_with_token(&a, &new_key(), name, &token);
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        ids.insert(name, answer.json["peer_id"].as_str().unwrap().to_owned());
+    }
+    let beat = |server: &ServerProcess, name: &str| {
+        let hb = post(
+            server,
+            "/heartbeat",
+            &serde_json::json!({"peer_id": ids[name]}).to_string(),
+        );
+        assert_eq!(hb.status, 200, "{}", hb.json);
+    };
+    let before = agreed_version(&a, &b, &ids["a"]);
+
+    // "c" falls silent; "a" and "b" heartbeat through different replicas. The timeout is
+    // decided in the database, so both replicas record it at one version.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        beat(&a, "a");
+        beat(&b, "b");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    for server in [&a, &b] {
+        assert!(!online_by_name(server)["c"], "c timed out");
+    }
+    let timed_out = agreed_version(&a, &b, &ids["a"]);
+    assert!(timed_out > before);
+    for server in [&a, &b] {
+        let answer = since(server, &ids["a"], before);
+        assert_eq!(answer.json["version"], timed_out, "{}", answer.json);
+        assert_eq!(delta_of(&answer), (vec![], vec![ids["c"].clone()]));
+    }
+
+    // "c" comes back with a heartbeat through B: written to the database first, so A
+    // answers B's version with the comeback.
+    beat(&a, "a");
+    beat(&b, "b");
+    beat(&b, "c");
+    let back = long_poll(&a, &ids["a"], timed_out, 5);
+    assert_eq!(delta_of(&back), (vec![ids["c"].clone()], vec![]));
+    let back_version = back.json["version"].as_u64().unwrap();
+    assert_eq!(agreed_version(&a, &b, &ids["a"]), back_version);
+
+    // A policy reload on A (b may no longer see c) is one version on both replicas, and a
+    // delta across it from the other replica is right: c leaves b's list.
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["tag:a"], "to": ["tag:b", "tag:c"]}]}"#,
+    )
+    .unwrap();
+    beat(&a, "a");
+    beat(&b, "b");
+    beat(&a, "c");
+    let reload = admin(&a, "POST", "/admin/policy/reload", None);
+    assert_eq!(reload.status, 200, "{}", reload.json);
+    assert_eq!(reload.json["changed"], true);
+    let on_b = long_poll(&b, &ids["b"], back_version, 5);
+    assert_eq!(delta_of(&on_b), (vec![], vec![ids["c"].clone()]));
+    let reloaded = on_b.json["version"].as_u64().unwrap();
+    assert!(reloaded > back_version);
+    let on_a = since(&a, &ids["b"], back_version);
+    assert_eq!(on_a.json["version"], reloaded, "{}", on_a.json);
+    assert_eq!(delta_of(&on_a), (vec![], vec![ids["c"].clone()]));
+    assert_eq!(agreed_version(&a, &b, &ids["a"]), reloaded);
 }

@@ -8,10 +8,19 @@
 //! entries one tag group must get again and the ids it must drop. One change at 10,000 peers
 //! therefore costs each caller O(changes), never a whole list.
 //!
-//! Versions start at the server's start time in microseconds since the Unix epoch (below
-//! 2^53, so JavaScript clients read them exactly): a version from before a restart is older
-//! than everything this process can answer, and a version from the future (another server)
-//! is unknown. Both are answered with the full list.
+//! On the JSON store (one server), versions start at the server's start time in
+//! microseconds since the Unix epoch (below 2^53, so JavaScript clients read them exactly)
+//! and grow by one per change: a version from before a restart is older than everything
+//! this process can answer, and a version from the future (another server) is unknown.
+//! Both are answered with the full list.
+//!
+//! Replicas on PostgreSQL ([`ChangeLog::following`]) take their versions from the database
+//! instead: a change's version is its sequence number, handed out under the cluster's write
+//! lock, so commit order is version order and every replica gives one change one version.
+//! A version taken from any replica is then answerable by every other one as a delta. A
+//! replica's log starts (its floor) at the sequence its registry was loaded at, so older
+//! versions get the full list; a version ahead of it makes the replica catch up with the
+//! database first (`crate::server::api`).
 
 use crate::server::policy::{Membership, Policy};
 use crate::types::PeerId;
@@ -58,6 +67,9 @@ pub struct ChangeLog {
     /// Policy reloads: the version of the reload and the policy it replaced.
     policies: VecDeque<(u64, Arc<Policy>)>,
     capacity: usize,
+    /// Versions are set from outside ([`ChangeLog::advance_to`], a replica's database
+    /// sequence) instead of counted here.
+    following: bool,
 }
 
 /// The first version of a process: its start time in microseconds (see the module docs).
@@ -76,7 +88,35 @@ impl ChangeLog {
             changes: VecDeque::new(),
             policies: VecDeque::new(),
             capacity: capacity.max(1),
+            following: false,
         }
+    }
+
+    /// An empty log at version `start` whose versions come from elsewhere: each change is
+    /// recorded at the version last given to [`ChangeLog::advance_to`] (a replica's database
+    /// sequence number), so replicas that apply the same changes agree on every version.
+    pub fn following(start: u64, capacity: usize) -> ChangeLog {
+        ChangeLog {
+            following: true,
+            ..ChangeLog::new(start, capacity)
+        }
+    }
+
+    /// Following the database: the changes recorded from now on happen at version `v` (the
+    /// sequence number of the change being applied), or nothing visible changed up to `v`.
+    /// Versions never go back: an older `v` is ignored. A counting log ignores it too.
+    pub fn advance_to(&mut self, v: u64) {
+        if self.following && v > self.version {
+            self.version = v;
+        }
+    }
+
+    /// The next change's version: one more when counting, the given one when following.
+    fn next_version(&mut self) -> u64 {
+        if !self.following {
+            self.version += 1;
+        }
+        self.version
     }
 
     /// The current version: what a caller that has seen everything holds.
@@ -87,7 +127,7 @@ impl ChangeLog {
     /// Records that `peer` changed (joined, changed, went offline or left); returns the new
     /// version.
     pub fn record(&mut self, peer: PeerId) -> u64 {
-        self.version += 1;
+        self.next_version();
         if self.changes.len() == self.capacity {
             if let Some(old) = self.changes.pop_front() {
                 self.forget_up_to(old.version);
@@ -103,15 +143,16 @@ impl ChangeLog {
     /// Records a policy reload, keeping the policy it replaced so deltas across it can tell
     /// who entered or left each caller's view; returns the new version.
     pub fn record_policy(&mut self, replaced: Arc<Policy>) -> u64 {
-        self.version += 1;
+        self.next_version();
         self.policies.push_back((self.version, replaced));
         self.version
     }
 
     /// Makes every earlier version unanswerable as a delta (something changed for everyone,
-    /// e.g. the IPv6 mesh prefix at start); returns the new version.
+    /// e.g. the IPv6 mesh prefix at start); returns the new version. Counting logs only: a
+    /// following log has no version of its own to move to (a replica starts a new log).
     pub fn reset(&mut self) -> u64 {
-        self.version += 1;
+        self.next_version();
         self.forget_up_to(self.version);
         self.version
     }
@@ -366,6 +407,68 @@ mod tests {
         log.record(id(3));
         assert!(log.policies.is_empty());
         assert_eq!(log.since(0), Since::Full);
+    }
+
+    #[test]
+    fn a_following_log_takes_its_versions_from_the_database() {
+        let mut log = ChangeLog::following(40, 8);
+        assert_eq!(log.version(), 40);
+        // Sequence 41 went to a change this replica did not need to show (an unchanged
+        // record), 42 and 45 to peers, 46 to a policy reload; 43 and 44 were never committed.
+        log.advance_to(41);
+        log.advance_to(42);
+        assert_eq!(log.record(id(1)), 42);
+        log.advance_to(45);
+        assert_eq!(log.record(id(2)), 45);
+        log.advance_to(46);
+        assert_eq!(log.record_policy(Arc::new(Policy::allow_all())), 46);
+        // Never backwards.
+        log.advance_to(44);
+        assert_eq!(log.version(), 46);
+        assert_eq!(log.since(46), Since::Current);
+        assert_eq!(peers_of(log.since(40)), vec![id(1), id(2)]);
+        assert_eq!(peers_of(log.since(41)), vec![id(1), id(2)]);
+        // A version another replica gave out between two changes means the same here.
+        assert_eq!(peers_of(log.since(43)), vec![id(2)]);
+        assert!(
+            matches!(log.since(45), Since::Delta { ref peers, policy_then: Some(_) } if peers.is_empty())
+        );
+        // Before the load (the floor) or not reached yet: the full list.
+        assert_eq!(log.since(39), Since::Full);
+        assert_eq!(log.since(47), Since::Full);
+    }
+
+    #[test]
+    fn a_counting_log_ignores_versions_from_outside() {
+        let mut log = ChangeLog::new(100, 8);
+        log.advance_to(500);
+        assert_eq!(log.version(), 100);
+        assert_eq!(log.record(id(1)), 101);
+    }
+
+    #[test]
+    fn two_following_logs_fed_the_same_changes_in_batches_agree() {
+        // Replica A applies each change as it happens; replica B catches up in two batches
+        // and, like a replica whose own record was already current, records change 3 at
+        // its version without a visible change. Every version answers alike on both.
+        let changes = [(3u64, 1u32), (4, 2), (7, 1), (9, 3)];
+        let mut a = ChangeLog::following(2, 16);
+        for (seq, peer) in changes {
+            a.advance_to(seq);
+            a.record(id(peer));
+        }
+        let mut b = ChangeLog::following(2, 16);
+        b.advance_to(3);
+        b.advance_to(4);
+        b.record(id(2));
+        for (seq, peer) in &changes[2..] {
+            b.advance_to(*seq);
+            b.record(id(*peer));
+        }
+        assert_eq!(a.version(), b.version());
+        for since in 2..=9 {
+            assert_eq!(a.since(since), b.since(since), "since {since}");
+        }
     }
 
     /// A little registry for `delta`: id -> (tags, online).

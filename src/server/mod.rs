@@ -385,17 +385,32 @@ fn start_replica(
         other => db_error(other),
     })?);
     let (key, secret) = db.identity(config.network, None).map_err(db_error)?;
-    let (peers, seq) = db.load().map_err(db_error)?;
-    let count = peers.len();
+    let loaded = db.load().map_err(db_error)?;
+    let (seq, count) = (loaded.seq, loaded.peers.len());
     let snapshot = store::Snapshot {
         version: store::FORMAT_VERSION,
         network_cidr: config.network,
-        peers,
+        peers: loaded.peers,
     };
     let mut registry = registry::Registry::from_snapshot(snapshot)
         .map_err(|e| ServerError::Config(e.to_string()))?;
     registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
+    // `/peers` versions are the database's sequence numbers, the same on every replica.
+    registry.follow_versions(seq.max(0) as u64);
     let mut trust = trust::Trust::load(config)?;
+    // The policy in force at `seq` (what every replica showed then), even when this replica
+    // brings a policy file: publishing it below is then a change at its own version.
+    let in_force = match loaded.policy.as_deref().map(policy::Policy::from_json) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            log::error!("the database holds an unusable policy: {e}");
+            None
+        }
+        None => Some(policy::Policy::allow_all()),
+    };
+    if let Some(p) = in_force {
+        trust.policy.replace(p);
+    }
     let (secret_file, _, _) = trust::files_beside(&config.state);
     trust.admin = trust::AdminSecret::adopt(secret, &secret_file).map_err(ServerError::Io)?;
     let _ = trust.audit_db.set(db.clone());
@@ -409,8 +424,6 @@ fn start_replica(
     if publish {
         api.reload_policy(None)
             .map_err(|e| ServerError::Config(format!("--policy: {e}")))?;
-    } else {
-        api.policy_from_db();
     }
     Ok((api, key, count, "PostgreSQL".into()))
 }

@@ -124,6 +124,18 @@ impl Registry {
         self.changes.version()
     }
 
+    /// Replicas (issue 11): from now on versions are the shared database's sequence numbers,
+    /// starting at `start`, the sequence this registry was loaded at (see
+    /// [`ChangeLog::following`]). Called once at start, after [`Registry::set_mesh6`].
+    pub fn follow_versions(&mut self, start: u64) {
+        self.changes = ChangeLog::following(start, super::changes::DEFAULT_CAPACITY);
+    }
+
+    /// Following the database: what is recorded next happens at sequence `seq`.
+    pub fn advance_to(&mut self, seq: u64) {
+        self.changes.advance_to(seq);
+    }
+
     /// The change log, to answer `/peers?since=N`.
     pub fn changes(&self) -> &ChangeLog {
         &self.changes
@@ -511,6 +523,33 @@ mod tests {
             here.by_id(&remote.id).unwrap().last_heartbeat,
             seen.last_heartbeat
         );
+    }
+
+    #[test]
+    fn registries_following_the_database_agree_on_versions() {
+        let now = time::from_unix_secs(1_700_000_000);
+        let (mut here, mut there) = (empty(), empty());
+        here.follow_versions(10);
+        there.follow_versions(10);
+        // "there" writes at sequence 12 (11 went elsewhere, invisible to both); "here"
+        // applies it from the database at the same sequence.
+        let record = write(&mut there, &registration("box"), now);
+        there.advance_to(12);
+        there.commit(record.clone());
+        here.advance_to(11);
+        here.advance_to(12);
+        here.apply_remote(record.clone());
+        assert_eq!((here.generation(), there.generation()), (12, 12));
+        assert_eq!(here.changes().since(10), there.changes().since(10));
+        // Re-applying what it already has (its own write read back) records nothing but
+        // still reaches the sequence.
+        there.advance_to(13);
+        there.apply_remote(record);
+        assert_eq!(there.generation(), 13);
+        assert!(matches!(
+            there.changes().since(12),
+            crate::server::changes::Since::Delta { ref peers, .. } if peers.is_empty()
+        ));
     }
 
     #[test]

@@ -78,6 +78,12 @@ impl Replica {
     }
 }
 
+/// The version of this replica's own write, committed at sequence `seq` (the write lock was
+/// held, so it follows every change applied before it): every replica records it there.
+fn at(seq: Option<i64>) -> u64 {
+    super::replica_sync::version_of(seq.unwrap_or(0))
+}
+
 /// The answer when the database could not do its part: 503 for an outage (retry), 500 for
 /// data this build cannot use.
 pub fn db_refusal(e: &DbError) -> Refusal {
@@ -194,7 +200,7 @@ impl Api {
                 lock(&self.registry).abort(&p);
             }
             let (changes, reached) = pg::changes_since(tx, *seq)?;
-            self.apply_changes(changes);
+            self.apply_changes(changes, reached);
             *seq = reached;
             let known = lock(&self.registry).knows(&key);
             let mut token_id = None;
@@ -304,7 +310,10 @@ impl Api {
                         });
                         lock(&r.pending).insert(key, now);
                     }
-                    Some(_) => self.change_registry(|reg| reg.commit(record.clone())),
+                    Some(_) => self.change_registry(|reg| {
+                        reg.advance_to(at(s));
+                        reg.commit(record.clone())
+                    }),
                 }
                 if let Some(s) = s {
                     *seq = s;
@@ -362,14 +371,31 @@ impl Api {
     ) -> Result<Response, Refusal> {
         let now = SystemTime::now();
         let preview = lock(&self.registry).heartbeat_preview(id, endpoint, observed, now);
-        let Some((record, visible)) = preview else {
+        let Some((record, mut visible)) = preview else {
             return Err(unknown_peer(id));
         };
+        if !visible {
+            // Decided again under the registry lock: a change applied since the preview (the
+            // sweep taking the peer offline) makes this heartbeat visible, and visible changes
+            // go through the database first, or replicas would disagree on what they show.
+            visible = !self.change_registry(|reg| {
+                let quiet = reg
+                    .heartbeat_preview(id, endpoint, observed, now)
+                    .is_some_and(|(_, visible)| !visible);
+                if quiet {
+                    reg.heartbeat(id, endpoint, observed, now);
+                }
+                quiet
+            });
+            if !visible {
+                lock(&r.pending).insert(record.public_key, now);
+            }
+        }
         if visible {
             let mut seq = lock(&r.seq);
             let written = r.db.write("peers", |tx| {
                 let (changes, reached) = pg::changes_since(tx, *seq)?;
-                self.apply_changes(changes);
+                self.apply_changes(changes, reached);
                 *seq = reached;
                 let current = lock(&self.registry).heartbeat_preview(id, endpoint, observed, now);
                 match current {
@@ -380,6 +406,7 @@ impl Api {
             match written {
                 Ok(Some(s)) => {
                     self.change_registry(|reg| {
+                        reg.advance_to(at(Some(s)));
                         reg.heartbeat(id, endpoint, observed, now).is_some()
                     });
                     *seq = s;
@@ -387,9 +414,6 @@ impl Api {
                 Ok(None) => return Err(unknown_peer(id)),
                 Err(e) => return Err(db_refusal(&e)),
             }
-        } else {
-            self.change_registry(|reg| reg.heartbeat(id, endpoint, observed, now).is_some());
-            lock(&r.pending).insert(record.public_key, now);
         }
         Ok(ok_json(&SuccessResponse { success: true }))
     }
@@ -401,7 +425,7 @@ impl Api {
         let mut seq = lock(&r.seq);
         let written = r.db.write("peers", |tx| {
             let (changes, reached) = pg::changes_since(tx, *seq)?;
-            self.apply_changes(changes);
+            self.apply_changes(changes, reached);
             *seq = reached;
             let Some(mut record) = lock(&self.registry).by_id(id).cloned() else {
                 return Ok(None);
@@ -416,7 +440,10 @@ impl Api {
             Ok(None) => Ok(false),
             Ok(Some(None)) => Ok(true),
             Ok(Some(Some(s))) => {
-                self.change_registry(|reg| reg.offline(id).is_some());
+                self.change_registry(|reg| {
+                    reg.advance_to(at(Some(s)));
+                    reg.offline(id).is_some()
+                });
                 *seq = s;
                 Ok(true)
             }
@@ -434,7 +461,7 @@ impl Api {
         let mut seq = lock(&r.seq);
         let result = r.db.write("peers", |tx| {
             let (changes, reached) = pg::changes_since(tx, *seq)?;
-            self.apply_changes(changes);
+            self.apply_changes(changes, reached);
             *seq = reached;
             let Some(record) = lock(&self.registry).by_id(id).cloned() else {
                 return Ok(None);
@@ -447,7 +474,10 @@ impl Api {
             Ok(None) => return Err(unknown_peer(id)),
             Err(e) => return Err(db_refusal(&e)),
         };
-        self.change_registry(|reg| reg.remove(id));
+        self.change_registry(|reg| {
+            reg.advance_to(at(Some(s)));
+            reg.remove(id)
+        });
         *seq = s;
         drop(seq);
         Ok(self.deregistered(req, id, &record, by))

@@ -1,6 +1,7 @@
-//! How a replica's cache follows the shared database: catching up by sequence number, the
-//! policy other replicas publish, the replica list, and the LISTEN thread that does it all
-//! within milliseconds of a change.
+//! How a replica's cache follows the shared database: catching up by sequence number (peer
+//! changes and the policies replicas publish, each recorded in the change log at its
+//! sequence number, so `/peers` versions agree across replicas), the replica list, and the
+//! LISTEN thread that does it all within milliseconds of a change.
 
 use super::error::{ok_json, Refusal};
 use super::replica::{db_refusal, Replica, UNKNOWN_PEER_CATCH_UP};
@@ -16,24 +17,46 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 impl Api {
-    /// Applies changes read from the database to this replica's cache. Every change another
-    /// replica commits arrives here (via `catch_up`, woken by NOTIFY), so this records them in
-    /// the change log (through the registry) and wakes the long-polls parked on this replica:
-    /// a change made through any replica reaches every replica's waiting agents.
-    pub(super) fn apply_changes(&self, changes: Vec<Change>) {
-        if changes.is_empty() {
-            return;
-        }
+    /// Applies changes read from the database to this replica's cache, each at its sequence
+    /// number, up to `reached`. Every change another replica commits arrives here (via
+    /// `catch_up`, woken by NOTIFY), so this records them in the change log (through the
+    /// registry) at the version every replica gives them, and wakes the long-polls parked
+    /// on this replica: a change made through any replica reaches every replica's waiting
+    /// agents. Call with the replica's `seq` lock held (changes must arrive in order).
+    pub(super) fn apply_changes(&self, changes: Vec<(i64, Change)>, reached: i64) {
+        let mut policy_changed = false;
         self.change_registry(|registry| {
-            for change in changes {
+            for (seq, change) in changes {
+                registry.advance_to(version_of(seq));
                 match change {
                     Change::Put(record) => registry.apply_remote(*record),
                     Change::Delete(key) => {
                         registry.remove(&PeerId::for_key(&key));
                     }
+                    Change::Policy(text) => match Policy::from_json(&text) {
+                        // Swapped under the registry lock, where deltas read it.
+                        Ok(fresh) => {
+                            let (replaced, _) = self.trust.policy.current();
+                            if self.trust.policy.replace(fresh) {
+                                registry.policy_changed(replaced);
+                                policy_changed = true;
+                            }
+                        }
+                        Err(e) => log::error!(
+                            "the database holds an unusable policy (sequence {seq}), the \
+                             one in force is kept: {e}"
+                        ),
+                    },
                 }
             }
+            // Nothing this replica shows may have changed with the last few numbers (its own
+            // record was already current), but a caller holding them is current here too.
+            registry.advance_to(version_of(reached));
         });
+        if policy_changed {
+            log::info!("access policy changed (published by a replica)");
+            self.cache.clear();
+        }
     }
 
     /// Brings the cache up to date with the database.
@@ -43,9 +66,23 @@ impl Api {
         };
         let mut seq = lock(&r.seq);
         let (changes, reached) = r.db.changes_since(*seq)?;
-        self.apply_changes(changes);
+        self.apply_changes(changes, reached);
         *seq = reached;
         Ok(())
+    }
+
+    /// A caller holds `since`, a version ahead of this replica's: another replica answered
+    /// it after a change this one has not applied yet (NOTIFY is a few milliseconds away).
+    /// Catch up now so it is answered as a delta, not the full list. A version still ahead
+    /// afterwards was never given out by this cluster (another server, an older database)
+    /// and gets the full list.
+    pub(super) fn catch_up_to(&self, since: u64) {
+        if self.replica.is_none() || since <= lock(&self.registry).generation() {
+            return;
+        }
+        if let Err(e) = self.catch_up() {
+            log::debug!("cannot catch up with the database: {e}");
+        }
     }
 
     /// Catches up before answering "unknown peer" (it may have registered through another
@@ -65,52 +102,16 @@ impl Api {
         }
     }
 
-    /// Loads the cluster's policy from the database and puts it in force here.
-    pub fn policy_from_db(&self) {
-        let Some(r) = &self.replica else { return };
-        match r.db.policy() {
-            Ok(Some(text)) => match Policy::from_json(&text) {
-                Ok(policy) => {
-                    if self.put_policy(policy) {
-                        log::info!("access policy changed by another replica");
-                    }
-                }
-                Err(e) => log::error!("the database holds an unusable policy: {e}"),
-            },
-            Ok(None) => {}
-            Err(e) => log::warn!("cannot read the policy from the database: {e}"),
-        }
-    }
-
-    /// Puts a policy in force the way `reload_policy` does: swapped under the registry lock
-    /// and recorded in the change log (with the policy it replaced), so deltas across it
-    /// are right, then the cached lists dropped and parked long-polls woken.
-    fn put_policy(&self, fresh: Policy) -> bool {
-        let changed = {
-            let mut registry = lock(&self.registry);
-            let (replaced, _) = self.trust.policy.current();
-            let changed = self.trust.policy.replace(fresh);
-            if changed {
-                registry.policy_changed(replaced);
-            }
-            changed
-        };
-        if changed {
-            self.cache.clear();
-            self.changes.notify();
-        }
-        changed
-    }
-
     /// `reload_policy` on a replica: the file is published to the database, so every
-    /// replica puts it in force.
+    /// replica (this one included, by catching up) puts it in force at the same version.
     pub(super) fn reload_policy_replica(
         &self,
         r: &Replica,
         source: Option<std::net::SocketAddr>,
     ) -> Result<(bool, String), String> {
         let Some(path) = self.trust.policy.path() else {
-            self.policy_from_db();
+            self.catch_up()
+                .map_err(|e| format!("cannot read the policy from the database: {e}"))?;
             let (policy, _) = self.trust.policy.current();
             return Ok((false, policy.to_string()));
         };
@@ -121,7 +122,10 @@ impl Api {
         r.db.set_policy(&fresh.to_json_pretty())
             .map_err(|e| format!("cannot publish the policy to the other replicas: {e}"))?;
         let text = fresh.to_string();
-        self.put_policy(fresh);
+        if let Err(e) = self.catch_up() {
+            // Published: the LISTEN thread puts it in force here once the database answers.
+            log::warn!("policy published, but not yet in force on this replica: {e}");
+        }
         if changed {
             log::info!("access policy reloaded and published to every replica: {text}");
             let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
@@ -162,6 +166,11 @@ impl Api {
     }
 }
 
+/// A database sequence number as a `/peers` version (they are never negative).
+pub(super) fn version_of(seq: i64) -> u64 {
+    seq.max(0) as u64
+}
+
 /// Keeps one connection LISTENing and catches the cache up whenever another replica (or
 /// this one) commits a change, and at least every few seconds; reconnects after an outage
 /// and then catches up in full.
@@ -177,11 +186,12 @@ pub fn listen_loop(api: &Api, stop: &AtomicBool) {
             }
         };
         let _ = r.db.note(api.catch_up());
-        api.policy_from_db();
         let mut idle_rounds = 0;
         while !stop.load(Ordering::Relaxed) {
-            let (mut peers, mut policy, mut broken) = (false, false, false);
-            {
+            let mut broken = false;
+            // Peers and policies alike arrive by sequence number: any notification means
+            // catching up.
+            let changed = {
                 // Wait for the first notification, then take whatever else is queued without
                 // waiting: a steady stream of changes must not postpone catching up.
                 let mut notes = client.notifications();
@@ -205,25 +215,17 @@ pub fn listen_loop(api: &Api, stop: &AtomicBool) {
                     Ok(None) => {}
                     Err(_) => broken = true,
                 }
-                for n in &seen {
-                    match n.payload() {
-                        "policy" => policy = true,
-                        _ => peers = true,
-                    }
-                }
-            }
+                !seen.is_empty()
+            };
             if broken || client.is_closed() {
                 break;
             }
             idle_rounds += 1;
-            if peers || idle_rounds >= 20 {
+            if changed || idle_rounds >= 20 {
                 idle_rounds = 0;
                 if let Err(e) = r.db.note(api.catch_up()) {
                     log::warn!("cannot catch up with the database: {e}");
                 }
-            }
-            if policy {
-                api.policy_from_db();
             }
         }
     }

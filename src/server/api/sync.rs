@@ -139,6 +139,8 @@ impl Api {
         tags: &[Tag],
         since: u64,
     ) -> SinceAnswer {
+        // A replica behind the version another replica gave this caller catches up first.
+        self.catch_up_to(since);
         match self.group_delta(tags, since) {
             GroupAnswer::Full => SinceAnswer::Ready(self.full_list(if_none_match, id, tags)),
             GroupAnswer::Current(version) => SinceAnswer::Nothing(version),

@@ -10,7 +10,11 @@
 //! `NOTIFY wgmesh` before committing. So changes commit in sequence order (a replica that
 //! saw sequence N has seen every change up to N), two replicas can never hand out one
 //! address (and the unique constraints on address and name would refuse it anyway), and a
-//! single-use token is used exactly once. Heartbeats cost no write each: a replica batches
+//! single-use token is used exactly once. The sequence numbers are also the `/peers`
+//! versions of every replica (`crate::server::changes`), and policy reloads take one too
+//! (`wgmesh_policies`), so a version from one replica means the same on all of them.
+//! Reads that catch up run in one REPEATABLE READ snapshot, so they see a prefix of the
+//! commits, never a later change without an earlier one. Heartbeats cost no write each: a replica batches
 //! last-seen times and writes them once per sweep; only a visible change (back online, new
 //! endpoint) is written at once.
 //!
@@ -58,6 +62,20 @@ pub enum Change {
     Put(Box<PeerRecord>),
     /// A peer was removed.
     Delete(PublicKey),
+    /// A replica published a policy (its JSON text).
+    Policy(String),
+}
+
+/// What a replica loads at start: every peer, the policy in force (if any replica
+/// published one) and the sequence number both are current to.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Every registered peer.
+    pub peers: Vec<PeerRecord>,
+    /// The policy text in force at `seq`.
+    pub policy: Option<String>,
+    /// The last change the load includes: the first version of the replica's change log.
+    pub seq: i64,
 }
 
 /// The shared database of a cluster of replicas.
@@ -251,23 +269,37 @@ impl PgStore {
         })
     }
 
-    /// Every peer, and the sequence number they are current to.
-    pub fn load(&self) -> Result<(Vec<PeerRecord>, i64), DbError> {
+    /// Every peer and the policy, and the sequence number they are current to, from one
+    /// snapshot.
+    pub fn load(&self) -> Result<Loaded, DbError> {
         let result = (|| {
             let mut conn = self.pool.get()?;
-            let mut tx = conn.transaction()?;
-            let seq = current_seq(&mut tx)?;
+            let mut tx = snapshot(&mut conn)?;
+            let seq = last_committed_seq(&mut tx)?;
             let rows = tx.query("SELECT * FROM wgmesh_peers", &[])?;
             let peers = rows.iter().map(record_of).collect::<Result<Vec<_>, _>>()?;
+            let policy = tx
+                .query_opt(
+                    "SELECT policy FROM wgmesh_policies ORDER BY seq DESC LIMIT 1",
+                    &[],
+                )?
+                .map(|r| r.get::<_, String>(0));
             tx.commit()?;
-            Ok((peers, seq))
+            Ok(Loaded { peers, policy, seq })
         })();
         self.note(result)
     }
 
-    /// The changes committed after sequence `seq`, in order, and the sequence they reach.
-    pub fn changes_since(&self, seq: i64) -> Result<(Vec<Change>, i64), DbError> {
-        let result = (|| changes_since(&mut *self.pool.get()?, seq))();
+    /// The changes committed after sequence `seq`, in order with their sequence numbers,
+    /// and the sequence they reach; read from one snapshot.
+    pub fn changes_since(&self, seq: i64) -> Result<(Vec<(i64, Change)>, i64), DbError> {
+        let result = (|| {
+            let mut conn = self.pool.get()?;
+            let mut tx = snapshot(&mut conn)?;
+            let found = changes_since(&mut tx, seq)?;
+            tx.commit()?;
+            Ok(found)
+        })();
         self.note(result)
     }
 
@@ -333,31 +365,35 @@ impl PgStore {
             .collect()
     }
 
-    /// The policy text the cluster runs with, if any replica published one.
-    pub fn policy(&self) -> Result<Option<String>, DbError> {
-        let result = (|| {
-            Ok(self
-                .pool
-                .get()?
-                .query_opt(
-                    "SELECT value FROM wgmesh_cluster WHERE name = 'policy'",
-                    &[],
-                )?
-                .map(|r| r.get::<_, String>(0)))
-        })();
-        self.note(result)
-    }
-
-    /// Publishes a policy to every replica.
+    /// Publishes a policy to every replica: a change with its own sequence number (so every
+    /// replica records the reload at the same version), unless it is the policy in force.
     pub fn set_policy(&self, text: &str) -> Result<(), DbError> {
-        self.write("policy", |tx| {
-            tx.execute(
-                "INSERT INTO wgmesh_cluster (name, value) VALUES ('policy', $1)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                &[&text],
-            )?;
-            Ok(())
-        })
+        self.write_if(
+            "policy",
+            |tx| {
+                let latest = tx
+                    .query_opt(
+                        "SELECT policy FROM wgmesh_policies ORDER BY seq DESC LIMIT 1",
+                        &[],
+                    )?
+                    .map(|r| r.get::<_, String>(0));
+                if latest.as_deref() == Some(text) {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO wgmesh_policies (seq, policy) VALUES (nextval('wgmesh_seq'), $1)",
+                    &[&text],
+                )?;
+                tx.execute(
+                    "INSERT INTO wgmesh_cluster (name, value) VALUES ('policy', $1)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    &[&text],
+                )?;
+                Ok(true)
+            },
+            |changed| *changed,
+        )
+        .map(|_| ())
     }
 
     /// Records that the replica at `url` is alive now.
@@ -393,17 +429,38 @@ impl PgStore {
     }
 }
 
-/// The highest sequence number handed out so far.
-pub fn current_seq(c: &mut impl GenericClient) -> Result<i64, DbError> {
+/// A read-only REPEATABLE READ transaction: its queries share one snapshot, which holds a
+/// prefix of the commits (writers commit in sequence order under the write lock).
+fn snapshot(conn: &mut postgres::Client) -> Result<postgres::Transaction<'_>, DbError> {
+    Ok(conn
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?)
+}
+
+/// The sequence number of the last change visible to `c`. Not the sequence's own
+/// `last_value`: that counts numbers handed to transactions not yet committed (or rolled
+/// back), and a replica loaded "up to" such a number would never read that change.
+pub fn last_committed_seq(c: &mut impl GenericClient) -> Result<i64, DbError> {
     let row = c.query_one(
-        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM wgmesh_seq",
+        "SELECT greatest(
+             (SELECT max(seq) FROM wgmesh_peers),
+             (SELECT max(seq) FROM wgmesh_deletions),
+             (SELECT max(seq) FROM wgmesh_policies),
+             0)",
         &[],
     )?;
     Ok(row.get(0))
 }
 
-/// The changes committed after `seq`, in order, and the sequence they reach.
-pub fn changes_since(c: &mut impl GenericClient, seq: i64) -> Result<(Vec<Change>, i64), DbError> {
+/// The changes committed after `seq`, in order with their sequence numbers, and the
+/// sequence they reach. Run it in one snapshot ([`PgStore::changes_since`]) or under the
+/// write lock, or a change may be read without an earlier one.
+pub fn changes_since(
+    c: &mut impl GenericClient,
+    seq: i64,
+) -> Result<(Vec<(i64, Change)>, i64), DbError> {
     let mut out: Vec<(i64, Change)> = Vec::new();
     for row in c.query("SELECT * FROM wgmesh_peers WHERE seq > $1", &[&seq])? {
         out.push((row.get("seq"), Change::Put(Box::new(record_of(&row)?))));
@@ -416,12 +473,20 @@ pub fn changes_since(c: &mut impl GenericClient, seq: i64) -> Result<(Vec<Change
         let key = PublicKey::from_base64(&key).map_err(|e| bad_data("public key", e.0))?;
         out.push((row.get(0), Change::Delete(key)));
     }
+    for row in c.query(
+        "SELECT seq, policy FROM wgmesh_policies WHERE seq > $1",
+        &[&seq],
+    )? {
+        out.push((row.get(0), Change::Policy(row.get(1))));
+    }
     out.sort_by_key(|(s, _)| *s);
     let reached = out.last().map_or(seq, |(s, _)| *s);
-    Ok((out.into_iter().map(|(_, c)| c).collect(), reached))
+    Ok((out, reached))
 }
 
-/// Inserts or replaces a peer; returns its new sequence number.
+/// Inserts or replaces a peer; returns its new sequence number. Only inside
+/// [`PgStore::write`], like every use of `wgmesh_seq`: the write lock makes sequence order
+/// commit order, which catching up and the `/peers` versions rely on.
 pub fn put_peer(c: &mut impl GenericClient, record: &PeerRecord) -> Result<i64, DbError> {
     let text = serde_json::to_string(record).map_err(|e| DbError::Data(e.to_string()))?;
     let row = c.query_one(

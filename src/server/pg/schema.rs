@@ -13,7 +13,7 @@ pub const MIGRATION_LOCK: i64 = 0x7767_6d65_7368_0001;
 pub const WRITE_LOCK: i64 = 0x7767_6d65_7368_0002;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Each migration, in order: migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -40,6 +40,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX wgmesh_nonces_expires ON wgmesh_nonces (expires);",
     // 2: the replicas announce where agents reach them (for the relay's meeting replica).
     "CREATE TABLE wgmesh_replicas (url text PRIMARY KEY, last_seen bigint NOT NULL);",
+    // 3: every published policy with its sequence number, so each replica records a reload
+    // at the same `/peers` version, in order with the peer changes around it. The policy
+    // published before keeps sequence 0: in force from the start, never a change.
+    "CREATE TABLE wgmesh_policies (seq bigint PRIMARY KEY, policy text NOT NULL);
+     INSERT INTO wgmesh_policies (seq, policy)
+         SELECT 0, value FROM wgmesh_cluster WHERE name = 'policy';",
 ];
 
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a database written by a newer build.
