@@ -15,6 +15,7 @@ mod monitoring;
 mod peer;
 mod relay_view;
 mod replica;
+mod replica_replay;
 mod replica_sync;
 mod replica_tokens;
 mod sync;

@@ -1,7 +1,8 @@
 //! The replica store (issue 11): several `wgmesh server` processes share one PostgreSQL
 //! database, and any of them answers any request. The database holds what must be one truth
 //! for the cluster: peers and their addresses, join tokens, the server key and admin secret,
-//! the policy, the audit log and the nonces of accepted writes. Each replica keeps its
+//! the policy, the audit log ([`audit`]), the live replicas ([`cluster`]) and the nonces of
+//! accepted requests ([`nonces`]). Each replica keeps its
 //! in-memory registry as a cache, caught up from the database by sequence number.
 //!
 //! Every change to peers or tokens runs in one transaction that first takes a cluster-wide
@@ -14,20 +15,22 @@
 //! versions of every replica (`crate::server::changes`), and policy reloads take one too
 //! (`wgmesh_policies`), so a version from one replica means the same on all of them.
 //! Reads that catch up run in one REPEATABLE READ snapshot, so they see a prefix of the
-//! commits, never a later change without an earlier one. Heartbeats cost no write each: a replica batches
-//! last-seen times and writes them once per sweep; only a visible change (back online, new
-//! endpoint) is written at once.
+//! commits, never a later change without an earlier one. Heartbeats cost no registry write
+//! each: a replica batches last-seen times and writes them once per sweep; only a visible
+//! change (back online, new endpoint) is written at once. Their nonces are claimed in group
+//! commits ([`nonces`]).
 //!
 //! The `postgres` crate is the synchronous client over tokio-postgres: it runs a small
 //! runtime inside each connection, while everything at our level stays blocking std code.
 
+mod audit;
+mod cluster;
 pub mod import;
 pub mod nonces;
 pub mod pool;
 pub mod schema;
 
 use crate::keys::{PrivateKey, PublicKey};
-use crate::server::audit::AuditEvent;
 use crate::server::store::PeerRecord;
 use crate::server::tokens::{TokenRecord, TokenStore};
 use ipnet::Ipv4Net;
@@ -323,48 +326,6 @@ impl PgStore {
         self.note(result)
     }
 
-    /// Forgets nonces whose timestamps are too old to be accepted anyway.
-    pub fn purge_nonces(&self, now: SystemTime) -> Result<u64, DbError> {
-        let now = millis(now) / 1000;
-        let result = (|| {
-            Ok(self
-                .pool
-                .get()?
-                .execute("DELETE FROM wgmesh_nonces WHERE expires < $1", &[&now])?)
-        })();
-        self.note(result)
-    }
-
-    /// Appends one audit event to the audit table.
-    pub fn record_audit(&self, event: &AuditEvent) -> Result<(), DbError> {
-        let text = serde_json::to_string(event).map_err(|e| DbError::Data(e.to_string()))?;
-        let kind = serde_json::to_value(event.event)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let result = (|| {
-            self.pool.get()?.execute(
-                "INSERT INTO wgmesh_audit (time_ms, event, record) VALUES ($1, $2, $3)",
-                &[&millis(event.time), &kind, &text],
-            )?;
-            Ok(())
-        })();
-        self.note(result)
-    }
-
-    /// Every audit event, oldest first (for tests and export).
-    pub fn audit_events(&self) -> Result<Vec<AuditEvent>, DbError> {
-        let rows = self
-            .pool
-            .get()?
-            .query("SELECT record FROM wgmesh_audit ORDER BY id", &[])?;
-        rows.iter()
-            .map(|r| {
-                serde_json::from_str(&r.get::<_, String>(0)).map_err(|e| bad_data("audit line", e))
-            })
-            .collect()
-    }
-
     /// Publishes a policy to every replica: a change with its own sequence number (so every
     /// replica records the reload at the same version), unless it is the policy in force.
     pub fn set_policy(&self, text: &str) -> Result<(), DbError> {
@@ -394,32 +355,6 @@ impl PgStore {
             |changed| *changed,
         )
         .map(|_| ())
-    }
-
-    /// Records that the replica at `url` is alive now.
-    pub fn announce(&self, url: &str) -> Result<(), DbError> {
-        let now = millis(SystemTime::now());
-        let result = (|| {
-            self.pool.get()?.execute(
-                "INSERT INTO wgmesh_replicas (url, last_seen) VALUES ($1, $2)
-                 ON CONFLICT (url) DO UPDATE SET last_seen = excluded.last_seen",
-                &[&url, &now],
-            )?;
-            Ok(())
-        })();
-        self.note(result)
-    }
-
-    /// The replicas that announced themselves since `since`, sorted.
-    pub fn replicas(&self, since: SystemTime) -> Result<Vec<String>, DbError> {
-        let result = (|| {
-            let rows = self.pool.get()?.query(
-                "SELECT url FROM wgmesh_replicas WHERE last_seen >= $1 ORDER BY url",
-                &[&millis(since)],
-            )?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })();
-        self.note(result)
     }
 
     /// The join tokens, for `token list`.

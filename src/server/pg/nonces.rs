@@ -12,6 +12,7 @@
 use super::pool::DbError;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 /// What a failed batch tells each of its requests: whether it was an outage (503, retry)
 /// and the database's words.
@@ -119,6 +120,18 @@ fn claim_batch(
 }
 
 impl super::PgStore {
+    /// Forgets nonces whose timestamps are too old to be accepted anyway.
+    pub fn purge_nonces(&self, now: SystemTime) -> Result<u64, DbError> {
+        let now = super::millis(now) / 1000;
+        let result = (|| {
+            Ok(self
+                .pool
+                .get()?
+                .execute("DELETE FROM wgmesh_nonces WHERE expires < $1", &[&now])?)
+        })();
+        self.note(result)
+    }
+
     /// Claims a batch of distinct nonces until `expires` (unix seconds): returns those no
     /// replica had claimed before (the others are replays).
     pub fn claim_nonces(
