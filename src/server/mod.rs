@@ -470,6 +470,8 @@ pub fn run_until_signalled(config: &ServerConfig) -> Result<(), ServerError> {
         signal_hook::flag::register(signal, term.clone()).map_err(ServerError::Io)?;
     }
     let hup = Arc::new(AtomicBool::new(false));
+    // Windows has no SIGHUP: the policy is reloaded there with `wgmesh admin policy reload`.
+    #[cfg(unix)]
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .map_err(ServerError::Io)?;
     let server = RunningServer::start(config)?;
