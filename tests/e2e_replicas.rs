@@ -64,10 +64,55 @@ fn up_with(lab: &mut Lab, name: &str, ns: &str, order: [&str; 2], extra: &[&str]
     lab.spawn(ns, &args, &format!("{name}.log"))
 }
 
-/// Starts replicas `a` (on A_IP) and `b` (on B_IP) in `srv` on the cluster at `url`, with
-/// a one-second sweep and `heartbeat_timeout` (which is also how long a dead replica stays in
-/// `GET /replicas`), each relaying on its own UDP port 3478 when `relay`; waits until both
-/// listen and returns their lab process indexes.
+/// Starts replica `name` on `ip` (already an address of `srv`) on the cluster at `url`,
+/// with a one-second sweep and `heartbeat_timeout` (which is also how long a dead replica
+/// stays in `GET /replicas`), relaying on its own UDP port 3478 when `relay`; waits until it
+/// listens and returns its lab process index.
+fn start_replica(
+    lab: &mut Lab,
+    srv: &str,
+    url: &str,
+    (name, ip): (&str, &str),
+    relay: bool,
+    heartbeat_timeout: &str,
+) -> usize {
+    let state = lab.dir.path().join(name).join("peers.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let listen = format!("{ip}:8080");
+    let udp = if relay {
+        format!("{ip}:3478")
+    } else {
+        "off".to_owned()
+    };
+    let index = lab.spawn(
+        srv,
+        &[
+            "env",
+            &format!("WGMESH_STORE={url}"),
+            wgmesh_bin(),
+            "server",
+            "--open",
+            "--listen",
+            &listen,
+            "--udp-listen",
+            &udp,
+            "--state",
+            state.to_str().unwrap(),
+            "--heartbeat-timeout",
+            heartbeat_timeout,
+            "--sweep-interval",
+            "1",
+        ],
+        &format!("replica-{name}.log"),
+    );
+    lab.eventually(Duration::from_secs(20), "the replica listens", || {
+        lab.log(&format!("replica-{name}.log"))
+            .contains("listening on")
+    });
+    index
+}
+
+/// Replicas `a` (on A_IP) and `b` (on B_IP), as [`start_replica`] starts them.
 fn start_replicas(
     lab: &mut Lab,
     srv: &str,
@@ -75,45 +120,10 @@ fn start_replicas(
     relay: bool,
     heartbeat_timeout: &str,
 ) -> Vec<usize> {
-    let mut replicas = Vec::new();
-    for (name, ip) in [("a", A_IP), ("b", B_IP)] {
-        let state = lab.dir.path().join(name).join("peers.json");
-        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-        let listen = format!("{ip}:8080");
-        let udp = if relay {
-            format!("{ip}:3478")
-        } else {
-            "off".to_owned()
-        };
-        replicas.push(lab.spawn(
-            srv,
-            &[
-                "env",
-                &format!("WGMESH_STORE={url}"),
-                wgmesh_bin(),
-                "server",
-                "--open",
-                "--listen",
-                &listen,
-                "--udp-listen",
-                &udp,
-                "--state",
-                state.to_str().unwrap(),
-                "--heartbeat-timeout",
-                heartbeat_timeout,
-                "--sweep-interval",
-                "1",
-            ],
-            &format!("replica-{name}.log"),
-        ));
-    }
-    for name in ["a", "b"] {
-        lab.eventually(Duration::from_secs(20), "the replica listens", || {
-            lab.log(&format!("replica-{name}.log"))
-                .contains("listening on")
-        });
-    }
-    replicas
+    [("a", A_IP), ("b", B_IP)]
+        .into_iter()
+        .map(|replica| start_replica(lab, srv, url, replica, relay, heartbeat_timeout))
+        .collect()
 }
 
 #[test]
@@ -306,5 +316,43 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
             "{node} says why it moved:\n{log}"
         );
     }
+
+    // A replica joins, at an address the pair prefers to the survivor: both ends read the
+    // replica list every 10 s while relayed, so both move to the newcomer and talk again.
+    let survivor_url = format!("http://{survivor}:8080");
+    let newcomer = (3..=40)
+        .filter(|i| ![11, 12].contains(i)) // the nodes'
+        .map(|i| format!("198.18.0.{i}"))
+        .find(|ip| {
+            let urls = vec![survivor_url.clone(), format!("http://{ip}:8080")];
+            wgmesh::proto::replicas::meeting_replica(&k1, &k2, &urls) == Some(&urls[1][..])
+        })
+        .expect("one of 36 addresses wins the pair's rendezvous");
+    lab.exec_ok(
+        &srv,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{newcomer}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    start_replica(&mut lab, &srv, &url, ("c", &newcomer), true, "60");
+    let joined = std::time::Instant::now();
+    let newcomer_relay = format!("{newcomer}:3478");
+    lab.eventually(
+        Duration::from_secs(30),
+        &format!("both ends move to the newcomer's relay {newcomer_relay}"),
+        || both_relayed_at(&lab, [&n1, &n2], &newcomer_relay),
+    );
+    lab.eventually(Duration::from_secs(30), "n1 and n2 ping through it", || {
+        lab.ping(&n1, &ips[1]) && lab.ping(&n2, &ips[0])
+    });
+    eprintln!(
+        "a replica joining: both ends moved to it and pinged in {:?}",
+        joined.elapsed()
+    );
     drop(pg);
 }

@@ -28,12 +28,15 @@ impl Engine {
     /// With a relay and replicas (issue 11): learns each live replica's relay from
     /// `GET /replicas` (its host, the same port as ours), so every pair meets at the
     /// replica both ends pick alike ([`PathTable::relay_for`](super::path::PathTable::relay_for)). A failure keeps the last
-    /// list: a pair must not split because one end missed one answer.
+    /// list: a pair must not split because one end missed one answer. Read at every sync,
+    /// and every [`LIST_EVERY`](super::relay_probe::LIST_EVERY) between syncs while a peer
+    /// is relayed through a replica.
     pub(super) fn refresh_relays(&mut self) {
         let Some(relay) = self.paths.relay else {
             self.paths.relays.clear();
             return;
         };
+        self.relay_probe.listed_at = Some(std::time::Instant::now());
         let urls = match self.client.replicas() {
             Ok(urls) => urls,
             Err(e) => {

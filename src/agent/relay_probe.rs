@@ -16,11 +16,19 @@ pub const ROUND_WAIT: Duration = Duration::from_millis(900);
 /// How long an unanswered request is remembered: a later answer counts as silence.
 const FORGET_AFTER: Duration = Duration::from_secs(3);
 
-/// The probing socket (bound on first use) and the requests still unanswered.
+/// How often an agent with relayed peers re-reads the replica list between syncs, so a
+/// replica that joins the cluster is in both ends' rendezvous within seconds of each other
+/// rather than a sync interval apart.
+pub const LIST_EVERY: Duration = Duration::from_secs(10);
+
+/// The probing socket (bound on first use), the requests still unanswered, and when the
+/// replica list was last read.
 #[derive(Debug, Default)]
 pub struct RelayProbe {
     socket: Option<UdpSocket>,
     pending: HashMap<TransactionId, (SocketAddr, Instant)>,
+    /// When `GET /replicas` was last asked (see [`LIST_EVERY`]).
+    pub listed_at: Option<Instant>,
 }
 
 fn now_ms() -> u64 {
@@ -137,6 +145,13 @@ impl Engine {
     /// previous tick's answers and sends; else a one-shot round that waits that long.
     /// Nothing to do with fewer than two replicas.
     pub(super) fn watch_relays(&mut self, wait: Duration) {
+        let stale = self
+            .relay_probe
+            .listed_at
+            .is_none_or(|t| t.elapsed() >= LIST_EVERY);
+        if stale && !self.paths.relays.is_empty() && !self.paths.relays_in_use().is_empty() {
+            self.refresh_relays();
+        }
         let listed: BTreeSet<SocketAddr> = self.paths.relays.values().copied().collect();
         self.paths.health.retain(&listed);
         if listed.len() < 2 {

@@ -208,6 +208,18 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // WGMESH_LAB_LOGS=DIR keeps a failed lab's whole logs there, for debugging.
+            if let Some(keep) = std::env::var_os("WGMESH_LAB_LOGS") {
+                let keep = std::path::Path::new(&keep).join(&self.tag);
+                let _ = std::fs::create_dir_all(&keep);
+                for entry in std::fs::read_dir(self.dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+                }
+            }
             // Show every process's log next to the failed assertion.
             if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
                 for entry in entries
