@@ -9,33 +9,12 @@
 
 mod common;
 
-use common::netns::{run, Lab};
+use common::netns::{run, Lab, MeshNode as Node};
 use common::wgmesh_bin;
 use std::path::PathBuf;
 use std::time::Duration;
 
 const SERVER_IP: &str = "198.18.0.1";
-
-struct Node {
-    ns: String,
-    iface: String,
-    config: String,
-    hostname: &'static str,
-}
-
-fn node(lab: &mut Lab, name: &str, hostname: &'static str, underlay: &str) -> Node {
-    Node {
-        ns: lab.host(name, underlay),
-        iface: lab.ifname("wg", name),
-        config: lab
-            .dir
-            .path()
-            .join(format!("{name}.json"))
-            .display()
-            .to_string(),
-        hostname,
-    }
-}
 
 fn config_of(n: &Node) -> serde_json::Value {
     std::fs::read_to_string(&n.config)
@@ -79,20 +58,7 @@ fn create_token(lab: &Lab, server_ns: &str, tag: &str) -> String {
 /// `wgmesh up` for `n` with `extra` flags; returns the child's index.
 fn up(lab: &mut Lab, n: &Node, hostname: &str, token: &str, extra: &[&str], log: &str) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
-    let token_env = format!("WGMESH_TOKEN={token}");
-    let mut args = vec![
-        "env",
-        &token_env,
-        wgmesh_bin(),
-        "up",
-        "--server",
-        &server,
-        "--config",
-        &n.config,
-        "--interface",
-        &n.iface,
-        "--hostname",
-        hostname,
+    let mut flags = vec![
         "--heartbeat-interval",
         "1",
         "--sync-interval",
@@ -100,8 +66,15 @@ fn up(lab: &mut Lab, n: &Node, hostname: &str, token: &str, extra: &[&str], log:
         "--log-level",
         "debug",
     ];
-    args.extend_from_slice(extra);
-    lab.spawn(&n.ns.clone(), &args, log)
+    flags.extend_from_slice(extra);
+    lab.spawn_up(
+        n,
+        &server,
+        hostname,
+        &[format!("WGMESH_TOKEN={token}")],
+        &flags,
+        log,
+    )
 }
 
 /// What `dig @server name qtype` says: the status and the answer records' data.
@@ -218,11 +191,11 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     );
     let dev = create_token(&lab, &server_ns, "tag:dev");
     let secret = create_token(&lab, &server_ns, "tag:secret");
-    let a = node(&mut lab, "da", "host-a", "198.18.0.41/24");
-    let b = node(&mut lab, "db", "host-b", "198.18.0.42/24");
+    let a = lab.mesh_node("da", "198.18.0.41/24");
+    let b = lab.mesh_node("db", "198.18.0.42/24");
     // c asks for b's name too: the server makes it host-b-2 for everyone.
-    let c = node(&mut lab, "dc", "host-b", "198.18.0.43/24");
-    let h = node(&mut lab, "dh", "host-h", "198.18.0.44/24");
+    let c = lab.mesh_node("dc", "198.18.0.43/24");
+    let h = lab.mesh_node("dh", "198.18.0.44/24");
     let pristine = (links(&lab, &a.ns), routes(&lab, &a.ns));
     // c keeps the names in a hosts file of its own (--dns-hosts): the namespace has no
     // systemd-resolved, and the machine's /etc/hosts is not ours to touch in a test.
@@ -232,14 +205,14 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     let c_hosts_arg = c_hosts.display().to_string();
     let c_flags = ["--dns-hosts", "--hosts-file", c_hosts_arg.as_str()];
 
-    let agent_a = up(&mut lab, &a, a.hostname, &dev, &[], "da.log");
-    let agent_b = up(&mut lab, &b, b.hostname, &dev, &[], "db.log");
+    let agent_a = up(&mut lab, &a, "host-a", &dev, &[], "da.log");
+    let agent_b = up(&mut lab, &b, "host-b", &dev, &[], "db.log");
     // c registers after b, so b keeps the plain name.
     lab.eventually(Duration::from_secs(30), "b is registered", || {
         !mesh_ip(&b).is_empty()
     });
-    let agent_c = up(&mut lab, &c, c.hostname, &dev, &c_flags, "dc.log");
-    let _agent_h = up(&mut lab, &h, h.hostname, &secret, &[], "dh.log");
+    let agent_c = up(&mut lab, &c, "host-b", &dev, &c_flags, "dc.log");
+    let _agent_h = up(&mut lab, &h, "host-h", &secret, &[], "dh.log");
     for n in [&a, &b, &c, &h] {
         lab.eventually(Duration::from_secs(30), "every node is registered", || {
             !mesh_ip(n).is_empty()
@@ -391,7 +364,7 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     );
     assert_eq!(std::fs::read_to_string(&c_hosts).unwrap(), c_hosts_original);
     assert_eq!(dns_listeners(&lab, &c.ns).trim(), "");
-    let agent_c = up(&mut lab, &c, c.hostname, &dev, &c_flags, "dc2.log");
+    let agent_c = up(&mut lab, &c, "host-b", &dev, &c_flags, "dc2.log");
     expect_dig(
         &lab,
         &a.ns,

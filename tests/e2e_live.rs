@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::netns::Lab;
+use common::netns::{Lab, MeshNode as Node};
 use common::wgmesh_bin;
 use std::time::{Duration, Instant};
 
@@ -18,51 +18,11 @@ const SERVER_IP: &str = "198.18.0.1";
 /// Well under the 60 s sync interval and the 120 s default heartbeat timeout.
 const LIVE: Duration = Duration::from_secs(10);
 
-struct Node {
-    name: String,
-    ns: String,
-    iface: String,
-    config: String,
-}
-
-fn node(lab: &mut Lab, name: &str, underlay: &str) -> Node {
-    let ns = lab.host(name, underlay);
-    Node {
-        name: name.to_owned(),
-        ns,
-        iface: lab.ifname("wg", name),
-        config: lab
-            .dir
-            .path()
-            .join(format!("{name}.json"))
-            .display()
-            .to_string(),
-    }
-}
-
 fn up(lab: &mut Lab, n: &Node) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
-    lab.spawn(
-        &n.ns.clone(),
-        &[
-            wgmesh_bin(),
-            "up",
-            "--server",
-            &server,
-            "--config",
-            &n.config,
-            "--interface",
-            &n.iface,
-            "--hostname",
-            &n.name,
-            // Heartbeats under the lab server's 4 s timeout; the sync timer keeps its 60 s.
-            "--heartbeat-interval",
-            "1",
-            "--log-level",
-            "debug",
-        ],
-        &format!("{}.log", n.name),
-    )
+    // Heartbeats under the lab server's 4 s timeout; the sync timer keeps its 60 s.
+    let flags = ["--heartbeat-interval", "1", "--log-level", "debug"];
+    lab.spawn_up(n, &server, &n.name, &[], &flags, &format!("{}.log", n.name))
 }
 
 fn public_key(lab: &Lab, n: &Node) -> Option<String> {
@@ -110,13 +70,7 @@ fn joins_and_departures_reach_every_node_within_seconds_not_at_the_sync_timer() 
         lab.log("server.log").contains("listening on")
     });
     let nodes: Vec<Node> = (0..4)
-        .map(|i| {
-            node(
-                &mut lab,
-                &format!("l{i}"),
-                &format!("198.18.0.{}/24", 11 + i),
-            )
-        })
+        .map(|i| lab.mesh_node(&format!("l{i}"), &format!("198.18.0.{}/24", 11 + i)))
         .collect();
     let mut agents: Vec<usize> = nodes[..3].iter().map(|n| up(&mut lab, n)).collect();
     for n in &nodes[..3] {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::netns::Lab;
+use common::netns::{Lab, MeshNode as Node};
 use common::wgmesh_bin;
 use std::time::Duration;
 
@@ -41,28 +41,6 @@ fn public_key(node_config: &serde_json::Value) -> String {
         .to_base64()
 }
 
-struct Node {
-    name: &'static str,
-    ns: String,
-    iface: String,
-    config: String,
-}
-
-fn node(lab: &mut Lab, name: &'static str, underlay: &str) -> Node {
-    let ns = lab.host(name, underlay);
-    Node {
-        name,
-        ns,
-        iface: lab.ifname("wg", name),
-        config: lab
-            .dir
-            .path()
-            .join(format!("{name}.json"))
-            .display()
-            .to_string(),
-    }
-}
-
 /// Runs `wgmesh token create ARGS` against the lab's server (retrying while it starts) and
 /// returns the token.
 fn create_token(lab: &Lab, server_ns: &str, args: &[&str]) -> String {
@@ -90,28 +68,21 @@ fn create_token(lab: &Lab, server_ns: &str, args: &[&str]) -> String {
 
 fn up(lab: &mut Lab, n: &Node, token: &str) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
-    lab.spawn(
-        &n.ns.clone(),
-        &[
-            "env",
-            &format!("WGMESH_TOKEN={token}"),
-            wgmesh_bin(),
-            "up",
-            "--server",
-            &server,
-            "--config",
-            &n.config,
-            "--interface",
-            &n.iface,
-            "--hostname",
-            n.name,
-            "--heartbeat-interval",
-            "1",
-            "--sync-interval",
-            "1",
-            "--log-level",
-            "debug",
-        ],
+    let flags = [
+        "--heartbeat-interval",
+        "1",
+        "--sync-interval",
+        "1",
+        "--log-level",
+        "debug",
+    ];
+    let env = [format!("WGMESH_TOKEN={token}")];
+    lab.spawn_up(
+        n,
+        &server,
+        &n.name,
+        &env,
+        &flags,
         &format!("{}.log", n.name),
     )
 }
@@ -163,9 +134,9 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
     // needs no token and must not use one up.
     let token = create_token(&lab, &server_ns, &["--uses", "3"]);
     let nodes = [
-        node(&mut lab, "n1", "198.18.0.11/24"),
-        node(&mut lab, "n2", "198.18.0.12/24"),
-        node(&mut lab, "n3", "198.18.0.13/24"),
+        lab.mesh_node("n1", "198.18.0.11/24"),
+        lab.mesh_node("n2", "198.18.0.12/24"),
+        lab.mesh_node("n3", "198.18.0.13/24"),
     ];
     // Record each node's pristine network state to compare after `down`.
     let pristine: Vec<(String, String)> = nodes
@@ -183,7 +154,7 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
         );
     }
     // Every pair pings over mesh addresses.
-    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, n.name)).collect();
+    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, &n.name)).collect();
     for (i, a) in nodes.iter().enumerate() {
         for (j, _) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
             lab.eventually(
@@ -301,9 +272,9 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
     let state = lab.dir.path().join("peers.json").display().to_string();
     start_server_with(&mut lab, &server_ns, &state, "server.log", &["--open"]);
     let nodes = [
-        node(&mut lab, "s1", "198.18.0.21/24"),
-        node(&mut lab, "s2", "198.18.0.22/24"),
-        node(&mut lab, "s3", "198.18.0.23/24"),
+        lab.mesh_node("s1", "198.18.0.21/24"),
+        lab.mesh_node("s2", "198.18.0.22/24"),
+        lab.mesh_node("s3", "198.18.0.23/24"),
     ];
     let server = format!("http://{SERVER_IP}:8080");
     // A one-shot sync does not retry, so start only once the server listens.
@@ -326,7 +297,7 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
                     "--interface",
                     &n.iface,
                     "--hostname",
-                    n.name,
+                    &n.name,
                     "--json",
                 ],
             );
@@ -350,7 +321,7 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
         assert_eq!(last["removed"], serde_json::json!([]));
         assert_eq!(last["updated"], serde_json::json!([]));
     }
-    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, n.name)).collect();
+    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, &n.name)).collect();
     for (i, a) in nodes.iter().enumerate() {
         for (j, ip) in ips.iter().enumerate().filter(|(j, _)| *j != i) {
             lab.eventually(
@@ -456,9 +427,9 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
         .map(|tag| create_token(&lab, &server_ns, &["--uses", "1", "--tag", tag]))
         .collect();
     let nodes = [
-        node(&mut lab, "pa", "198.18.0.31/24"),
-        node(&mut lab, "pb", "198.18.0.32/24"),
-        node(&mut lab, "pc", "198.18.0.33/24"),
+        lab.mesh_node("pa", "198.18.0.31/24"),
+        lab.mesh_node("pb", "198.18.0.32/24"),
+        lab.mesh_node("pc", "198.18.0.33/24"),
     ];
     let agents: Vec<usize> = nodes
         .iter()
@@ -476,7 +447,7 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
             || wg_peers(&lab, &n.ns, &n.iface).len() == 1,
         );
     }
-    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, n.name)).collect();
+    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, &n.name)).collect();
     for (from, to) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
         lab.eventually(
             Duration::from_secs(30),

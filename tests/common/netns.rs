@@ -205,6 +205,66 @@ impl Lab {
     }
 }
 
+/// A lab host that runs `wgmesh up`: its namespace, a WireGuard interface name unique
+/// across parallel labs, and its config file in the lab's folder.
+pub struct MeshNode {
+    /// The name the lab knows the host by (also its log's and config's name).
+    pub name: String,
+    /// Its network namespace.
+    pub ns: String,
+    /// Its WireGuard interface.
+    pub iface: String,
+    /// Its `wgmesh` config file.
+    pub config: String,
+}
+
+impl Lab {
+    /// A host `name` at `cidr` ready to run `wgmesh up` ([`MeshNode`]).
+    pub fn mesh_node(&mut self, name: &str, cidr: &str) -> MeshNode {
+        MeshNode {
+            name: name.to_owned(),
+            ns: self.host(name, cidr),
+            iface: self.ifname("wg", name),
+            config: self
+                .dir
+                .path()
+                .join(format!("{name}.json"))
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// Starts `wgmesh up` for `node` against `server` as `hostname`, with `env` settings
+    /// (`NAME=value`, such as a join token) and `flags` after the common ones; its output
+    /// goes to `log`. Returns the process's index for [`Lab::signal`].
+    pub fn spawn_up(
+        &mut self,
+        node: &MeshNode,
+        server: &str,
+        hostname: &str,
+        env: &[String],
+        flags: &[&str],
+        log: &str,
+    ) -> usize {
+        let mut args: Vec<&str> = vec!["env"];
+        args.extend(env.iter().map(String::as_str));
+        args.extend([
+            super::wgmesh_bin(),
+            "up",
+            "--server",
+            server,
+            "--config",
+            &node.config,
+            "--interface",
+            &node.iface,
+            "--hostname",
+            hostname,
+        ]);
+        args.extend_from_slice(flags);
+        self.spawn(&node.ns, &args, log)
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
