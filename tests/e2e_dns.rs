@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::netns::{run, Lab, MeshNode as Node};
+use common::netns::{run, Lab, MeshNode as Node, FAST_AGENT};
 use common::wgmesh_bin;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,14 +58,7 @@ fn create_token(lab: &Lab, server_ns: &str, tag: &str) -> String {
 /// `wgmesh up` for `n` with `extra` flags; returns the child's index.
 fn up(lab: &mut Lab, n: &Node, hostname: &str, token: &str, extra: &[&str], log: &str) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
-    let mut flags = vec![
-        "--heartbeat-interval",
-        "1",
-        "--sync-interval",
-        "1",
-        "--log-level",
-        "debug",
-    ];
+    let mut flags = FAST_AGENT.to_vec();
     flags.extend_from_slice(extra);
     lab.spawn_up(
         n,

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::netns::{Lab, MeshNode as Node};
+use common::netns::{Lab, MeshNode as Node, FAST_AGENT};
 use common::wgmesh_bin;
 use std::time::Duration;
 
@@ -68,14 +68,7 @@ fn create_token(lab: &Lab, server_ns: &str, args: &[&str]) -> String {
 
 fn up(lab: &mut Lab, n: &Node, token: &str) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
-    let flags = [
-        "--heartbeat-interval",
-        "1",
-        "--sync-interval",
-        "1",
-        "--log-level",
-        "debug",
-    ];
+    let flags = FAST_AGENT;
     let env = [format!("WGMESH_TOKEN={token}")];
     lab.spawn_up(
         n,

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::netns::Lab;
+use common::netns::{Lab, FAST_AGENT};
 use common::postgres::PgCluster;
 use common::wgmesh_bin;
 use std::time::Duration;
@@ -53,13 +53,8 @@ fn up_with(lab: &mut Lab, name: &str, ns: &str, order: [&str; 2], extra: &[&str]
         &iface,
         "--hostname",
         name,
-        "--heartbeat-interval",
-        "1",
-        "--sync-interval",
-        "1",
-        "--log-level",
-        "debug",
     ];
+    args.extend(FAST_AGENT);
     args.extend_from_slice(extra);
     lab.spawn(ns, &args, &format!("{name}.log"))
 }

@@ -205,6 +205,16 @@ impl Lab {
     }
 }
 
+/// The flags lab agents run `up` with: heartbeats and syncs every second, debug logs.
+pub const FAST_AGENT: [&str; 6] = [
+    "--heartbeat-interval",
+    "1",
+    "--sync-interval",
+    "1",
+    "--log-level",
+    "debug",
+];
+
 /// A lab host that runs `wgmesh up`: its namespace, a WireGuard interface name unique
 /// across parallel labs, and its config file in the lab's folder.
 pub struct MeshNode {
