@@ -42,6 +42,8 @@ pub struct Replica {
     pub(super) ttl: Duration,
     /// Nonce claims waiting for the next group commit.
     pub(super) claims: crate::server::pg::nonces::NonceClaims,
+    /// The last `GET /replicas` list read from the database, and when.
+    pub(super) listed: Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 /// How often a request naming an unknown peer may make the replica ask the database.
@@ -74,6 +76,7 @@ impl Replica {
             advertise: std::sync::OnceLock::new(),
             ttl: Duration::from_secs(120),
             claims: Default::default(),
+            listed: Mutex::new(None),
         }
     }
 }

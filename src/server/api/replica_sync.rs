@@ -154,10 +154,19 @@ impl Api {
         let list = match &self.replica {
             None => Vec::new(),
             Some(r) => {
-                let since = SystemTime::now()
-                    .checked_sub(r.ttl)
-                    .unwrap_or(std::time::UNIX_EPOCH);
-                r.db.replicas(since).map_err(|e| db_refusal(&e))?
+                // Agents with relayed peers ask every 10 s: one query a second at most.
+                let mut listed = lock(&r.listed);
+                match &*listed {
+                    Some((at, list)) if at.elapsed() < REPLICA_LIST_FRESH => list.clone(),
+                    _ => {
+                        let since = SystemTime::now()
+                            .checked_sub(r.ttl)
+                            .unwrap_or(std::time::UNIX_EPOCH);
+                        let list = r.db.replicas(since).map_err(|e| db_refusal(&e))?;
+                        *listed = Some((std::time::Instant::now(), list.clone()));
+                        list
+                    }
+                }
             }
         };
         Ok(ok_json(
@@ -165,6 +174,9 @@ impl Api {
         ))
     }
 }
+
+/// How long a replica answers `GET /replicas` from its last query.
+const REPLICA_LIST_FRESH: Duration = Duration::from_secs(1);
 
 /// A database sequence number as a `/peers` version (they are never negative).
 pub(super) fn version_of(seq: i64) -> u64 {
