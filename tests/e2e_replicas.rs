@@ -311,6 +311,25 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
             "{node} says why it moved:\n{log}"
         );
     }
+    // `status` says so too, in the table and in JSON.
+    let config = lab.dir.path().join("n1.json");
+    let config = config.to_str().unwrap();
+    let table = lab.exec_ok(&n1, &[wgmesh_bin(), "status", "--config", config]);
+    assert!(
+        table.contains(&format!("{meet_relay} (down)"))
+            && table.contains(&format!("{next_relay} (in use)")),
+        "{table}"
+    );
+    let json = lab.exec(&n1, &[wgmesh_bin(), "status", "--config", config, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let dead_relay = json["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == meet_relay[..])
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(dead_relay["down"], true, "{json}");
 
     // A replica joins, at an address the pair prefers to the survivor: both ends read the
     // replica list every 10 s while relayed, so both move to the newcomer and talk again.

@@ -75,6 +75,37 @@ pub struct Status {
     pub dns: String,
     /// WireGuard's peers, as `wg show` lists them.
     pub peers: Vec<PeerStatus>,
+    /// With replicas: each replica's relay, whether it answers and whether a relayed peer
+    /// meets there (empty for a single server).
+    pub relays: Vec<RelayStatus>,
+}
+
+/// One replica's relay in `status` (issue 11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RelayStatus {
+    /// The replica, as `GET /replicas` names it.
+    pub replica: String,
+    /// Its relay's address.
+    pub address: String,
+    /// Whether it stopped answering this node's STUN probes (left out of the rendezvous).
+    pub down: bool,
+    /// Whether a relayed peer meets there now.
+    pub in_use: bool,
+}
+
+/// The replica relays of `paths`, for [`Status::relays`].
+fn relay_statuses(paths: &super::path::PathTable) -> Vec<RelayStatus> {
+    let in_use = paths.relays_in_use();
+    paths
+        .relays
+        .iter()
+        .map(|(replica, address)| RelayStatus {
+            replica: replica.clone(),
+            address: address.to_string(),
+            down: paths.health.is_down(address),
+            in_use: in_use.contains(address),
+        })
+        .collect()
 }
 
 /// Reads the config at `path`, the cached peer list beside it and (through `reader`) `wg show
@@ -153,6 +184,7 @@ pub fn collect(
             .and_then(|a| a.dns_name.as_ref().map(|n| n.to_string())),
         dns: super::dns::describe(cfg.applied.as_ref().and_then(|a| a.dns.as_ref())),
         peers,
+        relays: relay_statuses(&paths),
     })
 }
 
@@ -199,6 +231,18 @@ pub fn table(status: &Status) -> String {
     for p in status.peers.iter().filter(|p| p.exit_node_in_use) {
         let name = p.hostname.as_deref().unwrap_or(&p.public_key);
         out.push_str(&format!("internet traffic goes through exit node {name}\n"));
+    }
+    if !status.relays.is_empty() {
+        let relays: Vec<String> = status
+            .relays
+            .iter()
+            .map(|r| match (r.down, r.in_use) {
+                (true, _) => format!("{} (down)", r.address),
+                (false, true) => format!("{} (in use)", r.address),
+                (false, false) => r.address.clone(),
+            })
+            .collect();
+        out.push_str(&format!("replica relays: {}\n", relays.join(", ")));
     }
     out
 }
@@ -288,6 +332,7 @@ mod tests {
                 peer(Some("gateway"), Some("198.18.0.4:51820"), true),
                 peer(None, None, false),
             ],
+            relays: Vec::new(),
         };
         let text = table(&status);
         let lines: Vec<&str> = text.lines().collect();
@@ -348,6 +393,51 @@ mod tests {
             lines[2].trim_end().len(),
             "right-aligned TX ends the row"
         );
+
+        // With replicas, one line says which relays answer and which one peers meet at.
+        let mut paths = super::super::path::PathTable::default();
+        for i in 1..=3u8 {
+            paths.relays.insert(
+                format!("http://198.18.0.{i}:8080"),
+                std::net::SocketAddr::from(([198, 18, 0, i], 3478)),
+            );
+        }
+        paths
+            .health
+            .round_failed("198.18.0.1:3478".parse().unwrap());
+        let with_relays = Status {
+            relays: relay_statuses(&super::super::path::PathTable {
+                peers: [(
+                    "k".to_string(),
+                    super::super::path::PeerPath {
+                        mode: super::super::path::Mode::Relay,
+                        since_ms: 0,
+                        rx_mark: 0,
+                        last_rx: 0,
+                        published: None,
+                        probe_until_ms: None,
+                        probe_rx: 0,
+                        probe_slot: 0,
+                        rx_changed_ms: 0,
+                        nudge_until_ms: None,
+                        nudged_ms: 0,
+                        relay: Some("198.18.0.2:3478".parse().unwrap()),
+                    },
+                )]
+                .into(),
+                ..paths
+            }),
+            ..status
+        };
+        let text = table(&with_relays);
+        assert_eq!(
+            text.lines().last().unwrap(),
+            "replica relays: 198.18.0.1:3478 (down), 198.18.0.2:3478 (in use), 198.18.0.3:3478"
+        );
+        let json = serde_json::to_value(&with_relays).unwrap();
+        assert_eq!(json["relays"][0]["down"], true);
+        assert_eq!(json["relays"][1]["in_use"], true);
+        assert_eq!(json["relays"][2]["replica"], "http://198.18.0.3:8080");
     }
 
     #[test]
