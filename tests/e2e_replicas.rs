@@ -121,14 +121,20 @@ fn start_replicas(
         .collect()
 }
 
-#[test]
-fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_dies() {
-    let mut lab = Lab::new("repl");
+/// The server namespace, holding both replicas' addresses (A_IP and B_IP).
+fn server_host(lab: &mut Lab) -> String {
     let srv = lab.host("srv", &format!("{A_IP}/24"));
     lab.exec_ok(
         &srv,
         &["ip", "addr", "add", &format!("{B_IP}/24"), "dev", "eth0"],
     );
+    srv
+}
+
+#[test]
+fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_dies() {
+    let mut lab = Lab::new("repl");
+    let srv = server_host(&mut lab);
     // Declared after the lab, so it is stopped before the lab's namespaces go away.
     let pg = PgCluster::start_in_netns(&srv);
     let url = pg.url();
@@ -228,11 +234,7 @@ fn both_relayed_at(lab: &Lab, ns: [&str; 2], relay: &str) -> bool {
 #[test]
 fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
     let mut lab = Lab::new("rrel");
-    let srv = lab.host("srv", &format!("{A_IP}/24"));
-    lab.exec_ok(
-        &srv,
-        &["ip", "addr", "add", &format!("{B_IP}/24"), "dev", "eth0"],
-    );
+    let srv = server_host(&mut lab);
     let pg = PgCluster::start_in_netns(&srv);
     let url = pg.url();
     let replicas = start_replicas(&mut lab, &srv, &url, true, "60");

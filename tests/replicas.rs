@@ -19,6 +19,23 @@ fn replica(dir: &TempDir, name: &str, url: &str, extra: &[&str]) -> ServerProces
     ServerProcess::start(&state, &args)
 }
 
+/// A throwaway cluster and two open replicas on it, `a` and `b`, with their folders in `dir`.
+struct Pair {
+    pg: PgCluster,
+    dir: TempDir,
+    a: ServerProcess,
+    b: ServerProcess,
+}
+
+/// [`Pair`] for the test named `test` (its folder's name).
+fn open_pair(test: &str) -> Pair {
+    let pg = PgCluster::start();
+    let dir = TempDir::new(test);
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    Pair { pg, dir, a, b }
+}
+
 fn register_body(key: &str, hostname: &str, token: Option<&str>) -> String {
     let mut body = serde_json::json!({"public_key": key, "hostname": hostname, "os": "linux",
         "listen_port": 51820});
@@ -79,10 +96,12 @@ fn the_throwaway_cluster_takes_a_password_login_and_stops_and_starts() {
 
 #[test]
 fn replicas_share_one_identity_and_see_each_others_changes_within_a_second() {
-    let pg = PgCluster::start();
-    let dir = TempDir::new("replicas-identity");
-    let a = replica(&dir, "a", &pg.url(), &["--open"]);
-    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let Pair {
+        pg: _pg,
+        dir: _dir,
+        a,
+        b,
+    } = open_pair("replicas-identity");
     assert_eq!(
         a.public_key(),
         b.public_key(),
@@ -335,10 +354,12 @@ fn same_request_to(
 
 #[test]
 fn any_request_accepted_by_one_replica_is_refused_when_replayed_to_the_other() {
-    let pg = PgCluster::start();
-    let dir = TempDir::new("replicas-replay");
-    let a = replica(&dir, "a", &pg.url(), &["--open"]);
-    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let Pair {
+        pg: _pg,
+        dir: _dir,
+        a,
+        b,
+    } = open_pair("replicas-replay");
     let key = new_key();
     let signer = private_of(&key).unwrap();
     let body = register_body(&key, "replayed", None);
@@ -375,10 +396,12 @@ fn any_request_accepted_by_one_replica_is_refused_when_replayed_to_the_other() {
 
 #[test]
 fn while_postgresql_is_down_changes_get_503_and_afterwards_nothing_is_lost() {
-    let mut pg = PgCluster::start();
-    let dir = TempDir::new("replicas-outage");
-    let a = replica(&dir, "a", &pg.url(), &["--open"]);
-    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let Pair {
+        mut pg,
+        dir: _dir,
+        a,
+        b,
+    } = open_pair("replicas-outage");
     let before: Vec<(String, String)> = (0..20)
         .map(|i| {
             let key = new_key();
@@ -683,10 +706,7 @@ fn always_503() -> (String, std::thread::JoinHandle<()>, Arc<tiny_http::Server>)
 
 #[test]
 fn an_agent_given_several_servers_fails_over_on_5xx_and_on_a_dead_replica() {
-    let pg = PgCluster::start();
-    let dir = TempDir::new("replicas-agent");
-    let a = replica(&dir, "a", &pg.url(), &["--open"]);
-    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let Pair { pg: _pg, dir, a, b } = open_pair("replicas-agent");
     let (sick, sick_thread, sick_server) = always_503();
     let x = new_key();
     assert_eq!(register(&b, &x, "x-host").status, 200);
@@ -882,10 +902,7 @@ fn round_robin(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
 
 #[test]
 fn agents_work_through_a_plain_load_balancer_that_alternates_replicas() {
-    let pg = PgCluster::start();
-    let dir = TempDir::new("replicas-lb");
-    let a = replica(&dir, "a", &pg.url(), &["--open"]);
-    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let Pair { pg: _pg, dir, a, b } = open_pair("replicas-lb");
     let lb = format!("http://{}", round_robin(vec![a.addr, b.addr]));
     let config = dir.path().join("agent.json");
     let others: Vec<String> = (0..3).map(|_| new_key()).collect();
@@ -960,10 +977,12 @@ fn woken_by(
 
 #[test]
 fn a_long_poll_parked_on_one_replica_is_woken_by_changes_through_the_other() {
-    let pg = PgCluster::start();
-    let dir = TempDir::new("replicas-longpoll");
-    let a = replica(&dir, "a", &pg.url(), &["--open"]);
-    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let Pair {
+        pg: _pg,
+        dir: _dir,
+        a,
+        b,
+    } = open_pair("replicas-longpoll");
     let x = register(&b, &new_key(), "x-host");
     assert_eq!(x.status, 200, "{}", x.json);
     let x_id = x.json["peer_id"].as_str().unwrap().to_owned();
@@ -1056,10 +1075,7 @@ fn agreed_version(a: &ServerProcess, b: &ServerProcess, id: &str) -> u64 {
 
 #[test]
 fn a_version_from_one_replica_is_answered_as_a_delta_by_every_other() {
-    let pg = PgCluster::start();
-    let dir = TempDir::new("replicas-versions");
-    let a = replica(&dir, "a", &pg.url(), &["--open"]);
-    let b = replica(&dir, "b", &pg.url(), &["--open"]);
+    let Pair { pg, dir, a, b } = open_pair("replicas-versions");
     let x = register(&a, &new_key(), "x-host");
     assert_eq!(x.status, 200, "{}", x.json);
     let x_id = x.json["peer_id"].as_str().unwrap().to_owned();
