@@ -11,7 +11,8 @@ lint:
 
 # Print throughput and latency figures (server vs bare tiny_http, STUN answers/s, the
 # connection layer with 10,000 idle or parked connections, mesh DNS queries/s vs dnsmasq,
-# registrations/s and heartbeats/s on the JSON store vs PostgreSQL replicas, relay vs direct
+# registrations/s and heartbeats/s on the JSON store vs PostgreSQL replicas and one change's
+# fan-out over two replicas, relay vs direct
 # vs socat, and live sync at 10,000 nodes and in a 10-node namespace mesh; the relay and mesh
 # benches need root for their network namespaces).
 bench:

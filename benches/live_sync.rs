@@ -12,207 +12,55 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/fanout.rs"]
+mod fanout;
 #[path = "support/peer_record.rs"]
 mod peer_record;
 
 use common::netns::Lab;
 use common::{wgmesh_bin, ServerProcess, TempDir};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
-use peer_record::peer_record;
-use std::io::{Read, Write};
+use fanout::{
+    agents, agents_of, exchange, register_request, signed_get, spread, Parked, SERVER_FLAGS,
+};
+use peer_record::write_registry;
+use std::io::Write;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use wgmesh::keys::PrivateKey;
-use wgmesh::proto::auth::RequestSigner;
-use wgmesh::server::store::{Snapshot, FORMAT_VERSION};
-use wgmesh::types::PeerId;
-
-/// Simulated agents (`WGMESH_BENCH_AGENTS` overrides, e.g. for a quick check).
-fn agents() -> u32 {
-    std::env::var("WGMESH_BENCH_AGENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
-}
-
-/// One agent's outstanding long-poll: its socket and what it has read so far.
-struct Poller {
-    stream: TcpStream,
-    read: Vec<u8>,
-    done: Option<Instant>,
-}
-
-impl Poller {
-    /// Whether a whole answer (head plus Content-Length bytes) has arrived.
-    fn complete(&self) -> bool {
-        let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return false;
-        };
-        let head = String::from_utf8_lossy(&self.read[..end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        self.read.len() >= end + 4 + length
-    }
-}
-
-fn signed_get(signer: &RequestSigner, path: &str) -> Vec<u8> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n");
-    for (name, value) in signer.sign("GET", path, b"", SystemTime::now()) {
-        req.push_str(&format!("{name}: {value}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.into_bytes()
-}
 
 fn fanout_at_10k() {
     let agents = agents();
     let dir = TempDir::new("bench-live");
     let state = dir.path().join("peers.json");
-    let keys: Vec<PrivateKey> = (0..agents).map(|_| PrivateKey::generate()).collect();
-    let snapshot = Snapshot {
-        version: FORMAT_VERSION,
-        network_cidr: "10.100.0.0/16".parse().unwrap(),
-        peers: keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| peer_record(i as u32 + 1, k))
-            .collect(),
-    };
-    std::fs::write(&state, serde_json::to_vec(&snapshot).unwrap()).unwrap();
+    let keys = write_registry(&state, agents);
     eprintln!("bench: {agents} keys and a snapshot written; starting the server");
-    let server = ServerProcess::start(
-        &state,
-        &[
-            "--open",
-            "--max-connections",
-            "12000",
-            "--register-limit",
-            "0",
-            "--threads",
-            "2",
-        ],
-    );
+    let server = ServerProcess::start(&state, &SERVER_FLAGS);
     let addr = server.addr;
     let server_key = server.public_key();
-    let signers: Vec<RequestSigner> = keys
-        .iter()
-        .map(|k| RequestSigner::new(k, &server_key))
-        .collect();
-    let ids: Vec<PeerId> = keys
-        .iter()
-        .map(|k| PeerId::for_key(&k.public_key()))
-        .collect();
+    let (signers, ids) = agents_of(&keys, &server_key);
 
     // Everyone starts from the same version; one full list shows what a refetch costs.
     let first = format!("/peers?peer_id={}", ids[0]);
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.write_all(&signed_get(&signers[0], &first)).unwrap();
-    let mut full = Poller {
-        stream: stream.try_clone().unwrap(),
-        read: Vec::new(),
-        done: None,
-    };
-    let mut buf = vec![0u8; 1 << 16];
-    while !full.complete() {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "server closed the full list");
-        full.read.extend_from_slice(&buf[..n]);
-    }
-    let body_at = full.read.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let list: serde_json::Value = serde_json::from_slice(&full.read[body_at..]).unwrap();
-    let version = list["version"].as_u64().expect("a version in /peers");
+    let full = exchange(addr, &signed_get(&signers[0], &first));
+    let version = full.json()["version"]
+        .as_u64()
+        .expect("a version in /peers");
     let full_bytes = full.read.len();
-    drop(full);
 
     eprintln!("bench: full list {full_bytes} B at version {version}; parking {agents} long-polls");
-    let mut poll = Poll::new().unwrap();
-    let mut pollers: Vec<Poller> = Vec::with_capacity(agents as usize);
-    let parked_at = Instant::now();
-    for (i, (signer, id)) in signers.iter().zip(&ids).enumerate() {
-        let path = format!("/peers?peer_id={id}&since={version}&wait=60");
-        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("agent {i}: {e}"));
-        stream.write_all(&signed_get(signer, &path)).unwrap();
-        stream.set_nonblocking(true).unwrap();
-        poll.registry()
-            .register(
-                &mut SourceFd(&stream.as_raw_fd()),
-                Token(i),
-                Interest::READABLE,
-            )
-            .unwrap();
-        pollers.push(Poller {
-            stream,
-            read: Vec::new(),
-            done: None,
-        });
-    }
-    let parking = parked_at.elapsed();
-    // Let every request reach the server and park.
-    std::thread::sleep(Duration::from_secs(3));
-    let mut events = Events::with_capacity(4096);
-    poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
-    let early = events.iter().count();
+    let (mut parked, early) = Parked::park(&[addr], &signers, &ids, version);
+    let parking = parked.parking;
 
     eprintln!("bench: parked; {early} answered early; one peer registers");
-    // The change: one new peer.
     let newcomer = PrivateKey::generate();
-    let body = format!(
-        "{{\"public_key\":\"{}\",\"hostname\":\"newcomer\",\"listen_port\":51820}}",
-        newcomer.public_key()
-    );
-    let mut req = format!(
-        "POST /register HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in RequestSigner::new(&newcomer, &server_key).sign(
-        "POST",
-        "/register",
-        body.as_bytes(),
-        SystemTime::now(),
-    ) {
-        req.push_str(&format!("{name}: {value}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
+    let req = register_request(&newcomer, &server_key, "newcomer");
     let changed_at = Instant::now();
     let mut register = TcpStream::connect(addr).unwrap();
-    register.write_all(req.as_bytes()).unwrap();
-
-    let mut left = pollers.len();
-    let deadline = changed_at + Duration::from_secs(30);
-    while left > 0 && Instant::now() < deadline {
-        poll.poll(&mut events, Some(Duration::from_millis(100)))
-            .unwrap();
-        for event in events.iter() {
-            let p = &mut pollers[event.token().0];
-            loop {
-                match p.stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => p.read.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("agent read: {e}"),
-                }
-            }
-            if p.done.is_none() && p.complete() {
-                p.done = Some(Instant::now());
-                left -= 1;
-            }
-        }
-    }
-    let mut times: Vec<Duration> = pollers
-        .iter()
-        .filter_map(|p| p.done.map(|t| t.duration_since(changed_at)))
-        .collect();
-    times.sort();
-    let bytes: usize = pollers.iter().map(|p| p.read.len()).sum();
-    let sample = &pollers[1].read;
-    let sample_body = &sample[sample.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
-    let delta: serde_json::Value = serde_json::from_slice(sample_body).unwrap();
+    register.write_all(&req).unwrap();
+    let times = parked.wait_all(changed_at, Duration::from_secs(30));
+    let bytes = parked.bytes();
+    let pollers = &parked.pollers;
+    let delta = pollers[1].json();
     assert_eq!(delta["changed"][0]["hostname"], "newcomer", "{delta}");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("live sync, one change at {agents} nodes ({cores} cores, server in its own process):");
@@ -221,11 +69,9 @@ fn fanout_at_10k() {
         parking.as_secs_f64()
     );
     println!(
-        "  agents answered: {} of {agents}; first {:.0} ms, median {:.0} ms, last {:.0} ms after the change",
+        "  agents answered: {} of {agents}; {} after the change",
         times.len(),
-        times.first().map_or(0.0, |t| t.as_secs_f64() * 1e3),
-        times.get(times.len() / 2).map_or(0.0, |t| t.as_secs_f64() * 1e3),
-        times.last().map_or(0.0, |t| t.as_secs_f64() * 1e3),
+        spread(&times)
     );
     println!(
         "  bytes all agents downloaded: {:.2} MB ({} B each, headers and MAC included); a full refetch: {:.1} GB ({full_bytes} B each)",
@@ -233,7 +79,7 @@ fn fanout_at_10k() {
         bytes / pollers.len(),
         full_bytes as f64 * agents as f64 / 1e9,
     );
-    drop(pollers);
+    drop(parked);
     drop(server);
 }
 

@@ -26,10 +26,8 @@ mod linux {
     use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
     use std::time::{Duration, Instant, SystemTime};
-    use wgmesh::keys::PrivateKey;
     use wgmesh::proto::auth::RequestSigner;
     use wgmesh::server::http::{self, Handler, Notifier, Park, Reply, Request, Response, Wake};
-    use wgmesh::server::store::{Snapshot, FORMAT_VERSION};
     use wgmesh::types::PeerId;
 
     const AGENTS: usize = 10_000;
@@ -200,21 +198,7 @@ mod linux {
         let server_key = wgmesh::server::load_or_create_key(&dir.join("server.key"))
             .unwrap()
             .public_key();
-        let privates: Vec<PrivateKey> = (0..AGENTS).map(|_| PrivateKey::generate()).collect();
-        let snapshot = Snapshot {
-            version: FORMAT_VERSION,
-            network_cidr: "10.100.0.0/16".parse().unwrap(),
-            peers: privates
-                .iter()
-                .enumerate()
-                .map(|(i, p)| super::peer_record::peer_record(i as u32 + 1, p))
-                .collect(),
-        };
-        std::fs::write(
-            dir.join("peers.json"),
-            serde_json::to_vec(&snapshot).unwrap(),
-        )
-        .unwrap();
+        let privates = super::peer_record::write_registry(&dir.join("peers.json"), AGENTS as u32);
         let (mut child, addr) = start_server(dir);
         let pid = child.id();
         let (threads_before, rss_before) = threads_and_rss(pid);
