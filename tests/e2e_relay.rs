@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::netns::{must, Lab};
+use common::netns::{Lab, Router};
 use common::wgmesh_bin;
 use std::time::Duration;
 
@@ -16,103 +16,9 @@ const PUBLIC: &str = "198.18.0.5";
 const STRANGER: &str = "198.18.0.66";
 const GATEWAY: &str = "198.18.0.254";
 
-/// How a home router treats its node's traffic.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Router {
-    /// Plain MASQUERADE and nothing else: what a minimal Linux router does. No inbound
-    /// firewall, so a peer's early packet leaves a conntrack entry that makes MASQUERADE
-    /// move the node's own outgoing port.
-    Masquerade,
-    /// MASQUERADE plus the stateful inbound firewall every home router has.
-    MasqueradeFirewall,
-    /// `MASQUERADE --random --random-fully`: a new random port per mapping, like carrier-grade and
-    /// many corporate NATs (no direct path to anyone behind a NAT).
-    RandomPorts,
-    /// MASQUERADE, and UDP leaves only towards the coordination server.
-    UdpOnlyToServer,
-}
-
-fn iptables(lab: &Lab, ns: &str, args: &[&str]) {
-    let mut v = vec!["iptables"];
-    v.extend_from_slice(args);
-    lab.exec_ok(ns, &v);
-}
-
-/// A router on the public segment at `public` with one node behind it (LAN 198.19.LAN.0/24).
+/// A home router of this internet (default route via its gateway) with one node behind it.
 fn home(lab: &mut Lab, name: &str, public: &str, lan: u8, kind: Router) -> (String, String) {
-    let router = lab.host(&format!("r{name}"), &format!("{public}/24"));
-    lab.exec_ok(&router, &["ip", "route", "add", "default", "via", GATEWAY]);
-    lab.exec_ok(&router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    let node = lab.bare(name);
-    let lan_if = lab.ifname("l", name);
-    must(&[
-        "ip", "link", "add", &lan_if, "type", "veth", "peer", "name", "eth0", "netns", &node,
-    ]);
-    must(&["ip", "link", "set", &lan_if, "netns", &router]);
-    let gw = format!("198.19.{lan}.1");
-    lab.exec_ok(
-        &router,
-        &["ip", "addr", "add", &format!("{gw}/24"), "dev", &lan_if],
-    );
-    lab.exec_ok(&router, &["ip", "link", "set", &lan_if, "up"]);
-    lab.exec_ok(
-        &node,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("198.19.{lan}.2/24"),
-            "dev",
-            "eth0",
-        ],
-    );
-    lab.exec_ok(&node, &["ip", "link", "set", "eth0", "up"]);
-    lab.exec_ok(&node, &["ip", "route", "add", "default", "via", &gw]);
-    let lan_net = format!("198.19.{lan}.0/24");
-    let mut masq = vec![
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-s",
-        &lan_net,
-        "-o",
-        "eth0",
-        "-j",
-        "MASQUERADE",
-    ];
-    if kind == Router::RandomPorts {
-        // nft's `masquerade random,fully-random`.
-        masq.extend_from_slice(&["--random", "--random-fully"]);
-    }
-    iptables(lab, &router, &masq);
-    match kind {
-        Router::Masquerade | Router::RandomPorts => {}
-        Router::MasqueradeFirewall => iptables(
-            lab,
-            &router,
-            &[
-                "-A",
-                "INPUT",
-                "-i",
-                "eth0",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "NEW,INVALID",
-                "-j",
-                "DROP",
-            ],
-        ),
-        Router::UdpOnlyToServer => iptables(
-            lab,
-            &router,
-            &[
-                "-A", "FORWARD", "-s", &lan_net, "-p", "udp", "!", "-d", SERVER, "-j", "DROP",
-            ],
-        ),
-    }
-    (router, node)
+    lab.home(name, public, lan, kind, Some(GATEWAY))
 }
 
 /// The public segment: a gateway, the coordination server's host and a stranger's host.
@@ -475,7 +381,7 @@ fn every_pair_connects_whatever_the_nat_and_status_tells_the_path() {
         "u",
         "198.18.0.24",
         24,
-        Router::UdpOnlyToServer,
+        Router::UdpOnlyTo(SERVER),
     );
     let (_, f_ns) = home(
         &mut net.lab,
@@ -529,7 +435,7 @@ fn a_direct_path_that_opens_later_is_taken_and_relayed_pairs_survive_a_server_ki
         "u",
         "198.18.0.24",
         24,
-        Router::UdpOnlyToServer,
+        Router::UdpOnlyTo(SERVER),
     );
     let (_, r_ns) = home(&mut net.lab, "r", "198.18.0.23", 23, Router::RandomPorts);
     let (_, m_ns) = home(&mut net.lab, "m", "198.18.0.21", 21, Router::Masquerade);

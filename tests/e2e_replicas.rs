@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::netns::{Lab, FAST_AGENT};
+use common::netns::{Lab, Router, FAST_AGENT};
 use common::postgres::PgCluster;
 use common::wgmesh_bin;
 use std::time::Duration;
@@ -228,8 +228,8 @@ fn both_relayed_at(lab: &Lab, ns: [&str; 2], relay: &str) -> bool {
     a.0 == "relay" && b.0 == "relay" && a.1 == relay && b.1 == relay
 }
 
-/// Issue 11 with the relay (issue 9): two nodes that cannot reach each other directly, each
-/// using another replica for HTTP, are relayed through one replica's relay, the one
+/// Issue 11 with the relay (issue 9): two nodes behind carrier-grade NATs, each using
+/// another replica for HTTP, are relayed through one replica's relay, the one
 /// `meeting_replica` picks for the pair; when that replica dies, both move to the other's.
 #[test]
 fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
@@ -238,17 +238,11 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
     let pg = PgCluster::start_in_netns(&srv);
     let url = pg.url();
     let replicas = start_replicas(&mut lab, &srv, &url, true, "60");
-    let n1 = lab.host("n1", "198.18.0.11/24");
-    let n2 = lab.host("n2", "198.18.0.12/24");
-    // No direct UDP between the two nodes: only a relay can join them.
-    for (ns, other) in [(&n1, "198.18.0.12"), (&n2, "198.18.0.11")] {
-        lab.exec_ok(
-            ns,
-            &[
-                "iptables", "-A", "OUTPUT", "-p", "udp", "-d", other, "-j", "DROP",
-            ],
-        );
-    }
+    // Both nodes behind carrier-grade NATs (a random port per mapping): no direct path can
+    // open between them, only a relay joins them, and every replica's relay must recognise
+    // each node by the public address its NAT gives it.
+    let (_r1, n1) = lab.home("n1", "198.18.0.11", 1, Router::RandomPorts, None);
+    let (_r2, n2) = lab.home("n2", "198.18.0.12", 2, Router::RandomPorts, None);
     let fast = ["--relay-after", "5"];
     up_with(&mut lab, "n1", &n1, [A_IP, B_IP], &fast);
     up_with(&mut lab, "n2", &n2, [B_IP, A_IP], &fast);

@@ -275,6 +275,108 @@ impl Lab {
     }
 }
 
+/// How a home router ([`Lab::home`]) treats its node's traffic: the NATs of the world.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Router<'a> {
+    /// Plain MASQUERADE and nothing else: what a minimal Linux router does. No inbound
+    /// firewall, so a peer's early packet leaves a conntrack entry that makes MASQUERADE
+    /// move the node's own outgoing port.
+    Masquerade,
+    /// MASQUERADE plus the stateful inbound firewall every home router has.
+    MasqueradeFirewall,
+    /// `MASQUERADE --random --random-fully`: a new random port per mapping, like carrier-grade
+    /// and many corporate NATs (no direct path to anyone behind a NAT).
+    RandomPorts,
+    /// MASQUERADE, and UDP leaves only towards this address (the coordination server).
+    UdpOnlyTo(&'a str),
+}
+
+impl Lab {
+    /// `iptables ARGS` in `ns`.
+    pub fn iptables(&self, ns: &str, args: &[&str]) {
+        let mut v = vec!["iptables"];
+        v.extend_from_slice(args);
+        self.exec_ok(ns, &v);
+    }
+
+    /// A router `r<name>` on the shared segment at `public` (default route via `gateway`,
+    /// when the segment has one) with one node `name` behind it, on LAN 198.19.`lan`.0/24 at
+    /// .2, its traffic treated as `kind` says. Returns (router, node) namespaces.
+    pub fn home(
+        &mut self,
+        name: &str,
+        public: &str,
+        lan: u8,
+        kind: Router,
+        gateway: Option<&str>,
+    ) -> (String, String) {
+        let router = self.host(&format!("r{name}"), &format!("{public}/24"));
+        if let Some(gateway) = gateway {
+            self.exec_ok(&router, &["ip", "route", "add", "default", "via", gateway]);
+        }
+        self.exec_ok(&router, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        let node = self.bare(name);
+        let lan_if = self.ifname("l", name);
+        must(&[
+            "ip", "link", "add", &lan_if, "type", "veth", "peer", "name", "eth0", "netns", &node,
+        ]);
+        must(&["ip", "link", "set", &lan_if, "netns", &router]);
+        let gw = format!("198.19.{lan}.1");
+        self.exec_ok(
+            &router,
+            &["ip", "addr", "add", &format!("{gw}/24"), "dev", &lan_if],
+        );
+        self.exec_ok(&router, &["ip", "link", "set", &lan_if, "up"]);
+        let address = format!("198.19.{lan}.2/24");
+        self.exec_ok(&node, &["ip", "addr", "add", &address, "dev", "eth0"]);
+        self.exec_ok(&node, &["ip", "link", "set", "eth0", "up"]);
+        self.exec_ok(&node, &["ip", "route", "add", "default", "via", &gw]);
+        let lan_net = format!("198.19.{lan}.0/24");
+        let mut masq = vec![
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &lan_net,
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ];
+        if kind == Router::RandomPorts {
+            // nft's `masquerade random,fully-random`.
+            masq.extend_from_slice(&["--random", "--random-fully"]);
+        }
+        self.iptables(&router, &masq);
+        match kind {
+            Router::Masquerade | Router::RandomPorts => {}
+            Router::MasqueradeFirewall => self.iptables(
+                &router,
+                &[
+                    "-A",
+                    "INPUT",
+                    "-i",
+                    "eth0",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW,INVALID",
+                    "-j",
+                    "DROP",
+                ],
+            ),
+            Router::UdpOnlyTo(server) => self.iptables(
+                &router,
+                &[
+                    "-A", "FORWARD", "-s", &lan_net, "-p", "udp", "!", "-d", server, "-j", "DROP",
+                ],
+            ),
+        }
+        (router, node)
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
