@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::netns::{must, Lab};
+use common::netns::{Lab, Router};
 use common::wgmesh_bin;
 use std::time::Duration;
 
@@ -24,93 +24,6 @@ const GATEWAY: &str = "198.18.0.254";
 const EXIT6: &str = "fd00:198:18::2";
 const WEB6: &str = "fd00:198:18::3";
 const GATEWAY6: &str = "fd00:198:18::254";
-
-/// A home router on the public segment with one node behind it, masquerading its LAN.
-fn home(lab: &mut Lab, router: &str, public: &str, node: &str, lan: u8) -> (String, String) {
-    let router_ns = lab.host(router, &format!("{public}/24"));
-    lab.exec_ok(
-        &router_ns,
-        &["ip", "route", "add", "default", "via", GATEWAY],
-    );
-    lab.exec_ok(&router_ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    let node_ns = lab.bare(node);
-    let lan_if = lab.ifname("l", node);
-    must(&[
-        "ip", "link", "add", &lan_if, "type", "veth", "peer", "name", "eth0", "netns", &node_ns,
-    ]);
-    must(&["ip", "link", "set", &lan_if, "netns", &router_ns]);
-    lab.exec_ok(
-        &router_ns,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("198.19.{lan}.1/24"),
-            "dev",
-            &lan_if,
-        ],
-    );
-    lab.exec_ok(&router_ns, &["ip", "link", "set", &lan_if, "up"]);
-    lab.exec_ok(
-        &node_ns,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("198.19.{lan}.2/24"),
-            "dev",
-            "eth0",
-        ],
-    );
-    lab.exec_ok(&node_ns, &["ip", "link", "set", "eth0", "up"]);
-    lab.exec_ok(
-        &node_ns,
-        &[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("198.19.{lan}.1"),
-        ],
-    );
-    lab.exec_ok(
-        &router_ns,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &format!("198.19.{lan}.0/24"),
-            "-o",
-            "eth0",
-            "-j",
-            "MASQUERADE",
-        ],
-    );
-    // Like every home router, drop unsolicited traffic from the internet. (Without this, Linux
-    // would keep a conntrack entry for a peer's early, refused packet, and MASQUERADE would then
-    // have to give the node's own outgoing packets to that peer another source port.)
-    lab.exec_ok(
-        &router_ns,
-        &[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-i",
-            "eth0",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW,INVALID",
-            "-j",
-            "DROP",
-        ],
-    );
-    (router_ns, node_ns)
-}
 
 fn public_host(lab: &mut Lab, name: &str, ip: &str) -> String {
     let ns = lab.host(name, &format!("{ip}/24"));
@@ -201,8 +114,10 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
         &exit,
         &["ip", "-6", "route", "add", "default", "via", GATEWAY6],
     );
-    let (h1_ns, a) = home(&mut lab, "h1", HOME1, "a", 1);
-    let (_h2, b) = home(&mut lab, "h2", HOME2, "b", 2);
+    // Home routers masquerade their LANs and, like every home router, drop unsolicited
+    // traffic from the internet.
+    let (h1_ns, a) = lab.home("a", HOME1, 1, Router::MasqueradeFirewall, Some(GATEWAY));
+    let (_h2, b) = lab.home("b", HOME2, 2, Router::MasqueradeFirewall, Some(GATEWAY));
     let dir = lab.dir.path().to_owned();
     let path = |name: &str| dir.join(name).display().to_string();
 
