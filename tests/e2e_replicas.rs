@@ -26,6 +26,24 @@ fn mesh_ip(lab: &Lab, node: &str) -> String {
         .to_owned()
 }
 
+/// Waits until each of `nodes` has registered; returns their mesh addresses.
+fn registered(lab: &Lab, nodes: &[&str]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|name| {
+            lab.eventually(
+                Duration::from_secs(30),
+                &format!("{name} registers"),
+                || {
+                    std::fs::read_to_string(lab.dir.path().join(format!("{name}.json")))
+                        .is_ok_and(|t| t.contains("assigned_ip"))
+                },
+            );
+            mesh_ip(lab, name)
+        })
+        .collect()
+}
+
 fn up(lab: &mut Lab, name: &str, ns: &str) -> usize {
     up_with(lab, name, ns, [A_IP, B_IP], &[])
 }
@@ -143,18 +161,7 @@ fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_die
     let n2 = lab.host("n2", "198.18.0.12/24");
     up(&mut lab, "n1", &n1);
     up(&mut lab, "n2", &n2);
-    let mut ips = Vec::new();
-    for name in ["n1", "n2"] {
-        lab.eventually(
-            Duration::from_secs(30),
-            &format!("{name} registers"),
-            || {
-                std::fs::read_to_string(lab.dir.path().join(format!("{name}.json")))
-                    .is_ok_and(|t| t.contains("assigned_ip"))
-            },
-        );
-        ips.push(mesh_ip(&lab, name));
-    }
+    let ips = registered(&lab, &["n1", "n2"]);
     lab.eventually(Duration::from_secs(30), "n1 pings n2", || {
         lab.ping(&n1, &ips[1])
     });
@@ -246,18 +253,7 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
     let fast = ["--relay-after", "5"];
     up_with(&mut lab, "n1", &n1, [A_IP, B_IP], &fast);
     up_with(&mut lab, "n2", &n2, [B_IP, A_IP], &fast);
-    let mut ips = Vec::new();
-    for name in ["n1", "n2"] {
-        lab.eventually(
-            Duration::from_secs(30),
-            &format!("{name} registers"),
-            || {
-                std::fs::read_to_string(lab.dir.path().join(format!("{name}.json")))
-                    .is_ok_and(|t| t.contains("assigned_ip"))
-            },
-        );
-        ips.push(mesh_ip(&lab, name));
-    }
+    let ips = registered(&lab, &["n1", "n2"]);
     let urls = vec![format!("http://{A_IP}:8080"), format!("http://{B_IP}:8080")];
     let (k1, k2) = (key_of(&lab, "n1"), key_of(&lab, "n2"));
     let meet = wgmesh::proto::replicas::meeting_replica(&k1, &k2, &urls).unwrap();

@@ -369,19 +369,33 @@ impl PathTable {
         me: &crate::keys::PublicKey,
         peer: &crate::keys::PublicKey,
     ) -> Option<SocketAddr> {
+        self.relay_among(&self.rendezvous(), me, peer)
+    }
+
+    /// The replicas a pair may meet at: those whose relay answers, or all of them when
+    /// none does (there is no better choice). Computed once per tick, not per peer.
+    fn rendezvous(&self) -> Vec<String> {
         let live: Vec<String> = self
             .relays
             .iter()
             .filter(|(_, addr)| !self.health.is_down(addr))
             .map(|(url, _)| url.clone())
             .collect();
-        // With every relay down there is no better choice than the full list.
-        let urls = if live.is_empty() {
+        if live.is_empty() {
             self.relays.keys().cloned().collect()
         } else {
             live
-        };
-        match crate::proto::replicas::meeting_replica(me, peer, &urls) {
+        }
+    }
+
+    /// [`PathTable::relay_for`] over the replicas `urls` ([`PathTable::rendezvous`]).
+    fn relay_among(
+        &self,
+        urls: &[String],
+        me: &crate::keys::PublicKey,
+        peer: &crate::keys::PublicKey,
+    ) -> Option<SocketAddr> {
+        match crate::proto::replicas::meeting_replica(me, peer, urls) {
             Some(url) => self.relays.get(url).copied(),
             None => self.relay,
         }
@@ -430,6 +444,7 @@ impl PathTable {
     ) -> std::collections::HashMap<crate::keys::PublicKey, Choice> {
         let mut choices = std::collections::HashMap::new();
         let mut next = std::collections::BTreeMap::new();
+        let rendezvous = self.rendezvous();
         for peer in peers {
             let key = peer.public_key.to_base64();
             let seen = dump
@@ -441,7 +456,7 @@ impl PathTable {
                 })
                 .unwrap_or_default();
             let old = self.peers.get(&key);
-            let relay = self.relay_for(me, &peer.public_key);
+            let relay = self.relay_among(&rendezvous, me, &peer.public_key);
             // Packets through another relay (the pair's old meeting place, or the one the
             // other end still uses while the replica list reaches it) are relayed packets,
             // never a sign that a direct path works.

@@ -123,6 +123,9 @@ impl RelayProbe {
         for retry in 1..=3u32 {
             back.extend(self.collect(health, start + wait * retry / 3));
             let unanswered = self.unanswered();
+            if unanswered.is_empty() {
+                break;
+            }
             for relay in unanswered {
                 if retry == 3 {
                     self.pending.retain(|_, (r, _)| *r != relay);
