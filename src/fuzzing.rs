@@ -15,11 +15,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
 
-/// Deserializes a request body with the API's own parser ([`api::parse_json`]), checks a
+/// Deserializes a request body with the API's own parser ([`api::error::parse_json`]), checks a
 /// refusal is a 400 that says something, and that an accepted value survives a
 /// serialize/parse round trip unchanged: a request the server accepts must mean one thing.
 fn json_body<T: DeserializeOwned + Serialize>(data: &[u8]) {
-    let value: T = match api::parse_json(data) {
+    let value: T = match api::error::parse_json(data) {
         Ok(value) => value,
         Err(refusal) => {
             assert_eq!(refusal.status, 400, "{}", refusal.message);

@@ -44,6 +44,19 @@ fn decode_key(text: &str, what: &str) -> Result<[u8; KEY_LEN], KeyError> {
     })
 }
 
+/// Bytes of randomness in a shared secret (the admin secret): 256 bits, beyond guessing at
+/// any request rate.
+const SECRET_BYTES: usize = 32;
+
+/// A fresh shared secret: 256 random bits in base64url, for the admin secret of a server or
+/// a cluster.
+pub fn random_secret() -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// A WireGuard private key. Its Debug output is redacted so it never lands in a log.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey([u8; KEY_LEN]);

@@ -166,7 +166,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         .store
         .or_else(|| std::env::var("WGMESH_STORE").ok().filter(|s| !s.is_empty()));
     if let Some(url) = args.import_to {
-        return crate::server::pg::import::run(&config, &url)
+        return crate::server::storage::import::run(&config, &url)
             .map_err(|e| Failure::new(EXIT_STATE, format!("import into PostgreSQL failed: {e}")));
     }
     config.policy = args.policy;

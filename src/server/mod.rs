@@ -10,6 +10,7 @@
 pub mod api;
 pub mod audit;
 pub mod changes;
+pub mod config;
 pub mod http;
 pub mod ipam;
 pub mod live;
@@ -20,144 +21,29 @@ pub mod pg;
 pub mod policy;
 pub mod registry;
 pub mod relay;
+pub mod state;
+pub mod storage;
 pub mod store;
 pub mod stun_service;
 pub mod tokens;
 pub mod trust;
 
-use crate::fsutil;
+pub use config::{
+    load_or_create_key, ServerConfig, ServerError, DEFAULT_AUTH_FAILURES_PER_MINUTE,
+    DEFAULT_REGISTER_PER_MINUTE,
+};
+
 use crate::keys::{PrivateKey, PublicKey};
-use crate::server::store::{Store, StoreError};
-use ipnet::Ipv4Net;
-use std::fmt;
+use crate::server::state::MeshState;
+use crate::server::storage::admission::Rules;
+use crate::server::storage::json::JsonStorage;
+use crate::server::storage::replica::ReplicaStorage;
+use crate::server::trust::{PolicyHolder, Trust};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-/// Default registrations per source per minute: a whole office behind one NAT address can
-/// roll out 60 machines a minute, while a script spraying keys is slowed to that pace.
-pub const DEFAULT_REGISTER_PER_MINUTE: u32 = 60;
-
-/// Default failed authentications per source per minute before 429: a misconfigured agent
-/// retries far less often, while a guesser gets a handful of tries a minute.
-pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 30;
-
-/// Everything `wgmesh server` can be told.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Where the HTTP API listens.
-    pub listen: SocketAddr,
-    /// The registry snapshot file (its journal sits beside it).
-    pub state: PathBuf,
-    /// The server's static X25519 key file (created 0600 on first start).
-    pub key_file: PathBuf,
-    /// The mesh network addresses are allocated from.
-    pub network: Ipv4Net,
-    /// Silence after which a peer is offline (design: 120 s).
-    pub heartbeat_timeout: Duration,
-    /// How often the sweeper runs (design: 60 s).
-    pub sweep_interval: Duration,
-    /// Connection-layer limits, including `--threads`.
-    pub limits: http::Limits,
-    /// Where the STUN service answers "what address do you see me from?" (None: off).
-    pub udp_listen: Option<SocketAddr>,
-    /// A second STUN port on the same address, so clients can tell whether their NAT's
-    /// mapping changes with the destination (None: off).
-    pub udp_alt_port: Option<u16>,
-    /// Relay WireGuard between members on the primary STUN port (`--relay off` disables it).
-    pub relay: bool,
-    /// `--open`: new keys may register without a join token (labs only).
-    pub open: bool,
-    /// `--policy FILE`: who sees whom; None = everyone sees everyone.
-    pub policy: Option<PathBuf>,
-    /// Registrations accepted per source address per minute (0 = unlimited).
-    pub register_per_minute: u32,
-    /// Failed authentications tolerated per source address per minute before 429.
-    pub auth_failures_per_minute: u32,
-    /// Serve HTTPS with this certificate and key (`--tls-cert`, `--tls-key`); plain HTTP
-    /// when `None`.
-    pub tls: Option<http::TlsFiles>,
-    /// `--store postgresql://...`: replicas share this database instead of the JSON file.
-    pub store: Option<String>,
-    /// `--advertise URL`: where agents reach this replica, published in `GET /replicas`.
-    pub advertise: Option<String>,
-}
-
-impl ServerConfig {
-    /// The design's defaults (5.2, 4.3, 7.2) for a given state file.
-    pub fn with_state(state: PathBuf) -> ServerConfig {
-        let key_file = fsutil::parent_dir(&state).join("server.key");
-        ServerConfig {
-            listen: "0.0.0.0:8080".parse().expect("literal"),
-            state,
-            key_file,
-            network: "10.100.0.0/16".parse().expect("literal"),
-            heartbeat_timeout: Duration::from_secs(120),
-            sweep_interval: Duration::from_secs(60),
-            limits: http::Limits::default(),
-            udp_listen: None,
-            udp_alt_port: None,
-            relay: true,
-            open: false,
-            policy: None,
-            register_per_minute: DEFAULT_REGISTER_PER_MINUTE,
-            auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
-            tls: None,
-            store: None,
-            advertise: None,
-        }
-    }
-}
-
-/// Why the server could not start.
-#[derive(Debug)]
-pub enum ServerError {
-    /// The state could not be loaded; see [`StoreError`].
-    Store(StoreError),
-    /// The configuration is unusable (e.g. a network too small).
-    Config(String),
-    /// A socket or file could not be opened.
-    Io(io::Error),
-    /// The replicas' database is unreachable or holds state this server must not use.
-    Database(String),
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerError::Store(e) => e.fmt(f),
-            ServerError::Config(m) => f.write_str(m),
-            ServerError::Io(e) => e.fmt(f),
-            ServerError::Database(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for ServerError {}
-
-/// Loads the server's static key, creating it (0600) on first start.
-pub fn load_or_create_key(path: &Path) -> Result<PrivateKey, ServerError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => PrivateKey::from_base64(&text).map_err(|e| {
-            ServerError::Config(format!(
-                "server key {} is unusable ({e}); restore it, or delete it to make a new one (clients that pinned the old key will refuse the new one)",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let key = PrivateKey::generate();
-            let mut text = key.to_base64();
-            text.push('\n');
-            fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(ServerError::Io)?;
-            log::info!("created server key {}", path.display());
-            Ok(key)
-        }
-        Err(e) => Err(ServerError::Io(fsutil::with_path(e, "cannot read server key", path))),
-    }
-}
 
 /// A server that is up and answering.
 pub struct RunningServer {
@@ -217,6 +103,146 @@ fn start_stun(
     Ok(handles)
 }
 
+/// The API over the store the configuration names, with the server's key, before any
+/// socket is bound.
+struct Opened {
+    api: Arc<api::Api>,
+    key: PrivateKey,
+    /// How many peers were loaded, and from where (for the start line).
+    peers: usize,
+    source: String,
+}
+
+/// Opens the JSON store named by `--state`.
+fn open_json(config: &ServerConfig) -> Result<Opened, ServerError> {
+    let key = load_or_create_key(&config.key_file)?;
+    let mesh6 = crate::proto::mesh6::prefix(&key.public_key());
+    let opened = storage::json::open(config, mesh6)?;
+    let peers = opened.registry.len();
+    let policy = PolicyHolder::load(config.policy.clone())
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let (policy_text, _) = policy.current();
+    if config.policy.is_some() {
+        log::info!("access policy: {policy_text}");
+    }
+    let state = Arc::new(MeshState::new(opened.registry, policy));
+    let rules = Rules { open: config.open };
+    let storage = JsonStorage::new(state.clone(), opened.journal, opened.tokens, rules);
+    let trust = Trust::load(config)?;
+    let api = api::Api::new(state, Box::new(storage), key.clone(), trust);
+    Ok(Opened {
+        api: Arc::new(api),
+        key,
+        peers,
+        source: config.state.display().to_string(),
+    })
+}
+
+/// Opens this replica's view of the shared database named by `--store`, adopting the
+/// cluster's key, admin secret and policy; a `--policy` file is published to every replica.
+fn open_replica(config: &ServerConfig, url: &str) -> Result<Opened, ServerError> {
+    let opened = storage::replica::open::open(config, url)?;
+    let peers = opened.registry.len();
+    let policy = PolicyHolder::load(config.policy.clone())
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    if let Some(in_force) = opened.policy {
+        policy.replace(in_force);
+    }
+    let state = Arc::new(MeshState::new(opened.registry, policy));
+    let rules = Rules { open: config.open };
+    let storage = ReplicaStorage::new(
+        state.clone(),
+        opened.db.clone(),
+        opened.seq,
+        rules,
+        config.heartbeat_timeout,
+    );
+    let mut trust = Trust::load(config)?;
+    let (secret_file, _, _) = config::files_beside(&config.state);
+    trust.admin =
+        trust::AdminSecret::adopt(opened.admin_secret, &secret_file).map_err(ServerError::Io)?;
+    let sink: Arc<dyn trust::AuditSink> = opened.db;
+    let _ = trust.audit_sink.set(sink);
+    let api = Arc::new(api::Api::new(
+        state,
+        Box::new(storage),
+        opened.key.clone(),
+        trust,
+    ));
+    if config.policy.is_some() {
+        api.reload_policy(None)
+            .map_err(|e| ServerError::Config(format!("--policy: {e}")))?;
+    }
+    Ok(Opened {
+        api,
+        key: opened.key,
+        peers,
+        source: "PostgreSQL".into(),
+    })
+}
+
+/// Starts the relay's member view source and the STUN service (which carries the relay),
+/// handing their counters to the API.
+fn start_udp(
+    config: &ServerConfig,
+    api: &Arc<api::Api>,
+) -> Result<Vec<crate::server::stun_service::StunHandle>, ServerError> {
+    let relay = (config.relay && config.udp_listen.is_some()).then(|| {
+        let source = Arc::clone(api);
+        relay::RelayService::new(
+            Box::new(move || source.relay_view()),
+            relay::RelayLimits::default(),
+        )
+    });
+    let relay_stats = relay.as_ref().map(|r| r.stats());
+    let stun = start_stun(config, relay)?;
+    api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
+    if let (Some(stats), Some(primary)) = (relay_stats, stun.first()) {
+        api.set_relay(primary.local_addr().port(), stats);
+    }
+    Ok(stun)
+}
+
+/// Binds the API's TCP listener and starts the connection layer over it.
+fn start_http(
+    config: &ServerConfig,
+    api: &Arc<api::Api>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<http::HttpServer, ServerError> {
+    let listener = TcpListener::bind(config.listen).map_err(|e| {
+        ServerError::Io(io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.listen),
+        ))
+    })?;
+    let http = match tls {
+        Some(tls) => http::HttpServer::start_tls(listener, config.limits.clone(), api.clone(), tls),
+        None => http::HttpServer::start(listener, config.limits.clone(), api.clone()),
+    }
+    .map_err(ServerError::Io)?;
+    api.set_http_stats(http.stats_handle());
+    Ok(http)
+}
+
+/// A replica's thread following the other replicas' changes (LISTEN), after announcing
+/// where agents reach it.
+fn start_follower(
+    config: &ServerConfig,
+    api: &Arc<api::Api>,
+    bound: SocketAddr,
+) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), ServerError> {
+    if let Some(url) = advertised(config, bound) {
+        api.advertise(url);
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    let (api, stop) = (api.clone(), flag.clone());
+    let handle = std::thread::Builder::new()
+        .name("pg-listen".into())
+        .spawn(move || api.follow(&stop))
+        .map_err(ServerError::Io)?;
+    Ok((flag, handle))
+}
+
 impl RunningServer {
     /// Loads the state, binds the socket and starts every thread.
     pub fn start(config: &ServerConfig) -> Result<RunningServer, ServerError> {
@@ -225,74 +251,26 @@ impl RunningServer {
             Some(files) => Some(http::load_tls_config(files).map_err(ServerError::Config)?),
             None => None,
         };
-        let (api, key, peers, source) = match &config.store {
-            Some(url) => start_replica(config, url)?,
-            None => {
-                let key = load_or_create_key(&config.key_file)?;
-                let (store, mut snapshot) =
-                    Store::open(&config.state, config.network).map_err(ServerError::Store)?;
-                // Heartbeat times are not written to disk (README "Durability"): a peer stored
-                // as online gets one full heartbeat timeout from this start to check in again.
-                let started = std::time::SystemTime::now();
-                for peer in snapshot.peers.iter_mut().filter(|p| p.online) {
-                    peer.last_heartbeat = peer.last_heartbeat.max(started);
-                }
-                let peers = snapshot.peers.len();
-                let mut registry = registry::Registry::from_snapshot(snapshot)
-                    .map_err(|e| ServerError::Config(e.to_string()))?;
-                registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
-                let trust = trust::Trust::load(config)?;
-                let api = Arc::new(api::Api::new(registry, store, key.clone(), trust));
-                (api, key, peers, config.state.display().to_string())
-            }
+        let Opened {
+            api,
+            key,
+            peers,
+            source,
+        } = match &config.store {
+            Some(url) => open_replica(config, url)?,
+            None => open_json(config)?,
         };
-        let relay = (config.relay && config.udp_listen.is_some()).then(|| {
-            let source = Arc::clone(&api);
-            relay::RelayService::new(
-                Box::new(move || source.relay_view()),
-                relay::RelayLimits::default(),
-            )
-        });
-        let relay_stats = relay.as_ref().map(|r| r.stats());
-        let stun = start_stun(config, relay)?;
+        let stun = start_udp(config, &api)?;
         api.attach();
-        api.set_stun_stats(stun.iter().map(|h| h.stats()).collect());
-        if let (Some(stats), Some(primary)) = (relay_stats, stun.first()) {
-            api.set_relay(primary.local_addr().port(), stats);
-        }
-        let listener = TcpListener::bind(config.listen).map_err(|e| {
-            ServerError::Io(io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", config.listen),
-            ))
-        })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let http = match tls {
-            Some(tls) => {
-                http::HttpServer::start_tls(listener, config.limits.clone(), api.clone(), tls)
-            }
-            None => http::HttpServer::start(listener, config.limits.clone(), api.clone()),
-        }
-        .map_err(ServerError::Io)?;
-        api.set_http_stats(http.stats_handle());
+        let http = start_http(config, &api, tls)?;
         log::info!(
             "wgmesh server listening on {scheme}://{} for {} ({peers} peers loaded from {source})",
             http.local_addr(),
             config.network,
         );
         let listener = match config.store {
-            Some(_) => {
-                if let Some(url) = advertised(config, http.local_addr()) {
-                    api.advertise(url);
-                }
-                let flag = Arc::new(AtomicBool::new(false));
-                let (api, stop) = (api.clone(), flag.clone());
-                let handle = std::thread::Builder::new()
-                    .name("pg-listen".into())
-                    .spawn(move || api::listen_loop(&api, &stop))
-                    .map_err(ServerError::Io)?;
-                Some((flag, handle))
-            }
+            Some(_) => Some(start_follower(config, &api, http.local_addr())?),
             None => None,
         };
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -355,7 +333,7 @@ impl RunningServer {
             flag.store(true, Ordering::Relaxed);
             let _ = handle.join();
         }
-        self.api.compact(true)
+        self.api.persist(true)
     }
 }
 
@@ -371,61 +349,6 @@ fn advertised(config: &ServerConfig, bound: SocketAddr) -> Option<String> {
         "http"
     };
     (!bound.ip().is_unspecified()).then(|| format!("{scheme}://{bound}"))
-}
-
-/// Opens the shared database, loads (or creates) the cluster's identity and registry, and
-/// builds this replica's API over them.
-fn start_replica(
-    config: &ServerConfig,
-    url: &str,
-) -> Result<(Arc<api::Api>, PrivateKey, usize, String), ServerError> {
-    let db_error = |e: pg::pool::DbError| ServerError::Database(format!("--store: {e}"));
-    let db = Arc::new(pg::PgStore::open(url).map_err(|e| match e {
-        pg::pool::DbError::Data(m) if m.starts_with("--store") => ServerError::Config(m),
-        other => db_error(other),
-    })?);
-    let (key, secret) = db.identity(config.network, None).map_err(db_error)?;
-    let loaded = db.load().map_err(db_error)?;
-    let (seq, count) = (loaded.seq, loaded.peers.len());
-    let snapshot = store::Snapshot {
-        version: store::FORMAT_VERSION,
-        network_cidr: config.network,
-        peers: loaded.peers,
-    };
-    let mut registry = registry::Registry::from_snapshot(snapshot)
-        .map_err(|e| ServerError::Config(e.to_string()))?;
-    registry.set_mesh6(crate::proto::mesh6::prefix(&key.public_key()));
-    // `/peers` versions are the database's sequence numbers, the same on every replica.
-    registry.follow_versions(seq.max(0) as u64);
-    let mut trust = trust::Trust::load(config)?;
-    // The policy in force at `seq` (what every replica showed then), even when this replica
-    // brings a policy file: publishing it below is then a change at its own version.
-    let in_force = match loaded.policy.as_deref().map(policy::Policy::from_json) {
-        Some(Ok(p)) => Some(p),
-        Some(Err(e)) => {
-            log::error!("the database holds an unusable policy: {e}");
-            None
-        }
-        None => Some(policy::Policy::allow_all()),
-    };
-    if let Some(p) = in_force {
-        trust.policy.replace(p);
-    }
-    let (secret_file, _, _) = trust::files_beside(&config.state);
-    trust.admin = trust::AdminSecret::adopt(secret, &secret_file).map_err(ServerError::Io)?;
-    let _ = trust.audit_db.set(db.clone());
-    let publish = config.policy.is_some();
-    let api = Arc::new(api::Api::new_replica(
-        registry,
-        api::Replica::new(db.clone(), seq).with_ttl(config.heartbeat_timeout),
-        key.clone(),
-        trust,
-    ));
-    if publish {
-        api.reload_policy(None)
-            .map_err(|e| ServerError::Config(format!("--policy: {e}")))?;
-    }
-    Ok((api, key, count, "PostgreSQL".into()))
 }
 
 /// How often silent peers are looked for: a dead node leaves every list within the heartbeat
@@ -455,7 +378,7 @@ fn sweep_loop(
         // Snapshots keep their own pace: sweeping often must not mean writing often.
         if std::time::Instant::now() >= next_compaction {
             next_compaction = std::time::Instant::now() + interval;
-            if let Err(e) = api.compact(false) {
+            if let Err(e) = api.persist(false) {
                 log::error!("cannot write the registry snapshot: {e}");
             }
         }

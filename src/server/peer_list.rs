@@ -4,8 +4,7 @@
 //! cheaply; each caller gets the shared bytes minus its own entry, as two slices.
 
 use crate::server::policy::Membership;
-use crate::server::registry::Registry;
-use crate::server::trust::PolicyHolder;
+use crate::server::state::MeshState;
 use crate::types::PeerId;
 use crate::types::Tag;
 use std::collections::HashMap;
@@ -63,18 +62,13 @@ impl PeerLists {
     /// The cached list for a tag group at the current generation and policy, rebuilt by one
     /// thread when stale; the registry lock is held only to copy the entries, never while
     /// serializing.
-    pub fn current(
-        &self,
-        group: &[Tag],
-        registry: &Mutex<Registry>,
-        policy: &PolicyHolder,
-    ) -> Arc<PeerList> {
+    pub fn current(&self, group: &[Tag], state: &MeshState) -> Arc<PeerList> {
         let mut slots = lock(&self.slots);
         // The policy is read under the registry lock, where reloads swap it, so a list and
         // its version always belong together.
         let (policy, policy_version, generation, entries) = {
-            let registry = lock(registry);
-            let (policy, policy_version) = policy.current();
+            let registry = state.registry();
+            let (policy, policy_version) = state.policy.current();
             let generation = registry.generation();
             if let Some(cache) = slots
                 .get(group)

@@ -14,10 +14,8 @@
 
 use crate::fsutil;
 use crate::server::audit::{AuditEvent, AuditLog};
+use crate::server::config::{files_beside, ServerConfig, ServerError};
 use crate::server::policy::{Policy, PolicyError};
-use crate::server::tokens::TokenStore;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
@@ -26,18 +24,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-/// Bytes of randomness in the admin secret: 256 bits, beyond guessing at any request rate.
-const ADMIN_SECRET_BYTES: usize = 32;
-
 /// The header the admin secret travels in, as `Authorization: Bearer SECRET`.
 pub const ADMIN_HEADER: &str = "Authorization";
-
-/// A fresh admin secret: 256 random bits in base64url.
-pub fn random_secret() -> String {
-    let mut bytes = [0u8; ADMIN_SECRET_BYTES];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    URL_SAFE_NO_PAD.encode(bytes)
-}
 
 /// The secret that opens `/admin/...`, created on first start.
 pub struct AdminSecret {
@@ -69,7 +57,7 @@ impl AdminSecret {
                 Ok(AdminSecret { secret })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let secret = random_secret();
+                let secret = crate::keys::random_secret();
                 fsutil::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)?;
                 log::info!("created admin secret {}", path.display());
                 Ok(AdminSecret { secret })
@@ -92,46 +80,6 @@ impl AdminSecret {
             return false;
         };
         bool::from(presented.trim().as_bytes().ct_eq(self.secret.as_bytes()))
-    }
-}
-
-/// The join tokens and the file they persist to (JSON, 0600, rewritten atomically on every
-/// change so a crash leaves either the old or the new set, never half of one).
-#[derive(Debug)]
-pub struct TokenFile {
-    path: PathBuf,
-    /// The tokens as last saved.
-    pub store: TokenStore,
-}
-
-impl TokenFile {
-    /// Loads the token file, or starts empty if there is none. A corrupt file stops the
-    /// server instead of silently forgetting (or resurrecting) tokens.
-    pub fn load(path: PathBuf) -> io::Result<TokenFile> {
-        let store = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "token file {} is unreadable ({e}); restore it or move it aside",
-                        path.display()
-                    ),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => TokenStore::new(),
-            Err(e) => return Err(fsutil::with_path(e, "cannot read token file", &path)),
-        };
-        Ok(TokenFile { path, store })
-    }
-
-    /// Writes `store` to disk and only then makes it current, so memory never runs ahead of
-    /// what a restart would load.
-    pub fn replace(&mut self, store: TokenStore) -> io::Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(&store).expect("token stores serialize");
-        bytes.push(b'\n');
-        fsutil::write_atomic(&self.path, &bytes, 0o600)?;
-        self.store = store;
-        Ok(())
     }
 }
 
@@ -303,17 +251,21 @@ impl PolicyHolder {
     }
 }
 
-/// Everything that decides who may do what, built once at start from the configuration.
+/// Where audit events go instead of the local file: the replicas' shared table, so every
+/// replica's events land in one place.
+pub trait AuditSink: Send + Sync + std::fmt::Debug {
+    /// Appends one event; an error makes the caller fall back to the local file.
+    fn record(&self, event: &AuditEvent) -> io::Result<()>;
+}
+
+/// Everything that decides who may use the API, built once at start from the
+/// configuration: the admin secret, the audit trail and the per-source rate limits. (Who
+/// may join is [`crate::server::storage::admission`]; who sees whom is the policy in
+/// [`crate::server::state::MeshState`].)
 #[derive(Debug)]
 pub struct Trust {
-    /// Whether keys may register without a join token (`--open`).
-    pub open: bool,
     /// Opens `/admin/...`.
     pub admin: AdminSecret,
-    /// The join tokens, persisted beside the state.
-    pub tokens: Mutex<TokenFile>,
-    /// Who sees whom.
-    pub policy: PolicyHolder,
     /// The audit log beside the state.
     pub audit: AuditLog,
     /// Registrations per source per minute.
@@ -321,55 +273,34 @@ pub struct Trust {
     /// Failed authentications per source per minute, past which a source gets 429.
     pub auth_failure_limit: RateLimiter,
     /// With replicas: the shared database, where audit events go instead of the file.
-    pub audit_db: std::sync::OnceLock<Arc<crate::server::pg::PgStore>>,
-}
-
-/// The files of the trust state beside a state file: `admin.secret`, `tokens.json`,
-/// `audit.log`, so one folder (and one backup) holds the whole server.
-pub fn files_beside(state: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let dir = fsutil::parent_dir(state);
-    (
-        dir.join("admin.secret"),
-        dir.join("tokens.json"),
-        dir.join("audit.log"),
-    )
+    pub audit_sink: std::sync::OnceLock<Arc<dyn AuditSink>>,
 }
 
 impl Trust {
-    /// Loads (or creates) the admin secret, the token file, the policy and the audit log.
-    pub fn load(config: &super::ServerConfig) -> Result<Trust, super::ServerError> {
-        use super::ServerError;
-        let (secret, tokens, audit) = files_beside(&config.state);
-        let policy = PolicyHolder::load(config.policy.clone())
-            .map_err(|e| ServerError::Config(e.to_string()))?;
+    /// Loads (or creates) the admin secret and opens the audit log, beside the state file.
+    pub fn load(config: &ServerConfig) -> Result<Trust, ServerError> {
+        let (secret, _, audit) = files_beside(&config.state);
         let trust = Trust {
-            open: config.open,
             admin: AdminSecret::load_or_create(&secret).map_err(ServerError::Io)?,
-            tokens: Mutex::new(TokenFile::load(tokens).map_err(ServerError::Io)?),
-            policy,
             // The error already names the file.
             audit: AuditLog::open(&audit).map_err(ServerError::Io)?,
             register_limit: RateLimiter::new(config.register_per_minute),
             auth_failure_limit: RateLimiter::new(config.auth_failures_per_minute),
-            audit_db: std::sync::OnceLock::new(),
+            audit_sink: std::sync::OnceLock::new(),
         };
-        if trust.open {
+        if config.open {
             log::warn!(
                 "OPEN REGISTRATION (--open): anyone who can reach this server can join the mesh \
                  and see its peers; use join tokens (`wgmesh token create`) outside a lab"
             );
-        }
-        let (policy, _) = trust.policy.current();
-        if config.policy.is_some() {
-            log::info!("access policy: {policy}");
         }
         Ok(trust)
     }
 
     /// Appends one audit event; a failing audit log is reported but never stops service.
     pub fn audit(&self, event: AuditEvent) {
-        if let Some(db) = self.audit_db.get() {
-            match db.record_audit(&event) {
+        if let Some(sink) = self.audit_sink.get() {
+            match sink.record(&event) {
                 Ok(()) => return,
                 Err(e) => log::error!("cannot write the audit table, using the file: {e}"),
             }

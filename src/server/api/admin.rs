@@ -2,7 +2,7 @@
 //! reload. Every one needs the admin secret.
 
 use super::error::{method_not_allowed, ok_json, parse_body, Refusal};
-use super::{lock, Api};
+use super::Api;
 use crate::proto::admin::{
     AdminPeerView, AdminPeersResponse, PolicyReloadResponse, TokenCreateRequest,
     TokenCreateResponse, TokenListResponse, TokenView,
@@ -15,7 +15,7 @@ use crate::server::trust::ADMIN_HEADER;
 use crate::types::PeerId;
 use std::time::SystemTime;
 
-pub(super) fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
+fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
     TokenView {
         id: t.id.to_string(),
         uses_left: t.uses_left,
@@ -46,6 +46,7 @@ impl Api {
         Err(Refusal(401, why.into()))
     }
 
+    /// Routes `/admin/REST` after checking the admin secret.
     pub(super) fn admin(&self, req: &Request, rest: &str) -> Result<Response, Refusal> {
         self.admin_check(req)?;
         // HEAD is GET without the body (the connection layer drops it) on every resource.
@@ -54,139 +55,130 @@ impl Api {
             other => other,
         };
         let now = SystemTime::now();
-        if let Some(r) = &self.replica {
-            if let Some(answer) = self.admin_tokens_replica(r, req, rest, now) {
-                return answer;
-            }
-        }
         match (method, rest) {
-            ("GET", "tokens") => {
-                let tokens = lock(&self.trust.tokens);
-                let list: Vec<TokenView> = tokens
-                    .store
-                    .list()
-                    .iter()
-                    .map(|t| token_view(t, now))
-                    .collect();
-                Ok(ok_json(&TokenListResponse {
-                    success: true,
-                    tokens: list,
-                }))
-            }
-            ("POST", "tokens") => {
-                let body: TokenCreateRequest = parse_body(req)?;
-                let expires = body
-                    .expires
-                    .as_deref()
-                    .map(crate::server::tokens::parse_expiry)
-                    .transpose()
-                    .map_err(|e| Refusal(400, format!("field `expires`: {e}")))?;
-                let mut tokens = lock(&self.trust.tokens);
-                let mut next = tokens.store.clone();
-                let (secret, record) = next
-                    .create(body.uses, expires, body.tags, now)
-                    .map_err(|e| Refusal(e.http_status(), e.to_string()))?;
-                tokens
-                    .replace(next)
-                    .map_err(|e| Refusal(500, format!("token could not be stored: {e}")))?;
-                drop(tokens);
-                self.trust.audit(
-                    AuditEvent::new(AuditKind::TokenCreate, now)
-                        .source(req.remote)
-                        .token(record.id.clone())
-                        .detail(format!(
-                            "uses {}, expires {}, tags {}",
-                            record
-                                .uses_left
-                                .map_or("unlimited".into(), |n| n.to_string()),
-                            record
-                                .expires_at
-                                .map_or("never".into(), crate::time::format_exact),
-                            crate::server::policy::describe_tags(&record.tags)
-                        )),
-                );
-                log::info!("created join token {}", record.id);
-                Ok(ok_json(&TokenCreateResponse {
-                    info: token_view(&record, now),
-                    success: true,
-                    token: secret,
-                }))
-            }
-            ("GET", "peers") => {
-                let records = lock(&self.registry).records();
-                let list: Vec<AdminPeerView> = records
-                    .iter()
-                    .map(|r| AdminPeerView {
-                        id: r.id.clone(),
-                        public_key: r.public_key,
-                        virtual_ip: r.virtual_ip,
-                        hostname: r.hostname.to_string(),
-                        dns_name: r.dns_name.as_ref().map(|n| n.to_string()),
-                        os: r.os.to_string(),
-                        endpoint: r.published_endpoint().map(|e| e.to_string()),
-                        online: r.online,
-                        tags: r.tags.clone(),
-                        registered_at: crate::time::format_exact(r.registered_at),
-                        last_heartbeat: crate::time::format_exact(r.last_heartbeat),
-                    })
-                    .collect();
-                Ok(ok_json(&AdminPeersResponse {
-                    peers: list,
-                    success: true,
-                }))
-            }
+            ("GET", "tokens") => self.list_tokens(now),
+            ("POST", "tokens") => self.create_token(req, now),
+            ("GET", "peers") => Ok(self.admin_peers()),
             ("POST", "policy/reload") => match self.reload_policy(Some(req.remote)) {
-                Ok((changed, policy)) => Ok(ok_json(&PolicyReloadResponse {
-                    changed,
-                    policy,
+                Ok(reload) => Ok(ok_json(&PolicyReloadResponse {
+                    changed: reload.changed,
+                    policy: reload.text,
                     success: true,
                 })),
-                Err(e) => Err(Refusal(400, format!("{e}; the old policy stays in force"))),
+                Err(e) => Err(Refusal(
+                    e.http_status(),
+                    format!("{e}; the old policy stays in force"),
+                )),
             },
-            _ => {
-                if let Some(id) = rest.strip_prefix("tokens/") {
-                    if method != "DELETE" {
-                        return Err(method_not_allowed(
-                            format!("{method} is not allowed here: use DELETE"),
-                            "DELETE",
-                        ));
-                    }
-                    let mut tokens = lock(&self.trust.tokens);
-                    let mut next = tokens.store.clone();
-                    let record = next
-                        .revoke(id)
-                        .map_err(|e| Refusal(e.http_status(), e.to_string()))?
-                        .clone();
-                    tokens
-                        .replace(next)
-                        .map_err(|e| Refusal(500, format!("token could not be stored: {e}")))?;
-                    drop(tokens);
-                    self.trust.audit(
-                        AuditEvent::new(AuditKind::TokenRevoke, now)
-                            .source(req.remote)
-                            .token(record.id.clone())
-                            .detail("revoked"),
-                    );
-                    log::info!("revoked join token {}", record.id);
-                    return Ok(ok_json(&SuccessResponse { success: true }));
-                }
-                if let Some(raw) = rest.strip_prefix("peers/") {
-                    if method != "DELETE" {
-                        return Err(method_not_allowed(
-                            format!("{method} is not allowed here: use DELETE"),
-                            "DELETE",
-                        ));
-                    }
-                    let id: PeerId = raw
-                        .parse()
-                        .map_err(|e| Refusal(400, format!("path: {e}")))?;
-                    return self.deregister(req, &id, "by an operator");
-                }
-                Err(Refusal(
-                    404,
-                    format!("no such admin endpoint: {method} /admin/{rest}"),
-                ))
+            (_, _) if rest.starts_with("tokens/") => {
+                only_delete(method)?;
+                self.revoke_token(req, &rest["tokens/".len()..], now)
             }
+            (_, _) if rest.starts_with("peers/") => {
+                only_delete(method)?;
+                let id: PeerId = rest["peers/".len()..]
+                    .parse()
+                    .map_err(|e| Refusal(400, format!("path: {e}")))?;
+                self.deregister(req, &id, "by an operator")
+            }
+            _ => Err(Refusal(
+                404,
+                format!("no such admin endpoint: {method} /admin/{rest}"),
+            )),
         }
+    }
+
+    fn list_tokens(&self, now: SystemTime) -> Result<Response, Refusal> {
+        let store = self.storage.tokens()?;
+        Ok(ok_json(&TokenListResponse {
+            success: true,
+            tokens: store.list().iter().map(|t| token_view(t, now)).collect(),
+        }))
+    }
+
+    fn create_token(&self, req: &Request, now: SystemTime) -> Result<Response, Refusal> {
+        let body: TokenCreateRequest = parse_body(req)?;
+        let expires = body
+            .expires
+            .as_deref()
+            .map(crate::server::tokens::parse_expiry)
+            .transpose()
+            .map_err(|e| Refusal(400, format!("field `expires`: {e}")))?;
+        let mut secret = None;
+        let record = self.storage.change_tokens(&mut |store| {
+            let (text, record) = store.create(body.uses, expires, body.tags.clone(), now)?;
+            secret = Some(text);
+            Ok(record)
+        })?;
+        self.trust.audit(
+            AuditEvent::new(AuditKind::TokenCreate, now)
+                .source(req.remote)
+                .token(record.id.clone())
+                .detail(format!(
+                    "uses {}, expires {}, tags {}",
+                    record
+                        .uses_left
+                        .map_or("unlimited".into(), |n| n.to_string()),
+                    record
+                        .expires_at
+                        .map_or("never".into(), crate::time::format_exact),
+                    crate::server::policy::describe_tags(&record.tags)
+                )),
+        );
+        log::info!("created join token {}", record.id);
+        Ok(ok_json(&TokenCreateResponse {
+            info: token_view(&record, now),
+            success: true,
+            token: secret.unwrap_or_default(),
+        }))
+    }
+
+    fn revoke_token(&self, req: &Request, id: &str, now: SystemTime) -> Result<Response, Refusal> {
+        let record = self
+            .storage
+            .change_tokens(&mut |store| store.revoke(id).cloned())?;
+        self.trust.audit(
+            AuditEvent::new(AuditKind::TokenRevoke, now)
+                .source(req.remote)
+                .token(record.id.clone())
+                .detail("revoked"),
+        );
+        log::info!("revoked join token {}", record.id);
+        Ok(ok_json(&SuccessResponse { success: true }))
+    }
+
+    fn admin_peers(&self) -> Response {
+        let records = self.state.registry().records();
+        let peers = records
+            .iter()
+            .map(|r| AdminPeerView {
+                id: r.id.clone(),
+                public_key: r.public_key,
+                virtual_ip: r.virtual_ip,
+                hostname: r.hostname.to_string(),
+                dns_name: r.dns_name.as_ref().map(|n| n.to_string()),
+                os: r.os.to_string(),
+                endpoint: r.published_endpoint().map(|e| e.to_string()),
+                online: r.online,
+                tags: r.tags.clone(),
+                registered_at: crate::time::format_exact(r.registered_at),
+                last_heartbeat: crate::time::format_exact(r.last_heartbeat),
+            })
+            .collect();
+        ok_json(&AdminPeersResponse {
+            peers,
+            success: true,
+        })
+    }
+}
+
+/// Refuses anything but DELETE on a single token or peer.
+fn only_delete(method: &str) -> Result<(), Refusal> {
+    match method {
+        "DELETE" => Ok(()),
+        _ => Err(method_not_allowed(
+            format!("{method} is not allowed here: use DELETE"),
+            "DELETE",
+        )),
     }
 }

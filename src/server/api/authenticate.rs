@@ -2,11 +2,12 @@
 //! it names, and counting, auditing and rate-limiting failed attempts by source.
 
 use super::error::{too_many, unknown_peer, Refusal};
-use super::{lock, Api, Authed};
+use super::{Api, Authed};
 use crate::keys::PublicKey;
 use crate::proto::auth::{self, NONCE_HEADER};
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::Request;
+use crate::server::storage::NonceClaim;
 use crate::types::PeerId;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
@@ -94,11 +95,12 @@ impl Api {
         key: &PublicKey,
         id: &PeerId,
     ) -> Result<(), Refusal> {
-        let mut owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
-        if owner.is_none() && self.replica.is_some() {
+        let owner_of = |id: &PeerId| self.state.registry().by_id(id).map(|r| r.public_key);
+        let mut owner = owner_of(id);
+        if owner.is_none() {
             // Registered through another replica a moment ago: catch up before refusing.
-            self.catch_up_for_unknown();
-            owner = lock(&self.registry).by_id(id).map(|r| r.public_key);
+            self.storage.catch_up_for_unknown();
+            owner = owner_of(id);
         }
         match owner {
             None => Err(unknown_peer(id)),
@@ -108,6 +110,33 @@ impl Api {
                     format!("request signed by {key} concerns {id}, which belongs to another key");
                 self.auth_failed(req, Some(*key), Some(id), &why);
                 Err(Refusal(401, why))
+            }
+        }
+    }
+}
+
+/// Whether `req` changes shared state by itself (registration, deregistration, offline, an
+/// admin change), as opposed to a read or a heartbeat.
+fn is_write(req: &Request) -> bool {
+    (req.method == "POST" && req.path() != "/heartbeat") || req.method == "DELETE"
+}
+
+impl Api {
+    /// Refuses a signed request whose nonce was accepted before anywhere in the cluster
+    /// (every replica claims each nonce in the shared database, so a request captured on
+    /// its way to replica A is refused by B too). The JSON store keeps no shared record:
+    /// the server's own replay cache has decided already.
+    fn claim_nonce(&self, req: &Request, key: &PublicKey) -> Result<(), Refusal> {
+        let nonce = req.header(NONCE_HEADER).unwrap_or_default();
+        match self
+            .storage
+            .claim_nonce(nonce.as_bytes(), key, is_write(req))?
+        {
+            NonceClaim::Fresh => Ok(()),
+            NonceClaim::Replayed => {
+                let e = auth::AuthError::Replayed;
+                self.auth_failed(req, Some(*key), None, &format!("{e} (on another replica)"));
+                Err(Refusal(e.http_status(), e.to_string()))
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use crate::proto::model::{ApiError, ErrorCode};
 use crate::server::http::{Request, Response};
+use crate::server::storage::StorageError;
 use crate::types::PeerId;
 use serde::de::DeserializeOwned;
 use std::net::IpAddr;
@@ -124,5 +125,12 @@ pub fn unknown_peer(id: &PeerId) -> Refusal {
             404,
             format!("unknown peer {id}: it never registered or was deregistered; register again"),
         )
+    }
+}
+
+impl From<StorageError> for Refusal {
+    /// A store's failure, with the status it maps to and its reason.
+    fn from(e: StorageError) -> Refusal {
+        Refusal(e.http_status(), e.to_string())
     }
 }

@@ -10,69 +10,66 @@
 
 mod admin;
 mod authenticate;
-mod error;
+pub mod error;
 mod monitoring;
 mod peer;
 mod relay_view;
-mod replica;
-mod replica_replay;
-mod replica_sync;
-mod replica_tokens;
 mod sync;
 
-pub use error::{parse_body, parse_json, Refusal};
-use relay_view::CachedView;
-pub use replica::Replica;
-pub use replica_sync::listen_loop;
-
-use super::http::{Body, Handler, Notifier, Reply, Request, Response};
-use super::live::GroupDelta;
-use super::metrics::{Endpoint as MetricEndpoint, Metrics};
-use super::peer_list::PeerLists;
-use super::registry::Registry;
-use super::trust::Trust;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth::{ReplayCache, ServerAuth};
 use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
-use crate::server::store::{JournalEntry, Store};
-use error::{method_not_allowed, ok_json};
+use crate::server::http::{Body, Handler, Reply, Request, Response};
+use crate::server::live::GroupDelta;
+use crate::server::metrics::{Endpoint as MetricEndpoint, Metrics};
+use crate::server::peer_list::PeerLists;
+use crate::server::relay::{MemberView, RelayStats};
+use crate::server::state::MeshState;
+use crate::server::storage::{PolicyReload, Storage, StorageError};
+use crate::server::stun_service::StunStats;
+use crate::server::trust::Trust;
+use crate::types::Tag;
+use error::{method_not_allowed, ok_json, Refusal};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
-/// The coordination API: shared by every connection thread.
+/// The counters of the other services, handed over once at startup for `/metrics`.
+#[derive(Default)]
+struct Monitored {
+    stun: OnceLock<Vec<Arc<StunStats>>>,
+    http: OnceLock<crate::server::http::StatsHandle>,
+    relay: OnceLock<Arc<RelayStats>>,
+}
+
+/// A cached delta's key: the tag group and the `since` it answers.
+type DeltaKey = (Vec<Tag>, u64);
+
+/// A member view for the relay with the registry generation and policy version it was
+/// built from, and when.
+type CachedView = (u64, u64, Instant, Arc<MemberView>);
+
+/// The coordination API: shared by every connection thread. It reads the mesh from
+/// [`MeshState`] and changes it only through its [`Storage`].
 pub struct Api {
-    registry: Mutex<Registry>,
-    /// The store doubles as the write lock: changes are journaled one at a time, in order.
-    /// None when replicas share a database instead.
-    store: Mutex<Option<Store>>,
-    /// With `--store postgresql://...`: the shared database this replica caches.
-    replica: Option<Replica>,
+    state: Arc<MeshState>,
+    storage: Box<dyn Storage>,
     /// One cached list per tag group (the caller's sorted tags).
     cache: PeerLists,
     /// One cached delta per tag group and `since`, at the current version only.
-    deltas: Mutex<HashMap<sync::DeltaKey, Arc<GroupDelta>>>,
-    /// Wakes long-polls (`/peers?since=N&wait=SECS`) parked in the connection layer when
-    /// the version moves.
-    changes: Notifier,
+    deltas: Mutex<HashMap<DeltaKey, Arc<GroupDelta>>>,
     /// This API's own `Arc`, for long-polls answered after their handler returned.
-    me: std::sync::OnceLock<std::sync::Weak<Api>>,
+    me: OnceLock<Weak<Api>>,
     metrics: Metrics,
+    monitored: Monitored,
     auth: ServerAuth,
     server_public_key: PublicKey,
     trust: Trust,
     /// Distinguishes ETags across restarts, since generations restart at 1.
     epoch: u64,
-    /// The STUN services' counters, exported with the rest.
-    stun_stats: std::sync::OnceLock<Vec<Arc<crate::server::stun_service::StunStats>>>,
-    /// The connection layer's counts, exported with the rest.
-    http_stats: std::sync::OnceLock<super::http::StatsHandle>,
-    /// The relay's counters, when it runs.
-    relay_stats: std::sync::OnceLock<Arc<super::relay::RelayStats>>,
-    /// The member view last handed to the relay, with the generation and policy version
-    /// it was built from and when.
+    /// The member view last handed to the relay.
     relay_view: Mutex<Option<CachedView>>,
 }
 
@@ -88,64 +85,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Api {
-    /// Builds the API over a loaded registry and its store, signing with the server's key and
-    /// deciding who may do what with `trust`.
-    pub fn new(registry: Registry, store: Store, server_key: PrivateKey, trust: Trust) -> Api {
-        Api::build(registry, Some(store), None, server_key, trust)
-    }
-
-    /// Builds the API of one replica over a registry loaded from the shared database.
-    pub fn new_replica(
-        registry: Registry,
-        replica: Replica,
-        server_key: PrivateKey,
-        trust: Trust,
-    ) -> Api {
-        Api::build(registry, None, Some(replica), server_key, trust)
-    }
-
-    fn build(
-        registry: Registry,
-        store: Option<Store>,
-        replica: Option<Replica>,
+    /// Builds the API over the mesh `state` and the `storage` that changes it, signing with
+    /// the server's key and deciding who may use it with `trust`.
+    pub fn new(
+        state: Arc<MeshState>,
+        storage: Box<dyn Storage>,
         server_key: PrivateKey,
         trust: Trust,
     ) -> Api {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the operating system's random source failed");
         Api {
-            registry: Mutex::new(registry),
-            store: Mutex::new(store),
-            replica,
+            state,
+            storage,
             cache: PeerLists::default(),
             deltas: Mutex::new(HashMap::new()),
-            changes: Notifier::new(),
-            me: std::sync::OnceLock::new(),
+            me: OnceLock::new(),
             metrics: Metrics::default(),
+            monitored: Monitored::default(),
             server_public_key: server_key.public_key(),
             auth: ServerAuth::new(server_key, ReplayCache::default()),
             trust,
             epoch: u64::from_le_bytes(seed),
-            stun_stats: std::sync::OnceLock::new(),
-            http_stats: std::sync::OnceLock::new(),
-            relay_stats: std::sync::OnceLock::new(),
             relay_view: Mutex::new(None),
         }
-    }
-
-    /// Runs `f` on the registry and wakes parked long-polls when it moved the version (a
-    /// change any caller may see). The notifier is poked after the lock is released.
-    fn change_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        let (result, moved) = {
-            let mut registry = lock(&self.registry);
-            let before = registry.generation();
-            let result = f(&mut registry);
-            (result, registry.generation() != before)
-        };
-        if moved {
-            self.changes.notify();
-        }
-        result
     }
 
     /// Lets long-polls outlive their handler call (parked requests resume on this `Arc`);
@@ -156,107 +119,53 @@ impl Api {
 
     /// Marks silent peers offline; called by the sweeper thread every second.
     pub fn sweep(&self, timeout: std::time::Duration) {
-        if let Some(r) = &self.replica {
-            return self.sweep_replica(r, timeout);
-        }
-        let gone = lock(&self.registry).sweep(SystemTime::now(), timeout);
-        if !gone.is_empty() {
-            self.changes.notify();
-        }
-        for (id, hostname, silent) in &gone {
-            log::warn!(
-                "peer {id} ({hostname}) timed out: no heartbeat for {silent} s, marked offline"
-            );
-        }
-        self.metrics
-            .timeouts
-            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        let gone = self.storage.sweep(timeout);
+        self.metrics.timeouts.fetch_add(gone, Ordering::Relaxed);
     }
 
-    /// Journals what heartbeats and timeouts changed (one fsync for the batch), and rewrites
-    /// the snapshot only when the journal has grown enough (or `force`, at shutdown). A mesh
-    /// that only heartbeats writes nothing. Holds the store lock throughout so no journaled
-    /// change can slip between snapshot and truncation. A replica has no snapshot: its
-    /// database is the record; here (every `--sweep-interval`) it writes its batched
-    /// heartbeats, catches up, purges nonces and announces itself, and at shutdown
-    /// (`force`) it writes its batched heartbeats.
-    pub fn compact(&self, force: bool) -> std::io::Result<()> {
-        if let Some(r) = &self.replica {
-            // The database keeps these; the local batch only needs emptying.
-            drop(lock(&self.registry).take_unsaved());
-            if !force {
-                self.housekeep_replica(r);
-                return Ok(());
-            }
-            return self
-                .flush_heartbeats(r)
-                .map_err(|e| std::io::Error::other(e.to_string()));
-        }
-        let mut guard = lock(&self.store);
-        let Some(store) = guard.as_mut() else {
-            return Ok(());
-        };
-        let unsaved = lock(&self.registry).take_unsaved();
-        let entries: Vec<JournalEntry> = unsaved
-            .into_iter()
-            .map(|peer| JournalEntry::Put { peer })
-            .collect();
-        store.append_all(&entries)?;
-        if !force && !store.wants_compaction() {
-            return Ok(());
-        }
-        let snapshot = lock(&self.registry).snapshot();
-        store.compact(&snapshot)
+    /// The store's periodic write (every `--sweep-interval`), and its last one at shutdown
+    /// (`last`): see [`Storage::persist`].
+    pub fn persist(&self, last: bool) -> std::io::Result<()> {
+        self.storage.persist(last)
+    }
+
+    /// Follows changes made by other replicas until `stop`; returns at once on the JSON
+    /// store.
+    pub fn follow(&self, stop: &std::sync::atomic::AtomicBool) {
+        self.storage.follow(stop)
+    }
+
+    /// Publishes where agents reach this server (a replica announces it to the others).
+    pub fn advertise(&self, url: String) {
+        self.storage.advertise(url)
     }
 
     /// Re-reads the policy file (SIGHUP or `wgmesh policy reload`). A bad file keeps the old
-    /// policy and returns the reason; a change is audited and invalidates every cached list.
+    /// policy and says why; every reload is audited, and a change invalidates every cached
+    /// list.
     pub fn reload_policy(
         &self,
         source: Option<std::net::SocketAddr>,
-    ) -> Result<(bool, String), String> {
-        if let Some(r) = &self.replica {
-            return self.reload_policy_replica(r, source);
-        }
-        // Swapped and recorded under the registry lock, so no delta is ever computed with
-        // one policy and stamped with the version of the other.
-        let reloaded = {
-            let mut registry = lock(&self.registry);
-            let (replaced, _) = self.trust.policy.current();
-            let reloaded = self.trust.policy.reload();
-            if let Ok((true, _)) = &reloaded {
-                registry.policy_changed(replaced);
+    ) -> Result<PolicyReload, StorageError> {
+        let reloaded = self.storage.reload_policy();
+        let detail = match &reloaded {
+            Ok(r) if r.changed => {
+                self.cache.clear();
+                log::info!("access policy reloaded: {}", r.text);
+                format!("policy reloaded: {}", r.text)
             }
-            reloaded
+            Ok(_) => {
+                log::info!("access policy reloaded: unchanged");
+                return reloaded;
+            }
+            Err(e) => format!("policy reload refused, old policy kept: {e}"),
         };
-        match reloaded {
-            Ok((changed, policy)) => {
-                let text = policy.to_string();
-                if changed {
-                    self.cache.clear();
-                    self.changes.notify();
-                    log::info!("access policy reloaded: {text}");
-                    let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
-                        .detail(format!("policy reloaded: {text}"));
-                    if let Some(addr) = source {
-                        event = event.source(addr);
-                    }
-                    self.trust.audit(event);
-                } else {
-                    log::info!("access policy reloaded: unchanged");
-                }
-                Ok((changed, text))
-            }
-            Err(e) => {
-                let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now())
-                    .detail(format!("policy reload refused, old policy kept: {e}"));
-                if let Some(addr) = source {
-                    event = event.source(addr);
-                }
-                self.trust.audit(event);
-                Err(e.to_string())
-            }
+        let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now()).detail(detail);
+        if let Some(addr) = source {
+            event = event.source(addr);
         }
+        self.trust.audit(event);
+        reloaded
     }
 
     fn route(
@@ -311,7 +220,7 @@ impl Api {
                 _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
             "/replicas" => match method {
-                "GET" => (MetricEndpoint::Other, self.replicas_answer()),
+                "GET" => (MetricEndpoint::Other, self.replicas()),
                 _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
             "/healthz" => match method {

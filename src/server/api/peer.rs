@@ -3,18 +3,18 @@
 //! the rules. Each change that moves the registry's version pokes the long-poll notifier.
 
 use super::error::{ok_json, parse_body, too_many, unknown_peer, Refusal};
-use super::{lock, Api, Authed};
+use super::{Api, Authed};
 use crate::proto::model::{
     DeregisterRequest, HeartbeatRequest, RegisterRequest, RegisterResponse, SuccessResponse,
     MAX_ALLOWED_IPS,
 };
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::{Request, Response};
-use crate::server::ipam::IpamError;
-use crate::server::registry::{Prepared, Registration};
-use crate::server::store::{JournalEntry, PeerRecord};
-use crate::server::tokens::TokenRecord;
-use crate::types::PeerId;
+use crate::server::registry::Registration;
+use crate::server::storage::admission::Credential;
+use crate::server::storage::{Registered, StorageError};
+use crate::server::store::PeerRecord;
+use crate::types::{PeerId, TokenId};
 use ipnet::{IpNet, Ipv4Net};
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
@@ -65,27 +65,6 @@ fn check_allowed_ips(
     Ok(out)
 }
 
-/// A registration that passed every check and was made durable (or needed nothing).
-enum Stored {
-    /// Same key, same details: nothing written; counts as a heartbeat.
-    Unchanged(PeerRecord),
-    /// A new or changed record, journaled and committed.
-    Written {
-        record: PeerRecord,
-        fresh_address: bool,
-        /// The join token redeemed for it, if any.
-        token: Option<TokenRecord>,
-    },
-}
-
-/// Why a registration was not stored.
-enum Refused {
-    /// Missing or unusable join token: audited as an authentication failure.
-    Auth(u16, String),
-    /// Anything else (pool exhausted, storage failure).
-    Other(Refusal),
-}
-
 impl Api {
     pub(super) fn register(
         &self,
@@ -114,7 +93,7 @@ impl Api {
         // here, before anything is stored or a token used up.
         crate::types::DnsName::from_hostname(body.hostname.as_str())
             .map_err(|e| Refusal(400, format!("hostname: {e}")))?;
-        let network = lock(&self.registry).network();
+        let network = self.state.registry().network();
         let mesh6 = crate::proto::mesh6::prefix(&self.server_public_key);
         let allowed_ips = check_allowed_ips(&body, network, mesh6)?;
         let registration = Registration {
@@ -129,38 +108,24 @@ impl Api {
             tags: Vec::new(),
         };
         let now = SystemTime::now();
-        if let Some(r) = &self.replica {
-            let token = body.token.as_deref();
-            return self.register_replica(r, req, key, registration, token, now, network);
-        }
-        // Decide and make durable under the locks; log, count and audit after releasing them.
-        let record = match self.store_registration(registration, body.token.as_deref(), now) {
-            Err(Refused::Auth(status, why)) => {
-                self.auth_failed(req, Some(key), None, &why);
-                return Err(Refusal(status, why));
+        let credential = Credential::from_token(body.token.as_deref());
+        let record = match self.storage.register(registration, credential, now) {
+            Err(StorageError::Denied(denied)) => {
+                self.auth_failed(req, Some(key), None, &denied.why);
+                return Err(Refusal(denied.status, denied.why));
             }
-            Err(Refused::Other(refusal)) => return Err(refusal),
-            Ok(Stored::Unchanged(record)) => {
-                let moved = {
-                    let mut registry = lock(&self.registry);
-                    let before = registry.generation();
-                    registry.heartbeat(&record.id, None, source, now);
-                    registry.generation() != before
-                };
-                if moved {
-                    self.changes.notify();
-                }
+            Err(e) => return Err(e.into()),
+            Ok(Registered::Unchanged(record)) => {
                 self.metrics
                     .registrations_repeat
                     .fetch_add(1, Ordering::Relaxed);
                 record
             }
-            Ok(Stored::Written {
+            Ok(Registered::Written {
                 record,
                 fresh_address,
                 token,
             }) => {
-                self.changes.notify();
                 self.announce_registration(req, &record, fresh_address, token, now);
                 record
             }
@@ -175,95 +140,13 @@ impl Api {
         }))
     }
 
-    /// Prepares a registration and, if it changes anything, commits it: the token
-    /// redemption (if any) saved first, then the journal entry, then the registry. Holds the
-    /// store lock (the write order) and the token lock throughout, so nothing interleaves;
-    /// a failure at any point undoes what was done before it. A known key keeps the tags it
-    /// joined with; a new key needs a join token unless the server is open.
-    fn store_registration(
-        &self,
-        mut registration: Registration,
-        token: Option<&str>,
-        now: SystemTime,
-    ) -> Result<Stored, Refused> {
-        let mut guard = lock(&self.store);
-        let store = guard.as_mut().expect("the JSON store, without replicas");
-        let mut tokens = lock(&self.trust.tokens);
-        let known = lock(&self.registry).knows(&registration.public_key);
-        let redeemed = match token {
-            _ if known => None,
-            None if self.trust.open => None,
-            None => {
-                return Err(Refused::Auth(
-                    401,
-                    "a join token is required to register a new key: pass --token \
-                     (create one with `wgmesh token create` on the server)"
-                        .to_owned(),
-                ))
-            }
-            Some(text) => {
-                let mut next = tokens.store.clone();
-                let record = next
-                    .redeem_record(text, now)
-                    .map_err(|e| Refused::Auth(e.http_status(), e.to_string()))?
-                    .clone();
-                registration.tags = record.tags.clone();
-                Some((next, record))
-            }
-        };
-        let prepared = lock(&self.registry)
-            .prepare(&registration, now)
-            .map_err(|e| {
-                Refused::Other(match e {
-                    IpamError::Exhausted(_) => Refusal(503, e.to_string()),
-                    other => Refusal(500, other.to_string()),
-                })
-            })?;
-        let (record, fresh_address) = match &prepared {
-            Prepared::Unchanged(record) => return Ok(Stored::Unchanged(record.clone())),
-            Prepared::Write {
-                record,
-                fresh_address,
-            } => (record.clone(), *fresh_address),
-        };
-        let failed = |e: std::io::Error| {
-            log::error!("registration of {} failed: {e}", record.public_key);
-            Refused::Other(Refusal(
-                500,
-                format!("registration could not be stored: {e}"),
-            ))
-        };
-        let previous = tokens.store.clone();
-        if let Some((next, _)) = &redeemed {
-            if let Err(e) = tokens.replace(next.clone()) {
-                lock(&self.registry).abort(&prepared);
-                return Err(failed(e));
-            }
-        }
-        if let Err(e) = store.append(&JournalEntry::Put {
-            peer: record.clone(),
-        }) {
-            lock(&self.registry).abort(&prepared);
-            if redeemed.is_some() {
-                let _ = tokens.replace(previous);
-            }
-            return Err(failed(e));
-        }
-        lock(&self.registry).commit(record.clone());
-        Ok(Stored::Written {
-            record,
-            fresh_address,
-            token: redeemed.map(|(_, token)| token),
-        })
-    }
-
     /// Logs, counts and audits a registration that was stored.
     fn announce_registration(
         &self,
         req: &Request,
         record: &PeerRecord,
         fresh_address: bool,
-        token: Option<TokenRecord>,
+        token: Option<TokenId>,
         now: SystemTime,
     ) {
         let counter = if fresh_address {
@@ -301,7 +184,7 @@ impl Api {
                 crate::server::policy::describe_tags(&record.tags)
             ));
         if let Some(token) = token {
-            event = event.token(token.id);
+            event = event.token(token);
         }
         self.trust.audit(event);
     }
@@ -315,60 +198,31 @@ impl Api {
         let body: HeartbeatRequest = parse_body(req)?;
         self.check_owner(req, &key, &body.peer_id)?;
         let observed = req.remote.ip().to_canonical();
-        if let Some(r) = &self.replica {
-            return self.heartbeat_replica(r, &body.peer_id, body.endpoint, observed);
+        let now = SystemTime::now();
+        match self
+            .storage
+            .heartbeat(&body.peer_id, body.endpoint, observed, now)?
+        {
+            true => Ok(ok_json(&SuccessResponse { success: true })),
+            false => Err(unknown_peer(&body.peer_id)),
         }
-        let (known, moved) = {
-            let mut registry = lock(&self.registry);
-            let before = registry.generation();
-            let known = registry
-                .heartbeat(&body.peer_id, body.endpoint, observed, SystemTime::now())
-                .is_some();
-            (known, registry.generation() != before)
-        };
-        if moved {
-            self.changes.notify();
-        }
-        if !known {
-            return Err(unknown_peer(&body.peer_id));
-        }
-        Ok(ok_json(&SuccessResponse { success: true }))
     }
 
+    /// Removes a peer (on its own request or an operator's, `by` says which) and answers.
     pub(super) fn deregister(
         &self,
         req: &Request,
         id: &PeerId,
         by: &str,
     ) -> Result<Response, Refusal> {
-        if let Some(r) = &self.replica {
-            return self.deregister_replica(r, req, id, by);
+        match self.storage.deregister(id)? {
+            Some(record) => Ok(self.deregistered(req, id, &record, by)),
+            None => Err(unknown_peer(id)),
         }
-        let mut guard = lock(&self.store);
-        let store = guard.as_mut().expect("the JSON store, without replicas");
-        let Some(record) = lock(&self.registry).by_id(id).cloned() else {
-            return Err(unknown_peer(id));
-        };
-        store
-            .append(&JournalEntry::Delete {
-                public_key: record.public_key,
-            })
-            .map_err(|e| Refusal(500, format!("deregistration could not be stored: {e}")))?;
-        lock(&self.registry).remove(id);
-        drop(guard);
-        self.changes.notify();
-        Ok(self.deregistered(req, id, &record, by))
     }
 
-    /// What every deregistration (JSON store or replica) does once the peer is gone: log,
-    /// count, audit, and the answer.
-    pub(super) fn deregistered(
-        &self,
-        req: &Request,
-        id: &PeerId,
-        record: &PeerRecord,
-        by: &str,
-    ) -> Response {
+    /// What a deregistration does once the peer is gone: log, count, audit, and the answer.
+    fn deregistered(&self, req: &Request, id: &PeerId, record: &PeerRecord, by: &str) -> Response {
         log::info!(
             "deregistered {id} ({}) {by}; {} returns to the pool",
             record.hostname,

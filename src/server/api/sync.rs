@@ -11,13 +11,11 @@ use crate::server::changes::{self, PeerState, Since};
 use crate::server::http::{Body, Park, Reply, Request, Response, Wake};
 use crate::server::live::{self, GroupDelta, PeersQuery};
 use crate::server::metrics::Endpoint as MetricEndpoint;
+use crate::server::storage::WentOffline;
 use crate::types::PeerId;
 use crate::types::Tag;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A cached delta's key: the tag group and the `since` it answers.
-pub(super) type DeltaKey = (Vec<Tag>, u64);
 
 /// What `/peers?since=N` has for one caller right now.
 enum SinceAnswer {
@@ -79,7 +77,7 @@ impl Api {
         let key = self.authenticate(req, authed)?;
         let query = PeersQuery::parse(|name| req.query_param(name)).map_err(|e| Refusal(400, e))?;
         self.check_owner(req, &key, &query.peer_id)?;
-        let tags = match lock(&self.registry).by_id(&query.peer_id) {
+        let tags = match self.state.registry().by_id(&query.peer_id) {
             Some(record) => record.tags.clone(),
             None => return Err(unknown_peer(&query.peer_id)),
         };
@@ -106,8 +104,8 @@ impl Api {
 
     /// The whole list a caller may see (`"full": true`), or 304 when its ETag is current.
     fn full_list(&self, if_none_match: Option<&str>, id: &PeerId, tags: &[Tag]) -> Response {
-        let generation = lock(&self.registry).generation();
-        let (_, policy_version) = self.trust.policy.current();
+        let generation = self.state.registry().generation();
+        let (_, policy_version) = self.state.policy.current();
         let etag = self.etag(generation, policy_version);
         if let Some(tags) = if_none_match {
             if tags.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
@@ -118,7 +116,7 @@ impl Api {
                 };
             }
         }
-        let cache = self.cache.current(tags, &self.registry, &self.trust.policy);
+        let cache = self.cache.current(tags, &self.state);
         let parts = cache.parts_for(id);
         Response {
             status: 200,
@@ -140,7 +138,7 @@ impl Api {
         since: u64,
     ) -> SinceAnswer {
         // A replica behind the version another replica gave this caller catches up first.
-        self.catch_up_to(since);
+        self.storage.catch_up_to(since);
         match self.group_delta(tags, since) {
             GroupAnswer::Full => SinceAnswer::Ready(self.full_list(if_none_match, id, tags)),
             GroupAnswer::Current(version) => SinceAnswer::Nothing(version),
@@ -157,7 +155,7 @@ impl Api {
     fn group_delta(&self, group: &[Tag], since: u64) -> GroupAnswer {
         let mut slots = lock(&self.deltas);
         let key = (group.to_vec(), since);
-        let registry = lock(&self.registry);
+        let registry = self.state.registry();
         let version = registry.generation();
         if let Some(delta) = slots.get(&key).filter(|d| d.version == version) {
             return GroupAnswer::Delta(delta.clone());
@@ -167,7 +165,7 @@ impl Api {
             Since::Full => return GroupAnswer::Full,
             Since::Delta { peers, policy_then } => (peers, policy_then),
         };
-        let (policy, _) = self.trust.policy.current();
+        let (policy, _) = self.state.policy.current();
         let plan = changes::delta(
             &peers,
             policy_then.as_deref(),
@@ -213,27 +211,10 @@ impl Api {
         let key = self.authenticate(req, authed)?;
         let body: OfflineRequest = parse_body(req)?;
         self.check_owner(req, &key, &body.peer_id)?;
-        if let Some(r) = &self.replica {
-            return match self.offline_replica(r, &body.peer_id)? {
-                true => {
-                    log::info!("peer {} went offline on purpose", body.peer_id);
-                    Ok(ok_json(&SuccessResponse { success: true }))
-                }
-                false => Err(unknown_peer(&body.peer_id)),
-            };
-        }
-        let (known, moved) = {
-            let mut registry = lock(&self.registry);
-            let before = registry.generation();
-            let known = registry.offline(&body.peer_id).is_some();
-            (known, registry.generation() != before)
-        };
-        if !known {
-            return Err(unknown_peer(&body.peer_id));
-        }
-        if moved {
-            self.changes.notify();
-            log::info!("peer {} went offline on purpose", body.peer_id);
+        match self.storage.offline(&body.peer_id)? {
+            WentOffline::Unknown => return Err(unknown_peer(&body.peer_id)),
+            WentOffline::Now => log::info!("peer {} went offline on purpose", body.peer_id),
+            WentOffline::Already => {}
         }
         Ok(ok_json(&SuccessResponse { success: true }))
     }
@@ -293,7 +274,7 @@ impl Api {
     /// else parks it (again) until the next change.
     fn hold(self: Arc<Self>, held: HeldPoll, wake: Option<Wake>) -> Reply {
         let started = Instant::now();
-        let seen = self.changes.version();
+        let seen = self.state.changes().version();
         let answer = self.answer_since(None, &held.id, &held.tags, held.since);
         let response = match answer {
             SinceAnswer::Ready(response) => response,
@@ -303,7 +284,7 @@ impl Api {
                 delta_response(live::empty_delta(version))
             }
             SinceAnswer::Nothing(_) => {
-                let (notifier, deadline) = (self.changes.clone(), held.deadline);
+                let (notifier, deadline) = (self.state.changes().clone(), held.deadline);
                 let api = self.clone();
                 return Reply::Park(Park::new(&notifier, seen, deadline, move |wake| {
                     api.hold(held, Some(wake))

@@ -36,3 +36,9 @@ impl PgStore {
             .collect()
     }
 }
+
+impl crate::server::trust::AuditSink for PgStore {
+    fn record(&self, event: &AuditEvent) -> std::io::Result<()> {
+        self.record_audit(event).map_err(std::io::Error::other)
+    }
+}

@@ -25,7 +25,6 @@
 
 mod audit;
 mod cluster;
-pub mod import;
 pub mod nonces;
 pub mod pool;
 pub mod schema;
@@ -123,15 +122,16 @@ impl PgStore {
     }
 
     /// Whether the last database operation succeeded, and if not, why it failed.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), DbError> {
         if self.healthy.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err(self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone())
+            Err(DbError::Unreachable(
+                self.last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ))
         }
     }
 
@@ -236,10 +236,7 @@ impl PgStore {
             }
             let (fresh_key, fresh_secret) = match &imported {
                 Some((key, secret)) => (key.clone(), secret.clone()),
-                None => (
-                    PrivateKey::generate(),
-                    crate::server::trust::random_secret(),
-                ),
+                None => (PrivateKey::generate(), crate::keys::random_secret()),
             };
             let key = match get(tx, "server_key")? {
                 Some(text) => {

@@ -25,6 +25,8 @@ pub enum DbError {
     Busy,
     /// The database holds something this build cannot use (the text says what).
     Data(String),
+    /// The last operation found the database unreachable (its error, as text).
+    Unreachable(String),
 }
 
 impl std::fmt::Display for DbError {
@@ -35,7 +37,7 @@ impl std::fmt::Display for DbError {
                 None => write!(f, "database unreachable: {e}"),
             },
             DbError::Busy => f.write_str("every database connection is busy"),
-            DbError::Data(m) => f.write_str(m),
+            DbError::Data(m) | DbError::Unreachable(m) => f.write_str(m),
         }
     }
 }
@@ -47,7 +49,7 @@ impl DbError {
     /// opposed to refusing this one statement.
     pub fn is_outage(&self) -> bool {
         match self {
-            DbError::Busy => true,
+            DbError::Busy | DbError::Unreachable(_) => true,
             DbError::Data(_) => false,
             DbError::Pg(e) => match e.code() {
                 None => true,
