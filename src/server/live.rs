@@ -23,27 +23,49 @@ pub struct PeersQuery {
     pub wait: Option<Duration>,
 }
 
+/// A `/peers` query that cannot be answered: the text names the parameter and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError(pub String);
+
+impl From<String> for QueryError {
+    fn from(text: String) -> QueryError {
+        QueryError(text)
+    }
+}
+
+impl From<&str> for QueryError {
+    fn from(text: &str) -> QueryError {
+        QueryError(text.to_owned())
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl PeersQuery {
     /// Parses the query parameters (given by `param`), naming the bad one and how to fix it.
-    pub fn parse<'a>(param: impl Fn(&str) -> Option<&'a str>) -> Result<PeersQuery, String> {
+    pub fn parse<'a>(param: impl Fn(&str) -> Option<&'a str>) -> Result<PeersQuery, QueryError> {
         let raw_id = param("peer_id")
             .ok_or("missing query parameter `peer_id`: call GET /peers?peer_id=YOUR_PEER_ID")?;
         let peer_id: PeerId = raw_id
             .parse()
             .map_err(|e| format!("query parameter `peer_id`: {e}"))?;
-        let number = |name: &str| -> Result<Option<u64>, String> {
+        let number = |name: &str| -> Result<Option<u64>, QueryError> {
             param(name)
                 .map(|raw| {
                     // Digits only: `+5`, `-1` and `0x10` are mistakes, not numbers.
                     if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit())
                     {
-                        return Err(format!(
+                        return Err(QueryError(format!(
                             "query parameter `{name}`: {:?} is not a whole number",
                             crate::types::describe(raw)
-                        ));
+                        )));
                     }
                     raw.parse::<u64>()
-                        .map_err(|e| format!("query parameter `{name}`: {e}"))
+                        .map_err(|e| QueryError(format!("query parameter `{name}`: {e}")))
                 })
                 .transpose()
         };
@@ -58,10 +80,10 @@ impl PeersQuery {
                 );
             }
             if secs > MAX_WAIT.as_secs() {
-                return Err(format!(
+                return Err(QueryError(format!(
                     "query parameter `wait`: {secs} s is too long, ask for at most {} s",
                     MAX_WAIT.as_secs()
-                ));
+                )));
             }
         }
         Ok(PeersQuery {
@@ -134,7 +156,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn parse(q: &str) -> Result<PeersQuery, String> {
+    fn parse(q: &str) -> Result<PeersQuery, QueryError> {
         let map: HashMap<&str, &str> = q.split('&').filter_map(|p| p.split_once('=')).collect();
         PeersQuery::parse(|name| map.get(name).copied())
     }
@@ -166,7 +188,7 @@ mod tests {
             (format!("peer_id={ID}&since=1&wait=61"), "at most 60 s"),
         ] {
             let err = parse(&q).unwrap_err();
-            assert!(err.contains(needle), "{q}: {err}");
+            assert!(err.0.contains(needle), "{q}: {err}");
         }
     }
 

@@ -117,24 +117,62 @@ impl Metrics {
         stun: &[Arc<StunStats>],
     ) -> String {
         let mut out = String::with_capacity(4096);
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.render_registry(&mut out, peers_total, peers_online);
+        self.render_request_counts(&mut out);
+        self.render_durations(&mut out);
+        header(
+            &mut out,
+            "wgmesh_auth_failures_total",
+            "counter",
+            "Requests refused for a bad MAC, stale time, replay, wrong key, bad token or admin secret.",
+        );
         let _ = writeln!(
             out,
-            "# HELP wgmesh_peers_total Registered peers, online or not."
+            "wgmesh_auth_failures_total {}",
+            load(&self.auth_failures)
         );
-        let _ = writeln!(out, "# TYPE wgmesh_peers_total gauge");
+        header(
+            &mut out,
+            "wgmesh_rate_limited_total",
+            "counter",
+            "Requests answered 429.",
+        );
+        let _ = writeln!(
+            out,
+            "wgmesh_rate_limited_total {}",
+            load(&self.rate_limited)
+        );
+        if !stun.is_empty() {
+            stun.iter()
+                .map(|s| s.snapshot())
+                .fold(StunCounters::default(), StunCounters::merge)
+                .render_prometheus(&mut out);
+        }
+        out
+    }
+
+    /// Peers, registrations, heartbeats, deregistrations and timeouts.
+    fn render_registry(&self, out: &mut String, peers_total: usize, peers_online: usize) {
+        header(
+            out,
+            "wgmesh_peers_total",
+            "gauge",
+            "Registered peers, online or not.",
+        );
         let _ = writeln!(out, "wgmesh_peers_total {peers_total}");
-        let _ = writeln!(
+        header(
             out,
-            "# HELP wgmesh_peers_online Peers within the heartbeat timeout."
+            "wgmesh_peers_online",
+            "gauge",
+            "Peers within the heartbeat timeout.",
         );
-        let _ = writeln!(out, "# TYPE wgmesh_peers_online gauge");
         let _ = writeln!(out, "wgmesh_peers_online {peers_online}");
-        let _ = writeln!(
+        header(
             out,
-            "# HELP wgmesh_registrations_total Registrations by result."
+            "wgmesh_registrations_total",
+            "counter",
+            "Registrations by result.",
         );
-        let _ = writeln!(out, "# TYPE wgmesh_registrations_total counter");
         for (result, c) in [
             ("new", &self.registrations_new),
             ("repeat", &self.registrations_repeat),
@@ -146,36 +184,50 @@ impl Metrics {
                 load(c)
             );
         }
-        let _ = writeln!(out, "# HELP wgmesh_heartbeats_total Heartbeats by result.");
-        let _ = writeln!(out, "# TYPE wgmesh_heartbeats_total counter");
-        let _ = writeln!(
+        header(
             out,
-            "wgmesh_heartbeats_total{{result=\"ok\"}} {}",
-            load(&self.heartbeats_ok)
+            "wgmesh_heartbeats_total",
+            "counter",
+            "Heartbeats by result.",
         );
-        let _ = writeln!(
+        for (result, c) in [
+            ("ok", &self.heartbeats_ok),
+            ("failed", &self.heartbeats_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "wgmesh_heartbeats_total{{result=\"{result}\"}} {}",
+                load(c)
+            );
+        }
+        header(
             out,
-            "wgmesh_heartbeats_total{{result=\"failed\"}} {}",
-            load(&self.heartbeats_failed)
+            "wgmesh_deregistrations_total",
+            "counter",
+            "Peers that left.",
         );
-        let _ = writeln!(out, "# HELP wgmesh_deregistrations_total Peers that left.");
-        let _ = writeln!(out, "# TYPE wgmesh_deregistrations_total counter");
         let _ = writeln!(
             out,
             "wgmesh_deregistrations_total {}",
             load(&self.deregistrations)
         );
-        let _ = writeln!(
+        header(
             out,
-            "# HELP wgmesh_peer_timeouts_total Peers marked offline for missing heartbeats."
+            "wgmesh_peer_timeouts_total",
+            "counter",
+            "Peers marked offline for missing heartbeats.",
         );
-        let _ = writeln!(out, "# TYPE wgmesh_peer_timeouts_total counter");
         let _ = writeln!(out, "wgmesh_peer_timeouts_total {}", load(&self.timeouts));
-        let _ = writeln!(
+    }
+
+    /// Requests answered, by endpoint and status class (classes never seen are left out).
+    fn render_request_counts(&self, out: &mut String) {
+        header(
             out,
-            "# HELP wgmesh_http_requests_total Requests answered, by endpoint and status class."
+            "wgmesh_http_requests_total",
+            "counter",
+            "Requests answered, by endpoint and status class.",
         );
-        let _ = writeln!(out, "# TYPE wgmesh_http_requests_total counter");
         for endpoint in Endpoint::ALL {
             let stats = &self.endpoints[endpoint as usize];
             for (i, c) in stats.by_class.iter().enumerate() {
@@ -190,11 +242,16 @@ impl Metrics {
                 }
             }
         }
-        let _ = writeln!(
+    }
+
+    /// The request duration histogram, by endpoint.
+    fn render_durations(&self, out: &mut String) {
+        header(
             out,
-            "# HELP wgmesh_http_request_duration_seconds Time to answer a request, by endpoint."
+            "wgmesh_http_request_duration_seconds",
+            "histogram",
+            "Time to answer a request, by endpoint.",
         );
-        let _ = writeln!(out, "# TYPE wgmesh_http_request_duration_seconds histogram");
         for endpoint in Endpoint::ALL {
             let stats = &self.endpoints[endpoint as usize];
             let label = endpoint.label();
@@ -221,25 +278,18 @@ impl Metrics {
                 "wgmesh_http_request_duration_seconds_count{{endpoint=\"{label}\"}} {count}"
             );
         }
-        let _ = write!(
-            out,
-            "# HELP wgmesh_auth_failures_total Requests refused for a bad MAC, stale time, replay, wrong key, bad token or admin secret.\n\
-             # TYPE wgmesh_auth_failures_total counter\n\
-             wgmesh_auth_failures_total {}\n\
-             # HELP wgmesh_rate_limited_total Requests answered 429.\n\
-             # TYPE wgmesh_rate_limited_total counter\n\
-             wgmesh_rate_limited_total {}\n",
-            load(&self.auth_failures),
-            load(&self.rate_limited)
-        );
-        if !stun.is_empty() {
-            stun.iter()
-                .map(|s| s.snapshot())
-                .fold(StunCounters::default(), StunCounters::merge)
-                .render_prometheus(&mut out);
-        }
-        out
     }
+}
+
+/// Reads a counter.
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// A metric's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

@@ -248,7 +248,9 @@ impl RunningServer {
     pub fn start(config: &ServerConfig) -> Result<RunningServer, ServerError> {
         // Certificates first: a bad --tls-cert should fail before any state is touched.
         let tls = match &config.tls {
-            Some(files) => Some(http::load_tls_config(files).map_err(ServerError::Config)?),
+            Some(files) => {
+                Some(http::load_tls_config(files).map_err(|e| ServerError::Config(e.0))?)
+            }
             None => None,
         };
         let Opened {

@@ -75,7 +75,8 @@ impl Api {
         authed: &mut Option<Authed>,
     ) -> Result<(PeersQuery, Vec<Tag>), Refusal> {
         let key = self.authenticate(req, authed)?;
-        let query = PeersQuery::parse(|name| req.query_param(name)).map_err(|e| Refusal(400, e))?;
+        let query =
+            PeersQuery::parse(|name| req.query_param(name)).map_err(|e| Refusal(400, e.0))?;
         self.check_owner(req, &key, &query.peer_id)?;
         let tags = match self.state.registry().by_id(&query.peer_id) {
             Some(record) => record.tags.clone(),

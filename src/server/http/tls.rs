@@ -20,51 +20,64 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Why the certificate and key could not be used: the text names the flag, the file and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSetupError(pub String);
+
+impl std::fmt::Display for TlsSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsSetupError {}
+
 /// Builds the rustls server configuration from PEM files.
 ///
 /// Uses rustls 0.23 with the `ring` provider (no cmake or aws-lc build) and rustls' safe
 /// defaults (TLS 1.2 and 1.3, no client certificates: peers authenticate with request MACs,
 /// not certificates). Errors name the file and what is wrong with it, since a bad path or a
 /// key that does not match the certificate is the usual first-run mistake.
-pub fn load_tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn load_tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| pem_error("--tls-cert", &files.cert, e))?;
     if certs.is_empty() {
-        return Err(format!(
+        return Err(TlsSetupError(format!(
             "--tls-cert {}: no CERTIFICATE block in the file",
             files.cert.display()
-        ));
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| pem_error("--tls-key", &files.key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map(Arc::new)
         .map_err(|e| {
-            format!(
+            TlsSetupError(format!(
                 "--tls-cert {} and --tls-key {} are not a usable pair: {e}",
                 files.cert.display(),
                 files.key.display()
-            )
+            ))
         })
 }
 
-fn pem_error(flag: &str, path: &Path, e: rustls::pki_types::pem::Error) -> String {
+fn pem_error(flag: &str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsSetupError {
     use rustls::pki_types::pem::Error;
-    match e {
+    TlsSetupError(match e {
         Error::Io(io) => format!("{flag} {}: {io}", path.display()),
         Error::NoItemsFound => {
             format!("{flag} {}: no usable PEM block in the file", path.display())
         }
         other => format!("{flag} {}: not valid PEM ({other:?})", path.display()),
-    }
+    })
 }
 
 /// The TCP socket under a TLS session. rustls may read the socket several times to produce
