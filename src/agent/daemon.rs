@@ -4,7 +4,7 @@
 //! and on a signal: tell the server we go offline, then tear down.
 
 use super::client::{ApiClient, ClientError};
-use super::dns::MeshDns;
+use super::dns_service::MeshDns;
 use super::engine::{Engine, Sink};
 use super::error::AgentError;
 use crate::os::runner::Runner;

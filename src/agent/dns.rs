@@ -1,5 +1,6 @@
 //! `NAME.mesh` on this node while `wgmesh up` runs: the resolver's table follows each sync,
-//! it answers on this node's mesh addresses, and the OS is told to send `.mesh` to it.
+//! it answers on this node's mesh addresses, and the OS is told to send `.mesh` to it. This
+//! file holds the decisions and what is recorded; [`super::dns_service`] runs them.
 //!
 //! Only `up` serves DNS: a one-shot `sync` exits at once, so pointing the OS at a resolver
 //! that is gone would only make `.mesh` lookups time out. What the OS was told is recorded
@@ -7,33 +8,17 @@
 //! crash, and a rebuild of the interface remove exactly that.
 //!
 //! Observe (assignment, peer list, whether systemd-resolved runs, the hosts file), decide
-//! ([`wanted`], [`hosts_entries`], pure), apply (plans through the engine's sink).
+//! ([`wanted`], [`hosts_entries`], pure), apply (plans through the engine's sink, in [`super::dns_service`]).
 
-use super::engine::{Engine, Sink};
+use super::config::AppliedDns;
 use super::error::AgentError;
-use super::resolver::{Addresses, Resolver, Table, DNS_PORT, ZONE};
+use super::resolver::{Table, ZONE};
 use crate::os::dns::{self, DnsMethod};
 use crate::os::{Plan, TargetOs};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-
-/// The OS side of mesh DNS as set up on this host, so it can be undone exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppliedDns {
-    /// How `.mesh` reaches the resolver.
-    pub method: DnsMethod,
-    /// The interface the setting hangs on (resolved's link, the NRPT rule's tag).
-    pub interface: String,
-    /// The resolver's addresses the OS was given.
-    pub servers: Vec<IpAddr>,
-    /// The hosts file holding our block, for [`DnsMethod::Hosts`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hosts_file: Option<PathBuf>,
-}
 
 /// How `up` was asked to do DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +69,7 @@ pub fn hosts_entries(table: &Table) -> Vec<(String, Vec<IpAddr>)> {
 }
 
 /// Reads a hosts file; a missing one is empty (we will create it).
-fn read_hosts(path: &Path) -> Result<String, AgentError> {
+pub(super) fn read_hosts(path: &Path) -> Result<String, AgentError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
@@ -111,156 +96,6 @@ pub fn undo_plan(applied: &AppliedDns) -> Result<Plan, AgentError> {
         plan.extend(dns::hosts_plan(path, &read_hosts(path)?, &name, &[]));
     }
     Ok(plan)
-}
-
-/// The resolver and the OS setting, kept in step with the agent's syncs by `up`.
-pub struct MeshDns {
-    options: DnsOptions,
-    resolver: Resolver,
-    /// Whether we registered again to learn our own name (configs from before names).
-    asked_for_name: bool,
-    /// Addresses we already warned about not being able to bind, so a retry each sync does not
-    /// repeat the warning.
-    warned: BTreeSet<SocketAddr>,
-    /// Whether systemd-resolved runs, when told rather than observed (tests).
-    resolved: Option<bool>,
-}
-
-impl MeshDns {
-    /// Mesh DNS with these options, serving nowhere until the first [`MeshDns::refresh`].
-    pub fn new(options: DnsOptions) -> MeshDns {
-        MeshDns {
-            options,
-            resolver: Resolver::new(),
-            asked_for_name: false,
-            warned: BTreeSet::new(),
-            resolved: None,
-        }
-    }
-
-    /// Takes whether systemd-resolved runs as given instead of looking (for tests, so the
-    /// plan does not depend on the machine running them).
-    pub fn assume_resolved(mut self, running: bool) -> MeshDns {
-        self.resolved = Some(running);
-        self
-    }
-
-    /// After a sync: rebuild the table from the peer list, serve on this node's mesh
-    /// addresses, and bring the OS setting (and hosts block) to what it should be.
-    pub fn refresh(&mut self, engine: &mut Engine, sink: &mut Sink<'_>) -> Result<(), AgentError> {
-        let needs_name = engine
-            .config
-            .assignment
-            .as_ref()
-            .is_some_and(|a| a.dns_name.is_none());
-        if needs_name && !self.asked_for_name {
-            // Registered before names existed: registering again (idempotent) tells us ours.
-            self.asked_for_name = true;
-            engine.register()?;
-        }
-        let Some(assignment) = engine.config.assignment.clone() else {
-            return Ok(());
-        };
-        let applied = engine
-            .config
-            .applied
-            .as_ref()
-            .and_then(|a| a.interface.parse::<InterfaceName>().ok());
-        let real_name = match applied {
-            Some(name) => name,
-            // A dry run records nothing: show the plan for the interface it would create.
-            None if sink.is_dry_run() => engine.config.interface.clone(),
-            None => return Ok(()),
-        };
-        let prefix6 = crate::proto::mesh6::prefix(&assignment.server_public_key);
-        let own = Addresses {
-            v4: assignment.assigned_ip,
-            v6: Some(crate::proto::mesh6::address(
-                prefix6,
-                assignment.assigned_ip,
-            )),
-        };
-        let peers: Vec<PeerInfo> = engine
-            .last_list
-            .as_ref()
-            .map(|k| k.peers.clone())
-            .unwrap_or_default();
-        let table = Table::build(
-            assignment.dns_name.as_ref().map(|n| (n, own)),
-            &peers,
-            Some(prefix6),
-        );
-        let servers: Vec<IpAddr> = [IpAddr::V4(own.v4)]
-            .into_iter()
-            .chain(own.v6.map(IpAddr::V6))
-            .collect();
-
-        if !sink.is_dry_run() {
-            self.resolver.set_table(table.clone());
-            let addrs: Vec<SocketAddr> = servers
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, DNS_PORT))
-                .collect();
-            for (addr, e) in self.resolver.serve_on(&addrs) {
-                if self.warned.insert(addr) {
-                    log::warn!(
-                        "DNS: cannot answer on {addr} ({e}); is another DNS server bound to port \
-                         {DNS_PORT} on all addresses? Retrying at each sync (--dns off disables)"
-                    );
-                }
-            }
-        }
-
-        let want = wanted(
-            engine.os,
-            &self.options,
-            self.resolved.unwrap_or_else(dns::resolved_running),
-            &real_name,
-            &servers,
-        );
-        let have = engine.config.applied.as_ref().and_then(|a| a.dns.clone());
-        if have.as_ref() != Some(&want) {
-            if let Some(old) = &have {
-                sink.apply(&undo_plan(old)?)?;
-            }
-            sink.apply(&dns::on(want.method, &real_name, &want.servers))?;
-            match want.method {
-                DnsMethod::Manual => log::info!("{}", dns::manual_hint(&want.servers)),
-                method => log::info!(".{ZONE} names go to this node's resolver ({method:?})"),
-            }
-            record(engine, sink, Some(want.clone()))?;
-        }
-        if let Some(path) = &want.hosts_file {
-            let plan =
-                dns::hosts_plan(path, &read_hosts(path)?, &real_name, &hosts_entries(&table));
-            sink.apply(&plan)?;
-        }
-        Ok(())
-    }
-
-    /// The table answers come from now (for tests and status).
-    pub fn table(&self) -> std::sync::Arc<Table> {
-        self.resolver.table()
-    }
-
-    /// Stops answering (the OS setting is removed by the engine's teardown).
-    pub fn shutdown(&mut self) {
-        self.resolver.shutdown();
-    }
-}
-
-/// Records the OS side as applied (never in a dry run) and saves the config.
-fn record(engine: &mut Engine, sink: &Sink<'_>, dns: Option<AppliedDns>) -> Result<(), AgentError> {
-    if sink.is_dry_run() {
-        return Ok(());
-    }
-    if let Some(applied) = engine.config.applied.as_mut() {
-        applied.dns = dns;
-        if engine.persist {
-            engine.config.save(&engine.config_path)?;
-        }
-    }
-    Ok(())
 }
 
 /// What `status` says about mesh DNS: how names reach the resolver, or how to use it.
@@ -318,6 +153,7 @@ pub fn annotate_export(config: &str, peers: &[PeerInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::resolver::Addresses;
 
     fn wg0() -> InterfaceName {
         "wg0".parse().unwrap()
@@ -413,155 +249,6 @@ mod tests {
             "{out}"
         );
         assert_eq!(out.lines().count(), config.lines().count() + 1);
-    }
-
-    /// An engine as `up` has it after a sync: registered as `me` (10.100.0.5) with the
-    /// interface wg0 applied, and `peers` in its last list. It never talks to a server.
-    fn engine(dir: &Path, peers: Vec<PeerInfo>) -> Engine {
-        use super::super::client::ApiClient;
-        use super::super::config::{Applied, Assignment, ClientConfig};
-        let mut config = ClientConfig::generate(wg0());
-        let server_key = crate::keys::PrivateKey::generate().public_key();
-        config.assignment = Some(Assignment {
-            peer_id: crate::types::PeerId::for_key(&config.private_key.public_key()),
-            assigned_ip: "10.100.0.5".parse().unwrap(),
-            network_cidr: "10.100.0.0/16".parse().unwrap(),
-            server_public_key: server_key,
-            dns_name: Some("me".parse().unwrap()),
-        });
-        config.applied = Some(Applied {
-            os: "linux".into(),
-            interface: "wg0".into(),
-            address: Some("10.100.0.5".parse().unwrap()),
-            ..Applied::default()
-        });
-        Engine {
-            client: ApiClient::new(
-                "http://127.0.0.1:9".parse().unwrap(),
-                std::time::Duration::from_secs(1),
-            ),
-            config,
-            config_path: dir.join("client.json"),
-            os: TargetOs::Linux,
-            reader: None,
-            last_list: Some(crate::agent::known::KnownPeers {
-                peers,
-                ..Default::default()
-            }),
-            relay_probe: Default::default(),
-            persist: true,
-            paths: Default::default(),
-            path_settings: Default::default(),
-            path_choices: Default::default(),
-        }
-    }
-
-    fn web() -> PeerInfo {
-        let key = crate::keys::PrivateKey::generate().public_key();
-        PeerInfo {
-            id: crate::types::PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: "10.100.0.7".parse().unwrap(),
-            endpoint: None,
-            hostname: "web".parse().unwrap(),
-            dns_name: Some("web".parse().unwrap()),
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec!["10.100.0.7/32".parse().unwrap()],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-        }
-    }
-
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("wgmesh-dns-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn with_resolved_the_link_gets_mesh_once_and_teardown_reverts_it() {
-        use crate::os::runner::RecordingRunner;
-        let dir = temp("resolved");
-        let mut engine = engine(&dir, vec![web()]);
-        let mut dns = MeshDns::new(DnsOptions::default()).assume_resolved(true);
-        let v6 = crate::proto::mesh6::address(
-            crate::proto::mesh6::prefix(
-                &engine.config.assignment.as_ref().unwrap().server_public_key,
-            ),
-            "10.100.0.5".parse().unwrap(),
-        );
-        let mut runner = RecordingRunner::new();
-        runner
-            .expect(&format!("resolvectl dns wg0 10.100.0.5 {v6}"))
-            .expect("resolvectl domain wg0 '~mesh'")
-            .expect("resolvectl default-route wg0 false");
-        dns.refresh(&mut engine, &mut Sink::Run(&mut runner))
-            .unwrap();
-        runner.assert_done();
-        assert_eq!(dns.table().len(), 2, "web and ourselves");
-        let applied = engine.config.applied.as_ref().unwrap().dns.clone().unwrap();
-        assert_eq!(applied.method, DnsMethod::Resolved);
-        // Saved, so `down` after a crash knows what to undo.
-        let saved = std::fs::read_to_string(dir.join("client.json")).unwrap();
-        assert!(saved.contains("\"resolved\""), "{saved}");
-        // Nothing changed: nothing runs (the runner panics on any command).
-        let mut quiet = RecordingRunner::new();
-        dns.refresh(&mut engine, &mut Sink::Run(&mut quiet))
-            .unwrap();
-        // Teardown reverts the link before the interface goes.
-        let mut down = RecordingRunner::new();
-        down.expect("resolvectl revert wg0")
-            .expect("ip link delete dev wg0");
-        assert!(engine.teardown(&mut Sink::Run(&mut down)).unwrap());
-        down.assert_done();
-        dns.shutdown();
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_hosts_block_follows_the_peer_list_and_teardown_restores_the_file() {
-        use crate::os::runner::{RecordingRunner, SystemRunner};
-        let dir = temp("hosts");
-        let hosts = dir.join("hosts");
-        let original = "127.0.0.1\tlocalhost\n";
-        std::fs::write(&hosts, original).unwrap();
-        let mut engine = engine(&dir, vec![web()]);
-        let options = DnsOptions {
-            hosts: true,
-            hosts_file: hosts.clone(),
-        };
-        let mut dns = MeshDns::new(options).assume_resolved(false);
-        // Hosts and manual methods run no command: only the file is written.
-        dns.refresh(&mut engine, &mut Sink::Run(&mut SystemRunner::new()))
-            .unwrap();
-        let text = std::fs::read_to_string(&hosts).unwrap();
-        assert!(text.starts_with(original), "{text}");
-        assert!(text.contains("10.100.0.7\tweb.mesh\n"), "{text}");
-        assert!(text.contains("10.100.0.5\tme.mesh\n"), "{text}");
-        // Same list: the file is not rewritten (the recording runner refuses any write).
-        let mut quiet = RecordingRunner::new();
-        dns.refresh(&mut engine, &mut Sink::Run(&mut quiet))
-            .unwrap();
-        // web leaves: its lines go.
-        engine.last_list = Some(Default::default());
-        dns.refresh(&mut engine, &mut Sink::Run(&mut SystemRunner::new()))
-            .unwrap();
-        let text = std::fs::read_to_string(&hosts).unwrap();
-        assert!(
-            !text.contains("web.mesh") && text.contains("me.mesh"),
-            "{text}"
-        );
-        // Teardown gives back the file as it was.
-        let mut down = RecordingRunner::new();
-        let restore = crate::os::dns::hosts_plan(&hosts, &text, &wg0(), &[]);
-        down.expect_write(&restore.files[0].render())
-            .expect("ip link delete dev wg0");
-        engine.teardown(&mut Sink::Run(&mut down)).unwrap();
-        assert_eq!(down.written[0].1, original.as_bytes());
-        dns.shutdown();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

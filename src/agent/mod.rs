@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod desired;
 pub mod dns;
+pub mod dns_service;
 pub mod engine;
 pub mod error;
 pub mod host;

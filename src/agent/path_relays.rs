@@ -1,10 +1,15 @@
 //! Where relayed paths ([`super::path`]) meet: the server's own relay, learned from the
 //! port its peer list advertises, and with replicas each live replica's relay, so both ends
-//! of a pair pick the same one. Part of [`Engine`], kept beside the path choice it feeds.
+//! of a pair pick the same one; and which of those relays still answer
+//! ([`super::relay_probe`] asks, [`super::relay_health`] decides). Part of [`Engine`], kept
+//! beside the path choice it feeds.
 
 use super::engine::Engine;
 use super::host;
+use super::relay_probe::LIST_EVERY;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 impl Engine {
     /// Where the server relays WireGuard (its own host, the port it advertises). A full list
@@ -58,6 +63,41 @@ impl Engine {
                 relays.values().collect::<Vec<_>>()
             );
             self.paths.relays = relays;
+        }
+    }
+}
+
+impl Engine {
+    /// Asks the replica relays our relayed peers use (and those down) whether they still
+    /// answer, and takes the down ones out of the rendezvous
+    /// ([`super::path::PathTable::relay_for`]). `wait` zero: `up`'s tick, which reads the
+    /// previous tick's answers and sends; else a one-shot round that waits that long.
+    /// Nothing to do with fewer than two replicas.
+    pub(super) fn watch_relays(&mut self, wait: Duration) {
+        let stale = self
+            .relay_probe
+            .listed_at
+            .is_none_or(|t| t.elapsed() >= LIST_EVERY);
+        if stale && !self.paths.relays.is_empty() && !self.paths.relays_in_use().is_empty() {
+            self.refresh_relays();
+        }
+        let listed: BTreeSet<SocketAddr> = self.paths.relays.values().copied().collect();
+        self.paths.health.retain(&listed);
+        if listed.len() < 2 {
+            return;
+        }
+        let in_use = self.paths.relays_in_use();
+        let (gone, back) = self
+            .relay_probe
+            .watch(&mut self.paths.health, &in_use, wait);
+        for relay in gone {
+            log::warn!(
+                "the relay at {relay} stopped answering: relayed pairs that met there move to \
+                 another replica's relay"
+            );
+        }
+        for relay in back {
+            log::info!("the relay at {relay} answers again: it rejoins the rendezvous");
         }
     }
 }

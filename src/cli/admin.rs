@@ -5,7 +5,8 @@
 //! Going through the server (rather than editing its files) keeps one writer per file and
 //! makes changes take effect at once.
 
-use super::{init_logging, Failure, LogLevel, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use super::exit::{Failure, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use super::output::{init_logging, LogLevel};
 use crate::agent::client::ServerUrl;
 use crate::proto::admin::{
     AdminPeersResponse, PolicyReloadResponse, TokenCreateRequest, TokenCreateResponse,

@@ -2,7 +2,8 @@
 //! get, does its NAT map by destination, and (with an exit node in use) does the internet see
 //! the exit node's address.
 
-use super::{init_logging, Failure, LogLevel, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use super::exit::{Failure, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use super::output::{init_logging, write_stdout, LogLevel};
 use crate::agent::config::{self, ClientConfig};
 use crate::agent::netcheck::{self, ExitCheck, Report};
 use argh::FromArgs;
@@ -117,7 +118,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
             relay,
         })
         .expect("serializes");
-        super::agent::write_stdout(&format!("{text}\n"))?;
+        write_stdout(&format!("{text}\n"))?;
     } else {
         let mut text = report.to_string();
         if let Some(r) = &relay {
@@ -142,7 +143,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
                 }
             ));
         }
-        super::agent::write_stdout(&text)?;
+        write_stdout(&text)?;
     }
     if !udp_ok {
         return Err(Failure::new(EXIT_SERVER, format!("no STUN answer from {primary}: UDP to the server is blocked or it runs without --udp-listen")));

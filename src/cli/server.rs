@@ -1,6 +1,7 @@
 //! `wgmesh server`: the coordination server on its embedded JSON store.
 
-use super::{init_logging, Failure, LogLevel, EXIT_INTERNAL, EXIT_STATE, EXIT_USAGE};
+use super::exit::{Failure, EXIT_INTERNAL, EXIT_STATE, EXIT_USAGE};
+use super::output::{init_logging, LogLevel};
 use crate::server::{run_until_signalled, ServerConfig, ServerError};
 use argh::FromArgs;
 use std::net::SocketAddr;

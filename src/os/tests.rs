@@ -5,6 +5,7 @@
 use super::runner::{Runner, SystemRunner};
 use super::*;
 use crate::keys::{PrivateKey, PublicKey};
+use ipnet::IpNet;
 use std::path::Path;
 
 const PRIVATE: &str = "QNpZDY3OBvXJBPTgNPCX8Y31UzgAFy07ZEs68LXlpWM=";

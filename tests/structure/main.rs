@@ -228,6 +228,13 @@ fn import_cycles(krate: &Crate) -> Vec<String> {
         if !rest.is_empty() {
             text += &format!("\n  also in this circle: {}", rest.join(", "));
         }
+        text += "\n  every edge inside it:";
+        for (&(a, b), (line, path)) in &edges {
+            if group.contains(&a) && group.contains(&b) {
+                let (from, to) = (&krate.files[a].rel, &krate.files[b].rel);
+                text += &format!("\n    {from}:{line} -> {to} ({path})");
+            }
+        }
         out.push(text);
     }
     out

@@ -1,7 +1,7 @@
 //! TLS to an `https://` server: which CAs its certificate must chain to (`--ca`), and
 //! reporting a TLS failure as such rather than as a bare I/O error.
 
-use super::ClientError;
+use super::error::ClientError;
 use std::path::Path;
 use std::sync::Arc;
 

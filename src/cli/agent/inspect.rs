@@ -1,9 +1,11 @@
 //! `status` and `export`: the client subcommands that only read this node's config, cached
 //! peer list and interface, and print them (a table, JSON, or a wg-quick file).
 
-use super::{agent_failure, print_json, write_stdout};
 use crate::agent::{config, status};
-use crate::cli::{init_logging, Failure, LogLevel};
+use crate::cli::exit::agent_failure;
+use crate::cli::exit::Failure;
+use crate::cli::output::{init_logging, LogLevel};
+use crate::cli::output::{print_json, write_stdout};
 use crate::os::runner::SystemRunner;
 use argh::FromArgs;
 use std::path::PathBuf;

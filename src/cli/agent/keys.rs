@@ -1,8 +1,8 @@
 //! `genkey` and `pubkey`: WireGuard key utilities like `wg genkey` and `wg pubkey`, needing
 //! no config, server or interface.
 
-use super::write_stdout;
-use crate::cli::{Failure, EXIT_USAGE};
+use crate::cli::exit::{Failure, EXIT_USAGE};
+use crate::cli::output::write_stdout;
 use crate::keys::PrivateKey;
 use argh::FromArgs;
 use std::io::Read;

@@ -1,15 +1,13 @@
 //! The client subcommands: `up`, `sync`, `down`, `status`, `export`, `genkey`, `pubkey`.
 
-use super::{
-    init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_SERVER, EXIT_STATE,
-    EXIT_USAGE,
-};
+use super::exit::{agent_failure, Failure, EXIT_INTERNAL, EXIT_USAGE};
+use super::output::{init_logging, print_json, LogLevel};
 use crate::agent::client::ServerUrl;
-use crate::agent::config::{self, ConfigError, ExitFallback};
+use crate::agent::config::{self, ExitFallback};
 use crate::agent::daemon::{self, Intervals};
-use crate::agent::dns::{DnsOptions, MeshDns};
+use crate::agent::dns::DnsOptions;
+use crate::agent::dns_service::MeshDns;
 use crate::agent::engine::{self, Sink};
-use crate::agent::error::AgentError;
 use crate::agent::path::PathSettings;
 use crate::agent::setup::{self, Overrides};
 use crate::keys::PublicKey;
@@ -17,8 +15,6 @@ use crate::os::runner::SystemRunner;
 use crate::os::TargetOs;
 use crate::types::{Endpoint, Hostname, InterfaceName};
 use argh::FromArgs;
-use serde::Serialize;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -29,17 +25,6 @@ mod keys;
 
 pub use inspect::{export, status, ExportArgs, StatusArgs};
 pub use keys::{genkey, pubkey, GenkeyArgs, PubkeyArgs};
-
-fn agent_failure(e: AgentError) -> Failure {
-    let code = match &e {
-        AgentError::Usage(_) => EXIT_USAGE,
-        AgentError::Config(ConfigError::Invalid(..)) => EXIT_USAGE,
-        AgentError::Config(ConfigError::Io(_)) => EXIT_STATE,
-        AgentError::Server(_) => EXIT_SERVER,
-        AgentError::Command(_) => EXIT_COMMAND,
-    };
-    Failure::new(code, e.to_string())
-}
 
 /// The join token from `--token`, else `--token-file`, else the `WGMESH_TOKEN` environment
 /// variable: the last two keep it out of shell history and `ps`.
@@ -411,21 +396,4 @@ pub fn down(args: DownArgs) -> Result<(), Failure> {
     }
     .map_err(agent_failure)?;
     Ok(())
-}
-
-fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
-    let mut text = serde_json::to_string_pretty(value).expect("output types serialize");
-    text.push('\n');
-    write_stdout(&text)
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-pub(super) fn write_stdout(text: &str) -> Result<(), Failure> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
-            EXIT_INTERNAL,
-            format!("cannot write to stdout: {e}"),
-        )),
-        _ => Ok(()),
-    }
 }
