@@ -1,8 +1,8 @@
 //! The exit codes `wgmesh` promises (README "Commands and exit codes"), the error every
 //! subcommand returns carrying one, and how the agent's errors map onto them.
 
-use crate::agent::config::ConfigError;
 use crate::agent::error::AgentError;
+use crate::agent::state::config::ConfigError;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;

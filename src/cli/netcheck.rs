@@ -4,8 +4,8 @@
 
 use super::exit::{Failure, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
 use super::output::{init_logging, write_stdout, LogLevel};
-use crate::agent::config::{self, ClientConfig};
-use crate::agent::netcheck::{self, ExitCheck, Report};
+use crate::agent::observe::netcheck::{self, ExitCheck, Report};
+use crate::agent::state::config::{self, ClientConfig};
 use argh::FromArgs;
 use serde::Serialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -89,7 +89,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
     // The relay is the coordination server's: checked when netcheck asks that server (not
     // another STUN server given with --server), reusing the STUN answer when it is the same
     // port.
-    let relay = crate::agent::path::PathTable::load(&path)
+    let relay = crate::agent::decide::path::PathTable::load(&path)
         .relay
         .filter(|_| args.server.is_none())
         .map(|address| {

@@ -1,7 +1,8 @@
 //! `status` and `export`: the client subcommands that only read this node's config, cached
 //! peer list and interface, and print them (a table, JSON, or a wg-quick file).
 
-use crate::agent::{config, status};
+use crate::agent::state::config;
+use crate::agent::status;
 use crate::cli::exit::agent_failure;
 use crate::cli::exit::Failure;
 use crate::cli::output::{init_logging, LogLevel};

@@ -1,6 +1,6 @@
 //! `NAME.mesh` on this node while `wgmesh up` runs: the resolver's table follows each sync,
 //! it answers on this node's mesh addresses, and the OS is told to send `.mesh` to it. This
-//! file holds the decisions and what is recorded; [`super::dns_service`] runs them.
+//! file holds the decisions and what is recorded; [`super::dns::service`] runs them.
 //!
 //! Only `up` serves DNS: a one-shot `sync` exits at once, so pointing the OS at a resolver
 //! that is gone would only make `.mesh` lookups time out. What the OS was told is recorded
@@ -8,15 +8,18 @@
 //! crash, and a rebuild of the interface remove exactly that.
 //!
 //! Observe (assignment, peer list, whether systemd-resolved runs, the hosts file), decide
-//! ([`wanted`], [`hosts_entries`], pure), apply (plans through the engine's sink, in [`super::dns_service`]).
+//! ([`wanted`], [`hosts_entries`], pure), apply (plans through the engine's sink, in [`super::dns::service`]).
 
-use super::config::AppliedDns;
+pub mod resolver;
+pub mod service;
+
 use super::error::AgentError;
-use super::resolver::{Table, ZONE};
+use super::state::config::AppliedDns;
 use crate::os::dns::{self, DnsMethod};
 use crate::os::{Plan, TargetOs};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
+use resolver::{Table, ZONE};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -153,7 +156,7 @@ pub fn annotate_export(config: &str, peers: &[PeerInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::resolver::Addresses;
+    use crate::agent::dns::resolver::Addresses;
 
     fn wg0() -> InterfaceName {
         "wg0".parse().unwrap()

@@ -2,11 +2,11 @@
 //! create) the config, apply the overrides, pin the server key, and hand back an [`Engine`]
 //! whose reader observes this host when it plans this host's OS.
 
-use super::client::{ApiClient, ServerUrl, TlsTrust};
-use super::config::{self, ClientConfig, ExitFallback};
-use super::engine::Engine;
-use super::error::AgentError;
-use super::path::{PathSettings, PathTable};
+use crate::agent::client::{ApiClient, ServerUrl, TlsTrust};
+use crate::agent::decide::path::{PathSettings, PathTable};
+use crate::agent::error::AgentError;
+use crate::agent::run::engine::Engine;
+use crate::agent::state::config::{self, ClientConfig, ExitFallback};
 use crate::keys::PublicKey;
 use crate::os::runner::{Runner, SystemRunner};
 use crate::os::TargetOs;

@@ -1,10 +1,10 @@
-//! The socket edge of [`super::relay_health`]: sends STUN binding requests to the replica
+//! The socket edge of [`crate::agent::decide::relay_health`]: sends STUN binding requests to the replica
 //! relays in use and reads their answers, feeding the pure health state. `up` asks without
 //! waiting (answers are read on the next one-second tick); a one-shot `sync` waits up to a
 //! second for one round, with two retries, because it runs once a minute at best. The
-//! engine's step that uses it is `Engine::watch_relays` ([`super::path_relays`]).
+//! engine's step that uses it is `Engine::watch_relays` ([`crate::agent::run::relays`]).
 
-use super::relay_health::RelayHealth;
+use crate::agent::decide::relay_health::RelayHealth;
 use crate::proto::stun::{self, TransactionId};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -144,7 +144,7 @@ impl RelayProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::relay_health::DOWN_AFTER;
+    use crate::agent::decide::relay_health::DOWN_AFTER;
     use crate::proto::stun::{encode_binding_success, parse_binding_request, ResponseOptions};
 
     /// A STUN server on loopback that answers every request until dropped, and a socket

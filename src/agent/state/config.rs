@@ -2,7 +2,7 @@
 //! the private key, the server, what the server assigned, and what this host has applied so
 //! `down` can undo exactly that. Mode 0600, written atomically.
 
-use super::client::ServerUrl;
+use crate::agent::client::ServerUrl;
 use crate::fsutil;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::os::dns::DnsMethod;
@@ -122,7 +122,7 @@ pub struct Applied {
 }
 
 /// The OS side of mesh DNS as set up on this host, so it can be undone exactly
-/// ([`super::dns::undo_plan`]).
+/// ([`crate::agent::dns::undo_plan`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedDns {
     /// How `.mesh` reaches the resolver.

@@ -3,10 +3,10 @@
 //! timers, the mesh kept as it is while the server is unreachable (retrying with backoff),
 //! and on a signal: tell the server we go offline, then tear down.
 
-use super::client::{ApiClient, ClientError};
-use super::dns_service::MeshDns;
-use super::engine::{Engine, Sink};
-use super::error::AgentError;
+use crate::agent::client::{ApiClient, ClientError};
+use crate::agent::dns::service::MeshDns;
+use crate::agent::error::AgentError;
+use crate::agent::run::engine::{Engine, Sink};
 use crate::os::runner::Runner;
 use crate::proto::model::PeersDelta;
 use crate::types::PeerId;

@@ -3,7 +3,7 @@
 //! its quick route check, and plans pins and halves from that ([`crate::os::pins`]), never
 //! from what it saved. This is the thin I/O edge; the decisions are pure and tested there.
 
-use super::config::{AppliedTunnel, Assignment};
+use crate::agent::state::config::{AppliedTunnel, Assignment};
 use crate::os::pins::{self, Pinned, TunnelRoutes};
 use crate::os::route_table::{RouteTable, Uplink};
 use crate::os::runner::Runner;

@@ -1,12 +1,12 @@
-//! Where relayed paths ([`super::path`]) meet: the server's own relay, learned from the
+//! Where relayed paths ([`crate::agent::decide::path`]) meet: the server's own relay, learned from the
 //! port its peer list advertises, and with replicas each live replica's relay, so both ends
 //! of a pair pick the same one; and which of those relays still answer
-//! ([`super::relay_probe`] asks, [`super::relay_health`] decides). Part of [`Engine`], kept
+//! ([`crate::agent::observe::relay_probe`] asks, [`crate::agent::decide::relay_health`] decides). Part of [`Engine`], kept
 //! beside the path choice it feeds.
 
-use super::engine::Engine;
-use super::host;
-use super::relay_probe::LIST_EVERY;
+use crate::agent::observe::host;
+use crate::agent::observe::relay_probe::LIST_EVERY;
+use crate::agent::run::engine::Engine;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 impl Engine {
     /// Where the server relays WireGuard (its own host, the port it advertises). A full list
     /// without a port means no relay; a delta without one keeps what we know.
-    pub(super) fn learn_relay(&mut self, relay_port: Option<u16>, authoritative: bool) {
+    pub(in crate::agent) fn learn_relay(&mut self, relay_port: Option<u16>, authoritative: bool) {
         if relay_port.is_none() && !authoritative {
             return;
         }
@@ -32,11 +32,11 @@ impl Engine {
 
     /// With a relay and replicas (issue 11): learns each live replica's relay from
     /// `GET /replicas` (its host, the same port as ours), so every pair meets at the
-    /// replica both ends pick alike ([`PathTable::relay_for`](super::path::PathTable::relay_for)). A failure keeps the last
+    /// replica both ends pick alike ([`PathTable::relay_for`](crate::agent::decide::path::PathTable::relay_for)). A failure keeps the last
     /// list: a pair must not split because one end missed one answer. Read at every sync,
-    /// and every [`LIST_EVERY`](super::relay_probe::LIST_EVERY) between syncs while a peer
+    /// and every [`LIST_EVERY`](crate::agent::observe::relay_probe::LIST_EVERY) between syncs while a peer
     /// is relayed through a replica.
-    pub(super) fn refresh_relays(&mut self) {
+    pub(in crate::agent) fn refresh_relays(&mut self) {
         let Some(relay) = self.paths.relay else {
             self.paths.relays.clear();
             return;
@@ -70,10 +70,10 @@ impl Engine {
 impl Engine {
     /// Asks the replica relays our relayed peers use (and those down) whether they still
     /// answer, and takes the down ones out of the rendezvous
-    /// ([`super::path::PathTable::relay_for`]). `wait` zero: `up`'s tick, which reads the
+    /// ([`crate::agent::decide::path::PathTable::relay_for`]). `wait` zero: `up`'s tick, which reads the
     /// previous tick's answers and sends; else a one-shot round that waits that long.
     /// Nothing to do with fewer than two replicas.
-    pub(super) fn watch_relays(&mut self, wait: Duration) {
+    pub(in crate::agent) fn watch_relays(&mut self, wait: Duration) {
         let stale = self
             .relay_probe
             .listed_at

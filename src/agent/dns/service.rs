@@ -1,13 +1,13 @@
 //! Mesh DNS while `wgmesh up` runs: the resolver's table rebuilt after each sync, answering
 //! on this node's mesh addresses, and the OS setting (and hosts block) brought to what
-//! [`super::dns::wanted`] says. The decisions are pure, in [`super::dns`]; this is the edge
+//! [`crate::agent::dns::wanted`] says. The decisions are pure, in [`crate::agent::dns`]; this is the edge
 //! that holds the resolver's sockets and records what is applied through the engine.
 
-use super::config::AppliedDns;
-use super::dns::{hosts_entries, read_hosts, undo_plan, wanted, DnsOptions};
-use super::engine::{Engine, Sink};
-use super::error::AgentError;
-use super::resolver::{Addresses, Resolver, Table, DNS_PORT, ZONE};
+use crate::agent::dns::resolver::{Addresses, Resolver, Table, DNS_PORT, ZONE};
+use crate::agent::dns::{hosts_entries, read_hosts, undo_plan, wanted, DnsOptions};
+use crate::agent::error::AgentError;
+use crate::agent::run::engine::{Engine, Sink};
+use crate::agent::state::config::AppliedDns;
 use crate::os::dns::{self, DnsMethod};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
@@ -176,8 +176,8 @@ mod tests {
     /// An engine as `up` has it after a sync: registered as `me` (10.100.0.5) with the
     /// interface wg0 applied, and `peers` in its last list. It never talks to a server.
     fn engine(dir: &Path, peers: Vec<PeerInfo>) -> Engine {
-        use super::super::client::ApiClient;
-        use super::super::config::{Applied, Assignment, ClientConfig};
+        use crate::agent::client::ApiClient;
+        use crate::agent::state::config::{Applied, Assignment, ClientConfig};
         let mut config = ClientConfig::generate(wg0());
         let server_key = crate::keys::PrivateKey::generate().public_key();
         config.assignment = Some(Assignment {
@@ -202,7 +202,7 @@ mod tests {
             config_path: dir.join("client.json"),
             os: TargetOs::Linux,
             reader: None,
-            last_list: Some(crate::agent::known::KnownPeers {
+            last_list: Some(crate::agent::state::known::KnownPeers {
                 peers,
                 ..Default::default()
             }),
