@@ -37,7 +37,7 @@ pub struct Reference {
     pub glob: bool,
 }
 
-/// One source file, relative to the crate directory (`src/agent/dns.rs`).
+/// One source file, relative to the crate directory (`src/agent/dns/mod.rs`).
 pub struct SrcFile {
     pub rel: String,
     pub toks: Vec<Tok>,
