@@ -25,7 +25,7 @@ use wgmesh::agent::error::AgentError;
 use wgmesh::agent::run::engine::{Engine, Sink};
 use wgmesh::agent::state::config::{Applied, Assignment, ClientConfig, ExitFallback};
 use wgmesh::keys::{PrivateKey, PublicKey};
-use wgmesh::os::runner::{CommandError, CommandOutput, Failure, Runner};
+use wgmesh::os::runner::{CommandError, CommandFailure, CommandOutput, Runner};
 use wgmesh::os::{Command, PlannedFile, TargetOs};
 use wgmesh::proto::model::PeerInfo;
 use wgmesh::types::PeerId;
@@ -108,7 +108,7 @@ fn net(s: &str) -> Ipv4Net {
 }
 
 fn fail(cmd: &Command, status: i32, stderr: &str) -> CommandError {
-    CommandError::new(cmd, Failure::Exit(status), stderr)
+    CommandError::new(cmd, CommandFailure::Exit(status), stderr)
 }
 
 fn ok(stdout: impl Into<String>) -> Result<CommandOutput, CommandError> {

@@ -21,17 +21,17 @@ pub const EXIT_CHECK: u8 = 6;
 
 /// A failure with its exit code; `main` prints the message once on stderr.
 #[derive(Debug)]
-pub struct Failure {
+pub struct CliError {
     /// One of the EXIT_* codes.
     pub code: u8,
     /// What went wrong and how to fix it.
     pub message: String,
 }
 
-impl Failure {
+impl CliError {
     /// Builds a failure.
-    pub fn new(code: u8, message: impl Into<String>) -> Failure {
-        Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> CliError {
+        CliError {
             code,
             message: message.into(),
         }
@@ -39,7 +39,7 @@ impl Failure {
 }
 
 /// The exit code for an agent error: bad input 2, the server 3, a command 4, local state 5.
-pub(super) fn agent_failure(e: AgentError) -> Failure {
+pub(super) fn agent_failure(e: AgentError) -> CliError {
     let code = match &e {
         AgentError::Usage(_) => EXIT_USAGE,
         AgentError::Config(ConfigError::Invalid(..)) => EXIT_USAGE,
@@ -47,5 +47,5 @@ pub(super) fn agent_failure(e: AgentError) -> Failure {
         AgentError::Server(_) => EXIT_SERVER,
         AgentError::Command(_) => EXIT_COMMAND,
     };
-    Failure::new(code, e.to_string())
+    CliError::new(code, e.to_string())
 }

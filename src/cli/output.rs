@@ -1,7 +1,8 @@
 //! Where output goes: logs to stderr (coloured only on a terminal), machine-readable output to
 //! stdout, where a closed pipe (`| head`) is not an error.
 
-use super::exit::{Failure, EXIT_INTERNAL};
+use super::exit::{CliError, EXIT_INTERNAL};
+use crate::types::InvalidValue;
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
 
@@ -9,13 +10,16 @@ use std::io::{IsTerminal, Write};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogLevel(pub log::LevelFilter);
 
-impl argh::FromArgValue for LogLevel {
-    fn from_arg_value(value: &str) -> Result<Self, String> {
+impl std::str::FromStr for LogLevel {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
         value
             .parse::<log::LevelFilter>()
             .map(LogLevel)
             .map_err(|_| {
-                format!("unknown log level {value:?}: use error, warn, info, debug or trace")
+                InvalidValue(format!(
+                    "unknown log level {value:?}: use error, warn, info, debug or trace"
+                ))
             })
     }
 }
@@ -45,16 +49,16 @@ pub fn init_logging(level: LogLevel) {
 }
 
 /// Pretty JSON and a newline on stdout.
-pub(super) fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
+pub(super) fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let mut text = serde_json::to_string_pretty(value).expect("output types serialize");
     text.push('\n');
     write_stdout(&text)
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
-pub(super) fn write_stdout(text: &str) -> Result<(), Failure> {
+pub(super) fn write_stdout(text: &str) -> Result<(), CliError> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::new(
             EXIT_INTERNAL,
             format!("cannot write to stdout: {e}"),
         )),

@@ -105,7 +105,9 @@ fn routes(reader: &mut Option<&mut dyn Runner>, os: TargetOs) -> Option<RouteTab
     match host_routes::observe(os, reader.as_deref_mut()?) {
         Ok(table) => Some(table),
         Err(e) => {
-            log::warn!("{e}; full-tunnel routes are not checked this time");
+            log::warn!(
+                "cannot read the routing table: {e}; full-tunnel routes are not checked this time"
+            );
             None
         }
     }

@@ -62,7 +62,7 @@ pub fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, AgentError> {
 /// The CAs an https:// server must chain to: `--ca FILE`, or the bundled public roots.
 pub fn tls_trust(ca: Option<&Path>) -> Result<TlsTrust, AgentError> {
     match ca {
-        Some(path) => TlsTrust::from_ca_file(path).map_err(AgentError::Usage),
+        Some(path) => TlsTrust::from_ca_file(path).map_err(|e| AgentError::Usage(e.to_string())),
         None => Ok(TlsTrust::default()),
     }
 }

@@ -6,7 +6,7 @@ use crate::agent::client::ServerUrl;
 use crate::fsutil;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::os::dns::DnsMethod;
-use crate::types::{Endpoint, Hostname, InterfaceName, PeerId};
+use crate::types::{Endpoint, Hostname, InterfaceName, InvalidValue, PeerId};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -50,14 +50,14 @@ pub enum ExitFallback {
 }
 
 impl std::str::FromStr for ExitFallback {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "block" => Ok(ExitFallback::Block),
             "direct" => Ok(ExitFallback::Direct),
-            _ => Err(format!(
+            _ => Err(InvalidValue(format!(
                 "{s:?} is not an exit fallback: use block or direct"
-            )),
+            ))),
         }
     }
 }
