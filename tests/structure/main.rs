@@ -112,7 +112,7 @@ mod self_check {
                 "pub struct B;\nfn f() { let _ = crate::a::A(B); }\n",
             ),
         ]);
-        let cycles = import_cycles(&Crate::load(&dir, "src/lib.rs"));
+        let cycles = import_cycles(&Crate::load(&dir.0, "src/lib.rs"));
         assert_eq!(cycles.len(), 1, "{cycles:?}");
         assert!(
             cycles[0].contains("src/a.rs:1 uses crate::b::B"),
@@ -136,7 +136,7 @@ mod self_check {
             ),
             ("b.rs", "pub fn b() { crate::a::a(); }\n"),
         ]);
-        assert!(import_cycles(&Crate::load(&dir, "src/lib.rs")).is_empty());
+        assert!(import_cycles(&Crate::load(&dir.0, "src/lib.rs")).is_empty());
     }
 
     #[test]
@@ -154,7 +154,7 @@ mod self_check {
             ),
         ]);
         // y → x (through the re-export) and y → mod.rs, mod.rs → x: no circle.
-        assert!(import_cycles(&Crate::load(&dir, "src/lib.rs")).is_empty());
+        assert!(import_cycles(&Crate::load(&dir.0, "src/lib.rs")).is_empty());
     }
 
     #[test]
@@ -166,7 +166,7 @@ mod self_check {
              fn s() -> Result<u8, String> {{ Ok(1) }}\n}}\n"
         );
         let dir = sample(&[("lib.rs", &src)]);
-        let krate = Crate::load(&dir, "src/lib.rs");
+        let krate = Crate::load(&dir.0, "src/lib.rs");
         let fns = functions(&krate.files[0]);
         let long: Vec<_> = fns
             .iter()
@@ -177,7 +177,16 @@ mod self_check {
         assert_eq!(string_errors(&krate.files[0]).len(), 1);
     }
 
-    fn sample(files: &[(&str, &str)]) -> std::path::PathBuf {
+    /// A crate written to a temporary folder, removed again on drop.
+    struct Sample(std::path::PathBuf);
+
+    impl Drop for Sample {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn sample(files: &[(&str, &str)]) -> Sample {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("wgmesh-structure-{}-{n}", std::process::id()));
@@ -187,7 +196,7 @@ mod self_check {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
         }
-        dir
+        Sample(dir)
     }
 }
 
