@@ -2,7 +2,7 @@
 //! relays in use and reads their answers, feeding the pure health state. `up` asks without
 //! waiting (answers are read on the next one-second tick); a one-shot `sync` waits up to a
 //! second for one round, with two retries, because it runs once a minute at best. The
-//! engine's step that uses it is `Engine::watch_relays` ([`crate::agent::run::relays`]).
+//! engine's step that uses it is `Engine::watch_relays` (`agent/run/relays.rs`).
 
 use crate::agent::decide::relay_health::RelayHealth;
 use crate::proto::stun::{self, TransactionId};
