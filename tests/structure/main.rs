@@ -7,6 +7,8 @@
 //!
 //! Each test reads the source itself with a small tokenizer (`lex.rs`) and module resolver
 //! (`modules.rs`), so it needs no extra crates and every message names file:line.
+//! `STRUCTURE_ROOT=/path/to/checkout cargo test --test structure` checks another tree (a
+//! branch about to be merged).
 
 mod lex;
 mod modules;
@@ -14,26 +16,30 @@ mod modules;
 use lex::Tok;
 use modules::{item_end, skip_group, Crate, SrcFile};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::Path;
+use std::path::PathBuf;
 
 /// The longest function body allowed outside tests, in lines from `fn` to its closing `}`.
 const MAX_FN_LINES: usize = 100;
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The tree to check: this crate, or `STRUCTURE_ROOT` (another checkout, e.g. a branch
+/// about to be merged).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("STRUCTURE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The library and the binary, each read as its own crate.
 fn crates() -> Vec<Crate> {
     vec![
-        Crate::load(manifest_dir(), "src/lib.rs"),
-        Crate::load(manifest_dir(), "bin/wgmesh.rs"),
+        Crate::load(&manifest_dir(), "src/lib.rs"),
+        Crate::load(&manifest_dir(), "bin/wgmesh.rs"),
     ]
 }
 
 #[test]
 fn no_import_cycles_between_files_in_src() {
-    let krate = Crate::load(manifest_dir(), "src/lib.rs");
+    let krate = Crate::load(&manifest_dir(), "src/lib.rs");
     let cycles = import_cycles(&krate);
     assert!(
         cycles.is_empty(),
@@ -92,7 +98,7 @@ mod self_check {
 
     #[test]
     fn the_real_tree_resolves_known_modules() {
-        let krate = Crate::load(manifest_dir(), "src/lib.rs");
+        let krate = Crate::load(&manifest_dir(), "src/lib.rs");
         assert!(
             krate.files.len() > 50,
             "only {} files read",
