@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wgmesh::agent::resolver::{Addresses, Resolver, Table};
+use wgmesh::agent::dns::resolver::{Addresses, Resolver, Table};
 
 const NAMES: usize = 200;
 const CLIENTS: usize = 2;

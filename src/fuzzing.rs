@@ -145,7 +145,7 @@ pub fn wg_dump(data: &[u8]) {
 /// well-formed response to the same id, carrying only records of the zone and only for a
 /// query that parsed; a datagram that does not parse must be dropped, never answered.
 pub fn dns_query(data: &[u8]) {
-    use crate::agent::resolver::{answer, Addresses, Table};
+    use crate::agent::dns::resolver::{answer, Addresses, Table};
     use simple_dns::{Packet, PacketFlag, RCODE};
     let mut table = Table::default();
     table.insert(

@@ -23,38 +23,6 @@ fn config_of(n: &Node) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn mesh_ip(n: &Node) -> String {
-    config_of(n)["assignment"]["assigned_ip"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn create_token(lab: &Lab, server_ns: &str, tag: &str) -> String {
-    let server = format!("http://{SERVER_IP}:8080");
-    let secret = lab.dir.path().join("admin.secret").display().to_string();
-    let args = [
-        wgmesh_bin(),
-        "token",
-        "create",
-        "--server",
-        &server,
-        "--admin-secret-file",
-        &secret,
-        "--uses",
-        "5",
-        "--tag",
-        tag,
-    ];
-    let mut token = String::new();
-    lab.eventually(Duration::from_secs(20), "the server makes a token", || {
-        let out = lab.exec(server_ns, &args);
-        token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        out.status.success()
-    });
-    token
-}
-
 /// `wgmesh up` for `n` with `extra` flags; returns the child's index.
 fn up(lab: &mut Lab, n: &Node, hostname: &str, token: &str, extra: &[&str], log: &str) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
@@ -182,8 +150,16 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
         ],
         "server.log",
     );
-    let dev = create_token(&lab, &server_ns, "tag:dev");
-    let secret = create_token(&lab, &server_ns, "tag:secret");
+    let dev = lab.create_token(
+        &server_ns,
+        &format!("http://{SERVER_IP}:8080"),
+        &["--uses", "5", "--tag", "tag:dev"],
+    );
+    let secret = lab.create_token(
+        &server_ns,
+        &format!("http://{SERVER_IP}:8080"),
+        &["--uses", "5", "--tag", "tag:secret"],
+    );
     let a = lab.mesh_node("da", "198.18.0.41/24");
     let b = lab.mesh_node("db", "198.18.0.42/24");
     // c asks for b's name too: the server makes it host-b-2 for everyone.
@@ -202,16 +178,21 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     let agent_b = up(&mut lab, &b, "host-b", &dev, &[], "db.log");
     // c registers after b, so b keeps the plain name.
     lab.eventually(Duration::from_secs(30), "b is registered", || {
-        !mesh_ip(&b).is_empty()
+        b.mesh_ip().is_some()
     });
     let agent_c = up(&mut lab, &c, "host-b", &dev, &c_flags, "dc.log");
     let _agent_h = up(&mut lab, &h, "host-h", &secret, &[], "dh.log");
     for n in [&a, &b, &c, &h] {
         lab.eventually(Duration::from_secs(30), "every node is registered", || {
-            !mesh_ip(n).is_empty()
+            n.mesh_ip().is_some()
         });
     }
-    let (ip_a, ip_b, ip_c, ip_h) = (mesh_ip(&a), mesh_ip(&b), mesh_ip(&c), mesh_ip(&h));
+    let (ip_a, ip_b, ip_c, ip_h) = (
+        a.mesh_ip().unwrap_or_default(),
+        b.mesh_ip().unwrap_or_default(),
+        c.mesh_ip().unwrap_or_default(),
+        h.mesh_ip().unwrap_or_default(),
+    );
     let server_key = std::fs::read_to_string(lab.dir.path().join("server.key")).unwrap();
     let prefix6 = wgmesh::proto::mesh6::prefix(
         &wgmesh::keys::PrivateKey::from_base64(&server_key)

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::netns::{Lab, Router};
+use common::netns::{assigned_ip, public_key_of, Lab, Router};
 use common::wgmesh_bin;
 use std::time::Duration;
 
@@ -68,23 +68,6 @@ fn seen_from(lab: &Lab, ns: &str, config: &str, server: &str) -> Option<String> 
 
 fn wg_endpoints(lab: &Lab, ns: &str, iface: &str) -> String {
     String::from_utf8_lossy(&lab.exec(ns, &["wg", "show", iface, "endpoints"]).stdout).into_owned()
-}
-
-fn mesh_ip(config: &str) -> Option<String> {
-    let text = std::fs::read_to_string(config).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json["assignment"]["assigned_ip"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-fn key_of(config: &str) -> String {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    wgmesh::keys::PrivateKey::from_base64(json["private_key"].as_str().unwrap())
-        .unwrap()
-        .public_key()
-        .to_base64()
 }
 
 #[test]
@@ -266,8 +249,8 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
     );
 
     // NAT traversal: a and b reach each other directly, each naming the other's router.
-    let b_ip = mesh_ip(&b_cfg).unwrap();
-    let a_ip = mesh_ip(&a_cfg).unwrap();
+    let b_ip = assigned_ip(&b_cfg).unwrap();
+    let a_ip = assigned_ip(&a_cfg).unwrap();
     lab.eventually(
         Duration::from_secs(30),
         "a and b ping each other through both NATs",
@@ -278,12 +261,18 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
     );
     let a_sees = wg_endpoints(&lab, &a, &a_if);
     assert!(
-        a_sees.contains(&format!("{}\t{HOME2}:51820", key_of(&b_cfg))),
+        a_sees.contains(&format!(
+            "{}\t{HOME2}:51820",
+            public_key_of(&b_cfg).unwrap().to_base64()
+        )),
         "a's endpoints: {a_sees}"
     );
     let b_sees = wg_endpoints(&lab, &b, &b_if);
     assert!(
-        b_sees.contains(&format!("{}\t{HOME1}:51820", key_of(&a_cfg))),
+        b_sees.contains(&format!(
+            "{}\t{HOME1}:51820",
+            public_key_of(&a_cfg).unwrap().to_base64()
+        )),
         "b's endpoints: {b_sees}"
     );
     let status: serde_json::Value = serde_json::from_str(
@@ -408,7 +397,7 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
         seen_from(&lab, &a, &a_cfg, &web_stun).as_deref() == Some(EXIT)
     });
     lab.exec_ok(&exit, &["ip", "link", "set", "eth0", "down"]);
-    let exit_key = key_of(&exit_cfg);
+    let exit_key = public_key_of(&exit_cfg).unwrap().to_base64();
     lab.eventually(
         Duration::from_secs(30),
         "a drops the dead exit node",

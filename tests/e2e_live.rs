@@ -25,18 +25,6 @@ fn up(lab: &mut Lab, n: &Node) -> usize {
     lab.spawn_up(n, &server, &n.name, &[], &flags, &format!("{}.log", n.name))
 }
 
-fn public_key(lab: &Lab, n: &Node) -> Option<String> {
-    let text = std::fs::read_to_string(&n.config).ok()?;
-    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let _ = lab;
-    Some(
-        wgmesh::keys::PrivateKey::from_base64(config["private_key"].as_str()?)
-            .ok()?
-            .public_key()
-            .to_base64(),
-    )
-}
-
 fn wg_peers(lab: &Lab, n: &Node) -> Vec<String> {
     let out = lab.exec(&n.ns, &["wg", "show", &n.iface, "peers"]);
     String::from_utf8_lossy(&out.stdout)
@@ -84,10 +72,8 @@ fn joins_and_departures_reach_every_node_within_seconds_not_at_the_sync_timer() 
     // A fourth node joins: everyone has it within seconds, long before any sync timer.
     let joined = Instant::now();
     agents.push(up(&mut lab, &nodes[3]));
-    lab.eventually(LIVE, "l3 has a key", || {
-        public_key(&lab, &nodes[3]).is_some()
-    });
-    let l3 = public_key(&lab, &nodes[3]).unwrap();
+    lab.eventually(LIVE, "l3 has a key", || nodes[3].public_key().is_some());
+    let l3 = nodes[3].public_key().unwrap().to_base64();
     for n in &nodes[..3] {
         lab.eventually(LIVE, &format!("{} adds l3", n.name), || {
             wg_peers(&lab, n).contains(&l3)
@@ -96,7 +82,7 @@ fn joins_and_departures_reach_every_node_within_seconds_not_at_the_sync_timer() 
     assert!(joined.elapsed() < LIVE, "join took {:?}", joined.elapsed());
 
     // SIGTERM to l0's `up`: it says it goes offline; the others drop it at once.
-    let l0 = public_key(&lab, &nodes[0]).unwrap();
+    let l0 = nodes[0].public_key().unwrap().to_base64();
     assert_eq!(
         lab.signal(agents[0], "TERM"),
         Some(0),
@@ -120,7 +106,7 @@ fn joins_and_departures_reach_every_node_within_seconds_not_at_the_sync_timer() 
     );
 
     // l1 dies hard; `wgmesh down` on it still tells the server, so the others drop it now.
-    let l1 = public_key(&lab, &nodes[1]).unwrap();
+    let l1 = nodes[1].public_key().unwrap().to_base64();
     lab.child(agents[1]).kill().unwrap();
     lab.child(agents[1]).wait().unwrap();
     lab.exec_ok(
@@ -134,7 +120,7 @@ fn joins_and_departures_reach_every_node_within_seconds_not_at_the_sync_timer() 
     }
 
     // l2 dies silently: dropped at the heartbeat timeout (4 s here) plus the sweep.
-    let l2 = public_key(&lab, &nodes[2]).unwrap();
+    let l2 = nodes[2].public_key().unwrap().to_base64();
     lab.child(agents[2]).kill().unwrap();
     lab.child(agents[2]).wait().unwrap();
     lab.eventually(LIVE, "l3 drops the silent l2", || {

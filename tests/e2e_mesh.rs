@@ -21,51 +21,6 @@ fn wg_peers(lab: &Lab, ns: &str, iface: &str) -> Vec<String> {
         .collect()
 }
 
-fn config_of(lab: &Lab, node: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(lab.dir.path().join(format!("{node}.json"))).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn mesh_ip(lab: &Lab, node: &str) -> String {
-    config_of(lab, node)["assignment"]["assigned_ip"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn public_key(node_config: &serde_json::Value) -> String {
-    let private = node_config["private_key"].as_str().unwrap();
-    wgmesh::keys::PrivateKey::from_base64(private)
-        .unwrap()
-        .public_key()
-        .to_base64()
-}
-
-/// Runs `wgmesh token create ARGS` against the lab's server (retrying while it starts) and
-/// returns the token.
-fn create_token(lab: &Lab, server_ns: &str, args: &[&str]) -> String {
-    let server = format!("http://{SERVER_IP}:8080");
-    let secret = lab.dir.path().join("admin.secret").display().to_string();
-    let mut full = vec![
-        wgmesh_bin(),
-        "token",
-        "create",
-        "--server",
-        &server,
-        "--admin-secret-file",
-        &secret,
-    ];
-    full.extend_from_slice(args);
-    let mut token = String::new();
-    lab.eventually(Duration::from_secs(20), "the server makes a token", || {
-        let out = lab.exec(server_ns, &full);
-        token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        out.status.success()
-    });
-    assert!(token.starts_with("wgm_"), "{token}");
-    token
-}
-
 fn up(lab: &mut Lab, n: &Node, token: &str) -> usize {
     let server = format!("http://{SERVER_IP}:8080");
     let flags = FAST_AGENT;
@@ -125,7 +80,11 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
     let server = start_server(&mut lab, &server_ns, &state, "server.log");
     // One token for exactly three machines: n3's restart re-registers a known key, which
     // needs no token and must not use one up.
-    let token = create_token(&lab, &server_ns, &["--uses", "3"]);
+    let token = lab.create_token(
+        &server_ns,
+        &format!("http://{SERVER_IP}:8080"),
+        &["--uses", "3"],
+    );
     let nodes = [
         lab.mesh_node("n1", "198.18.0.11/24"),
         lab.mesh_node("n2", "198.18.0.12/24"),
@@ -147,7 +106,7 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
         );
     }
     // Every pair pings over mesh addresses.
-    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, &n.name)).collect();
+    let ips: Vec<String> = nodes.iter().map(|n| lab.mesh_ip(&n.name)).collect();
     for (i, a) in nodes.iter().enumerate() {
         for (j, _) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
             lab.eventually(
@@ -183,7 +142,7 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
     let _ = server;
 
     // The peers' endpoints are their underlay addresses, as the server observed them.
-    let n3_key = public_key(&config_of(&lab, "n3"));
+    let n3_key = lab.key_of("n3").to_base64();
     let endpoints = lab.exec_ok(&nodes[0].ns, &["wg", "show", &nodes[0].iface, "endpoints"]);
     assert!(
         endpoints.contains(&format!("{n3_key}\t198.18.0.13:51820")),
@@ -211,7 +170,7 @@ fn nodes_brought_up_with_wgmesh_up_form_a_full_mesh_and_recover() {
     lab.eventually(Duration::from_secs(20), "n1 re-adds n3", || {
         wg_peers(&lab, &nodes[0].ns, &nodes[0].iface).contains(&n3_key)
     });
-    assert_eq!(mesh_ip(&lab, "n3"), ips[2], "same address after restart");
+    assert_eq!(lab.mesh_ip("n3"), ips[2], "same address after restart");
     lab.eventually(Duration::from_secs(15), "n1 pings n3 again", || {
         lab.ping(&nodes[0].ns, &ips[2])
     });
@@ -314,7 +273,7 @@ fn sync_from_a_timer_loop_converges_the_same_mesh() {
         assert_eq!(last["removed"], serde_json::json!([]));
         assert_eq!(last["updated"], serde_json::json!([]));
     }
-    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, &n.name)).collect();
+    let ips: Vec<String> = nodes.iter().map(|n| lab.mesh_ip(&n.name)).collect();
     for (i, a) in nodes.iter().enumerate() {
         for (j, ip) in ips.iter().enumerate().filter(|(j, _)| *j != i) {
             lab.eventually(
@@ -417,7 +376,13 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
     );
     let tokens: Vec<String> = ["tag:a", "tag:b", "tag:c"]
         .iter()
-        .map(|tag| create_token(&lab, &server_ns, &["--uses", "1", "--tag", tag]))
+        .map(|tag| {
+            lab.create_token(
+                &server_ns,
+                &format!("http://{SERVER_IP}:8080"),
+                &["--uses", "1", "--tag", tag],
+            )
+        })
         .collect();
     let nodes = [
         lab.mesh_node("pa", "198.18.0.31/24"),
@@ -440,7 +405,7 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
             || wg_peers(&lab, &n.ns, &n.iface).len() == 1,
         );
     }
-    let ips: Vec<String> = nodes.iter().map(|n| mesh_ip(&lab, &n.name)).collect();
+    let ips: Vec<String> = nodes.iter().map(|n| lab.mesh_ip(&n.name)).collect();
     for (from, to) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
         lab.eventually(
             Duration::from_secs(30),
@@ -448,7 +413,7 @@ fn a_policy_denying_a_b_keeps_them_apart_until_a_reload_allows_it() {
             || lab.ping(&nodes[from].ns, &ips[to]),
         );
     }
-    let b_key = public_key(&config_of(&lab, "pb"));
+    let b_key = lab.key_of("pb").to_base64();
     assert!(!wg_peers(&lab, &nodes[0].ns, &nodes[0].iface).contains(&b_key));
     assert!(
         !lab.ping(&nodes[0].ns, &ips[1]),

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::netns::{Lab, Router};
+use common::netns::{assigned_ip, public_key_of, Lab, Router};
 use common::wgmesh_bin;
 use std::time::Duration;
 
@@ -87,23 +87,6 @@ impl Internet {
     }
 }
 
-fn mesh_ip(config: &str) -> String {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    json["assignment"]["assigned_ip"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn key_of(config: &str) -> wgmesh::keys::PublicKey {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    wgmesh::keys::PrivateKey::from_base64(json["private_key"].as_str().unwrap())
-        .unwrap()
-        .public_key()
-}
-
 /// Pings both ways, each side every time (so each keeps sending, as real traffic would).
 fn both_ping(lab: &Lab, a: &str, b_ip: &str, b: &str, a_ip: &str) -> bool {
     let there = lab.ping(a, b_ip);
@@ -169,7 +152,7 @@ fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_h
                 "set",
                 &a_if,
                 "peer",
-                &key_of(&b_cfg).to_base64(),
+                &public_key_of(&b_cfg).unwrap().to_base64(),
                 "endpoint",
                 &relay,
             ],
@@ -181,14 +164,14 @@ fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_h
                 "set",
                 &b_if,
                 "peer",
-                &key_of(&a_cfg).to_base64(),
+                &public_key_of(&a_cfg).unwrap().to_base64(),
                 "endpoint",
                 &relay,
             ],
         );
     };
     point_at_relay(&net.lab);
-    let (a_ip, b_ip) = (mesh_ip(&a_cfg), mesh_ip(&b_cfg));
+    let (a_ip, b_ip) = (assigned_ip(&a_cfg).unwrap(), assigned_ip(&b_cfg).unwrap());
     net.lab.eventually(
         Duration::from_secs(40),
         "a and b ping through the relay",
@@ -227,7 +210,7 @@ fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_h
     // A stranger's junk and handshake-shaped datagrams (a valid MAC1 for b, a guessable
     // index) get nothing back and reach nobody.
     let forwarded_before = net.metric("wgmesh_relay_packets_total{kind=\"handshake\"}");
-    let b_mac1 = wgmesh::proto::wg_wire::Mac1Key::new(&key_of(&b_cfg));
+    let b_mac1 = wgmesh::proto::wg_wire::Mac1Key::new(&public_key_of(&b_cfg).unwrap());
     let junk: Vec<Vec<u8>> = vec![
         b"\x01\x00\x00\x00 hello relay".to_vec(),
         wgmesh::proto::wg_wire::fake_initiation(&b_mac1, 7, 1).to_vec(),
@@ -500,7 +483,7 @@ fn a_policy_denied_pair_is_not_relayed() {
     // through the relay, as a member trying to get around the policy would.
     let relay = format!("{SERVER}:3478");
     for (ns, iface, other_cfg) in [(&a, &a_if, &b_cfg), (&b, &b_if, &a_cfg)] {
-        let ip = format!("{}/32", mesh_ip(other_cfg));
+        let ip = format!("{}/32", assigned_ip(other_cfg).unwrap());
         net.lab.exec_ok(
             ns,
             &[
@@ -508,7 +491,7 @@ fn a_policy_denied_pair_is_not_relayed() {
                 "set",
                 iface,
                 "peer",
-                &key_of(other_cfg).to_base64(),
+                &public_key_of(other_cfg).unwrap().to_base64(),
                 "endpoint",
                 &relay,
                 "allowed-ips",
@@ -518,7 +501,7 @@ fn a_policy_denied_pair_is_not_relayed() {
             ],
         );
     }
-    let (a_ip, b_ip) = (mesh_ip(&a_cfg), mesh_ip(&b_cfg));
+    let (a_ip, b_ip) = (assigned_ip(&a_cfg).unwrap(), assigned_ip(&b_cfg).unwrap());
     for _ in 0..12 {
         assert!(
             !both_ping(&net.lab, &a, &b_ip, &b, &a_ip),

@@ -17,15 +17,6 @@ use std::time::Duration;
 const A_IP: &str = "198.18.0.1";
 const B_IP: &str = "198.18.0.2";
 
-fn mesh_ip(lab: &Lab, node: &str) -> String {
-    let text = std::fs::read_to_string(lab.dir.path().join(format!("{node}.json"))).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    config["assignment"]["assigned_ip"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Waits until each of `nodes` has registered; returns their mesh addresses.
 fn registered(lab: &Lab, nodes: &[&str]) -> Vec<String> {
     nodes
@@ -39,7 +30,7 @@ fn registered(lab: &Lab, nodes: &[&str]) -> Vec<String> {
                         .is_ok_and(|t| t.contains("assigned_ip"))
                 },
             );
-            mesh_ip(lab, name)
+            lab.mesh_ip(name)
         })
         .collect()
 }
@@ -182,7 +173,7 @@ fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_die
         std::fs::read_to_string(lab.dir.path().join("n3.json"))
             .is_ok_and(|t| t.contains("assigned_ip"))
     });
-    let ip3 = mesh_ip(&lab, "n3");
+    let ip3 = lab.mesh_ip("n3");
     assert!(!ips.contains(&ip3), "a fresh address");
     for (ns, name) in [(&n1, "n1"), (&n2, "n2")] {
         lab.eventually(Duration::from_secs(30), &format!("{name} pings n3"), || {
@@ -195,15 +186,6 @@ fn agents_given_both_replicas_keep_their_mesh_and_admit_a_new_node_after_one_die
     assert!(lab.ping(&n1, &ips[1]) && lab.ping(&n2, &ips[0]));
     assert!(lab.log("n1.log").contains("trying"), "n1 failed over");
     drop(pg);
-}
-
-/// The node's public key, from its config.
-fn key_of(lab: &Lab, node: &str) -> wgmesh::keys::PublicKey {
-    let text = std::fs::read_to_string(lab.dir.path().join(format!("{node}.json"))).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    wgmesh::keys::PrivateKey::from_base64(config["private_key"].as_str().unwrap())
-        .unwrap()
-        .public_key()
 }
 
 /// `status --json` of `node`'s view of the peer `to`: (path, endpoint).
@@ -255,7 +237,7 @@ fn a_relayed_pair_meets_at_one_replica_and_moves_when_it_dies() {
     up_with(&mut lab, "n2", &n2, [B_IP, A_IP], &fast);
     let ips = registered(&lab, &["n1", "n2"]);
     let urls = vec![format!("http://{A_IP}:8080"), format!("http://{B_IP}:8080")];
-    let (k1, k2) = (key_of(&lab, "n1"), key_of(&lab, "n2"));
+    let (k1, k2) = (lab.key_of("n1"), lab.key_of("n2"));
     let meet = wgmesh::proto::replicas::meeting_replica(&k1, &k2, &urls).unwrap();
     let (dead, survivor) = if meet == urls[0] {
         (0, B_IP)

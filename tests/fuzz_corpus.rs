@@ -61,7 +61,7 @@ fn dns_query_seeds() {
 /// broken ones dropped.
 #[test]
 fn the_dns_seeds_are_answered_or_dropped_as_meant() {
-    let table = wgmesh::agent::resolver::Table::default();
+    let table = wgmesh::agent::dns::resolver::Table::default();
     for name in [
         "a_web",
         "aaaa_upper",
@@ -70,13 +70,13 @@ fn the_dns_seeds_are_answered_or_dropped_as_meant() {
         "edns_any",
     ] {
         assert!(
-            wgmesh::agent::resolver::answer(&table, &seed("dns_query", name)).is_some(),
+            wgmesh::agent::dns::resolver::answer(&table, &seed("dns_query", name)).is_some(),
             "{name}"
         );
     }
     for name in ["pointer_loop", "truncated"] {
         assert!(
-            wgmesh::agent::resolver::answer(&table, &seed("dns_query", name)).is_none(),
+            wgmesh::agent::dns::resolver::answer(&table, &seed("dns_query", name)).is_none(),
             "{name}"
         );
     }

@@ -21,11 +21,11 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wgmesh::agent::client::ApiClient;
-use wgmesh::agent::config::{Applied, Assignment, ClientConfig, ExitFallback};
-use wgmesh::agent::engine::{Engine, Sink};
 use wgmesh::agent::error::AgentError;
+use wgmesh::agent::run::engine::{Engine, Sink};
+use wgmesh::agent::state::config::{Applied, Assignment, ClientConfig, ExitFallback};
 use wgmesh::keys::{PrivateKey, PublicKey};
-use wgmesh::os::runner::{CommandError, CommandOutput, Failure, Runner};
+use wgmesh::os::runner::{CommandError, CommandFailure, CommandOutput, Runner};
 use wgmesh::os::{Command, PlannedFile, TargetOs};
 use wgmesh::proto::model::PeerInfo;
 use wgmesh::types::PeerId;
@@ -108,7 +108,7 @@ fn net(s: &str) -> Ipv4Net {
 }
 
 fn fail(cmd: &Command, status: i32, stderr: &str) -> CommandError {
-    CommandError::new(cmd, Failure::Exit(status), stderr)
+    CommandError::new(cmd, CommandFailure::Exit(status), stderr)
 }
 
 fn ok(stdout: impl Into<String>) -> Result<CommandOutput, CommandError> {
@@ -708,7 +708,7 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
 
 fn sync(engine: &mut Engine, sim: &Sim, peers: &[PeerInfo]) -> Result<(), AgentError> {
     let mut runner = sim.clone();
-    engine.last_list = Some(wgmesh::agent::known::KnownPeers {
+    engine.last_list = Some(wgmesh::agent::state::known::KnownPeers {
         peers: peers.to_vec(),
         ..Default::default()
     });
@@ -1047,7 +1047,7 @@ mod common;
 /// the next sync (60 s here).
 #[test]
 fn up_repins_within_seconds_of_a_network_change() {
-    use wgmesh::agent::daemon::{self, Intervals};
+    use wgmesh::agent::run::daemon::{self, Intervals};
     let dir = common::TempDir::new("ossim-up");
     let server = common::ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
     let exit = common::post(

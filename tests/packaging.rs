@@ -703,7 +703,7 @@ fn launchd_plist_is_well_formed_and_runs_the_agent() {
 
 #[test]
 fn client_config_example_matches_the_real_format_but_its_key_is_refused() {
-    use wgmesh::agent::config::{ClientConfig, CONFIG_VERSION};
+    use wgmesh::agent::state::config::{ClientConfig, CONFIG_VERSION};
     let source = fs::read_to_string(root().join("etc").join("client.json.example")).unwrap();
     let placeholder = serde_json::from_str::<serde_json::Value>(&source).unwrap()["private_key"]
         .as_str()

@@ -731,7 +731,7 @@ fn an_agent_given_several_servers_fails_over_on_5xx_and_on_a_dead_replica() {
     let (plan, log) = sync(&[sick.clone(), a.url(""), b.url("")]);
     assert!(plan.contains(&x), "{plan}");
     assert!(log.contains("trying"), "{log}");
-    let saved = wgmesh::agent::config::ClientConfig::load(&config)
+    let saved = wgmesh::agent::state::config::ClientConfig::load(&config)
         .unwrap()
         .unwrap();
     let assignment = saved.assignment.clone().unwrap();
@@ -744,7 +744,7 @@ fn an_agent_given_several_servers_fails_over_on_5xx_and_on_a_dead_replica() {
     assert_eq!(register(&b, &y, "y-host").status, 200);
     let (plan, log) = sync(&[]);
     assert!(plan.contains(&y), "{plan}\n{log}");
-    let again = wgmesh::agent::config::ClientConfig::load(&config)
+    let again = wgmesh::agent::state::config::ClientConfig::load(&config)
         .unwrap()
         .unwrap()
         .assignment
@@ -927,7 +927,7 @@ fn agents_work_through_a_plain_load_balancer_that_alternates_replicas() {
         for seen in &others[..=round] {
             assert!(plan.contains(seen.as_str()), "round {round}: {plan}");
         }
-        let saved = wgmesh::agent::config::ClientConfig::load(&config)
+        let saved = wgmesh::agent::state::config::ClientConfig::load(&config)
             .unwrap()
             .unwrap()
             .assignment

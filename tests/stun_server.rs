@@ -35,7 +35,8 @@ fn server_answers_stun_with_the_observed_address_and_counts_garbage() {
     let addrs = stun_addrs(&server);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let probe =
-        wgmesh::agent::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2)).unwrap();
+        wgmesh::agent::observe::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2))
+            .unwrap();
     assert_eq!(probe.mapped, socket.local_addr().unwrap());
 
     for garbage in [&b"hello"[..], &[0u8; 20][..], &[0xffu8; 600][..]] {
@@ -43,7 +44,8 @@ fn server_answers_stun_with_the_observed_address_and_counts_garbage() {
     }
     // Still answering after garbage.
     let again =
-        wgmesh::agent::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2)).unwrap();
+        wgmesh::agent::observe::netcheck::probe_from(&socket, addrs[0], Duration::from_secs(2))
+            .unwrap();
     assert_eq!(again.mapped, socket.local_addr().unwrap());
 
     let mut resp = agent().get(server.url("/metrics")).call().unwrap();

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wgmesh::agent::netcheck::{self, NetcheckError};
+use wgmesh::agent::observe::netcheck::{self, NetcheckError};
 use wgmesh::proto::stun::{self, BindingResponse, TransactionId};
 use wgmesh::server::stun_service::{RateLimit, StunCounters, StunHandle, StunService, StunStats};
 

@@ -1,7 +1,7 @@
 //! Why an agent step failed, by kind, so the CLI can map each kind to its exit code.
 
 use super::client::ClientError;
-use super::config::ConfigError;
+use super::state::config::ConfigError;
 use crate::os::runner::ExecuteError;
 use std::fmt;
 

@@ -1,27 +1,19 @@
 //! The client agent (design 3.1.2): register, heartbeat, fetch the peer list, and make the
 //! local WireGuard interface match it.
+//!
+//! The folders follow one sync: [`observe`] reads the host and the network into facts,
+//! [`decide`] and [`plan`] turn facts and the server's list into ordered plans (pure, tested
+//! on data), [`apply`] runs them and records what is applied in [`state`]; [`run`] is the
+//! long-running part (the engine's step, `up`'s loop). [`client`] talks to the server, and
+//! [`dns`] serves `.mesh` names with the same observe/decide/apply split inside.
 
+pub mod apply;
 pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod desired;
+pub mod decide;
 pub mod dns;
-pub mod engine;
 pub mod error;
-pub mod host;
-pub mod host_routes;
-pub mod known;
-pub mod netcheck;
-pub mod path;
-mod path_relays;
-pub mod peer_cache;
+pub mod observe;
 pub mod plan;
-pub mod reconcile;
-pub mod relay_health;
-pub mod relay_probe;
-pub mod resolver;
-pub mod setup;
-pub mod sink;
-pub mod stagger;
+pub mod run;
+pub mod state;
 pub mod status;
-pub mod teardown;

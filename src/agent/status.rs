@@ -1,12 +1,12 @@
 //! `status` and `export`: what this node is and sees, from its config, the last peer list and
 //! `wg show dump` (status), or as a wg-quick file (export). The CLI only prints the result.
 
-use super::config::ClientConfig;
-use super::desired;
-use super::engine::load_peer_cache;
+use super::decide::desired;
 use super::error::AgentError;
-use super::host;
-use super::setup;
+use super::observe::host;
+use super::run::engine::load_peer_cache;
+use super::run::setup;
+use super::state::config::ClientConfig;
 use crate::os::runner::Runner;
 use crate::os::TargetOs;
 use crate::types::InterfaceName;
@@ -94,7 +94,7 @@ pub struct RelayStatus {
 }
 
 /// The replica relays of `paths`, for [`Status::relays`].
-fn relay_statuses(paths: &super::path::PathTable) -> Vec<RelayStatus> {
+fn relay_statuses(paths: &super::decide::path::PathTable) -> Vec<RelayStatus> {
     let in_use = paths.relays_in_use();
     paths
         .relays
@@ -122,7 +122,7 @@ pub fn collect(
         ))
     })?;
     let known = load_peer_cache(path);
-    let paths = super::path::PathTable::load(path);
+    let paths = super::decide::path::PathTable::load(path);
     let interface = cfg.applied.as_ref().map(|a| a.interface.clone());
     let dump = cfg.applied.as_ref().and_then(|a| {
         let os = a.os.parse().unwrap_or(TargetOs::Linux);
@@ -395,7 +395,7 @@ mod tests {
         );
 
         // With replicas, one line says which relays answer and which one peers meet at.
-        let mut paths = super::super::path::PathTable::default();
+        let mut paths = super::super::decide::path::PathTable::default();
         for i in 1..=3u8 {
             paths.relays.insert(
                 format!("http://198.18.0.{i}:8080"),
@@ -406,11 +406,11 @@ mod tests {
             .health
             .round_failed("198.18.0.1:3478".parse().unwrap());
         let with_relays = Status {
-            relays: relay_statuses(&super::super::path::PathTable {
+            relays: relay_statuses(&super::super::decide::path::PathTable {
                 peers: [(
                     "k".to_string(),
-                    super::super::path::PeerPath {
-                        mode: super::super::path::Mode::Relay,
+                    super::super::decide::path::PeerPath {
+                        mode: super::super::decide::path::Mode::Relay,
                         since_ms: 0,
                         rx_mark: 0,
                         last_rx: 0,
@@ -447,7 +447,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("client.json");
         let mut cfg = ClientConfig::generate("wg0".parse().unwrap());
-        cfg.applied = Some(super::super::config::Applied {
+        cfg.applied = Some(super::super::state::config::Applied {
             os: "windows".into(),
             interface: "wg0".into(),
             ..Default::default()
@@ -473,13 +473,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("client.json");
         let mut cfg = ClientConfig::generate("wg0".parse().unwrap());
-        cfg.applied = Some(super::super::config::Applied {
+        cfg.applied = Some(super::super::state::config::Applied {
             os: "linux".into(),
             interface: "wg0".into(),
             ..Default::default()
         });
         cfg.save(&path).unwrap();
-        let table = super::super::path::PathTable {
+        let table = super::super::decide::path::PathTable {
             relay: Some("198.18.0.1:3478".parse().unwrap()),
             ..Default::default()
         };

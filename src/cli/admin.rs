@@ -5,7 +5,8 @@
 //! Going through the server (rather than editing its files) keeps one writer per file and
 //! makes changes take effect at once.
 
-use super::{init_logging, Failure, LogLevel, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use super::exit::{CliError, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use super::output::{init_logging, LogLevel};
 use crate::agent::client::ServerUrl;
 use crate::proto::admin::{
     AdminPeersResponse, PolicyReloadResponse, TokenCreateRequest, TokenCreateResponse,
@@ -181,12 +182,12 @@ struct Admin {
 }
 
 impl Admin {
-    fn new(server: ServerUrl, secret_file: Option<PathBuf>) -> Result<Admin, Failure> {
+    fn new(server: ServerUrl, secret_file: Option<PathBuf>) -> Result<Admin, CliError> {
         init_logging(LogLevel(log::LevelFilter::Warn));
         let path = secret_file.unwrap_or_else(|| crate::fsutil::config_dir().join("admin.secret"));
         let secret = std::fs::read_to_string(&path)
             .map_err(|e| {
-                Failure::new(
+                CliError::new(
                     EXIT_USAGE,
                     format!(
                         "cannot read the admin secret {} ({e}): pass --admin-secret-file, the \
@@ -210,13 +211,13 @@ impl Admin {
     }
 
     /// Sends one admin request; returns the body of a 2xx answer.
-    fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<String, Failure> {
+    fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<String, CliError> {
         let url = format!("{}/admin/{path}", self.server);
         let builder = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
             .header("Authorization", format!("Bearer {}", self.secret));
-        let built = |e: ureq::http::Error| Failure::new(EXIT_INTERNAL, e.to_string());
+        let built = |e: ureq::http::Error| CliError::new(EXIT_INTERNAL, e.to_string());
         // Always a sized body (empty for GET/DELETE): the server refuses chunked uploads.
         let sent = match body {
             Some(json) => self.agent.run(
@@ -228,7 +229,7 @@ impl Admin {
             None => self.agent.run(builder.body(String::new()).map_err(built)?),
         };
         let mut resp = sent.map_err(|e| {
-            Failure::new(
+            CliError::new(
                 EXIT_SERVER,
                 format!("coordination server {} unreachable: {e}", self.server),
             )
@@ -244,7 +245,7 @@ impl Admin {
             let message = serde_json::from_str::<ApiError>(&text)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| text.chars().take(200).collect());
-            return Err(Failure::new(
+            return Err(CliError::new(
                 EXIT_SERVER,
                 format!("server refused ({status}): {message}"),
             ));
@@ -259,10 +260,10 @@ impl Admin {
         method: &str,
         path: &str,
         body: Option<String>,
-    ) -> Result<(T, String), Failure> {
+    ) -> Result<(T, String), CliError> {
         let text = self.call(method, path, body)?;
         let parsed = serde_json::from_str(&text).map_err(|e| {
-            Failure::new(
+            CliError::new(
                 EXIT_SERVER,
                 format!("the server's answer to {method} /admin/{path} is not understood: {e}"),
             )
@@ -271,9 +272,9 @@ impl Admin {
     }
 }
 
-fn print(text: &str) -> Result<(), Failure> {
+fn print(text: &str) -> Result<(), CliError> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::new(
             EXIT_INTERNAL,
             format!("cannot write to stdout: {e}"),
         )),
@@ -303,7 +304,7 @@ fn tags(tags: &[Tag]) -> String {
 }
 
 /// `wgmesh token ...`.
-pub fn token(args: TokenArgs) -> Result<(), Failure> {
+pub fn token(args: TokenArgs) -> Result<(), CliError> {
     match args.command {
         TokenCommand::Create(a) => {
             let tags = a
@@ -311,16 +312,16 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
                 .iter()
                 .map(|tag| tag.parse::<Tag>())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Failure::new(EXIT_USAGE, format!("--tag: {e}")))?;
+                .map_err(|e| CliError::new(EXIT_USAGE, format!("--tag: {e}")))?;
             if a.uses == Some(0) {
-                return Err(Failure::new(
+                return Err(CliError::new(
                     EXIT_USAGE,
                     "--uses 0 would make a token nobody can use: give 1 or more, or omit it",
                 ));
             }
             if let Some(expires) = &a.expires {
                 crate::server::tokens::parse_expiry(expires)
-                    .map_err(|e| Failure::new(EXIT_USAGE, format!("--expires: {e}")))?;
+                    .map_err(|e| CliError::new(EXIT_USAGE, format!("--expires: {e}")))?;
             }
             let admin = Admin::new(a.server, a.admin_secret_file)?;
             let body = TokenCreateRequest {
@@ -370,7 +371,7 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
 }
 
 /// `wgmesh peers ...`.
-pub fn peers(args: PeersArgs) -> Result<(), Failure> {
+pub fn peers(args: PeersArgs) -> Result<(), CliError> {
     match args.command {
         PeersCommand::List(a) => {
             let admin = Admin::new(a.server, a.admin_secret_file)?;
@@ -406,7 +407,7 @@ pub fn peers(args: PeersArgs) -> Result<(), Failure> {
 }
 
 /// `wgmesh policy ...`.
-pub fn policy(args: PolicyArgs) -> Result<(), Failure> {
+pub fn policy(args: PolicyArgs) -> Result<(), CliError> {
     match args.command {
         PolicyCommand::Reload(a) => {
             let admin = Admin::new(a.server, a.admin_secret_file)?;

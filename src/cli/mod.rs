@@ -14,27 +14,14 @@
 
 mod admin;
 mod agent;
+pub mod exit;
 mod netcheck;
+mod output;
 mod server;
 
 use argh::FromArgs;
-use std::io::IsTerminal;
+use exit::{EXIT_OK, EXIT_USAGE};
 use std::process::ExitCode;
-
-/// Success.
-pub const EXIT_OK: u8 = 0;
-/// An unexpected internal error.
-pub const EXIT_INTERNAL: u8 = 1;
-/// Bad usage, configuration or input.
-pub const EXIT_USAGE: u8 = 2;
-/// The coordination server is unreachable or refused.
-pub const EXIT_SERVER: u8 = 3;
-/// A system command failed.
-pub const EXIT_COMMAND: u8 = 4;
-/// Local state could not be read or written.
-pub const EXIT_STATE: u8 = 5;
-/// A check found a problem (`netcheck`).
-pub const EXIT_CHECK: u8 = 6;
 
 /// wgmesh: a WireGuard mesh VPN. Every machine gets a stable private IP and a direct,
 /// encrypted path to every other machine. Exit codes: 0 ok, 1 internal error, 2 bad usage or
@@ -61,64 +48,6 @@ enum Command {
     Token(admin::TokenArgs),
     Peers(admin::PeersArgs),
     Policy(admin::PolicyArgs),
-}
-
-/// A failure with its exit code; `main` prints the message once on stderr.
-#[derive(Debug)]
-pub struct Failure {
-    /// One of the EXIT_* codes.
-    pub code: u8,
-    /// What went wrong and how to fix it.
-    pub message: String,
-}
-
-impl Failure {
-    /// Builds a failure.
-    pub fn new(code: u8, message: impl Into<String>) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// Log verbosity, as the design's levels (10.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogLevel(pub log::LevelFilter);
-
-impl argh::FromArgValue for LogLevel {
-    fn from_arg_value(value: &str) -> Result<Self, String> {
-        value
-            .parse::<log::LevelFilter>()
-            .map(LogLevel)
-            .map_err(|_| {
-                format!("unknown log level {value:?}: use error, warn, info, debug or trace")
-            })
-    }
-}
-
-impl Default for LogLevel {
-    fn default() -> Self {
-        LogLevel(log::LevelFilter::Info)
-    }
-}
-
-/// Sends logs to stderr (stdout is for machine-readable output), coloured only on a terminal.
-pub fn init_logging(level: LogLevel) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_level(log::LevelFilter::Error)
-        .set_target_level(log::LevelFilter::Off)
-        .set_thread_level(log::LevelFilter::Off)
-        // Our own debug lines say which request went where; the HTTP crates' are noise.
-        .add_filter_ignore_str("ureq")
-        .add_filter_ignore_str("rustls")
-        .build();
-    let colour = if std::io::stderr().is_terminal() {
-        simplelog::ColorChoice::Auto
-    } else {
-        simplelog::ColorChoice::Never
-    };
-    let _ = simplelog::TermLogger::init(level.0, config, simplelog::TerminalMode::Stderr, colour);
 }
 
 /// Parses the command line. Help (`--help`, `help`) goes to stdout with exit 0; anything argh

@@ -2,9 +2,10 @@
 //! get, does its NAT map by destination, and (with an exit node in use) does the internet see
 //! the exit node's address.
 
-use super::{init_logging, Failure, LogLevel, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
-use crate::agent::config::{self, ClientConfig};
-use crate::agent::netcheck::{self, ExitCheck, Report};
+use super::exit::{CliError, EXIT_CHECK, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
+use super::output::{init_logging, write_stdout, LogLevel};
+use crate::agent::observe::netcheck::{self, ExitCheck, Report};
+use crate::agent::state::config::{self, ClientConfig};
 use argh::FromArgs;
 use serde::Serialize;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -53,23 +54,23 @@ struct Output {
     relay: Option<RelayCheck>,
 }
 
-fn resolve(text: &str) -> Result<SocketAddr, Failure> {
+fn resolve(text: &str) -> Result<SocketAddr, CliError> {
     text.to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| Failure::new(EXIT_USAGE, format!("--server {text:?} is not HOST:PORT")))
+        .ok_or_else(|| CliError::new(EXIT_USAGE, format!("--server {text:?} is not HOST:PORT")))
 }
 
 /// `wgmesh netcheck`.
-pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
+pub fn run(args: NetcheckArgs) -> Result<(), CliError> {
     init_logging(LogLevel(log::LevelFilter::Warn));
     let path = args.config.unwrap_or_else(config::default_path);
-    let cfg = ClientConfig::load(&path).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))?;
+    let cfg = ClientConfig::load(&path).map_err(|e| CliError::new(EXIT_USAGE, e.to_string()))?;
     let primary = match (&args.server, cfg.as_ref().and_then(|c| c.server.as_ref())) {
         (Some(text), _) => resolve(text)?,
         (None, Some(url)) => resolve(&netcheck::stun_server_for(url))?,
         (None, None) => {
-            return Err(Failure::new(
+            return Err(CliError::new(
                 EXIT_USAGE,
                 "no STUN server: pass --server HOST:PORT or run `wgmesh up --server URL` first",
             ))
@@ -81,14 +82,14 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
         .map(|p| SocketAddr::new(primary.ip(), p));
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let report = netcheck::netcheck(primary, secondary, timeout, None)
-        .map_err(|e| Failure::new(EXIT_INTERNAL, e.to_string()))?;
+        .map_err(|e| CliError::new(EXIT_INTERNAL, e.to_string()))?;
 
     let exit_check = cfg.as_ref().and_then(|c| ExitCheck::of(c, &path, &report));
 
     // The relay is the coordination server's: checked when netcheck asks that server (not
     // another STUN server given with --server), reusing the STUN answer when it is the same
     // port.
-    let relay = crate::agent::path::PathTable::load(&path)
+    let relay = crate::agent::decide::path::PathTable::load(&path)
         .relay
         .filter(|_| args.server.is_none())
         .map(|address| {
@@ -117,7 +118,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
             relay,
         })
         .expect("serializes");
-        super::agent::write_stdout(&format!("{text}\n"))?;
+        write_stdout(&format!("{text}\n"))?;
     } else {
         let mut text = report.to_string();
         if let Some(r) = &relay {
@@ -142,13 +143,13 @@ pub fn run(args: NetcheckArgs) -> Result<(), Failure> {
                 }
             ));
         }
-        super::agent::write_stdout(&text)?;
+        write_stdout(&text)?;
     }
     if !udp_ok {
-        return Err(Failure::new(EXIT_SERVER, format!("no STUN answer from {primary}: UDP to the server is blocked or it runs without --udp-listen")));
+        return Err(CliError::new(EXIT_SERVER, format!("no STUN answer from {primary}: UDP to the server is blocked or it runs without --udp-listen")));
     }
     if !exit_ok {
-        return Err(Failure::new(EXIT_CHECK, exit_message.unwrap_or_default()));
+        return Err(CliError::new(EXIT_CHECK, exit_message.unwrap_or_default()));
     }
     Ok(())
 }

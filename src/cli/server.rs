@@ -1,7 +1,9 @@
 //! `wgmesh server`: the coordination server on its embedded JSON store.
 
-use super::{init_logging, Failure, LogLevel, EXIT_INTERNAL, EXIT_STATE, EXIT_USAGE};
+use super::exit::{CliError, EXIT_INTERNAL, EXIT_STATE, EXIT_USAGE};
+use super::output::{init_logging, LogLevel};
 use crate::server::{run_until_signalled, ServerConfig, ServerError};
+use crate::types::InvalidValue;
 use argh::FromArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,20 +102,22 @@ pub struct ServerArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct UdpListen(Option<SocketAddr>);
 
-impl argh::FromArgValue for UdpListen {
-    fn from_arg_value(value: &str) -> Result<Self, String> {
+impl std::str::FromStr for UdpListen {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
         if value == "off" {
             return Ok(UdpListen(None));
         }
-        value
-            .parse()
-            .map(|a| UdpListen(Some(a)))
-            .map_err(|_| format!("{value:?} is not ADDR:PORT (e.g. 0.0.0.0:3478) or \"off\""))
+        value.parse().map(|a| UdpListen(Some(a))).map_err(|_| {
+            InvalidValue(format!(
+                "{value:?} is not ADDR:PORT (e.g. 0.0.0.0:3478) or \"off\""
+            ))
+        })
     }
 }
 
 /// Runs `wgmesh server` until SIGINT/SIGTERM.
-pub fn run(args: ServerArgs) -> Result<(), Failure> {
+pub fn run(args: ServerArgs) -> Result<(), CliError> {
     init_logging(args.log_level);
     let state = args
         .state
@@ -122,7 +126,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
     config.listen = args.listen;
     config.network = args.network_cidr.trunc();
     if args.network_cidr.prefix_len() > 30 {
-        return Err(Failure::new(
+        return Err(CliError::new(
             EXIT_USAGE,
             format!(
                 "--network-cidr {} has no room for peers: use a prefix of /30 or shorter",
@@ -136,7 +140,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         ("--idle-timeout", args.idle_timeout),
     ] {
         if value == 0 {
-            return Err(Failure::new(
+            return Err(CliError::new(
                 EXIT_USAGE,
                 format!("{flag} must be at least 1 second"),
             ));
@@ -148,7 +152,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
     config.limits.max_connections = args.max_connections.max(1);
     if let Some(threads) = args.threads {
         if threads == 0 {
-            return Err(Failure::new(EXIT_USAGE, "--threads must be at least 1"));
+            return Err(CliError::new(EXIT_USAGE, "--threads must be at least 1"));
         }
         config.limits.handler_threads = threads;
     }
@@ -167,7 +171,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         .or_else(|| std::env::var("WGMESH_STORE").ok().filter(|s| !s.is_empty()));
     if let Some(url) = args.import_to {
         return crate::server::storage::import::run(&config, &url)
-            .map_err(|e| Failure::new(EXIT_STATE, format!("import into PostgreSQL failed: {e}")));
+            .map_err(|e| CliError::new(EXIT_STATE, format!("import into PostgreSQL failed: {e}")));
     }
     config.policy = args.policy;
     config.register_per_minute = args.register_limit;
@@ -176,7 +180,7 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
         (Some(cert), Some(key)) => Some(crate::server::http::TlsFiles { cert, key }),
         (None, None) => None,
         _ => {
-            return Err(Failure::new(
+            return Err(CliError::new(
                 EXIT_USAGE,
                 "--tls-cert and --tls-key go together: give both to serve HTTPS, or neither",
             ))
@@ -188,6 +192,6 @@ pub fn run(args: ServerArgs) -> Result<(), Failure> {
             ServerError::Config(_) => EXIT_USAGE,
             ServerError::Io(_) => EXIT_INTERNAL,
         };
-        Failure::new(code, e.to_string())
+        CliError::new(code, e.to_string())
     })
 }

@@ -14,6 +14,7 @@ mod command;
 pub mod dns;
 mod linux;
 mod macos;
+mod mesh_routes;
 pub mod observe_macos;
 pub mod observe_windows;
 pub mod pins;
@@ -27,6 +28,7 @@ pub mod wgquick;
 mod windows;
 
 pub use command::{quote, Command, Payload, Plan, PlannedFile, Secret, PRIVATE_FILE_MODE};
+pub use mesh_routes::routes;
 pub use spec::{
     Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
     FWMARK_TABLE,
@@ -35,7 +37,7 @@ pub use wg::wg_program;
 use wg::{arg_budget, peer_groups, peers_conf, wg_set};
 
 use crate::types::{InterfaceName, InvalidValue};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
@@ -124,17 +126,6 @@ pub fn apply_peers(os: TargetOs, real_name: &InterfaceName, changes: &PeerChange
         usize::MAX,
     ));
     Plan::of(bulk)
-}
-
-/// Adds and removes routes for extra prefixes routed into the mesh (peers' subnet routes);
-/// additions are idempotent and come before removals, and removing a route that is already
-/// gone is tolerated.
-pub fn routes(os: TargetOs, real_name: &InterfaceName, add: &[IpNet], remove: &[IpNet]) -> Plan {
-    match os {
-        TargetOs::Linux => linux::routes(real_name, add, remove),
-        TargetOs::Macos => macos::routes(real_name, add, remove),
-        TargetOs::Windows => windows::routes(real_name, add, remove),
-    }
 }
 
 /// Removes the interface and what the OS does not clean up by itself; safe to run when the

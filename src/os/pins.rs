@@ -10,8 +10,9 @@
 //! pins every endpoint: wireguard-go on macOS has no fwmark, so WireGuard's own packets to
 //! any peer would otherwise enter the tunnel and depend on the exit node).
 
+use super::mesh_routes::routes;
 use super::route_table::{RouteTable, Uplink};
-use super::{routes, Command, Plan, TargetOs};
+use super::{Command, Plan, TargetOs};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};

@@ -23,7 +23,7 @@ pub struct CommandOutput {
 
 /// How a command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub enum CommandFailure {
     /// It ran and exited with this non-zero status.
     Exit(i32),
     /// It was killed by a signal.
@@ -44,7 +44,7 @@ pub struct CommandError {
     /// Its arguments (never secrets: those travel on stdin).
     pub args: Vec<String>,
     /// How it ended.
-    pub failure: Failure,
+    pub failure: CommandFailure,
     /// Its standard error, trimmed.
     pub stderr: String,
     /// The failure of the command this one was the fallback for.
@@ -53,7 +53,7 @@ pub struct CommandError {
 
 impl CommandError {
     /// An error for `cmd` failing with `failure` and `stderr`.
-    pub fn new(cmd: &Command, failure: Failure, stderr: &str) -> CommandError {
+    pub fn new(cmd: &Command, failure: CommandFailure, stderr: &str) -> CommandError {
         CommandError {
             program: cmd.program.clone(),
             args: cmd.args.clone(),
@@ -66,7 +66,7 @@ impl CommandError {
     /// The exit status, when the command ran to an exit.
     pub fn exit_status(&self) -> Option<i32> {
         match self.failure {
-            Failure::Exit(code) => Some(code),
+            CommandFailure::Exit(code) => Some(code),
             _ => None,
         }
     }
@@ -80,12 +80,12 @@ impl fmt::Display for CommandError {
         let line = Command::new(&self.program).args(self.args.clone());
         write!(f, "`{}` ", line.render_argv())?;
         match &self.failure {
-            Failure::Exit(code) => write!(f, "exited with status {code}")?,
-            Failure::Signal => write!(f, "was killed by a signal")?,
-            Failure::TimedOut(after) => {
+            CommandFailure::Exit(code) => write!(f, "exited with status {code}")?,
+            CommandFailure::Signal => write!(f, "was killed by a signal")?,
+            CommandFailure::TimedOut(after) => {
                 write!(f, "did not finish within {after:?} and was killed")?
             }
-            Failure::Spawn(why) => write!(
+            CommandFailure::Spawn(why) => write!(
                 f,
                 "could not be started: {why} (is `{}` installed and in PATH?)",
                 self.program
@@ -247,14 +247,24 @@ impl Runner for SystemRunner {
             .stderr_capture()
             .unchecked()
             .start()
-            .map_err(|e| CommandError::new(cmd, Failure::Spawn(e.to_string()), ""))?;
+            .map_err(|e| CommandError::new(cmd, CommandFailure::Spawn(e.to_string()), ""))?;
         let output = match handle.wait_timeout(self.timeout) {
             Ok(Some(output)) => output.clone(),
             Ok(None) => {
                 let _ = handle.kill();
-                return Err(CommandError::new(cmd, Failure::TimedOut(self.timeout), ""));
+                return Err(CommandError::new(
+                    cmd,
+                    CommandFailure::TimedOut(self.timeout),
+                    "",
+                ));
             }
-            Err(e) => return Err(CommandError::new(cmd, Failure::Spawn(e.to_string()), "")),
+            Err(e) => {
+                return Err(CommandError::new(
+                    cmd,
+                    CommandFailure::Spawn(e.to_string()),
+                    "",
+                ))
+            }
         };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -262,8 +272,8 @@ impl Runner for SystemRunner {
             Ok(CommandOutput { stdout, stderr })
         } else {
             let failure = match output.status.code() {
-                Some(code) => Failure::Exit(code),
-                None => Failure::Signal,
+                Some(code) => CommandFailure::Exit(code),
+                None => CommandFailure::Signal,
             };
             Err(CommandError::new(cmd, failure, &stderr))
         }
@@ -353,9 +363,11 @@ impl Runner for RecordingRunner {
                 stdout,
                 stderr: String::new(),
             }),
-            Scripted::Fail(status, stderr) => {
-                Err(CommandError::new(cmd, Failure::Exit(status), &stderr))
-            }
+            Scripted::Fail(status, stderr) => Err(CommandError::new(
+                cmd,
+                CommandFailure::Exit(status),
+                &stderr,
+            )),
         }
     }
 
@@ -539,12 +551,12 @@ mod tests {
 
         let fail = Command::new("sh").args(["-c", "echo '  oops  ' >&2; exit 3"]);
         let err = runner.run(&fail).unwrap_err();
-        assert_eq!(err.failure, Failure::Exit(3));
+        assert_eq!(err.failure, CommandFailure::Exit(3));
         assert_eq!(err.stderr, "oops");
 
         let missing = Command::new("wgmesh-no-such-program-xyz");
         let err = runner.run(&missing).unwrap_err();
-        assert!(matches!(err.failure, Failure::Spawn(_)), "{err}");
+        assert!(matches!(err.failure, CommandFailure::Spawn(_)), "{err}");
         assert!(err.to_string().contains("installed"), "{err}");
 
         let slow = SystemRunner {
@@ -552,6 +564,9 @@ mod tests {
         }
         .run(&Command::new("sleep").arg("5"))
         .unwrap_err();
-        assert!(matches!(slow.failure, Failure::TimedOut(_)), "{slow}");
+        assert!(
+            matches!(slow.failure, CommandFailure::TimedOut(_)),
+            "{slow}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 use super::runner::{Runner, SystemRunner};
 use super::*;
 use crate::keys::{PrivateKey, PublicKey};
+use ipnet::IpNet;
 use std::path::Path;
 
 const PRIVATE: &str = "QNpZDY3OBvXJBPTgNPCX8Y31UzgAFy07ZEs68LXlpWM=";
@@ -612,7 +613,7 @@ impl Drop for Namespace {
 /// Needs root, iproute2, wireguard-tools, wireguard-go, nft and iptables; fails without them.
 #[test]
 fn linux_plans_run_for_real_in_a_private_namespace() {
-    use crate::agent::reconcile::diff;
+    use crate::agent::decide::reconcile::diff;
     let ns = Namespace::new("plans");
     let name = iface(&ns.iface);
     let spec = InterfaceSpec {
@@ -746,7 +747,7 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
 /// Needs root, iproute2, wireguard-tools and wireguard-go (or kernel WireGuard).
 #[test]
 fn a_thousand_peer_change_lands_in_two_processes_for_real() {
-    use crate::agent::reconcile::diff;
+    use crate::agent::decide::reconcile::diff;
     let ns = Namespace::new("bulk");
     let name = iface(&ns.iface);
     let spec = InterfaceSpec {

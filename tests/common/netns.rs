@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use super::TempDir;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -272,6 +273,84 @@ impl Lab {
         ]);
         args.extend_from_slice(flags);
         self.spawn(&node.ns, &args, log)
+    }
+}
+
+/// A node's `wgmesh` config file as JSON; None while it is missing or half-written.
+pub fn config_json(path: impl AsRef<Path>) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The mesh address the server assigned, from the config at `path`; None until the node
+/// has registered.
+pub fn assigned_ip(path: impl AsRef<Path>) -> Option<String> {
+    config_json(path)?["assignment"]["assigned_ip"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The node's WireGuard public key, from the private key in the config at `path`; None
+/// until the config is written.
+pub fn public_key_of(path: impl AsRef<Path>) -> Option<wgmesh::keys::PublicKey> {
+    let config = config_json(path)?;
+    let private = wgmesh::keys::PrivateKey::from_base64(config["private_key"].as_str()?).ok()?;
+    Some(private.public_key())
+}
+
+impl MeshNode {
+    /// Its mesh address, once it has registered.
+    pub fn mesh_ip(&self) -> Option<String> {
+        assigned_ip(&self.config)
+    }
+
+    /// Its WireGuard public key, once its config is written.
+    pub fn public_key(&self) -> Option<wgmesh::keys::PublicKey> {
+        public_key_of(&self.config)
+    }
+}
+
+impl Lab {
+    /// Node `name`'s config file, in the lab's folder (where [`Lab::mesh_node`] puts it).
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.json"))
+    }
+
+    /// Node `name`'s mesh address; panics if it has not registered.
+    pub fn mesh_ip(&self, name: &str) -> String {
+        assigned_ip(self.config_path(name))
+            .unwrap_or_else(|| panic!("{name} has no mesh address in its config yet"))
+    }
+
+    /// Node `name`'s WireGuard public key; panics if its config is not written.
+    pub fn key_of(&self, name: &str) -> wgmesh::keys::PublicKey {
+        public_key_of(self.config_path(name))
+            .unwrap_or_else(|| panic!("{name} has no config with a private key yet"))
+    }
+
+    /// Runs `wgmesh token create ARGS` in `server_ns` against `server` with the lab's
+    /// admin secret (`admin.secret` in its folder), retrying while the server starts, and
+    /// returns the token.
+    pub fn create_token(&self, server_ns: &str, server: &str, args: &[&str]) -> String {
+        let secret = self.dir.path().join("admin.secret").display().to_string();
+        let mut full = vec![
+            super::wgmesh_bin(),
+            "token",
+            "create",
+            "--server",
+            server,
+            "--admin-secret-file",
+            &secret,
+        ];
+        full.extend_from_slice(args);
+        let mut token = String::new();
+        self.eventually(Duration::from_secs(20), "the server makes a token", || {
+            let out = self.exec(server_ns, &full);
+            token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            out.status.success()
+        });
+        assert!(token.starts_with("wgm_"), "{token}");
+        token
     }
 }
 

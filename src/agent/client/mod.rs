@@ -16,68 +16,22 @@ use crate::proto::model::{
     PeersResponse, RegisterRequest, RegisterResponse,
 };
 use crate::types::PeerId;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod error;
 mod exchange;
 mod failover;
 mod server_url;
 mod tls;
 
+pub use error::ClientError;
 pub use server_url::ServerUrl;
 use tls::transport;
 pub use tls::TlsTrust;
 
 /// Largest peer list accepted: far above the ~3 MB of 10,000 peers, well below memory trouble.
 const MAX_PEER_LIST_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Why a call to the server failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientError {
-    /// No answer: DNS, connection refused, timeout.
-    Unreachable(String),
-    /// The server does not know this peer (never registered, or deregistered).
-    UnknownPeer,
-    /// The server answered with an error status.
-    Refused {
-        /// HTTP status.
-        status: u16,
-        /// The server's error message.
-        message: String,
-    },
-    /// The answer could not be understood.
-    Protocol(String),
-    /// The answer is not signed by the pinned server key: a man in the middle, or a server
-    /// whose key changed. Nothing in it was believed.
-    Unauthentic(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Unreachable(m) => write!(f, "coordination server unreachable: {m}"),
-            ClientError::UnknownPeer => {
-                f.write_str("the coordination server does not know this peer")
-            }
-            ClientError::Refused { status, message } => {
-                write!(
-                    f,
-                    "coordination server refused the request ({status}): {message}"
-                )
-            }
-            ClientError::Protocol(m) => {
-                write!(f, "unexpected answer from the coordination server: {m}")
-            }
-            ClientError::Unauthentic(m) => write!(
-                f,
-                "refusing an unauthenticated answer from the coordination server: {m}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
 
 /// What `GET /peers` returned.
 #[derive(Debug, Clone, PartialEq, Eq)]

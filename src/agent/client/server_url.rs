@@ -1,26 +1,31 @@
 //! The validated server base URL every client call starts from, parsed once from flags or
 //! the config so a bad one is refused up front.
 
+use crate::types::InvalidValue;
 use std::fmt;
 
 /// A validated server base URL such as `http://198.18.0.1:8080`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl(String);
 impl std::str::FromStr for ServerUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         let trimmed = s.trim_end_matches('/');
         let rest = trimmed
             .strip_prefix("http://")
             .or_else(|| trimmed.strip_prefix("https://"))
-            .ok_or_else(|| format!("server URL {s:?} must start with http:// or https://"))?;
+            .ok_or_else(|| {
+                InvalidValue(format!(
+                    "server URL {s:?} must start with http:// or https://"
+                ))
+            })?;
         let ok = !rest.is_empty()
             && !rest.contains(['/', '?', '#', '@', ' '])
             && rest.chars().all(|c| c.is_ascii_graphic());
         if !ok {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "server URL {s:?} must be scheme://host[:port] with no path, e.g. http://198.18.0.1:8080"
-            ));
+            )));
         }
         Ok(ServerUrl(trimmed.to_owned()))
     }

@@ -1,7 +1,8 @@
 //! TLS to an `https://` server: which CAs its certificate must chain to (`--ca`), and
 //! reporting a TLS failure as such rather than as a bare I/O error.
 
-use super::ClientError;
+use super::error::ClientError;
+use crate::types::InvalidValue;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -39,21 +40,27 @@ pub struct TlsTrust {
 impl TlsTrust {
     /// Trusts only the CERTIFICATE blocks of the PEM file at `path` (other blocks, such as
     /// a private key mistakenly bundled, are ignored). Fails if there are none.
-    pub fn from_ca_file(path: &Path) -> Result<TlsTrust, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("--ca {}: {e}", path.display()))?;
+    pub fn from_ca_file(path: &Path) -> Result<TlsTrust, InvalidValue> {
+        let pem = std::fs::read(path)
+            .map_err(|e| InvalidValue(format!("--ca {}: {e}", path.display())))?;
         let mut certs = Vec::new();
         for item in ureq::tls::parse_pem(&pem) {
             match item {
                 Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
                 Ok(_) => {}
-                Err(e) => return Err(format!("--ca {}: not valid PEM: {e}", path.display())),
+                Err(e) => {
+                    return Err(InvalidValue(format!(
+                        "--ca {}: not valid PEM: {e}",
+                        path.display()
+                    )))
+                }
             }
         }
         if certs.is_empty() {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "--ca {}: no CERTIFICATE block in the file",
                 path.display()
-            ));
+            )));
         }
         Ok(TlsTrust {
             roots: Some(Arc::new(certs)),

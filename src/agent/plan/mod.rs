@@ -7,12 +7,14 @@
 //! once, then one straight sequence: the interface (reused, or rebuilt from scratch), the
 //! full tunnel's removal, the peer diff, the full tunnel's addition, exit-node NAT, routes.
 
-use super::config::{Applied, AppliedTunnel, Assignment, ClientConfig};
-use super::desired::{chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel};
+use super::decide::desired::{
+    chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel,
+};
 use super::error::AgentError;
-use super::host::HostFacts;
-use super::host_routes;
-use crate::agent::reconcile;
+use super::observe::host::HostFacts;
+use super::observe::host_routes;
+use super::state::config::{Applied, AppliedTunnel, Assignment, ClientConfig};
+use crate::agent::decide::reconcile;
 use crate::os::route_table::RouteTable;
 use crate::os::{self, InterfaceSpec, Plan, TargetOs};
 use crate::proto::model::PeerInfo;
@@ -24,7 +26,7 @@ mod route_check;
 mod steps;
 mod tunnel;
 
-pub use super::stagger::{defer_crossing_handshakes, silent_deferred, stuck_deferred};
+pub use super::decide::stagger::{defer_crossing_handshakes, silent_deferred, stuck_deferred};
 pub use route_check::route_check;
 use route_check::{pinned_peers, with_paths};
 pub use steps::{HostCheck, Step, SyncPlan, SyncSummary};
@@ -43,8 +45,8 @@ pub struct PlanInput<'a> {
     /// A dry run records nothing, so later decisions still see the old record, and takes
     /// macOS's interface name to be `utunN`.
     pub dry_run: bool,
-    /// The path chosen for each peer ([`super::path`]): its endpoint and keepalive.
-    pub paths: &'a std::collections::HashMap<crate::keys::PublicKey, super::path::Choice>,
+    /// The path chosen for each peer ([`super::decide::path`]): its endpoint and keepalive.
+    pub paths: &'a std::collections::HashMap<crate::keys::PublicKey, super::decide::path::Choice>,
     /// `up` applying live changes: new peers whose key sorts above ours get their keepalive
     /// a moment later (see [`defer_crossing_handshakes`]).
     pub live: bool,
@@ -156,7 +158,7 @@ impl Builder {
         self.steps.push(step);
     }
 
-    /// Peers whose relay moved to another replica's ([`super::path::Choice::restart`]) are
+    /// Peers whose relay moved to another replica's ([`super::decide::path::Choice::restart`]) are
     /// removed and added back: that drops the WireGuard session, so the next packet starts a
     /// handshake through the new relay at once instead of after 15 s of unanswered data the
     /// new relay cannot route (it never saw the old session's indexes).
@@ -712,10 +714,10 @@ mod tests {
                     persistent_keepalive: Some(25),
                 });
         }
-        let choice = |endpoint, restart| crate::agent::path::Choice {
+        let choice = |endpoint, restart| crate::agent::decide::path::Choice {
             endpoint: Some(endpoint),
             keepalive: 25,
-            mode: crate::agent::path::Mode::Relay,
+            mode: crate::agent::decide::path::Mode::Relay,
             restart,
         };
         let paths = std::collections::HashMap::from([

@@ -2,8 +2,8 @@
 //! peer endpoints a full tunnel pins outside, shared with the sync so both pin the same set.
 
 use super::{recorded, Builder, PlanInput, Step, SyncSummary};
-use crate::agent::desired::desired_peers;
-use crate::agent::host::HostFacts;
+use crate::agent::decide::desired::desired_peers;
+use crate::agent::observe::host::HostFacts;
 use crate::os::PeerSpec;
 use crate::types::InterfaceName;
 
@@ -44,11 +44,11 @@ pub fn route_check(input: &PlanInput<'_>, facts: &HostFacts) -> Vec<Step> {
     b.steps
 }
 
-/// `published` with each peer's chosen path ([`crate::agent::path`]) applied: its endpoint (the
+/// `published` with each peer's chosen path ([`crate::agent::decide::path`]) applied: its endpoint (the
 /// relay's, the published one, or None to keep one WireGuard roamed to) and keepalive.
 pub(super) fn with_paths(
     published: &[PeerSpec],
-    paths: &std::collections::HashMap<crate::keys::PublicKey, crate::agent::path::Choice>,
+    paths: &std::collections::HashMap<crate::keys::PublicKey, crate::agent::decide::path::Choice>,
 ) -> Vec<PeerSpec> {
     let mut desired = published.to_vec();
     for peer in &mut desired {

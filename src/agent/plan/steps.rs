@@ -2,8 +2,8 @@
 //! host checks between them) and the summary `sync --json` prints. Kept apart from the
 //! decision in [`super`] so the engine's vocabulary is findable on its own.
 
-use crate::agent::config::Applied;
 use crate::agent::error::AgentError;
+use crate::agent::state::config::Applied;
 use crate::os::Plan;
 use crate::types::InterfaceName;
 use serde::Serialize;
@@ -95,7 +95,7 @@ pub struct SyncPlan {
     pub summary: SyncSummary,
     /// macOS only: the steps end with creating interface NAME, whose real `utunN` name
     /// wireguard-go writes to its name file. Run the steps, read the name into
-    /// [`HostFacts::created_name`](crate::agent::host::HostFacts::created_name), and plan again.
+    /// [`HostFacts::created_name`](crate::agent::observe::host::HostFacts::created_name), and plan again.
     pub awaiting_name: Option<InterfaceName>,
     /// A refusal met after `steps`: run them (they were decided before it), then fail with
     /// this, as a straight sequence stopping at its first error would.

@@ -3,11 +3,11 @@
 //! plans that take both down again (also used by [`super::undo`]).
 
 use super::{Builder, Step};
-use crate::agent::config::{AppliedNat, AppliedTunnel, Assignment, ClientConfig};
-use crate::agent::desired::PERSISTENT_KEEPALIVE;
+use crate::agent::decide::desired::PERSISTENT_KEEPALIVE;
 use crate::agent::error::AgentError;
-use crate::agent::host::HostFacts;
-use crate::agent::host_routes;
+use crate::agent::observe::host::HostFacts;
+use crate::agent::observe::host_routes;
+use crate::agent::state::config::{AppliedNat, AppliedTunnel, Assignment, ClientConfig};
 use crate::os::route_table::RouteTable;
 use crate::os::{self, PeerSpec, Plan, TargetOs};
 use crate::types::InterfaceName;

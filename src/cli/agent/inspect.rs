@@ -1,9 +1,12 @@
 //! `status` and `export`: the client subcommands that only read this node's config, cached
 //! peer list and interface, and print them (a table, JSON, or a wg-quick file).
 
-use super::{agent_failure, print_json, write_stdout};
-use crate::agent::{config, status};
-use crate::cli::{init_logging, Failure, LogLevel};
+use crate::agent::state::config;
+use crate::agent::status;
+use crate::cli::exit::agent_failure;
+use crate::cli::exit::CliError;
+use crate::cli::output::{init_logging, LogLevel};
+use crate::cli::output::{print_json, write_stdout};
 use crate::os::runner::SystemRunner;
 use argh::FromArgs;
 use std::path::PathBuf;
@@ -39,7 +42,7 @@ pub struct ExportArgs {
 }
 
 /// `wgmesh status`.
-pub fn status(args: StatusArgs) -> Result<(), Failure> {
+pub fn status(args: StatusArgs) -> Result<(), CliError> {
     init_logging(LogLevel(log::LevelFilter::Warn));
     let path = args.config.unwrap_or_else(config::default_path);
     let status = status::collect(&path, &mut SystemRunner::new(), SystemTime::now())
@@ -51,7 +54,7 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
 }
 
 /// `wgmesh export`.
-pub fn export(args: ExportArgs) -> Result<(), Failure> {
+pub fn export(args: ExportArgs) -> Result<(), CliError> {
     init_logging(LogLevel(log::LevelFilter::Warn));
     let path = args.config.unwrap_or_else(config::default_path);
     let text = status::export(&path, args.ca.as_deref(), args.names).map_err(agent_failure)?;

@@ -1,8 +1,8 @@
 //! `genkey` and `pubkey`: WireGuard key utilities like `wg genkey` and `wg pubkey`, needing
 //! no config, server or interface.
 
-use super::write_stdout;
-use crate::cli::{Failure, EXIT_USAGE};
+use crate::cli::exit::{CliError, EXIT_USAGE};
+use crate::cli::output::write_stdout;
 use crate::keys::PrivateKey;
 use argh::FromArgs;
 use std::io::Read;
@@ -18,23 +18,23 @@ pub struct GenkeyArgs {}
 pub struct PubkeyArgs {}
 
 /// `wgmesh genkey`.
-pub fn genkey(_: GenkeyArgs) -> Result<(), Failure> {
+pub fn genkey(_: GenkeyArgs) -> Result<(), CliError> {
     write_stdout(&format!("{}\n", PrivateKey::generate().to_base64()))
 }
 
 /// `wgmesh pubkey`.
-pub fn pubkey(_: PubkeyArgs) -> Result<(), Failure> {
+pub fn pubkey(_: PubkeyArgs) -> Result<(), CliError> {
     let mut input = String::new();
     std::io::stdin()
         .take(1024)
         .read_to_string(&mut input)
         .map_err(|e| {
-            Failure::new(
+            CliError::new(
                 EXIT_USAGE,
                 format!("cannot read a private key on stdin: {e}"),
             )
         })?;
     let key = PrivateKey::from_base64(&input)
-        .map_err(|e| Failure::new(EXIT_USAGE, format!("stdin: {e}")))?;
+        .map_err(|e| CliError::new(EXIT_USAGE, format!("stdin: {e}")))?;
     write_stdout(&format!("{}\n", key.public_key().to_base64()))
 }

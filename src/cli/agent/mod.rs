@@ -1,24 +1,20 @@
 //! The client subcommands: `up`, `sync`, `down`, `status`, `export`, `genkey`, `pubkey`.
 
-use super::{
-    init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_SERVER, EXIT_STATE,
-    EXIT_USAGE,
-};
+use super::exit::{agent_failure, CliError, EXIT_INTERNAL, EXIT_USAGE};
+use super::output::{init_logging, print_json, LogLevel};
 use crate::agent::client::ServerUrl;
-use crate::agent::config::{self, ConfigError, ExitFallback};
-use crate::agent::daemon::{self, Intervals};
-use crate::agent::dns::{DnsOptions, MeshDns};
-use crate::agent::engine::{self, Sink};
-use crate::agent::error::AgentError;
-use crate::agent::path::PathSettings;
-use crate::agent::setup::{self, Overrides};
+use crate::agent::decide::path::PathSettings;
+use crate::agent::dns::service::MeshDns;
+use crate::agent::dns::DnsOptions;
+use crate::agent::run::daemon::{self, Intervals};
+use crate::agent::run::engine::{self, Sink};
+use crate::agent::run::setup::{self, Overrides};
+use crate::agent::state::config::{self, ExitFallback};
 use crate::keys::PublicKey;
 use crate::os::runner::SystemRunner;
 use crate::os::TargetOs;
-use crate::types::{Endpoint, Hostname, InterfaceName};
+use crate::types::{Endpoint, Hostname, InterfaceName, InvalidValue};
 use argh::FromArgs;
-use serde::Serialize;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -30,26 +26,15 @@ mod keys;
 pub use inspect::{export, status, ExportArgs, StatusArgs};
 pub use keys::{genkey, pubkey, GenkeyArgs, PubkeyArgs};
 
-fn agent_failure(e: AgentError) -> Failure {
-    let code = match &e {
-        AgentError::Usage(_) => EXIT_USAGE,
-        AgentError::Config(ConfigError::Invalid(..)) => EXIT_USAGE,
-        AgentError::Config(ConfigError::Io(_)) => EXIT_STATE,
-        AgentError::Server(_) => EXIT_SERVER,
-        AgentError::Command(_) => EXIT_COMMAND,
-    };
-    Failure::new(code, e.to_string())
-}
-
 /// The join token from `--token`, else `--token-file`, else the `WGMESH_TOKEN` environment
 /// variable: the last two keep it out of shell history and `ps`.
-fn join_token(flag: Option<String>, file: Option<PathBuf>) -> Result<Option<String>, Failure> {
+fn join_token(flag: Option<String>, file: Option<PathBuf>) -> Result<Option<String>, CliError> {
     if let Some(token) = flag {
         return Ok(Some(token.trim().to_owned()));
     }
     if let Some(path) = file {
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Failure::new(
+            CliError::new(
                 EXIT_USAGE,
                 format!("cannot read --token-file {}: {e}", path.display()),
             )
@@ -66,8 +51,9 @@ fn join_token(flag: Option<String>, file: Option<PathBuf>) -> Result<Option<Stri
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitChoice(Option<String>);
 
-impl argh::FromArgValue for ExitChoice {
-    fn from_arg_value(value: &str) -> Result<Self, String> {
+impl std::str::FromStr for ExitChoice {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
         if value == "none" {
             return Ok(ExitChoice(None));
         }
@@ -77,10 +63,10 @@ impl argh::FromArgValue for ExitChoice {
         if valid {
             Ok(ExitChoice(Some(value.to_owned())))
         } else {
-            Err(format!(
+            Err(InvalidValue(format!(
                 "{:?} is not a peer: give its hostname, mesh address or peer id, or \"none\"",
                 crate::types::describe(value)
-            ))
+            )))
         }
     }
 }
@@ -202,15 +188,16 @@ pub struct UpArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DnsSwitch(bool);
 
-impl argh::FromArgValue for DnsSwitch {
-    fn from_arg_value(value: &str) -> Result<Self, String> {
+impl std::str::FromStr for DnsSwitch {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
         match value {
             "on" => Ok(DnsSwitch(true)),
             "off" => Ok(DnsSwitch(false)),
-            _ => Err(format!(
+            _ => Err(InvalidValue(format!(
                 "{} is not a DNS setting: use on or off",
                 crate::types::describe(value)
-            )),
+            ))),
         }
     }
 }
@@ -308,9 +295,9 @@ pub struct DownArgs {
     log_level: LogLevel,
 }
 
-fn check_interval(flag: &str, secs: u64) -> Result<Duration, Failure> {
+fn check_interval(flag: &str, secs: u64) -> Result<Duration, CliError> {
     if secs == 0 {
-        return Err(Failure::new(
+        return Err(CliError::new(
             EXIT_USAGE,
             format!("{flag} must be at least 1 second"),
         ));
@@ -319,7 +306,7 @@ fn check_interval(flag: &str, secs: u64) -> Result<Duration, Failure> {
 }
 
 /// `--relay-after` and `--direct-probe-interval`, checked.
-fn path_settings(relay_after: u64, probe_interval: u64) -> Result<PathSettings, Failure> {
+fn path_settings(relay_after: u64, probe_interval: u64) -> Result<PathSettings, CliError> {
     Ok(PathSettings {
         relay_after: check_interval("--relay-after", relay_after)?,
         probe_interval: check_interval("--direct-probe-interval", probe_interval)?,
@@ -327,17 +314,17 @@ fn path_settings(relay_after: u64, probe_interval: u64) -> Result<PathSettings, 
     })
 }
 
-fn stop_flag() -> Result<Arc<AtomicBool>, Failure> {
+fn stop_flag() -> Result<Arc<AtomicBool>, CliError> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
-            .map_err(|e| Failure::new(EXIT_INTERNAL, format!("cannot handle signals: {e}")))?;
+            .map_err(|e| CliError::new(EXIT_INTERNAL, format!("cannot handle signals: {e}")))?;
     }
     Ok(stop)
 }
 
 /// `wgmesh up`.
-pub fn up(args: UpArgs) -> Result<(), Failure> {
+pub fn up(args: UpArgs) -> Result<(), CliError> {
     init_logging(args.log_level);
     let intervals = Intervals {
         heartbeat: check_interval("--heartbeat-interval", args.heartbeat_interval)?,
@@ -345,7 +332,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
     };
     let dry_run = args.dry_run;
     if !args.dns.0 && (args.dns_hosts || args.hosts_file.is_some()) {
-        return Err(Failure::new(
+        return Err(CliError::new(
             EXIT_USAGE,
             "--dns-hosts and --hosts-file keep mesh names, which --dns off turns off: drop one",
         ));
@@ -377,7 +364,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
 }
 
 /// `wgmesh sync`.
-pub fn sync(args: SyncArgs) -> Result<(), Failure> {
+pub fn sync(args: SyncArgs) -> Result<(), CliError> {
     init_logging(args.log_level);
     let dry_run = args.dry_run;
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
@@ -398,7 +385,7 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
 }
 
 /// `wgmesh down`.
-pub fn down(args: DownArgs) -> Result<(), Failure> {
+pub fn down(args: DownArgs) -> Result<(), CliError> {
     init_logging(args.log_level);
     let path = args.config.unwrap_or_else(config::default_path);
     setup::target_os(None).map_err(agent_failure)?;
@@ -411,21 +398,4 @@ pub fn down(args: DownArgs) -> Result<(), Failure> {
     }
     .map_err(agent_failure)?;
     Ok(())
-}
-
-fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
-    let mut text = serde_json::to_string_pretty(value).expect("output types serialize");
-    text.push('\n');
-    write_stdout(&text)
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-pub(super) fn write_stdout(text: &str) -> Result<(), Failure> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
-            EXIT_INTERNAL,
-            format!("cannot write to stdout: {e}"),
-        )),
-        _ => Ok(()),
-    }
 }

@@ -384,7 +384,7 @@ pub fn netcheck(
 pub const DEFAULT_STUN_PORT: u16 = 3478;
 
 /// `HOST:3478` for the coordination server at `url`: where `netcheck` asks by default.
-pub fn stun_server_for(url: &super::client::ServerUrl) -> String {
+pub fn stun_server_for(url: &crate::agent::client::ServerUrl) -> String {
     let authority = url.authority();
     let host = match authority.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
@@ -411,16 +411,16 @@ impl ExitCheck {
     /// The check for `config` (saved at `config_path`, beside its cached peer list) given
     /// what `report` saw; `None` unless an exit node is chosen and its tunnel is up.
     pub fn of(
-        config: &super::config::ClientConfig,
+        config: &crate::agent::state::config::ClientConfig,
         config_path: &std::path::Path,
         report: &Report,
     ) -> Option<ExitCheck> {
         let wanted = config.use_exit_node.clone()?;
         config.applied.as_ref()?.full_tunnel.as_ref()?;
-        let peers = super::engine::load_peer_cache(config_path);
+        let peers = crate::agent::run::engine::load_peer_cache(config_path);
         let expected = peers
             .iter()
-            .find(|p| super::desired::is_named(p, &wanted))
+            .find(|p| crate::agent::decide::desired::is_named(p, &wanted))
             .and_then(|p| p.endpoint)
             .map(|e| e.0.ip());
         let seen = report.mapped.map(|m| m.ip());
@@ -444,7 +444,7 @@ mod tests {
             ("https://mesh.example.com", "mesh.example.com:3478"),
             ("http://[fd00::1]:8080", "[fd00::1]:3478"),
         ] {
-            let url: super::super::client::ServerUrl = url.parse().unwrap();
+            let url: crate::agent::client::ServerUrl = url.parse().unwrap();
             assert_eq!(stun_server_for(&url), want);
         }
     }

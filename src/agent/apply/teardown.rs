@@ -2,11 +2,11 @@
 //! and removing what the config records as applied, as the recorded OS does it. Used by
 //! `down` from the config alone and by a stopping `up` through its engine.
 
-use super::client::ApiClient;
-use super::config::{Applied, ClientConfig};
-use super::error::AgentError;
-use super::plan;
-use super::sink::{apply_steps, Sink};
+use crate::agent::apply::sink::{apply_steps, Sink};
+use crate::agent::client::ApiClient;
+use crate::agent::error::AgentError;
+use crate::agent::plan;
+use crate::agent::state::config::{Applied, ClientConfig};
 use crate::os::TargetOs;
 use std::path::Path;
 
@@ -16,7 +16,7 @@ const OFFLINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Removes what `config` records as applied, as the recorded OS does it; returns that OS,
 /// or `None` when nothing is recorded.
-pub(super) fn undo_recorded(
+pub(in crate::agent) fn undo_recorded(
     config: &mut ClientConfig,
     path: &Path,
     persist: bool,
@@ -48,7 +48,7 @@ fn tell_offline(config: &ClientConfig) {
     offline_with(&client, &assignment.peer_id);
 }
 
-pub(super) fn offline_with(client: &ApiClient, peer_id: &crate::types::PeerId) {
+pub(in crate::agent) fn offline_with(client: &ApiClient, peer_id: &crate::types::PeerId) {
     match client.with_timeout(OFFLINE_TIMEOUT).offline(peer_id) {
         Ok(()) => log::info!("told the server {peer_id} is going offline"),
         Err(e) => log::warn!(

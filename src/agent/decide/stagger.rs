@@ -1,7 +1,7 @@
 //! Staggering the first handshake between two nodes that add each other at once: of the
 //! two, only the one with the smaller key initiates at once; the other defers its keepalive
 //! and re-adds peers whose crossing initiations stuck. Split out of the sync planner
-//! ([`super::plan`]), which calls these on the observed `wg show dump`.
+//! ([`crate::agent::plan`]), which calls these on the observed `wg show dump`.
 
 use std::collections::BTreeSet;
 
@@ -68,7 +68,7 @@ pub fn defer_crossing_handshakes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::desired::PERSISTENT_KEEPALIVE;
+    use crate::agent::decide::desired::PERSISTENT_KEEPALIVE;
 
     #[test]
     fn only_the_smaller_key_initiates_at_once_when_two_nodes_meet() {

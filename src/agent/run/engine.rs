@@ -5,14 +5,14 @@
 //! Side effects go through a [`Runner`], so tests drive the whole engine against a real
 //! server with a recording runner, and `--dry-run` prints the same plans it would run.
 
-use super::client::{ApiClient, ClientError, PeerList};
-use super::config::{Assignment, ClientConfig};
-use super::error::AgentError;
-use super::host::{self, HostFacts};
-use super::host_routes;
-use super::known::KnownPeers;
-use super::path::{Choice, PathSettings, PathTable};
-use super::plan::{self, PlanInput, Step, SyncSummary};
+use crate::agent::client::{ApiClient, ClientError, PeerList};
+use crate::agent::decide::path::{Choice, PathSettings, PathTable};
+use crate::agent::error::AgentError;
+use crate::agent::observe::host::{self, HostFacts};
+use crate::agent::observe::host_routes;
+use crate::agent::plan::{self, PlanInput, Step, SyncSummary};
+use crate::agent::state::config::{Assignment, ClientConfig};
+use crate::agent::state::known::KnownPeers;
 use crate::keys::PublicKey;
 use crate::os::runner::Runner;
 use crate::os::TargetOs;
@@ -20,12 +20,12 @@ use crate::proto::model::{HeartbeatRequest, PeerInfo, PeersDelta, RegisterReques
 use crate::types::OsName;
 use std::collections::HashMap;
 
-use super::peer_cache::save_peer_cache;
-pub use super::peer_cache::{load_known_peers, load_peer_cache, peer_cache_path};
-use super::sink::apply_steps;
-pub use super::sink::Sink;
-pub use super::teardown::down;
-use super::teardown::{offline_with, undo_recorded};
+use crate::agent::apply::sink::apply_steps;
+pub use crate::agent::apply::sink::Sink;
+pub use crate::agent::apply::teardown::down;
+use crate::agent::apply::teardown::{offline_with, undo_recorded};
+use crate::agent::state::peer_cache::save_peer_cache;
+pub use crate::agent::state::peer_cache::{load_known_peers, load_peer_cache, peer_cache_path};
 use std::path::PathBuf;
 
 /// The agent's state between steps.
@@ -50,8 +50,8 @@ pub struct Engine {
     /// What the last reconcile chose per peer, so the route check between syncs pins the
     /// same endpoints (a relayed peer's is the relay's) instead of fighting the sync.
     pub path_choices: HashMap<PublicKey, Choice>,
-    /// Asks the replica relays in use whether they still answer ([`super::relay_health`]).
-    pub relay_probe: super::relay_probe::RelayProbe,
+    /// Asks the replica relays in use whether they still answer ([`crate::agent::decide::relay_health`]).
+    pub relay_probe: crate::agent::observe::relay_probe::RelayProbe,
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
@@ -250,7 +250,7 @@ impl Engine {
         }
         let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
         self.refresh_relays();
-        self.watch_relays(super::relay_probe::ROUND_WAIT);
+        self.watch_relays(crate::agent::observe::relay_probe::ROUND_WAIT);
         self.reconcile(&peers, unchanged, sink)
     }
 

@@ -2,11 +2,11 @@
 //! create) the config, apply the overrides, pin the server key, and hand back an [`Engine`]
 //! whose reader observes this host when it plans this host's OS.
 
-use super::client::{ApiClient, ServerUrl, TlsTrust};
-use super::config::{self, ClientConfig, ExitFallback};
-use super::engine::Engine;
-use super::error::AgentError;
-use super::path::{PathSettings, PathTable};
+use crate::agent::client::{ApiClient, ServerUrl, TlsTrust};
+use crate::agent::decide::path::{PathSettings, PathTable};
+use crate::agent::error::AgentError;
+use crate::agent::run::engine::Engine;
+use crate::agent::state::config::{self, ClientConfig, ExitFallback};
 use crate::keys::PublicKey;
 use crate::os::runner::{Runner, SystemRunner};
 use crate::os::TargetOs;
@@ -62,7 +62,7 @@ pub fn target_os(requested: Option<TargetOs>) -> Result<TargetOs, AgentError> {
 /// The CAs an https:// server must chain to: `--ca FILE`, or the bundled public roots.
 pub fn tls_trust(ca: Option<&Path>) -> Result<TlsTrust, AgentError> {
     match ca {
-        Some(path) => TlsTrust::from_ca_file(path).map_err(AgentError::Usage),
+        Some(path) => TlsTrust::from_ca_file(path).map_err(|e| AgentError::Usage(e.to_string())),
         None => Ok(TlsTrust::default()),
     }
 }

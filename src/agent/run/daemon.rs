@@ -3,10 +3,10 @@
 //! timers, the mesh kept as it is while the server is unreachable (retrying with backoff),
 //! and on a signal: tell the server we go offline, then tear down.
 
-use super::client::{ApiClient, ClientError};
-use super::dns::MeshDns;
-use super::engine::{Engine, Sink};
-use super::error::AgentError;
+use crate::agent::client::{ApiClient, ClientError};
+use crate::agent::dns::service::MeshDns;
+use crate::agent::error::AgentError;
+use crate::agent::run::engine::{Engine, Sink};
 use crate::os::runner::Runner;
 use crate::proto::model::PeersDelta;
 use crate::types::PeerId;
@@ -213,178 +213,272 @@ pub fn run(
     runner: &mut dyn Runner,
     intervals: Intervals,
     stop: &AtomicBool,
-    mut dns: Option<&mut MeshDns>,
+    dns: Option<&mut MeshDns>,
 ) -> Result<(), AgentError> {
+    register_again(engine);
+    let mut daemon = Daemon::new(engine, runner, intervals, dns);
+    let result = daemon.until(stop);
+    daemon.finish(result)
+}
+
+/// Registering again (idempotent) publishes what changed since the last run (hostname, and
+/// with it the mesh name; exit-node offer; endpoint) and learns our mesh name.
+fn register_again(engine: &mut Engine) {
     if engine.config.assignment.is_some() {
-        // Registering again (idempotent) publishes what changed since the last run (hostname,
-        // and with it the mesh name; exit-node offer; endpoint) and learns our mesh name.
         if let Err(e) = engine.register() {
             log::warn!("cannot register again at start: {e}; carrying on with the last assignment");
         }
     }
-    let start = Instant::now();
-    let mut sync = Timer::new(intervals.sync, start);
-    let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
-    let mut routes = Timer::new(ROUTE_CHECK, start + ROUTE_CHECK);
-    let mut paths = Timer::new(PATH_TICK, start + PATH_TICK);
-    let mut poller = Poller::spawn(engine.client.with_timeout(LONG_POLL_WAIT + LONG_POLL_SLACK));
-    let mut result = Ok(());
-    // When a pass deferred new peers' keepalives, the pass that turns them on, and since
-    // when peers have been deferred (silent ones are held only for a while).
-    let mut followup: Option<Instant> = None;
-    let mut deferred_at: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if followup.is_some_and(|t| now >= t) {
-            followup = None;
-            let peers = engine.known_peers();
-            match engine.reconcile_live(
-                &peers,
-                holding(deferred_at, now),
-                &mut Sink::Run(&mut *runner),
-            ) {
-                Ok(summary) if summary.keepalive_deferred => followup = Some(now + FOLLOW_UP),
-                Ok(_) => deferred_at = None,
-                Err(e) if retryable(&e) => log::warn!("turning keepalives on failed: {e}"),
-                Err(e) => {
-                    result = Err(e);
-                    break;
+}
+
+/// `up`'s loop state: the engine, where its plans run, mesh DNS, one timer per job, the
+/// long-poll, and the pass that turns deferred keepalives on.
+struct Daemon<'a> {
+    engine: &'a mut Engine,
+    runner: &'a mut dyn Runner,
+    dns: Option<&'a mut MeshDns>,
+    sync: Timer,
+    heartbeat: Timer,
+    routes: Timer,
+    paths: Timer,
+    poller: Poller,
+    /// When a pass deferred new peers' keepalives, the pass that turns them on.
+    followup: Option<Instant>,
+    /// Since when peers have been deferred (silent ones are held only for a while).
+    deferred_at: Option<Instant>,
+}
+
+impl<'a> Daemon<'a> {
+    fn new(
+        engine: &'a mut Engine,
+        runner: &'a mut dyn Runner,
+        intervals: Intervals,
+        dns: Option<&'a mut MeshDns>,
+    ) -> Daemon<'a> {
+        let start = Instant::now();
+        let poller = Poller::spawn(engine.client.with_timeout(LONG_POLL_WAIT + LONG_POLL_SLACK));
+        Daemon {
+            engine,
+            runner,
+            dns,
+            sync: Timer::new(intervals.sync, start),
+            heartbeat: Timer::new(intervals.heartbeat, start + intervals.heartbeat),
+            routes: Timer::new(ROUTE_CHECK, start + ROUTE_CHECK),
+            paths: Timer::new(PATH_TICK, start + PATH_TICK),
+            poller,
+            followup: None,
+            deferred_at: None,
+        }
+    }
+
+    /// Runs every job when due and waits for peer changes in between, until `stop` is set
+    /// or a job fails in a way retrying cannot fix.
+    fn until(&mut self, stop: &AtomicBool) -> Result<(), AgentError> {
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            self.follow_up(now)?;
+            self.sync_if_due(now)?;
+            self.heartbeat_if_due(now)?;
+            self.paths_if_due(now)?;
+            let watching = self.engine.watches_routes();
+            if watching && self.routes.due(now) {
+                self.check_routes(now);
+            }
+            let wake = self.next_wake(watching);
+            self.wait_for_changes(wake, stop)?;
+        }
+        Ok(())
+    }
+
+    /// The pass after one that deferred new peers' keepalives: turns them on (or holds
+    /// silent ones a little longer).
+    fn follow_up(&mut self, now: Instant) -> Result<(), AgentError> {
+        if self.followup.is_none_or(|t| now < t) {
+            return Ok(());
+        }
+        self.followup = None;
+        let peers = self.engine.known_peers();
+        match self.engine.reconcile_live(
+            &peers,
+            holding(self.deferred_at, now),
+            &mut Sink::Run(&mut *self.runner),
+        ) {
+            Ok(summary) if summary.keepalive_deferred => self.followup = Some(now + FOLLOW_UP),
+            Ok(_) => self.deferred_at = None,
+            Err(e) if retryable(&e) => log::warn!("turning keepalives on failed: {e}"),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The full sync on its timer; a failure the server or a command caused keeps the mesh
+    /// as it is and retries with backoff.
+    fn sync_if_due(&mut self, now: Instant) -> Result<(), AgentError> {
+        if !self.sync.due(now) {
+            return Ok(());
+        }
+        let hold = holding(self.deferred_at, now);
+        match self
+            .engine
+            .sync_live(hold, &mut Sink::Run(&mut *self.runner))
+        {
+            Ok(summary) => {
+                self.sync.succeeded(now);
+                if summary.keepalive_deferred {
+                    self.followup = Some(now + FOLLOW_UP);
+                    self.deferred_at.get_or_insert(now);
                 }
+                log::debug!("sync ok: {} peers", summary.peers);
+                refresh_dns(self.dns.as_deref_mut(), self.engine, &mut *self.runner);
+            }
+            Err(e) if retryable(&e) => {
+                let wait = self.sync.failed(now);
+                log::warn!(
+                    "sync failed: {e}; the mesh stays as it is, retrying in {} s",
+                    wait.as_secs()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The heartbeat on its timer, retried with backoff like the sync.
+    fn heartbeat_if_due(&mut self, now: Instant) -> Result<(), AgentError> {
+        if !self.heartbeat.due(now) {
+            return Ok(());
+        }
+        match self.engine.heartbeat() {
+            Ok(()) => self.heartbeat.succeeded(now),
+            Err(e) if retryable(&e) => {
+                let wait = self.heartbeat.failed(now);
+                log::warn!("missed heartbeat: {e}; retrying in {} s", wait.as_secs());
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Between syncs, only the paths move: observe the interface and re-plan from the last
+    /// list (a relay switch or a probe must not wait for the next sync).
+    fn paths_if_due(&mut self, now: Instant) -> Result<(), AgentError> {
+        if !self.paths.due(now) {
+            return Ok(());
+        }
+        match self.engine.refresh_paths(&mut Sink::Run(&mut *self.runner)) {
+            Ok(()) => self.paths.succeeded(now),
+            Err(e) if retryable(&e) => {
+                self.paths.failed(now);
+                log::warn!("path update failed: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The full tunnel's quick route check (macOS, Windows); never fatal.
+    fn check_routes(&mut self, now: Instant) {
+        match self.engine.check_routes(&mut Sink::Run(&mut *self.runner)) {
+            Ok(()) => self.routes.succeeded(now),
+            Err(e) => {
+                let wait = self.routes.failed(now);
+                log::warn!("route check failed: {e}; retrying in {} s", wait.as_secs());
             }
         }
-        if sync.due(now) {
-            match engine.sync_live(holding(deferred_at, now), &mut Sink::Run(&mut *runner)) {
-                Ok(summary) => {
-                    sync.succeeded(now);
-                    if summary.keepalive_deferred {
-                        followup = Some(now + FOLLOW_UP);
-                        deferred_at.get_or_insert(now);
-                    }
-                    log::debug!("sync ok: {} peers", summary.peers);
-                    refresh_dns(dns.as_deref_mut(), engine, &mut *runner);
-                }
-                Err(e) if retryable(&e) => {
-                    let wait = sync.failed(now);
-                    log::warn!(
-                        "sync failed: {e}; the mesh stays as it is, retrying in {} s",
-                        wait.as_secs()
-                    );
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if heartbeat.due(now) {
-            match engine.heartbeat() {
-                Ok(()) => heartbeat.succeeded(now),
-                Err(e) if retryable(&e) => {
-                    let wait = heartbeat.failed(now);
-                    log::warn!("missed heartbeat: {e}; retrying in {} s", wait.as_secs());
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if paths.due(now) {
-            // Between syncs, only the paths move: observe the interface and re-plan from
-            // the last list (a relay switch or a probe must not wait for the next sync).
-            match engine.refresh_paths(&mut Sink::Run(&mut *runner)) {
-                Ok(()) => paths.succeeded(now),
-                Err(e) if retryable(&e) => {
-                    paths.failed(now);
-                    log::warn!("path update failed: {e}");
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        let watching = engine.watches_routes();
-        if watching && routes.due(now) {
-            match engine.check_routes(&mut Sink::Run(&mut *runner)) {
-                Ok(()) => routes.succeeded(now),
-                Err(e) => {
-                    let wait = routes.failed(now);
-                    log::warn!("route check failed: {e}; retrying in {} s", wait.as_secs());
-                }
-            }
-        }
-        let mut wake = sync
+    }
+
+    /// When the next job is due.
+    fn next_wake(&self, watching: bool) -> Instant {
+        let wake = self
+            .sync
             .next
-            .min(heartbeat.next)
-            .min(paths.next)
-            .min(followup.unwrap_or(sync.next));
+            .min(self.heartbeat.next)
+            .min(self.paths.next)
+            .min(self.followup.unwrap_or(self.sync.next));
         if watching {
-            wake = wake.min(routes.next);
+            wake.min(self.routes.next)
+        } else {
+            wake
         }
+    }
+
+    /// Until `wake` (or earlier, when an answer calls for a pass): keeps one long-poll
+    /// outstanding and applies its answers as they come.
+    fn wait_for_changes(&mut self, wake: Instant, stop: &AtomicBool) -> Result<(), AgentError> {
         while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
             let now = Instant::now();
-            poller.keep_one_outstanding(engine.poll_point(), now);
-            let answer = poller.next(Duration::from_millis(50).min(wake - now));
-            match answer {
-                None => {}
-                Some(Ok(delta)) => {
-                    poller.answered(delta.full, Instant::now());
-                    if engine.apply_answer(delta) {
-                        let peers = engine.known_peers();
-                        let now = Instant::now();
-                        let hold = holding(deferred_at, now);
-                        match engine.reconcile_live(&peers, hold, &mut Sink::Run(&mut *runner)) {
-                            Ok(summary) => {
-                                if summary.keepalive_deferred && followup.is_none() {
-                                    followup = Some(now + FOLLOW_UP);
-                                    deferred_at.get_or_insert(now);
-                                    break;
-                                }
-                                log::debug!("live update: {} peers", summary.peers);
-                                refresh_dns(dns.as_deref_mut(), engine, &mut *runner);
-                            }
-                            Err(e) if retryable(&e) => {
-                                log::warn!(
-                                    "applying a live update failed: {e}; a full sync follows"
-                                );
-                                sync.next = Instant::now();
-                                break;
-                            }
-                            Err(e) => {
-                                result = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                }
+            self.poller
+                .keep_one_outstanding(self.engine.poll_point(), now);
+            let keep_waiting = match self.poller.next(Duration::from_millis(50).min(wake - now)) {
+                None => true,
+                Some(Ok(delta)) => self.apply_live(delta)?,
                 Some(Err(ClientError::UnknownPeer)) => {
                     // The server forgot us: the sync registers again.
-                    sync.next = Instant::now();
-                    break;
+                    self.sync.next = Instant::now();
+                    false
                 }
                 Some(Err(e)) => {
-                    let wait = poller.failed(Instant::now());
+                    let wait = self.poller.failed(Instant::now());
                     log::warn!(
                         "waiting for peer changes failed: {e}; retrying in {} s",
                         wait.as_secs()
                     );
+                    true
                 }
+            };
+            if !keep_waiting {
+                break;
             }
         }
-        if result.is_err() {
-            break;
+        Ok(())
+    }
+
+    /// Applies one long-poll answer. False when the wait should end at once: a follow-up
+    /// pass for deferred keepalives, or a full sync after a failed update.
+    fn apply_live(&mut self, delta: PeersDelta) -> Result<bool, AgentError> {
+        self.poller.answered(delta.full, Instant::now());
+        if !self.engine.apply_answer(delta) {
+            return Ok(true);
+        }
+        let peers = self.engine.known_peers();
+        let now = Instant::now();
+        let hold = holding(self.deferred_at, now);
+        match self
+            .engine
+            .reconcile_live(&peers, hold, &mut Sink::Run(&mut *self.runner))
+        {
+            Ok(summary) => {
+                if summary.keepalive_deferred && self.followup.is_none() {
+                    self.followup = Some(now + FOLLOW_UP);
+                    self.deferred_at.get_or_insert(now);
+                    return Ok(false);
+                }
+                log::debug!("live update: {} peers", summary.peers);
+                refresh_dns(self.dns.as_deref_mut(), self.engine, &mut *self.runner);
+                Ok(true)
+            }
+            Err(e) if retryable(&e) => {
+                log::warn!("applying a live update failed: {e}; a full sync follows");
+                self.sync.next = Instant::now();
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
-    if result.is_ok() {
-        engine.go_offline();
+
+    /// Tells the server this node goes offline (unless a fatal error stopped the loop),
+    /// removes what this agent set up and stops answering DNS.
+    fn finish(self, result: Result<(), AgentError>) -> Result<(), AgentError> {
+        if result.is_ok() {
+            self.engine.go_offline();
+        }
+        log::info!("stopping: removing what this agent set up");
+        let teardown = self.engine.teardown(&mut Sink::Run(self.runner)).map(drop);
+        if let Some(dns) = self.dns {
+            dns.shutdown();
+        }
+        result.and(teardown)
     }
-    log::info!("stopping: removing what this agent set up");
-    let teardown = engine.teardown(&mut Sink::Run(runner)).map(drop);
-    if let Some(dns) = dns {
-        dns.shutdown();
-    }
-    result.and(teardown)
 }
 
 #[cfg(test)]

@@ -2,15 +2,16 @@
 //! the private key, the server, what the server assigned, and what this host has applied so
 //! `down` can undo exactly that. Mode 0600, written atomically.
 
-use super::client::ServerUrl;
+use crate::agent::client::ServerUrl;
 use crate::fsutil;
 use crate::keys::{PrivateKey, PublicKey};
-use crate::types::{Endpoint, Hostname, InterfaceName, PeerId};
+use crate::os::dns::DnsMethod;
+use crate::types::{Endpoint, Hostname, InterfaceName, InvalidValue, PeerId};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 /// The config format version this build writes.
@@ -49,14 +50,14 @@ pub enum ExitFallback {
 }
 
 impl std::str::FromStr for ExitFallback {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
         match s {
             "block" => Ok(ExitFallback::Block),
             "direct" => Ok(ExitFallback::Direct),
-            _ => Err(format!(
+            _ => Err(InvalidValue(format!(
                 "{s:?} is not an exit fallback: use block or direct"
-            )),
+            ))),
         }
     }
 }
@@ -117,7 +118,22 @@ pub struct Applied {
     pub full_tunnel: Option<AppliedTunnel>,
     /// How the OS sends `.mesh` names to our resolver, while `up` serves them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<super::dns::AppliedDns>,
+    pub dns: Option<AppliedDns>,
+}
+
+/// The OS side of mesh DNS as set up on this host, so it can be undone exactly
+/// ([`crate::agent::dns::undo_plan`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedDns {
+    /// How `.mesh` reaches the resolver.
+    pub method: DnsMethod,
+    /// The interface the setting hangs on (resolved's link, the NRPT rule's tag).
+    pub interface: String,
+    /// The resolver's addresses the OS was given.
+    pub servers: Vec<IpAddr>,
+    /// The hosts file holding our block, for [`DnsMethod::Hosts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// The whole client configuration file.

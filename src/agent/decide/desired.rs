@@ -3,8 +3,8 @@
 //! the full tunnel through it. Pure functions, shared by the sync plan, `export` and
 //! `netcheck`.
 
-use super::config::{AppliedTunnel, Assignment, ClientConfig, ExitFallback};
-use super::error::AgentError;
+use crate::agent::error::AgentError;
+use crate::agent::state::config::{AppliedTunnel, Assignment, ClientConfig, ExitFallback};
 use crate::keys::PublicKey;
 use crate::os::{self, InterfaceSpec, PeerSpec, TargetOs};
 use crate::proto::model::PeerInfo;
@@ -64,7 +64,7 @@ pub fn desired_peers(peers: &[PeerInfo], exit: Option<&PublicKey>) -> Vec<PeerSp
 /// Prefixes beyond the mesh network that must be routed into the interface. Never a default
 /// route: an exit node's is the full tunnel's business (policy routing with a fwmark); a
 /// plain default route here would loop WireGuard's own packets into itself.
-pub(super) fn extra_routes(
+pub(in crate::agent) fn extra_routes(
     desired: &[PeerSpec],
     mesh: Ipv4Net,
     mesh6: ipnet::Ipv6Net,
@@ -83,7 +83,7 @@ pub(super) fn extra_routes(
 
 /// The exit node this host asked for, if it is in the list. A peer that is listed but offers
 /// no exit is a configuration error; one that is missing is offline.
-pub(super) fn chosen_exit<'p>(
+pub(in crate::agent) fn chosen_exit<'p>(
     config: &ClientConfig,
     peers: &'p [PeerInfo],
 ) -> Result<Option<&'p PeerInfo>, AgentError> {
@@ -112,7 +112,7 @@ pub(super) fn chosen_exit<'p>(
 }
 
 /// The full tunnel this host should have now, given the one it has.
-pub(super) fn wanted_tunnel(
+pub(in crate::agent) fn wanted_tunnel(
     config: &ClientConfig,
     os: TargetOs,
     exit: Option<&PeerInfo>,

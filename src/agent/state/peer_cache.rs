@@ -2,7 +2,7 @@
 //! and `sync` can ask the server for only what changed since. Only a cache: unreadable means
 //! none, and a failed write is logged, never fatal.
 
-use super::known::KnownPeers;
+use crate::agent::state::known::KnownPeers;
 use crate::proto::model::PeerInfo;
 use std::path::{Path, PathBuf};
 
@@ -30,7 +30,11 @@ pub fn load_known_peers(config_path: &Path) -> Option<KnownPeers> {
     })
 }
 
-pub(super) fn save_peer_cache(config_path: &Path, peers: &[PeerInfo], version: Option<u64>) {
+pub(in crate::agent) fn save_peer_cache(
+    config_path: &Path,
+    peers: &[PeerInfo],
+    version: Option<u64>,
+) {
     let body = crate::proto::model::PeersResponse {
         relay_port: None,
         peers: peers.to_vec(),

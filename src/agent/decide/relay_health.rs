@@ -12,7 +12,7 @@
 //! answers. Relays nobody here uses are never asked: at 10,000 nodes only agents with relayed
 //! peers send probes, one small datagram a second per relay in use.
 //!
-//! Pure state over `(relay, now)`; the socket is [`super::relay_probe`]'s.
+//! Pure state over `(relay, now)`; the socket is [`crate::agent::observe::relay_probe`]'s.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

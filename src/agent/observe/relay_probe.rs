@@ -1,10 +1,10 @@
-//! The socket edge of [`super::relay_health`]: sends STUN binding requests to the replica
+//! The socket edge of [`crate::agent::decide::relay_health`]: sends STUN binding requests to the replica
 //! relays in use and reads their answers, feeding the pure health state. `up` asks without
 //! waiting (answers are read on the next one-second tick); a one-shot `sync` waits up to a
-//! second for one round, with two retries, because it runs once a minute at best.
+//! second for one round, with two retries, because it runs once a minute at best. The
+//! engine's step that uses it is `Engine::watch_relays` (`agent/run/relays.rs`).
 
-use super::engine::Engine;
-use super::relay_health::RelayHealth;
+use crate::agent::decide::relay_health::RelayHealth;
 use crate::proto::stun::{self, TransactionId};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -141,45 +141,10 @@ impl RelayProbe {
     }
 }
 
-impl Engine {
-    /// Asks the replica relays our relayed peers use (and those down) whether they still
-    /// answer, and takes the down ones out of the rendezvous
-    /// ([`super::path::PathTable::relay_for`]). `wait` zero: `up`'s tick, which reads the
-    /// previous tick's answers and sends; else a one-shot round that waits that long.
-    /// Nothing to do with fewer than two replicas.
-    pub(super) fn watch_relays(&mut self, wait: Duration) {
-        let stale = self
-            .relay_probe
-            .listed_at
-            .is_none_or(|t| t.elapsed() >= LIST_EVERY);
-        if stale && !self.paths.relays.is_empty() && !self.paths.relays_in_use().is_empty() {
-            self.refresh_relays();
-        }
-        let listed: BTreeSet<SocketAddr> = self.paths.relays.values().copied().collect();
-        self.paths.health.retain(&listed);
-        if listed.len() < 2 {
-            return;
-        }
-        let in_use = self.paths.relays_in_use();
-        let (gone, back) = self
-            .relay_probe
-            .watch(&mut self.paths.health, &in_use, wait);
-        for relay in gone {
-            log::warn!(
-                "the relay at {relay} stopped answering: relayed pairs that met there move to \
-                 another replica's relay"
-            );
-        }
-        for relay in back {
-            log::info!("the relay at {relay} answers again: it rejoins the rendezvous");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::relay_health::DOWN_AFTER;
+    use crate::agent::decide::relay_health::DOWN_AFTER;
     use crate::proto::stun::{encode_binding_success, parse_binding_request, ResponseOptions};
 
     /// A STUN server on loopback that answers every request until dropped, and a socket

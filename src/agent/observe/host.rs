@@ -1,13 +1,13 @@
 //! Host observation: everything the agent reads from the machine before deciding, gathered
-//! into one [`HostFacts`] so the decision ([`super::plan`]) is a pure function of data.
+//! into one [`HostFacts`] so the decision ([`crate::agent::plan`]) is a pure function of data.
 //!
 //! Reads go through a [`Runner`] like every command, so tests script them; without a reader
 //! (planning another OS's commands) nothing is read and every fact is unknown.
 
-use super::client::ServerUrl;
-use super::config::ClientConfig;
-use super::error::AgentError;
-use super::host_routes;
+use crate::agent::client::ServerUrl;
+use crate::agent::error::AgentError;
+use crate::agent::observe::host_routes;
+use crate::agent::state::config::ClientConfig;
 use crate::os::route_table::RouteTable;
 use crate::os::runner::Runner;
 use crate::os::wgdump::{self, Dump};
@@ -78,7 +78,7 @@ impl HostFacts {
     }
 }
 
-/// What [`super::engine::Engine::check_routes`] needs between syncs: the routing table and
+/// What [`crate::agent::run::engine::Engine::check_routes`] needs between syncs: the routing table and
 /// the server's address, nothing else.
 pub fn observe_routes(
     mut reader: Option<&mut dyn Runner>,
@@ -105,7 +105,9 @@ fn routes(reader: &mut Option<&mut dyn Runner>, os: TargetOs) -> Option<RouteTab
     match host_routes::observe(os, reader.as_deref_mut()?) {
         Ok(table) => Some(table),
         Err(e) => {
-            log::warn!("{e}; full-tunnel routes are not checked this time");
+            log::warn!(
+                "cannot read the routing table: {e}; full-tunnel routes are not checked this time"
+            );
             None
         }
     }

@@ -2,9 +2,9 @@
 //! how a sequence of [`Step`]s is applied: run, check the host, record, save. Shared by a
 //! sync and by `down`.
 
-use super::config::ClientConfig;
-use super::error::AgentError;
-use super::plan::{HostCheck, Step};
+use crate::agent::error::AgentError;
+use crate::agent::plan::{HostCheck, Step};
+use crate::agent::state::config::ClientConfig;
 use crate::os::runner::{execute, Runner};
 use crate::os::{self, observe_windows, Plan};
 use std::io::Write;
@@ -40,7 +40,7 @@ impl Sink<'_> {
 
     /// Checks the host before the next step runs, through the runner that runs the plans
     /// (a dry run checks nothing: it changes nothing either).
-    pub(super) fn check(&mut self, check: &HostCheck) -> Result<(), AgentError> {
+    pub(in crate::agent) fn check(&mut self, check: &HostCheck) -> Result<(), AgentError> {
         let Sink::Run(runner) = self else {
             return Ok(());
         };
@@ -64,7 +64,7 @@ impl Sink<'_> {
 
 /// Runs (or prints) each step's plan, then records what it changed and saves the config
 /// (never in a dry run, and only when `persist`).
-pub(super) fn apply_steps(
+pub(in crate::agent) fn apply_steps(
     config: &mut ClientConfig,
     path: &Path,
     persist: bool,

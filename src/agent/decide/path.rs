@@ -59,7 +59,7 @@ impl Default for PathSettings {
             relay_after: Duration::from_secs(15),
             probe_interval: Duration::from_secs(300),
             probe_window: Duration::from_secs(5),
-            keepalive: crate::agent::desired::PERSISTENT_KEEPALIVE,
+            keepalive: crate::agent::decide::desired::PERSISTENT_KEEPALIVE,
         }
     }
 }
@@ -316,10 +316,10 @@ pub struct PathTable {
     /// ends send to the same relay without talking; empty: every pair uses `relay`.
     #[serde(default)]
     pub relays: std::collections::BTreeMap<String, SocketAddr>,
-    /// Which replica relays still answer ([`super::relay_health`]): a down one leaves the
+    /// Which replica relays still answer ([`crate::agent::decide::relay_health`]): a down one leaves the
     /// rendezvous, so the pairs that met there move within the relay's switch time.
     #[serde(default)]
-    pub health: super::relay_health::RelayHealth,
+    pub health: crate::agent::decide::relay_health::RelayHealth,
     /// Each listed peer's state, by base64 public key.
     pub peers: std::collections::BTreeMap<String, PeerPath>,
 }

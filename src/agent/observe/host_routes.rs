@@ -3,10 +3,10 @@
 //! its quick route check, and plans pins and halves from that ([`crate::os::pins`]), never
 //! from what it saved. This is the thin I/O edge; the decisions are pure and tested there.
 
-use super::config::{AppliedTunnel, Assignment};
+use crate::agent::state::config::{AppliedTunnel, Assignment};
 use crate::os::pins::{self, Pinned, TunnelRoutes};
 use crate::os::route_table::{RouteTable, Uplink};
-use crate::os::runner::Runner;
+use crate::os::runner::{CommandError, Runner};
 use crate::os::{observe_macos, observe_windows, PeerSpec, Plan, TargetOs};
 use crate::types::InterfaceName;
 use ipnet::{IpNet, Ipv4Net};
@@ -18,7 +18,7 @@ pub fn uses_host_routes(os: TargetOs) -> bool {
 }
 
 /// Reads the IPv4 routing table through `reader`; the error names the command that failed.
-pub fn observe(os: TargetOs, reader: &mut dyn Runner) -> Result<RouteTable, String> {
+pub fn observe(os: TargetOs, reader: &mut dyn Runner) -> Result<RouteTable, CommandError> {
     let (command, parse): (_, fn(&str) -> RouteTable) = match os {
         TargetOs::Windows => (
             observe_windows::route_print_command(),
@@ -29,9 +29,7 @@ pub fn observe(os: TargetOs, reader: &mut dyn Runner) -> Result<RouteTable, Stri
             observe_macos::parse_netstat,
         ),
     };
-    let out = reader
-        .run(&command)
-        .map_err(|e| format!("cannot read the routing table: {e}"))?;
+    let out = reader.run(&command)?;
     Ok(parse(&out.stdout))
 }
 
