@@ -225,6 +225,7 @@ pub fn run(
     let start = Instant::now();
     let mut sync = Timer::new(intervals.sync, start);
     let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
+    let mut reports = Reporting::default();
     let mut routes = Timer::new(ROUTE_CHECK, start + ROUTE_CHECK);
     let mut paths = Timer::new(PATH_TICK, start + PATH_TICK);
     let mut poller = Poller::spawn(engine.client.with_timeout(LONG_POLL_WAIT + LONG_POLL_SLACK));
@@ -278,7 +279,10 @@ pub fn run(
         }
         if heartbeat.due(now) {
             match engine.heartbeat() {
-                Ok(()) => heartbeat.succeeded(now),
+                Ok(()) => {
+                    heartbeat.succeeded(now);
+                    reports.send(engine);
+                }
                 Err(e) if retryable(&e) => {
                     let wait = heartbeat.failed(now);
                     log::warn!("missed heartbeat: {e}; retrying in {} s", wait.as_secs());
@@ -419,5 +423,29 @@ mod tests {
         // A delta means versions work again.
         p.answered(false, now);
         assert_eq!((p.fulls, p.backoff), (0, FIRST_RETRY));
+    }
+}
+
+/// Whether `up` still sends its path report after each heartbeat: a server older than the
+/// console answers 404 and is not asked again.
+#[derive(Debug, Default)]
+struct Reporting {
+    off: bool,
+}
+
+impl Reporting {
+    /// Sends the report, best effort: a failure costs nothing but this report.
+    fn send(&mut self, engine: &mut Engine) {
+        if self.off {
+            return;
+        }
+        match engine.report() {
+            Ok(()) => {}
+            Err(super::client::ClientError::Refused { status: 404, .. }) => {
+                self.off = true;
+                log::info!("the server takes no path reports (it predates the console)");
+            }
+            Err(e) => log::debug!("path report not sent: {e}"),
+        }
     }
 }

@@ -145,6 +145,27 @@ impl Engine {
         }
     }
 
+    /// Tells the server how this node reaches each peer (`POST /report`, for the console),
+    /// from what `status` would show now. Never in a dry run or without a reader.
+    pub fn report(&mut self) -> Result<(), ClientError> {
+        let (Some(assignment), Some(reader), true) = (
+            self.config.assignment.as_ref(),
+            self.reader.as_mut(),
+            self.persist,
+        ) else {
+            return Ok(());
+        };
+        let peer_id = assignment.peer_id.clone();
+        let status = super::status::collect(
+            &self.config_path,
+            reader.as_mut(),
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.client
+            .report(&super::report::from_status(peer_id, &status.peers))
+    }
+
     /// The current peer list: only what changed since the version we have when we have one
     /// (kept beside the config, so a one-shot `sync` benefits too), else the whole list, or
     /// the last one on a 304. Returns the list and whether it is unchanged.

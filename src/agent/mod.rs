@@ -19,6 +19,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod relay_health;
 pub mod relay_probe;
+pub mod report;
 pub mod resolver;
 pub mod setup;
 pub mod sink;
