@@ -79,7 +79,7 @@ pub fn rows(
                 id: r.id.clone(),
                 public_key: r.public_key,
                 hostname: r.hostname.to_string(),
-                dns_name: r.dns_name.as_ref().map(|n| n.to_string()),
+                dns_name: r.dns_name.as_ref().map(|n| format!("{n}.mesh")),
                 ipv4: r.virtual_ip,
                 ipv6: Some(crate::proto::mesh6::address(mesh6, r.virtual_ip)),
                 tags: r.tags.iter().map(|t| t.to_string()).collect(),

@@ -40,7 +40,10 @@ impl Visit<'_> {
 
     fn peers(&self) -> Response {
         let filter = PeerFilter::parse(&self.query());
-        let records = self.api.state.registry().records();
+        let (records, version) = {
+            let registry = self.api.state.registry();
+            (registry.records(), registry.generation())
+        };
         let mut tags: Vec<String> = records
             .iter()
             .flat_map(|r| r.tags.iter().map(|t| t.to_string()))
@@ -54,7 +57,7 @@ impl Visit<'_> {
         let page = view::select(rows, &filter);
         html(
             200,
-            render::peers::list(self.viewer(), &filter, &page, &tags, self.now),
+            render::peers::list(self.viewer(), &filter, &page, &tags, self.now, version),
         )
     }
 
@@ -88,7 +91,10 @@ impl Visit<'_> {
 
     fn peer(&self, raw: &str) -> Result<Response, Refusal> {
         let (record, mut row) = self.find_peer(raw)?;
-        let records = self.api.state.registry().records();
+        let (records, version) = {
+            let registry = self.api.state.registry();
+            (registry.records(), registry.generation())
+        };
         let names: HashMap<PublicKey, String> = records
             .iter()
             .map(|r| (r.public_key, r.hostname.to_string()))
@@ -108,6 +114,7 @@ impl Visit<'_> {
                 &names,
                 &reachable,
                 self.now,
+                version,
             ),
         ))
     }

@@ -8,7 +8,9 @@
 function followMesh() {
   const live = document.getElementById("live");
   if (!live) return;
-  let version = null;
+  // The version the page was rendered at: a change between rendering and the first poll
+  // is caught, not lost.
+  let version = live.dataset.live === "" ? null : Number(live.dataset.live);
   let failures = 0;
   async function refresh() {
     const answer = await fetch(location.href, { credentials: "same-origin" });

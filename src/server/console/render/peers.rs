@@ -17,6 +17,7 @@ pub fn list(
     page_: &PeerPage,
     tags: &[String],
     now: SystemTime,
+    version: u64,
 ) -> Markup {
     let selected = |want: Option<bool>, value: Option<bool>| want == value;
     page(
@@ -47,7 +48,7 @@ pub fn list(
                 input type="hidden" name="sort" value=(filter.sort.as_str());
                 button type="submit" { "Filter" }
             }
-            div #live data-live="" {
+            div #live data-live=(version) {
                 (table(filter, page_, now))
             }
         },
@@ -130,13 +131,14 @@ pub fn detail(
     names: &HashMap<PublicKey, String>,
     reachable: &[String],
     now: SystemTime,
+    version: u64,
 ) -> Markup {
     page(
         Tab::Peers,
         &r.hostname,
         viewer,
         html! {
-            div #live data-live="" {
+            div #live data-live=(version) {
                 dl.facts {
                     dt { ".mesh name" } dd { (r.dns_name.as_deref().unwrap_or("–")) }
                     dt { "Peer id" } dd { code { (r.id) } }

@@ -32,7 +32,7 @@ pub fn server(viewer: Viewer<'_>, v: &ServerView) -> Markup {
         "Server",
         viewer,
         html! {
-            div #live data-live="" {
+            div #live data-live=(v.mesh_version) {
                 dl.facts {
                     dt { "Version" } dd { "wgmesh " (v.version) }
                     dt { "Store" } dd { (v.store) }
