@@ -14,6 +14,7 @@ pub mod dns;
 pub mod error;
 pub mod observe;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod state;
 pub mod status;

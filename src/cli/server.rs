@@ -58,6 +58,10 @@ pub struct ServerArgs {
     /// WireGuard between online members whose direct path fails; see README)
     #[argh(switch)]
     no_relay: bool,
+    /// do not serve the operator's console at /console (by default it is on the API
+    /// listener; log in with admin.secret, or auditor.secret for read-only access)
+    #[argh(switch)]
+    no_console: bool,
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
@@ -164,6 +168,7 @@ pub fn run(args: ServerArgs) -> Result<(), CliError> {
         (None, Some(addr)) => addr.port().checked_add(1),
     };
     config.relay = !args.no_relay;
+    config.console = !args.no_console;
     config.open = args.open;
     config.advertise = args.advertise.map(|u| u.to_string());
     config.store = args

@@ -6,5 +6,6 @@ pub mod auth;
 pub mod mesh6;
 pub mod model;
 pub mod replicas;
+pub mod report;
 pub mod stun;
 pub mod wg_wire;

@@ -40,6 +40,8 @@ pub enum AuditKind {
     PolicyChange,
     /// A request was refused for a bad signature, stale time, replay, or bad token.
     AuthFailure,
+    /// Someone logged in to the console (the actor says as what).
+    ConsoleLogin,
 }
 
 /// One line of the audit log. Fields that do not apply are `null`, so every line has the
@@ -62,6 +64,10 @@ pub struct AuditEvent {
     pub token_id: Option<TokenId>,
     /// Free text: what exactly happened, e.g. the `AuthError` message.
     pub detail: String,
+    /// Who did it, for operator actions: `admin` (the admin API), `console:admin` or
+    /// `console:auditor`. Null for peers' own requests and in lines written before actors.
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 impl AuditEvent {
@@ -75,7 +81,14 @@ impl AuditEvent {
             public_key: None,
             token_id: None,
             detail: String::new(),
+            actor: None,
         }
+    }
+
+    /// Records who did it (an operator action).
+    pub fn actor(mut self, actor: &str) -> AuditEvent {
+        self.actor = Some(actor.to_owned());
+        self
     }
 
     /// Records where the request came from.
@@ -184,6 +197,17 @@ impl AuditLog {
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         file.write_all(&line)?;
         file.flush()
+    }
+
+    /// Every event in the log, oldest first, for the console. Lines that do not parse
+    /// (cut by a crash, or written by hand) are skipped, not fatal.
+    pub fn read_all(&self) -> io::Result<Vec<AuditEvent>> {
+        let text = std::fs::read(&self.path)?;
+        Ok(text
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect())
     }
 }
 

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub udp_alt_port: Option<u16>,
     /// Relay WireGuard between members on the primary STUN port (`--relay off` disables it).
     pub relay: bool,
+    /// Serve the operator's console at `/console` (`--no-console` turns it off).
+    pub console: bool,
     /// `--open`: new keys may register without a join token (labs only).
     pub open: bool,
     /// `--policy FILE`: who sees whom; None = everyone sees everyone.
@@ -77,6 +79,7 @@ impl ServerConfig {
             udp_listen: None,
             udp_alt_port: None,
             relay: true,
+            console: true,
             open: false,
             policy: None,
             register_per_minute: DEFAULT_REGISTER_PER_MINUTE,
@@ -144,4 +147,9 @@ pub fn files_beside(state: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("tokens.json"),
         dir.join("audit.log"),
     )
+}
+
+/// The console auditor's secret beside a state file: `auditor.secret` (read-only access).
+pub fn auditor_secret_beside(state: &Path) -> PathBuf {
+    fsutil::parent_dir(state).join("auditor.secret")
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod audit;
 pub mod changes;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod ipam;
 pub mod live;
@@ -170,7 +171,7 @@ fn open_replica(config: &ServerConfig, url: &str) -> Result<Opened, ServerError>
         trust,
     ));
     if config.policy.is_some() {
-        api.reload_policy(None)
+        api.reload_policy(None, None)
             .map_err(|e| ServerError::Config(format!("--policy: {e}")))?;
     }
     Ok(Opened {
@@ -264,6 +265,12 @@ impl RunningServer {
         };
         let stun = start_udp(config, &api)?;
         api.attach();
+        if config.console {
+            let auditor =
+                trust::AdminSecret::load_or_create(&config::auditor_secret_beside(&config.state))
+                    .map_err(ServerError::Io)?;
+            api.enable_console(api::console::Console::new(auditor, tls.is_some()));
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let http = start_http(config, &api, tls)?;
         log::info!(
@@ -312,7 +319,7 @@ impl RunningServer {
 
     /// Re-reads the policy file (SIGHUP); a bad file keeps the old policy and is logged.
     pub fn reload_policy(&self) {
-        if let Err(e) = self.api.reload_policy(None) {
+        if let Err(e) = self.api.reload_policy(None, None) {
             log::error!("policy reload failed, keeping the old policy: {e}");
         }
     }

@@ -256,6 +256,9 @@ impl PolicyHolder {
 pub trait AuditSink: Send + Sync + std::fmt::Debug {
     /// Appends one event; an error makes the caller fall back to the local file.
     fn record(&self, event: &AuditEvent) -> io::Result<()>;
+
+    /// Every event, oldest first.
+    fn events(&self) -> io::Result<Vec<AuditEvent>>;
 }
 
 /// Everything that decides who may use the API, built once at start from the
@@ -295,6 +298,14 @@ impl Trust {
             );
         }
         Ok(trust)
+    }
+
+    /// Every audit event, oldest first: the cluster's table with replicas, else the file.
+    pub fn audit_events(&self) -> io::Result<Vec<AuditEvent>> {
+        match self.audit_sink.get() {
+            Some(sink) => sink.events(),
+            None => self.audit.read_all(),
+        }
     }
 
     /// Appends one audit event; a failing audit log is reported but never stops service.

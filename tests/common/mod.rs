@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod netns;
 pub mod postgres;
 
@@ -259,7 +260,7 @@ pub fn signer_for(method: &str, path: &str, body: &str) -> Option<PrivateKey> {
     let json = || serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
     let found = match route {
         "/register" => json()["public_key"].as_str().and_then(private_of),
-        "/heartbeat" | "/deregister" | "/offline" => {
+        "/heartbeat" | "/deregister" | "/offline" | "/report" => {
             json()["peer_id"].as_str().and_then(private_of_id)
         }
         "/peers" if method == "GET" => path

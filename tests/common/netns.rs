@@ -125,6 +125,33 @@ impl Lab {
         ns
     }
 
+    /// Plugs the test's own (root) namespace into the switch at `cidr` through a veth of
+    /// its own, so a browser on this machine reaches the lab's hosts. The veth goes when
+    /// the switch namespace does. Use a subnet no other lab plugs in here.
+    pub fn plug_in_root(&self, cidr: &str) {
+        let outside = self.ifname("rt", "");
+        let inside = self.ifname("rs", "");
+        must(&[
+            "ip",
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inside,
+            "netns",
+            &self.switch,
+        ]);
+        self.exec_ok(
+            &self.switch,
+            &["ip", "link", "set", &inside, "master", "br0", "up"],
+        );
+        must(&["ip", "addr", "add", cidr, "dev", &outside]);
+        must(&["ip", "link", "set", &outside, "up"]);
+    }
+
     /// The switch namespace (holds br0).
     pub fn switch(&self) -> &str {
         &self.switch

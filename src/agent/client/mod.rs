@@ -220,6 +220,11 @@ impl ApiClient {
         self.post_json("/heartbeat", req).map(drop)
     }
 
+    /// `POST /report`: this node's view of its paths, for the console.
+    pub fn report(&self, report: &crate::proto::report::AgentReport) -> Result<(), ClientError> {
+        self.post_json("/report", report).map(drop)
+    }
+
     /// `POST /deregister`.
     pub fn deregister(&self, peer_id: &PeerId) -> Result<(), ClientError> {
         self.post_json(

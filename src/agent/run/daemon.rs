@@ -246,6 +246,8 @@ struct Daemon<'a> {
     followup: Option<Instant>,
     /// Since when peers have been deferred (silent ones are held only for a while).
     deferred_at: Option<Instant>,
+    /// Whether the path report still goes out after each heartbeat.
+    reports: Reporting,
 }
 
 impl<'a> Daemon<'a> {
@@ -268,6 +270,7 @@ impl<'a> Daemon<'a> {
             poller,
             followup: None,
             deferred_at: None,
+            reports: Reporting::default(),
         }
     }
 
@@ -349,7 +352,10 @@ impl<'a> Daemon<'a> {
             return Ok(());
         }
         match self.engine.heartbeat() {
-            Ok(()) => self.heartbeat.succeeded(now),
+            Ok(()) => {
+                self.heartbeat.succeeded(now);
+                self.reports.send(self.engine);
+            }
             Err(e) if retryable(&e) => {
                 let wait = self.heartbeat.failed(now);
                 log::warn!("missed heartbeat: {e}; retrying in {} s", wait.as_secs());
@@ -513,5 +519,47 @@ mod tests {
         // A delta means versions work again.
         p.answered(false, now);
         assert_eq!((p.fulls, p.backoff), (0, FIRST_RETRY));
+    }
+}
+
+/// Whether `up` still sends its path report after each heartbeat: a server older than the
+/// console answers 404 and is not asked again.
+#[derive(Debug, Default)]
+struct Reporting {
+    off: bool,
+}
+
+impl Reporting {
+    /// Sends the report, best effort: a failure costs nothing but this report.
+    fn send(&mut self, engine: &mut Engine) {
+        if self.off {
+            return;
+        }
+        match Self::report(engine) {
+            Ok(()) => {}
+            Err(crate::agent::client::ClientError::Refused { status: 404, .. }) => {
+                self.off = true;
+                log::info!("the server takes no path reports (it predates the console)");
+            }
+            Err(e) => log::debug!("path report not sent: {e}"),
+        }
+    }
+
+    /// Tells the server how this node reaches each peer (`POST /report`), from what
+    /// `status` would show now. Never in a dry run or without a reader.
+    fn report(engine: &mut Engine) -> Result<(), crate::agent::client::ClientError> {
+        let (Some(assignment), Some(reader), true) = (
+            engine.config.assignment.as_ref(),
+            engine.reader.as_mut(),
+            engine.persist,
+        ) else {
+            return Ok(());
+        };
+        let peer_id = assignment.peer_id.clone();
+        let now = std::time::SystemTime::now();
+        let status = crate::agent::status::collect(&engine.config_path, reader.as_mut(), now)
+            .map_err(|e| crate::agent::client::ClientError::Protocol(e.to_string()))?;
+        let report = crate::agent::report::from_status(peer_id, &status.peers);
+        engine.client.report(&report)
     }
 }

@@ -12,10 +12,13 @@ use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::{Request, Response};
 use crate::server::tokens::TokenRecord;
 use crate::server::trust::ADMIN_HEADER;
-use crate::types::PeerId;
+use crate::types::{PeerId, Tag};
+
+/// The actor the admin API's actions are audited as.
+pub(super) const ADMIN_ACTOR: &str = "admin";
 use std::time::SystemTime;
 
-fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
+pub(super) fn token_view(t: &TokenRecord, now: SystemTime) -> TokenView {
     TokenView {
         id: t.id.to_string(),
         uses_left: t.uses_left,
@@ -59,17 +62,19 @@ impl Api {
             ("GET", "tokens") => self.list_tokens(now),
             ("POST", "tokens") => self.create_token(req, now),
             ("GET", "peers") => Ok(self.admin_peers()),
-            ("POST", "policy/reload") => match self.reload_policy(Some(req.remote)) {
-                Ok(reload) => Ok(ok_json(&PolicyReloadResponse {
-                    changed: reload.changed,
-                    policy: reload.text,
-                    success: true,
-                })),
-                Err(e) => Err(Refusal(
-                    e.http_status(),
-                    format!("{e}; the old policy stays in force"),
-                )),
-            },
+            ("POST", "policy/reload") => {
+                match self.reload_policy(Some(req.remote), Some(ADMIN_ACTOR)) {
+                    Ok(reload) => Ok(ok_json(&PolicyReloadResponse {
+                        changed: reload.changed,
+                        policy: reload.text,
+                        success: true,
+                    })),
+                    Err(e) => Err(Refusal(
+                        e.http_status(),
+                        format!("{e}; the old policy stays in force"),
+                    )),
+                }
+            }
             (_, _) if rest.starts_with("tokens/") => {
                 only_delete(method)?;
                 self.revoke_token(req, &rest["tokens/".len()..], now)
@@ -79,7 +84,7 @@ impl Api {
                 let id: PeerId = rest["peers/".len()..]
                     .parse()
                     .map_err(|e| Refusal(400, format!("path: {e}")))?;
-                self.deregister(req, &id, "by an operator")
+                self.deregister(req, &id, "by an operator", Some(ADMIN_ACTOR))
             }
             _ => Err(Refusal(
                 404,
@@ -98,21 +103,46 @@ impl Api {
 
     fn create_token(&self, req: &Request, now: SystemTime) -> Result<Response, Refusal> {
         let body: TokenCreateRequest = parse_body(req)?;
-        let expires = body
-            .expires
-            .as_deref()
+        let (secret, record) = self.issue_token(
+            req.remote,
+            ADMIN_ACTOR,
+            body.uses,
+            body.expires.as_deref(),
+            body.tags,
+            now,
+        )?;
+        Ok(ok_json(&TokenCreateResponse {
+            info: token_view(&record, now),
+            success: true,
+            token: secret,
+        }))
+    }
+
+    /// Creates a join token (for `/admin/tokens` and the console), audits it as `actor`'s
+    /// and returns the secret, which is never stored, with the record.
+    pub(super) fn issue_token(
+        &self,
+        source: std::net::SocketAddr,
+        actor: &str,
+        uses: Option<u32>,
+        expires: Option<&str>,
+        tags: Vec<Tag>,
+        now: SystemTime,
+    ) -> Result<(String, TokenRecord), Refusal> {
+        let expires = expires
             .map(crate::server::tokens::parse_expiry)
             .transpose()
             .map_err(|e| Refusal(400, format!("field `expires`: {e}")))?;
         let mut secret = None;
         let record = self.storage.change_tokens(&mut |store| {
-            let (text, record) = store.create(body.uses, expires, body.tags.clone(), now)?;
+            let (text, record) = store.create(uses, expires, tags.clone(), now)?;
             secret = Some(text);
             Ok(record)
         })?;
         self.trust.audit(
             AuditEvent::new(AuditKind::TokenCreate, now)
-                .source(req.remote)
+                .source(source)
+                .actor(actor)
                 .token(record.id.clone())
                 .detail(format!(
                     "uses {}, expires {}, tags {}",
@@ -125,26 +155,35 @@ impl Api {
                     crate::server::policy::describe_tags(&record.tags)
                 )),
         );
-        log::info!("created join token {}", record.id);
-        Ok(ok_json(&TokenCreateResponse {
-            info: token_view(&record, now),
-            success: true,
-            token: secret.unwrap_or_default(),
-        }))
+        log::info!("created join token {} ({actor})", record.id);
+        Ok((secret.unwrap_or_default(), record))
     }
 
     fn revoke_token(&self, req: &Request, id: &str, now: SystemTime) -> Result<Response, Refusal> {
+        self.revoke(req.remote, ADMIN_ACTOR, id, now)?;
+        Ok(ok_json(&SuccessResponse { success: true }))
+    }
+
+    /// Revokes a join token (for `/admin/tokens/ID` and the console), audited as `actor`'s.
+    pub(super) fn revoke(
+        &self,
+        source: std::net::SocketAddr,
+        actor: &str,
+        id: &str,
+        now: SystemTime,
+    ) -> Result<TokenRecord, Refusal> {
         let record = self
             .storage
             .change_tokens(&mut |store| store.revoke(id).cloned())?;
         self.trust.audit(
             AuditEvent::new(AuditKind::TokenRevoke, now)
-                .source(req.remote)
+                .source(source)
+                .actor(actor)
                 .token(record.id.clone())
                 .detail("revoked"),
         );
-        log::info!("revoked join token {}", record.id);
-        Ok(ok_json(&SuccessResponse { success: true }))
+        log::info!("revoked join token {} ({actor})", record.id);
+        Ok(record)
     }
 
     fn admin_peers(&self) -> Response {

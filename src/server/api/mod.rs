@@ -10,6 +10,7 @@
 
 mod admin;
 mod authenticate;
+pub mod console;
 pub mod error;
 mod monitoring;
 mod peer;
@@ -20,6 +21,7 @@ use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::auth::{ReplayCache, ServerAuth};
 use crate::proto::model::KeyResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
+use crate::server::console::view::StoredReport;
 use crate::server::http::{Body, Handler, Reply, Request, Response};
 use crate::server::live::GroupDelta;
 use crate::server::metrics::{Endpoint as MetricEndpoint, Metrics};
@@ -71,6 +73,10 @@ pub struct Api {
     epoch: u64,
     /// The member view last handed to the relay.
     relay_view: Mutex<Option<CachedView>>,
+    /// The operator's console, unless `--no-console`.
+    console: OnceLock<crate::server::console::state::Console>,
+    /// Each agent's latest `POST /report` (memory only), for the console.
+    reports: Mutex<HashMap<crate::types::PeerId, StoredReport>>,
 }
 
 /// Who signed a request that verified, so the answer can be signed for them.
@@ -108,6 +114,8 @@ impl Api {
             trust,
             epoch: u64::from_le_bytes(seed),
             relay_view: Mutex::new(None),
+            console: OnceLock::new(),
+            reports: Mutex::new(HashMap::new()),
         }
     }
 
@@ -121,6 +129,7 @@ impl Api {
     pub fn sweep(&self, timeout: std::time::Duration) {
         let gone = self.storage.sweep(timeout);
         self.metrics.timeouts.fetch_add(gone, Ordering::Relaxed);
+        self.sample_rates();
     }
 
     /// The store's periodic write (every `--sweep-interval`), and its last one at shutdown
@@ -146,6 +155,7 @@ impl Api {
     pub fn reload_policy(
         &self,
         source: Option<std::net::SocketAddr>,
+        actor: Option<&str>,
     ) -> Result<PolicyReload, StorageError> {
         let reloaded = self.storage.reload_policy();
         let detail = match &reloaded {
@@ -163,6 +173,9 @@ impl Api {
         let mut event = AuditEvent::new(AuditKind::PolicyChange, SystemTime::now()).detail(detail);
         if let Some(addr) = source {
             event = event.source(addr);
+        }
+        if let Some(actor) = actor {
+            event = event.actor(actor);
         }
         self.trust.audit(event);
         reloaded
@@ -189,6 +202,10 @@ impl Api {
             "/register" => match method {
                 "POST" => (MetricEndpoint::Register, self.register(req, authed)),
                 _ => (MetricEndpoint::Register, wrong_method("POST")),
+            },
+            "/report" => match method {
+                "POST" => (MetricEndpoint::Other, self.report(req, authed)),
+                _ => (MetricEndpoint::Other, wrong_method("POST")),
             },
             "/heartbeat" => match method {
                 "POST" => (MetricEndpoint::Heartbeat, self.heartbeat(req, authed)),
@@ -234,6 +251,9 @@ impl Api {
             _ => {
                 if let Some(rest) = path.strip_prefix("/admin/") {
                     return (MetricEndpoint::Other, self.admin(req, rest));
+                }
+                if path == "/console" || path.starts_with("/console/") {
+                    return (MetricEndpoint::Other, self.console(req));
                 }
                 match path.strip_prefix("/peers/") {
                     Some(raw) => match method {
@@ -349,6 +369,9 @@ impl Handler for Api {
     fn handle_or_park(&self, req: &Request) -> Reply {
         if req.method == "GET" && req.path() == "/peers" && req.query_param("wait").is_some() {
             return self.long_poll(req);
+        }
+        if req.method == "GET" && req.path() == "/console/events" {
+            return self.console_events(req);
         }
         Reply::Now(self.handle(req))
     }

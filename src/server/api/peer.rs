@@ -8,7 +8,9 @@ use crate::proto::model::{
     DeregisterRequest, HeartbeatRequest, RegisterRequest, RegisterResponse, SuccessResponse,
     MAX_ALLOWED_IPS,
 };
+use crate::proto::report::{AgentReport, MAX_REPORTED_PATHS};
 use crate::server::audit::{AuditEvent, AuditKind};
+use crate::server::console::view::StoredReport;
 use crate::server::http::{Request, Response};
 use crate::server::registry::Registration;
 use crate::server::storage::admission::Credential;
@@ -208,36 +210,93 @@ impl Api {
         }
     }
 
+    /// `POST /report`: an agent's view of its paths, kept in memory for the console.
+    pub(super) fn report(
+        &self,
+        req: &Request,
+        authed: &mut Option<Authed>,
+    ) -> Result<Response, Refusal> {
+        let key = self.authenticate(req, authed)?;
+        let body: AgentReport = parse_body(req)?;
+        self.check_owner(req, &key, &body.peer_id)?;
+        if body.paths.len() > MAX_REPORTED_PATHS {
+            return Err(Refusal(
+                400,
+                format!(
+                    "field `paths`: {} entries, at most {MAX_REPORTED_PATHS} are accepted",
+                    body.paths.len()
+                ),
+            ));
+        }
+        if body.version.len() > 64 || body.version.chars().any(char::is_control) {
+            return Err(Refusal(
+                400,
+                "field `version`: at most 64 printable characters".into(),
+            ));
+        }
+        let stored = StoredReport {
+            at: SystemTime::now(),
+            report: body,
+        };
+        let mut reports = super::lock(&self.reports);
+        let known = self.state.registry();
+        reports.retain(|id, _| known.by_id(id).is_some());
+        drop(known);
+        reports.insert(stored.report.peer_id.clone(), stored);
+        Ok(ok_json(&SuccessResponse { success: true }))
+    }
+
+    /// The hostname of the exit node a peer reported using, if any.
+    pub(super) fn reports_exit_name(
+        &self,
+        id: &PeerId,
+        names: &std::collections::HashMap<crate::keys::PublicKey, String>,
+    ) -> Option<String> {
+        let reports = super::lock(&self.reports);
+        let key = reports.get(id)?.report.exit_node?;
+        Some(names.get(&key).cloned().unwrap_or_else(|| key.to_string()))
+    }
+
     /// Removes a peer (on its own request or an operator's, `by` says which) and answers.
     pub(super) fn deregister(
         &self,
         req: &Request,
         id: &PeerId,
         by: &str,
+        actor: Option<&str>,
     ) -> Result<Response, Refusal> {
         match self.storage.deregister(id)? {
-            Some(record) => Ok(self.deregistered(req, id, &record, by)),
+            Some(record) => Ok(self.deregistered(req, id, &record, by, actor)),
             None => Err(unknown_peer(id)),
         }
     }
 
     /// What a deregistration does once the peer is gone: log, count, audit, and the answer.
-    fn deregistered(&self, req: &Request, id: &PeerId, record: &PeerRecord, by: &str) -> Response {
+    fn deregistered(
+        &self,
+        req: &Request,
+        id: &PeerId,
+        record: &PeerRecord,
+        by: &str,
+        actor: Option<&str>,
+    ) -> Response {
         log::info!(
             "deregistered {id} ({}) {by}; {} returns to the pool",
             record.hostname,
             record.virtual_ip
         );
         self.metrics.deregistrations.fetch_add(1, Ordering::Relaxed);
-        self.trust.audit(
-            AuditEvent::new(AuditKind::Deregistration, SystemTime::now())
-                .source(req.remote)
-                .peer_key(record.public_key)
-                .detail(format!(
-                    "{} ({}) removed {by}",
-                    record.hostname, record.virtual_ip
-                )),
-        );
+        let mut event = AuditEvent::new(AuditKind::Deregistration, SystemTime::now())
+            .source(req.remote)
+            .peer_key(record.public_key)
+            .detail(format!(
+                "{} ({}) removed {by}",
+                record.hostname, record.virtual_ip
+            ));
+        if let Some(actor) = actor {
+            event = event.actor(actor);
+        }
+        self.trust.audit(event);
         ok_json(&SuccessResponse { success: true })
     }
 
@@ -255,6 +314,6 @@ impl Api {
             None => parse_body::<DeregisterRequest>(req)?.peer_id,
         };
         self.check_owner(req, &key, &id)?;
-        self.deregister(req, &id, "by itself")
+        self.deregister(req, &id, "by itself", None)
     }
 }

@@ -41,4 +41,8 @@ impl crate::server::trust::AuditSink for PgStore {
     fn record(&self, event: &AuditEvent) -> std::io::Result<()> {
         self.record_audit(event).map_err(std::io::Error::other)
     }
+
+    fn events(&self) -> std::io::Result<Vec<AuditEvent>> {
+        self.audit_events().map_err(std::io::Error::other)
+    }
 }

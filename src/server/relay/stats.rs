@@ -103,6 +103,17 @@ impl RelayStats {
         )
     }
 
+    /// What the console shows: (handshake packets, data packets, bytes, relayed pairs).
+    pub fn summary(&self) -> (u64, u64, u64, u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            get(&self.handshake_packets),
+            get(&self.data_packets),
+            get(&self.bytes),
+            get(&self.pairs),
+        )
+    }
+
     /// Appends the counters in Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

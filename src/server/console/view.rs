@@ -1,0 +1,399 @@
+//! What the console's pages show, decided without any HTML or I/O: a row per peer built
+//! from its registration and its agent's latest report, the peers page's search, filters,
+//! sort order and paging, and the policy's "who can reach whom" matrix.
+
+use crate::keys::PublicKey;
+use crate::proto::report::{AgentReport, ReportedPath};
+use crate::server::policy::{Policy, Selector};
+use crate::server::store::PeerRecord;
+use crate::types::{PeerId, Tag};
+use ipnet::Ipv6Net;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::SystemTime;
+
+/// Peers shown per page: a page of 10,000 peers stays small and fast.
+pub const PAGE_SIZE: usize = 50;
+
+/// An agent's report with when it arrived.
+#[derive(Debug, Clone)]
+pub struct StoredReport {
+    /// When the server received it.
+    pub at: SystemTime,
+    /// What the agent said.
+    pub report: AgentReport,
+}
+
+/// One peer as the console shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRow {
+    /// The peer id (the detail page's URL).
+    pub id: PeerId,
+    /// Its key.
+    pub public_key: PublicKey,
+    /// Its hostname, as it registered.
+    pub hostname: String,
+    /// Its `.mesh` name.
+    pub dns_name: Option<String>,
+    /// Its mesh addresses.
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 mesh address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Online now.
+    pub online: bool,
+    /// The last sign of life (offline since about then).
+    pub last_heartbeat: SystemTime,
+    /// When it registered last.
+    pub registered_at: SystemTime,
+    /// The endpoint others dial.
+    pub endpoint: Option<String>,
+    /// Its operating system.
+    pub os: String,
+    /// It offers to be an exit node.
+    pub exit_offered: bool,
+    /// The exit node it uses (hostname), from its report.
+    pub exit_used: Option<String>,
+    /// Its agent's version, from its report.
+    pub version: Option<String>,
+    /// Whether any of its peers is reached through a relay, from its report.
+    pub relayed: Option<bool>,
+}
+
+/// Builds the rows of every registered peer, in registration-independent hostname order.
+pub fn rows(
+    records: &[PeerRecord],
+    reports: &HashMap<PeerId, StoredReport>,
+    mesh6: Ipv6Net,
+) -> Vec<PeerRow> {
+    let names: HashMap<PublicKey, &str> = records
+        .iter()
+        .map(|r| (r.public_key, r.hostname.as_str()))
+        .collect();
+    let mut rows: Vec<PeerRow> = records
+        .iter()
+        .map(|r| {
+            let report = reports.get(&r.id).map(|s| &s.report);
+            PeerRow {
+                id: r.id.clone(),
+                public_key: r.public_key,
+                hostname: r.hostname.to_string(),
+                dns_name: r.dns_name.as_ref().map(|n| format!("{n}.mesh")),
+                ipv4: r.virtual_ip,
+                ipv6: Some(crate::proto::mesh6::address(mesh6, r.virtual_ip)),
+                tags: r.tags.iter().map(|t| t.to_string()).collect(),
+                online: r.online,
+                last_heartbeat: r.last_heartbeat,
+                registered_at: r.registered_at,
+                endpoint: r.published_endpoint().map(|e| e.to_string()),
+                os: r.os.to_string(),
+                exit_offered: r.exit_node,
+                exit_used: report.and_then(|rep| {
+                    rep.exit_node.map(|k| {
+                        names
+                            .get(&k)
+                            .map_or_else(|| k.to_string(), |n| (*n).to_owned())
+                    })
+                }),
+                version: report.map(|rep| rep.version.clone()),
+                relayed: report.map(|rep| rep.paths.iter().any(|p| p.path == ReportedPath::Relay)),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.ipv4.cmp(&b.ipv4)));
+    rows
+}
+
+/// How the peers page is sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// By hostname.
+    Hostname,
+    /// By mesh address.
+    Address,
+    /// Most recently seen first.
+    LastSeen,
+    /// Online first.
+    Status,
+}
+
+impl SortKey {
+    /// The query value naming this order.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortKey::Hostname => "hostname",
+            SortKey::Address => "address",
+            SortKey::LastSeen => "last_seen",
+            SortKey::Status => "status",
+        }
+    }
+}
+
+/// The peers page's search, filters, order and page, from its query string. Unknown
+/// values fall back to "no filter", so a hand-edited URL still shows a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFilter {
+    /// Text to find in hostname, `.mesh` name, addresses, tags or endpoint.
+    pub q: String,
+    /// Only online (true) or offline (false) peers.
+    pub online: Option<bool>,
+    /// Only peers with this tag.
+    pub tag: Option<String>,
+    /// Only peers offering (true) or not offering (false) an exit node.
+    pub exit: Option<bool>,
+    /// Only peers that reported a relayed path.
+    pub relayed: bool,
+    /// The order.
+    pub sort: SortKey,
+    /// The page, from 1.
+    pub page: usize,
+}
+
+impl PeerFilter {
+    /// Reads the filter from query fields.
+    pub fn parse(fields: &HashMap<String, String>) -> PeerFilter {
+        let get = |k: &str| fields.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let yes_no = |k: &str| match get(k) {
+            Some("yes") => Some(true),
+            Some("no") => Some(false),
+            _ => None,
+        };
+        PeerFilter {
+            q: get("q").unwrap_or_default().to_owned(),
+            online: yes_no("online"),
+            tag: get("tag").map(str::to_owned),
+            exit: yes_no("exit"),
+            relayed: get("relayed") == Some("yes"),
+            sort: match get("sort") {
+                Some("address") => SortKey::Address,
+                Some("last_seen") => SortKey::LastSeen,
+                Some("status") => SortKey::Status,
+                _ => SortKey::Hostname,
+            },
+            page: get("page")
+                .and_then(|p| p.parse().ok())
+                .filter(|p| *p >= 1)
+                .unwrap_or(1),
+        }
+    }
+
+    /// Whether `row` passes every filter.
+    pub fn keeps(&self, row: &PeerRow) -> bool {
+        if self.online.is_some_and(|want| want != row.online)
+            || self.exit.is_some_and(|want| want != row.exit_offered)
+            || (self.relayed && row.relayed != Some(true))
+        {
+            return false;
+        }
+        if let Some(tag) = &self.tag {
+            if !row.tags.iter().any(|t| t == tag) {
+                return false;
+            }
+        }
+        if self.q.is_empty() {
+            return true;
+        }
+        let q = self.q.to_lowercase();
+        let hit = |s: &str| s.to_lowercase().contains(&q);
+        hit(&row.hostname)
+            || row.dns_name.as_deref().is_some_and(hit)
+            || hit(&row.ipv4.to_string())
+            || row.ipv6.is_some_and(|a| hit(&a.to_string()))
+            || row.tags.iter().any(|t| hit(t))
+            || row.endpoint.as_deref().is_some_and(hit)
+            || hit(row.id.as_str())
+    }
+
+    /// The query string for this filter on another page or order (for links).
+    pub fn query(&self, page: usize, sort: SortKey) -> String {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        if !self.q.is_empty() {
+            out.append_pair("q", &self.q);
+        }
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        if let Some(o) = self.online {
+            out.append_pair("online", yes_no(o));
+        }
+        if let Some(t) = &self.tag {
+            out.append_pair("tag", t);
+        }
+        if let Some(e) = self.exit {
+            out.append_pair("exit", yes_no(e));
+        }
+        if self.relayed {
+            out.append_pair("relayed", "yes");
+        }
+        out.append_pair("sort", sort.as_str());
+        out.append_pair("page", &page.to_string());
+        out.finish()
+    }
+}
+
+/// One page of the filtered, sorted peers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerPage {
+    /// The rows on this page.
+    pub rows: Vec<PeerRow>,
+    /// How many peers match the filter.
+    pub matching: usize,
+    /// How many peers there are in all.
+    pub total: usize,
+    /// This page (from 1, clamped to the last page).
+    pub page: usize,
+    /// How many pages there are.
+    pub pages: usize,
+}
+
+/// Filters, sorts and cuts one page out of `rows` (sorted by hostname, as [`rows`] gives).
+pub fn select(rows: Vec<PeerRow>, filter: &PeerFilter) -> PeerPage {
+    let total = rows.len();
+    let mut kept: Vec<PeerRow> = rows.into_iter().filter(|r| filter.keeps(r)).collect();
+    match filter.sort {
+        SortKey::Hostname => {}
+        SortKey::Address => kept.sort_by_key(|r| r.ipv4),
+        SortKey::LastSeen => kept.sort_by_key(|r| std::cmp::Reverse(r.last_heartbeat)),
+        SortKey::Status => kept.sort_by_key(|r| !r.online),
+    }
+    let matching = kept.len();
+    let pages = matching.div_ceil(PAGE_SIZE).max(1);
+    let page = filter.page.min(pages);
+    let rows = kept
+        .into_iter()
+        .skip((page - 1) * PAGE_SIZE)
+        .take(PAGE_SIZE)
+        .collect();
+    PeerPage {
+        rows,
+        matching,
+        total,
+        page,
+        pages,
+    }
+}
+
+/// Every tag the registry or the policy names, sorted, with `(untagged)` peers as the empty
+/// group first: the rows and columns of the access matrix.
+pub fn tag_groups(records: &[PeerRecord], policy: &Policy) -> Vec<Vec<Tag>> {
+    let mut tags: BTreeSet<Tag> = records.iter().flat_map(|r| r.tags.clone()).collect();
+    for rule in policy.rules() {
+        for selector in rule.from.iter().chain(&rule.to) {
+            if let Selector::Tag(tag) = selector {
+                tags.insert(tag.clone());
+            }
+        }
+    }
+    std::iter::once(Vec::new())
+        .chain(tags.into_iter().map(|t| vec![t]))
+        .collect()
+}
+
+/// The access matrix: for each group (row), whether it sees each group (column).
+pub fn matrix(groups: &[Vec<Tag>], policy: &Policy) -> Vec<Vec<bool>> {
+    groups
+        .iter()
+        .map(|a| groups.iter().map(|b| policy.visible(a, b)).collect())
+        .collect()
+}
+
+/// Which peers one peer (by its tags) may reach under `policy`, by hostname.
+pub fn reachable_from(me: &PeerRecord, records: &[PeerRecord], policy: &Policy) -> Vec<String> {
+    let mut names: Vec<String> = records
+        .iter()
+        .filter(|r| r.id != me.id && policy.visible(&me.tags, &r.tags))
+        .map(|r| r.hostname.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, ip: u8, online: bool, tags: &[&str]) -> PeerRow {
+        let key = crate::keys::PrivateKey::generate().public_key();
+        PeerRow {
+            id: PeerId::for_key(&key),
+            public_key: key,
+            hostname: name.into(),
+            dns_name: Some(format!("{name}.mesh")),
+            ipv4: Ipv4Addr::new(10, 100, 0, ip),
+            ipv6: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            online,
+            last_heartbeat: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(ip as u64),
+            registered_at: SystemTime::UNIX_EPOCH,
+            endpoint: None,
+            os: "linux".into(),
+            exit_offered: ip == 3,
+            exit_used: None,
+            version: None,
+            relayed: (ip == 2).then_some(true),
+        }
+    }
+
+    fn filter(q: &str) -> PeerFilter {
+        let fields = fields_of(q);
+        PeerFilter::parse(&fields)
+    }
+
+    fn fields_of(q: &str) -> HashMap<String, String> {
+        crate::server::console::form::fields(q.as_bytes())
+    }
+
+    #[test]
+    fn filters_combine_and_search_matches_names_addresses_and_tags() {
+        let rows = vec![
+            row("alpha", 1, true, &["tag:dev"]),
+            row("beta", 2, false, &["tag:ops"]),
+            row("gamma", 3, true, &["tag:dev", "tag:ops"]),
+        ];
+        let names = |f: &str| -> Vec<String> {
+            select(rows.clone(), &filter(f))
+                .rows
+                .into_iter()
+                .map(|r| r.hostname)
+                .collect()
+        };
+        assert_eq!(names(""), ["alpha", "beta", "gamma"]);
+        assert_eq!(names("online=yes"), ["alpha", "gamma"]);
+        assert_eq!(names("online=no"), ["beta"]);
+        assert_eq!(names("tag=tag%3Aops"), ["beta", "gamma"]);
+        assert_eq!(names("exit=yes"), ["gamma"]);
+        assert_eq!(names("relayed=yes"), ["beta"]);
+        assert_eq!(names("q=10.100.0.1"), ["alpha"]);
+        assert_eq!(names("q=GAM"), ["gamma"]);
+        assert_eq!(names("q=dev&online=yes&sort=last_seen"), ["gamma", "alpha"]);
+        assert_eq!(names("sort=status"), ["alpha", "gamma", "beta"]);
+    }
+
+    #[test]
+    fn pages_hold_page_size_rows_and_clamp_to_the_last() {
+        let rows: Vec<PeerRow> = (0..(PAGE_SIZE * 2 + 3))
+            .map(|i| row(&format!("h{i:04}"), (i % 250) as u8, true, &[]))
+            .collect();
+        let first = select(rows.clone(), &filter(""));
+        assert_eq!(
+            (first.rows.len(), first.pages, first.matching),
+            (PAGE_SIZE, 3, 103)
+        );
+        let last = select(rows.clone(), &filter("page=3"));
+        assert_eq!(last.rows.len(), 3);
+        assert_eq!(select(rows, &filter("page=99")).page, 3);
+    }
+
+    #[test]
+    fn filter_links_keep_every_filter() {
+        let f = filter("q=a b&online=yes&tag=tag%3Adev&relayed=yes");
+        let q = f.query(2, SortKey::Address);
+        assert_eq!(
+            PeerFilter::parse(&fields_of(&q)),
+            PeerFilter {
+                page: 2,
+                sort: SortKey::Address,
+                ..f
+            }
+        );
+    }
+}
