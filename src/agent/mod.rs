@@ -1,11 +1,13 @@
 //! The client agent (design 3.1.2): register, heartbeat, fetch the peer list, and make the
 //! local WireGuard interface match it.
 
+mod arrival;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod desired;
 pub mod dns;
+pub mod edns;
 pub mod engine;
 pub mod error;
 pub mod host;
