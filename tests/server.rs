@@ -735,6 +735,34 @@ fn every_api_refusal_carries_a_stable_machine_readable_code() {
             400,
             "bad_request",
         ),
+        // RFC 9112 3.2: a Host that is a list, or no valid authority, is 400.
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a, b\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a b/c\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        // RFC 9112 6.1: a transfer coding the server does not know is 501; chunked is 411.
+        (
+            "POST /register HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+            "not_implemented",
+        ),
+        (
+            "POST /register HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            411,
+            "length_required",
+        ),
+        // Another major version on the request line is 505.
+        (
+            "GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
     ] {
         let mut tcp = TcpStream::connect(server.addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
