@@ -24,6 +24,7 @@ pub mod store;
 pub mod stun_service;
 pub mod tokens;
 pub mod trust;
+pub mod write_floor;
 
 use crate::fsutil;
 use crate::keys::{PrivateKey, PublicKey};

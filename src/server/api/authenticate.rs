@@ -73,6 +73,7 @@ impl Api {
                     nonce: req.header(NONCE_HEADER).unwrap_or_default().to_owned(),
                 });
                 self.claim_nonce(req, &key)?;
+                self.check_write_floor(req, &key)?;
                 Ok(key)
             }
             Err(e) => {
@@ -85,6 +86,19 @@ impl Api {
                 Err(Refusal(e.http_status(), e.to_string()))
             }
         }
+    }
+    /// On the JSON store, refuses a state-changing request its key may have made before the
+    /// server restarted, and records it on disk (see `server::write_floor`).
+    fn check_write_floor(&self, req: &Request, key: &PublicKey) -> Result<(), Refusal> {
+        let Some(floor) = &self.write_floor else {
+            return Ok(());
+        };
+        floor.admit_request(req, key).map_err(|e| {
+            if e.http_status() == 401 {
+                self.auth_failed(req, Some(*key), None, &e.to_string());
+            }
+            Refusal(e.http_status(), e.to_string())
+        })
     }
     /// Checks that `key` (which signed the request) owns peer `id`: 404 for an unknown id
     /// (so the agent registers again), 401 for someone else's id.

@@ -61,6 +61,8 @@ pub struct Api {
     me: std::sync::OnceLock<std::sync::Weak<Api>>,
     metrics: Metrics,
     auth: ServerAuth,
+    /// On the JSON store: each key's newest change, on disk, against replays after a restart.
+    write_floor: Option<crate::server::write_floor::WriteFloor>,
     server_public_key: PublicKey,
     trust: Trust,
     /// Distinguishes ETags across restarts, since generations restart at 1.
@@ -113,7 +115,13 @@ impl Api {
     ) -> Api {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("the operating system's random source failed");
+        let write_floor = store.as_ref().map(|s| {
+            let now = crate::time::unix_secs(std::time::SystemTime::now());
+            let skew = crate::proto::auth::DEFAULT_MAX_CLOCK_SKEW_SECS;
+            crate::server::write_floor::WriteFloor::beside(s.path(), now, skew)
+        });
         Api {
+            write_floor,
             registry: Mutex::new(registry),
             store: Mutex::new(store),
             replica,
