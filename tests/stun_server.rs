@@ -63,3 +63,35 @@ fn server_answers_stun_with_the_observed_address_and_counts_garbage() {
         "{text}"
     );
 }
+
+/// The STUN service and the relay listen on IPv6 too, on the same port: beside
+/// `--udp-listen 127.0.0.1:P` the server answers on `[::1]:P` (and beside `0.0.0.0:P` on
+/// `[::]:P`). A STUN request over ::1 gets the IPv6 address back; a WireGuard-shaped datagram
+/// over ::1 reaches the relay (which drops it: ::1 is no member's address).
+#[test]
+fn stun_and_the_relay_answer_over_ipv6_on_the_same_port() {
+    let dir = TempDir::new("stun6");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &[]);
+    let port = stun_addrs(&server)[0].port();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let socket = UdpSocket::bind("[::1]:0").expect("IPv6 loopback is needed for this test");
+    let probe = wgmesh::agent::netcheck::probe_from(&socket, v6, Duration::from_secs(2)).unwrap();
+    assert_eq!(probe.mapped, socket.local_addr().unwrap());
+    // A handshake initiation shape, byte by byte: type 1, three zero bytes, 144 more.
+    let mut initiation = vec![1u8, 0, 0, 0];
+    initiation.extend_from_slice(&[0x42; 144]);
+    socket.send_to(&initiation, v6).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut resp = agent().get(server.url("/metrics")).call().unwrap();
+        let text = resp.body_mut().read_to_string().unwrap();
+        if text.contains("wgmesh_relay_dropped_total{reason=\"stranger\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay never saw it:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server
+        .log_text()
+        .contains(&format!("STUN and relay also on udp [::1]:{port}")));
+}
