@@ -114,9 +114,10 @@ fn wait_for_connection(listener: &TcpListener) {
     let _ = unsafe { libc::poll(&mut fds, 1, STOP_POLL.as_millis() as libc::c_int) };
 }
 
+/// Elsewhere: a short sleep (at most [`STOP_POLL`]) between non-blocking accepts.
 #[cfg(not(unix))]
 fn wait_for_connection(_listener: &TcpListener) {
-    std::thread::sleep(Duration::from_millis(20));
+    std::thread::sleep(STOP_POLL.min(Duration::from_millis(20)));
 }
 
 /// Whether an accept error means "no descriptor (or memory) for a new socket".

@@ -371,8 +371,8 @@ impl Drop for HttpServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpStream;
     use std::io::{Read, Write};
+    use std::net::TcpStream;
     use std::time::Instant;
 
     struct Hello;
