@@ -180,7 +180,7 @@ impl Shortage {
             return None;
         }
         let line = format!(
-            "file descriptor shortage: in the last {} s closed {} idle keep-alive connections and answered {} new ones 503",
+            "file descriptor shortage: in the last {} s closed {} idle connections and answered {} new ones 503",
             elapsed.as_secs(),
             self.evicted,
             self.shed
@@ -194,6 +194,7 @@ impl Shortage {
 /// closes it gracefully: the readiness loop drains what the client still sends before the
 /// descriptor is closed, so the close cannot reset the answer away.
 fn shed(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_nonblocking(false); // inherited from the listener on BSDs and macOS
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
     let response = Response::error(503, "the server is out of file descriptors: retry shortly")
         .with_header("Retry-After", "1".into());
@@ -324,7 +325,9 @@ mod tests {
         assert!(s.summary(start + Duration::from_secs(9)).is_none());
         let summary = s.summary(start + Duration::from_secs(12)).unwrap();
         assert!(
-            summary.contains("in the last 12 s closed 47 idle keep-alive connections and answered 3 new ones 503"),
+            summary.contains(
+                "in the last 12 s closed 47 idle connections and answered 3 new ones 503"
+            ),
             "{summary}"
         );
         // The window closed: the next shortage starts (and logs) a new one.
