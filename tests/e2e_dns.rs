@@ -40,9 +40,27 @@ fn up(lab: &mut Lab, n: &Node, hostname: &str, token: &str, extra: &[&str], log:
 
 /// What `dig @server name qtype` says: the status and the answer records' data.
 fn dig(lab: &Lab, ns: &str, server: &str, name: &str, qtype: &str) -> (String, Vec<String>) {
+    dig_with(lab, ns, server, (name, qtype), &[])
+}
+
+/// `dig` with extra flags (`+dnssec`).
+fn dig_with(
+    lab: &Lab,
+    ns: &str,
+    server: &str,
+    (name, qtype): (&str, &str),
+    flags: &[&str],
+) -> (String, Vec<String>) {
     let at = format!("@{server}");
-    let out = lab.exec(ns, &["dig", &at, "+time=2", "+tries=1", name, qtype]);
+    let mut args = vec!["dig", &at, "+time=2", "+tries=1", name, qtype];
+    args.extend_from_slice(flags);
+    let out = lab.exec(ns, &args);
     let text = String::from_utf8_lossy(&out.stdout);
+    parse_dig(&text, qtype)
+}
+
+/// The status and the `qtype` records' data in dig's output.
+fn parse_dig(text: &str, qtype: &str) -> (String, Vec<String>) {
     let status = text
         .lines()
         .find_map(|l| l.split("status: ").nth(1))
@@ -237,6 +255,52 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     // Unknown mesh names are NXDOMAIN; the rest of the world is refused.
     expect_dig(&lab, &a.ns, &ip_a, ("nobody.mesh", "A"), "NXDOMAIN", &[]);
     expect_dig(&lab, &a.ns, &ip_a, ("example.com", "A"), "REFUSED", &[]);
+    // The same with the DO bit (a stub resolver such as systemd-resolved may set it), asked
+    // from a peer through the tunnel.
+    for (name, status, answers) in [
+        ("host-a.mesh", "NOERROR", vec![ip_a.as_str()]),
+        ("nobody.mesh", "NXDOMAIN", vec![]),
+        ("example.com", "REFUSED", vec![]),
+    ] {
+        let got = dig_with(&lab, &b.ns, &ip_a, (name, "A"), &["+dnssec"]);
+        assert_eq!(
+            (got.0.as_str(), got.1),
+            (status, answers.iter().map(|s| s.to_string()).collect()),
+            "dig +dnssec {name} from b"
+        );
+    }
+    // A LAN neighbour that is no peer, routing to a's mesh address via a's LAN address: its
+    // packets reach a (ping answers), its DNS queries get no answer.
+    let stranger = lab.host("dn", "198.18.0.45/24");
+    lab.exec_ok(
+        &stranger,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{ip_a}/32"),
+            "via",
+            "198.18.0.41",
+        ],
+    );
+    assert!(
+        lab.ping(&stranger, &ip_a),
+        "the neighbour reaches a's mesh address"
+    );
+    let (status, answers) = dig(&lab, &stranger, &ip_a, "host-b.mesh", "A");
+    assert!(
+        status.starts_with("no answer"),
+        "a non-peer got {status} {answers:?}"
+    );
+    assert!(answers.is_empty());
+    expect_dig(
+        &lab,
+        &b.ns,
+        &ip_a,
+        ("host-b.mesh", "A"),
+        "NOERROR",
+        &[&ip_b],
+    );
     // The collision gives -2 on every node alike, c included.
     for (n, ip) in [(&a, &ip_a), (&b, &ip_b), (&c, &ip_c)] {
         expect_dig(&lab, &n.ns, ip, ("host-b-2.mesh", "A"), "NOERROR", &[&ip_c]);
@@ -386,4 +450,62 @@ fn mesh_names_resolve_on_every_node_follow_peers_and_leave_nothing_behind() {
     lab.exec_ok(&c.ns, &[wgmesh_bin(), "down", "--config", &c.config]);
     assert_eq!(std::fs::read_to_string(&c_hosts).unwrap(), c_hosts_original);
     assert!(!links(&lab, &c.ns).contains(&c.iface));
+}
+
+/// Real `dig` with EDNS flags against the resolver on loopback (no namespaces needed): the
+/// DO bit gets the record and the DO bit back (no `MBZ`), NXDOMAIN and REFUSED stay what
+/// they are without EDNS, and EDNS version 1 gets BADVERS with version 0.
+#[test]
+fn dig_with_edns_flags_gets_rfc_6891_answers_on_loopback() {
+    use wgmesh::agent::dns::resolver::{Addresses, Resolver, Table};
+    let found = run(&["sh", "-c", "command -v dig"]).status.success();
+    assert!(found, "dig is missing: apt-get install dnsutils");
+    let mut table = Table::default();
+    table.insert(
+        &"web".parse().unwrap(),
+        Addresses {
+            v4: "10.100.0.2".parse().unwrap(),
+            v6: None,
+        },
+    );
+    let mut resolver = Resolver::new();
+    resolver.set_table(table);
+    assert!(resolver
+        .serve_on(&["127.0.0.1:0".parse().unwrap()])
+        .is_empty());
+    let port = resolver.local_addrs()[0].port().to_string();
+    let dig = |name: &str, flags: &[&str]| {
+        let mut args = vec![
+            "dig",
+            "@127.0.0.1",
+            "-p",
+            &port,
+            "+time=2",
+            "+tries=1",
+            name,
+            "A",
+        ];
+        args.extend_from_slice(flags);
+        let text = String::from_utf8_lossy(&run(&args).stdout).into_owned();
+        (parse_dig(&text, "A"), text)
+    };
+    for (name, status, answers) in [
+        ("web.mesh", "NOERROR", vec!["10.100.0.2".to_owned()]),
+        ("nosuch.mesh", "NXDOMAIN", vec![]),
+        ("example.com", "REFUSED", vec![]),
+    ] {
+        let ((got, records), text) = dig(name, &["+dnssec"]);
+        assert_eq!((got.as_str(), records), (status, answers), "{text}");
+        assert!(
+            text.contains("; EDNS: version: 0, flags: do; udp: 1232"),
+            "{text}"
+        );
+        assert!(!text.contains("MBZ"), "{text}");
+    }
+    let ((got, records), text) = dig("web.mesh", &["+edns=1", "+noednsnegotiation"]);
+    assert_eq!((got.as_str(), records.len()), ("BADVERS", 0), "{text}");
+    assert!(
+        text.contains("; EDNS: version: 0, flags:; udp: 1232"),
+        "{text}"
+    );
 }

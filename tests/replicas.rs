@@ -1263,3 +1263,39 @@ fn timeouts_comebacks_and_policy_reloads_get_one_version_on_every_replica() {
     assert_eq!(delta_of(&on_a), (vec![], vec![ids["c"].clone()]));
     assert_eq!(agreed_version(&a, &b, &ids["a"]), reloaded);
 }
+
+/// A deregistration captured on the wire and replayed byte for byte to a replica after that
+/// replica restarted (within the timestamp window) is refused and removes nothing: the
+/// replica's replay cache starts empty, but the nonce stays claimed in the shared database.
+#[test]
+fn a_deregistration_captured_before_a_replica_restart_is_refused_after_it() {
+    let Pair { pg, dir, a, b } = open_pair("replicas-restart-replay");
+    let key = new_key();
+    let registered = register(&a, &key, "comeback");
+    assert_eq!(registered.status, 200, "{}", registered.json);
+    let id = registered.json["peer_id"].as_str().unwrap().to_owned();
+    let private = private_of(&key).unwrap();
+    let server_key = a.public_key();
+    let body = serde_json::json!({"peer_id": id}).to_string();
+    let captured = raw_signed_request(
+        &server_key,
+        &private,
+        ("POST", "/deregister", &body),
+        SystemTime::now(),
+    );
+    let (status, json) = raw_exchange(a.addr, &captured);
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(register(&a, &key, "comeback").status, 200);
+    assert!(a.stop().success());
+    let a = replica(&dir, "a", &pg.url(), &["--open"]);
+    let (status, json) = raw_exchange(a.addr, &captured);
+    assert_eq!(status, 401, "the replay was accepted: {json}");
+    assert!(
+        admin_peers(&b).contains_key(&id),
+        "the replay removed the peer"
+    );
+    assert!(
+        admin_peers(&a).contains_key(&id),
+        "the replay removed the peer"
+    );
+}

@@ -735,6 +735,34 @@ fn every_api_refusal_carries_a_stable_machine_readable_code() {
             400,
             "bad_request",
         ),
+        // RFC 9112 3.2: a Host that is a list, or no valid authority, is 400.
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a, b\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a b/c\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        // RFC 9112 6.1: a transfer coding the server does not know is 501; chunked is 411.
+        (
+            "POST /register HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+            "not_implemented",
+        ),
+        (
+            "POST /register HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            411,
+            "length_required",
+        ),
+        // Another major version on the request line is 505.
+        (
+            "GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
     ] {
         let mut tcp = TcpStream::connect(server.addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -788,4 +816,101 @@ fn a_wrong_method_is_answered_405_with_the_allowed_one() {
             "{method} {path} lacks Allow: {allow}: {head}"
         );
     }
+}
+
+/// What one raw connection got back: the status line, or what went wrong instead.
+fn answer_of(stream: &mut TcpStream) -> Result<String, String> {
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) if answer.is_empty() => Err("closed without an answer (empty FIN)".into()),
+        Ok(_) => Ok(String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()),
+        Err(e) if !answer.is_empty() => Err(format!("{e} after {} bytes", answer.len())),
+        Err(e) => Err(format!("{e} before any answer")),
+    }
+}
+
+/// Out of file descriptors (`prlimit --nofile=64` on the running server) with 100 clients
+/// each sending a partial request: every one gets an answer (200, or 503 with Retry-After),
+/// none a reset or an empty close, so no connection whose first request is in flight is
+/// closed as idle. Then, with the descriptors still used up by idle keep-alive connections,
+/// SIGTERM stops the server within a few seconds without needing a new connection.
+#[test]
+fn out_of_descriptors_every_request_is_answered_and_sigterm_still_stops() {
+    let dir = TempDir::new("nofile");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let pid = server.child.id().to_string();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=64:64"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let partial = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    let mut clients: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(server.addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            tcp.write_all(partial.as_bytes()).unwrap();
+            tcp
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for tcp in &mut clients {
+        // A client already answered 503 may see its rest refused: that is fine.
+        let _ = tcp.write_all(b"\r\n");
+    }
+    let mut statuses: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut failures = Vec::new();
+    for (i, tcp) in clients.iter_mut().enumerate() {
+        match answer_of(tcp) {
+            Ok(line) => *statuses.entry(line).or_default() += 1,
+            Err(e) => failures.push(format!("client {i}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{failures:#?}\nanswered: {statuses:?}\n{}",
+        server.log_text()
+    );
+    for line in statuses.keys() {
+        assert!(
+            line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.1 503"),
+            "{statuses:?}"
+        );
+    }
+    // Use the descriptors up with idle keep-alive connections, then SIGTERM.
+    let idle: Vec<TcpStream> = (0..80)
+        .filter_map(|_| {
+            let mut tcp = TcpStream::connect(server.addr).ok()?;
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .ok()?;
+            let mut head = [0u8; 512];
+            let _ = tcp.read(&mut head);
+            Some(tcp)
+        })
+        .collect();
+    assert!(!idle.is_empty());
+    let mut server = server;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", server.log_text());
+    drop(idle);
 }

@@ -1040,3 +1040,76 @@ fn a_changed_server_key_is_refused_until_the_operator_re_pins_it() {
     let (code, err) = dry_sync(server.addr, &config, &[]);
     assert_eq!(code, 0, "the new pin was kept: {err}");
 }
+
+/// A deregistration captured on the wire and replayed byte for byte after the server
+/// restarted (within the 120 s timestamp window) is refused and removes nothing; requests
+/// signed after the restart pass. Before the fix it answered 200 and removed the peer.
+#[test]
+fn a_deregistration_captured_before_a_restart_is_refused_after_it() {
+    let dir = TempDir::new("restart-replay");
+    let server = token_server(&dir, &["--open"]);
+    let key = new_key();
+    let a = register(&server, &key, "a");
+    assert_eq!(a.status, 200, "{}", a.json);
+    let id = id_of(&a);
+    let private = private_of(&key).unwrap();
+    let server_key = server.public_key();
+    let body = format!(r#"{{"peer_id":"{id}"}}"#);
+    let captured = raw_signed_request(
+        &server_key,
+        &private,
+        ("POST", "/deregister", &body),
+        SystemTime::now(),
+    );
+    let (status, json) = raw_exchange(server.addr, &captured);
+    assert_eq!(status, 200, "{json}");
+    // The peer comes back (a new registration), then the server restarts.
+    assert_eq!(register(&server, &key, "a").status, 200);
+    let state = server.state.clone();
+    assert!(server.stop().success());
+    let server = ServerProcess::start(&state, &["--sweep-interval", "3600", "--open"]);
+    let (status, json) = raw_exchange(server.addr, &captured);
+    assert_eq!(status, 401, "the replay was accepted: {json}");
+    let why = json["error"].as_str().unwrap_or_default();
+    assert!(why.contains("before the server restarted"), "{json}");
+    // Still registered: a heartbeat signed now finds it.
+    let later = SystemTime::now() + Duration::from_secs(2);
+    let heartbeat = raw_signed_request(&server_key, &private, ("POST", "/heartbeat", &body), later);
+    let (status, json) = raw_exchange(server.addr, &heartbeat);
+    assert_eq!(status, 200, "the replay removed the peer: {json}");
+    // A deregistration signed after the restart is accepted.
+    let fresh = raw_signed_request(&server_key, &private, ("POST", "/deregister", &body), later);
+    let (status, json) = raw_exchange(server.addr, &fresh);
+    assert_eq!(status, 200, "{json}");
+}
+
+/// A request stamped more than 30 s before its key's newest accepted one is refused saying
+/// what is wrong: its timestamp, not a used nonce.
+#[test]
+fn a_request_stamped_long_before_its_keys_newest_is_refused_for_its_timestamp() {
+    let dir = TempDir::new("out-of-order");
+    let server = token_server(&dir, &["--open"]);
+    let key = new_key();
+    let a = register(&server, &key, "a");
+    let body = format!(r#"{{"peer_id":"{}"}}"#, id_of(&a));
+    let private = private_of(&key).unwrap();
+    let now = SystemTime::now();
+    for (at, status) in [
+        (now + Duration::from_secs(1), 200),
+        (now - Duration::from_secs(40), 401),
+    ] {
+        let request = raw_signed_request(
+            &server.public_key(),
+            &private,
+            ("POST", "/heartbeat", &body),
+            at,
+        );
+        let (got, json) = raw_exchange(server.addr, &request);
+        assert_eq!(got, status, "{json}");
+        if status == 401 {
+            let why = json["error"].as_str().unwrap_or_default();
+            assert!(why.contains("timestamp is 41 s older"), "{json}");
+            assert!(!why.contains("nonce"), "{json}");
+        }
+    }
+}

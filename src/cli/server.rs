@@ -46,8 +46,8 @@ pub struct ServerArgs {
     /// long-poll and a heartbeat each)
     #[argh(option, default = "crate::server::http::DEFAULT_MAX_CONNECTIONS")]
     max_connections: usize,
-    /// UDP address where the STUN service answers NAT checks (default 0.0.0.0:3478; "off"
-    /// disables it)
+    /// UDP address where the STUN service and the relay answer (default 0.0.0.0:3478, and
+    /// [::] on the same port; "off" disables it)
     #[argh(option, default = "UdpListen(Some(\"0.0.0.0:3478\".parse().unwrap()))")]
     udp_listen: UdpListen,
     /// second STUN port on the same address, so `wgmesh netcheck` can tell whether a NAT's

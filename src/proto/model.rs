@@ -222,6 +222,10 @@ pub enum ErrorCode {
     HeadersTooLarge,
     /// 500: the server could not store the change; nothing was changed.
     Internal,
+    /// 501: the request uses something the server does not implement (a transfer coding).
+    NotImplemented,
+    /// 505: the request line names an HTTP version other than 1.x.
+    HttpVersionNotSupported,
     /// 503: the server cannot take this now (address pool exhausted, replay cache full).
     Unavailable,
     /// No code given (a server older than codes) or one this build does not know.
@@ -245,7 +249,9 @@ impl ErrorCode {
             413 => ErrorCode::PayloadTooLarge,
             429 => ErrorCode::RateLimited,
             431 => ErrorCode::HeadersTooLarge,
+            501 => ErrorCode::NotImplemented,
             503 => ErrorCode::Unavailable,
+            505 => ErrorCode::HttpVersionNotSupported,
             500..=599 => ErrorCode::Internal,
             _ => ErrorCode::Unknown,
         }

@@ -28,6 +28,7 @@ pub mod store;
 pub mod stun_service;
 pub mod tokens;
 pub mod trust;
+pub mod udp6;
 
 pub use config::{
     load_or_create_key, ServerConfig, ServerError, DEFAULT_AUTH_FAILURES_PER_MINUTE,
@@ -75,6 +76,7 @@ fn start_stun(
         addrs.push(SocketAddr::new(primary.ip(), port));
     }
     let mut handles = Vec::new();
+    let v6_relay = relay.clone();
     let mut relay = relay;
     for addr in addrs {
         let socket = std::net::UdpSocket::bind(addr).map_err(|e| {
@@ -99,6 +101,9 @@ fn start_stun(
                 handle.local_addr()
             );
         }
+        handles.push(handle);
+    }
+    if let Some(handle) = start_stun_v6(handles[0].local_addr(), v6_relay) {
         handles.push(handle);
     }
     Ok(handles)
@@ -128,7 +133,12 @@ fn open_json(config: &ServerConfig) -> Result<Opened, ServerError> {
     }
     let state = Arc::new(MeshState::new(opened.registry, policy));
     let rules = Rules { open: config.open };
-    let storage = JsonStorage::new(state.clone(), opened.journal, opened.tokens, rules);
+    let floor = storage::write_floor::WriteFloor::beside(
+        &config.state,
+        crate::time::unix_secs(std::time::SystemTime::now()),
+        crate::proto::auth::DEFAULT_MAX_CLOCK_SKEW_SECS,
+    );
+    let storage = JsonStorage::new(state.clone(), opened.journal, opened.tokens, rules, floor);
     let trust = Trust::load(config)?;
     let api = api::Api::new(state, Box::new(storage), key.clone(), trust);
     Ok(Opened {
@@ -242,6 +252,40 @@ fn start_follower(
         .spawn(move || api.follow(&stop))
         .map_err(ServerError::Io)?;
     Ok((flag, handle))
+}
+
+/// STUN and the relay on IPv6 too, on the primary port (see `udp6`): best effort, since a
+/// host without IPv6 must still serve IPv4.
+fn start_stun_v6(
+    primary: SocketAddr,
+    relay: Option<Arc<relay::RelayService>>,
+) -> Option<crate::server::stun_service::StunHandle> {
+    let addr = udp6::companion(primary)?;
+    let socket = match udp6::bind_v6_only(addr) {
+        Ok(socket) => socket,
+        Err(e) => {
+            log::warn!("no STUN or relay on IPv6: cannot listen on udp {addr}: {e}");
+            return None;
+        }
+    };
+    let relaying = relay.is_some();
+    match crate::server::stun_service::StunService::spawn_with_relay(
+        socket,
+        STUN_THREADS,
+        crate::server::stun_service::RateLimit::default(),
+        crate::server::stun_service::ServiceOptions::default(),
+        relay,
+    ) {
+        Ok(handle) => {
+            let what = if relaying { "STUN and relay" } else { "STUN" };
+            log::info!("{what} also on udp {}", handle.local_addr());
+            Some(handle)
+        }
+        Err(e) => {
+            log::warn!("no STUN or relay on IPv6 ({addr}): {e}");
+            None
+        }
+    }
 }
 
 impl RunningServer {

@@ -459,3 +459,44 @@ pub fn register_with_token(
         .to_string(),
     )
 }
+
+/// The exact bytes of one request signed by `key` at `at`, as an agent would send them, so a
+/// test can capture it and send it again byte for byte (a replay) over a raw socket.
+pub fn raw_signed_request(
+    server_key: &PublicKey,
+    key: &PrivateKey,
+    (method, path, body): (&str, &str, &str),
+    at: SystemTime,
+) -> Vec<u8> {
+    let headers = auth::sign_request(key, server_key, method, path, body.as_bytes(), at);
+    let mut text = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    text.into_bytes()
+}
+
+/// Sends `bytes` on a new connection to `addr` and reads the answer to the end: its status
+/// and JSON body (null when it has none).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or_default())
+}

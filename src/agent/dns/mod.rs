@@ -10,6 +10,8 @@
 //! Observe (assignment, peer list, whether systemd-resolved runs, the hosts file), decide
 //! ([`wanted`], [`hosts_entries`], pure), apply (plans through the engine's sink, in [`super::dns::service`]).
 
+mod arrival;
+pub mod edns;
 pub mod resolver;
 pub mod service;
 

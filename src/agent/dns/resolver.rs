@@ -8,10 +8,11 @@
 //! edge: one blocking UDP socket and thread per address it serves, answering from a [`Table`]
 //! that the agent swaps in after each sync.
 
+use super::{arrival, edns};
 use crate::proto::model::PeerInfo;
 use crate::types::DnsName;
 use ipnet::{IpNet, Ipv6Net};
-use simple_dns::rdata::{RData, A, AAAA, OPT};
+use simple_dns::rdata::{RData, A, AAAA};
 use simple_dns::{
     Name, Packet, PacketFlag, ResourceRecord, CLASS, OPCODE, QCLASS, QTYPE, RCODE, TYPE,
 };
@@ -193,20 +194,17 @@ pub fn answer(table: &Table, datagram: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     // EDNS (RFC 6891): answer an EDNS query with an OPT record of our own, so stub resolvers
-    // (systemd-resolved) keep using EDNS with us; a version above 0 is BADVERS.
-    let edns_version = query.opt().map(|o| o.version);
-    let outcome = match edns_version {
-        Some(v) if v > 0 => Outcome::BadVersion,
-        _ => decide(table, &query),
+    // (systemd-resolved) keep using EDNS with us; a version above 0 is BADVERS. Read and
+    // written by `edns` from the raw bytes, not by simple-dns (see there why).
+    let (edns, outcome) = match edns::read(datagram) {
+        Ok(Some(e)) if e.version > 0 => (Some(e), Outcome::BadVersion),
+        Ok(e) => (e, decide(table, &query)),
+        Err(e) => {
+            log::debug!("DNS: EDNS part unusable: {e}");
+            (None, Outcome::FormatError)
+        }
     };
     let mut reply = Packet::new_reply(query.id());
-    if edns_version.is_some() {
-        *reply.opt_mut() = Some(OPT {
-            opt_codes: Vec::new(),
-            udp_packet_size: EDNS_UDP_SIZE,
-            version: 0,
-        });
-    }
     *reply.opcode_mut() = query.opcode();
     if query.has_flags(PacketFlag::RECURSION_DESIRED) {
         reply.set_flags(PacketFlag::RECURSION_DESIRED);
@@ -214,7 +212,7 @@ pub fn answer(table: &Table, datagram: &[u8]) -> Option<Vec<u8>> {
     if outcome != Outcome::FormatError {
         reply.questions = query.questions.clone();
     }
-    *reply.rcode_mut() = match &outcome {
+    let rcode = match &outcome {
         Outcome::Found(records) => {
             reply.set_flags(PacketFlag::AUTHORITATIVE_ANSWER);
             let name: Name<'_> = query.questions[0].qname.clone();
@@ -238,7 +236,14 @@ pub fn answer(table: &Table, datagram: &[u8]) -> Option<Vec<u8>> {
         Outcome::NotImplemented => RCODE::NotImplemented,
         Outcome::BadVersion => RCODE::BADVERS,
     };
-    reply.build_bytes_vec_compressed().ok()
+    // The header holds the RCODE's low 4 bits, the OPT record the rest (BADVERS is 16).
+    let code = rcode as u16;
+    *reply.rcode_mut() = RCODE::from(code & 0xF);
+    let mut bytes = reply.build_bytes_vec_compressed().ok()?;
+    if let Some(e) = edns {
+        edns::append_opt(&mut bytes, code, e.dnssec_ok, EDNS_UDP_SIZE);
+    }
+    Some(bytes)
 }
 
 /// The table the serving threads read; swapped whole, so a reader sees one sync's view.
@@ -265,6 +270,8 @@ impl Listener {
 pub struct Resolver {
     table: Shared,
     listeners: Vec<Listener>,
+    /// The mesh interface: only datagrams arriving on it (or on loopback) are answered.
+    interface: Option<String>,
 }
 
 impl Default for Resolver {
@@ -279,6 +286,7 @@ impl Resolver {
         Resolver {
             table: Arc::new(RwLock::new(Arc::new(Table::default()))),
             listeners: Vec::new(),
+            interface: None,
         }
     }
 
@@ -291,6 +299,15 @@ impl Resolver {
     /// The table answers come from now.
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Answers datagrams arriving on `interface` (the mesh interface) and loopback only; until
+    /// called, loopback only. A change rebinds at the next [`Resolver::serve_on`].
+    pub fn set_mesh_interface(&mut self, interface: &str) {
+        if self.interface.as_deref() != Some(interface) {
+            self.shutdown();
+            self.interface = Some(interface.to_owned());
+        }
     }
 
     /// Serves on exactly `addrs`: stops listeners on addresses no longer wanted, and binds
@@ -331,12 +348,14 @@ impl Resolver {
         let socket = UdpSocket::bind(addr)?;
         socket.set_read_timeout(Some(POLL))?;
         let bound = socket.local_addr()?;
+        arrival::enable(&socket, bound)?;
+        let gate = arrival::Gate::new(self.interface.as_deref());
         let stop = Arc::new(AtomicBool::new(false));
         let table = self.table.clone();
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("dns {bound}"))
-            .spawn(move || serve(&socket, &table, &flag))?;
+            .spawn(move || serve(&socket, gate, &table, &flag))?;
         Ok(Listener {
             // Asked for port 0 (tests): record the port the kernel picked, so
             // `local_addrs` says where to send queries.
@@ -361,12 +380,12 @@ impl Drop for Resolver {
     }
 }
 
-/// One listener's loop: read a datagram, answer it, until told to stop. Errors on one
-/// datagram never end the loop.
-fn serve(socket: &UdpSocket, table: &Shared, stop: &AtomicBool) {
+/// One listener's loop: read a datagram, answer it if it arrived on the mesh interface or
+/// loopback, until told to stop. Errors on one datagram never end the loop.
+fn serve(socket: &UdpSocket, mut gate: arrival::Gate, table: &Shared, stop: &AtomicBool) {
     let mut buf = [0u8; MAX_QUERY];
     while !stop.load(Ordering::Relaxed) {
-        let (len, from) = match socket.recv_from(&mut buf) {
+        let (len, from, arrived) = match arrival::recv(socket, &mut buf) {
             Ok(got) => got,
             Err(e)
                 if matches!(
@@ -381,6 +400,10 @@ fn serve(socket: &UdpSocket, table: &Shared, stop: &AtomicBool) {
                 continue;
             }
         };
+        if !gate.admits(arrived) {
+            log::debug!("DNS: ignored a query from {from}: it arrived on interface {arrived:?}, not the mesh");
+            continue;
+        }
         let current = table.read().unwrap_or_else(|p| p.into_inner()).clone();
         match answer(&current, &buf[..len]) {
             Some(reply) => {
@@ -529,35 +552,131 @@ mod tests {
         }
     }
 
+    /// A query built byte by byte (not by simple-dns): id 0xabcd, RD, one question, and
+    /// `opt_ttl` as the TTL of an OPT record (UDP size 4096) when given.
+    fn raw_query(name: &[u8], qtype: u16, opt_ttl: Option<[u8; 4]>) -> Vec<u8> {
+        let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(name);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        if let Some(ttl) = opt_ttl {
+            q[11] = 1;
+            q.extend_from_slice(&[0, 0, 41, 0x10, 0x00]);
+            q.extend_from_slice(&ttl);
+            q.extend_from_slice(&[0, 0]);
+        }
+        q
+    }
+
+    const WEB_MESH: &[u8] = b"\x03web\x04mesh\x00";
+
+    /// The OPT record we must send back: size 1232, this TTL, no options.
+    fn opt_back(ttl: [u8; 4]) -> Vec<u8> {
+        let mut rr = vec![0, 0, 41, 0x04, 0xd0];
+        rr.extend_from_slice(&ttl);
+        rr.extend_from_slice(&[0, 0]);
+        rr
+    }
+
     #[test]
-    fn edns_queries_get_an_opt_record_back_and_unknown_versions_badvers() {
-        let with_opt = |version: u8| {
-            let mut q = Packet::new_query(0x1234);
-            q.questions.push(simple_dns::Question::new(
-                Name::new("web.mesh").unwrap(),
-                TYPE::A.into(),
-                CLASS::IN.into(),
-                false,
-            ));
-            *q.opt_mut() = Some(OPT {
-                opt_codes: Vec::new(),
-                udp_packet_size: 4096,
-                version,
-            });
-            q.build_bytes_vec().unwrap()
-        };
-        let reply = answer(&table(), &with_opt(0)).unwrap();
-        let parsed = Packet::parse(&reply).unwrap();
-        assert_eq!(parsed.rcode(), RCODE::NoError);
-        assert_eq!(parsed.answers.len(), 1);
-        assert_eq!(parsed.opt().map(|o| o.udp_packet_size), Some(EDNS_UDP_SIZE));
-        let reply = answer(&table(), &with_opt(1)).unwrap();
-        let parsed = Packet::parse(&reply).unwrap();
-        assert_eq!(parsed.rcode(), RCODE::BADVERS);
-        assert!(parsed.answers.is_empty());
+    fn a_do_bit_query_gets_the_record_and_the_do_bit_back_byte_for_byte() {
+        let reply = answer(&table(), &raw_query(WEB_MESH, 1, Some([0, 0, 0x80, 0]))).unwrap();
+        let mut want = vec![0xab, 0xcd, 0x85, 0x00, 0, 1, 0, 1, 0, 0, 0, 1];
+        want.extend_from_slice(WEB_MESH);
+        want.extend_from_slice(&[0, 1, 0, 1]);
+        // web.mesh (a pointer to the question's name) A IN, TTL 10, 10.100.0.2
+        want.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 10, 0, 4, 10, 100, 0, 2]);
+        want.extend_from_slice(&opt_back([0, 0, 0x80, 0]));
+        assert_eq!(reply, want);
+    }
+
+    #[test]
+    fn edns_queries_keep_their_rcodes_and_unknown_versions_get_badvers() {
+        // (query name, OPT TTL sent, header flags byte 3 back, OPT TTL back)
+        type Case<'a> = (&'a [u8], [u8; 4], u8, [u8; 4]);
+        let cases: [Case<'_>; 6] = [
+            // nosuch.mesh with DO: NXDOMAIN (3), DO copied back.
+            (
+                b"\x06nosuch\x04mesh\x00",
+                [0, 0, 0x80, 0],
+                3,
+                [0, 0, 0x80, 0],
+            ),
+            // example.com with and without DO: REFUSED (5), as without EDNS.
+            (
+                b"\x07example\x03com\x00",
+                [0, 0, 0x80, 0],
+                5,
+                [0, 0, 0x80, 0],
+            ),
+            (b"\x07example\x03com\x00", [0, 0, 0, 0], 5, [0, 0, 0, 0]),
+            // EDNS version 1: BADVERS = 16, header RCODE 0, extended RCODE 1, version 0.
+            (WEB_MESH, [0, 1, 0, 0], 0, [1, 0, 0, 0]),
+            (WEB_MESH, [0, 1, 0x80, 0], 0, [1, 0, 0x80, 0]),
+            // Z bits other than DO are not echoed (RFC 6891: MBZ).
+            (WEB_MESH, [0, 0, 0x7f, 0xff], 0, [0, 0, 0, 0]),
+        ];
+        for (name, sent, rcode, back) in cases {
+            let reply = answer(&table(), &raw_query(name, 1, Some(sent))).unwrap();
+            let what = format!("{name:?} with OPT TTL {sent:?}");
+            assert_eq!(reply[3] & 0x0f, rcode, "{what}");
+            assert_eq!(&reply[10..12], &[0, 1], "{what}: one additional record");
+            assert_eq!(reply[reply.len() - 11..], opt_back(back)[..], "{what}");
+        }
+        // BADVERS answers nothing; version 0 with Z bits answers the record.
+        let bad = answer(&table(), &raw_query(WEB_MESH, 1, Some([0, 1, 0, 0]))).unwrap();
+        assert_eq!(&bad[6..8], &[0, 0]);
+        let z = answer(&table(), &raw_query(WEB_MESH, 1, Some([0, 0, 0x7f, 0xff]))).unwrap();
+        assert_eq!(&z[6..8], &[0, 1]);
         // Without EDNS in the query, none in the answer.
-        let plain = answer(&table(), &query("web.mesh", TYPE::A)).unwrap();
-        assert!(Packet::parse(&plain).unwrap().opt().is_none());
+        let plain = answer(&table(), &raw_query(WEB_MESH, 1, None)).unwrap();
+        assert_eq!(&plain[10..12], &[0, 0]);
+        // Two OPT records: FORMERR.
+        let mut two = raw_query(WEB_MESH, 1, Some([0, 0, 0, 0]));
+        two[11] = 2;
+        two.extend_from_slice(&opt_back([0, 0, 0, 0]));
+        assert_eq!(answer(&table(), &two).unwrap()[3] & 0x0f, 1);
+    }
+
+    /// The amplification README states: an answer is at most 44 bytes longer than its query
+    /// (ANY for a name with both addresses: an A record of 16 bytes and an AAAA of 28 bytes,
+    /// the name compressed), so the smallest query (24 bytes, `a.mesh ANY`) gets at most
+    /// 68 bytes back, 2.8 times its size; every other answer echoes the query or less.
+    #[test]
+    fn an_answer_is_at_most_44_bytes_longer_than_its_query() {
+        let mut t = table();
+        t.insert(
+            &"a".parse().unwrap(),
+            Addresses {
+                v4: "10.100.0.9".parse().unwrap(),
+                v6: Some("fd00::a64:9".parse().unwrap()),
+            },
+        );
+        let mut worst = 0;
+        for name in [
+            &b"\x01a\x04mesh\x00"[..],
+            WEB_MESH,
+            b"\x04mesh\x00",
+            b"\x01x\x00",
+        ] {
+            for qtype in [1u16, 28, 255, 15] {
+                for opt in [None, Some([0, 0, 0x80, 0])] {
+                    let q = raw_query(name, qtype, opt);
+                    let reply = answer(&t, &q).unwrap();
+                    assert!(reply.len() <= q.len() + 44, "{name:?} {qtype}");
+                    worst = worst.max(reply.len() - q.len().min(reply.len()));
+                }
+            }
+        }
+        assert_eq!(
+            worst, 44,
+            "the bound is reached, so README's figure is exact"
+        );
+        let smallest = raw_query(b"\x01a\x04mesh\x00", 255, None);
+        assert_eq!(
+            (smallest.len(), answer(&t, &smallest).unwrap().len()),
+            (24, 68)
+        );
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl MeshDns {
 
         if !sink.is_dry_run() {
             self.resolver.set_table(table.clone());
+            self.resolver.set_mesh_interface(real_name.as_str());
             let addrs: Vec<SocketAddr> = servers
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, DNS_PORT))

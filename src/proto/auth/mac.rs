@@ -87,6 +87,17 @@ pub enum AuthError {
     BadMac(PublicKey),
     /// This nonce was already accepted within the window.
     Replayed,
+    /// The request is stamped more than the order window before the newest request already
+    /// accepted from its key, so its nonce may have been forgotten: refused, saying so.
+    OutOfOrder {
+        /// How many seconds it is stamped before that newest request.
+        behind_secs: u64,
+        /// The window, [`super::REPLAY_ORDER_WINDOW_SECS`].
+        window_secs: u64,
+    },
+    /// A state-changing request stamped at or before one its key had accepted before the
+    /// server restarted: the restarted server cannot tell it from a replay.
+    BeforeRestart,
     /// The replay cache is full of live nonces; the request is refused rather than risk
     /// accepting a replay (fail closed). Maps to 503, not 401.
     ReplayCacheFull,
@@ -143,6 +154,19 @@ impl fmt::Display for AuthError {
             ),
             AuthError::Replayed => f.write_str(
                 "replayed request: this nonce was already used; each request needs a fresh one",
+            ),
+            AuthError::OutOfOrder {
+                behind_secs,
+                window_secs,
+            } => write!(
+                f,
+                "request timestamp is {behind_secs} s older than a request this key already \
+                 sent (at most {window_secs} s allowed): sign each request when sending it, \
+                 and check that the agent's clock does not jump back"
+            ),
+            AuthError::BeforeRestart => f.write_str(
+                "request timestamp is not newer than a change this key made before the server \
+                 restarted, so it may be a replay: sign the request again with the current time",
             ),
             AuthError::ReplayCacheFull => f.write_str(
                 "server is remembering too many recent requests to check for replays; retry shortly",

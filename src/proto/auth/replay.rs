@@ -30,9 +30,10 @@ use std::time::Duration;
 /// [`AuthError::ReplayCacheFull`] (fail closed). Thread-safe: one `Mutex`, held for a
 /// hash-set insert.
 ///
-/// The cache lives in memory: after a server restart, a request captured in the last
-/// `max_skew` seconds could be replayed once. Requests are idempotent (register, heartbeat,
-/// list), which is why this is accepted rather than persisted.
+/// The cache lives in memory: after a server restart it starts empty. State-changing
+/// requests are then also checked against each key's newest change accepted before the
+/// restart (`server::write_floor` on the JSON store, the shared nonce table with replicas);
+/// a replayed read or heartbeat can at most repeat what it said within `max_skew`.
 pub struct ReplayCache {
     max_skew_secs: u64,
     capacity: usize,
@@ -130,7 +131,10 @@ impl ReplayCache {
         }
         let window = inner.keys.entry(*key).or_default();
         if timestamp.saturating_add(REPLAY_ORDER_WINDOW_SECS) < window.newest {
-            return Err(AuthError::Replayed);
+            return Err(AuthError::OutOfOrder {
+                behind_secs: window.newest - timestamp,
+                window_secs: REPLAY_ORDER_WINDOW_SECS,
+            });
         }
         if window.seen.contains(&fingerprint) {
             return Err(AuthError::Replayed);
@@ -259,6 +263,13 @@ mod tests {
         let recent = cache.check_and_remember(&keys[7], nonce(249, 7), now - 53, now);
         assert_eq!(recent, Err(AuthError::Replayed));
         let old = cache.check_and_remember(&busy, nonce(10, 1_000_005), start + 10, now);
-        assert_eq!(old, Err(AuthError::Replayed));
+        assert_eq!(
+            old,
+            Err(AuthError::OutOfOrder {
+                behind_secs: 239,
+                window_secs: REPLAY_ORDER_WINDOW_SECS
+            })
+        );
+        assert!(old.unwrap_err().to_string().contains("239 s older"));
     }
 }

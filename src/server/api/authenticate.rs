@@ -7,7 +7,7 @@ use crate::keys::PublicKey;
 use crate::proto::auth::{self, NONCE_HEADER};
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::http::Request;
-use crate::server::storage::NonceClaim;
+use crate::server::storage::{NonceClaim, Signed, StorageError};
 use crate::types::PeerId;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
@@ -124,16 +124,27 @@ fn is_write(req: &Request) -> bool {
 impl Api {
     /// Refuses a signed request whose nonce was accepted before anywhere in the cluster
     /// (every replica claims each nonce in the shared database, so a request captured on
-    /// its way to replica A is refused by B too). The JSON store keeps no shared record:
-    /// the server's own replay cache has decided already.
+    /// its way to replica A is refused by B too), or that the store cannot prove fresh
+    /// across a restart (the JSON store's write floor).
     fn claim_nonce(&self, req: &Request, key: &PublicKey) -> Result<(), Refusal> {
-        let nonce = req.header(NONCE_HEADER).unwrap_or_default();
-        match self
-            .storage
-            .claim_nonce(nonce.as_bytes(), key, is_write(req))?
-        {
-            NonceClaim::Fresh => Ok(()),
-            NonceClaim::Replayed => {
+        let signed = Signed {
+            key,
+            // Verified with the MAC already: a missing or bad one never gets here.
+            timestamp: req
+                .header(auth::TIMESTAMP_HEADER)
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or_default(),
+            nonce: req.header(NONCE_HEADER).unwrap_or_default(),
+            write: is_write(req),
+        };
+        match self.storage.claim_nonce(&signed) {
+            Err(StorageError::Denied(denied)) => {
+                self.auth_failed(req, Some(*key), None, &denied.why);
+                Err(Refusal(denied.status, denied.why))
+            }
+            Err(e) => Err(e.into()),
+            Ok(NonceClaim::Fresh) => Ok(()),
+            Ok(NonceClaim::Replayed) => {
                 let e = auth::AuthError::Replayed;
                 self.auth_failed(req, Some(*key), None, &format!("{e} (on another replica)"));
                 Err(Refusal(e.http_status(), e.to_string()))

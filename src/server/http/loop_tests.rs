@@ -4,6 +4,7 @@
 
 use super::*;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 

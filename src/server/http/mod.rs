@@ -35,7 +35,7 @@ pub use parse::parse_requests;
 pub use tls::{load_tls_config, TlsFiles};
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -351,15 +351,8 @@ impl HttpServer {
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.handle.wake();
-        // Wake the blocking accept() with a throwaway connection.
-        let mut wake = self.local_addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        // The accept thread polls the stop flag (accept::STOP_POLL): no throwaway connection,
+        // which needs a descriptor the server may not have.
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -379,6 +372,7 @@ impl Drop for HttpServer {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::TcpStream;
     use std::time::Instant;
 
     struct Hello;

@@ -52,7 +52,43 @@ struct Head {
     version: u8,
 }
 
+/// The `HTTP/x.y` at the end of a complete request line, when it has that shape.
+fn request_line_version(buf: &[u8]) -> Option<(u8, u8, usize)> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let at = line.iter().rposition(|&b| b == b' ')? + 1;
+    match &line[at..] {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Some((major - b'0', minor - b'0', at + 7))
+        }
+        _ => None,
+    }
+}
+
 fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, (u16, String)> {
+    match parse_head_as_sent(buf, limits) {
+        // httparse knows HTTP/1.0 and HTTP/1.1 only. A later HTTP/1.x is read as HTTP/1.1
+        // (RFC 9110 6.2: same major version, the highest minor we implement); another major
+        // version (`HTTP/2.0` on a request line, which HTTP/2 never sends) is 505.
+        Err((400, _)) => match request_line_version(buf) {
+            Some((1, minor, at)) if minor > 1 => {
+                let mut as_11 = buf.to_vec();
+                as_11[at] = b'1';
+                parse_head_as_sent(&as_11, limits)
+            }
+            Some((major, minor, _)) if major != 1 => Err((
+                505,
+                format!("HTTP/{major}.{minor} is not supported: send HTTP/1.1 requests"),
+            )),
+            _ => parse_head_as_sent(buf, limits),
+        },
+        other => other,
+    }
+}
+
+fn parse_head_as_sent(buf: &[u8], limits: &Limits) -> Result<Option<Head>, (u16, String)> {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut slots);
     match parsed.parse(buf) {
@@ -143,6 +179,80 @@ fn origin_form(target: String) -> String {
     }
 }
 
+/// Whether `value` is a valid Host field value (RFC 9112 3.2, RFC 3986 3.2.2): `uri-host
+/// [":" port]`, the host a reg-name (unreserved, percent-encoded and sub-delims characters),
+/// an IPv4 address (a reg-name too) or a bracketed IP literal. Empty is valid (an empty
+/// authority). `a, b` is not: a space never appears in a host.
+fn valid_host(value: &str) -> bool {
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let Some(end) = rest.find(']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        let ok = !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":.%-_~".contains(&b));
+        if !ok {
+            return false;
+        }
+        match &rest[end + 1..] {
+            "" => return true,
+            after => ("", after.strip_prefix(':').unwrap_or("x")),
+        }
+    } else {
+        match value.split_once(':') {
+            Some((host, port)) => (host, port),
+            None => (value, ""),
+        }
+    };
+    let bytes = host.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    port.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks the Transfer-Encoding of a request, if it has one: chunked alone is 411 (we read
+/// only Content-Length bodies), any other coding 501 (RFC 9112 6.1: a coding the server
+/// does not understand).
+fn check_transfer_encoding(headers: &[(String, String)]) -> Result<(), (u16, String)> {
+    let codings: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    if codings.is_empty() {
+        return Ok(());
+    }
+    if let Some(other) = codings.iter().find(|c| *c != "chunked") {
+        return Err((
+            501,
+            format!(
+                "transfer coding {other:?} is not supported: send the body as is, with \
+                 Content-Length"
+            ),
+        ));
+    }
+    Err((
+        411,
+        "chunked request bodies are not supported: send Content-Length".into(),
+    ))
+}
+
 /// Checks the framing of a parsed head; returns the body length and keep-alive.
 fn check_head(head: &Head, limits: &Limits) -> Result<(usize, bool), (u16, String)> {
     let find = |name: &str| {
@@ -165,12 +275,19 @@ fn check_head(head: &Head, limits: &Limits) -> Result<(usize, bool), (u16, Strin
             "missing Host header: HTTP/1.1 requests must name the server's host".into(),
         ));
     }
-    if find("transfer-encoding").is_some() {
-        return Err((
-            411,
-            "chunked request bodies are not supported: send Content-Length".into(),
-        ));
+    if let Some((_, host)) = head
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        if !valid_host(host.trim()) {
+            return Err((
+                400,
+                format!("invalid Host header {host:?}: send one host name or address, optionally with :port"),
+            ));
+        }
     }
+    check_transfer_encoding(&head.headers)?;
     let length = content_length(&head.headers, limits)?;
     let connection = find("connection");
     let has_token = |token: &str| {
@@ -353,7 +470,9 @@ fn reason(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }
 }
@@ -438,6 +557,59 @@ mod tests {
         assert!(refusal(two).unwrap().1.contains("more than one Host"));
         let old = parse_requests(b"GET / HTTP/1.0\r\n\r\n", &Limits::default());
         assert_eq!((old.0.len(), old.1), (1, None));
+    }
+
+    #[test]
+    fn host_values_must_be_one_valid_authority() {
+        for bad in [
+            "a, b",
+            "a b",
+            "exa mple.com",
+            "[::1",
+            "[::1]x",
+            "h:80x",
+            "h/p",
+            "a@b",
+            "\"q\"",
+        ] {
+            let request = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            let (status, message) = refusal(request.as_bytes()).expect(bad);
+            assert_eq!(status, 400, "{bad}");
+            assert!(message.contains("invalid Host header"), "{bad}: {message}");
+        }
+        for good in [
+            "",
+            "a",
+            "server.example:8080",
+            "198.18.0.1:80",
+            "[::1]:8080",
+            "[fd00::1]",
+            "xn--bcher-kva.example",
+            "a%41b",
+        ] {
+            let request = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+            assert_eq!(refusal(request.as_bytes()), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_are_501_and_other_http_versions_505() {
+        let gzip = b"POST /x HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: gzip\r\n\r\n";
+        let (status, message) = refusal(gzip).unwrap();
+        assert_eq!(status, 501);
+        assert!(message.contains("\"gzip\""), "{message}");
+        let both = b"POST /x HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(refusal(both).unwrap().0, 501);
+        let chunked = b"POST /x HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(refusal(chunked).unwrap().0, 411);
+        let two = refusal(b"GET / HTTP/2.0\r\nHost: s\r\n\r\n").unwrap();
+        assert_eq!(two.0, 505);
+        assert!(two.1.contains("HTTP/2.0"), "{}", two.1);
+        // A later HTTP/1.x is served as HTTP/1.1.
+        let later = parse_requests(b"GET /h HTTP/1.2\r\nHost: s\r\n\r\n", &Limits::default());
+        assert_eq!((later.0.len(), later.1), (1, None));
+        // Garbage stays 400.
+        assert_eq!(refusal(b"GET / HTTX/1.1\r\n\r\n").unwrap().0, 400);
     }
 
     #[test]

@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+/// How long a new connection may stay silent before a descriptor shortage may close it as
+/// idle: its first request is taken to be in flight until then.
+const SILENT_NEW: Duration = Duration::from_secs(2);
+
 /// Something for the loop to take over.
 pub(super) enum Msg {
     /// A connection waiting for its next (or first) request.
@@ -274,12 +278,23 @@ impl Loop {
                 self.insert(entry, now + conn::DRAIN_TIME);
             }
             Msg::Evict(reply) => {
+                // Idle means between requests: answered (or silent since it connected for
+                // longer than SILENT_NEW), with no unread bytes held and none waiting on its
+                // socket. A new connection whose first request may be in flight never is.
+                let now = Instant::now();
                 let oldest = self
                     .slots
                     .iter()
                     .enumerate()
                     .filter_map(|(token, slot)| match &slot.entry {
-                        Some(Entry::Idle { since, .. }) => Some((*since, token)),
+                        Some(Entry::Idle { conn, since })
+                            if (conn.answered_at.is_some()
+                                || now.saturating_duration_since(*since) >= SILENT_NEW)
+                                && conn.buf.is_empty()
+                                && readiness::peer_closed(conn.stream.tcp()) != Some(false) =>
+                        {
+                            Some((*since, token))
+                        }
                         _ => None,
                     })
                     .min();

@@ -16,8 +16,9 @@
 //! - Datagrams from IPs that are not an online member's are dropped before any state is made.
 //! - A handshake must be addressed (MAC1) to an online member, and a response completes only
 //!   if both ends sit at their members' IPs and the policy lets the pair see each other.
-//! - Transport data is forwarded only on a completed handshake's index, and only from the
-//!   address at the other end of it.
+//! - Transport data and cookie replies are forwarded only on a known index, and only from the
+//!   other end of it: the address at the other end of a completed handshake, or (a cookie
+//!   answering an initiation still pending) an address at the recipient member's IPs.
 //! - No amplification: an initiation goes to an address not yet proven (by completing a
 //!   handshake here) only within the credit that address earned by sending us datagrams
 //!   (packets and bytes, capped); a response goes only to the sender of its initiation, once;
@@ -253,13 +254,34 @@ impl Relay {
                 if !self.sources.within_rate(from.ip(), now, &self.limits) {
                     return Verdict::Drop(Drop::RateLimited);
                 }
-                let Some(dest) = self.indexes.get(&receiver).map(|e| e.dest) else {
+                let Some(entry) = self.indexes.get(&receiver).copied() else {
                     return Verdict::Drop(Drop::NoRoute);
                 };
+                if !self.cookie_from_other_end(&entry, from) {
+                    return Verdict::Drop(Drop::WrongSource);
+                }
+                let dest = entry.dest;
                 if !self.sources.charge(dest, datagram.len()) {
                     return Verdict::Drop(Drop::NoCredit);
                 }
                 Verdict::Forward(Targets::one(dest))
+            }
+        }
+    }
+
+    /// Whether a cookie reply on `entry`'s index comes from the other end of its session,
+    /// checked like transport data: for a completed handshake the address at the other end;
+    /// for a pending initiation (a responder under load answers it with a cookie) an address
+    /// at the recipient member's own IPs, the only place the initiation was forwarded to.
+    fn cookie_from_other_end(&self, entry: &IndexEntry, from: SocketAddr) -> bool {
+        match entry.state {
+            IndexState::Established { from: peer } => peer == from,
+            IndexState::Pending { recipient } => {
+                from != entry.dest
+                    && self
+                        .view
+                        .index_of(&recipient)
+                        .is_some_and(|m| self.view.members[m].ips.contains(&from.ip()))
             }
         }
     }
@@ -579,6 +601,61 @@ mod tests {
         r.sweep(now);
         assert_eq!(r.stats.pairs.load(Ordering::Relaxed), 1);
         assert_eq!(r.stats.bound.load(Ordering::Relaxed), 2);
+    }
+
+    /// A cookie reply (type 3) built byte by byte: reserved zeros, the receiver index
+    /// (little-endian), a 24-byte nonce and a 32-byte encrypted cookie.
+    fn raw_cookie_reply(receiver: u32) -> Vec<u8> {
+        let mut d = vec![3, 0, 0, 0];
+        d.extend_from_slice(&receiver.to_le_bytes());
+        d.extend_from_slice(&[0x5a; 24 + 32]);
+        assert_eq!(d.len(), 64);
+        d
+    }
+
+    #[test]
+    fn cookie_replies_are_forwarded_only_from_the_other_end_of_their_session() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let c = node("198.18.3.1:40000");
+        let members = vec![member(&a, &[]), member(&b, &[]), member(&c, &[])];
+        let mut r = relay(members, &Policy::allow_all());
+        let now = Instant::now();
+        // c talks to the relay too (so it has credit and is no stranger).
+        let _ = r.handle(&fake_initiation(&a.mac1, 700, 9), c.addr, now);
+        let (ia, ib) = handshake(&mut r, &a, &b, now);
+        // Completed session: a cookie on a's index only from b, on b's only from a.
+        assert_eq!(
+            to(r.handle(&raw_cookie_reply(ia), b.addr, now)),
+            vec![a.addr]
+        );
+        assert_eq!(
+            to(r.handle(&raw_cookie_reply(ib), a.addr, now)),
+            vec![b.addr]
+        );
+        for (index, from) in [(ia, c.addr), (ib, c.addr), (ia, a.addr)] {
+            assert_eq!(
+                r.handle(&raw_cookie_reply(index), from, now),
+                Verdict::Drop(Drop::WrongSource),
+                "cookie on {index} from {from}"
+            );
+        }
+        // A pending initiation from a to b (index 300): b may answer it with a cookie,
+        // another member may not, nor a itself.
+        assert_eq!(
+            to(r.handle(&fake_initiation(&b.mac1, 300, 4), a.addr, now)),
+            vec![b.addr]
+        );
+        for from in [c.addr, a.addr] {
+            assert_eq!(
+                r.handle(&raw_cookie_reply(300), from, now),
+                Verdict::Drop(Drop::WrongSource),
+                "pending cookie from {from}"
+            );
+        }
+        assert_eq!(
+            to(r.handle(&raw_cookie_reply(300), b.addr, now)),
+            vec![a.addr]
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub enum Drop {
     NotForMember,
     /// No session or address known for its destination (yet).
     NoRoute,
-    /// Transport data on a known index but from an address that is not the session's peer.
+    /// Transport data or a cookie reply on a known index but from an address that is not
+    /// the session's other end.
     WrongSource,
     /// The access policy does not let the two members see each other.
     Policy,

@@ -4,9 +4,13 @@
 //! only then applied to the registry every reader sees. Heartbeats cost no disk write; what
 //! they change is journaled in batches on every sweep interval.
 
-use super::admission::{self, Credential, Rules};
-use super::{PolicyReload, Registered, Storage, StorageError, TokenChange, WentOffline};
+use super::admission::{self, Credential, Denied, Rules};
+use super::write_floor::{FloorError, WriteFloor};
+use super::{
+    NonceClaim, PolicyReload, Registered, Signed, Storage, StorageError, TokenChange, WentOffline,
+};
 use crate::fsutil;
+use crate::proto::auth::NONCE_LEN;
 use crate::server::config::{files_beside, ServerConfig, ServerError};
 use crate::server::registry::{Prepared, Registration, Registry};
 use crate::server::state::MeshState;
@@ -66,6 +70,8 @@ pub struct JsonStorage {
     journal: Mutex<Store>,
     tokens: Mutex<TokenFile>,
     rules: Rules,
+    /// Each key's newest change, on disk, against replays across a restart.
+    floor: WriteFloor,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,12 +118,19 @@ pub fn open(config: &ServerConfig, mesh6: ipnet::Ipv6Net) -> Result<OpenedJson, 
 
 impl JsonStorage {
     /// The store over `state` (which holds the registry `journal` was loaded into).
-    pub fn new(state: Arc<MeshState>, journal: Store, tokens: TokenFile, rules: Rules) -> Self {
+    pub fn new(
+        state: Arc<MeshState>,
+        journal: Store,
+        tokens: TokenFile,
+        rules: Rules,
+        floor: WriteFloor,
+    ) -> Self {
         JsonStorage {
             state,
             journal: Mutex::new(journal),
             tokens: Mutex::new(tokens),
             rules,
+            floor,
         }
     }
 
@@ -250,6 +263,37 @@ impl Storage for JsonStorage {
 
     fn tokens(&self) -> Result<TokenStore, StorageError> {
         Ok(lock(&self.tokens).store.clone())
+    }
+
+    /// A state-changing request is recorded on disk before it may take effect; one its key
+    /// may have made before a restart is refused (see [`super::write_floor`]). Reads and
+    /// heartbeats change nothing a replay could abuse for long: the in-memory cache decides.
+    fn claim_nonce(&self, signed: &Signed<'_>) -> Result<NonceClaim, StorageError> {
+        use base64::Engine as _;
+        if !signed.write {
+            return Ok(NonceClaim::Fresh);
+        }
+        let nonce = base64::engine::general_purpose::STANDARD
+            .decode(signed.nonce.trim())
+            .ok()
+            .and_then(|bytes| <[u8; NONCE_LEN]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                StorageError::Denied(Denied {
+                    status: 401,
+                    why: "the request's nonce is not 16 bytes of base64".into(),
+                })
+            })?;
+        let now = crate::time::unix_secs(SystemTime::now());
+        match self.floor.admit(signed.key, (signed.timestamp, nonce), now) {
+            Ok(()) => Ok(NonceClaim::Fresh),
+            Err(FloorError::Auth(e)) => Err(StorageError::Denied(Denied {
+                status: e.http_status(),
+                why: e.to_string(),
+            })),
+            Err(FloorError::Io(e)) => Err(StorageError::Unavailable(format!(
+                "this change could not be recorded against replays ({e})"
+            ))),
+        }
     }
 
     fn change_tokens(&self, change: TokenChange<'_>) -> Result<TokenRecord, StorageError> {

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod import;
 pub mod json;
 pub mod replica;
+pub mod write_floor;
 
 use crate::keys::PublicKey;
 use crate::server::ipam::IpamError;
@@ -135,6 +136,20 @@ pub enum NonceClaim {
     Replayed,
 }
 
+/// A signed request whose MAC verified, as the store sees it for replay protection.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    /// The key that signed it.
+    pub key: &'a PublicKey,
+    /// Its timestamp (Unix seconds).
+    pub timestamp: u64,
+    /// Its nonce, as sent (base64).
+    pub nonce: &'a str,
+    /// Whether it changes state by itself (registration, deregistration, offline, an
+    /// admin change), as opposed to a read or a heartbeat.
+    pub write: bool,
+}
+
 /// A policy reload's result: whether the policy changed, and the policy now in force.
 #[derive(Debug, Clone)]
 pub struct PolicyReload {
@@ -196,16 +211,10 @@ pub trait Storage: Send + Sync {
     /// Re-reads the policy file and puts it in force (on every replica, for a cluster).
     fn reload_policy(&self) -> Result<PolicyReload, StorageError>;
 
-    /// Claims a signed request's nonce cluster-wide. `write` says whether the request
-    /// changes state by itself.
-    fn claim_nonce(
-        &self,
-        _nonce: &[u8],
-        _key: &PublicKey,
-        _write: bool,
-    ) -> Result<NonceClaim, StorageError> {
-        Ok(NonceClaim::Fresh)
-    }
+    /// Refuses a signed request this store cannot prove fresh beyond the server's own
+    /// in-memory replay cache: one another replica accepted, or (after a restart) a change
+    /// its key may have made before. `Denied` says why a request was refused outright.
+    fn claim_nonce(&self, signed: &Signed<'_>) -> Result<NonceClaim, StorageError>;
 
     /// Catches up before answering a caller holding version `since`, when it is ahead of
     /// this server's (another replica gave it out).

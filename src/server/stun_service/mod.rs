@@ -123,6 +123,9 @@ impl StunService {
         }
         socket.set_read_timeout(Some(POLL_INTERVAL))?;
         let local_addr = socket.local_addr()?;
+        if let Some(relay) = &relay {
+            relay.add_socket(&socket)?;
+        }
         let shared = Arc::new(Shared {
             stats: Arc::new(StunStats::default()),
             relay,
@@ -206,6 +209,7 @@ fn serve(socket: &UdpSocket, shared: &Shared) {
         software: shared.options.software.as_deref(),
         fingerprint: false,
     };
+    let local = socket.local_addr();
     while !shared.stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
             Ok((len, from)) => {
@@ -218,7 +222,11 @@ fn serve(socket: &UdpSocket, shared: &Shared) {
                         relay.handle(&buf[..len], from, Instant::now())
                     {
                         for to in targets.iter() {
-                            if socket.send_to(&buf[..len], to).is_err() {
+                            let sent = match &local {
+                                Ok(local) => relay.send(socket, *local, &buf[..len], to),
+                                Err(_) => socket.send_to(&buf[..len], to),
+                            };
+                            if sent.is_err() {
                                 bump(&shared.stats.send_errors);
                             }
                         }

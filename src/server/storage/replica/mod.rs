@@ -13,7 +13,7 @@ mod writes;
 
 use super::admission::{Credential, Rules};
 use super::{
-    NonceClaim, PolicyReload, Registered, Storage, StorageError, TokenChange, WentOffline,
+    NonceClaim, PolicyReload, Registered, Signed, Storage, StorageError, TokenChange, WentOffline,
 };
 use crate::keys::PublicKey;
 use crate::server::pg::nonces::{ClaimFailed, NonceClaims};
@@ -162,13 +162,8 @@ impl Storage for ReplicaStorage {
         self.publish_policy()
     }
 
-    fn claim_nonce(
-        &self,
-        nonce: &[u8],
-        _key: &PublicKey,
-        write: bool,
-    ) -> Result<NonceClaim, StorageError> {
-        self.claim(nonce, write)
+    fn claim_nonce(&self, signed: &Signed<'_>) -> Result<NonceClaim, StorageError> {
+        self.claim(signed.nonce.as_bytes(), signed.write)
     }
 
     fn catch_up_to(&self, since: u64) {
