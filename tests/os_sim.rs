@@ -53,6 +53,21 @@ struct Row {
     metric: u32,
     /// Added by the tunnel service itself (back after a reboot) rather than by a command.
     by_service: bool,
+    /// macOS `RTF_BLACKHOLE` (flag `B`): packets are dropped whatever the gateway says.
+    /// Like xnu's `route_output` (`bsd/net/rtsock.c`, RTM_CHANGE: "Changing flags still
+    /// doesn't work"), `route change` sets the gateway and keeps this flag.
+    blackhole: bool,
+}
+
+impl Row {
+    /// Where packets matching this row really go: a blackholed row drops them.
+    fn effective_hop(&self) -> Hop {
+        if self.blackhole {
+            Hop::Blackhole
+        } else {
+            self.hop.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -183,7 +198,7 @@ impl Sim {
                     .cmp(&b.dest.prefix_len())
                     .then(b.metric.cmp(&a.metric))
             })
-            .map(|r| (r.iface.clone(), r.hop.clone()))
+            .map(|r| (r.iface.clone(), r.effective_hop()))
     }
 
     fn log(&self) -> Vec<String> {
@@ -244,6 +259,7 @@ impl Host {
             iface: iface.clone(),
             metric,
             by_service: false,
+            blackhole: false,
         };
         self.routes
             .push(row(net("0.0.0.0/0"), Hop::Gateway(router), 35));
@@ -255,6 +271,7 @@ impl Host {
                 iface: "lo0".into(),
                 metric: 331,
                 by_service: false,
+                blackhole: false,
             });
         }
     }
@@ -279,6 +296,7 @@ impl Host {
         }
         let metric = if iface == self.tunnel_iface() { 5 } else { 36 };
         self.routes.push(Row {
+            blackhole: hop == Hop::Blackhole,
             dest,
             hop,
             iface,
@@ -302,7 +320,16 @@ impl Host {
                 "route: writing to routing socket: not in table",
             ));
         };
-        row.hop = hop;
+        // xnu's RTM_CHANGE sets the gateway and interface but never the flags: a blackhole
+        // stays a blackhole (and a gateway route does not become one).
+        if row.blackhole && hop != Hop::Blackhole {
+            row.hop = hop;
+        } else if !row.blackhole && hop == Hop::Blackhole {
+            // `-blackhole` on change is ignored; the loopback gateway replaces the old one.
+            row.hop = Hop::Gateway(ip("127.0.0.1"));
+        } else {
+            row.hop = hop;
+        }
         row.iface = iface;
         Ok(())
     }
@@ -372,6 +399,7 @@ impl Host {
                 r.dest.to_string()
             };
             let (gw, flags) = match r.hop {
+                Hop::Gateway(g) if r.blackhole => (g.to_string(), "UGHSB"),
                 Hop::Gateway(g) => (
                     g.to_string(),
                     if r.dest.prefix_len() == 32 {
@@ -477,6 +505,7 @@ impl Host {
             iface: v4.addr().to_string(),
             metric: 5,
             by_service: true,
+            blackhole: false,
         });
         ok("")
     }
@@ -727,7 +756,7 @@ fn pinned_via(sim: &Sim, dest: &str) -> Option<Hop> {
     h.routes
         .iter()
         .find(|r| r.dest == Ipv4Net::from(ip(dest)))
-        .map(|r| r.hop.clone())
+        .map(Row::effective_hop)
 }
 
 #[test]
@@ -905,6 +934,7 @@ fn macos_with_utun(engine: &mut Engine, sim: &Sim) {
         iface: "utun3".into(),
         metric: 0,
         by_service: true,
+        blackhole: false,
     });
     engine.config.applied = Some(Applied {
         os: "macos".into(),
@@ -1007,8 +1037,17 @@ fn macos_without_a_usable_gateway_blackholes_pins_instead_of_looping() {
         .unwrap();
     assert_eq!(
         pinned_via(&sim, EXIT_ENDPOINT),
-        Some(Hop::Gateway(ip("192.168.1.1")))
+        Some(Hop::Gateway(ip("192.168.1.1"))),
+        "the blackhole flag must not survive: {:#?}",
+        sim.log()
     );
+    assert!(!sim.log().iter().any(|l| l.contains("route -q -n change")));
+    // Healed for good: the next check only reads the table.
+    sim.host().log.clear();
+    engine
+        .check_routes(&mut Sink::Run(&mut sim.clone()))
+        .unwrap();
+    assert_eq!(sim.log(), vec!["netstat -rn -f inet".to_string()]);
 }
 
 #[test]

@@ -181,6 +181,14 @@ impl RouteTable {
         })
     }
 
+    /// Whether `addr` has a host route of any kind (a pin through an old gateway, a
+    /// blackhole), which a new pin must replace: macOS `route add` refuses a duplicate.
+    pub fn has_host_route(&self, addr: Ipv4Addr) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.dest == Ipv4Net::from(addr) && !r.scoped)
+    }
+
     /// Whether `addr` has a host route matching `uplink` (through that gateway, out of that
     /// interface, or a blackhole when nothing is usable).
     pub fn has_pin(&self, addr: Ipv4Addr, uplink: &Uplink) -> bool {
