@@ -100,6 +100,16 @@ struct Host {
     log: Vec<String>,
     /// Windows: the tunnel's address, from the installed configuration.
     mesh: Option<String>,
+    /// Windows: the tunnel service's firewall restricts (wireguard-windows' kill-switch:
+    /// the configuration it started from had a single peer with a `/0`).
+    kill_switch: bool,
+    /// Windows: `wg.exe` queries that still fail after the service started, because its
+    /// adapter does not exist yet (`/installtunnelservice` returns before it does).
+    adapter_pending: u32,
+    /// How many queries the adapter takes to appear after each service start.
+    adapter_delay: u32,
+    /// The path the tunnel service loads its configuration from at every start.
+    service_conf: Option<String>,
     /// Reads of the routing table so far.
     table_reads: u32,
     /// Join this network (router, LAN, our address) right after the Nth table read.
@@ -150,6 +160,10 @@ impl Sim {
             stop_polls: 0,
             log: Vec::new(),
             mesh: None,
+            kill_switch: false,
+            adapter_pending: 0,
+            adapter_delay: 2,
+            service_conf: None,
             table_reads: 0,
             change_after_read: None,
             changed_at: None,
@@ -167,16 +181,35 @@ impl Sim {
     /// A Windows reboot: the tunnel service starts again by itself with the same
     /// configuration file (so the same key and port, and the peers that file lists: none),
     /// and adds its own routes; everything added with `store=active` or `route ADD` is gone.
+    /// The service reads its configuration file again, so a file the agent rewrote since
+    /// takes effect now, firewall included.
     fn reboot(&self) {
         let mut h = self.host();
-        h.routes
-            .retain(|r| !r.iface.starts_with("10.100.") || r.by_service);
+        h.routes.retain(|r| !r.iface.starts_with("10.100."));
         h.routes
             .retain(|r| r.dest.prefix_len() != 32 || r.hop == Hop::OnLink);
-        if let Some(wg) = h.wg.as_mut() {
-            wg.peers.clear();
+        h.kill_switch = false;
+        h.wg = None;
+        if let Some(path) = h.service_conf.clone() {
+            h.start_service(&path)
+                .expect("the tunnel service starts at boot");
         }
+        // By the time the agent's first sync after boot reads `wg.exe show`, the adapter is
+        // there (a sync racing it would take the rebuild path, not modelled here).
+        h.adapter_pending = 0;
         h.log.push("## reboot".into());
+    }
+
+    /// Whether a packet to `dest` from the agent (or any program but the tunnel service)
+    /// would leave outside the tunnel: routed out of the LAN and not blocked by the tunnel
+    /// service's kill-switch firewall (which permits only the tunnel, loopback, DHCP and
+    /// NDP; wireguard-windows `tunnel/firewall/blocker.go`).
+    fn leaves_directly(&self, dest: &str) -> bool {
+        let tunnel = self.0.borrow().tunnel_iface();
+        let routed_out = self
+            .route_to(dest)
+            .is_some_and(|(iface, hop)| iface != tunnel && hop != Hop::Blackhole);
+        routed_out && !self.0.borrow().kill_switch
     }
 
     /// Joins another network: new router, new LAN; static host routes (the pins) stay and
@@ -477,37 +510,80 @@ impl Host {
         if self.service != Service::Absent {
             return Err(fail(cmd, 1, "Tunnel already installed and running"));
         }
-        let conf = self
-            .files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| fail(cmd, 1, "file not found"))?;
-        let field = |name: &str| {
-            conf.lines()
+        self.start_service(path).map_err(|why| fail(cmd, 1, &why))?;
+        self.service_conf = Some(path.to_string());
+        ok("")
+    }
+
+    /// What the tunnel service does at every start (wireguard-windows `tunnel/service.go`):
+    /// load the file, decide the firewall (`enableFirewall`: exactly one peer with a `/0`
+    /// restricts), configure the peers it lists and route their allowed IPs and the
+    /// address's network through the adapter, which appears only `adapter_delay` queries
+    /// later.
+    fn start_service(&mut self, path: &str) -> Result<(), String> {
+        let conf = self.files.get(path).cloned().ok_or("file not found")?;
+        let mut sections = conf.split("[Peer]");
+        let interface = sections.next().unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{name} = ")).map(str::to_owned))
-                .unwrap()
         };
-        let key = PrivateKey::from_base64(&field("PrivateKey"))
+        let key = PrivateKey::from_base64(&field(interface, "PrivateKey").unwrap())
             .unwrap()
             .public_key();
-        let address = field("Address");
+        let address = field(interface, "Address").unwrap();
         let v4: Ipv4Net = address.split(',').next().unwrap().trim().parse().unwrap();
-        self.wg = Some(Wg {
+        let mut wg = Wg {
             public_key: Some(key),
-            port: field("ListenPort").parse().unwrap(),
+            port: field(interface, "ListenPort").unwrap().parse().unwrap(),
             peers: BTreeMap::new(),
-        });
-        self.service = Service::Running;
+        };
         self.mesh = Some(v4.addr().to_string());
-        self.routes.push(Row {
-            dest: v4.trunc(),
-            hop: Hop::OnLink,
-            iface: v4.addr().to_string(),
-            metric: 5,
-            by_service: true,
-            blackhole: false,
-        });
-        ok("")
+        let tunnel = v4.addr().to_string();
+        let mut service_routes = vec![v4.trunc()];
+        let peers: Vec<&str> = sections.collect();
+        let mut full = false;
+        for peer in &peers {
+            let allowed = field(peer, "AllowedIPs").unwrap_or_default();
+            for n in allowed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                full |= n.ends_with("/0");
+                if let Ok(v4) = n.parse::<Ipv4Net>() {
+                    service_routes.push(v4);
+                }
+            }
+            let endpoint = field(peer, "Endpoint").unwrap_or_else(|| "(none)".into());
+            let allowed = if allowed.is_empty() {
+                "(none)".to_string()
+            } else {
+                allowed.replace(", ", ",")
+            };
+            wg.peers
+                .insert(field(peer, "PublicKey").unwrap(), (endpoint, allowed));
+        }
+        self.kill_switch = peers.len() == 1 && full;
+        self.wg = Some(wg);
+        self.service = Service::Running;
+        self.adapter_pending = self.adapter_delay;
+        for dest in service_routes {
+            self.routes.push(Row {
+                dest,
+                hop: Hop::OnLink,
+                iface: tunnel.clone(),
+                metric: 5,
+                by_service: true,
+                blackhole: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Windows: whether `wg.exe` can reach the adapter yet (each query counts).
+    fn adapter_missing(&mut self) -> bool {
+        if self.os == TargetOs::Windows && self.adapter_pending > 0 {
+            self.adapter_pending -= 1;
+            return true;
+        }
+        false
     }
 
     fn run(&mut self, cmd: &Command) -> Result<CommandOutput, CommandError> {
@@ -520,6 +596,11 @@ impl Host {
                 .unwrap()
         };
         match (cmd.program.as_str(), a.as_slice()) {
+            ("wg" | "wg.exe", [_, ..]) if self.adapter_missing() => Err(fail(
+                cmd,
+                1,
+                "Unable to access interface: The system cannot find the file specified.",
+            )),
             ("wg" | "wg.exe", ["show", _, "dump"]) => match self.dump() {
                 Some(d) => ok(d),
                 None => Err(fail(cmd, 1, "Unable to access interface: No such device")),
@@ -534,6 +615,8 @@ impl Host {
                     return Err(fail(cmd, 1, "The specified service does not exist"));
                 }
                 self.service = Service::Stopping(self.stop_polls);
+                self.service_conf = None;
+                self.kill_switch = false;
                 self.wg = None;
                 let tunnel = self.tunnel_iface();
                 self.routes.retain(|r| r.iface != tunnel);
@@ -787,13 +870,28 @@ fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
         sim.log()
     );
 
-    // Pins through the discovered gateway (never 0.0.0.0), for every internet peer and the
-    // server, not for the LAN peer; internet traffic goes into the tunnel.
+    // The adapter came later than the service: the sync waited for it (failed polls)
+    // before the first `wg.exe set`.
+    let log = sim.log();
+    let first_set = sim.position("wg.exe set");
+    let polls = log[install..first_set]
+        .iter()
+        .filter(|l| l.starts_with("wg.exe show wg0 dump"))
+        .count();
+    assert_eq!(polls, 3, "two failed polls, then the adapter: {log:#?}");
+
+    // Pins through the discovered gateway (never 0.0.0.0), for every internet peer, not for
+    // the LAN peer; internet traffic goes into the tunnel. With `block` the service runs
+    // wireguard-windows' kill-switch firewall, which would drop the agent's own requests
+    // outside the tunnel: the server is not pinned, they go through the exit node.
     let gw = Hop::Gateway(ip("192.168.1.1"));
-    for addr in [SERVER, EXIT_ENDPOINT, PEER_B_ENDPOINT] {
+    for addr in [EXIT_ENDPOINT, PEER_B_ENDPOINT] {
         assert_eq!(pinned_via(&sim, addr), Some(gw.clone()), "{addr}");
     }
     assert_eq!(pinned_via(&sim, LAN_PEER_ENDPOINT), None);
+    assert_eq!(pinned_via(&sim, SERVER), None);
+    assert!(sim.0.borrow().kill_switch, "{:#?}", sim.log());
+    assert!(!sim.leaves_directly(SERVER) && !sim.leaves_directly(INTERNET));
     assert!(
         !sim.log().iter().any(|l| l.ends_with(" 0.0.0.0")),
         "{:#?}",
@@ -801,14 +899,29 @@ fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
     );
     assert!(into_tunnel(&sim, INTERNET));
 
-    // Reboot: the service is back with the same key, the routes are not: traffic would
-    // leave directly. The next sync must see that and put everything back.
+    // Reboot: the service is back with the same key and its kill-switch file (the exit
+    // peer, its /0 and the firewall), the agent's routes are not. Before the agent runs,
+    // nothing leaves directly; the next sync puts everything back.
     sim.reboot();
     assert!(
-        !into_tunnel(&sim, INTERNET),
+        !sim.0
+            .borrow()
+            .routes
+            .iter()
+            .any(|r| r.dest.prefix_len() == 1),
         "the simulated reboot dropped the halves"
     );
+    assert!(!sim.leaves_directly(INTERNET), "{:#?}", sim.log());
     sync(&mut engine, &sim, &peers).unwrap();
+    assert!(
+        sim.0
+            .borrow()
+            .routes
+            .iter()
+            .any(|r| r.dest.prefix_len() == 1),
+        "halves back: {:#?}",
+        sim.log()
+    );
     assert!(into_tunnel(&sim, INTERNET), "{:#?}", sim.log());
     assert_eq!(pinned_via(&sim, EXIT_ENDPOINT), Some(gw.clone()));
     // (Checked as its own route: the halves alone would also send it into the tunnel.)
@@ -842,7 +955,8 @@ fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
     assert_eq!(
         pinned_via(&sim, EXIT_ENDPOINT),
         Some(gw.clone()),
-        "exit still pinned"
+        "exit still pinned: {:#?}",
+        sim.log()
     );
 
     // A quick route check between syncs also repairs a reboot.
@@ -1076,6 +1190,107 @@ fn switching_exit_nodes_in_one_sync_keeps_traffic_in_the_tunnel() {
             pinned_via(&sim, EXIT_ENDPOINT).is_some(),
             "{os}: still a peer"
         );
+    }
+}
+
+/// The tunnel service's configuration file as the simulated host holds it.
+fn service_file(sim: &Sim) -> String {
+    sim.0
+        .borrow()
+        .files
+        .get(r"C:\ProgramData\wgmesh\wg0.conf")
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn windows_kill_switch_file_follows_the_exit_choice_and_holds_across_reboots() {
+    let sim = Sim::new(TargetOs::Windows);
+    let mut engine = engine(TargetOs::Windows, &sim, "wg0");
+    let mut peers = peers();
+    peers.push(peer("exit2", "10.100.0.8", "203.0.113.88", true));
+    sync(&mut engine, &sim, &peers).unwrap();
+    let file = service_file(&sim);
+    assert_eq!(file.matches("[Peer]").count(), 1, "{file}");
+    assert!(
+        file.contains("0.0.0.0/0") && file.contains(EXIT_ENDPOINT),
+        "{file}"
+    );
+
+    // Another exit node: the file is rewritten for the next start, the service is not
+    // reinstalled (its firewall already restricts), and a reboot comes back restricted.
+    sim.host().log.clear();
+    engine.config.use_exit_node = Some("exit2".into());
+    sync(&mut engine, &sim, &peers).unwrap();
+    assert!(
+        !sim.log().iter().any(|l| l.contains("tunnelservice")),
+        "{:#?}",
+        sim.log()
+    );
+    assert!(service_file(&sim).contains("203.0.113.88:51820"));
+    sim.reboot();
+    assert!(sim.0.borrow().kill_switch);
+    assert!(!sim.leaves_directly(INTERNET) && !sim.leaves_directly(SERVER));
+    sync(&mut engine, &sim, &peers).unwrap();
+    assert!(into_tunnel(&sim, INTERNET));
+
+    // `--exit-fallback direct`: the user chose to reach the internet directly while the
+    // exit node is away, so the service is reinstalled without the firewall (it is decided
+    // at start) and the file holds no default route.
+    engine.config.exit_fallback = ExitFallback::Direct;
+    sync(&mut engine, &sim, &peers).unwrap();
+    assert!(!sim.0.borrow().kill_switch, "{:#?}", sim.log());
+    assert!(!service_file(&sim).contains("/0"), "{}", service_file(&sim));
+    assert!(into_tunnel(&sim, INTERNET), "{:#?}", sim.log());
+    assert_eq!(
+        pinned_via(&sim, SERVER),
+        Some(Hop::Gateway(ip("192.168.1.1"))),
+        "without the firewall the server is pinned again"
+    );
+}
+
+#[test]
+fn a_moved_exit_endpoint_or_server_address_moves_only_the_pins() {
+    for os in [TargetOs::Windows, TargetOs::Macos] {
+        let sim = Sim::new(os);
+        let mut engine = engine(os, &sim, "wg0");
+        if os == TargetOs::Macos {
+            macos_with_utun(&mut engine, &sim);
+            // macOS pins the server too: move it as well.
+        }
+        let mut peers = peers();
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(into_tunnel(&sim, INTERNET), "{os}");
+        sim.host().log.clear();
+        peers[0].endpoint = Some("198.18.0.77:51820".parse().unwrap());
+        if os == TargetOs::Macos {
+            engine.config.server = Some("http://198.18.0.2:8080".parse().unwrap());
+            engine.client = ApiClient::new(
+                engine.config.server.clone().unwrap(),
+                Duration::from_secs(1),
+            );
+        }
+        sync(&mut engine, &sim, &peers).unwrap();
+        let log = sim.log();
+        assert!(
+            !log.iter()
+                .any(|l| l.contains("0.0.0.0/1") || l.contains("tunnelservice")),
+            "{os}: the halves stay, nothing is rebuilt: {log:#?}"
+        );
+        assert!(into_tunnel(&sim, INTERNET), "{os}");
+        assert!(pinned_via(&sim, "198.18.0.77").is_some(), "{os}: {log:#?}");
+        assert_eq!(pinned_via(&sim, EXIT_ENDPOINT), None, "{os}: {log:#?}");
+        if os == TargetOs::Macos {
+            assert!(pinned_via(&sim, "198.18.0.2").is_some(), "{log:#?}");
+            assert_eq!(pinned_via(&sim, SERVER), None, "{log:#?}");
+        }
+        // The new pin is added before the old one goes (add before delete).
+        let add = log.iter().position(|l| l.contains("198.18.0.77")).unwrap();
+        let del = log
+            .iter()
+            .position(|l| l.contains(EXIT_ENDPOINT) && l.to_lowercase().contains("delete"))
+            .unwrap();
+        assert!(add < del, "{os}: {log:#?}");
     }
 }
 

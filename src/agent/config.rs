@@ -118,6 +118,12 @@ pub struct Applied {
     /// How the OS sends `.mesh` names to our resolver, while `up` serves them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<super::dns::AppliedDns>,
+    /// Windows: the exit peer the tunnel service's configuration file holds in
+    /// wireguard-windows' kill-switch form (its only peer, with `0.0.0.0/0`), written while
+    /// an exit node is chosen with `--exit-fallback block`: the service's firewall then
+    /// blocks traffic outside the tunnel from its start at boot, before the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_switch: Option<crate::os::PeerSpec>,
 }
 
 /// The whole client configuration file.

@@ -159,7 +159,9 @@ pub fn created_name(name: &InterfaceName) -> Result<InterfaceName, AgentError> {
 }
 
 /// The coordination server's address, when its URL names one directly or resolves to an
-/// IPv4 address.
+/// IPv4 address: the lowest of them, because getaddrinfo rotates the order of a name's
+/// several A records between calls, and a different address every sync would move the
+/// server's pin every sync.
 pub fn server_ip(server: &ServerUrl) -> Option<IpAddr> {
     let authority = server.authority();
     let host = authority
@@ -169,12 +171,13 @@ pub fn server_ip(server: &ServerUrl) -> Option<IpAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.parse().ok().or_else(|| {
         use std::net::ToSocketAddrs;
-        (host, 0)
-            .to_socket_addrs()
-            .ok()?
-            .find(|a| a.is_ipv4())
-            .map(|a| a.ip())
+        lowest_ipv4((host, 0).to_socket_addrs().ok()?.map(|a| a.ip()))
     })
+}
+
+/// The lowest IPv4 address among `resolved`, whatever order the resolver gave them in.
+fn lowest_ipv4(resolved: impl Iterator<Item = IpAddr>) -> Option<IpAddr> {
+    resolved.filter(IpAddr::is_ipv4).min()
 }
 
 /// Our hostname: the configured one, else the OS's (see [`os_hostname`]), else
@@ -249,6 +252,20 @@ mod tests {
         assert_eq!(h("  node1\n").as_deref(), Some("node1"));
         assert_eq!(h(""), None);
         assert_eq!(h("???"), None);
+    }
+
+    #[test]
+    fn a_rotating_resolver_answer_gives_the_same_server_address() {
+        let a: Vec<IpAddr> = ["198.18.0.9", "2001:db8::1", "198.18.0.3", "198.18.0.5"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut rotated = a.clone();
+        rotated.rotate_left(2);
+        let want: IpAddr = "198.18.0.3".parse().unwrap();
+        assert_eq!(lowest_ipv4(a.into_iter()), Some(want));
+        assert_eq!(lowest_ipv4(rotated.into_iter()), Some(want));
+        assert_eq!(lowest_ipv4(["::1".parse().unwrap()].into_iter()), None);
     }
 
     #[test]

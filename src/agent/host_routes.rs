@@ -117,15 +117,17 @@ pub fn tunnel_off(
 
 /// The step that makes a full tunnel's halves and pins match the observed `table`: the
 /// endpoints of `peers` (every desired peer, and the exit node even while it is offline and
-/// the tunnel is kept to fail closed) and the server stay outside. Returns the plan and
-/// what is pinned afterwards (to record).
+/// the tunnel is kept to fail closed) and, with `pin_server`, the server stay outside.
+/// Windows under its kill-switch firewall does not pin the server: the firewall blocks the
+/// agent's own traffic outside the tunnel, so its requests must go through the exit node.
+/// Returns the plan and what is pinned afterwards (to record).
 pub fn tunnel_routes(
     os: TargetOs,
     real_name: &InterfaceName,
     assignment: &Assignment,
     t: &AppliedTunnel,
     peers: &[PeerSpec],
-    server: Option<IpAddr>,
+    (server, pin_server): (Option<IpAddr>, bool),
     table: &RouteTable,
 ) -> (Plan, Pinned) {
     let routes = tunnel(
@@ -135,7 +137,8 @@ pub fn tunnel_routes(
         assignment.network_cidr,
         ipv6_allowed(server, t),
     );
-    routes.reconcile(table, &outside(server, peers), t.pinned.as_ref())
+    let pinned_server = server.filter(|_| pin_server);
+    routes.reconcile(table, &outside(pinned_server, peers), t.pinned.as_ref())
 }
 
 /// The table as it will be once `off` removed `old`'s halves and pins (the table is read

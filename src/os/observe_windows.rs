@@ -292,6 +292,41 @@ pub fn wait_service_gone(
     }
 }
 
+/// How long the agent waits for a just-installed tunnel's adapter: wireguard-windows'
+/// service retries creating it for up to 15 s when started at boot (`tunnel/service.go`), and
+/// resolves endpoints before that; twice that covers a slow machine.
+pub const TUNNEL_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits (bounded by `timeout`) until `wg.exe show NAME dump` answers, i.e. the tunnel
+/// service has created its adapter: `/installtunnelservice` returns once the service has
+/// started, before that, and a `wg.exe set` in between fails.
+pub fn wait_tunnel_up(
+    reader: &mut dyn Runner,
+    name: &InterfaceName,
+    timeout: Duration,
+    pause: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let show = Command::new(super::wg_program(super::TargetOs::Windows)).args([
+        "show",
+        name.as_str(),
+        "dump",
+    ]);
+    loop {
+        match reader.run(&show) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() >= timeout => {
+                return Err(format!(
+                    "the tunnel service {} started but its adapter {name} did not appear                      within {} s ({e}); see `wireguard.exe /dumplog` and try again",
+                    service_name(name),
+                    timeout.as_secs()
+                ))
+            }
+            Err(_) => std::thread::sleep(pause),
+        }
+    }
+}
+
 /// Reads and checks the configuration folder's ACL (`command` prints its SDDL) before a
 /// private key is written into it; the error says what is wrong and how to fix it.
 pub fn check_config_dir(
@@ -501,6 +536,34 @@ mod tests {
         );
         let err = wait_service_gone(&mut stuck, &name, Duration::ZERO, pause).unwrap_err();
         assert!(err.contains("still STOP_PENDING"), "{err}");
+    }
+
+    #[test]
+    fn install_waits_for_the_adapter_bounded() {
+        use crate::os::runner::{RecordingRunner, Scripted};
+        let name: InterfaceName = "wg0".parse().unwrap();
+        let missing = || {
+            Scripted::Fail(
+                1,
+                "Unable to access interface: The system cannot find the file specified.".into(),
+            )
+        };
+        let mut runner = RecordingRunner::new();
+        runner
+            .expect_scripted("wg.exe show wg0 dump", missing())
+            .expect_scripted("wg.exe show wg0 dump", missing())
+            .expect_scripted("wg.exe show wg0 dump", Scripted::Succeed(String::new()));
+        let pause = Duration::from_millis(1);
+        wait_tunnel_up(&mut runner, &name, Duration::from_secs(5), pause).unwrap();
+        runner.assert_done();
+
+        let mut never = RecordingRunner::new();
+        never.expect_scripted("wg.exe show wg0 dump", missing());
+        let err = wait_tunnel_up(&mut never, &name, Duration::ZERO, pause).unwrap_err();
+        assert!(
+            err.contains("WireGuardTunnel$wg0") && err.contains("did not appear"),
+            "{err}"
+        );
     }
 
     #[test]

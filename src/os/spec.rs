@@ -96,8 +96,9 @@ pub struct InterfaceSpec {
     pub mtu: u16,
 }
 
-/// One peer as the agent wants WireGuard to know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One peer as the agent wants WireGuard to know it (serializable: the Windows kill-switch
+/// peer is recorded as applied).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerSpec {
     /// The peer's identity.
     pub public_key: PublicKey,

@@ -126,7 +126,7 @@ fn all_plans() -> Vec<(String, Plan)> {
         add("create", create(os, &spec().name));
         add(
             "configure",
-            configure(os, &spec(), &r, &[peer_a(), peer_b(), peer_c()]),
+            configure(os, &spec(), &r, &[peer_a(), peer_b(), peer_c()], None),
         );
         add("apply_peers", apply_peers(os, &r, &changes()));
         add(
@@ -262,12 +262,18 @@ fn no_plan_shows_or_debug_prints_the_private_key() {
 #[test]
 fn the_private_key_reaches_stdin_and_the_windows_file() {
     let key_line = format!("{PRIVATE}\n");
-    let linux = configure(TargetOs::Linux, &spec(), &spec().name, &[]);
+    let linux = configure(TargetOs::Linux, &spec(), &spec().name, &[], None);
     assert_eq!(
         linux.commands[0].stdin.as_ref().unwrap().as_bytes(),
         key_line.as_bytes()
     );
-    let windows = configure(TargetOs::Windows, &spec(), &spec().name, &[peer_a()]);
+    let windows = configure(
+        TargetOs::Windows,
+        &spec(),
+        &spec().name,
+        &[],
+        Some(&peer_a()),
+    );
     let text = String::from_utf8(windows.files[0].contents.as_bytes().to_vec()).unwrap();
     assert!(text.contains(&format!("PrivateKey = {PRIVATE}")), "{text}");
     assert_eq!(windows.files[0].mode, 0o600);
@@ -358,7 +364,7 @@ fn many_peers_take_few_processes_and_stay_under_the_command_line_limit() {
         2
     );
     // Linux's configure puts the key and the first peers in one process.
-    let plan = configure(TargetOs::Linux, &spec(), &spec().name, &peers);
+    let plan = configure(TargetOs::Linux, &spec(), &spec().name, &peers, None);
     assert_eq!(plan.commands[0].args[2], "private-key");
     assert!(plan.commands[0].stdin.is_some());
     assert!(plan.commands[1].stdin.is_none());
@@ -513,7 +519,7 @@ fn render_marks_fallbacks_tolerance_stdin_and_files() {
         .or_else(Command::new("wireguard-go").arg("wg0"))
         .tolerate_failure();
     assert_eq!(cmd.render(), "ip link add || wireguard-go wg0 || true");
-    let plan = configure(TargetOs::Windows, &spec(), &spec().name, &[]);
+    let plan = configure(TargetOs::Windows, &spec(), &spec().name, &[], None);
     assert!(plan
         .render()
         .starts_with("# write C:\\ProgramData\\wgmesh\\wg0.conf (mode 0600)\n"));
@@ -638,6 +644,7 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
         &spec,
         &name,
         &[peer_a.clone(), peer_b.clone(), peer_c.clone()],
+        None,
     ));
     let dump = ns.dump();
     assert_eq!(
@@ -757,7 +764,7 @@ fn a_thousand_peer_change_lands_in_two_processes_for_real() {
     };
     let os = TargetOs::Linux;
     ns.run(&create(os, &name));
-    ns.run(&configure(os, &spec, &name, &[]));
+    ns.run(&configure(os, &spec, &name, &[], None));
     let batch = |_: u8| -> Vec<PeerSpec> {
         (0..1000u32)
             .map(|i| PeerSpec {

@@ -41,6 +41,15 @@ pub fn render_tunnel_service(spec: &InterfaceSpec, peers: &[PeerSpec]) -> String
     render_with_prefix(spec, &peers, spec.network.prefix_len())
 }
 
+/// The Windows tunnel service's configuration in wireguard-windows' kill-switch form: `exit`
+/// is the only peer and keeps its default routes, so at every start of the service
+/// (`enableFirewall` in `tunnel/addressconfig.go`: one peer with a `/0` means restrict) its
+/// firewall blocks all traffic outside the tunnel except the service's own, DHCP and NDP,
+/// from boot on, whether or not the agent runs. The agent adds the other peers live.
+pub fn render_kill_switch_service(spec: &InterfaceSpec, exit: &PeerSpec) -> String {
+    render_with_prefix(spec, std::slice::from_ref(exit), spec.network.prefix_len())
+}
+
 fn render_with_prefix(spec: &InterfaceSpec, peers: &[PeerSpec], prefix: u8) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
