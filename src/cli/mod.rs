@@ -16,6 +16,7 @@ mod admin;
 mod agent;
 mod netcheck;
 mod server;
+mod service;
 
 use argh::FromArgs;
 use std::io::IsTerminal;
@@ -61,6 +62,7 @@ enum Command {
     Token(admin::TokenArgs),
     Peers(admin::PeersArgs),
     Policy(admin::PolicyArgs),
+    Service(service::ServiceArgs),
 }
 
 /// A failure with its exit code; `main` prints the message once on stderr.
@@ -172,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Token(a) => admin::token(a),
         Command::Peers(a) => admin::peers(a),
         Command::Policy(a) => admin::policy(a),
+        Command::Service(a) => service::run(a),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),

@@ -10,6 +10,7 @@
 //! wireguard-windows (`wireguard.exe /installtunnelservice`), so an operator who knows those
 //! tools recognises every line of [`Plan::render`].
 
+pub mod boot;
 mod command;
 pub mod dns;
 mod linux;
