@@ -95,6 +95,9 @@ struct Host {
     wg: Option<Wg>,
     files: BTreeMap<String, String>,
     folder_sddl: Option<String>,
+    /// The configuration folder is a junction (`mklink /J`): `Get-Item -Force` shows the
+    /// `ReparsePoint` attribute, `Get-Acl` shows the target's ACL.
+    folder_junction: bool,
     /// How many `sc.exe query` answers say STOP_PENDING after an uninstall.
     stop_polls: u32,
     log: Vec<String>,
@@ -157,6 +160,7 @@ impl Sim {
             wg: None,
             files: BTreeMap::new(),
             folder_sddl: None,
+            folder_junction: false,
             stop_polls: 0,
             log: Vec::new(),
             mesh: None,
@@ -642,8 +646,16 @@ impl Host {
                     ok("")
                 } else if script.contains("Get-Acl") {
                     assert_eq!(env("WGMESH_DIR"), r"C:\ProgramData\wgmesh");
+                    let attributes = if self.folder_junction {
+                        "Directory, ReparsePoint"
+                    } else {
+                        "Directory"
+                    };
                     match &self.folder_sddl {
-                        Some(s) => ok(format!("{s}\r\n")),
+                        Some(s) if script.contains("Get-Item") => {
+                            ok(format!("{attributes}\r\n{s}\r\n"))
+                        }
+                        Some(_) => panic!("the folder's attributes are not read: {script}"),
                         None => Err(fail(cmd, 1, "Cannot find path")),
                     }
                 } else if script.contains("Remove-Item") {
@@ -1015,6 +1027,30 @@ fn windows_refuses_a_config_folder_a_user_made_and_writes_no_key() {
     );
     assert!(sim.0.borrow().files.is_empty());
     assert!(!sim.log().iter().any(|l| l.starts_with("# write")));
+}
+
+#[test]
+fn windows_refuses_a_junction_at_the_config_folder_and_writes_no_key() {
+    let sim = Sim::new(TargetOs::Windows);
+    {
+        // A junction to C:\Program Files\WireGuard\Data: the target's ACL is the accepted one.
+        let mut h = sim.host();
+        h.folder_sddl = Some("O:SYG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)".into());
+        h.folder_junction = true;
+    }
+    let mut engine = engine(TargetOs::Windows, &sim, "wg0");
+    let err = sync(&mut engine, &sim, &peers()).unwrap_err();
+    assert!(matches!(err, AgentError::Usage(_)), "{err}");
+    let err = err.to_string();
+    assert!(
+        err.contains("refusing") && err.contains("reparse point"),
+        "{err}"
+    );
+    assert!(sim.0.borrow().files.is_empty());
+    assert!(!sim
+        .log()
+        .iter()
+        .any(|l| l.contains(" /installtunnelservice")));
 }
 
 #[test]

@@ -327,8 +327,37 @@ pub fn wait_tunnel_up(
     }
 }
 
-/// Reads and checks the configuration folder's ACL (`command` prints its SDDL) before a
-/// private key is written into it; the error says what is wrong and how to fix it.
+/// Checks what [`super::windows_config_dir_acl`] prints for the configuration folder: its
+/// attributes on the first line (`Get-Item -Force`, which describes a junction itself, not
+/// its target), its SDDL after. A reparse point (a junction or symbolic link) is refused
+/// whatever ACL its target has, as wireguard-windows refuses one at its data directory
+/// (`conf/path_windows.go`: opened with `FILE_FLAG_OPEN_REPARSE_POINT`, "Data directory is
+/// reparse point"): a user could make `%ProgramData%\wgmesh` a junction to an admin-only
+/// folder with the accepted ACL and re-point it later, and the SYSTEM service reloads the
+/// path at every start.
+pub fn check_config_dir_listing(out: &str) -> Result<(), String> {
+    let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+    let attributes = lines.next().unwrap_or_default();
+    let has = |name: &str| {
+        attributes
+            .split(',')
+            .any(|a| a.trim().eq_ignore_ascii_case(name))
+    };
+    if has("ReparsePoint") {
+        return Err(
+            "is a reparse point (a junction or symbolic link), which could be re-pointed              elsewhere later"
+                .into(),
+        );
+    }
+    if !has("Directory") {
+        return Err(format!("is not a plain folder (attributes: {attributes})"));
+    }
+    check_config_dir_sddl(&lines.collect::<Vec<_>>().join(""))
+}
+
+/// Reads and checks the configuration folder (`command` prints its attributes and SDDL, see
+/// [`check_config_dir_listing`]) before a private key is written into it; the error says
+/// what is wrong and how to fix it.
 pub fn check_config_dir(
     reader: &mut dyn Runner,
     command: &Command,
@@ -337,11 +366,11 @@ pub fn check_config_dir(
     let out = reader
         .run(command)
         .map_err(|e| format!("cannot read the ACL of {dir}: {e}"))?;
-    check_config_dir_sddl(&out.stdout).map_err(|why| {
+    check_config_dir_listing(&out.stdout).map_err(|why| {
         format!(
             "refusing to write the tunnel's private key into {dir}: the folder {why}. \
-             Delete it (wgmesh recreates it readable by SYSTEM and Administrators only) or \
-             give it exactly that ACL with owner Administrators"
+             Delete it (wgmesh recreates it as a plain folder readable by SYSTEM and \
+             Administrators only) or give it exactly that ACL with owner Administrators"
         )
     })
 }
@@ -572,14 +601,32 @@ mod tests {
         let cmd = Command::new("get-acl");
         let mut runner = RecordingRunner::new();
         runner
-            .expect_scripted("get-acl", Scripted::Succeed(fixture("sddl_protected.txt")))
-            .expect_scripted("get-acl", Scripted::Succeed(fixture("sddl_user_owned.txt")));
+            .expect_scripted(
+                "get-acl",
+                Scripted::Succeed(fixture("config_dir_plain.txt")),
+            )
+            .expect_scripted(
+                "get-acl",
+                Scripted::Succeed(fixture("config_dir_user_owned.txt")),
+            )
+            .expect_scripted(
+                "get-acl",
+                Scripted::Succeed(fixture("config_dir_junction.txt")),
+            );
         check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap();
         let err = check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap_err();
         assert!(
             err.contains("refusing") && err.contains("Delete it"),
             "{err}"
         );
+        // A junction is refused although its target's ACL is exactly the accepted one.
+        let junction = fixture("config_dir_junction.txt");
+        let target_sddl = junction.lines().nth(1).unwrap();
+        assert_eq!(check_config_dir_sddl(target_sddl), Ok(()));
+        let err = check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap_err();
+        assert!(err.contains("reparse point"), "{err}");
+        runner.assert_done();
+        assert!(check_config_dir_listing("Archive\r\nO:BAG:SYD:PAI(A;OICI;FA;;;SY)").is_err());
     }
 
     #[test]

@@ -49,10 +49,16 @@ pub(super) fn create() -> Plan {
     Plan::of(vec![powershell(&script).env("WGMESH_DIR", config_dir())])
 }
 
-/// Prints the configuration folder's security descriptor as SDDL, for
-/// [`observe_windows::check_config_dir_sddl`].
+/// Prints the configuration folder's attributes (of the folder itself: `Get-Item -Force`
+/// does not follow a junction) and then its security descriptor as SDDL, for
+/// [`observe_windows::check_config_dir_listing`].
 pub(super) fn config_dir_acl_command() -> Command {
-    powershell("(Get-Acl -LiteralPath $env:WGMESH_DIR).Sddl").env("WGMESH_DIR", config_dir())
+    powershell(
+        "$ErrorActionPreference = \"Stop\"; \
+         (Get-Item -LiteralPath $env:WGMESH_DIR -Force).Attributes.ToString(); \
+         (Get-Acl -LiteralPath $env:WGMESH_DIR).Sddl",
+    )
+    .env("WGMESH_DIR", config_dir())
 }
 
 pub(super) fn configure(
