@@ -184,16 +184,19 @@ mod tests {
     }
 
     #[test]
-    fn install_and_uninstall_plans() {
-        let mut out = String::from("## wgmesh service install\n");
-        out.push_str(&install(DEFAULT_EXE, DEFAULT_CONFIG).unwrap().render());
-        out.push_str("## wgmesh service uninstall\n");
-        out.push_str(&uninstall().render());
-        // The XML itself is etc/wgmesh-task.xml; keep the golden readable.
+    fn install_registers_then_starts_and_uninstall_ends_then_deletes() {
+        // The whole plans are goldens (tests/golden/windows_service_*.txt); here, the order.
+        let plan = install(DEFAULT_EXE, DEFAULT_CONFIG).unwrap();
         let xml = task_xml(DEFAULT_EXE, DEFAULT_CONFIG).unwrap();
-        let quoted = crate::os::quote(&xml);
-        let out = out.replace(quoted.as_ref(), "'<etc/wgmesh-task.xml>'");
-        golden("tests/golden/windows_service.txt", &out);
+        assert_eq!(plan.commands.len(), 2);
+        assert!(plan.commands[0]
+            .env
+            .contains(&("WGMESH_TASK_XML".to_string(), xml)));
+        assert_eq!(plan.commands[1].render(), "schtasks.exe /Run /TN wgmesh");
+        assert_eq!(
+            uninstall().render(),
+            "schtasks.exe /End /TN wgmesh || true\nschtasks.exe /Delete /TN wgmesh /F\n"
+        );
     }
 
     #[test]

@@ -162,6 +162,20 @@ fn all_plans() -> Vec<(String, Plan)> {
         }
     }
     plans.extend(super::dns::golden_plans());
+    let boot = |exe, config| super::boot::install(exe, config).expect("default paths");
+    plans.push((
+        "windows_service_install".into(),
+        boot(super::boot::DEFAULT_EXE, super::boot::DEFAULT_CONFIG),
+    ));
+    plans.push(("windows_service_uninstall".into(), super::boot::uninstall()));
+    // With an exit node and `--exit-fallback block`: the exit peer alone, with its /0.
+    let mut exit = exit_peer();
+    exit.allowed_ips.push(net("0.0.0.0/0"));
+    let windows = real(TargetOs::Windows);
+    plans.push((
+        "windows_configure_kill_switch".into(),
+        configure(TargetOs::Windows, &spec(), &windows, &[], Some(&exit)),
+    ));
     plans
 }
 

@@ -194,6 +194,22 @@ PublicKey = /R8q7i+dnixuw76yJCzFO8tRjw9qglyEwdpV2JBuzH4=
         assert!(!text.contains("/0"), "{text}");
     }
 
+    #[test]
+    fn kill_switch_config_is_one_peer_with_its_default_routes() {
+        let mut exit = peers().remove(0);
+        exit.allowed_ips.push("0.0.0.0/0".parse().unwrap());
+        let text = render_kill_switch_service(&spec("wg0"), &exit);
+        // wireguard-windows' enableFirewall restricts exactly when the file it starts from
+        // has one peer and that peer has a /0.
+        assert_eq!(text.matches("[Peer]").count(), 1, "{text}");
+        assert!(
+            text.contains("AllowedIPs = 10.100.0.7/32, 198.18.4.0/24, 0.0.0.0/0\n"),
+            "{text}"
+        );
+        assert!(text.contains("Endpoint = 198.18.0.7:51820\n"), "{text}");
+        assert!(text.contains("Address = 10.100.0.5/16"), "{text}");
+    }
+
     /// Runs the real `wg-quick strip` (wireguard-tools), which parses the file exactly as
     /// `wg-quick up` would and prints what it hands to `wg setconf`. Fails, not skips, when
     /// wg-quick is missing: CI installs wireguard-tools.
