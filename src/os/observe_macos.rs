@@ -60,21 +60,65 @@ fn parse_destination(dest: &str) -> Option<Ipv4Net> {
         .map(|n| n.trunc())
 }
 
-/// Parses `netstat -rn -f inet`. Rows that are not IPv4 routes (headers, `Routing tables`)
-/// are skipped. A gateway that is an address is a router (`G`) or, for host rows without
-/// `G`, the interface's own address (on-link); `link#N`, MAC addresses and interface names
-/// are on-link; flags `B`/`R` mark blackholes; flag `I` marks an interface-scoped copy.
+/// Where the columns a route needs are in `netstat -rn` rows, read from the header line:
+/// macOS 12 and later print `Destination Gateway Flags Netif Expire`, earlier versions
+/// `Destination Gateway Flags Refs Use Netif Expire` (darwin.bash's `set_mtu` reads
+/// `destination _ _ _ _ netif`, the older layout). Taken by position, the old layout's
+/// `Refs` would be read as the interface and every pin would look wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Columns {
+    gateway: usize,
+    flags: usize,
+    netif: usize,
+}
+
+impl Columns {
+    /// The modern layout, assumed until a header says otherwise.
+    const MODERN: Columns = Columns {
+        gateway: 1,
+        flags: 2,
+        netif: 3,
+    };
+
+    /// The columns a header line names, if it is one.
+    fn from_header(line: &str) -> Option<Columns> {
+        let names: Vec<&str> = line.split_whitespace().collect();
+        if names.first() != Some(&"Destination") {
+            return None;
+        }
+        let at = |name: &str| names.iter().position(|n| *n == name);
+        Some(Columns {
+            gateway: at("Gateway")?,
+            flags: at("Flags")?,
+            netif: at("Netif")?,
+        })
+    }
+}
+
+/// Parses `netstat -rn -f inet`, its columns found by the header (see [`Columns`]). Rows
+/// that are not IPv4 routes (headers, `Routing tables`) are skipped. A gateway that is an
+/// address is a router (`G`) or, for host rows without `G`, the interface's own address
+/// (on-link); `link#N`, MAC addresses and interface names are on-link; flags `B`/`R` mark
+/// blackholes; flag `I` marks an interface-scoped copy.
 pub fn parse_netstat(text: &str) -> RouteTable {
     let mut routes = Vec::new();
+    let mut columns = Columns::MODERN;
     for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 4 {
+        if let Some(header) = Columns::from_header(line) {
+            columns = header;
             continue;
         }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(gateway), Some(flags), Some(netif)) = (
+            fields.get(columns.gateway),
+            fields.get(columns.flags),
+            fields.get(columns.netif),
+        ) else {
+            continue;
+        };
         let Some(dest) = parse_destination(fields[0]) else {
             continue;
         };
-        let (gateway, flags, netif) = (fields[1], fields[2], fields[3]);
         let next_hop = if flags.contains('B') || flags.contains('R') {
             NextHop::Blackhole
         } else {
@@ -218,6 +262,18 @@ mod tests {
         let vpn = parse_netstat(&fixture("netstat_other_vpn.txt"));
         assert!(!vpn.reached_via_default("10.8.0.3".parse().unwrap(), mesh, "utun3"));
         assert!(vpn.reached_via_default("203.0.113.9".parse().unwrap(), mesh, "utun3"));
+    }
+
+    #[test]
+    fn netstat_columns_come_from_the_header_in_both_layouts() {
+        // macOS 11 and earlier: Refs and Use columns before Netif.
+        let old = parse_netstat(&fixture("netstat_tunnel_up_refs_use.txt"));
+        let new = parse_netstat(&fixture("netstat_tunnel_up.txt"));
+        assert_eq!(old, new, "the same table in both layouts");
+        assert!(old.has_tunnel_halves("utun3"));
+        let g = Uplink::Gateway("192.168.1.1".parse().unwrap());
+        assert!(old.has_pin("198.18.0.7".parse().unwrap(), &g));
+        assert_eq!(old.uplink("utun3", is_point_to_point), g);
     }
 
     #[test]
