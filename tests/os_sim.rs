@@ -95,6 +95,9 @@ struct Host {
     wg: Option<Wg>,
     files: BTreeMap<String, String>,
     folder_sddl: Option<String>,
+    /// macOS: what `/var/run/wireguard/wg0.name` says (`utun3` while our wireguard-go runs;
+    /// another name once another tunnel got `utun3` after a crash).
+    name_file: Option<String>,
     /// The configuration folder is a junction (`mklink /J`): `Get-Item -Force` shows the
     /// `ReparsePoint` attribute, `Get-Acl` shows the target's ACL.
     folder_junction: bool,
@@ -161,6 +164,7 @@ impl Sim {
             files: BTreeMap::new(),
             folder_sddl: None,
             folder_junction: false,
+            name_file: None,
             stop_polls: 0,
             log: Vec::new(),
             mesh: None,
@@ -672,6 +676,16 @@ impl Host {
                 ok("")
             }
             ("rm", ["-f", "/var/run/wireguard/wg0.name"]) => ok(""),
+            // wg-quick's get_real_interface reads: the name file, the two files' mtimes.
+            ("cat", ["/var/run/wireguard/wg0.name"]) => match &self.name_file {
+                Some(n) => ok(format!("{n}\n")),
+                None => Err(fail(cmd, 1, "No such file or directory")),
+            },
+            (
+                "stat",
+                ["-f", "%m", "/var/run/wireguard/wg0.name", "/var/run/wireguard/utun3.sock"],
+            ) if self.wg.is_some() && self.name_file.is_some() => ok("1764990000\n1764990000\n"),
+            ("stat", ["-f", "%m", ..]) => Err(fail(cmd, 1, "No such file or directory")),
             ("route", ["print", "-4"]) => {
                 let table = self.route_print();
                 self.table_read(table)
@@ -1073,6 +1087,7 @@ fn windows_reserved_interface_names_are_refused_before_anything_runs() {
 fn macos_with_utun(engine: &mut Engine, sim: &Sim) {
     let key = engine.config.private_key.public_key();
     let mut h = sim.host();
+    h.name_file = Some("utun3".into());
     h.wg = Some(Wg {
         public_key: Some(key),
         port: engine.config.listen_port,
@@ -1198,6 +1213,39 @@ fn macos_without_a_usable_gateway_blackholes_pins_instead_of_looping() {
         .check_routes(&mut Sink::Run(&mut sim.clone()))
         .unwrap();
     assert_eq!(sim.log(), vec!["netstat -rn -f inet".to_string()]);
+}
+
+#[test]
+fn macos_down_leaves_a_utun_that_is_no_longer_ours_alone() {
+    let sim = Sim::new(TargetOs::Macos);
+    let mut engine = engine(TargetOs::Macos, &sim, "wg0");
+    macos_with_utun(&mut engine, &sim);
+    sync(&mut engine, &sim, &peers()).unwrap();
+    assert!(into_tunnel(&sim, INTERNET));
+    // A crash and a reboot later, another tunnel was given utun3 (with its own key), and
+    // wg-quick's name file for wg0 names another interface now.
+    {
+        let mut h = sim.host();
+        h.wg.as_mut().unwrap().public_key = Some(PrivateKey::generate().public_key());
+        h.name_file = Some("utun5".into());
+        h.log.clear();
+    }
+    engine.teardown(&mut Sink::Run(&mut sim.clone())).unwrap();
+    let log = sim.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("utun3") && !l.starts_with("stat")),
+        "nothing through the other tunnel's utun3 is touched: {log:#?}"
+    );
+    assert!(
+        sim.0
+            .borrow()
+            .routes
+            .iter()
+            .any(|r| r.dest.prefix_len() == 1),
+        "its routes stay"
+    );
+    assert!(engine.config.applied.is_none(), "the record is forgotten");
 }
 
 #[test]

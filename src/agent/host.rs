@@ -41,6 +41,9 @@ pub struct HostFacts {
     /// macOS: the real `utunN` name of the interface just created, from wireguard-go's
     /// name file; set between the two planning passes (the plan's `awaiting_name`).
     pub created_name: Option<InterfaceName>,
+    /// macOS, when an interface is recorded as applied: whether that `utunN` is still ours
+    /// (wg-quick's name-file and socket check); a rebuild leaves one that is not alone.
+    pub utun_ours: Option<bool>,
 }
 
 impl HostFacts {
@@ -68,6 +71,11 @@ impl HostFacts {
             }
         }
         facts.routes = routes(&mut reader, os);
+        // Only a rebuild needs it: when the interface does not show our key.
+        let ours = Some(config.private_key.public_key());
+        if facts.dump.as_ref().map(|d| d.interface.public_key) != Some(ours) {
+            facts.utun_ours = utun_ours(&mut reader, os, config);
+        }
         if config.exit_node {
             facts.default_dev = read(&mut reader, "ip", &["-4", "route", "show", "default"])
                 .and_then(|out| word_after(&out, "dev"));
@@ -109,6 +117,25 @@ fn routes(reader: &mut Option<&mut dyn Runner>, os: TargetOs) -> Option<RouteTab
             None
         }
     }
+}
+
+/// macOS: whether the `utunN` recorded as applied is still ours; `None` elsewhere, when
+/// nothing is recorded, or without a reader.
+pub fn utun_ours(
+    reader: &mut Option<&mut dyn Runner>,
+    os: TargetOs,
+    config: &ClientConfig,
+) -> Option<bool> {
+    let applied = config.applied.as_ref().filter(|a| a.os == "macos")?;
+    if os != TargetOs::Macos {
+        return None;
+    }
+    let utun: InterfaceName = applied.interface.parse().ok()?;
+    Some(os::observe_macos::check_utun_owner(
+        reader.as_deref_mut()?,
+        &config.interface,
+        &utun,
+    ))
 }
 
 /// Runs a read-only command through the reader, returning its stdout.

@@ -5,6 +5,7 @@
 
 use super::route_table::{NextHop, Route, RouteTable, Uplink};
 use super::Command;
+use crate::types::InterfaceName;
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 
@@ -136,6 +137,45 @@ pub fn parse_netstat(text: &str) -> RouteTable {
         });
     }
     RouteTable { routes }
+}
+
+/// The commands that tell whether the recorded `utunN` is still this mesh's interface, as
+/// wg-quick's `get_real_interface` checks (darwin.bash): the name file wireguard-go wrote
+/// when it created the interface (`cat`), and the modification times of that file and of
+/// the interface's control socket (`stat -f %m`, seconds since the epoch, one per line).
+pub fn utun_owner_commands(name: &InterfaceName, utun: &InterfaceName) -> [Command; 2] {
+    let name_file = super::macos_name_file(name).display().to_string();
+    let socket = format!("/var/run/wireguard/{utun}.sock");
+    [
+        Command::new("cat").arg(name_file.clone()),
+        Command::new("stat").args(["-f", "%m", &name_file, &socket]),
+    ]
+}
+
+/// Whether `utun` is still ours, from [`utun_owner_commands`]' outputs (`None`: the command
+/// failed, e.g. a file is missing): the name file names it, its socket exists, and the two
+/// were made within 2 s of each other, so the name file is not a leftover of a crash whose
+/// `utunN` another tunnel has since been given (wg-quick's `get_real_interface`).
+pub fn utun_is_ours(name_file: Option<&str>, mtimes: Option<&str>, utun: &InterfaceName) -> bool {
+    let named = name_file.is_some_and(|n| n.trim() == utun.as_str());
+    let times: Vec<i64> = mtimes
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    named && times.len() == 2 && (times[0] - times[1]).abs() < 2
+}
+
+/// Runs [`utun_owner_commands`] through `reader` and decides with [`utun_is_ours`].
+pub fn check_utun_owner(
+    reader: &mut dyn super::runner::Runner,
+    name: &InterfaceName,
+    utun: &InterfaceName,
+) -> bool {
+    let [cat, stat] = utun_owner_commands(name, utun);
+    let name_file = reader.run(&cat).ok().map(|o| o.stdout);
+    let mtimes = reader.run(&stat).ok().map(|o| o.stdout);
+    utun_is_ours(name_file.as_deref(), mtimes.as_deref(), utun)
 }
 
 /// Parses `route -n get default` (stdout; pass "" when it failed with "not in table" or
@@ -274,6 +314,30 @@ mod tests {
         let g = Uplink::Gateway("192.168.1.1".parse().unwrap());
         assert!(old.has_pin("198.18.0.7".parse().unwrap(), &g));
         assert_eq!(old.uplink("utun3", is_point_to_point), g);
+    }
+
+    #[test]
+    fn a_recorded_utun_is_ours_only_while_its_name_file_and_socket_match() {
+        let utun3: InterfaceName = "utun3".parse().unwrap();
+        let same = "1764990000\n1764990001\n";
+        assert!(utun_is_ours(Some("utun3\n"), Some(same), &utun3));
+        // Another tunnel got utun3 after a crash: the name file names utun4 now ...
+        assert!(!utun_is_ours(Some("utun4\n"), Some(same), &utun3));
+        // ... or the socket is younger than the name file (re-created since) ...
+        assert!(!utun_is_ours(
+            Some("utun3"),
+            Some("1764990000\n1764999000\n"),
+            &utun3
+        ));
+        // ... or the socket or the name file is gone.
+        assert!(!utun_is_ours(Some("utun3"), None, &utun3));
+        assert!(!utun_is_ours(None, Some(same), &utun3));
+        let [cat, stat] = utun_owner_commands(&"wg0".parse().unwrap(), &utun3);
+        assert_eq!(cat.render(), "cat /var/run/wireguard/wg0.name");
+        assert_eq!(
+            stat.render(),
+            "stat -f %m /var/run/wireguard/wg0.name /var/run/wireguard/utun3.sock"
+        );
     }
 
     #[test]

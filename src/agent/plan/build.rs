@@ -213,7 +213,7 @@ impl Builder {
                 actual_peers: dump.peers.clone(),
                 gone_tunnel: None,
             }),
-            (None, None) => self.rebuild(input, w, kill_switch)?,
+            (None, None) => self.rebuild(input, facts, w, kill_switch)?,
         })
     }
 
@@ -222,6 +222,7 @@ impl Builder {
     fn rebuild(
         &mut self,
         input: &PlanInput<'_>,
+        facts: &HostFacts,
         w: &Wanted<'_>,
         kill_switch: Option<&PeerSpec>,
     ) -> Result<Option<Interface>, AgentError> {
@@ -231,7 +232,7 @@ impl Builder {
             .as_ref()
             .filter(|a| a.os == os.as_str())
             .and_then(|a| a.full_tunnel.clone());
-        for mut step in undo(os, input.config)? {
+        for mut step in undo(os, input.config, facts.utun_ours.unwrap_or(true))? {
             if step.record.is_some() {
                 if self.dry_run {
                     step.record = None;

@@ -90,13 +90,33 @@ pub fn plan(input: &PlanInput<'_>, facts: &HostFacts) -> SyncPlan {
 /// Removes what `config` records as applied for `os`: NAT, the full tunnel and routes
 /// (tolerating pieces already gone with the interface), then the interface itself; the last
 /// step records nothing applied. Empty when nothing is recorded for `os`.
-pub fn undo(os: TargetOs, config: &ClientConfig) -> Result<Vec<Step>, AgentError> {
+///
+/// `owned` is false on macOS when the recorded `utunN` is no longer ours
+/// ([`crate::os::observe_macos::check_utun_owner`], wg-quick's `get_real_interface`): after
+/// a crash and a reboot another tunnel may have that name, so nothing through it (routes,
+/// its socket) is touched; only the record (and the DNS setup, which is not the
+/// interface's) goes.
+pub fn undo(os: TargetOs, config: &ClientConfig, owned: bool) -> Result<Vec<Step>, AgentError> {
     let Some(old) = config.applied.as_ref().filter(|a| a.os == os.as_str()) else {
         return Ok(Vec::new());
     };
     let Ok(old_name) = old.interface.parse::<InterfaceName>() else {
         return Ok(Vec::new());
     };
+    if !owned {
+        let mut steps = Vec::new();
+        if let Some(dns) = &old.dns {
+            steps.push(Step::run(super::dns::undo_plan(dns)?));
+        }
+        steps.push(Step {
+            record: Some(None),
+            ..Step::run(Plan::default()).note(format!(
+                "{old_name} is no longer this mesh's interface (its name file or socket \
+                 changed): left alone, forgotten"
+            ))
+        });
+        return Ok(steps);
+    }
     let mesh = config.assignment.as_ref().map_or_else(
         || "10.100.0.0/16".parse().expect("literal"),
         |a| a.network_cidr,
@@ -644,11 +664,11 @@ mod tests {
     #[test]
     fn undo_removes_what_is_recorded_then_forgets_it() {
         let mut config = config();
-        assert!(undo(TargetOs::Linux, &config).unwrap().is_empty());
+        assert!(undo(TargetOs::Linux, &config, true).unwrap().is_empty());
         config.applied = Some(applied(&config));
-        let steps = undo(TargetOs::Linux, &config).unwrap();
+        let steps = undo(TargetOs::Linux, &config, true).unwrap();
         assert_eq!(steps.last().unwrap().record, Some(None));
-        assert!(undo(TargetOs::Windows, &config).unwrap().is_empty());
+        assert!(undo(TargetOs::Windows, &config, true).unwrap().is_empty());
     }
 
     #[test]
