@@ -90,3 +90,26 @@ fn service_install_prints_the_windows_boot_task_and_refuses_elsewhere() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_too_small_mtu_is_refused_with_exit_2_before_anything_is_written() {
+    let dir = std::env::temp_dir().join(format!("wgmesh-cli-mtu-{}", std::process::id()));
+    let config = dir.join("client.json");
+    let out = wgmesh(&[
+        "sync",
+        "--mtu",
+        "1000",
+        "--config",
+        config.to_str().unwrap(),
+        "--server",
+        "http://127.0.0.1:9",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--mtu 1000 is too small"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!config.exists());
+}

@@ -143,6 +143,11 @@ pub struct ClientConfig {
     pub fallback_servers: Vec<ServerUrl>,
     /// The interface name asked for.
     pub interface: InterfaceName,
+    /// The tunnel MTU from `--mtu`; `None` follows each OS's reference: the default route's
+    /// interface MTU minus 80 (darwin.bash's `set_mtu` on macOS, wireguard-windows' MTU
+    /// monitor on Windows), 1420 on Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Our WireGuard listen port.
     pub listen_port: u16,
     /// The hostname we register with (default: the OS hostname).
@@ -202,6 +207,7 @@ impl ClientConfig {
             fallback_servers: Vec::new(),
             interface,
             listen_port: DEFAULT_LISTEN_PORT,
+            mtu: None,
             hostname: None,
             endpoint: None,
             exit_node: false,

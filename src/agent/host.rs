@@ -44,6 +44,9 @@ pub struct HostFacts {
     /// macOS, when an interface is recorded as applied: whether that `utunN` is still ours
     /// (wg-quick's name-file and socket check); a rebuild leaves one that is not alone.
     pub utun_ours: Option<bool>,
+    /// macOS, when the interface may be (re)created: the MTU of the default route's
+    /// interface (`ifconfig`), for darwin.bash's automatic tunnel MTU.
+    pub uplink_mtu: Option<u16>,
 }
 
 impl HostFacts {
@@ -75,6 +78,9 @@ impl HostFacts {
         let ours = Some(config.private_key.public_key());
         if facts.dump.as_ref().map(|d| d.interface.public_key) != Some(ours) {
             facts.utun_ours = utun_ours(&mut reader, os, config);
+            if os == TargetOs::Macos && config.mtu.is_none() {
+                facts.uplink_mtu = uplink_mtu(&mut reader, facts.routes.as_ref());
+            }
         }
         if config.exit_node {
             facts.default_dev = read(&mut reader, "ip", &["-4", "route", "show", "default"])
@@ -136,6 +142,17 @@ pub fn utun_ours(
         &config.interface,
         &utun,
     ))
+}
+
+/// macOS: the MTU of the interface the default route leaves through, as darwin.bash's
+/// `set_mtu` finds it (`netstat` for the interface, `ifconfig` for its MTU).
+fn uplink_mtu(reader: &mut Option<&mut dyn Runner>, table: Option<&RouteTable>) -> Option<u16> {
+    let iface = table?.default_route("")?.iface.clone();
+    let out = reader
+        .as_deref_mut()?
+        .run(&os::observe_macos::ifconfig_command(&iface))
+        .ok()?;
+    os::observe_macos::parse_ifconfig_mtu(&out.stdout)
 }
 
 /// Runs a read-only command through the reader, returning its stdout.

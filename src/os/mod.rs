@@ -29,8 +29,8 @@ mod windows;
 
 pub use command::{quote, Command, Payload, Plan, PlannedFile, Secret, PRIVATE_FILE_MODE};
 pub use spec::{
-    Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
-    FWMARK_TABLE,
+    mtu_below, Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
+    FWMARK_TABLE, WIREGUARD_OVERHEAD,
 };
 pub use wg::wg_program;
 use wg::{arg_budget, peer_groups, peers_conf, wg_set};

@@ -139,6 +139,19 @@ pub fn parse_netstat(text: &str) -> RouteTable {
     RouteTable { routes }
 }
 
+/// `ifconfig IFACE`, whose first line ends in `mtu N` (darwin.bash's `set_mtu` reads it for
+/// the default route's interface).
+pub fn ifconfig_command(iface: &str) -> Command {
+    Command::new("ifconfig").arg(iface)
+}
+
+/// The `mtu N` of an `ifconfig` output.
+pub fn parse_ifconfig_mtu(text: &str) -> Option<u16> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "mtu")?;
+    words.next()?.parse().ok()
+}
+
 /// The commands that tell whether the recorded `utunN` is still this mesh's interface, as
 /// wg-quick's `get_real_interface` checks (darwin.bash): the name file wireguard-go wrote
 /// when it created the interface (`cat`), and the modification times of that file and of
@@ -338,6 +351,15 @@ mod tests {
             stat.render(),
             "stat -f %m /var/run/wireguard/wg0.name /var/run/wireguard/utun3.sock"
         );
+    }
+
+    #[test]
+    fn the_uplink_mtu_comes_from_ifconfig() {
+        assert_eq!(parse_ifconfig_mtu(&fixture("ifconfig_en0.txt")), Some(1492));
+        assert_eq!(parse_ifconfig_mtu("lo0: flags=8049<UP>\n"), None);
+        assert_eq!(crate::os::mtu_below(Some(1492)), 1412);
+        assert_eq!(crate::os::mtu_below(None), 1420);
+        assert_eq!(crate::os::mtu_below(Some(600)), 576);
     }
 
     #[test]

@@ -76,7 +76,11 @@ fn render_with_prefix(spec: &InterfaceSpec, peers: &[PeerSpec], prefix: u8) -> S
         }
     }
     let _ = writeln!(out, "ListenPort = {}", spec.listen_port);
-    let _ = writeln!(out, "MTU = {}", spec.mtu);
+    // No line for the automatic MTU: wg-quick and wireguard-windows then choose it
+    // themselves (the default route's MTU - 80; the latter follows it as it changes).
+    if spec.mtu > 0 {
+        let _ = writeln!(out, "MTU = {}", spec.mtu);
+    }
     for peer in peers {
         let _ = writeln!(out);
         let _ = writeln!(out, "[Peer]");

@@ -76,7 +76,11 @@ impl Builder {
         input: &PlanInput<'_>,
         facts: &HostFacts,
     ) -> Result<(), AgentError> {
-        let w = self.wanted(input)?;
+        let mut w = self.wanted(input)?;
+        if self.os == TargetOs::Macos && w.spec.mtu == 0 {
+            // darwin.bash's `set_mtu`: the uplink's MTU - 80 (1500 - 80 when unknown).
+            w.spec.mtu = os::mtu_below(facts.uplink_mtu);
+        }
         let kill_switch = self.kill_switch(input, facts, &w);
         let Some(iface) = self.interface(input, facts, &w, kill_switch.as_ref())? else {
             return Ok(());

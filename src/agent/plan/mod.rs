@@ -642,6 +642,44 @@ mod tests {
     }
 
     #[test]
+    fn the_tunnel_mtu_follows_each_os_reference_unless_given() {
+        let mut config = config();
+        // macOS: darwin.bash's set_mtu, the uplink's MTU - 80.
+        let facts = HostFacts {
+            created_name: Some("utun7".parse().unwrap()),
+            uplink_mtu: Some(1492),
+            ..HostFacts::default()
+        };
+        let p = decide(TargetOs::Macos, &config, &[], &facts);
+        assert!(lines(&p).contains(&"ifconfig utun7 mtu 1412".to_string()));
+        // Windows: no MTU line, so wireguard-windows' MTU monitor follows the uplink.
+        let file = |p: &SyncPlan| {
+            let f = &p
+                .steps
+                .iter()
+                .find(|s| !s.plan.files.is_empty())
+                .unwrap()
+                .plan
+                .files[0];
+            String::from_utf8(f.contents.as_bytes().to_vec()).unwrap()
+        };
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        assert!(!file(&p).contains("MTU"), "{}", file(&p));
+        // --mtu wins everywhere.
+        config.mtu = Some(1380);
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        assert!(file(&p).contains("MTU = 1380\n"), "{}", file(&p));
+        let p = decide(TargetOs::Macos, &config, &[], &facts);
+        assert!(lines(&p).contains(&"ifconfig utun7 mtu 1380".to_string()));
+        let p = decide(TargetOs::Linux, &config, &[], &HostFacts::default());
+        assert!(
+            lines(&p).iter().any(|l| l.contains("mtu 1380 up")),
+            "{:?}",
+            lines(&p)
+        );
+    }
+
+    #[test]
     fn a_dry_run_records_nothing() {
         let config = config();
         let input = PlanInput {
