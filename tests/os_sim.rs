@@ -13,7 +13,7 @@
 //! before the key is written; a rebuild waits for the old service; reserved names are
 //! refused before anything runs.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -89,6 +89,8 @@ struct Wg {
 struct Host {
     os: TargetOs,
     routes: Vec<Row>,
+    /// IPv6 routes into the tunnel: (prefix, interface, added by the tunnel service).
+    routes6: Vec<(Ipv6Net, String, bool)>,
     /// The LAN: (subnet, our address on it, our interface).
     lan: (Ipv4Net, Ipv4Addr, String),
     service: Service,
@@ -158,6 +160,7 @@ impl Sim {
         let mut host = Host {
             os,
             routes: Vec::new(),
+            routes6: Vec::new(),
             lan: (net("192.168.1.0/24"), ip("192.168.1.23"), lan_iface),
             service: Service::Absent,
             wg: None,
@@ -194,6 +197,7 @@ impl Sim {
     fn reboot(&self) {
         let mut h = self.host();
         h.routes.retain(|r| !r.iface.starts_with("10.100."));
+        h.routes6.clear();
         h.routes
             .retain(|r| r.dest.prefix_len() != 32 || r.hop == Hop::OnLink);
         h.kill_switch = false;
@@ -461,6 +465,58 @@ impl Host {
         out
     }
 
+    /// `route add|change|delete -inet6` / `netsh interface ipv6 add|set|delete route`.
+    fn route6(
+        &mut self,
+        cmd: &Command,
+        verb: &str,
+        dest: Ipv6Net,
+        iface: &str,
+    ) -> Result<CommandOutput, CommandError> {
+        let at = self
+            .routes6
+            .iter()
+            .position(|r| r.0 == dest && r.1 == iface);
+        match (verb, at) {
+            ("add", Some(_)) => Err(fail(cmd, 1, "File exists")),
+            ("add", None) => {
+                self.routes6.push((dest, iface.to_string(), false));
+                ok("")
+            }
+            ("change" | "set", Some(_)) => ok(""),
+            ("delete", Some(i)) => {
+                self.routes6.remove(i);
+                ok("")
+            }
+            _ => Err(fail(cmd, 1, "not in table")),
+        }
+    }
+
+    fn netstat6(&self) -> String {
+        let mut out = String::from(
+            "Routing tables\n\nInternet6:\nDestination                             Gateway                                 Flags               Netif Expire\n\
+             default                                 fe80::1%en0                             UGcg                  en0       \n",
+        );
+        for (dest, iface, _) in &self.routes6 {
+            out.push_str(&format!("{dest:<39} {iface:<39} USc {iface:>19}\n"));
+        }
+        out
+    }
+
+    fn netsh_route6(&self) -> String {
+        let mut out = String::from(
+            "\r\nPublish  Type      Met  Prefix                    Idx  Gateway/Interface Name\r\n\
+             -------  --------  ---  ------------------------  ---  ------------------------\r\n\
+             No       Manual    256  ::/0                       12  fe80::1\r\n",
+        );
+        for (dest, iface, _) in &self.routes6 {
+            out.push_str(&format!(
+                "No       Manual    5    {dest:<24}   27  {iface}\r\n"
+            ));
+        }
+        out
+    }
+
     fn dump(&self) -> Option<String> {
         let wg = self.wg.as_ref()?;
         let mut out = format!(
@@ -541,6 +597,10 @@ impl Host {
             .public_key();
         let address = field(interface, "Address").unwrap();
         let v4: Ipv4Net = address.split(',').next().unwrap().trim().parse().unwrap();
+        if let Some(v6) = address.split(',').nth(1) {
+            let v6: Ipv6Net = v6.trim().parse().unwrap();
+            self.routes6.push((v6.trunc(), "wg0".into(), true));
+        }
         let mut wg = Wg {
             public_key: Some(key),
             port: field(interface, "ListenPort").unwrap().parse().unwrap(),
@@ -628,6 +688,7 @@ impl Host {
                 self.wg = None;
                 let tunnel = self.tunnel_iface();
                 self.routes.retain(|r| r.iface != tunnel);
+                self.routes6.clear();
                 ok("")
             }
             ("sc.exe", ["query", name]) if *name == "WireGuardTunnel$wg0" => match self.service {
@@ -673,6 +734,7 @@ impl Host {
             ("rm", ["-f", "/var/run/wireguard/utun3.sock"]) => {
                 self.wg = None;
                 self.routes.retain(|r| r.iface != "utun3");
+                self.routes6.retain(|r| r.1 != "utun3");
                 ok("")
             }
             ("rm", ["-f", "/var/run/wireguard/wg0.name"]) => ok(""),
@@ -709,7 +771,14 @@ impl Host {
             ("route", ["DELETE", dest, "MASK", "255.255.255.255"]) => self
                 .delete(cmd, Ipv4Net::from(ip(dest)))
                 .map(|_| CommandOutput::default()),
-            ("netsh", ["interface", "ipv6", ..]) => ok(""),
+            ("netsh", ["interface", "ipv6", "show", "route"]) => ok(self.netsh_route6()),
+            (
+                "netsh",
+                ["interface", "ipv6", verb, "route", prefix, "interface=wg0", "store=active"],
+            ) => {
+                let dest: Ipv6Net = prefix.strip_prefix("prefix=").unwrap().parse().unwrap();
+                self.route6(cmd, verb, dest, "wg0")
+            }
             (
                 "netsh",
                 ["interface", "ipv4", verb, "route", prefix, "interface=wg0", "store=active"],
@@ -725,7 +794,10 @@ impl Host {
                 .map(|_| CommandOutput::default())
             }
             // macOS route(8)
-            ("route", ["-q", "-n", _, "-inet6", ..]) => ok(""),
+            ("netstat", ["-rn", "-f", "inet6"]) => ok(self.netstat6()),
+            ("route", ["-q", "-n", verb, "-inet6", dest, "-interface", iface]) => {
+                self.route6(cmd, verb, dest.parse().unwrap(), iface)
+            }
             ("route", ["-q", "-n", "delete", "-inet", dest, ..]) => self
                 .delete(
                     cmd,
@@ -1160,7 +1232,13 @@ fn macos_network_change_repins_at_the_next_route_check() {
     engine
         .check_routes(&mut Sink::Run(&mut sim.clone()))
         .unwrap();
-    assert_eq!(sim.log(), vec!["netstat -rn -f inet".to_string()]);
+    assert_eq!(
+        sim.log(),
+        vec![
+            "netstat -rn -f inet".to_string(),
+            "netstat -rn -f inet6".to_string()
+        ]
+    );
 
     engine.teardown(&mut Sink::Run(&mut sim.clone())).unwrap();
     for addr in [SERVER, EXIT_ENDPOINT, "203.0.113.77", LAN_PEER_ENDPOINT] {
@@ -1212,7 +1290,13 @@ fn macos_without_a_usable_gateway_blackholes_pins_instead_of_looping() {
     engine
         .check_routes(&mut Sink::Run(&mut sim.clone()))
         .unwrap();
-    assert_eq!(sim.log(), vec!["netstat -rn -f inet".to_string()]);
+    assert_eq!(
+        sim.log(),
+        vec![
+            "netstat -rn -f inet".to_string(),
+            "netstat -rn -f inet6".to_string()
+        ]
+    );
 }
 
 #[test]
@@ -1375,6 +1459,48 @@ fn a_moved_exit_endpoint_or_server_address_moves_only_the_pins() {
             .position(|l| l.contains(EXIT_ENDPOINT) && l.to_lowercase().contains("delete"))
             .unwrap();
         assert!(add < del, "{os}: {log:#?}");
+    }
+}
+
+/// Whether the simulated host routes `net` (IPv6) into the tunnel.
+fn routed6(sim: &Sim, net: &str) -> bool {
+    let net: Ipv6Net = net.parse().unwrap();
+    sim.0.borrow().routes6.iter().any(|r| r.0 == net)
+}
+
+#[test]
+fn ipv6_halves_and_routes_are_rechecked_like_ipv4() {
+    for os in [TargetOs::Windows, TargetOs::Macos] {
+        let sim = Sim::new(os);
+        let mut engine = engine(os, &sim, "wg0");
+        if os == TargetOs::Macos {
+            macos_with_utun(&mut engine, &sim);
+        }
+        let mut peers = peers();
+        // Peer b routes an IPv6 subnet behind it.
+        peers[1]
+            .allowed_ips
+            .push("2001:db8:77::/64".parse().unwrap());
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(routed6(&sim, "::/1") && routed6(&sim, "8000::/1"), "{os}");
+        assert!(routed6(&sim, "2001:db8:77::/64"), "{os}: {:#?}", sim.log());
+
+        // Something deletes the IPv6 halves only (the IPv4 ones stay): the route check
+        // between syncs puts them back.
+        sim.host().routes6.retain(|r| r.0.prefix_len() != 1);
+        engine
+            .check_routes(&mut Sink::Run(&mut sim.clone()))
+            .unwrap();
+        assert!(
+            routed6(&sim, "::/1") && routed6(&sim, "8000::/1"),
+            "{os}: {:#?}",
+            sim.log()
+        );
+
+        // An IPv6 subnet route that went missing comes back at the next sync.
+        sim.host().routes6.retain(|r| r.0.prefix_len() != 64);
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(routed6(&sim, "2001:db8:77::/64"), "{os}: {:#?}", sim.log());
     }
 }
 

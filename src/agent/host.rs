@@ -73,7 +73,7 @@ impl HostFacts {
                     .and_then(|g| g.parse().ok());
             }
         }
-        facts.routes = routes(&mut reader, os);
+        facts.routes = routes(&mut reader, os, config);
         // Only a rebuild needs it: when the interface does not show our key.
         let ours = Some(config.private_key.public_key());
         if facts.dump.as_ref().map(|d| d.interface.public_key) != Some(ours) {
@@ -101,7 +101,7 @@ pub fn observe_routes(
     server: &ServerUrl,
 ) -> HostFacts {
     HostFacts {
-        routes: routes(&mut reader, os),
+        routes: routes(&mut reader, os, config),
         server_ip: config
             .use_exit_node
             .as_ref()
@@ -112,11 +112,21 @@ pub fn observe_routes(
 
 /// The routing table on macOS and Windows; a failure to read it is logged and leaves the
 /// routes unchecked this time (as without a reader, when planning for another OS).
-fn routes(reader: &mut Option<&mut dyn Runner>, os: TargetOs) -> Option<RouteTable> {
+fn routes(
+    reader: &mut Option<&mut dyn Runner>,
+    os: TargetOs,
+    config: &ClientConfig,
+) -> Option<RouteTable> {
     if !host_routes::uses_host_routes(os) {
         return None;
     }
-    match host_routes::observe(os, reader.as_deref_mut()?) {
+    // The tunnel as the IPv6 table names it: `utunN`, the Windows interface alias.
+    let tunnel = config
+        .applied
+        .as_ref()
+        .filter(|a| a.os == os.as_str())
+        .map(|a| a.interface.as_str());
+    match host_routes::observe(os, reader.as_deref_mut()?, tunnel) {
         Ok(table) => Some(table),
         Err(e) => {
             log::warn!("{e}; full-tunnel routes are not checked this time");

@@ -6,8 +6,8 @@
 use super::route_table::{NextHop, Route, RouteTable, Uplink};
 use super::Command;
 use crate::types::InterfaceName;
-use ipnet::Ipv4Net;
-use std::net::Ipv4Addr;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// `netstat -rn -f inet`: the whole IPv4 table, numeric, one row per route.
 pub fn netstat_command() -> Command {
@@ -136,7 +136,10 @@ pub fn parse_netstat(text: &str) -> RouteTable {
             scoped: flags.contains('I'),
         });
     }
-    RouteTable { routes }
+    RouteTable {
+        routes,
+        tunnel_v6: None,
+    }
 }
 
 /// `ifconfig IFACE`, whose first line ends in `mtu N` (darwin.bash's `set_mtu` reads it for
@@ -189,6 +192,42 @@ pub fn check_utun_owner(
     let name_file = reader.run(&cat).ok().map(|o| o.stdout);
     let mtimes = reader.run(&stat).ok().map(|o| o.stdout);
     utun_is_ours(name_file.as_deref(), mtimes.as_deref(), utun)
+}
+
+/// `netstat -rn -f inet6`: the IPv6 table, read for the tunnel's own rows.
+pub fn netstat6_command() -> Command {
+    Command::new("netstat").args(["-rn", "-f", "inet6"])
+}
+
+/// The IPv6 prefixes `netstat -rn -f inet6` shows routed out of `utun` (columns by header,
+/// as [`parse_netstat`]): `default` is `::/0`, a destination without `/len` is a host
+/// (`/128`), and a `%scope` suffix (link-local rows) is dropped.
+pub fn parse_netstat6_tunnel(text: &str, utun: &str) -> Vec<Ipv6Net> {
+    let mut out = Vec::new();
+    let mut columns = Columns::MODERN;
+    for line in text.lines() {
+        if let Some(header) = Columns::from_header(line) {
+            columns = header;
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(columns.netif) != Some(&utun) {
+            continue;
+        }
+        let dest = fields[0];
+        let net = if dest == "default" {
+            Some(Ipv6Net::default())
+        } else {
+            let (addr, len) = dest.split_once('/').unwrap_or((dest, "128"));
+            let addr = addr.split('%').next().unwrap_or(addr);
+            match (addr.parse::<Ipv6Addr>(), len.parse::<u8>()) {
+                (Ok(a), Ok(l)) => Ipv6Net::new(a, l).ok().map(|n| n.trunc()),
+                _ => None,
+            }
+        };
+        out.extend(net);
+    }
+    out
 }
 
 /// Parses `route -n get default` (stdout; pass "" when it failed with "not in table" or
@@ -360,6 +399,33 @@ mod tests {
         assert_eq!(crate::os::mtu_below(Some(1492)), 1412);
         assert_eq!(crate::os::mtu_below(None), 1420);
         assert_eq!(crate::os::mtu_below(Some(600)), 576);
+    }
+
+    #[test]
+    fn netstat6_shows_the_tunnels_ipv6_halves_and_routes() {
+        let text = fixture("netstat6_tunnel_up.txt");
+        let v6 = parse_netstat6_tunnel(&text, "utun3");
+        let has = |n: &str| v6.contains(&n.parse().unwrap());
+        assert!(
+            has("::/1") && has("8000::/1") && has("fd12:3456:789a::/96"),
+            "{v6:?}"
+        );
+        assert!(
+            has("fd12:3456:789a::a64:5/128") && has("fe80::/64"),
+            "{v6:?}"
+        );
+        assert!(!has("::/0"), "en0's default is not the tunnel's: {v6:?}");
+        let table = RouteTable {
+            routes: Vec::new(),
+            tunnel_v6: Some(v6),
+        };
+        assert_eq!(table.has_tunnel_halves_v6(), Some(true));
+        let gone = parse_netstat6_tunnel(&fixture("netstat6_halves_gone.txt"), "utun3");
+        let table = RouteTable {
+            routes: Vec::new(),
+            tunnel_v6: Some(gone),
+        };
+        assert_eq!(table.has_tunnel_halves_v6(), Some(false));
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub fn parse_route_print(text: &str) -> RouteTable {
             scoped: false,
         });
     }
-    RouteTable { routes }
+    RouteTable {
+        routes,
+        tunnel_v6: None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -103,7 +106,10 @@ pub fn parse_get_netroute_json(text: &str) -> Result<RouteTable, String> {
             scoped: false,
         });
     }
-    Ok(RouteTable { routes })
+    Ok(RouteTable {
+        routes,
+        tunnel_v6: None,
+    })
 }
 
 /// The Windows service name of a tunnel (wireguard-windows `conf.ServiceNameOfTunnel`).
@@ -296,6 +302,25 @@ pub fn wait_service_gone(
 /// service retries creating it for up to 15 s when started at boot (`tunnel/service.go`), and
 /// resolves endpoints before that; twice that covers a slow machine.
 pub const TUNNEL_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `netsh interface ipv6 show route`: every IPv6 route with its interface's name (`route
+/// print -6` names interfaces by index only).
+pub fn route6_command() -> Command {
+    Command::new("netsh").args(["interface", "ipv6", "show", "route"])
+}
+
+/// The IPv6 prefixes `netsh interface ipv6 show route` shows on interface `name` (rows
+/// `Publish Type Met Prefix Idx Gateway/Interface Name`; the header is translated, the
+/// layout is not, so rows are recognised by their prefix column).
+pub fn parse_netsh_route6_tunnel(text: &str, name: &str) -> Vec<ipnet::Ipv6Net> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let prefix: ipnet::Ipv6Net = fields.get(3)?.parse().ok()?;
+            (fields.get(5..)?.join(" ") == name).then(|| prefix.trunc())
+        })
+        .collect()
+}
 
 /// Waits (bounded by `timeout`) until `wg.exe show NAME dump` answers, i.e. the tunnel
 /// service has created its adapter: `/installtunnelservice` returns once the service has
@@ -565,6 +590,20 @@ mod tests {
         );
         let err = wait_service_gone(&mut stuck, &name, Duration::ZERO, pause).unwrap_err();
         assert!(err.contains("still STOP_PENDING"), "{err}");
+    }
+
+    #[test]
+    fn netsh_shows_the_tunnels_ipv6_halves_and_routes() {
+        let v6 = parse_netsh_route6_tunnel(&fixture("netsh_ipv6_route_tunnel_up.txt"), "wg0");
+        let has = |n: &str| v6.contains(&n.parse().unwrap());
+        assert!(
+            has("::/1") && has("8000::/1") && has("fd12:3456:789a::/96"),
+            "{v6:?}"
+        );
+        assert!(!has("::/0") && !has("::1/128"), "{v6:?}");
+        let rebooted = parse_netsh_route6_tunnel(&fixture("netsh_ipv6_route_rebooted.txt"), "wg0");
+        assert!(!rebooted.contains(&"::/1".parse().unwrap()), "{rebooted:?}");
+        assert!(rebooted.contains(&"fd12:3456:789a::/96".parse().unwrap()));
     }
 
     #[test]

@@ -93,14 +93,17 @@ impl TunnelRoutes<'_> {
                 plan.commands.extend(self.pin(*addr, &uplink, stale));
             }
         }
-        if !table.has_tunnel_halves(&self.table_iface) {
+        let v4_missing = !table.has_tunnel_halves(&self.table_iface);
+        if v4_missing {
             plan.extend(routes(self.os, self.real_name, &v4_halves(), &[]));
-            if self.ipv6 {
-                let mut v6 = routes(self.os, self.real_name, &v6_halves(), &[]);
-                // IPv6 may be off on this host: its halves are best effort.
-                v6.commands.iter_mut().for_each(|c| c.allow_failure = true);
-                plan.extend(v6);
-            }
+        }
+        // Checked on their own when the IPv6 table was read, else along with the IPv4 ones.
+        let v6_missing = table.has_tunnel_halves_v6().map_or(v4_missing, |has| !has);
+        if self.ipv6 && v6_missing {
+            let mut v6 = routes(self.os, self.real_name, &v6_halves(), &[]);
+            // IPv6 may be off on this host: its halves are best effort.
+            v6.commands.iter_mut().for_each(|c| c.allow_failure = true);
+            plan.extend(v6);
         }
         if let Some(had) = had {
             for addr in &had.pins {
