@@ -49,3 +49,67 @@ fn help_exits_0_on_stdout() {
         assert!(text.contains("Usage: wgmesh"), "{args:?}: {text}");
     }
 }
+
+#[test]
+fn service_install_prints_the_windows_boot_task_and_refuses_elsewhere() {
+    let out = wgmesh(&["service", "install", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = String::from_utf8(out.stdout).unwrap();
+    assert!(plan.contains("Register-ScheduledTask"), "{plan}");
+    assert!(
+        plan.contains("<BootTrigger>") && plan.contains("S-1-5-18"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(r"<Command>C:\Program Files\wgmesh\wgmesh.exe</Command>"),
+        "{plan}"
+    );
+    assert!(plan.ends_with("schtasks.exe /Run /TN wgmesh\n"), "{plan}");
+
+    let out = wgmesh(&["service", "uninstall", "--dry-run"]);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "schtasks.exe /End /TN wgmesh || true\nschtasks.exe /Delete /TN wgmesh /F\n"
+    );
+
+    // Not on Windows: exit 2, pointing at the files for this OS.
+    if !cfg!(windows) {
+        let out = wgmesh(&["service", "install"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains("etc/wgmesh.service"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = wgmesh(&["service", "install", "--dry-run", "--exe", "wgmesh.exe"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("must be absolute"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_too_small_mtu_is_refused_with_exit_2_before_anything_is_written() {
+    let dir = std::env::temp_dir().join(format!("wgmesh-cli-mtu-{}", std::process::id()));
+    let config = dir.join("client.json");
+    let out = wgmesh(&[
+        "sync",
+        "--mtu",
+        "1000",
+        "--config",
+        config.to_str().unwrap(),
+        "--server",
+        "http://127.0.0.1:9",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--mtu 1000 is too small"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!config.exists());
+}

@@ -13,7 +13,7 @@
 //! before the key is written; a rebuild waits for the old service; reserved names are
 //! refused before anything runs.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -53,6 +53,21 @@ struct Row {
     metric: u32,
     /// Added by the tunnel service itself (back after a reboot) rather than by a command.
     by_service: bool,
+    /// macOS `RTF_BLACKHOLE` (flag `B`): packets are dropped whatever the gateway says.
+    /// Like xnu's `route_output` (`bsd/net/rtsock.c`, RTM_CHANGE: "Changing flags still
+    /// doesn't work"), `route change` sets the gateway and keeps this flag.
+    blackhole: bool,
+}
+
+impl Row {
+    /// Where packets matching this row really go: a blackholed row drops them.
+    fn effective_hop(&self) -> Hop {
+        if self.blackhole {
+            Hop::Blackhole
+        } else {
+            self.hop.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,17 +89,35 @@ struct Wg {
 struct Host {
     os: TargetOs,
     routes: Vec<Row>,
+    /// IPv6 routes into the tunnel: (prefix, interface, added by the tunnel service).
+    routes6: Vec<(Ipv6Net, String, bool)>,
     /// The LAN: (subnet, our address on it, our interface).
     lan: (Ipv4Net, Ipv4Addr, String),
     service: Service,
     wg: Option<Wg>,
     files: BTreeMap<String, String>,
     folder_sddl: Option<String>,
+    /// macOS: what `/var/run/wireguard/wg0.name` says (`utun3` while our wireguard-go runs;
+    /// another name once another tunnel got `utun3` after a crash).
+    name_file: Option<String>,
+    /// The configuration folder is a junction (`mklink /J`): `Get-Item -Force` shows the
+    /// `ReparsePoint` attribute, `Get-Acl` shows the target's ACL.
+    folder_junction: bool,
     /// How many `sc.exe query` answers say STOP_PENDING after an uninstall.
     stop_polls: u32,
     log: Vec<String>,
     /// Windows: the tunnel's address, from the installed configuration.
     mesh: Option<String>,
+    /// Windows: the tunnel service's firewall restricts (wireguard-windows' kill-switch:
+    /// the configuration it started from had a single peer with a `/0`).
+    kill_switch: bool,
+    /// Windows: `wg.exe` queries that still fail after the service started, because its
+    /// adapter does not exist yet (`/installtunnelservice` returns before it does).
+    adapter_pending: u32,
+    /// How many queries the adapter takes to appear after each service start.
+    adapter_delay: u32,
+    /// The path the tunnel service loads its configuration from at every start.
+    service_conf: Option<String>,
     /// Reads of the routing table so far.
     table_reads: u32,
     /// Join this network (router, LAN, our address) right after the Nth table read.
@@ -127,14 +160,21 @@ impl Sim {
         let mut host = Host {
             os,
             routes: Vec::new(),
+            routes6: Vec::new(),
             lan: (net("192.168.1.0/24"), ip("192.168.1.23"), lan_iface),
             service: Service::Absent,
             wg: None,
             files: BTreeMap::new(),
             folder_sddl: None,
+            folder_junction: false,
+            name_file: None,
             stop_polls: 0,
             log: Vec::new(),
             mesh: None,
+            kill_switch: false,
+            adapter_pending: 0,
+            adapter_delay: 2,
+            service_conf: None,
             table_reads: 0,
             change_after_read: None,
             changed_at: None,
@@ -152,16 +192,36 @@ impl Sim {
     /// A Windows reboot: the tunnel service starts again by itself with the same
     /// configuration file (so the same key and port, and the peers that file lists: none),
     /// and adds its own routes; everything added with `store=active` or `route ADD` is gone.
+    /// The service reads its configuration file again, so a file the agent rewrote since
+    /// takes effect now, firewall included.
     fn reboot(&self) {
         let mut h = self.host();
-        h.routes
-            .retain(|r| !r.iface.starts_with("10.100.") || r.by_service);
+        h.routes.retain(|r| !r.iface.starts_with("10.100."));
+        h.routes6.clear();
         h.routes
             .retain(|r| r.dest.prefix_len() != 32 || r.hop == Hop::OnLink);
-        if let Some(wg) = h.wg.as_mut() {
-            wg.peers.clear();
+        h.kill_switch = false;
+        h.wg = None;
+        if let Some(path) = h.service_conf.clone() {
+            h.start_service(&path)
+                .expect("the tunnel service starts at boot");
         }
+        // By the time the agent's first sync after boot reads `wg.exe show`, the adapter is
+        // there (a sync racing it would take the rebuild path, not modelled here).
+        h.adapter_pending = 0;
         h.log.push("## reboot".into());
+    }
+
+    /// Whether a packet to `dest` from the agent (or any program but the tunnel service)
+    /// would leave outside the tunnel: routed out of the LAN and not blocked by the tunnel
+    /// service's kill-switch firewall (which permits only the tunnel, loopback, DHCP and
+    /// NDP; wireguard-windows `tunnel/firewall/blocker.go`).
+    fn leaves_directly(&self, dest: &str) -> bool {
+        let tunnel = self.0.borrow().tunnel_iface();
+        let routed_out = self
+            .route_to(dest)
+            .is_some_and(|(iface, hop)| iface != tunnel && hop != Hop::Blackhole);
+        routed_out && !self.0.borrow().kill_switch
     }
 
     /// Joins another network: new router, new LAN; static host routes (the pins) stay and
@@ -183,7 +243,7 @@ impl Sim {
                     .cmp(&b.dest.prefix_len())
                     .then(b.metric.cmp(&a.metric))
             })
-            .map(|r| (r.iface.clone(), r.hop.clone()))
+            .map(|r| (r.iface.clone(), r.effective_hop()))
     }
 
     fn log(&self) -> Vec<String> {
@@ -244,6 +304,7 @@ impl Host {
             iface: iface.clone(),
             metric,
             by_service: false,
+            blackhole: false,
         };
         self.routes
             .push(row(net("0.0.0.0/0"), Hop::Gateway(router), 35));
@@ -255,6 +316,7 @@ impl Host {
                 iface: "lo0".into(),
                 metric: 331,
                 by_service: false,
+                blackhole: false,
             });
         }
     }
@@ -279,6 +341,7 @@ impl Host {
         }
         let metric = if iface == self.tunnel_iface() { 5 } else { 36 };
         self.routes.push(Row {
+            blackhole: hop == Hop::Blackhole,
             dest,
             hop,
             iface,
@@ -302,7 +365,16 @@ impl Host {
                 "route: writing to routing socket: not in table",
             ));
         };
-        row.hop = hop;
+        // xnu's RTM_CHANGE sets the gateway and interface but never the flags: a blackhole
+        // stays a blackhole (and a gateway route does not become one).
+        if row.blackhole && hop != Hop::Blackhole {
+            row.hop = hop;
+        } else if !row.blackhole && hop == Hop::Blackhole {
+            // `-blackhole` on change is ignored; the loopback gateway replaces the old one.
+            row.hop = Hop::Gateway(ip("127.0.0.1"));
+        } else {
+            row.hop = hop;
+        }
         row.iface = iface;
         Ok(())
     }
@@ -372,6 +444,7 @@ impl Host {
                 r.dest.to_string()
             };
             let (gw, flags) = match r.hop {
+                Hop::Gateway(g) if r.blackhole => (g.to_string(), "UGHSB"),
                 Hop::Gateway(g) => (
                     g.to_string(),
                     if r.dest.prefix_len() == 32 {
@@ -387,6 +460,58 @@ impl Host {
             out.push_str(&format!(
                 "{dest:<18} {gw:<18} {flags:<10} {:>14}\n",
                 r.iface
+            ));
+        }
+        out
+    }
+
+    /// `route add|change|delete -inet6` / `netsh interface ipv6 add|set|delete route`.
+    fn route6(
+        &mut self,
+        cmd: &Command,
+        verb: &str,
+        dest: Ipv6Net,
+        iface: &str,
+    ) -> Result<CommandOutput, CommandError> {
+        let at = self
+            .routes6
+            .iter()
+            .position(|r| r.0 == dest && r.1 == iface);
+        match (verb, at) {
+            ("add", Some(_)) => Err(fail(cmd, 1, "File exists")),
+            ("add", None) => {
+                self.routes6.push((dest, iface.to_string(), false));
+                ok("")
+            }
+            ("change" | "set", Some(_)) => ok(""),
+            ("delete", Some(i)) => {
+                self.routes6.remove(i);
+                ok("")
+            }
+            _ => Err(fail(cmd, 1, "not in table")),
+        }
+    }
+
+    fn netstat6(&self) -> String {
+        let mut out = String::from(
+            "Routing tables\n\nInternet6:\nDestination                             Gateway                                 Flags               Netif Expire\n\
+             default                                 fe80::1%en0                             UGcg                  en0       \n",
+        );
+        for (dest, iface, _) in &self.routes6 {
+            out.push_str(&format!("{dest:<39} {iface:<39} USc {iface:>19}\n"));
+        }
+        out
+    }
+
+    fn netsh_route6(&self) -> String {
+        let mut out = String::from(
+            "\r\nPublish  Type      Met  Prefix                    Idx  Gateway/Interface Name\r\n\
+             -------  --------  ---  ------------------------  ---  ------------------------\r\n\
+             No       Manual    256  ::/0                       12  fe80::1\r\n",
+        );
+        for (dest, iface, _) in &self.routes6 {
+            out.push_str(&format!(
+                "No       Manual    5    {dest:<24}   27  {iface}\r\n"
             ));
         }
         out
@@ -449,36 +574,84 @@ impl Host {
         if self.service != Service::Absent {
             return Err(fail(cmd, 1, "Tunnel already installed and running"));
         }
-        let conf = self
-            .files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| fail(cmd, 1, "file not found"))?;
-        let field = |name: &str| {
-            conf.lines()
+        self.start_service(path).map_err(|why| fail(cmd, 1, &why))?;
+        self.service_conf = Some(path.to_string());
+        ok("")
+    }
+
+    /// What the tunnel service does at every start (wireguard-windows `tunnel/service.go`):
+    /// load the file, decide the firewall (`enableFirewall`: exactly one peer with a `/0`
+    /// restricts), configure the peers it lists and route their allowed IPs and the
+    /// address's network through the adapter, which appears only `adapter_delay` queries
+    /// later.
+    fn start_service(&mut self, path: &str) -> Result<(), String> {
+        let conf = self.files.get(path).cloned().ok_or("file not found")?;
+        let mut sections = conf.split("[Peer]");
+        let interface = sections.next().unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{name} = ")).map(str::to_owned))
-                .unwrap()
         };
-        let key = PrivateKey::from_base64(&field("PrivateKey"))
+        let key = PrivateKey::from_base64(&field(interface, "PrivateKey").unwrap())
             .unwrap()
             .public_key();
-        let address = field("Address");
+        let address = field(interface, "Address").unwrap();
         let v4: Ipv4Net = address.split(',').next().unwrap().trim().parse().unwrap();
-        self.wg = Some(Wg {
+        if let Some(v6) = address.split(',').nth(1) {
+            let v6: Ipv6Net = v6.trim().parse().unwrap();
+            self.routes6.push((v6.trunc(), "wg0".into(), true));
+        }
+        let mut wg = Wg {
             public_key: Some(key),
-            port: field("ListenPort").parse().unwrap(),
+            port: field(interface, "ListenPort").unwrap().parse().unwrap(),
             peers: BTreeMap::new(),
-        });
-        self.service = Service::Running;
+        };
         self.mesh = Some(v4.addr().to_string());
-        self.routes.push(Row {
-            dest: v4.trunc(),
-            hop: Hop::OnLink,
-            iface: v4.addr().to_string(),
-            metric: 5,
-            by_service: true,
-        });
-        ok("")
+        let tunnel = v4.addr().to_string();
+        let mut service_routes = vec![v4.trunc()];
+        let peers: Vec<&str> = sections.collect();
+        let mut full = false;
+        for peer in &peers {
+            let allowed = field(peer, "AllowedIPs").unwrap_or_default();
+            for n in allowed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                full |= n.ends_with("/0");
+                if let Ok(v4) = n.parse::<Ipv4Net>() {
+                    service_routes.push(v4);
+                }
+            }
+            let endpoint = field(peer, "Endpoint").unwrap_or_else(|| "(none)".into());
+            let allowed = if allowed.is_empty() {
+                "(none)".to_string()
+            } else {
+                allowed.replace(", ", ",")
+            };
+            wg.peers
+                .insert(field(peer, "PublicKey").unwrap(), (endpoint, allowed));
+        }
+        self.kill_switch = peers.len() == 1 && full;
+        self.wg = Some(wg);
+        self.service = Service::Running;
+        self.adapter_pending = self.adapter_delay;
+        for dest in service_routes {
+            self.routes.push(Row {
+                dest,
+                hop: Hop::OnLink,
+                iface: tunnel.clone(),
+                metric: 5,
+                by_service: true,
+                blackhole: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Windows: whether `wg.exe` can reach the adapter yet (each query counts).
+    fn adapter_missing(&mut self) -> bool {
+        if self.os == TargetOs::Windows && self.adapter_pending > 0 {
+            self.adapter_pending -= 1;
+            return true;
+        }
+        false
     }
 
     fn run(&mut self, cmd: &Command) -> Result<CommandOutput, CommandError> {
@@ -491,6 +664,11 @@ impl Host {
                 .unwrap()
         };
         match (cmd.program.as_str(), a.as_slice()) {
+            ("wg" | "wg.exe", [_, ..]) if self.adapter_missing() => Err(fail(
+                cmd,
+                1,
+                "Unable to access interface: The system cannot find the file specified.",
+            )),
             ("wg" | "wg.exe", ["show", _, "dump"]) => match self.dump() {
                 Some(d) => ok(d),
                 None => Err(fail(cmd, 1, "Unable to access interface: No such device")),
@@ -505,9 +683,12 @@ impl Host {
                     return Err(fail(cmd, 1, "The specified service does not exist"));
                 }
                 self.service = Service::Stopping(self.stop_polls);
+                self.service_conf = None;
+                self.kill_switch = false;
                 self.wg = None;
                 let tunnel = self.tunnel_iface();
                 self.routes.retain(|r| r.iface != tunnel);
+                self.routes6.clear();
                 ok("")
             }
             ("sc.exe", ["query", name]) if *name == "WireGuardTunnel$wg0" => match self.service {
@@ -530,8 +711,16 @@ impl Host {
                     ok("")
                 } else if script.contains("Get-Acl") {
                     assert_eq!(env("WGMESH_DIR"), r"C:\ProgramData\wgmesh");
+                    let attributes = if self.folder_junction {
+                        "Directory, ReparsePoint"
+                    } else {
+                        "Directory"
+                    };
                     match &self.folder_sddl {
-                        Some(s) => ok(format!("{s}\r\n")),
+                        Some(s) if script.contains("Get-Item") => {
+                            ok(format!("{attributes}\r\n{s}\r\n"))
+                        }
+                        Some(_) => panic!("the folder's attributes are not read: {script}"),
                         None => Err(fail(cmd, 1, "Cannot find path")),
                     }
                 } else if script.contains("Remove-Item") {
@@ -545,9 +734,20 @@ impl Host {
             ("rm", ["-f", "/var/run/wireguard/utun3.sock"]) => {
                 self.wg = None;
                 self.routes.retain(|r| r.iface != "utun3");
+                self.routes6.retain(|r| r.1 != "utun3");
                 ok("")
             }
             ("rm", ["-f", "/var/run/wireguard/wg0.name"]) => ok(""),
+            // wg-quick's get_real_interface reads: the name file, the two files' mtimes.
+            ("cat", ["/var/run/wireguard/wg0.name"]) => match &self.name_file {
+                Some(n) => ok(format!("{n}\n")),
+                None => Err(fail(cmd, 1, "No such file or directory")),
+            },
+            (
+                "stat",
+                ["-f", "%m", "/var/run/wireguard/wg0.name", "/var/run/wireguard/utun3.sock"],
+            ) if self.wg.is_some() && self.name_file.is_some() => ok("1764990000\n1764990000\n"),
+            ("stat", ["-f", "%m", ..]) => Err(fail(cmd, 1, "No such file or directory")),
             ("route", ["print", "-4"]) => {
                 let table = self.route_print();
                 self.table_read(table)
@@ -571,7 +771,14 @@ impl Host {
             ("route", ["DELETE", dest, "MASK", "255.255.255.255"]) => self
                 .delete(cmd, Ipv4Net::from(ip(dest)))
                 .map(|_| CommandOutput::default()),
-            ("netsh", ["interface", "ipv6", ..]) => ok(""),
+            ("netsh", ["interface", "ipv6", "show", "route"]) => ok(self.netsh_route6()),
+            (
+                "netsh",
+                ["interface", "ipv6", verb, "route", prefix, "interface=wg0", "store=active"],
+            ) => {
+                let dest: Ipv6Net = prefix.strip_prefix("prefix=").unwrap().parse().unwrap();
+                self.route6(cmd, verb, dest, "wg0")
+            }
             (
                 "netsh",
                 ["interface", "ipv4", verb, "route", prefix, "interface=wg0", "store=active"],
@@ -587,7 +794,10 @@ impl Host {
                 .map(|_| CommandOutput::default())
             }
             // macOS route(8)
-            ("route", ["-q", "-n", _, "-inet6", ..]) => ok(""),
+            ("netstat", ["-rn", "-f", "inet6"]) => ok(self.netstat6()),
+            ("route", ["-q", "-n", verb, "-inet6", dest, "-interface", iface]) => {
+                self.route6(cmd, verb, dest.parse().unwrap(), iface)
+            }
             ("route", ["-q", "-n", "delete", "-inet", dest, ..]) => self
                 .delete(
                     cmd,
@@ -727,7 +937,7 @@ fn pinned_via(sim: &Sim, dest: &str) -> Option<Hop> {
     h.routes
         .iter()
         .find(|r| r.dest == Ipv4Net::from(ip(dest)))
-        .map(|r| r.hop.clone())
+        .map(Row::effective_hop)
 }
 
 #[test]
@@ -758,13 +968,28 @@ fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
         sim.log()
     );
 
-    // Pins through the discovered gateway (never 0.0.0.0), for every internet peer and the
-    // server, not for the LAN peer; internet traffic goes into the tunnel.
+    // The adapter came later than the service: the sync waited for it (failed polls)
+    // before the first `wg.exe set`.
+    let log = sim.log();
+    let first_set = sim.position("wg.exe set");
+    let polls = log[install..first_set]
+        .iter()
+        .filter(|l| l.starts_with("wg.exe show wg0 dump"))
+        .count();
+    assert_eq!(polls, 3, "two failed polls, then the adapter: {log:#?}");
+
+    // Pins through the discovered gateway (never 0.0.0.0), for every internet peer, not for
+    // the LAN peer; internet traffic goes into the tunnel. With `block` the service runs
+    // wireguard-windows' kill-switch firewall, which would drop the agent's own requests
+    // outside the tunnel: the server is not pinned, they go through the exit node.
     let gw = Hop::Gateway(ip("192.168.1.1"));
-    for addr in [SERVER, EXIT_ENDPOINT, PEER_B_ENDPOINT] {
+    for addr in [EXIT_ENDPOINT, PEER_B_ENDPOINT] {
         assert_eq!(pinned_via(&sim, addr), Some(gw.clone()), "{addr}");
     }
     assert_eq!(pinned_via(&sim, LAN_PEER_ENDPOINT), None);
+    assert_eq!(pinned_via(&sim, SERVER), None);
+    assert!(sim.0.borrow().kill_switch, "{:#?}", sim.log());
+    assert!(!sim.leaves_directly(SERVER) && !sim.leaves_directly(INTERNET));
     assert!(
         !sim.log().iter().any(|l| l.ends_with(" 0.0.0.0")),
         "{:#?}",
@@ -772,14 +997,29 @@ fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
     );
     assert!(into_tunnel(&sim, INTERNET));
 
-    // Reboot: the service is back with the same key, the routes are not: traffic would
-    // leave directly. The next sync must see that and put everything back.
+    // Reboot: the service is back with the same key and its kill-switch file (the exit
+    // peer, its /0 and the firewall), the agent's routes are not. Before the agent runs,
+    // nothing leaves directly; the next sync puts everything back.
     sim.reboot();
     assert!(
-        !into_tunnel(&sim, INTERNET),
+        !sim.0
+            .borrow()
+            .routes
+            .iter()
+            .any(|r| r.dest.prefix_len() == 1),
         "the simulated reboot dropped the halves"
     );
+    assert!(!sim.leaves_directly(INTERNET), "{:#?}", sim.log());
     sync(&mut engine, &sim, &peers).unwrap();
+    assert!(
+        sim.0
+            .borrow()
+            .routes
+            .iter()
+            .any(|r| r.dest.prefix_len() == 1),
+        "halves back: {:#?}",
+        sim.log()
+    );
     assert!(into_tunnel(&sim, INTERNET), "{:#?}", sim.log());
     assert_eq!(pinned_via(&sim, EXIT_ENDPOINT), Some(gw.clone()));
     // (Checked as its own route: the halves alone would also send it into the tunnel.)
@@ -813,7 +1053,8 @@ fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
     assert_eq!(
         pinned_via(&sim, EXIT_ENDPOINT),
         Some(gw.clone()),
-        "exit still pinned"
+        "exit still pinned: {:#?}",
+        sim.log()
     );
 
     // A quick route check between syncs also repairs a reboot.
@@ -875,6 +1116,30 @@ fn windows_refuses_a_config_folder_a_user_made_and_writes_no_key() {
 }
 
 #[test]
+fn windows_refuses_a_junction_at_the_config_folder_and_writes_no_key() {
+    let sim = Sim::new(TargetOs::Windows);
+    {
+        // A junction to C:\Program Files\WireGuard\Data: the target's ACL is the accepted one.
+        let mut h = sim.host();
+        h.folder_sddl = Some("O:SYG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)".into());
+        h.folder_junction = true;
+    }
+    let mut engine = engine(TargetOs::Windows, &sim, "wg0");
+    let err = sync(&mut engine, &sim, &peers()).unwrap_err();
+    assert!(matches!(err, AgentError::Usage(_)), "{err}");
+    let err = err.to_string();
+    assert!(
+        err.contains("refusing") && err.contains("reparse point"),
+        "{err}"
+    );
+    assert!(sim.0.borrow().files.is_empty());
+    assert!(!sim
+        .log()
+        .iter()
+        .any(|l| l.contains(" /installtunnelservice")));
+}
+
+#[test]
 fn windows_reserved_interface_names_are_refused_before_anything_runs() {
     for name in ["con", "nul.x", "LPT1", "wg0."] {
         let sim = Sim::new(TargetOs::Windows);
@@ -894,6 +1159,7 @@ fn windows_reserved_interface_names_are_refused_before_anything_runs() {
 fn macos_with_utun(engine: &mut Engine, sim: &Sim) {
     let key = engine.config.private_key.public_key();
     let mut h = sim.host();
+    h.name_file = Some("utun3".into());
     h.wg = Some(Wg {
         public_key: Some(key),
         port: engine.config.listen_port,
@@ -905,6 +1171,7 @@ fn macos_with_utun(engine: &mut Engine, sim: &Sim) {
         iface: "utun3".into(),
         metric: 0,
         by_service: true,
+        blackhole: false,
     });
     engine.config.applied = Some(Applied {
         os: "macos".into(),
@@ -965,7 +1232,13 @@ fn macos_network_change_repins_at_the_next_route_check() {
     engine
         .check_routes(&mut Sink::Run(&mut sim.clone()))
         .unwrap();
-    assert_eq!(sim.log(), vec!["netstat -rn -f inet".to_string()]);
+    assert_eq!(
+        sim.log(),
+        vec![
+            "netstat -rn -f inet".to_string(),
+            "netstat -rn -f inet6".to_string()
+        ]
+    );
 
     engine.teardown(&mut Sink::Run(&mut sim.clone())).unwrap();
     for addr in [SERVER, EXIT_ENDPOINT, "203.0.113.77", LAN_PEER_ENDPOINT] {
@@ -1007,8 +1280,56 @@ fn macos_without_a_usable_gateway_blackholes_pins_instead_of_looping() {
         .unwrap();
     assert_eq!(
         pinned_via(&sim, EXIT_ENDPOINT),
-        Some(Hop::Gateway(ip("192.168.1.1")))
+        Some(Hop::Gateway(ip("192.168.1.1"))),
+        "the blackhole flag must not survive: {:#?}",
+        sim.log()
     );
+    assert!(!sim.log().iter().any(|l| l.contains("route -q -n change")));
+    // Healed for good: the next check only reads the table.
+    sim.host().log.clear();
+    engine
+        .check_routes(&mut Sink::Run(&mut sim.clone()))
+        .unwrap();
+    assert_eq!(
+        sim.log(),
+        vec![
+            "netstat -rn -f inet".to_string(),
+            "netstat -rn -f inet6".to_string()
+        ]
+    );
+}
+
+#[test]
+fn macos_down_leaves_a_utun_that_is_no_longer_ours_alone() {
+    let sim = Sim::new(TargetOs::Macos);
+    let mut engine = engine(TargetOs::Macos, &sim, "wg0");
+    macos_with_utun(&mut engine, &sim);
+    sync(&mut engine, &sim, &peers()).unwrap();
+    assert!(into_tunnel(&sim, INTERNET));
+    // A crash and a reboot later, another tunnel was given utun3 (with its own key), and
+    // wg-quick's name file for wg0 names another interface now.
+    {
+        let mut h = sim.host();
+        h.wg.as_mut().unwrap().public_key = Some(PrivateKey::generate().public_key());
+        h.name_file = Some("utun5".into());
+        h.log.clear();
+    }
+    engine.teardown(&mut Sink::Run(&mut sim.clone())).unwrap();
+    let log = sim.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("utun3") && !l.starts_with("stat")),
+        "nothing through the other tunnel's utun3 is touched: {log:#?}"
+    );
+    assert!(
+        sim.0
+            .borrow()
+            .routes
+            .iter()
+            .any(|r| r.dest.prefix_len() == 1),
+        "its routes stay"
+    );
+    assert!(engine.config.applied.is_none(), "the record is forgotten");
 }
 
 #[test]
@@ -1037,6 +1358,149 @@ fn switching_exit_nodes_in_one_sync_keeps_traffic_in_the_tunnel() {
             pinned_via(&sim, EXIT_ENDPOINT).is_some(),
             "{os}: still a peer"
         );
+    }
+}
+
+/// The tunnel service's configuration file as the simulated host holds it.
+fn service_file(sim: &Sim) -> String {
+    sim.0
+        .borrow()
+        .files
+        .get(r"C:\ProgramData\wgmesh\wg0.conf")
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn windows_kill_switch_file_follows_the_exit_choice_and_holds_across_reboots() {
+    let sim = Sim::new(TargetOs::Windows);
+    let mut engine = engine(TargetOs::Windows, &sim, "wg0");
+    let mut peers = peers();
+    peers.push(peer("exit2", "10.100.0.8", "203.0.113.88", true));
+    sync(&mut engine, &sim, &peers).unwrap();
+    let file = service_file(&sim);
+    assert_eq!(file.matches("[Peer]").count(), 1, "{file}");
+    assert!(
+        file.contains("0.0.0.0/0") && file.contains(EXIT_ENDPOINT),
+        "{file}"
+    );
+
+    // Another exit node: the file is rewritten for the next start, the service is not
+    // reinstalled (its firewall already restricts), and a reboot comes back restricted.
+    sim.host().log.clear();
+    engine.config.use_exit_node = Some("exit2".into());
+    sync(&mut engine, &sim, &peers).unwrap();
+    assert!(
+        !sim.log().iter().any(|l| l.contains("tunnelservice")),
+        "{:#?}",
+        sim.log()
+    );
+    assert!(service_file(&sim).contains("203.0.113.88:51820"));
+    sim.reboot();
+    assert!(sim.0.borrow().kill_switch);
+    assert!(!sim.leaves_directly(INTERNET) && !sim.leaves_directly(SERVER));
+    sync(&mut engine, &sim, &peers).unwrap();
+    assert!(into_tunnel(&sim, INTERNET));
+
+    // `--exit-fallback direct`: the user chose to reach the internet directly while the
+    // exit node is away, so the service is reinstalled without the firewall (it is decided
+    // at start) and the file holds no default route.
+    engine.config.exit_fallback = ExitFallback::Direct;
+    sync(&mut engine, &sim, &peers).unwrap();
+    assert!(!sim.0.borrow().kill_switch, "{:#?}", sim.log());
+    assert!(!service_file(&sim).contains("/0"), "{}", service_file(&sim));
+    assert!(into_tunnel(&sim, INTERNET), "{:#?}", sim.log());
+    assert_eq!(
+        pinned_via(&sim, SERVER),
+        Some(Hop::Gateway(ip("192.168.1.1"))),
+        "without the firewall the server is pinned again"
+    );
+}
+
+#[test]
+fn a_moved_exit_endpoint_or_server_address_moves_only_the_pins() {
+    for os in [TargetOs::Windows, TargetOs::Macos] {
+        let sim = Sim::new(os);
+        let mut engine = engine(os, &sim, "wg0");
+        if os == TargetOs::Macos {
+            macos_with_utun(&mut engine, &sim);
+            // macOS pins the server too: move it as well.
+        }
+        let mut peers = peers();
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(into_tunnel(&sim, INTERNET), "{os}");
+        sim.host().log.clear();
+        peers[0].endpoint = Some("198.18.0.77:51820".parse().unwrap());
+        if os == TargetOs::Macos {
+            engine.config.server = Some("http://198.18.0.2:8080".parse().unwrap());
+            engine.client = ApiClient::new(
+                engine.config.server.clone().unwrap(),
+                Duration::from_secs(1),
+            );
+        }
+        sync(&mut engine, &sim, &peers).unwrap();
+        let log = sim.log();
+        assert!(
+            !log.iter()
+                .any(|l| l.contains("0.0.0.0/1") || l.contains("tunnelservice")),
+            "{os}: the halves stay, nothing is rebuilt: {log:#?}"
+        );
+        assert!(into_tunnel(&sim, INTERNET), "{os}");
+        assert!(pinned_via(&sim, "198.18.0.77").is_some(), "{os}: {log:#?}");
+        assert_eq!(pinned_via(&sim, EXIT_ENDPOINT), None, "{os}: {log:#?}");
+        if os == TargetOs::Macos {
+            assert!(pinned_via(&sim, "198.18.0.2").is_some(), "{log:#?}");
+            assert_eq!(pinned_via(&sim, SERVER), None, "{log:#?}");
+        }
+        // The new pin is added before the old one goes (add before delete).
+        let add = log.iter().position(|l| l.contains("198.18.0.77")).unwrap();
+        let del = log
+            .iter()
+            .position(|l| l.contains(EXIT_ENDPOINT) && l.to_lowercase().contains("delete"))
+            .unwrap();
+        assert!(add < del, "{os}: {log:#?}");
+    }
+}
+
+/// Whether the simulated host routes `net` (IPv6) into the tunnel.
+fn routed6(sim: &Sim, net: &str) -> bool {
+    let net: Ipv6Net = net.parse().unwrap();
+    sim.0.borrow().routes6.iter().any(|r| r.0 == net)
+}
+
+#[test]
+fn ipv6_halves_and_routes_are_rechecked_like_ipv4() {
+    for os in [TargetOs::Windows, TargetOs::Macos] {
+        let sim = Sim::new(os);
+        let mut engine = engine(os, &sim, "wg0");
+        if os == TargetOs::Macos {
+            macos_with_utun(&mut engine, &sim);
+        }
+        let mut peers = peers();
+        // Peer b routes an IPv6 subnet behind it.
+        peers[1]
+            .allowed_ips
+            .push("2001:db8:77::/64".parse().unwrap());
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(routed6(&sim, "::/1") && routed6(&sim, "8000::/1"), "{os}");
+        assert!(routed6(&sim, "2001:db8:77::/64"), "{os}: {:#?}", sim.log());
+
+        // Something deletes the IPv6 halves only (the IPv4 ones stay): the route check
+        // between syncs puts them back.
+        sim.host().routes6.retain(|r| r.0.prefix_len() != 1);
+        engine
+            .check_routes(&mut Sink::Run(&mut sim.clone()))
+            .unwrap();
+        assert!(
+            routed6(&sim, "::/1") && routed6(&sim, "8000::/1"),
+            "{os}: {:#?}",
+            sim.log()
+        );
+
+        // An IPv6 subnet route that went missing comes back at the next sync.
+        sim.host().routes6.retain(|r| r.0.prefix_len() != 64);
+        sync(&mut engine, &sim, &peers).unwrap();
+        assert!(routed6(&sim, "2001:db8:77::/64"), "{os}: {:#?}", sim.log());
     }
 }
 

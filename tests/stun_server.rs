@@ -77,7 +77,8 @@ fn stun_and_the_relay_answer_over_ipv6_on_the_same_port() {
     let port = stun_addrs(&server)[0].port();
     let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
     let socket = UdpSocket::bind("[::1]:0").expect("IPv6 loopback is needed for this test");
-    let probe = wgmesh::agent::observe::netcheck::probe_from(&socket, v6, Duration::from_secs(2)).unwrap();
+    let probe =
+        wgmesh::agent::observe::netcheck::probe_from(&socket, v6, Duration::from_secs(2)).unwrap();
     assert_eq!(probe.mapped, socket.local_addr().unwrap());
     // A handshake initiation shape, byte by byte: type 1, three zero bytes, 144 more.
     let mut initiation = vec![1u8, 0, 0, 0];

@@ -182,10 +182,27 @@ pub fn collect(
             .assignment
             .as_ref()
             .and_then(|a| a.dns_name.as_ref().map(|n| n.to_string())),
-        dns: super::dns::describe(cfg.applied.as_ref().and_then(|a| a.dns.as_ref())),
+        dns: dns_status(&cfg, reader),
         peers,
         relays: relay_statuses(&paths),
     })
+}
+
+/// How `.mesh` names reach the resolver, and on Windows whether Group Policy NRPT rules
+/// make Windows ignore wgmesh's local rule (read with `reg.exe`).
+fn dns_status(cfg: &ClientConfig, reader: &mut dyn Runner) -> String {
+    let applied = cfg.applied.as_ref().and_then(|a| a.dns.as_ref());
+    let mut text = super::dns::describe(applied);
+    if let Some(dns) = applied.filter(|d| d.method == crate::os::dns::DnsMethod::Nrpt) {
+        let gpo = reader
+            .run(&crate::os::dns::nrpt_gpo_command())
+            .is_ok_and(|out| crate::os::dns::gpo_nrpt_rules_present(&out.stdout));
+        if gpo {
+            text.push_str("; ");
+            text.push_str(&crate::os::dns::gpo_nrpt_hint(&dns.servers));
+        }
+    }
+    text
 }
 
 /// The human `status` table: a summary line, one row per peer, and which peer carries
@@ -464,6 +481,67 @@ mod tests {
         assert!(!status.up);
         assert_eq!(status.interface.as_deref(), Some("wg0"));
         assert!(status.peers.is_empty());
+    }
+
+    #[test]
+    fn windows_status_says_when_group_policy_nrpt_rules_hide_ours() {
+        use crate::os::runner::{RecordingRunner, Scripted};
+        let dir = std::env::temp_dir().join(format!("wgmesh-status-gpo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("client.json");
+        let mut cfg = ClientConfig::generate("wg0".parse().unwrap());
+        cfg.applied = Some(crate::agent::state::config::Applied {
+            os: "windows".into(),
+            interface: "wg0".into(),
+            dns: Some(crate::agent::state::config::AppliedDns {
+                method: crate::os::dns::DnsMethod::Nrpt,
+                interface: "wg0".into(),
+                servers: vec!["10.100.0.5".parse().unwrap()],
+                hosts_file: None,
+            }),
+            ..Default::default()
+        });
+        cfg.save(&path).unwrap();
+        let gpo = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/windows/reg_query_nrpt_gpo.txt",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let mut reader = RecordingRunner::default();
+        reader
+            .expect_scripted("wg.exe show wg0 dump", Scripted::Fail(1, String::new()))
+            .expect_scripted(
+                &crate::os::dns::nrpt_gpo_command().render(),
+                Scripted::Succeed(gpo),
+            );
+        let status = collect(&path, &mut reader, SystemTime::now()).unwrap();
+        reader.assert_done();
+        assert!(
+            status.dns.contains("Group Policy NRPT rules exist")
+                && status.dns.contains("10.100.0.5"),
+            "{}",
+            status.dns
+        );
+        // Without policy rules (`reg` fails: no such key), nothing is added.
+        let mut reader = RecordingRunner::default();
+        reader
+            .expect_scripted("wg.exe show wg0 dump", Scripted::Fail(1, String::new()))
+            .expect_scripted(
+                &crate::os::dns::nrpt_gpo_command().render(),
+                Scripted::Fail(
+                    1,
+                    "ERROR: The system was unable to find the specified registry key or value."
+                        .into(),
+                ),
+            );
+        let status = collect(&path, &mut reader, SystemTime::now()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!status.dns.contains("Group Policy"), "{}", status.dns);
+        assert!(
+            status.dns.contains("an NRPT rule sends .mesh"),
+            "{}",
+            status.dns
+        );
     }
 
     #[test]

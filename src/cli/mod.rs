@@ -18,6 +18,7 @@ pub mod exit;
 mod netcheck;
 mod output;
 mod server;
+mod service;
 
 use argh::FromArgs;
 use exit::{EXIT_OK, EXIT_USAGE};
@@ -48,6 +49,7 @@ enum Command {
     Token(admin::TokenArgs),
     Peers(admin::PeersArgs),
     Policy(admin::PolicyArgs),
+    Service(service::ServiceArgs),
 }
 
 /// Parses the command line. Help (`--help`, `help`) goes to stdout with exit 0; anything argh
@@ -101,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Token(a) => admin::token(a),
         Command::Peers(a) => admin::peers(a),
         Command::Policy(a) => admin::policy(a),
+        Command::Service(a) => service::run(a),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),

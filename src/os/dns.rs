@@ -226,6 +226,38 @@ pub fn hosts_plan(
     }
 }
 
+/// Where Group Policy keeps NRPT rules. Where any exist, Windows' DNS client ignores the
+/// local NRPT rules (those `Add-DnsClientNrptRule` makes, under
+/// `...\Services\Dnscache\Parameters\DnsPolicyConfig`), so wgmesh's `.mesh` rule has no
+/// effect until the policy itself carries one.
+pub const NRPT_GPO_KEY: &str =
+    r"HKLM\SOFTWARE\Policies\Microsoft\Windows NT\DNSClient\DnsPolicyConfig";
+
+/// `reg.exe query` of [`NRPT_GPO_KEY`]: lists one subkey per Group Policy NRPT rule, and
+/// fails ("unable to find the specified registry key") where the policy has none.
+pub fn nrpt_gpo_command() -> Command {
+    Command::new("reg.exe").args(["query", NRPT_GPO_KEY])
+}
+
+/// Whether [`nrpt_gpo_command`]'s output (of a successful run) lists a rule: a subkey line
+/// below the policy key.
+pub fn gpo_nrpt_rules_present(output: &str) -> bool {
+    let below = format!("{}\\", &NRPT_GPO_KEY[5..]).to_ascii_lowercase();
+    output
+        .lines()
+        .any(|l| l.trim().to_ascii_lowercase().contains(&below))
+}
+
+/// What `status` says where Group Policy NRPT rules exist (see [`NRPT_GPO_KEY`]).
+pub fn gpo_nrpt_hint(servers: &[IpAddr]) -> String {
+    let servers: Vec<String> = servers.iter().map(IpAddr::to_string).collect();
+    format!(
+        "Group Policy NRPT rules exist on this machine, so Windows ignores local ones like \
+         wgmesh's: .{ZONE} names resolve only once the policy has a rule sending .{ZONE} to {}",
+        servers.join(", ")
+    )
+}
+
 /// What `status` says on Linux without systemd-resolved and without `--dns-hosts`: how to send
 /// `.mesh` queries to the resolver by hand.
 pub fn manual_hint(servers: &[IpAddr]) -> String {
@@ -302,6 +334,26 @@ mod tests {
 
     fn wg0() -> InterfaceName {
         "wg0".parse().unwrap()
+    }
+
+    #[test]
+    fn group_policy_nrpt_rules_are_recognised() {
+        let path = format!(
+            "{}/tests/fixtures/windows/reg_query_nrpt_gpo.txt",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(gpo_nrpt_rules_present(&text));
+        // The key alone, without any rule below it.
+        let empty = format!(
+            "\r\n{}\r\n",
+            NRPT_GPO_KEY.replace("HKLM", "HKEY_LOCAL_MACHINE")
+        );
+        assert!(!gpo_nrpt_rules_present(&empty));
+        assert_eq!(
+            nrpt_gpo_command().render(),
+            "reg.exe query 'HKLM\\SOFTWARE\\Policies\\Microsoft\\Windows NT\\DNSClient\\DnsPolicyConfig'"
+        );
     }
 
     #[test]

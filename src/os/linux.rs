@@ -30,7 +30,7 @@ pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
         "link",
         "set",
         "mtu",
-        &spec.mtu.to_string(),
+        &super::spec::mtu_or_default(spec).to_string(),
         "up",
         "dev",
         name,

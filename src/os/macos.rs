@@ -70,7 +70,13 @@ pub(super) fn configure(
         &address,
         "alias",
     ]));
-    commands.push(Command::new("ifconfig").args([real, "mtu", &spec.mtu.to_string()]));
+    // 0 here means no uplink was read (a plan printed for another machine): darwin.bash's
+    // fallback of 1500 - 80.
+    let mtu = match spec.mtu {
+        0 => super::spec::mtu_below(None),
+        mtu => mtu,
+    };
+    commands.push(Command::new("ifconfig").args([real, "mtu", &mtu.to_string()]));
     commands.push(Command::new("ifconfig").args([real, "up"]));
     commands.push(interface_route(
         "add",

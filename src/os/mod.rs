@@ -10,6 +10,7 @@
 //! wireguard-windows (`wireguard.exe /installtunnelservice`), so an operator who knows those
 //! tools recognises every line of [`Plan::render`].
 
+pub mod boot;
 mod command;
 pub mod dns;
 mod linux;
@@ -30,8 +31,8 @@ mod windows;
 pub use command::{quote, Command, Payload, Plan, PlannedFile, Secret, PRIVATE_FILE_MODE};
 pub use mesh_routes::routes;
 pub use spec::{
-    Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
-    FWMARK_TABLE,
+    mtu_below, Firewall, InterfaceSpec, PeerChanges, PeerSpec, TargetOs, Unsupported, DEFAULT_MTU,
+    FWMARK_TABLE, WIREGUARD_OVERHEAD,
 };
 pub use wg::wg_program;
 use wg::{arg_budget, peer_groups, peers_conf, wg_set};
@@ -69,17 +70,30 @@ pub fn windows_config_dir() -> String {
 /// Gives a freshly created interface its key, port, address, MTU, mesh route and initial
 /// peers. `real_name` is the kernel's name: `utunN` on macOS (read with [`macos_name_file`] /
 /// [`parse_name_file`]), the spec's name elsewhere. On Windows this installs the tunnel
-/// service, which refuses to install twice: later changes go through [`apply_peers`].
+/// service, which refuses to install twice: later changes go through [`apply_peers`]; its
+/// configuration file holds `peers` (without default routes), or only `kill_switch` (see
+/// [`windows_config_file`]).
 pub fn configure(
     os: TargetOs,
     spec: &InterfaceSpec,
     real_name: &InterfaceName,
     peers: &[PeerSpec],
+    kill_switch: Option<&PeerSpec>,
 ) -> Plan {
     match os {
         TargetOs::Linux => linux::configure(spec, peers),
         TargetOs::Macos => macos::configure(spec, real_name, peers),
-        TargetOs::Windows => windows::configure(spec, peers),
+        TargetOs::Windows => windows::configure(spec, peers, kill_switch),
+    }
+}
+
+/// Windows: the tunnel configuration file alone, rewritten when the kill-switch peer's
+/// endpoint or allowed IPs change; the service reads it at its next start (a reboot), and
+/// the firewall it started with (restricting or not) stays as it is until then.
+pub fn windows_config_file(spec: &InterfaceSpec, kill_switch: Option<&PeerSpec>) -> Plan {
+    Plan {
+        files: vec![windows::config_file(spec, &[], kill_switch)],
+        commands: Vec::new(),
     }
 }
 

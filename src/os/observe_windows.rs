@@ -55,7 +55,10 @@ pub fn parse_route_print(text: &str) -> RouteTable {
             scoped: false,
         });
     }
-    RouteTable { routes }
+    RouteTable {
+        routes,
+        tunnel_v6: None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -103,7 +106,10 @@ pub fn parse_get_netroute_json(text: &str) -> Result<RouteTable, String> {
             scoped: false,
         });
     }
-    Ok(RouteTable { routes })
+    Ok(RouteTable {
+        routes,
+        tunnel_v6: None,
+    })
 }
 
 /// The Windows service name of a tunnel (wireguard-windows `conf.ServiceNameOfTunnel`).
@@ -292,8 +298,91 @@ pub fn wait_service_gone(
     }
 }
 
-/// Reads and checks the configuration folder's ACL (`command` prints its SDDL) before a
-/// private key is written into it; the error says what is wrong and how to fix it.
+/// How long the agent waits for a just-installed tunnel's adapter: wireguard-windows'
+/// service retries creating it for up to 15 s when started at boot (`tunnel/service.go`), and
+/// resolves endpoints before that; twice that covers a slow machine.
+pub const TUNNEL_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `netsh interface ipv6 show route`: every IPv6 route with its interface's name (`route
+/// print -6` names interfaces by index only).
+pub fn route6_command() -> Command {
+    Command::new("netsh").args(["interface", "ipv6", "show", "route"])
+}
+
+/// The IPv6 prefixes `netsh interface ipv6 show route` shows on interface `name` (rows
+/// `Publish Type Met Prefix Idx Gateway/Interface Name`; the header is translated, the
+/// layout is not, so rows are recognised by their prefix column).
+pub fn parse_netsh_route6_tunnel(text: &str, name: &str) -> Vec<ipnet::Ipv6Net> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let prefix: ipnet::Ipv6Net = fields.get(3)?.parse().ok()?;
+            (fields.get(5..)?.join(" ") == name).then(|| prefix.trunc())
+        })
+        .collect()
+}
+
+/// Waits (bounded by `timeout`) until `wg.exe show NAME dump` answers, i.e. the tunnel
+/// service has created its adapter: `/installtunnelservice` returns once the service has
+/// started, before that, and a `wg.exe set` in between fails.
+pub fn wait_tunnel_up(
+    reader: &mut dyn Runner,
+    name: &InterfaceName,
+    timeout: Duration,
+    pause: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let show = Command::new(super::wg_program(super::TargetOs::Windows)).args([
+        "show",
+        name.as_str(),
+        "dump",
+    ]);
+    loop {
+        match reader.run(&show) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() >= timeout => {
+                return Err(format!(
+                    "the tunnel service {} started but its adapter {name} did not appear                      within {} s ({e}); see `wireguard.exe /dumplog` and try again",
+                    service_name(name),
+                    timeout.as_secs()
+                ))
+            }
+            Err(_) => std::thread::sleep(pause),
+        }
+    }
+}
+
+/// Checks what [`super::windows_config_dir_acl`] prints for the configuration folder: its
+/// attributes on the first line (`Get-Item -Force`, which describes a junction itself, not
+/// its target), its SDDL after. A reparse point (a junction or symbolic link) is refused
+/// whatever ACL its target has, as wireguard-windows refuses one at its data directory
+/// (`conf/path_windows.go`: opened with `FILE_FLAG_OPEN_REPARSE_POINT`, "Data directory is
+/// reparse point"): a user could make `%ProgramData%\wgmesh` a junction to an admin-only
+/// folder with the accepted ACL and re-point it later, and the SYSTEM service reloads the
+/// path at every start.
+pub fn check_config_dir_listing(out: &str) -> Result<(), String> {
+    let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+    let attributes = lines.next().unwrap_or_default();
+    let has = |name: &str| {
+        attributes
+            .split(',')
+            .any(|a| a.trim().eq_ignore_ascii_case(name))
+    };
+    if has("ReparsePoint") {
+        return Err(
+            "is a reparse point (a junction or symbolic link), which could be re-pointed              elsewhere later"
+                .into(),
+        );
+    }
+    if !has("Directory") {
+        return Err(format!("is not a plain folder (attributes: {attributes})"));
+    }
+    check_config_dir_sddl(&lines.collect::<Vec<_>>().join(""))
+}
+
+/// Reads and checks the configuration folder (`command` prints its attributes and SDDL, see
+/// [`check_config_dir_listing`]) before a private key is written into it; the error says
+/// what is wrong and how to fix it.
 pub fn check_config_dir(
     reader: &mut dyn Runner,
     command: &Command,
@@ -302,11 +391,11 @@ pub fn check_config_dir(
     let out = reader
         .run(command)
         .map_err(|e| format!("cannot read the ACL of {dir}: {e}"))?;
-    check_config_dir_sddl(&out.stdout).map_err(|why| {
+    check_config_dir_listing(&out.stdout).map_err(|why| {
         format!(
             "refusing to write the tunnel's private key into {dir}: the folder {why}. \
-             Delete it (wgmesh recreates it readable by SYSTEM and Administrators only) or \
-             give it exactly that ACL with owner Administrators"
+             Delete it (wgmesh recreates it as a plain folder readable by SYSTEM and \
+             Administrators only) or give it exactly that ACL with owner Administrators"
         )
     })
 }
@@ -504,19 +593,79 @@ mod tests {
     }
 
     #[test]
+    fn netsh_shows_the_tunnels_ipv6_halves_and_routes() {
+        let v6 = parse_netsh_route6_tunnel(&fixture("netsh_ipv6_route_tunnel_up.txt"), "wg0");
+        let has = |n: &str| v6.contains(&n.parse().unwrap());
+        assert!(
+            has("::/1") && has("8000::/1") && has("fd12:3456:789a::/96"),
+            "{v6:?}"
+        );
+        assert!(!has("::/0") && !has("::1/128"), "{v6:?}");
+        let rebooted = parse_netsh_route6_tunnel(&fixture("netsh_ipv6_route_rebooted.txt"), "wg0");
+        assert!(!rebooted.contains(&"::/1".parse().unwrap()), "{rebooted:?}");
+        assert!(rebooted.contains(&"fd12:3456:789a::/96".parse().unwrap()));
+    }
+
+    #[test]
+    fn install_waits_for_the_adapter_bounded() {
+        use crate::os::runner::{RecordingRunner, Scripted};
+        let name: InterfaceName = "wg0".parse().unwrap();
+        let missing = || {
+            Scripted::Fail(
+                1,
+                "Unable to access interface: The system cannot find the file specified.".into(),
+            )
+        };
+        let mut runner = RecordingRunner::new();
+        runner
+            .expect_scripted("wg.exe show wg0 dump", missing())
+            .expect_scripted("wg.exe show wg0 dump", missing())
+            .expect_scripted("wg.exe show wg0 dump", Scripted::Succeed(String::new()));
+        let pause = Duration::from_millis(1);
+        wait_tunnel_up(&mut runner, &name, Duration::from_secs(5), pause).unwrap();
+        runner.assert_done();
+
+        let mut never = RecordingRunner::new();
+        never.expect_scripted("wg.exe show wg0 dump", missing());
+        let err = wait_tunnel_up(&mut never, &name, Duration::ZERO, pause).unwrap_err();
+        assert!(
+            err.contains("WireGuardTunnel$wg0") && err.contains("did not appear"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn config_dir_check_reads_the_acl_and_refuses_a_loose_one() {
         use crate::os::runner::{RecordingRunner, Scripted};
         let cmd = Command::new("get-acl");
         let mut runner = RecordingRunner::new();
         runner
-            .expect_scripted("get-acl", Scripted::Succeed(fixture("sddl_protected.txt")))
-            .expect_scripted("get-acl", Scripted::Succeed(fixture("sddl_user_owned.txt")));
+            .expect_scripted(
+                "get-acl",
+                Scripted::Succeed(fixture("config_dir_plain.txt")),
+            )
+            .expect_scripted(
+                "get-acl",
+                Scripted::Succeed(fixture("config_dir_user_owned.txt")),
+            )
+            .expect_scripted(
+                "get-acl",
+                Scripted::Succeed(fixture("config_dir_junction.txt")),
+            );
         check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap();
         let err = check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap_err();
         assert!(
             err.contains("refusing") && err.contains("Delete it"),
             "{err}"
         );
+        // A junction is refused although its target's ACL is exactly the accepted one.
+        let junction = fixture("config_dir_junction.txt");
+        let target_sddl = junction.lines().nth(1).unwrap();
+        assert_eq!(check_config_dir_sddl(target_sddl), Ok(()));
+        let err = check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap_err();
+        assert!(err.contains("reparse point"), "{err}");
+        runner.assert_done();
+        assert!(check_config_dir_listing("Archive\r\nO:BAG:SYD:PAI(A;OICI;FA;;;SY)").is_err());
     }
 
     #[test]

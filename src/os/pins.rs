@@ -90,17 +90,21 @@ impl TunnelRoutes<'_> {
         let mut plan = Plan::default();
         for addr in &pins {
             if !table.has_pin(*addr, &uplink) {
-                plan.commands.extend(self.pin(*addr, &uplink));
+                let stale = table.has_host_route(*addr);
+                plan.commands.extend(self.pin(*addr, &uplink, stale));
             }
         }
-        if !table.has_tunnel_halves(&self.table_iface) {
+        let v4_missing = !table.has_tunnel_halves(&self.table_iface);
+        if v4_missing {
             plan.extend(routes(self.os, self.real_name, &v4_halves(), &[]));
-            if self.ipv6 {
-                let mut v6 = routes(self.os, self.real_name, &v6_halves(), &[]);
-                // IPv6 may be off on this host: its halves are best effort.
-                v6.commands.iter_mut().for_each(|c| c.allow_failure = true);
-                plan.extend(v6);
-            }
+        }
+        // Checked on their own when the IPv6 table was read, else along with the IPv4 ones.
+        let v6_missing = table.has_tunnel_halves_v6().map_or(v4_missing, |has| !has);
+        if self.ipv6 && v6_missing {
+            let mut v6 = routes(self.os, self.real_name, &v6_halves(), &[]);
+            // IPv6 may be off on this host: its halves are best effort.
+            v6.commands.iter_mut().for_each(|c| c.allow_failure = true);
+            plan.extend(v6);
         }
         if let Some(had) = had {
             for addr in &had.pins {
@@ -125,15 +129,22 @@ impl TunnelRoutes<'_> {
         plan
     }
 
-    /// A host route for `addr` through `uplink` (replacing one that exists). macOS without a
-    /// usable uplink gets a blackhole, as darwin.bash does ("prevent routing loop"): better
-    /// no path to that address than WireGuard packets looping into their own tunnel.
-    fn pin(&self, addr: Ipv4Addr, uplink: &Uplink) -> Option<Command> {
+    /// A host route for `addr` through `uplink`, replacing a `stale` one the table shows.
+    /// macOS without a usable uplink gets a blackhole, as darwin.bash does ("prevent routing
+    /// loop"): better no path to that address than WireGuard packets looping into their own
+    /// tunnel.
+    ///
+    /// macOS replaces by delete then add, as darwin.bash's `set_endpoint_direct_route` does,
+    /// never `route change`: xnu's RTM_CHANGE (`bsd/net/rtsock.c`, "Changing flags still
+    /// doesn't work") sets the gateway but keeps the flags, so a `-blackhole` pin would stay
+    /// a blackhole under its new gateway for as long as the tunnel is up. Windows'
+    /// `route CHANGE` has no such flag to keep.
+    fn pin(&self, addr: Ipv4Addr, uplink: &Uplink, stale: bool) -> Vec<Command> {
         let a = addr.to_string();
         match self.os {
             TargetOs::Windows => {
                 let Uplink::Gateway(g) = uplink else {
-                    return None;
+                    return Vec::new();
                 };
                 let route = |verb: &str| {
                     Command::new("route").args([
@@ -144,7 +155,7 @@ impl TunnelRoutes<'_> {
                         &g.to_string(),
                     ])
                 };
-                Some(route("ADD").or_else(route("CHANGE")))
+                vec![route("ADD").or_else(route("CHANGE"))]
             }
             _ => {
                 let target: Vec<String> = match uplink {
@@ -152,12 +163,16 @@ impl TunnelRoutes<'_> {
                     Uplink::Interface(i) => vec!["-interface".into(), i.to_string()],
                     Uplink::Unusable => vec!["127.0.0.1".into(), "-blackhole".into()],
                 };
-                let route = |verb: &str| {
+                let mut commands = Vec::new();
+                if stale {
+                    commands.push(self.unpin(addr));
+                }
+                commands.push(
                     Command::new("route")
-                        .args(["-q", "-n", verb, "-inet", &a])
-                        .args(target.clone())
-                };
-                Some(route("add").or_else(route("change")))
+                        .args(["-q", "-n", "add", "-inet", &a])
+                        .args(target),
+                );
+                commands
             }
         }
     }
@@ -394,8 +409,40 @@ mod tests {
             &moved,
         );
         assert_eq!(moved.uplink, Uplink::Gateway("10.0.0.1".parse().unwrap()));
-        // The old LAN peer 192.168.1.40 is now on the internet too: pinned as well.
-        assert_eq!(plan.commands.len(), 4);
+        // The old LAN peer 192.168.1.40 is now on the internet too: pinned as well. The
+        // three old pins are deleted and added again (never `route change`).
+        let text = plan.render();
+        assert_eq!(text.matches(" add -inet ").count(), 4, "{text}");
+        assert_eq!(text.matches(" delete -inet ").count(), 3, "{text}");
+        assert!(!text.contains("change"), "{text}");
+
+        let blackholed = Pinned {
+            uplink: Uplink::Unusable,
+            pins: addrs(&["198.18.0.1", "198.18.0.7", "203.0.113.9"]),
+        };
+        let (plan, healed) = t.reconcile(
+            &table("netstat_blackholed.txt"),
+            &outside(),
+            Some(&blackholed),
+        );
+        scenario(
+            &mut out,
+            "a router appears after the pins were blackholed: delete, then add via the router",
+            &plan,
+            &healed,
+        );
+        let text = plan.render();
+        assert!(
+            text.starts_with(
+                "route -q -n delete -inet 198.18.0.1 || true\n\
+                 route -q -n add -inet 198.18.0.1 -gateway 192.168.1.1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("change") && !text.contains("blackhole"),
+            "{text}"
+        );
 
         let fewer = addrs(&["198.18.0.1", "198.18.0.7"]);
         let (plan, after) = t.reconcile(&table("netstat_tunnel_up.txt"), &fewer, Some(&had));

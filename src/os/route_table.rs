@@ -8,7 +8,7 @@
 //! shared, pure model both produce, so the decisions are made (and tested) once.
 
 use crate::types::InterfaceName;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -46,6 +46,10 @@ pub struct Route {
 pub struct RouteTable {
     /// Every row, in the order the OS printed them.
     pub routes: Vec<Route>,
+    /// The IPv6 prefixes routed into the tunnel (`netstat -rn -f inet6` rows out of `utunN`,
+    /// `netsh interface ipv6 show route` rows on the tunnel's interface), when that table
+    /// was read: the IPv6 halves and subnet routes are then checked like the IPv4 ones.
+    pub tunnel_v6: Option<Vec<Ipv6Net>>,
 }
 
 /// How packets leave for the internet when the tunnel is not in the way: what host routes
@@ -181,6 +185,24 @@ impl RouteTable {
         })
     }
 
+    /// Whether both IPv6 halves (`::/1`, `8000::/1`) go into the tunnel; `None` when the
+    /// IPv6 table was not read.
+    pub fn has_tunnel_halves_v6(&self) -> Option<bool> {
+        let v6 = self.tunnel_v6.as_ref()?;
+        Some(["::/1", "8000::/1"].iter().all(|h| {
+            let h: Ipv6Net = h.parse().expect("literal halves");
+            v6.contains(&h)
+        }))
+    }
+
+    /// Whether `addr` has a host route of any kind (a pin through an old gateway, a
+    /// blackhole), which a new pin must replace: macOS `route add` refuses a duplicate.
+    pub fn has_host_route(&self, addr: Ipv4Addr) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.dest == Ipv4Net::from(addr) && !r.scoped)
+    }
+
     /// Whether `addr` has a host route matching `uplink` (through that gateway, out of that
     /// interface, or a blackhole when nothing is usable).
     pub fn has_pin(&self, addr: Ipv4Addr, uplink: &Uplink) -> bool {
@@ -228,6 +250,7 @@ mod tests {
 
     fn home() -> RouteTable {
         RouteTable {
+            tunnel_v6: None,
             routes: vec![
                 route("0.0.0.0/0", gw("192.168.1.1"), "en0", 0),
                 route("127.0.0.0/8", NextHop::OnLink, "lo0", 0),
@@ -281,6 +304,7 @@ mod tests {
         );
         let ppp = RouteTable {
             routes: vec![route("0.0.0.0/0", NextHop::OnLink, "ppp0", 0)],
+            tunnel_v6: None,
         };
         assert_eq!(
             ppp.uplink("utun3", |i| i.starts_with("ppp")),
@@ -289,6 +313,7 @@ mod tests {
         assert_eq!(ppp.uplink("utun3", |_| false), Uplink::Unusable);
         let zero = RouteTable {
             routes: vec![route("0.0.0.0/0", gw("0.0.0.0"), "en0", 0)],
+            tunnel_v6: None,
         };
         assert_eq!(zero.uplink("utun3", |_| false), Uplink::Unusable);
     }

@@ -13,6 +13,30 @@ use std::str::FromStr;
 /// `wg-quick` and the WireGuard apps pick, so tunnelled packets never fragment on the path.
 pub const DEFAULT_MTU: u16 = 1420;
 
+/// WireGuard's worst-case overhead (see [`DEFAULT_MTU`]), subtracted from the uplink's MTU.
+pub const WIREGUARD_OVERHEAD: u16 = 80;
+
+/// The MTU darwin.bash's `set_mtu` gives a tunnel: the default route's interface MTU minus
+/// [`WIREGUARD_OVERHEAD`], or 1500 minus it when that MTU is unknown (wireguard-windows'
+/// `tunnel/mtumonitor.go` does the same subtraction, with a floor of 576 for IPv4).
+pub fn mtu_below(uplink_mtu: Option<u16>) -> u16 {
+    uplink_mtu
+        .filter(|m| *m > WIREGUARD_OVERHEAD)
+        .unwrap_or(1500)
+        .saturating_sub(WIREGUARD_OVERHEAD)
+        .max(576)
+}
+
+/// The MTU `spec` asks for, with 0 (automatic) turned into [`DEFAULT_MTU`] where the OS's
+/// reference has no automatic choice of its own for us to leave it to.
+pub(super) fn mtu_or_default(spec: &InterfaceSpec) -> u16 {
+    if spec.mtu == 0 {
+        DEFAULT_MTU
+    } else {
+        spec.mtu
+    }
+}
+
 /// Firewall mark and routing table number used for full-tunnel routing on Linux: WireGuard's
 /// own encrypted packets carry this mark and so bypass the tunnel's default route. 51820 is the
 /// value `wg-quick` uses (WireGuard's default port), which keeps `ip rule` output familiar.
@@ -92,12 +116,16 @@ pub struct InterfaceSpec {
     /// This device's IPv6 mesh address (a /128) and the IPv6 mesh prefix, when the mesh
     /// carries IPv6 (see [`crate::proto::mesh6`]). Hosts with IPv6 turned off tolerate their absence.
     pub ipv6: Option<(std::net::Ipv6Addr, ipnet::Ipv6Net)>,
-    /// Tunnel MTU, normally [`DEFAULT_MTU`].
+    /// Tunnel MTU (`--mtu`), or 0 for the OS's automatic one: wireguard-windows' MTU
+    /// monitor (no `MTU =` line), darwin.bash's rule ([`mtu_below`], resolved by the agent
+    /// from the uplink before planning), wg-quick's own in an exported file, and
+    /// [`DEFAULT_MTU`] for Linux interfaces the agent makes.
     pub mtu: u16,
 }
 
-/// One peer as the agent wants WireGuard to know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One peer as the agent wants WireGuard to know it (serializable: the Windows kill-switch
+/// peer is recorded as applied).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerSpec {
     /// The peer's identity.
     pub public_key: PublicKey,

@@ -127,7 +127,7 @@ fn all_plans() -> Vec<(String, Plan)> {
         add("create", create(os, &spec().name));
         add(
             "configure",
-            configure(os, &spec(), &r, &[peer_a(), peer_b(), peer_c()]),
+            configure(os, &spec(), &r, &[peer_a(), peer_b(), peer_c()], None),
         );
         add("apply_peers", apply_peers(os, &r, &changes()));
         add(
@@ -163,6 +163,20 @@ fn all_plans() -> Vec<(String, Plan)> {
         }
     }
     plans.extend(super::dns::golden_plans());
+    let boot = |exe, config| super::boot::install(exe, config).expect("default paths");
+    plans.push((
+        "windows_service_install".into(),
+        boot(super::boot::DEFAULT_EXE, super::boot::DEFAULT_CONFIG),
+    ));
+    plans.push(("windows_service_uninstall".into(), super::boot::uninstall()));
+    // With an exit node and `--exit-fallback block`: the exit peer alone, with its /0.
+    let mut exit = exit_peer();
+    exit.allowed_ips.push(net("0.0.0.0/0"));
+    let windows = real(TargetOs::Windows);
+    plans.push((
+        "windows_configure_kill_switch".into(),
+        configure(TargetOs::Windows, &spec(), &windows, &[], Some(&exit)),
+    ));
     plans
 }
 
@@ -263,12 +277,18 @@ fn no_plan_shows_or_debug_prints_the_private_key() {
 #[test]
 fn the_private_key_reaches_stdin_and_the_windows_file() {
     let key_line = format!("{PRIVATE}\n");
-    let linux = configure(TargetOs::Linux, &spec(), &spec().name, &[]);
+    let linux = configure(TargetOs::Linux, &spec(), &spec().name, &[], None);
     assert_eq!(
         linux.commands[0].stdin.as_ref().unwrap().as_bytes(),
         key_line.as_bytes()
     );
-    let windows = configure(TargetOs::Windows, &spec(), &spec().name, &[peer_a()]);
+    let windows = configure(
+        TargetOs::Windows,
+        &spec(),
+        &spec().name,
+        &[],
+        Some(&peer_a()),
+    );
     let text = String::from_utf8(windows.files[0].contents.as_bytes().to_vec()).unwrap();
     assert!(text.contains(&format!("PrivateKey = {PRIVATE}")), "{text}");
     assert_eq!(windows.files[0].mode, 0o600);
@@ -359,7 +379,7 @@ fn many_peers_take_few_processes_and_stay_under_the_command_line_limit() {
         2
     );
     // Linux's configure puts the key and the first peers in one process.
-    let plan = configure(TargetOs::Linux, &spec(), &spec().name, &peers);
+    let plan = configure(TargetOs::Linux, &spec(), &spec().name, &peers, None);
     assert_eq!(plan.commands[0].args[2], "private-key");
     assert!(plan.commands[0].stdin.is_some());
     assert!(plan.commands[1].stdin.is_none());
@@ -514,7 +534,7 @@ fn render_marks_fallbacks_tolerance_stdin_and_files() {
         .or_else(Command::new("wireguard-go").arg("wg0"))
         .tolerate_failure();
     assert_eq!(cmd.render(), "ip link add || wireguard-go wg0 || true");
-    let plan = configure(TargetOs::Windows, &spec(), &spec().name, &[]);
+    let plan = configure(TargetOs::Windows, &spec(), &spec().name, &[], None);
     assert!(plan
         .render()
         .starts_with("# write C:\\ProgramData\\wgmesh\\wg0.conf (mode 0600)\n"));
@@ -639,6 +659,7 @@ fn linux_plans_run_for_real_in_a_private_namespace() {
         &spec,
         &name,
         &[peer_a.clone(), peer_b.clone(), peer_c.clone()],
+        None,
     ));
     let dump = ns.dump();
     assert_eq!(
@@ -758,7 +779,7 @@ fn a_thousand_peer_change_lands_in_two_processes_for_real() {
     };
     let os = TargetOs::Linux;
     ns.run(&create(os, &name));
-    ns.run(&configure(os, &spec, &name, &[]));
+    ns.run(&configure(os, &spec, &name, &[], None));
     let batch = |_: u8| -> Vec<PeerSpec> {
         (0..1000u32)
             .map(|i| PeerSpec {

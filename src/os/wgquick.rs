@@ -41,6 +41,15 @@ pub fn render_tunnel_service(spec: &InterfaceSpec, peers: &[PeerSpec]) -> String
     render_with_prefix(spec, &peers, spec.network.prefix_len())
 }
 
+/// The Windows tunnel service's configuration in wireguard-windows' kill-switch form: `exit`
+/// is the only peer and keeps its default routes, so at every start of the service
+/// (`enableFirewall` in `tunnel/addressconfig.go`: one peer with a `/0` means restrict) its
+/// firewall blocks all traffic outside the tunnel except the service's own, DHCP and NDP,
+/// from boot on, whether or not the agent runs. The agent adds the other peers live.
+pub fn render_kill_switch_service(spec: &InterfaceSpec, exit: &PeerSpec) -> String {
+    render_with_prefix(spec, std::slice::from_ref(exit), spec.network.prefix_len())
+}
+
 fn render_with_prefix(spec: &InterfaceSpec, peers: &[PeerSpec], prefix: u8) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -67,7 +76,11 @@ fn render_with_prefix(spec: &InterfaceSpec, peers: &[PeerSpec], prefix: u8) -> S
         }
     }
     let _ = writeln!(out, "ListenPort = {}", spec.listen_port);
-    let _ = writeln!(out, "MTU = {}", spec.mtu);
+    // No line for the automatic MTU: wg-quick and wireguard-windows then choose it
+    // themselves (the default route's MTU - 80; the latter follows it as it changes).
+    if spec.mtu > 0 {
+        let _ = writeln!(out, "MTU = {}", spec.mtu);
+    }
     for peer in peers {
         let _ = writeln!(out);
         let _ = writeln!(out, "[Peer]");
@@ -183,6 +196,22 @@ PublicKey = /R8q7i+dnixuw76yJCzFO8tRjw9qglyEwdpV2JBuzH4=
             "{text}"
         );
         assert!(!text.contains("/0"), "{text}");
+    }
+
+    #[test]
+    fn kill_switch_config_is_one_peer_with_its_default_routes() {
+        let mut exit = peers().remove(0);
+        exit.allowed_ips.push("0.0.0.0/0".parse().unwrap());
+        let text = render_kill_switch_service(&spec("wg0"), &exit);
+        // wireguard-windows' enableFirewall restricts exactly when the file it starts from
+        // has one peer and that peer has a /0.
+        assert_eq!(text.matches("[Peer]").count(), 1, "{text}");
+        assert!(
+            text.contains("AllowedIPs = 10.100.0.7/32, 198.18.4.0/24, 0.0.0.0/0\n"),
+            "{text}"
+        );
+        assert!(text.contains("Endpoint = 198.18.0.7:51820\n"), "{text}");
+        assert!(text.contains("Address = 10.100.0.5/16"), "{text}");
     }
 
     /// Runs the real `wg-quick strip` (wireguard-tools), which parses the file exactly as

@@ -49,26 +49,49 @@ pub(super) fn create() -> Plan {
     Plan::of(vec![powershell(&script).env("WGMESH_DIR", config_dir())])
 }
 
-/// Prints the configuration folder's security descriptor as SDDL, for
-/// [`observe_windows::check_config_dir_sddl`].
+/// Prints the configuration folder's attributes (of the folder itself: `Get-Item -Force`
+/// does not follow a junction) and then its security descriptor as SDDL, for
+/// [`observe_windows::check_config_dir_listing`].
 pub(super) fn config_dir_acl_command() -> Command {
-    powershell("(Get-Acl -LiteralPath $env:WGMESH_DIR).Sddl").env("WGMESH_DIR", config_dir())
+    powershell(
+        "$ErrorActionPreference = \"Stop\"; \
+         (Get-Item -LiteralPath $env:WGMESH_DIR -Force).Attributes.ToString(); \
+         (Get-Acl -LiteralPath $env:WGMESH_DIR).Sddl",
+    )
+    .env("WGMESH_DIR", config_dir())
 }
 
-pub(super) fn configure(spec: &InterfaceSpec, peers: &[PeerSpec]) -> Plan {
-    // The file inherits the folder's protected ACL (SYSTEM and Administrators only), which
-    // [`create`] set and the agent checked before this plan writes the private key.
+pub(super) fn configure(
+    spec: &InterfaceSpec,
+    peers: &[PeerSpec],
+    kill_switch: Option<&PeerSpec>,
+) -> Plan {
     let path = config_path(&spec.name);
-    let config = super::wgquick::render_tunnel_service(spec, peers);
     Plan {
-        files: vec![PlannedFile::private(
-            path.clone(),
-            Payload::Secret(Secret::new("tunnel configuration", config.into_bytes())),
-        )],
+        files: vec![config_file(spec, peers, kill_switch)],
         commands: vec![Command::new("wireguard.exe")
             .arg("/installtunnelservice")
             .arg(path.display().to_string())],
     }
+}
+
+/// The tunnel configuration file the service loads at every start (`conf.LoadFromPath` in
+/// wireguard-windows' `tunnel/service.go`): `peers` without default routes, or only the exit
+/// peer in kill-switch form. The file inherits the folder's protected ACL (SYSTEM and Administrators only),
+/// which [`create`] set and the agent checked before a plan writes the private key.
+pub(super) fn config_file(
+    spec: &InterfaceSpec,
+    peers: &[PeerSpec],
+    kill_switch: Option<&PeerSpec>,
+) -> PlannedFile {
+    let config = match kill_switch {
+        Some(exit) => super::wgquick::render_kill_switch_service(spec, exit),
+        None => super::wgquick::render_tunnel_service(spec, peers),
+    };
+    PlannedFile::private(
+        config_path(&spec.name),
+        Payload::Secret(Secret::new("tunnel configuration", config.into_bytes())),
+    )
 }
 
 fn family(net: &IpNet) -> &'static str {

@@ -52,6 +52,12 @@ impl Sink<'_> {
                 observe_windows::SERVICE_GONE_TIMEOUT,
                 observe_windows::SERVICE_POLL,
             ),
+            HostCheck::TunnelUp(name) => observe_windows::wait_tunnel_up(
+                runner,
+                name,
+                observe_windows::TUNNEL_UP_TIMEOUT,
+                observe_windows::SERVICE_POLL,
+            ),
             HostCheck::ConfigDirProtected => observe_windows::check_config_dir(
                 runner,
                 &os::windows_config_dir_acl(),

@@ -29,7 +29,14 @@ pub(in crate::agent) fn undo_recorded(
         .os
         .parse()
         .map_err(|e| AgentError::Usage(format!("recorded OS: {e}")))?;
-    let steps = plan::undo(os, config)?;
+    let owned = match sink {
+        Sink::Run(runner) => {
+            crate::agent::observe::host::utun_ours(&mut Some(&mut **runner), os, config)
+                .unwrap_or(true)
+        }
+        Sink::Print(_) => true,
+    };
+    let steps = plan::undo(os, config, owned)?;
     apply_steps(config, path, persist, &steps, sink)?;
     log::info!("removed interface {}", applied.interface);
     Ok(Some(os))

@@ -6,7 +6,7 @@
 use crate::agent::error::AgentError;
 use crate::agent::state::config::{AppliedTunnel, Assignment, ClientConfig, ExitFallback};
 use crate::keys::PublicKey;
-use crate::os::{self, InterfaceSpec, PeerSpec, TargetOs};
+use crate::os::{InterfaceSpec, PeerSpec, TargetOs};
 use crate::proto::model::PeerInfo;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::BTreeSet;
@@ -30,7 +30,8 @@ pub fn interface_spec(config: &ClientConfig, assignment: &Assignment) -> Interfa
             crate::proto::mesh6::address(prefix6, assignment.assigned_ip),
             prefix6,
         )),
-        mtu: os::DEFAULT_MTU,
+        // 0: the OS's automatic MTU (see `ClientConfig::mtu`).
+        mtu: config.mtu.unwrap_or(0),
     }
 }
 

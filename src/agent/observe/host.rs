@@ -41,6 +41,12 @@ pub struct HostFacts {
     /// macOS: the real `utunN` name of the interface just created, from wireguard-go's
     /// name file; set between the two planning passes (the plan's `awaiting_name`).
     pub created_name: Option<InterfaceName>,
+    /// macOS, when an interface is recorded as applied: whether that `utunN` is still ours
+    /// (wg-quick's name-file and socket check); a rebuild leaves one that is not alone.
+    pub utun_ours: Option<bool>,
+    /// macOS, when the interface may be (re)created: the MTU of the default route's
+    /// interface (`ifconfig`), for darwin.bash's automatic tunnel MTU.
+    pub uplink_mtu: Option<u16>,
 }
 
 impl HostFacts {
@@ -67,7 +73,15 @@ impl HostFacts {
                     .and_then(|g| g.parse().ok());
             }
         }
-        facts.routes = routes(&mut reader, os);
+        facts.routes = routes(&mut reader, os, config);
+        // Only a rebuild needs it: when the interface does not show our key.
+        let ours = Some(config.private_key.public_key());
+        if facts.dump.as_ref().map(|d| d.interface.public_key) != Some(ours) {
+            facts.utun_ours = utun_ours(&mut reader, os, config);
+            if os == TargetOs::Macos && config.mtu.is_none() {
+                facts.uplink_mtu = uplink_mtu(&mut reader, facts.routes.as_ref());
+            }
+        }
         if config.exit_node {
             facts.default_dev = read(&mut reader, "ip", &["-4", "route", "show", "default"])
                 .and_then(|out| word_after(&out, "dev"));
@@ -87,7 +101,7 @@ pub fn observe_routes(
     server: &ServerUrl,
 ) -> HostFacts {
     HostFacts {
-        routes: routes(&mut reader, os),
+        routes: routes(&mut reader, os, config),
         server_ip: config
             .use_exit_node
             .as_ref()
@@ -98,11 +112,21 @@ pub fn observe_routes(
 
 /// The routing table on macOS and Windows; a failure to read it is logged and leaves the
 /// routes unchecked this time (as without a reader, when planning for another OS).
-fn routes(reader: &mut Option<&mut dyn Runner>, os: TargetOs) -> Option<RouteTable> {
+fn routes(
+    reader: &mut Option<&mut dyn Runner>,
+    os: TargetOs,
+    config: &ClientConfig,
+) -> Option<RouteTable> {
     if !host_routes::uses_host_routes(os) {
         return None;
     }
-    match host_routes::observe(os, reader.as_deref_mut()?) {
+    // The tunnel as the IPv6 table names it: `utunN`, the Windows interface alias.
+    let tunnel = config
+        .applied
+        .as_ref()
+        .filter(|a| a.os == os.as_str())
+        .map(|a| a.interface.as_str());
+    match host_routes::observe(os, reader.as_deref_mut()?, tunnel) {
         Ok(table) => Some(table),
         Err(e) => {
             log::warn!(
@@ -111,6 +135,36 @@ fn routes(reader: &mut Option<&mut dyn Runner>, os: TargetOs) -> Option<RouteTab
             None
         }
     }
+}
+
+/// macOS: whether the `utunN` recorded as applied is still ours; `None` elsewhere, when
+/// nothing is recorded, or without a reader.
+pub fn utun_ours(
+    reader: &mut Option<&mut dyn Runner>,
+    os: TargetOs,
+    config: &ClientConfig,
+) -> Option<bool> {
+    let applied = config.applied.as_ref().filter(|a| a.os == "macos")?;
+    if os != TargetOs::Macos {
+        return None;
+    }
+    let utun: InterfaceName = applied.interface.parse().ok()?;
+    Some(os::observe_macos::check_utun_owner(
+        reader.as_deref_mut()?,
+        &config.interface,
+        &utun,
+    ))
+}
+
+/// macOS: the MTU of the interface the default route leaves through, as darwin.bash's
+/// `set_mtu` finds it (`netstat` for the interface, `ifconfig` for its MTU).
+fn uplink_mtu(reader: &mut Option<&mut dyn Runner>, table: Option<&RouteTable>) -> Option<u16> {
+    let iface = table?.default_route("")?.iface.clone();
+    let out = reader
+        .as_deref_mut()?
+        .run(&os::observe_macos::ifconfig_command(&iface))
+        .ok()?;
+    os::observe_macos::parse_ifconfig_mtu(&out.stdout)
 }
 
 /// Runs a read-only command through the reader, returning its stdout.
@@ -161,7 +215,9 @@ pub fn created_name(name: &InterfaceName) -> Result<InterfaceName, AgentError> {
 }
 
 /// The coordination server's address, when its URL names one directly or resolves to an
-/// IPv4 address.
+/// IPv4 address: the lowest of them, because getaddrinfo rotates the order of a name's
+/// several A records between calls, and a different address every sync would move the
+/// server's pin every sync.
 pub fn server_ip(server: &ServerUrl) -> Option<IpAddr> {
     let authority = server.authority();
     let host = authority
@@ -171,12 +227,13 @@ pub fn server_ip(server: &ServerUrl) -> Option<IpAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.parse().ok().or_else(|| {
         use std::net::ToSocketAddrs;
-        (host, 0)
-            .to_socket_addrs()
-            .ok()?
-            .find(|a| a.is_ipv4())
-            .map(|a| a.ip())
+        lowest_ipv4((host, 0).to_socket_addrs().ok()?.map(|a| a.ip()))
     })
+}
+
+/// The lowest IPv4 address among `resolved`, whatever order the resolver gave them in.
+fn lowest_ipv4(resolved: impl Iterator<Item = IpAddr>) -> Option<IpAddr> {
+    resolved.filter(IpAddr::is_ipv4).min()
 }
 
 /// Our hostname: the configured one, else the OS's (see [`os_hostname`]), else
@@ -251,6 +308,20 @@ mod tests {
         assert_eq!(h("  node1\n").as_deref(), Some("node1"));
         assert_eq!(h(""), None);
         assert_eq!(h("???"), None);
+    }
+
+    #[test]
+    fn a_rotating_resolver_answer_gives_the_same_server_address() {
+        let a: Vec<IpAddr> = ["198.18.0.9", "2001:db8::1", "198.18.0.3", "198.18.0.5"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut rotated = a.clone();
+        rotated.rotate_left(2);
+        let want: IpAddr = "198.18.0.3".parse().unwrap();
+        assert_eq!(lowest_ipv4(a.into_iter()), Some(want));
+        assert_eq!(lowest_ipv4(rotated.into_iter()), Some(want));
+        assert_eq!(lowest_ipv4(["::1".parse().unwrap()].into_iter()), None);
     }
 
     #[test]

@@ -17,8 +17,14 @@ pub fn uses_host_routes(os: TargetOs) -> bool {
     matches!(os, TargetOs::Macos | TargetOs::Windows)
 }
 
-/// Reads the IPv4 routing table through `reader`; the error names the command that failed.
-pub fn observe(os: TargetOs, reader: &mut dyn Runner) -> Result<RouteTable, CommandError> {
+/// Reads the IPv4 routing table through `reader`, and with `tunnel` (the interface recorded
+/// as applied) the IPv6 prefixes routed into it; the error names the command that failed.
+/// An unreadable IPv6 table (IPv6 off) leaves the IPv6 routes unchecked, as before.
+pub fn observe(
+    os: TargetOs,
+    reader: &mut dyn Runner,
+    tunnel: Option<&str>,
+) -> Result<RouteTable, CommandError> {
     let (command, parse): (_, fn(&str) -> RouteTable) = match os {
         TargetOs::Windows => (
             observe_windows::route_print_command(),
@@ -30,7 +36,24 @@ pub fn observe(os: TargetOs, reader: &mut dyn Runner) -> Result<RouteTable, Comm
         ),
     };
     let out = reader.run(&command)?;
-    Ok(parse(&out.stdout))
+    let mut table = parse(&out.stdout);
+    if let Some(tunnel) = tunnel {
+        let (command, parse6): (_, fn(&str, &str) -> Vec<ipnet::Ipv6Net>) = match os {
+            TargetOs::Windows => (
+                observe_windows::route6_command(),
+                observe_windows::parse_netsh_route6_tunnel,
+            ),
+            _ => (
+                observe_macos::netstat6_command(),
+                observe_macos::parse_netstat6_tunnel,
+            ),
+        };
+        match reader.run(&command) {
+            Ok(out) => table.tunnel_v6 = Some(parse6(&out.stdout, tunnel)),
+            Err(e) => log::debug!("IPv6 routes not checked: {e}"),
+        }
+    }
+    Ok(table)
 }
 
 /// The addresses a full tunnel must keep outside: the coordination server and every peer's
@@ -115,15 +138,17 @@ pub fn tunnel_off(
 
 /// The step that makes a full tunnel's halves and pins match the observed `table`: the
 /// endpoints of `peers` (every desired peer, and the exit node even while it is offline and
-/// the tunnel is kept to fail closed) and the server stay outside. Returns the plan and
-/// what is pinned afterwards (to record).
+/// the tunnel is kept to fail closed) and, with `pin_server`, the server stay outside.
+/// Windows under its kill-switch firewall does not pin the server: the firewall blocks the
+/// agent's own traffic outside the tunnel, so its requests must go through the exit node.
+/// Returns the plan and what is pinned afterwards (to record).
 pub fn tunnel_routes(
     os: TargetOs,
     real_name: &InterfaceName,
     assignment: &Assignment,
     t: &AppliedTunnel,
     peers: &[PeerSpec],
-    server: Option<IpAddr>,
+    (server, pin_server): (Option<IpAddr>, bool),
     table: &RouteTable,
 ) -> (Plan, Pinned) {
     let routes = tunnel(
@@ -133,7 +158,8 @@ pub fn tunnel_routes(
         assignment.network_cidr,
         ipv6_allowed(server, t),
     );
-    routes.reconcile(table, &outside(server, peers), t.pinned.as_ref())
+    let pinned_server = server.filter(|_| pin_server);
+    routes.reconcile(table, &outside(pinned_server, peers), t.pinned.as_ref())
 }
 
 /// The table as it will be once `off` removed `old`'s halves and pins (the table is read
@@ -166,12 +192,17 @@ pub fn without_tunnel(
             .filter(|r| !(r.dest.prefix_len() == 32 && pins.contains(&r.dest.addr())))
             .cloned()
             .collect(),
+        // `off` removes the IPv6 halves too.
+        tunnel_v6: table
+            .tunnel_v6
+            .as_ref()
+            .map(|v6| v6.iter().filter(|n| n.prefix_len() != 1).copied().collect()),
     }
 }
 
-/// Whether any recorded IPv4 subnet route through the tunnel is missing from `table`: true
-/// after a Windows reboot, which forgets `store=active` routes while the tunnel service
-/// comes back by itself. (IPv6 routes cannot be seen in `route print -4`.)
+/// Whether any recorded subnet route through the tunnel is missing from `table`: true after
+/// a Windows reboot, which forgets `store=active` routes while the tunnel service comes back
+/// by itself. IPv6 routes count when the IPv6 table was read.
 pub fn routes_missing(
     os: TargetOs,
     real_name: &InterfaceName,
@@ -192,6 +223,10 @@ pub fn routes_missing(
             .routes
             .iter()
             .any(|r| r.dest == v4.trunc() && r.iface == iface),
-        IpNet::V6(_) => false,
+        // Seen when the IPv6 table was read (`tunnel_v6`), like the IPv4 ones.
+        IpNet::V6(v6) => table
+            .tunnel_v6
+            .as_ref()
+            .is_some_and(|routes| !routes.contains(&v6.trunc())),
     })
 }

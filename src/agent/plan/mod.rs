@@ -7,30 +7,23 @@
 //! once, then one straight sequence: the interface (reused, or rebuilt from scratch), the
 //! full tunnel's removal, the peer diff, the full tunnel's addition, exit-node NAT, routes.
 
-use super::decide::desired::{
-    chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel,
-};
 use super::error::AgentError;
 use super::observe::host::HostFacts;
-use super::observe::host_routes;
-use super::state::config::{Applied, AppliedTunnel, Assignment, ClientConfig};
-use crate::agent::decide::reconcile;
-use crate::os::route_table::RouteTable;
-use crate::os::{self, InterfaceSpec, Plan, TargetOs};
+use super::state::config::{Applied, ClientConfig};
+use crate::os::{self, Plan, TargetOs};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
-use ipnet::IpNet;
 use std::collections::BTreeSet;
 
+mod build;
 mod route_check;
 mod steps;
 mod tunnel;
 
 pub use super::decide::stagger::{defer_crossing_handshakes, silent_deferred, stuck_deferred};
 pub use route_check::route_check;
-use route_check::{pinned_peers, with_paths};
 pub use steps::{HostCheck, Step, SyncPlan, SyncSummary};
-use tunnel::{nat_plan, tunnel_off, tunnel_peer};
+use tunnel::{nat_plan, tunnel_off};
 
 /// What the decision depends on besides the host.
 pub struct PlanInput<'a> {
@@ -97,13 +90,33 @@ pub fn plan(input: &PlanInput<'_>, facts: &HostFacts) -> SyncPlan {
 /// Removes what `config` records as applied for `os`: NAT, the full tunnel and routes
 /// (tolerating pieces already gone with the interface), then the interface itself; the last
 /// step records nothing applied. Empty when nothing is recorded for `os`.
-pub fn undo(os: TargetOs, config: &ClientConfig) -> Result<Vec<Step>, AgentError> {
+///
+/// `owned` is false on macOS when the recorded `utunN` is no longer ours
+/// ([`crate::os::observe_macos::check_utun_owner`], wg-quick's `get_real_interface`): after
+/// a crash and a reboot another tunnel may have that name, so nothing through it (routes,
+/// its socket) is touched; only the record (and the DNS setup, which is not the
+/// interface's) goes.
+pub fn undo(os: TargetOs, config: &ClientConfig, owned: bool) -> Result<Vec<Step>, AgentError> {
     let Some(old) = config.applied.as_ref().filter(|a| a.os == os.as_str()) else {
         return Ok(Vec::new());
     };
     let Ok(old_name) = old.interface.parse::<InterfaceName>() else {
         return Ok(Vec::new());
     };
+    if !owned {
+        let mut steps = Vec::new();
+        if let Some(dns) = &old.dns {
+            steps.push(Step::run(super::dns::undo_plan(dns)?));
+        }
+        steps.push(Step {
+            record: Some(None),
+            ..Step::run(Plan::default()).note(format!(
+                "{old_name} is no longer this mesh's interface (its name file or socket \
+                 changed): left alone, forgotten"
+            ))
+        });
+        return Ok(steps);
+    }
     let mesh = config.assignment.as_ref().map_or_else(
         || "10.100.0.0/16".parse().expect("literal"),
         |a| a.network_cidr,
@@ -213,254 +226,13 @@ impl Builder {
             self.set_record(Some(rec));
         }
     }
-
-    fn build(&mut self, input: &PlanInput<'_>, facts: &HostFacts) -> Result<(), AgentError> {
-        let config = input.config;
-        let os = self.os;
-        check_interface_name(os, config)?;
-        let assignment = config
-            .assignment
-            .clone()
-            .ok_or_else(|| AgentError::Usage("not registered yet".into()))?;
-        let spec = interface_spec(config, &assignment);
-        let exit = chosen_exit(config, input.peers)?;
-        let published = desired_peers(input.peers, exit.map(|p| &p.public_key));
-        let desired = with_paths(&published, input.paths);
-        self.summary = SyncSummary {
-            peer_id: assignment.peer_id.to_string(),
-            address: assignment.assigned_ip.to_string(),
-            list_unchanged: input.list_unchanged,
-            ..SyncSummary::default()
-        };
-
-        let reusable = facts
-            .dump
-            .as_ref()
-            .filter(|d| d.interface.public_key == Some(spec.private_key.public_key()))
-            .filter(|d| d.interface.listen_port == spec.listen_port)
-            .filter(|_| recorded(config, os).is_some());
-        // A full tunnel that the undo of a rebuild removes (its routes still show in the
-        // table, which was read before any step ran).
-        let mut gone_tunnel: Option<AppliedTunnel> = None;
-        let (real_name, actual_peers) = match (&facts.created_name, reusable) {
-            (Some(real), _) => {
-                // Second pass on macOS: the interface was just created under this name.
-                self.configure(&spec, &assignment, real);
-                (real.clone(), Vec::new())
-            }
-            (None, Some(dump)) => (interface_to_read(config, os), dump.peers.clone()),
-            (None, None) => {
-                // Missing, stale (another key, port or address) or never applied: start clean.
-                gone_tunnel = self
-                    .rec
-                    .as_ref()
-                    .filter(|a| a.os == os.as_str())
-                    .and_then(|a| a.full_tunnel.clone());
-                for mut step in undo(os, config)? {
-                    if step.record.is_some() {
-                        if self.dry_run {
-                            step.record = None;
-                        } else {
-                            self.rec = None;
-                        }
-                    }
-                    self.push(step);
-                }
-                self.push(Step::run(os::destroy(
-                    os,
-                    &spec.name,
-                    &spec.name,
-                    assignment.network_cidr,
-                )));
-                if os == TargetOs::Windows {
-                    self.push(Step::check(HostCheck::ServiceGone(spec.name.clone())));
-                }
-                self.push(Step::run(os::create(os, &spec.name)));
-                if os == TargetOs::Windows {
-                    // `create` made the folder protected, or left an existing one as it is.
-                    self.push(Step::check(HostCheck::ConfigDirProtected));
-                }
-                let real = match os {
-                    TargetOs::Macos if self.dry_run => "utunN".parse().expect("literal"),
-                    TargetOs::Macos => {
-                        self.awaiting_name = Some(spec.name.clone());
-                        return Ok(());
-                    }
-                    _ => spec.name.clone(),
-                };
-                self.configure(&spec, &assignment, &real);
-                (real, Vec::new())
-            }
-        };
-        self.summary.interface = real_name.to_string();
-
-        // The tunnel goes before peers change when it is being removed (its `off` rewrites
-        // the old exit peer, which must still exist), and after when it is being added.
-        let have_tunnel = self.rec.as_ref().and_then(|a| a.full_tunnel.clone());
-        let want_tunnel = wanted_tunnel(
-            config,
-            os,
-            exit,
-            &desired,
-            have_tunnel.as_ref(),
-            (facts.server_ip, facts.gateway),
-        );
-        let tunnel_changes = want_tunnel != have_tunnel;
-        if tunnel_changes {
-            if let Some(old) = &have_tunnel {
-                self.push(
-                    Step::run(tunnel_off(os, &real_name, old, false)).note(format!(
-                        "stopped routing internet traffic through exit node {}",
-                        old.exit_public_key
-                    )),
-                );
-            }
-        }
-
-        let mut changes = reconcile::diff(&desired, &actual_peers);
-        let known: BTreeSet<_> = actual_peers.iter().map(|p| p.public_key).collect();
-        self.restart_moved_relays(os, &real_name, input, &known, &desired, &mut changes);
-        if input.live {
-            let mine = spec.private_key.public_key();
-            let stuck: Vec<_> = stuck_deferred(&actual_peers, &mine)
-                .into_iter()
-                .filter(|k| changes.upsert.iter().any(|p| p.public_key == *k))
-                // Removed once already when their relay moved.
-                .filter(|k| !input.paths.get(k).is_some_and(|c| c.restart))
-                .collect();
-            if !stuck.is_empty() {
-                let reset = crate::os::PeerChanges {
-                    upsert: Vec::new(),
-                    remove: stuck,
-                };
-                self.push(Step::run(os::apply_peers(os, &real_name, &reset)));
-            }
-            let mut deferred = defer_crossing_handshakes(&mut changes, &known, &mine);
-            if input.hold_silent {
-                let silent = silent_deferred(&actual_peers, &mine);
-                for spec in &mut changes.upsert {
-                    if silent.contains(&spec.public_key) {
-                        spec.persistent_keepalive = None;
-                        deferred = true;
-                    }
-                }
-            }
-            self.summary.keepalive_deferred = deferred;
-        }
-        for spec in &changes.upsert {
-            let list = if known.contains(&spec.public_key) {
-                &mut self.summary.updated
-            } else {
-                &mut self.summary.added
-            };
-            list.push(spec.public_key.to_base64());
-        }
-        self.summary.removed = changes.remove.iter().map(|k| k.to_base64()).collect();
-        self.push(Step::run(os::apply_peers(os, &real_name, &changes)));
-
-        let mut want_tunnel = want_tunnel;
-        if tunnel_changes {
-            if let Some(new) = want_tunnel.as_mut() {
-                let plan = if host_routes::uses_host_routes(os) {
-                    // Only the WireGuard half here: the routes follow, planned from the
-                    // observed routing table like on every sync.
-                    new.pinned = None;
-                    os::pins::exit_peer_plan(os, &real_name, &tunnel_peer(new, true), true)
-                } else {
-                    os::full_tunnel_on(
-                        os,
-                        &real_name,
-                        &tunnel_peer(new, true),
-                        &new.keep_outside,
-                        new.gateway,
-                    )
-                };
-                self.push(Step::run(plan).note(format!(
-                    "routing internet traffic through exit node {}",
-                    new.exit_public_key
-                )));
-            }
-            self.record(|a| a.full_tunnel = want_tunnel.clone());
-        }
-        if let (Some(tunnel), Some(table)) = (&want_tunnel, &facts.routes) {
-            // The table was read before the steps: without what they remove first.
-            let removed = match (&have_tunnel, &gone_tunnel) {
-                (Some(old), _) if tunnel_changes => Some(old),
-                (_, gone) => gone.as_ref(),
-            };
-            let table = match removed {
-                Some(old) => host_routes::without_tunnel(os, &real_name, &assignment, old, table),
-                None => table.clone(),
-            };
-            let pinned = pinned_peers(&published, &desired);
-            self.tunnel_routes(&real_name, &assignment, tunnel, &pinned, facts, &table);
-        } else if let Some(tunnel) = want_tunnel.as_ref().filter(|_| tunnel_changes) {
-            if host_routes::uses_host_routes(os) {
-                // No routing table to read (planning for another OS): the halves, and no
-                // pins, which depend on that machine's table and are planned there.
-                let routes = host_routes::tunnel(
-                    os,
-                    &real_name,
-                    assignment.assigned_ip,
-                    assignment.network_cidr,
-                    host_routes::ipv6_allowed(facts.server_ip, tunnel),
-                );
-                let (plan, _) = routes.reconcile(&RouteTable::default(), &[], None);
-                self.push(Step::run(plan));
-            }
-        }
-
-        self.nat(config, &real_name, assignment.network_cidr, facts)?;
-
-        let want_routes = extra_routes(
-            &desired,
-            assignment.network_cidr,
-            crate::proto::mesh6::prefix(&assignment.server_public_key),
-        );
-        let mut have_routes: BTreeSet<IpNet> = self
-            .rec
-            .as_ref()
-            .map(|a| a.routes.iter().copied().collect())
-            .unwrap_or_default();
-        if let Some(table) = &facts.routes {
-            let recorded: Vec<IpNet> = have_routes.iter().copied().collect();
-            if host_routes::routes_missing(os, &real_name, &assignment, table, &recorded) {
-                // A Windows reboot forgets them while the service comes back: re-add all
-                // (adding is idempotent).
-                have_routes.clear();
-            }
-        }
-        let add: Vec<IpNet> = want_routes.difference(&have_routes).copied().collect();
-        let remove: Vec<IpNet> = have_routes.difference(&want_routes).copied().collect();
-        if !add.is_empty() || !remove.is_empty() {
-            self.push(Step::run(os::routes(os, &real_name, &add, &remove)));
-            self.record(|a| a.routes = want_routes.into_iter().collect());
-        }
-        self.summary.peers = desired.len();
-        Ok(())
-    }
-
-    /// Configures a just-created interface and records it as the fresh applied state.
-    fn configure(&mut self, spec: &InterfaceSpec, assignment: &Assignment, real: &InterfaceName) {
-        self.push(
-            Step::run(os::configure(self.os, spec, real, &[])).note(format!(
-                "created interface {real} with address {}",
-                assignment.assigned_ip
-            )),
-        );
-        self.summary.created_interface = true;
-        self.set_record(Some(Applied {
-            os: self.os.as_str().to_owned(),
-            interface: real.to_string(),
-            address: Some(assignment.assigned_ip),
-            ..Applied::default()
-        }));
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::decide::desired::{desired_peers, extra_routes};
+    use crate::agent::state::config::Assignment;
     use crate::keys::PrivateKey;
     use crate::os::wgdump::{Dump, DumpInterface};
     use crate::os::PeerSpec;
@@ -870,6 +642,44 @@ mod tests {
     }
 
     #[test]
+    fn the_tunnel_mtu_follows_each_os_reference_unless_given() {
+        let mut config = config();
+        // macOS: darwin.bash's set_mtu, the uplink's MTU - 80.
+        let facts = HostFacts {
+            created_name: Some("utun7".parse().unwrap()),
+            uplink_mtu: Some(1492),
+            ..HostFacts::default()
+        };
+        let p = decide(TargetOs::Macos, &config, &[], &facts);
+        assert!(lines(&p).contains(&"ifconfig utun7 mtu 1412".to_string()));
+        // Windows: no MTU line, so wireguard-windows' MTU monitor follows the uplink.
+        let file = |p: &SyncPlan| {
+            let f = &p
+                .steps
+                .iter()
+                .find(|s| !s.plan.files.is_empty())
+                .unwrap()
+                .plan
+                .files[0];
+            String::from_utf8(f.contents.as_bytes().to_vec()).unwrap()
+        };
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        assert!(!file(&p).contains("MTU"), "{}", file(&p));
+        // --mtu wins everywhere.
+        config.mtu = Some(1380);
+        let p = decide(TargetOs::Windows, &config, &[], &HostFacts::default());
+        assert!(file(&p).contains("MTU = 1380\n"), "{}", file(&p));
+        let p = decide(TargetOs::Macos, &config, &[], &facts);
+        assert!(lines(&p).contains(&"ifconfig utun7 mtu 1380".to_string()));
+        let p = decide(TargetOs::Linux, &config, &[], &HostFacts::default());
+        assert!(
+            lines(&p).iter().any(|l| l.contains("mtu 1380 up")),
+            "{:?}",
+            lines(&p)
+        );
+    }
+
+    #[test]
     fn a_dry_run_records_nothing() {
         let config = config();
         let input = PlanInput {
@@ -892,11 +702,11 @@ mod tests {
     #[test]
     fn undo_removes_what_is_recorded_then_forgets_it() {
         let mut config = config();
-        assert!(undo(TargetOs::Linux, &config).unwrap().is_empty());
+        assert!(undo(TargetOs::Linux, &config, true).unwrap().is_empty());
         config.applied = Some(applied(&config));
-        let steps = undo(TargetOs::Linux, &config).unwrap();
+        let steps = undo(TargetOs::Linux, &config, true).unwrap();
         assert_eq!(steps.last().unwrap().record, Some(None));
-        assert!(undo(TargetOs::Windows, &config).unwrap().is_empty());
+        assert!(undo(TargetOs::Windows, &config, true).unwrap().is_empty());
     }
 
     #[test]

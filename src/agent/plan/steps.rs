@@ -55,6 +55,9 @@ pub enum HostCheck {
     /// Windows: the tunnel service of this name is deleted (waited for, bounded), since
     /// `/installtunnelservice` fails while the old one is still stopping.
     ServiceGone(InterfaceName),
+    /// Windows: the just-installed tunnel service has created its adapter (waited for,
+    /// bounded), so `wg.exe set` can reach it.
+    TunnelUp(InterfaceName),
     /// Windows: the configuration folder is protected (owner Administrators or SYSTEM, only
     /// they have access, nothing inherited), checked before the private key is written.
     ConfigDirProtected,

@@ -25,6 +25,7 @@ impl Builder {
         facts: &HostFacts,
         table: &RouteTable,
     ) {
+        let kill_switch_off = self.rec.as_ref().is_none_or(|a| a.kill_switch.is_none());
         let mut peers = desired.to_vec();
         if !peers.iter().any(|p| p.public_key == tunnel.exit_public_key) {
             peers.push(tunnel_peer(tunnel, false));
@@ -35,7 +36,7 @@ impl Builder {
             assignment,
             tunnel,
             &peers,
-            facts.server_ip,
+            (facts.server_ip, kill_switch_off),
             table,
         );
         let note = (!plan.is_empty()).then(|| {

@@ -30,6 +30,8 @@ pub struct Overrides {
     pub interface: Option<InterfaceName>,
     /// The WireGuard listen port (remembered; 0 is refused).
     pub listen_port: Option<u16>,
+    /// The tunnel MTU (remembered; 0 goes back to the OS's automatic choice).
+    pub mtu: Option<u16>,
     /// The endpoint others should dial (remembered).
     pub endpoint: Option<Endpoint>,
     /// The hostname to register (remembered).
@@ -117,6 +119,18 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
             return Err(AgentError::Usage("--listen-port must be 1-65535".into()));
         }
         cfg.listen_port = port;
+    }
+    if let Some(mtu) = o.mtu {
+        cfg.mtu = match mtu {
+            0 => None,
+            1280.. => Some(mtu),
+            _ => {
+                return Err(AgentError::Usage(format!(
+                    "--mtu {mtu} is too small: the tunnel carries IPv6, which needs at least \
+                     1280 (or 0 for the automatic MTU)"
+                )))
+            }
+        };
     }
     if o.endpoint.is_some() {
         cfg.endpoint = o.endpoint;

@@ -119,6 +119,12 @@ pub struct Applied {
     /// How the OS sends `.mesh` names to our resolver, while `up` serves them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<AppliedDns>,
+    /// Windows: the exit peer the tunnel service's configuration file holds in
+    /// wireguard-windows' kill-switch form (its only peer, with `0.0.0.0/0`), written while
+    /// an exit node is chosen with `--exit-fallback block`: the service's firewall then
+    /// blocks traffic outside the tunnel from its start at boot, before the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_switch: Option<crate::os::PeerSpec>,
 }
 
 /// The OS side of mesh DNS as set up on this host, so it can be undone exactly
@@ -153,6 +159,11 @@ pub struct ClientConfig {
     pub fallback_servers: Vec<ServerUrl>,
     /// The interface name asked for.
     pub interface: InterfaceName,
+    /// The tunnel MTU from `--mtu`; `None` follows each OS's reference: the default route's
+    /// interface MTU minus 80 (darwin.bash's `set_mtu` on macOS, wireguard-windows' MTU
+    /// monitor on Windows), 1420 on Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Our WireGuard listen port.
     pub listen_port: u16,
     /// The hostname we register with (default: the OS hostname).
@@ -212,6 +223,7 @@ impl ClientConfig {
             fallback_servers: Vec::new(),
             interface,
             listen_port: DEFAULT_LISTEN_PORT,
+            mtu: None,
             hostname: None,
             endpoint: None,
             exit_node: false,

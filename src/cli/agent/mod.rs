@@ -83,6 +83,7 @@ macro_rules! overrides {
             fallback_servers: $args.server.iter().skip(1).cloned().collect(),
             interface: $args.interface,
             listen_port: $args.listen_port,
+            mtu: $args.mtu,
             endpoint: $args.endpoint,
             hostname: $args.hostname,
             exit_node: $args.exit_node,
@@ -154,6 +155,10 @@ pub struct UpArgs {
     /// while the chosen exit node is offline: block (default: nothing leaks) or direct
     #[argh(option)]
     exit_fallback: Option<ExitFallback>,
+    /// tunnel MTU (remembered; 0 restores the default: the default route's interface MTU
+    /// minus 80 on macOS and Windows, 1420 on Linux)
+    #[argh(option)]
+    mtu: Option<u16>,
     /// answer NAME.mesh for the mesh on this node's mesh addresses while up runs: on
     /// (default) or off
     #[argh(option, default = "DnsSwitch(true)")]
@@ -253,6 +258,10 @@ pub struct SyncArgs {
     /// while the chosen exit node is offline: block (default: nothing leaks) or direct
     #[argh(option)]
     exit_fallback: Option<ExitFallback>,
+    /// tunnel MTU (remembered; 0 restores the default: the default route's interface MTU
+    /// minus 80 on macOS and Windows, 1420 on Linux)
+    #[argh(option)]
+    mtu: Option<u16>,
     /// print a JSON summary of what changed on stdout
     #[argh(switch)]
     json: bool,
