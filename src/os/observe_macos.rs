@@ -3,8 +3,8 @@
 //! [`Uplink`]. Pure functions over recorded text; the agent runs the commands through its
 //! reader and calls these.
 
+use super::command::Command;
 use super::route_table::{NextHop, Route, RouteTable, Uplink};
-use super::Command;
 use crate::types::InterfaceName;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -160,7 +160,7 @@ pub fn parse_ifconfig_mtu(text: &str) -> Option<u16> {
 /// when it created the interface (`cat`), and the modification times of that file and of
 /// the interface's control socket (`stat -f %m`, seconds since the epoch, one per line).
 pub fn utun_owner_commands(name: &InterfaceName, utun: &InterfaceName) -> [Command; 2] {
-    let name_file = super::macos_name_file(name).display().to_string();
+    let name_file = super::macos::name_file(name).display().to_string();
     let socket = format!("/var/run/wireguard/{utun}.sock");
     [
         Command::new("cat").arg(name_file.clone()),

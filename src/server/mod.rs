@@ -66,7 +66,7 @@ const STUN_THREADS: usize = 2;
 /// also carries the WireGuard relay when `relay` is given.
 fn start_stun(
     config: &ServerConfig,
-    relay: Option<Arc<relay::RelayService>>,
+    relay: Option<Arc<relay::service::RelayService>>,
 ) -> Result<Vec<crate::server::stun_service::StunHandle>, ServerError> {
     let Some(primary) = config.udp_listen else {
         return Ok(Vec::new());
@@ -200,7 +200,7 @@ fn start_udp(
 ) -> Result<Vec<crate::server::stun_service::StunHandle>, ServerError> {
     let relay = (config.relay && config.udp_listen.is_some()).then(|| {
         let source = Arc::clone(api);
-        relay::RelayService::new(
+        relay::service::RelayService::new(
             Box::new(move || source.relay_view()),
             relay::RelayLimits::default(),
         )
@@ -258,7 +258,7 @@ fn start_follower(
 /// host without IPv6 must still serve IPv4.
 fn start_stun_v6(
     primary: SocketAddr,
-    relay: Option<Arc<relay::RelayService>>,
+    relay: Option<Arc<relay::service::RelayService>>,
 ) -> Option<crate::server::stun_service::StunHandle> {
     let addr = udp6::companion(primary)?;
     let socket = match udp6::bind_v6_only(addr) {

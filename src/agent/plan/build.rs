@@ -3,12 +3,11 @@
 //! full tunnel's removal, the peer diff, the full tunnel's addition and its routes, exit-node
 //! NAT, subnet routes. Each step is a method of [`Builder`] that pushes its plans in order.
 
+use super::builder::{check_interface_name, interface_to_read, recorded, Builder, PlanInput};
 use super::route_check::{pinned_peers, with_paths};
+use super::steps::{HostCheck, Step, SyncSummary};
 use super::tunnel::{tunnel_off, tunnel_peer};
-use super::{
-    check_interface_name, interface_to_read, recorded, undo, Builder, HostCheck, PlanInput, Step,
-    SyncSummary,
-};
+use super::undo::undo;
 use crate::agent::decide::desired::{
     chosen_exit, desired_peers, extra_routes, interface_spec, wanted_tunnel,
 };

@@ -7,64 +7,21 @@
 //! once, then one straight sequence: the interface (reused, or rebuilt from scratch), the
 //! full tunnel's removal, the peer diff, the full tunnel's addition, exit-node NAT, routes.
 
-use super::error::AgentError;
 use super::observe::host::HostFacts;
-use super::state::config::{Applied, ClientConfig};
-use crate::os::{self, Plan, TargetOs};
-use crate::proto::model::PeerInfo;
-use crate::types::InterfaceName;
-use std::collections::BTreeSet;
 
 mod build;
+mod builder;
 mod route_check;
 mod steps;
 mod tunnel;
+mod undo;
 
 pub use super::decide::stagger::{defer_crossing_handshakes, silent_deferred, stuck_deferred};
+use builder::Builder;
+pub use builder::{check_interface_name, interface_to_read, PlanInput};
 pub use route_check::route_check;
 pub use steps::{HostCheck, Step, SyncPlan, SyncSummary};
-use tunnel::{nat_plan, tunnel_off};
-
-/// What the decision depends on besides the host.
-pub struct PlanInput<'a> {
-    /// Whose commands to produce.
-    pub os: TargetOs,
-    /// The configuration, including what is recorded as applied.
-    pub config: &'a ClientConfig,
-    /// The server's peer list.
-    pub peers: &'a [PeerInfo],
-    /// Whether the server said the list had not changed (reported in the summary).
-    pub list_unchanged: bool,
-    /// A dry run records nothing, so later decisions still see the old record, and takes
-    /// macOS's interface name to be `utunN`.
-    pub dry_run: bool,
-    /// The path chosen for each peer ([`super::decide::path`]): its endpoint and keepalive.
-    pub paths: &'a std::collections::HashMap<crate::keys::PublicKey, super::decide::path::Choice>,
-    /// `up` applying live changes: new peers whose key sorts above ours get their keepalive
-    /// a moment later (see [`defer_crossing_handshakes`]).
-    pub live: bool,
-    /// With `live`: keep deferring peers that have not sent anything yet (`up` does for a
-    /// few seconds, then turns every keepalive on, so NAT mappings still open both ways).
-    pub hold_silent: bool,
-}
-
-/// The interface whose `wg show dump` is worth reading: the one recorded as applied for this
-/// OS and address, else the configured name.
-pub fn interface_to_read(config: &ClientConfig, os: TargetOs) -> InterfaceName {
-    recorded(config, os)
-        .and_then(|a| a.interface.parse().ok())
-        .unwrap_or_else(|| config.interface.clone())
-}
-
-/// The applied record, if it was made for this OS and our current address (otherwise the
-/// interface must be rebuilt).
-fn recorded(config: &ClientConfig, os: TargetOs) -> Option<&Applied> {
-    let address = config.assignment.as_ref().map(|a| a.assigned_ip);
-    config
-        .applied
-        .as_ref()
-        .filter(|a| a.os == os.as_str() && a.address.is_some() && a.address == address)
-}
+pub use undo::undo;
 
 /// Decides one sync. Never fails by itself: a refusal is returned in
 /// [`SyncPlan::failure`] after the steps decided before it.
@@ -87,150 +44,13 @@ pub fn plan(input: &PlanInput<'_>, facts: &HostFacts) -> SyncPlan {
     }
 }
 
-/// Removes what `config` records as applied for `os`: NAT, the full tunnel and routes
-/// (tolerating pieces already gone with the interface), then the interface itself; the last
-/// step records nothing applied. Empty when nothing is recorded for `os`.
-///
-/// `owned` is false on macOS when the recorded `utunN` is no longer ours
-/// ([`crate::os::observe_macos::check_utun_owner`], wg-quick's `get_real_interface`): after
-/// a crash and a reboot another tunnel may have that name, so nothing through it (routes,
-/// its socket) is touched; only the record (and the DNS setup, which is not the
-/// interface's) goes.
-pub fn undo(os: TargetOs, config: &ClientConfig, owned: bool) -> Result<Vec<Step>, AgentError> {
-    let Some(old) = config.applied.as_ref().filter(|a| a.os == os.as_str()) else {
-        return Ok(Vec::new());
-    };
-    let Ok(old_name) = old.interface.parse::<InterfaceName>() else {
-        return Ok(Vec::new());
-    };
-    if !owned {
-        let mut steps = Vec::new();
-        if let Some(dns) = &old.dns {
-            steps.push(Step::run(super::dns::undo_plan(dns)?));
-        }
-        steps.push(Step {
-            record: Some(None),
-            ..Step::run(Plan::default()).note(format!(
-                "{old_name} is no longer this mesh's interface (its name file or socket \
-                 changed): left alone, forgotten"
-            ))
-        });
-        return Ok(steps);
-    }
-    let mesh = config.assignment.as_ref().map_or_else(
-        || "10.100.0.0/16".parse().expect("literal"),
-        |a| a.network_cidr,
-    );
-    let mut steps = Vec::new();
-    if let Some(nat) = &old.nat {
-        let mut plan = nat_plan(os, config, &old_name, mesh, nat, false)?;
-        plan.commands
-            .iter_mut()
-            .for_each(|c| c.allow_failure = true);
-        steps.push(Step::run(plan));
-    }
-    if let Some(tunnel) = &old.full_tunnel {
-        steps.push(Step::run(tunnel_off(os, &old_name, tunnel, true)));
-    }
-    if let Some(dns) = &old.dns {
-        // Reads the hosts file when the names are kept there: only our block goes.
-        steps.push(Step::run(super::dns::undo_plan(dns)?));
-    }
-    if !old.routes.is_empty() {
-        steps.push(Step::run(os::routes(os, &old_name, &[], &old.routes)));
-    }
-    steps.push(Step {
-        record: Some(None),
-        ..Step::run(os::destroy(os, &config.interface, &old_name, mesh))
-    });
-    Ok(steps)
-}
-
-/// Refuses an interface name the target OS will not take (Windows: reserved device names
-/// such as `con` or `nul.x`, a leading or trailing `.`) before anything is read or run,
-/// rather than at `/installtunnelservice`.
-pub fn check_interface_name(os: TargetOs, config: &ClientConfig) -> Result<(), AgentError> {
-    if os == TargetOs::Windows {
-        os::observe_windows::check_tunnel_name(&config.interface).map_err(AgentError::Usage)?;
-    }
-    Ok(())
-}
-
-struct Builder {
-    os: TargetOs,
-    dry_run: bool,
-    steps: Vec<Step>,
-    /// What is recorded as applied at this point of the sequence (never changed in a dry run).
-    rec: Option<Applied>,
-    summary: SyncSummary,
-    awaiting_name: Option<InterfaceName>,
-}
-
-impl Builder {
-    fn push(&mut self, step: Step) {
-        self.steps.push(step);
-    }
-
-    /// Peers whose relay moved to another replica's ([`super::decide::path::Choice::restart`]) are
-    /// removed and added back: that drops the WireGuard session, so the next packet starts a
-    /// handshake through the new relay at once instead of after 15 s of unanswered data the
-    /// new relay cannot route (it never saw the old session's indexes).
-    fn restart_moved_relays(
-        &mut self,
-        os: TargetOs,
-        real_name: &InterfaceName,
-        input: &PlanInput<'_>,
-        known: &BTreeSet<crate::keys::PublicKey>,
-        desired: &[os::PeerSpec],
-        changes: &mut os::PeerChanges,
-    ) {
-        let restart: Vec<_> = desired
-            .iter()
-            .filter(|p| known.contains(&p.public_key))
-            .filter(|p| input.paths.get(&p.public_key).is_some_and(|c| c.restart))
-            .collect();
-        if restart.is_empty() {
-            return;
-        }
-        let reset = os::PeerChanges {
-            upsert: Vec::new(),
-            remove: restart.iter().map(|p| p.public_key).collect(),
-        };
-        self.push(Step::run(os::apply_peers(os, real_name, &reset)));
-        for spec in restart {
-            if !changes
-                .upsert
-                .iter()
-                .any(|p| p.public_key == spec.public_key)
-            {
-                changes.upsert.push(spec.clone());
-            }
-        }
-    }
-
-    /// Records `new` as applied (never in a dry run), saved once the steps so far ran.
-    fn set_record(&mut self, new: Option<Applied>) {
-        if !self.dry_run {
-            self.rec = new.clone();
-            self.push(Step {
-                record: Some(new),
-                ..Step::run(Plan::default())
-            });
-        }
-    }
-
-    /// Changes the existing record (if any; never in a dry run).
-    fn record(&mut self, change: impl FnOnce(&mut Applied)) {
-        if let Some(mut rec) = self.rec.clone().filter(|_| !self.dry_run) {
-            change(&mut rec);
-            self.set_record(Some(rec));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::state::config::{Applied, ClientConfig};
+    use crate::os::TargetOs;
+    use crate::proto::model::PeerInfo;
+
     use crate::agent::decide::desired::{desired_peers, extra_routes};
     use crate::agent::state::config::Assignment;
     use crate::keys::PrivateKey;

@@ -1,7 +1,8 @@
 //! The quick route check between syncs (macOS and Windows, full tunnel in place), and the
 //! peer endpoints a full tunnel pins outside, shared with the sync so both pin the same set.
 
-use super::{recorded, Builder, PlanInput, Step, SyncSummary};
+use super::builder::{recorded, Builder, PlanInput};
+use super::steps::{Step, SyncSummary};
 use crate::agent::decide::desired::desired_peers;
 use crate::agent::observe::host::HostFacts;
 use crate::os::PeerSpec;

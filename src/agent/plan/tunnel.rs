@@ -2,7 +2,8 @@
 //! the tunnel's halves and pins matching the host, NAT for serving as an exit node, and the
 //! plans that take both down again (also used by [`super::undo`]).
 
-use super::{Builder, Step};
+use super::builder::Builder;
+use super::steps::Step;
 use crate::agent::decide::desired::PERSISTENT_KEEPALIVE;
 use crate::agent::error::AgentError;
 use crate::agent::observe::host::HostFacts;

@@ -16,9 +16,9 @@
 //! to wake a blocking `accept`) needs a descriptor, and found none during a shortage.
 
 use super::conn::{close_gracefully, Conn, Stream, Ticket};
+use super::message::Response;
 use super::parse::write_response;
 use super::poller::{Msg, Shared};
-use super::Response;
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;

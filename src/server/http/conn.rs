@@ -6,40 +6,17 @@
 //! once bytes have arrived, and the request and write timeouts bound how long one client can
 //! hold it; waiting, the part that lasts, is the loop's job.
 
+use super::handler::Handler;
+use super::message::{Limits, Response};
+use super::park::{Park, Reply, Wake};
 use super::parse::{is_timeout, read_request, read_some, write_response, ReadOutcome};
 use super::tls::{self, TlsStream};
-use super::{Handler, Limits, Park, Reply, Response, Wake};
+use super::transport::Transport;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-/// A byte stream a connection is served over: plain TCP or a TLS session on top of it.
-pub(super) trait Transport: Read + Write {
-    /// Makes reads fail with `TimedOut` once `deadline` has passed. Called before every
-    /// read, so a peer trickling bytes cannot stretch one request past its deadline.
-    fn read_deadline(&mut self, deadline: Instant) -> io::Result<()>;
-
-    /// Ends the session politely (TLS close_notify); plain TCP has nothing to say.
-    fn close(&mut self) {}
-}
-
-/// Time left until `deadline`, or `TimedOut` if it passed.
-pub(super) fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::ErrorKind::TimedOut.into())
-    } else {
-        Ok(left)
-    }
-}
-
-impl Transport for TcpStream {
-    fn read_deadline(&mut self, deadline: Instant) -> io::Result<()> {
-        self.set_read_timeout(Some(remaining(deadline)?))
-    }
-}
 
 /// The connection's stream in its current state.
 pub(super) enum Stream {

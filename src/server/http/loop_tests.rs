@@ -6,7 +6,7 @@ use super::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// `GET /wait?ms=N` parks until the notifier moves (answers "changed") or N ms pass
 /// ("deadline"); everything else answers `{}` at once.

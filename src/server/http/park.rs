@@ -7,7 +7,7 @@
 //! decides on and passes it as `seen`; if the notifier has moved past `seen` by the time the
 //! layer parks the request, it is resumed at once.
 
-use super::Response;
+use super::message::Response;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};

@@ -3,8 +3,8 @@
 //! no chunked bodies), the absolute form of the target, keep-alive, `Expect: 100-continue`,
 //! and the body. Also how responses are written.
 
-use super::conn::Transport;
-use super::{Body, Limits, Request, Response};
+use super::message::{Body, Limits, Request, Response};
+use super::transport::Transport;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;

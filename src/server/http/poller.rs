@@ -5,10 +5,11 @@
 //! kilobyte each.
 
 use super::conn::{self, After, Conn, Gate, Pending, Serving, Ticket};
+use super::handler::Handler;
+use super::message::{Limits, Response};
 use super::park::{Park, Subscriber, Wake};
 use super::pool::Pool;
 use super::readiness::{self, Readiness, Waker};
-use super::{Handler, Limits, Response};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::TcpStream;
@@ -300,7 +301,7 @@ impl Loop {
                     .min();
                 if let Some((_, token)) = oldest {
                     if let Some(Entry::Idle { mut conn, .. }) = self.remove(token) {
-                        use super::conn::Transport;
+                        use super::transport::Transport;
                         conn.stream.close();
                     }
                 }
@@ -367,7 +368,7 @@ impl Loop {
             }
             match self.remove(token) {
                 Some(Entry::Idle { mut conn, .. }) => {
-                    use super::conn::Transport;
+                    use super::transport::Transport;
                     conn.stream.close();
                 }
                 Some(Entry::Parked {

@@ -2,9 +2,10 @@
 //! request timeout, re-armed before every socket read), and a plain answer for plain HTTP
 //! sent to the HTTPS port.
 
-use super::conn::{remaining, Transport};
+use super::handler::Handler;
+use super::message::{Limits, Response};
 use super::parse::{is_timeout, write_response};
-use super::{Handler, Limits, Response};
+use super::transport::{remaining, Transport};
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

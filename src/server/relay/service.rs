@@ -1,7 +1,10 @@
 //! The relay as the UDP workers share it: its tables behind one mutex, its counters, and
 //! the member view, refreshed at most once a second off the hot path.
 
-use super::{MemberView, Relay, RelayLimits, RelayStats, Verdict};
+use super::limits::RelayLimits;
+use super::stats::RelayStats;
+use super::view::MemberView;
+use super::{Relay, Verdict};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};

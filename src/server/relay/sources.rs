@@ -2,7 +2,8 @@
 //! earned (what the relay may send it unasked), the members it recently sent handshakes to,
 //! and each IP's handshake rate. Bounded: a member IP keeps at most `ports_per_ip` ports.
 
-use super::{Drop, RelayLimits};
+use super::limits::RelayLimits;
+use super::stats::Drop;
 use crate::keys::PublicKey;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -15,7 +15,8 @@
 
 use crate::proto::stun::{self, BindingRequest, Dialect, ResponseOptions, StunError};
 use crate::proto::wg_wire;
-use crate::server::relay::{RelayService, Verdict};
+use crate::server::relay::service::RelayService;
+use crate::server::relay::Verdict;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
