@@ -21,6 +21,18 @@ impl fmt::Display for InvalidValue {
 
 impl std::error::Error for InvalidValue {}
 
+impl From<String> for InvalidValue {
+    fn from(why: String) -> InvalidValue {
+        InvalidValue(why)
+    }
+}
+
+impl From<&str> for InvalidValue {
+    fn from(why: &str) -> InvalidValue {
+        InvalidValue(why.to_owned())
+    }
+}
+
 /// Describes `text` for an error message without echoing control characters or megabytes.
 pub fn describe(text: &str) -> String {
     let shown: String = text.chars().take(40).collect();

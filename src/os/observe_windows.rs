@@ -6,7 +6,7 @@
 use super::route_table::{NextHop, Route, RouteTable};
 use super::runner::Runner;
 use super::Command;
-use crate::types::InterfaceName;
+use crate::types::{InterfaceName, InvalidValue};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
@@ -80,7 +80,7 @@ struct NetRoute {
 /// "on-link": it is never a gateway. The interface is named by its alias here. The agent
 /// reads `route print -4` (no PowerShell start-up per sync); this reading, for diagnostics
 /// and hosts where `route.exe` is restricted, decides the uplink the same way.
-pub fn parse_get_netroute_json(text: &str) -> Result<RouteTable, String> {
+pub fn parse_get_netroute_json(text: &str) -> Result<RouteTable, InvalidValue> {
     let value: serde_json::Value =
         serde_json::from_str(text.trim()).map_err(|e| format!("Get-NetRoute JSON: {e}"))?;
     let items = match value {
@@ -162,21 +162,21 @@ pub const CONFIG_DIR_SDDL: &str = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)
 /// owned by SYSTEM or Administrators, DACL protected, and every ACE an allow for SYSTEM or
 /// Administrators. Anything else could have been created or loosened by a user beforehand,
 /// so it is refused with what is wrong, never repaired silently.
-pub fn check_config_dir_sddl(sddl: &str) -> Result<(), String> {
+pub fn check_config_dir_sddl(sddl: &str) -> Result<(), InvalidValue> {
     let sddl = sddl.trim();
     let owner = sddl
         .strip_prefix("O:")
         .map(|rest| rest.split(['G', 'D']).next().unwrap_or(""))
         .unwrap_or("");
     if owner != "BA" && owner != "SY" && owner != "S-1-5-32-544" && owner != "S-1-5-18" {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "is owned by {}, not by Administrators or SYSTEM",
             if owner.is_empty() {
                 "nobody known"
             } else {
                 owner
             }
-        ));
+        )));
     }
     let Some(dacl_at) = sddl.find("D:") else {
         return Err("has no access control list (everyone may use it)".into());
@@ -199,10 +199,10 @@ pub fn check_config_dir_sddl(sddl: &str) -> Result<(), String> {
             Some("A") if trusted => {}
             Some("D") => {} // a deny entry only takes access away
             _ => {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                 "grants access to {} (entry `{ace}`); only SYSTEM and Administrators may have any",
                 trustee.unwrap_or("someone")
-            ))
+            )))
             }
         }
     }
@@ -219,20 +219,20 @@ const RESERVED: [&str; 22] = [
 /// Whether wireguard-windows accepts `name` as a tunnel name, beyond what every OS requires
 /// of an interface name (checked by [`InterfaceName`]): not a reserved device name (also
 /// before a dot: `nul.x`), and no leading or trailing `.`. Returns the reason otherwise.
-pub fn check_tunnel_name(name: &InterfaceName) -> Result<(), String> {
+pub fn check_tunnel_name(name: &InterfaceName) -> Result<(), InvalidValue> {
     let s = name.as_str();
     let stem = s.split('.').next().unwrap_or(s);
     if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "{s:?} cannot name a tunnel on Windows: {} is a reserved device name there \
              (CON, PRN, AUX, NUL, COM1-9, LPT1-9, even with an extension); pick another, e.g. wg0",
             stem.to_ascii_uppercase()
-        ));
+        )));
     }
     if s.starts_with('.') || s.ends_with('.') {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "{s:?} cannot name a tunnel on Windows: names may not start or end with '.'; pick another, e.g. wg0"
-        ));
+        )));
     }
     Ok(())
 }
@@ -241,7 +241,7 @@ pub fn check_tunnel_name(name: &InterfaceName) -> Result<(), String> {
 /// `ProgramData` environment variable (`C:\ProgramData` when unset, as on every default
 /// install). Only an absolute drive path made of plain characters is accepted, because the
 /// path reaches `wireguard.exe`'s command line and the service's configuration.
-pub fn config_dir_from(program_data: Option<&str>) -> Result<String, String> {
+pub fn config_dir_from(program_data: Option<&str>) -> Result<String, InvalidValue> {
     let base = program_data
         .unwrap_or(r"C:\ProgramData")
         .trim_end_matches('\\');
@@ -251,9 +251,9 @@ pub fn config_dir_from(program_data: Option<&str>) -> Result<String, String> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b" :\\._-()".contains(&b));
     if !absolute || !plain || base.split('\\').any(|p| p == "..") {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "%ProgramData% is {base:?}: expected an absolute path such as C:\\ProgramData"
-        ));
+        )));
     }
     Ok(format!(r"{base}\wgmesh"))
 }
@@ -275,7 +275,7 @@ pub fn wait_service_gone(
     name: &InterfaceName,
     timeout: Duration,
     pause: Duration,
-) -> Result<(), String> {
+) -> Result<(), InvalidValue> {
     let start = Instant::now();
     loop {
         let state = match reader.run(&service_query_command(name)) {
@@ -285,13 +285,13 @@ pub fn wait_service_gone(
         match state {
             ServiceState::Gone => return Ok(()),
             ServiceState::Present(state) if start.elapsed() >= timeout => {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                     "the old tunnel service {} is still {state} after {} s, so the new one \
                      cannot be installed; check `sc.exe query {}` and try again",
                     service_name(name),
                     timeout.as_secs(),
                     service_name(name)
-                ))
+                )))
             }
             ServiceState::Present(_) => std::thread::sleep(pause),
         }
@@ -330,7 +330,7 @@ pub fn wait_tunnel_up(
     name: &InterfaceName,
     timeout: Duration,
     pause: Duration,
-) -> Result<(), String> {
+) -> Result<(), InvalidValue> {
     let start = Instant::now();
     let show = Command::new(super::wg_program(super::TargetOs::Windows)).args([
         "show",
@@ -341,11 +341,11 @@ pub fn wait_tunnel_up(
         match reader.run(&show) {
             Ok(_) => return Ok(()),
             Err(e) if start.elapsed() >= timeout => {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                     "the tunnel service {} started but its adapter {name} did not appear                      within {} s ({e}); see `wireguard.exe /dumplog` and try again",
                     service_name(name),
                     timeout.as_secs()
-                ))
+                )))
             }
             Err(_) => std::thread::sleep(pause),
         }
@@ -360,7 +360,7 @@ pub fn wait_tunnel_up(
 /// reparse point"): a user could make `%ProgramData%\wgmesh` a junction to an admin-only
 /// folder with the accepted ACL and re-point it later, and the SYSTEM service reloads the
 /// path at every start.
-pub fn check_config_dir_listing(out: &str) -> Result<(), String> {
+pub fn check_config_dir_listing(out: &str) -> Result<(), InvalidValue> {
     let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
     let attributes = lines.next().unwrap_or_default();
     let has = |name: &str| {
@@ -375,7 +375,9 @@ pub fn check_config_dir_listing(out: &str) -> Result<(), String> {
         );
     }
     if !has("Directory") {
-        return Err(format!("is not a plain folder (attributes: {attributes})"));
+        return Err(InvalidValue(format!(
+            "is not a plain folder (attributes: {attributes})"
+        )));
     }
     check_config_dir_sddl(&lines.collect::<Vec<_>>().join(""))
 }
@@ -387,16 +389,16 @@ pub fn check_config_dir(
     reader: &mut dyn Runner,
     command: &Command,
     dir: &str,
-) -> Result<(), String> {
+) -> Result<(), InvalidValue> {
     let out = reader
         .run(command)
         .map_err(|e| format!("cannot read the ACL of {dir}: {e}"))?;
     check_config_dir_listing(&out.stdout).map_err(|why| {
-        format!(
+        InvalidValue(format!(
             "refusing to write the tunnel's private key into {dir}: the folder {why}. \
              Delete it (wgmesh recreates it as a plain folder readable by SYSTEM and \
              Administrators only) or give it exactly that ACL with owner Administrators"
-        )
+        ))
     })
 }
 
@@ -525,13 +527,13 @@ mod tests {
         );
         assert_eq!(check_config_dir_sddl(CONFIG_DIR_SDDL), Ok(()));
         let inherited = check_config_dir_sddl(&fixture("sddl_inherited.txt")).unwrap_err();
-        assert!(inherited.contains("inherits"), "{inherited}");
+        assert!(inherited.0.contains("inherits"), "{inherited}");
         let user = check_config_dir_sddl(&fixture("sddl_user_owned.txt")).unwrap_err();
-        assert!(user.contains("owned by S-1-5-21-"), "{user}");
+        assert!(user.0.contains("owned by S-1-5-21-"), "{user}");
         let users_can_read =
             check_config_dir_sddl("O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FR;;;BU)")
                 .unwrap_err();
-        assert!(users_can_read.contains("BU"), "{users_can_read}");
+        assert!(users_can_read.0.contains("BU"), "{users_can_read}");
         assert!(check_config_dir_sddl("O:BAG:SY").is_err());
     }
 
@@ -549,11 +551,11 @@ mod tests {
             "Lpt9.conf",
         ] {
             let err = check_tunnel_name(&bad.parse().unwrap()).unwrap_err();
-            assert!(err.contains("reserved device name"), "{bad}: {err}");
+            assert!(err.0.contains("reserved device name"), "{bad}: {err}");
         }
         for bad in [".wg0", "wg0."] {
             let err = check_tunnel_name(&bad.parse().unwrap()).unwrap_err();
-            assert!(err.contains("start or end with '.'"), "{bad}: {err}");
+            assert!(err.0.contains("start or end with '.'"), "{bad}: {err}");
         }
         for good in ["wg0", "com10", "console", "lpt", "nulx", "wg.0", "mesh-1"] {
             assert_eq!(check_tunnel_name(&good.parse().unwrap()), Ok(()), "{good}");
@@ -589,7 +591,7 @@ mod tests {
             Scripted::Succeed(fixture("sc_query_stop_pending.txt")),
         );
         let err = wait_service_gone(&mut stuck, &name, Duration::ZERO, pause).unwrap_err();
-        assert!(err.contains("still STOP_PENDING"), "{err}");
+        assert!(err.0.contains("still STOP_PENDING"), "{err}");
     }
 
     #[test]
@@ -629,7 +631,7 @@ mod tests {
         never.expect_scripted("wg.exe show wg0 dump", missing());
         let err = wait_tunnel_up(&mut never, &name, Duration::ZERO, pause).unwrap_err();
         assert!(
-            err.contains("WireGuardTunnel$wg0") && err.contains("did not appear"),
+            err.0.contains("WireGuardTunnel$wg0") && err.0.contains("did not appear"),
             "{err}"
         );
     }
@@ -655,7 +657,7 @@ mod tests {
         check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap();
         let err = check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap_err();
         assert!(
-            err.contains("refusing") && err.contains("Delete it"),
+            err.0.contains("refusing") && err.0.contains("Delete it"),
             "{err}"
         );
         // A junction is refused although its target's ACL is exactly the accepted one.
@@ -663,7 +665,7 @@ mod tests {
         let target_sddl = junction.lines().nth(1).unwrap();
         assert_eq!(check_config_dir_sddl(target_sddl), Ok(()));
         let err = check_config_dir(&mut runner, &cmd, r"C:\ProgramData\wgmesh").unwrap_err();
-        assert!(err.contains("reparse point"), "{err}");
+        assert!(err.0.contains("reparse point"), "{err}");
         runner.assert_done();
         assert!(check_config_dir_listing("Archive\r\nO:BAG:SYD:PAI(A;OICI;FA;;;SY)").is_err());
     }

@@ -64,7 +64,7 @@ impl Sink<'_> {
                 &os::windows_config_dir(),
             ),
         }
-        .map_err(AgentError::Usage)
+        .map_err(|e| AgentError::Usage(e.0))
     }
 }
 

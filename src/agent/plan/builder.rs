@@ -57,7 +57,8 @@ pub(super) fn recorded(config: &ClientConfig, os: TargetOs) -> Option<&Applied> 
 /// rather than at `/installtunnelservice`.
 pub fn check_interface_name(os: TargetOs, config: &ClientConfig) -> Result<(), AgentError> {
     if os == TargetOs::Windows {
-        os::observe_windows::check_tunnel_name(&config.interface).map_err(AgentError::Usage)?;
+        os::observe_windows::check_tunnel_name(&config.interface)
+            .map_err(|e| AgentError::Usage(e.0))?;
     }
     Ok(())
 }
