@@ -23,6 +23,7 @@ bench:
     cargo bench --bench replicas
     cargo bench --bench relay
     cargo bench --bench live_sync
+    cargo bench --bench console
 
 # Run the coordination server on its embedded JSON store (./peers.json by default here).
 run *ARGS:

@@ -402,6 +402,12 @@ impl Registry {
         self.peers.contains_key(key)
     }
 
+    /// Every record by reference, in no order, for readers that filter under the lock
+    /// (the console's peers page) instead of copying the registry.
+    pub fn iter(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.peers.values()
+    }
+
     /// Every record, in address order, for the admin view.
     pub fn records(&self) -> Vec<PeerRecord> {
         self.snapshot().peers

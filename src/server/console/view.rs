@@ -61,48 +61,52 @@ pub struct PeerRow {
     pub relayed: Option<bool>,
 }
 
-/// Builds the rows of every registered peer, in registration-independent hostname order.
-pub fn rows(
-    records: &[PeerRecord],
-    reports: &HashMap<PeerId, StoredReport>,
+/// The row of one registered peer, with its agent's latest report; `name_of` gives the
+/// hostname of a key (the exit node it uses).
+pub fn row_of(
+    r: &PeerRecord,
+    report: Option<&AgentReport>,
+    name_of: &dyn Fn(&PublicKey) -> Option<String>,
     mesh6: Ipv6Net,
-) -> Vec<PeerRow> {
-    let names: HashMap<PublicKey, &str> = records
-        .iter()
-        .map(|r| (r.public_key, r.hostname.as_str()))
-        .collect();
-    let mut rows: Vec<PeerRow> = records
-        .iter()
-        .map(|r| {
-            let report = reports.get(&r.id).map(|s| &s.report);
-            PeerRow {
-                id: r.id.clone(),
-                public_key: r.public_key,
-                hostname: r.hostname.to_string(),
-                dns_name: r.dns_name.as_ref().map(|n| format!("{n}.mesh")),
-                ipv4: r.virtual_ip,
-                ipv6: Some(crate::proto::mesh6::address(mesh6, r.virtual_ip)),
-                tags: r.tags.iter().map(|t| t.to_string()).collect(),
-                online: r.online,
-                last_heartbeat: r.last_heartbeat,
-                registered_at: r.registered_at,
-                endpoint: r.published_endpoint().map(|e| e.to_string()),
-                os: r.os.to_string(),
-                exit_offered: r.exit_node,
-                exit_used: report.and_then(|rep| {
-                    rep.exit_node.map(|k| {
-                        names
-                            .get(&k)
-                            .map_or_else(|| k.to_string(), |n| (*n).to_owned())
-                    })
-                }),
-                version: report.map(|rep| rep.version.clone()),
-                relayed: report.map(|rep| rep.paths.iter().any(|p| p.path == ReportedPath::Relay)),
-            }
+) -> PeerRow {
+    PeerRow {
+        id: r.id.clone(),
+        public_key: r.public_key,
+        hostname: r.hostname.to_string(),
+        dns_name: r.dns_name.as_ref().map(|n| format!("{n}.mesh")),
+        ipv4: r.virtual_ip,
+        ipv6: Some(crate::proto::mesh6::address(mesh6, r.virtual_ip)),
+        tags: r.tags.iter().map(|t| t.to_string()).collect(),
+        online: r.online,
+        last_heartbeat: r.last_heartbeat,
+        registered_at: r.registered_at,
+        endpoint: r.published_endpoint().map(|e| e.to_string()),
+        os: r.os.to_string(),
+        exit_offered: r.exit_node,
+        exit_used: report.and_then(|rep| {
+            rep.exit_node
+                .map(|k| name_of(&k).unwrap_or_else(|| k.to_string()))
+        }),
+        version: report.map(|rep| rep.version.clone()),
+        relayed: report.map(relayed),
+    }
+}
+
+/// Whether a report shows any peer reached through a relay.
+fn relayed(report: &AgentReport) -> bool {
+    report.paths.iter().any(|p| p.path == ReportedPath::Relay)
+}
+
+/// Whether `needle` (lowercase ASCII) occurs in `hay`, ignoring ASCII case, without
+/// allocating: the search runs over every peer.
+fn contains_folded(hay: &str, needle: &str) -> bool {
+    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    needle.is_empty()
+        || hay.windows(needle.len()).any(|w| {
+            w.iter()
+                .zip(needle)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
         })
-        .collect();
-    rows.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.ipv4.cmp(&b.ipv4)));
-    rows
 }
 
 /// How the peers page is sorted.
@@ -178,31 +182,43 @@ impl PeerFilter {
         }
     }
 
-    /// Whether `row` passes every filter.
-    pub fn keeps(&self, row: &PeerRow) -> bool {
-        if self.online.is_some_and(|want| want != row.online)
-            || self.exit.is_some_and(|want| want != row.exit_offered)
-            || (self.relayed && row.relayed != Some(true))
+    /// Whether peer `r` (with its agent's report) passes every filter. `q` is the search
+    /// text lowercased; `buf` is scratch space for formatting addresses.
+    fn keeps(
+        &self,
+        r: &PeerRecord,
+        report: Option<&AgentReport>,
+        q: &str,
+        buf: &mut String,
+    ) -> bool {
+        if self.online.is_some_and(|want| want != r.online)
+            || self.exit.is_some_and(|want| want != r.exit_node)
+            || (self.relayed && !report.is_some_and(relayed))
         {
             return false;
         }
         if let Some(tag) = &self.tag {
-            if !row.tags.iter().any(|t| t == tag) {
+            if !r.tags.iter().any(|t| t.as_str() == tag) {
                 return false;
             }
         }
-        if self.q.is_empty() {
+        if q.is_empty() {
             return true;
         }
-        let q = self.q.to_lowercase();
-        let hit = |s: &str| s.to_lowercase().contains(&q);
-        hit(&row.hostname)
-            || row.dns_name.as_deref().is_some_and(hit)
-            || hit(&row.ipv4.to_string())
-            || row.ipv6.is_some_and(|a| hit(&a.to_string()))
-            || row.tags.iter().any(|t| hit(t))
-            || row.endpoint.as_deref().is_some_and(hit)
-            || hit(row.id.as_str())
+        use std::fmt::Write as _;
+        let mut formatted = |value: &dyn std::fmt::Display| {
+            buf.clear();
+            let _ = write!(buf, "{value}");
+            contains_folded(buf, q)
+        };
+        contains_folded(r.hostname.as_str(), q)
+            || r.dns_name
+                .as_ref()
+                .is_some_and(|n| contains_folded(n.as_str(), q))
+            || r.tags.iter().any(|t| contains_folded(t.as_str(), q))
+            || contains_folded(r.id.as_str(), q)
+            || formatted(&r.virtual_ip)
+            || r.published_endpoint().is_some_and(|e| formatted(&e))
     }
 
     /// The query string for this filter on another page or order (for links).
@@ -245,15 +261,38 @@ pub struct PeerPage {
     pub pages: usize,
 }
 
-/// Filters, sorts and cuts one page out of `rows` (sorted by hostname, as [`rows`] gives).
-pub fn select(rows: Vec<PeerRow>, filter: &PeerFilter) -> PeerPage {
-    let total = rows.len();
-    let mut kept: Vec<PeerRow> = rows.into_iter().filter(|r| filter.keeps(r)).collect();
+/// Filters, sorts and cuts one page out of `records` (every registered peer, any order),
+/// building rows only for the page: the work per request is one pass over references
+/// and one sort of the matches, whatever the registry's size.
+pub fn select<'a>(
+    records: impl Iterator<Item = &'a PeerRecord>,
+    reports: &HashMap<PeerId, StoredReport>,
+    name_of: &dyn Fn(&PublicKey) -> Option<String>,
+    mesh6: Ipv6Net,
+    filter: &PeerFilter,
+) -> PeerPage {
+    let q = filter.q.to_ascii_lowercase();
+    let mut buf = String::new();
+    let mut total = 0;
+    let report = |r: &PeerRecord| reports.get(&r.id).map(|s| &s.report);
+    let mut kept: Vec<&PeerRecord> = records
+        .inspect(|_| total += 1)
+        .filter(|r| filter.keeps(r, report(r), &q, &mut buf))
+        .collect();
+    let by_name = |a: &&PeerRecord, b: &&PeerRecord| {
+        a.hostname
+            .as_str()
+            .cmp(b.hostname.as_str())
+            .then(a.virtual_ip.cmp(&b.virtual_ip))
+    };
     match filter.sort {
-        SortKey::Hostname => {}
-        SortKey::Address => kept.sort_by_key(|r| r.ipv4),
-        SortKey::LastSeen => kept.sort_by_key(|r| std::cmp::Reverse(r.last_heartbeat)),
-        SortKey::Status => kept.sort_by_key(|r| !r.online),
+        SortKey::Hostname => kept.sort_unstable_by(by_name),
+        SortKey::Address => kept.sort_unstable_by_key(|r| r.virtual_ip),
+        SortKey::LastSeen => kept
+            .sort_unstable_by(|a, b| b.last_heartbeat.cmp(&a.last_heartbeat).then(by_name(a, b))),
+        SortKey::Status => {
+            kept.sort_unstable_by(|a, b| b.online.cmp(&a.online).then(by_name(a, b)))
+        }
     }
     let matching = kept.len();
     let pages = matching.div_ceil(PAGE_SIZE).max(1);
@@ -262,6 +301,7 @@ pub fn select(rows: Vec<PeerRow>, filter: &PeerFilter) -> PeerPage {
         .into_iter()
         .skip((page - 1) * PAGE_SIZE)
         .take(PAGE_SIZE)
+        .map(|r| row_of(r, report(r), name_of, mesh6))
         .collect();
     PeerPage {
         rows,
@@ -311,46 +351,72 @@ pub fn reachable_from(me: &PeerRecord, records: &[PeerRecord], policy: &Policy) 
 mod tests {
     use super::*;
 
-    fn row(name: &str, ip: u8, online: bool, tags: &[&str]) -> PeerRow {
+    fn record(name: &str, ip: u8, online: bool, tags: &[&str]) -> PeerRecord {
         let key = crate::keys::PrivateKey::generate().public_key();
-        PeerRow {
+        PeerRecord {
             id: PeerId::for_key(&key),
             public_key: key,
-            hostname: name.into(),
-            dns_name: Some(format!("{name}.mesh")),
-            ipv4: Ipv4Addr::new(10, 100, 0, ip),
-            ipv6: None,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            online,
-            last_heartbeat: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(ip as u64),
-            registered_at: SystemTime::UNIX_EPOCH,
+            virtual_ip: Ipv4Addr::new(10, 100, 0, ip),
             endpoint: None,
-            os: "linux".into(),
-            exit_offered: ip == 3,
-            exit_used: None,
-            version: None,
-            relayed: (ip == 2).then_some(true),
+            observed_ip: None,
+            listen_port: None,
+            hostname: name.parse().unwrap(),
+            os: "linux".parse().unwrap(),
+            allowed_ips: vec![],
+            exit_node: ip == 3,
+            registered_at: SystemTime::UNIX_EPOCH,
+            last_heartbeat: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(ip as u64),
+            online,
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+            dns_name: Some(name.parse().unwrap()),
+        }
+    }
+
+    fn relayed_report(r: &PeerRecord) -> StoredReport {
+        StoredReport {
+            at: SystemTime::UNIX_EPOCH,
+            report: AgentReport {
+                peer_id: r.id.clone(),
+                version: "0.1.0".into(),
+                exit_node: None,
+                paths: vec![crate::proto::report::PeerPath {
+                    public_key: r.public_key,
+                    path: ReportedPath::Relay,
+                    handshake_age_secs: Some(1),
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                }],
+            },
         }
     }
 
     fn filter(q: &str) -> PeerFilter {
-        let fields = fields_of(q);
-        PeerFilter::parse(&fields)
+        PeerFilter::parse(&fields_of(q))
     }
 
     fn fields_of(q: &str) -> HashMap<String, String> {
         crate::server::console::form::fields(q.as_bytes())
     }
 
+    fn mesh6() -> Ipv6Net {
+        "fd00::/96".parse().unwrap()
+    }
+
+    fn page(records: &[PeerRecord], reports: &HashMap<PeerId, StoredReport>, q: &str) -> PeerPage {
+        select(records.iter(), reports, &|_| None, mesh6(), &filter(q))
+    }
+
     #[test]
     fn filters_combine_and_search_matches_names_addresses_and_tags() {
-        let rows = vec![
-            row("alpha", 1, true, &["tag:dev"]),
-            row("beta", 2, false, &["tag:ops"]),
-            row("gamma", 3, true, &["tag:dev", "tag:ops"]),
+        let records = vec![
+            record("alpha", 1, true, &["tag:dev"]),
+            record("beta", 2, false, &["tag:ops"]),
+            record("gamma", 3, true, &["tag:dev", "tag:ops"]),
         ];
+        let reports: HashMap<PeerId, StoredReport> =
+            std::iter::once((records[1].id.clone(), relayed_report(&records[1]))).collect();
         let names = |f: &str| -> Vec<String> {
-            select(rows.clone(), &filter(f))
+            page(&records, &reports, f)
                 .rows
                 .into_iter()
                 .map(|r| r.hostname)
@@ -366,21 +432,24 @@ mod tests {
         assert_eq!(names("q=GAM"), ["gamma"]);
         assert_eq!(names("q=dev&online=yes&sort=last_seen"), ["gamma", "alpha"]);
         assert_eq!(names("sort=status"), ["alpha", "gamma", "beta"]);
+        assert_eq!(page(&records, &reports, "online=no").total, 3);
     }
 
     #[test]
     fn pages_hold_page_size_rows_and_clamp_to_the_last() {
-        let rows: Vec<PeerRow> = (0..(PAGE_SIZE * 2 + 3))
-            .map(|i| row(&format!("h{i:04}"), (i % 250) as u8, true, &[]))
+        let records: Vec<PeerRecord> = (0..(PAGE_SIZE * 2 + 3))
+            .map(|i| record(&format!("h{i:04}"), (i % 250) as u8, true, &[]))
             .collect();
-        let first = select(rows.clone(), &filter(""));
+        let reports = HashMap::new();
+        let first = page(&records, &reports, "");
         assert_eq!(
             (first.rows.len(), first.pages, first.matching),
             (PAGE_SIZE, 3, 103)
         );
-        let last = select(rows.clone(), &filter("page=3"));
+        assert_eq!(first.rows[0].hostname, "h0000");
+        let last = page(&records, &reports, "page=3");
         assert_eq!(last.rows.len(), 3);
-        assert_eq!(select(rows, &filter("page=99")).page, 3);
+        assert_eq!(page(&records, &reports, "page=99").page, 3);
     }
 
     #[test]
@@ -395,5 +464,12 @@ mod tests {
                 ..f
             }
         );
+    }
+
+    #[test]
+    fn search_ignores_ascii_case_without_allocating() {
+        assert!(contains_folded("Host-42", "host-4"));
+        assert!(!contains_folded("host", "hostname"));
+        assert!(contains_folded("anything", ""));
     }
 }

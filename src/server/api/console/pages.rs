@@ -36,21 +36,23 @@ impl Visit<'_> {
 
     fn peers(&self) -> Response {
         let filter = PeerFilter::parse(&self.query());
-        let (records, version) = {
+        let mesh6 = self.mesh6();
+        let (page, tags, version) = {
             let registry = self.api.state.registry();
-            (registry.records(), registry.generation())
-        };
-        let mut tags: Vec<String> = records
-            .iter()
-            .flat_map(|r| r.tags.iter().map(|t| t.to_string()))
-            .collect();
-        tags.sort();
-        tags.dedup();
-        let rows = {
             let reports = super::lock(&self.api.reports);
-            view::rows(&records, &reports, self.mesh6())
+            let name_of = |key: &PublicKey| {
+                registry
+                    .by_id(&crate::types::PeerId::for_key(key))
+                    .map(|r| r.hostname.to_string())
+            };
+            let page = view::select(registry.iter(), &reports, &name_of, mesh6, &filter);
+            let tags: std::collections::BTreeSet<&str> = registry
+                .iter()
+                .flat_map(|r| r.tags.iter().map(|t| t.as_str()))
+                .collect();
+            let tags: Vec<String> = tags.into_iter().map(str::to_owned).collect();
+            (page, tags, registry.generation())
         };
-        let page = view::select(rows, &filter);
         html(
             200,
             render::peers::list(self.viewer(), &filter, &page, &tags, self.now, version),
@@ -79,9 +81,8 @@ impl Visit<'_> {
                 )
             })?;
         let reports = super::lock(&self.api.reports);
-        let row = view::rows(std::slice::from_ref(&record), &reports, self.mesh6())
-            .pop()
-            .expect("one record gives one row");
+        let report = reports.get(&record.id).map(|s| &s.report);
+        let row = view::row_of(&record, report, &|_| None, self.mesh6());
         Ok((record, row))
     }
 
