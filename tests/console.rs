@@ -369,11 +369,7 @@ fn up(lab: &mut Lab, node: &MeshNode, server: &str, token: &str) -> usize {
 
 /// The text of `host`'s row on the peers page, read in one go (live updates replace rows).
 fn row_text(b: &Browser, host: &str) -> String {
-    let script = format!(
-        "const r = document.querySelector('#live tr[data-host=\"{host}\"]'); \
-         return r ? r.innerText : '';"
-    );
-    b.run(&script).as_str().unwrap_or_default().to_owned()
+    b.text_now(&format!("#live tr[data-host=\"{host}\"]"))
 }
 
 #[test]
@@ -505,7 +501,7 @@ fn console_in_a_browser_follows_a_live_mesh() {
     b.run("window.confirm = () => true; return null;");
     b.click("table.tokens button.danger");
     b.wait_until(Duration::from_secs(10), "a token revoked", |b| {
-        b.text("table.tokens tbody").contains("revoked")
+        b.text_now("table.tokens tbody").contains("revoked")
     });
     let _ = first;
 
@@ -579,8 +575,102 @@ fn console_in_a_browser_follows_a_live_mesh() {
         b.url().ends_with("/console/peers"),
         "the real session still works"
     );
+    // A hostile agent report renders as text. c0 stops first, so its own reports stop too.
+    lab.signal(agents[0], "TERM");
+    b.wait_until(Duration::from_secs(15), "c0 offline on the page", |b| {
+        row_text(b, "c0").contains("offline")
+    });
+    // At most 64 characters: the server's limit on a report's version.
+    let hostile = "<img src=x onerror=window.wgmeshOwned=1><b>b</b>";
+    post_report(&base, &nodes[0].config, hostile);
+    b.goto(&format!("{base}/console/peers"));
+    b.click("#live tr[data-host=\"c0\"] a.host");
+    b.wait_until(Duration::from_secs(10), "c0's page", |b| {
+        b.url().contains("/console/peers/peer-")
+    });
+    assert!(
+        b.text("dl.facts").contains(hostile),
+        "{}",
+        b.text("dl.facts")
+    );
+    assert_eq!(
+        b.count("main img"),
+        0,
+        "markup from a report became an element"
+    );
+    assert_eq!(b.run("return window.wgmeshOwned === undefined;"), true);
+
+    // The auditor: no buttons, and a post with the page's own CSRF token is refused.
+    b.click("header form button[type=submit]");
+    b.wait_until(Duration::from_secs(10), "logged out", |b| {
+        b.url().ends_with("/console/login")
+    });
+    let auditor = std::fs::read_to_string(lab.dir.path().join("auditor.secret")).unwrap();
+    b.fill("#secret", auditor.trim());
+    b.click("button[type=submit]");
+    b.wait_until(Duration::from_secs(10), "the auditor's peers page", |b| {
+        b.url().ends_with("/console/peers")
+    });
+    b.goto(&format!("{base}/console/tokens"));
+    assert_eq!(
+        b.count("form.create"),
+        0,
+        "the auditor is offered token creation"
+    );
+    assert_eq!(
+        b.count("table.tokens button"),
+        0,
+        "the auditor is offered revocation"
+    );
+    let before = count_tokens();
+    let status = b.run_async(
+        "const done = arguments[0];
+         const csrf = document.querySelector('input[name=csrf]').value;
+         fetch('/console/tokens', {method: 'POST', credentials: 'same-origin',
+           body: new URLSearchParams({csrf, tags: 'tag:evil', uses: '1'})})
+           .then(r => done(r.status), e => done(String(e)));",
+    );
+    assert_eq!(status, 403, "the auditor's post was not refused");
+    assert_eq!(before, count_tokens());
+    b.goto(&format!("{base}/console/peers"));
+    b.screenshot(&shots.join("auditor.png"));
     drop(b);
     let _ = agents;
+}
+
+/// Posts a signed `POST /report` for the node whose config is at `config`, with `version`.
+fn post_report(base: &str, config: &str, version: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let private =
+        wgmesh::keys::PrivateKey::from_base64(config["private_key"].as_str().unwrap()).unwrap();
+    let peer_id = config["assignment"]["peer_id"].as_str().unwrap();
+    let agent = common::agent();
+    let key: serde_json::Value = agent
+        .get(format!("{base}/key"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let server_key =
+        wgmesh::keys::PublicKey::from_base64(key["server_public_key"].as_str().unwrap()).unwrap();
+    let body = serde_json::json!({"peer_id": peer_id, "version": version, "paths": []}).to_string();
+    let mut req = agent
+        .post(format!("{base}/report"))
+        .header("Content-Type", "application/json");
+    for (name, value) in wgmesh::proto::auth::sign_request(
+        &private,
+        &server_key,
+        "POST",
+        "/report",
+        body.as_bytes(),
+        std::time::SystemTime::now(),
+    ) {
+        req = req.header(name, value);
+    }
+    let answer = req.send(body.as_str()).unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
 }
 
 /// Serves `html` once at `bind` (port 0: any), for a page from another origin; returns its

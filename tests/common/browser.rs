@@ -181,6 +181,23 @@ impl Browser {
             .to_owned()
     }
 
+    /// The visible text of the first element matching `css`, or "" when there is none yet
+    /// (read in one go, so a page being replaced cannot fail it halfway).
+    pub fn text_now(&self, css: &str) -> String {
+        let script = format!(
+            "const e = document.querySelector({}); return e ? e.innerText : '';",
+            serde_json::Value::from(css)
+        );
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+    }
+
     /// Runs `script` in the page (its `return` value comes back).
     pub fn run(&self, script: &str) -> Value {
         self.must(
