@@ -49,3 +49,52 @@ fn help_exits_0_on_stdout() {
         assert!(text.contains("Usage: wgmesh"), "{args:?}: {text}");
     }
 }
+
+#[test]
+fn version_prints_the_version_on_stdout_and_exits_0() {
+    for args in [&["--version"][..], &["-V"], &["version"]] {
+        let out = wgmesh(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("wgmesh {}\n", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn short_h_is_help_like_long_help() {
+    for (short, long) in [
+        (&["-h"][..], &["--help"][..]),
+        (&["up", "-h"], &["up", "--help"]),
+        (&["token", "create", "-h"], &["token", "create", "--help"]),
+    ] {
+        let (s, l) = (wgmesh(short), wgmesh(long));
+        assert_eq!(s.status.code(), Some(0), "{short:?}: {}", stderr(&s));
+        assert_eq!(s.stdout, l.stdout, "{short:?} differs from {long:?}");
+    }
+}
+
+#[test]
+fn a_mistyped_flag_or_subcommand_gets_the_nearest_real_one() {
+    for (args, want) in [
+        (
+            &["sync", "--sever", "http://x"][..],
+            "did you mean --server?",
+        ),
+        (&["up", "--dry-rn"], "did you mean --dry-run?"),
+        (&["synk"], "did you mean sync?"),
+        (&["token", "craete"], "did you mean create?"),
+        (&["token", "create", "--usess", "3"], "did you mean --uses?"),
+    ] {
+        let out = wgmesh(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+    // Nothing near: no made-up suggestion.
+    let out = wgmesh(&["sync", "--no-such-flag"]);
+    assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
+}
