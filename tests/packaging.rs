@@ -329,7 +329,7 @@ fn manual_exit_status_and_see_also_are_complete() {
         .collect();
     assert_eq!(
         exit,
-        ["0", "1", "2", "3", "4", "5", "6"],
+        ["0", "1", "2", "3", "4", "5", "6", "7"],
         "EXIT STATUS codes"
     );
     let see_also = section(&all, "SEE ALSO").join(" ");

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod host_routes;
+pub mod instance;
 pub mod known;
 pub mod netcheck;
 pub mod path;

@@ -62,7 +62,8 @@ pub struct TokenCreateArgs {
     #[argh(option, default = "default_server()")]
     /// coordination server (default http://127.0.0.1:8080)
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -77,7 +78,8 @@ pub struct TokenListArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -92,7 +94,8 @@ pub struct TokenRevokeArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -122,7 +125,8 @@ pub struct PeersListArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -137,7 +141,8 @@ pub struct PeersRemoveArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -164,13 +169,72 @@ pub struct PolicyReloadArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
 
 fn default_server() -> ServerUrl {
     "http://127.0.0.1:8080".parse().expect("literal")
+}
+
+/// Where the admin commands look for the server's `admin.secret` when no
+/// `--admin-secret-file` is given, in order: the server's default state folder for this user
+/// (`wgmesh server` without `--state` keeps it there), then `/var/lib/wgmesh`, the state
+/// folder of `etc/wgmesh-server.service` (readable by root).
+pub fn secret_candidates() -> Vec<PathBuf> {
+    vec![
+        crate::fsutil::config_dir().join("admin.secret"),
+        PathBuf::from(SERVICE_STATE_DIR).join("admin.secret"),
+    ]
+}
+
+/// The state folder `etc/wgmesh-server.service` gives the server.
+pub const SERVICE_STATE_DIR: &str = "/var/lib/wgmesh";
+
+/// Reads the admin secret from `flag`, else from the first of [`secret_candidates`] that
+/// exists. A missing or unreadable secret says every place tried and how to fix it.
+fn read_secret(flag: Option<PathBuf>) -> Result<String, Failure> {
+    let read = |path: &PathBuf| std::fs::read_to_string(path).map(|s| s.trim().to_owned());
+    if let Some(path) = flag {
+        return read(&path).map_err(|e| {
+            Failure::new(
+                EXIT_USAGE,
+                format!(
+                    "cannot read --admin-secret-file {} ({e}): give the admin.secret beside \
+                     the server's state file",
+                    path.display()
+                ),
+            )
+        });
+    }
+    let candidates = secret_candidates();
+    let mut denied = None;
+    for path in &candidates {
+        match read(path) {
+            Ok(secret) => return Ok(secret),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert(path.clone());
+            }
+            Err(_) => {}
+        }
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    let message = match denied {
+        Some(path) => format!(
+            "cannot read the admin secret {}: permission denied; run this as the server's \
+             user or root (sudo), or pass --admin-secret-file",
+            path.display()
+        ),
+        None => format!(
+            "no admin secret found (looked for {}): run this on the server's machine as the \
+             user that runs `wgmesh server`, or pass --admin-secret-file STATE_DIR/admin.secret \
+             (the folder of the server's --state)",
+            tried.join(" and ")
+        ),
+    };
+    Err(Failure::new(EXIT_USAGE, message))
 }
 
 /// One admin connection: the server and the secret read from its file.
@@ -183,20 +247,7 @@ struct Admin {
 impl Admin {
     fn new(server: ServerUrl, secret_file: Option<PathBuf>) -> Result<Admin, Failure> {
         init_logging(LogLevel(log::LevelFilter::Warn));
-        let path = secret_file.unwrap_or_else(|| crate::fsutil::config_dir().join("admin.secret"));
-        let secret = std::fs::read_to_string(&path)
-            .map_err(|e| {
-                Failure::new(
-                    EXIT_USAGE,
-                    format!(
-                        "cannot read the admin secret {} ({e}): pass --admin-secret-file, the \
-                         admin.secret beside the server's state file",
-                        path.display()
-                    ),
-                )
-            })?
-            .trim()
-            .to_owned();
+        let secret = read_secret(secret_file)?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(ADMIN_TIMEOUT))
             .http_status_as_error(false)

@@ -11,6 +11,7 @@
 //! | 4 | a system command (`wg`, `ip`, ...) failed |
 //! | 5 | local state could not be read or written (or a replica's database) |
 //! | 6 | a check failed (`netcheck`: the exit node does not carry this node's traffic) |
+//! | 7 | another agent is already running with this config (`up`, `sync`) |
 
 mod admin;
 mod agent;
@@ -36,11 +37,13 @@ pub const EXIT_COMMAND: u8 = 4;
 pub const EXIT_STATE: u8 = 5;
 /// A check found a problem (`netcheck`).
 pub const EXIT_CHECK: u8 = 6;
+/// Another agent already runs with this config (`up`, `sync`): not an error to retry.
+pub const EXIT_RUNNING: u8 = 7;
 
 /// wgmesh: a WireGuard mesh VPN. Every machine gets a stable private IP and a direct,
 /// encrypted path to every other machine. Exit codes: 0 ok, 1 internal error, 2 bad usage or
 /// config, 3 server unreachable or refusing, 4 a system command failed, 5 local state error,
-/// 6 a check failed. `wgmesh --version` prints the version.
+/// 6 a check failed, 7 already running. `wgmesh --version` prints the version.
 #[derive(FromArgs, Debug)]
 pub struct Wgmesh {
     #[argh(subcommand)]

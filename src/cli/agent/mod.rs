@@ -1,8 +1,8 @@
 //! The client subcommands: `up`, `sync`, `down`, `status`, `export`, `genkey`, `pubkey`.
 
 use super::{
-    init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_SERVER, EXIT_STATE,
-    EXIT_USAGE,
+    init_logging, Failure, LogLevel, EXIT_COMMAND, EXIT_INTERNAL, EXIT_RUNNING, EXIT_SERVER,
+    EXIT_STATE, EXIT_USAGE,
 };
 use crate::agent::client::ServerUrl;
 use crate::agent::config::{self, ConfigError, ExitFallback};
@@ -10,6 +10,7 @@ use crate::agent::daemon::{self, Intervals};
 use crate::agent::dns::{DnsOptions, MeshDns};
 use crate::agent::engine::{self, Sink};
 use crate::agent::error::AgentError;
+use crate::agent::instance::{self, InstanceLock, LockError};
 use crate::agent::path::PathSettings;
 use crate::agent::setup::{self, Overrides};
 use crate::keys::PublicKey;
@@ -112,8 +113,9 @@ macro_rules! overrides {
 }
 
 /// Bring this machine into the mesh and keep it there: register, create the WireGuard
-/// interface, then heartbeat and sync peers in the foreground until SIGINT/SIGTERM, which
-/// remove everything it set up.
+/// interface, then heartbeat and sync peers in the foreground until SIGINT/SIGTERM or
+/// `wgmesh down`, which remove everything it set up. One agent per config: a second `up` or
+/// `sync` exits 7 ("already running (pid N)").
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "up")]
 pub struct UpArgs {
@@ -288,9 +290,10 @@ pub struct SyncArgs {
     log_level: LogLevel,
 }
 
-/// Remove the interface, routes and anything else `up` or `sync` set up on this machine, after
-/// telling the server this node goes offline (so the others drop it at once). The
-/// registration (and so the address) is kept for the next `up`.
+/// Stop a running `up` for this config (SIGTERM, waiting up to 30 s), then remove the
+/// interface, routes and anything else `up` or `sync` set up on this machine, after telling
+/// the server this node goes offline (so the others drop it at once). The registration (and
+/// so the address) is kept for the next `up`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "down")]
 pub struct DownArgs {
@@ -327,6 +330,19 @@ fn path_settings(relay_after: u64, probe_interval: u64) -> Result<PathSettings, 
     })
 }
 
+/// How long `down` waits for a running `up` to finish its own teardown (the agent unit's
+/// TimeoutStopSec is 30 s too).
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the one-agent-per-config lock, or says who holds it ([`EXIT_RUNNING`]).
+fn lock(config: &Option<PathBuf>) -> Result<InstanceLock, Failure> {
+    let path = config.clone().unwrap_or_else(config::default_path);
+    instance::acquire(&path).map_err(|e| match e {
+        LockError::Running { .. } => Failure::new(EXIT_RUNNING, e.to_string()),
+        LockError::Io(_) => Failure::new(EXIT_STATE, e.to_string()),
+    })
+}
+
 fn stop_flag() -> Result<Arc<AtomicBool>, Failure> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -357,6 +373,11 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::os::dns::HOSTS_FILE)),
     });
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(lock(&args.config)?)
+    };
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -380,6 +401,11 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
 pub fn sync(args: SyncArgs) -> Result<(), Failure> {
     init_logging(args.log_level);
     let dry_run = args.dry_run;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(lock(&args.config)?)
+    };
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     let summary = if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -402,6 +428,17 @@ pub fn down(args: DownArgs) -> Result<(), Failure> {
     init_logging(args.log_level);
     let path = args.config.unwrap_or_else(config::default_path);
     setup::target_os(None).map_err(agent_failure)?;
+    if !args.dry_run {
+        // A running `up` would re-create at once what this removes: stop it first; its
+        // own teardown tells the server and removes what it set up.
+        match instance::stop_running(&path, STOP_WAIT) {
+            Ok(instance::Stopped::Stopped(pid)) => {
+                log::info!("stopped the running agent (pid {pid})")
+            }
+            Ok(instance::Stopped::NoneRunning) => {}
+            Err(e) => return Err(Failure::new(EXIT_RUNNING, e.to_string())),
+        }
+    }
     if args.dry_run {
         let mut stdout = std::io::stdout().lock();
         engine::down(&path, args.os, &mut Sink::Print(&mut stdout))
