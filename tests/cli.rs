@@ -1,6 +1,9 @@
 //! The command line's exit codes for what argh catches before any subcommand runs: scripts
 //! must tell bad usage (2) from internal errors (1), and `--help` is success (0).
 
+mod common;
+
+use common::{ServerProcess, TempDir};
 use std::process::{Command, Output};
 
 fn wgmesh(args: &[&str]) -> Output {
@@ -97,4 +100,46 @@ fn a_mistyped_flag_or_subcommand_gets_the_nearest_real_one() {
     // Nothing near: no made-up suggestion.
     let out = wgmesh(&["sync", "--no-such-flag"]);
     assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
+}
+
+/// `wgmesh sync --dry-run` to `server` with a fresh config in `dir`.
+fn sync_to(dir: &TempDir, server: &str) -> Output {
+    let config = dir.path().join("c.json").display().to_string();
+    wgmesh(&[
+        "sync",
+        "--dry-run",
+        "--os",
+        "linux",
+        "--server",
+        server,
+        "--config",
+        &config,
+    ])
+}
+
+#[test]
+fn server_trouble_names_the_url_tried_and_the_likely_fix() {
+    let dir = TempDir::new("cli-errors");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let https = format!("https://{}", server.addr);
+    for (url, says, not) in [
+        (https.as_str(), "does not speak TLS", "--ca"),
+        (
+            "http://no-such-host.invalid:8080",
+            "host name does not resolve",
+            "timeout",
+        ),
+        ("http://127.0.0.1:1", "connection refused", "--ca"),
+    ] {
+        let out = sync_to(&dir, url);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{url}: {err}");
+        assert!(
+            err.contains(&format!("{url}/")),
+            "{url}: the URL tried: {err}"
+        );
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(!err.contains(not), "{url}: misleading {not:?}: {err}");
+        assert!(out.stdout.is_empty(), "{url}");
+    }
 }

@@ -27,16 +27,14 @@ impl ApiClient {
         if let Some(signer) = pinned.as_ref() {
             return Ok(signer.clone());
         }
-        let mut resp = self.agent.get(self.url("/key")).call().map_err(transport);
+        let url = self.url("/key");
+        let mut resp = self.agent.get(&url).call().map_err(transport(&url));
         for other in self.servers.iter().filter(|s| *s != self.server()) {
             if resp.as_ref().is_ok_and(|r| r.status().is_success()) {
                 break;
             }
-            resp = self
-                .agent
-                .get(format!("{other}/key"))
-                .call()
-                .map_err(transport);
+            let url = format!("{other}/key");
+            resp = self.agent.get(&url).call().map_err(transport(&url));
         }
         let mut resp = resp?;
         if !resp.status().is_success() {
@@ -68,9 +66,8 @@ impl ApiClient {
         limit: u64,
     ) -> Result<Answer, ClientError> {
         let bytes = body.clone().unwrap_or_default();
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{base}{path}"));
+        let url = format!("{base}{path}");
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         if body.is_some() {
             builder = builder.header("Content-Type", "application/json");
         }
@@ -95,7 +92,7 @@ impl ApiClient {
         } else {
             self.agent.run(builder.body(()).map_err(built)?)
         }
-        .map_err(transport)?;
+        .map_err(transport(&url))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp

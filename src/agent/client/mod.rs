@@ -285,11 +285,8 @@ impl ApiClient {
         struct Replicas {
             replicas: Vec<String>,
         }
-        let mut resp = self
-            .agent
-            .get(self.url("/replicas"))
-            .call()
-            .map_err(transport)?;
+        let url = self.url("/replicas");
+        let mut resp = self.agent.get(&url).call().map_err(transport(&url))?;
         match resp.status().as_u16() {
             404 => Ok(Vec::new()),
             200..=299 => resp
