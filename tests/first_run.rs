@@ -144,3 +144,142 @@ fn a_second_up_or_sync_is_refused_with_the_pid_and_down_stops_the_running_up() {
         interface_exists(&lab, &node)
     });
 }
+
+/// `wgmesh ARGS` against the lab's server from its own namespace (admin commands).
+fn admin(lab: &Lab, server_ns: &str, args: &[&str]) -> Output {
+    let secret = lab.dir.path().join("admin.secret").display().to_string();
+    let url = server_url();
+    let mut full = vec![wgmesh_bin()];
+    full.extend_from_slice(args);
+    full.extend(["--server", &url, "--admin-secret-file", &secret]);
+    lab.exec(server_ns, &full)
+}
+
+/// Creates a one-use join token (retrying while the server starts).
+fn one_use_token(lab: &Lab, server_ns: &str) -> String {
+    let mut token = String::new();
+    lab.eventually(Duration::from_secs(20), "the server makes a token", || {
+        let out = admin(lab, server_ns, &["token", "create", "--uses", "1"]);
+        token = text(&out.stdout).trim().to_owned();
+        out.status.success()
+    });
+    token
+}
+
+/// (peers registered, uses left of the only token), as the operator sees them.
+fn registry(lab: &Lab, server_ns: &str) -> (usize, serde_json::Value) {
+    let peers: serde_json::Value =
+        serde_json::from_slice(&admin(lab, server_ns, &["peers", "list", "--json"]).stdout)
+            .unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&admin(lab, server_ns, &["token", "list", "--json"]).stdout)
+            .unwrap();
+    (
+        peers["peers"].as_array().unwrap().len(),
+        tokens["tokens"][0]["uses_left"].clone(),
+    )
+}
+
+#[test]
+fn up_without_root_or_tools_says_why_before_registering_and_unfixable_refusals_end_it() {
+    let (lab, server_ns) = lab_with_server("preflight", &[]);
+    let mut lab = lab;
+    let node = lab.mesh_node("a", "198.18.0.10/24");
+    let token = one_use_token(&lab, &server_ns);
+    let url = server_url();
+    // The binary where an unprivileged user may run it.
+    let bin = lab.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wgmesh = bin.join("wgmesh").display().to_string();
+    std::fs::copy(wgmesh_bin(), &wgmesh).unwrap();
+    let only_ip = lab.dir.path().join("only-ip");
+    std::fs::create_dir_all(&only_ip).unwrap();
+    std::os::unix::fs::symlink("/usr/sbin/ip", only_ip.join("ip"))
+        .or_else(|_| std::os::unix::fs::symlink("/sbin/ip", only_ip.join("ip")))
+        .unwrap();
+    for dir in [lab.dir.path(), bin.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let env_token = format!("WGMESH_TOKEN={token}");
+    let only_ip_path = format!("PATH={}", only_ip.display());
+    let up = |prefix: &[&str]| {
+        let mut args: Vec<&str> = prefix.to_vec();
+        args.extend([
+            "/usr/bin/timeout",
+            "20",
+            &wgmesh,
+            "up",
+            "--server",
+            &url,
+            "--config",
+            &node.config,
+            "--interface",
+            &node.iface,
+            "--hostname",
+            "node-a",
+        ]);
+        lab.exec(&node.ns, &args)
+    };
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "env",
+        "HOME=/nonexistent",
+        &env_token,
+    ];
+    let no_wg = ["/usr/bin/env", &env_token, &only_ip_path];
+    for (prefix, says) in [
+        (&nobody[..], "needs root or CAP_NET_ADMIN: run it with sudo"),
+        (
+            &no_wg[..],
+            "wg is not installed (not on PATH): install wireguard-tools",
+        ),
+    ] {
+        let out = up(prefix);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{says}: {err}");
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains("nothing was registered"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(out.stdout.is_empty());
+        assert!(!interface_exists(&lab, &node));
+        assert!(
+            !std::path::Path::new(&node.config).exists(),
+            "no config written"
+        );
+    }
+    assert_eq!(
+        registry(&lab, &server_ns),
+        (0, serde_json::json!(1)),
+        "nothing registered, no token use spent"
+    );
+
+    // As root without a token: the server says 401, which no retry can fix; up says so
+    // and ends (before, it retried every second for ever).
+    let out = lab.exec(
+        &node.ns,
+        &[
+            "timeout",
+            "20",
+            &wgmesh,
+            "up",
+            "--server",
+            &url,
+            "--config",
+            &node.config,
+            "--interface",
+            &node.iface,
+            "--hostname",
+            "node-a",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot join the mesh"), "{err}");
+    assert!(err.contains("(401)"), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert!(!interface_exists(&lab, &node));
+}

@@ -354,7 +354,7 @@ fn https_client_to_a_plain_http_server_fails_cleanly() {
         Duration::from_secs(10),
     );
     match client.register(&register_request(&PrivateKey::generate(), "mismatch")) {
-        Err(ClientError::Unreachable(message)) => assert!(message.contains("TLS"), "{message}"),
+        Err(ClientError::Misaddressed(message)) => assert!(message.contains("TLS"), "{message}"),
         other => panic!("expected a TLS failure, got {other:?}"),
     }
 }

@@ -101,7 +101,16 @@ impl Engine {
     /// Registers (idempotent) and stores the assignment.
     pub fn register(&mut self) -> Result<&Assignment, AgentError> {
         let request = self.register_request();
-        let answer = self.client.register(&request)?;
+        let first = self.config.assignment.is_none();
+        let answer = self.client.register(&request).map_err(|e| {
+            // Before the first registration nothing works; a refusal retrying cannot fix
+            // ends `up` (and `sync`) with the reason rather than looping on it.
+            if first && e.is_permanent() {
+                AgentError::Join(e)
+            } else {
+                AgentError::Server(e)
+            }
+        })?;
         let assignment = Assignment {
             peer_id: answer.peer_id,
             assigned_ip: answer.assigned_ip,

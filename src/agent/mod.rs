@@ -17,6 +17,7 @@ pub mod path;
 mod path_relays;
 pub mod peer_cache;
 pub mod plan;
+pub mod preflight;
 pub mod reconcile;
 pub mod relay_health;
 pub mod relay_probe;

@@ -9,7 +9,23 @@ use std::sync::Arc;
 /// likely fix: a server that does not speak TLS, an untrusted certificate, a name that does
 /// not resolve, no answer in time.
 pub(super) fn transport(url: &str) -> impl Fn(ureq::Error) -> ClientError + '_ {
-    move |e| ClientError::Unreachable(format!("{url}: {}", explain(&e)))
+    move |e| {
+        let why = format!("{url}: {}", explain(&e));
+        if misaddressed(&e) {
+            ClientError::Misaddressed(why)
+        } else {
+            ClientError::Unreachable(why)
+        }
+    }
+}
+
+/// A name that does not resolve, or a server that does not speak TLS.
+fn misaddressed(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::HostNotFound => true,
+        ureq::Error::Io(io) if io.to_string().contains("lookup address") => true,
+        _ => tls_failure(e).is_some_and(|t| t.contains("InvalidContentType")),
+    }
 }
 
 /// What went wrong in words a user can act on.

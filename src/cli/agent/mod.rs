@@ -36,7 +36,7 @@ fn agent_failure(e: AgentError) -> Failure {
         AgentError::Usage(_) => EXIT_USAGE,
         AgentError::Config(ConfigError::Invalid(..)) => EXIT_USAGE,
         AgentError::Config(ConfigError::Io(_)) => EXIT_STATE,
-        AgentError::Server(_) => EXIT_SERVER,
+        AgentError::Server(_) | AgentError::Join(_) => EXIT_SERVER,
         AgentError::Command(_) => EXIT_COMMAND,
     };
     Failure::new(code, e.to_string())
@@ -343,6 +343,17 @@ fn lock(config: &Option<PathBuf>) -> Result<InstanceLock, Failure> {
     })
 }
 
+/// Before a real `up` or `sync` registers (spending a token use): can this machine create
+/// the interface at all? Exit 2 with the one reason if not (restarting cannot fix it).
+fn preflight(os: Option<crate::os::TargetOs>) -> Result<(), Failure> {
+    let os = setup::target_os(os).map_err(agent_failure)?;
+    if Some(os) != crate::os::TargetOs::current() {
+        return Ok(());
+    }
+    let facts = crate::agent::preflight::Facts::observe(os);
+    crate::agent::preflight::check(os, &facts).map_err(|e| Failure::new(EXIT_USAGE, e.to_string()))
+}
+
 fn stop_flag() -> Result<Arc<AtomicBool>, Failure> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -376,6 +387,7 @@ pub fn up(args: UpArgs) -> Result<(), Failure> {
     let _lock = if dry_run {
         None
     } else {
+        preflight(args.os)?;
         Some(lock(&args.config)?)
     };
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
@@ -404,6 +416,7 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
     let _lock = if dry_run {
         None
     } else {
+        preflight(args.os)?;
         Some(lock(&args.config)?)
     };
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
