@@ -283,3 +283,74 @@ fn up_without_root_or_tools_says_why_before_registering_and_unfixable_refusals_e
     assert!(!err.contains("retrying"), "{err}");
     assert!(!interface_exists(&lab, &node));
 }
+
+/// Writes `node`'s config with `key`, so the test decides which of two nodes has the
+/// smaller public key (the one that initiates; the other defers its keepalive).
+fn write_config(node: &MeshNode, key: &wgmesh::keys::PrivateKey, hostname: &str) {
+    let config = serde_json::json!({
+        "version": 1,
+        "private_key": key.to_base64(),
+        "server": server_url(),
+        "interface": node.iface,
+        "listen_port": 51820,
+        "hostname": hostname,
+    });
+    std::fs::write(&node.config, config.to_string()).unwrap();
+}
+
+fn mesh_ip_of(node: &MeshNode) -> Option<String> {
+    let text = std::fs::read_to_string(&node.config).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(config["assignment"]["assigned_ip"].as_str()?.to_owned())
+}
+
+#[test]
+fn a_new_nodes_name_is_answered_within_a_second_of_the_peer_list() {
+    let (mut lab, _server_ns) = lab_with_server("names", &["--open"]);
+    let a = lab.mesh_node("a", "198.18.0.10/24");
+    let b = lab.mesh_node("b", "198.18.0.11/24");
+    // a gets the smaller key, so on learning of b it defers b's keepalive: the live-update
+    // pass that used to skip the resolver refresh until the next sync (60 s by default).
+    let mut keys = [
+        wgmesh::keys::PrivateKey::generate(),
+        wgmesh::keys::PrivateKey::generate(),
+    ];
+    keys.sort_by_key(|k| *k.public_key().as_bytes());
+    write_config(&a, &keys[0], "node-a");
+    write_config(&b, &keys[1], "node-b");
+    // Default intervals (sync every 60 s): names must follow the live list, not the sync.
+    let debug = ["--log-level", "debug"];
+    lab.spawn_up(&a, &server_url(), "node-a", &[], &debug, "a.log");
+    lab.eventually(Duration::from_secs(20), "a is up", || {
+        mesh_ip_of(&a).is_some() && interface_exists(&lab, &a)
+    });
+    let a_ip = mesh_ip_of(&a).unwrap();
+    lab.spawn_up(&b, &server_url(), "node-b", &[], &debug, "b.log");
+    let listed = || {
+        let out = agent(&lab, &a, &["status", "--json"]);
+        text(&out.stdout).contains("\"node-b\"")
+    };
+    lab.eventually(Duration::from_secs(30), "a's list has node-b", listed);
+    let seen = std::time::Instant::now();
+    let server = format!("@{a_ip}");
+    lab.eventually(
+        Duration::from_secs(5),
+        "a answers node-b.mesh (within a second or so of its list; it was up to 60 s)",
+        || {
+            let out = lab.exec(
+                &a.ns,
+                &[
+                    "dig",
+                    &server,
+                    "node-b.mesh",
+                    "A",
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                ],
+            );
+            !text(&out.stdout).trim().is_empty()
+        },
+    );
+    eprintln!("node-b.mesh answered {:?} after the list", seen.elapsed());
+}

@@ -336,13 +336,15 @@ pub fn run(
                         let hold = holding(deferred_at, now);
                         match engine.reconcile_live(&peers, hold, &mut Sink::Run(&mut *runner)) {
                             Ok(summary) => {
+                                // Names follow the list at once, also when this pass
+                                // deferred keepalives (it used to wait for the next sync).
+                                refresh_dns(dns.as_deref_mut(), engine, &mut *runner);
                                 if summary.keepalive_deferred && followup.is_none() {
                                     followup = Some(now + FOLLOW_UP);
                                     deferred_at.get_or_insert(now);
                                     break;
                                 }
                                 log::debug!("live update: {} peers", summary.peers);
-                                refresh_dns(dns.as_deref_mut(), engine, &mut *runner);
                             }
                             Err(e) if retryable(&e) => {
                                 log::warn!(

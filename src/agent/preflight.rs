@@ -6,6 +6,7 @@ use crate::os::TargetOs;
 use std::fmt;
 use std::path::Path;
 
+#[cfg_attr(not(unix), allow(dead_code))]
 /// `CAP_NET_ADMIN`'s bit in the capability sets of `/proc/self/status`.
 const CAP_NET_ADMIN: u32 = 12;
 
@@ -135,6 +136,7 @@ fn may_configure_network() -> bool {
     true
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 /// Whether a `/proc/PID/status` text shows CAP_NET_ADMIN in `CapEff`.
 fn has_net_admin(status: &str) -> bool {
     status
