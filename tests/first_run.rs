@@ -354,3 +354,69 @@ fn a_new_nodes_name_is_answered_within_a_second_of_the_peer_list() {
     );
     eprintln!("node-b.mesh answered {:?} after the list", seen.elapsed());
 }
+
+/// `/etc/netns/NS/hosts`, which `ip netns exec NS` bind-mounts over `/etc/hosts`; the folder
+/// is removed on drop.
+struct NetnsHosts(std::path::PathBuf);
+
+impl NetnsHosts {
+    fn new(ns: &str, contents: &str) -> NetnsHosts {
+        let dir = std::path::PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), contents).unwrap();
+        NetnsHosts(dir)
+    }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(self.0.join("hosts")).unwrap()
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+#[test]
+fn dns_hosts_keeps_names_in_a_bind_mounted_etc_hosts_and_restores_it() {
+    let (mut lab, _server_ns) = lab_with_server("bindhosts", &["--open"]);
+    let a = lab.mesh_node("a", "198.18.0.10/24");
+    let b = lab.mesh_node("b", "198.18.0.11/24");
+    let original = "127.0.0.1\tlocalhost\n198.18.0.1\tcoordinator\n";
+    let hosts = NetnsHosts::new(&a.ns, original);
+    // Under `ip netns exec`, /etc/hosts is a bind mount: rename(2) onto it fails (EBUSY).
+    let up_a = lab.spawn_up(
+        &a,
+        &server_url(),
+        "node-a",
+        &[],
+        &["--dns-hosts", "--sync-interval", "1"],
+        "a.log",
+    );
+    lab.spawn_up(&b, &server_url(), "node-b", &[], &FAST_AGENT, "b.log");
+    lab.eventually(
+        Duration::from_secs(30),
+        "a's /etc/hosts names node-b",
+        || hosts.read().contains("\tnode-b.mesh"),
+    );
+    let inside = lab.exec_ok(&a.ns, &["cat", "/etc/hosts"]);
+    assert!(inside.contains("\tnode-b.mesh"), "{inside}");
+    assert!(
+        inside.starts_with(original),
+        "the user's lines are kept: {inside}"
+    );
+    let log = lab.log("a.log");
+    assert!(!log.contains("busy"), "{log}");
+    assert_eq!(
+        log.matches("cannot be replaced atomically").count(),
+        1,
+        "said once: {log}"
+    );
+    // Stopping up removes the block: the file is as it was.
+    assert_eq!(lab.signal(up_a, "TERM"), Some(0));
+    assert_eq!(hosts.read(), original);
+}
