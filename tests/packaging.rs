@@ -618,9 +618,29 @@ fn agent_unit_runs_up_as_root_after_the_network_is_online() {
             && values(&unit, "Service", "DynamicUser").is_empty(),
         "the agent must run as root to create interfaces"
     );
+    let caps = value(&unit, "Service", "CapabilityBoundingSet");
     assert!(
-        value(&unit, "Service", "CapabilityBoundingSet").contains("CAP_NET_ADMIN"),
+        caps.contains("CAP_NET_ADMIN"),
         "the agent needs CAP_NET_ADMIN"
+    );
+    assert!(
+        caps.contains("CAP_NET_BIND_SERVICE"),
+        "the mesh resolver binds port 53: {caps}"
+    );
+    let no_restart = value(&unit, "Service", "RestartPreventExitStatus");
+    assert!(
+        no_restart.split_whitespace().eq(["2", "7"]),
+        "bad configuration and 'already running' are not restarted into: {no_restart}"
+    );
+}
+
+#[test]
+fn server_unit_comment_gives_the_real_max_connections_default() {
+    let source = unit_source("wgmesh-server.service");
+    let default = wgmesh::server::http::DEFAULT_MAX_CONNECTIONS;
+    assert!(
+        source.contains(&format!("--max-connections ({default} by default)")),
+        "wgmesh-server.service's comment on --max-connections"
     );
 }
 
@@ -734,6 +754,10 @@ fn env_example_sets_a_valid_server_and_only_shared_flags() {
     server
         .parse::<wgmesh::agent::client::ServerUrl>()
         .expect("the example server URL is valid");
+    assert!(
+        source.contains("WGMESH_TOKEN="),
+        "the example says where a first start's join token goes"
+    );
     // WGMESH_OPTS goes to both `up` and `sync`, so examples may only use flags both accept.
     let sync = flags_of("sync");
     for line in source.lines() {

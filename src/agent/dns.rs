@@ -203,10 +203,7 @@ impl MeshDns {
                 .collect();
             for (addr, e) in self.resolver.serve_on(&addrs) {
                 if self.warned.insert(addr) {
-                    log::warn!(
-                        "DNS: cannot answer on {addr} ({e}); is another DNS server bound to port \
-                         {DNS_PORT} on all addresses? Retrying at each sync (--dns off disables)"
-                    );
+                    log::warn!("DNS: cannot answer on {addr} ({e}); {}", bind_hint(&e));
                 }
             }
         }
@@ -315,9 +312,37 @@ pub fn annotate_export(config: &str, peers: &[PeerInfo]) -> String {
     out
 }
 
+/// The likely cause of a failed bind of the resolver's port, in words: a missing privilege
+/// is not another DNS server.
+fn bind_hint(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "port {DNS_PORT} needs root or CAP_NET_BIND_SERVICE (under systemd: add it to \
+             CapabilityBoundingSet=, as etc/wgmesh.service does). Retrying at each sync \
+             (--dns off disables)"
+        ),
+        std::io::ErrorKind::AddrInUse => format!(
+            "another DNS server is bound to port {DNS_PORT} on all addresses (dnsmasq, bind): \
+             make it bind only the addresses it serves. Retrying at each sync (--dns off \
+             disables)"
+        ),
+        _ => "retrying at each sync (--dns off disables)".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_bind_blames_the_missing_privilege_not_another_server() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let hint = bind_hint(&denied);
+        assert!(hint.contains("CAP_NET_BIND_SERVICE"), "{hint}");
+        assert!(!hint.contains("another DNS server"), "{hint}");
+        let busy = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(bind_hint(&busy).contains("another DNS server"));
+    }
 
     fn wg0() -> InterfaceName {
         "wg0".parse().unwrap()
