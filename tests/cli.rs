@@ -143,3 +143,59 @@ fn server_trouble_names_the_url_tried_and_the_likely_fix() {
         assert!(out.stdout.is_empty(), "{url}");
     }
 }
+
+/// A registered-looking config whose server is gone (export then uses its cached list).
+fn offline_config(dir: &TempDir) -> String {
+    let key = wgmesh::keys::PrivateKey::generate();
+    let server_key = wgmesh::keys::PrivateKey::generate().public_key();
+    let config = serde_json::json!({
+        "version": 1,
+        "private_key": key.to_base64(),
+        "server": "http://127.0.0.1:1",
+        "interface": "wg0",
+        "listen_port": 51820,
+        "assignment": {
+            "peer_id": wgmesh::types::PeerId::for_key(&key.public_key()).as_str(),
+            "assigned_ip": "10.100.0.2",
+            "network_cidr": "10.100.0.0/16",
+            "server_public_key": server_key.to_base64(),
+        },
+    });
+    let path = dir.path().join("client.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn export_output_writes_the_private_key_0600_and_a_readable_redirect_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cli-export");
+    let config = offline_config(&dir);
+    let file = dir.path().join("wg0.conf");
+    let file_arg = file.display().to_string();
+    let out = wgmesh(&["export", "--config", &config, "--output", &file_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "nothing on stdout with --output");
+    assert!(stderr(&out).contains(&format!("wrote {file_arg} (mode 0600)")));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("PrivateKey = "));
+
+    // `export > wg0.conf` with the usual umask: said on stderr, the file is still written.
+    let redirect = dir.path().join("redirect.conf");
+    let target = std::fs::File::create(&redirect).unwrap();
+    std::fs::set_permissions(&redirect, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+        .args(["export", "--config", &config])
+        .stdout(target)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("mode 0644"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--output FILE"), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&redirect)
+        .unwrap()
+        .contains("PrivateKey = "));
+}

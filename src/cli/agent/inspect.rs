@@ -3,7 +3,7 @@
 
 use super::{agent_failure, print_json, write_stdout};
 use crate::agent::{config, status};
-use crate::cli::{init_logging, Failure, LogLevel};
+use crate::cli::{init_logging, Failure, LogLevel, EXIT_STATE};
 use crate::os::runner::SystemRunner;
 use argh::FromArgs;
 use std::path::PathBuf;
@@ -22,7 +22,8 @@ pub struct StatusArgs {
     json: bool,
 }
 
-/// Print a wg-quick configuration for this node on stdout (use it with `wg-quick up`).
+/// Print a wg-quick configuration for this node on stdout, or write it to --output FILE
+/// (mode 0600: it holds the private key); use it with `wg-quick up`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export")]
 pub struct ExportArgs {
@@ -36,6 +37,10 @@ pub struct ExportArgs {
     /// put each peer's mesh name (NAME.mesh) and hostname in a comment above its [Peer]
     #[argh(switch)]
     names: bool,
+    /// write the configuration to this file, mode 0600 (replaced atomically), instead of
+    /// stdout
+    #[argh(option)]
+    output: Option<PathBuf>,
 }
 
 /// `wgmesh status`.
@@ -55,5 +60,31 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
     init_logging(LogLevel(log::LevelFilter::Warn));
     let path = args.config.unwrap_or_else(config::default_path);
     let text = status::export(&path, args.ca.as_deref(), args.names).map_err(agent_failure)?;
+    if let Some(output) = args.output {
+        crate::fsutil::write_atomic(&output, text.as_bytes(), 0o600)
+            .map_err(|e| Failure::new(EXIT_STATE, e.to_string()))?;
+        eprintln!("wrote {} (mode 0600)", output.display());
+        return Ok(());
+    }
+    if let Some(mode) = stdout_file_mode().filter(|m| m & 0o077 != 0) {
+        log::warn!(
+            "stdout is a file others may read (mode {mode:04o}) and this configuration holds \
+             the private key: chmod 600 it, or use --output FILE (written 0600) or umask 077"
+        );
+    }
     write_stdout(&text)
+}
+
+/// The permission bits of stdout when it is a regular file (a shell redirect).
+fn stdout_file_mode() -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::PermissionsExt;
+        let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+        let meta = std::fs::File::from(fd).metadata().ok()?;
+        meta.is_file().then(|| meta.permissions().mode() & 0o777)
+    }
+    #[cfg(not(unix))]
+    None
 }
