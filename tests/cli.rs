@@ -199,3 +199,45 @@ fn export_output_writes_the_private_key_0600_and_a_readable_redirect_is_warned_a
         .unwrap()
         .contains("PrivateKey = "));
 }
+
+#[test]
+fn admin_commands_say_where_they_looked_for_the_admin_secret() {
+    let dir = TempDir::new("cli-secret");
+    let out = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+        .args(["token", "list", "--server", "http://127.0.0.1:1"])
+        .env("HOME", dir.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let home_secret = dir.path().join(".config/wireguard-mesh/admin.secret");
+    assert!(err.contains(&home_secret.display().to_string()), "{err}");
+    assert!(err.contains("/var/lib/wgmesh/admin.secret"), "{err}");
+    assert!(err.contains("--admin-secret-file"), "{err}");
+
+    // The server's default state folder is where the admin commands look first.
+    let server = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+        .args(["server", "--listen", "127.0.0.1:0", "--udp-listen", "off"])
+        .env("HOME", dir.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _server = Guard(server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !home_secret.exists() {
+        assert!(std::time::Instant::now() < deadline, "no admin.secret made");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Kills the child on drop, even after a failed assertion.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

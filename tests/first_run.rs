@@ -420,3 +420,183 @@ fn dns_hosts_keeps_names_in_a_bind_mounted_etc_hosts_and_restores_it() {
     assert_eq!(lab.signal(up_a, "TERM"), Some(0));
     assert_eq!(hosts.read(), original);
 }
+
+// ---------------------------------------------------------------------------------------------
+// README's quick start, as written
+
+/// The ```sh blocks of README.md's "Quick start" section, in order.
+fn quick_start_blocks() -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Quick start"))
+        .expect("README has a Quick start section");
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in section.lines() {
+        match (line.trim_start().starts_with("```"), current.take()) {
+            (true, None) => current = Some(Vec::new()),
+            (true, Some(block)) => blocks.push(block),
+            (false, Some(mut block)) => {
+                block.push(line.to_owned());
+                current = Some(block);
+            }
+            (false, None) => {}
+        }
+    }
+    blocks
+}
+
+/// A README line without its trailing `# comment`.
+fn command_of(line: &str) -> String {
+    match line.find(" #") {
+        Some(i) => line[..i].trim().to_owned(),
+        None => line.trim().to_owned(),
+    }
+}
+
+#[test]
+fn readme_quick_start_works_as_written_on_a_fresh_machine() {
+    let blocks = quick_start_blocks();
+    let [install, server, node, cron] = &blocks[..] else {
+        panic!(
+            "the quick start's shape changed ({} blocks): update this test",
+            blocks.len()
+        );
+    };
+    let mut lab = Lab::new("quick");
+    // One fresh host: the server and the node are the same machine here, SERVER is
+    // 127.0.0.1, and the default interface wg0 is the namespace's own. A private /run/wireguard
+    // keeps wireguard-go's wg0 socket from meeting any other.
+    let ns = lab.bare("host");
+    let root = lab.dir.path().join("root");
+    let home = lab.dir.path().join("home");
+    for dir in [root.join("usr/local/bin"), home.clone()] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::create_dir_all("/run/wireguard").unwrap();
+
+    // Background processes keep what they inherit open: the script's own output goes to
+    // files, so nothing waits on a pipe the server or `up` holds.
+    let mut script = vec![
+        format!(
+            "exec >{0}/script.out 2>{0}/script.err",
+            lab.dir.path().display()
+        ),
+        "set -eu".to_owned(),
+        "mount -t tmpfs tmpfs /run/wireguard".to_owned(),
+        format!("export HOME={}", home.display()),
+        format!("export PATH={}/usr/local/bin:$PATH", root.display()),
+        format!("cd {}", lab.dir.path().display()),
+    ];
+    // The install line, as written, with the test's build standing in for the release
+    // build and a scratch root for /.
+    assert_eq!(install.len(), 1, "one install line: {install:?}");
+    let line = command_of(&install[0]);
+    let (build, copy) = line.split_once(" && ").expect("build && install");
+    assert_eq!(build, "cargo build --release --locked");
+    assert!(
+        copy.starts_with("sudo install -m 0755 target/release/wgmesh /usr/local/bin/"),
+        "installs where sudo and the units find it: {copy}"
+    );
+    script.push(
+        copy.trim_start_matches("sudo ")
+            .replace("target/release/wgmesh", wgmesh_bin())
+            .replace(
+                " /usr/local/bin/",
+                &format!(" {}/usr/local/bin/", root.display()),
+            ),
+    );
+    script.push("echo '== installed'; command -v wgmesh".to_owned());
+    let readme_line = |line: &str| {
+        command_of(line)
+            .replace("http://SERVER:", "http://127.0.0.1:")
+            .replace("wgm_...", "$TOKEN")
+    };
+    for line in server {
+        let command = readme_line(line);
+        if command.contains("token create") {
+            // The user copies the token it prints.
+            script.push(format!("TOKEN=$({command})"));
+            script.push("echo \"== token ${TOKEN%%_*}\"".to_owned());
+        } else {
+            let command = command
+                .strip_suffix('&')
+                .expect("the server runs in the background");
+            script.push(format!("{command} >server.log 2>&1 &"));
+            // A moment for the server to start (a person types the next line).
+            script.push("n=0; until wgmesh token list >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 100 ]; sleep 0.2; done".to_owned());
+        }
+    }
+    for line in node {
+        let command = readme_line(line);
+        script.push(format!("echo '== {}'", command.replace('\'', "")));
+        if let Some(command) = command.strip_suffix('&') {
+            script.push(format!("{command} >up.log 2>&1 &"));
+            script.push("n=0; until wgmesh status 2>/dev/null | grep -q wg0; do n=$((n+1)); [ $n -lt 100 ]; sleep 0.2; done".to_owned());
+        } else {
+            script.push(command);
+        }
+    }
+    script.push("echo '== after down'; ip link show dev wg0 2>&1 || true".to_owned());
+    for line in cron {
+        let command = readme_line(line);
+        script.push(format!("echo '== {command}'"));
+        script.push(command);
+    }
+    script.push("wgmesh down; echo '== done'".to_owned());
+    let script = script.join("\n");
+    let out = lab.exec(
+        &ns,
+        &[
+            "timeout",
+            "120",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let read = |name: &str| std::fs::read_to_string(lab.dir.path().join(name)).unwrap_or_default();
+    let (stdout, stderr) = (read("script.out"), read("script.err"));
+    let all = format!(
+        "--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}{}\n--- server\n{}\n--- up\n{}",
+        text(&out.stderr),
+        read("server.log"),
+        read("up.log")
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        stdout.contains("== token wgm"),
+        "token create printed a token: {all}"
+    );
+    // status shows this node's interface and address; export wrote the key 0600.
+    let status = stdout.split("== wgmesh status").nth(1).unwrap_or_default();
+    assert!(
+        status.contains("wg0") && status.contains("10.100.0."),
+        "{all}"
+    );
+    let exported = lab.dir.path().join("wg0.conf");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&exported).expect("export --output wrote wg0.conf");
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&exported)
+        .unwrap()
+        .contains("PrivateKey = "));
+    // down stopped up and removed wg0.
+    let after_down = stdout.split("== after down").nth(1).unwrap_or_default();
+    assert!(after_down.contains("does not exist"), "{all}");
+    // sync --json printed a summary on stdout.
+    let json = stdout
+        .split("--json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("== done").next())
+        .unwrap_or_default();
+    let summary: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("sync --json: {e}\n{all}"));
+    assert!(summary.is_object(), "{all}");
+}
