@@ -241,3 +241,20 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn status_as_a_normal_user_says_it_needs_root_not_to_run_up() {
+    let dir = TempDir::new("cli-status-user");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_wgmesh"))
+        .arg("status")
+        .env("HOME", dir.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("sudo wgmesh status"), "{err}");
+    assert!(!err.contains("run `wgmesh up` first"), "{err}");
+}

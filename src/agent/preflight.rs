@@ -120,13 +120,24 @@ fn on_path(program: &str) -> bool {
     })
 }
 
+/// Whether this process runs as root (always true off Unix, where the OS asks for an
+/// administrator itself).
+pub fn is_root() -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+    #[cfg(not(unix))]
+    true
+}
+
 /// Root, or CAP_NET_ADMIN in the effective set (Linux), e.g. under a systemd unit that
 /// grants it to a non-root user.
 fn may_configure_network() -> bool {
     #[cfg(unix)]
     {
-        // SAFETY: geteuid(2) has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if is_root() {
             return true;
         }
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 /// Show this node's address and interface, and per peer: hostname, mesh address, endpoint,
-/// whether it is online, latest handshake age and bytes received and sent.
+/// whether it is online, latest handshake age and bytes received and sent (raw byte counts
+/// in --json). Reading the interface needs root, like `up`. When it says nothing sends .mesh
+/// here ("manual" in --json: no systemd-resolved, no --dns-hosts): ask the resolver directly
+/// (dig @MESH_IP NAME.mesh), point a forwarder at it (dnsmasq: server=/mesh/MESH_IP), or
+/// run `wgmesh up --dns-hosts` to keep the names in /etc/hosts.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "status")]
 pub struct StatusArgs {
