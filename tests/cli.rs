@@ -258,3 +258,72 @@ fn status_as_a_normal_user_says_it_needs_root_not_to_run_up() {
     assert!(err.contains("sudo wgmesh status"), "{err}");
     assert!(!err.contains("run `wgmesh up` first"), "{err}");
 }
+
+/// `wgmesh ARGS --server URL --admin-secret-file SECRET` against `server`.
+fn admin_cli(server: &ServerProcess, args: &[&str]) -> Output {
+    let url = format!("http://{}", server.addr);
+    let secret = server.dir().join("admin.secret").display().to_string();
+    let mut full = args.to_vec();
+    full.extend(["--server", &url, "--admin-secret-file", &secret]);
+    wgmesh(&full)
+}
+
+#[test]
+fn operator_tables_read_well_and_peers_remove_takes_a_hostname() {
+    let dir = TempDir::new("cli-admin");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let out = admin_cli(&server, &["token", "create", "--expires", "7d"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // EXPIRES to the second, inside its column (the server sends nanoseconds).
+    let out = admin_cli(&server, &["token", "list"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = listing.lines().nth(1).unwrap();
+    let expires = row.split_whitespace().nth(3).unwrap();
+    assert_eq!(expires.len(), "2026-12-13T05:48:24Z".len(), "{listing}");
+    assert!(
+        expires.ends_with('Z') && !expires.contains('.'),
+        "{listing}"
+    );
+    let header = listing.lines().next().unwrap();
+    // The (untagged: "-") TAGS cell sits under its heading.
+    assert_eq!(
+        header.find("TAGS"),
+        Some(row.trim_end().len() - 1),
+        "{listing}"
+    );
+
+    for host in ["web-1", "db-1"] {
+        let reg = common::register(&server, &common::new_key(), host);
+        assert_eq!(reg.status, 200, "{}", reg.json);
+    }
+    let out = admin_cli(&server, &["peers", "list"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listing.lines().next().unwrap().contains("LAST SEEN"),
+        "{listing}"
+    );
+    let web = listing.lines().find(|l| l.contains("web-1")).unwrap();
+    assert!(web.contains("s ago"), "{listing}");
+
+    // By hostname, as --use-exit-node takes it; the answer says which peer went.
+    let out = admin_cli(&server, &["peers", "remove", "web-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.starts_with("removed peer-") && said.contains("web-1"),
+        "{said}"
+    );
+    // By mesh name too; and a name nobody has is a usage error (2), not the server's (3).
+    let out = admin_cli(&server, &["peers", "remove", "db-1.mesh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = admin_cli(&server, &["peers", "remove", "web-1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no peer is called \"web-1\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = admin_cli(&server, &["peers", "list", "--json"]);
+    let left: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(left["peers"].as_array().unwrap().len(), 0);
+}

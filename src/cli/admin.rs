@@ -132,12 +132,14 @@ pub struct PeersListArgs {
 }
 
 /// Remove a peer for good: its address returns to the pool; it needs a new token to rejoin.
+/// Name it by hostname, mesh name (NAME or NAME.mesh), mesh address or peer id.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "remove")]
 pub struct PeersRemoveArgs {
-    /// the peer id (peer-...)
+    /// the peer: hostname, mesh name, mesh address or peer id (peer-...), as `peers list`
+    /// shows them
     #[argh(positional)]
-    id: String,
+    peer: String,
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
@@ -394,7 +396,7 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
                 return print(&pretty(&text));
             }
             let mut out = format!(
-                "{:<18} {:<9} {:<10} {:<26} {}\n",
+                "{:<18} {:<9} {:<10} {:<21} {}\n",
                 "ID", "STATUS", "USES LEFT", "EXPIRES", "TAGS"
             );
             for t in &answer.tokens {
@@ -402,11 +404,11 @@ pub fn token(args: TokenArgs) -> Result<(), Failure> {
                     .uses_left
                     .map_or_else(|| "unlimited".into(), |n| n.to_string());
                 out.push_str(&format!(
-                    "{:<18} {:<9} {:<10} {:<26} {}\n",
+                    "{:<18} {:<9} {:<10} {:<21} {}\n",
                     t.id,
                     t.status,
                     uses,
-                    cell(t.expires_at.as_deref()),
+                    to_the_second(t.expires_at.as_deref()),
                     tags(&t.tags)
                 ));
             }
@@ -430,18 +432,20 @@ pub fn peers(args: PeersArgs) -> Result<(), Failure> {
                 return print(&pretty(&text));
             }
             let mut out = format!(
-                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
-                "ID", "HOSTNAME", "NAME", "ADDRESS", "ONLINE", "ENDPOINT", "TAGS"
+                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {}\n",
+                "ID", "HOSTNAME", "NAME", "ADDRESS", "ONLINE", "LAST SEEN", "ENDPOINT", "TAGS"
             );
+            let now = std::time::SystemTime::now();
             for p in &answer.peers {
                 let name = p.dns_name.as_ref().map(|n| format!("{n}.mesh"));
                 out.push_str(&format!(
-                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
+                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {}\n",
                     p.id.as_str(),
                     p.hostname,
                     cell(name.as_deref()),
                     p.virtual_ip.to_string(),
                     if p.online { "yes" } else { "no" },
+                    age(&p.last_heartbeat, now),
                     cell(p.endpoint.as_deref()),
                     tags(&p.tags)
                 ));
@@ -450,9 +454,80 @@ pub fn peers(args: PeersArgs) -> Result<(), Failure> {
         }
         PeersCommand::Remove(a) => {
             let admin = Admin::new(a.server, a.admin_secret_file)?;
-            admin.call("DELETE", &format!("peers/{}", a.id), None)?;
-            print(&format!("removed {}\n", a.id))
+            let (answer, _): (AdminPeersResponse, _) = admin.call_as("GET", "peers", None)?;
+            let peer = pick_peer(&answer.peers, &a.peer)?;
+            admin.call("DELETE", &format!("peers/{}", peer.id.as_str()), None)?;
+            print(&format!(
+                "removed {} ({}, {})\n",
+                peer.id.as_str(),
+                peer.hostname,
+                peer.virtual_ip
+            ))
         }
+    }
+}
+
+/// The one peer `wanted` names: its peer id, mesh address, mesh name (with or without
+/// `.mesh`) or hostname, in that order. None or several is a usage error (exit 2) saying
+/// what to give instead.
+fn pick_peer<'a>(
+    peers: &'a [crate::proto::admin::AdminPeerView],
+    wanted: &str,
+) -> Result<&'a crate::proto::admin::AdminPeerView, Failure> {
+    let name = wanted.strip_suffix(".mesh").unwrap_or(wanted);
+    let rules: [&dyn Fn(&crate::proto::admin::AdminPeerView) -> bool; 4] = [
+        &|p| p.id.as_str() == wanted,
+        &|p| p.virtual_ip.to_string() == wanted,
+        &|p| p.dns_name.as_deref() == Some(name),
+        &|p| p.hostname.eq_ignore_ascii_case(wanted),
+    ];
+    for rule in rules {
+        let found: Vec<_> = peers.iter().filter(|p| rule(p)).collect();
+        match found[..] {
+            [one] => return Ok(one),
+            [] => continue,
+            _ => {
+                let ids: Vec<&str> = found.iter().map(|p| p.id.as_str()).collect();
+                return Err(Failure::new(
+                    EXIT_USAGE,
+                    format!(
+                        "several peers are called {wanted:?} ({}): give the peer id",
+                        ids.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Err(Failure::new(
+        EXIT_USAGE,
+        format!(
+            "no peer is called {}: give a hostname, mesh name, mesh address or peer id from \
+             `wgmesh peers list`",
+            crate::types::describe(wanted)
+        ),
+    ))
+}
+
+/// `when` (RFC 3339) as an age: `45s ago`, `12m ago`, `3h ago`, `5d ago`; `-` if unreadable.
+fn age(when: &str, now: std::time::SystemTime) -> String {
+    let Ok(t) = crate::time::parse(when) else {
+        return "-".into();
+    };
+    let secs = now.duration_since(t).unwrap_or_default().as_secs();
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        7200..=172_799 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// An RFC 3339 time to the second (the server sends nanoseconds), `-` when absent.
+fn to_the_second(when: Option<&str>) -> String {
+    match when.map(crate::time::parse) {
+        Some(Ok(t)) => crate::time::format(t),
+        Some(Err(_)) => when.unwrap_or("-").to_owned(),
+        None => "-".into(),
     }
 }
 
