@@ -327,3 +327,23 @@ fn operator_tables_read_well_and_peers_remove_takes_a_hostname() {
     let left: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(left["peers"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn the_server_log_speaks_plainly_not_in_rust_debug_syntax() {
+    let dir = TempDir::new("cli-log");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log_text().contains("STUN responder") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = server.log_text();
+    assert!(log.contains("/s per source, bursts of"), "{log}");
+    for debug in ["RateLimit {", "Some(", " { "] {
+        assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
+    }
+}

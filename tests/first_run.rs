@@ -600,3 +600,48 @@ fn readme_quick_start_works_as_written_on_a_fresh_machine() {
         serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("sync --json: {e}\n{all}"));
     assert!(summary.is_object(), "{all}");
 }
+
+#[test]
+fn sync_json_names_the_peers_it_added_and_removed() {
+    let (mut lab, _server_ns) = lab_with_server("syncjson", &["--open"]);
+    let a = lab.mesh_node("a", "198.18.0.10/24");
+    let b = lab.mesh_node("b", "198.18.0.11/24");
+    let url = server_url();
+    let sync_a = |lab: &Lab| {
+        let out = agent(
+            lab,
+            &a,
+            &[
+                "sync",
+                "--server",
+                &url,
+                "--interface",
+                &a.iface,
+                "--hostname",
+                "node-a",
+                "--json",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+    };
+    sync_a(&lab);
+    let up_b = lab.spawn_up(&b, &url, "node-b", &[], &FAST_AGENT, "b.log");
+    lab.eventually(Duration::from_secs(20), "b is up", || {
+        mesh_ip_of(&b).is_some()
+    });
+    let b_ip = mesh_ip_of(&b).unwrap();
+    let summary = sync_a(&lab);
+    assert_eq!(summary["added"][0]["hostname"], "node-b", "{summary}");
+    assert_eq!(summary["added"][0]["dns_name"], "node-b", "{summary}");
+    assert_eq!(summary["added"][0]["address"], b_ip.as_str(), "{summary}");
+    assert!(summary["added"][0]["public_key"].is_string(), "{summary}");
+    // b stops (its up tells the server): the next sync removes it, named from the old list.
+    assert_eq!(lab.signal(up_b, "TERM"), Some(0));
+    let summary = sync_a(&lab);
+    assert_eq!(summary["removed"][0]["hostname"], "node-b", "{summary}");
+    assert_eq!(summary["removed"][0]["address"], b_ip.as_str(), "{summary}");
+    let out = agent(&lab, &a, &["down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

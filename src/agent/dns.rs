@@ -223,7 +223,13 @@ impl MeshDns {
             sink.apply(&dns::on(want.method, &real_name, &want.servers))?;
             match want.method {
                 DnsMethod::Manual => log::info!("{}", dns::manual_hint(&want.servers)),
-                method => log::info!(".{ZONE} names go to this node's resolver ({method:?})"),
+                method => log::info!(
+                    ".{ZONE} names go to this node's resolver ({})",
+                    serde_json::to_value(method)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
             }
             record(engine, sink, Some(want.clone()))?;
         }

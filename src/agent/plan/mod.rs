@@ -73,6 +73,15 @@ fn recorded(config: &ClientConfig, os: TargetOs) -> Option<&Applied> {
 
 /// Decides one sync. Never fails by itself: a refusal is returned in
 /// [`SyncPlan::failure`] after the steps decided before it.
+/// A peer as a log line names it: `hostname (mesh address)`, or its key when the list does
+/// not know it (any more).
+fn peer_name(peers: &[PeerInfo], key: &crate::keys::PublicKey) -> String {
+    match peers.iter().find(|p| &p.public_key == key) {
+        Some(p) => format!("{} ({})", p.hostname, p.virtual_ip),
+        None => key.to_base64(),
+    }
+}
+
 pub fn plan(input: &PlanInput<'_>, facts: &HostFacts) -> SyncPlan {
     let mut b = Builder {
         os: input.os,
@@ -309,7 +318,7 @@ impl Builder {
                 self.push(
                     Step::run(tunnel_off(os, &real_name, old, false)).note(format!(
                         "stopped routing internet traffic through exit node {}",
-                        old.exit_public_key
+                        peer_name(input.peers, &old.exit_public_key)
                     )),
                 );
             }
@@ -375,7 +384,7 @@ impl Builder {
                 };
                 self.push(Step::run(plan).note(format!(
                     "routing internet traffic through exit node {}",
-                    new.exit_public_key
+                    peer_name(input.peers, &new.exit_public_key)
                 )));
             }
             self.record(|a| a.full_tunnel = want_tunnel.clone());

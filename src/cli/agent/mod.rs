@@ -27,6 +27,7 @@ use std::time::Duration;
 
 mod inspect;
 mod keys;
+mod report;
 
 pub use inspect::{export, status, ExportArgs, StatusArgs};
 pub use keys::{genkey, pubkey, GenkeyArgs, PubkeyArgs};
@@ -419,6 +420,10 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
         preflight(args.os)?;
         Some(lock(&args.config)?)
     };
+    let config_path = args.config.clone().unwrap_or_else(config::default_path);
+    let before = crate::agent::engine::load_known_peers(&config_path)
+        .map(|k| k.peers)
+        .unwrap_or_default();
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     let summary = if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -431,7 +436,7 @@ pub fn sync(args: SyncArgs) -> Result<(), Failure> {
     }
     .map_err(agent_failure)?;
     if args.json {
-        print_json(&summary)?;
+        print_json(&report::report(summary, &before, &engine.known_peers()))?;
     }
     Ok(())
 }
