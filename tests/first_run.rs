@@ -645,3 +645,86 @@ fn sync_json_names_the_peers_it_added_and_removed() {
     let out = agent(&lab, &a, &["down"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+#[test]
+fn netcheck_with_the_server_on_the_lan_sees_traffic_leave_through_the_exit_node() {
+    // One flat LAN: the server, an exit node and a client, all with a default route to a
+    // router on the same segment (the "internet" behind it never answers; nothing leaves).
+    let mut lab = Lab::new("lanexit");
+    let gw = lab.host("gw", "198.18.0.254/24");
+    lab.exec_ok(&gw, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    let server_ns = lab.host("server", &format!("{SERVER_IP}/24"));
+    let state = lab.dir.path().join("peers.json").display().to_string();
+    let listen = format!("{SERVER_IP}:8080");
+    let stun = format!("{SERVER_IP}:3478");
+    lab.spawn(
+        &server_ns,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &listen,
+            "--udp-listen",
+            &stun,
+            "--state",
+            &state,
+            "--open",
+        ],
+        "server.log",
+    );
+    let exit = lab.mesh_node("exit", "198.18.0.2/24");
+    let client = lab.mesh_node("c", "198.18.0.10/24");
+    for ns in [&exit.ns, &client.ns] {
+        lab.exec_ok(
+            ns,
+            &["ip", "route", "add", "default", "via", "198.18.0.254"],
+        );
+    }
+    let mut exit_flags = FAST_AGENT.to_vec();
+    exit_flags.push("--exit-node");
+    lab.spawn_up(&exit, &server_url(), "exit", &[], &exit_flags, "exit.log");
+    lab.eventually(Duration::from_secs(20), "the exit node is up", || {
+        mesh_ip_of(&exit).is_some() && interface_exists(&lab, &exit)
+    });
+    let mut client_flags = FAST_AGENT.to_vec();
+    client_flags.extend(["--use-exit-node", "exit"]);
+    lab.spawn_up(&client, &server_url(), "c", &[], &client_flags, "c.log");
+    lab.eventually(
+        Duration::from_secs(30),
+        "the client's full tunnel is up",
+        || {
+            let rules = lab.exec_ok(&client.ns, &["ip", "-4", "rule"]);
+            let tunnel = rules.contains("lookup 51820");
+            let handshake = lab.exec(
+                &client.ns,
+                &["wg", "show", &client.iface, "latest-handshakes"],
+            );
+            tunnel
+                && text(&handshake.stdout)
+                    .split_whitespace()
+                    .any(|w| w.parse::<u64>().is_ok_and(|t| t > 0))
+        },
+    );
+    let mut last = None;
+    lab.eventually(Duration::from_secs(20), "netcheck passes", || {
+        let out = agent(
+            &lab,
+            &client,
+            &["netcheck", "--json", "--timeout-ms", "800"],
+        );
+        let ok = out.status.code() == Some(0);
+        last = Some(out);
+        ok
+    });
+    let out = last.unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["exit_check"]["ok"], true, "{report}");
+    assert_eq!(report["exit_check"]["seen"], "198.18.0.2", "{report}");
+    // The plain probe (outside the tunnel: the server is on the LAN) still reports this
+    // node's own address as its mapping.
+    assert_eq!(
+        report["mapped"].as_str().and_then(|m| m.split(':').next()),
+        Some("198.18.0.10"),
+        "{report}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The client agent (design 3.1.2): register, heartbeat, fetch the peer list, and make the
 //! local WireGuard interface match it.
 
+mod bind_device;
 pub mod client;
 pub mod config;
 pub mod daemon;
