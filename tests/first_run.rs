@@ -728,3 +728,97 @@ fn netcheck_with_the_server_on_the_lan_sees_traffic_leave_through_the_exit_node(
         "{report}"
     );
 }
+
+#[test]
+fn dry_runs_register_nothing_write_nothing_and_spend_no_token() {
+    let (lab, server_ns) = lab_with_server("dryrun", &[]);
+    let mut lab = lab;
+    let node = lab.mesh_node("a", "198.18.0.10/24");
+    let token = one_use_token(&lab, &server_ns);
+    let url = server_url();
+    let with_token = format!("WGMESH_TOKEN={token}");
+    let dry = |lab: &Lab, command: &str| {
+        lab.exec(
+            &node.ns,
+            &[
+                "env",
+                &with_token,
+                wgmesh_bin(),
+                command,
+                "--dry-run",
+                "--server",
+                &url,
+                "--config",
+                &node.config,
+                "--interface",
+                &node.iface,
+                "--hostname",
+                "node-a",
+            ],
+        )
+    };
+    for command in ["sync", "up"] {
+        let out = dry(&lab, command);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{command}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with("# not registered with http://198.18.0.1:8080")
+                && stdout.contains("with the join token given")
+                && stdout.contains("registered nothing"),
+            "{command}: {stdout}"
+        );
+        assert!(
+            !std::path::Path::new(&node.config).exists(),
+            "{command} wrote a config"
+        );
+        assert!(!interface_exists(&lab, &node));
+        assert_eq!(
+            registry(&lab, &server_ns),
+            (0, serde_json::json!(1)),
+            "{command}"
+        );
+    }
+
+    // A real first run, with the token in a file (as a shell writes it, newline included).
+    let token_file = lab.dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_arg = token_file.display().to_string();
+    let out = agent(
+        &lab,
+        &node,
+        &[
+            "sync",
+            "--server",
+            &url,
+            "--interface",
+            &node.iface,
+            "--hostname",
+            "node-a",
+            "--token-file",
+            &token_arg,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(interface_exists(&lab, &node));
+    assert_eq!(registry(&lab, &server_ns), (1, serde_json::json!(0)));
+
+    // Registered and in step: a dry run plans from the server's list (nothing to change)
+    // and writes nothing.
+    let before = std::fs::read(&node.config).unwrap();
+    let out = dry(&lab, "sync");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("not registered"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::read(&node.config).unwrap(), before);
+    assert_eq!(registry(&lab, &server_ns), (1, serde_json::json!(0)));
+    let out = agent(&lab, &node, &["down"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -209,8 +209,27 @@ fn clients_trusting_the_ca_register_and_sync_over_https() {
     let client_dir = TempDir::new("tls-client");
     let config = client_dir.path().join("client.json");
 
+    // A fresh machine's dry run registers nothing, but talks TLS to the server (GET /key).
     let output = dry_sync(&server, &config, Some(&pki.ca()));
     assert!(output.status.success(), "sync failed: {}", stderr(&output));
+    assert!(!config.exists(), "a dry run writes nothing");
+    // Registered as a first real run does (without an interface), then a dry run syncs.
+    let mut engine = wgmesh::agent::setup::engine(wgmesh::agent::setup::Overrides {
+        config: Some(config.clone()),
+        server: Some(server.url().parse().unwrap()),
+        ca: Some(pki.ca()),
+        os: Some(wgmesh::os::TargetOs::Linux),
+        ..Default::default()
+    })
+    .unwrap();
+    engine.register().unwrap();
+    let output = dry_sync(&server, &config, Some(&pki.ca()));
+    assert!(output.status.success(), "sync failed: {}", stderr(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("wg set"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     assert!(

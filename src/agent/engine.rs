@@ -98,8 +98,16 @@ impl Engine {
         }
     }
 
-    /// Registers (idempotent) and stores the assignment.
+    /// Registers (idempotent) and stores the assignment. Never in a dry run, which changes
+    /// nothing anywhere (no registration, no token use).
     pub fn register(&mut self) -> Result<&Assignment, AgentError> {
+        if !self.persist {
+            return Err(AgentError::Usage(
+                "the server does not know this node (any more): a real run registers it \
+                 again; a dry run registers nothing"
+                    .into(),
+            ));
+        }
         let request = self.register_request();
         let first = self.config.assignment.is_none();
         let answer = self.client.register(&request).map_err(|e| {
@@ -251,9 +259,14 @@ impl Engine {
         }
     }
 
-    /// One full step: register if needed, fetch peers, reconcile the interface.
+    /// One full step: register if needed, fetch peers, reconcile the interface. A dry run
+    /// of a node that is not registered yet only checks that the server answers (and has
+    /// the pinned key) and says what a real run would do first.
     pub fn sync(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
         plan::check_interface_name(self.os, &self.config)?;
+        if self.config.assignment.is_none() && sink.is_dry_run() {
+            return self.dry_run_unregistered(sink);
+        }
         if self.config.assignment.is_none() {
             self.register()?;
         }
@@ -261,6 +274,31 @@ impl Engine {
         self.refresh_relays();
         self.watch_relays(super::relay_probe::ROUND_WAIT);
         self.reconcile(&peers, unchanged, sink)
+    }
+
+    /// [`Engine::sync`]'s dry run before any registration: `GET /key` (read-only) to see
+    /// the server answers and holds the pinned key, then a note of what a real run does.
+    fn dry_run_unregistered(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
+        let key = self.client.fetch_key()?;
+        if let Some(pinned) = self.client.pinned_server_key().filter(|p| *p != key) {
+            return Err(AgentError::Server(ClientError::Unauthentic(format!(
+                "the server's key is {key}, not the pinned {pinned}"
+            ))));
+        }
+        let hostname = host::local_hostname(&self.config);
+        let token = if self.client.has_token() {
+            "with the join token given"
+        } else {
+            "without a join token (the server must run with --open)"
+        };
+        sink.note(&format!(
+            "not registered with {} yet: a real run first registers {hostname} {token}, then \
+             creates {} with the address the server assigns and adds the peers it may see; \
+             this dry run registered nothing and wrote nothing",
+            self.client.server(),
+            self.config.interface
+        ));
+        Ok(SyncSummary::default())
     }
 
     /// Makes the interface match `peers`: observes the host, plans (pure), applies the

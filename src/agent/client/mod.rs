@@ -210,6 +210,11 @@ impl ApiClient {
         self
     }
 
+    /// Whether a join token is at hand for a first registration.
+    pub fn has_token(&self) -> bool {
+        self.identity.as_ref().is_some_and(|i| i.token.is_some())
+    }
+
     /// Presents `token` on registrations of a key the server does not know yet.
     pub fn with_token(mut self, token: Option<String>) -> ApiClient {
         if let Some(identity) = self.identity.as_mut() {

@@ -109,6 +109,7 @@ macro_rules! overrides {
             server_key: $args.server_key,
             ca: $args.ca,
             paths: path_settings($args.relay_after, $args.direct_probe_interval)?,
+            dry_run: $args.dry_run,
         }
     };
 }
@@ -182,7 +183,8 @@ pub struct UpArgs {
     /// the hosts file --dns-hosts writes (default /etc/hosts)
     #[argh(option)]
     hosts_file: Option<PathBuf>,
-    /// print the commands instead of running them, then exit
+    /// print the commands instead of running them, then exit; changes nothing anywhere (no
+    /// registration, no token use, no file written)
     #[argh(switch)]
     dry_run: bool,
     /// seconds a peer may stay silent on its direct path before its traffic goes through
@@ -272,7 +274,8 @@ pub struct SyncArgs {
     /// print a JSON summary of what changed on stdout
     #[argh(switch)]
     json: bool,
-    /// print the commands instead of running them
+    /// print the commands instead of running them; changes nothing anywhere (no
+    /// registration, no token use, no file written)
     #[argh(switch)]
     dry_run: bool,
     /// seconds a peer may stay silent on its direct path before its traffic goes through
