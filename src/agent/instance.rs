@@ -3,11 +3,13 @@
 //! is refused with the pid instead of fighting the first over the interface, and `down`
 //! can stop the running `up` before it tears down.
 //!
-//! The lock is the operating system's (`flock` on Unix, `LockFileEx` on Windows, through
-//! `std::fs::File::try_lock`): it goes away with the process, however it ends, so a crash
-//! never leaves a stale lock behind; the pid inside is only for messages and signals.
+//! The lock is the operating system's (`flock(2)` on Unix): it goes away with the process,
+//! however it ends, so a crash never leaves a stale lock behind; the pid inside is only for
+//! messages and signals. (Windows, where the tunnel service is the single instance, takes
+//! no lock here yet; `std`'s `File::try_lock` would, but needs Rust 1.89, above this crate's
+//! MSRV.)
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -76,6 +78,36 @@ fn open(config: &Path) -> Result<File, LockError> {
         .map_err(|e| LockError::Io(crate::fsutil::with_path(e, "cannot open", &path)))
 }
 
+/// Why [`try_lock`] did not take the lock.
+#[cfg_attr(not(unix), allow(dead_code))]
+enum TryLockError {
+    /// Another process holds it.
+    WouldBlock,
+    /// Locking failed for another reason.
+    Error(std::io::Error),
+}
+
+/// Takes an exclusive lock on `file` without waiting.
+#[cfg(unix)]
+fn try_lock(file: &File) -> Result<(), TryLockError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor this `File` owns; it only changes lock state.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Err(TryLockError::WouldBlock)
+    } else {
+        Err(TryLockError::Error(e))
+    }
+}
+
+#[cfg(not(unix))]
+fn try_lock(_file: &File) -> Result<(), TryLockError> {
+    Ok(())
+}
+
 fn read_pid(file: &mut File) -> Option<u32> {
     let mut text = String::new();
     file.rewind().ok()?;
@@ -86,7 +118,7 @@ fn read_pid(file: &mut File) -> Option<u32> {
 /// Takes the lock for `config` and records this process's pid in it.
 pub fn acquire(config: &Path) -> Result<InstanceLock, LockError> {
     let mut file = open(config)?;
-    match file.try_lock() {
+    match try_lock(&file) {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             return Err(LockError::Running {
@@ -125,7 +157,7 @@ pub fn running(config: &Path) -> Option<u32> {
     }
     // Probing takes the lock for an instant when it is free, without writing our pid.
     let mut file = open(config).ok()?;
-    match file.try_lock() {
+    match try_lock(&file) {
         Err(TryLockError::WouldBlock) => read_pid(&mut file).or(Some(0)),
         _ => None,
     }
