@@ -98,16 +98,9 @@ impl Engine {
         }
     }
 
-    /// Registers (idempotent) and stores the assignment. Never in a dry run, which changes
-    /// nothing anywhere (no registration, no token use).
+    /// Registers (idempotent) and stores the assignment. Never called for a dry run, which
+    /// changes nothing anywhere (no registration, no token use).
     pub fn register(&mut self) -> Result<&Assignment, AgentError> {
-        if !self.persist {
-            return Err(AgentError::Usage(
-                "the server does not know this node (any more): a real run registers it \
-                 again; a dry run registers nothing"
-                    .into(),
-            ));
-        }
         let request = self.register_request();
         let first = self.config.assignment.is_none();
         let answer = self.client.register(&request).map_err(|e| {
@@ -166,15 +159,32 @@ impl Engine {
     /// (kept beside the config, so a one-shot `sync` benefits too), else the whole list, or
     /// the last one on a 304. Returns the list and whether it is unchanged.
     pub fn fetch_peers(&mut self) -> Result<(Vec<PeerInfo>, bool), AgentError> {
-        self.fetch_peers_from(true)
+        self.fetch_peers_from(true, true)
+    }
+
+    /// Registers again after the server said it does not know us, unless this is a dry run
+    /// (`may_register` false), which registers nothing and says so.
+    fn register_again(&mut self, may_register: bool) -> Result<&Assignment, AgentError> {
+        if !may_register {
+            return Err(AgentError::Usage(
+                "the server does not know this node (any more): a real run registers it \
+                 again; a dry run registers nothing"
+                    .into(),
+            ));
+        }
+        self.register()
     }
 
     /// [`Engine::fetch_peers`]; `use_cache: false` (dry runs) starts from the whole list
     /// instead of the cached version, so what is printed never depends on an earlier run.
-    fn fetch_peers_from(&mut self, use_cache: bool) -> Result<(Vec<PeerInfo>, bool), AgentError> {
+    fn fetch_peers_from(
+        &mut self,
+        use_cache: bool,
+        may_register: bool,
+    ) -> Result<(Vec<PeerInfo>, bool), AgentError> {
         let peer_id = match &self.config.assignment {
             Some(a) => a.peer_id.clone(),
-            None => self.register()?.peer_id.clone(),
+            None => self.register_again(may_register)?.peer_id.clone(),
         };
         if self.last_list.is_none() && self.persist && use_cache {
             self.last_list = load_known_peers(&self.config_path);
@@ -183,9 +193,9 @@ impl Engine {
             let answer = match self.client.peers_since(&peer_id, since, None) {
                 Err(ClientError::UnknownPeer) => {
                     log::warn!("the server no longer knows {peer_id}: registering again");
-                    self.register()?;
+                    self.register_again(may_register)?;
                     self.last_list = None;
-                    return self.fetch_peers_from(false);
+                    return self.fetch_peers_from(false, may_register);
                 }
                 other => other?,
             };
@@ -197,7 +207,7 @@ impl Engine {
         let answer = match self.client.peers(&peer_id, etag.as_deref()) {
             Err(ClientError::UnknownPeer) => {
                 log::warn!("the server no longer knows {peer_id}: registering again");
-                let id = self.register()?.peer_id.clone();
+                let id = self.register_again(may_register)?.peer_id.clone();
                 self.client.peers(&id, None)?
             }
             other => other?,
@@ -270,7 +280,7 @@ impl Engine {
         if self.config.assignment.is_none() {
             self.register()?;
         }
-        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run(), !sink.is_dry_run())?;
         self.refresh_relays();
         self.watch_relays(super::relay_probe::ROUND_WAIT);
         self.reconcile(&peers, unchanged, sink)
@@ -349,7 +359,7 @@ impl Engine {
         if self.config.assignment.is_none() {
             self.register()?;
         }
-        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run(), !sink.is_dry_run())?;
         self.refresh_relays();
         self.watch_relays(std::time::Duration::ZERO);
         self.reconcile_as(&peers, unchanged, Some(hold_silent), sink, true)
