@@ -25,9 +25,21 @@ bench:
     cargo bench --bench live_sync
     cargo bench --bench console
 
-# Run the coordination server on its embedded JSON store (./peers.json by default here).
+# Run the coordination server on its embedded JSON store, in the default state folder
+# (~/.config/wireguard-mesh), where `wgmesh token create` finds its admin secret.
 run *ARGS:
-    cargo run --release -- server --state ./peers.json {{ARGS}}
+    cargo run --release -- server {{ARGS}}
+
+# Install the binary in /usr/local/bin (where the units expect it), the systemd units and
+# the manual page (run with sudo, or as root; PREFIX=/usr/local).
+install PREFIX="/usr/local":
+    cargo build --release --locked
+    install -m 0755 target/release/wgmesh {{PREFIX}}/bin/wgmesh
+    install -d {{PREFIX}}/share/man/man1
+    install -m 0644 man/wgmesh.1 {{PREFIX}}/share/man/man1/wgmesh.1
+    install -d /etc/systemd/system
+    install -m 0644 etc/wgmesh-server.service etc/wgmesh.service etc/wgmesh-sync.service etc/wgmesh-sync.timer /etc/systemd/system/
+    -systemctl daemon-reload
 
 # What CI runs.
 ci:

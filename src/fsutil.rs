@@ -45,6 +45,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result.map_err(|e| with_path(e, "cannot write", path))
 }
 
+/// Like [`write_atomic`], but a file that cannot be replaced because it is a mount point
+/// (a bind-mounted `/etc/hosts` in a container or under `ip netns exec`: rename(2) says
+/// EBUSY) is rewritten in place instead, which is not atomic: a reader may briefly see it
+/// short. Said once per process at warn level, since nothing better is possible there.
+pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    match write_atomic(path, bytes, mode) {
+        Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                log::warn!(
+                    "{} is a mount point (a bind mount, as in containers and `ip netns exec`) \
+                     and cannot be replaced atomically: rewriting it in place",
+                    path.display()
+                )
+            });
+            write_in_place(path, bytes).map_err(|e| with_path(e, "cannot rewrite", path))
+        }
+        other => other,
+    }
+}
+
+/// Truncates and rewrites an existing file, keeping its inode (and so any mount on it).
+fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).truncate(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 /// Creates (truncating) a file with `mode` permissions from the start, so a secret is never
 /// readable by others even for an instant.
 pub fn open_new(path: &Path, mode: u32) -> io::Result<File> {

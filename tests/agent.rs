@@ -221,6 +221,15 @@ fn dry_run_prints_each_os_plan_and_changes_nothing() {
     post(&server, "/register", &serde_json::json!({"public_key": peer, "hostname": "peer", "endpoint": "198.18.0.50:51820"}).to_string());
     let config = dir.path().join("c.json").display().to_string();
     let url = format!("http://{}", server.addr);
+    // A dry run registers nothing: the machine is registered as a first real run does.
+    common::join(
+        std::path::Path::new(&config),
+        std::slice::from_ref(&url),
+        "me",
+        None,
+        None,
+    );
+    let before = std::fs::read(&config).unwrap();
     for (os, must_contain) in [
         (
             "linux",
@@ -276,6 +285,11 @@ fn dry_run_prints_each_os_plan_and_changes_nothing() {
             assert!(!words.is_empty());
         }
     }
+    assert_eq!(
+        std::fs::read(&config).unwrap(),
+        before,
+        "a dry run writes nothing"
+    );
     let saved = ClientConfig::load(std::path::Path::new(&config))
         .unwrap()
         .unwrap();

@@ -178,6 +178,14 @@ fn up_dry_run_shows_how_each_os_would_send_mesh_names_and_changes_nothing() {
     std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
     let hosts_arg = hosts.display().to_string();
     let url = format!("http://{}", server.addr);
+    // A dry run registers nothing: the machine is registered as a first real run does.
+    common::join(
+        std::path::Path::new(&config),
+        std::slice::from_ref(&url),
+        "me",
+        None,
+        None,
+    );
     for (os, extra, must_contain) in [
         ("macos", vec![], "# write /etc/resolver/mesh (mode 0644)"),
         (

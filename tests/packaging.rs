@@ -329,7 +329,7 @@ fn manual_exit_status_and_see_also_are_complete() {
         .collect();
     assert_eq!(
         exit,
-        ["0", "1", "2", "3", "4", "5", "6"],
+        ["0", "1", "2", "3", "4", "5", "6", "7"],
         "EXIT STATUS codes"
     );
     let see_also = section(&all, "SEE ALSO").join(" ");
@@ -385,6 +385,109 @@ fn assert_invocations_valid(what: &str, text: &str) -> usize {
         }
     }
     found.len()
+}
+
+/// Whether `--flag` in `line` sits inside `[...]` (optional in a usage line or synopsis).
+fn bracketed(line: &str, flag: &str) -> Option<bool> {
+    let at = line
+        .match_indices(&format!("--{flag}"))
+        .find(|(i, _)| {
+            let end = i + flag.len() + 2;
+            line[end..]
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_alphanumeric() && c != '-')
+        })?
+        .0;
+    let before = &line[..at];
+    Some(
+        before
+            .rfind('[')
+            .is_some_and(|open| before.rfind(']').is_none_or(|close| close < open)),
+    )
+}
+
+#[test]
+fn manual_synopsis_marks_required_only_what_the_cli_requires() {
+    let rendered = rendered_manual();
+    let all = sections(&rendered);
+    let synopsis = section(&all, "SYNOPSIS");
+    for (subcommand, flags) in cli().iter().map(|(n, f)| (n.as_str(), f.as_slice())) {
+        let mut args: Vec<&str> = subcommand.split(' ').collect();
+        args.push("--help");
+        let out = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let usage = text(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let prefix = format!("wgmesh {subcommand}");
+        let entry = synopsis
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| *l == prefix || l.starts_with(&format!("{prefix} ")))
+            .unwrap();
+        for flag in flags {
+            let (Some(cli_optional), Some(man_optional)) =
+                (bracketed(&usage, flag), bracketed(entry, flag))
+            else {
+                continue;
+            };
+            assert_eq!(
+                man_optional,
+                cli_optional,
+                "--{flag} of `{prefix}`: the manual says {} but the CLI says {} ({usage})",
+                if man_optional { "optional" } else { "required" },
+                if cli_optional { "optional" } else { "required" },
+            );
+        }
+    }
+}
+
+#[test]
+fn manual_policy_example_is_a_policy_the_server_accepts() {
+    let rendered = rendered_manual();
+    let example = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("{\"allow\""))
+        .expect("the manual shows a --policy example");
+    wgmesh::server::policy::Policy::from_json(example)
+        .unwrap_or_else(|e| panic!("the manual's policy example is refused: {e}\n{example}"));
+}
+
+#[test]
+fn manual_gives_the_default_log_levels_the_help_gives() {
+    let rendered = rendered_manual()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for (subcommand, level) in [
+        ("server", "info"),
+        ("up", "info"),
+        ("down", "info"),
+        ("sync", "warn"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+            .args([subcommand, "--help"])
+            .output()
+            .unwrap();
+        let help = text(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            help.contains(&format!("(default {level})")),
+            "{subcommand} --help: {help}"
+        );
+    }
+    assert!(
+        rendered.contains("the default is info for server, up and down, and warn for sync"),
+        "the manual's log level defaults"
+    );
 }
 
 #[test]
@@ -618,9 +721,29 @@ fn agent_unit_runs_up_as_root_after_the_network_is_online() {
             && values(&unit, "Service", "DynamicUser").is_empty(),
         "the agent must run as root to create interfaces"
     );
+    let caps = value(&unit, "Service", "CapabilityBoundingSet");
     assert!(
-        value(&unit, "Service", "CapabilityBoundingSet").contains("CAP_NET_ADMIN"),
+        caps.contains("CAP_NET_ADMIN"),
         "the agent needs CAP_NET_ADMIN"
+    );
+    assert!(
+        caps.contains("CAP_NET_BIND_SERVICE"),
+        "the mesh resolver binds port 53: {caps}"
+    );
+    let no_restart = value(&unit, "Service", "RestartPreventExitStatus");
+    assert!(
+        no_restart.split_whitespace().eq(["2", "7"]),
+        "bad configuration and 'already running' are not restarted into: {no_restart}"
+    );
+}
+
+#[test]
+fn server_unit_comment_gives_the_real_max_connections_default() {
+    let source = unit_source("wgmesh-server.service");
+    let default = wgmesh::server::http::DEFAULT_MAX_CONNECTIONS;
+    assert!(
+        source.contains(&format!("--max-connections ({default} by default)")),
+        "wgmesh-server.service's comment on --max-connections"
     );
 }
 
@@ -734,6 +857,10 @@ fn env_example_sets_a_valid_server_and_only_shared_flags() {
     server
         .parse::<wgmesh::agent::client::ServerUrl>()
         .expect("the example server URL is valid");
+    assert!(
+        source.contains("WGMESH_TOKEN="),
+        "the example says where a first start's join token goes"
+    );
     // WGMESH_OPTS goes to both `up` and `sync`, so examples may only use flags both accept.
     let sync = flags_of("sync");
     for line in source.lines() {

@@ -727,7 +727,16 @@ fn an_agent_given_several_servers_fails_over_on_5xx_and_on_a_dead_replica() {
         assert!(out.status.success(), "{stderr}");
         (stdout, stderr)
     };
-    // The first server answers 503: the agent moves on to A, pins the cluster's one key.
+    // The first server answers 503: the agent moves on to A, pins the cluster's one key
+    // (registering as a first real run does; a dry run registers nothing), and a dry run
+    // fails over the same way for the peer list.
+    join(
+        &config,
+        &[sick.clone(), a.url(""), b.url("")],
+        "me",
+        None,
+        None,
+    );
     let (plan, log) = sync(&[sick.clone(), a.url(""), b.url("")]);
     assert!(plan.contains(&x), "{plan}");
     assert!(log.contains("trying"), "{log}");
@@ -905,6 +914,7 @@ fn agents_work_through_a_plain_load_balancer_that_alternates_replicas() {
     let Pair { pg: _pg, dir, a, b } = open_pair("replicas-lb");
     let lb = format!("http://{}", round_robin(vec![a.addr, b.addr]));
     let config = dir.path().join("agent.json");
+    join(&config, std::slice::from_ref(&lb), "me", None, None);
     let others: Vec<String> = (0..3).map(|_| new_key()).collect();
     let mut address = None;
     for (round, other) in others.iter().enumerate() {

@@ -209,8 +209,27 @@ fn clients_trusting_the_ca_register_and_sync_over_https() {
     let client_dir = TempDir::new("tls-client");
     let config = client_dir.path().join("client.json");
 
+    // A fresh machine's dry run registers nothing, but talks TLS to the server (GET /key).
     let output = dry_sync(&server, &config, Some(&pki.ca()));
     assert!(output.status.success(), "sync failed: {}", stderr(&output));
+    assert!(!config.exists(), "a dry run writes nothing");
+    // Registered as a first real run does (without an interface), then a dry run syncs.
+    let mut engine = wgmesh::agent::run::setup::engine(wgmesh::agent::run::setup::Overrides {
+        config: Some(config.clone()),
+        server: Some(server.url().parse().unwrap()),
+        ca: Some(pki.ca()),
+        os: Some(wgmesh::os::TargetOs::Linux),
+        ..Default::default()
+    })
+    .unwrap();
+    engine.register().unwrap();
+    let output = dry_sync(&server, &config, Some(&pki.ca()));
+    assert!(output.status.success(), "sync failed: {}", stderr(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("wg set"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     assert!(
@@ -354,7 +373,7 @@ fn https_client_to_a_plain_http_server_fails_cleanly() {
         Duration::from_secs(10),
     );
     match client.register(&register_request(&PrivateKey::generate(), "mismatch")) {
-        Err(ClientError::Unreachable(message)) => assert!(message.contains("TLS"), "{message}"),
+        Err(ClientError::Misaddressed(message)) => assert!(message.contains("TLS"), "{message}"),
         other => panic!("expected a TLS failure, got {other:?}"),
     }
 }

@@ -14,6 +14,10 @@ pub enum AgentError {
     Config(ConfigError),
     /// The coordination server was unreachable or refused.
     Server(ClientError),
+    /// The first registration failed in a way retrying cannot fix (no or a bad join token,
+    /// a refused hostname, a server address that cannot work): `up` stops instead of
+    /// retrying forever.
+    Join(ClientError),
     /// A system command failed.
     Command(ExecuteError),
 }
@@ -24,6 +28,7 @@ impl fmt::Display for AgentError {
             AgentError::Usage(m) => f.write_str(m),
             AgentError::Config(e) => e.fmt(f),
             AgentError::Server(e) => e.fmt(f),
+            AgentError::Join(e) => write!(f, "cannot join the mesh: {e}"),
             AgentError::Command(e) => e.fmt(f),
         }
     }

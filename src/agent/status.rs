@@ -71,8 +71,8 @@ pub struct Status {
     pub server: Option<String>,
     /// Our name in the `.mesh` zone.
     pub dns_name: Option<String>,
-    /// How `.mesh` names reach our resolver, or how to use it where nothing sends them.
-    pub dns: String,
+    /// Mesh DNS: whether it runs, where, and how `.mesh` names reach it.
+    pub dns: super::dns::DnsStatus,
     /// WireGuard's peers, as `wg show` lists them.
     pub peers: Vec<PeerStatus>,
     /// With replicas: each replica's relay, whether it answers and whether a relayed peer
@@ -116,10 +116,14 @@ pub fn collect(
     now: SystemTime,
 ) -> Result<Status, AgentError> {
     let cfg = ClientConfig::load(path)?.ok_or_else(|| {
-        AgentError::Usage(format!(
-            "no config at {}: run `wgmesh up` first",
-            path.display()
-        ))
+        let hint = if super::observe::preflight::is_root() {
+            "run `wgmesh up` first"
+        } else {
+            // The usual case: `up` runs as root, with its config in root's folder.
+            "if `wgmesh up` runs as root, its config is root's and reading the interface \
+             needs root too: run `sudo wgmesh status`"
+        };
+        AgentError::Usage(format!("no config at {}: {hint}", path.display()))
     })?;
     let known = load_peer_cache(path);
     let paths = super::decide::path::PathTable::load(path);
@@ -190,19 +194,18 @@ pub fn collect(
 
 /// How `.mesh` names reach the resolver, and on Windows whether Group Policy NRPT rules
 /// make Windows ignore wgmesh's local rule (read with `reg.exe`).
-fn dns_status(cfg: &ClientConfig, reader: &mut dyn Runner) -> String {
+fn dns_status(cfg: &ClientConfig, reader: &mut dyn Runner) -> super::dns::DnsStatus {
     let applied = cfg.applied.as_ref().and_then(|a| a.dns.as_ref());
-    let mut text = super::dns::describe(applied);
+    let mut status = super::dns::status(applied);
     if let Some(dns) = applied.filter(|d| d.method == crate::os::dns::DnsMethod::Nrpt) {
         let gpo = reader
             .run(&crate::os::dns::nrpt_gpo_command())
             .is_ok_and(|out| crate::os::dns::gpo_nrpt_rules_present(&out.stdout));
         if gpo {
-            text.push_str("; ");
-            text.push_str(&crate::os::dns::gpo_nrpt_hint(&dns.servers));
+            status.warning = Some(crate::os::dns::gpo_nrpt_hint(&dns.servers));
         }
     }
-    text
+    status
 }
 
 /// The human `status` table: a summary line, one row per peer, and which peer carries
@@ -221,7 +224,7 @@ pub fn table(status: &Status) -> String {
     out.push_str(&format!(
         "name {}; {}\n",
         mesh_name(&status.dns_name),
-        status.dns
+        status.dns.summary()
     ));
     out.push_str(&format!(
         "{:<20} {:<24} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
@@ -241,8 +244,8 @@ pub fn table(status: &Status) -> String {
             if p.online { "yes" } else { "no" },
             p.latest_handshake_secs
                 .map_or_else(|| "never".into(), |s| format!("{s}s ago")),
-            p.rx_bytes,
-            p.tx_bytes
+            human_bytes(p.rx_bytes),
+            human_bytes(p.tx_bytes)
         ));
     }
     for p in status.peers.iter().filter(|p| p.exit_node_in_use) {
@@ -262,6 +265,22 @@ pub fn table(status: &Status) -> String {
         out.push_str(&format!("replica relays: {}\n", relays.join(", ")));
     }
     out
+}
+
+/// A byte count as people read it: `512 B`, `1.5 KiB`, `3.2 MiB`, `1.1 GiB` (`--json`
+/// keeps the raw number).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A wg-quick configuration for this node (`export`): the server's current peer list, or
@@ -332,6 +351,16 @@ mod tests {
     }
 
     #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 + 300 * 1024), "5.3 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
     fn the_table_fills_every_column_it_heads() {
         let status = Status {
             interface: Some("wg0".into()),
@@ -343,7 +372,7 @@ mod tests {
             listen_port: 51820,
             server: None,
             dns_name: Some("me".into()),
-            dns: "mesh DNS: off".into(),
+            dns: crate::agent::dns::status(None),
             peers: vec![
                 peer(Some("web"), Some("198.18.0.3:51820"), false),
                 peer(Some("gateway"), Some("198.18.0.4:51820"), true),
@@ -357,7 +386,10 @@ mod tests {
             lines[0],
             "interface wg0 (up), address 10.100.0.2, peer id p-1"
         );
-        assert_eq!(lines[1], "name me.mesh; mesh DNS: off");
+        assert_eq!(
+            lines[1],
+            "name me.mesh; mesh DNS off (it runs while `wgmesh up` does)"
+        );
         let lines = &lines[1..];
         let header: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
@@ -389,18 +421,24 @@ mod tests {
                 "yes",
                 "12s",
                 "ago",
-                "1234",
-                "56"
+                "1.2",
+                "KiB",
+                "56",
+                "B"
             ]
         );
         // The exit node in use shows as the path its traffic takes.
         assert_eq!(rows[1][4], "exit");
         assert_eq!(
             rows[2],
-            ["AAAAAAAA", "-", "-", "-", "-", "no", "never", "1234", "56"]
+            ["AAAAAAAA", "-", "-", "-", "-", "no", "never", "1.2", "KiB", "56", "B"]
         );
         assert_eq!(lines[5], "internet traffic goes through exit node gateway");
         assert_eq!(lines.len(), 6);
+        // Raw byte counts stay in --json.
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["peers"][0]["rx_bytes"], 1234);
+        assert_eq!(json["dns"]["running"], false);
         // Columns line up with their headings.
         let at = |line: &str, word: &str| line.find(word).unwrap();
         assert_eq!(at(lines[1], "PATH"), at(lines[2], "direct"));
@@ -517,10 +555,10 @@ mod tests {
         let status = collect(&path, &mut reader, SystemTime::now()).unwrap();
         reader.assert_done();
         assert!(
-            status.dns.contains("Group Policy NRPT rules exist")
-                && status.dns.contains("10.100.0.5"),
+            status.dns.summary().contains("Group Policy NRPT rules exist")
+                && status.dns.summary().contains("10.100.0.5"),
             "{}",
-            status.dns
+            status.dns.summary()
         );
         // Without policy rules (`reg` fails: no such key), nothing is added.
         let mut reader = RecordingRunner::default();
@@ -536,11 +574,11 @@ mod tests {
             );
         let status = collect(&path, &mut reader, SystemTime::now()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(!status.dns.contains("Group Policy"), "{}", status.dns);
+        assert!(!status.dns.summary().contains("Group Policy"), "{}", status.dns.summary());
         assert!(
-            status.dns.contains("an NRPT rule sends .mesh"),
+            status.dns.summary().contains("an NRPT rule sends .mesh"),
             "{}",
-            status.dns
+            status.dns.summary()
         );
     }
 

@@ -63,7 +63,8 @@ pub struct TokenCreateArgs {
     #[argh(option, default = "default_server()")]
     /// coordination server (default http://127.0.0.1:8080)
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -78,7 +79,8 @@ pub struct TokenListArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -93,7 +95,8 @@ pub struct TokenRevokeArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -123,22 +126,26 @@ pub struct PeersListArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
 
 /// Remove a peer for good: its address returns to the pool; it needs a new token to rejoin.
+/// Name it by hostname, mesh name (NAME or NAME.mesh), mesh address or peer id.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "remove")]
 pub struct PeersRemoveArgs {
-    /// the peer id (peer-...)
+    /// the peer: hostname, mesh name, mesh address or peer id (peer-...), as `peers list`
+    /// shows them
     #[argh(positional)]
-    id: String,
+    peer: String,
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
@@ -165,13 +172,72 @@ pub struct PolicyReloadArgs {
     /// coordination server (default http://127.0.0.1:8080)
     #[argh(option, default = "default_server()")]
     server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
+    /// admin secret file (default: admin.secret in the server's default state folder
+    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
     #[argh(option)]
     admin_secret_file: Option<PathBuf>,
 }
 
 fn default_server() -> ServerUrl {
     "http://127.0.0.1:8080".parse().expect("literal")
+}
+
+/// Where the admin commands look for the server's `admin.secret` when no
+/// `--admin-secret-file` is given, in order: the server's default state folder for this user
+/// (`wgmesh server` without `--state` keeps it there), then `/var/lib/wgmesh`, the state
+/// folder of `etc/wgmesh-server.service` (readable by root).
+pub fn secret_candidates() -> Vec<PathBuf> {
+    vec![
+        crate::fsutil::config_dir().join("admin.secret"),
+        PathBuf::from(SERVICE_STATE_DIR).join("admin.secret"),
+    ]
+}
+
+/// The state folder `etc/wgmesh-server.service` gives the server.
+pub const SERVICE_STATE_DIR: &str = "/var/lib/wgmesh";
+
+/// Reads the admin secret from `flag`, else from the first of [`secret_candidates`] that
+/// exists. A missing or unreadable secret says every place tried and how to fix it.
+fn read_secret(flag: Option<PathBuf>) -> Result<String, CliError> {
+    let read = |path: &PathBuf| std::fs::read_to_string(path).map(|s| s.trim().to_owned());
+    if let Some(path) = flag {
+        return read(&path).map_err(|e| {
+            CliError::new(
+                EXIT_USAGE,
+                format!(
+                    "cannot read --admin-secret-file {} ({e}): give the admin.secret beside \
+                     the server's state file",
+                    path.display()
+                ),
+            )
+        });
+    }
+    let candidates = secret_candidates();
+    let mut denied = None;
+    for path in &candidates {
+        match read(path) {
+            Ok(secret) => return Ok(secret),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert(path.clone());
+            }
+            Err(_) => {}
+        }
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    let message = match denied {
+        Some(path) => format!(
+            "cannot read the admin secret {}: permission denied; run this as the server's \
+             user or root (sudo), or pass --admin-secret-file",
+            path.display()
+        ),
+        None => format!(
+            "no admin secret found (looked for {}): run this on the server's machine as the \
+             user that runs `wgmesh server`, or pass --admin-secret-file STATE_DIR/admin.secret \
+             (the folder of the server's --state)",
+            tried.join(" and ")
+        ),
+    };
+    Err(CliError::new(EXIT_USAGE, message))
 }
 
 /// One admin connection: the server and the secret read from its file.
@@ -184,20 +250,7 @@ struct Admin {
 impl Admin {
     fn new(server: ServerUrl, secret_file: Option<PathBuf>) -> Result<Admin, CliError> {
         init_logging(LogLevel(log::LevelFilter::Warn));
-        let path = secret_file.unwrap_or_else(|| crate::fsutil::config_dir().join("admin.secret"));
-        let secret = std::fs::read_to_string(&path)
-            .map_err(|e| {
-                CliError::new(
-                    EXIT_USAGE,
-                    format!(
-                        "cannot read the admin secret {} ({e}): pass --admin-secret-file, the \
-                         admin.secret beside the server's state file",
-                        path.display()
-                    ),
-                )
-            })?
-            .trim()
-            .to_owned();
+        let secret = read_secret(secret_file)?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(ADMIN_TIMEOUT))
             .http_status_as_error(false)
@@ -344,7 +397,7 @@ pub fn token(args: TokenArgs) -> Result<(), CliError> {
                 return print(&pretty(&text));
             }
             let mut out = format!(
-                "{:<18} {:<9} {:<10} {:<26} {}\n",
+                "{:<18} {:<9} {:<10} {:<21} {}\n",
                 "ID", "STATUS", "USES LEFT", "EXPIRES", "TAGS"
             );
             for t in &answer.tokens {
@@ -352,11 +405,11 @@ pub fn token(args: TokenArgs) -> Result<(), CliError> {
                     .uses_left
                     .map_or_else(|| "unlimited".into(), |n| n.to_string());
                 out.push_str(&format!(
-                    "{:<18} {:<9} {:<10} {:<26} {}\n",
+                    "{:<18} {:<9} {:<10} {:<21} {}\n",
                     t.id,
                     t.status,
                     uses,
-                    cell(t.expires_at.as_deref()),
+                    to_the_second(t.expires_at.as_deref()),
                     tags(&t.tags)
                 ));
             }
@@ -380,18 +433,20 @@ pub fn peers(args: PeersArgs) -> Result<(), CliError> {
                 return print(&pretty(&text));
             }
             let mut out = format!(
-                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
-                "ID", "HOSTNAME", "NAME", "ADDRESS", "ONLINE", "ENDPOINT", "TAGS"
+                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {}\n",
+                "ID", "HOSTNAME", "NAME", "ADDRESS", "ONLINE", "LAST SEEN", "ENDPOINT", "TAGS"
             );
+            let now = std::time::SystemTime::now();
             for p in &answer.peers {
                 let name = p.dns_name.as_ref().map(|n| format!("{n}.mesh"));
                 out.push_str(&format!(
-                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<22} {}\n",
+                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {}\n",
                     p.id.as_str(),
                     p.hostname,
                     cell(name.as_deref()),
                     p.virtual_ip.to_string(),
                     if p.online { "yes" } else { "no" },
+                    age(&p.last_heartbeat, now),
                     cell(p.endpoint.as_deref()),
                     tags(&p.tags)
                 ));
@@ -400,9 +455,80 @@ pub fn peers(args: PeersArgs) -> Result<(), CliError> {
         }
         PeersCommand::Remove(a) => {
             let admin = Admin::new(a.server, a.admin_secret_file)?;
-            admin.call("DELETE", &format!("peers/{}", a.id), None)?;
-            print(&format!("removed {}\n", a.id))
+            let (answer, _): (AdminPeersResponse, _) = admin.call_as("GET", "peers", None)?;
+            let peer = pick_peer(&answer.peers, &a.peer)?;
+            admin.call("DELETE", &format!("peers/{}", peer.id.as_str()), None)?;
+            print(&format!(
+                "removed {} ({}, {})\n",
+                peer.id.as_str(),
+                peer.hostname,
+                peer.virtual_ip
+            ))
         }
+    }
+}
+
+/// The one peer `wanted` names: its peer id, mesh address, mesh name (with or without
+/// `.mesh`) or hostname, in that order. None or several is a usage error (exit 2) saying
+/// what to give instead.
+fn pick_peer<'a>(
+    peers: &'a [crate::proto::admin::AdminPeerView],
+    wanted: &str,
+) -> Result<&'a crate::proto::admin::AdminPeerView, CliError> {
+    let name = wanted.strip_suffix(".mesh").unwrap_or(wanted);
+    let rules: [&dyn Fn(&crate::proto::admin::AdminPeerView) -> bool; 4] = [
+        &|p| p.id.as_str() == wanted,
+        &|p| p.virtual_ip.to_string() == wanted,
+        &|p| p.dns_name.as_deref() == Some(name),
+        &|p| p.hostname.eq_ignore_ascii_case(wanted),
+    ];
+    for rule in rules {
+        let found: Vec<_> = peers.iter().filter(|p| rule(p)).collect();
+        match found[..] {
+            [one] => return Ok(one),
+            [] => continue,
+            _ => {
+                let ids: Vec<&str> = found.iter().map(|p| p.id.as_str()).collect();
+                return Err(CliError::new(
+                    EXIT_USAGE,
+                    format!(
+                        "several peers are called {wanted:?} ({}): give the peer id",
+                        ids.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Err(CliError::new(
+        EXIT_USAGE,
+        format!(
+            "no peer is called {}: give a hostname, mesh name, mesh address or peer id from \
+             `wgmesh peers list`",
+            crate::types::describe(wanted)
+        ),
+    ))
+}
+
+/// `when` (RFC 3339) as an age: `45s ago`, `12m ago`, `3h ago`, `5d ago`; `-` if unreadable.
+fn age(when: &str, now: std::time::SystemTime) -> String {
+    let Ok(t) = crate::time::parse(when) else {
+        return "-".into();
+    };
+    let secs = now.duration_since(t).unwrap_or_default().as_secs();
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        7200..=172_799 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// An RFC 3339 time to the second (the server sends nanoseconds), `-` when absent.
+fn to_the_second(when: Option<&str>) -> String {
+    match when.map(crate::time::parse) {
+        Some(Ok(t)) => crate::time::format(t),
+        Some(Err(_)) => when.unwrap_or("-").to_owned(),
+        None => "-".into(),
     }
 }
 

@@ -18,6 +18,8 @@ pub const EXIT_COMMAND: u8 = 4;
 pub const EXIT_STATE: u8 = 5;
 /// A check found a problem (`netcheck`).
 pub const EXIT_CHECK: u8 = 6;
+/// Another agent already runs with this config (`up`, `sync`): not an error to retry.
+pub const EXIT_RUNNING: u8 = 7;
 
 /// A failure with its exit code; `main` prints the message once on stderr.
 #[derive(Debug)]
@@ -44,7 +46,7 @@ pub(super) fn agent_failure(e: AgentError) -> CliError {
         AgentError::Usage(_) => EXIT_USAGE,
         AgentError::Config(ConfigError::Invalid(..)) => EXIT_USAGE,
         AgentError::Config(ConfigError::Io(_)) => EXIT_STATE,
-        AgentError::Server(_) => EXIT_SERVER,
+        AgentError::Server(_) | AgentError::Join(_) => EXIT_SERVER,
         AgentError::Command(_) => EXIT_COMMAND,
     };
     CliError::new(code, e.to_string())

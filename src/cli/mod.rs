@@ -11,6 +11,7 @@
 //! | 4 | a system command (`wg`, `ip`, ...) failed |
 //! | 5 | local state could not be read or written (or a replica's database) |
 //! | 6 | a check failed (`netcheck`: the exit node does not carry this node's traffic) |
+//! | 7 | another agent is already running with this config (`up`, `sync`) |
 
 mod admin;
 mod agent;
@@ -19,15 +20,17 @@ mod netcheck;
 mod output;
 mod server;
 mod service;
+mod usage;
 
 use argh::FromArgs;
 use exit::{EXIT_OK, EXIT_USAGE};
+use std::io::Write;
 use std::process::ExitCode;
 
 /// wgmesh: a WireGuard mesh VPN. Every machine gets a stable private IP and a direct,
 /// encrypted path to every other machine. Exit codes: 0 ok, 1 internal error, 2 bad usage or
 /// config, 3 server unreachable or refusing, 4 a system command failed, 5 local state error,
-/// 6 a check failed.
+/// 6 a check failed, 7 already running. `wgmesh --version` prints the version.
 #[derive(FromArgs, Debug)]
 pub struct Wgmesh {
     #[argh(subcommand)]
@@ -52,22 +55,35 @@ enum Command {
     Service(service::ServiceArgs),
 }
 
-/// Parses the command line. Help (`--help`, `help`) goes to stdout with exit 0; anything argh
-/// refuses (unknown flag, missing value, a value that does not parse) goes to stderr with
-/// [`EXIT_USAGE`], as the exit-code table promises (argh itself would exit 1).
+/// Parses the command line. Help (`--help`, `-h`, `help`) and `--version` go to stdout with
+/// exit 0; anything argh refuses (unknown flag, missing value, a value that does not parse)
+/// goes to stderr with [`EXIT_USAGE`], as the exit-code table promises (argh itself would
+/// exit 1), with the nearest real flag or subcommand when the mistake looks like a typo.
 fn parse_args(argv: &[String]) -> Result<Wgmesh, ExitCode> {
     let name = argv
         .first()
         .and_then(|p| std::path::Path::new(p).file_name()?.to_str())
         .unwrap_or("wgmesh");
     let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    if usage::asks_version(&rest) {
+        let _ = writeln!(std::io::stdout(), "{}", usage::version());
+        return Err(ExitCode::from(EXIT_OK));
+    }
+    let rest = usage::expand_short_help(&rest);
     Wgmesh::from_args(&[name], &rest).map_err(|early| match early.status {
         Ok(()) => {
-            println!("{}", early.output);
+            // A closed pipe (`wgmesh --help | head`) is not an error.
+            let _ = writeln!(std::io::stdout(), "{}", early.output);
             ExitCode::from(EXIT_OK)
         }
         Err(()) => {
-            eprintln!("{}\nRun {name} --help for more information.", early.output);
+            let hint = usage::suggestion::<Wgmesh>(name, &rest, &early.output)
+                .map(|s| format!("{s}\n"))
+                .unwrap_or_default();
+            eprintln!(
+                "{}\n{hint}Run {name} --help for more information.",
+                early.output.trim_end()
+            );
             ExitCode::from(EXIT_USAGE)
         }
     })

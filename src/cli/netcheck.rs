@@ -84,7 +84,17 @@ pub fn run(args: NetcheckArgs) -> Result<(), CliError> {
     let report = netcheck::netcheck(primary, secondary, timeout, None)
         .map_err(|e| CliError::new(EXIT_INTERNAL, e.to_string()))?;
 
-    let exit_check = cfg.as_ref().and_then(|c| ExitCheck::of(c, &path, &report));
+    // The exit check asks the way internet traffic goes: through the tunnel, also when the
+    // server is on the local network (then the plain probe above never enters it).
+    let through = cfg
+        .as_ref()
+        .and_then(ExitCheck::tunnel_interface)
+        .and_then(|iface| netcheck::probe_through(iface, primary, timeout))
+        .and_then(|probe| probe.ok())
+        .map(|probe| probe.mapped.ip());
+    let exit_check = cfg
+        .as_ref()
+        .and_then(|c| ExitCheck::of(c, &path, &report, through));
 
     // The relay is the coordination server's: checked when netcheck asks that server (not
     // another STUN server given with --server), reusing the STUN answer when it is the same

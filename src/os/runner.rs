@@ -280,7 +280,7 @@ impl Runner for SystemRunner {
     }
 
     fn write_file(&mut self, file: &PlannedFile) -> io::Result<()> {
-        crate::fsutil::write_atomic(&file.path, file.contents.as_bytes(), file.mode)
+        crate::fsutil::write_replacing(&file.path, file.contents.as_bytes(), file.mode)
     }
 }
 

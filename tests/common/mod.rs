@@ -500,3 +500,33 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, serde_json::Value) 
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (status, serde_json::from_str(body).unwrap_or_default())
 }
+
+/// Registers a new agent the way `wgmesh up` does on its first run (a key generated and
+/// saved in `config`, registered with the first of `servers` that answers, the list and the
+/// server key remembered), without touching any interface: what a dry run needs first,
+/// since a dry run registers nothing.
+pub fn join(
+    config: &Path,
+    servers: &[String],
+    hostname: &str,
+    ca: Option<&Path>,
+    token: Option<&str>,
+) -> wgmesh::agent::state::config::ClientConfig {
+    use wgmesh::agent::run::setup::{engine, Overrides};
+    let mut urls = servers.iter().map(|s| s.parse().expect("server URL"));
+    let mut engine = engine(Overrides {
+        config: Some(config.to_owned()),
+        server: urls.next(),
+        fallback_servers: urls.collect(),
+        hostname: Some(hostname.parse().expect("hostname")),
+        ca: ca.map(Path::to_owned),
+        token: token.map(str::to_owned),
+        os: Some(wgmesh::os::TargetOs::Linux),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("agent for {hostname}: {e}"));
+    engine
+        .register()
+        .unwrap_or_else(|e| panic!("register {hostname}: {e}"));
+    engine.config.clone()
+}

@@ -33,6 +33,17 @@ impl Sink<'_> {
         }
     }
 
+    /// Says something about the run: a `#` comment line among the printed plans, or an
+    /// info log line when plans run.
+    pub fn note(&mut self, text: &str) {
+        match self {
+            Sink::Run(_) => log::info!("{text}"),
+            Sink::Print(out) => {
+                let _ = writeln!(out, "# {text}");
+            }
+        }
+    }
+
     /// Whether plans are only printed.
     pub fn is_dry_run(&self) -> bool {
         matches!(self, Sink::Print(_))

@@ -27,16 +27,25 @@ impl ApiClient {
         if let Some(signer) = pinned.as_ref() {
             return Ok(signer.clone());
         }
-        let mut resp = self.agent.get(self.url("/key")).call().map_err(transport);
+        let key = self.fetch_key()?;
+        log::warn!(
+            "trusting coordination server key {key} on first use (pass --server-key to pin it up front)"
+        );
+        let signer = Arc::new(RequestSigner::new(&identity.key, &key));
+        *pinned = Some(signer.clone());
+        Ok(signer)
+    }
+    /// `GET /key` from the server in use (or the next that answers): the key the server says
+    /// it has. Unauthenticated by nature; changes nothing on the server.
+    pub fn fetch_key(&self) -> Result<PublicKey, ClientError> {
+        let url = self.url("/key");
+        let mut resp = self.agent.get(&url).call().map_err(transport(&url));
         for other in self.servers.iter().filter(|s| *s != self.server()) {
             if resp.as_ref().is_ok_and(|r| r.status().is_success()) {
                 break;
             }
-            resp = self
-                .agent
-                .get(format!("{other}/key"))
-                .call()
-                .map_err(transport);
+            let url = format!("{other}/key");
+            resp = self.agent.get(&url).call().map_err(transport(&url));
         }
         let mut resp = resp?;
         if !resp.status().is_success() {
@@ -48,13 +57,7 @@ impl ApiClient {
             .limit(64 * 1024)
             .read_json()
             .map_err(|e| ClientError::Protocol(format!("server key answer: {e}")))?;
-        log::warn!(
-            "trusting coordination server key {} on first use (pass --server-key to pin it up front)",
-            answer.server_public_key
-        );
-        let signer = Arc::new(RequestSigner::new(&identity.key, &answer.server_public_key));
-        *pinned = Some(signer.clone());
-        Ok(signer)
+        Ok(answer.server_public_key)
     }
     /// Sends one request to `base`, signed when there is an identity, and reads the whole
     /// answer; a signed request's answer is verified before anything else looks at it.
@@ -68,9 +71,8 @@ impl ApiClient {
         limit: u64,
     ) -> Result<Answer, ClientError> {
         let bytes = body.clone().unwrap_or_default();
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{base}{path}"));
+        let url = format!("{base}{path}");
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         if body.is_some() {
             builder = builder.header("Content-Type", "application/json");
         }
@@ -95,7 +97,7 @@ impl ApiClient {
         } else {
             self.agent.run(builder.body(()).map_err(built)?)
         }
-        .map_err(transport)?;
+        .map_err(transport(&url))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp

@@ -38,7 +38,9 @@ impl ApiClient {
             let base = &self.servers[index];
             let result = self.exchange_with(base, method, path, body.clone(), extra, limit);
             let failed = match &result {
-                Err(ClientError::Unreachable(why)) => Some(why.clone()),
+                Err(ClientError::Unreachable(why) | ClientError::Misaddressed(why)) => {
+                    Some(why.clone())
+                }
                 Err(ClientError::Refused { status, message }) if *status >= 500 => {
                     Some(format!("answered {status}: {message}"))
                 }

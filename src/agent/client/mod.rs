@@ -142,6 +142,11 @@ impl ApiClient {
         self
     }
 
+    /// Whether a join token is at hand for a first registration.
+    pub fn has_token(&self) -> bool {
+        self.identity.as_ref().is_some_and(|i| i.token.is_some())
+    }
+
     /// Presents `token` on registrations of a key the server does not know yet.
     pub fn with_token(mut self, token: Option<String>) -> ApiClient {
         if let Some(identity) = self.identity.as_mut() {
@@ -244,11 +249,8 @@ impl ApiClient {
         struct Replicas {
             replicas: Vec<String>,
         }
-        let mut resp = self
-            .agent
-            .get(self.url("/replicas"))
-            .call()
-            .map_err(transport)?;
+        let url = self.url("/replicas");
+        let mut resp = self.agent.get(&url).call().map_err(transport(&url))?;
         match resp.status().as_u16() {
             404 => Ok(Vec::new()),
             200..=299 => resp

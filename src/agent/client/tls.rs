@@ -6,14 +6,65 @@ use crate::types::InvalidValue;
 use std::path::Path;
 use std::sync::Arc;
 
-pub(super) fn transport(e: ureq::Error) -> ClientError {
-    match tls_failure(&e) {
-        Some(tls) => ClientError::Unreachable(format!(
-            "TLS with the server failed: {tls} (if its certificate is not from a public CA, pass the CA certificate with --ca FILE)"
-        )),
-        None => ClientError::Unreachable(e.to_string()),
+/// A transport failure talking to `url`, as a sentence that names the URL tried and the
+/// likely fix: a server that does not speak TLS, an untrusted certificate, a name that does
+/// not resolve, no answer in time.
+pub(super) fn transport(url: &str) -> impl Fn(ureq::Error) -> ClientError + '_ {
+    move |e| {
+        let why = format!("{url}: {}", explain(&e));
+        if misaddressed(&e) {
+            ClientError::Misaddressed(why)
+        } else {
+            ClientError::Unreachable(why)
+        }
     }
 }
+
+/// A name that does not resolve, or a server that does not speak TLS.
+fn misaddressed(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::HostNotFound => true,
+        ureq::Error::Io(io) if io.to_string().contains("lookup address") => true,
+        _ => tls_failure(e).is_some_and(|t| t.contains("InvalidContentType")),
+    }
+}
+
+/// What went wrong in words a user can act on.
+fn explain(e: &ureq::Error) -> String {
+    if let Some(tls) = tls_failure(e) {
+        if tls.contains("InvalidContentType") {
+            return format!(
+                "the server does not speak TLS ({tls}): if it serves plain HTTP, use http:// \
+                 in --server"
+            );
+        }
+        return format!(
+            "TLS with the server failed: {tls} (if its certificate is not from a public CA, \
+             pass the CA certificate with --ca FILE)"
+        );
+    }
+    match e {
+        ureq::Error::Io(io) if io.to_string().contains("lookup address") => format!(
+            "its host name does not resolve ({io}): check the name in --server and this \
+             machine's DNS"
+        ),
+        ureq::Error::HostNotFound => {
+            "its host name does not resolve: check the name in --server and this machine's \
+             DNS"
+            .to_owned()
+        }
+        ureq::Error::Timeout(which) => format!(
+            "no answer in time ({which} timeout): is the server running and reachable from \
+             here (firewall, address, port)? A host name that takes long to resolve ends the \
+             same way"
+        ),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused ({io}): is `wgmesh server` running there, on that port?")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// The rustls error behind a ureq error, if the failure was TLS (an untrusted certificate,
 /// a name mismatch, a server that does not speak TLS), so it can be reported as such
 /// rather than as a bare I/O error.

@@ -22,6 +22,7 @@ use crate::os::{Plan, TargetOs};
 use crate::proto::model::PeerInfo;
 use crate::types::InterfaceName;
 use resolver::{Table, ZONE};
+use serde::Serialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -103,27 +104,84 @@ pub fn undo_plan(applied: &AppliedDns) -> Result<Plan, AgentError> {
     Ok(plan)
 }
 
-/// What `status` says about mesh DNS: how names reach the resolver, or how to use it.
-pub fn describe(applied: Option<&AppliedDns>) -> String {
-    match applied {
-        None => "mesh DNS: off (runs while `wgmesh up` does; --dns off disables it)".into(),
-        Some(a) => {
-            let servers: Vec<String> = a.servers.iter().map(IpAddr::to_string).collect();
-            let how = match a.method {
-                DnsMethod::Resolved => format!("systemd-resolved sends .{ZONE} on {}", a.interface),
-                DnsMethod::Hosts => format!(
-                    "names also kept in {}",
-                    a.hosts_file
-                        .as_deref()
-                        .unwrap_or(Path::new(dns::HOSTS_FILE))
-                        .display()
-                ),
-                DnsMethod::ResolverFile => format!("{} sends .{ZONE}", dns::MACOS_RESOLVER_FILE),
-                DnsMethod::Nrpt => format!("an NRPT rule sends .{ZONE}"),
-                DnsMethod::Manual => dns::manual_hint(&a.servers),
-            };
-            format!("mesh DNS: resolver on {}; {how}", servers.join(", "))
+/// Mesh DNS in `status`: whether the resolver runs, on which addresses, and how the OS sends
+/// `.mesh` queries to it (`method`: resolved, hosts, manual, resolver-file or nrpt; null
+/// while `up` is not running). Structured for `--json`; [`DnsStatus::summary`] is the
+/// human line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsStatus {
+    /// Whether `up` set mesh DNS up (it runs only while `up` does).
+    pub running: bool,
+    /// How `.mesh` reaches the resolver; `manual` means nothing sends it (see `status
+    /// --help`).
+    pub method: Option<DnsMethod>,
+    /// The resolver's addresses.
+    pub servers: Vec<IpAddr>,
+    /// The interface the OS setting hangs on.
+    pub interface: Option<String>,
+    /// The hosts file holding the names, for `hosts`.
+    pub hosts_file: Option<PathBuf>,
+    /// What stops `.mesh` names from working here although the setting is in place
+    /// (Windows: Group Policy NRPT rules override the local one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl DnsStatus {
+    /// One short line for the `status` header; the advice for `manual` is in `status
+    /// --help` and README.
+    pub fn summary(&self) -> String {
+        let Some(method) = self.method else {
+            return "mesh DNS off (it runs while `wgmesh up` does)".into();
+        };
+        let servers: Vec<String> = self.servers.iter().map(IpAddr::to_string).collect();
+        let how = match method {
+            DnsMethod::Resolved => format!("systemd-resolved sends .{ZONE}"),
+            DnsMethod::Hosts => format!(
+                "names also in {}",
+                self.hosts_file
+                    .as_deref()
+                    .unwrap_or(Path::new(dns::HOSTS_FILE))
+                    .display()
+            ),
+            DnsMethod::ResolverFile => format!("{} sends .{ZONE}", dns::MACOS_RESOLVER_FILE),
+            DnsMethod::Nrpt => format!("an NRPT rule sends .{ZONE}"),
+            DnsMethod::Manual => format!("nothing sends .{ZONE} here: see wgmesh status --help"),
+        };
+        let line = format!("mesh DNS on {} ({how})", servers.join(", "));
+        match &self.warning {
+            Some(w) => format!("{line}; {w}"),
+            None => line,
         }
+    }
+}
+
+/// What `status` says about mesh DNS, from what `up` recorded as set up.
+pub fn status(applied: Option<&AppliedDns>) -> DnsStatus {
+    match applied {
+        None => DnsStatus {
+            running: false,
+            method: None,
+            servers: Vec::new(),
+            interface: None,
+            hosts_file: None,
+            warning: None,
+        },
+        Some(a) => DnsStatus {
+            running: true,
+            method: Some(a.method),
+            servers: a.servers.clone(),
+            interface: Some(a.interface.clone()),
+            hosts_file: match a.method {
+                DnsMethod::Hosts => Some(
+                    a.hosts_file
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(dns::HOSTS_FILE)),
+                ),
+                _ => None,
+            },
+            warning: None,
+        },
     }
 }
 
@@ -257,18 +315,27 @@ mod tests {
     }
 
     #[test]
-    fn status_says_how_names_reach_the_resolver() {
-        assert!(describe(None).contains("off"));
+    fn status_says_how_names_reach_the_resolver_in_one_short_line() {
+        let off = status(None);
+        assert!(!off.running && off.method.is_none());
+        assert!(off.summary().contains("off"));
         let manual = AppliedDns {
             method: DnsMethod::Manual,
             interface: "wg0".into(),
             servers: servers(),
             hosts_file: None,
         };
-        let text = describe(Some(&manual));
+        let s = status(Some(&manual));
+        assert_eq!(s.method, Some(DnsMethod::Manual));
+        assert_eq!(s.servers, servers());
+        let line = s.summary();
         assert!(
-            text.contains("10.100.0.5") && text.contains("dig @10.100.0.5"),
-            "{text}"
+            line.contains("10.100.0.5") && line.contains("status --help"),
+            "{line}"
         );
+        assert!(line.len() < 120, "one short line: {line}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["method"], "manual");
+        assert_eq!(json["servers"][0], "10.100.0.5");
     }
 }

@@ -105,10 +105,7 @@ impl MeshDns {
                 .collect();
             for (addr, e) in self.resolver.serve_on(&addrs) {
                 if self.warned.insert(addr) {
-                    log::warn!(
-                        "DNS: cannot answer on {addr} ({e}); is another DNS server bound to port \
-                         {DNS_PORT} on all addresses? Retrying at each sync (--dns off disables)"
-                    );
+                    log::warn!("DNS: cannot answer on {addr} ({e}); {}", bind_hint(&e));
                 }
             }
         }
@@ -128,7 +125,13 @@ impl MeshDns {
             sink.apply(&dns::on(want.method, &real_name, &want.servers))?;
             match want.method {
                 DnsMethod::Manual => log::info!("{}", dns::manual_hint(&want.servers)),
-                method => log::info!(".{ZONE} names go to this node's resolver ({method:?})"),
+                method => log::info!(
+                    ".{ZONE} names go to this node's resolver ({})",
+                    serde_json::to_value(method)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
             }
             record(engine, sink, Some(want.clone()))?;
         }
@@ -164,11 +167,40 @@ fn record(engine: &mut Engine, sink: &Sink<'_>, dns: Option<AppliedDns>) -> Resu
     }
     Ok(())
 }
+
+/// The likely cause of a failed bind of the resolver's port, in words: a missing privilege
+/// is not another DNS server.
+fn bind_hint(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "port {DNS_PORT} needs root or CAP_NET_BIND_SERVICE (under systemd: add it to \
+             CapabilityBoundingSet=, as etc/wgmesh.service does). Retrying at each sync \
+             (--dns off disables)"
+        ),
+        std::io::ErrorKind::AddrInUse => format!(
+            "another DNS server is bound to port {DNS_PORT} on all addresses (dnsmasq, bind): \
+             make it bind only the addresses it serves. Retrying at each sync (--dns off \
+             disables)"
+        ),
+        _ => "retrying at each sync (--dns off disables)".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::os::TargetOs;
     use std::path::{Path, PathBuf};
+
+    #[test]
+    fn a_refused_bind_blames_the_missing_privilege_not_another_server() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let hint = bind_hint(&denied);
+        assert!(hint.contains("CAP_NET_BIND_SERVICE"), "{hint}");
+        assert!(!hint.contains("another DNS server"), "{hint}");
+        let busy = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(bind_hint(&busy).contains("another DNS server"));
+    }
 
     fn wg0() -> InterfaceName {
         "wg0".parse().unwrap()

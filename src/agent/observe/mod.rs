@@ -3,7 +3,9 @@
 //! (`netcheck`), and whether replica relays still answer. Thin I/O edges; the decisions they
 //! feed are in [`super::decide`] and [`crate::agent::plan`].
 
+mod bind_device;
 pub mod host;
 pub mod host_routes;
 pub mod netcheck;
+pub mod preflight;
 pub mod relay_probe;

@@ -407,13 +407,46 @@ pub struct ExitCheck {
     pub ok: bool,
 }
 
+/// Asks `server` for our mapped address from a socket bound to the WireGuard interface
+/// `interface` (Linux `SO_BINDTODEVICE`, needs root or CAP_NET_RAW), so the request goes
+/// through the tunnel as internet traffic does, even when the server is on the local
+/// network (whose more specific route otherwise keeps it outside the tunnel). Elsewhere,
+/// or without the privilege, `None`: the caller falls back to the plain probe.
+pub fn probe_through(
+    interface: &str,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Option<Result<Probe, NetcheckError>> {
+    let socket = match bind(any_for(server)) {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    if let Err(e) = super::bind_device::bind_to_device(&socket, interface) {
+        log::debug!("cannot bind the exit check's socket to {interface}: {e}");
+        return None;
+    }
+    Some(probe_from(&socket, server, timeout))
+}
+
 impl ExitCheck {
+    /// The interface to probe through for the exit check: the applied interface, when an
+    /// exit node is chosen and its full tunnel is up.
+    pub fn tunnel_interface(config: &crate::agent::state::config::ClientConfig) -> Option<&str> {
+        config.use_exit_node.as_ref()?;
+        let applied = config.applied.as_ref()?;
+        applied.full_tunnel.as_ref()?;
+        Some(&applied.interface)
+    }
+
     /// The check for `config` (saved at `config_path`, beside its cached peer list) given
-    /// what `report` saw; `None` unless an exit node is chosen and its tunnel is up.
+    /// the address the STUN server saw us from through the tunnel (`through`, see
+    /// [`probe_through`]) or, failing that, in `report`; `None` unless an exit node is
+    /// chosen and its tunnel is up.
     pub fn of(
         config: &crate::agent::state::config::ClientConfig,
         config_path: &std::path::Path,
         report: &Report,
+        through: Option<IpAddr>,
     ) -> Option<ExitCheck> {
         let wanted = config.use_exit_node.clone()?;
         config.applied.as_ref()?.full_tunnel.as_ref()?;
@@ -423,7 +456,7 @@ impl ExitCheck {
             .find(|p| crate::agent::decide::desired::is_named(p, &wanted))
             .and_then(|p| p.endpoint)
             .map(|e| e.0.ip());
-        let seen = report.mapped.map(|m| m.ip());
+        let seen = through.or(report.mapped.map(|m| m.ip()));
         Some(ExitCheck {
             exit_node: wanted,
             ok: expected.is_some() && expected == seen,

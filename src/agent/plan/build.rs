@@ -25,6 +25,15 @@ use crate::types::InterfaceName;
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 
+/// A peer as a log line names it: `hostname (mesh address)`, or its key when the list does
+/// not know it (any more).
+fn peer_name(peers: &[PeerInfo], key: &crate::keys::PublicKey) -> String {
+    match peers.iter().find(|p| &p.public_key == key) {
+        Some(p) => format!("{} ({})", p.hostname, p.virtual_ip),
+        None => key.to_base64(),
+    }
+}
+
 /// What one sync wants, worked out once from the configuration and the server's list.
 pub(super) struct Wanted<'a> {
     pub(super) spec: InterfaceSpec,
@@ -104,12 +113,13 @@ impl Builder {
             self.push(
                 Step::run(tunnel_off(self.os, &real_name, old, false)).note(format!(
                     "stopped routing internet traffic through exit node {}",
-                    old.exit_public_key
+                    peer_name(input.peers, &old.exit_public_key)
                 )),
             );
         }
         self.peers(input, &w, &real_name, &iface.actual_peers);
-        let want_tunnel = self.tunnel_on(&real_name, want_tunnel, replaced, &have_tunnel);
+        let want_tunnel =
+            self.tunnel_on(&real_name, want_tunnel, replaced, &have_tunnel, input.peers);
         let removed = match (&have_tunnel, &iface.gone_tunnel) {
             (Some(old), _) if replaced => Some(old),
             (_, gone) => gone.as_ref(),
@@ -352,6 +362,7 @@ impl Builder {
         mut want: Option<AppliedTunnel>,
         replaced: bool,
         have: &Option<AppliedTunnel>,
+        peers: &[PeerInfo],
     ) -> Option<AppliedTunnel> {
         let os = self.os;
         if replaced {
@@ -372,7 +383,7 @@ impl Builder {
                 };
                 self.push(Step::run(plan).note(format!(
                     "routing internet traffic through exit node {}",
-                    new.exit_public_key
+                    peer_name(peers, &new.exit_public_key)
                 )));
             }
         }

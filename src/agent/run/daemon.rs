@@ -454,13 +454,15 @@ impl<'a> Daemon<'a> {
             .reconcile_live(&peers, hold, &mut Sink::Run(&mut *self.runner))
         {
             Ok(summary) => {
+                // Names follow the list at once, also when this pass deferred keepalives
+                // (it used to wait for the next sync).
+                refresh_dns(self.dns.as_deref_mut(), self.engine, &mut *self.runner);
                 if summary.keepalive_deferred && self.followup.is_none() {
                     self.followup = Some(now + FOLLOW_UP);
                     self.deferred_at.get_or_insert(now);
                     return Ok(false);
                 }
                 log::debug!("live update: {} peers", summary.peers);
-                refresh_dns(self.dns.as_deref_mut(), self.engine, &mut *self.runner);
                 Ok(true)
             }
             Err(e) if retryable(&e) => {

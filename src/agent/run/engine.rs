@@ -98,10 +98,20 @@ impl Engine {
         }
     }
 
-    /// Registers (idempotent) and stores the assignment.
+    /// Registers (idempotent) and stores the assignment. Never called for a dry run, which
+    /// changes nothing anywhere (no registration, no token use).
     pub fn register(&mut self) -> Result<&Assignment, AgentError> {
         let request = self.register_request();
-        let answer = self.client.register(&request)?;
+        let first = self.config.assignment.is_none();
+        let answer = self.client.register(&request).map_err(|e| {
+            // Before the first registration nothing works; a refusal retrying cannot fix
+            // ends `up` (and `sync`) with the reason rather than looping on it.
+            if first && e.is_permanent() {
+                AgentError::Join(e)
+            } else {
+                AgentError::Server(e)
+            }
+        })?;
         let assignment = Assignment {
             peer_id: answer.peer_id,
             assigned_ip: answer.assigned_ip,
@@ -149,15 +159,32 @@ impl Engine {
     /// (kept beside the config, so a one-shot `sync` benefits too), else the whole list, or
     /// the last one on a 304. Returns the list and whether it is unchanged.
     pub fn fetch_peers(&mut self) -> Result<(Vec<PeerInfo>, bool), AgentError> {
-        self.fetch_peers_from(true)
+        self.fetch_peers_from(true, true)
+    }
+
+    /// Registers again after the server said it does not know us, unless this is a dry run
+    /// (`may_register` false), which registers nothing and says so.
+    fn register_again(&mut self, may_register: bool) -> Result<&Assignment, AgentError> {
+        if !may_register {
+            return Err(AgentError::Usage(
+                "the server does not know this node (any more): a real run registers it \
+                 again; a dry run registers nothing"
+                    .into(),
+            ));
+        }
+        self.register()
     }
 
     /// [`Engine::fetch_peers`]; `use_cache: false` (dry runs) starts from the whole list
     /// instead of the cached version, so what is printed never depends on an earlier run.
-    fn fetch_peers_from(&mut self, use_cache: bool) -> Result<(Vec<PeerInfo>, bool), AgentError> {
+    fn fetch_peers_from(
+        &mut self,
+        use_cache: bool,
+        may_register: bool,
+    ) -> Result<(Vec<PeerInfo>, bool), AgentError> {
         let peer_id = match &self.config.assignment {
             Some(a) => a.peer_id.clone(),
-            None => self.register()?.peer_id.clone(),
+            None => self.register_again(may_register)?.peer_id.clone(),
         };
         if self.last_list.is_none() && self.persist && use_cache {
             self.last_list = load_known_peers(&self.config_path);
@@ -166,9 +193,9 @@ impl Engine {
             let answer = match self.client.peers_since(&peer_id, since, None) {
                 Err(ClientError::UnknownPeer) => {
                     log::warn!("the server no longer knows {peer_id}: registering again");
-                    self.register()?;
+                    self.register_again(may_register)?;
                     self.last_list = None;
-                    return self.fetch_peers_from(false);
+                    return self.fetch_peers_from(false, may_register);
                 }
                 other => other?,
             };
@@ -180,7 +207,7 @@ impl Engine {
         let answer = match self.client.peers(&peer_id, etag.as_deref()) {
             Err(ClientError::UnknownPeer) => {
                 log::warn!("the server no longer knows {peer_id}: registering again");
-                let id = self.register()?.peer_id.clone();
+                let id = self.register_again(may_register)?.peer_id.clone();
                 self.client.peers(&id, None)?
             }
             other => other?,
@@ -242,16 +269,46 @@ impl Engine {
         }
     }
 
-    /// One full step: register if needed, fetch peers, reconcile the interface.
+    /// One full step: register if needed, fetch peers, reconcile the interface. A dry run
+    /// of a node that is not registered yet only checks that the server answers (and has
+    /// the pinned key) and says what a real run would do first.
     pub fn sync(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
         plan::check_interface_name(self.os, &self.config)?;
+        if self.config.assignment.is_none() && sink.is_dry_run() {
+            return self.dry_run_unregistered(sink);
+        }
         if self.config.assignment.is_none() {
             self.register()?;
         }
-        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run(), !sink.is_dry_run())?;
         self.refresh_relays();
         self.watch_relays(crate::agent::observe::relay_probe::ROUND_WAIT);
         self.reconcile(&peers, unchanged, sink)
+    }
+
+    /// [`Engine::sync`]'s dry run before any registration: `GET /key` (read-only) to see
+    /// the server answers and holds the pinned key, then a note of what a real run does.
+    fn dry_run_unregistered(&mut self, sink: &mut Sink<'_>) -> Result<SyncSummary, AgentError> {
+        let key = self.client.fetch_key()?;
+        if let Some(pinned) = self.client.pinned_server_key().filter(|p| *p != key) {
+            return Err(AgentError::Server(ClientError::Unauthentic(format!(
+                "the server's key is {key}, not the pinned {pinned}"
+            ))));
+        }
+        let hostname = host::local_hostname(&self.config);
+        let token = if self.client.has_token() {
+            "with the join token given"
+        } else {
+            "without a join token (the server must run with --open)"
+        };
+        sink.note(&format!(
+            "not registered with {} yet: a real run first registers {hostname} {token}, then \
+             creates {} with the address the server assigns and adds the peers it may see; \
+             this dry run registered nothing and wrote nothing",
+            self.client.server(),
+            self.config.interface
+        ));
+        Ok(SyncSummary::default())
     }
 
     /// Makes the interface match `peers`: observes the host, plans (pure), applies the
@@ -302,7 +359,7 @@ impl Engine {
         if self.config.assignment.is_none() {
             self.register()?;
         }
-        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run())?;
+        let (peers, unchanged) = self.fetch_peers_from(!sink.is_dry_run(), !sink.is_dry_run())?;
         self.refresh_relays();
         self.watch_relays(std::time::Duration::ZERO);
         self.reconcile_as(&peers, unchanged, Some(hold_silent), sink, true)

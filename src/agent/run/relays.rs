@@ -57,10 +57,11 @@ impl Engine {
             })
             .collect();
         if relays != self.paths.relays {
+            let list: Vec<String> = relays.values().map(ToString::to_string).collect();
             log::info!(
-                "relayed pairs meet at one of {} replica relay(s): {:?}",
+                "relayed pairs meet at one of {} replica relay(s): {}",
                 relays.len(),
-                relays.values().collect::<Vec<_>>()
+                list.join(", ")
             );
             self.paths.relays = relays;
         }

@@ -52,6 +52,8 @@ pub struct Overrides {
     pub ca: Option<PathBuf>,
     /// How direct and relayed paths are chosen.
     pub paths: PathSettings,
+    /// A dry run: nothing is written (not even a new key) and nothing is registered.
+    pub dry_run: bool,
 }
 
 /// The OS to produce commands for: the requested one, else this host's.
@@ -159,9 +161,11 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     let server = cfg.server.clone().ok_or_else(|| {
         AgentError::Usage("no coordination server known: pass --server http://HOST:PORT".into())
     })?;
-    cfg.save(&path)?;
-    if fresh {
-        log::info!("generated a new key pair in {}", path.display());
+    if !o.dry_run {
+        cfg.save(&path)?;
+        if fresh {
+            log::info!("generated a new key pair in {}", path.display());
+        }
     }
     let reader: Option<Box<dyn Runner>> =
         (Some(os) == TargetOs::current()).then(|| Box::new(SystemRunner::new()) as Box<dyn Runner>);
@@ -178,7 +182,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         reader,
         last_list: None,
         relay_probe: Default::default(),
-        persist: true,
+        persist: !o.dry_run,
         path_settings: o.paths,
         path_choices: Default::default(),
     })

@@ -1,6 +1,6 @@
 //! The client subcommands: `up`, `sync`, `down`, `status`, `export`, `genkey`, `pubkey`.
 
-use super::exit::{agent_failure, CliError, EXIT_INTERNAL, EXIT_USAGE};
+use super::exit::{agent_failure, CliError, EXIT_INTERNAL, EXIT_RUNNING, EXIT_STATE, EXIT_USAGE};
 use super::output::{init_logging, print_json, LogLevel};
 use crate::agent::client::ServerUrl;
 use crate::agent::decide::path::PathSettings;
@@ -8,6 +8,7 @@ use crate::agent::dns::service::MeshDns;
 use crate::agent::dns::DnsOptions;
 use crate::agent::run::daemon::{self, Intervals};
 use crate::agent::run::engine::{self, Sink};
+use crate::agent::run::instance::{self, InstanceLock, LockError};
 use crate::agent::run::setup::{self, Overrides};
 use crate::agent::state::config::{self, ExitFallback};
 use crate::keys::PublicKey;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 mod inspect;
 mod keys;
+mod report;
 
 pub use inspect::{export, status, ExportArgs, StatusArgs};
 pub use keys::{genkey, pubkey, GenkeyArgs, PubkeyArgs};
@@ -94,13 +96,15 @@ macro_rules! overrides {
             server_key: $args.server_key,
             ca: $args.ca,
             paths: path_settings($args.relay_after, $args.direct_probe_interval)?,
+            dry_run: $args.dry_run,
         }
     };
 }
 
 /// Bring this machine into the mesh and keep it there: register, create the WireGuard
-/// interface, then heartbeat and sync peers in the foreground until SIGINT/SIGTERM, which
-/// remove everything it set up.
+/// interface, then heartbeat and sync peers in the foreground until SIGINT/SIGTERM or
+/// `wgmesh down`, which remove everything it set up. One agent per config: a second `up` or
+/// `sync` exits 7 ("already running (pid N)").
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "up")]
 pub struct UpArgs {
@@ -170,7 +174,8 @@ pub struct UpArgs {
     /// the hosts file --dns-hosts writes (default /etc/hosts)
     #[argh(option)]
     hosts_file: Option<PathBuf>,
-    /// print the commands instead of running them, then exit
+    /// print the commands instead of running them, then exit; changes nothing anywhere (no
+    /// registration, no token use, no file written)
     #[argh(switch)]
     dry_run: bool,
     /// seconds a peer may stay silent on its direct path before its traffic goes through
@@ -265,7 +270,8 @@ pub struct SyncArgs {
     /// print a JSON summary of what changed on stdout
     #[argh(switch)]
     json: bool,
-    /// print the commands instead of running them
+    /// print the commands instead of running them; changes nothing anywhere (no
+    /// registration, no token use, no file written)
     #[argh(switch)]
     dry_run: bool,
     /// seconds a peer may stay silent on its direct path before its traffic goes through
@@ -284,9 +290,10 @@ pub struct SyncArgs {
     log_level: LogLevel,
 }
 
-/// Remove the interface, routes and anything else `up` or `sync` set up on this machine, after
-/// telling the server this node goes offline (so the others drop it at once). The
-/// registration (and so the address) is kept for the next `up`.
+/// Stop a running `up` for this config (SIGTERM, waiting up to 30 s), then remove the
+/// interface, routes and anything else `up` or `sync` set up on this machine, after telling
+/// the server this node goes offline (so the others drop it at once). The registration (and
+/// so the address) is kept for the next `up`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "down")]
 pub struct DownArgs {
@@ -323,6 +330,31 @@ fn path_settings(relay_after: u64, probe_interval: u64) -> Result<PathSettings, 
     })
 }
 
+/// How long `down` waits for a running `up` to finish its own teardown (the agent unit's
+/// TimeoutStopSec is 30 s too).
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the one-agent-per-config lock, or says who holds it ([`EXIT_RUNNING`]).
+fn lock(config: &Option<PathBuf>) -> Result<InstanceLock, CliError> {
+    let path = config.clone().unwrap_or_else(config::default_path);
+    instance::acquire(&path).map_err(|e| match e {
+        LockError::Running { .. } => CliError::new(EXIT_RUNNING, e.to_string()),
+        LockError::Io(_) => CliError::new(EXIT_STATE, e.to_string()),
+    })
+}
+
+/// Before a real `up` or `sync` registers (spending a token use): can this machine create
+/// the interface at all? Exit 2 with the one reason if not (restarting cannot fix it).
+fn preflight(os: Option<crate::os::TargetOs>) -> Result<(), CliError> {
+    let os = setup::target_os(os).map_err(agent_failure)?;
+    if Some(os) != crate::os::TargetOs::current() {
+        return Ok(());
+    }
+    let facts = crate::agent::observe::preflight::Facts::observe(os);
+    crate::agent::observe::preflight::check(os, &facts)
+        .map_err(|e| CliError::new(EXIT_USAGE, e.to_string()))
+}
+
 fn stop_flag() -> Result<Arc<AtomicBool>, CliError> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -353,6 +385,12 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::os::dns::HOSTS_FILE)),
     });
+    let _lock = if dry_run {
+        None
+    } else {
+        preflight(args.os)?;
+        Some(lock(&args.config)?)
+    };
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -376,6 +414,16 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
 pub fn sync(args: SyncArgs) -> Result<(), CliError> {
     init_logging(args.log_level);
     let dry_run = args.dry_run;
+    let _lock = if dry_run {
+        None
+    } else {
+        preflight(args.os)?;
+        Some(lock(&args.config)?)
+    };
+    let config_path = args.config.clone().unwrap_or_else(config::default_path);
+    let before = crate::agent::run::engine::load_known_peers(&config_path)
+        .map(|k| k.peers)
+        .unwrap_or_default();
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     let summary = if dry_run {
         let mut stdout = std::io::stdout().lock();
@@ -388,7 +436,7 @@ pub fn sync(args: SyncArgs) -> Result<(), CliError> {
     }
     .map_err(agent_failure)?;
     if args.json {
-        print_json(&summary)?;
+        print_json(&report::report(summary, &before, &engine.known_peers()))?;
     }
     Ok(())
 }
@@ -398,6 +446,17 @@ pub fn down(args: DownArgs) -> Result<(), CliError> {
     init_logging(args.log_level);
     let path = args.config.unwrap_or_else(config::default_path);
     setup::target_os(None).map_err(agent_failure)?;
+    if !args.dry_run {
+        // A running `up` would re-create at once what this removes: stop it first; its
+        // own teardown tells the server and removes what it set up.
+        match instance::stop_running(&path, STOP_WAIT) {
+            Ok(instance::Stopped::Stopped(pid)) => {
+                log::info!("stopped the running agent (pid {pid})")
+            }
+            Ok(instance::Stopped::NoneRunning) => {}
+            Err(e) => return Err(CliError::new(EXIT_RUNNING, e.to_string())),
+        }
+    }
     if args.dry_run {
         let mut stdout = std::io::stdout().lock();
         engine::down(&path, args.os, &mut Sink::Print(&mut stdout))

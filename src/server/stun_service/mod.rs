@@ -152,9 +152,7 @@ impl StunService {
                     .spawn(move || serve(&sock, &shared))?,
             );
         }
-        log::info!(
-            "STUN responder on {local_addr} with {threads} thread(s), rate limit {limits:?}"
-        );
+        log::info!("STUN responder on {local_addr} with {threads} thread(s), rate limit {limits}");
         Ok(handle)
     }
 }

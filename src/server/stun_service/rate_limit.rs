@@ -28,6 +28,20 @@ pub struct RateLimit {
     pub max_sources: usize,
 }
 
+impl std::fmt::Display for RateLimit {
+    /// As the startup log says it: `20/s per source, bursts of 40` or `off`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.per_second == 0 {
+            return f.write_str("off");
+        }
+        write!(
+            f,
+            "{}/s per source, bursts of {}",
+            self.per_second, self.burst
+        )
+    }
+}
+
 impl RateLimit {
     /// No rate limit: for tests and benchmarks on loopback only.
     pub fn unlimited() -> Self {
