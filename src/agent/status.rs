@@ -555,7 +555,10 @@ mod tests {
         let status = collect(&path, &mut reader, SystemTime::now()).unwrap();
         reader.assert_done();
         assert!(
-            status.dns.summary().contains("Group Policy NRPT rules exist")
+            status
+                .dns
+                .summary()
+                .contains("Group Policy NRPT rules exist")
                 && status.dns.summary().contains("10.100.0.5"),
             "{}",
             status.dns.summary()
@@ -574,7 +577,11 @@ mod tests {
             );
         let status = collect(&path, &mut reader, SystemTime::now()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(!status.dns.summary().contains("Group Policy"), "{}", status.dns.summary());
+        assert!(
+            !status.dns.summary().contains("Group Policy"),
+            "{}",
+            status.dns.summary()
+        );
         assert!(
             status.dns.summary().contains("an NRPT rule sends .mesh"),
             "{}",

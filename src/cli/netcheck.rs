@@ -61,6 +61,32 @@ fn resolve(text: &str) -> Result<SocketAddr, CliError> {
         .ok_or_else(|| CliError::new(EXIT_USAGE, format!("--server {text:?} is not HOST:PORT")))
 }
 
+/// The human report: the STUN findings, then the relay's and the exit node's checks.
+fn human(
+    report: &netcheck::Report,
+    relay: Option<&RelayCheck>,
+    exit_check: Option<&ExitCheck>,
+) -> String {
+    let mut text = report.to_string();
+    if let Some(r) = relay {
+        let answers = if r.answers {
+            "answers"
+        } else {
+            "NO ANSWER (relayed peers cannot connect)"
+        };
+        text.push_str(&format!("\nrelay {}: {answers}\n", r.address));
+    }
+    if let Some(check) = exit_check {
+        let carries = if check.ok {
+            "traffic leaves through it"
+        } else {
+            "NOT carrying traffic"
+        };
+        text.push_str(&format!("\nexit node {}: {carries}\n", check.exit_node));
+    }
+    text
+}
+
 /// `wgmesh netcheck`.
 pub fn run(args: NetcheckArgs) -> Result<(), CliError> {
     init_logging(LogLevel(log::LevelFilter::Warn));
@@ -130,30 +156,7 @@ pub fn run(args: NetcheckArgs) -> Result<(), CliError> {
         .expect("serializes");
         write_stdout(&format!("{text}\n"))?;
     } else {
-        let mut text = report.to_string();
-        if let Some(r) = &relay {
-            text.push_str(&format!(
-                "\nrelay {}: {}\n",
-                r.address,
-                if r.answers {
-                    "answers"
-                } else {
-                    "NO ANSWER (relayed peers cannot connect)"
-                }
-            ));
-        }
-        if let Some(check) = &exit_check {
-            text.push_str(&format!(
-                "\nexit node {}: {}\n",
-                check.exit_node,
-                if check.ok {
-                    "traffic leaves through it"
-                } else {
-                    "NOT carrying traffic"
-                }
-            ));
-        }
-        write_stdout(&text)?;
+        write_stdout(&human(&report, relay.as_ref(), exit_check.as_ref()))?;
     }
     if !udp_ok {
         return Err(CliError::new(EXIT_SERVER, format!("no STUN answer from {primary}: UDP to the server is blocked or it runs without --udp-listen")));
