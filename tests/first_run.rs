@@ -712,7 +712,11 @@ fn netcheck_with_the_server_on_the_lan_sees_traffic_leave_through_the_exit_node(
             &client,
             &["netcheck", "--json", "--timeout-ms", "800"],
         );
-        let ok = out.status.code() == Some(0);
+        // Exit 0 alone also means "no exit node recorded yet" (no check made): wait for the
+        // check itself.
+        let checked = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|r| r["exit_check"]["ok"] == true);
+        let ok = out.status.code() == Some(0) && checked;
         last = Some(out);
         ok
     });
