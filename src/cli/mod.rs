@@ -17,6 +17,7 @@ mod agent;
 pub mod exit;
 mod netcheck;
 mod output;
+mod routes;
 mod server;
 mod service;
 
@@ -49,6 +50,7 @@ enum Command {
     Token(admin::TokenArgs),
     Peers(admin::PeersArgs),
     Policy(admin::PolicyArgs),
+    Routes(routes::RoutesArgs),
     Service(service::ServiceArgs),
 }
 
@@ -103,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Token(a) => admin::token(a),
         Command::Peers(a) => admin::peers(a),
         Command::Policy(a) => admin::policy(a),
+        Command::Routes(a) => routes::run(a),
         Command::Service(a) => service::run(a),
     };
     match result {
