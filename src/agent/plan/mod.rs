@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 mod build;
 mod route_check;
 mod steps;
+mod subnet_routes;
+mod subnet_routes_undo;
 mod tunnel;
 
 pub use super::decide::stagger::{defer_crossing_handshakes, silent_deferred, stuck_deferred};
@@ -139,6 +141,7 @@ pub fn undo(os: TargetOs, config: &ClientConfig, owned: bool) -> Result<Vec<Step
     if !old.routes.is_empty() {
         steps.push(Step::run(os::routes(os, &old_name, &[], &old.routes)));
     }
+    steps.extend(subnet_routes_undo::undo(old, &old_name));
     steps.push(Step {
         record: Some(None),
         ..Step::run(os::destroy(os, &config.interface, &old_name, mesh))

@@ -3,7 +3,6 @@
 //! flags, remembered in the config), and what it set up for them (recorded, so `down` removes
 //! exactly that).
 
-use crate::agent::error::AgentError;
 use crate::os::TargetOs;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -134,6 +133,18 @@ impl std::str::FromStr for TableChoice {
     }
 }
 
+/// A combination of subnet-route flags that cannot work, and how to fix it (a usage error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagError(pub String);
+
+impl std::fmt::Display for FlagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FlagError {}
+
 /// The subnet-route flags of one `up` or `sync` run; `None` keeps what is remembered.
 #[derive(Debug, Clone, Default)]
 pub struct SubnetRouteFlags {
@@ -151,11 +162,11 @@ pub struct SubnetRouteFlags {
 
 impl SubnetRouteConfig {
     /// Takes this run's flags into the remembered settings, refusing what cannot work.
-    pub fn apply(&mut self, flags: SubnetRouteFlags, os: TargetOs) -> Result<(), AgentError> {
+    pub fn apply(&mut self, flags: SubnetRouteFlags, os: TargetOs) -> Result<(), FlagError> {
         if let Some(list) = flags.advertise {
             for net in &list.0 {
                 if net.prefix_len() == 0 {
-                    return Err(AgentError::Usage(format!(
+                    return Err(FlagError(format!(
                         "--advertise-routes {net}: a default route is what exit nodes are \
                          for: use --exit-node"
                     )));
@@ -179,7 +190,7 @@ impl SubnetRouteConfig {
             self.to_table = table.0;
         }
         if self.from_table.is_some() && self.from_table_allow.is_empty() {
-            return Err(AgentError::Usage(
+            return Err(FlagError(
                 "--routes-from-table needs --routes-from-table-allow PREFIXES: only \
                  prefixes inside the allow-list are advertised from the table"
                     .into(),
@@ -187,7 +198,7 @@ impl SubnetRouteConfig {
         }
         let linux_only = self.is_router() || self.to_table.is_some();
         if linux_only && os != TargetOs::Linux {
-            return Err(AgentError::Usage(format!(
+            return Err(FlagError(format!(
                 "{os} cannot be a subnet router yet: run --advertise-routes, \
                  --routes-from-table and --routes-to-table on Linux (--accept-routes works \
                  everywhere)"

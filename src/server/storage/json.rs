@@ -301,7 +301,8 @@ impl Storage for JsonStorage {
         let (before, record) = {
             let registry = self.state.registry();
             let owner = registry.by_id(id).ok_or_else(|| unknown(id))?;
-            let record = super::subnet_routes::decide(&registry, owner, prefix, verdict)?;
+            let record = super::subnet_routes::decide(&registry, owner, prefix, verdict)
+                .map_err(StorageError::from)?;
             (owner.clone(), record)
         };
         if record == before {

@@ -74,6 +74,12 @@ impl From<TokenError> for StorageError {
     }
 }
 
+impl From<subnet_routes::Refused> for StorageError {
+    fn from(e: subnet_routes::Refused) -> StorageError {
+        StorageError::Refused(e.status, e.why)
+    }
+}
+
 impl From<IpamError> for StorageError {
     /// No address left is 503 (the operator can widen the network); a broken pool is 500.
     fn from(e: IpamError) -> StorageError {

@@ -11,11 +11,20 @@
 //! [`crate::proto::subnet_routes::primary`]). Rejecting takes the approval away; it stays
 //! away while the peer keeps advertising the route (the policy approves only new routes).
 
-use super::StorageError;
 use crate::server::policy::Policy;
 use crate::server::registry::{Prepared, Registry};
 use crate::server::store::PeerRecord;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// Why an operator's decision could not be made: the HTTP status (404 for a route the peer
+/// does not advertise, 409 for one that may not be approved) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// 404 or 409.
+    pub status: u16,
+    /// What was wrong, naming the router and the prefix.
+    pub why: String,
+}
 
 /// What an operator decided about one advertised route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,13 +106,13 @@ pub fn decide(
     owner: &PeerRecord,
     prefix: IpNet,
     verdict: Verdict,
-) -> Result<PeerRecord, StorageError> {
+) -> Result<PeerRecord, Refused> {
     let prefix = prefix.trunc();
     if !owner.allowed_ips.contains(&prefix) || prefix.prefix_len() == 0 {
         let advertised = advertised(owner);
-        return Err(StorageError::Refused(
-            404,
-            format!(
+        return Err(Refused {
+            status: 404,
+            why: format!(
                 "{} ({}) does not advertise {prefix}; it advertises {}",
                 owner.hostname,
                 owner.virtual_ip,
@@ -116,16 +125,16 @@ pub fn decide(
                         .join(", "),
                 }
             ),
-        ));
+        });
     }
     let mut record = owner.clone();
     match verdict {
         Verdict::Approve => {
             if let Some(why) = refusal(owner, &prefix, Mesh::of(registry), registry.each()) {
-                return Err(StorageError::Refused(
-                    409,
-                    format!("cannot approve {prefix} for {}: {why}", owner.hostname),
-                ));
+                return Err(Refused {
+                    status: 409,
+                    why: format!("cannot approve {prefix} for {}: {why}", owner.hostname),
+                });
             }
             if !record.approved_routes.contains(&prefix) {
                 record.approved_routes.push(prefix);

@@ -29,7 +29,8 @@ impl ReplicaStorage {
                         format!("no peer {id} is registered (see `wgmesh routes list`)"),
                     )),
                     Some(owner) => subnet_routes::decide(&registry, owner, prefix, verdict)
-                        .map(|record| (record.clone() != *owner, record)),
+                        .map(|record| (record.clone() != *owner, record))
+                        .map_err(StorageError::from),
                 }
             };
             match decided {

@@ -47,15 +47,15 @@ fn join(
     record
 }
 
-fn approve(r: &mut Registry, who: &PeerRecord, prefix: &str) -> Result<PeerRecord, StorageError> {
+fn approve(r: &mut Registry, who: &PeerRecord, prefix: &str) -> Result<PeerRecord, Refused> {
     let owner = r.by_id(&who.id).unwrap().clone();
     let record = decide(r, &owner, net(prefix), Verdict::Approve)?;
     r.commit(record.clone());
     Ok(record)
 }
 
-fn refused(e: StorageError) -> (u16, String) {
-    (e.http_status(), e.to_string())
+fn refused(e: Refused) -> (u16, String) {
+    (e.status, e.why)
 }
 
 #[test]
