@@ -161,5 +161,61 @@ pub fn allowed_from_table(found: &[IpNet], allow: &[IpNet]) -> Vec<IpNet> {
     out
 }
 
+/// What `status` says about subnet routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SubnetRouteStatus {
+    /// What this node advertises (approval is the server's: `wgmesh routes list`).
+    pub advertised: Vec<IpNet>,
+    /// Whether this node uses the routes others advertise (`--accept-routes`).
+    pub accept_routes: bool,
+    /// The routes it uses, each with the router in use.
+    pub accepted: Vec<AcceptedRoute>,
+}
+
+/// The subnet-route status of `config` with the last peer list `peers`.
+pub fn status(config: &ClientConfig, peers: &[PeerInfo]) -> SubnetRouteStatus {
+    let own = config.subnet_routes.advertised();
+    let accepted = match &config.assignment {
+        Some(a) => {
+            let mesh = MeshNets {
+                v4: a.network_cidr,
+                v6: crate::proto::mesh6::prefix(&a.server_public_key),
+            };
+            select(peers, config.accept_routes, &own, mesh).1
+        }
+        None => Vec::new(),
+    };
+    SubnetRouteStatus {
+        advertised: own,
+        accept_routes: config.accept_routes,
+        accepted,
+    }
+}
+
+/// The human lines of [`SubnetRouteStatus`] (none when subnet routes are not in use).
+pub fn describe(s: &SubnetRouteStatus) -> String {
+    let mut out = String::new();
+    if !s.advertised.is_empty() {
+        let list: Vec<String> = s.advertised.iter().map(IpNet::to_string).collect();
+        out.push_str(&format!("advertising routes: {}\n", list.join(", ")));
+    }
+    for a in &s.accepted {
+        out.push_str(&format!(
+            "route {} via {} ({}){}\n",
+            a.prefix,
+            a.router,
+            a.router_ip,
+            match a.standby.is_empty() {
+                true => String::new(),
+                false => format!(", standby {}", a.standby.join(", ")),
+            }
+        ));
+    }
+    if s.accept_routes && s.accepted.is_empty() {
+        out.push_str("accepting subnet routes: none approved and online\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;
