@@ -270,3 +270,174 @@ fn a_lan_behind_subnet_routers_after_approval_with_failover_snat_and_policy() {
     );
     assert_eq!(router_traces(&lab, &gw_b.ns), "");
 }
+
+/// BIRD on the upstream router: announces 198.18.40.0/24 (its own 198.18.40.1 lives on
+/// `lo`) to the subnet router over eBGP, and learns what the subnet router announces.
+const UPSTREAM_BIRD: &str = r#"log stderr all;
+router id 198.18.20.2;
+protocol device { scan time 1; }
+protocol static announced {
+    ipv4;
+    route 198.18.40.0/24 blackhole;
+}
+protocol bgp subnet_router {
+    local 198.18.20.2 as 65001;
+    neighbor 198.18.20.1 as 65002;
+    ipv4 { import all; export where proto = "announced"; };
+}
+"#;
+
+/// BIRD on the subnet router: what BGP learns goes into kernel table 100 (which wgmesh
+/// advertises from, `--routes-from-table 100`), and what wgmesh writes into table 200
+/// (`--routes-to-table 200`: the mesh and its accepted routes) is announced upstream. The
+/// README's "Subnet routes and BGP" shows this file.
+const ROUTER_BIRD: &str = r#"log stderr all;
+router id 198.18.20.1;
+ipv4 table mesh;
+protocol device { scan time 1; }
+protocol kernel bgp_to_table100 {
+    kernel table 100;
+    ipv4 { import none; export where source = RTS_BGP; };
+}
+protocol kernel mesh_from_table200 {
+    kernel table 200;
+    learn;
+    scan time 1;
+    ipv4 { table mesh; import all; export none; };
+}
+protocol pipe mesh_to_master {
+    table mesh;
+    peer table master4;
+    import none;
+    export all;
+}
+protocol bgp upstream {
+    local 198.18.20.1 as 65002;
+    neighbor 198.18.20.2 as 65001;
+    ipv4 { import all; export where source = RTS_INHERIT; };
+}
+"#;
+
+/// Starts BIRD in the foreground on `ns` with `conf`, its own control socket and pid file
+/// in the lab's folder (never the system's); returns the socket for `birdc -s`.
+fn bird(lab: &mut Lab, ns: &str, name: &str, conf: &str) -> String {
+    let dir = lab.dir.path().to_owned();
+    let conf_path = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf_path, conf).unwrap();
+    let sock = dir.join(format!("{name}.ctl")).display().to_string();
+    let pid = dir.join(format!("{name}.pid")).display().to_string();
+    let conf_arg = conf_path.display().to_string();
+    lab.spawn(
+        ns,
+        &["bird", "-f", "-c", &conf_arg, "-s", &sock, "-P", &pid],
+        &format!("{name}.log"),
+    );
+    sock
+}
+
+fn birdc(lab: &Lab, ns: &str, sock: &str, args: &[&str]) -> String {
+    let mut full = vec!["birdc", "-s", sock];
+    full.extend_from_slice(args);
+    String::from_utf8_lossy(&lab.exec(ns, &full).stdout).into_owned()
+}
+
+#[test]
+fn bgp_routes_from_a_routing_daemon_reach_the_mesh_and_the_mesh_reaches_bgp() {
+    for tool in ["bird", "birdc", "socat"] {
+        assert!(
+            common::netns::run(&["sh", "-c", &format!("command -v {tool}")])
+                .status
+                .success(),
+            "{tool} is missing: apt-get install bird2 socat"
+        );
+    }
+    let mut lab = Lab::new("srbgp");
+    let srv = lab.host("srv", &format!("{SERVER}/24"));
+    let gw = lab.mesh_node("gw", "198.18.0.2/24");
+    let remote = lab.mesh_node("remote", "198.18.0.4/24");
+    let upstream = lab.bare("upstream");
+    let link = lab.ifname("u", "gw");
+    must(&[
+        "ip", "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &upstream,
+    ]);
+    must(&["ip", "link", "set", &link, "netns", &gw.ns]);
+    lab.exec_ok(&gw.ns, &["ip", "link", "set", &link, "name", "eth1"]);
+    lab.exec_ok(
+        &gw.ns,
+        &["ip", "addr", "add", "198.18.20.1/24", "dev", "eth1"],
+    );
+    lab.exec_ok(&gw.ns, &["ip", "link", "set", "eth1", "up"]);
+    lab.exec_ok(
+        &upstream,
+        &["ip", "addr", "add", "198.18.20.2/24", "dev", "eth0"],
+    );
+    lab.exec_ok(&upstream, &["ip", "link", "set", "eth0", "up"]);
+    lab.exec_ok(
+        &upstream,
+        &["ip", "addr", "add", "198.18.40.1/32", "dev", "lo"],
+    );
+    // The subnet router forwards by what BGP put in table 100.
+    lab.exec_ok(
+        &gw.ns,
+        &["ip", "rule", "add", "pref", "1000", "lookup", "100"],
+    );
+    let up_sock = bird(&mut lab, &upstream, "bird-upstream", UPSTREAM_BIRD);
+    let gw_sock = bird(&mut lab, &gw.ns, "bird-gw", ROUTER_BIRD);
+
+    // Routers may advertise what lies in 198.18.32.0/19 without an operator.
+    start_server(
+        &mut lab,
+        &srv,
+        r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:router"]}],
+            "routes": [{"advertisers": ["tag:router"], "prefixes": ["198.18.32.0/19"]}]}"#,
+        &[],
+    );
+    let g = up(
+        &mut lab,
+        &srv,
+        &gw,
+        "tag:router",
+        &[
+            "--routes-from-table",
+            "100",
+            "--routes-from-table-allow",
+            "198.18.32.0/19",
+            "--routes-to-table",
+            "200",
+        ],
+    );
+    up(&mut lab, &srv, &remote, "tag:dev", &["--accept-routes"]);
+    lab.eventually(SETTLE, "BGP brings 198.18.40.0/24 into table 100", || {
+        String::from_utf8_lossy(
+            &lab.exec(&gw.ns, &["ip", "route", "show", "table", "100"])
+                .stdout,
+        )
+        .contains("198.18.40.0/24")
+    });
+    lab.eventually(
+        SETTLE,
+        "the remote node reaches the upstream's network",
+        || lab.ping(&remote.ns, "198.18.40.1"),
+    );
+    // The mesh network, written into table 200, is in the upstream's BGP table.
+    lab.eventually(SETTLE, "the upstream learns the mesh over BGP", || {
+        birdc(&lab, &upstream, &up_sock, &["show", "route"]).contains("10.100.0.0/16")
+    });
+
+    // Withdrawn upstream: gone from the mesh.
+    birdc(&lab, &upstream, &up_sock, &["disable", "announced"]);
+    lab.eventually(
+        SETTLE,
+        "the withdrawn prefix leaves the remote node",
+        || !mesh_routes(&lab, &remote.ns).contains("198.18.40.0/24"),
+    );
+    assert!(!lab.ping(&remote.ns, "198.18.40.1"));
+
+    // Stopping removes the routes it wrote into table 200 and its NAT table.
+    assert_eq!(lab.signal(g, "TERM"), Some(0), "{}", lab.log("gw.log"));
+    let table200 = lab.exec(&gw.ns, &["ip", "route", "show", "table", "200"]);
+    let table200 = String::from_utf8_lossy(&table200.stdout);
+    assert_eq!(table200.trim(), "", "{table200}");
+    assert_eq!(router_traces(&lab, &gw.ns), "");
+    let _ = gw_sock;
+}

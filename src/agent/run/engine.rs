@@ -485,6 +485,8 @@ impl Engine {
         for cmd in crate::os::subnet_routes::read_table(table) {
             match reader.run(&cmd) {
                 Ok(out) => found.extend(crate::os::subnet_routes::parse_table(&out.stdout)),
+                // A table nothing was ever put into does not exist yet: it is empty.
+                Err(e) if e.to_string().contains("does not exist") => {}
                 Err(e) => {
                     log::warn!("cannot read routing table {table}: {e}");
                     return false;
