@@ -111,3 +111,6 @@ impl Builder {
         self.record(|a| a.routes_table = want);
     }
 }
+
+#[cfg(test)]
+mod tests;
