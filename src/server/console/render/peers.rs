@@ -132,6 +132,7 @@ pub fn detail(
     reachable: &[String],
     now: SystemTime,
     version: u64,
+    routes: Markup,
 ) -> Markup {
     page(
         Tab::Peers,
@@ -163,6 +164,7 @@ pub fn detail(
                     Some(s) => { (paths(s, names, now)) },
                 }
             }
+            (routes)
             @if viewer.role.may_change() {
                 p { a.button.danger href=(format!("/console/peers/{}/remove", r.id)) { "Remove this peer…" } }
             }
