@@ -46,7 +46,7 @@ pub(super) fn route_views(records: &[PeerRecord]) -> Vec<RouteView> {
     for (view, chosen) in views.iter_mut().zip(in_use) {
         view.primary = view.approved && view.online && chosen == Some(view.virtual_ip);
     }
-    views.sort_by(|a, b| (a.prefix, a.virtual_ip).cmp(&(b.prefix, b.virtual_ip)));
+    views.sort_by_key(|v| (v.prefix, v.virtual_ip));
     views
 }
 

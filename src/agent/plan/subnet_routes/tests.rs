@@ -135,7 +135,7 @@ fn transcript(os: TargetOs) -> String {
             (9, vec!["10.100.0.9/32"]),
         ],
     );
-    out += &decide(os, &mut config, &[b.clone()], &before);
+    out += &decide(os, &mut config, std::slice::from_ref(&b), &before);
     out += "\n## --accept-routes off: the route goes\n";
     config.accept_routes = false;
     let before = facts(&config, &[(9, vec!["10.100.0.9/32", "192.168.10.0/24"])]);

@@ -114,8 +114,7 @@ impl Visit<'_> {
                 report.as_ref(),
                 &names,
                 &reachable,
-                self.now,
-                version,
+                (self.now, version),
                 routes,
             ),
         ))

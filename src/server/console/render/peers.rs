@@ -130,8 +130,7 @@ pub fn detail(
     report: Option<&StoredReport>,
     names: &HashMap<PublicKey, String>,
     reachable: &[String],
-    now: SystemTime,
-    version: u64,
+    (now, version): (SystemTime, u64),
     routes: Markup,
 ) -> Markup {
     page(
