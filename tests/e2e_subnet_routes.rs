@@ -269,6 +269,13 @@ fn a_lan_behind_subnet_routers_after_approval_with_failover_snat_and_policy() {
         lab.log("gwb-nosnat.log")
     );
     assert_eq!(router_traces(&lab, &gw_b.ns), "");
+
+    // The same with one-shot `sync` and `down`: `down` removes what `sync` set up.
+    lab.exec_ok(&gw_b.ns, &[wgmesh_bin(), "sync", "--config", &gw_b.config]);
+    let tables = lab.exec_ok(&gw_b.ns, &["nft", "list", "tables"]);
+    assert!(tables.contains("wgmesh-sr-"), "{tables}");
+    lab.exec_ok(&gw_b.ns, &[wgmesh_bin(), "down", "--config", &gw_b.config]);
+    assert_eq!(router_traces(&lab, &gw_b.ns), "");
 }
 
 /// BIRD on the upstream router: announces 198.18.40.0/24 (its own 198.18.40.1 lives on
