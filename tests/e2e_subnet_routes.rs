@@ -226,7 +226,10 @@ fn a_lan_behind_subnet_routers_after_approval_with_failover_snat_and_policy() {
     });
     let pid = lab.child(a).id().to_string();
     must(&["kill", "-STOP", &pid]);
-    lab.eventually(SETTLE, "traffic to the LAN goes through gw-b", || {
+    // A functional deadline with margin: the server's 3 s heartbeat timeout, its 1 s sweep,
+    // then one long-poll answer and sync on the remote node.
+    let failover = Duration::from_secs(3 + 1 + 6);
+    lab.eventually(failover, "traffic to the LAN goes through gw-b", || {
         seen_by(&lab, &remote.ns, LAN1).as_deref() == Some("198.18.10.2")
     });
     must(&["kill", "-CONT", &pid]);
