@@ -693,3 +693,78 @@ fn serve_once(bind: &str, html: &str) -> String {
     });
     url
 }
+
+#[test]
+fn an_admin_approves_and_rejects_a_subnet_route_on_the_peer_page() {
+    let dir = TempDir::new("console-routes");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let key = new_key();
+    let gw = post(
+        &server,
+        "/register",
+        &serde_json::json!({"public_key": key, "hostname": "gw", "os": "linux",
+            "listen_port": 51820, "allowed_ips": ["198.18.10.0/24"]})
+        .to_string(),
+    );
+    let id = gw.json["peer_id"].as_str().unwrap().to_owned();
+    let mut c = Client::new(&server);
+    c.login(&server.admin_secret());
+    let page = c.get(&format!("/console/peers/{id}"));
+    assert!(page.body.contains("Subnet routes"), "{}", page.body);
+    assert!(page.body.contains("198.18.10.0/24"), "{}", page.body);
+    assert!(page
+        .body
+        .contains(&format!("/console/peers/{id}/routes/approve")));
+    let csrf = c.csrf();
+    let origin = c.origin();
+    let path = format!("/console/peers/{id}/routes/approve");
+    let forged = c.post(
+        &path,
+        &[("csrf", &csrf), ("prefix", "198.18.10.0/24")],
+        Some("http://evil.example"),
+    );
+    assert_eq!(forged.status, 403);
+    let done = c.post(
+        &path,
+        &[("csrf", &csrf), ("prefix", "198.18.10.0/24")],
+        Some(&origin),
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    let listed = common::admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], true,
+        "{}",
+        listed.json
+    );
+    let page = c.get(&format!("/console/peers/{id}"));
+    assert!(page.body.contains("primary"), "{}", page.body);
+    let reject = format!("/console/peers/{id}/routes/reject");
+    let done = c.post(
+        &reject,
+        &[("csrf", &csrf), ("prefix", "198.18.10.0/24")],
+        Some(&origin),
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    let listed = common::admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(listed.json["routes"][0]["approved"], false);
+    // The auditor sees the routes but cannot decide.
+    let mut auditor = Client::new(&server);
+    auditor.login(&auditor_secret(&server));
+    let page = auditor.get(&format!("/console/peers/{id}"));
+    assert!(page.body.contains("198.18.10.0/24"));
+    assert!(!page.body.contains("/routes/approve"));
+    let csrf = auditor.csrf();
+    let refused = auditor.post(
+        &path,
+        &[("csrf", &csrf), ("prefix", "198.18.10.0/24")],
+        Some(&origin),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let audit = std::fs::read_to_string(server.dir().join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"route_approve\"") && l.contains("\"console:admin\"")),
+        "{audit}"
+    );
+}

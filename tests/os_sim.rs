@@ -944,6 +944,8 @@ fn pinned_via(sim: &Sim, dest: &str) -> Option<Hop> {
 fn windows_reboot_brings_the_routes_back_and_nothing_leaks_with_block() {
     let sim = Sim::new(TargetOs::Windows);
     let mut engine = engine(TargetOs::Windows, &sim, "wg0");
+    // Subnet routes are used only with --accept-routes (issue 24).
+    engine.config.accept_routes = true;
     let mut peers = peers();
     // Peer b routes a subnet behind it: a `store=active` route a reboot forgets too.
     peers[1].allowed_ips.push("192.0.2.0/24".parse().unwrap());
@@ -1476,6 +1478,8 @@ fn ipv6_halves_and_routes_are_rechecked_like_ipv4() {
         if os == TargetOs::Macos {
             macos_with_utun(&mut engine, &sim);
         }
+        // Subnet routes are used only with --accept-routes (issue 24).
+        engine.config.accept_routes = true;
         let mut peers = peers();
         // Peer b routes an IPv6 subnet behind it.
         peers[1]

@@ -78,6 +78,9 @@ pub struct Status {
     /// With replicas: each replica's relay, whether it answers and whether a relayed peer
     /// meets there (empty for a single server).
     pub relays: Vec<RelayStatus>,
+    /// Subnet routes: what this node advertises, and the routes it uses with the router in
+    /// use for each.
+    pub subnet_routes: super::decide::subnet_routes::SubnetRouteStatus,
 }
 
 /// One replica's relay in `status` (issue 11).
@@ -189,6 +192,7 @@ pub fn collect(
         dns: dns_status(&cfg, reader),
         peers,
         relays: relay_statuses(&paths),
+        subnet_routes: super::decide::subnet_routes::status(&cfg, &known),
     })
 }
 
@@ -252,6 +256,9 @@ pub fn table(status: &Status) -> String {
         let name = p.hostname.as_deref().unwrap_or(&p.public_key);
         out.push_str(&format!("internet traffic goes through exit node {name}\n"));
     }
+    out.push_str(&super::decide::subnet_routes::describe(
+        &status.subnet_routes,
+    ));
     if !status.relays.is_empty() {
         let relays: Vec<String> = status
             .relays
@@ -320,7 +327,13 @@ pub fn export(path: &Path, ca: Option<&Path>, names: bool) -> Result<String, Age
             .find(|p| p.exit_node && desired::is_named(p, wanted))
             .map(|p| p.public_key)
     });
-    let desired = desired::desired_peers(&peers, exit.as_ref());
+    let mesh = super::decide::subnet_routes::MeshNets {
+        v4: assignment.network_cidr,
+        v6: crate::proto::mesh6::prefix(&assignment.server_public_key),
+    };
+    let own = cfg.subnet_routes.advertised();
+    let (used, _) = super::decide::subnet_routes::select(&peers, cfg.accept_routes, &own, mesh);
+    let desired = desired::desired_peers(&used, exit.as_ref());
     let text = crate::os::wgquick::render(&spec, &desired);
     Ok(if names {
         super::dns::annotate_export(&text, &peers)
@@ -379,6 +392,7 @@ mod tests {
                 peer(None, None, false),
             ],
             relays: Vec::new(),
+            subnet_routes: Default::default(),
         };
         let text = table(&status);
         let lines: Vec<&str> = text.lines().collect();

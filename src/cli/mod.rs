@@ -18,6 +18,7 @@ mod agent;
 pub mod exit;
 mod netcheck;
 mod output;
+mod routes;
 mod server;
 mod service;
 mod usage;
@@ -52,6 +53,7 @@ enum Command {
     Token(admin::TokenArgs),
     Peers(admin::PeersArgs),
     Policy(admin::PolicyArgs),
+    Routes(routes::RoutesArgs),
     Service(service::ServiceArgs),
 }
 
@@ -119,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Token(a) => admin::token(a),
         Command::Peers(a) => admin::peers(a),
         Command::Policy(a) => admin::policy(a),
+        Command::Routes(a) => routes::run(a),
         Command::Service(a) => service::run(a),
     };
     match result {

@@ -22,6 +22,7 @@ pub mod pins;
 pub mod route_table;
 pub mod runner;
 mod spec;
+pub mod subnet_routes;
 mod tunnel;
 mod wg;
 pub mod wgdump;

@@ -163,6 +163,7 @@ fn all_plans() -> Vec<(String, Plan)> {
         }
     }
     plans.extend(super::dns::golden_plans());
+    plans.extend(super::subnet_routes::golden_plans());
     let boot = |exe, config| super::boot::install(exe, config).expect("default paths");
     plans.push((
         "windows_service_install".into(),

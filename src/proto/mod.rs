@@ -8,4 +8,5 @@ pub mod model;
 pub mod replicas;
 pub mod report;
 pub mod stun;
+pub mod subnet_routes;
 pub mod wg_wire;

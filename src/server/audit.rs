@@ -42,6 +42,10 @@ pub enum AuditKind {
     AuthFailure,
     /// Someone logged in to the console (the actor says as what).
     ConsoleLogin,
+    /// An operator approved a peer's advertised subnet route.
+    RouteApprove,
+    /// An operator rejected (or took back the approval of) a peer's subnet route.
+    RouteReject,
 }
 
 /// One line of the audit log. Fields that do not apply are `null`, so every line has the

@@ -85,10 +85,36 @@ pub struct Rule {
     pub to: Vec<Selector>,
 }
 
+/// One `routes` entry: subnet routes that peers matching `advertisers` announce inside one
+/// of `prefixes` are approved without an operator (see
+/// `crate::server::storage::subnet_routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Who may advertise: tags or `"*"`.
+    pub advertisers: Vec<Selector>,
+    /// What they may advertise: a route is covered when one of these contains it.
+    pub prefixes: Vec<ipnet::IpNet>,
+}
+
+impl RouteRule {
+    /// Whether a peer with `tags` advertising `prefix` is approved by this rule.
+    pub fn approves(&self, tags: &[Tag], prefix: &ipnet::IpNet) -> bool {
+        let who = self.advertisers.iter().any(|s| match s {
+            Selector::Any => true,
+            Selector::Tag(t) => tags.contains(t),
+        });
+        who && self.prefixes.iter().any(|p| p.contains(prefix))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     allow: Vec<Rule>,
+    /// Subnet routes approved by the policy (absent: every route needs an operator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<RouteRule>,
 }
 
 /// Why a policy was refused. The message names the offending entry by its JSON path (e.g.
@@ -171,6 +197,7 @@ impl Policy {
                 from: vec![Selector::Any],
                 to: vec![Selector::Any],
             }],
+            routes: Vec::new(),
         })
     }
 
@@ -193,6 +220,20 @@ impl Policy {
                     return Err(PolicyError(format!(
                         "policy entry allow[{i}].{side} is empty: a rule needs at least one \
                          tag or \"*\" on each side (to allow nothing, delete the rule)"
+                    )));
+                }
+            }
+        }
+        for (i, rule) in file.routes.iter().enumerate() {
+            for (side, empty) in [
+                ("advertisers", rule.advertisers.is_empty()),
+                ("prefixes", rule.prefixes.is_empty()),
+            ] {
+                if empty {
+                    return Err(PolicyError(format!(
+                        "policy entry routes[{i}].{side} is empty: a route rule needs at least \
+                         one advertiser (tag or \"*\") and one prefix (to approve nothing, \
+                         delete the rule)"
                     )));
                 }
             }
@@ -241,6 +282,11 @@ impl Policy {
     /// The rules, as written, for display (`wgmesh policy show`).
     pub fn rules(&self) -> &[Rule] {
         &self.file.allow
+    }
+
+    /// The subnet-route rules (`routes`), which approve advertised routes automatically.
+    pub fn route_rules(&self) -> &[RouteRule] {
+        &self.file.routes
     }
 
     /// The policy as pretty JSON, e.g. for the audit log's policy-change detail.

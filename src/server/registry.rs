@@ -192,6 +192,11 @@ impl Registry {
             record.listen_port = reg.listen_port;
             record.exit_node = reg.exit_node;
             record.allowed_ips = reg.allowed_ips.clone();
+            // An approval lasts while the route is advertised; one dropped and advertised
+            // again needs approving again.
+            record
+                .approved_routes
+                .retain(|r| reg.allowed_ips.contains(r));
             record.observed_ip = Some(reg.observed_ip);
             record.dns_name = Some(self.names.choose(
                 &record.public_key,
@@ -230,6 +235,7 @@ impl Registry {
                 online: true,
                 tags: reg.tags.clone(),
                 dns_name: Some(dns_name),
+                approved_routes: Vec::new(),
             },
             fresh_address: true,
         })
@@ -408,6 +414,11 @@ impl Registry {
         self.peers.values()
     }
 
+    /// The IPv6 mesh prefix, once set.
+    pub fn mesh6(&self) -> Option<Ipv6Net> {
+        self.mesh6
+    }
+
     /// Every record, in address order, for the admin view.
     pub fn records(&self) -> Vec<PeerRecord> {
         self.snapshot().peers
@@ -440,15 +451,21 @@ impl Registry {
     }
 }
 
-/// The public view of a record: its /32 (and /128 in the IPv6 mesh), its advertised prefixes,
-/// and the default route for an exit node.
+/// The public view of a record: its /32 (and /128 in the IPv6 mesh), its approved subnet
+/// routes (advertised but unapproved prefixes stay private), and the default route for an
+/// exit node.
 pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
     let mut allowed_ips = vec![IpNet::from(std::net::IpAddr::V4(p.virtual_ip))];
     if let Some(prefix) = mesh6 {
         let v6 = crate::proto::mesh6::address(prefix, p.virtual_ip);
         allowed_ips.push(IpNet::from(std::net::IpAddr::V6(v6)));
     }
-    allowed_ips.extend(p.allowed_ips.iter().copied());
+    allowed_ips.extend(
+        p.allowed_ips
+            .iter()
+            .filter(|n| n.prefix_len() == 0 || p.approved_routes.contains(n))
+            .copied(),
+    );
     let default_v4: IpNet = "0.0.0.0/0".parse().expect("literal");
     if p.exit_node && !allowed_ips.contains(&default_v4) {
         allowed_ips.push(default_v4);

@@ -75,6 +75,11 @@ pub struct PeerRecord {
     /// before names existed: the registry assigns those on load, in registration order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<crate::types::DnsName>,
+    /// Which of `allowed_ips` an operator or the policy approved as subnet routes (see
+    /// `crate::server::storage::subnet_routes`): only these reach other peers' lists. Not
+    /// written when empty, so files without subnet routes keep their old shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_routes: Vec<IpNet>,
 }
 
 impl PeerRecord {
@@ -472,6 +477,7 @@ mod tests {
             online: true,
             tags: Vec::new(),
             dns_name: None,
+            approved_routes: Vec::new(),
         }
     }
 

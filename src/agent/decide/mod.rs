@@ -8,3 +8,4 @@ pub mod path;
 pub mod reconcile;
 pub mod relay_health;
 pub mod stagger;
+pub mod subnet_routes;

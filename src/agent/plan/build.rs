@@ -43,6 +43,8 @@ pub(super) struct Wanted<'a> {
     pub(super) published: Vec<PeerSpec>,
     /// The same with each peer's chosen path applied.
     pub(super) desired: Vec<PeerSpec>,
+    /// The subnet routes this node uses, each through one router.
+    pub(super) accepted: Vec<crate::agent::decide::subnet_routes::AcceptedRoute>,
 }
 
 /// The interface the rest of the sync works on.
@@ -134,6 +136,12 @@ impl Builder {
         );
         self.nat(input.config, &real_name, w.assignment.network_cidr, facts)?;
         self.subnet_routes(&real_name, &w, facts);
+        self.serve_subnet_routes(
+            input.config,
+            input.peers,
+            &real_name,
+            (&w.assignment, &w.accepted),
+        );
         self.summary.peers = w.desired.len();
         Ok(())
     }
@@ -148,7 +156,16 @@ impl Builder {
             .ok_or_else(|| AgentError::Usage("not registered yet".into()))?;
         let spec = interface_spec(config, &assignment);
         let exit = chosen_exit(config, input.peers)?;
-        let published = desired_peers(input.peers, exit.map(|p| &p.public_key));
+        let (used, accepted) = crate::agent::decide::subnet_routes::select(
+            input.peers,
+            config.accept_routes,
+            &config.subnet_routes.advertised(),
+            crate::agent::decide::subnet_routes::MeshNets {
+                v4: assignment.network_cidr,
+                v6: crate::proto::mesh6::prefix(&assignment.server_public_key),
+            },
+        );
+        let published = desired_peers(&used, exit.map(|p| &p.public_key));
         let desired = with_paths(&published, input.paths);
         self.summary = SyncSummary {
             peer_id: assignment.peer_id.to_string(),
@@ -162,6 +179,7 @@ impl Builder {
             exit,
             published,
             desired,
+            accepted,
         })
     }
 

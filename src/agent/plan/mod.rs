@@ -13,6 +13,8 @@ mod build;
 mod builder;
 mod route_check;
 mod steps;
+mod subnet_routes;
+mod subnet_routes_undo;
 mod tunnel;
 mod undo;
 

@@ -60,6 +60,7 @@ pub fn undo(os: TargetOs, config: &ClientConfig, owned: bool) -> Result<Vec<Step
     if !old.routes.is_empty() {
         steps.push(Step::run(os::routes(os, &old_name, &[], &old.routes)));
     }
+    steps.extend(super::subnet_routes_undo::undo(old, &old_name));
     steps.push(Step {
         record: Some(None),
         ..Step::run(os::destroy(os, &config.interface, &old_name, mesh))

@@ -351,9 +351,15 @@ impl<'a> Daemon<'a> {
         if !self.heartbeat.due(now) {
             return Ok(());
         }
+        let routes_before = self.engine.config.subnet_routes.advertised();
         match self.engine.heartbeat() {
             Ok(()) => {
                 self.heartbeat.succeeded(now);
+                // The routing daemon's table moved (`--routes-from-table`): serve the new
+                // prefixes (filter, NAT) now rather than at the next sync.
+                if self.engine.config.subnet_routes.advertised() != routes_before {
+                    self.sync.next = now;
+                }
                 self.reports.send(self.engine);
             }
             Err(e) if retryable(&e) => {

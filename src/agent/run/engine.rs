@@ -81,6 +81,7 @@ impl Engine {
                 allowed_ips.push("::/0".parse().expect("literal"));
             }
         }
+        allowed_ips.extend(self.config.subnet_routes.advertised());
         RegisterRequest {
             public_key: self.config.private_key.public_key(),
             hostname: host::local_hostname(&self.config),
@@ -101,6 +102,7 @@ impl Engine {
     /// Registers (idempotent) and stores the assignment. Never called for a dry run, which
     /// changes nothing anywhere (no registration, no token use).
     pub fn register(&mut self) -> Result<&Assignment, AgentError> {
+        self.read_routes_table();
         let request = self.register_request();
         let first = self.config.assignment.is_none();
         let answer = self.client.register(&request).map_err(|e| {
@@ -132,8 +134,13 @@ impl Engine {
         Ok(self.config.assignment.as_ref().expect("just set"))
     }
 
-    /// Sends a heartbeat, registering again if the server forgot us.
+    /// Sends a heartbeat, registering again if the server forgot us, or if the routing
+    /// daemon's table (`--routes-from-table`) moved since the last registration.
     pub fn heartbeat(&mut self) -> Result<(), AgentError> {
+        if self.read_routes_table() {
+            self.register()?;
+            return Ok(());
+        }
         let Some(assignment) = &self.config.assignment else {
             self.register()?;
             return Ok(());
@@ -516,5 +523,49 @@ impl Engine {
             }
             None => Ok(false),
         }
+    }
+}
+
+impl Engine {
+    /// Reads `--routes-from-table`'s table and keeps its allowed prefixes as what this node
+    /// advertises from it; true when they changed (saved, so `down` and `status` agree). An
+    /// unreadable table keeps the last prefixes seen (a routing daemon restarting must not
+    /// withdraw the routes for a moment).
+    fn read_routes_table(&mut self) -> bool {
+        let Some(table) = self.config.subnet_routes.from_table else {
+            return false;
+        };
+        let Some(reader) = self.reader() else {
+            return false;
+        };
+        let mut found = Vec::new();
+        for cmd in crate::os::subnet_routes::read_table(table) {
+            match reader.run(&cmd) {
+                Ok(out) => found.extend(crate::os::subnet_routes::parse_table(&out.stdout)),
+                // A table nothing was ever put into does not exist yet: it is empty.
+                Err(e) if e.to_string().contains("does not exist") => {}
+                Err(e) => {
+                    log::warn!("cannot read routing table {table}: {e}");
+                    return false;
+                }
+            }
+        }
+        let allowed = crate::agent::decide::subnet_routes::allowed_from_table(
+            &found,
+            &self.config.subnet_routes.from_table_allow,
+        );
+        if allowed == self.config.subnet_routes.from_table_seen {
+            return false;
+        }
+        log::info!(
+            "routing table {table} now has {} allowed prefix(es) to advertise: {:?}",
+            allowed.len(),
+            allowed
+        );
+        self.config.subnet_routes.from_table_seen = allowed;
+        if let Err(e) = self.save() {
+            log::warn!("cannot save the table's prefixes: {e}");
+        }
+        true
     }
 }

@@ -54,6 +54,10 @@ pub struct Overrides {
     pub paths: PathSettings,
     /// A dry run: nothing is written (not even a new key) and nothing is registered.
     pub dry_run: bool,
+    /// The subnet-route flags (advertising, SNAT, routing daemon tables; remembered).
+    pub subnet_routes: crate::agent::state::subnet_routes::SubnetRouteFlags,
+    /// Whether to use the subnet routes others advertise (given on every run).
+    pub accept_routes: bool,
 }
 
 /// The OS to produce commands for: the requested one, else this host's.
@@ -147,6 +151,10 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     if let Some(fallback) = o.exit_fallback {
         cfg.exit_fallback = fallback;
     }
+    cfg.subnet_routes
+        .apply(o.subnet_routes, os)
+        .map_err(|e| AgentError::Usage(e.to_string()))?;
+    cfg.accept_routes = o.accept_routes;
     if cfg.exit_node && os != TargetOs::Linux {
         return Err(AgentError::Usage(format!(
             "{os} is not supported as an exit node yet: run the exit node on Linux"

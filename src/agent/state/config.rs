@@ -125,6 +125,12 @@ pub struct Applied {
     /// blocks traffic outside the tunnel from its start at boot, before the agent runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_switch: Option<crate::os::PeerSpec>,
+    /// Forwarding and NAT for the networks this node routes for the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_router: Option<super::subnet_routes::AppliedSubnetRouter>,
+    /// Accepted routes copied into a routing daemon's table (`--routes-to-table`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes_table: Option<super::subnet_routes::AppliedTableRoutes>,
 }
 
 /// The OS side of mesh DNS as set up on this host, so it can be undone exactly
@@ -181,6 +187,17 @@ pub struct ClientConfig {
     /// What to do while that exit node is offline.
     #[serde(default)]
     pub exit_fallback: ExitFallback,
+    /// Subnet routes: what this node advertises and how it serves them (`--advertise-routes`
+    /// and friends, remembered).
+    #[serde(
+        default,
+        skip_serializing_if = "super::subnet_routes::SubnetRouteConfig::is_default"
+    )]
+    pub subnet_routes: super::subnet_routes::SubnetRouteConfig,
+    /// Whether this node installs the subnet routes others advertise (`--accept-routes`,
+    /// given on every run like `--exit-node`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_routes: bool,
     /// What the server assigned.
     #[serde(default)]
     pub assignment: Option<Assignment>,
@@ -229,6 +246,8 @@ impl ClientConfig {
             exit_node: false,
             use_exit_node: None,
             exit_fallback: ExitFallback::Block,
+            subnet_routes: Default::default(),
+            accept_routes: false,
             assignment: None,
             applied: None,
         }

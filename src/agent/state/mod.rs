@@ -5,3 +5,4 @@
 pub mod config;
 pub mod known;
 pub mod peer_cache;
+pub mod subnet_routes;

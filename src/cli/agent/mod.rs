@@ -11,6 +11,7 @@ use crate::agent::run::engine::{self, Sink};
 use crate::agent::run::instance::{self, InstanceLock, LockError};
 use crate::agent::run::setup::{self, Overrides};
 use crate::agent::state::config::{self, ExitFallback};
+use crate::agent::state::subnet_routes::{PrefixList, SubnetRouteFlags, TableChoice};
 use crate::keys::PublicKey;
 use crate::os::runner::SystemRunner;
 use crate::os::TargetOs;
@@ -97,6 +98,14 @@ macro_rules! overrides {
             ca: $args.ca,
             paths: path_settings($args.relay_after, $args.direct_probe_interval)?,
             dry_run: $args.dry_run,
+            subnet_routes: SubnetRouteFlags {
+                advertise: $args.advertise_routes,
+                snat: $args.snat_subnet_routes.map(|s| s.0),
+                from_table: $args.routes_from_table,
+                from_table_allow: $args.routes_from_table_allow,
+                to_table: $args.routes_to_table,
+            },
+            accept_routes: $args.accept_routes,
         }
     };
 }
@@ -159,6 +168,28 @@ pub struct UpArgs {
     /// while the chosen exit node is offline: block (default: nothing leaks) or direct
     #[argh(option)]
     exit_fallback: Option<ExitFallback>,
+    /// networks this node routes for the mesh, e.g. 192.168.10.0/24,fd00:10::/64
+    /// (remembered; "none" clears it; each needs approval: `wgmesh routes approve`)
+    #[argh(option)]
+    advertise_routes: Option<PrefixList>,
+    /// masquerade mesh traffic into the advertised networks: on (default) or off (the
+    /// networks' router then needs a route back to the mesh through this node)
+    #[argh(option)]
+    snat_subnet_routes: Option<OnOff>,
+    /// use the networks other nodes advertise (approved ones; give it on every run)
+    #[argh(switch)]
+    accept_routes: bool,
+    /// also advertise the prefixes a routing daemon puts in this kernel table, following
+    /// them as they come and go (remembered; "none" stops)
+    #[argh(option)]
+    routes_from_table: Option<TableChoice>,
+    /// only these prefixes (and what lies inside them) are advertised from that table
+    #[argh(option)]
+    routes_from_table_allow: Option<PrefixList>,
+    /// copy the accepted routes and the mesh network into this kernel table for a routing
+    /// daemon to announce (remembered; "none" stops)
+    #[argh(option)]
+    routes_to_table: Option<TableChoice>,
     /// tunnel MTU (remembered; 0 restores the default: the default route's interface MTU
     /// minus 80 on macOS and Windows, 1420 on Linux)
     #[argh(option)]
@@ -192,6 +223,24 @@ pub struct UpArgs {
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "LogLevel::default()")]
     log_level: LogLevel,
+}
+
+/// An on/off flag value (`--snat-subnet-routes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnOff(bool);
+
+impl std::str::FromStr for OnOff {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
+        match value {
+            "on" => Ok(OnOff(true)),
+            "off" => Ok(OnOff(false)),
+            _ => Err(InvalidValue(format!(
+                "{} is not a setting: use on or off",
+                crate::types::describe(value)
+            ))),
+        }
+    }
 }
 
 /// `--dns on|off`.
@@ -263,6 +312,28 @@ pub struct SyncArgs {
     /// while the chosen exit node is offline: block (default: nothing leaks) or direct
     #[argh(option)]
     exit_fallback: Option<ExitFallback>,
+    /// networks this node routes for the mesh, e.g. 192.168.10.0/24,fd00:10::/64
+    /// (remembered; "none" clears it; each needs approval: `wgmesh routes approve`)
+    #[argh(option)]
+    advertise_routes: Option<PrefixList>,
+    /// masquerade mesh traffic into the advertised networks: on (default) or off (the
+    /// networks' router then needs a route back to the mesh through this node)
+    #[argh(option)]
+    snat_subnet_routes: Option<OnOff>,
+    /// use the networks other nodes advertise (approved ones; give it on every run)
+    #[argh(switch)]
+    accept_routes: bool,
+    /// also advertise the prefixes a routing daemon puts in this kernel table, following
+    /// them as they come and go (remembered; "none" stops)
+    #[argh(option)]
+    routes_from_table: Option<TableChoice>,
+    /// only these prefixes (and what lies inside them) are advertised from that table
+    #[argh(option)]
+    routes_from_table_allow: Option<PrefixList>,
+    /// copy the accepted routes and the mesh network into this kernel table for a routing
+    /// daemon to announce (remembered; "none" stops)
+    #[argh(option)]
+    routes_to_table: Option<TableChoice>,
     /// tunnel MTU (remembered; 0 restores the default: the default route's interface MTU
     /// minus 80 on macOS and Windows, 1420 on Linux)
     #[argh(option)]

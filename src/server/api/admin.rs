@@ -75,6 +75,9 @@ impl Api {
                     )),
                 }
             }
+            (_, _) if rest == "routes" || rest.starts_with("routes/") => {
+                self.admin_routes(req, method, rest)
+            }
             (_, _) if rest.starts_with("tokens/") => {
                 only_delete(method)?;
                 self.revoke_token(req, &rest["tokens/".len()..], now)

@@ -15,6 +15,7 @@ pub mod error;
 mod monitoring;
 mod peer;
 mod relay_view;
+mod subnet_routes;
 mod sync;
 
 use crate::keys::{PrivateKey, PublicKey};

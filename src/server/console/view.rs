@@ -369,6 +369,7 @@ mod tests {
             online,
             tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
             dns_name: Some(name.parse().unwrap()),
+            approved_routes: Vec::new(),
         }
     }
 

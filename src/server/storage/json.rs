@@ -172,6 +172,32 @@ impl JsonStorage {
     }
 }
 
+/// The refusal for a peer id the registry does not hold.
+fn unknown(id: &PeerId) -> StorageError {
+    StorageError::Refused(
+        404,
+        format!("no peer {id} is registered (see `wgmesh routes list`)"),
+    )
+}
+
+impl JsonStorage {
+    /// Journals one changed record and commits it (an operator's change to a peer).
+    fn write_record(
+        &self,
+        mut journal: MutexGuard<'_, Store>,
+        record: &PeerRecord,
+    ) -> Result<(), StorageError> {
+        journal
+            .append(&JournalEntry::Put {
+                peer: record.clone(),
+            })
+            .map_err(|e| disk("route decision", &e))?;
+        self.state
+            .change(|registry| registry.commit(record.clone()));
+        Ok(())
+    }
+}
+
 impl Storage for JsonStorage {
     fn kind(&self) -> &'static str {
         "json"
@@ -200,6 +226,10 @@ impl Storage for JsonStorage {
             .registry()
             .prepare(&registration, now)
             .map_err(StorageError::from)?;
+        let prepared = {
+            let (policy, _) = self.state.policy.current();
+            super::subnet_routes::settle(prepared, &policy, &self.state.registry())
+        };
         let (record, fresh_address) = match &prepared {
             Prepared::Unchanged(record) => {
                 drop((journal, tokens));
@@ -259,6 +289,27 @@ impl Storage for JsonStorage {
             .map_err(|e| disk("deregistration", &e))?;
         self.state.change(|registry| registry.remove(id));
         Ok(Some(record))
+    }
+
+    fn decide_route(
+        &self,
+        id: &PeerId,
+        prefix: ipnet::IpNet,
+        verdict: super::subnet_routes::Verdict,
+    ) -> Result<PeerRecord, StorageError> {
+        let journal = lock(&self.journal);
+        let (before, record) = {
+            let registry = self.state.registry();
+            let owner = registry.by_id(id).ok_or_else(|| unknown(id))?;
+            let record = super::subnet_routes::decide(&registry, owner, prefix, verdict)
+                .map_err(StorageError::from)?;
+            (owner.clone(), record)
+        };
+        if record == before {
+            return Ok(record);
+        }
+        self.write_record(journal, &record)?;
+        Ok(record)
     }
 
     fn tokens(&self) -> Result<TokenStore, StorageError> {

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod import;
 pub mod json;
 pub mod replica;
+pub mod subnet_routes;
 pub mod write_floor;
 
 use crate::keys::PublicKey;
@@ -70,6 +71,12 @@ impl StorageError {
 impl From<TokenError> for StorageError {
     fn from(e: TokenError) -> StorageError {
         StorageError::Refused(e.http_status(), e.to_string())
+    }
+}
+
+impl From<subnet_routes::Refused> for StorageError {
+    fn from(e: subnet_routes::Refused) -> StorageError {
+        StorageError::Refused(e.status, e.why)
     }
 }
 
@@ -199,6 +206,16 @@ pub trait Storage: Send + Sync {
 
     /// Runs `change` on the current token set and saves the record it returns, atomically.
     fn change_tokens(&self, change: TokenChange<'_>) -> Result<TokenRecord, StorageError>;
+
+    /// Approves or rejects one advertised subnet route of peer `id`, decided by
+    /// [`subnet_routes::decide`] on the state as of this write; the record as stored. An
+    /// unknown peer is `Refused(404)`.
+    fn decide_route(
+        &self,
+        id: &PeerId,
+        prefix: ipnet::IpNet,
+        verdict: subnet_routes::Verdict,
+    ) -> Result<PeerRecord, StorageError>;
 
     /// Marks peers silent for longer than `timeout` offline; how many it took offline.
     fn sweep(&self, timeout: Duration) -> u64;

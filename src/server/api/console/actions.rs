@@ -9,6 +9,7 @@ use crate::server::api::error::Refusal;
 use crate::server::console::render::access::Check;
 use crate::server::http::Response;
 use crate::server::policy::Policy;
+use crate::server::storage::subnet_routes::Verdict;
 use crate::types::{PeerId, Tag};
 
 impl Visit<'_> {
@@ -31,6 +32,18 @@ impl Visit<'_> {
                     .and_then(|r| r.strip_suffix("/remove"))
                 {
                     return self.remove_peer(id);
+                }
+                if let Some(id) = path
+                    .strip_prefix("/console/peers/")
+                    .and_then(|r| r.strip_suffix("/routes/approve"))
+                {
+                    return self.decide_route(id, Verdict::Approve);
+                }
+                if let Some(id) = path
+                    .strip_prefix("/console/peers/")
+                    .and_then(|r| r.strip_suffix("/routes/reject"))
+                {
+                    return self.decide_route(id, Verdict::Reject);
                 }
                 Err(Refusal(404, format!("no console action {path}")))
             }

@@ -6,6 +6,7 @@
 mod actions;
 mod pages;
 mod respond;
+mod subnet_routes;
 
 use super::error::Refusal;
 use super::Api;

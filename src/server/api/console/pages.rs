@@ -102,6 +102,11 @@ impl Visit<'_> {
         let (policy, _) = self.api.state.policy.current();
         let reachable = view::reachable_from(&record, &records, &policy);
         let report = super::lock(&self.api.reports).get(&record.id).cloned();
+        let advertised: Vec<_> = crate::server::api::subnet_routes::route_views(&records)
+            .into_iter()
+            .filter(|v| v.peer_id == record.id)
+            .collect();
+        let routes = render::subnet_routes::section(self.viewer(), record.id.as_str(), &advertised);
         Ok(html(
             200,
             render::peers::detail(
@@ -110,8 +115,8 @@ impl Visit<'_> {
                 report.as_ref(),
                 &names,
                 &reachable,
-                self.now,
-                version,
+                (self.now, version),
+                routes,
             ),
         ))
     }

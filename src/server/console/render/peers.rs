@@ -130,8 +130,8 @@ pub fn detail(
     report: Option<&StoredReport>,
     names: &HashMap<PublicKey, String>,
     reachable: &[String],
-    now: SystemTime,
-    version: u64,
+    (now, version): (SystemTime, u64),
+    routes: Markup,
 ) -> Markup {
     page(
         Tab::Peers,
@@ -163,6 +163,7 @@ pub fn detail(
                     Some(s) => { (paths(s, names, now)) },
                 }
             }
+            (routes)
             @if viewer.role.may_change() {
                 p { a.button.danger href=(format!("/console/peers/{}/remove", r.id)) { "Remove this peer…" } }
             }

@@ -9,6 +9,7 @@
 mod cluster;
 mod follow;
 pub mod open;
+mod subnet_routes;
 mod writes;
 
 use super::admission::{Credential, Rules};
@@ -131,6 +132,15 @@ impl Storage for ReplicaStorage {
 
     fn deregister(&self, id: &PeerId) -> Result<Option<PeerRecord>, StorageError> {
         self.write_deregistration(id)
+    }
+
+    fn decide_route(
+        &self,
+        id: &PeerId,
+        prefix: ipnet::IpNet,
+        verdict: super::subnet_routes::Verdict,
+    ) -> Result<PeerRecord, StorageError> {
+        self.write_route_decision(id, prefix, verdict)
     }
 
     fn tokens(&self) -> Result<TokenStore, StorageError> {

@@ -10,6 +10,7 @@ use crate::server::pg;
 use crate::server::pg::pool::DbError;
 use crate::server::registry::{Prepared, Registration};
 use crate::server::storage::admission::{self, Credential};
+use crate::server::storage::subnet_routes;
 use crate::server::storage::{Registered, StorageError, TokenChange, WentOffline};
 use crate::server::store::PeerRecord;
 use crate::server::tokens::{TokenRecord, TokenStore};
@@ -43,7 +44,7 @@ enum Decided {
 impl ReplicaStorage {
     /// Catches the registry up inside a write transaction (the write lock is held, so
     /// nothing can commit in between).
-    fn catch_up_in(
+    pub(super) fn catch_up_in(
         &self,
         tx: &mut postgres::Transaction<'_>,
         seq: &mut i64,
@@ -84,6 +85,10 @@ impl ReplicaStorage {
         let made = match self.state.registry().prepare(&registration, now) {
             Ok(made) => made,
             Err(e) => return Ok(Decided::Refused(e.into())),
+        };
+        let made = {
+            let (policy, _) = self.state.policy.current();
+            subnet_routes::settle(made, &policy, &self.state.registry())
         };
         let (record, fresh_address) = match &made {
             Prepared::Unchanged(record) if record.online => {

@@ -1,0 +1,123 @@
+use super::*;
+use crate::keys::PrivateKey;
+use crate::types::PeerId;
+
+fn mesh() -> MeshNets {
+    MeshNets {
+        v4: "10.100.0.0/24".parse().unwrap(),
+        v6: "fd7a:1::/64".parse().unwrap(),
+    }
+}
+
+fn peer(host: &str, last: u8, routes: &[&str]) -> PeerInfo {
+    let key = PrivateKey::generate().public_key();
+    let mut allowed_ips: Vec<IpNet> = vec![
+        format!("10.100.0.{last}/32").parse().unwrap(),
+        format!("fd7a:1::{last}/128").parse().unwrap(),
+    ];
+    allowed_ips.extend(routes.iter().map(|r| r.parse::<IpNet>().unwrap()));
+    PeerInfo {
+        id: PeerId::for_key(&key),
+        public_key: key,
+        virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
+        endpoint: None,
+        hostname: host.parse().unwrap(),
+        dns_name: None,
+        os: "linux".parse().unwrap(),
+        allowed_ips,
+        exit_node: false,
+        online: true,
+        last_heartbeat: String::new(),
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+#[test]
+fn without_accept_routes_no_subnet_route_is_used() {
+    let peers = vec![peer("gw", 5, &["198.18.10.0/24"])];
+    let (used, accepted) = select(&peers, false, &[], mesh());
+    assert!(accepted.is_empty());
+    assert_eq!(used[0].allowed_ips.len(), 2, "only the mesh addresses stay");
+}
+
+#[test]
+fn a_prefix_two_routers_offer_goes_through_the_lowest_address_and_fails_over() {
+    let peers = vec![
+        peer("gw-b", 9, &["198.18.10.0/24"]),
+        peer("gw-a", 5, &["198.18.10.0/24", "fd00:10::/64"]),
+    ];
+    let (used, accepted) = select(&peers, true, &[], mesh());
+    assert_eq!(accepted.len(), 2);
+    let v4 = accepted
+        .iter()
+        .find(|a| a.prefix == net("198.18.10.0/24"))
+        .unwrap();
+    assert_eq!(
+        (v4.router.as_str(), v4.standby.clone()),
+        ("gw-a", vec!["gw-b".to_owned()])
+    );
+    assert!(
+        !used[0].allowed_ips.contains(&net("198.18.10.0/24")),
+        "gw-b stands by"
+    );
+    assert!(used[1].allowed_ips.contains(&net("198.18.10.0/24")));
+    // gw-a leaves the list: gw-b carries the prefix.
+    let (used, accepted) = select(&peers[..1], true, &[], mesh());
+    assert_eq!(accepted[0].router, "gw-b");
+    assert!(used[0].allowed_ips.contains(&net("198.18.10.0/24")));
+}
+
+#[test]
+fn a_router_never_accepts_its_own_prefix_from_another() {
+    let peers = vec![peer("gw-b", 9, &["198.18.10.0/24"])];
+    let (used, accepted) = select(&peers, true, &[net("198.18.10.0/24")], mesh());
+    assert!(accepted.is_empty());
+    assert_eq!(used[0].allowed_ips.len(), 2);
+}
+
+#[test]
+fn a_router_lets_the_peers_it_sees_in_and_copies_routes_to_its_table() {
+    let mut config = ClientConfig::generate("wg0".parse().unwrap());
+    assert!(router_state(&config, &[], mesh()).is_none());
+    config.subnet_routes.advertise = vec![net("198.18.10.0/24")];
+    config.subnet_routes.to_table = Some(200);
+    let peers = vec![peer("laptop", 7, &[]), peer("gw-b", 9, &["198.18.20.0/24"])];
+    let state = router_state(&config, &peers, mesh()).unwrap();
+    assert_eq!(state.prefixes, vec![net("198.18.10.0/24")]);
+    assert_eq!(
+        state.sources.len(),
+        4,
+        "two /32s and two /128s: {:?}",
+        state.sources
+    );
+    assert!(state.snat);
+    let (_, accepted) = select(&peers, true, &config.subnet_routes.advertise, mesh());
+    let table = table_routes(&config, &accepted, mesh()).unwrap();
+    assert_eq!(table.table, 200);
+    assert_eq!(
+        table.routes,
+        vec![
+            net("10.100.0.0/24"),
+            net("fd7a:1::/64"),
+            net("198.18.20.0/24")
+        ]
+    );
+}
+
+#[test]
+fn only_allowed_table_prefixes_are_advertised() {
+    let found = [
+        net("198.18.30.0/24"),
+        net("203.0.113.0/24"),
+        net("0.0.0.0/0"),
+    ];
+    let allow = [net("198.18.0.0/15"), net("0.0.0.0/0")];
+    assert_eq!(
+        allowed_from_table(&found, &allow[..1]),
+        vec![net("198.18.30.0/24")]
+    );
+    assert!(!allowed_from_table(&found, &allow).contains(&net("0.0.0.0/0")));
+}
