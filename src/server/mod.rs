@@ -22,6 +22,7 @@ pub mod pg;
 pub mod policy;
 pub mod registry;
 pub mod relay;
+pub mod sso;
 pub mod state;
 pub mod storage;
 pub mod store;

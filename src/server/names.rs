@@ -135,6 +135,7 @@ mod tests {
             online: true,
             tags: Vec::new(),
             dns_name: None,
+            owner: None,
         }
     }
 

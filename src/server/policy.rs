@@ -32,6 +32,7 @@
 //! tag set and asks [`Policy::group_visibility`] once per policy or membership change, so
 //! thousands of peers in a handful of groups cost a handful of comparisons.
 
+use crate::server::sso::rules::IdentityRules;
 use crate::types::Tag;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
@@ -89,6 +90,9 @@ pub struct Rule {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     allow: Vec<Rule>,
+    /// Single sign-on: who may join and log in (see [`crate::server::sso::rules`]).
+    #[serde(default, skip_serializing_if = "IdentityRules::is_empty")]
+    identities: IdentityRules,
 }
 
 /// Why a policy was refused. The message names the offending entry by its JSON path (e.g.
@@ -171,6 +175,7 @@ impl Policy {
                 from: vec![Selector::Any],
                 to: vec![Selector::Any],
             }],
+            identities: IdentityRules::default(),
         })
     }
 
@@ -197,6 +202,9 @@ impl Policy {
                 }
             }
         }
+        file.identities
+            .validate()
+            .map_err(|e| PolicyError(e.to_string()))?;
         Ok(Policy::compile(file))
     }
 
@@ -241,6 +249,11 @@ impl Policy {
     /// The rules, as written, for display (`wgmesh policy show`).
     pub fn rules(&self) -> &[Rule] {
         &self.file.allow
+    }
+
+    /// The single sign-on rules (the `identities` section; empty when absent).
+    pub fn identities(&self) -> &IdentityRules {
+        &self.file.identities
     }
 
     /// The policy as pretty JSON, e.g. for the audit log's policy-change detail.

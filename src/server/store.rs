@@ -75,6 +75,10 @@ pub struct PeerRecord {
     /// before names existed: the registry assigns those on load, in registration order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<crate::types::DnsName>,
+    /// The person whose single sign-on login admitted the peer (`wgmesh up --login`);
+    /// absent for peers that joined with a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::server::sso::identity::Owner>,
 }
 
 impl PeerRecord {
@@ -472,6 +476,7 @@ mod tests {
             online: true,
             tags: Vec::new(),
             dns_name: None,
+            owner: None,
         }
     }
 

@@ -108,6 +108,7 @@ impl Api {
             allowed_ips,
             observed_ip: source,
             tags: Vec::new(),
+            owner: None,
         };
         let now = SystemTime::now();
         let credential = Credential::from_token(body.token.as_deref());

@@ -195,6 +195,7 @@ impl Storage for JsonStorage {
         if let Some(tags) = admitted.tags {
             registration.tags = tags;
         }
+        registration.owner = admitted.owner;
         let prepared = self
             .state
             .registry()
