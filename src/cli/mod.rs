@@ -19,6 +19,7 @@ mod netcheck;
 mod output;
 mod server;
 mod service;
+mod sso;
 
 use argh::FromArgs;
 use exit::{EXIT_OK, EXIT_USAGE};

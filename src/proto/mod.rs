@@ -7,5 +7,6 @@ pub mod mesh6;
 pub mod model;
 pub mod replicas;
 pub mod report;
+pub mod sso;
 pub mod stun;
 pub mod wg_wire;

@@ -4,5 +4,6 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod login;
 mod relays;
 pub mod setup;

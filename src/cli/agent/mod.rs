@@ -94,6 +94,7 @@ macro_rules! overrides {
             server_key: $args.server_key,
             ca: $args.ca,
             paths: path_settings($args.relay_after, $args.direct_probe_interval)?,
+            login: false,
         }
     };
 }
@@ -140,6 +141,11 @@ pub struct UpArgs {
     /// file holding the join token
     #[argh(option)]
     token_file: Option<PathBuf>,
+    /// join by logging in with the organisation's identity provider instead of a token:
+    /// prints a URL and a code to open on any device, and waits (the server must run with
+    /// --oidc-issuer); also renews an expired or ended login
+    #[argh(switch)]
+    login: bool,
     /// the server's public key, pinned up front; default: the one pinned at registration, or
     /// learned from the server on first use
     #[argh(option)]
@@ -353,7 +359,10 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::os::dns::HOSTS_FILE)),
     });
-    let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
+    let login = args.login;
+    let mut overrides = overrides!(args);
+    overrides.login = login;
+    let mut engine = setup::engine(overrides).map_err(agent_failure)?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
         engine

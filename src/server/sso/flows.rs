@@ -20,6 +20,8 @@ pub struct SsoConfig {
     pub redirect_url: Option<String>,
     /// `--login-expiry`: how long a machine's login admits it.
     pub login_expiry: Duration,
+    /// Whether the server serves HTTPS (its own URLs start `https://`).
+    pub https: bool,
 }
 
 /// A machine login just started: what the agent shows its person.
@@ -52,6 +54,7 @@ pub struct Sso {
     logins: Arc<Logins>,
     redirect: Option<String>,
     login_expiry: Duration,
+    https: bool,
 }
 
 /// The callback URL for requests that reached us at `base` (`https://host[:port]`). The
@@ -78,12 +81,18 @@ impl Sso {
             logins: Arc::new(Logins::default()),
             redirect: config.redirect_url,
             login_expiry: config.login_expiry,
+            https: config.https,
         }
     }
 
     /// `--login-expiry`.
     pub fn login_expiry(&self) -> Duration {
         self.login_expiry
+    }
+
+    /// Whether this server's own URLs are `https://`.
+    pub fn https(&self) -> bool {
+        self.https
     }
 
     /// The provider, for discovery at start and for tests.
