@@ -329,6 +329,38 @@ impl Api {
         }
     }
 
+    /// `POST /admin/peers/ID/logout`: ends the peer's login now, audited.
+    pub(super) fn end_login(
+        &self,
+        req: &Request,
+        id: &PeerId,
+        now: SystemTime,
+    ) -> Result<Response, Refusal> {
+        let Some(record) = self.storage.end_login(id, now)? else {
+            return Err(super::error::unknown_peer(id));
+        };
+        let owner = record.owner.as_ref().map_or("", |o| o.label());
+        log::info!(
+            "ended the login of {owner} for {} ({})",
+            record.id,
+            record.hostname
+        );
+        self.trust.audit(
+            AuditEvent::new(AuditKind::Deregistration, now)
+                .source(req.remote)
+                .actor(super::admin::ADMIN_ACTOR)
+                .peer_id(record.id.clone())
+                .peer_key(record.public_key)
+                .detail(format!(
+                    "ended the single sign-on login of {owner} for {}: it must log in again",
+                    record.hostname
+                )),
+        );
+        Ok(ok_json(&crate::proto::model::SuccessResponse {
+            success: true,
+        }))
+    }
+
     /// The credential of a register request naming finished login `id`.
     pub(super) fn identity_login(
         &self,

@@ -59,6 +59,9 @@ pub struct PeerRow {
     pub version: Option<String>,
     /// Whether any of its peers is reached through a relay, from its report.
     pub relayed: Option<bool>,
+    /// Its single sign-on owner (email, else subject), with " (logged out)" once an admin
+    /// ended the login; None for token peers.
+    pub owner: Option<String>,
 }
 
 /// Builds the rows of every registered peer, in registration-independent hostname order.
@@ -98,6 +101,10 @@ pub fn rows(
                 }),
                 version: report.map(|rep| rep.version.clone()),
                 relayed: report.map(|rep| rep.paths.iter().any(|p| p.path == ReportedPath::Relay)),
+                owner: r.owner.as_ref().map(|o| match o.logged_out_at {
+                    Some(_) => format!("{} (logged out)", o.label()),
+                    None => o.label().to_owned(),
+                }),
             }
         })
         .collect();
@@ -330,6 +337,7 @@ mod tests {
             exit_used: None,
             version: None,
             relayed: (ip == 2).then_some(true),
+            owner: None,
         }
     }
 

@@ -9,6 +9,7 @@
 mod cluster;
 mod follow;
 pub mod open;
+mod sso;
 mod writes;
 
 use super::admission::{Credential, Rules};
@@ -131,6 +132,10 @@ impl Storage for ReplicaStorage {
 
     fn deregister(&self, id: &PeerId) -> Result<Option<PeerRecord>, StorageError> {
         self.write_deregistration(id)
+    }
+
+    fn end_login(&self, id: &PeerId, now: SystemTime) -> Result<Option<PeerRecord>, StorageError> {
+        self.write_end_login(id, now)
     }
 
     fn tokens(&self) -> Result<TokenStore, StorageError> {

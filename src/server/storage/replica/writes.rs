@@ -43,7 +43,7 @@ enum Decided {
 impl ReplicaStorage {
     /// Catches the registry up inside a write transaction (the write lock is held, so
     /// nothing can commit in between).
-    fn catch_up_in(
+    pub(super) fn catch_up_in(
         &self,
         tx: &mut postgres::Transaction<'_>,
         seq: &mut i64,
