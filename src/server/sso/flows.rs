@@ -113,6 +113,7 @@ impl Sso {
         base: &str,
     ) -> Result<MachineLogin, SsoError> {
         let purpose = Purpose::Machine { key, hostname };
+        self.provider.rediscover()?;
         if !self.provider.has_device_flow()? {
             let code = short_code();
             let id = self
@@ -183,6 +184,7 @@ impl Sso {
 
     /// Starts a console login: where to send the browser.
     pub fn start_console(&self, base: &str) -> Result<String, SsoError> {
+        self.provider.rediscover()?;
         let id = self
             .logins
             .open(Purpose::Console, String::new())

@@ -173,6 +173,18 @@ impl Provider {
         }
     }
 
+    /// Fetches the discovery document and the key set again: done when a login starts, so
+    /// a provider that is down answers 503 at once (before anyone is sent to it), and a
+    /// rotated key set or a newly offered device flow is seen.
+    pub fn rediscover(&self) -> Result<Arc<Metadata>, SsoError> {
+        {
+            let mut cache = self.cache();
+            cache.metadata = None;
+            cache.failed = None;
+        }
+        self.metadata()
+    }
+
     /// Whether the provider offers the device authorization grant.
     pub fn has_device_flow(&self) -> Result<bool, SsoError> {
         Ok(self
