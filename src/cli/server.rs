@@ -121,6 +121,10 @@ pub struct ServerArgs {
     /// how long a machine's login admits it before it must log in again (default 180d)
     #[argh(option, default = "String::from(\"180d\")")]
     login_expiry: String,
+    /// log machines in through this server's page (code + PKCE) even when the provider
+    /// offers the device flow (Google lists one only its "TV" clients may use)
+    #[argh(switch)]
+    oidc_no_device_flow: bool,
 }
 
 /// `--udp-listen`: an address, or "off".
@@ -220,6 +224,7 @@ pub fn run(args: ServerArgs) -> Result<(), CliError> {
             scopes: args.oidc_scopes,
             redirect_url: args.oidc_redirect_url,
             login_expiry: args.login_expiry,
+            no_device_flow: args.oidc_no_device_flow,
         },
         config.tls.is_some(),
     )?;

@@ -22,6 +22,8 @@ pub struct SsoFlags {
     pub redirect_url: Option<String>,
     /// `--login-expiry`.
     pub login_expiry: String,
+    /// `--oidc-no-device-flow`.
+    pub no_device_flow: bool,
 }
 
 fn usage(message: String) -> CliError {
@@ -54,7 +56,9 @@ pub fn sso_config(flags: SsoFlags, https: bool) -> Result<Option<SsoConfig>, Cli
         }
         return Ok(None);
     };
-    let issuer_url = IssuerUrl::new(issuer.trim_end_matches('/').to_owned()).map_err(|e| {
+    // Exactly as given: the provider's `iss` must match it character for character
+    // (Authentik's ends with a slash, Keycloak's does not).
+    let issuer_url = IssuerUrl::new(issuer.clone()).map_err(|e| {
         usage(format!(
             "--oidc-issuer {issuer:?} is not a URL ({e}): give the issuer as the provider \
              documents it, e.g. https://accounts.google.com"
@@ -102,6 +106,7 @@ pub fn sso_config(flags: SsoFlags, https: bool) -> Result<Option<SsoConfig>, Cli
         redirect_url: flags.redirect_url,
         login_expiry,
         https,
+        device_flow: !flags.no_device_flow,
     }))
 }
 
@@ -117,6 +122,7 @@ mod tests {
             scopes: "openid email profile".into(),
             redirect_url: None,
             login_expiry: "180d".into(),
+            no_device_flow: false,
         }
     }
 

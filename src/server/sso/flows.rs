@@ -22,6 +22,9 @@ pub struct SsoConfig {
     pub login_expiry: Duration,
     /// Whether the server serves HTTPS (its own URLs start `https://`).
     pub https: bool,
+    /// Use the device grant when the provider lists one (`--oidc-no-device-flow` turns it
+    /// off: Google lists one that only "TV and limited input" clients may use).
+    pub device_flow: bool,
 }
 
 /// A machine login just started: what the agent shows its person.
@@ -55,6 +58,7 @@ pub struct Sso {
     redirect: Option<String>,
     login_expiry: Duration,
     https: bool,
+    device_flow: bool,
 }
 
 /// The callback URL for requests that reached us at `base` (`https://host[:port]`). The
@@ -82,6 +86,7 @@ impl Sso {
             redirect: config.redirect_url,
             login_expiry: config.login_expiry,
             https: config.https,
+            device_flow: config.device_flow,
         }
     }
 
@@ -114,7 +119,7 @@ impl Sso {
     ) -> Result<MachineLogin, SsoError> {
         let purpose = Purpose::Machine { key, hostname };
         self.provider.rediscover()?;
-        if !self.provider.has_device_flow()? {
+        if !(self.device_flow && self.provider.has_device_flow()?) {
             let code = short_code();
             let id = self
                 .logins
