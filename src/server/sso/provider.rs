@@ -1,8 +1,8 @@
 //! The identity provider as the server sees it: discovery (cached, retried when it failed),
 //! the key set (cached; a token under an unknown `kid` fetches it again, at most once per
-//! [`JWKS_REFETCH_INTERVAL`], which is how key rotation is followed), the authorization-code
-//! + PKCE exchange and the device authorization grant (RFC 8628). Every failure to reach the
-//! provider is [`SsoError::Unavailable`] (503): existing machines never depend on it.
+//! [`JWKS_REFETCH_INTERVAL`], which is how key rotation is followed), the authorization
+//! code exchange with PKCE and the device authorization grant (RFC 8628). Every failure to
+//! reach the provider is [`SsoError::Unavailable`] (503): existing machines never depend on it.
 
 use super::http::ProviderHttp;
 use super::identity::Identity;

@@ -157,5 +157,4 @@ pub fn verify(
 }
 
 #[cfg(test)]
-#[path = "verify_tests.rs"]
 mod tests;

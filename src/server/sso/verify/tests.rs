@@ -8,8 +8,8 @@ use openidconnect::{
     StandardClaims, SubjectIdentifier,
 };
 
-const KEY_A: &str = include_str!("testdata/rsa_a.pem");
-const KEY_B: &str = include_str!("testdata/rsa_b.pem");
+const KEY_A: &str = include_str!("../testdata/rsa_a.pem");
+const KEY_B: &str = include_str!("../testdata/rsa_b.pem");
 const ISSUER: &str = "https://id.example.com/realms/staff";
 const CLIENT: &str = "wgmesh";
 
