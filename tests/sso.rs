@@ -275,12 +275,12 @@ fn tags(peer: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Waits up to `limit` for agent `agent` to exit, and says whether it failed.
-fn exits_with_error(lab: &mut Lab, agent: usize, limit: Duration) -> bool {
+/// Waits up to `limit` for agent `agent` to exit, and returns its exit code.
+fn exit_code(lab: &mut Lab, agent: usize, limit: Duration) -> Option<i32> {
     let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(status) = lab.child(agent).try_wait().unwrap() {
-            return !status.success();
+            return status.code();
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -354,11 +354,11 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
         page.contains("identities.join[0] email_domain \"example.com\""),
         "{page}"
     );
-    assert!(exits_with_error(
-        &mut s.lab,
-        eve_agent,
-        Duration::from_secs(20)
-    ));
+    // Exit code 3: the server refused (README "Commands and exit codes").
+    assert_eq!(
+        exit_code(&mut s.lab, eve_agent, Duration::from_secs(20)),
+        Some(3)
+    );
     let log = s.lab.log("n2.log");
     assert!(log.contains("may not join") && log.contains("403"), "{log}");
     assert!(
@@ -397,11 +397,10 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
     let t1_ip = s.lab.mesh_ip("t1");
     s.stop_provider();
     let (_, down_agent) = s.up_login("n3", 13);
-    assert!(exits_with_error(
-        &mut s.lab,
-        down_agent,
-        Duration::from_secs(30)
-    ));
+    assert_eq!(
+        exit_code(&mut s.lab, down_agent, Duration::from_secs(30)),
+        Some(3)
+    );
     let log = s.lab.log("n3.log");
     assert!(
         log.contains("503") && log.contains("cannot be used"),

@@ -109,11 +109,18 @@ impl Api {
             ("GET" | "HEAD", "callback") => Ok(self.sso_callback(req, sso)),
             ("GET" | "HEAD", "console") => match self.console.get() {
                 None => Err(Refusal(404, "the console is off (--no-console)".into())),
-                Some(_) => Ok(sso
-                    .start_console(&base)
-                    .map_or_else(|e| failed_page(&e), |url| redirect(&url))),
+                Some(_) => {
+                    self.sso_limit(req)?;
+                    Ok(sso
+                        .start_console(&base)
+                        .map_or_else(|e| failed_page(&e), |url| redirect(&url)))
+                }
             },
             ("GET" | "HEAD", other) => match other.strip_prefix("browser/") {
+                Some(id) if id.ends_with("/go") => {
+                    self.sso_limit(req)?;
+                    Ok(self.sso_browser(sso, id, &base))
+                }
                 Some(id) => Ok(self.sso_browser(sso, id, &base)),
                 None => Err(Refusal(404, format!("no such endpoint: /sso/{other}"))),
             },
@@ -122,6 +129,17 @@ impl Api {
                 format!("{method} is not allowed on /sso/{other}"),
             )),
         }
+    }
+
+    /// Logins started without a key's signature (the console's, and the trip to the
+    /// provider from our page) share the per-source registration budget
+    /// (`--register-limit`), so nobody fills the table of waiting logins.
+    fn sso_limit(&self, req: &Request) -> Result<(), Refusal> {
+        let source = req.remote.ip().to_canonical();
+        self.trust
+            .register_limit
+            .take(source, Instant::now())
+            .map_err(|wait| super::error::too_many("logins", source, wait))
     }
 
     /// `POST /sso/login`: a machine starts a login for its key.
