@@ -131,9 +131,9 @@ impl Api {
         }
     }
 
-    /// Logins started without a key's signature (the console's, and the trip to the
-    /// provider from our page) share the per-source registration budget
-    /// (`--register-limit`), so nobody fills the table of waiting logins.
+    /// Every login start (a machine's, the console's, the trip to the provider from our
+    /// page) spends from the per-source registration budget (`--register-limit`), so
+    /// nobody fills the table of waiting logins (or its device-grant threads).
     fn sso_limit(&self, req: &Request) -> Result<(), Refusal> {
         let source = req.remote.ip().to_canonical();
         self.trust
@@ -150,6 +150,7 @@ impl Api {
         sso: &Sso,
         base: &str,
     ) -> Result<Response, Refusal> {
+        self.sso_limit(req)?;
         let key = self.authenticate(req, authed)?;
         let body: LoginStartRequest = parse_body(req)?;
         let hostname: String = body.hostname.chars().take(64).collect();
