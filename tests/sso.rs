@@ -426,6 +426,42 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
     let peer = s.joined("n4");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
 
+    // The provider's answer delivered to another browser than the one that went there (a
+    // login forced on somebody else) is refused, and the waiting machine told so.
+    let (_, forced_agent) = s.up_login("n5", 15);
+    let (url, _) = s.printed_login("n5");
+    // Someone goes to the provider from our page (keeping the cookie to themselves) ...
+    let no_redirects: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let went = no_redirects.get(format!("{url}/go")).call().unwrap();
+    assert_eq!(went.status().as_u16(), 303);
+    let at_provider = went.headers()["location"].to_str().unwrap().to_owned();
+    assert!(at_provider.starts_with(&s.issuer()), "{at_provider}");
+    let state = at_provider
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    // ... and the answer arrives in a browser that never went there.
+    let mut answer = common::agent()
+        .get(format!(
+            "{}/sso/callback?code=stolen&state={state}",
+            s.server_url()
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 401);
+    let page = answer.body_mut().read_to_string().unwrap();
+    assert!(page.contains("started in another browser"), "{page}");
+    assert_eq!(
+        exit_code(&mut s.lab, forced_agent, Duration::from_secs(20)),
+        Some(3)
+    );
+    assert!(s.peer("n5").is_none());
+
     // An admin ends n1's login at once: it goes offline and its heartbeats are refused.
     let secret = s.lab.dir.path().join("admin.secret").display().to_string();
     let id = s.peer("n1").unwrap()["id"].as_str().unwrap().to_owned();

@@ -111,9 +111,12 @@ impl Api {
                 None => Err(Refusal(404, "the console is off (--no-console)".into())),
                 Some(_) => {
                     self.sso_limit(req)?;
-                    Ok(sso
-                        .start_console(&base)
-                        .map_or_else(|e| failed_page(&e), |url| redirect(&url)))
+                    Ok(match sso.start_console(&base) {
+                        Ok((id, url)) => {
+                            redirect(&url).with_header("Set-Cookie", login_cookie(&id, sso))
+                        }
+                        Err(e) => failed_page(&e),
+                    })
                 }
             },
             ("GET" | "HEAD", other) => match other.strip_prefix("browser/") {
@@ -234,7 +237,7 @@ impl Api {
             );
         }
         match sso.begin_browser(id, base) {
-            Ok(url) => redirect(&url),
+            Ok(url) => redirect(&url).with_header("Set-Cookie", login_cookie(id, sso)),
             Err(e) => failed_page(&e),
         }
     }
@@ -257,7 +260,8 @@ impl Api {
                 )
             }
         };
-        match sso.callback(state, answer) {
+        let browser = form::cookie(req.header("cookie"), LOGIN_COOKIE);
+        match sso.callback(state, answer, browser) {
             Err(e) => {
                 self.auth_failed(req, None, None, &format!("single sign-on: {e}"));
                 failed_page(&e)
@@ -394,6 +398,19 @@ impl Api {
             rules: policy.identities().clone(),
         })
     }
+}
+
+/// The cookie that ties the provider's answer to the browser that went there (against a
+/// login forced on somebody else's browser). `Lax`, since the answer comes from the
+/// provider's site; only `/sso/` sees it.
+const LOGIN_COOKIE: &str = "wgmesh_sso";
+
+fn login_cookie(id: &str, sso: &Sso) -> String {
+    let secure = if sso.https() { "; Secure" } else { "" };
+    format!(
+        "{LOGIN_COOKIE}={id}; Path=/sso/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        crate::server::sso::logins::LOGIN_LIFETIME.as_secs()
+    )
 }
 
 fn short_key(key: &PublicKey) -> String {

@@ -187,23 +187,29 @@ impl Sso {
         }
     }
 
-    /// Starts a console login: where to send the browser.
-    pub fn start_console(&self, base: &str) -> Result<String, SsoError> {
+    /// Starts a console login: its id (for the browser's cookie) and where to send the
+    /// browser.
+    pub fn start_console(&self, base: &str) -> Result<(String, String), SsoError> {
         self.provider.rediscover()?;
         let id = self
             .logins
             .open(Purpose::Console, String::new())
             .ok_or(SsoError::Busy)?;
-        self.begin_browser(&id, base)
+        let url = self.begin_browser(&id, base)?;
+        Ok((id, url))
     }
 
     /// The provider sent the browser back with `state` and a code (or an error): the login
     /// it belongs to, and who logged in. A machine login records the outcome for its
     /// polls; a console login is forgotten (the caller makes the session).
+    /// `browser` is the login id the browser's cookie names: a callback arriving in
+    /// another browser than the one that went to the provider (a login forced on someone
+    /// else) is refused.
     pub fn callback(
         &self,
         state: &str,
         answer: ProviderAnswer,
+        browser: Option<&str>,
     ) -> Result<(Purpose, Identity), SsoError> {
         let (id, purpose, flow) = self.logins.take_code(state).ok_or_else(|| {
             SsoError::Token(
@@ -212,6 +218,14 @@ impl Sso {
                     .into(),
             )
         })?;
+        let answer = match browser == Some(id.as_str()) {
+            true => answer,
+            false => ProviderAnswer::Error(
+                "this login was started in another browser (or its cookie is gone): start \
+                 it again from the page the machine printed"
+                    .into(),
+            ),
+        };
         let result = match answer {
             ProviderAnswer::Code(code) => {
                 self.provider
