@@ -316,6 +316,13 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
         .lab
         .log("n1.log")
         .contains("Logged in as alice@example.com"));
+    // The default --login-expiry: 180 days after the login.
+    let login = humantime::parse_rfc3339(peer["owner_login"].as_str().unwrap()).unwrap();
+    let expires = humantime::parse_rfc3339(peer["owner_login_expires"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        expires.duration_since(login).unwrap(),
+        Duration::from_secs(180 * 86_400)
+    );
     let audit = std::fs::read_to_string(s.lab.dir.path().join("audit.log")).unwrap();
     assert!(
         audit.contains("owned by alice@example.com (single sign-on)"),

@@ -94,6 +94,9 @@ pub struct AdminPeerView {
     /// When the owner last logged in for it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_login: Option<String>,
+    /// When that login expires (`--login-expiry` after it), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_login_expires: Option<String>,
     /// When an admin ended that login (`wgmesh peers logout`), if one did (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_logged_out: Option<String>,

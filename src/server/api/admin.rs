@@ -193,6 +193,7 @@ impl Api {
     }
 
     fn admin_peers(&self) -> Response {
+        let expiry = self.login_expiry();
         let records = self.state.registry().records();
         let peers = records
             .iter()
@@ -213,6 +214,10 @@ impl Api {
                     .owner
                     .as_ref()
                     .map(|o| crate::time::format(o.logged_in_at)),
+                owner_login_expires: r
+                    .owner
+                    .as_ref()
+                    .map(|o| crate::time::format(o.logged_in_at + expiry)),
                 owner_logged_out: r
                     .owner
                     .as_ref()

@@ -332,6 +332,13 @@ impl Api {
         self.check_owner_login(owner)
     }
 
+    /// `--login-expiry` (its default without single sign-on).
+    pub(super) fn login_expiry(&self) -> std::time::Duration {
+        self.sso
+            .get()
+            .map_or(crate::server::sso::DEFAULT_LOGIN_EXPIRY, Sso::login_expiry)
+    }
+
     fn check_owner_login(
         &self,
         owner: Option<crate::server::sso::identity::Owner>,
@@ -339,11 +346,7 @@ impl Api {
         let Some(owner) = owner else {
             return Ok(());
         };
-        let expiry = self
-            .sso
-            .get()
-            .map_or(crate::server::sso::DEFAULT_LOGIN_EXPIRY, Sso::login_expiry);
-        match owner.ended(expiry, SystemTime::now()) {
+        match owner.ended(self.login_expiry(), SystemTime::now()) {
             None => Ok(()),
             Some(why) => Err(Refusal(
                 401,
