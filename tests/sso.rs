@@ -433,6 +433,21 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
     let peer = s.joined("n4");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
 
+    // The console's admin (root1, still logged in) ends n4's login with one button.
+    browser.goto(&format!(
+        "{}/console/peers/{}",
+        s.server_url(),
+        peer["id"].as_str().unwrap()
+    ));
+    browser.click("#end-login");
+    browser.wait_until(Duration::from_secs(20), "the peer page again", |b| {
+        b.find("#owner")
+            .is_some_and(|_| b.text("#owner").contains("logged out"))
+    });
+    let peer = s.peer("n4").unwrap();
+    assert_eq!(peer["online"], false, "{peer}");
+    assert!(peer["owner_logged_out"].is_string(), "{peer}");
+
     // The provider's answer delivered to another browser than the one that went there (a
     // login forced on somebody else) is refused, and the waiting machine told so.
     let (_, forced_agent) = s.up_login("n5", 15);

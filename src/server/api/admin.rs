@@ -83,7 +83,7 @@ impl Api {
                 let id: PeerId = rest["peers/".len()..rest.len() - "/logout".len()]
                     .parse()
                     .map_err(|e| Refusal(400, format!("path: {e}")))?;
-                self.end_login(req, &id, now)
+                self.end_login(req, &id, now, ADMIN_ACTOR)
             }
             (_, _) if rest.starts_with("peers/") => {
                 only_delete(method)?;

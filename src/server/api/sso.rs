@@ -361,6 +361,7 @@ impl Api {
         req: &Request,
         id: &PeerId,
         now: SystemTime,
+        actor: &str,
     ) -> Result<Response, Refusal> {
         let Some(record) = self.storage.end_login(id, now)? else {
             return Err(super::error::unknown_peer(id));
@@ -374,7 +375,7 @@ impl Api {
         self.trust.audit(
             AuditEvent::new(AuditKind::Deregistration, now)
                 .source(req.remote)
-                .actor(super::admin::ADMIN_ACTOR)
+                .actor(actor)
                 .peer_id(record.id.clone())
                 .peer_key(record.public_key)
                 .detail(format!(

@@ -165,6 +165,12 @@ pub fn detail(
                 }
             }
             @if viewer.role.may_change() {
+                @if r.owner.as_deref().is_some_and(|o| !o.ends_with("(logged out)")) {
+                    form method="post" action=(format!("/console/peers/{}/end-login", r.id)) {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        button #end-login type="submit" { "End this login (it must log in again)" }
+                    }
+                }
                 p { a.button.danger href=(format!("/console/peers/{}/remove", r.id)) { "Remove this peer…" } }
             }
         },
