@@ -13,6 +13,7 @@ mod common;
 
 use common::browser::Browser;
 use common::netns::{Lab, MeshNode, FAST_AGENT};
+use common::postgres::PgCluster;
 use common::wgmesh_bin;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -40,10 +41,14 @@ struct SsoLab {
     provider: Option<usize>,
     device_flow: bool,
     starts: usize,
+    /// The replica store the server uses instead of its JSON file, when the test asks.
+    pg: Option<PgCluster>,
 }
 
 impl SsoLab {
-    fn new(label: &str, net: &'static str, device_flow: bool) -> SsoLab {
+    /// A lab whose provider offers the device flow or not, and whose server keeps its
+    /// registry in PostgreSQL (`pg`) or in its JSON file.
+    fn new(label: &str, net: &'static str, device_flow: bool, pg: bool) -> SsoLab {
         let dir = provider_dir();
         let mut lab = Lab::new(label);
         let srv = lab.host("srv", &format!("{net}.1/24"));
@@ -68,7 +73,11 @@ impl SsoLab {
             provider: None,
             device_flow,
             starts: 0,
+            pg: None,
         };
+        if pg {
+            me.pg = Some(PgCluster::start_in_netns(&me.srv));
+        }
         me.start_provider();
         me.start_server();
         me
@@ -141,7 +150,8 @@ impl SsoLab {
         let listen = format!("{}.1:8080", self.net);
         let issuer = self.issuer();
         let srv = self.srv.clone();
-        let args = [
+        let store = self.pg.as_ref().map(PgCluster::url);
+        let mut args = vec![
             wgmesh_bin(),
             "server",
             "--listen",
@@ -163,6 +173,9 @@ impl SsoLab {
             "--log-level",
             "debug",
         ];
+        if let Some(url) = &store {
+            args.extend(["--store", url.as_str()]);
+        }
         self.lab.spawn(&srv, &args, "server.log");
         self.lab
             .eventually(Duration::from_secs(20), "the server listens", || {
@@ -292,7 +305,7 @@ fn exit_code(lab: &mut Lab, agent: usize, limit: Duration) -> Option<i32> {
 
 #[test]
 fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with_what_tags() {
-    let mut s = SsoLab::new("sso", "198.18.122", false);
+    let mut s = SsoLab::new("sso", "198.18.122", false, false);
     let browser = Browser::start();
 
     // alice (group /engineering, @example.com) joins a machine: our page shows the machine
@@ -516,7 +529,8 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
 
 #[test]
 fn up_login_uses_the_device_flow_when_the_provider_offers_it() {
-    let mut s = SsoLab::new("ssodev", "198.18.123", true);
+    // On the PostgreSQL store, so the replica's admission and logout are the ones tested.
+    let mut s = SsoLab::new("ssodev", "198.18.123", true, true);
     let browser = Browser::start();
     let (_, _) = s.up_login("d1", 11);
     let (url, code) = s.printed_login("d1");
@@ -544,4 +558,32 @@ fn up_login_uses_the_device_flow_when_the_provider_offers_it() {
     let peer = s.joined("d1");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
     assert_eq!(tags(&peer), ["tag:dev", "tag:staff"], "{peer}");
+
+    // Ending the login goes through the database too.
+    let secret = s.lab.dir.path().join("admin.secret").display().to_string();
+    let id = peer["id"].as_str().unwrap().to_owned();
+    common::netns::must(&[
+        wgmesh_bin(),
+        "peers",
+        "logout",
+        &id,
+        "--server",
+        &s.server_url(),
+        "--admin-secret-file",
+        &secret,
+    ]);
+    let peer = s.peer("d1").unwrap();
+    assert_eq!(peer["online"], false, "{peer}");
+    assert!(peer["owner_logged_out"].is_string(), "{peer}");
+    let again = common::netns::run(&[
+        wgmesh_bin(),
+        "peers",
+        "logout",
+        "peer-notapeer",
+        "--server",
+        &s.server_url(),
+        "--admin-secret-file",
+        &secret,
+    ]);
+    assert_eq!(again.status.code(), Some(3), "an unknown peer is refused");
 }
