@@ -37,6 +37,7 @@ pub fn peer_record(i: u32, private: &PrivateKey) -> PeerRecord {
         tags: Vec::new(),
         dns_name: Some(format!("host-{i}").parse().unwrap()),
         approved_routes: Vec::new(),
+        owner: None,
     }
 }
 

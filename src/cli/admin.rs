@@ -114,6 +114,23 @@ pub struct PeersArgs {
 enum PeersCommand {
     List(PeersListArgs),
     Remove(PeersRemoveArgs),
+    Logout(PeersLogoutArgs),
+}
+
+/// End a peer's single sign-on login now: it goes offline and must log in again with
+/// `wgmesh up --login` (it keeps its address).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "logout")]
+pub struct PeersLogoutArgs {
+    /// the peer id (peer-...)
+    #[argh(positional)]
+    id: String,
+    /// coordination server (default http://127.0.0.1:8080)
+    #[argh(option, default = "default_server()")]
+    server: ServerUrl,
+    /// admin secret file (default: admin.secret in the server's default state folder)
+    #[argh(option)]
+    admin_secret_file: Option<PathBuf>,
 }
 
 /// List every registered peer.
@@ -438,14 +455,27 @@ pub fn peers(args: PeersArgs) -> Result<(), CliError> {
                 return print(&pretty(&text));
             }
             let mut out = format!(
-                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {}\n",
-                "ID", "HOSTNAME", "NAME", "ADDRESS", "ONLINE", "LAST SEEN", "ENDPOINT", "TAGS"
+                "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {:<20} {}\n",
+                "ID",
+                "HOSTNAME",
+                "NAME",
+                "ADDRESS",
+                "ONLINE",
+                "LAST SEEN",
+                "ENDPOINT",
+                "TAGS",
+                "OWNER"
             );
             let now = std::time::SystemTime::now();
             for p in &answer.peers {
                 let name = p.dns_name.as_ref().map(|n| format!("{n}.mesh"));
+                let owner = match (&p.owner, &p.owner_logged_out) {
+                    (Some(o), Some(_)) => format!("{o} (logged out)"),
+                    (Some(o), None) => o.clone(),
+                    (None, _) => "-".to_owned(),
+                };
                 out.push_str(&format!(
-                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {}\n",
+                    "{:<22} {:<20} {:<24} {:<15} {:<7} {:<10} {:<22} {:<20} {}\n",
                     p.id.as_str(),
                     p.hostname,
                     cell(name.as_deref()),
@@ -453,7 +483,8 @@ pub fn peers(args: PeersArgs) -> Result<(), CliError> {
                     if p.online { "yes" } else { "no" },
                     age(&p.last_heartbeat, now),
                     cell(p.endpoint.as_deref()),
-                    tags(&p.tags)
+                    tags(&p.tags),
+                    owner
                 ));
             }
             print(&out)
@@ -468,6 +499,14 @@ pub fn peers(args: PeersArgs) -> Result<(), CliError> {
                 peer.id.as_str(),
                 peer.hostname,
                 peer.virtual_ip
+            ))
+        }
+        PeersCommand::Logout(a) => {
+            let admin = Admin::new(a.server, a.admin_secret_file)?;
+            admin.call("POST", &format!("peers/{}/logout", a.id), None)?;
+            print(&format!(
+                "ended the login of {}: it must log in again with `wgmesh up --login`\n",
+                a.id
             ))
         }
     }

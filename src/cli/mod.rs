@@ -21,6 +21,7 @@ mod output;
 mod routes;
 mod server;
 mod service;
+mod sso;
 mod usage;
 
 use argh::FromArgs;

@@ -100,6 +100,31 @@ pub struct ServerArgs {
     /// (default: the listen address, unless it is a wildcard such as 0.0.0.0)
     #[argh(option)]
     advertise: Option<crate::agent::client::ServerUrl>,
+    /// single sign-on: the OpenID provider's issuer URL (e.g. https://accounts.google.com);
+    /// machines then join with `wgmesh up --login` and the policy file's "identities" rules
+    #[argh(option)]
+    oidc_issuer: Option<String>,
+    /// the client id registered at the provider for wgmesh
+    #[argh(option)]
+    oidc_client_id: Option<String>,
+    /// file holding the client secret (mode 0600)
+    #[argh(option)]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// scopes asked for (default "openid email profile"; add "groups" where the provider
+    /// sends groups only for that scope)
+    #[argh(option, default = "String::from(\"openid email profile\")")]
+    oidc_scopes: String,
+    /// the callback URL registered at the provider (default: this server's URL as the
+    /// request reached it + /sso/callback; set it behind a reverse proxy)
+    #[argh(option)]
+    oidc_redirect_url: Option<String>,
+    /// how long a machine's login admits it before it must log in again (default 180d)
+    #[argh(option, default = "String::from(\"180d\")")]
+    login_expiry: String,
+    /// log machines in through this server's page (code + PKCE) even when the provider
+    /// offers the device flow (Google lists one only its "TV" clients may use)
+    #[argh(switch)]
+    oidc_no_device_flow: bool,
 }
 
 /// `--udp-listen`: an address, or "off".
@@ -191,6 +216,18 @@ pub fn run(args: ServerArgs) -> Result<(), CliError> {
             ))
         }
     };
+    config.sso = super::sso::sso_config(
+        super::sso::SsoFlags {
+            issuer: args.oidc_issuer,
+            client_id: args.oidc_client_id,
+            client_secret_file: args.oidc_client_secret_file,
+            scopes: args.oidc_scopes,
+            redirect_url: args.oidc_redirect_url,
+            login_expiry: args.login_expiry,
+            no_device_flow: args.oidc_no_device_flow,
+        },
+        config.tls.is_some(),
+    )?;
     run_until_signalled(&config).map_err(|e| {
         let code = match e {
             ServerError::Store(_) | ServerError::Database(_) => EXIT_STATE,

@@ -88,6 +88,18 @@ pub struct AdminPeerView {
     pub registered_at: String,
     /// Last heartbeat (RFC 3339).
     pub last_heartbeat: String,
+    /// The single sign-on owner (email, else subject); absent for token peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// When the owner last logged in for it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_login: Option<String>,
+    /// When that login expires (`--login-expiry` after it), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_login_expires: Option<String>,
+    /// When an admin ended that login (`wgmesh peers logout`), if one did (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_logged_out: Option<String>,
 }
 
 /// Answer to `GET /admin/peers`.

@@ -7,6 +7,7 @@ pub mod mesh6;
 pub mod model;
 pub mod replicas;
 pub mod report;
+pub mod sso;
 pub mod stun;
 pub mod subnet_routes;
 pub mod wg_wire;

@@ -54,6 +54,11 @@ pub struct RegisterRequest {
     /// Absent from the JSON when not set, so requests to open servers look as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A finished single sign-on login of this key (`POST /sso/login`, then `/sso/poll`
+    /// until done), instead of a token: admits the key with the tags of the person's
+    /// identity rules and records them as its owner. Used once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
 }
 
 /// Answer to a successful registration.

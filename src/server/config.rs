@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub store: Option<String>,
     /// `--advertise URL`: where agents reach this replica, published in `GET /replicas`.
     pub advertise: Option<String>,
+    /// Single sign-on (`--oidc-issuer` and friends); None: joining needs a token.
+    pub sso: Option<crate::server::sso::flows::SsoConfig>,
 }
 
 impl ServerConfig {
@@ -87,6 +89,7 @@ impl ServerConfig {
             tls: None,
             store: None,
             advertise: None,
+            sso: None,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod pg;
 pub mod policy;
 pub mod registry;
 pub mod relay;
+pub mod sso;
 pub mod state;
 pub mod storage;
 pub mod store;
@@ -315,6 +316,9 @@ impl RunningServer {
                     .map_err(ServerError::Io)?;
             api.enable_console(api::console::Console::new(auditor, tls.is_some()));
         }
+        if let Some(sso) = &config.sso {
+            enable_sso(&api, sso.clone());
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let http = start_http(config, &api, tls)?;
         log::info!(
@@ -460,4 +464,23 @@ pub fn run_until_signalled(config: &ServerConfig) -> Result<(), ServerError> {
     }
     log::info!("shutting down: writing the final snapshot");
     server.shutdown().map_err(ServerError::Io)
+}
+
+/// Turns single sign-on on and discovers the provider in the background: a provider that
+/// is down at start only delays logins (each retries discovery), never the mesh.
+fn enable_sso(api: &Arc<api::Api>, config: sso::flows::SsoConfig) {
+    let issuer = config.provider.issuer.as_str().to_owned();
+    api.enable_sso(sso::flows::Sso::new(config));
+    log::info!(
+        "single sign-on with {issuer}: machines join with `wgmesh up --login`, console at \
+         /sso/console"
+    );
+    let api = api.clone();
+    let _ = std::thread::Builder::new()
+        .name("sso-discovery".into())
+        .spawn(move || {
+            if let Err(e) = api.sso_discover() {
+                log::warn!("{e}");
+            }
+        });
 }

@@ -136,6 +136,7 @@ mod tests {
             tags: Vec::new(),
             dns_name: None,
             approved_routes: Vec::new(),
+            owner: None,
         }
     }
 

@@ -32,6 +32,7 @@
 //! tag set and asks [`Policy::group_visibility`] once per policy or membership change, so
 //! thousands of peers in a handful of groups cost a handful of comparisons.
 
+use crate::server::sso::rules::IdentityRules;
 use crate::types::Tag;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
@@ -115,6 +116,9 @@ struct PolicyFile {
     /// Subnet routes approved by the policy (absent: every route needs an operator).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     routes: Vec<RouteRule>,
+    /// Single sign-on: who may join and log in (see [`crate::server::sso::rules`]).
+    #[serde(default, skip_serializing_if = "IdentityRules::is_empty")]
+    identities: IdentityRules,
 }
 
 /// Why a policy was refused. The message names the offending entry by its JSON path (e.g.
@@ -198,6 +202,7 @@ impl Policy {
                 to: vec![Selector::Any],
             }],
             routes: Vec::new(),
+            identities: IdentityRules::default(),
         })
     }
 
@@ -238,6 +243,9 @@ impl Policy {
                 }
             }
         }
+        file.identities
+            .validate()
+            .map_err(|e| PolicyError(e.to_string()))?;
         Ok(Policy::compile(file))
     }
 
@@ -287,6 +295,11 @@ impl Policy {
     /// The subnet-route rules (`routes`), which approve advertised routes automatically.
     pub fn route_rules(&self) -> &[RouteRule] {
         &self.file.routes
+    }
+
+    /// The single sign-on rules (the `identities` section; empty when absent).
+    pub fn identities(&self) -> &IdentityRules {
+        &self.file.identities
     }
 
     /// The policy as pretty JSON, e.g. for the audit log's policy-change detail.

@@ -40,6 +40,9 @@ pub struct Registration {
     /// Tags from the join token, for a first registration. A known key keeps the tags it
     /// joined with: re-registering proves ownership of the key, not a new invitation.
     pub tags: Vec<Tag>,
+    /// The owner a single sign-on login records: it replaces the stored owner and, with
+    /// it, the tags (a fresh login re-reads the person's groups).
+    pub owner: Option<crate::server::sso::identity::Owner>,
 }
 
 /// The outcome of preparing a registration.
@@ -198,6 +201,10 @@ impl Registry {
                 .approved_routes
                 .retain(|r| reg.allowed_ips.contains(r));
             record.observed_ip = Some(reg.observed_ip);
+            if reg.owner.is_some() {
+                record.owner = reg.owner.clone();
+                record.tags = reg.tags.clone();
+            }
             record.dns_name = Some(self.names.choose(
                 &record.public_key,
                 &record.id,
@@ -236,6 +243,7 @@ impl Registry {
                 tags: reg.tags.clone(),
                 dns_name: Some(dns_name),
                 approved_routes: Vec::new(),
+                owner: reg.owner.clone(),
             },
             fresh_address: true,
         })
@@ -510,6 +518,7 @@ mod tests {
             allowed_ips: Vec::new(),
             observed_ip: "198.18.0.9".parse().unwrap(),
             tags: Vec::new(),
+            owner: None,
         }
     }
 

@@ -80,6 +80,10 @@ pub struct PeerRecord {
     /// written when empty, so files without subnet routes keep their old shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved_routes: Vec<IpNet>,
+    /// The person whose single sign-on login admitted the peer (`wgmesh up --login`);
+    /// absent for peers that joined with a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::server::sso::identity::Owner>,
 }
 
 impl PeerRecord {
@@ -478,6 +482,7 @@ mod tests {
             tags: Vec::new(),
             dns_name: None,
             approved_routes: Vec::new(),
+            owner: None,
         }
     }
 

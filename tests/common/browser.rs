@@ -120,6 +120,11 @@ impl Browser {
         self.must("POST", "/url", Some(json!({ "url": url })));
     }
 
+    /// Deletes every cookie of the page open now (e.g. to log out of a site).
+    pub fn delete_cookies(&self) {
+        self.must("DELETE", "/cookie", None);
+    }
+
     /// The address the browser shows now.
     pub fn url(&self) -> String {
         self.must("GET", "/url", None)

@@ -60,6 +60,9 @@ struct Identity {
     /// Shared between clones so a key learned on first use is pinned for all of them.
     signer: Arc<Mutex<Option<Arc<RequestSigner>>>>,
     token: Option<String>,
+    /// A finished single sign-on login, presented on the next registration only (the
+    /// server uses it up), shared between clones.
+    login: Arc<Mutex<Option<String>>>,
 }
 
 /// A client of the coordination server, or of several replicas of it: it sticks to one and
@@ -138,6 +141,7 @@ impl ApiClient {
             key,
             signer: Arc::new(Mutex::new(signer)),
             token: None,
+            login: Arc::default(),
         });
         self
     }
@@ -153,6 +157,37 @@ impl ApiClient {
             identity.token = token;
         }
         self
+    }
+
+    /// Presents the finished single sign-on login `id` on the next registration.
+    pub fn with_login(self, id: String) -> ApiClient {
+        if let Some(identity) = self.identity.as_ref() {
+            *identity.login.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        }
+        self
+    }
+
+    /// `POST /sso/login`: starts a single sign-on login for this client's key.
+    pub fn sso_start(
+        &self,
+        hostname: &str,
+    ) -> Result<crate::proto::sso::LoginStartResponse, ClientError> {
+        let request = crate::proto::sso::LoginStartRequest {
+            hostname: hostname.to_owned(),
+        };
+        let answer = self.post_json("/sso/login", &request)?;
+        serde_json::from_slice(&answer.body)
+            .map_err(|e| ClientError::Protocol(format!("login answer: {e}")))
+    }
+
+    /// `POST /sso/poll`: where login `id` stands (a refused login is an error).
+    pub fn sso_poll(&self, id: &str) -> Result<crate::proto::sso::LoginPollResponse, ClientError> {
+        let request = crate::proto::sso::LoginPollRequest {
+            login_id: id.to_owned(),
+        };
+        let answer = self.post_json("/sso/poll", &request)?;
+        serde_json::from_slice(&answer.body)
+            .map_err(|e| ClientError::Protocol(format!("login poll answer: {e}")))
     }
 
     fn refused(answer: &Answer) -> ClientError {
@@ -206,7 +241,17 @@ impl ApiClient {
         if req.token.is_none() {
             req.token = self.identity.as_ref().and_then(|i| i.token.clone());
         }
+        let login = self.identity.as_ref().map(|i| i.login.clone());
+        if req.login.is_none() {
+            req.login = login
+                .as_ref()
+                .and_then(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        }
         let answer = self.post_json("/register", &req)?;
+        if let (Some(login), Some(_)) = (login, &req.login) {
+            // Used up by the server: later registrations prove the key alone.
+            *login.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         let parsed: RegisterResponse = serde_json::from_slice(&answer.body)
             .map_err(|e| ClientError::Protocol(format!("register answer: {e}")))?;
         if let Some(pinned) = self.pinned_server_key() {

@@ -96,6 +96,7 @@ impl Engine {
             exit_node: self.config.exit_node,
             allowed_ips,
             token: None,
+            login: None,
         }
     }
 

@@ -5,5 +5,6 @@
 pub mod daemon;
 pub mod engine;
 pub mod instance;
+pub mod login;
 mod relays;
 pub mod setup;

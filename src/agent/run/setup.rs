@@ -46,6 +46,8 @@ pub struct Overrides {
     pub os: Option<TargetOs>,
     /// The join token for a first registration.
     pub token: Option<String>,
+    /// `up --login`: log in through the server's single sign-on before registering.
+    pub login: bool,
     /// The server key to pin (re-pins for good).
     pub server_key: Option<PublicKey>,
     /// The CA file an https:// server must chain to.
@@ -177,9 +179,14 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     }
     let reader: Option<Box<dyn Runner>> =
         (Some(os) == TargetOs::current()).then(|| Box::new(SystemRunner::new()) as Box<dyn Runner>);
-    let client = api_client(server, &cfg, server_key, &trust)
+    let mut client = api_client(server, &cfg, server_key, &trust)
         .with_fallbacks(&cfg.fallback_servers)
         .with_token(o.token);
+    if o.login {
+        let hostname = crate::agent::observe::host::local_hostname(&cfg);
+        let id = super::login::log_in(&client, hostname.as_str(), &mut std::io::stderr())?;
+        client = client.with_login(id);
+    }
     let paths = PathTable::load(&path);
     Ok(Engine {
         paths,

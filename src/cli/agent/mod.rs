@@ -106,6 +106,7 @@ macro_rules! overrides {
                 to_table: $args.routes_to_table,
             },
             accept_routes: $args.accept_routes,
+            login: false,
         }
     };
 }
@@ -153,6 +154,11 @@ pub struct UpArgs {
     /// file holding the join token
     #[argh(option)]
     token_file: Option<PathBuf>,
+    /// join by logging in with the organisation's identity provider instead of a token:
+    /// prints a URL and a code to open on any device, and waits (the server must run with
+    /// --oidc-issuer); also renews an expired or ended login
+    #[argh(switch)]
+    login: bool,
     /// the server's public key, pinned up front; default: the one pinned at registration, or
     /// learned from the server on first use
     #[argh(option)]
@@ -456,13 +462,16 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::os::dns::HOSTS_FILE)),
     });
+    let login = args.login;
     let _lock = if dry_run {
         None
     } else {
         preflight(args.os)?;
         Some(lock(&args.config)?)
     };
-    let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
+    let mut overrides = overrides!(args);
+    overrides.login = login;
+    let mut engine = setup::engine(overrides).map_err(agent_failure)?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
         engine

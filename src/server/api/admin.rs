@@ -82,6 +82,12 @@ impl Api {
                 only_delete(method)?;
                 self.revoke_token(req, &rest["tokens/".len()..], now)
             }
+            ("POST", _) if rest.starts_with("peers/") && rest.ends_with("/logout") => {
+                let id: PeerId = rest["peers/".len()..rest.len() - "/logout".len()]
+                    .parse()
+                    .map_err(|e| Refusal(400, format!("path: {e}")))?;
+                self.end_login(req, &id, now, ADMIN_ACTOR)
+            }
             (_, _) if rest.starts_with("peers/") => {
                 only_delete(method)?;
                 let id: PeerId = rest["peers/".len()..]
@@ -190,6 +196,7 @@ impl Api {
     }
 
     fn admin_peers(&self) -> Response {
+        let expiry = self.login_expiry();
         let records = self.state.registry().records();
         let peers = records
             .iter()
@@ -205,6 +212,20 @@ impl Api {
                 tags: r.tags.clone(),
                 registered_at: crate::time::format_exact(r.registered_at),
                 last_heartbeat: crate::time::format_exact(r.last_heartbeat),
+                owner: r.owner.as_ref().map(|o| o.label().to_owned()),
+                owner_login: r
+                    .owner
+                    .as_ref()
+                    .map(|o| crate::time::format(o.logged_in_at)),
+                owner_login_expires: r
+                    .owner
+                    .as_ref()
+                    .map(|o| crate::time::format(o.logged_in_at + expiry)),
+                owner_logged_out: r
+                    .owner
+                    .as_ref()
+                    .and_then(|o| o.logged_out_at)
+                    .map(crate::time::format),
             })
             .collect();
         ok_json(&AdminPeersResponse {

@@ -104,7 +104,7 @@ impl Api {
         }
         match owner {
             None => Err(unknown_peer(id)),
-            Some(owner) if owner == *key => Ok(()),
+            Some(owner) if owner == *key => self.check_login_of_peer(id),
             Some(_) => {
                 let why =
                     format!("request signed by {key} concerns {id}, which belongs to another key");

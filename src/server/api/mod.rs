@@ -15,6 +15,7 @@ pub mod error;
 mod monitoring;
 mod peer;
 mod relay_view;
+mod sso;
 mod subnet_routes;
 mod sync;
 
@@ -78,6 +79,8 @@ pub struct Api {
     console: OnceLock<crate::server::console::state::Console>,
     /// Each agent's latest `POST /report` (memory only), for the console.
     reports: Mutex<HashMap<crate::types::PeerId, StoredReport>>,
+    /// Single sign-on, when `--oidc-issuer` is set.
+    sso: OnceLock<crate::server::sso::flows::Sso>,
 }
 
 /// Who signed a request that verified, so the answer can be signed for them.
@@ -117,6 +120,7 @@ impl Api {
             relay_view: Mutex::new(None),
             console: OnceLock::new(),
             reports: Mutex::new(HashMap::new()),
+            sso: OnceLock::new(),
         }
     }
 
@@ -252,6 +256,9 @@ impl Api {
             _ => {
                 if let Some(rest) = path.strip_prefix("/admin/") {
                     return (MetricEndpoint::Other, self.admin(req, rest));
+                }
+                if let Some(rest) = path.strip_prefix("/sso/") {
+                    return (MetricEndpoint::Other, self.sso(req, authed, rest));
                 }
                 if path == "/console" || path.starts_with("/console/") {
                     return (MetricEndpoint::Other, self.console(req));

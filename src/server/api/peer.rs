@@ -108,9 +108,20 @@ impl Api {
             allowed_ips,
             observed_ip: source,
             tags: Vec::new(),
+            owner: None,
         };
         let now = SystemTime::now();
-        let credential = Credential::from_token(body.token.as_deref());
+        let login = match &body.login {
+            Some(id) => Some(self.identity_login(&key, id)?),
+            None => {
+                self.check_login_of_key(&key)?;
+                None
+            }
+        };
+        let credential = match &login {
+            Some(login) => Credential::Identity(login),
+            None => Credential::from_token(body.token.as_deref()),
+        };
         let record = match self.storage.register(registration, credential, now) {
             Err(StorageError::Denied(denied)) => {
                 self.auth_failed(req, Some(key), None, &denied.why);
@@ -185,6 +196,13 @@ impl Api {
                 record.virtual_ip,
                 crate::server::policy::describe_tags(&record.tags)
             ));
+        if let Some(owner) = &record.owner {
+            event.detail = format!(
+                "{}, owned by {} (single sign-on)",
+                event.detail,
+                owner.label()
+            );
+        }
         if let Some(token) = token {
             event = event.token(token);
         }

@@ -59,6 +59,9 @@ pub struct PeerRow {
     pub version: Option<String>,
     /// Whether any of its peers is reached through a relay, from its report.
     pub relayed: Option<bool>,
+    /// Its single sign-on owner (email, else subject), with " (logged out)" once an admin
+    /// ended the login; None for token peers.
+    pub owner: Option<String>,
 }
 
 /// The row of one registered peer, with its agent's latest report; `name_of` gives the
@@ -89,6 +92,10 @@ pub fn row_of(
         }),
         version: report.map(|rep| rep.version.clone()),
         relayed: report.map(relayed),
+        owner: r.owner.as_ref().map(|o| match o.logged_out_at {
+            Some(_) => format!("{} (logged out)", o.label()),
+            None => o.label().to_owned(),
+        }),
     }
 }
 
@@ -370,6 +377,7 @@ mod tests {
             tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
             dns_name: Some(name.parse().unwrap()),
             approved_routes: Vec::new(),
+            owner: None,
         }
     }
 

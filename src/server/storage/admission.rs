@@ -3,8 +3,12 @@
 //! token is spent exactly once and a refusal changes nothing.
 //!
 //! A key the mesh already knows keeps the tags it joined with; a new key needs a usable join
-//! token (whose tags it gets) unless the server runs `--open`.
+//! token (whose tags it gets) unless the server runs `--open`. A single sign-on login
+//! ([`Credential::Identity`]) admits a new or known key when the policy file's identity
+//! rules accept the person, with the tags those rules give, and records them as its owner.
 
+use crate::server::sso::identity::{Identity, Owner};
+use crate::server::sso::rules::IdentityRules;
 use crate::server::tokens::{TokenRecord, TokenStore};
 use crate::types::Tag;
 use std::time::SystemTime;
@@ -16,6 +20,17 @@ pub enum Credential<'a> {
     None,
     /// A join token's secret (`wgm_...`).
     JoinToken(&'a str),
+    /// A finished single sign-on login for this key.
+    Identity(&'a IdentityLogin),
+}
+
+/// A verified login and the identity rules in force when it was presented.
+#[derive(Debug, Clone)]
+pub struct IdentityLogin {
+    /// Who the provider vouched for.
+    pub identity: Identity,
+    /// The policy file's `identities` section.
+    pub rules: IdentityRules,
 }
 
 impl<'a> Credential<'a> {
@@ -40,6 +55,8 @@ pub struct Admitted {
     /// The token redeemed for it (already counted down in the store passed in), to be
     /// saved in the same write as the registration.
     pub token: Option<TokenRecord>,
+    /// The owner a single sign-on login records (its tags replace the stored ones).
+    pub owner: Option<Owner>,
 }
 
 /// A refused registration: the HTTP status and what to do about it. Audited as an
@@ -69,18 +86,32 @@ pub fn admit(
     now: SystemTime,
 ) -> Result<Admitted, Denied> {
     match credential {
+        Credential::Identity(login) => {
+            let tags = login.rules.admit(&login.identity).map_err(|e| Denied {
+                status: 403,
+                why: e.0,
+            })?;
+            Ok(Admitted {
+                tags: Some(tags),
+                token: None,
+                owner: Some(Owner::from_identity(&login.identity, now)),
+            })
+        }
         _ if known => Ok(Admitted {
             tags: None,
             token: None,
+            owner: None,
         }),
         Credential::None if rules.open => Ok(Admitted {
             tags: Some(Vec::new()),
             token: None,
+            owner: None,
         }),
         Credential::None => Err(Denied {
             status: 401,
             why: "a join token is required to register a new key: pass --token \
-                  (create one with `wgmesh token create` on the server)"
+                  (create one with `wgmesh token create` on the server), or log in with \
+                  `wgmesh up --login` where the server offers single sign-on"
                 .to_owned(),
         }),
         Credential::JoinToken(secret) => {
@@ -91,6 +122,7 @@ pub fn admit(
             Ok(Admitted {
                 tags: Some(record.tags.clone()),
                 token: Some(record.clone()),
+                owner: None,
             })
         }
     }
@@ -125,6 +157,55 @@ mod tests {
         assert_eq!(got.tags, None);
         assert_eq!(got.token, None);
         assert_eq!(store.list(), before.list());
+    }
+
+    fn login(email: &str, groups: &[&str]) -> IdentityLogin {
+        IdentityLogin {
+            identity: Identity {
+                issuer: "https://id.example.com".into(),
+                subject: "sub-1".into(),
+                email: Some(email.into()),
+                email_verified: true,
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            },
+            rules: serde_json::from_str(
+                r#"{"join": [{"email_domain": "example.com", "tags": ["tag:staff"]},
+                             {"group": "ops", "tags": ["tag:ops"]}]}"#,
+            )
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_login_admits_new_and_known_keys_with_the_tags_of_its_rules() {
+        let mut store = TokenStore::new();
+        let now = SystemTime::now();
+        let rules = Rules { open: false };
+        let ann = login("ann@example.com", &["ops"]);
+        for known in [false, true] {
+            let got = admit(rules, known, Credential::Identity(&ann), &mut store, now).unwrap();
+            let tags: Vec<String> = got.tags.unwrap().iter().map(|t| t.to_string()).collect();
+            assert_eq!(tags, ["tag:ops", "tag:staff"]);
+            let owner = got.owner.unwrap();
+            assert_eq!(owner.email.as_deref(), Some("ann@example.com"));
+            assert_eq!((owner.subject.as_str(), owner.logged_in_at), ("sub-1", now));
+        }
+    }
+
+    #[test]
+    fn a_login_the_rules_refuse_is_403_naming_them() {
+        let mut store = TokenStore::new();
+        let eve = login("eve@elsewhere.test", &[]);
+        let denied = admit(
+            Rules { open: true },
+            true,
+            Credential::Identity(&eve),
+            &mut store,
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert_eq!(denied.status, 403);
+        assert!(denied.why.contains("identities.join[0]"), "{}", denied.why);
     }
 
     #[test]

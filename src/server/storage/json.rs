@@ -221,6 +221,7 @@ impl Storage for JsonStorage {
         if let Some(tags) = admitted.tags {
             registration.tags = tags;
         }
+        registration.owner = admitted.owner;
         let prepared = self
             .state
             .registry()
@@ -275,6 +276,22 @@ impl Storage for JsonStorage {
                 (true, false) => WentOffline::Now,
             }
         }))
+    }
+
+    fn end_login(&self, id: &PeerId, now: SystemTime) -> Result<Option<PeerRecord>, StorageError> {
+        let mut journal = lock(&self.journal);
+        let Some(record) = self.state.registry().by_id(id).cloned() else {
+            return Ok(None);
+        };
+        let changed = super::logout::end_login(&record, now)?;
+        journal
+            .append(&JournalEntry::Put {
+                peer: changed.clone(),
+            })
+            .map_err(|e| disk("logout", &e))?;
+        self.state
+            .change(|registry| registry.commit(changed.clone()));
+        Ok(Some(changed))
     }
 
     fn deregister(&self, id: &PeerId) -> Result<Option<PeerRecord>, StorageError> {

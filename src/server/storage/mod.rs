@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod import;
 pub mod json;
+pub mod logout;
 pub mod replica;
 pub mod subnet_routes;
 pub mod write_floor;
@@ -200,6 +201,10 @@ pub trait Storage: Send + Sync {
 
     /// Removes a peer; its record, or None when there was no such peer.
     fn deregister(&self, id: &PeerId) -> Result<Option<PeerRecord>, StorageError>;
+
+    /// Ends a peer's single sign-on login at once (see [`logout`]); its changed record, or
+    /// None when there was no such peer.
+    fn end_login(&self, id: &PeerId, now: SystemTime) -> Result<Option<PeerRecord>, StorageError>;
 
     /// The join tokens as stored now.
     fn tokens(&self) -> Result<TokenStore, StorageError>;

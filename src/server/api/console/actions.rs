@@ -45,6 +45,12 @@ impl Visit<'_> {
                 {
                     return self.decide_route(id, Verdict::Reject);
                 }
+                if let Some(id) = path
+                    .strip_prefix("/console/peers/")
+                    .and_then(|r| r.strip_suffix("/end-login"))
+                {
+                    return self.end_login(id);
+                }
                 Err(Refusal(404, format!("no console action {path}")))
             }
         }
@@ -68,6 +74,17 @@ impl Visit<'_> {
             Some(self.session.role.actor()),
         )?;
         Ok(see_other("/console/peers"))
+    }
+
+    /// Ends a peer's single sign-on login (as `wgmesh peers logout` does).
+    fn end_login(&self, raw: &str) -> Result<Response, Refusal> {
+        self.require_admin()?;
+        let id: PeerId = raw
+            .parse()
+            .map_err(|e| Refusal(400, format!("peer id: {e}")))?;
+        self.api
+            .end_login(self.req, &id, self.now, self.session.role.actor())?;
+        Ok(see_other(&format!("/console/peers/{id}")))
     }
 
     fn create_token(&self) -> Result<Response, Refusal> {

@@ -61,10 +61,14 @@ impl Api {
             }
             ("GET" | "HEAD", "/console" | "/console/") => return Ok(see_other("/console/peers")),
             ("GET" | "HEAD", "/console/login") => {
+                let sso = self
+                    .sso
+                    .get()
+                    .map(|_| crate::server::console::render::sso::console_link());
                 return Ok(html(
                     200,
-                    crate::server::console::render::login::login(None),
-                ))
+                    crate::server::console::render::login::login_with(None, sso),
+                ));
             }
             ("POST", "/console/login") => return self.console_login(console, req),
             _ => {}

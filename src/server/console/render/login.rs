@@ -5,6 +5,11 @@ use maud::{html, Markup};
 
 /// The login form, with the reason the last attempt failed, if any.
 pub fn login(error: Option<&str>) -> Markup {
+    login_with(error, None)
+}
+
+/// The login form with `extra` below the secret form (the single sign-on link).
+pub fn login_with(error: Option<&str>, extra: Option<Markup>) -> Markup {
     bare(
         "Log in",
         html! {
@@ -17,6 +22,7 @@ pub fn login(error: Option<&str>) -> Markup {
                         required autofocus;
                     button type="submit" { "Log in" }
                 }
+                @if let Some(extra) = extra { (extra) }
                 p.hint {
                     "The admin secret is in " code { "admin.secret" } " beside the server's state "
                     "(the auditor's, read-only, in " code { "auditor.secret" } ")."

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod login;
 pub mod peers;
 pub mod server;
+pub mod sso;
 pub mod subnet_routes;
 pub mod tokens;
 

@@ -145,6 +145,7 @@ pub fn detail(
                     dt { "Public key" } dd { code { (r.public_key) } }
                     dt { "Mesh addresses" } dd { (r.ipv4) @if let Some(v6) = r.ipv6 { ", " (v6) } }
                     dt { "Tags" } dd { @for t in &r.tags { span.tag { (t) } " " } @if r.tags.is_empty() { "none" } }
+                    dt { "Owner" } dd #owner { (r.owner.as_deref().unwrap_or("– (joined with a token)")) }
                     dt { "Status" } dd { (status(r, now)) }
                     dt { "Last heartbeat" } dd { (ago(r.last_heartbeat, now)) }
                     dt { "Registered" } dd { (ago(r.registered_at, now)) }
@@ -165,6 +166,12 @@ pub fn detail(
             }
             (routes)
             @if viewer.role.may_change() {
+                @if r.owner.as_deref().is_some_and(|o| !o.ends_with("(logged out)")) {
+                    form method="post" action=(format!("/console/peers/{}/end-login", r.id)) {
+                        input type="hidden" name="csrf" value=(viewer.csrf);
+                        button #end-login type="submit" { "End this login (it must log in again)" }
+                    }
+                }
                 p { a.button.danger href=(format!("/console/peers/{}/remove", r.id)) { "Remove this peer…" } }
             }
         },

@@ -9,6 +9,7 @@
 mod cluster;
 mod follow;
 pub mod open;
+mod sso;
 mod subnet_routes;
 mod writes;
 
@@ -141,6 +142,10 @@ impl Storage for ReplicaStorage {
         verdict: super::subnet_routes::Verdict,
     ) -> Result<PeerRecord, StorageError> {
         self.write_route_decision(id, prefix, verdict)
+    }
+
+    fn end_login(&self, id: &PeerId, now: SystemTime) -> Result<Option<PeerRecord>, StorageError> {
+        self.write_end_login(id, now)
     }
 
     fn tokens(&self) -> Result<TokenStore, StorageError> {

@@ -82,6 +82,7 @@ impl ReplicaStorage {
         if let Some(tags) = admitted.tags {
             registration.tags = tags;
         }
+        registration.owner = admitted.owner;
         let made = match self.state.registry().prepare(&registration, now) {
             Ok(made) => made,
             Err(e) => return Ok(Decided::Refused(e.into())),

@@ -37,6 +37,7 @@ fn join(
         allowed_ips: routes.iter().map(|s| net(s)).collect(),
         observed_ip: "198.18.0.9".parse().unwrap(),
         tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+        owner: None,
     };
     let now = time::from_unix_secs(1_700_000_000);
     let prepared = r.prepare(&reg, now).unwrap();
@@ -165,6 +166,7 @@ fn the_policy_approves_new_routes_of_its_advertisers_only() {
         allowed_ips: office.allowed_ips.clone(),
         observed_ip: "198.18.0.9".parse().unwrap(),
         tags: Vec::new(),
+        owner: None,
     };
     let prepared = r
         .prepare(&again, time::from_unix_secs(1_700_000_100))
@@ -204,6 +206,7 @@ fn dropping_a_route_drops_its_approval() {
         allowed_ips: Vec::new(),
         observed_ip: "198.18.0.9".parse().unwrap(),
         tags: Vec::new(),
+        owner: None,
     };
     match r
         .prepare(&reg, time::from_unix_secs(1_700_000_100))
