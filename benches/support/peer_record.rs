@@ -36,6 +36,8 @@ pub fn peer_record(i: u32, private: &PrivateKey) -> PeerRecord {
         online: true,
         tags: Vec::new(),
         dns_name: Some(format!("host-{i}").parse().unwrap()),
+        via: None,
+        gateway_port: None,
     }
 }
 

@@ -170,19 +170,19 @@ pub struct PolicyReloadArgs {
     admin_secret_file: Option<PathBuf>,
 }
 
-fn default_server() -> ServerUrl {
+pub(super) fn default_server() -> ServerUrl {
     "http://127.0.0.1:8080".parse().expect("literal")
 }
 
 /// One admin connection: the server and the secret read from its file.
-struct Admin {
+pub(super) struct Admin {
     agent: ureq::Agent,
     server: ServerUrl,
     secret: String,
 }
 
 impl Admin {
-    fn new(server: ServerUrl, secret_file: Option<PathBuf>) -> Result<Admin, CliError> {
+    pub(super) fn new(server: ServerUrl, secret_file: Option<PathBuf>) -> Result<Admin, CliError> {
         init_logging(LogLevel(log::LevelFilter::Warn));
         let path = secret_file.unwrap_or_else(|| crate::fsutil::config_dir().join("admin.secret"));
         let secret = std::fs::read_to_string(&path)
@@ -211,7 +211,12 @@ impl Admin {
     }
 
     /// Sends one admin request; returns the body of a 2xx answer.
-    fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<String, CliError> {
+    pub(super) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, CliError> {
         let url = format!("{}/admin/{path}", self.server);
         let builder = ureq::http::Request::builder()
             .method(method)
@@ -255,7 +260,7 @@ impl Admin {
 
     /// Sends one admin request and reads the answer as `T`; returns the raw body too, for
     /// `--json`.
-    fn call_as<T: DeserializeOwned>(
+    pub(super) fn call_as<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
@@ -272,7 +277,7 @@ impl Admin {
     }
 }
 
-fn print(text: &str) -> Result<(), CliError> {
+pub(super) fn print(text: &str) -> Result<(), CliError> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::new(
             EXIT_INTERNAL,
@@ -283,7 +288,7 @@ fn print(text: &str) -> Result<(), CliError> {
 }
 
 /// The server's answer as `--json` prints it: pretty, keys sorted.
-fn pretty(text: &str) -> String {
+pub(super) fn pretty(text: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
     let mut text = serde_json::to_string_pretty(&value).expect("JSON values serialize");
     text.push('\n');
@@ -296,7 +301,7 @@ fn cell(value: Option<&str>) -> &str {
 }
 
 /// A tag list cell: comma-separated, `-` when empty.
-fn tags(tags: &[Tag]) -> String {
+pub(super) fn tags(tags: &[Tag]) -> String {
     if tags.is_empty() {
         return "-".into();
     }

@@ -14,6 +14,7 @@
 
 mod admin;
 mod agent;
+mod device;
 pub mod exit;
 mod netcheck;
 mod output;
@@ -49,6 +50,7 @@ enum Command {
     Token(admin::TokenArgs),
     Peers(admin::PeersArgs),
     Policy(admin::PolicyArgs),
+    Device(device::DeviceArgs),
     Service(service::ServiceArgs),
 }
 
@@ -103,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Token(a) => admin::token(a),
         Command::Peers(a) => admin::peers(a),
         Command::Policy(a) => admin::policy(a),
+        Command::Device(a) => device::run(a),
         Command::Service(a) => service::run(a),
     };
     match result {

@@ -42,6 +42,10 @@ pub enum AuditKind {
     AuthFailure,
     /// Someone logged in to the console (the actor says as what).
     ConsoleLogin,
+    /// An operator added a device behind a gateway.
+    DeviceAdd,
+    /// An operator removed a device.
+    DeviceRemove,
 }
 
 /// One line of the audit log. Fields that do not apply are `null`, so every line has the

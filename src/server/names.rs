@@ -135,6 +135,8 @@ mod tests {
             online: true,
             tags: Vec::new(),
             dns_name: None,
+            via: None,
+            gateway_port: None,
         }
     }
 

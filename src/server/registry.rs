@@ -40,6 +40,8 @@ pub struct Registration {
     /// Tags from the join token, for a first registration. A known key keeps the tags it
     /// joined with: re-registering proves ownership of the key, not a new invitation.
     pub tags: Vec<Tag>,
+    /// The port its devices reach it on, when it runs `up --gateway`.
+    pub gateway_port: Option<u16>,
 }
 
 /// The outcome of preparing a registration.
@@ -193,6 +195,7 @@ impl Registry {
             record.exit_node = reg.exit_node;
             record.allowed_ips = reg.allowed_ips.clone();
             record.observed_ip = Some(reg.observed_ip);
+            record.gateway_port = reg.gateway_port;
             record.dns_name = Some(self.names.choose(
                 &record.public_key,
                 &record.id,
@@ -230,6 +233,8 @@ impl Registry {
                 online: true,
                 tags: reg.tags.clone(),
                 dns_name: Some(dns_name),
+                via: None,
+                gateway_port: reg.gateway_port,
             },
             fresh_address: true,
         })
@@ -252,6 +257,29 @@ impl Registry {
         self.unsaved.remove(&record.public_key);
         self.changes.record(record.id.clone());
         self.peers.insert(record.public_key, record);
+    }
+
+    /// A fresh address and the `.mesh` name `hostname` asks for, for a device (see
+    /// [`crate::server::devices`]): the record built with them must be stored, then passed
+    /// to [`Registry::commit`], or the address given back with [`Registry::release`].
+    pub fn allocate(
+        &mut self,
+        key: &PublicKey,
+        id: &PeerId,
+        hostname: &Hostname,
+    ) -> Result<(std::net::Ipv4Addr, crate::types::DnsName), IpamError> {
+        let ip = self.ipam.allocate()?;
+        Ok((ip, self.names.choose(key, id, hostname, None)))
+    }
+
+    /// Gives back an address [`Registry::allocate`] handed out for a record never stored.
+    pub fn release(&mut self, ip: std::net::Ipv4Addr) {
+        self.ipam.release(ip);
+    }
+
+    /// The IPv6 mesh prefix, once set.
+    pub fn mesh6(&self) -> Option<Ipv6Net> {
+        self.mesh6
     }
 
     /// Undoes [`Registry::prepare`] when the change could not be made durable.
@@ -362,7 +390,12 @@ impl Registry {
     /// Marks peers silent for longer than `timeout` offline; returns them.
     pub fn sweep(&mut self, now: SystemTime, timeout: Duration) -> Vec<(PeerId, Hostname, u64)> {
         let mut gone = Vec::new();
-        for peer in self.peers.values_mut().filter(|p| p.online) {
+        // Devices (`via`) never heartbeat: they are listed while they are registered.
+        for peer in self
+            .peers
+            .values_mut()
+            .filter(|p| p.online && p.via.is_none())
+        {
             let silent = now.duration_since(peer.last_heartbeat).unwrap_or_default();
             if silent > timeout {
                 peer.online = false;
@@ -459,6 +492,7 @@ pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
         exit_node: p.exit_node,
         online: p.online,
         last_heartbeat: time::format(p.last_heartbeat),
+        via: p.via.clone(),
     }
 }
 
@@ -487,6 +521,7 @@ mod tests {
             allowed_ips: Vec::new(),
             observed_ip: "198.18.0.9".parse().unwrap(),
             tags: Vec::new(),
+            gateway_port: None,
         }
     }
 

@@ -75,6 +75,13 @@ pub struct PeerRecord {
     /// before names existed: the registry assigns those on load, in registration order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<crate::types::DnsName>,
+    /// For a device without the agent (a phone): the gateway peer it reaches the mesh
+    /// through. Devices never heartbeat; see [`crate::server::devices`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<PeerId>,
+    /// For a node running `up --gateway`: the UDP port its devices' interface listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_port: Option<u16>,
 }
 
 impl PeerRecord {
@@ -472,6 +479,8 @@ mod tests {
             online: true,
             tags: Vec::new(),
             dns_name: None,
+            via: None,
+            gateway_port: None,
         }
     }
 

@@ -44,10 +44,28 @@ pub fn is_named(peer: &PeerInfo, wanted: &str) -> bool {
 }
 
 /// The peers as WireGuard should know them: each peer's own prefixes, and a default route
-/// only for the exit node this host chose (exit nodes are opt-in).
+/// only for the exit node this host chose (exit nodes are opt-in). A device behind a
+/// gateway (`via`) is no peer of its own: its addresses join its gateway's (see
+/// [`crate::agent::gateway`]), and go nowhere while the gateway is not listed.
 pub fn desired_peers(peers: &[PeerInfo], exit: Option<&PublicKey>) -> Vec<PeerSpec> {
+    let mut specs = own_peers(peers, exit);
+    for device in peers.iter().filter(|p| p.via.is_some()) {
+        let gateway = peers
+            .iter()
+            .find(|g| g.via.is_none() && Some(&g.id) == device.via.as_ref());
+        if let Some(spec) =
+            gateway.and_then(|g| specs.iter_mut().find(|s| s.public_key == g.public_key))
+        {
+            spec.allowed_ips.extend(device.allowed_ips.iter().copied());
+        }
+    }
+    specs
+}
+
+fn own_peers(peers: &[PeerInfo], exit: Option<&PublicKey>) -> Vec<PeerSpec> {
     peers
         .iter()
+        .filter(|p| p.via.is_none())
         .map(|p| PeerSpec {
             public_key: p.public_key,
             endpoint: p.endpoint,

@@ -242,6 +242,7 @@ mod tests {
             exit_node: false,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         };
         let config = format!(
             "[Interface]\nPrivateKey = x\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.100.0.7/32\n\n[Peer]\nPublicKey = other\n",

@@ -272,6 +272,8 @@ pub struct Resolver {
     listeners: Vec<Listener>,
     /// The mesh interface: only datagrams arriving on it (or on loopback) are answered.
     interface: Option<String>,
+    /// A gateway's devices' interface, answered too.
+    devices: Option<String>,
 }
 
 impl Default for Resolver {
@@ -287,6 +289,7 @@ impl Resolver {
             table: Arc::new(RwLock::new(Arc::new(Table::default()))),
             listeners: Vec::new(),
             interface: None,
+            devices: None,
         }
     }
 
@@ -307,6 +310,16 @@ impl Resolver {
         if self.interface.as_deref() != Some(interface) {
             self.shutdown();
             self.interface = Some(interface.to_owned());
+        }
+    }
+
+    /// Also answers datagrams arriving on a gateway's devices' interface (`up --gateway`:
+    /// its devices' configurations name this resolver). A change rebinds like
+    /// [`Resolver::set_mesh_interface`].
+    pub fn set_device_interface(&mut self, interface: Option<&str>) {
+        if self.devices.as_deref() != interface {
+            self.shutdown();
+            self.devices = interface.map(str::to_owned);
         }
     }
 
@@ -349,7 +362,8 @@ impl Resolver {
         socket.set_read_timeout(Some(POLL))?;
         let bound = socket.local_addr()?;
         arrival::enable(&socket, bound)?;
-        let gate = arrival::Gate::new(self.interface.as_deref());
+        let gate =
+            arrival::Gate::new(self.interface.as_deref()).with_devices(self.devices.as_deref());
         let stop = Arc::new(AtomicBool::new(false));
         let table = self.table.clone();
         let flag = stop.clone();
@@ -727,6 +741,7 @@ mod tests {
             exit_node: false,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         };
         let unnamed = PeerInfo {
             dns_name: None,

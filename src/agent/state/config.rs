@@ -181,12 +181,27 @@ pub struct ClientConfig {
     /// What to do while that exit node is offline.
     #[serde(default)]
     pub exit_fallback: ExitFallback,
+    /// Set by `up --gateway`: this node carries devices without the agent (phones) into the
+    /// mesh (see [`crate::agent::gateway`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySettings>,
     /// What the server assigned.
     #[serde(default)]
     pub assignment: Option<Assignment>,
     /// What is set up on this host right now.
     #[serde(default)]
     pub applied: Option<Applied>,
+}
+
+/// Where a gateway's devices reach it: a WireGuard interface of its own (so the mesh
+/// interface's peers, paths and relay never see the devices) on its own UDP port, with the
+/// node's own key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewaySettings {
+    /// The devices' interface.
+    pub interface: InterfaceName,
+    /// Its UDP listen port, which devices dial.
+    pub port: u16,
 }
 
 /// Why the config could not be used.
@@ -229,6 +244,7 @@ impl ClientConfig {
             exit_node: false,
             use_exit_node: None,
             exit_fallback: ExitFallback::Block,
+            gateway: None,
             assignment: None,
             applied: None,
         }

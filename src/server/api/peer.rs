@@ -108,7 +108,10 @@ impl Api {
             allowed_ips,
             observed_ip: source,
             tags: Vec::new(),
+            gateway_port: body.gateway_port,
         };
+        crate::server::devices::refuse_device_key(&self.state.registry(), &key)
+            .map_err(|e| Refusal(e.http_status(), e.to_string()))?;
         let now = SystemTime::now();
         let credential = Credential::from_token(body.token.as_deref());
         let record = match self.storage.register(registration, credential, now) {

@@ -194,6 +194,18 @@ pub trait Storage: Send + Sync {
     /// Removes a peer; its record, or None when there was no such peer.
     fn deregister(&self, id: &PeerId) -> Result<Option<PeerRecord>, StorageError>;
 
+    /// Adds a device behind a gateway ([`crate::server::devices`]): decided on the current
+    /// registry, durable (and visible to other replicas) before it returns.
+    fn add_device(
+        &self,
+        device: &crate::server::devices::NewDevice,
+        now: SystemTime,
+    ) -> Result<PeerRecord, StorageError>;
+
+    /// Removes the device called `name` (its `.mesh` name); its record, or None when there
+    /// is no such device. Its address returns to the pool.
+    fn remove_device(&self, name: &str) -> Result<Option<PeerRecord>, StorageError>;
+
     /// The join tokens as stored now.
     fn tokens(&self) -> Result<TokenStore, StorageError>;
 
