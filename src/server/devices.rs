@@ -45,6 +45,10 @@ pub enum DeviceError {
     KeyTaken(PublicKey),
     /// A node tried to register with a device's key.
     KeyIsDevice(PublicKey),
+    /// The name is no valid hostname.
+    BadName(String),
+    /// The address pool said no.
+    Pool(crate::server::ipam::IpamError),
 }
 
 impl DeviceError {
@@ -56,6 +60,9 @@ impl DeviceError {
             DeviceError::NameTaken(_) | DeviceError::KeyTaken(_) | DeviceError::KeyIsDevice(_) => {
                 409
             }
+            DeviceError::BadName(_) => 400,
+            DeviceError::Pool(crate::server::ipam::IpamError::Exhausted(_)) => 503,
+            DeviceError::Pool(_) => 500,
         }
     }
 }
@@ -86,6 +93,8 @@ impl fmt::Display for DeviceError {
                 f,
                 "public key {k} belongs to a device behind a gateway: devices do not run the agent; remove the device first (`wgmesh device remove NAME`)"
             ),
+            DeviceError::BadName(why) => write!(f, "device name: {why}"),
+            DeviceError::Pool(e) => e.fmt(f),
         }
     }
 }
@@ -141,30 +150,30 @@ pub fn prepare(
     registry: &mut Registry,
     device: &NewDevice,
     now: SystemTime,
-) -> Result<PeerRecord, crate::server::storage::StorageError> {
-    use crate::server::storage::StorageError;
-    let refuse = |e: DeviceError| StorageError::Refused(e.http_status(), e.to_string());
+) -> Result<PeerRecord, DeviceError> {
     let gateway = find_peer(registry, &device.via)
-        .ok_or_else(|| refuse(DeviceError::UnknownGateway(device.via.clone())))?;
+        .ok_or_else(|| DeviceError::UnknownGateway(device.via.clone()))?;
     if gateway.via.is_some() {
-        return Err(refuse(DeviceError::GatewayIsDevice(device.via.clone())));
+        return Err(DeviceError::GatewayIsDevice(device.via.clone()));
     }
     if gateway.gateway_port.is_none() {
-        return Err(refuse(DeviceError::NotAGateway(device.via.clone())));
+        return Err(DeviceError::NotAGateway(device.via.clone()));
     }
     if registry.knows(&device.public_key) {
-        return Err(refuse(DeviceError::KeyTaken(device.public_key)));
+        return Err(DeviceError::KeyTaken(device.public_key));
     }
     let hostname: Hostname = device
         .name
         .as_str()
         .parse()
-        .map_err(|e| StorageError::Refused(400, format!("device name: {e}")))?;
+        .map_err(|e: crate::types::InvalidValue| DeviceError::BadName(e.to_string()))?;
     let id = PeerId::for_key(&device.public_key);
-    let (ip, name) = registry.allocate(&device.public_key, &id, &hostname)?;
+    let (ip, name) = registry
+        .allocate(&device.public_key, &id, &hostname)
+        .map_err(DeviceError::Pool)?;
     if name != device.name {
         registry.release(ip);
-        return Err(refuse(DeviceError::NameTaken(device.name.to_string())));
+        return Err(DeviceError::NameTaken(device.name.to_string()));
     }
     Ok(PeerRecord {
         id,

@@ -83,6 +83,17 @@ impl From<IpamError> for StorageError {
     }
 }
 
+impl From<crate::server::devices::DeviceError> for StorageError {
+    /// A full pool is 503 like a registration's; every other refusal keeps its status.
+    fn from(e: crate::server::devices::DeviceError) -> StorageError {
+        use crate::server::devices::DeviceError;
+        match e {
+            DeviceError::Pool(pool) => pool.into(),
+            other => StorageError::Refused(other.http_status(), other.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
