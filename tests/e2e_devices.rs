@@ -162,7 +162,7 @@ fn reaches(lab: &Lab, from: &str, to: &str, secs: u64) -> bool {
 
 #[test]
 fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_removed() {
-    for tool in ["dig", "zbarimg", "nft"] {
+    for tool in ["dig", "zbarimg", "nft", "dnsmasq"] {
         let found = run(&["sh", "-c", &format!("command -v {tool}")])
             .status
             .success();
@@ -189,7 +189,24 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
         token(&lab, "tag:web"),
         token(&lab, "tag:db"),
     );
+    // The gateway's own upstream resolver: dnsmasq on the server's host, named in the
+    // gateway's resolv.conf (before its agent starts: `ip netns exec` binds it then).
+    let upstream_at = format!("--listen-address={SERVER_IP}");
+    lab.spawn(
+        &server_ns,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &upstream_at,
+            "--address=/example.test/198.18.0.99",
+        ],
+        "dnsmasq.log",
+    );
     let gw = lab.mesh_node("gw", &format!("{GW_IP}/24"));
+    let _gw_resolv = NetnsEtc::resolv_conf(&gw.ns, SERVER_IP);
     let web = lab.mesh_node("web", "198.18.0.3/24");
     let db = lab.mesh_node("db", "198.18.0.4/24");
     let gw_iface = lab.ifname("gd", "gw");
@@ -297,6 +314,16 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
         lab.ping(&phone_ns, "host-web.mesh"),
         "ping host-web.mesh from the phone"
     );
+    // Names outside .mesh: the gateway forwards its devices' queries to its own resolver,
+    // and only theirs (to a mesh node it stays no open resolver).
+    let outside_name = lab.exec_ok(
+        &phone_ns,
+        &["dig", &dns, "+short", "+time=4", "example.test", "A"],
+    );
+    assert_eq!(outside_name.trim(), "198.18.0.99");
+    let out = lab.exec(&web.ns, &["dig", &dns, "+time=2", "example.test", "A"]);
+    let refused = String::from_utf8_lossy(&out.stdout);
+    assert!(refused.contains("status: REFUSED"), "{refused}");
     // Other nodes resolve the phone's name too.
     let phone_ip = field(&config, "Address")
         .split('/')

@@ -51,6 +51,12 @@ impl Gate {
         self.interface.as_deref().and_then(index_of)
     }
 
+    /// Whether a datagram arrived on the gateway's devices' interface (whose names outside
+    /// `.mesh` are forwarded, see `super::forward`).
+    pub fn from_devices(&self, arrived: Option<u32>) -> bool {
+        arrived.is_some() && self.devices.as_deref().and_then(index_of) == arrived
+    }
+
     /// Whether a datagram that arrived on `arrived` gets an answer.
     pub fn admits(&mut self, arrived: Option<u32>) -> bool {
         let Some(index) = arrived else {

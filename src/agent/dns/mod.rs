@@ -12,6 +12,7 @@
 
 mod arrival;
 pub mod edns;
+mod forward;
 pub mod resolver;
 pub mod service;
 

@@ -367,9 +367,13 @@ impl Resolver {
         let stop = Arc::new(AtomicBool::new(false));
         let table = self.table.clone();
         let flag = stop.clone();
+        let forward = self
+            .devices
+            .as_ref()
+            .and_then(|_| super::forward::Forwarder::from_system());
         let thread = std::thread::Builder::new()
             .name(format!("dns {bound}"))
-            .spawn(move || serve(&socket, gate, &table, &flag))?;
+            .spawn(move || serve(&socket, (gate, forward), &table, &flag))?;
         Ok(Listener {
             // Asked for port 0 (tests): record the port the kernel picked, so
             // `local_addrs` says where to send queries.
@@ -395,8 +399,14 @@ impl Drop for Resolver {
 }
 
 /// One listener's loop: read a datagram, answer it if it arrived on the mesh interface or
-/// loopback, until told to stop. Errors on one datagram never end the loop.
-fn serve(socket: &UdpSocket, mut gate: arrival::Gate, table: &Shared, stop: &AtomicBool) {
+/// loopback (or a gateway's devices' interface, forwarding their names outside `.mesh`),
+/// until told to stop. Errors on one datagram never end the loop.
+fn serve(
+    socket: &UdpSocket,
+    (mut gate, forward): (arrival::Gate, Option<super::forward::Forwarder>),
+    table: &Shared,
+    stop: &AtomicBool,
+) {
     let mut buf = [0u8; MAX_QUERY];
     while !stop.load(Ordering::Relaxed) {
         let (len, from, arrived) = match arrival::recv(socket, &mut buf) {
@@ -420,6 +430,13 @@ fn serve(socket: &UdpSocket, mut gate: arrival::Gate, table: &Shared, stop: &Ato
         }
         let current = table.read().unwrap_or_else(|p| p.into_inner()).clone();
         match answer(&current, &buf[..len]) {
+            // A gateway's device asking for a name outside .mesh: its upstream answers.
+            Some(reply)
+                if super::forward::is_refused(&reply)
+                    && gate.from_devices(arrived)
+                    && forward
+                        .as_ref()
+                        .is_some_and(|f| f.forward(socket, &buf[..len], from)) => {}
             Some(reply) => {
                 if let Err(e) = socket.send_to(&reply, from) {
                     log::debug!("DNS: cannot answer {from}: {e}");
