@@ -53,7 +53,7 @@ impl Gate {
 
     /// Whether a datagram arrived on the gateway's devices' interface (whose names outside
     /// `.mesh` are forwarded, see `super::forward`).
-    pub fn from_devices(&self, arrived: Option<u32>) -> bool {
+    pub fn arrived_from_devices(&self, arrived: Option<u32>) -> bool {
         arrived.is_some() && self.devices.as_deref().and_then(index_of) == arrived
     }
 

@@ -433,7 +433,7 @@ fn serve(
             // A gateway's device asking for a name outside .mesh: its upstream answers.
             Some(reply)
                 if super::forward::is_refused(&reply)
-                    && gate.from_devices(arrived)
+                    && gate.arrived_from_devices(arrived)
                     && forward
                         .as_ref()
                         .is_some_and(|f| f.forward(socket, &buf[..len], from)) => {}
