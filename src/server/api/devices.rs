@@ -139,16 +139,25 @@ impl Api {
 
     fn add_device(&self, req: &Request) -> Result<Response, Refusal> {
         let body: DeviceAddRequest = parse_body(req)?;
-        let name: DnsName = body.name.parse().map_err(|e| {
+        let answer = self.create_device(req.remote, super::admin::ADMIN_ACTOR, body)?;
+        Ok(ok_json(&answer))
+    }
+
+    /// Adds a device (for `/admin/devices` and the console), audited as `actor`'s; the
+    /// answer carries a generated private key, which nothing else ever sees.
+    pub(super) fn create_device(
+        &self,
+        source: std::net::SocketAddr,
+        actor: &str,
+        body: DeviceAddRequest,
+    ) -> Result<DeviceAnswer, Refusal> {
+        let name: DnsName = body.name.trim().parse().map_err(|e| {
             Refusal(
                 400,
                 format!("field `name`: {e} (one DNS label: a-z, 0-9 and -)"),
             )
         })?;
-        let generated = match body.public_key {
-            Some(_) => None,
-            None => Some(PrivateKey::generate()),
-        };
+        let generated = body.public_key.is_none().then(PrivateKey::generate);
         let public_key = match (&generated, body.public_key) {
             (Some(private), _) => private.public_key(),
             (None, Some(key)) => key,
@@ -157,12 +166,12 @@ impl Api {
         let device = NewDevice {
             name,
             public_key,
-            via: body.via.clone(),
+            via: body.via.trim().to_owned(),
             tags: body.tags,
         };
         // The exit check needs the gateway: refuse before anything is stored.
         if body.exit {
-            if let Some(gateway) = devices::find_peer(&self.state.registry(), &body.via) {
+            if let Some(gateway) = devices::find_peer(&self.state.registry(), &device.via) {
                 check_exit(&gateway)?;
             }
         }
@@ -178,8 +187,8 @@ impl Api {
         drop(registry);
         self.trust.audit(
             AuditEvent::new(AuditKind::DeviceAdd, now)
-                .source(req.remote)
-                .actor(super::admin::ADMIN_ACTOR)
+                .source(source)
+                .actor(actor)
                 .peer_id(record.id.clone())
                 .peer_key(record.public_key)
                 .detail(format!(
@@ -196,29 +205,56 @@ impl Api {
                 )),
         );
         log::info!(
-            "added device {} ({}) via {}",
+            "added device {} ({}) via {} ({actor})",
             answer.device.name,
             record.virtual_ip,
             answer.device.via_name
         );
-        Ok(ok_json(&answer))
+        Ok(answer)
     }
 
     fn remove_device(&self, req: &Request, name: &str) -> Result<Response, Refusal> {
+        self.delete_device(req.remote, super::admin::ADMIN_ACTOR, name)?;
+        Ok(ok_json(&SuccessResponse { success: true }))
+    }
+
+    /// Removes a device (for `/admin/devices/NAME` and the console), audited as `actor`'s.
+    pub(super) fn delete_device(
+        &self,
+        source: std::net::SocketAddr,
+        actor: &str,
+        name: &str,
+    ) -> Result<PeerRecord, Refusal> {
         let record = self
             .storage
             .remove_device(name)?
             .ok_or_else(|| no_device(name))?;
         self.trust.audit(
             AuditEvent::new(AuditKind::DeviceRemove, SystemTime::now())
-                .source(req.remote)
-                .actor(super::admin::ADMIN_ACTOR)
+                .source(source)
+                .actor(actor)
                 .peer_id(record.id.clone())
                 .peer_key(record.public_key)
                 .detail(format!("device {name} ({}) removed", record.virtual_ip)),
         );
-        log::info!("removed device {name} ({})", record.virtual_ip);
-        Ok(ok_json(&SuccessResponse { success: true }))
+        log::info!("removed device {name} ({}) ({actor})", record.virtual_ip);
+        Ok(record)
+    }
+
+    /// Every device, and the gateways' `.mesh` names (for the console's form).
+    pub(super) fn device_views(&self) -> (Vec<DeviceView>, Vec<String>) {
+        let registry = self.state.registry();
+        let list = devices::list(&registry)
+            .iter()
+            .map(|d| view(&registry, d))
+            .collect();
+        let gateways = registry
+            .records()
+            .iter()
+            .filter(|r| r.gateway_port.is_some() && r.via.is_none())
+            .filter_map(|r| r.dns_name.as_ref().map(|n| n.to_string()))
+            .collect();
+        (list, gateways)
     }
 
     /// `GET /devices?peer_id=ID`, signed by the gateway: the devices behind it and what the
