@@ -113,3 +113,31 @@ fn a_too_small_mtu_is_refused_with_exit_2_before_anything_is_written() {
     );
     assert!(!config.exists());
 }
+
+#[test]
+fn device_and_gateway_usage_errors_exit_2_before_reaching_anything() {
+    let dir = std::env::temp_dir().join(format!("wgmesh-cli-devices-{}", std::process::id()));
+    let config = dir.join("client.json").display().to_string();
+    for (args, names) in [
+        (
+            vec!["device", "add", "Bad_Name", "--via", "gw"],
+            "device name \"Bad_Name\"",
+        ),
+        (vec!["device", "show", "a.b"], "device name \"a.b\""),
+        (vec!["device", "add", "phone"], "--via"),
+        (
+            vec!["device", "add", "phone", "--via", "gw", "--pubkey", "nope"],
+            "--pubkey",
+        ),
+        (
+            vec!["up", "--config", &config, "--gateway-port", "51821"],
+            "need --gateway",
+        ),
+    ] {
+        let out = wgmesh(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(names), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+    assert!(!dir.exists(), "nothing was written");
+}

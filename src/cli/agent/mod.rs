@@ -368,6 +368,12 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
         args.gateway_port,
         args.gateway_interface.clone(),
     );
+    if !args.gateway && (args.gateway_port.is_some() || args.gateway_interface.is_some()) {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            "--gateway-port and --gateway-interface need --gateway",
+        ));
+    }
     let mut engine = setup::engine(overrides!(args)).map_err(agent_failure)?;
     gateway_settings(&mut engine, gateway)?;
     if dry_run {
@@ -398,12 +404,6 @@ fn gateway_settings(
     (on, port, interface): (bool, Option<u16>, Option<InterfaceName>),
 ) -> Result<(), CliError> {
     if !on {
-        if port.is_some() || interface.is_some() {
-            return Err(CliError::new(
-                EXIT_USAGE,
-                "--gateway-port and --gateway-interface need --gateway",
-            ));
-        }
         engine.config.gateway = None;
         return Ok(());
     }
