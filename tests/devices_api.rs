@@ -271,3 +271,42 @@ fn a_device_added_on_one_replica_is_listed_and_removed_on_the_other_and_never_ti
     }
     assert_eq!(files_containing(dir.path(), &private), Vec::<String>::new());
 }
+
+#[test]
+fn a_device_through_an_exit_gateway_routes_everything_there_only_when_asked() {
+    let dir = TempDir::new("devices-exit");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let gw = new_key();
+    let body = serde_json::json!({"public_key": gw, "hostname": "exit-gw", "os": "linux",
+        "listen_port": 51820, "exit_node": true, "allowed_ips": ["0.0.0.0/0"],
+        "gateway_port": 51821});
+    let registered = post(&server, "/register", &body.to_string());
+    assert_eq!(registered.status, 200, "{}", registered.json);
+    let added = add(
+        &server,
+        serde_json::json!({"name": "laptop", "via": "exit-gw", "exit": true}),
+    );
+    assert_eq!(added.status, 200, "{}", added.json);
+    let routes = added.json["config"]["allowed_ips"].to_string();
+    assert!(
+        routes.contains("\"0.0.0.0/0\"") && routes.contains("\"::/0\""),
+        "{routes}"
+    );
+    let split = admin(&server, "GET", "/admin/devices/laptop", None);
+    let routes = split.json["config"]["allowed_ips"].to_string();
+    assert!(!routes.contains("0.0.0.0/0"), "{routes}");
+    let full = admin(&server, "GET", "/admin/devices/laptop?exit=true", None);
+    let routes = full.json["config"]["allowed_ips"].to_string();
+    assert!(routes.contains("0.0.0.0/0"), "{routes}");
+    // A device is never an exit node itself, whatever its gateway offers.
+    assert_eq!(added.json["device"]["via_name"], "exit-gw");
+    let peers = admin(&server, "GET", "/admin/peers", None);
+    let device = peers.json["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["dns_name"] == "laptop")
+        .cloned()
+        .unwrap();
+    assert_eq!(device["os"], "device", "{device}");
+}

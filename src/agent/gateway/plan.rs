@@ -134,11 +134,13 @@ fn device_rules(
             continue;
         };
         if let Some(reach) = set(&d.reach, v6) {
+            // No output interface named: a device it may reach can sit behind this gateway
+            // too (out through the devices' interface again) or elsewhere (the mesh's).
             forward.push(format!(
-                "iifname \"{gw}\" oifname \"{mesh}\" {proto} saddr {me} {proto} daddr {reach} accept"
+                "iifname \"{gw}\" {proto} saddr {me} {proto} daddr {reach} accept"
             ));
             forward.push(format!(
-                "iifname \"{mesh}\" oifname \"{gw}\" {proto} daddr {me} {proto} saddr {reach} accept"
+                "oifname \"{gw}\" {proto} daddr {me} {proto} saddr {reach} accept"
             ));
             let to_me: Vec<&IpNet> = facts
                 .own
@@ -264,10 +266,10 @@ mod tests {
             \t\ttype filter hook forward priority filter; policy accept;\n\
             \t\toifname \"wg0d\" ct state established,related accept\n\
             \t\tiifname \"wg0d\" ct state established,related accept\n\
-            \t\tiifname \"wg0d\" oifname \"wg0\" ip saddr { 10.100.0.9 } ip daddr { 10.100.0.2, 10.100.0.3 } accept\n\
-            \t\tiifname \"wg0\" oifname \"wg0d\" ip daddr { 10.100.0.9 } ip saddr { 10.100.0.2, 10.100.0.3 } accept\n\
-            \t\tiifname \"wg0d\" oifname \"wg0\" ip6 saddr { fd00::a64:9 } ip6 daddr { fd00::a64:2 } accept\n\
-            \t\tiifname \"wg0\" oifname \"wg0d\" ip6 daddr { fd00::a64:9 } ip6 saddr { fd00::a64:2 } accept\n\
+            \t\tiifname \"wg0d\" ip saddr { 10.100.0.9 } ip daddr { 10.100.0.2, 10.100.0.3 } accept\n\
+            \t\toifname \"wg0d\" ip daddr { 10.100.0.9 } ip saddr { 10.100.0.2, 10.100.0.3 } accept\n\
+            \t\tiifname \"wg0d\" ip6 saddr { fd00::a64:9 } ip6 daddr { fd00::a64:2 } accept\n\
+            \t\toifname \"wg0d\" ip6 daddr { fd00::a64:9 } ip6 saddr { fd00::a64:2 } accept\n\
             \t\tiifname \"wg0d\" drop\n\
             \t\toifname \"wg0d\" drop\n\
             \t}\n\
