@@ -243,6 +243,7 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
     assert!(err.contains("is not a gateway"), "{err}");
 
     let png = outside.path().join("phone.png").display().to_string();
+    let svg = outside.path().join("phone.svg").display().to_string();
     let mut added = (0, String::new(), String::new());
     lab.eventually(
         Duration::from_secs(20),
@@ -260,6 +261,8 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
                     "tag:phone",
                     "--qr-png",
                     &png,
+                    "--qr-svg",
+                    &svg,
                 ],
             );
             added.0 == 0
@@ -276,11 +279,12 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
         field(&config, "PublicKey"),
         gw.public_key().unwrap().to_base64()
     );
-    let mode = std::fs::metadata(&png).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o600
-    );
+    for file in [&png, &svg] {
+        let mode = std::fs::metadata(file).unwrap();
+        let bits = std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777;
+        assert_eq!(bits, 0o600, "{file}");
+    }
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
     // The QR code holds exactly the printed configuration (zbarimg ends its output with a
     // newline of its own).
     let decoded = run(&["zbarimg", "--quiet", "--raw", &png]);
