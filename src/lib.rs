@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod devconf;
 pub mod fsutil;
 pub mod fuzzing;
 pub mod keys;

@@ -411,3 +411,31 @@ fn the_server_log_speaks_plainly_not_in_rust_debug_syntax() {
         assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");
     }
 }
+
+#[test]
+fn device_and_gateway_usage_errors_exit_2_before_reaching_anything() {
+    let dir = std::env::temp_dir().join(format!("wgmesh-cli-devices-{}", std::process::id()));
+    let config = dir.join("client.json").display().to_string();
+    for (args, names) in [
+        (
+            vec!["device", "add", "Bad_Name", "--via", "gw"],
+            "device name \"Bad_Name\"",
+        ),
+        (vec!["device", "show", "a.b"], "device name \"a.b\""),
+        (vec!["device", "add", "phone"], "--via"),
+        (
+            vec!["device", "add", "phone", "--via", "gw", "--pubkey", "nope"],
+            "--pubkey",
+        ),
+        (
+            vec!["up", "--config", &config, "--gateway-port", "51821"],
+            "need --gateway",
+        ),
+    ] {
+        let out = wgmesh(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(names), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+    assert!(!dir.exists(), "nothing was written");
+}

@@ -768,3 +768,82 @@ fn an_admin_approves_and_rejects_a_subnet_route_on_the_peer_page() {
         "{audit}"
     );
 }
+
+#[test]
+fn an_admin_adds_and_removes_a_device_in_the_console_and_the_auditor_cannot() {
+    let dir = TempDir::new("console-devices");
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    let gw = new_key();
+    let body = serde_json::json!({"public_key": gw, "hostname": "gw", "os": "linux",
+        "listen_port": 51820, "gateway_port": 51821});
+    assert_eq!(post(&server, "/register", &body.to_string()).status, 200);
+    let mut admin = Client::new(&server);
+    assert_eq!(admin.login(&server.admin_secret()).status, 303);
+    let page = admin.get("/console/devices");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Add device") && page.body.contains("<option value=\"gw\""));
+    let (csrf, origin) = (admin.csrf(), admin.origin());
+    let bad = admin.post(
+        "/console/devices",
+        &[("csrf", &csrf), ("name", "Bad_Name"), ("via", "gw")],
+        Some(&origin),
+    );
+    assert_eq!(bad.status, 200);
+    assert!(bad.body.contains("field `name`"), "{}", bad.body);
+    let added = admin.post(
+        "/console/devices",
+        &[
+            ("csrf", &csrf),
+            ("name", "phone"),
+            ("via", "gw"),
+            ("tags", "tag:phone"),
+        ],
+        Some(&origin),
+    );
+    assert_eq!(added.status, 200, "{}", added.body);
+    assert!(added.body.contains("Device phone added"), "{}", added.body);
+    assert!(added.body.contains("shown this once") && added.body.contains("<svg"));
+    assert_eq!(
+        added.headers.get("cache-control").map(String::as_str),
+        Some("no-store")
+    );
+    let marker = "PrivateKey = ";
+    let start = added.body.find(marker).expect("the configuration") + marker.len();
+    let private = added.body[start..].split('\n').next().unwrap().to_owned();
+    assert!(
+        wgmesh::keys::PrivateKey::from_base64(&private).is_ok(),
+        "{private}"
+    );
+    // Shown once: the page afterwards lists the device, never its key.
+    let listed = admin.get("/console/devices");
+    assert!(listed.body.contains("phone.mesh") && !listed.body.contains(&private));
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(
+        audit.contains("device_add") && audit.contains("console:admin"),
+        "{audit}"
+    );
+    assert!(!audit.contains(&private));
+
+    let mut auditor = Client::new(&server);
+    assert_eq!(auditor.login(&auditor_secret(&server)).status, 303);
+    let seen = auditor.get("/console/devices");
+    assert!(seen.body.contains("phone.mesh") && !seen.body.contains("Add device"));
+    let auditor_csrf = auditor.csrf();
+    let refused = auditor.post(
+        "/console/devices/phone/remove",
+        &[("csrf", &auditor_csrf)],
+        Some(&origin),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // Without the CSRF token, nothing either.
+    let forged = admin.post("/console/devices/phone/remove", &[], Some(&origin));
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let removed = admin.post(
+        "/console/devices/phone/remove",
+        &[("csrf", &csrf)],
+        Some(&origin),
+    );
+    assert_eq!(removed.status, 303, "{}", removed.body);
+    let devices = common::admin(&server, "GET", "/admin/devices", None);
+    assert_eq!(devices.json["devices"].as_array().unwrap().len(), 0);
+}

@@ -874,6 +874,7 @@ fn peer(name: &str, mesh: &str, endpoint: &str, exit: bool) -> PeerInfo {
         exit_node: exit,
         online: true,
         last_heartbeat: String::new(),
+        via: None,
         dns_name: None,
     }
 }

@@ -38,6 +38,8 @@ pub fn peer_record(i: u32, private: &PrivateKey) -> PeerRecord {
         dns_name: Some(format!("host-{i}").parse().unwrap()),
         approved_routes: Vec::new(),
         owner: None,
+        via: None,
+        gateway_port: None,
     }
 }
 

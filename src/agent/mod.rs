@@ -12,6 +12,7 @@ pub mod client;
 pub mod decide;
 pub mod dns;
 pub mod error;
+pub mod gateway;
 pub mod observe;
 pub mod plan;
 pub mod report;

@@ -371,7 +371,7 @@ fn cell(value: Option<&str>) -> &str {
 }
 
 /// A tag list cell: comma-separated, `-` when empty.
-fn tags(tags: &[Tag]) -> String {
+pub(super) fn tags(tags: &[Tag]) -> String {
     if tags.is_empty() {
         return "-".into();
     }

@@ -15,6 +15,7 @@
 
 mod admin;
 mod agent;
+mod device;
 pub mod exit;
 mod netcheck;
 mod output;
@@ -55,6 +56,7 @@ enum Command {
     Peers(admin::PeersArgs),
     Policy(admin::PolicyArgs),
     Routes(routes::RoutesArgs),
+    Device(device::DeviceArgs),
     Service(service::ServiceArgs),
 }
 
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Peers(a) => admin::peers(a),
         Command::Policy(a) => admin::policy(a),
         Command::Routes(a) => routes::run(a),
+        Command::Device(a) => device::run(a),
         Command::Service(a) => service::run(a),
     };
     match result {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod devices;
 pub mod mesh6;
 pub mod model;
 pub mod replicas;

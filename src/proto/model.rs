@@ -59,6 +59,10 @@ pub struct RegisterRequest {
     /// identity rules and records them as its owner. Used once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login: Option<String>,
+    /// Set by `up --gateway`: the UDP port where this node's devices (phones, routers
+    /// without the agent) reach it; the server puts it in their configurations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_port: Option<u16>,
 }
 
 /// Answer to a successful registration.
@@ -136,6 +140,11 @@ pub struct PeerInfo {
     pub online: bool,
     /// RFC 3339 time of the last heartbeat, refreshed in the list at each sweep.
     pub last_heartbeat: String,
+    /// Set for a device without the agent (a phone): the id of the gateway peer it sits
+    /// behind. Nodes route `allowed_ips` to that gateway instead of configuring the device
+    /// as a WireGuard peer of their own; its name resolves like any peer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<PeerId>,
 }
 
 /// Answer to `GET /peers`, and the agent's peer cache (with the version it is at).

@@ -46,6 +46,10 @@ pub enum AuditKind {
     RouteApprove,
     /// An operator rejected (or took back the approval of) a peer's subnet route.
     RouteReject,
+    /// An operator added a device behind a gateway.
+    DeviceAdd,
+    /// An operator removed a device.
+    DeviceRemove,
 }
 
 /// One line of the audit log. Fields that do not apply are `null`, so every line has the

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod changes;
 pub mod config;
 pub mod console;
+pub mod devices;
 pub mod http;
 pub mod ipam;
 pub mod live;

@@ -137,6 +137,8 @@ mod tests {
             dns_name: None,
             approved_routes: Vec::new(),
             owner: None,
+            via: None,
+            gateway_port: None,
         }
     }
 

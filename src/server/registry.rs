@@ -43,6 +43,8 @@ pub struct Registration {
     /// The owner a single sign-on login records: it replaces the stored owner and, with
     /// it, the tags (a fresh login re-reads the person's groups).
     pub owner: Option<crate::server::sso::identity::Owner>,
+    /// The port its devices reach it on, when it runs `up --gateway`.
+    pub gateway_port: Option<u16>,
 }
 
 /// The outcome of preparing a registration.
@@ -205,6 +207,7 @@ impl Registry {
                 record.owner = reg.owner.clone();
                 record.tags = reg.tags.clone();
             }
+            record.gateway_port = reg.gateway_port;
             record.dns_name = Some(self.names.choose(
                 &record.public_key,
                 &record.id,
@@ -244,6 +247,8 @@ impl Registry {
                 dns_name: Some(dns_name),
                 approved_routes: Vec::new(),
                 owner: reg.owner.clone(),
+                via: None,
+                gateway_port: reg.gateway_port,
             },
             fresh_address: true,
         })
@@ -266,6 +271,29 @@ impl Registry {
         self.unsaved.remove(&record.public_key);
         self.changes.record(record.id.clone());
         self.peers.insert(record.public_key, record);
+    }
+
+    /// A fresh address and the `.mesh` name `hostname` asks for, for a device (see
+    /// [`crate::server::devices`]): the record built with them must be stored, then passed
+    /// to [`Registry::commit`], or the address given back with [`Registry::release`].
+    pub fn allocate(
+        &mut self,
+        key: &PublicKey,
+        id: &PeerId,
+        hostname: &Hostname,
+    ) -> Result<(std::net::Ipv4Addr, crate::types::DnsName), IpamError> {
+        let ip = self.ipam.allocate()?;
+        Ok((ip, self.names.choose(key, id, hostname, None)))
+    }
+
+    /// Gives back an address [`Registry::allocate`] handed out for a record never stored.
+    pub fn release(&mut self, ip: std::net::Ipv4Addr) {
+        self.ipam.release(ip);
+    }
+
+    /// The IPv6 mesh prefix, once set.
+    pub fn mesh6(&self) -> Option<Ipv6Net> {
+        self.mesh6
     }
 
     /// Undoes [`Registry::prepare`] when the change could not be made durable.
@@ -376,7 +404,12 @@ impl Registry {
     /// Marks peers silent for longer than `timeout` offline; returns them.
     pub fn sweep(&mut self, now: SystemTime, timeout: Duration) -> Vec<(PeerId, Hostname, u64)> {
         let mut gone = Vec::new();
-        for peer in self.peers.values_mut().filter(|p| p.online) {
+        // Devices (`via`) never heartbeat: they are listed while they are registered.
+        for peer in self
+            .peers
+            .values_mut()
+            .filter(|p| p.online && p.via.is_none())
+        {
             let silent = now.duration_since(peer.last_heartbeat).unwrap_or_default();
             if silent > timeout {
                 peer.online = false;
@@ -420,11 +453,6 @@ impl Registry {
     /// (the console's peers page) instead of copying the registry.
     pub fn iter(&self) -> impl Iterator<Item = &PeerRecord> {
         self.peers.values()
-    }
-
-    /// The IPv6 mesh prefix, once set.
-    pub fn mesh6(&self) -> Option<Ipv6Net> {
-        self.mesh6
     }
 
     /// Every record, in address order, for the admin view.
@@ -490,6 +518,7 @@ pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
         exit_node: p.exit_node,
         online: p.online,
         last_heartbeat: time::format(p.last_heartbeat),
+        via: p.via.clone(),
     }
 }
 
@@ -519,6 +548,7 @@ mod tests {
             observed_ip: "198.18.0.9".parse().unwrap(),
             tags: Vec::new(),
             owner: None,
+            gateway_port: None,
         }
     }
 

@@ -84,6 +84,13 @@ pub struct PeerRecord {
     /// absent for peers that joined with a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<crate::server::sso::identity::Owner>,
+    /// For a device without the agent (a phone): the gateway peer it reaches the mesh
+    /// through. Devices never heartbeat; see [`crate::server::devices`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<PeerId>,
+    /// For a node running `up --gateway`: the UDP port its devices' interface listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_port: Option<u16>,
 }
 
 impl PeerRecord {
@@ -483,6 +490,8 @@ mod tests {
             dns_name: None,
             approved_routes: Vec::new(),
             owner: None,
+            via: None,
+            gateway_port: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::types::PeerId;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod devices;
 mod error;
 mod exchange;
 mod failover;

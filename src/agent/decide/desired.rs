@@ -44,10 +44,28 @@ pub fn is_named(peer: &PeerInfo, wanted: &str) -> bool {
 }
 
 /// The peers as WireGuard should know them: each peer's own prefixes, and a default route
-/// only for the exit node this host chose (exit nodes are opt-in).
+/// only for the exit node this host chose (exit nodes are opt-in). A device behind a
+/// gateway (`via`) is no peer of its own: its addresses join its gateway's (see
+/// [`crate::agent::gateway`]), and go nowhere while the gateway is not listed.
 pub fn desired_peers(peers: &[PeerInfo], exit: Option<&PublicKey>) -> Vec<PeerSpec> {
+    let mut specs = own_peers(peers, exit);
+    for device in peers.iter().filter(|p| p.via.is_some()) {
+        let gateway = peers
+            .iter()
+            .find(|g| g.via.is_none() && Some(&g.id) == device.via.as_ref());
+        if let Some(spec) =
+            gateway.and_then(|g| specs.iter_mut().find(|s| s.public_key == g.public_key))
+        {
+            spec.allowed_ips.extend(device.allowed_ips.iter().copied());
+        }
+    }
+    specs
+}
+
+fn own_peers(peers: &[PeerInfo], exit: Option<&PublicKey>) -> Vec<PeerSpec> {
     peers
         .iter()
+        .filter(|p| p.via.is_none())
         .map(|p| PeerSpec {
             public_key: p.public_key,
             endpoint: p.endpoint,
@@ -163,4 +181,58 @@ pub(in crate::agent) fn wanted_tunnel(
             .any(|n| matches!(n, IpNet::V6(v6) if v6.prefix_len() == 0)),
         pinned: have.and_then(|t| t.pinned.clone()),
     })
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+    use crate::types::PeerId;
+
+    fn info(name: &str, last: u8, via: Option<&PeerInfo>) -> PeerInfo {
+        let key = PrivateKey::generate().public_key();
+        PeerInfo {
+            id: PeerId::for_key(&key),
+            public_key: key,
+            virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
+            endpoint: None,
+            hostname: name.parse().unwrap(),
+            dns_name: Some(name.parse().unwrap()),
+            os: "linux".parse().unwrap(),
+            allowed_ips: vec![
+                format!("10.100.0.{last}/32").parse().unwrap(),
+                format!("fd00::a64:{last}/128").parse().unwrap(),
+            ],
+            exit_node: false,
+            online: true,
+            last_heartbeat: String::new(),
+            via: via.map(|g| g.id.clone()),
+        }
+    }
+
+    #[test]
+    fn a_device_is_routed_to_its_gateway_and_is_no_peer_of_its_own() {
+        let gw = info("gw", 2, None);
+        let web = info("web", 3, None);
+        let phone = info("phone", 9, Some(&gw));
+        let specs = desired_peers(&[gw.clone(), web.clone(), phone.clone()], None);
+        assert_eq!(specs.len(), 2, "{specs:?}");
+        assert!(specs.iter().all(|s| s.public_key != phone.public_key));
+        let to_gw = specs
+            .iter()
+            .find(|s| s.public_key == gw.public_key)
+            .unwrap();
+        let mut want = gw.allowed_ips.clone();
+        want.extend(phone.allowed_ips.iter().copied());
+        assert_eq!(to_gw.allowed_ips, want);
+        let to_web = specs
+            .iter()
+            .find(|s| s.public_key == web.public_key)
+            .unwrap();
+        assert_eq!(to_web.allowed_ips, web.allowed_ips);
+        // The gateway not listed (offline, or hidden by the policy): no route at all.
+        let alone = desired_peers(&[web.clone(), phone], None);
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone[0].allowed_ips, web.allowed_ips);
+    }
 }

@@ -817,6 +817,7 @@ mod tests {
             exit_node: false,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         };
         let relays: std::collections::BTreeMap<String, SocketAddr> = (1..=3u8)
             .map(|i| {

@@ -25,6 +25,8 @@ use std::net::{SocketAddr, UdpSocket};
 pub struct Gate {
     interface: Option<String>,
     index: Option<u32>,
+    /// A gateway's devices' interface (`up --gateway`): its devices ask this resolver too.
+    devices: Option<String>,
 }
 
 impl Gate {
@@ -33,13 +35,26 @@ impl Gate {
         let mut gate = Gate {
             interface: interface.map(str::to_owned),
             index: None,
+            devices: None,
         };
         gate.index = gate.look_up();
         gate
     }
 
+    /// Also admits datagrams arriving on a gateway's devices' interface.
+    pub fn with_devices(mut self, devices: Option<&str>) -> Gate {
+        self.devices = devices.map(str::to_owned);
+        self
+    }
+
     fn look_up(&self) -> Option<u32> {
         self.interface.as_deref().and_then(index_of)
+    }
+
+    /// Whether a datagram arrived on the gateway's devices' interface (whose names outside
+    /// `.mesh` are forwarded, see `super::forward`).
+    pub fn arrived_from_devices(&self, arrived: Option<u32>) -> bool {
+        arrived.is_some() && self.devices.as_deref().and_then(index_of) == arrived
     }
 
     /// Whether a datagram that arrived on `arrived` gets an answer.
@@ -48,6 +63,9 @@ impl Gate {
             return true;
         };
         if Some(index) == index_of("lo") || Some(index) == self.index {
+            return true;
+        }
+        if self.devices.as_deref().and_then(index_of) == Some(index) {
             return true;
         }
         // The mesh interface may have been recreated since (a new index): look again.

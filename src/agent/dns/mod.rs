@@ -12,6 +12,7 @@
 
 mod arrival;
 pub mod edns;
+mod forward;
 pub mod resolver;
 pub mod service;
 
@@ -300,6 +301,7 @@ mod tests {
             exit_node: false,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         };
         let config = format!(
             "[Interface]\nPrivateKey = x\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.100.0.7/32\n\n[Peer]\nPublicKey = other\n",

@@ -272,6 +272,8 @@ pub struct Resolver {
     listeners: Vec<Listener>,
     /// The mesh interface: only datagrams arriving on it (or on loopback) are answered.
     interface: Option<String>,
+    /// A gateway's devices' interface, answered too.
+    devices: Option<String>,
 }
 
 impl Default for Resolver {
@@ -287,6 +289,7 @@ impl Resolver {
             table: Arc::new(RwLock::new(Arc::new(Table::default()))),
             listeners: Vec::new(),
             interface: None,
+            devices: None,
         }
     }
 
@@ -307,6 +310,16 @@ impl Resolver {
         if self.interface.as_deref() != Some(interface) {
             self.shutdown();
             self.interface = Some(interface.to_owned());
+        }
+    }
+
+    /// Also answers datagrams arriving on a gateway's devices' interface (`up --gateway`:
+    /// its devices' configurations name this resolver). A change rebinds like
+    /// [`Resolver::set_mesh_interface`].
+    pub fn set_device_interface(&mut self, interface: Option<&str>) {
+        if self.devices.as_deref() != interface {
+            self.shutdown();
+            self.devices = interface.map(str::to_owned);
         }
     }
 
@@ -349,13 +362,18 @@ impl Resolver {
         socket.set_read_timeout(Some(POLL))?;
         let bound = socket.local_addr()?;
         arrival::enable(&socket, bound)?;
-        let gate = arrival::Gate::new(self.interface.as_deref());
+        let gate =
+            arrival::Gate::new(self.interface.as_deref()).with_devices(self.devices.as_deref());
         let stop = Arc::new(AtomicBool::new(false));
         let table = self.table.clone();
         let flag = stop.clone();
+        let forward = self
+            .devices
+            .as_ref()
+            .and_then(|_| super::forward::Forwarder::from_system());
         let thread = std::thread::Builder::new()
             .name(format!("dns {bound}"))
-            .spawn(move || serve(&socket, gate, &table, &flag))?;
+            .spawn(move || serve(&socket, (gate, forward), &table, &flag))?;
         Ok(Listener {
             // Asked for port 0 (tests): record the port the kernel picked, so
             // `local_addrs` says where to send queries.
@@ -381,8 +399,14 @@ impl Drop for Resolver {
 }
 
 /// One listener's loop: read a datagram, answer it if it arrived on the mesh interface or
-/// loopback, until told to stop. Errors on one datagram never end the loop.
-fn serve(socket: &UdpSocket, mut gate: arrival::Gate, table: &Shared, stop: &AtomicBool) {
+/// loopback (or a gateway's devices' interface, forwarding their names outside `.mesh`),
+/// until told to stop. Errors on one datagram never end the loop.
+fn serve(
+    socket: &UdpSocket,
+    (mut gate, forward): (arrival::Gate, Option<super::forward::Forwarder>),
+    table: &Shared,
+    stop: &AtomicBool,
+) {
     let mut buf = [0u8; MAX_QUERY];
     while !stop.load(Ordering::Relaxed) {
         let (len, from, arrived) = match arrival::recv(socket, &mut buf) {
@@ -406,6 +430,13 @@ fn serve(socket: &UdpSocket, mut gate: arrival::Gate, table: &Shared, stop: &Ato
         }
         let current = table.read().unwrap_or_else(|p| p.into_inner()).clone();
         match answer(&current, &buf[..len]) {
+            // A gateway's device asking for a name outside .mesh: its upstream answers.
+            Some(reply)
+                if super::forward::is_refused(&reply)
+                    && gate.arrived_from_devices(arrived)
+                    && forward
+                        .as_ref()
+                        .is_some_and(|f| f.forward(socket, &buf[..len], from)) => {}
             Some(reply) => {
                 if let Err(e) = socket.send_to(&reply, from) {
                     log::debug!("DNS: cannot answer {from}: {e}");
@@ -727,6 +758,7 @@ mod tests {
             exit_node: false,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         };
         let unnamed = PeerInfo {
             dns_name: None,

@@ -98,6 +98,8 @@ impl MeshDns {
 
         if !sink.is_dry_run() {
             self.resolver.set_table(table.clone());
+            self.resolver
+                .set_device_interface(engine.config.gateway.as_ref().map(|g| g.interface.as_str()));
             self.resolver.set_mesh_interface(real_name.as_str());
             let addrs: Vec<SocketAddr> = servers
                 .iter()
@@ -261,6 +263,7 @@ mod tests {
             exit_node: false,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         }
     }
 

@@ -89,6 +89,7 @@ mod tests {
             exit_node: exit,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         }
     }
 

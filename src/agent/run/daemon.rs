@@ -248,6 +248,8 @@ struct Daemon<'a> {
     deferred_at: Option<Instant>,
     /// Whether the path report still goes out after each heartbeat.
     reports: Reporting,
+    /// The devices this node carries with `--gateway`.
+    gateway: Option<crate::agent::gateway::Gateway>,
 }
 
 impl<'a> Daemon<'a> {
@@ -259,6 +261,11 @@ impl<'a> Daemon<'a> {
     ) -> Daemon<'a> {
         let start = Instant::now();
         let poller = Poller::spawn(engine.client.with_timeout(LONG_POLL_WAIT + LONG_POLL_SLACK));
+        let gateway = engine
+            .config
+            .gateway
+            .clone()
+            .map(crate::agent::gateway::Gateway::new);
         Daemon {
             engine,
             runner,
@@ -271,6 +278,7 @@ impl<'a> Daemon<'a> {
             followup: None,
             deferred_at: None,
             reports: Reporting::default(),
+            gateway,
         }
     }
 
@@ -333,6 +341,7 @@ impl<'a> Daemon<'a> {
                 }
                 log::debug!("sync ok: {} peers", summary.peers);
                 refresh_dns(self.dns.as_deref_mut(), self.engine, &mut *self.runner);
+                self.refresh_gateway();
             }
             Err(e) if retryable(&e) => {
                 let wait = self.sync.failed(now);
@@ -460,9 +469,10 @@ impl<'a> Daemon<'a> {
             .reconcile_live(&peers, hold, &mut Sink::Run(&mut *self.runner))
         {
             Ok(summary) => {
-                // Names follow the list at once, also when this pass deferred keepalives
-                // (it used to wait for the next sync).
+                // Names and devices follow the list at once, also when this pass deferred
+                // keepalives (it used to wait for the next sync).
                 refresh_dns(self.dns.as_deref_mut(), self.engine, &mut *self.runner);
+                self.refresh_gateway();
                 if summary.keepalive_deferred && self.followup.is_none() {
                     self.followup = Some(now + FOLLOW_UP);
                     self.deferred_at.get_or_insert(now);
@@ -480,6 +490,16 @@ impl<'a> Daemon<'a> {
         }
     }
 
+    /// Brings the gateway's devices in line with the server (after each sync and live
+    /// update); trouble there is logged and retried, never stops the mesh.
+    fn refresh_gateway(&mut self) {
+        if let Some(gateway) = self.gateway.as_mut() {
+            if let Err(e) = gateway.refresh(self.engine, &mut Sink::Run(&mut *self.runner)) {
+                log::warn!("gateway: {e}; retrying at the next sync");
+            }
+        }
+    }
+
     /// Tells the server this node goes offline (unless a fatal error stopped the loop),
     /// removes what this agent set up and stops answering DNS.
     fn finish(self, result: Result<(), AgentError>) -> Result<(), AgentError> {
@@ -487,6 +507,11 @@ impl<'a> Daemon<'a> {
             self.engine.go_offline();
         }
         log::info!("stopping: removing what this agent set up");
+        if let Some(mut gateway) = self.gateway {
+            if let Err(e) = gateway.teardown(&mut Sink::Run(&mut *self.runner)) {
+                log::warn!("gateway: {e}");
+            }
+        }
         let teardown = self.engine.teardown(&mut Sink::Run(self.runner)).map(drop);
         if let Some(dns) = self.dns {
             dns.shutdown();

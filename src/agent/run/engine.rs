@@ -97,6 +97,7 @@ impl Engine {
             allowed_ips,
             token: None,
             login: None,
+            gateway_port: self.config.gateway.as_ref().map(|g| g.port),
         }
     }
 
@@ -400,10 +401,12 @@ impl Engine {
         );
         let me = self.config.private_key.public_key();
         let before = self.paths.clone();
+        // Devices behind a gateway (`via`) are no WireGuard peers of ours: no path to choose.
+        let tunnels: Vec<PeerInfo> = peers.iter().filter(|p| p.via.is_none()).cloned().collect();
         let paths = self.paths.step_all(
             std::time::SystemTime::now(),
             &me,
-            peers,
+            &tunnels,
             facts.dump.as_ref(),
             &self.path_settings,
         );

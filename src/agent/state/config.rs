@@ -198,12 +198,27 @@ pub struct ClientConfig {
     /// given on every run like `--exit-node`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_routes: bool,
+    /// Set by `up --gateway`: this node carries devices without the agent (phones) into the
+    /// mesh (see [`crate::agent::gateway`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySettings>,
     /// What the server assigned.
     #[serde(default)]
     pub assignment: Option<Assignment>,
     /// What is set up on this host right now.
     #[serde(default)]
     pub applied: Option<Applied>,
+}
+
+/// Where a gateway's devices reach it: a WireGuard interface of its own (so the mesh
+/// interface's peers, paths and relay never see the devices) on its own UDP port, with the
+/// node's own key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewaySettings {
+    /// The devices' interface.
+    pub interface: InterfaceName,
+    /// Its UDP listen port, which devices dial.
+    pub port: u16,
 }
 
 /// Why the config could not be used.
@@ -248,6 +263,7 @@ impl ClientConfig {
             exit_fallback: ExitFallback::Block,
             subnet_routes: Default::default(),
             accept_routes: false,
+            gateway: None,
             assignment: None,
             applied: None,
         }

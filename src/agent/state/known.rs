@@ -66,6 +66,7 @@ mod tests {
             exit_node: false,
             online: true,
             last_heartbeat: String::new(),
+            via: None,
         }
     }
 

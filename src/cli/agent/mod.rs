@@ -208,6 +208,16 @@ pub struct UpArgs {
     /// hosts file (removed when up stops)
     #[argh(switch)]
     dns_hosts: bool,
+    /// carry devices without the agent (phones: `wgmesh device add NAME --via THIS`) into
+    /// the mesh on a WireGuard interface of their own (Linux; give it on every run)
+    #[argh(switch)]
+    gateway: bool,
+    /// UDP port the devices dial with --gateway (default 51821)
+    #[argh(option)]
+    gateway_port: Option<u16>,
+    /// the devices' interface with --gateway (default: the mesh interface's name + "d")
+    #[argh(option)]
+    gateway_interface: Option<InterfaceName>,
     /// the hosts file --dns-hosts writes (default /etc/hosts)
     #[argh(option)]
     hosts_file: Option<PathBuf>,
@@ -462,6 +472,17 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
             .clone()
             .unwrap_or_else(|| PathBuf::from(crate::os::dns::HOSTS_FILE)),
     });
+    let gateway = (
+        args.gateway,
+        args.gateway_port,
+        args.gateway_interface.clone(),
+    );
+    if !args.gateway && (args.gateway_port.is_some() || args.gateway_interface.is_some()) {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            "--gateway-port and --gateway-interface need --gateway",
+        ));
+    }
     let login = args.login;
     let _lock = if dry_run {
         None
@@ -472,6 +493,7 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
     let mut overrides = overrides!(args);
     overrides.login = login;
     let mut engine = setup::engine(overrides).map_err(agent_failure)?;
+    gateway_settings(&mut engine, gateway)?;
     if dry_run {
         let mut stdout = std::io::stdout().lock();
         engine
@@ -488,6 +510,49 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
     let mut runner = SystemRunner::new();
     let mut dns = dns_options.map(MeshDns::new);
     daemon::run(&mut engine, &mut runner, intervals, &stop, dns.as_mut()).map_err(agent_failure)
+}
+
+/// Default UDP port of a gateway's devices' interface: next to WireGuard's usual 51820.
+const DEFAULT_GATEWAY_PORT: u16 = 51821;
+
+/// Records `--gateway` (or its absence) in the config before `up` registers again, so the
+/// server learns the devices' port and `down` after a crash finds the devices' interface.
+fn gateway_settings(
+    engine: &mut crate::agent::run::engine::Engine,
+    (on, port, interface): (bool, Option<u16>, Option<InterfaceName>),
+) -> Result<(), CliError> {
+    if !on {
+        engine.config.gateway = None;
+        return Ok(());
+    }
+    if engine.os != crate::os::TargetOs::Linux {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            "--gateway is supported on Linux only for now",
+        ));
+    }
+    let interface = match interface {
+        Some(name) => name,
+        None => format!("{}d", engine.config.interface.as_str())
+            .parse()
+            .map_err(|e| {
+                CliError::new(
+                    EXIT_USAGE,
+                    format!(
+                        "cannot name the devices' interface ({e}): pass --gateway-interface NAME"
+                    ),
+                )
+            })?,
+    };
+    let port = port.unwrap_or(DEFAULT_GATEWAY_PORT);
+    if port == engine.config.listen_port {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            format!("--gateway-port {port} is the mesh's listen port: choose another"),
+        ));
+    }
+    engine.config.gateway = Some(crate::agent::state::config::GatewaySettings { interface, port });
+    Ok(())
 }
 
 /// `wgmesh sync`.
@@ -537,12 +602,26 @@ pub fn down(args: DownArgs) -> Result<(), CliError> {
             Err(e) => return Err(CliError::new(EXIT_RUNNING, e.to_string())),
         }
     }
+    // A gateway's devices' interface and table, if a crashed `up --gateway` left them.
+    let gateway = config::ClientConfig::load(&path)
+        .ok()
+        .flatten()
+        .and_then(|c| c.gateway);
+    let mut devices = gateway.map(crate::agent::gateway::Gateway::new);
     if args.dry_run {
         let mut stdout = std::io::stdout().lock();
-        engine::down(&path, args.os, &mut Sink::Print(&mut stdout))
+        let mut sink = Sink::Print(&mut stdout);
+        if let Some(g) = devices.as_mut() {
+            g.teardown(&mut sink).map_err(agent_failure)?;
+        }
+        engine::down(&path, args.os, &mut sink)
     } else {
         let mut runner = SystemRunner::new();
-        engine::down(&path, args.os, &mut Sink::Run(&mut runner))
+        let mut sink = Sink::Run(&mut runner);
+        if let Some(g) = devices.as_mut() {
+            g.teardown(&mut sink).map_err(agent_failure)?;
+        }
+        engine::down(&path, args.os, &mut sink)
     }
     .map_err(agent_failure)?;
     Ok(())

@@ -78,6 +78,10 @@ impl Api {
             (_, _) if rest == "routes" || rest.starts_with("routes/") => {
                 self.admin_routes(req, method, rest)
             }
+            (_, "devices") => self.admin_devices(req, method, None),
+            (_, _) if rest.starts_with("devices/") => {
+                self.admin_devices(req, method, Some(&rest["devices/".len()..]))
+            }
             (_, _) if rest.starts_with("tokens/") => {
                 only_delete(method)?;
                 self.revoke_token(req, &rest["tokens/".len()..], now)

@@ -11,6 +11,7 @@
 mod admin;
 mod authenticate;
 pub mod console;
+mod devices;
 pub mod error;
 mod monitoring;
 mod peer;
@@ -239,6 +240,10 @@ impl Api {
                         server_public_key: self.server_public_key,
                     })),
                 ),
+                _ => (MetricEndpoint::Other, wrong_method("GET")),
+            },
+            "/devices" => match method {
+                "GET" => (MetricEndpoint::Other, self.gateway_devices(req, authed)),
                 _ => (MetricEndpoint::Other, wrong_method("GET")),
             },
             "/replicas" => match method {

@@ -109,7 +109,10 @@ impl Api {
             observed_ip: source,
             tags: Vec::new(),
             owner: None,
+            gateway_port: body.gateway_port,
         };
+        crate::server::devices::refuse_device_key(&self.state.registry(), &key)
+            .map_err(|e| Refusal(e.http_status(), e.to_string()))?;
         let now = SystemTime::now();
         let login = match &body.login {
             Some(id) => Some(self.identity_login(&key, id)?),

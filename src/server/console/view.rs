@@ -378,6 +378,8 @@ mod tests {
             dns_name: Some(name.parse().unwrap()),
             approved_routes: Vec::new(),
             owner: None,
+            via: None,
+            gateway_port: None,
         }
     }
 

@@ -457,7 +457,7 @@ pub fn delete_peer(c: &mut impl GenericClient, key: &PublicKey) -> Result<i64, D
 pub fn mark_offline(c: &mut impl GenericClient, cutoff: SystemTime) -> Result<u64, DbError> {
     Ok(c.execute(
         "UPDATE wgmesh_peers SET online = false, seq = nextval('wgmesh_seq')
-         WHERE online AND last_seen < $1",
+         WHERE online AND last_seen < $1 AND NOT (record::jsonb ? 'via')",
         &[&millis(cutoff)],
     )?)
 }

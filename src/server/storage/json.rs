@@ -329,6 +329,33 @@ impl Storage for JsonStorage {
         Ok(record)
     }
 
+    fn add_device(
+        &self,
+        device: &crate::server::devices::NewDevice,
+        now: SystemTime,
+    ) -> Result<PeerRecord, StorageError> {
+        let mut journal = lock(&self.journal);
+        let record = crate::server::devices::prepare(&mut self.state.registry(), device, now)?;
+        let entry = JournalEntry::Put {
+            peer: record.clone(),
+        };
+        if let Err(e) = journal.append(&entry) {
+            self.state.registry().release(record.virtual_ip);
+            return Err(disk("device", &e));
+        }
+        self.state
+            .change(|registry| registry.commit(record.clone()));
+        Ok(record)
+    }
+
+    fn remove_device(&self, name: &str) -> Result<Option<PeerRecord>, StorageError> {
+        let found = crate::server::devices::find_device(&self.state.registry(), name);
+        match found {
+            Some(device) => self.deregister(&device.id),
+            None => Ok(None),
+        }
+    }
+
     fn tokens(&self) -> Result<TokenStore, StorageError> {
         Ok(lock(&self.tokens).store.clone())
     }

@@ -91,6 +91,17 @@ impl From<IpamError> for StorageError {
     }
 }
 
+impl From<crate::server::devices::DeviceError> for StorageError {
+    /// A full pool is 503 like a registration's; every other refusal keeps its status.
+    fn from(e: crate::server::devices::DeviceError) -> StorageError {
+        use crate::server::devices::DeviceError;
+        match e {
+            DeviceError::Pool(pool) => pool.into(),
+            other => StorageError::Refused(other.http_status(), other.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -205,6 +216,18 @@ pub trait Storage: Send + Sync {
     /// Ends a peer's single sign-on login at once (see [`logout`]); its changed record, or
     /// None when there was no such peer.
     fn end_login(&self, id: &PeerId, now: SystemTime) -> Result<Option<PeerRecord>, StorageError>;
+
+    /// Adds a device behind a gateway ([`crate::server::devices`]): decided on the current
+    /// registry, durable (and visible to other replicas) before it returns.
+    fn add_device(
+        &self,
+        device: &crate::server::devices::NewDevice,
+        now: SystemTime,
+    ) -> Result<PeerRecord, StorageError>;
+
+    /// Removes the device called `name` (its `.mesh` name); its record, or None when there
+    /// is no such device. Its address returns to the pool.
+    fn remove_device(&self, name: &str) -> Result<Option<PeerRecord>, StorageError>;
 
     /// The join tokens as stored now.
     fn tokens(&self) -> Result<TokenStore, StorageError>;

@@ -28,6 +28,7 @@ fn peer(host: &str, last: u8, routes: &[&str]) -> PeerInfo {
         exit_node: false,
         online: true,
         last_heartbeat: String::new(),
+        via: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn router(name: &str, seed: u8, last: u8, routes: &[&str]) -> PeerInfo {
         exit_node: false,
         online: true,
         last_heartbeat: String::new(),
+        via: None,
     }
 }
 

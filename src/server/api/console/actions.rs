@@ -18,6 +18,7 @@ impl Visit<'_> {
         match path {
             "/console/logout" => Ok(self.logout()),
             "/console/tokens" => self.create_token(),
+            "/console/devices" => self.add_device(),
             "/console/access/check" => Ok(self.check_policy()),
             "/console/access/reload" => self.reload_policy(),
             _ => {
@@ -26,6 +27,12 @@ impl Visit<'_> {
                     .and_then(|r| r.strip_suffix("/revoke"))
                 {
                     return self.revoke_token(id);
+                }
+                if let Some(name) = path
+                    .strip_prefix("/console/devices/")
+                    .and_then(|r| r.strip_suffix("/remove"))
+                {
+                    return self.remove_device(name);
                 }
                 if let Some(id) = path
                     .strip_prefix("/console/peers/")

@@ -4,6 +4,7 @@
 //! admin API in [`actions`], so a token or a removal is made, audited and counted once.
 
 mod actions;
+mod devices;
 mod pages;
 mod respond;
 mod subnet_routes;

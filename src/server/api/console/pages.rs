@@ -19,6 +19,7 @@ impl Visit<'_> {
         match path {
             "/console/peers" => Ok(self.peers()),
             "/console/tokens" => self.tokens(None, None),
+            "/console/devices" => Ok(self.devices(None, None)),
             "/console/access" => Ok(self.access(None)),
             "/console/audit" => Ok(self.audit()),
             "/console/server" => Ok(self.server()),

@@ -11,6 +11,8 @@ pub enum Tab {
     Peers,
     /// `/console/tokens`
     Tokens,
+    /// `/console/devices`
+    Devices,
     /// `/console/access`
     Access,
     /// `/console/audit`
@@ -19,9 +21,10 @@ pub enum Tab {
     Server,
 }
 
-const TABS: [(Tab, &str, &str); 5] = [
+const TABS: [(Tab, &str, &str); 6] = [
     (Tab::Peers, "/console/peers", "Peers"),
     (Tab::Tokens, "/console/tokens", "Tokens"),
+    (Tab::Devices, "/console/devices", "Devices"),
     (Tab::Access, "/console/access", "Access"),
     (Tab::Audit, "/console/audit", "Audit log"),
     (Tab::Server, "/console/server", "Server"),

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod devices;
 pub mod layout;
 pub mod login;
 pub mod peers;

@@ -148,6 +148,23 @@ impl Storage for ReplicaStorage {
         self.write_end_login(id, now)
     }
 
+    fn add_device(
+        &self,
+        device: &crate::server::devices::NewDevice,
+        now: std::time::SystemTime,
+    ) -> Result<PeerRecord, StorageError> {
+        self.write_device(device, now)
+    }
+
+    fn remove_device(&self, name: &str) -> Result<Option<PeerRecord>, StorageError> {
+        self.catch_up_for_unknown();
+        let found = crate::server::devices::find_device(&self.state.registry(), name);
+        match found {
+            Some(device) => self.write_deregistration(&device.id),
+            None => Ok(None),
+        }
+    }
+
     fn tokens(&self) -> Result<TokenStore, StorageError> {
         self.db.tokens().map_err(|e| db_failed(&e))
     }

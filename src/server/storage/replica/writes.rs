@@ -256,6 +256,44 @@ impl ReplicaStorage {
         }
     }
 
+    /// A device ([`crate::server::devices`]): decided on the caught-up registry and written
+    /// in one transaction, then applied here at the sequence the database gave it.
+    pub(super) fn write_device(
+        &self,
+        device: &crate::server::devices::NewDevice,
+        now: SystemTime,
+    ) -> Result<PeerRecord, StorageError> {
+        let mut seq = lock(&self.seq);
+        let mut taken: Option<std::net::Ipv4Addr> = None;
+        let result = self.db.write("peers", |tx| {
+            if let Some(ip) = taken.take() {
+                self.state.registry().release(ip);
+            }
+            self.catch_up_in(tx, &mut seq)?;
+            let prepared = crate::server::devices::prepare(&mut self.state.registry(), device, now);
+            let record = match prepared {
+                Ok(record) => record,
+                Err(e) => return Ok(Err(e)),
+            };
+            taken = Some(record.virtual_ip);
+            let s = pg::put_peer(tx, &record)?;
+            Ok(Ok((record, s)))
+        });
+        let decided = result.map_err(|e| {
+            if let Some(ip) = taken.take() {
+                self.state.registry().release(ip);
+            }
+            db_failed(&e)
+        })?;
+        let (record, s) = decided?;
+        self.state.change(|reg| {
+            reg.advance_to(at(s));
+            reg.commit(record.clone())
+        });
+        *seq = s;
+        Ok(record)
+    }
+
     /// Removes a peer in the database, then here.
     pub(super) fn write_deregistration(
         &self,

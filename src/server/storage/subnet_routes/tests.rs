@@ -38,6 +38,7 @@ fn join(
         observed_ip: "198.18.0.9".parse().unwrap(),
         tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
         owner: None,
+        gateway_port: None,
     };
     let now = time::from_unix_secs(1_700_000_000);
     let prepared = r.prepare(&reg, now).unwrap();
@@ -167,6 +168,7 @@ fn the_policy_approves_new_routes_of_its_advertisers_only() {
         observed_ip: "198.18.0.9".parse().unwrap(),
         tags: Vec::new(),
         owner: None,
+        gateway_port: None,
     };
     let prepared = r
         .prepare(&again, time::from_unix_secs(1_700_000_100))
@@ -207,6 +209,7 @@ fn dropping_a_route_drops_its_approval() {
         observed_ip: "198.18.0.9".parse().unwrap(),
         tags: Vec::new(),
         owner: None,
+        gateway_port: None,
     };
     match r
         .prepare(&reg, time::from_unix_secs(1_700_000_100))

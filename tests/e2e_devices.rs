@@ -1,0 +1,416 @@
+//! End to end in network namespaces (issue 23): a "phone" without the agent joins the mesh
+//! through a gateway node by loading the configuration `wgmesh device add` printed (with
+//! `wg setconf`, addresses set with `ip`, as a WireGuard app would), from behind a home NAT.
+//! It reaches a mesh node by address and by `NAME.mesh` (asked of the gateway's resolver);
+//! the QR PNG decodes (`zbarimg --raw`) to exactly the printed configuration; the policy
+//! keeps it from a node its tags may not reach; it survives the gateway's agent and the
+//! server restarting; the server-generated private key is in no file the server writes;
+//! removing the device ends its access at once.
+//!
+//! Needs root, iproute2, wireguard-go, wireguard-tools, nftables, ping, dig and zbarimg;
+//! fails (never skips) without.
+
+mod common;
+
+use common::netns::{run, Lab, MeshNode as Node, Router, FAST_AGENT};
+use common::{wgmesh_bin, TempDir};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SERVER_IP: &str = "198.18.0.1";
+const GW_IP: &str = "198.18.0.2";
+
+fn server_url() -> String {
+    format!("http://{SERVER_IP}:8080")
+}
+
+fn start_server(lab: &mut Lab, ns: &str, log: &str) -> usize {
+    let state = lab.dir.path().join("peers.json").display().to_string();
+    let policy = lab.dir.path().join("policy.json").display().to_string();
+    let listen = format!("{SERVER_IP}:8080");
+    lab.spawn(
+        ns,
+        &[
+            wgmesh_bin(),
+            "server",
+            "--listen",
+            &listen,
+            "--state",
+            &state,
+            "--policy",
+            &policy,
+        ],
+        log,
+    )
+}
+
+fn up(lab: &mut Lab, n: &Node, token: &str, extra: &[&str], log: &str) -> usize {
+    let mut flags = FAST_AGENT.to_vec();
+    flags.extend_from_slice(extra);
+    lab.spawn_up(
+        n,
+        &server_url(),
+        &format!("host-{}", n.name),
+        &[format!("WGMESH_TOKEN={token}")],
+        &flags,
+        log,
+    )
+}
+
+/// `wgmesh device ARGS` in `ns` against the lab's server: (exit code, stdout, stderr).
+fn device(lab: &Lab, ns: &str, args: &[&str]) -> (i32, String, String) {
+    let secret = lab.dir.path().join("admin.secret").display().to_string();
+    let url = server_url();
+    let mut full = vec![wgmesh_bin(), "device"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--server", &url, "--admin-secret-file", &secret]);
+    let out = lab.exec(ns, &full);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of `key = value` in a wg-quick text.
+fn field(config: &str, key: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no {key} in\n{config}"))
+        .to_owned()
+}
+
+/// Brings the configuration up on `iface` in `ns` as a WireGuard app would: the wg part with
+/// `wg setconf` (wg-quick's Address and DNS stripped), the addresses and routes with `ip`.
+fn load_config(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
+    let stripped: String = config
+        .lines()
+        .filter(|l| !l.starts_with("Address = ") && !l.starts_with("DNS = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = dir.join("phone-wg.conf");
+    std::fs::write(&file, stripped).unwrap();
+    let made = lab.exec(
+        ns,
+        &["ip", "link", "add", "dev", iface, "type", "wireguard"],
+    );
+    if !made.status.success() {
+        lab.exec_ok(ns, &["env", "LOG_LEVEL=silent", "wireguard-go", iface]);
+    }
+    lab.exec_ok(ns, &["wg", "setconf", iface, &file.display().to_string()]);
+    for address in field(config, "Address").split(", ") {
+        lab.exec_ok(ns, &["ip", "address", "add", address, "dev", iface]);
+    }
+    lab.exec_ok(
+        ns,
+        &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
+    );
+    for net in field(config, "AllowedIPs").split(", ") {
+        lab.exec_ok(ns, &["ip", "route", "add", net, "dev", iface]);
+    }
+}
+
+/// `/etc/netns/NS/resolv.conf` naming `nameserver`, removed on drop.
+struct NetnsEtc(PathBuf);
+
+impl NetnsEtc {
+    fn resolv_conf(ns: &str, nameserver: &str) -> NetnsEtc {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )
+        .unwrap();
+        NetnsEtc(dir)
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Whether `from` reaches `to` within `secs` seconds of pinging.
+fn reaches(lab: &Lab, from: &str, to: &str, secs: u64) -> bool {
+    (0..secs).any(|_| lab.ping(from, to))
+}
+
+#[test]
+fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_removed() {
+    for tool in ["dig", "zbarimg", "nft", "dnsmasq"] {
+        let found = run(&["sh", "-c", &format!("command -v {tool}")])
+            .status
+            .success();
+        assert!(
+            found,
+            "{tool} is missing: apt-get install dnsutils zbar-tools nftables"
+        );
+    }
+    let mut lab = Lab::new("dev");
+    let outside = TempDir::new("devices-phone");
+    std::fs::write(
+        lab.dir.path().join("policy.json"),
+        r#"{"allow": [{"from": ["tag:gw"], "to": ["tag:web", "tag:db", "tag:phone"]},
+                      {"from": ["tag:phone"], "to": ["tag:web"]}]}"#,
+    )
+    .unwrap();
+    let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
+    let mut server = start_server(&mut lab, &server_ns, "server.log");
+    let token = |lab: &Lab, tag: &str| {
+        lab.create_token(&server_ns, &server_url(), &["--uses", "2", "--tag", tag])
+    };
+    let (gw_token, web_token, db_token) = (
+        token(&lab, "tag:gw"),
+        token(&lab, "tag:web"),
+        token(&lab, "tag:db"),
+    );
+    // The gateway's own upstream resolver: dnsmasq on the server's host, named in the
+    // gateway's resolv.conf (before its agent starts: `ip netns exec` binds it then).
+    let upstream_at = format!("--listen-address={SERVER_IP}");
+    lab.spawn(
+        &server_ns,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &upstream_at,
+            "--address=/example.test/198.18.0.99",
+        ],
+        "dnsmasq.log",
+    );
+    let gw = lab.mesh_node("gw", &format!("{GW_IP}/24"));
+    let _gw_resolv = NetnsEtc::resolv_conf(&gw.ns, SERVER_IP);
+    let web = lab.mesh_node("web", "198.18.0.3/24");
+    let db = lab.mesh_node("db", "198.18.0.4/24");
+    let gw_iface = lab.ifname("gd", "gw");
+    let gateway_flags = [
+        "--gateway",
+        "--gateway-port",
+        "51821",
+        "--gateway-interface",
+        &gw_iface,
+    ];
+    let mut gw_agent = up(&mut lab, &gw, &gw_token, &gateway_flags, "gw.log");
+    up(&mut lab, &web, &web_token, &[], "web.log");
+    up(&mut lab, &db, &db_token, &[], "db.log");
+    lab.eventually(Duration::from_secs(30), "every node registered", || {
+        [&gw, &web, &db].iter().all(|n| n.mesh_ip().is_some())
+    });
+    let (gw_ip, web_ip, db_ip) = (
+        gw.mesh_ip().unwrap(),
+        web.mesh_ip().unwrap(),
+        db.mesh_ip().unwrap(),
+    );
+    lab.eventually(
+        Duration::from_secs(30),
+        "the gateway reaches web and db",
+        || lab.ping(&gw.ns, &web_ip) && lab.ping(&gw.ns, &db_ip),
+    );
+
+    // A device's name and gateway are checked before anything is stored.
+    let (code, _, err) = device(&lab, &server_ns, &["add", "Bad_Name", "--via", "host-gw"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("device name"), "{err}");
+    let (code, _, err) = device(&lab, &server_ns, &["add", "p2", "--via", "host-web"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("is not a gateway"), "{err}");
+
+    let png = outside.path().join("phone.png").display().to_string();
+    let svg = outside.path().join("phone.svg").display().to_string();
+    let mut added = (0, String::new(), String::new());
+    lab.eventually(
+        Duration::from_secs(20),
+        "the gateway's port is known",
+        || {
+            added = device(
+                &lab,
+                &server_ns,
+                &[
+                    "add",
+                    "phone",
+                    "--via",
+                    "host-gw",
+                    "--tag",
+                    "tag:phone",
+                    "--qr-png",
+                    &png,
+                    "--qr-svg",
+                    &svg,
+                ],
+            );
+            added.0 == 0
+        },
+    );
+    let config = added.1.clone();
+    assert!(config.starts_with("[Interface]\nPrivateKey = "), "{config}");
+    assert_eq!(field(&config, "Endpoint"), format!("{GW_IP}:51821"));
+    assert!(
+        field(&config, "DNS").starts_with(&format!("{gw_ip}, ")),
+        "{config}"
+    );
+    assert_eq!(
+        field(&config, "PublicKey"),
+        gw.public_key().unwrap().to_base64()
+    );
+    for file in [&png, &svg] {
+        let mode = std::fs::metadata(file).unwrap();
+        let bits = std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777;
+        assert_eq!(bits, 0o600, "{file}");
+    }
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    // The QR code holds exactly the printed configuration (zbarimg ends its output with a
+    // newline of its own).
+    let decoded = run(&["zbarimg", "--quiet", "--raw", &png]);
+    assert!(decoded.status.success(), "{decoded:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&decoded.stdout),
+        format!("{config}\n")
+    );
+    let (_, listed, _) = device(&lab, &server_ns, &["list"]);
+    assert!(
+        listed.contains("phone.mesh") && listed.contains("host-gw"),
+        "{listed}"
+    );
+
+    // The phone, behind a home NAT, loads it and reaches web by address and by name.
+    let (_router, phone_ns) = lab.home("ph", "198.18.0.20", 40, Router::MasqueradeFirewall, None);
+    let phone_if = lab.ifname("wg", "ph");
+    load_config(&lab, &phone_ns, &phone_if, &config, outside.path());
+    assert!(
+        reaches(&lab, &phone_ns, &web_ip, 30),
+        "the phone cannot reach web through the gateway"
+    );
+    let dns = format!("@{gw_ip}");
+    let answer = lab.exec_ok(
+        &phone_ns,
+        &["dig", &dns, "+short", "+time=2", "host-web.mesh", "A"],
+    );
+    assert_eq!(answer.trim(), web_ip);
+    let _resolv = NetnsEtc::resolv_conf(&phone_ns, &gw_ip);
+    assert!(
+        lab.ping(&phone_ns, "host-web.mesh"),
+        "ping host-web.mesh from the phone"
+    );
+    // Names outside .mesh: the gateway forwards its devices' queries to its own resolver,
+    // and only theirs (to a mesh node it stays no open resolver).
+    let outside_name = lab.exec_ok(
+        &phone_ns,
+        &["dig", &dns, "+short", "+time=4", "example.test", "A"],
+    );
+    assert_eq!(outside_name.trim(), "198.18.0.99");
+    let out = lab.exec(&web.ns, &["dig", &dns, "+time=2", "example.test", "A"]);
+    let refused = String::from_utf8_lossy(&out.stdout);
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+    // Other nodes resolve the phone's name too.
+    let phone_ip = field(&config, "Address")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let web_dns = format!("@{web_ip}");
+    let named = lab.exec_ok(
+        &web.ns,
+        &["dig", &web_dns, "+short", "+time=2", "phone.mesh", "A"],
+    );
+    assert_eq!(named.trim(), phone_ip);
+    assert!(lab.ping(&web.ns, &phone_ip), "web reaches the phone");
+
+    // The policy lets tag:phone reach tag:web only: db stays out of reach (the gateway,
+    // which reaches db itself, forwards nothing of the phone's there).
+    assert!(
+        !reaches(&lab, &phone_ns, &db_ip, 3),
+        "the policy must keep the phone from db"
+    );
+    assert!(lab.ping(&gw.ns, &db_ip));
+    let table = lab.exec_ok(
+        &gw.ns,
+        &[
+            "nft",
+            "list",
+            "table",
+            "inet",
+            &format!("wgmesh-gw-{gw_iface}"),
+        ],
+    );
+    assert!(table.contains(&phone_ip), "{table}");
+
+    // The gateway's agent restarts: the phone is back without touching its configuration.
+    assert_eq!(lab.signal(gw_agent, "TERM"), Some(0));
+    assert!(
+        !lab.exec_ok(&gw.ns, &["ip", "-o", "link"])
+            .contains(&gw_iface),
+        "down removes the devices' interface"
+    );
+    gw_agent = up(&mut lab, &gw, &gw_token, &gateway_flags, "gw2.log");
+    assert!(
+        reaches(&lab, &phone_ns, &web_ip, 40),
+        "the phone after the gateway restarted"
+    );
+
+    // So does the server.
+    assert_eq!(lab.signal(server, "TERM"), Some(0));
+    server = start_server(&mut lab, &server_ns, "server2.log");
+    lab.eventually(
+        Duration::from_secs(20),
+        "the server lists the phone again",
+        || device(&lab, &server_ns, &["show", "phone"]).0 == 0,
+    );
+    let (_, shown, _) = device(&lab, &server_ns, &["show", "phone"]);
+    assert!(
+        shown.contains("PrivateKey = PASTE_THIS_DEVICES_OWN_PRIVATE_KEY_HERE"),
+        "{shown}"
+    );
+    assert!(
+        reaches(&lab, &phone_ns, &web_ip, 30),
+        "the phone after the server restarted"
+    );
+
+    // The generated private key went into the answer and nowhere the server writes.
+    let private = field(&config, "PrivateKey");
+    let leaks = files_containing(lab.dir.path(), &private);
+    assert!(leaks.is_empty(), "the device's private key is in {leaks:?}");
+    let audit = std::fs::read_to_string(lab.dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("device_add"), "{audit}");
+
+    // Removed: its access ends at once.
+    let (code, out, err) = device(&lab, &server_ns, &["remove", "phone"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "removed phone\n");
+    lab.eventually(
+        Duration::from_secs(5),
+        "the removed phone is cut off",
+        || !lab.ping(&phone_ns, &web_ip),
+    );
+    assert!(!reaches(&lab, &phone_ns, &web_ip, 3));
+    let (code, _, err) = device(&lab, &server_ns, &["show", "phone"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no device is called phone"), "{err}");
+    let _ = (server, gw_agent);
+}
