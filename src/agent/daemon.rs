@@ -222,6 +222,9 @@ pub fn run(
             log::warn!("cannot register again at start: {e}; carrying on with the last assignment");
         }
     }
+    // A new run starts every path afresh: the interface's counters may start again at 0,
+    // and what the last run proved may no longer hold (relay first, direct when proven).
+    engine.paths.forget_peers();
     let start = Instant::now();
     let mut sync = Timer::new(intervals.sync, start);
     let mut heartbeat = Timer::new(intervals.heartbeat, start + intervals.heartbeat);
@@ -233,6 +236,9 @@ pub fn run(
     // when peers have been deferred (silent ones are held only for a while).
     let mut followup: Option<Instant> = None;
     let mut deferred_at: Option<Instant> = None;
+    // Whether the server stopped answering: when it answers again, its relay has likely
+    // restarted and forgotten every relayed session.
+    let mut server_lost = false;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if followup.is_some_and(|t| now >= t) {
@@ -256,6 +262,9 @@ pub fn run(
             match engine.sync_live(holding(deferred_at, now), &mut Sink::Run(&mut *runner)) {
                 Ok(summary) => {
                     sync.succeeded(now);
+                    if std::mem::take(&mut server_lost) {
+                        engine.server_back();
+                    }
                     if summary.keepalive_deferred {
                         followup = Some(now + FOLLOW_UP);
                         deferred_at.get_or_insert(now);
@@ -264,6 +273,7 @@ pub fn run(
                     refresh_dns(dns.as_deref_mut(), engine, &mut *runner);
                 }
                 Err(e) if retryable(&e) => {
+                    server_lost |= matches!(e, AgentError::Server(_));
                     let wait = sync.failed(now);
                     log::warn!(
                         "sync failed: {e}; the mesh stays as it is, retrying in {} s",
@@ -293,6 +303,7 @@ pub fn run(
             // Between syncs, only the paths move: observe the interface and re-plan from
             // the last list (a relay switch or a probe must not wait for the next sync).
             match engine.refresh_paths(&mut Sink::Run(&mut *runner)) {
+                Ok(()) if engine.probing() => paths.next = now + super::path::PROBE_TICK,
                 Ok(()) => paths.succeeded(now),
                 Err(e) if retryable(&e) => {
                     paths.failed(now);
@@ -330,6 +341,9 @@ pub fn run(
                 None => {}
                 Some(Ok(delta)) => {
                     poller.answered(delta.full, Instant::now());
+                    if std::mem::take(&mut server_lost) {
+                        engine.server_back();
+                    }
                     if engine.apply_answer(delta) {
                         let peers = engine.known_peers();
                         let now = Instant::now();
@@ -364,6 +378,7 @@ pub fn run(
                     break;
                 }
                 Some(Err(e)) => {
+                    server_lost = true;
                     let wait = poller.failed(Instant::now());
                     log::warn!(
                         "waiting for peer changes failed: {e}; retrying in {} s",

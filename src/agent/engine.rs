@@ -52,6 +52,9 @@ pub struct Engine {
     pub path_choices: HashMap<PublicKey, Choice>,
     /// Asks the replica relays in use whether they still answer ([`super::relay_health`]).
     pub relay_probe: super::relay_probe::RelayProbe,
+    /// Sends a probe's datagram through the tunnel ([`super::path_probe::poke`]); None
+    /// sends nothing (tests, and hosts the commands are only planned for).
+    pub poke: Option<super::path_probe::Poke>,
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
@@ -225,6 +228,11 @@ impl Engine {
     /// and caches it beside the config; returns whether the list changed.
     pub fn apply_answer(&mut self, answer: PeersDelta) -> bool {
         self.learn_relay(answer.relay_port, answer.full);
+        if answer.full && self.last_list.as_ref().is_some_and(|k| k.version.is_some()) {
+            // Asked for changes since our version and given the whole list: the server
+            // does not know our version, as after a restart (its versions start again).
+            self.server_back();
+        }
         let known = self.last_list.get_or_insert_with(KnownPeers::default);
         let changed = known.apply(answer);
         if self.persist {
@@ -335,13 +343,19 @@ impl Engine {
         );
         let me = self.config.private_key.public_key();
         let before = self.paths.clone();
+        let settings = PathSettings {
+            // A one-shot `sync` has no next tick to end a probe: it never starts one.
+            may_probe: self.path_settings.may_probe && (live.is_some() || !save_paths),
+            ..self.path_settings
+        };
         let paths = self.paths.step_all(
             std::time::SystemTime::now(),
             &me,
             peers,
             facts.dump.as_ref(),
-            &self.path_settings,
+            &settings,
         );
+        let probes = self.paths.probes_begun(&before);
         let changed = if save_paths {
             self.paths != before
         } else {
@@ -383,6 +397,9 @@ impl Engine {
                 None => break planned.summary,
             }
         };
+        if !sink.is_dry_run() {
+            self.poke_probed(peers, &probes);
+        }
         for (what, keys) in [
             ("added", &summary.added),
             ("updated", &summary.updated),
@@ -393,6 +410,42 @@ impl Engine {
             }
         }
         Ok(summary)
+    }
+
+    /// Sends each peer whose probe just began its datagram, now that its endpoint is the
+    /// direct address.
+    fn poke_probed(&self, peers: &[PeerInfo], keys: &[String]) {
+        let Some(poke) = self.poke else {
+            return;
+        };
+        for peer in peers {
+            if keys.contains(&peer.public_key.to_base64()) {
+                poke(peer.virtual_ip);
+            }
+        }
+    }
+
+    /// Whether a probe of some direct path runs: `up` then re-evaluates paths every
+    /// [`PROBE_TICK`](super::path::PROBE_TICK), so the probe takes the relay away only
+    /// for its short window.
+    pub fn probing(&self) -> bool {
+        self.paths.probing()
+    }
+
+    /// The server answers again after being unreachable: its relay forgot every session,
+    /// so relayed sessions restart at the next path tick instead of waiting minutes for
+    /// WireGuard's own timers (an idle end only sends keepalives, too little for the relay
+    /// to pass it the other end's handshake).
+    pub fn server_back(&mut self) {
+        if self
+            .paths
+            .peers
+            .values()
+            .any(|p| p.mode == super::path::Mode::Relay)
+        {
+            log::info!("the server is back: restarting relayed sessions");
+        }
+        self.paths.server_restarted();
     }
 
     /// The quick check `up` runs every few seconds on macOS and Windows while a full tunnel

@@ -13,6 +13,7 @@ pub mod host_routes;
 pub mod known;
 pub mod netcheck;
 pub mod path;
+pub mod path_probe;
 mod path_relays;
 pub mod peer_cache;
 pub mod plan;

@@ -155,6 +155,10 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         .with_fallbacks(&cfg.fallback_servers)
         .with_token(o.token);
     let paths = PathTable::load(&path);
+    // Probe datagrams only where the commands run (not when planning for another OS).
+    let poke = reader
+        .is_some()
+        .then_some(super::path_probe::poke as super::path_probe::Poke);
     Ok(Engine {
         paths,
         config: cfg,
@@ -165,6 +169,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         last_list: None,
         relay_probe: Default::default(),
         persist: true,
+        poke,
         path_settings: o.paths,
         path_choices: Default::default(),
     })
