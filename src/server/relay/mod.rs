@@ -465,13 +465,21 @@ impl Relay {
     /// Recounts the gauges: once a second (the sweep) and on a new view, never per packet.
     fn publish_gauges(&self) {
         let mut pairs = std::collections::HashSet::new();
+        let mut active = std::collections::HashSet::new();
         let mut sessions = 0u64;
         for e in self.indexes.values() {
             if let Some((a, b)) = e.pair {
                 sessions += 1;
-                pairs.insert(if a <= b { (a, b) } else { (b, a) });
+                let pair = if a <= b { (a, b) } else { (b, a) };
+                pairs.insert(pair);
+                if self.last_sweep.saturating_duration_since(e.last) < stats::ACTIVE_PAIR {
+                    active.insert(pair);
+                }
             }
         }
+        self.stats
+            .active_pairs
+            .store(active.len() as u64, Ordering::Relaxed);
         self.stats.sessions.store(sessions, Ordering::Relaxed);
         self.stats
             .pairs
@@ -578,7 +586,13 @@ mod tests {
         // Gauges are recounted by the sweep, once a second.
         r.sweep(now);
         assert_eq!(r.stats.pairs.load(Ordering::Relaxed), 1);
+        assert_eq!(r.stats.active_pairs.load(Ordering::Relaxed), 1);
         assert_eq!(r.stats.bound.load(Ordering::Relaxed), 2);
+        // A pair that went direct sends nothing here: no longer active, though its
+        // session lingers until it expires.
+        r.sweep(now + stats::ACTIVE_PAIR);
+        assert_eq!(r.stats.pairs.load(Ordering::Relaxed), 1);
+        assert_eq!(r.stats.active_pairs.load(Ordering::Relaxed), 0);
     }
 
     #[test]
