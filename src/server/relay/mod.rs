@@ -536,6 +536,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_member_that_just_registered_is_no_stranger_for_long() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let views = Arc::new(std::sync::Mutex::new(Arc::new(MemberView::new(
+            vec![member(&a, &[])],
+            &Policy::allow_all(),
+        ))));
+        let source = Arc::clone(&views);
+        let service = service::RelayService::new(
+            Box::new(move || Arc::clone(&source.lock().unwrap())),
+            RelayLimits::default(),
+        );
+        let now = Instant::now();
+        // B registers: the registry has it, the relay's view (read a moment ago) not yet.
+        *views.lock().unwrap() = Arc::new(MemberView::new(
+            vec![member(&a, &[]), member(&b, &[])],
+            &Policy::allow_all(),
+        ));
+        assert_eq!(
+            service.handle(&fake_initiation(&a.mac1, 1, 0), b.addr, now),
+            Verdict::Drop(Drop::Stranger),
+            "within the same instant the view is not read again"
+        );
+        // A tenth of a second later (not a whole second) B's handshake is taken.
+        let later = now + service::NEWCOMER_LOOK;
+        assert_ne!(
+            service.handle(&fake_initiation(&a.mac1, 2, 0), b.addr, later),
+            Verdict::Drop(Drop::Stranger)
+        );
+    }
+
     /// A and B each send an initiation; A's reaches B, B responds: the relay binds both.
     fn handshake(r: &mut Relay, a: &Node, b: &Node, now: Instant) -> (u32, u32) {
         // B has been talking to the relay (its own initiation towards A, not answered yet).
