@@ -531,7 +531,18 @@ pub struct PathTable {
     /// Set when the server restarted: the next tick restarts every relayed session.
     #[serde(skip)]
     pub restart_relayed: bool,
+    /// Relayed sessions to restart at these times (ms since the epoch), by base64 key: the
+    /// end whose key sorts above the other's restarts [`RESTART_STAGGER`] after the other.
+    #[serde(skip)]
+    pub restarts_due: std::collections::BTreeMap<String, u64>,
 }
+
+/// After a server restart, the end of a relayed pair whose key sorts above the other's
+/// restarts the session this much later: the first end's new handshake cannot reach it
+/// yet (the fresh relay has not heard from it), so the second end's handshake finds the
+/// first one known and is answered at once, instead of the two crossing in the relay and
+/// both waiting out WireGuard's 5 s retry (as when two nodes meet: `agent::stagger`).
+pub const RESTART_STAGGER: Duration = Duration::from_secs(1);
 
 /// The parts of a [`PathTable`] that make a change of path: the relay, and per peer (by key)
 /// its mode, whether a probe or a nudge runs and which relay it meets at; and the relays
@@ -657,7 +668,8 @@ impl PathTable {
         let restart_all = std::mem::take(&mut self.restart_relayed);
         for peer in peers {
             let key = peer.public_key.to_base64();
-            let old = self.peers.get(&key);
+            let old = self.peers.get(&key).cloned();
+            let old = old.as_ref();
             let relay = self.relay_among(&rendezvous, me, &peer.public_key);
             let seen = self.observed(dump, &peer.public_key, relay);
             let (mut state, mut choice) = step(
@@ -681,7 +693,7 @@ impl PathTable {
                         choice.restart = true;
                     }
                 }
-                if restart_all && old.is_some_and(|o| o.mode == Mode::Relay) {
+                if self.restart_due(restart_all, now, me, &peer.public_key, old) {
                     log::info!(
                         "peer {} ({}): the server restarted; restarting the relayed session",
                         peer.hostname,
@@ -697,6 +709,36 @@ impl PathTable {
         }
         self.peers = next;
         choices
+    }
+
+    /// Whether the relayed session with `peer` restarts now, after a server restart: at
+    /// once if our key sorts first, else [`RESTART_STAGGER`] later.
+    fn restart_due(
+        &mut self,
+        restart_all: bool,
+        now: SystemTime,
+        me: &crate::keys::PublicKey,
+        peer: &crate::keys::PublicKey,
+        old: Option<&PeerPath>,
+    ) -> bool {
+        let key = peer.to_base64();
+        let now_ms = ms(now);
+        if restart_all && old.is_some_and(|o| o.mode == Mode::Relay) {
+            if me.as_bytes() < peer.as_bytes() {
+                self.restarts_due.remove(&key);
+                return true;
+            }
+            self.restarts_due
+                .insert(key, now_ms + millis(RESTART_STAGGER));
+            return false;
+        }
+        match self.restarts_due.get(&key) {
+            Some(at) if now_ms >= *at => {
+                self.restarts_due.remove(&key);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// What the dump says about `key`. Packets through another relay (the pair's old
@@ -1124,6 +1166,57 @@ mod tests {
             (c.mode, c.endpoint),
             (Mode::Direct, Some(PEER.parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn after_a_server_restart_relayed_sessions_restart_the_first_key_at_once_the_other_a_second_later(
+    ) {
+        let keys: Vec<crate::keys::PublicKey> = (0..2)
+            .map(|_| crate::keys::PrivateKey::generate().public_key())
+            .collect();
+        let (lo, hi) = if keys[0].as_bytes() < keys[1].as_bytes() {
+            (keys[0], keys[1])
+        } else {
+            (keys[1], keys[0])
+        };
+        let info = |k: crate::keys::PublicKey| crate::proto::model::PeerInfo {
+            id: crate::types::PeerId::for_key(&k),
+            public_key: k,
+            virtual_ip: "10.100.0.9".parse().unwrap(),
+            endpoint: Some(PEER.parse().unwrap()),
+            hostname: "n".parse().unwrap(),
+            dns_name: None,
+            os: "linux".parse().unwrap(),
+            allowed_ips: vec!["10.100.0.9/32".parse().unwrap()],
+            exit_node: false,
+            online: true,
+            last_heartbeat: String::new(),
+        };
+        let settings = PathSettings {
+            may_probe: false,
+            ..PathSettings::default()
+        };
+        // Each end relays the other; the server restarts; each end notices.
+        let mut restarts = Vec::new();
+        for (me, peer) in [(lo, info(hi)), (hi, info(lo))] {
+            let mut table = PathTable {
+                relay: relay(),
+                ..PathTable::default()
+            };
+            let peers = std::slice::from_ref(&peer);
+            table.step_all(at(0), &me, peers, None, &settings);
+            assert!(!table.step_all(at(1), &me, peers, None, &settings)[&peer.public_key].restart);
+            table.server_restarted();
+            let mut when = Vec::new();
+            for ms in (2_000..6_000).step_by(100) {
+                if table.step_all(at_ms(ms), &me, peers, None, &settings)[&peer.public_key].restart
+                {
+                    when.push(ms);
+                }
+            }
+            restarts.push(when);
+        }
+        assert_eq!(restarts, [vec![2_000], vec![3_000]], "once each, staggered");
     }
 
     #[test]
