@@ -398,7 +398,7 @@ impl Engine {
             }
         };
         if !sink.is_dry_run() {
-            self.poke_probed(peers, &probes);
+            self.begin_probes(peers, &probes);
         }
         for (what, keys) in [
             ("added", &summary.added),
@@ -412,12 +412,18 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Sends each peer whose probe just began its datagram, now that its endpoint is the
-    /// direct address.
-    fn poke_probed(&self, peers: &[PeerInfo], keys: &[String]) {
-        let Some(poke) = self.poke else {
+    /// Starts the probes that began this pass, now that their endpoints are the direct
+    /// addresses: reads the byte counters again (packets that came through the relay
+    /// before the endpoint changed prove nothing), then sends each peer its datagram.
+    fn begin_probes(&mut self, peers: &[PeerInfo], keys: &[String]) {
+        let Some(poke) = self.poke.filter(|_| !keys.is_empty()) else {
             return;
         };
+        let name = plan::interface_to_read(&self.config, self.os);
+        let os = self.os;
+        if let Some(dump) = self.reader().and_then(|r| host::wg_dump(r, os, &name)) {
+            self.paths.probe_baseline(keys, &dump);
+        }
         for peer in peers {
             if keys.contains(&peer.public_key.to_base64()) {
                 poke(peer.virtual_ip);

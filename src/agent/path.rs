@@ -495,7 +495,13 @@ impl PeerPath {
     /// path (left as WireGuard has it while it works there).
     fn choose(&self, f: &Facts, relay: SocketAddr, settings: &PathSettings) -> Choice {
         let (endpoint, keepalive) = match (self.mode, self.probe_until_ms) {
-            (Mode::Relay, Some(_)) => (self.published, settings.keepalive),
+            // The direct address once, as the probe begins; then WireGuard is left alone, so
+            // a packet through the relay moves it back at once and only a packet from the
+            // direct address can leave it there (the proof).
+            (Mode::Relay, Some(until)) if until == f.now_ms + millis(settings.probe_window) => {
+                (self.published, settings.keepalive)
+            }
+            (Mode::Relay, Some(_)) => (None, settings.keepalive),
             (Mode::Relay, None) if self.nudge_until_ms.is_some() => (Some(relay), PROBE_KEEPALIVE),
             (Mode::Relay, None) => (Some(relay), settings.keepalive),
             // A working path WireGuard roamed to (a NAT that moved the peer's port) is kept.
@@ -789,6 +795,21 @@ impl PathTable {
             .collect()
     }
 
+    /// The byte counters just after the probes of `keys` pointed WireGuard at the direct
+    /// addresses: only what arrives after this proves a direct path.
+    pub fn probe_baseline(&mut self, keys: &[String], dump: &crate::os::wgdump::Dump) {
+        for p in &dump.peers {
+            if let Some(state) = self
+                .peers
+                .get_mut(&p.public_key.to_base64())
+                .filter(|s| s.probe_until_ms.is_some())
+                .filter(|_| keys.contains(&p.public_key.to_base64()))
+            {
+                state.probe_rx = p.transfer_rx;
+            }
+        }
+    }
+
     /// Starts every path afresh (a new `up`: the interface's counters start again, and
     /// nothing the last run proved is known to hold).
     pub fn forget_peers(&mut self) {
@@ -936,7 +957,8 @@ mod tests {
         // The tick that sees the handshake probes: the direct address for one window.
         let c = s.tick(1);
         assert_eq!((c.mode, c.endpoint), (Mode::Relay, s.published));
-        assert_eq!(s.tick_ms(1_200).endpoint, s.published);
+        // Then WireGuard is left as it is until the window ends.
+        assert_eq!(s.tick_ms(1_200).endpoint, None);
         assert_eq!(s.tick_ms(1_300).endpoint, relay(), "300 ms, then the relay");
         // The next ones at 1 + 1, 1 + 3, 1 + 7, 1 + 15 and 1 + 25 s; nothing between.
         let mut began = Vec::new();
@@ -1018,6 +1040,19 @@ mod tests {
             }
             assert_eq!(s.tick(t).mode, Mode::Direct, "at {t}");
         }
+    }
+
+    #[test]
+    fn packets_through_the_relay_during_a_probe_prove_nothing_and_take_the_path_back() {
+        let mut s = relayed_and_connected();
+        assert_eq!(s.tick(1).endpoint, s.published);
+        // One-way traffic keeps arriving through the relay: WireGuard follows it back.
+        s.packet_from(relay());
+        let c = s.tick_ms(1_100);
+        assert_eq!((c.mode, c.endpoint), (Mode::Relay, None), "not re-pointed");
+        s.packet_from(relay());
+        assert_eq!(s.tick_ms(1_200).mode, Mode::Relay);
+        assert_eq!(s.tick_ms(1_300).endpoint, relay());
     }
 
     #[test]
