@@ -152,6 +152,9 @@ pub struct PeerPath {
     /// While direct: where the peer's packets came from when the path was proven.
     #[serde(default)]
     pub direct_addr: Option<SocketAddr>,
+    /// While direct: whether packets arrived over it (a `sync` attempt starts unproven).
+    #[serde(default)]
+    pub proven: bool,
     /// A nudge (keepalive every second) in progress, until this time.
     #[serde(default)]
     pub nudge_until_ms: Option<u64>,
@@ -286,7 +289,7 @@ pub fn step(
     let mut st = match state {
         // Counters below the last ones: a new interface (a restart), so a new start.
         Some(s) if seen.rx_bytes >= s.last_rx && seen.tx_bytes >= s.last_tx => s.clone(),
-        _ => PeerPath::start(now_ms, published, seen, slot),
+        _ => PeerPath::start(now_ms, published, seen, slot, settings),
     };
     let Some(relay) = relay else {
         return direct_only(st, published, seen, settings);
@@ -336,10 +339,22 @@ fn direct_only(
 
 impl PeerPath {
     /// A peer seen for the first time (or on a new interface): relayed, its early probes
-    /// waiting for the session, the current periodic slot counted as done.
-    fn start(now_ms: u64, published: Option<SocketAddr>, seen: &Observed, slot: u64) -> PeerPath {
+    /// waiting for the session, the current periodic slot counted as done. Where probes
+    /// cannot run (a one-shot `sync`), a direct attempt instead, as before relay-first: the
+    /// relay takes over after `relay_after` without a handshake.
+    fn start(
+        now_ms: u64,
+        published: Option<SocketAddr>,
+        seen: &Observed,
+        slot: u64,
+        settings: &PathSettings,
+    ) -> PeerPath {
         PeerPath {
-            mode: Mode::Relay,
+            mode: if settings.may_probe {
+                Mode::Relay
+            } else {
+                Mode::Direct
+            },
             since_ms: now_ms,
             last_rx: seen.rx_bytes,
             last_tx: seen.tx_bytes,
@@ -352,6 +367,7 @@ impl PeerPath {
             rx_changed_ms: now_ms,
             unanswered_ms: None,
             direct_addr: None,
+            proven: false,
             nudge_until_ms: None,
             nudged_ms: 0,
             relay: None,
@@ -387,11 +403,13 @@ impl PeerPath {
         }
         if f.via_direct && f.received {
             self.direct_addr = seen.endpoint;
+            self.proven = true;
         }
-        let unanswered = self
-            .unanswered_ms
-            .is_some_and(|t| f.now_ms.saturating_sub(t) >= millis(settings.relay_after));
-        if unanswered || !f.connected {
+        let waited = |since: u64| f.now_ms.saturating_sub(since) >= millis(settings.relay_after);
+        let unanswered = self.unanswered_ms.is_some_and(waited);
+        // No session (a stale handshake), or an attempt (`sync`) nothing came back over.
+        let unproven = !f.connected || !self.proven;
+        if unanswered || (unproven && waited(self.since_ms)) {
             self.go_relay(f);
         }
     }
@@ -415,6 +433,12 @@ impl PeerPath {
         if f.via_direct && f.received {
             // The other end probed, and its packets got through directly.
             self.go_direct(f, seen);
+        } else if !settings.may_probe && self.published.is_some() && f.slot != self.probe_slot {
+            // A one-shot `sync` cannot probe: a direct attempt once per slot instead.
+            self.go_direct(f, seen);
+            self.direct_addr = self.published;
+            self.proven = false;
+            self.probe_slot = f.slot;
         } else if self.probe_due(f, settings) {
             self.probe_until_ms = Some(f.now_ms + millis(settings.probe_window));
             self.probe_rx = seen.rx_bytes;
@@ -469,6 +493,7 @@ impl PeerPath {
             early_probes: 0,
             unanswered_ms: None,
             direct_addr: seen.endpoint,
+            proven: true,
             nudge_until_ms: None,
             relay: None,
             ..self.clone()
@@ -1177,12 +1202,22 @@ mod tests {
     }
 
     #[test]
-    fn a_one_shot_sync_never_starts_a_probe() {
-        let mut s = relayed_and_connected();
+    fn a_one_shot_sync_never_probes_it_attempts_direct_first_and_once_per_slot() {
+        let mut s = Sim::new();
         s.settings.may_probe = false;
-        for t in 1..100 {
-            assert_eq!(s.tick(t).endpoint, relay(), "at {t}");
+        // No probes to prove a path with: a direct attempt, relayed after relay_after.
+        assert_eq!(s.tick(0).endpoint, s.published);
+        assert_eq!(s.tick(14).endpoint, s.published);
+        assert_eq!(s.tick(15).endpoint, relay());
+        s.handshake(16);
+        for t in 16..60 {
+            assert_eq!(s.tick(t).endpoint, relay(), "at {t}: no probe");
         }
+        // The next slot (60 s) tries direct again; nothing comes back over it: the relay
+        // again after relay_after, though the relayed session's handshake is fresh.
+        assert_eq!(s.tick(60).endpoint, s.published);
+        assert_eq!(s.tick(74).mode, Mode::Direct);
+        assert_eq!(s.tick(75).endpoint, relay());
     }
 
     #[test]
@@ -1227,10 +1262,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
         };
-        let settings = PathSettings {
-            may_probe: false,
-            ..PathSettings::default()
-        };
+        let settings = PathSettings::default();
         // Each end relays the other; the server restarts; each end notices.
         let mut restarts = Vec::new();
         for (me, peer) in [(lo, info(hi)), (hi, info(lo))] {
