@@ -452,3 +452,54 @@ fn a_restarted_up_on_a_flat_lan_goes_direct_and_stays_there() {
         net.lab.log("b.log")
     );
 }
+
+#[test]
+fn a_node_whose_network_moves_pings_again_within_seconds_and_goes_direct_again() {
+    let mut net = Net::new("move");
+    net.start_server("server.log");
+    let p_ns = net.public_host("p", "198.18.0.5");
+    let (m_router, m_ns) = net.home("m", "198.18.0.21", 21, Router::Masquerade);
+    let (_, u_ns) = net.home("u", "198.18.0.24", 24, Router::UdpOnlyTo(SERVER));
+    // Heartbeats every second: the server (and with it the relay) learns a moved node's new
+    // address at its next heartbeat.
+    let fast = ["--heartbeat-interval", "1"];
+    let p = net.agent("p", &p_ns, &fast);
+    let m = net.agent("m", &m_ns, &fast);
+    let u = net.agent("u", &u_ns, &fast);
+    let nodes: Vec<(&Node, String)> = [&p, &m, &u]
+        .into_iter()
+        .map(|n| (n, mesh_ip(&net.lab, n)))
+        .collect();
+    let firsts = time_to_first_ping(&nodes, Instant::now(), Duration::from_secs(30));
+    assert!(firsts.iter().all(|(_, t)| t.is_some()), "{firsts:?}");
+    net.expect_path(&p, &m, "direct", Duration::from_secs(30));
+    // m's network moves: its router gets another public address (its NAT mappings go).
+    let moved = Instant::now();
+    for args in [
+        &["ip", "addr", "del", "198.18.0.21/24", "dev", "eth0"][..],
+        &["ip", "addr", "add", "198.18.0.31/24", "dev", "eth0"],
+        &["ip", "route", "replace", "default", "via", GATEWAY],
+    ] {
+        net.lab.exec_ok(&m_router, args);
+    }
+    let took = time_to_first_ping(&nodes, moved, Duration::from_secs(30));
+    for (pair, t) in &took {
+        println!("after m moved: {pair} pings {t:?} after the move");
+    }
+    for (pair, t) in &took {
+        assert!(
+            t.is_some_and(|t| t <= FIRST_PING),
+            "{pair} pinged {t:?} after m moved, more than {FIRST_PING:?}"
+        );
+    }
+    if std::env::var_os("DEBUG_PANIC").is_some() {
+        panic!("debug");
+    }
+    net.expect_path(&p, &m, "direct", Duration::from_secs(40));
+    let (_, endpoint) = net.path_of(&p, &m);
+    assert!(
+        endpoint.starts_with("198.18.0.31:"),
+        "p sends to m at {endpoint}"
+    );
+    println!("p-m direct again {:?} after the move", moved.elapsed());
+}

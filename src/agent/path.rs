@@ -165,6 +165,9 @@ pub struct PeerPath {
     /// (the old one died) is seen and the session restarted there.
     #[serde(default)]
     pub relay: Option<SocketAddr>,
+    /// This tick's decision to restart the session ([`Choice::restart`]); not kept.
+    #[serde(skip)]
+    pub restart: bool,
 }
 
 /// What `wg show dump` says about one peer.
@@ -307,6 +310,7 @@ pub fn step(
     st.last_rx = seen.rx_bytes;
     st.last_tx = seen.tx_bytes;
     let choice = st.choose(&f, relay, settings);
+    st.restart = false;
     (st, choice)
 }
 
@@ -368,6 +372,7 @@ impl PeerPath {
             unanswered_ms: None,
             direct_addr: None,
             proven: false,
+            restart: false,
             nudge_until_ms: None,
             nudged_ms: 0,
             relay: None,
@@ -390,14 +395,14 @@ impl PeerPath {
 
     fn direct_tick(&mut self, f: &Facts, seen: &Observed, settings: &PathSettings) {
         if f.moved {
-            self.go_relay(f);
+            self.go_relay(f, true);
             return;
         }
         if f.via_relay && f.received {
             // The other end's packets come through the relay: it chose the relay, unless
             // this is the tail of its probe window right after we went direct.
             if f.now_ms.saturating_sub(self.since_ms) >= millis(DIRECT_GRACE) {
-                self.go_relay(f);
+                self.go_relay(f, false);
             }
             return;
         }
@@ -410,15 +415,18 @@ impl PeerPath {
         // No session (a stale handshake), or an attempt (`sync`) nothing came back over.
         let unproven = !f.connected || !self.proven;
         if unanswered || (unproven && waited(self.since_ms)) {
-            self.go_relay(f);
+            self.go_relay(f, true);
         }
     }
 
     fn relay_tick(&mut self, f: &Facts, seen: &Observed, settings: &PathSettings) {
         if f.moved {
-            // Probe the new address from the start of the ladder.
+            // Probe the new address from the start of the ladder, and restart the session:
+            // the relay dropped the peer's packets from its new address as from a wrong
+            // source until a handshake binds it there.
             self.session_ms = f.connected.then_some(f.now_ms);
             self.early_probes = 0;
+            self.restart = f.connected;
         } else if f.connected && self.session_ms.is_none() {
             self.session_ms = Some(f.handshake_ms.unwrap_or(0).max(self.since_ms));
         }
@@ -433,6 +441,8 @@ impl PeerPath {
         if f.via_direct && f.received {
             // The other end probed, and its packets got through directly.
             self.go_direct(f, seen);
+        } else if self.restart {
+            // The new session's handshake goes through the relay; probes follow it.
         } else if !settings.may_probe && self.published.is_some() && f.slot != self.probe_slot {
             // A one-shot `sync` cannot probe: a direct attempt once per slot instead.
             self.go_direct(f, seen);
@@ -500,9 +510,14 @@ impl PeerPath {
         };
     }
 
-    fn go_relay(&mut self, f: &Facts) {
+    /// To the relay. `restart`: the session was made on the direct path, so the relay
+    /// never saw its handshake and cannot route it: start a new one through the relay at
+    /// once instead of losing data until WireGuard rekeys (not when following the other
+    /// end's relayed packets: the relay knows that session).
+    fn go_relay(&mut self, f: &Facts, restart: bool) {
         *self = PeerPath {
             mode: Mode::Relay,
+            restart: restart && f.connected,
             since_ms: f.now_ms,
             probe_until_ms: None,
             // The early probes start again once the session is seen (at once if it is up).
@@ -537,7 +552,7 @@ impl PeerPath {
             endpoint,
             keepalive,
             mode: self.mode,
-            restart: false,
+            restart: self.restart,
         }
     }
 }
@@ -566,7 +581,20 @@ pub struct PathTable {
     /// end whose key sorts above the other's restarts [`RESTART_STAGGER`] after the other.
     #[serde(skip)]
     pub restarts_due: std::collections::BTreeMap<String, u64>,
+    /// Relayed sessions restarted and waiting for their handshake, by base64 key: when and
+    /// how many times ([`HANDSHAKE_RETRY`]).
+    #[serde(skip)]
+    pub awaiting_handshake: std::collections::BTreeMap<String, (u64, u8)>,
 }
+
+/// A restarted relayed session with no handshake this long after is restarted again (at
+/// most [`HANDSHAKE_RETRIES`] times), instead of waiting WireGuard's 5 s: its first
+/// initiation may have reached the relay before the relay knew where the other end is now
+/// (a node that moved is bound at its old address until its new one is known). The end
+/// whose key sorts above retries a second later still, so the two never cross.
+pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(1500);
+/// How many times [`HANDSHAKE_RETRY`] applies to one restart.
+pub const HANDSHAKE_RETRIES: u8 = 3;
 
 /// After a server restart, the end of a relayed pair whose key sorts above the other's
 /// restarts the session this much later: the first end's new handshake cannot reach it
@@ -734,6 +762,7 @@ impl PathTable {
                 }
                 state.relay = relay;
             }
+            choice.restart |= self.retry_handshake(&key, &state, &seen, now, me, peer, choice);
             log_change(peer, old, &state, relay);
             choices.insert(peer.public_key, choice);
             next.insert(key, state);
@@ -770,6 +799,50 @@ impl PathTable {
             }
             _ => false,
         }
+    }
+
+    /// Whether to restart the relayed session with `peer` again because the last restart
+    /// got no handshake within [`HANDSHAKE_RETRY`] (see there); records restarts.
+    #[allow(clippy::too_many_arguments)]
+    fn retry_handshake(
+        &mut self,
+        key: &str,
+        state: &PeerPath,
+        seen: &Observed,
+        now: SystemTime,
+        me: &crate::keys::PublicKey,
+        peer: &crate::proto::model::PeerInfo,
+        choice: Choice,
+    ) -> bool {
+        let now_ms = ms(now);
+        if choice.restart {
+            self.awaiting_handshake.insert(key.to_owned(), (now_ms, 0));
+            return false;
+        }
+        let Some(&(at, tries)) = self.awaiting_handshake.get(key) else {
+            return false;
+        };
+        // A restart removes the peer, so any handshake seen since is the new session's.
+        let shook = seen.latest_handshake.is_some();
+        if shook || state.mode != Mode::Relay || tries >= HANDSHAKE_RETRIES {
+            self.awaiting_handshake.remove(key);
+            return false;
+        }
+        let mut wait = millis(HANDSHAKE_RETRY);
+        if me.as_bytes() > peer.public_key.as_bytes() {
+            wait += millis(RESTART_STAGGER);
+        }
+        if now_ms < at + wait {
+            return false;
+        }
+        log::debug!(
+            "peer {} ({}): no handshake through the relay yet; restarting the session again",
+            peer.hostname,
+            peer.virtual_ip
+        );
+        self.awaiting_handshake
+            .insert(key.to_owned(), (now_ms, tries + 1));
+        true
     }
 
     /// What the dump says about `key`. Packets through another relay (the pair's old
@@ -1145,16 +1218,26 @@ mod tests {
         s.handshake(30);
         s.tick(30);
         s.published = Some("198.18.0.99:51820".parse().unwrap());
+        // The session was made on the direct path, unknown to the relay: restarted there.
         let c = s.tick(40);
-        assert_eq!((c.mode, c.endpoint), (Mode::Relay, relay()));
+        assert_eq!(
+            (c.mode, c.endpoint, c.restart),
+            (Mode::Relay, relay(), true)
+        );
         let c = s.tick(41);
-        assert_eq!((c.mode, c.endpoint), (Mode::Relay, s.published));
-        // While relayed, another move restarts the early probes too.
+        assert_eq!(
+            (c.mode, c.endpoint, c.restart),
+            (Mode::Relay, s.published, false)
+        );
+        // While relayed, another move restarts the session (the relay drops the peer's
+        // packets from its new address until a handshake binds it) and the early probes.
         s.tick_ms(41_300);
         s.tick(42);
         s.tick_ms(42_300);
         s.published = Some("198.18.0.98:51820".parse().unwrap());
-        assert_eq!(s.tick(43).endpoint, s.published);
+        let c = s.tick(43);
+        assert_eq!((c.endpoint, c.restart), (relay(), true));
+        assert_eq!(s.tick(44).endpoint, s.published);
     }
 
     #[test]
@@ -1283,7 +1366,45 @@ mod tests {
             }
             restarts.push(when);
         }
-        assert_eq!(restarts, [vec![2_000], vec![3_000]], "once each, staggered");
+        // Staggered; and with no handshake coming back (no dump here), tried again every
+        // 1.5 s (2.5 s for the second key), so the two ends never initiate together.
+        assert_eq!(
+            restarts,
+            [vec![2_000, 3_500, 5_000], vec![3_000, 5_500]],
+            "staggered restarts and retries"
+        );
+        // A handshake after the restart ends the retries.
+        let peer = info(hi);
+        let peers = std::slice::from_ref(&peer);
+        let mut table = PathTable {
+            relay: relay(),
+            ..PathTable::default()
+        };
+        table.step_all(at(0), &lo, peers, None, &settings);
+        table.server_restarted();
+        assert!(table.step_all(at(1), &lo, peers, None, &settings)[&hi].restart);
+        let dump = crate::os::wgdump::Dump {
+            interface: crate::os::wgdump::DumpInterface {
+                private_key: None,
+                public_key: None,
+                listen_port: 51820,
+                fwmark: None,
+            },
+            peers: vec![crate::os::wgdump::DumpPeer {
+                public_key: hi,
+                has_preshared_key: false,
+                endpoint: relay(),
+                allowed_ips: peer.allowed_ips.clone(),
+                latest_handshake: Some(at(1)),
+                transfer_rx: 92,
+                transfer_tx: 148,
+                persistent_keepalive: Some(25),
+            }],
+        };
+        for secs in 2..10 {
+            let c = table.step_all(at(secs), &lo, peers, Some(&dump), &settings)[&hi];
+            assert!(!c.restart, "at {secs}");
+        }
     }
 
     #[test]
