@@ -427,6 +427,7 @@ impl PeerPath {
             self.session_ms = f.connected.then_some(f.now_ms);
             self.early_probes = 0;
             self.restart = f.connected;
+            self.probe_until_ms = None;
         } else if f.connected && self.session_ms.is_none() {
             self.session_ms = Some(f.handshake_ms.unwrap_or(0).max(self.since_ms));
         }
@@ -763,6 +764,12 @@ impl PathTable {
                 state.relay = relay;
             }
             choice.restart |= self.retry_handshake(&key, &state, &seen, now, me, peer, choice);
+            if choice.restart && state.mode == Mode::Relay {
+                // The peer is added again: with the relay as its endpoint, never the "leave
+                // it" of a probe in progress (the probe ends; the ladder goes on).
+                state.probe_until_ms = None;
+                choice.endpoint = relay;
+            }
             log_change(peer, old, &state, relay);
             choices.insert(peer.public_key, choice);
             next.insert(key, state);
@@ -1238,6 +1245,12 @@ mod tests {
         let c = s.tick(43);
         assert_eq!((c.endpoint, c.restart), (relay(), true));
         assert_eq!(s.tick(44).endpoint, s.published);
+        // A move in the middle of a probe ends it: the session restarts at the relay, never
+        // re-added with the probe's "leave the endpoint as it is".
+        assert_eq!(s.tick_ms(44_100).endpoint, None);
+        s.published = Some("198.18.0.97:51820".parse().unwrap());
+        let c = s.tick_ms(44_200);
+        assert_eq!((c.endpoint, c.restart), (relay(), true));
     }
 
     #[test]
