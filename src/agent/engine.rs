@@ -28,6 +28,24 @@ pub use super::teardown::down;
 use super::teardown::{offline_with, undo_recorded};
 use std::path::PathBuf;
 
+/// Logs what a pass changed on the interface, at `level`.
+fn log_summary(summary: &SyncSummary, level: log::Level) {
+    for (what, keys) in [
+        ("added", &summary.added),
+        ("updated", &summary.updated),
+        ("removed", &summary.removed),
+    ] {
+        if !keys.is_empty() {
+            log::log!(
+                level,
+                "{what} {} peer(s) on {}",
+                keys.len(),
+                summary.interface
+            );
+        }
+    }
+}
+
 /// The agent's state between steps.
 pub struct Engine {
     /// The configuration (key, server, assignment, what is applied).
@@ -400,15 +418,16 @@ impl Engine {
         if !sink.is_dry_run() {
             self.begin_probes(peers, &probes);
         }
-        for (what, keys) in [
-            ("added", &summary.added),
-            ("updated", &summary.updated),
-            ("removed", &summary.removed),
-        ] {
-            if !keys.is_empty() {
-                log::info!("{what} {} peer(s) on {}", keys.len(), summary.interface);
-            }
-        }
+        // The path tick's own changes (probes come and go) are logged by the path table.
+        let quiet = live.is_none() && !save_paths;
+        log_summary(
+            &summary,
+            if quiet {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            },
+        );
         Ok(summary)
     }
 
