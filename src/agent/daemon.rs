@@ -303,7 +303,6 @@ pub fn run(
             // Between syncs, only the paths move: observe the interface and re-plan from
             // the last list (a relay switch or a probe must not wait for the next sync).
             match engine.refresh_paths(&mut Sink::Run(&mut *runner)) {
-                Ok(()) if engine.probing() => paths.next = now + super::path::PROBE_TICK,
                 Ok(()) => paths.succeeded(now),
                 Err(e) if retryable(&e) => {
                     paths.failed(now);
@@ -314,6 +313,10 @@ pub fn run(
                     break;
                 }
             }
+        }
+        if engine.probing() {
+            // A probe (begun by any pass) ends on time: paths are looked at every 100 ms.
+            paths.next = paths.next.min(now + super::path::PROBE_TICK);
         }
         let watching = engine.watches_routes();
         if watching && routes.due(now) {
@@ -357,6 +360,9 @@ pub fn run(
                                 }
                                 log::debug!("live update: {} peers", summary.peers);
                                 refresh_dns(dns.as_deref_mut(), engine, &mut *runner);
+                                if engine.probing() {
+                                    break; // the outer loop ends the probe on time
+                                }
                             }
                             Err(e) if retryable(&e) => {
                                 log::warn!(
