@@ -276,6 +276,13 @@ fn four_nats_every_pair_pings_within_seconds_and_working_direct_paths_take_over(
         first_ping(&p_ns2, &m_ip, Instant::now(), Duration::from_secs(30));
         ping_gaps(&p_ns2, &m_ip, 30)
     });
+    // And from u to p, whose direct path never works, through all six early probes.
+    let p_ip = nodes[0].1.clone();
+    let u_ns2 = u.ns.clone();
+    let relayed_gaps = std::thread::spawn(move || {
+        first_ping(&u_ns2, &p_ip, Instant::now(), Duration::from_secs(30));
+        ping_gaps(&u_ns2, &p_ip, 30)
+    });
     let firsts = time_to_first_ping(&nodes, last_up, Duration::from_secs(30));
     for (pair, took) in &firsts {
         println!("time to first ping after the last `up`: {pair}: {took:?}");
@@ -300,6 +307,14 @@ fn four_nats_every_pair_pings_within_seconds_and_working_direct_paths_take_over(
         net.expect_path(&u, other, "relay", Duration::from_secs(10));
     }
     net.expect_path(&m, &r, "relay", Duration::from_secs(10));
+    let (relayed_answers, relayed_longest) = relayed_gaps.join().unwrap();
+    println!(
+        "u -> p (relayed, probed and failing) every 100 ms for 30 s: {relayed_answers} answers, longest gap {relayed_longest} pings"
+    );
+    assert!(
+        relayed_longest <= 10,
+        "a failed probe cost {relayed_longest} pings in a row (100 ms apart), not under a second"
+    );
     let (answers, longest) = gaps.join().unwrap();
     println!("p -> m every 100 ms for 30 s through the switch: {answers} answers, longest gap {longest} pings");
     assert!(answers > 0, "p never reached m");
