@@ -74,6 +74,7 @@ fn engine(server: &ServerProcess, dir: &TempDir, reader: Shared) -> Engine {
         last_list: None,
         relay_probe: Default::default(),
         persist: true,
+        poke: None,
         paths: Default::default(),
         path_settings: Default::default(),
         path_choices: Default::default(),
@@ -83,7 +84,9 @@ fn engine(server: &ServerProcess, dir: &TempDir, reader: Shared) -> Engine {
 #[test]
 fn agent_turns_the_server_list_into_exact_commands_and_only_what_changed() {
     let dir = TempDir::new("agent");
-    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
+    // No relay: with one, every new peer starts relayed (relay first, direct when proven),
+    // and this test is about the commands for the published endpoints.
+    let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open", "--no-relay"]);
     let other = new_key();
     let other_reg = post(
         &server,
@@ -420,5 +423,6 @@ fn engine_from(server: &ServerProcess, dir: &TempDir, mut config: ClientConfig) 
         path_choices: Default::default(),
         relay_probe: Default::default(),
         persist: true,
+        poke: None,
     }
 }

@@ -259,21 +259,23 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
             lab.ping(&a, &b_ip) && lab.ping(&b, &a_ip)
         },
     );
-    let a_sees = wg_endpoints(&lab, &a, &a_if);
-    assert!(
-        a_sees.contains(&format!(
-            "{}\t{HOME2}:51820",
-            public_key_of(&b_cfg).unwrap().to_base64()
-        )),
-        "a's endpoints: {a_sees}"
-    );
-    let b_sees = wg_endpoints(&lab, &b, &b_if);
-    assert!(
-        b_sees.contains(&format!(
-            "{}\t{HOME1}:51820",
-            public_key_of(&a_cfg).unwrap().to_base64()
-        )),
-        "b's endpoints: {b_sees}"
+    // b (`up`) starts a on the relay and moves it to the direct path once a probe proves it
+    // (within 30 s); a (`sync`) attempts direct first and follows b's packets.
+    lab.eventually(
+        Duration::from_secs(40),
+        "a and b name each other's routers as endpoints",
+        || {
+            sync_a(&lab, &[]);
+            let a_sees = wg_endpoints(&lab, &a, &a_if);
+            let b_sees = wg_endpoints(&lab, &b, &b_if);
+            a_sees.contains(&format!(
+                "{}\t{HOME2}:51820",
+                public_key_of(&b_cfg).unwrap().to_base64()
+            )) && b_sees.contains(&format!(
+                "{}\t{HOME1}:51820",
+                public_key_of(&a_cfg).unwrap().to_base64()
+            ))
+        },
     );
     let status: serde_json::Value = serde_json::from_str(
         &lab.exec_ok(&a, &[wgmesh_bin(), "status", "--config", &a_cfg, "--json"]),

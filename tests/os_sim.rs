@@ -911,6 +911,7 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
         last_list: None,
         relay_probe: Default::default(),
         persist: false,
+        poke: None,
         paths: Default::default(),
         path_settings: Default::default(),
         path_choices: Default::default(),

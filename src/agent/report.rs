@@ -15,9 +15,9 @@ pub fn from_status(peer_id: PeerId, peers: &[PeerStatus]) -> AgentReport {
             Some(PeerPath {
                 public_key: PublicKey::from_base64(&p.public_key).ok()?,
                 path: match p.path {
-                    Some("exit") => ReportedPath::Exit,
-                    Some("relay") => ReportedPath::Relay,
-                    Some("direct") => ReportedPath::Direct,
+                    "exit" => ReportedPath::Exit,
+                    "relay" => ReportedPath::Relay,
+                    "direct" => ReportedPath::Direct,
                     _ => ReportedPath::Unknown,
                 },
                 handshake_age_secs: p.latest_handshake_secs,
@@ -50,7 +50,8 @@ mod tests {
             virtual_ip: None,
             public_key: key.to_base64(),
             endpoint: None,
-            path,
+            path: path.unwrap_or("unknown"),
+            path_detail: path.is_none().then_some("no handshake yet"),
             direct: path == Some("direct"),
             exit_node_in_use: exit,
             online: path.is_some(),

@@ -18,6 +18,13 @@ use std::time::SystemTime;
 /// 2 minutes while traffic flows, and keepalives keep traffic flowing).
 pub const HANDSHAKE_FRESH_SECS: u64 = 180;
 
+/// `path_detail` of a peer WireGuard never completed a handshake with.
+const NEVER: &str = "no handshake yet";
+/// `path_detail` of a peer whose last handshake is too old to prove a path.
+const STALE: &str = "no handshake in 180 s";
+/// `path_detail` while a probe of the direct path runs (a fraction of a second).
+const PROBING: &str = "probing the direct path; the relay carries the traffic";
+
 /// One peer in `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PeerStatus {
@@ -33,9 +40,14 @@ pub struct PeerStatus {
     pub endpoint: Option<String>,
     /// How packets reach the peer, when they do (a handshake within
     /// [`HANDSHAKE_FRESH_SECS`]): `"exit"` for the exit node in use, `"relay"` when the
-    /// endpoint is the server's relay, `"direct"` otherwise. `None` (null) while there is no
-    /// working path: a peer that never answered is not shown as reachable.
-    pub path: Option<&'static str>,
+    /// endpoint is the server's relay (or a probe of the direct path runs while the relay
+    /// carries the traffic), `"direct"` otherwise. `"unknown"` while no handshake proves
+    /// any path works (`path_detail` says why): a peer that never answered is not shown as
+    /// reachable.
+    pub path: &'static str,
+    /// What more there is to know about `path`: why it is unknown (`"no handshake yet"`,
+    /// `"no handshake in 180 s"`), or that a probe of the direct path runs.
+    pub path_detail: Option<&'static str>,
     /// `path == "direct"`: kept for scripts written before the relay existed.
     pub direct: bool,
     /// Whether this is the exit node internet traffic goes through.
@@ -152,11 +164,17 @@ pub fn collect(
                         .latest_handshake
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
                     let online = age.is_some_and(|a| a <= HANDSHAKE_FRESH_SECS);
-                    let path = match () {
-                        _ if !online => None,
-                        _ if exit_in_use == Some(p.public_key) => Some("exit"),
-                        _ if paths.is_relay(p.endpoint) => Some("relay"),
-                        _ => Some("direct"),
+                    let probing = paths
+                        .peers
+                        .get(&p.public_key.to_base64())
+                        .is_some_and(|s| s.probe_until_ms.is_some());
+                    let (path, path_detail) = match () {
+                        _ if age.is_none() => ("unknown", Some(NEVER)),
+                        _ if !online => ("unknown", Some(STALE)),
+                        _ if exit_in_use == Some(p.public_key) => ("exit", None),
+                        _ if probing => ("relay", Some(PROBING)),
+                        _ if paths.is_relay(p.endpoint) => ("relay", None),
+                        _ => ("direct", None),
                     };
                     PeerStatus {
                         hostname: info.map(|i| i.hostname.to_string()),
@@ -165,7 +183,8 @@ pub fn collect(
                         public_key: p.public_key.to_base64(),
                         endpoint: p.endpoint.map(|e| e.to_string()),
                         path,
-                        direct: path == Some("direct"),
+                        path_detail,
+                        direct: path == "direct",
                         exit_node_in_use: exit_in_use == Some(p.public_key),
                         online,
                         latest_handshake_secs: age,
@@ -214,7 +233,8 @@ fn dns_status(cfg: &ClientConfig, reader: &mut dyn Runner) -> super::dns::DnsSta
 
 /// The human `status` table: a summary line, one row per peer, and which peer carries
 /// internet traffic when a full tunnel is up. PATH says how packets reach the peer: `direct`,
-/// `relay` (through the server) or `exit`, or `-` while no handshake proves any path works.
+/// `relay` (through the server) or `exit`, or `unknown` while no handshake proves any path
+/// works (`status --json` says why in `path_detail`).
 pub fn table(status: &Status) -> String {
     let dash = || "-".to_string();
     let mut out = format!(
@@ -235,7 +255,7 @@ pub fn table(status: &Status) -> String {
         "HOSTNAME", "NAME", "ADDRESS", "ENDPOINT", "PATH", "ONLINE", "HANDSHAKE", "RX", "TX"
     ));
     for p in &status.peers {
-        let path = p.path.unwrap_or("-");
+        let path = p.path;
         out.push_str(&format!(
             "{:<20} {:<24} {:<15} {:<24} {:<7} {:<7} {:>10} {:>12} {:>12}\n",
             p.hostname
@@ -353,7 +373,12 @@ mod tests {
             virtual_ip: hostname.map(|_| "10.100.0.3".to_owned()),
             public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
             endpoint: endpoint.map(str::to_owned),
-            path: endpoint.map(|_| if exit { "exit" } else { "direct" }),
+            path: match (endpoint, exit) {
+                (None, _) => "unknown",
+                (Some(_), true) => "exit",
+                (Some(_), false) => "direct",
+            },
+            path_detail: endpoint.is_none().then_some(NEVER),
             direct: endpoint.is_some() && !exit,
             exit_node_in_use: exit,
             online: endpoint.is_some(),
@@ -445,7 +470,7 @@ mod tests {
         assert_eq!(rows[1][4], "exit");
         assert_eq!(
             rows[2],
-            ["AAAAAAAA", "-", "-", "-", "-", "no", "never", "1.2", "KiB", "56", "B"]
+            ["AAAAAAAA", "-", "-", "-", "unknown", "no", "never", "1.2", "KiB", "56", "B"]
         );
         assert_eq!(lines[5], "internet traffic goes through exit node gateway");
         assert_eq!(lines.len(), 6);
@@ -480,17 +505,8 @@ mod tests {
                     "k".to_string(),
                     super::super::decide::path::PeerPath {
                         mode: super::super::decide::path::Mode::Relay,
-                        since_ms: 0,
-                        rx_mark: 0,
-                        last_rx: 0,
-                        published: None,
-                        probe_until_ms: None,
-                        probe_rx: 0,
-                        probe_slot: 0,
-                        rx_changed_ms: 0,
-                        nudge_until_ms: None,
-                        nudged_ms: 0,
                         relay: Some("198.18.0.2:3478".parse().unwrap()),
+                        ..Default::default()
                     },
                 )]
                 .into(),
@@ -604,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn the_path_is_relay_at_the_relay_and_none_without_a_handshake() {
+    fn the_path_is_relay_at_the_relay_and_unknown_without_a_handshake() {
         use crate::os::runner::{RecordingRunner, Scripted};
         let dir = std::env::temp_dir().join(format!("wgmesh-status-path-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -616,35 +632,62 @@ mod tests {
             ..Default::default()
         });
         cfg.save(&path).unwrap();
+        let keys: Vec<String> = (1..=5u8)
+            .map(|n| crate::keys::PublicKey::from_bytes([n; 32]).to_base64())
+            .collect();
+        // The fourth peer's direct path is being probed: the relay carries its traffic.
+        let probing = super::super::decide::path::PeerPath {
+            probe_until_ms: Some(1),
+            ..Default::default()
+        };
         let table = super::super::decide::path::PathTable {
             relay: Some("198.18.0.1:3478".parse().unwrap()),
+            peers: [(keys[3].clone(), probing)].into(),
             ..Default::default()
         };
         table.save(&path);
         let now = SystemTime::now();
         let fresh = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 10;
-        let keys: Vec<String> = (1..=3u8)
-            .map(|n| crate::keys::PublicKey::from_bytes([n; 32]).to_base64())
-            .collect();
+        let stale = fresh - 190;
         let me = cfg.private_key.public_key().to_base64();
         let dump = format!(
             "{priv}\t{me}\t51820\toff\n\
              {k1}\t(none)\t198.18.0.1:3478\t10.100.0.2/32\t{fresh}\t100\t100\t25\n\
              {k2}\t(none)\t198.18.0.12:51820\t10.100.0.3/32\t{fresh}\t100\t100\t25\n\
-             {k3}\t(none)\t198.18.0.13:51820\t10.100.0.4/32\t0\t0\t100\t25\n",
+             {k3}\t(none)\t198.18.0.13:51820\t10.100.0.4/32\t0\t0\t100\t25\n\
+             {k4}\t(none)\t198.18.0.14:51820\t10.100.0.5/32\t{fresh}\t100\t100\t25\n\
+             {k5}\t(none)\t198.18.0.15:51820\t10.100.0.6/32\t{stale}\t100\t100\t25\n",
             priv = cfg.private_key.to_base64(),
             k1 = keys[0],
             k2 = keys[1],
             k3 = keys[2],
+            k4 = keys[3],
+            k5 = keys[4],
         );
         let mut reader = RecordingRunner::default();
         reader.expect_scripted("wg show wg0 dump", Scripted::Succeed(dump));
         let status = collect(&path, &mut reader, now).unwrap();
         reader.assert_done();
         std::fs::remove_dir_all(&dir).unwrap();
-        let paths: Vec<Option<&str>> = status.peers.iter().map(|p| p.path).collect();
+        let paths: Vec<(&str, Option<&str>)> = status
+            .peers
+            .iter()
+            .map(|p| (p.path, p.path_detail))
+            .collect();
         // Through the relay; straight to the peer; and nothing proven: no handshake ever.
-        assert_eq!(paths, [Some("relay"), Some("direct"), None]);
+        assert_eq!(
+            paths,
+            [
+                ("relay", None),
+                ("direct", None),
+                ("unknown", Some("no handshake yet")),
+                ("relay", Some(PROBING)),
+                ("unknown", Some("no handshake in 180 s")),
+            ]
+        );
         assert!(!status.peers[2].direct && !status.peers[2].online);
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["peers"][2]["path"], "unknown");
+        assert_eq!(json["peers"][2]["path_detail"], "no handshake yet");
     }
 }

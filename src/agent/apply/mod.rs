@@ -2,5 +2,6 @@
 //! applied and recorded, and taking the agent down (offline notice, undoing what is
 //! recorded as applied).
 
+pub mod path_probe;
 pub mod sink;
 pub mod teardown;

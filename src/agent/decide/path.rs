@@ -1,33 +1,65 @@
-//! Direct or relayed: the agent's choice of where WireGuard sends each peer's packets, as a
-//! pure state machine fed by `wg show dump` (latest handshake, bytes received, the endpoint
-//! WireGuard uses now) and the peer's published endpoint.
+//! Relayed or direct: the agent's choice of where WireGuard sends each peer's packets, as a
+//! pure state machine fed by `wg show dump` (latest handshake, bytes received and sent, the
+//! endpoint WireGuard uses now), the peer's published endpoint and the time.
 //!
-//! - Direct first. A direct attempt that shows no sign of life (no new handshake, nothing
-//!   received) within `relay_after` (15 s: WireGuard retries its handshake every 5 s), or a
-//!   direct path whose handshake goes stale (180 s: WireGuard's keys are dead by then, and a
-//!   healthy session rekeys every 2 minutes), moves the peer to the relay.
-//! - Relayed peers probe the direct path for a short window: at the same wall-clock moments on
-//!   both ends (every `probe_interval`, offset by a hash of the pair's two keys), because a
-//!   path through two NATs opens only when both ends send at once; and at once when the
-//!   peer's published endpoint changes. During a probe the endpoint is the direct one and the
-//!   keepalive is 1 s, so the probe carries packets even on an idle tunnel. It succeeds when
-//!   bytes arrive while WireGuard still points at the direct address (a packet from the relay
-//!   would have moved it back: WireGuard follows the source of every authenticated packet).
-//! - WireGuard's own roaming is evidence too, and never fought while it works: a direct peer
-//!   whose packets start arriving through the relay (the other end chose the relay) is
-//!   relayed; a relayed peer whose packets start arriving from a direct address (the other end
-//!   probed and got through) is direct.
+//! Relay first, direct when proven, as Tailscale's magicsock does (`wgengine/magicsock/
+//! endpoint.go`: packets go through DERP until `bestAddr` holds a path a pong proved, and a
+//! proven path is trusted while it keeps answering, `trustBestAddrUntil`):
 //!
-//! Both ends decide alone and reach the same answer, because a handshake fails (or works) for
-//! both at once, probes happen at the same moments, and each follows the other's packets.
+//! - A peer with no proven direct path talks through the relay from its first packet, so a
+//!   pair connects as soon as its handshake crosses the relay, whatever the NATs.
+//! - Once the relayed session is up, the direct path is probed without taking the live path
+//!   away for long: the endpoint points at the peer's direct address for [`PROBE_WINDOW`]
+//!   while the agent sends one datagram through the tunnel (its "disco ping"), then goes
+//!   back to the relay. Probes come at [`EARLY_PROBES`] after the session's handshake (both
+//!   ends see the same handshake, so both probe at the same moments without talking: a path
+//!   through two NATs opens only when both ends have sent), then once per `probe_interval`
+//!   at the same wall-clock moments on both ends (offset by a hash of the pair's keys), and
+//!   again from the start when the peer's published endpoint changes (it moved).
+//! - Proof is a packet from the peer arriving from a direct address: WireGuard follows the
+//!   source of every authenticated packet, so the end that receives the other's probe
+//!   answers directly, and both ends see it. A peer whose packets arrive directly is direct.
+//! - A direct path stays while it answers. It is left when the peer's packets arrive
+//!   through the relay again (the other end chose the relay; ignored for [`DIRECT_GRACE`]
+//!   after going direct, when they are the tail of the other end's probe), when data goes
+//!   out and nothing comes back for `relay_after` (WireGuard itself answers data within
+//!   10 s with at least a keepalive), when the handshake goes stale (180 s), or when the
+//!   peer moves. An idle direct peer is never judged by silence alone: of two idle ends
+//!   only one sends keepalives (each one received pushes the other's timer back), so the
+//!   other may hear nothing for minutes and still be fine.
+//! - Byte counters below the last ones seen mean a new interface: the peer starts afresh.
+//!
+//! Both ends decide alone and reach the same answer, because each follows the other's
+//! packets and both probe at the same moments.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Keepalive while a probe runs: a packet every second, so the probe window sees traffic.
+/// Keepalive during a nudge: a packet every second.
 pub const PROBE_KEEPALIVE: u16 = 1;
+
+/// How long one probe points the endpoint at the direct address: the packets sent in this
+/// window are what a probe that fails costs. The daemon ticks every [`PROBE_TICK`] while a
+/// probe runs, so the window really is this short.
+pub const PROBE_WINDOW: Duration = Duration::from_millis(300);
+
+/// How often paths are re-evaluated while a probe runs (one `wg show dump` each).
+pub const PROBE_TICK: Duration = Duration::from_millis(100);
+
+/// When a relayed session's early probes come, in seconds after its handshake (or after
+/// the peer moved): six within 25 s, so a pair whose direct path works is direct within
+/// 30 s even when the first attempts cross badly.
+pub const EARLY_PROBES: [u64; 6] = [0, 1, 3, 7, 15, 25];
+
+/// After going direct, packets still arriving through the relay for this long are the
+/// other end's probe window closing, not its choice: the direct path is kept (and pointed
+/// at again), as magicsock trusts a proven address for `trustUDPAddrDuration` (6.5 s).
+pub const DIRECT_GRACE: Duration = Duration::from_secs(3);
+
+/// More than this many bytes sent in one tick is data or a handshake; a keepalive is 32.
+const KEEPALIVE_BYTES: u64 = 64;
 
 /// A relayed peer silent this long (more than one 25 s keepalive) is nudged.
 pub const NUDGE_AFTER: Duration = Duration::from_secs(35);
@@ -43,14 +75,18 @@ pub const HANDSHAKE_STALE: Duration = Duration::from_secs(180);
 /// How the path choice is tuned (`wgmesh up --relay-after`, `--direct-probe-interval`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathSettings {
-    /// Silence on a direct attempt before moving to the relay.
+    /// How long data may go out on a direct path with nothing coming back before the
+    /// relay takes over.
     pub relay_after: Duration,
-    /// Time between probes of the direct path of a relayed peer.
+    /// Time between probes of the direct path of a relayed peer, after the early ones.
     pub probe_interval: Duration,
     /// How long one probe lasts.
     pub probe_window: Duration,
-    /// The keepalive outside probes.
+    /// The keepalive.
     pub keepalive: u16,
+    /// Whether probes may start: not in a one-shot `sync`, which would leave the endpoint
+    /// pointing at an unproven address until the next run.
+    pub may_probe: bool,
 }
 
 impl Default for PathSettings {
@@ -58,35 +94,38 @@ impl Default for PathSettings {
         PathSettings {
             relay_after: Duration::from_secs(15),
             probe_interval: Duration::from_secs(300),
-            probe_window: Duration::from_secs(5),
+            probe_window: PROBE_WINDOW,
             keepalive: crate::agent::decide::desired::PERSISTENT_KEEPALIVE,
+            may_probe: true,
         }
     }
 }
 
 /// The path a peer's packets take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Straight to the peer's (published or roamed) endpoint.
     Direct,
-    /// Through the coordination server's relay.
+    /// Through the coordination server's relay: where every peer starts.
+    #[default]
     Relay,
 }
 
 /// What one peer's path state is, kept between ticks (and saved, so `sync` from a timer
-/// and a restarted `up` continue where they were). Times are milliseconds since the epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// continues where it was; `up` starts clean). Times are milliseconds since the epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerPath {
     /// The current path.
     pub mode: Mode,
-    /// When the current mode (or direct attempt) began.
+    /// When the current mode began.
     pub since_ms: u64,
-    /// Bytes received from the peer when the current mode began.
-    pub rx_mark: u64,
     /// Bytes received at the last tick.
     pub last_rx: u64,
-    /// The published endpoint at the last tick (a change means a new direct attempt).
+    /// Bytes sent at the last tick.
+    #[serde(default)]
+    pub last_tx: u64,
+    /// The published endpoint at the last tick (a change means the peer moved).
     pub published: Option<SocketAddr>,
     /// A probe of the direct path in progress, until this time.
     #[serde(default)]
@@ -94,12 +133,28 @@ pub struct PeerPath {
     /// Bytes received when the probe began.
     #[serde(default)]
     pub probe_rx: u64,
-    /// The last probe slot used (probes happen once per slot).
+    /// The last periodic probe slot used (those probes happen once per slot).
     #[serde(default)]
     pub probe_slot: u64,
-    /// When bytes last arrived from the peer while relayed.
+    /// While relayed: when the session came up (or the peer moved), the zero of
+    /// [`EARLY_PROBES`].
+    #[serde(default)]
+    pub session_ms: Option<u64>,
+    /// How many of [`EARLY_PROBES`] are done.
+    #[serde(default)]
+    pub early_probes: usize,
+    /// When bytes last arrived from the peer.
     #[serde(default)]
     pub rx_changed_ms: u64,
+    /// Since when data has gone out with nothing coming back.
+    #[serde(default)]
+    pub unanswered_ms: Option<u64>,
+    /// While direct: where the peer's packets came from when the path was proven.
+    #[serde(default)]
+    pub direct_addr: Option<SocketAddr>,
+    /// While direct: whether packets arrived over it (a `sync` attempt starts unproven).
+    #[serde(default)]
+    pub proven: bool,
     /// A nudge (keepalive every second) in progress, until this time.
     #[serde(default)]
     pub nudge_until_ms: Option<u64>,
@@ -110,6 +165,9 @@ pub struct PeerPath {
     /// (the old one died) is seen and the session restarted there.
     #[serde(default)]
     pub relay: Option<SocketAddr>,
+    /// This tick's decision to restart the session ([`Choice::restart`]); not kept.
+    #[serde(skip)]
+    pub restart: bool,
 }
 
 /// What `wg show dump` says about one peer.
@@ -121,6 +179,8 @@ pub struct Observed {
     pub latest_handshake: Option<SystemTime>,
     /// Bytes received from the peer so far.
     pub rx_bytes: u64,
+    /// Bytes sent to the peer so far.
+    pub tx_bytes: u64,
 }
 
 /// What to configure for a peer after a tick.
@@ -132,9 +192,9 @@ pub struct Choice {
     pub keepalive: u16,
     /// The path this amounts to.
     pub mode: Mode,
-    /// The pair's relay moved to another replica's: drop the WireGuard session so the next
-    /// packet starts a handshake through the new relay at once, which binds the pair there
-    /// (the new relay knows neither the old session's indexes nor the peer's address).
+    /// Drop the WireGuard session so the next packet starts a handshake through the relay
+    /// at once: the pair's relay moved to another replica's, or the server restarted, and
+    /// the relay knows neither the old session's indexes nor the peer's address.
     pub restart: bool,
 }
 
@@ -142,6 +202,10 @@ fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// A number both ends of a pair compute alike, spreading probes of different pairs over the
@@ -159,6 +223,57 @@ pub fn pair_offset(a: &crate::keys::PublicKey, b: &crate::keys::PublicKey) -> u6
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
+/// What one tick sees, worked out once from the dump and the time.
+struct Facts {
+    now_ms: u64,
+    /// Bytes arrived since the last tick.
+    received: bool,
+    /// WireGuard sends to the relay now (it was told to, or the peer's packets came from it).
+    via_relay: bool,
+    /// WireGuard sends somewhere else: the peer's direct address.
+    via_direct: bool,
+    /// A handshake within [`HANDSHAKE_STALE`]: a session exists.
+    connected: bool,
+    handshake_ms: Option<u64>,
+    /// The peer's published endpoint changed.
+    moved: bool,
+    /// The periodic probe slot we are in.
+    slot: u64,
+}
+
+impl Facts {
+    fn new(
+        st: &PeerPath,
+        now: SystemTime,
+        published: Option<SocketAddr>,
+        relay: SocketAddr,
+        seen: &Observed,
+        offset: u64,
+        settings: &PathSettings,
+    ) -> Facts {
+        let now_ms = ms(now);
+        let via_relay = seen.endpoint == Some(relay);
+        Facts {
+            now_ms,
+            received: seen.rx_bytes > st.last_rx,
+            via_relay,
+            via_direct: seen.endpoint.is_some() && !via_relay,
+            connected: seen
+                .latest_handshake
+                .is_some_and(|h| now.duration_since(h).unwrap_or_default() < HANDSHAKE_STALE),
+            handshake_ms: seen.latest_handshake.map(ms),
+            moved: st.published != published && published.is_some(),
+            slot: probe_slot(now_ms, offset, settings),
+        }
+    }
+}
+
+/// The periodic probe slot `now_ms` falls in: the same on both ends of a pair.
+fn probe_slot(now_ms: u64, offset: u64, settings: &PathSettings) -> u64 {
+    let every = settings.probe_interval.as_secs().max(1);
+    (now_ms / 1000).wrapping_add(offset % every) / every
+}
+
 /// One tick for one peer: the new state and what to configure.
 ///
 /// `relay` is the relay's address (None: no relay, always direct); `offset` is the pair's
@@ -173,136 +288,274 @@ pub fn step(
     settings: &PathSettings,
 ) -> (PeerPath, Choice) {
     let now_ms = ms(now);
-    let fresh = |since_ms: u64| {
-        seen.latest_handshake
-            .is_some_and(|h| ms(h) >= since_ms.saturating_sub(1000))
-    };
-    let connected = seen
-        .latest_handshake
-        .is_some_and(|h| now.duration_since(h).unwrap_or_default() < HANDSHAKE_STALE);
-    let direct_attempt = |at: u64| PeerPath {
-        mode: Mode::Direct,
-        since_ms: at,
-        rx_mark: seen.rx_bytes,
-        last_rx: seen.rx_bytes,
-        published,
-        probe_until_ms: None,
-        probe_rx: 0,
-        probe_slot: state.map_or(0, |s| s.probe_slot),
-        rx_changed_ms: at,
-        nudge_until_ms: None,
-        nudged_ms: 0,
-        relay: None,
-    };
+    let slot = probe_slot(now_ms, offset, settings);
     let mut st = match state {
-        Some(s) => s.clone(),
-        None => direct_attempt(now_ms),
+        // Counters below the last ones: a new interface (a restart), so a new start.
+        Some(s) if seen.rx_bytes >= s.last_rx && seen.tx_bytes >= s.last_tx => s.clone(),
+        _ => PeerPath::start(now_ms, published, seen, slot, settings),
     };
     let Some(relay) = relay else {
-        let st = direct_attempt(st.since_ms);
-        return (
-            st,
-            Choice {
-                endpoint: published,
-                keepalive: settings.keepalive,
-                mode: Mode::Direct,
-                restart: false,
-            },
-        );
+        return direct_only(st, published, seen, settings);
     };
-    let received = seen.rx_bytes > st.last_rx;
-    let via_relay = seen.endpoint == Some(relay);
-    let via_direct = seen.endpoint.is_some() && !via_relay;
-    let slot = (now_ms / 1000).wrapping_add(offset % settings.probe_interval.as_secs().max(1))
-        / settings.probe_interval.as_secs().max(1);
-    let moved = st.published != published && published.is_some();
+    let f = Facts::new(&st, now, published, relay, seen, offset, settings);
     st.published = published;
-    let relay_after = settings.relay_after.as_millis() as u64;
+    st.track_answers(&f, seen);
     match st.mode {
-        Mode::Direct => {
-            if moved {
-                st = direct_attempt(now_ms);
-            } else if via_relay && received {
-                // The other end chose the relay and its packets now come from there.
-                st = relayed(now_ms, seen.rx_bytes, slot, published);
-            } else {
-                let alive = fresh(st.since_ms) || seen.rx_bytes > st.rx_mark;
-                let waited = now_ms.saturating_sub(st.since_ms);
-                let failed = if alive {
-                    !connected && waited >= HANDSHAKE_STALE.as_millis() as u64
-                } else {
-                    waited >= relay_after
-                };
-                if failed {
-                    st = relayed(now_ms, seen.rx_bytes, slot, published);
-                }
-            }
-        }
-        Mode::Relay => {
-            if let Some(until) = st.probe_until_ms {
-                if via_direct && seen.rx_bytes > st.probe_rx {
-                    st = direct_attempt(now_ms);
-                } else if now_ms >= until {
-                    st.probe_until_ms = None;
-                }
-            } else if via_direct && received {
-                // The other end probed, and its packets got through directly.
-                st = direct_attempt(now_ms);
-            } else if published.is_some() && (moved || slot != st.probe_slot) {
-                st.probe_until_ms = Some(now_ms + settings.probe_window.as_millis() as u64);
-                st.probe_rx = seen.rx_bytes;
-                st.probe_slot = slot;
-            }
-            // Silence through the relay (a healthy peer sends at least a keepalive every
-            // 25 s): maybe the relay restarted and forgot us. A few quick keepalives earn the
-            // credit it needs to pass the peer's next handshake to us.
-            if received {
-                st.rx_changed_ms = now_ms;
-            }
-            if st.nudge_until_ms.is_some_and(|until| now_ms >= until) {
-                st.nudge_until_ms = None;
-            }
-            let quiet = now_ms.saturating_sub(st.rx_changed_ms.max(st.since_ms));
-            if st.nudge_until_ms.is_none()
-                && quiet >= NUDGE_AFTER.as_millis() as u64
-                && now_ms.saturating_sub(st.nudged_ms) >= NUDGE_EVERY.as_millis() as u64
-            {
-                st.nudge_until_ms = Some(now_ms + NUDGE_LENGTH.as_millis() as u64);
-                st.nudged_ms = now_ms;
-            }
-        }
+        Mode::Direct => st.direct_tick(&f, seen, settings),
+        Mode::Relay => st.relay_tick(&f, seen, settings),
+    }
+    if st.mode == Mode::Relay {
+        st.nudge_tick(&f);
     }
     st.last_rx = seen.rx_bytes;
-    let choice = match (st.mode, st.probe_until_ms) {
-        (Mode::Relay, None) => Choice {
-            endpoint: Some(relay),
-            keepalive: if st.nudge_until_ms.is_some() {
-                PROBE_KEEPALIVE
-            } else {
-                settings.keepalive
-            },
-            mode: Mode::Relay,
-            restart: false,
-        },
-        (Mode::Relay, Some(_)) => Choice {
-            endpoint: published,
-            keepalive: PROBE_KEEPALIVE,
-            mode: Mode::Relay,
-            restart: false,
-        },
-        (Mode::Direct, _) => Choice {
-            // A working path WireGuard roamed to (a NAT that moved the peer's port) is kept.
-            endpoint: if connected && via_direct {
-                None
-            } else {
-                published
-            },
-            keepalive: settings.keepalive,
+    st.last_tx = seen.tx_bytes;
+    let choice = st.choose(&f, relay, settings);
+    st.restart = false;
+    (st, choice)
+}
+
+/// Without a relay every peer is direct, at its published endpoint.
+fn direct_only(
+    mut st: PeerPath,
+    published: Option<SocketAddr>,
+    seen: &Observed,
+    settings: &PathSettings,
+) -> (PeerPath, Choice) {
+    if st.mode != Mode::Direct {
+        st = PeerPath {
             mode: Mode::Direct,
-            restart: false,
-        },
+            ..st
+        };
+    }
+    st.published = published;
+    st.probe_until_ms = None;
+    st.relay = None;
+    st.last_rx = seen.rx_bytes;
+    st.last_tx = seen.tx_bytes;
+    let choice = Choice {
+        endpoint: published,
+        keepalive: settings.keepalive,
+        mode: Mode::Direct,
+        restart: false,
     };
     (st, choice)
+}
+
+impl PeerPath {
+    /// A peer seen for the first time (or on a new interface): relayed, its early probes
+    /// waiting for the session, the current periodic slot counted as done. Where probes
+    /// cannot run (a one-shot `sync`), a direct attempt instead, as before relay-first: the
+    /// relay takes over after `relay_after` without a handshake.
+    fn start(
+        now_ms: u64,
+        published: Option<SocketAddr>,
+        seen: &Observed,
+        slot: u64,
+        settings: &PathSettings,
+    ) -> PeerPath {
+        PeerPath {
+            mode: if settings.may_probe {
+                Mode::Relay
+            } else {
+                Mode::Direct
+            },
+            since_ms: now_ms,
+            last_rx: seen.rx_bytes,
+            last_tx: seen.tx_bytes,
+            published,
+            probe_until_ms: None,
+            probe_rx: 0,
+            probe_slot: slot,
+            session_ms: None,
+            early_probes: 0,
+            rx_changed_ms: now_ms,
+            unanswered_ms: None,
+            direct_addr: None,
+            proven: false,
+            restart: false,
+            nudge_until_ms: None,
+            nudged_ms: 0,
+            relay: None,
+        }
+    }
+
+    /// Whether what goes out gets answers: bytes arriving clear it; data (more than a
+    /// keepalive in a tick) going out while nothing arrives starts the clock. A probe's
+    /// own datagram is not counted (a failed probe is answered by nobody, by design).
+    fn track_answers(&mut self, f: &Facts, seen: &Observed) {
+        if f.received {
+            self.rx_changed_ms = f.now_ms;
+            self.unanswered_ms = None;
+        } else if self.probe_until_ms.is_none()
+            && seen.tx_bytes.saturating_sub(self.last_tx) > KEEPALIVE_BYTES
+        {
+            self.unanswered_ms.get_or_insert(f.now_ms);
+        }
+    }
+
+    fn direct_tick(&mut self, f: &Facts, seen: &Observed, settings: &PathSettings) {
+        if f.moved {
+            self.go_relay(f, true);
+            return;
+        }
+        if f.via_relay && f.received {
+            // The other end's packets come through the relay: it chose the relay, unless
+            // this is the tail of its probe window right after we went direct.
+            if f.now_ms.saturating_sub(self.since_ms) >= millis(DIRECT_GRACE) {
+                self.go_relay(f, false);
+            }
+            return;
+        }
+        if f.via_direct && f.received {
+            self.direct_addr = seen.endpoint;
+            self.proven = true;
+        }
+        let waited = |since: u64| f.now_ms.saturating_sub(since) >= millis(settings.relay_after);
+        let unanswered = self.unanswered_ms.is_some_and(waited);
+        // No session (a stale handshake), or an attempt (`sync`) nothing came back over.
+        let unproven = !f.connected || !self.proven;
+        if unanswered || (unproven && waited(self.since_ms)) {
+            self.go_relay(f, true);
+        }
+    }
+
+    fn relay_tick(&mut self, f: &Facts, seen: &Observed, settings: &PathSettings) {
+        if f.moved {
+            // Probe the new address from the start of the ladder, and restart the session:
+            // the relay dropped the peer's packets from its new address as from a wrong
+            // source until a handshake binds it there.
+            self.session_ms = f.connected.then_some(f.now_ms);
+            self.early_probes = 0;
+            self.restart = f.connected;
+            self.probe_until_ms = None;
+        } else if f.connected && self.session_ms.is_none() {
+            self.session_ms = Some(f.handshake_ms.unwrap_or(0).max(self.since_ms));
+        }
+        if let Some(until) = self.probe_until_ms {
+            if f.via_direct && seen.rx_bytes > self.probe_rx {
+                self.go_direct(f, seen);
+            } else if f.now_ms >= until {
+                self.probe_until_ms = None;
+            }
+            return;
+        }
+        if f.via_direct && f.received {
+            // The other end probed, and its packets got through directly.
+            self.go_direct(f, seen);
+        } else if self.restart {
+            // The new session's handshake goes through the relay; probes follow it.
+        } else if !settings.may_probe && self.published.is_some() && f.slot != self.probe_slot {
+            // A one-shot `sync` cannot probe: a direct attempt once per slot instead.
+            self.go_direct(f, seen);
+            self.direct_addr = self.published;
+            self.proven = false;
+            self.probe_slot = f.slot;
+        } else if self.probe_due(f, settings) {
+            self.probe_until_ms = Some(f.now_ms + millis(settings.probe_window));
+            self.probe_rx = seen.rx_bytes;
+            self.probe_slot = f.slot;
+        }
+    }
+
+    /// Whether a probe starts now: with a session to carry it and an address to try, at
+    /// the next of [`EARLY_PROBES`] or in a new periodic slot. Counts the early one used.
+    fn probe_due(&mut self, f: &Facts, settings: &PathSettings) -> bool {
+        if !settings.may_probe || self.published.is_none() || !f.connected {
+            return false;
+        }
+        let mut early = false;
+        if let Some(zero) = self.session_ms {
+            while EARLY_PROBES
+                .get(self.early_probes)
+                .is_some_and(|s| f.now_ms >= zero + s * 1000)
+            {
+                self.early_probes += 1;
+                early = true;
+            }
+        }
+        early || f.slot != self.probe_slot
+    }
+
+    /// Silence through the relay (a healthy peer sends at least a keepalive every 25 s):
+    /// maybe the relay restarted and forgot us. A few quick keepalives earn the credit it
+    /// needs to pass the peer's next handshake to us.
+    fn nudge_tick(&mut self, f: &Facts) {
+        if self.nudge_until_ms.is_some_and(|until| f.now_ms >= until) {
+            self.nudge_until_ms = None;
+        }
+        let quiet = f
+            .now_ms
+            .saturating_sub(self.rx_changed_ms.max(self.since_ms));
+        if self.nudge_until_ms.is_none()
+            && quiet >= millis(NUDGE_AFTER)
+            && f.now_ms.saturating_sub(self.nudged_ms) >= millis(NUDGE_EVERY)
+        {
+            self.nudge_until_ms = Some(f.now_ms + millis(NUDGE_LENGTH));
+            self.nudged_ms = f.now_ms;
+        }
+    }
+
+    fn go_direct(&mut self, f: &Facts, seen: &Observed) {
+        *self = PeerPath {
+            mode: Mode::Direct,
+            since_ms: f.now_ms,
+            probe_until_ms: None,
+            session_ms: None,
+            early_probes: 0,
+            unanswered_ms: None,
+            direct_addr: seen.endpoint,
+            proven: true,
+            nudge_until_ms: None,
+            relay: None,
+            ..self.clone()
+        };
+    }
+
+    /// To the relay. `restart`: the session was made on the direct path, so the relay
+    /// never saw its handshake and cannot route it: start a new one through the relay at
+    /// once instead of losing data until WireGuard rekeys (not when following the other
+    /// end's relayed packets: the relay knows that session).
+    fn go_relay(&mut self, f: &Facts, restart: bool) {
+        *self = PeerPath {
+            mode: Mode::Relay,
+            restart: restart && f.connected,
+            since_ms: f.now_ms,
+            probe_until_ms: None,
+            // The early probes start again once the session is seen (at once if it is up).
+            session_ms: None,
+            early_probes: 0,
+            probe_slot: f.slot,
+            rx_changed_ms: f.now_ms,
+            unanswered_ms: None,
+            direct_addr: None,
+            ..self.clone()
+        };
+    }
+
+    /// What to configure: the relay (the direct address during a probe), or the direct
+    /// path (left as WireGuard has it while it works there).
+    fn choose(&self, f: &Facts, relay: SocketAddr, settings: &PathSettings) -> Choice {
+        let (endpoint, keepalive) = match (self.mode, self.probe_until_ms) {
+            // The direct address once, as the probe begins; then WireGuard is left alone, so
+            // a packet through the relay moves it back at once and only a packet from the
+            // direct address can leave it there (the proof).
+            (Mode::Relay, Some(until)) if until == f.now_ms + millis(settings.probe_window) => {
+                (self.published, settings.keepalive)
+            }
+            (Mode::Relay, Some(_)) => (None, settings.keepalive),
+            (Mode::Relay, None) if self.nudge_until_ms.is_some() => (Some(relay), PROBE_KEEPALIVE),
+            (Mode::Relay, None) => (Some(relay), settings.keepalive),
+            // A working path WireGuard roamed to (a NAT that moved the peer's port) is kept.
+            (Mode::Direct, _) if f.connected && f.via_direct => (None, settings.keepalive),
+            (Mode::Direct, _) => (self.direct_addr.or(self.published), settings.keepalive),
+        };
+        Choice {
+            endpoint,
+            keepalive,
+            mode: self.mode,
+            restart: self.restart,
+        }
+    }
 }
 
 /// Every peer's path state, and the relay's address: what the agent keeps between ticks,
@@ -322,7 +575,34 @@ pub struct PathTable {
     pub health: crate::agent::decide::relay_health::RelayHealth,
     /// Each listed peer's state, by base64 public key.
     pub peers: std::collections::BTreeMap<String, PeerPath>,
+    /// Set when the server restarted: the next tick restarts every relayed session.
+    #[serde(skip)]
+    pub restart_relayed: bool,
+    /// Relayed sessions to restart at these times (ms since the epoch), by base64 key: the
+    /// end whose key sorts above the other's restarts [`RESTART_STAGGER`] after the other.
+    #[serde(skip)]
+    pub restarts_due: std::collections::BTreeMap<String, u64>,
+    /// Relayed sessions restarted and waiting for their handshake, by base64 key: when and
+    /// how many times ([`HANDSHAKE_RETRY`]).
+    #[serde(skip)]
+    pub awaiting_handshake: std::collections::BTreeMap<String, (u64, u8)>,
 }
+
+/// A restarted relayed session with no handshake this long after is restarted again (at
+/// most [`HANDSHAKE_RETRIES`] times), instead of waiting WireGuard's 5 s: its first
+/// initiation may have reached the relay before the relay knew where the other end is now
+/// (a node that moved is bound at its old address until its new one is known). The end
+/// whose key sorts above retries a second later still, so the two never cross.
+pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(1500);
+/// How many times [`HANDSHAKE_RETRY`] applies to one restart.
+pub const HANDSHAKE_RETRIES: u8 = 3;
+
+/// After a server restart, the end of a relayed pair whose key sorts above the other's
+/// restarts the session this much later: the first end's new handshake cannot reach it
+/// yet (the fresh relay has not heard from it), so the second end's handshake finds the
+/// first one known and is answered at once, instead of the two crossing in the relay and
+/// both waiting out WireGuard's 5 s retry (as when two nodes meet: `agent::stagger`).
+pub const RESTART_STAGGER: Duration = Duration::from_secs(1);
 
 /// The parts of a [`PathTable`] that make a change of path: the relay, and per peer (by key)
 /// its mode, whether a probe or a nudge runs and which relay it meets at; and the relays
@@ -445,28 +725,13 @@ impl PathTable {
         let mut choices = std::collections::HashMap::new();
         let mut next = std::collections::BTreeMap::new();
         let rendezvous = self.rendezvous();
+        let restart_all = std::mem::take(&mut self.restart_relayed);
         for peer in peers {
             let key = peer.public_key.to_base64();
-            let seen = dump
-                .and_then(|d| d.peers.iter().find(|p| p.public_key == peer.public_key))
-                .map(|p| Observed {
-                    endpoint: p.endpoint,
-                    latest_handshake: p.latest_handshake,
-                    rx_bytes: p.transfer_rx,
-                })
-                .unwrap_or_default();
-            let old = self.peers.get(&key);
+            let old = self.peers.get(&key).cloned();
+            let old = old.as_ref();
             let relay = self.relay_among(&rendezvous, me, &peer.public_key);
-            // Packets through another relay (the pair's old meeting place, or the one the
-            // other end still uses while the replica list reaches it) are relayed packets,
-            // never a sign that a direct path works.
-            let seen = Observed {
-                endpoint: match seen.endpoint {
-                    e if e != relay && self.is_relay(e) => relay,
-                    e => e,
-                },
-                ..seen
-            };
+            let seen = self.observed(dump, &peer.public_key, relay);
             let (mut state, mut choice) = step(
                 old,
                 now,
@@ -488,48 +753,205 @@ impl PathTable {
                         choice.restart = true;
                     }
                 }
+                if self.restart_due(restart_all, now, me, &peer.public_key, old) {
+                    log::info!(
+                        "peer {} ({}): the server restarted; restarting the relayed session",
+                        peer.hostname,
+                        peer.virtual_ip,
+                    );
+                    choice.restart = true;
+                }
                 state.relay = relay;
             }
-            let was = old.map(|o| (o.mode, o.probe_until_ms.is_some()));
-            let is = (state.mode, state.probe_until_ms.is_some());
-            if was != Some(is) && (was.is_some() || state.mode != Mode::Direct) {
-                log::info!(
-                    "peer {} ({}): {}",
-                    peer.hostname,
-                    peer.virtual_ip,
-                    match is {
-                        (Mode::Direct, _) => "direct path".to_owned(),
-                        (Mode::Relay, true) => "probing the direct path".to_owned(),
-                        (Mode::Relay, false) => match relay {
-                            Some(r) => format!("through the relay at {r}"),
-                            None => "through the relay".to_owned(),
-                        },
-                    }
-                );
+            choice.restart |= self.retry_handshake(&key, &state, &seen, now, me, peer, choice);
+            if choice.restart && state.mode == Mode::Relay {
+                // The peer is added again: with the relay as its endpoint, never the "leave
+                // it" of a probe in progress (the probe ends; the ladder goes on).
+                state.probe_until_ms = None;
+                choice.endpoint = relay;
             }
+            log_change(peer, old, &state, relay);
             choices.insert(peer.public_key, choice);
             next.insert(key, state);
         }
         self.peers = next;
         choices
     }
+
+    /// Whether the relayed session with `peer` restarts now, after a server restart: at
+    /// once if our key sorts first, else [`RESTART_STAGGER`] later.
+    fn restart_due(
+        &mut self,
+        restart_all: bool,
+        now: SystemTime,
+        me: &crate::keys::PublicKey,
+        peer: &crate::keys::PublicKey,
+        old: Option<&PeerPath>,
+    ) -> bool {
+        let key = peer.to_base64();
+        let now_ms = ms(now);
+        if restart_all && old.is_some_and(|o| o.mode == Mode::Relay) {
+            if me.as_bytes() < peer.as_bytes() {
+                self.restarts_due.remove(&key);
+                return true;
+            }
+            self.restarts_due
+                .insert(key, now_ms + millis(RESTART_STAGGER));
+            return false;
+        }
+        match self.restarts_due.get(&key) {
+            Some(at) if now_ms >= *at => {
+                self.restarts_due.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether to restart the relayed session with `peer` again because the last restart
+    /// got no handshake within [`HANDSHAKE_RETRY`] (see there); records restarts.
+    #[allow(clippy::too_many_arguments)]
+    fn retry_handshake(
+        &mut self,
+        key: &str,
+        state: &PeerPath,
+        seen: &Observed,
+        now: SystemTime,
+        me: &crate::keys::PublicKey,
+        peer: &crate::proto::model::PeerInfo,
+        choice: Choice,
+    ) -> bool {
+        let now_ms = ms(now);
+        if choice.restart {
+            self.awaiting_handshake.insert(key.to_owned(), (now_ms, 0));
+            return false;
+        }
+        let Some(&(at, tries)) = self.awaiting_handshake.get(key) else {
+            return false;
+        };
+        // A restart removes the peer, so any handshake seen since is the new session's.
+        let shook = seen.latest_handshake.is_some();
+        if shook || state.mode != Mode::Relay || tries >= HANDSHAKE_RETRIES {
+            self.awaiting_handshake.remove(key);
+            return false;
+        }
+        let mut wait = millis(HANDSHAKE_RETRY);
+        if me.as_bytes() > peer.public_key.as_bytes() {
+            wait += millis(RESTART_STAGGER);
+        }
+        if now_ms < at + wait {
+            return false;
+        }
+        log::debug!(
+            "peer {} ({}): no handshake through the relay yet; restarting the session again",
+            peer.hostname,
+            peer.virtual_ip
+        );
+        self.awaiting_handshake
+            .insert(key.to_owned(), (now_ms, tries + 1));
+        true
+    }
+
+    /// What the dump says about `key`. Packets through another relay (the pair's old
+    /// meeting place, or the one the other end still uses while the replica list reaches
+    /// it) are relayed packets, never a sign that a direct path works.
+    fn observed(
+        &self,
+        dump: Option<&crate::os::wgdump::Dump>,
+        key: &crate::keys::PublicKey,
+        relay: Option<SocketAddr>,
+    ) -> Observed {
+        let seen = dump
+            .and_then(|d| d.peers.iter().find(|p| p.public_key == *key))
+            .map(|p| Observed {
+                endpoint: p.endpoint,
+                latest_handshake: p.latest_handshake,
+                rx_bytes: p.transfer_rx,
+                tx_bytes: p.transfer_tx,
+            })
+            .unwrap_or_default();
+        Observed {
+            endpoint: match seen.endpoint {
+                e if e != relay && self.is_relay(e) => relay,
+                e => e,
+            },
+            ..seen
+        }
+    }
+
+    /// Whether a probe runs for some peer (the daemon then ticks every [`PROBE_TICK`]).
+    pub fn probing(&self) -> bool {
+        self.peers.values().any(|p| p.probe_until_ms.is_some())
+    }
+
+    /// The peers (by base64 key) whose probe began since `before`: the agent sends each a
+    /// datagram through the tunnel, now that its endpoint is the direct address.
+    pub fn probes_begun(&self, before: &PathTable) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|(k, p)| {
+                p.probe_until_ms.is_some()
+                    && before
+                        .peers
+                        .get(*k)
+                        .is_none_or(|b| b.probe_until_ms.is_none())
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The byte counters just after the probes of `keys` pointed WireGuard at the direct
+    /// addresses: only what arrives after this proves a direct path.
+    pub fn probe_baseline(&mut self, keys: &[String], dump: &crate::os::wgdump::Dump) {
+        for p in &dump.peers {
+            if let Some(state) = self
+                .peers
+                .get_mut(&p.public_key.to_base64())
+                .filter(|s| s.probe_until_ms.is_some())
+                .filter(|_| keys.contains(&p.public_key.to_base64()))
+            {
+                state.probe_rx = p.transfer_rx;
+            }
+        }
+    }
+
+    /// Starts every path afresh (a new `up`: the interface's counters start again, and
+    /// nothing the last run proved is known to hold).
+    pub fn forget_peers(&mut self) {
+        self.peers.clear();
+    }
+
+    /// The server came back after being unreachable (or answered as if it had restarted):
+    /// its relay forgot every session, so the next tick restarts each relayed one.
+    pub fn server_restarted(&mut self) {
+        self.restart_relayed = true;
+    }
 }
 
-fn relayed(now_ms: u64, rx: u64, slot: u64, published: Option<SocketAddr>) -> PeerPath {
-    PeerPath {
-        mode: Mode::Relay,
-        since_ms: now_ms,
-        rx_mark: rx,
-        last_rx: rx,
-        published,
-        probe_until_ms: None,
-        probe_rx: 0,
-        // The slot we are in counts as probed: the failure just seen was that probe.
-        probe_slot: slot,
-        rx_changed_ms: now_ms,
-        nudge_until_ms: None,
-        nudged_ms: 0,
-        relay: None,
+/// Logs a change of path: changes of mode at info, probes at debug (they come and go).
+fn log_change(
+    peer: &crate::proto::model::PeerInfo,
+    old: Option<&PeerPath>,
+    state: &PeerPath,
+    relay: Option<SocketAddr>,
+) {
+    let was = old.map(|o| (o.mode, o.probe_until_ms.is_some()));
+    let is = (state.mode, state.probe_until_ms.is_some());
+    if was == Some(is) {
+        return;
+    }
+    let what = match is {
+        (Mode::Direct, _) => "direct path".to_owned(),
+        (Mode::Relay, true) => "probing the direct path (the relay carries traffic)".to_owned(),
+        (Mode::Relay, false) => match relay {
+            Some(r) => format!("through the relay at {r}"),
+            None => "through the relay".to_owned(),
+        },
+    };
+    if old.map(|o| o.mode) == Some(state.mode) {
+        log::debug!("peer {} ({}): {what}", peer.hostname, peer.virtual_ip);
+    } else if old.is_some() || relay.is_some() {
+        log::info!("peer {} ({}): {what}", peer.hostname, peer.virtual_ip);
     }
 }
 
@@ -541,9 +963,15 @@ mod tests {
     const PEER: &str = "198.18.0.12:51820";
 
     fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+        at_ms(secs * 1000)
     }
 
+    fn at_ms(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_800_000_000_000 + ms)
+    }
+
+    /// One end's path machine against a WireGuard that does what it is told and whose
+    /// counters the test moves.
     struct Sim {
         state: Option<PeerPath>,
         seen: Observed,
@@ -565,16 +993,19 @@ mod tests {
         }
 
         fn tick(&mut self, secs: u64) -> Choice {
+            self.tick_ms(secs * 1000)
+        }
+
+        fn tick_ms(&mut self, ms: u64) -> Choice {
             let (st, choice) = step(
                 self.state.as_ref(),
-                at(secs),
+                at_ms(ms),
                 self.published,
-                Some(RELAY.parse().unwrap()),
+                relay(),
                 &self.seen,
                 0,
                 &self.settings,
             );
-            // WireGuard does what it was told.
             if let Some(e) = choice.endpoint {
                 self.seen.endpoint = Some(e);
             }
@@ -586,141 +1017,303 @@ mod tests {
             self.seen.latest_handshake = Some(at(secs));
             self.seen.rx_bytes += 92;
         }
+
+        /// A packet from the peer arriving from `from` (WireGuard roams to it).
+        fn packet_from(&mut self, from: Option<SocketAddr>) {
+            self.seen.endpoint = from;
+            self.seen.rx_bytes += 32;
+        }
+
+        fn probing(&self) -> bool {
+            self.state.as_ref().unwrap().probe_until_ms.is_some()
+        }
     }
 
     fn relay() -> Option<SocketAddr> {
         Some(RELAY.parse().unwrap())
     }
 
-    #[test]
-    fn a_working_direct_path_stays_direct() {
+    /// A relayed pair with its session up at second 1.
+    fn relayed_and_connected() -> Sim {
         let mut s = Sim::new();
-        assert_eq!(s.tick(0).endpoint, s.published);
-        s.handshake(2);
-        for t in (3..600).step_by(5) {
-            if t % 120 < 5 {
-                s.handshake(t);
-            }
-            s.seen.rx_bytes += 32;
-            let c = s.tick(t);
-            assert_eq!(c.mode, Mode::Direct, "at {t}");
-            assert_eq!(c.keepalive, 25);
-        }
+        s.settings.probe_interval = Duration::from_secs(1 << 30);
+        s.tick(0);
+        s.handshake(1);
+        s
     }
 
     #[test]
-    fn no_handshake_within_relay_after_moves_to_the_relay_and_not_sooner() {
+    fn a_new_peer_talks_through_the_relay_from_the_first_packet() {
         let mut s = Sim::new();
-        s.tick(0);
-        assert_eq!(s.tick(14).mode, Mode::Direct);
-        let c = s.tick(15);
-        assert_eq!((c.mode, c.endpoint), (Mode::Relay, relay()));
-        // Relayed, it works: stays there until the next probe slot.
-        s.handshake(17);
-        for t in 16..60 {
+        let c = s.tick(0);
+        assert_eq!(
+            (c.mode, c.endpoint, c.keepalive),
+            (Mode::Relay, relay(), 25)
+        );
+        // No session yet: nothing to probe with, so it stays on the relay.
+        for t in 1..10 {
             assert_eq!(s.tick(t).endpoint, relay(), "at {t}");
         }
     }
 
     #[test]
-    fn a_direct_path_that_goes_stale_moves_to_the_relay() {
+    fn probes_come_with_the_session_at_the_early_moments_and_each_is_short() {
+        let mut s = relayed_and_connected();
+        // The tick that sees the handshake probes: the direct address for one window.
+        let c = s.tick(1);
+        assert_eq!((c.mode, c.endpoint), (Mode::Relay, s.published));
+        // Then WireGuard is left as it is until the window ends.
+        assert_eq!(s.tick_ms(1_200).endpoint, None);
+        assert_eq!(s.tick_ms(1_300).endpoint, relay(), "300 ms, then the relay");
+        // The next ones at 1 + 1, 1 + 3, 1 + 7, 1 + 15 and 1 + 25 s; nothing between.
+        let mut began = Vec::new();
+        let mut ms = 1_300;
+        while ms < 120_000 {
+            ms += if s.probing() { 100 } else { 1000 };
+            let was = s.probing();
+            s.tick_ms(ms);
+            if s.probing() && !was {
+                began.push(ms / 1000);
+            }
+        }
+        assert_eq!(began, [2, 4, 8, 16, 26]);
+    }
+
+    #[test]
+    fn a_pair_whose_direct_path_never_works_stays_relayed_losing_a_window_per_probe() {
         let mut s = Sim::new();
+        s.settings.probe_interval = Duration::from_secs(300);
         s.tick(0);
         s.handshake(1);
-        assert_eq!(s.tick(100).mode, Mode::Direct);
-        assert_eq!(s.tick(180).mode, Mode::Direct);
-        assert_eq!(s.tick(182).mode, Mode::Relay);
+        // Ten minutes: ticks every second, every 100 ms while probing (as the daemon does);
+        // the peer's packets keep coming through the relay.
+        let (mut ms, mut last, mut away, mut longest, mut run) = (1_000, 1_000, 0, 0, 0);
+        let (mut was_away, mut windows) = (false, 0);
+        let (mut next_packet, mut next_handshake) = (10_000, 110_000);
+        while ms < 600_000 {
+            if ms >= next_packet {
+                s.packet_from(relay());
+                next_packet += 10_000;
+            }
+            if ms >= next_handshake {
+                s.handshake(ms / 1000);
+                next_handshake += 110_000;
+            }
+            let c = s.tick_ms(ms);
+            assert_eq!(c.mode, Mode::Relay, "at {ms} ms");
+            if was_away {
+                away += ms - last;
+                run += ms - last;
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+            let is_away = c.endpoint != relay();
+            if is_away && !was_away {
+                windows += 1;
+            }
+            was_away = is_away;
+            last = ms;
+            ms += if s.probing() { 100 } else { 1000 };
+        }
+        // Six early probes and one per 300 s slot, each away from the relay 0.3 s.
+        assert_eq!(windows, 7);
+        assert!(longest <= 300, "longest probe {longest} ms");
+        assert!(
+            away <= 7 * 300,
+            "{away} ms away from the relay in 10 minutes"
+        );
     }
 
     #[test]
-    fn probes_on_the_slot_then_returns_to_the_relay_when_direct_fails() {
-        let mut s = Sim::new();
-        s.tick(0);
-        s.tick(15);
-        s.handshake(16);
-        // Slot boundaries every 60 s (offset 0): the probe starts at 60.
-        assert_eq!(s.tick(59).endpoint, relay());
-        let c = s.tick(60);
-        assert_eq!((c.endpoint, c.keepalive), (s.published, PROBE_KEEPALIVE));
-        assert_eq!(c.mode, Mode::Relay);
-        // Nothing arrives directly; the window (5 s) ends and the relay is back.
-        assert_eq!(s.tick(63).endpoint, s.published);
-        let c = s.tick(65);
-        assert_eq!((c.endpoint, c.keepalive), (relay(), 25));
-        // No second probe in the same slot.
-        assert_eq!(s.tick(100).endpoint, relay());
-        assert_eq!(s.tick(120).endpoint, s.published);
-    }
-
-    #[test]
-    fn a_probe_that_gets_packets_directly_goes_direct() {
-        let mut s = Sim::new();
-        s.tick(0);
-        s.tick(15);
-        s.tick(60);
-        // Bytes arrive and WireGuard still points at the direct address.
-        s.seen.rx_bytes += 32;
-        let c = s.tick(61);
-        assert_eq!(c.mode, Mode::Direct);
-        s.handshake(62);
-        for t in 62..200 {
+    fn a_probe_that_gets_packets_directly_goes_direct_and_an_idle_direct_pair_stays() {
+        let mut s = relayed_and_connected();
+        s.tick(1);
+        // The peer's answer comes from its direct address while we point there.
+        s.packet_from(s.published);
+        let c = s.tick_ms(1_100);
+        assert_eq!((c.mode, c.endpoint), (Mode::Direct, None));
+        // Idle for ten minutes: only the rekeys every 2 minutes arrive (the other end's
+        // keepalives may never come: ours push its timer back). Never judged by silence.
+        for t in 2..600 {
+            if t % 120 == 0 {
+                s.handshake(t);
+            }
+            // Our own keepalive every 25 s (32 bytes): not data, so not "unanswered".
+            if t % 25 == 0 {
+                s.seen.tx_bytes += 32;
+            }
             assert_eq!(s.tick(t).mode, Mode::Direct, "at {t}");
         }
     }
 
     #[test]
-    fn follows_the_other_end_through_roaming() {
-        let mut s = Sim::new();
-        s.tick(0);
-        s.handshake(1);
-        s.tick(2);
-        // The peer's packets arrive through the relay: it chose the relay.
-        s.seen.endpoint = relay();
-        s.seen.rx_bytes += 32;
-        assert_eq!(s.tick(3).mode, Mode::Relay);
-        // Later they arrive from a direct address: the peer's probe got through.
-        s.seen.endpoint = Some("198.18.0.12:40000".parse().unwrap());
-        s.seen.rx_bytes += 32;
-        let c = s.tick(30);
-        assert_eq!(c.mode, Mode::Direct);
-        // A roamed, working address is not overwritten with the published one.
-        s.handshake(31);
-        assert_eq!(s.tick(32).endpoint, None);
+    fn packets_through_the_relay_during_a_probe_prove_nothing_and_take_the_path_back() {
+        let mut s = relayed_and_connected();
+        assert_eq!(s.tick(1).endpoint, s.published);
+        // One-way traffic keeps arriving through the relay: WireGuard follows it back.
+        s.packet_from(relay());
+        let c = s.tick_ms(1_100);
+        assert_eq!((c.mode, c.endpoint), (Mode::Relay, None), "not re-pointed");
+        s.packet_from(relay());
+        assert_eq!(s.tick_ms(1_200).mode, Mode::Relay);
+        assert_eq!(s.tick_ms(1_300).endpoint, relay());
+    }
+
+    #[test]
+    fn the_other_ends_probe_getting_through_makes_a_relayed_peer_direct() {
+        let mut s = relayed_and_connected();
+        s.tick(1);
+        assert_eq!(s.tick_ms(1_300).endpoint, relay());
+        // Outside our windows: the peer's packet arrives from a roamed direct address.
+        let roamed: SocketAddr = "198.18.0.12:40000".parse().unwrap();
+        s.packet_from(Some(roamed));
+        let c = s.tick_ms(1_500);
+        assert_eq!((c.mode, c.endpoint), (Mode::Direct, None));
+        // Its relayed tail right after (its window closing) does not take us back...
+        s.packet_from(relay());
+        let c = s.tick_ms(2_500);
+        assert_eq!((c.mode, c.endpoint), (Mode::Direct, Some(roamed)));
+        s.packet_from(Some(roamed));
+        assert_eq!(s.tick(4).mode, Mode::Direct);
+        // ...but relayed packets later mean the other end chose the relay: follow it.
+        s.packet_from(relay());
+        let c = s.tick(10);
+        assert_eq!((c.mode, c.endpoint), (Mode::Relay, relay()));
+    }
+
+    #[test]
+    fn data_unanswered_on_a_direct_path_for_relay_after_moves_to_the_relay() {
+        let mut s = relayed_and_connected();
+        s.tick(1);
+        s.packet_from(s.published);
+        assert_eq!(s.tick(2).mode, Mode::Direct);
+        // One-way data is answered (WireGuard's passive keepalive within 10 s): stays.
+        for t in 3..=40 {
+            s.seen.tx_bytes += 1000;
+            if t % 10 == 0 {
+                s.seen.rx_bytes += 32;
+            }
+            assert_eq!(s.tick(t).mode, Mode::Direct, "at {t}");
+        }
+        // The path dies: data goes out, nothing comes back.
+        for t in 41..56 {
+            s.seen.tx_bytes += 1000;
+            assert_eq!(s.tick(t).mode, Mode::Direct, "at {t}");
+        }
+        s.seen.tx_bytes += 1000;
+        let c = s.tick(56);
+        assert_eq!((c.mode, c.endpoint), (Mode::Relay, relay()));
+    }
+
+    #[test]
+    fn a_direct_path_whose_handshake_goes_stale_moves_to_the_relay() {
+        let mut s = relayed_and_connected();
+        s.tick(1);
+        s.packet_from(s.published);
+        assert_eq!(s.tick(2).mode, Mode::Direct);
+        assert_eq!(s.tick(180).mode, Mode::Direct);
+        assert_eq!(s.tick(181).mode, Mode::Relay);
+    }
+
+    #[test]
+    fn a_peer_that_moves_is_relayed_and_its_new_address_probed_at_once() {
+        let mut s = relayed_and_connected();
+        s.tick(1);
+        s.packet_from(s.published);
+        assert_eq!(s.tick(2).mode, Mode::Direct);
+        s.handshake(30);
+        s.tick(30);
+        s.published = Some("198.18.0.99:51820".parse().unwrap());
+        // The session was made on the direct path, unknown to the relay: restarted there.
+        let c = s.tick(40);
+        assert_eq!(
+            (c.mode, c.endpoint, c.restart),
+            (Mode::Relay, relay(), true)
+        );
+        let c = s.tick(41);
+        assert_eq!(
+            (c.mode, c.endpoint, c.restart),
+            (Mode::Relay, s.published, false)
+        );
+        // While relayed, another move restarts the session (the relay drops the peer's
+        // packets from its new address until a handshake binds it) and the early probes.
+        s.tick_ms(41_300);
+        s.tick(42);
+        s.tick_ms(42_300);
+        s.published = Some("198.18.0.98:51820".parse().unwrap());
+        let c = s.tick(43);
+        assert_eq!((c.endpoint, c.restart), (relay(), true));
+        assert_eq!(s.tick(44).endpoint, s.published);
+        // A move in the middle of a probe ends it: the session restarts at the relay, never
+        // re-added with the probe's "leave the endpoint as it is".
+        assert_eq!(s.tick_ms(44_100).endpoint, None);
+        s.published = Some("198.18.0.97:51820".parse().unwrap());
+        let c = s.tick_ms(44_200);
+        assert_eq!((c.endpoint, c.restart), (relay(), true));
+    }
+
+    #[test]
+    fn counters_that_start_again_start_the_path_afresh() {
+        // A direct peer from an earlier run of the interface, with big counters.
+        let mut s = relayed_and_connected();
+        s.tick(1);
+        s.seen.rx_bytes = 1_000_000;
+        s.seen.tx_bytes = 1_000_000;
+        s.packet_from(s.published);
+        assert_eq!(s.tick(2).mode, Mode::Direct);
+        // A new interface: counters from 0, no handshake yet. A new start (relayed,
+        // probing when the session is up), not a direct path judged by old marks.
+        s.seen = Observed::default();
+        let c = s.tick(100);
+        assert_eq!((c.mode, c.endpoint), (Mode::Relay, relay()));
+        s.handshake(101);
+        assert_eq!(s.tick(101).endpoint, s.published);
+        s.packet_from(s.published);
+        assert_eq!(s.tick_ms(101_100).mode, Mode::Direct);
     }
 
     #[test]
     fn a_silent_relayed_peer_is_nudged_briefly_and_not_often() {
         let mut s = Sim::new();
         s.settings.probe_interval = Duration::from_secs(10_000);
+        s.published = None;
         s.tick(0);
-        s.tick(15);
         s.handshake(16);
-        for t in 17..52 {
+        for t in 16..51 {
             assert_eq!(s.tick(t).keepalive, 25, "at {t}");
         }
-        // Nothing received since 17 (35 s): five seconds of 1 s keepalives, to the relay.
-        let c = s.tick(52);
+        // Nothing received since 16 (35 s): five seconds of 1 s keepalives, to the relay.
+        let c = s.tick(51);
         assert_eq!((c.endpoint, c.keepalive), (relay(), PROBE_KEEPALIVE));
-        assert_eq!(s.tick(56).keepalive, PROBE_KEEPALIVE);
-        assert_eq!(s.tick(57).keepalive, 25);
+        assert_eq!(s.tick(55).keepalive, PROBE_KEEPALIVE);
+        assert_eq!(s.tick(56).keepalive, 25);
         // Still silent: the next nudge comes a minute after the last one.
         assert_eq!(s.tick(100).keepalive, 25);
-        assert_eq!(s.tick(112).keepalive, PROBE_KEEPALIVE);
+        assert_eq!(s.tick(111).keepalive, PROBE_KEEPALIVE);
         // Packets arriving keep it quiet.
         s.seen.rx_bytes += 32;
-        assert_eq!(s.tick(118).keepalive, 25);
+        assert_eq!(s.tick(117).keepalive, 25);
         assert_eq!(s.tick(140).keepalive, 25);
     }
 
     #[test]
-    fn a_new_published_endpoint_is_probed_at_once() {
+    fn a_one_shot_sync_never_probes_it_attempts_direct_first_and_once_per_slot() {
         let mut s = Sim::new();
-        s.tick(0);
-        s.tick(15);
-        s.tick(20);
-        s.published = Some("198.18.0.99:51820".parse().unwrap());
-        let c = s.tick(21);
-        assert_eq!((c.endpoint, c.keepalive), (s.published, PROBE_KEEPALIVE));
+        s.settings.may_probe = false;
+        // No probes to prove a path with: a direct attempt, relayed after relay_after.
+        assert_eq!(s.tick(0).endpoint, s.published);
+        assert_eq!(s.tick(14).endpoint, s.published);
+        assert_eq!(s.tick(15).endpoint, relay());
+        s.handshake(16);
+        for t in 16..60 {
+            assert_eq!(s.tick(t).endpoint, relay(), "at {t}: no probe");
+        }
+        // The next slot (60 s) tries direct again; nothing comes back over it: the relay
+        // again after relay_after, though the relayed session's handshake is fresh.
+        assert_eq!(s.tick(60).endpoint, s.published);
+        assert_eq!(s.tick(74).mode, Mode::Direct);
+        assert_eq!(s.tick(75).endpoint, relay());
     }
 
     #[test]
@@ -739,6 +1332,93 @@ mod tests {
             (c.mode, c.endpoint),
             (Mode::Direct, Some(PEER.parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn after_a_server_restart_relayed_sessions_restart_the_first_key_at_once_the_other_a_second_later(
+    ) {
+        let keys: Vec<crate::keys::PublicKey> = (0..2)
+            .map(|_| crate::keys::PrivateKey::generate().public_key())
+            .collect();
+        let (lo, hi) = if keys[0].as_bytes() < keys[1].as_bytes() {
+            (keys[0], keys[1])
+        } else {
+            (keys[1], keys[0])
+        };
+        let info = |k: crate::keys::PublicKey| crate::proto::model::PeerInfo {
+            id: crate::types::PeerId::for_key(&k),
+            public_key: k,
+            virtual_ip: "10.100.0.9".parse().unwrap(),
+            endpoint: Some(PEER.parse().unwrap()),
+            hostname: "n".parse().unwrap(),
+            dns_name: None,
+            os: "linux".parse().unwrap(),
+            allowed_ips: vec!["10.100.0.9/32".parse().unwrap()],
+            exit_node: false,
+            online: true,
+            last_heartbeat: String::new(),
+            via: None,
+        };
+        let settings = PathSettings::default();
+        // Each end relays the other; the server restarts; each end notices.
+        let mut restarts = Vec::new();
+        for (me, peer) in [(lo, info(hi)), (hi, info(lo))] {
+            let mut table = PathTable {
+                relay: relay(),
+                ..PathTable::default()
+            };
+            let peers = std::slice::from_ref(&peer);
+            table.step_all(at(0), &me, peers, None, &settings);
+            assert!(!table.step_all(at(1), &me, peers, None, &settings)[&peer.public_key].restart);
+            table.server_restarted();
+            let mut when = Vec::new();
+            for ms in (2_000..6_000).step_by(100) {
+                if table.step_all(at_ms(ms), &me, peers, None, &settings)[&peer.public_key].restart
+                {
+                    when.push(ms);
+                }
+            }
+            restarts.push(when);
+        }
+        // Staggered; and with no handshake coming back (no dump here), tried again every
+        // 1.5 s (2.5 s for the second key), so the two ends never initiate together.
+        assert_eq!(
+            restarts,
+            [vec![2_000, 3_500, 5_000], vec![3_000, 5_500]],
+            "staggered restarts and retries"
+        );
+        // A handshake after the restart ends the retries.
+        let peer = info(hi);
+        let peers = std::slice::from_ref(&peer);
+        let mut table = PathTable {
+            relay: relay(),
+            ..PathTable::default()
+        };
+        table.step_all(at(0), &lo, peers, None, &settings);
+        table.server_restarted();
+        assert!(table.step_all(at(1), &lo, peers, None, &settings)[&hi].restart);
+        let dump = crate::os::wgdump::Dump {
+            interface: crate::os::wgdump::DumpInterface {
+                private_key: None,
+                public_key: None,
+                listen_port: 51820,
+                fwmark: None,
+            },
+            peers: vec![crate::os::wgdump::DumpPeer {
+                public_key: hi,
+                has_preshared_key: false,
+                endpoint: relay(),
+                allowed_ips: peer.allowed_ips.clone(),
+                latest_handshake: Some(at(1)),
+                transfer_rx: 92,
+                transfer_tx: 148,
+                persistent_keepalive: Some(25),
+            }],
+        };
+        for secs in 2..10 {
+            let c = table.step_all(at(secs), &lo, peers, Some(&dump), &settings)[&hi];
+            assert!(!c.restart, "at {secs}");
+        }
     }
 
     #[test]
@@ -831,6 +1511,7 @@ mod tests {
         // could otherwise fall among them for some keys).
         let settings = PathSettings {
             probe_interval: Duration::from_secs(1 << 30),
+            may_probe: false,
             ..PathSettings::default()
         };
         // Each end: its table, its key, and the other end as its one peer.

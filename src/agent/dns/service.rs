@@ -243,6 +243,7 @@ mod tests {
             }),
             relay_probe: Default::default(),
             persist: true,
+            poke: None,
             paths: Default::default(),
             path_settings: Default::default(),
             path_choices: Default::default(),

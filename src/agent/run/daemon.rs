@@ -4,6 +4,7 @@
 //! and on a signal: tell the server we go offline, then tear down.
 
 use crate::agent::client::{ApiClient, ClientError};
+use crate::agent::decide::path::PROBE_TICK;
 use crate::agent::dns::service::MeshDns;
 use crate::agent::error::AgentError;
 use crate::agent::run::engine::{Engine, Sink};
@@ -216,6 +217,9 @@ pub fn run(
     dns: Option<&mut MeshDns>,
 ) -> Result<(), AgentError> {
     register_again(engine);
+    // A new run starts every path afresh: the interface's counters may start again at 0,
+    // and what the last run proved may no longer hold (relay first, direct when proven).
+    engine.paths.forget_peers();
     let mut daemon = Daemon::new(engine, runner, intervals, dns);
     let result = daemon.until(stop);
     daemon.finish(result)
@@ -250,6 +254,9 @@ struct Daemon<'a> {
     reports: Reporting,
     /// The devices this node carries with `--gateway`.
     gateway: Option<crate::agent::gateway::Gateway>,
+    /// Whether the server stopped answering: when it answers again, its relay has likely
+    /// restarted and forgotten every relayed session.
+    server_lost: bool,
 }
 
 impl<'a> Daemon<'a> {
@@ -279,6 +286,7 @@ impl<'a> Daemon<'a> {
             deferred_at: None,
             reports: Reporting::default(),
             gateway,
+            server_lost: false,
         }
     }
 
@@ -291,6 +299,10 @@ impl<'a> Daemon<'a> {
             self.sync_if_due(now)?;
             self.heartbeat_if_due(now)?;
             self.paths_if_due(now)?;
+            if self.engine.probing() {
+                // A probe (begun by any pass) ends on time: paths are looked at every 100 ms.
+                self.paths.next = self.paths.next.min(now + PROBE_TICK);
+            }
             let watching = self.engine.watches_routes();
             if watching && self.routes.due(now) {
                 self.check_routes(now);
@@ -335,6 +347,7 @@ impl<'a> Daemon<'a> {
         {
             Ok(summary) => {
                 self.sync.succeeded(now);
+                self.server_answered();
                 if summary.keepalive_deferred {
                     self.followup = Some(now + FOLLOW_UP);
                     self.deferred_at.get_or_insert(now);
@@ -344,6 +357,7 @@ impl<'a> Daemon<'a> {
                 self.refresh_gateway();
             }
             Err(e) if retryable(&e) => {
+                self.server_lost |= matches!(e, AgentError::Server(_));
                 let wait = self.sync.failed(now);
                 log::warn!(
                     "sync failed: {e}; the mesh stays as it is, retrying in {} s",
@@ -439,6 +453,7 @@ impl<'a> Daemon<'a> {
                     false
                 }
                 Some(Err(e)) => {
+                    self.server_lost = true;
                     let wait = self.poller.failed(Instant::now());
                     log::warn!(
                         "waiting for peer changes failed: {e}; retrying in {} s",
@@ -458,6 +473,7 @@ impl<'a> Daemon<'a> {
     /// pass for deferred keepalives, or a full sync after a failed update.
     fn apply_live(&mut self, delta: PeersDelta) -> Result<bool, AgentError> {
         self.poller.answered(delta.full, Instant::now());
+        self.server_answered();
         if !self.engine.apply_answer(delta) {
             return Ok(true);
         }
@@ -479,7 +495,8 @@ impl<'a> Daemon<'a> {
                     return Ok(false);
                 }
                 log::debug!("live update: {} peers", summary.peers);
-                Ok(true)
+                // A probe running: back to the loop, which ends it on time.
+                Ok(!self.engine.probing())
             }
             Err(e) if retryable(&e) => {
                 log::warn!("applying a live update failed: {e}; a full sync follows");
@@ -487,6 +504,14 @@ impl<'a> Daemon<'a> {
                 Ok(false)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The server answered: if it had stopped answering, restart the relayed sessions its
+    /// relay (probably restarted) forgot.
+    fn server_answered(&mut self) {
+        if std::mem::take(&mut self.server_lost) {
+            self.engine.server_back();
         }
     }
 

@@ -28,6 +28,24 @@ use crate::agent::state::peer_cache::save_peer_cache;
 pub use crate::agent::state::peer_cache::{load_known_peers, load_peer_cache, peer_cache_path};
 use std::path::PathBuf;
 
+/// Logs what a pass changed on the interface, at `level`.
+fn log_summary(summary: &SyncSummary, level: log::Level) {
+    for (what, keys) in [
+        ("added", &summary.added),
+        ("updated", &summary.updated),
+        ("removed", &summary.removed),
+    ] {
+        if !keys.is_empty() {
+            log::log!(
+                level,
+                "{what} {} peer(s) on {}",
+                keys.len(),
+                summary.interface
+            );
+        }
+    }
+}
+
 /// The agent's state between steps.
 pub struct Engine {
     /// The configuration (key, server, assignment, what is applied).
@@ -52,6 +70,9 @@ pub struct Engine {
     pub path_choices: HashMap<PublicKey, Choice>,
     /// Asks the replica relays in use whether they still answer ([`crate::agent::decide::relay_health`]).
     pub relay_probe: crate::agent::observe::relay_probe::RelayProbe,
+    /// Sends a probe's datagram through the tunnel ([`crate::agent::apply::path_probe::poke`]);
+    /// None sends nothing (tests, and hosts the commands are only planned for).
+    pub poke: Option<crate::agent::apply::path_probe::Poke>,
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
@@ -261,6 +282,11 @@ impl Engine {
     /// and caches it beside the config; returns whether the list changed.
     pub fn apply_answer(&mut self, answer: PeersDelta) -> bool {
         self.learn_relay(answer.relay_port, answer.full);
+        if answer.full && self.last_list.as_ref().is_some_and(|k| k.version.is_some()) {
+            // Asked for changes since our version and given the whole list: the server
+            // does not know our version, as after a restart (its versions start again).
+            self.server_back();
+        }
         let known = self.last_list.get_or_insert_with(KnownPeers::default);
         let changed = known.apply(answer);
         if self.persist {
@@ -403,13 +429,19 @@ impl Engine {
         let before = self.paths.clone();
         // Devices behind a gateway (`via`) are no WireGuard peers of ours: no path to choose.
         let tunnels: Vec<PeerInfo> = peers.iter().filter(|p| p.via.is_none()).cloned().collect();
+        let settings = PathSettings {
+            // A one-shot `sync` has no next tick to end a probe: it never starts one.
+            may_probe: self.path_settings.may_probe && (live.is_some() || !save_paths),
+            ..self.path_settings
+        };
         let paths = self.paths.step_all(
             std::time::SystemTime::now(),
             &me,
             &tunnels,
             facts.dump.as_ref(),
-            &self.path_settings,
+            &settings,
         );
+        let probes = self.paths.probes_begun(&before);
         let changed = if save_paths {
             self.paths != before
         } else {
@@ -451,16 +483,62 @@ impl Engine {
                 None => break planned.summary,
             }
         };
-        for (what, keys) in [
-            ("added", &summary.added),
-            ("updated", &summary.updated),
-            ("removed", &summary.removed),
-        ] {
-            if !keys.is_empty() {
-                log::info!("{what} {} peer(s) on {}", keys.len(), summary.interface);
+        if !sink.is_dry_run() {
+            self.begin_probes(peers, &probes);
+        }
+        // The path tick's own changes (probes come and go) are logged by the path table.
+        let quiet = live.is_none() && !save_paths;
+        log_summary(
+            &summary,
+            if quiet {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            },
+        );
+        Ok(summary)
+    }
+
+    /// Starts the probes that began this pass, now that their endpoints are the direct
+    /// addresses: reads the byte counters again (packets that came through the relay
+    /// before the endpoint changed prove nothing), then sends each peer its datagram.
+    fn begin_probes(&mut self, peers: &[PeerInfo], keys: &[String]) {
+        let Some(poke) = self.poke.filter(|_| !keys.is_empty()) else {
+            return;
+        };
+        let name = plan::interface_to_read(&self.config, self.os);
+        let os = self.os;
+        if let Some(dump) = self.reader().and_then(|r| host::wg_dump(r, os, &name)) {
+            self.paths.probe_baseline(keys, &dump);
+        }
+        for peer in peers {
+            if keys.contains(&peer.public_key.to_base64()) {
+                poke(peer.virtual_ip);
             }
         }
-        Ok(summary)
+    }
+
+    /// Whether a probe of some direct path runs: `up` then re-evaluates paths every
+    /// [`PROBE_TICK`](crate::agent::decide::path::PROBE_TICK), so the probe takes the relay away only
+    /// for its short window.
+    pub fn probing(&self) -> bool {
+        self.paths.probing()
+    }
+
+    /// The server answers again after being unreachable: its relay forgot every session,
+    /// so relayed sessions restart at the next path tick instead of waiting minutes for
+    /// WireGuard's own timers (an idle end only sends keepalives, too little for the relay
+    /// to pass it the other end's handshake).
+    pub fn server_back(&mut self) {
+        if self
+            .paths
+            .peers
+            .values()
+            .any(|p| p.mode == crate::agent::decide::path::Mode::Relay)
+        {
+            log::info!("the server is back: restarting relayed sessions");
+        }
+        self.paths.server_restarted();
     }
 
     /// The quick check `up` runs every few seconds on macOS and Windows while a full tunnel

@@ -101,6 +101,34 @@ pub fn api_client(
         .with_identity(cfg.private_key.clone(), pinned_key(cfg, flag))
 }
 
+/// `--listen-port` and `--mtu`, checked: a port of 0 or an MTU IPv6 cannot use is refused;
+/// `--mtu 0` goes back to the automatic MTU.
+fn port_and_mtu(
+    cfg: &mut ClientConfig,
+    listen_port: Option<u16>,
+    mtu: Option<u16>,
+) -> Result<(), AgentError> {
+    if let Some(port) = listen_port {
+        if port == 0 {
+            return Err(AgentError::Usage("--listen-port must be 1-65535".into()));
+        }
+        cfg.listen_port = port;
+    }
+    if let Some(mtu) = mtu {
+        cfg.mtu = match mtu {
+            0 => None,
+            1280.. => Some(mtu),
+            _ => {
+                return Err(AgentError::Usage(format!(
+                    "--mtu {mtu} is too small: the tunnel carries IPv6, which needs at least \
+                     1280 (or 0 for the automatic MTU)"
+                )))
+            }
+        };
+    }
+    Ok(())
+}
+
 /// Loads (or creates) the config, applies the overrides, saves it, and builds the engine.
 pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     let path = o.config.clone().unwrap_or_else(config::default_path);
@@ -122,24 +150,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
     if let Some(interface) = o.interface {
         cfg.interface = interface;
     }
-    if let Some(port) = o.listen_port {
-        if port == 0 {
-            return Err(AgentError::Usage("--listen-port must be 1-65535".into()));
-        }
-        cfg.listen_port = port;
-    }
-    if let Some(mtu) = o.mtu {
-        cfg.mtu = match mtu {
-            0 => None,
-            1280.. => Some(mtu),
-            _ => {
-                return Err(AgentError::Usage(format!(
-                    "--mtu {mtu} is too small: the tunnel carries IPv6, which needs at least \
-                     1280 (or 0 for the automatic MTU)"
-                )))
-            }
-        };
-    }
+    port_and_mtu(&mut cfg, o.listen_port, o.mtu)?;
     if o.endpoint.is_some() {
         cfg.endpoint = o.endpoint;
     }
@@ -188,6 +199,10 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         client = client.with_login(id);
     }
     let paths = PathTable::load(&path);
+    // Probe datagrams only where the commands run (not when planning for another OS).
+    let poke = reader
+        .is_some()
+        .then_some(crate::agent::apply::path_probe::poke as crate::agent::apply::path_probe::Poke);
     Ok(Engine {
         paths,
         config: cfg,
@@ -198,6 +213,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         last_list: None,
         relay_probe: Default::default(),
         persist: !o.dry_run,
+        poke,
         path_settings: o.paths,
         path_choices: Default::default(),
     })

@@ -225,12 +225,13 @@ pub struct UpArgs {
     /// registration, no token use, no file written)
     #[argh(switch)]
     dry_run: bool,
-    /// seconds a peer may stay silent on its direct path before its traffic goes through
-    /// the server's relay (default 15)
+    /// seconds data may go unanswered on a direct path before the peer's traffic goes back
+    /// through the server's relay (default 15); every peer starts on the relay
+    /// and goes direct once a probe proves the direct path
     #[argh(option, default = "15")]
     relay_after: u64,
-    /// seconds between probes of a relayed peer's direct path (default 300); a change of the
-    /// peer's published endpoint is probed at once
+    /// seconds between probes of a relayed peer's direct path after the first six in its
+    /// first 25 s (default 300); a peer that moves is probed again at once
     #[argh(option, default = "300")]
     direct_probe_interval: u64,
     /// whose commands to produce: linux, macos or windows (default: this OS)
@@ -361,12 +362,13 @@ pub struct SyncArgs {
     /// registration, no token use, no file written)
     #[argh(switch)]
     dry_run: bool,
-    /// seconds a peer may stay silent on its direct path before its traffic goes through
-    /// the server's relay (default 15)
+    /// seconds data may go unanswered on a direct path before the peer's traffic goes back
+    /// through the server's relay (default 15); every peer starts on the relay
+    /// and goes direct once a probe proves the direct path
     #[argh(option, default = "15")]
     relay_after: u64,
-    /// seconds between probes of a relayed peer's direct path (default 300); a change of the
-    /// peer's published endpoint is probed at once
+    /// seconds between probes of a relayed peer's direct path after the first six in its
+    /// first 25 s (default 300); a peer that moves is probed again at once
     #[argh(option, default = "300")]
     direct_probe_interval: u64,
     /// whose commands to produce: linux, macos or windows (default: this OS)

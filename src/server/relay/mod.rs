@@ -445,13 +445,21 @@ impl Relay {
     /// Recounts the gauges: once a second (the sweep) and on a new view, never per packet.
     fn publish_gauges(&self) {
         let mut pairs = std::collections::HashSet::new();
+        let mut active = std::collections::HashSet::new();
         let mut sessions = 0u64;
         for e in self.indexes.values() {
             if let Some((a, b)) = e.pair {
                 sessions += 1;
-                pairs.insert(if a <= b { (a, b) } else { (b, a) });
+                let pair = if a <= b { (a, b) } else { (b, a) };
+                pairs.insert(pair);
+                if self.last_sweep.saturating_duration_since(e.last) < stats::ACTIVE_PAIR {
+                    active.insert(pair);
+                }
             }
         }
+        self.stats
+            .active_pairs
+            .store(active.len() as u64, Ordering::Relaxed);
         self.stats.sessions.store(sessions, Ordering::Relaxed);
         self.stats
             .pairs
@@ -508,6 +516,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_member_that_just_registered_is_no_stranger_for_long() {
+        let (a, b) = (node("198.18.1.1:40000"), node("198.18.2.1:50000"));
+        let views = Arc::new(std::sync::Mutex::new(Arc::new(MemberView::new(
+            vec![member(&a, &[])],
+            &Policy::allow_all(),
+        ))));
+        let source = Arc::clone(&views);
+        let service = service::RelayService::new(
+            Box::new(move || Arc::clone(&source.lock().unwrap())),
+            RelayLimits::default(),
+        );
+        let now = Instant::now();
+        // B registers: the registry has it, the relay's view (read a moment ago) not yet.
+        *views.lock().unwrap() = Arc::new(MemberView::new(
+            vec![member(&a, &[]), member(&b, &[])],
+            &Policy::allow_all(),
+        ));
+        assert_eq!(
+            service.handle(&fake_initiation(&a.mac1, 1, 0), b.addr, now),
+            Verdict::Drop(Drop::Stranger),
+            "within the same instant the view is not read again"
+        );
+        // A tenth of a second later (not a whole second) B's handshake is taken.
+        let later = now + service::NEWCOMER_LOOK;
+        assert_ne!(
+            service.handle(&fake_initiation(&a.mac1, 2, 0), b.addr, later),
+            Verdict::Drop(Drop::Stranger)
+        );
+    }
+
     /// A and B each send an initiation; A's reaches B, B responds: the relay binds both.
     fn handshake(r: &mut Relay, a: &Node, b: &Node, now: Instant) -> (u32, u32) {
         // B has been talking to the relay (its own initiation towards A, not answered yet).
@@ -558,7 +597,13 @@ mod tests {
         // Gauges are recounted by the sweep, once a second.
         r.sweep(now);
         assert_eq!(r.stats.pairs.load(Ordering::Relaxed), 1);
+        assert_eq!(r.stats.active_pairs.load(Ordering::Relaxed), 1);
         assert_eq!(r.stats.bound.load(Ordering::Relaxed), 2);
+        // A pair that went direct sends nothing here: no longer active, though its
+        // session lingers until it expires.
+        r.sweep(now + stats::ACTIVE_PAIR);
+        assert_eq!(r.stats.pairs.load(Ordering::Relaxed), 1);
+        assert_eq!(r.stats.active_pairs.load(Ordering::Relaxed), 0);
     }
 
     /// A cookie reply (type 3) built byte by byte: reserved zeros, the receiver index

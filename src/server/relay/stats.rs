@@ -60,6 +60,11 @@ impl Drop {
     }
 }
 
+/// A pair whose relayed session forwarded nothing for this long is not counted in
+/// `wgmesh_relay_active_pairs`: a relayed pair sends at least a 25 s keepalive, so a pair
+/// silent longer went direct (or away), though its session lingers until it expires.
+pub const ACTIVE_PAIR: std::time::Duration = std::time::Duration::from_secs(35);
+
 /// Relay counters: relaxed atomics, read only for `/metrics`.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -69,6 +74,7 @@ pub struct RelayStats {
     drops: [AtomicU64; 10],
     pub(super) sessions: AtomicU64,
     pub(super) pairs: AtomicU64,
+    pub(super) active_pairs: AtomicU64,
     pub(super) bound: AtomicU64,
 }
 
@@ -133,6 +139,9 @@ impl RelayStats {
              # HELP wgmesh_relay_pairs Member pairs with a relayed session.\n\
              # TYPE wgmesh_relay_pairs gauge\n\
              wgmesh_relay_pairs {}\n\
+             # HELP wgmesh_relay_active_pairs Member pairs whose relayed session forwarded a datagram in the last 35 s.\n\
+             # TYPE wgmesh_relay_active_pairs gauge\n\
+             wgmesh_relay_active_pairs {}\n\
              # HELP wgmesh_relay_bound_members Members whose relay address is known.\n\
              # TYPE wgmesh_relay_bound_members gauge\n\
              wgmesh_relay_bound_members {}\n\
@@ -143,6 +152,7 @@ impl RelayStats {
             get(&self.bytes),
             get(&self.sessions),
             get(&self.pairs),
+            get(&self.active_pairs),
             get(&self.bound),
         );
         for (d, c) in Drop::ALL.iter().zip(&self.drops) {
