@@ -454,8 +454,7 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
     ));
     browser.click("#end-login");
     browser.wait_until(Duration::from_secs(20), "the peer page again", |b| {
-        b.find("#owner")
-            .is_some_and(|_| b.text("#owner").contains("logged out"))
+        b.text_now("#owner").contains("logged out")
     });
     let peer = s.peer("n4").unwrap();
     assert_eq!(peer["online"], false, "{peer}");

@@ -155,35 +155,51 @@ impl Browser {
         .map_or(0, Vec::len)
     }
 
-    fn element(&self, css: &str) -> String {
-        self.find(css)
-            .unwrap_or_else(|| panic!("no element matches {css:?} on {}", self.url()))
+    /// Runs `op` on the element matching `css`, looking it up afresh when it is not there
+    /// yet or when the page's live part was swapped under it (a stale reference), for up to
+    /// ten seconds: the console re-renders its live part whenever the mesh changes.
+    fn on_element<T>(&self, css: &str, op: impl Fn(&str) -> Result<T, String>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let outcome = match self.find(css) {
+                Some(e) => op(&e),
+                None => Err(format!("no element matches {css:?} on {}", self.url())),
+            };
+            match outcome {
+                Ok(value) => return value,
+                Err(e) if Instant::now() < deadline && retryable(&e) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// Clicks the element matching `css`.
     pub fn click(&self, css: &str) {
-        let e = self.element(css);
-        self.must("POST", &format!("/element/{e}/click"), None);
+        self.on_element(css, |e| {
+            self.call("POST", &format!("/element/{e}/click"), None)
+        });
     }
 
     /// Types `text` into the element matching `css` (after clearing it).
     pub fn fill(&self, css: &str, text: &str) {
-        let e = self.element(css);
-        self.must("POST", &format!("/element/{e}/clear"), None);
-        self.must(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
-        );
+        self.on_element(css, |e| {
+            self.call("POST", &format!("/element/{e}/clear"), None)?;
+            self.call(
+                "POST",
+                &format!("/element/{e}/value"),
+                Some(json!({ "text": text })),
+            )
+        });
     }
 
-    /// The visible text of the element matching `css`.
+    /// The visible text of the element matching `css` (waiting up to ten seconds for it).
     pub fn text(&self, css: &str) -> String {
-        let e = self.element(css);
-        self.must("GET", &format!("/element/{e}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.on_element(css, |e| {
+            self.call("GET", &format!("/element/{e}/text"), None)
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+        })
     }
 
     /// The visible text of the first element matching `css`, or "" when there is none yet
@@ -254,4 +270,10 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Whether a failed element command is worth a fresh lookup: the element is not there yet,
+/// or it was replaced after we found it.
+fn retryable(error: &str) -> bool {
+    error.contains("no element matches") || error.contains("stale element")
 }
