@@ -396,16 +396,7 @@ fn operator_tables_read_well_and_peers_remove_takes_a_hostname() {
 fn the_server_log_speaks_plainly_not_in_rust_debug_syntax() {
     let dir = TempDir::new("cli-log");
     let server = ServerProcess::start(&dir.path().join("peers.json"), &["--open"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !server.log_text().contains("STUN responder") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            server.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let log = server.log_text();
+    let log = server.log_once_it_says("STUN responder");
     assert!(log.contains("/s per source, bursts of"), "{log}");
     for debug in ["RateLimit {", "Some(", " { "] {
         assert!(!log.contains(debug), "{debug:?} in the log:\n{log}");

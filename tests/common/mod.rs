@@ -180,6 +180,23 @@ impl ServerProcess {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once it contains `needle`, waiting up to ten seconds (the server writes some
+    /// lines after it has answered the request that caused them); panics with the log if not.
+    pub fn log_once_it_says(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
