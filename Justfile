@@ -2,7 +2,7 @@
 
 # Run the whole test suite (needs root for the network-namespace tests).
 test:
-    cargo test
+    cargo test --no-fail-fast
 
 # Format check and clippy with warnings as errors.
 lint:

@@ -424,14 +424,17 @@ fn dns_hosts_keeps_names_in_a_bind_mounted_etc_hosts_and_restores_it() {
 // ---------------------------------------------------------------------------------------------
 // README's quick start, as written
 
-/// The ```sh blocks of README.md's "Quick start" section, in order.
-fn quick_start_blocks() -> Vec<Vec<String>> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+/// The ```sh blocks of README.md's section `title`, in order.
+fn readme_blocks(title: &str) -> Vec<Vec<String>> {
+    let readme = readme();
     let section = readme
         .split("\n## ")
-        .find(|s| s.starts_with("Quick start"))
-        .expect("README has a Quick start section");
+        .find(|s| s.starts_with(title))
+        .unwrap_or_else(|| panic!("README has a {title:?} section"));
     let mut blocks = Vec::new();
     let mut current: Option<Vec<String>> = None;
     for line in section.lines() {
@@ -456,12 +459,55 @@ fn command_of(line: &str) -> String {
     }
 }
 
+/// The quick start is two commands: the server on its JSON store (the same command the
+/// joining walkthrough below starts, so that test runs it), and the whole suite as CI runs it.
 #[test]
-fn readme_quick_start_works_as_written_on_a_fresh_machine() {
-    let blocks = quick_start_blocks();
+fn readme_quick_start_is_the_server_and_the_whole_test_suite() {
+    let blocks = readme_blocks("Quick start");
+    let [block] = &blocks[..] else {
+        panic!("the quick start is one block of two commands: {blocks:?}");
+    };
+    let commands: Vec<String> = block.iter().map(|l| command_of(l)).collect();
+    let [server, suite] = &commands[..] else {
+        panic!("the quick start is two commands: {commands:?}");
+    };
+    let server_args = server
+        .strip_prefix("cargo run --release -- ")
+        .expect("the server runs from the checkout with cargo run");
+    let walkthrough = readme_blocks("Joining machines");
+    let started = command_of(&walkthrough[1][0]);
+    assert_eq!(
+        started.trim_end_matches('&').trim(),
+        format!("wgmesh {server_args}"),
+        "the quick start's server is the one the joining walkthrough (tested below) starts"
+    );
+    // The suite: .ci/run, executable, running exactly the test command README names.
+    assert_eq!(suite, "sudo .ci/run");
+    let ci = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ci).unwrap().permissions().mode();
+    assert!(mode & 0o111 != 0, ".ci/run is executable: {mode:o}");
+    let readme = readme();
+    let test_command = readme
+        .split("The test command is `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("README names its test command");
+    let script = std::fs::read_to_string(ci).unwrap();
+    assert!(
+        script
+            .lines()
+            .any(|l| l.starts_with(&format!("{test_command} 2>&1"))),
+        ".ci/run runs `{test_command}` as README says"
+    );
+}
+
+#[test]
+fn readme_joining_machines_works_as_written_on_a_fresh_machine() {
+    let blocks = readme_blocks("Joining machines");
     let [install, server, node, cron] = &blocks[..] else {
         panic!(
-            "the quick start's shape changed ({} blocks): update this test",
+            "the joining walkthrough's shape changed ({} blocks): update this test",
             blocks.len()
         );
     };
