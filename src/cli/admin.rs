@@ -5,6 +5,7 @@
 //! Going through the server (rather than editing its files) keeps one writer per file and
 //! makes changes take effect at once.
 
+use super::admin_flags::with_admin_flags;
 use super::exit::{CliError, EXIT_INTERNAL, EXIT_SERVER, EXIT_USAGE};
 use super::output::{init_logging, LogLevel};
 use crate::agent::client::ServerUrl;
@@ -44,61 +45,46 @@ enum TokenCommand {
 // shared struct into subcommands, and each flag's doc comment is its help text. `duplicates`
 // reports these structs as pairs; that is the reason.
 
-/// Create a join token and print it once (the server keeps only its hash).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "create")]
-pub struct TokenCreateArgs {
-    /// how many machines may join with it (default unlimited)
-    #[argh(option)]
-    uses: Option<u32>,
-    /// lifetime, e.g. 7d, 12h, 30m (default never expires)
-    #[argh(option)]
-    expires: Option<String>,
-    /// tag given to machines joining with it, e.g. tag:db (repeatable)
-    #[argh(option)]
-    tag: Vec<String>,
-    /// print the JSON answer instead of just the token
-    #[argh(switch)]
-    json: bool,
-    #[argh(option, default = "default_server()")]
-    /// coordination server (default http://127.0.0.1:8080)
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder
-    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Create a join token and print it once (the server keeps only its hash).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "create")]
+    pub struct TokenCreateArgs {
+        /// how many machines may join with it (default unlimited)
+        #[argh(option)]
+        uses: Option<u32>,
+        /// lifetime, e.g. 7d, 12h, 30m (default never expires)
+        #[argh(option)]
+        expires: Option<String>,
+        /// tag given to machines joining with it, e.g. tag:db (repeatable)
+        #[argh(option)]
+        tag: Vec<String>,
+        /// print the JSON answer instead of just the token
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// List join tokens: id, uses left, expiry, tags and whether each is still usable.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "list")]
-pub struct TokenListArgs {
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder
-    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// List join tokens: id, uses left, expiry, tags and whether each is still usable.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "list")]
+    pub struct TokenListArgs {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// Revoke a join token by id; machines that joined with it stay.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "revoke")]
-pub struct TokenRevokeArgs {
-    /// the token id (tok-...), as `token list` shows it
-    #[argh(positional)]
-    id: String,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder
-    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Revoke a join token by id; machines that joined with it stay.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "revoke")]
+    pub struct TokenRevokeArgs {
+        /// the token id (tok-...), as `token list` shows it
+        #[argh(positional)]
+        id: String,
+    }
 }
 
 /// The operator's view of the registry: every peer with its tags, online or not.
@@ -117,54 +103,40 @@ enum PeersCommand {
     Logout(PeersLogoutArgs),
 }
 
-/// End a peer's single sign-on login now: it goes offline and must log in again with
-/// `wgmesh up --login` (it keeps its address).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "logout")]
-pub struct PeersLogoutArgs {
-    /// the peer id (peer-...)
-    #[argh(positional)]
-    id: String,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// End a peer's single sign-on login now: it goes offline and must log in again with
+    /// `wgmesh up --login` (it keeps its address).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "logout")]
+    pub struct PeersLogoutArgs {
+        /// the peer id (peer-...)
+        #[argh(positional)]
+        id: String,
+    }
 }
 
-/// List every registered peer.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "list")]
-pub struct PeersListArgs {
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder
-    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// List every registered peer.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "list")]
+    pub struct PeersListArgs {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// Remove a peer for good: its address returns to the pool; it needs a new token to rejoin.
-/// Name it by hostname, mesh name (NAME or NAME.mesh), mesh address or peer id.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "remove")]
-pub struct PeersRemoveArgs {
-    /// the peer: hostname, mesh name, mesh address or peer id (peer-...), as `peers list`
-    /// shows them
-    #[argh(positional)]
-    peer: String,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder
-    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Remove a peer for good: its address returns to the pool; it needs a new token to rejoin.
+    /// Name it by hostname, mesh name (NAME or NAME.mesh), mesh address or peer id.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "remove")]
+    pub struct PeersRemoveArgs {
+        /// the peer: hostname, mesh name, mesh address or peer id (peer-...), as `peers list`
+        /// shows them
+        #[argh(positional)]
+        peer: String,
+    }
 }
 
 /// The access policy (who sees whom).
@@ -181,18 +153,14 @@ enum PolicyCommand {
     Reload(PolicyReloadArgs),
 }
 
-/// Make the server re-read its --policy file now (as SIGHUP does); a bad file keeps the old
-/// policy and the error is printed.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "reload")]
-pub struct PolicyReloadArgs {
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder
-    /// ~/.config/wireguard-mesh, else /var/lib/wgmesh, the server unit's)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Make the server re-read its --policy file now (as SIGHUP does); a bad file keeps the old
+    /// policy and the error is printed.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "reload")]
+    pub struct PolicyReloadArgs {
+
+    }
 }
 
 pub(super) fn default_server() -> ServerUrl {

@@ -6,6 +6,7 @@
 //! atomically and 0600 (a generated key is inside the code).
 
 use super::admin::{default_server, pretty, print, tags, Admin};
+use super::admin_flags::with_admin_flags;
 use super::exit::{CliError, EXIT_INTERNAL, EXIT_STATE, EXIT_USAGE};
 use crate::agent::client::ServerUrl;
 use crate::keys::PublicKey;
@@ -33,99 +34,83 @@ enum DeviceCommand {
     Remove(DeviceRemoveArgs),
 }
 
-/// Add a device behind a gateway and print its wg-quick configuration and QR code. Without
-/// --pubkey the server generates the key pair and the private key is shown this once.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "add")]
-pub struct DeviceAddArgs {
-    /// the device's name: it becomes NAME.mesh (one DNS label: a-z, 0-9, -)
-    #[argh(positional)]
-    name: String,
-    /// the gateway node it reaches the mesh through (its .mesh name, hostname or peer id)
-    #[argh(option)]
-    via: String,
-    /// tag for the access policy, e.g. tag:phone (repeatable)
-    #[argh(option)]
-    tag: Vec<String>,
-    /// the device's own WireGuard public key (recommended: its private key never leaves it)
-    #[argh(option)]
-    pubkey: Option<PublicKey>,
-    /// send all internet traffic through the gateway (it must be an exit node)
-    #[argh(switch)]
-    exit: bool,
-    /// also write the QR code as a PNG file (0600)
-    #[argh(option)]
-    qr_png: Option<PathBuf>,
-    /// also write the QR code as an SVG file (0600)
-    #[argh(option)]
-    qr_svg: Option<PathBuf>,
-    /// print the server's JSON answer instead of the configuration
-    #[argh(switch)]
-    json: bool,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Add a device behind a gateway and print its wg-quick configuration and QR code. Without
+    /// --pubkey the server generates the key pair and the private key is shown this once.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "add")]
+    pub struct DeviceAddArgs {
+        /// the device's name: it becomes NAME.mesh (one DNS label: a-z, 0-9, -)
+        #[argh(positional)]
+        name: String,
+        /// the gateway node it reaches the mesh through (its .mesh name, hostname or peer id)
+        #[argh(option)]
+        via: String,
+        /// tag for the access policy, e.g. tag:phone (repeatable)
+        #[argh(option)]
+        tag: Vec<String>,
+        /// the device's own WireGuard public key (recommended: its private key never leaves it)
+        #[argh(option)]
+        pubkey: Option<PublicKey>,
+        /// send all internet traffic through the gateway (it must be an exit node)
+        #[argh(switch)]
+        exit: bool,
+        /// also write the QR code as a PNG file (0600)
+        #[argh(option)]
+        qr_png: Option<PathBuf>,
+        /// also write the QR code as an SVG file (0600)
+        #[argh(option)]
+        qr_svg: Option<PathBuf>,
+        /// print the server's JSON answer instead of the configuration
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// List the devices: name, addresses, gateway, tags and key.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "list")]
-pub struct DeviceListArgs {
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// List the devices: name, addresses, gateway, tags and key.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "list")]
+    pub struct DeviceListArgs {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// Print a device's current configuration and QR code (after its gateway's key, endpoint or
-/// the mesh changed). The private key is never stored, so it is a placeholder here.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "show")]
-pub struct DeviceShowArgs {
-    /// the device's name
-    #[argh(positional)]
-    name: String,
-    /// with all internet traffic through the gateway (it must be an exit node)
-    #[argh(switch)]
-    exit: bool,
-    /// also write the QR code as a PNG file (0600)
-    #[argh(option)]
-    qr_png: Option<PathBuf>,
-    /// also write the QR code as an SVG file (0600)
-    #[argh(option)]
-    qr_svg: Option<PathBuf>,
-    /// print the server's JSON answer instead of the configuration
-    #[argh(switch)]
-    json: bool,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Print a device's current configuration and QR code (after its gateway's key, endpoint or
+    /// the mesh changed). The private key is never stored, so it is a placeholder here.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "show")]
+    pub struct DeviceShowArgs {
+        /// the device's name
+        #[argh(positional)]
+        name: String,
+        /// with all internet traffic through the gateway (it must be an exit node)
+        #[argh(switch)]
+        exit: bool,
+        /// also write the QR code as a PNG file (0600)
+        #[argh(option)]
+        qr_png: Option<PathBuf>,
+        /// also write the QR code as an SVG file (0600)
+        #[argh(option)]
+        qr_svg: Option<PathBuf>,
+        /// print the server's JSON answer instead of the configuration
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// Remove a device: its gateway drops it at once and its address returns to the pool.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "remove")]
-pub struct DeviceRemoveArgs {
-    /// the device's name
-    #[argh(positional)]
-    name: String,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Remove a device: its gateway drops it at once and its address returns to the pool.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "remove")]
+    pub struct DeviceRemoveArgs {
+        /// the device's name
+        #[argh(positional)]
+        name: String,
+    }
 }
 
 fn device_name(name: &str) -> Result<DnsName, CliError> {

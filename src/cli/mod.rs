@@ -14,6 +14,7 @@
 //! | 7 | another agent is already running with this config (`up`, `sync`) |
 
 mod admin;
+mod admin_flags;
 mod agent;
 mod device;
 pub mod exit;

@@ -3,6 +3,7 @@
 //! `wgmesh token`).
 
 use super::admin::{default_server, pretty, print, Admin};
+use super::admin_flags::with_admin_flags;
 use super::exit::{CliError, EXIT_USAGE};
 use crate::agent::client::ServerUrl;
 use crate::proto::subnet_routes::{RouteDecisionRequest, RoutesResponse};
@@ -27,55 +28,43 @@ enum RoutesCommand {
     Reject(RoutesRejectArgs),
 }
 
-/// List every advertised route: router, approval, and which router is in use (primary).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "list")]
-pub struct RoutesListArgs {
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// List every advertised route: router, approval, and which router is in use (primary).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "list")]
+    pub struct RoutesListArgs {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+    }
 }
 
-/// Approve a route a node advertises, so nodes with --accept-routes use it.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "approve")]
-pub struct RoutesApproveArgs {
-    /// the router: peer id, hostname or mesh address
-    #[argh(positional)]
-    peer: String,
-    /// the prefix it advertises, e.g. 192.168.10.0/24
-    #[argh(positional)]
-    prefix: String,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Approve a route a node advertises, so nodes with --accept-routes use it.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "approve")]
+    pub struct RoutesApproveArgs {
+        /// the router: peer id, hostname or mesh address
+        #[argh(positional)]
+        peer: String,
+        /// the prefix it advertises, e.g. 192.168.10.0/24
+        #[argh(positional)]
+        prefix: String,
+    }
 }
 
-/// Reject a route (or take back its approval): nodes stop using it through this router.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "reject")]
-pub struct RoutesRejectArgs {
-    /// the router: peer id, hostname or mesh address
-    #[argh(positional)]
-    peer: String,
-    /// the prefix it advertises, e.g. 192.168.10.0/24
-    #[argh(positional)]
-    prefix: String,
-    /// coordination server (default http://127.0.0.1:8080)
-    #[argh(option, default = "default_server()")]
-    server: ServerUrl,
-    /// admin secret file (default: admin.secret in the server's default state folder)
-    #[argh(option)]
-    admin_secret_file: Option<PathBuf>,
+with_admin_flags! {
+    /// Reject a route (or take back its approval): nodes stop using it through this router.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "reject")]
+    pub struct RoutesRejectArgs {
+        /// the router: peer id, hostname or mesh address
+        #[argh(positional)]
+        peer: String,
+        /// the prefix it advertises, e.g. 192.168.10.0/24
+        #[argh(positional)]
+        prefix: String,
+    }
 }
 
 fn prefix(text: &str) -> Result<IpNet, CliError> {

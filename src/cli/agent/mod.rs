@@ -22,10 +22,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod flags;
 mod inspect;
 mod keys;
 mod report;
 
+use flags::with_agent_flags;
 pub use inspect::{export, status, ExportArgs, StatusArgs};
 pub use keys::{genkey, pubkey, GenkeyArgs, PubkeyArgs};
 
@@ -111,135 +113,54 @@ macro_rules! overrides {
     };
 }
 
-/// Bring this machine into the mesh and keep it there: register, create the WireGuard
-/// interface, then heartbeat and sync peers in the foreground until SIGINT/SIGTERM or
-/// `wgmesh down`, which remove everything it set up. One agent per config: a second `up` or
-/// `sync` exits 7 ("already running (pid N)").
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "up")]
-pub struct UpArgs {
-    /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config); repeat
-    /// it for replicas of one cluster: the agent sticks to one and fails over to the next
-    #[argh(option)]
-    server: Vec<ServerUrl>,
-    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
-    /// replacing the bundled public roots (for a private CA or a self-signed server)
-    #[argh(option)]
-    ca: Option<PathBuf>,
-    /// client config file (default ~/.config/wireguard-mesh/client.json, mode 0600)
-    #[argh(option)]
-    config: Option<PathBuf>,
-    /// name of the WireGuard interface (default wg0)
-    #[argh(option)]
-    interface: Option<InterfaceName>,
-    /// UDP port WireGuard listens on (default 51820)
-    #[argh(option)]
-    listen_port: Option<u16>,
-    /// endpoint other peers should dial, IP:PORT (default: the address the server sees)
-    #[argh(option)]
-    endpoint: Option<Endpoint>,
-    /// hostname to register (default: this machine's)
-    #[argh(option)]
-    hostname: Option<Hostname>,
-    /// seconds between heartbeats (default 30)
-    #[argh(option, default = "30")]
-    heartbeat_interval: u64,
-    /// seconds between peer syncs (default 60)
-    #[argh(option, default = "60")]
-    sync_interval: u64,
-    /// join token for this key's first registration (or --token-file, or env WGMESH_TOKEN,
-    /// which keep it out of shell history); not needed once registered
-    #[argh(option)]
-    token: Option<String>,
-    /// file holding the join token
-    #[argh(option)]
-    token_file: Option<PathBuf>,
-    /// join by logging in with the organisation's identity provider instead of a token:
-    /// prints a URL and a code to open on any device, and waits (the server must run with
-    /// --oidc-issuer); also renews an expired or ended login
-    #[argh(switch)]
-    login: bool,
-    /// the server's public key, pinned up front; default: the one pinned at registration, or
-    /// learned from the server on first use
-    #[argh(option)]
-    server_key: Option<PublicKey>,
-    /// offer this machine as an exit node (give it on every run; without it the machine stops
-    /// being one)
-    #[argh(switch)]
-    exit_node: bool,
-    /// send all internet traffic through this exit node (hostname, mesh address or peer id;
-    /// remembered; "none" clears it)
-    #[argh(option)]
-    use_exit_node: Option<ExitChoice>,
-    /// while the chosen exit node is offline: block (default: nothing leaks) or direct
-    #[argh(option)]
-    exit_fallback: Option<ExitFallback>,
-    /// networks this node routes for the mesh, e.g. 192.168.10.0/24,fd00:10::/64
-    /// (remembered; "none" clears it; each needs approval: `wgmesh routes approve`)
-    #[argh(option)]
-    advertise_routes: Option<PrefixList>,
-    /// masquerade mesh traffic into the advertised networks: on (default) or off (the
-    /// networks' router then needs a route back to the mesh through this node)
-    #[argh(option)]
-    snat_subnet_routes: Option<OnOff>,
-    /// use the networks other nodes advertise (approved ones; give it on every run)
-    #[argh(switch)]
-    accept_routes: bool,
-    /// also advertise the prefixes a routing daemon puts in this kernel table, following
-    /// them as they come and go (remembered; "none" stops)
-    #[argh(option)]
-    routes_from_table: Option<TableChoice>,
-    /// only these prefixes (and what lies inside them) are advertised from that table
-    #[argh(option)]
-    routes_from_table_allow: Option<PrefixList>,
-    /// copy the accepted routes and the mesh network into this kernel table for a routing
-    /// daemon to announce (remembered; "none" stops)
-    #[argh(option)]
-    routes_to_table: Option<TableChoice>,
-    /// tunnel MTU (remembered; 0 restores the default: the default route's interface MTU
-    /// minus 80 on macOS and Windows, 1420 on Linux)
-    #[argh(option)]
-    mtu: Option<u16>,
-    /// answer NAME.mesh for the mesh on this node's mesh addresses while up runs: on
-    /// (default) or off
-    #[argh(option, default = "DnsSwitch(true)")]
-    dns: DnsSwitch,
-    /// on Linux without systemd-resolved, also keep the mesh names in a marked block of the
-    /// hosts file (removed when up stops)
-    #[argh(switch)]
-    dns_hosts: bool,
-    /// carry devices without the agent (phones: `wgmesh device add NAME --via THIS`) into
-    /// the mesh on a WireGuard interface of their own (Linux; give it on every run)
-    #[argh(switch)]
-    gateway: bool,
-    /// UDP port the devices dial with --gateway (default 51821)
-    #[argh(option)]
-    gateway_port: Option<u16>,
-    /// the devices' interface with --gateway (default: the mesh interface's name + "d")
-    #[argh(option)]
-    gateway_interface: Option<InterfaceName>,
-    /// the hosts file --dns-hosts writes (default /etc/hosts)
-    #[argh(option)]
-    hosts_file: Option<PathBuf>,
-    /// print the commands instead of running them, then exit; changes nothing anywhere (no
-    /// registration, no token use, no file written)
-    #[argh(switch)]
-    dry_run: bool,
-    /// seconds data may go unanswered on a direct path before the peer's traffic goes back
-    /// through the server's relay (default 15); every peer starts on the relay
-    /// and goes direct once a probe proves the direct path
-    #[argh(option, default = "15")]
-    relay_after: u64,
-    /// seconds between probes of a relayed peer's direct path after the first six in its
-    /// first 25 s (default 300); a peer that moves is probed again at once
-    #[argh(option, default = "300")]
-    direct_probe_interval: u64,
-    /// whose commands to produce: linux, macos or windows (default: this OS)
-    #[argh(option)]
-    os: Option<TargetOs>,
-    /// log level: error, warn, info, debug or trace (default info)
-    #[argh(option, default = "LogLevel::default()")]
-    log_level: LogLevel,
+with_agent_flags! {
+    /// Bring this machine into the mesh and keep it there: register, create the WireGuard
+    /// interface, then heartbeat and sync peers in the foreground until SIGINT/SIGTERM or
+    /// `wgmesh down`, which remove everything it set up. One agent per config: a second `up` or
+    /// `sync` exits 7 ("already running (pid N)").
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "up")]
+    pub struct UpArgs {
+        /// seconds between heartbeats (default 30)
+        #[argh(option, default = "30")]
+        heartbeat_interval: u64,
+        /// seconds between peer syncs (default 60)
+        #[argh(option, default = "60")]
+        sync_interval: u64,
+        /// join by logging in with the organisation's identity provider instead of a token:
+        /// prints a URL and a code to open on any device, and waits (the server must run with
+        /// --oidc-issuer); also renews an expired or ended login
+        #[argh(switch)]
+        login: bool,
+        /// answer NAME.mesh for the mesh on this node's mesh addresses while up runs: on
+        /// (default) or off
+        #[argh(option, default = "DnsSwitch(true)")]
+        dns: DnsSwitch,
+        /// on Linux without systemd-resolved, also keep the mesh names in a marked block of the
+        /// hosts file (removed when up stops)
+        #[argh(switch)]
+        dns_hosts: bool,
+        /// carry devices without the agent (phones: `wgmesh device add NAME --via THIS`) into
+        /// the mesh on a WireGuard interface of their own (Linux; give it on every run)
+        #[argh(switch)]
+        gateway: bool,
+        /// UDP port the devices dial with --gateway (default 51821)
+        #[argh(option)]
+        gateway_port: Option<u16>,
+        /// the devices' interface with --gateway (default: the mesh interface's name + "d")
+        #[argh(option)]
+        gateway_interface: Option<InterfaceName>,
+        /// the hosts file --dns-hosts writes (default /etc/hosts)
+        #[argh(option)]
+        hosts_file: Option<PathBuf>,
+        /// print the commands instead of running them, then exit; changes nothing anywhere (no
+        /// registration, no token use, no file written)
+        #[argh(switch)]
+        dry_run: bool,
+        /// log level: error, warn, info, debug or trace (default info)
+        #[argh(option, default = "LogLevel::default()")]
+        log_level: LogLevel,
+    }
 }
 
 /// An on/off flag value (`--snat-subnet-routes`).
@@ -278,105 +199,24 @@ impl std::str::FromStr for DnsSwitch {
     }
 }
 
-/// Do what `up` does once (register if needed, heartbeat, fetch peers, reconcile) and exit:
-/// for cron and systemd timers. Exit codes: 0 ok, 2 bad config, 3 server unreachable or
-/// refusing, 4 a system command failed, 5 local state error.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "sync")]
-pub struct SyncArgs {
-    /// coordination server, e.g. http://198.18.0.1:8080 (remembered in the config); repeat
-    /// it for replicas of one cluster: the agent sticks to one and fails over to the next
-    #[argh(option)]
-    server: Vec<ServerUrl>,
-    /// PEM file of the CA certificate(s) the server's HTTPS certificate must chain to,
-    /// replacing the bundled public roots (for a private CA or a self-signed server)
-    #[argh(option)]
-    ca: Option<PathBuf>,
-    /// client config file (default ~/.config/wireguard-mesh/client.json, mode 0600)
-    #[argh(option)]
-    config: Option<PathBuf>,
-    /// name of the WireGuard interface (default wg0)
-    #[argh(option)]
-    interface: Option<InterfaceName>,
-    /// UDP port WireGuard listens on (default 51820)
-    #[argh(option)]
-    listen_port: Option<u16>,
-    /// endpoint other peers should dial, IP:PORT (default: the address the server sees)
-    #[argh(option)]
-    endpoint: Option<Endpoint>,
-    /// hostname to register (default: this machine's)
-    #[argh(option)]
-    hostname: Option<Hostname>,
-    /// join token for this key's first registration (or --token-file, or env WGMESH_TOKEN,
-    /// which keep it out of shell history); not needed once registered
-    #[argh(option)]
-    token: Option<String>,
-    /// file holding the join token
-    #[argh(option)]
-    token_file: Option<PathBuf>,
-    /// the server's public key, pinned up front; default: the one pinned at registration, or
-    /// learned from the server on first use
-    #[argh(option)]
-    server_key: Option<PublicKey>,
-    /// offer this machine as an exit node (give it on every run; without it the machine stops
-    /// being one)
-    #[argh(switch)]
-    exit_node: bool,
-    /// send all internet traffic through this exit node (hostname, mesh address or peer id;
-    /// remembered; "none" clears it)
-    #[argh(option)]
-    use_exit_node: Option<ExitChoice>,
-    /// while the chosen exit node is offline: block (default: nothing leaks) or direct
-    #[argh(option)]
-    exit_fallback: Option<ExitFallback>,
-    /// networks this node routes for the mesh, e.g. 192.168.10.0/24,fd00:10::/64
-    /// (remembered; "none" clears it; each needs approval: `wgmesh routes approve`)
-    #[argh(option)]
-    advertise_routes: Option<PrefixList>,
-    /// masquerade mesh traffic into the advertised networks: on (default) or off (the
-    /// networks' router then needs a route back to the mesh through this node)
-    #[argh(option)]
-    snat_subnet_routes: Option<OnOff>,
-    /// use the networks other nodes advertise (approved ones; give it on every run)
-    #[argh(switch)]
-    accept_routes: bool,
-    /// also advertise the prefixes a routing daemon puts in this kernel table, following
-    /// them as they come and go (remembered; "none" stops)
-    #[argh(option)]
-    routes_from_table: Option<TableChoice>,
-    /// only these prefixes (and what lies inside them) are advertised from that table
-    #[argh(option)]
-    routes_from_table_allow: Option<PrefixList>,
-    /// copy the accepted routes and the mesh network into this kernel table for a routing
-    /// daemon to announce (remembered; "none" stops)
-    #[argh(option)]
-    routes_to_table: Option<TableChoice>,
-    /// tunnel MTU (remembered; 0 restores the default: the default route's interface MTU
-    /// minus 80 on macOS and Windows, 1420 on Linux)
-    #[argh(option)]
-    mtu: Option<u16>,
-    /// print a JSON summary of what changed on stdout
-    #[argh(switch)]
-    json: bool,
-    /// print the commands instead of running them; changes nothing anywhere (no
-    /// registration, no token use, no file written)
-    #[argh(switch)]
-    dry_run: bool,
-    /// seconds data may go unanswered on a direct path before the peer's traffic goes back
-    /// through the server's relay (default 15); every peer starts on the relay
-    /// and goes direct once a probe proves the direct path
-    #[argh(option, default = "15")]
-    relay_after: u64,
-    /// seconds between probes of a relayed peer's direct path after the first six in its
-    /// first 25 s (default 300); a peer that moves is probed again at once
-    #[argh(option, default = "300")]
-    direct_probe_interval: u64,
-    /// whose commands to produce: linux, macos or windows (default: this OS)
-    #[argh(option)]
-    os: Option<TargetOs>,
-    /// log level: error, warn, info, debug or trace (default warn)
-    #[argh(option, default = "LogLevel(log::LevelFilter::Warn)")]
-    log_level: LogLevel,
+with_agent_flags! {
+    /// Do what `up` does once (register if needed, heartbeat, fetch peers, reconcile) and exit:
+    /// for cron and systemd timers. Exit codes: 0 ok, 2 bad config, 3 server unreachable or
+    /// refusing, 4 a system command failed, 5 local state error.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "sync")]
+    pub struct SyncArgs {
+        /// print a JSON summary of what changed on stdout
+        #[argh(switch)]
+        json: bool,
+        /// print the commands instead of running them; changes nothing anywhere (no
+        /// registration, no token use, no file written)
+        #[argh(switch)]
+        dry_run: bool,
+        /// log level: error, warn, info, debug or trace (default warn)
+        #[argh(option, default = "LogLevel(log::LevelFilter::Warn)")]
+        log_level: LogLevel,
+    }
 }
 
 /// Stop a running `up` for this config (SIGTERM, waiting up to 30 s), then remove the
