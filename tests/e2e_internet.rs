@@ -260,7 +260,8 @@ fn nat_traversal_exit_nodes_and_netcheck_in_a_small_internet() {
         },
     );
     // b (`up`) starts a on the relay and moves it to the direct path once a probe proves it
-    // (within 30 s); a (`sync`) attempts direct first and follows b's packets.
+    // (within 30 s); a (`sync`) starts on the relay too, attempts direct at its first run
+    // that sees the relayed session, and follows b's packets.
     lab.eventually(
         Duration::from_secs(40),
         "a and b name each other's routers as endpoints",

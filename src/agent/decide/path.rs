@@ -53,6 +53,10 @@ pub const PROBE_TICK: Duration = Duration::from_millis(100);
 /// 30 s even when the first attempts cross badly.
 pub const EARLY_PROBES: [u64; 6] = [0, 1, 3, 7, 15, 25];
 
+/// A one-shot `sync`'s slot mark for "no direct attempt made yet": its first run that sees
+/// the relayed session up makes one, whatever the slot.
+const SYNC_ATTEMPT_DUE: u64 = u64::MAX;
+
 /// After going direct, packets still arriving through the relay for this long are the
 /// other end's probe window closing, not its choice: the direct path is kept (and pointed
 /// at again), as magicsock trusts a proven address for `trustUDPAddrDuration` (6.5 s).
@@ -343,9 +347,10 @@ fn direct_only(
 
 impl PeerPath {
     /// A peer seen for the first time (or on a new interface): relayed, its early probes
-    /// waiting for the session, the current periodic slot counted as done. Where probes
-    /// cannot run (a one-shot `sync`), a direct attempt instead, as before relay-first: the
-    /// relay takes over after `relay_after` without a handshake.
+    /// waiting for the session, the current periodic slot counted as done. A one-shot
+    /// `sync` starts relayed too (its first packet goes through, and the relay learns where
+    /// this end is); it cannot probe, so its first run that sees the relayed session up
+    /// makes a direct attempt instead (the slot counted as not done).
     fn start(
         now_ms: u64,
         published: Option<SocketAddr>,
@@ -354,18 +359,18 @@ impl PeerPath {
         settings: &PathSettings,
     ) -> PeerPath {
         PeerPath {
-            mode: if settings.may_probe {
-                Mode::Relay
-            } else {
-                Mode::Direct
-            },
+            mode: Mode::Relay,
             since_ms: now_ms,
             last_rx: seen.rx_bytes,
             last_tx: seen.tx_bytes,
             published,
             probe_until_ms: None,
             probe_rx: 0,
-            probe_slot: slot,
+            probe_slot: if settings.may_probe {
+                slot
+            } else {
+                SYNC_ATTEMPT_DUE
+            },
             session_ms: None,
             early_probes: 0,
             rx_changed_ms: now_ms,
@@ -444,8 +449,14 @@ impl PeerPath {
             self.go_direct(f, seen);
         } else if self.restart {
             // The new session's handshake goes through the relay; probes follow it.
-        } else if !settings.may_probe && self.published.is_some() && f.slot != self.probe_slot {
-            // A one-shot `sync` cannot probe: a direct attempt once per slot instead.
+        } else if !settings.may_probe
+            && self.published.is_some()
+            && f.connected
+            && f.slot != self.probe_slot
+        {
+            // A one-shot `sync` cannot probe: a direct attempt instead, once the relayed
+            // session is up, then once per slot. Nothing is lost while the other end sends:
+            // WireGuard follows its packets back to the relay, and so does the next run.
             self.go_direct(f, seen);
             self.direct_addr = self.published;
             self.proven = false;
@@ -1298,16 +1309,30 @@ mod tests {
     }
 
     #[test]
-    fn a_one_shot_sync_never_probes_it_attempts_direct_first_and_once_per_slot() {
+    fn a_one_shot_sync_starts_relayed_attempts_direct_once_connected_then_once_per_slot() {
         let mut s = Sim::new();
         s.settings.may_probe = false;
-        // No probes to prove a path with: a direct attempt, relayed after relay_after.
-        assert_eq!(s.tick(0).endpoint, s.published);
-        assert_eq!(s.tick(14).endpoint, s.published);
-        assert_eq!(s.tick(15).endpoint, relay());
-        s.handshake(16);
-        for t in 16..60 {
-            assert_eq!(s.tick(t).endpoint, relay(), "at {t}: no probe");
+        // Relayed from the first packet, and no attempt before the relayed session is up
+        // (the relay must know this end first).
+        for t in 0..5 {
+            assert_eq!(
+                s.tick(t).endpoint,
+                relay(),
+                "at {t}: relayed, no session yet"
+            );
+        }
+        // The first run that sees the session makes a direct attempt; nothing comes back
+        // over it: the relay again after relay_after.
+        s.handshake(5);
+        assert_eq!(s.tick(5).endpoint, s.published);
+        assert_eq!(s.tick(19).mode, Mode::Direct);
+        assert_eq!(s.tick(20).endpoint, relay());
+        for t in 21..60 {
+            assert_eq!(
+                s.tick(t).endpoint,
+                relay(),
+                "at {t}: no probe, attempt done"
+            );
         }
         // The next slot (60 s) tries direct again; nothing comes back over it: the relay
         // again after relay_after, though the relayed session's handshake is fresh.
@@ -1560,8 +1585,15 @@ mod tests {
         }
         assert_eq!(next[0], next[1], "both ends move to the same relay");
         // Packets still arriving through the old relay (the other end has not moved yet)
-        // are relayed packets: the path stays relayed, at the new relay.
+        // are relayed packets: the path stays relayed, at the new relay. (This one-shot
+        // end's direct attempt counts as made: this test is about relays.)
         let (table, me, peer) = &mut ends[0];
+        let slot = probe_slot(ms(at(22)), pair_offset(me, &peer.public_key), &settings);
+        table
+            .peers
+            .get_mut(&peer.public_key.to_base64())
+            .expect("the peer's path")
+            .probe_slot = slot;
         let dump = crate::os::wgdump::Dump {
             interface: crate::os::wgdump::DumpInterface {
                 private_key: None,
