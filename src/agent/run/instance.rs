@@ -3,11 +3,11 @@
 //! is refused with the pid instead of fighting the first over the interface, and `down`
 //! can stop the running `up` before it tears down.
 //!
-//! The lock is the operating system's (`flock(2)` on Unix): it goes away with the process,
-//! however it ends, so a crash never leaves a stale lock behind; the pid inside is only for
-//! messages and signals. (Windows, where the tunnel service is the single instance, takes
-//! no lock here yet; `std`'s `File::try_lock` would, but needs Rust 1.89, above this crate's
-//! MSRV.)
+//! The lock is the operating system's (`std`'s `File::try_lock`: `flock(2)` on Unix,
+//! `LockFileEx` on Windows): it goes away with the process, however it ends, so a crash
+//! never leaves a stale lock behind; the pid inside is only for messages and signals. On
+//! Windows the lock is mandatory, so another process cannot read the pid: a second agent is
+//! refused all the same, without the pid in the message.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -79,7 +79,6 @@ fn open(config: &Path) -> Result<File, LockError> {
 }
 
 /// Why [`try_lock`] did not take the lock.
-#[cfg_attr(not(unix), allow(dead_code))]
 enum TryLockError {
     /// Another process holds it.
     WouldBlock,
@@ -88,24 +87,11 @@ enum TryLockError {
 }
 
 /// Takes an exclusive lock on `file` without waiting.
-#[cfg(unix)]
 fn try_lock(file: &File) -> Result<(), TryLockError> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock(2) on a descriptor this `File` owns; it only changes lock state.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.kind() == std::io::ErrorKind::WouldBlock {
-        Err(TryLockError::WouldBlock)
-    } else {
-        Err(TryLockError::Error(e))
-    }
-}
-
-#[cfg(not(unix))]
-fn try_lock(_file: &File) -> Result<(), TryLockError> {
-    Ok(())
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => TryLockError::WouldBlock,
+        std::fs::TryLockError::Error(e) => TryLockError::Error(e),
+    })
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {
@@ -189,6 +175,10 @@ impl std::fmt::Display for StopError {
                 "the running agent (pid {pid}) did not stop in time; it may still be removing \
                  its interface: try again, or stop it with kill -9 {pid} and run down again"
             ),
+            StopError::Signal(0, e) => write!(
+                f,
+                "cannot stop the running agent: {e}; stop it yourself, then run down again"
+            ),
             StopError::Signal(pid, e) => write!(
                 f,
                 "cannot stop the running agent (pid {pid}): {e}; stop it yourself, then run \
@@ -234,7 +224,8 @@ fn terminate(pid: u32) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn terminate(_pid: u32) -> std::io::Result<()> {
     Err(std::io::Error::other(
-        "stopping another agent is not supported on this OS",
+        "Windows has no SIGTERM for it: press Ctrl-C in the window `wgmesh up` runs in, or \
+         end the boot task (`schtasks /End /TN wgmesh`)",
     ))
 }
 
