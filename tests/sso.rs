@@ -40,15 +40,24 @@ struct SsoLab {
     net: &'static str,
     provider: Option<usize>,
     device_flow: bool,
+    /// The provider follows OpenID Connect strictly: email and groups only in userinfo.
+    claims_in_userinfo_only: bool,
     starts: usize,
     /// The replica store the server uses instead of its JSON file, when the test asks.
     pg: Option<PgCluster>,
 }
 
 impl SsoLab {
-    /// A lab whose provider offers the device flow or not, and whose server keeps its
-    /// registry in PostgreSQL (`pg`) or in its JSON file.
-    fn new(label: &str, net: &'static str, device_flow: bool, pg: bool) -> SsoLab {
+    /// A lab whose provider offers the device flow or not, puts the scopes' claims in the ID
+    /// token or only in userinfo, and whose server keeps its registry in PostgreSQL (`pg`)
+    /// or in its JSON file.
+    fn new(
+        label: &str,
+        net: &'static str,
+        device_flow: bool,
+        claims_in_userinfo_only: bool,
+        pg: bool,
+    ) -> SsoLab {
         let dir = provider_dir();
         let mut lab = Lab::new(label);
         let srv = lab.host("srv", &format!("{net}.1/24"));
@@ -72,6 +81,7 @@ impl SsoLab {
             net,
             provider: None,
             device_flow,
+            claims_in_userinfo_only,
             starts: 0,
             pg: None,
         };
@@ -102,6 +112,7 @@ impl SsoLab {
             "client_secret": SECRET,
             "redirect_uris": [format!("{}/sso/callback", self.server_url())],
             "device_flow": self.device_flow,
+            "claims_in_userinfo_only": self.claims_in_userinfo_only,
             "users": {
                 "alice": {"email": "alice@example.com", "email_verified": true,
                           "groups": ["/engineering"]},
@@ -305,7 +316,7 @@ fn exit_code(lab: &mut Lab, agent: usize, limit: Duration) -> Option<i32> {
 
 #[test]
 fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with_what_tags() {
-    let mut s = SsoLab::new("sso", "198.18.122", false, false);
+    let mut s = SsoLab::new("sso", "198.18.122", false, false, false);
     let browser = Browser::start();
 
     // alice (group /engineering, @example.com) joins a machine: our page shows the machine
@@ -528,8 +539,10 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
 
 #[test]
 fn up_login_uses_the_device_flow_when_the_provider_offers_it() {
-    // On the PostgreSQL store, so the replica's admission and logout are the ones tested.
-    let mut s = SsoLab::new("ssodev", "198.18.123", true, true);
+    // On the PostgreSQL store, so the replica's admission and logout are the ones tested;
+    // and with a provider that follows OpenID Connect strictly (its ID token names neither
+    // the email nor the groups: they come from userinfo).
+    let mut s = SsoLab::new("ssodev", "198.18.123", true, true, true);
     let browser = Browser::start();
     let (_, _) = s.up_login("d1", 11);
     let (url, code) = s.printed_login("d1");
@@ -557,6 +570,11 @@ fn up_login_uses_the_device_flow_when_the_provider_offers_it() {
     let peer = s.joined("d1");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
     assert_eq!(tags(&peer), ["tag:dev", "tag:staff"], "{peer}");
+    let log = s.lab.log("server.log");
+    assert!(
+        log.contains("named no email: read from the provider's userinfo endpoint"),
+        "{log}"
+    );
 
     // Ending the login goes through the database too.
     let secret = s.lab.dir.path().join("admin.secret").display().to_string();

@@ -5,7 +5,7 @@
 //
 // CONFIG: {"issuer": "http://198.18.x.1:9090", "host": "198.18.x.1", "port": 9090,
 //          "client_id": "...", "client_secret": "...", "redirect_uris": ["..."],
-//          "device_flow": true|false,
+//          "device_flow": true|false, "claims_in_userinfo_only": true|false,
 //          "users": {"alice": {"email": "...", "email_verified": true, "groups": [...]}}}
 //
 // Every start makes a new signing key (a fresh `kid`), so restarting it is a key rotation.
@@ -39,8 +39,10 @@ const configuration = {
   jwks: { keys: [jwk] },
   scopes: ['openid', 'email', 'profile', 'groups'],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'], profile: ['name'] },
-  // Put the requested claims in the ID token too, as Keycloak, Okta and Authentik can.
-  conformIdTokenClaims: false,
+  // Put the requested claims in the ID token too, as Keycloak, Okta and Authentik can; with
+  // "claims_in_userinfo_only", follow OpenID Connect strictly (oidc-provider's default): the
+  // scopes' claims are only in userinfo when an access token is issued.
+  conformIdTokenClaims: !!config.claims_in_userinfo_only,
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: false },

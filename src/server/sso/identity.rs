@@ -21,7 +21,41 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
+/// What a provider's userinfo endpoint said about the person (OpenID Connect Core 5.3), for
+/// [`Identity::completed_by`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    /// The `email` claim.
+    pub email: Option<String>,
+    /// The `email_verified` claim (false when absent).
+    pub email_verified: bool,
+    /// The `groups` claim.
+    pub groups: Vec<String>,
+}
+
 impl Identity {
+    /// Whether the ID token left out what admission reads (the email or the groups), so the
+    /// provider's userinfo endpoint is worth asking: providers that follow OpenID Connect
+    /// strictly put scope claims only there when they also issue an access token.
+    pub fn needs_userinfo(&self) -> bool {
+        self.email.is_none() || self.groups.is_empty()
+    }
+
+    /// This identity with what the ID token left out taken from userinfo (whose `sub` the
+    /// caller checked is the token's). What the signed ID token says always wins: the email
+    /// (with its verified flag) comes from userinfo only when the token had none, and the
+    /// groups only when it had none.
+    pub fn completed_by(mut self, info: UserInfo) -> Identity {
+        if self.email.is_none() {
+            self.email = info.email;
+            self.email_verified = info.email_verified;
+        }
+        if self.groups.is_empty() {
+            self.groups = info.groups;
+        }
+        self
+    }
+
     /// How logs and refusals name the person: the email, else the subject.
     pub fn label(&self) -> String {
         match &self.email {
@@ -131,6 +165,50 @@ mod tests {
         out.logged_out_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000));
         let text = serde_json::to_string(&out).unwrap();
         assert_eq!(serde_json::from_str::<Owner>(&text).unwrap(), out);
+    }
+
+    fn bare() -> Identity {
+        Identity {
+            issuer: "https://id".into(),
+            subject: "s".into(),
+            email: None,
+            email_verified: false,
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn userinfo_fills_only_what_the_id_token_left_out() {
+        let info = UserInfo {
+            email: Some("from-userinfo@example.com".into()),
+            email_verified: true,
+            groups: vec!["/engineering".into()],
+        };
+        // Nothing in the token: both from userinfo.
+        assert!(bare().needs_userinfo());
+        let full = bare().completed_by(info.clone());
+        assert_eq!(full.email.as_deref(), Some("from-userinfo@example.com"));
+        assert!(full.email_verified);
+        assert_eq!(full.groups, ["/engineering"]);
+        assert!(!full.needs_userinfo());
+        // The token's own email (even unverified) and groups win.
+        let token = Identity {
+            email: Some("token@example.com".into()),
+            groups: vec!["token-group".into()],
+            ..bare()
+        };
+        assert!(!token.needs_userinfo());
+        let kept = token.clone().completed_by(info.clone());
+        assert_eq!(kept, token);
+        // Only the groups missing: the email stays the token's, with its flag.
+        let partly = Identity {
+            email: Some("token@example.com".into()),
+            ..bare()
+        };
+        let done = partly.completed_by(info);
+        assert_eq!(done.email.as_deref(), Some("token@example.com"));
+        assert!(!done.email_verified);
+        assert_eq!(done.groups, ["/engineering"]);
     }
 
     #[test]

@@ -5,20 +5,20 @@
 //! reach the provider is [`SsoError::Unavailable`] (503): existing machines never depend on it.
 
 use super::http::ProviderHttp;
-use super::identity::Identity;
-use super::verify::{self, Expect, TokenRefused};
+use super::identity::{Identity, UserInfo};
+use super::verify::{self, Expect, GroupsClaim, TokenRefused};
 use super::SsoError;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
-    CoreClientAuthMethod, CoreDeviceAuthorizationResponse, CoreGrantType, CoreJsonWebKey,
-    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+    CoreClientAuthMethod, CoreDeviceAuthorizationResponse, CoreGenderClaim, CoreGrantType,
+    CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
+    AccessToken, AdditionalProviderMetadata, AuthType, AuthorizationCode, ClientId, ClientSecret,
+    CsrfToken, DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
     JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    ProviderMetadata, RedirectUrl, Scope,
+    ProviderMetadata, RedirectUrl, Scope, SubjectIdentifier, UserInfoClaims, UserInfoError,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -263,8 +263,8 @@ impl Provider {
             .id_token()
             .ok_or_else(no_id_token)?
             .to_string();
-        let _ = answer.access_token();
-        self.verify(&id_token, Some(nonce))
+        let identity = self.verify(&id_token, Some(nonce))?;
+        self.complete(&metadata, identity, answer.access_token())
     }
 
     /// Asks the provider for a device code (RFC 8628 3.1).
@@ -312,7 +312,56 @@ impl Provider {
             .id_token()
             .ok_or_else(no_id_token)?
             .to_string();
-        self.verify(&id_token, None)
+        let identity = self.verify(&id_token, None)?;
+        self.complete(&metadata, identity, answer.access_token())
+    }
+
+    /// Asks the userinfo endpoint for what the ID token left out (the email or the groups),
+    /// checking that it speaks of the same `sub`; the token's own claims always win
+    /// ([`Identity::completed_by`]). Without a userinfo endpoint, the token is all there is.
+    fn complete(
+        &self,
+        metadata: &Metadata,
+        identity: Identity,
+        access_token: &AccessToken,
+    ) -> Result<Identity, SsoError> {
+        if !identity.needs_userinfo() || metadata.userinfo_endpoint().is_none() {
+            return Ok(identity);
+        }
+        let client = self.client(metadata, None)?;
+        let request = client
+            .user_info(
+                access_token.clone(),
+                Some(SubjectIdentifier::new(identity.subject.clone())),
+            )
+            .map_err(|e| SsoError::Config(format!("the provider's userinfo endpoint: {e}")))?;
+        let claims: UserInfoClaims<GroupsClaim, CoreGenderClaim> =
+            request.request(&self.http).map_err(|e| match e {
+                UserInfoError::Request(e) => {
+                    unavailable(&self.config.issuer, "userinfo", error_chain(&e))
+                }
+                other => SsoError::Token(format!(
+                    "the provider's userinfo answer for {} is not acceptable ({}): a token for \
+                     another person, or a provider misconfigured",
+                    identity.label(),
+                    error_chain(&other)
+                )),
+            })?;
+        let info = UserInfo {
+            email: claims.email().map(|e| e.to_string()),
+            email_verified: claims.email_verified() == Some(true),
+            groups: claims.additional_claims().groups.clone(),
+        };
+        log::info!(
+            "the ID token of {} named no {}: read from the provider's userinfo endpoint",
+            identity.label(),
+            if identity.email.is_none() {
+                "email"
+            } else {
+                "groups"
+            }
+        );
+        Ok(identity.completed_by(info))
     }
 
     /// Verifies an ID token, fetching the key set again once when it names an unknown key.
