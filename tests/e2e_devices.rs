@@ -160,6 +160,22 @@ fn reaches(lab: &Lab, from: &str, to: &str, secs: u64) -> bool {
     (0..secs).any(|_| lab.ping(from, to))
 }
 
+/// The global IPv6 address on `iface` in `ns`: a node's mesh IPv6 address.
+fn mesh_ip6(lab: &Lab, ns: &str, iface: &str) -> String {
+    let out = lab.exec_ok(
+        ns,
+        &[
+            "ip", "-o", "-6", "addr", "show", "dev", iface, "scope", "global",
+        ],
+    );
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv6 address on {iface}: {out}"))
+        .to_owned()
+}
+
 #[test]
 fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_removed() {
     for tool in ["dig", "zbarimg", "nft", "dnsmasq"] {
@@ -306,6 +322,23 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
     assert!(
         reaches(&lab, &phone_ns, &web_ip, 30),
         "the phone cannot reach web through the gateway"
+    );
+    // And over IPv6: the configuration's second address is the phone's mesh IPv6 address,
+    // routed through the same gateway both ways.
+    let web_ip6 = mesh_ip6(&lab, &web.ns, &web.iface);
+    assert!(
+        reaches(&lab, &phone_ns, &web_ip6, 10),
+        "the phone cannot reach web's mesh IPv6 address {web_ip6}"
+    );
+    let phone_ip6 = field(&config, "Address")
+        .split(", ")
+        .find(|a| a.contains(':'))
+        .and_then(|a| a.split('/').next())
+        .expect("the configuration gives the phone an IPv6 mesh address")
+        .to_owned();
+    assert!(
+        lab.ping(&web.ns, &phone_ip6),
+        "web reaches the phone over IPv6"
     );
     let dns = format!("@{gw_ip}");
     let answer = lab.exec_ok(
