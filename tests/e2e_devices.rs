@@ -5,7 +5,9 @@
 //! the QR PNG decodes (`zbarimg --raw`) to exactly the printed configuration; the policy
 //! keeps it from a node its tags may not reach; it survives the gateway's agent and the
 //! server restarting; the server-generated private key is in no file the server writes;
-//! removing the device ends its access at once.
+//! removing the device ends its access at once. A device added with `--exit` behind a
+//! gateway that is an exit node reaches an internet host through it (wg-quick's full-tunnel
+//! routing on the device).
 //!
 //! Needs root, iproute2, wireguard-go, wireguard-tools, nftables, ping, dig and zbarimg;
 //! fails (never skips) without.
@@ -446,4 +448,159 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("no device is called phone"), "{err}");
     let _ = (server, gw_agent);
+}
+
+/// Brings a full-tunnel configuration (AllowedIPs with 0.0.0.0/0) up as wg-quick does: the
+/// tunnel's own packets are marked and keep the main table; everything else goes into it.
+fn load_full_tunnel(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
+    let stripped: String = config
+        .lines()
+        .filter(|l| !l.starts_with("Address = ") && !l.starts_with("DNS = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = dir.join("exit-wg.conf");
+    std::fs::write(&file, stripped).unwrap();
+    lab.exec_ok(ns, &["env", "LOG_LEVEL=silent", "wireguard-go", iface]);
+    lab.exec_ok(ns, &["wg", "setconf", iface, &file.display().to_string()]);
+    for address in field(config, "Address").split(", ") {
+        lab.exec_ok(ns, &["ip", "address", "add", address, "dev", iface]);
+    }
+    lab.exec_ok(
+        ns,
+        &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
+    );
+    lab.exec_ok(ns, &["wg", "set", iface, "fwmark", "51820"]);
+    for family in ["-4", "-6"] {
+        let default = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
+        lab.exec_ok(
+            ns,
+            &[
+                "ip", family, "rule", "add", "not", "fwmark", "51820", "table", "51820",
+            ],
+        );
+        lab.exec_ok(
+            ns,
+            &[
+                "ip",
+                family,
+                "rule",
+                "add",
+                "table",
+                "main",
+                "suppress_prefixlength",
+                "0",
+            ],
+        );
+        lab.exec_ok(
+            ns,
+            &[
+                "ip", family, "route", "add", default, "dev", iface, "table", "51820",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_device_added_with_exit_reaches_the_internet_through_its_exit_node_gateway() {
+    let mut lab = Lab::new("devx");
+    let outside = TempDir::new("devices-exit");
+    std::fs::write(
+        lab.dir.path().join("policy.json"),
+        r#"{"allow": [{"from": ["*"], "to": ["*"]}]}"#,
+    )
+    .unwrap();
+    let server_ns = lab.host("srv", &format!("{SERVER_IP}/24"));
+    start_server(&mut lab, &server_ns, "server.log");
+    // An internet host that drops whatever comes from the phone's home router: only a
+    // packet the exit node forwarded (from the gateway's address) gets an answer.
+    let internet = lab.host("inet", "198.18.0.99/24");
+    lab.exec_ok(&internet, &["nft", "add", "table", "inet", "filter"]);
+    lab.exec_ok(
+        &internet,
+        &[
+            "nft",
+            "add chain inet filter input { type filter hook input priority 0; policy accept; }",
+        ],
+    );
+    lab.exec_ok(
+        &internet,
+        &[
+            "nft",
+            "add rule inet filter input ip saddr 198.18.0.20 drop",
+        ],
+    );
+    let gw_token = lab.create_token(&server_ns, &server_url(), &["--uses", "1"]);
+    let web_token = lab.create_token(&server_ns, &server_url(), &["--uses", "1"]);
+    let gw = lab.mesh_node("gw", &format!("{GW_IP}/24"));
+    // The exit node sends the internet's traffic out of its default route.
+    lab.exec_ok(
+        &gw.ns,
+        &["ip", "route", "add", "default", "via", "198.18.0.99"],
+    );
+    let web = lab.mesh_node("web", "198.18.0.3/24");
+    let gw_iface = lab.ifname("gx", "gw");
+    up(
+        &mut lab,
+        &gw,
+        &gw_token,
+        &[
+            "--gateway",
+            "--gateway-port",
+            "51821",
+            "--gateway-interface",
+            &gw_iface,
+            "--exit-node",
+        ],
+        "gw.log",
+    );
+    up(&mut lab, &web, &web_token, &[], "web.log");
+    lab.eventually(Duration::from_secs(30), "both nodes registered", || {
+        gw.mesh_ip().is_some() && web.mesh_ip().is_some()
+    });
+
+    // --exit through a gateway that is no exit node is refused with the reason.
+    let (code, _, err) = device(
+        &lab,
+        &server_ns,
+        &["add", "p0", "--via", "host-web", "--exit"],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("is not a gateway") || err.contains("is not an exit node"),
+        "{err}"
+    );
+
+    let mut added = (0, String::new(), String::new());
+    lab.eventually(
+        Duration::from_secs(20),
+        "the gateway's port is known",
+        || {
+            added = device(
+                &lab,
+                &server_ns,
+                &["add", "laptop", "--via", "host-gw", "--exit"],
+            );
+            added.0 == 0
+        },
+    );
+    let config = added.1.clone();
+    let allowed = field(&config, "AllowedIPs");
+    assert!(
+        allowed.contains("0.0.0.0/0") && allowed.contains("::/0"),
+        "{config}"
+    );
+
+    // Before the tunnel, the internet host drops the device's packets (its router's address).
+    let (_router, laptop_ns) = lab.home("lx", "198.18.0.20", 41, Router::MasqueradeFirewall, None);
+    assert!(!reaches(&lab, &laptop_ns, "198.18.0.99", 2));
+    let iface = lab.ifname("wg", "lx");
+    load_full_tunnel(&lab, &laptop_ns, &iface, &config, outside.path());
+    // The internet host answers now: it saw the gateway's address, not the router's (the
+    // exit node masqueraded the device's packets).
+    assert!(
+        reaches(&lab, &laptop_ns, "198.18.0.99", 30),
+        "the device cannot reach the internet host through its exit-node gateway"
+    );
+    // And the mesh too, through the same tunnel.
+    assert!(reaches(&lab, &laptop_ns, &web.mesh_ip().unwrap(), 10));
 }
