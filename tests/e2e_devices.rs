@@ -86,12 +86,20 @@ fn field(config: &str, key: &str) -> String {
 /// Brings the configuration up on `iface` in `ns` as a WireGuard app would: the wg part with
 /// `wg setconf` (wg-quick's Address and DNS stripped), the addresses and routes with `ip`.
 fn load_config(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
+    bring_up(lab, ns, iface, config, dir);
+    for net in field(config, "AllowedIPs").split(", ") {
+        lab.exec_ok(ns, &["ip", "route", "add", net, "dev", iface]);
+    }
+}
+
+/// The interface part of loading a configuration: the wg settings, addresses, MTU, up.
+fn bring_up(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
     let stripped: String = config
         .lines()
         .filter(|l| !l.starts_with("Address = ") && !l.starts_with("DNS = "))
         .map(|l| format!("{l}\n"))
         .collect();
-    let file = dir.join("phone-wg.conf");
+    let file = dir.join(format!("{iface}.conf"));
     std::fs::write(&file, stripped).unwrap();
     let made = lab.exec(
         ns,
@@ -108,9 +116,6 @@ fn load_config(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
         ns,
         &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
     );
-    for net in field(config, "AllowedIPs").split(", ") {
-        lab.exec_ok(ns, &["ip", "route", "add", net, "dev", iface]);
-    }
 }
 
 /// `/etc/netns/NS/resolv.conf` naming `nameserver`, removed on drop.
@@ -453,22 +458,7 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
 /// Brings a full-tunnel configuration (AllowedIPs with 0.0.0.0/0) up as wg-quick does: the
 /// tunnel's own packets are marked and keep the main table; everything else goes into it.
 fn load_full_tunnel(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
-    let stripped: String = config
-        .lines()
-        .filter(|l| !l.starts_with("Address = ") && !l.starts_with("DNS = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let file = dir.join("exit-wg.conf");
-    std::fs::write(&file, stripped).unwrap();
-    lab.exec_ok(ns, &["env", "LOG_LEVEL=silent", "wireguard-go", iface]);
-    lab.exec_ok(ns, &["wg", "setconf", iface, &file.display().to_string()]);
-    for address in field(config, "Address").split(", ") {
-        lab.exec_ok(ns, &["ip", "address", "add", address, "dev", iface]);
-    }
-    lab.exec_ok(
-        ns,
-        &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
-    );
+    bring_up(lab, ns, iface, config, dir);
     lab.exec_ok(ns, &["wg", "set", iface, "fwmark", "51820"]);
     for family in ["-4", "-6"] {
         let default = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
