@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::netns::{run, Lab, MeshNode as Node, Router, FAST_AGENT};
+use common::netns::{run, Lab, MeshNode as Node, NetnsEtc, Router, FAST_AGENT};
 use common::{wgmesh_bin, TempDir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -116,31 +116,6 @@ fn bring_up(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
         ns,
         &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
     );
-}
-
-/// `/etc/netns/NS/resolv.conf` naming `nameserver`, removed on drop.
-struct NetnsEtc(PathBuf);
-
-impl NetnsEtc {
-    fn resolv_conf(ns: &str, nameserver: &str) -> NetnsEtc {
-        let dir = PathBuf::from("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\n"),
-        )
-        .unwrap();
-        NetnsEtc(dir)
-    }
-}
-
-impl Drop for NetnsEtc {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
 }
 
 /// Every file under `dir` whose bytes contain `needle`.

@@ -9,9 +9,8 @@
 
 mod common;
 
-use common::netns::{run, Lab, MeshNode as Node, FAST_AGENT};
+use common::netns::{run, Lab, MeshNode as Node, NetnsEtc, FAST_AGENT};
 use common::wgmesh_bin;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const SERVER_IP: &str = "198.18.0.1";
@@ -106,32 +105,6 @@ fn links(lab: &Lab, ns: &str) -> String {
 fn routes(lab: &Lab, ns: &str) -> String {
     lab.exec_ok(ns, &["ip", "-4", "route", "show", "table", "all"])
         + &lab.exec_ok(ns, &["ip", "-4", "rule"])
-}
-
-/// `/etc/netns/NS/`, which `ip netns exec` binds over `/etc`, removed on drop.
-struct NetnsEtc(PathBuf);
-
-impl NetnsEtc {
-    fn resolv_conf(ns: &str, nameserver: &str) -> NetnsEtc {
-        let dir = PathBuf::from("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\n"),
-        )
-        .unwrap();
-        NetnsEtc(dir)
-    }
-}
-
-impl Drop for NetnsEtc {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        // /etc/netns itself too, when no other test still uses it (only empty folders go).
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
 }
 
 #[test]

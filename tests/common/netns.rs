@@ -538,3 +538,31 @@ impl Drop for Lab {
         }
     }
 }
+
+/// `/etc/netns/NS/`, which `ip netns exec` binds over `/etc` (a namespace's own
+/// `resolv.conf`), removed on drop.
+pub struct NetnsEtc(PathBuf);
+
+impl NetnsEtc {
+    /// A `resolv.conf` for `ns` naming `nameserver`.
+    pub fn resolv_conf(ns: &str, nameserver: &str) -> NetnsEtc {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )
+        .unwrap();
+        NetnsEtc(dir)
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // /etc/netns itself too, when no other test still uses it (only empty folders go).
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
