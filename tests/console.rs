@@ -353,7 +353,9 @@ fn reports_are_refused_for_another_key_and_when_oversized() {
 
 /// The console lab's own subnet: its switch is plugged into this (root) namespace so the
 /// browser reaches the server; no other lab uses it.
-const NET: &str = "198.18.77";
+fn net() -> String {
+    common::netns::root_subnet(0)
+}
 
 fn screenshots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
@@ -374,11 +376,12 @@ fn row_text(b: &Browser, host: &str) -> String {
 
 #[test]
 fn console_in_a_browser_follows_a_live_mesh() {
+    let net = net();
     let mut lab = Lab::new("console");
-    let srv = lab.host("srv", &format!("{NET}.1/24"));
-    lab.plug_in_root(&format!("{NET}.254/24"));
+    let srv = lab.host("srv", &format!("{net}.1/24"));
+    lab.plug_in_root(&format!("{net}.254/24"));
     let state = lab.dir.path().join("peers.json").display().to_string();
-    let listen = format!("{NET}.1:8080");
+    let listen = format!("{net}.1:8080");
     lab.spawn(
         &srv,
         &[
@@ -387,7 +390,7 @@ fn console_in_a_browser_follows_a_live_mesh() {
             "--listen",
             &listen,
             "--udp-listen",
-            &format!("{NET}.1:3478"),
+            &format!("{net}.1:3478"),
             "--state",
             &state,
             "--heartbeat-timeout",
@@ -415,7 +418,7 @@ fn console_in_a_browser_follows_a_live_mesh() {
     ]);
     let token = token.trim().to_owned();
     let nodes: Vec<MeshNode> = (0..2)
-        .map(|i| lab.mesh_node(&format!("c{i}"), &format!("{NET}.{}/24", 11 + i)))
+        .map(|i| lab.mesh_node(&format!("c{i}"), &format!("{net}.{}/24", 11 + i)))
         .collect();
     let mut agents: Vec<usize> = nodes
         .iter()
@@ -478,7 +481,7 @@ fn console_in_a_browser_follows_a_live_mesh() {
     assert!(b
         .text("#up-line")
         .contains(&format!("wgmesh up --server {base}")));
-    let c2 = lab.mesh_node("c2", &format!("{NET}.13/24"));
+    let c2 = lab.mesh_node("c2", &format!("{net}.13/24"));
     up(&mut lab, &c2, &base, &fresh);
     b.goto(&format!("{base}/console/peers"));
     b.run("window.wgmeshMark = 43; return null;");
@@ -558,7 +561,7 @@ fn console_in_a_browser_follows_a_live_mesh() {
     };
     let before = count_tokens();
     let evil = serve_once(
-        &format!("{NET}.254:0"),
+        &format!("{net}.254:0"),
         &format!(
             "<!doctype html><html><body><form id=f method=post action='{base}/console/tokens'>\
              <input name=tags value=tag:evil><input name=uses value=9></form>\

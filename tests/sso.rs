@@ -12,7 +12,7 @@
 mod common;
 
 use common::browser::Browser;
-use common::netns::{Lab, MeshNode, FAST_AGENT};
+use common::netns::{root_subnet, Lab, MeshNode, FAST_AGENT};
 use common::postgres::PgCluster;
 use common::wgmesh_bin;
 use serde_json::{json, Value};
@@ -37,7 +37,7 @@ fn provider_dir() -> PathBuf {
 struct SsoLab {
     lab: Lab,
     srv: String,
-    net: &'static str,
+    net: String,
     provider: Option<usize>,
     device_flow: bool,
     /// The provider follows OpenID Connect strictly: email and groups only in userinfo.
@@ -53,7 +53,7 @@ impl SsoLab {
     /// or in its JSON file.
     fn new(
         label: &str,
-        net: &'static str,
+        net: String,
         device_flow: bool,
         claims_in_userinfo_only: bool,
         pg: bool,
@@ -316,7 +316,7 @@ fn exit_code(lab: &mut Lab, agent: usize, limit: Duration) -> Option<i32> {
 
 #[test]
 fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with_what_tags() {
-    let mut s = SsoLab::new("sso", "198.18.122", false, false, false);
+    let mut s = SsoLab::new("sso", root_subnet(1), false, false, false);
     let browser = Browser::start();
 
     // alice (group /engineering, @example.com) joins a machine: our page shows the machine
@@ -542,7 +542,7 @@ fn up_login_uses_the_device_flow_when_the_provider_offers_it() {
     // On the PostgreSQL store, so the replica's admission and logout are the ones tested;
     // and with a provider that follows OpenID Connect strictly (its ID token names neither
     // the email nor the groups: they come from userinfo).
-    let mut s = SsoLab::new("ssodev", "198.18.123", true, true, true);
+    let mut s = SsoLab::new("ssodev", root_subnet(2), true, true, true);
     let browser = Browser::start();
     let (_, _) = s.up_login("d1", 11);
     let (url, code) = s.printed_login("d1");

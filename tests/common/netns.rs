@@ -566,3 +566,17 @@ impl Drop for NetnsEtc {
         }
     }
 }
+
+/// A /24 (as "198.19.N") for a lab plugged into the root namespace ([`Lab::plug_in_root`]),
+/// the `slot`-th of this checkout's five: the root namespace is shared by every checkout
+/// on the machine, so each checkout's labs take their own block (from a hash of its path)
+/// and two checkouts running the suite at once do not route each other's tests.
+pub fn root_subnet(slot: u8) -> String {
+    assert!(slot < 5, "five root-plugged subnets per checkout");
+    let checkout = env!("CARGO_MANIFEST_DIR")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("198.19.{}", (checkout % 50) * 5 + u64::from(slot))
+}
