@@ -45,6 +45,8 @@ struct SsoLab {
     starts: usize,
     /// The replica store the server uses instead of its JSON file, when the test asks.
     pg: Option<PgCluster>,
+    /// The (first) server's child index.
+    server: usize,
 }
 
 impl SsoLab {
@@ -84,12 +86,13 @@ impl SsoLab {
             claims_in_userinfo_only,
             starts: 0,
             pg: None,
+            server: 0,
         };
         if pg {
             me.pg = Some(PgCluster::start_in_netns(&me.srv));
         }
         me.start_provider();
-        me.start_server();
+        me.server = me.start_server();
         me
     }
 
@@ -110,7 +113,10 @@ impl SsoLab {
             "port": 9090,
             "client_id": CLIENT_ID,
             "client_secret": SECRET,
-            "redirect_uris": [format!("{}/sso/callback", self.server_url())],
+            "redirect_uris": [
+                format!("{}/sso/callback", self.server_url()),
+                format!("http://{}.1:8081/sso/callback", self.net),
+            ],
             "device_flow": self.device_flow,
             "claims_in_userinfo_only": self.claims_in_userinfo_only,
             "users": {
@@ -142,8 +148,19 @@ impl SsoLab {
         self.lab.child(index).wait().unwrap();
     }
 
-    fn start_server(&mut self) {
-        let state = self.lab.dir.path().join("peers.json").display().to_string();
+    fn start_server(&mut self) -> usize {
+        self.start_server_on(8080, "server.log")
+    }
+
+    /// Starts a server listening on `port` (a second replica on the same store: 8081).
+    fn start_server_on(&mut self, port: u16, log: &str) -> usize {
+        let state = self
+            .lab
+            .dir
+            .path()
+            .join(format!("peers-{port}.json"))
+            .display()
+            .to_string();
         let policy = self
             .lab
             .dir
@@ -158,7 +175,7 @@ impl SsoLab {
             .join("client.secret")
             .display()
             .to_string();
-        let listen = format!("{}.1:8080", self.net);
+        let listen = format!("{}.1:{port}", self.net);
         let issuer = self.issuer();
         let srv = self.srv.clone();
         let store = self.pg.as_ref().map(PgCluster::url);
@@ -187,11 +204,17 @@ impl SsoLab {
         if let Some(url) = &store {
             args.extend(["--store", url.as_str()]);
         }
-        self.lab.spawn(&srv, &args, "server.log");
+        // A second replica in the same namespace takes other UDP ports than the first's.
+        let udp = format!("{}.1:{}", self.net, port + 1000);
+        if port != 8080 {
+            args.extend(["--udp-listen", udp.as_str(), "--udp-alt-port", "0"]);
+        }
+        let index = self.lab.spawn(&srv, &args, log);
         self.lab
             .eventually(Duration::from_secs(20), "the server listens", || {
-                self.lab.log("server.log").contains("listening on")
+                self.lab.log(log).contains("listening on")
             });
+        index
     }
 
     /// `wgmesh up --login` on a new node; returns the node and the agent's index.
@@ -206,7 +229,7 @@ impl SsoLab {
         (node, agent)
     }
 
-    /// The URL and code the agent printed.
+    /// The URL and code the agent printed (the latest, when it started a new login).
     fn printed_login(&self, name: &str) -> (String, String) {
         let log_name = format!("{name}.log");
         let mut found = None;
@@ -218,11 +241,12 @@ impl SsoLab {
                 let url = log
                     .lines()
                     .map(str::trim)
-                    .find(|l| l.starts_with("http://"))
+                    .rfind(|l| l.starts_with("http://"))
                     .map(str::to_owned);
                 let code = log
-                    .split("the code ")
-                    .nth(1)
+                    .rsplit("the code ")
+                    .next()
+                    .filter(|_| log.contains("the code "))
                     .and_then(|rest| rest.split_whitespace().next())
                     .map(str::to_owned);
                 found = url.zip(code);
@@ -603,4 +627,70 @@ fn up_login_uses_the_device_flow_when_the_provider_offers_it() {
         &secret,
     ]);
     assert_eq!(again.status.code(), Some(3), "an unknown peer is refused");
+}
+
+#[test]
+fn a_browser_login_started_on_one_replica_is_approved_and_finished_on_another() {
+    // Two replicas on one PostgreSQL store and no sticky sessions: the machine asks replica
+    // A (8080) for a login and polls A, while its person opens the page on replica B (8081),
+    // where the provider sends the browser back too. The login lives in the shared table.
+    let mut s = SsoLab::new("ssorep", root_subnet(3), false, false, true);
+    s.start_server_on(8081, "server-b.log");
+    let browser = Browser::start();
+    let (_, _) = s.up_login("r1", 11);
+    let (url, code) = s.printed_login("r1");
+    let on_a = format!("{}/sso/browser/", s.server_url());
+    assert!(url.starts_with(&on_a), "{url}");
+    let on_b = url.replacen(":8080/", ":8081/", 1);
+    browser.goto(&on_b);
+    assert_eq!(
+        browser.text("#user-code"),
+        code,
+        "replica B shows A's login"
+    );
+    browser.click("#approve");
+    provider_sign_in(&browser, "alice");
+    browser.wait_until(Duration::from_secs(20), "the login ends", |b| {
+        b.find("#outcome").is_some()
+    });
+    assert_eq!(browser.text("#outcome"), "Logged in");
+    let peer = s.joined("r1");
+    assert_eq!(peer["owner"], "alice@example.com", "{peer}");
+    assert_eq!(tags(&peer), ["tag:dev", "tag:staff"], "{peer}");
+    let b_log = s.lab.log("server-b.log");
+    assert!(
+        b_log.contains("/sso/callback"),
+        "B took the callback:\n{b_log}"
+    );
+}
+
+#[test]
+fn a_login_the_server_forgot_in_a_restart_is_started_again_by_the_agent() {
+    // The JSON store keeps logins in memory: a restart forgets them. The waiting agent is
+    // told 404, starts a new login by itself and prints its URL; that one works.
+    let mut s = SsoLab::new("ssoagain", root_subnet(4), false, false, false);
+    let browser = Browser::start();
+    let (_, _) = s.up_login("f1", 11);
+    let (first, _) = s.printed_login("f1");
+    assert_eq!(s.lab.signal(s.server, "TERM"), Some(0));
+    s.server = s.start_server_on(8080, "server2.log");
+    s.lab.eventually(
+        Duration::from_secs(30),
+        "the agent starts a new login",
+        || s.lab.log("f1.log").contains("no longer knows this login"),
+    );
+    let (second, code) = s.printed_login("f1");
+    assert_ne!(second, first, "a new login, a new URL");
+    browser.goto(&first);
+    assert!(
+        browser.text("main").contains("no login"),
+        "the old page says the login is gone: {}",
+        browser.text("main")
+    );
+    browser.goto(&second);
+    assert_eq!(browser.text("#user-code"), code);
+    browser.click("#approve");
+    provider_sign_in(&browser, "alice");
+    let peer = s.joined("f1");
+    assert_eq!(peer["owner"], "alice@example.com", "{peer}");
 }

@@ -61,6 +61,10 @@ fn failed_page(e: &SsoError) -> Response {
 impl Api {
     /// Turns single sign-on on (`--oidc-issuer`).
     pub fn enable_sso(&self, sso: Sso) {
+        let sso = match self.storage.login_table() {
+            Some(shared) => sso.with_logins(shared),
+            None => sso,
+        };
         let _ = self.sso.set(sso);
     }
 

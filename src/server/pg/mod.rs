@@ -1,8 +1,8 @@
 //! The replica store (issue 11): several `wgmesh server` processes share one PostgreSQL
 //! database, and any of them answers any request. The database holds what must be one truth
 //! for the cluster: peers and their addresses, join tokens, the server key and admin secret,
-//! the policy, the audit log ([`audit`]), the live replicas ([`cluster`]) and the nonces of
-//! accepted requests ([`nonces`]). Each replica keeps its
+//! the policy, the audit log ([`audit`]), the live replicas ([`cluster`]), the nonces of
+//! accepted requests ([`nonces`]) and the single sign-on logins in progress (`sso_logins`). Each replica keeps its
 //! in-memory registry as a cache, caught up from the database by sequence number.
 //!
 //! Every change to peers or tokens runs in one transaction that first takes a cluster-wide
@@ -28,6 +28,7 @@ mod cluster;
 pub mod nonces;
 pub mod pool;
 pub mod schema;
+mod sso_logins;
 
 use crate::keys::{PrivateKey, PublicKey};
 use crate::server::store::PeerRecord;

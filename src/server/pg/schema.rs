@@ -13,7 +13,7 @@ pub const MIGRATION_LOCK: i64 = 0x7767_6d65_7368_0001;
 pub const WRITE_LOCK: i64 = 0x7767_6d65_7368_0002;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Each migration, in order: migration `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -46,6 +46,13 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE wgmesh_policies (seq bigint PRIMARY KEY, policy text NOT NULL);
      INSERT INTO wgmesh_policies (seq, policy)
          SELECT 0, value FROM wgmesh_cluster WHERE name = 'policy';",
+    // 4: single sign-on logins in progress, shared so any replica can poll, approve and
+    // finish a login another one started (`started` is the database's clock, in ms).
+    "CREATE TABLE wgmesh_sso_logins (
+         id text PRIMARY KEY,
+         started bigint NOT NULL,
+         state text UNIQUE,
+         login text NOT NULL);",
 ];
 
 /// Brings the schema to [`SCHEMA_VERSION`]; refuses a database written by a newer build.

@@ -3,7 +3,9 @@
 //! machine's polls. The HTTP edge is `crate::server::api::sso`.
 
 use super::identity::Identity;
-use super::logins::{short_code, CodeFlow, Logins, Outcome, Purpose, LOGIN_LIFETIME};
+use super::logins::{
+    short_code, CodeFlow, LoginTable, MemoryLogins, Outcome, Purpose, LOGIN_LIFETIME,
+};
 use super::provider::{Provider, ProviderConfig};
 use super::SsoError;
 use crate::keys::PublicKey;
@@ -54,7 +56,7 @@ pub enum ProviderAnswer {
 /// Single sign-on as the API uses it.
 pub struct Sso {
     provider: Arc<Provider>,
-    logins: Arc<Logins>,
+    logins: Arc<dyn LoginTable>,
     redirect: Option<String>,
     login_expiry: Duration,
     https: bool,
@@ -82,12 +84,19 @@ impl Sso {
     pub fn new(config: SsoConfig) -> Sso {
         Sso {
             provider: Arc::new(Provider::new(config.provider)),
-            logins: Arc::new(Logins::default()),
+            logins: Arc::new(MemoryLogins::default()),
             redirect: config.redirect_url,
             login_expiry: config.login_expiry,
             https: config.https,
             device_flow: config.device_flow,
         }
+    }
+
+    /// The same, keeping logins in progress in `table` (the replicas' shared database)
+    /// instead of this process's memory.
+    pub fn with_logins(mut self, table: Arc<dyn LoginTable>) -> Sso {
+        self.logins = table;
+        self
     }
 
     /// `--login-expiry`.
@@ -123,7 +132,7 @@ impl Sso {
             let code = short_code();
             let id = self
                 .logins
-                .open(purpose, code.clone())
+                .open(purpose, code.clone())?
                 .ok_or(SsoError::Busy)?;
             return Ok(MachineLogin {
                 url: format!("{}/sso/browser/{id}", base.trim_end_matches('/')),
@@ -137,7 +146,7 @@ impl Sso {
         let code = details.user_code().secret().clone();
         let id = self
             .logins
-            .open(purpose, code.clone())
+            .open(purpose, code.clone())?
             .ok_or(SsoError::Busy)?;
         let url = details
             .verification_uri_complete()
@@ -152,7 +161,9 @@ impl Sso {
                     Ok(who) => Outcome::Done(who),
                     Err(e) => Outcome::Failed(e.http_status(), e.to_string()),
                 };
-                logins.finish(&waiting, outcome);
+                if let Err(e) = logins.finish(&waiting, outcome) {
+                    log::error!("cannot record the end of login {waiting}: {e}");
+                }
             })
             .map_err(|e| SsoError::Config(format!("cannot start a thread: {e}")))?;
         Ok(MachineLogin {
@@ -167,7 +178,7 @@ impl Sso {
     /// What the approval page shows for login `id`: who it is for and its code.
     pub fn look(&self, id: &str) -> Result<(Purpose, String, Outcome), SsoError> {
         self.logins
-            .look(id)
+            .look(id)?
             .ok_or_else(|| SsoError::UnknownLogin(id.to_owned()))
     }
 
@@ -181,7 +192,7 @@ impl Sso {
             nonce: started.nonce,
             redirect,
         };
-        match self.logins.attach_code(id, started.state, flow) {
+        match self.logins.attach_code(id, started.state, flow)? {
             true => Ok(started.url),
             false => Err(SsoError::UnknownLogin(id.to_owned())),
         }
@@ -193,7 +204,7 @@ impl Sso {
         self.provider.rediscover()?;
         let id = self
             .logins
-            .open(Purpose::Console, String::new())
+            .open(Purpose::Console, String::new())?
             .ok_or(SsoError::Busy)?;
         let url = self.begin_browser(&id, base)?;
         Ok((id, url))
@@ -211,7 +222,7 @@ impl Sso {
         answer: ProviderAnswer,
         browser: Option<&str>,
     ) -> Result<(Purpose, Identity), SsoError> {
-        let (id, purpose, flow) = self.logins.take_code(state).ok_or_else(|| {
+        let (id, purpose, flow) = self.logins.take_code(state)?.ok_or_else(|| {
             SsoError::Token(
                 "this login answer is unknown or was already used (a reload or a replayed \
                  code): start the login again"
@@ -236,20 +247,20 @@ impl Sso {
             ))),
         };
         match (&purpose, &result) {
-            (Purpose::Console, _) => self.logins.remove(&id),
+            (Purpose::Console, _) => self.logins.remove(&id)?,
             (Purpose::Machine { .. }, Ok(who)) => {
-                self.logins.finish(&id, Outcome::Done(who.clone()))
+                self.logins.finish(&id, Outcome::Done(who.clone()))?
             }
             (Purpose::Machine { .. }, Err(e)) => self
                 .logins
-                .finish(&id, Outcome::Failed(e.http_status(), e.to_string())),
+                .finish(&id, Outcome::Failed(e.http_status(), e.to_string()))?,
         }
         result.map(|who| (purpose, who))
     }
 
     /// Where machine login `id` stands, for the machine with `key` only.
     pub fn poll(&self, id: &str, key: &PublicKey) -> Result<Outcome, SsoError> {
-        match self.logins.look(id) {
+        match self.logins.look(id)? {
             Some((Purpose::Machine { key: k, .. }, _, outcome)) if k == *key => Ok(outcome),
             _ => Err(SsoError::UnknownLogin(id.to_owned())),
         }
@@ -258,7 +269,7 @@ impl Sso {
     /// Takes the finished login `id` of the machine with `key`, once, to register with.
     pub fn take(&self, id: &str, key: &PublicKey) -> Result<Identity, SsoError> {
         self.logins
-            .take_done(id, key)
+            .take_done(id, key)?
             .ok_or_else(|| SsoError::UnknownLogin(id.to_owned()))
     }
 }

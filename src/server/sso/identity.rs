@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
 /// The claims of an ID token whose signature, issuer, audience, expiry, issue time and
-/// nonce were verified. Only this type reaches admission.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// nonce were verified. Only this type reaches admission. (Serialized only into a login
+/// table between the provider's answer and the registration it admits.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// The provider's `iss`.
     pub issuer: String,

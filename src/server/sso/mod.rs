@@ -12,6 +12,7 @@
 pub mod flows;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod logins;
 pub mod provider;
 pub mod rules;
@@ -37,6 +38,8 @@ pub enum SsoError {
     UnknownLogin(String),
     /// Too many logins wait at once: 503.
     Busy,
+    /// The table of logins in progress (the replicas' shared database) cannot be used: 503.
+    Store(String),
     /// The provider or the server is set up in a way that cannot work: 500.
     Config(String),
 }
@@ -45,7 +48,7 @@ impl SsoError {
     /// The HTTP status the failure is answered with.
     pub fn http_status(&self) -> u16 {
         match self {
-            SsoError::Unavailable(_) | SsoError::Busy => 503,
+            SsoError::Unavailable(_) | SsoError::Busy | SsoError::Store(_) => 503,
             SsoError::Token(_) => 401,
             SsoError::Forbidden(_) => 403,
             SsoError::UnknownLogin(_) => 404,
@@ -69,11 +72,16 @@ impl fmt::Display for SsoError {
                 f,
                 "no login {id} is waiting: it finished, expired (logins last {} minutes) or \
                  the server restarted; run `wgmesh up --login` again",
-                logins::LOGIN_LIFETIME.as_secs() / 60
+                limits::LOGIN_LIFETIME.as_secs() / 60
             ),
             SsoError::Busy => {
                 f.write_str("too many logins are waiting at once; try again in a few minutes")
             }
+            SsoError::Store(why) => write!(
+                f,
+                "the logins in progress cannot be read or written ({why}); try again when the \
+                 database answers"
+            ),
         }
     }
 }

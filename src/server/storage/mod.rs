@@ -19,12 +19,14 @@ pub mod write_floor;
 use crate::keys::PublicKey;
 use crate::server::ipam::IpamError;
 use crate::server::registry::Registration;
+use crate::server::sso::logins::LoginTable;
 use crate::server::store::PeerRecord;
 use crate::server::tokens::{TokenError, TokenRecord, TokenStore};
 use crate::types::{Endpoint, PeerId, TokenId};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Why a store did not make a change. Each maps to one HTTP status; nothing was changed.
@@ -277,6 +279,12 @@ pub trait Storage: Send + Sync {
 
     /// The shared database's health, where there is one.
     fn database_health(&self) -> Option<Result<(), StorageError>> {
+        None
+    }
+
+    /// Where single sign-on keeps logins in progress when they must outlive this process
+    /// or be seen by other replicas (the shared database); None: in memory.
+    fn login_table(&self) -> Option<Arc<dyn LoginTable>> {
         None
     }
 

@@ -22,6 +22,7 @@ use crate::server::pg::nonces::{ClaimFailed, NonceClaims};
 use crate::server::pg::pool::DbError;
 use crate::server::pg::PgStore;
 use crate::server::registry::Registration;
+use crate::server::sso::logins::LoginTable;
 use crate::server::state::MeshState;
 use crate::server::store::PeerRecord;
 use crate::server::tokens::{TokenRecord, TokenStore};
@@ -227,6 +228,10 @@ impl Storage for ReplicaStorage {
 
     fn database_health(&self) -> Option<Result<(), StorageError>> {
         Some(self.db.health().map_err(|e| db_failed(&e)))
+    }
+
+    fn login_table(&self) -> Option<Arc<dyn LoginTable>> {
+        Some(self.db.clone())
     }
 
     fn advertise(&self, url: String) {
