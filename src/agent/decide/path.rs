@@ -1358,6 +1358,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         };
         let settings = PathSettings::default();
         // Each end relays the other; the server restarts; each end notices.
@@ -1498,6 +1499,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         };
         let relays: std::collections::BTreeMap<String, SocketAddr> = (1..=3u8)
             .map(|i| {

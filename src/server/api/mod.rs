@@ -34,7 +34,6 @@ use crate::server::state::MeshState;
 use crate::server::storage::{PolicyReload, Storage, StorageError};
 use crate::server::stun_service::StunStats;
 use crate::server::trust::Trust;
-use crate::types::Tag;
 use error::{method_not_allowed, ok_json, Refusal};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -49,8 +48,9 @@ struct Monitored {
     relay: OnceLock<Arc<RelayStats>>,
 }
 
-/// A cached delta's key: the tag group and the `since` it answers.
-type DeltaKey = (Vec<Tag>, u64);
+/// A cached delta's key: the party (tag group, and routes for a router) and the `since` it
+/// answers.
+type DeltaKey = (crate::server::policy::Party, u64);
 
 /// A member view for the relay with the registry generation and policy version it was
 /// built from, and when.

@@ -431,18 +431,43 @@ impl Storage for JsonStorage {
     }
 
     /// Re-reads the policy file. Swapped and recorded under the registry lock, so no delta
-    /// is ever computed with one policy and stamped with the version of the other.
+    /// is ever computed with one policy and stamped with the version of the other. A changed
+    /// policy then approves the advertised routes its `routes` rules now cover, journaled
+    /// like any route decision (the journal lock is held throughout, so no registration
+    /// slips in between).
     fn reload_policy(&self) -> Result<PolicyReload, StorageError> {
+        let mut journal = lock(&self.journal);
         let policy = &self.state.policy;
         let reloaded = self.state.change(|registry| {
             let (replaced, _) = policy.current();
-            let reloaded = policy.reload();
+            let reloaded = policy.reload(&registry.mesh_nets());
             if let Ok((true, _)) = &reloaded {
                 registry.policy_changed(replaced);
             }
             reloaded
         });
         let (changed, policy) = reloaded.map_err(|e| StorageError::Refused(400, e.to_string()))?;
+        if changed {
+            let approved = super::subnet_routes::reload_approvals(&policy, &self.state.registry());
+            if !approved.is_empty() {
+                let entries: Vec<JournalEntry> = approved
+                    .iter()
+                    .map(|peer| JournalEntry::Put { peer: peer.clone() })
+                    .collect();
+                // The new policy is in force either way; routes it could not approve now
+                // are approved by the next reload or approved by hand.
+                match journal.append_all(&entries) {
+                    Ok(()) => self.state.change(|registry| {
+                        for record in approved {
+                            registry.commit(record);
+                        }
+                    }),
+                    Err(e) => log::error!(
+                        "policy reloaded, but its route approvals could not be journaled: {e}"
+                    ),
+                }
+            }
+        }
         Ok(PolicyReload {
             changed,
             text: policy.to_string(),

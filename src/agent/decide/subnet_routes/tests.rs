@@ -29,6 +29,7 @@ fn peer(host: &str, last: u8, routes: &[&str]) -> PeerInfo {
         online: true,
         last_heartbeat: String::new(),
         via: None,
+        reach: None,
     }
 }
 
