@@ -286,9 +286,14 @@ impl Api {
 
     /// Answers a held long-poll if its caller has something to see (or its time ran out),
     /// else parks it (again) until the next change.
-    fn hold(self: Arc<Self>, held: HeldPoll, wake: Option<Wake>) -> Reply {
+    fn hold(self: Arc<Self>, mut held: HeldPoll, wake: Option<Wake>) -> Reply {
         let started = Instant::now();
         let seen = self.state.changes().version();
+        // The caller's party as it is now: an approval while it waited changes whom a
+        // subnet router sees.
+        if let Some(record) = self.state.registry().by_id(&held.id) {
+            held.party = crate::server::registry::party(record);
+        }
         let answer = self.answer_since(None, &held.id, &held.party, held.since);
         let response = match answer {
             SinceAnswer::Ready(response) => response,
