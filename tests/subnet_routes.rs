@@ -313,7 +313,11 @@ fn a_reload_on_one_replica_approves_advertised_routes_on_all() {
     let viewer_id = viewer.json["peer_id"].as_str().unwrap().to_owned();
     register_routes(&a, &new_key(), "gw-a", &[LAN]);
     let listed = admin(&a, "GET", "/admin/routes", None);
-    assert_eq!(listed.json["routes"][0]["approved"], false, "{}", listed.json);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], false,
+        "{}",
+        listed.json
+    );
     std::fs::write(
         &policy,
         r#"{"allow": [{"from": ["*"], "to": ["*"]}],
