@@ -101,29 +101,29 @@ impl<'de> Deserialize<'de> for Selector {
 
 /// Reads `text` as a prefix (`192.168.10.0/24`, or a bare address for one host) when it
 /// looks like one; a prefix with host bits set is refused with the network it probably means.
-fn parse_prefix(text: &str) -> Result<Option<IpNet>, String> {
+fn parse_prefix(text: &str) -> Result<Option<IpNet>, PolicyError> {
     let net = match (text.parse::<IpNet>(), text.parse::<std::net::IpAddr>()) {
         (Ok(net), _) => net,
         (_, Ok(ip)) => IpNet::from(ip),
         _ if text.contains('/') => {
-            return Err(format!(
+            return Err(PolicyError(format!(
                 "{:?} is not a prefix: write a network such as 192.168.10.0/24 or fd00:10::/64",
                 crate::types::describe(text)
-            ))
+            )))
         }
         _ => return Ok(None),
     };
     if net != net.trunc() {
-        return Err(format!(
+        return Err(PolicyError(format!(
             "{net} is not a network (it has host bits set): write {}",
             net.trunc()
-        ));
+        )));
     }
     if net.prefix_len() == 0 {
-        return Err(format!(
+        return Err(PolicyError(format!(
             "{net} is a default route: write \"*\" to grant every approved subnet route (the \
              internet is what exit nodes are for)"
-        ));
+        )));
     }
     Ok(Some(net))
 }
