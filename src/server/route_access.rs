@@ -58,30 +58,31 @@ impl<'p> Viewer<'p> {
         }
     }
 
-    fn party(&mut self, party: &Party) -> &(Membership, Grants) {
+    /// Evaluates `party` once; later calls find it.
+    fn learn(&mut self, party: &Party) {
         if !self.parties.contains_key(party) {
             let m = self.policy.membership_of(party);
             let g = self.policy.grants(&m);
             self.parties.insert(party.clone(), (m, g));
         }
-        &self.parties[party]
     }
 
     /// Whether the caller sees a peer of `party` (symmetric, as the policy's visibility).
     pub fn sees(&mut self, party: &Party) -> bool {
-        let mine = self.mine.clone();
-        self.party(party).0.sees(&mine)
+        self.learn(party);
+        self.parties[party].0.sees(&self.mine)
     }
 
     /// What a peer of `party` may reach of the approved subnet routes.
     pub fn grants_of(&mut self, party: &Party) -> Grants {
-        self.party(party).1.clone()
+        self.learn(party);
+        self.parties[party].1.clone()
     }
 
     /// The caller's entry of a peer of `party` (see [`shape`]).
     pub fn shape(&mut self, party: &Party, info: PeerInfo) -> PeerInfo {
-        let own = self.party(party).1.clone();
-        shape(info, &party.routes, &self.grants, &own)
+        self.learn(party);
+        shape(info, &party.routes, &self.grants, &self.parties[party].1)
     }
 }
 
