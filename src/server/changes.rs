@@ -227,7 +227,8 @@ type Looked<'a> = (&'a [Tag], &'a [IpNet]);
 /// dropped. Across a policy reload (`policy_then`), every online peer whose visibility
 /// differs between the old and new policy is sent or dropped too, and a visible one whose
 /// entry the policy shapes is sent again: a subnet router (the parts of its routes the caller
-/// is granted may have moved) and a peer whose own grants (`reach`) moved. Other peers that
+/// is granted may have moved) and, to a caller that serves routes, a peer whose own grants
+/// (`reach`) moved. Other peers that
 /// did not change keep the data the caller already has, so only their visibility matters.
 ///
 /// `lookup` answers for a registered peer (None once deregistered); `online` lists every
@@ -275,7 +276,9 @@ pub fn delta<'a>(
             match (before, now) {
                 (false, true) => out.changed.push(id.clone()),
                 (true, false) => out.removed.push(id.clone()),
-                (true, true) if !routes.is_empty() || grants_moved => out.changed.push(id.clone()),
+                (true, true) if !routes.is_empty() || (caller.serves && grants_moved) => {
+                    out.changed.push(id.clone())
+                }
                 _ => {}
             }
         }
@@ -642,17 +645,20 @@ mod tests {
         let by_prefix = policy(
             r#"{"allow": [{"from": ["tag:b"], "to": ["192.168.10.10"]}, {"from": ["*"], "to": ["tag:b"]}]}"#,
         );
-        // tag:b saw the router before and still does, but the part of its route moved (and
-        // the other tag:b peer's, its own, grants moved).
+        // tag:b saw the router before and still does, but the part of its route moved.
         let d = world.delta(&[], Some(&by_tag), &by_prefix, &["tag:b"]);
-        assert_eq!(d.changed, ids(&[1, 2]));
+        assert_eq!(d.changed, ids(&[1]));
         // The router sees tag:b both times, whose grants moved (its `reach`).
         let gw = Party::new(&[tag("tag:gw")], &["192.168.10.0/24".parse().unwrap()]);
         let d = world.delta_of(&[], Some(&by_tag), &by_prefix, &gw);
         assert_eq!(d.changed, ids(&[2]));
-        // The untagged peer's view of tag:b is unchanged and tag:b's grants are no news to
-        // it... except through `reach`, which every viewer of tag:b is sent.
+        // The untagged peer's view of tag:b is unchanged, and it is not told what tag:b may
+        // reach (it routes nothing): nothing to send.
         let d = world.delta(&[], Some(&by_tag), &by_prefix, &[]);
+        assert!(d.changed.is_empty() && d.removed.is_empty(), "{d:?}");
+        // A node that advertises a route still waiting for approval is told.
+        let waiting = Party::tagged(&[]).serving(true);
+        let d = world.delta_of(&[], Some(&by_tag), &by_prefix, &waiting);
         assert_eq!(d.changed, ids(&[2]));
         // A grant alone makes the router and the granted peer see each other.
         let only_prefix = policy(r#"{"allow": [{"from": ["tag:b"], "to": ["192.168.10.0/25"]}]}"#);

@@ -218,14 +218,18 @@ impl Bits {
 }
 
 /// What the policy looks at in a peer: its tags, and its approved subnet routes (a router is
-/// seen by the peers granted a part of one of them). Peers with equal parties see and are
-/// seen alike, so the server caches lists per party.
+/// seen by the peers granted a part of one of them); and whether it advertises routes at
+/// all, since only a subnet router is told what each peer may reach. Peers with equal
+/// parties see and are seen alike, so the server caches lists per party.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Party {
     /// Its tags, sorted.
     pub tags: Vec<Tag>,
     /// Its approved subnet routes, sorted (empty for all but subnet routers).
     pub routes: Vec<IpNet>,
+    /// Whether it advertises subnet routes (approved or not): its list then says what each
+    /// peer may reach, for its filter.
+    pub serves: bool,
 }
 
 impl Party {
@@ -236,7 +240,18 @@ impl Party {
         tags.dedup();
         routes.sort();
         routes.dedup();
-        Party { tags, routes }
+        let serves = !routes.is_empty();
+        Party {
+            tags,
+            routes,
+            serves,
+        }
+    }
+
+    /// The same party, advertising routes or not (approved ones always count).
+    pub fn serving(mut self, advertises: bool) -> Party {
+        self.serves = advertises || !self.routes.is_empty();
+        self
     }
 
     /// A party of tags alone (a peer that routes nothing).
@@ -518,7 +533,8 @@ impl Policy {
 }
 
 impl fmt::Display for Policy {
-    /// One line per rule, e.g. `tag:dev <-> tag:db, tag:cache`, for logs and status output.
+    /// One line per rule, e.g. `tag:dev <-> tag:db, tag:cache` (and `tag:dev ->
+    /// 192.168.10.0/24` for prefixes, reached one way), for logs and status output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.file.allow.is_empty() {
             return f.write_str("(no rules: every peer is isolated)");
@@ -533,7 +549,19 @@ impl fmt::Display for Policy {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{} <-> {}", join(&rule.from), join(&rule.to))?;
+            // Peers see each other both ways; prefixes are reached one way only.
+            let (prefixes, peers): (Vec<Selector>, Vec<Selector>) = rule
+                .to
+                .iter()
+                .cloned()
+                .partition(|s| matches!(s, Selector::Prefix(_)));
+            if !peers.is_empty() {
+                write!(f, "{} <-> {}", join(&rule.from), join(&peers))?;
+            }
+            if !prefixes.is_empty() {
+                let sep = if peers.is_empty() { "" } else { "; " };
+                write!(f, "{sep}{} -> {}", join(&rule.from), join(&prefixes))?;
+            }
         }
         Ok(())
     }
@@ -820,6 +848,8 @@ mod tests {
         let inside = policy(r#"{"allow": [{"from": ["*"], "to": ["fd7a:1::5"]}]}"#);
         assert!(inside.check_mesh(&mesh).is_err());
         assert!(policy(LAN_POLICY).check_mesh(&mesh).is_ok());
+        let shown = policy(r#"{"allow": [{"from": ["tag:a"], "to": ["tag:gw", "10.1.0.0/16"]}]}"#);
+        assert_eq!(shown.to_string(), "tag:a <-> tag:gw; tag:a -> 10.1.0.0/16");
     }
 
     #[test]

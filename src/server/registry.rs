@@ -496,9 +496,11 @@ impl Registry {
     }
 }
 
-/// What the policy looks at in a record: its tags and approved subnet routes.
+/// What the policy looks at in a record: its tags and approved subnet routes, and whether it
+/// advertises any (a default route is an exit node's, not a subnet route).
 pub fn party(p: &PeerRecord) -> Party {
     Party::new(&p.tags, &p.approved_routes)
+        .serving(p.allowed_ips.iter().any(|n| n.prefix_len() != 0))
 }
 
 /// The public view of a record: its /32 (and /128 in the IPv6 mesh), its approved subnet

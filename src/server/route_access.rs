@@ -1,7 +1,7 @@
 //! Who may use which subnet route, applied to `/peers` entries: each caller's list carries
 //! only the parts of approved routes the policy grants it (so it does not even install the
-//! others), and each entry says what that peer may reach (`reach`), which a subnet router
-//! turns into its forward filter. Pure: the policy decides
+//! others), and a subnet router's list says for each entry what that peer may reach
+//! (`reach`), which it turns into its forward filter (other callers are not told). Pure: the policy decides
 //! ([`crate::server::policy::Policy::grants`]), this module shapes entries, and one
 //! [`Viewer`] per list build remembers the answer per [`Party`], so thousands of peers in a
 //! handful of parties cost a handful of policy evaluations.
@@ -14,8 +14,14 @@ use std::collections::HashMap;
 
 /// A peer entry as a caller granted `caller` sees it: every approved route (`approved`, as
 /// the registry holds them) replaced by the parts the caller may reach, or dropped when it
-/// may reach none; and the peer's own grants (`own`) in `reach`.
-pub fn shape(mut info: PeerInfo, approved: &[IpNet], caller: &Grants, own: &Grants) -> PeerInfo {
+/// may reach none; and, for a caller that serves routes, the peer's own grants (`own`) in
+/// `reach`.
+pub fn shape(
+    mut info: PeerInfo,
+    approved: &[IpNet],
+    caller: &Grants,
+    own: Option<&Grants>,
+) -> PeerInfo {
     if !approved.is_empty() && *caller != Grants::All {
         let mut shown = Vec::with_capacity(info.allowed_ips.len());
         for net in &info.allowed_ips {
@@ -31,7 +37,7 @@ pub fn shape(mut info: PeerInfo, approved: &[IpNet], caller: &Grants, own: &Gran
         }
         info.allowed_ips = shown;
     }
-    info.reach = own.to_wire();
+    info.reach = own.and_then(Grants::to_wire);
     info
 }
 
@@ -42,6 +48,7 @@ pub struct Viewer<'p> {
     policy: &'p Policy,
     mine: Membership,
     grants: Grants,
+    serves: bool,
     parties: HashMap<Party, (Membership, Grants)>,
 }
 
@@ -54,6 +61,7 @@ impl<'p> Viewer<'p> {
             policy,
             mine,
             grants,
+            serves: caller.serves,
             parties: HashMap::new(),
         }
     }
@@ -82,7 +90,8 @@ impl<'p> Viewer<'p> {
     /// The caller's entry of a peer of `party` (see [`shape`]).
     pub fn shape(&mut self, party: &Party, info: PeerInfo) -> PeerInfo {
         self.learn(party);
-        shape(info, &party.routes, &self.grants, &self.parties[party].1)
+        let own = self.serves.then(|| &self.parties[party].1);
+        shape(info, &party.routes, &self.grants, own)
     }
 }
 
@@ -145,8 +154,12 @@ mod tests {
         let c = seen(&["tag:c"]).expect("c sees it by tag");
         assert_eq!(c.allowed_ips, nets(&["10.100.0.2/32"]));
         assert!(seen(&["tag:web"]).is_none());
-        // The router's own grants travel in its entry.
-        assert_eq!(a.reach, Some(nets(&["fd00:10::/48"])));
+        // The router's own grants travel in its entry, to callers that serve routes only.
+        assert_eq!(a.reach, None);
+        let serving_a = Party::tagged(&tags(&["tag:a"])).serving(true);
+        let mut v = Viewer::new(&policy, &serving_a);
+        let told = v.shape(&router, router_entry());
+        assert_eq!(told.reach, Some(nets(&["fd00:10::/48"])));
         // Without a policy, everything stays as it was.
         let all = Policy::allow_all();
         let mut v = Viewer::new(&all, &Party::default());
@@ -161,12 +174,19 @@ mod tests {
             r#"{"allow": [{"from": ["tag:b"], "to": ["192.168.10.10", "tag:router"]}]}"#,
         )
         .unwrap();
-        let mut v = Viewer::new(&policy, &Party::tagged(&tags(&["tag:router"])));
+        let router = Party::tagged(&tags(&["tag:router"])).serving(true);
+        let mut v = Viewer::new(&policy, &router);
         let b = Party::tagged(&tags(&["tag:b"]));
         assert!(v.sees(&b));
         assert_eq!(v.grants_of(&b), Grants::Only(nets(&["192.168.10.10/32"])));
         let mut entry = router_entry();
         entry.allowed_ips = nets(&["10.100.0.5/32"]);
-        assert_eq!(v.shape(&b, entry).reach, Some(nets(&["192.168.10.10/32"])));
+        assert_eq!(
+            v.shape(&b, entry.clone()).reach,
+            Some(nets(&["192.168.10.10/32"]))
+        );
+        // Only a router is told: another peer seeing b gets no `reach`.
+        let mut other = Viewer::new(&policy, &Party::tagged(&tags(&["tag:router"])));
+        assert_eq!(other.shape(&b, entry).reach, None);
     }
 }

@@ -132,9 +132,10 @@ impl Api {
     }
 
     /// What a caller at version `since` gets now: a delta, the full list when `since` cannot
-    /// be answered as a delta, or nothing (with the version it is current at). Under a policy
-    /// granting routes by prefix, a caller whose own record changed gets the full list: its
-    /// approved routes decide whom it sees, and a delta only knows its party now.
+    /// be answered as a delta, or nothing (with the version it is current at). A caller whose
+    /// own record changed gets the full list when it advertises routes or the policy grants
+    /// routes by prefix: its routes decide whom it sees and whether it is told each peer's
+    /// `reach`, and a delta only knows its party now.
     fn answer_since(
         &self,
         if_none_match: Option<&str>,
@@ -144,7 +145,7 @@ impl Api {
     ) -> SinceAnswer {
         // A replica behind the version another replica gave this caller catches up first.
         self.storage.catch_up_to(since);
-        let routed = self.state.policy.current().0.has_prefixes();
+        let routed = tags.serves || self.state.policy.current().0.has_prefixes();
         match self.group_delta(tags, since) {
             GroupAnswer::Full => SinceAnswer::Ready(self.full_list(if_none_match, id, tags)),
             GroupAnswer::Delta(delta) if routed && delta.mentions(id) => {
