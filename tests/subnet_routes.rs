@@ -341,3 +341,35 @@ fn a_reload_on_one_replica_approves_advertised_routes_on_all() {
         listed.json
     );
 }
+
+#[test]
+fn a_server_started_with_a_policy_that_covers_an_advertised_route_approves_it() {
+    let dir = TempDir::new("routes-start");
+    let policy = dir.path().join("policy.json");
+    let state = dir.path().join("peers.json");
+    std::fs::write(&policy, r#"{"allow": [{"from": ["*"], "to": ["*"]}]}"#).unwrap();
+    let args = ["--open", "--policy", policy.to_str().unwrap()];
+    let server = ServerProcess::start(&state, &args);
+    register_routes(&server, &new_key(), "gw-a", &[LAN]);
+    let listed = admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], false,
+        "{}",
+        listed.json
+    );
+    server.stop();
+    // The file changed while the server was stopped: starting is a reload too.
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["*"], "to": ["*"]}],
+            "routes": [{"advertisers": ["*"], "prefixes": ["198.18.0.0/16"]}]}"#,
+    )
+    .unwrap();
+    let server = ServerProcess::start(&state, &args);
+    let listed = admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], true,
+        "{}",
+        listed.json
+    );
+}

@@ -310,6 +310,7 @@ impl RunningServer {
             Some(url) => open_replica(config, url)?,
             None => open_json(config)?,
         };
+        api.approve_covered_routes();
         let stun = start_udp(config, &api)?;
         api.attach();
         if config.console {

@@ -155,6 +155,17 @@ impl Api {
         self.storage.advertise(url)
     }
 
+    /// Approves the advertised routes the policy in force covers, as the server starts (the
+    /// policy file may have changed while it was stopped, which is a reload too). A failure
+    /// is logged: the routes wait for the next reload or an operator.
+    pub fn approve_covered_routes(&self) {
+        match self.storage.approve_covered_routes() {
+            Ok(0) => {}
+            Ok(n) => log::info!("the policy approved advertised routes of {n} peer(s)"),
+            Err(e) => log::error!("cannot approve the routes the policy covers: {e}"),
+        }
+    }
+
     /// Re-reads the policy file (SIGHUP or `wgmesh policy reload`). A bad file keeps the old
     /// policy and says why; every reload is audited, and a change invalidates every cached
     /// list.

@@ -5,8 +5,8 @@
 //! A peer advertises prefixes (`allowed_ips` at registration); none reaches another peer
 //! until approved, by an operator (`wgmesh routes approve`) or by the policy file's `routes`
 //! rules (which tags may advertise which prefixes) when the route is first advertised, and
-//! when a policy reload brings rules that cover routes already advertised
-//! ([`reload_approvals`]). An approval is refused, with the reason, for a default route (exit
+//! when a policy reload (or a server start) brings rules that cover routes already
+//! advertised ([`reload_approvals`]). An approval is refused, with the reason, for a default route (exit
 //! nodes are for that), a prefix overlapping the mesh, and a prefix overlapping another
 //! node's approved route of a different length (two nodes with the *same* prefix is
 //! failover, see [`crate::proto::subnet_routes::primary`]). Rejecting takes the approval

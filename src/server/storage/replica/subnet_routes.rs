@@ -53,21 +53,27 @@ impl ReplicaStorage {
     }
 
     /// Approves, in one transaction on the cluster's latest state, the advertised routes the
-    /// rules of `policy` (just published) now cover; how many records changed.
+    /// rules of `policy` (just published, or in force at start) cover; how many records
+    /// changed.
     pub(super) fn write_reload_approvals(&self, policy: &Policy) -> Result<usize, StorageError> {
         if policy.route_rules().is_empty() {
             return Ok(0);
         }
         let mut seq = lock(&self.seq);
-        let written = self.db.write("peers", |tx| {
-            self.catch_up_in(tx, &mut seq)?;
-            let approved = subnet_routes::reload_approvals(policy, &self.state.registry());
-            let mut out = Vec::with_capacity(approved.len());
-            for record in approved {
-                out.push((pg::put_peer(tx, &record)?, record));
-            }
-            Ok(out)
-        });
+        // Announced only when something was approved: every replica runs this at start.
+        let written = self.db.write_if(
+            "peers",
+            |tx| {
+                self.catch_up_in(tx, &mut seq)?;
+                let approved = subnet_routes::reload_approvals(policy, &self.state.registry());
+                let mut out = Vec::with_capacity(approved.len());
+                for record in approved {
+                    out.push((pg::put_peer(tx, &record)?, record));
+                }
+                Ok(out)
+            },
+            |out| !out.is_empty(),
+        );
         let written = written.map_err(|e| db_failed(&e))?;
         let count = written.len();
         if let Some((last, _)) = written.last() {
