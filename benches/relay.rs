@@ -102,6 +102,7 @@ fn mac1_scan(members: usize, fresh_source: bool) -> f64 {
                 public_key: *k,
                 ips: vec![std::net::IpAddr::from([10, 1, (i >> 8) as u8, i as u8])],
                 tags: Vec::new(),
+                routes: Vec::new(),
             })
             .collect(),
         &wgmesh::server::policy::Policy::allow_all(),

@@ -192,6 +192,7 @@ pub fn relay_datagrams(data: &[u8]) {
             public_key: *k,
             ips: vec![*ip],
             tags: Vec::new(),
+            routes: Vec::new(),
         })
         .collect();
     let view = Arc::new(MemberView::new(

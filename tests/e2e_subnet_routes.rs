@@ -53,8 +53,13 @@ fn routes(lab: &Lab, srv: &str, args: &[&str]) -> String {
     lab.exec_ok(srv, &full)
 }
 
-/// Starts the server on `srv` with `policy` (JSON) and short timeouts.
+/// Starts the server on `srv` with `policy` (JSON) and short timeouts (a heartbeat timeout
+/// of 3 s unless `extra` sets one).
 fn start_server(lab: &mut Lab, srv: &str, policy: &str, extra: &[&str]) {
+    let timeout = match extra.iter().position(|a| *a == "--heartbeat-timeout") {
+        Some(i) => extra[i + 1],
+        None => "3",
+    };
     let dir = lab.dir.path().to_owned();
     let policy_file = dir.join("policy.json");
     std::fs::write(&policy_file, policy).unwrap();
@@ -70,11 +75,17 @@ fn start_server(lab: &mut Lab, srv: &str, policy: &str, extra: &[&str]) {
         "--policy",
         &policy_arg,
         "--heartbeat-timeout",
-        "3",
+        timeout,
         "--sweep-interval",
         "1",
     ];
-    args.extend_from_slice(extra);
+    let mut rest = extra.iter();
+    while let Some(arg) = rest.next() {
+        match *arg {
+            "--heartbeat-timeout" => drop(rest.next()),
+            other => args.push(other),
+        }
+    }
     lab.spawn(srv, &args, "server.log");
 }
 
@@ -162,11 +173,12 @@ fn a_lan_behind_subnet_routers_after_approval_with_failover_snat_and_policy() {
     who_am_i_service(&mut lab, &lan1, "lan1.log");
     who_am_i_service(&mut lab, &lan2, "lan2.log");
 
-    // Developers see the routers; guests see only each other.
+    // Developers see the routers and may use the LAN behind them (seeing a router by tag
+    // alone grants none of its routes); guests see only each other.
     start_server(
         &mut lab,
         &srv,
-        r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:router"]},
+        r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:router", "198.18.10.0/24"]},
                       {"from": ["tag:guest"], "to": ["tag:guest"]}]}"#,
         &[],
     );
@@ -279,6 +291,196 @@ fn a_lan_behind_subnet_routers_after_approval_with_failover_snat_and_policy() {
     assert!(tables.contains("wgmesh-sr-"), "{tables}");
     lab.exec_ok(&gw_b.ns, &[wgmesh_bin(), "down", "--config", &gw_b.config]);
     assert_eq!(router_traces(&lab, &gw_b.ns), "");
+}
+
+/// `wgmesh policy reload` run on the server's host with the server's admin secret.
+fn policy_reload(lab: &Lab, srv: &str) -> String {
+    let secret = lab.dir.path().join("admin.secret").display().to_string();
+    let url = server_url();
+    lab.exec_ok(
+        srv,
+        &[
+            wgmesh_bin(),
+            "policy",
+            "reload",
+            "--server",
+            &url,
+            "--admin-secret-file",
+            &secret,
+        ],
+    )
+}
+
+/// `wgmesh status` of `node`, human or `--json`.
+fn status(lab: &Lab, node: &MeshNode, json: bool) -> String {
+    let mut args = vec![wgmesh_bin(), "status", "--config", &node.config];
+    if json {
+        args.push("--json");
+    }
+    lab.exec_ok(&node.ns, &args)
+}
+
+const OFFICE: &str = "198.18.20.0/24";
+const OFFICE_10: &str = "198.18.20.10";
+const OFFICE_20: &str = "198.18.20.20";
+
+/// Per-prefix access (issue 24): the policy grants node A the whole office LAN, node B one
+/// host of it and node C only the router itself; the router's filter enforces it even
+/// against a node that routes the LAN through it by hand. The route is advertised before
+/// the policy approves it: the reload that brings the `routes` rule approves it.
+#[test]
+fn the_policy_grants_each_node_its_part_of_the_lan_and_the_router_enforces_it() {
+    let mut lab = Lab::new("sp");
+    let srv = lab.host("srv", &format!("{SERVER}/24"));
+    let gw = lab.mesh_node("gw", "198.18.0.2/24");
+    let node_a = lab.mesh_node("na", "198.18.0.3/24");
+    let node_b = lab.mesh_node("nb", "198.18.0.4/24");
+    let node_c = lab.mesh_node("nc", "198.18.0.5/24");
+    let lan = lan_segment(&mut lab);
+    let h10 = lab.bare("h10");
+    let h20 = lab.bare("h20");
+    lan_port(&lab, &lan, &gw.ns, "gw", "eth1", "198.18.20.1/24");
+    lan_port(&lab, &lan, &h10, "h10", "eth0", &format!("{OFFICE_10}/24"));
+    lan_port(&lab, &lan, &h20, "h20", "eth0", &format!("{OFFICE_20}/24"));
+
+    let grants = r#"{"allow": [
+        {"from": ["tag:a"], "to": ["198.18.20.0/24"]},
+        {"from": ["tag:b"], "to": ["198.18.20.10"]},
+        {"from": ["tag:c"], "to": ["tag:router"]}]"#;
+    // A long heartbeat timeout: node B's agent is paused below while it routes by hand.
+    start_server(
+        &mut lab,
+        &srv,
+        &format!("{grants}}}"),
+        &["--heartbeat-timeout", "60"],
+    );
+    up(
+        &mut lab,
+        &srv,
+        &gw,
+        "tag:router",
+        &["--advertise-routes", OFFICE],
+    );
+    lab.eventually(SETTLE, "the router registers", || {
+        common::netns::assigned_ip(&gw.config).is_some()
+    });
+    up(&mut lab, &srv, &node_a, "tag:a", &["--accept-routes"]);
+    let b = up(&mut lab, &srv, &node_b, "tag:b", &["--accept-routes"]);
+    let c = up(&mut lab, &srv, &node_c, "tag:c", &["--accept-routes"]);
+    let gw_ip = lab.mesh_ip("gw");
+    lab.eventually(SETTLE, "node C reaches the router it may see", || {
+        lab.ping(&node_c.ns, &gw_ip)
+    });
+    // Not approved yet: the route is nobody's, and A and B do not even see the router.
+    let listed = routes(&lab, &srv, &["list"]);
+    assert!(
+        listed.contains(OFFICE) && listed.contains(" no "),
+        "{listed}"
+    );
+    assert!(!lab.ping(&node_a.ns, &gw_ip));
+
+    // A reload that brings a `routes` rule approves the route already advertised.
+    let with_rule = format!(
+        r#"{grants}, "routes": [{{"advertisers": ["tag:router"], "prefixes": ["{OFFICE}"]}}]}}"#
+    );
+    std::fs::write(lab.dir.path().join("policy.json"), with_rule).unwrap();
+    let reloaded = policy_reload(&lab, &srv);
+    assert!(reloaded.contains("policy changed"), "{reloaded}");
+    let listed = routes(&lab, &srv, &["list"]);
+    assert!(
+        listed.contains(OFFICE) && listed.contains(" yes "),
+        "{listed}"
+    );
+
+    // A reaches both hosts; B reaches .10 only; C neither.
+    lab.eventually(SETTLE, "node A reaches both office hosts", || {
+        lab.ping(&node_a.ns, OFFICE_10) && lab.ping(&node_a.ns, OFFICE_20)
+    });
+    lab.eventually(
+        SETTLE,
+        "node B reaches the office host it is granted",
+        || lab.ping(&node_b.ns, OFFICE_10),
+    );
+    assert!(!lab.ping(&node_b.ns, OFFICE_20));
+    assert!(!lab.ping(&node_c.ns, OFFICE_10));
+    assert!(!lab.ping(&node_c.ns, OFFICE_20));
+    // Each installs only what it may use.
+    assert!(mesh_routes(&lab, &node_a.ns).contains(OFFICE));
+    let b_routes = mesh_routes(&lab, &node_b.ns);
+    assert!(b_routes.contains("198.18.20.10 dev"), "{b_routes}");
+    assert!(!b_routes.contains(OFFICE), "{b_routes}");
+    assert!(!mesh_routes(&lab, &node_c.ns).contains("198.18.20."));
+    // B's status says what it accepts, for people and for programs.
+    let human = status(&lab, &node_b, false);
+    assert!(human.contains("route 198.18.20.10/32 via gw"), "{human}");
+    let json: serde_json::Value = serde_json::from_str(&status(&lab, &node_b, true)).unwrap();
+    let accepted = &json["subnet_routes"]["accepted"];
+    assert_eq!(accepted.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(accepted[0]["prefix"], "198.18.20.10/32", "{json}");
+    assert_eq!(accepted[0]["router"], "gw", "{json}");
+    // The router's filter names B's mesh address with exactly its host.
+    let b_ip = lab.mesh_ip("nb");
+    let filter = lab.exec_ok(&gw.ns, &["nft", "list", "ruleset"]);
+    assert!(
+        filter.contains(&format!("ip saddr {b_ip} ip daddr 198.18.20.10 accept")),
+        "{filter}"
+    );
+
+    // Enforced at the router: B routing the whole LAN through it by hand (its agent paused
+    // so it does not put its own configuration back) still reaches only .10.
+    let pids = [lab.child(b).id().to_string(), lab.child(c).id().to_string()];
+    for pid in &pids {
+        must(&["kill", "-STOP", pid]);
+    }
+    let gw_key = lab.key_of("gw").to_string();
+    lab.exec_ok(
+        &node_b.ns,
+        &[
+            "wg",
+            "set",
+            &node_b.iface,
+            "peer",
+            &gw_key,
+            "allowed-ips",
+            &format!("{gw_ip}/32,{OFFICE}"),
+        ],
+    );
+    lab.exec_ok(
+        &node_b.ns,
+        &["ip", "route", "replace", OFFICE, "dev", &node_b.iface],
+    );
+    let by_hand = lab.ping(&node_b.ns, OFFICE_10);
+    let forbidden = lab.ping(&node_b.ns, OFFICE_20);
+    // C, which sees the router, tries the same.
+    lab.exec_ok(
+        &node_c.ns,
+        &[
+            "wg",
+            "set",
+            &node_c.iface,
+            "peer",
+            &gw_key,
+            "allowed-ips",
+            &format!("{gw_ip}/32,{OFFICE}"),
+        ],
+    );
+    lab.exec_ok(
+        &node_c.ns,
+        &["ip", "route", "replace", OFFICE, "dev", &node_c.iface],
+    );
+    let c_by_hand = lab.ping(&node_c.ns, OFFICE_10);
+    for pid in &pids {
+        must(&["kill", "-CONT", pid]);
+    }
+    assert!(by_hand, "the hand-made route works for what B is granted");
+    assert!(
+        !forbidden,
+        "the router forwarded B to a host it is not granted"
+    );
+    assert!(
+        !c_by_hand,
+        "the router forwarded C, granted nothing behind it"
+    );
 }
 
 /// BIRD on the upstream router: announces 198.18.40.0/24 (its own 198.18.40.1 lives on
@@ -394,11 +596,12 @@ fn bgp_routes_from_a_routing_daemon_reach_the_mesh_and_the_mesh_reaches_bgp() {
     let up_sock = bird(&mut lab, &upstream, "bird-upstream", UPSTREAM_BIRD);
     let gw_sock = bird(&mut lab, &gw.ns, "bird-gw", ROUTER_BIRD);
 
-    // Routers may advertise what lies in 198.18.32.0/19 without an operator.
+    // Routers may advertise what lies in 198.18.32.0/19 without an operator, and
+    // developers may reach it.
     start_server(
         &mut lab,
         &srv,
-        r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:router"]}],
+        r#"{"allow": [{"from": ["tag:dev"], "to": ["tag:router", "198.18.32.0/19"]}],
             "routes": [{"advertisers": ["tag:router"], "prefixes": ["198.18.32.0/19"]}]}"#,
         &[],
     );

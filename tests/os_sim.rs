@@ -875,6 +875,7 @@ fn peer(name: &str, mesh: &str, endpoint: &str, exit: bool) -> PeerInfo {
         online: true,
         last_heartbeat: String::new(),
         via: None,
+        reach: None,
         dns_name: None,
     }
 }

@@ -193,3 +193,183 @@ fn replicas_share_approvals() {
         listed.json
     );
 }
+
+/// The peer entry of `host` in the list `viewer_id` gets.
+fn entry_seen(server: &ServerProcess, viewer_id: &str, host: &str) -> Option<serde_json::Value> {
+    let list = get(server, &format!("/peers?peer_id={viewer_id}"), None);
+    assert_eq!(list.status, 200, "{}", list.json);
+    list.json["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["hostname"] == host)
+        .cloned()
+}
+
+#[test]
+fn a_reload_approves_advertised_routes_its_rules_cover_and_lists_only_granted_parts() {
+    let dir = TempDir::new("routes-reload");
+    let policy = dir.path().join("policy.json");
+    let grants = r#"{"allow": [{"from": ["tag:b"], "to": ["198.18.10.10"]},
+                               {"from": ["tag:office"], "to": ["tag:b"]}]"#;
+    std::fs::write(&policy, format!("{grants}}}")).unwrap();
+    let server = ServerProcess::start(
+        &dir.path().join("peers.json"),
+        &["--policy", policy.to_str().unwrap()],
+    );
+    let (office, _) = server.create_token(serde_json::json!({"tags": ["tag:office"]}));
+    let (b_token, _) = server.create_token(serde_json::json!({"tags": ["tag:b"]}));
+    let b = register_with_token(&server, &new_key(), "node-b", &b_token);
+    let b_id = b.json["peer_id"].as_str().unwrap().to_owned();
+    let body = serde_json::json!({"public_key": new_key(), "hostname": "gw-office",
+        "os": "linux", "listen_port": 51820, "allowed_ips": [LAN], "token": office});
+    let gw = post(&server, "/register", &body.to_string());
+    assert_eq!(gw.status, 200, "{}", gw.json);
+    let gw_id = gw.json["peer_id"].as_str().unwrap().to_owned();
+    let gw_ip = gw.json["assigned_ip"].as_str().unwrap().to_owned();
+    let listed = admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], false,
+        "{}",
+        listed.json
+    );
+
+    // The reload that brings a `routes` rule approves the route already advertised.
+    let with_rule = format!(
+        r#"{grants}, "routes": [{{"advertisers": ["tag:office"], "prefixes": ["198.18.0.0/16"]}}]}}"#
+    );
+    std::fs::write(&policy, &with_rule).unwrap();
+    let reload = admin(&server, "POST", "/admin/policy/reload", None);
+    assert_eq!(reload.status, 200, "{}", reload.json);
+    assert_eq!(reload.json["changed"], true);
+    let listed = admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], true,
+        "{}",
+        listed.json
+    );
+
+    // B is granted one host: its list carries the router with that host only, and the
+    // router's list says what B may reach.
+    let seen = routes_seen(&server, &b_id, "gw-office");
+    assert!(seen.contains(&"198.18.10.10/32".to_owned()), "{seen:?}");
+    assert!(!seen.contains(&LAN.to_owned()), "{seen:?}");
+    assert!(seen.contains(&format!("{gw_ip}/32")), "{seen:?}");
+    let b_entry = entry_seen(&server, &gw_id, "node-b").expect("the router sees node-b");
+    assert_eq!(b_entry["reach"], serde_json::json!(["198.18.10.10/32"]));
+
+    // A prefix inside the mesh is refused with the entry and why; the old policy stays.
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["tag:b"], "to": ["tag:office", "10.100.0.0/24"]}]}"#,
+    )
+    .unwrap();
+    let reload = admin(&server, "POST", "/admin/policy/reload", None);
+    assert_eq!(reload.status, 400, "{}", reload.json);
+    let error = reload.json["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("allow[0].to[1]")
+            && error.contains("10.100.0.0/24 overlaps the mesh network 10.100.0.0/16"),
+        "{}",
+        reload.json
+    );
+    assert!(routes_seen(&server, &b_id, "gw-office").contains(&"198.18.10.10/32".to_owned()));
+
+    // A reload whose rules no longer cover the route leaves it approved (approval is a
+    // decision; `wgmesh routes reject` takes it away).
+    std::fs::write(&policy, format!("{grants}}}")).unwrap();
+    let reload = admin(&server, "POST", "/admin/policy/reload", None);
+    assert_eq!(reload.status, 200, "{}", reload.json);
+    let listed = admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], true,
+        "{}",
+        listed.json
+    );
+}
+
+#[test]
+fn a_reload_on_one_replica_approves_advertised_routes_on_all() {
+    let pg = PgCluster::start();
+    let dir = TempDir::new("routes-reload-replicas");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"allow": [{"from": ["*"], "to": ["*"]}]}"#).unwrap();
+    let start = |name: &str| {
+        let state = dir.path().join(name).join("peers.json");
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        ServerProcess::start(
+            &state,
+            &[
+                "--store",
+                &pg.url(),
+                "--open",
+                "--policy",
+                policy.to_str().unwrap(),
+            ],
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    let viewer = register(&b, &new_key(), "laptop");
+    let viewer_id = viewer.json["peer_id"].as_str().unwrap().to_owned();
+    register_routes(&a, &new_key(), "gw-a", &[LAN]);
+    let listed = admin(&a, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], false,
+        "{}",
+        listed.json
+    );
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["*"], "to": ["*"]}],
+            "routes": [{"advertisers": ["*"], "prefixes": ["198.18.10.0/24"]}]}"#,
+    )
+    .unwrap();
+    let reload = admin(&a, "POST", "/admin/policy/reload", None);
+    assert_eq!(reload.status, 200, "{}", reload.json);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !routes_seen(&b, &viewer_id, "gw-a").contains(&LAN.to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica b never saw the approval the reload on a made"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listed = admin(&b, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], true,
+        "{}",
+        listed.json
+    );
+}
+
+#[test]
+fn a_server_started_with_a_policy_that_covers_an_advertised_route_approves_it() {
+    let dir = TempDir::new("routes-start");
+    let policy = dir.path().join("policy.json");
+    let state = dir.path().join("peers.json");
+    std::fs::write(&policy, r#"{"allow": [{"from": ["*"], "to": ["*"]}]}"#).unwrap();
+    let args = ["--open", "--policy", policy.to_str().unwrap()];
+    let server = ServerProcess::start(&state, &args);
+    register_routes(&server, &new_key(), "gw-a", &[LAN]);
+    let listed = admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], false,
+        "{}",
+        listed.json
+    );
+    server.stop();
+    // The file changed while the server was stopped: starting is a reload too.
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"from": ["*"], "to": ["*"]}],
+            "routes": [{"advertisers": ["*"], "prefixes": ["198.18.0.0/16"]}]}"#,
+    )
+    .unwrap();
+    let server = ServerProcess::start(&state, &args);
+    let listed = admin(&server, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], true,
+        "{}",
+        listed.json
+    );
+}

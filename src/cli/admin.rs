@@ -155,11 +155,11 @@ enum PolicyCommand {
 
 with_admin_flags! {
     /// Make the server re-read its --policy file now (as SIGHUP does); a bad file keeps the old
-    /// policy and the error is printed.
+    /// policy and the error is printed. A changed policy approves the advertised subnet routes
+    /// its "routes" rules now cover.
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "reload")]
     pub struct PolicyReloadArgs {
-
     }
 }
 

@@ -70,7 +70,8 @@ pub struct ServerArgs {
     #[argh(switch)]
     open: bool,
     /// access policy file (JSON: {"allow": [{"from": ["tag:dev"], "to": ["tag:db"]}]}), rules
-    /// symmetric; reloaded on SIGHUP and `wgmesh policy reload`; none = everyone sees everyone
+    /// symmetric; prefixes in "to" grant those parts of subnet routes; reloaded on SIGHUP and
+    /// `wgmesh policy reload`; none = everyone sees everyone
     #[argh(option)]
     policy: Option<PathBuf>,
     /// registrations accepted per source address per minute, then 429 (default 60; 0 = off)

@@ -7,6 +7,7 @@
 use super::{Command, Payload, Plan};
 use crate::types::InterfaceName;
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 /// The nftables table of the subnet router on interface `name`.
 pub fn router_table(name: &InterfaceName) -> String {
@@ -21,13 +22,23 @@ pub fn router_table(name: &InterfaceName) -> String {
     format!("wgmesh-sr-{safe}")
 }
 
+/// Which mesh addresses may reach which addresses behind the router: one line of its
+/// forward filter. Peers granted the same prefixes share one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Access {
+    /// The mesh addresses (peers' /32 and /128).
+    pub sources: Vec<IpNet>,
+    /// What they may reach: the router's prefixes, or parts of them.
+    pub prefixes: Vec<IpNet>,
+}
+
 /// What a subnet router sets up, as plain data (see the agent's `AppliedSubnetRouter`).
 #[derive(Debug, Clone, Copy)]
 pub struct RouterRules<'a> {
     /// The networks it routes for the mesh.
     pub prefixes: &'a [IpNet],
-    /// The mesh addresses allowed into them; every other mesh source is dropped.
-    pub sources: &'a [IpNet],
+    /// Who may reach what of them; every other mesh packet into them is dropped.
+    pub access: &'a [Access],
     /// The mesh networks, masqueraded from when `snat`.
     pub mesh: &'a [IpNet],
     /// Whether mesh traffic is masqueraded into the networks.
@@ -44,20 +55,28 @@ fn set_of(nets: &[IpNet], v4: bool) -> Option<String> {
     (!list.is_empty()).then(|| format!("{{ {} }}", list.join(", ")))
 }
 
-/// The ruleset of the router's table: peers the policy lets see this node reach its
-/// networks, other mesh traffic into them is dropped, and (with SNAT) what enters them from
-/// the mesh leaves with this node's LAN address.
+/// The ruleset of the router's table: each peer reaches exactly what the policy grants it
+/// of this node's networks (`access`), replies to connections opened from them pass, other
+/// mesh traffic into them is dropped, and (with SNAT) what enters them from the mesh leaves
+/// with this node's LAN address.
 fn ruleset(name: &InterfaceName, r: RouterRules<'_>) -> String {
     let table = router_table(name);
     let (mut forward, mut nat) = (String::new(), String::new());
+    forward.push_str(&format!(
+        "\t\tiifname \"{name}\" ct state established,related ct direction reply accept\n"
+    ));
     for (v4, key) in [(true, "ip"), (false, "ip6")] {
         let Some(dst) = set_of(r.prefixes, v4) else {
             continue;
         };
-        if let Some(src) = set_of(r.sources, v4) {
-            forward.push_str(&format!(
-                "\t\tiifname \"{name}\" {key} daddr {dst} {key} saddr {src} accept\n"
-            ));
+        for access in r.access {
+            if let (Some(src), Some(to)) =
+                (set_of(&access.sources, v4), set_of(&access.prefixes, v4))
+            {
+                forward.push_str(&format!(
+                    "\t\tiifname \"{name}\" {key} saddr {src} {key} daddr {to} accept\n"
+                ));
+            }
         }
         forward.push_str(&format!("\t\tiifname \"{name}\" {key} daddr {dst} drop\n"));
         if let (true, Some(mesh)) = (r.snat, set_of(r.mesh, v4)) {
@@ -170,11 +189,20 @@ pub(super) fn golden_plans() -> Vec<(String, Plan)> {
         list.iter().map(|n| n.parse().expect("literal")).collect()
     };
     let prefixes = nets(&["192.168.10.0/24", "fd00:10::/64"]);
-    let sources = nets(&["10.100.0.3/32", "10.100.0.7/32", "fd7a:1::3/128"]);
+    let access = vec![
+        Access {
+            sources: nets(&["10.100.0.3/32", "10.100.0.7/32", "fd7a:1::3/128"]),
+            prefixes: prefixes.clone(),
+        },
+        Access {
+            sources: nets(&["10.100.0.9/32", "fd7a:1::9/128"]),
+            prefixes: nets(&["192.168.10.10/32"]),
+        },
+    ];
     let mesh = nets(&["10.100.0.0/16", "fd7a:1::/64"]);
     let rules = |snat| RouterRules {
         prefixes: &prefixes,
-        sources: &sources,
+        access: &access,
         mesh: &mesh,
         snat,
     };

@@ -145,6 +145,13 @@ pub struct PeerInfo {
     /// as a WireGuard peer of their own; its name resolves like any peer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<PeerId>,
+    /// What this peer may reach of the mesh's approved subnet routes, as the policy grants
+    /// it, in the lists of nodes that advertise routes (others are not told): absent for
+    /// every route (no policy, or `"*"` in a rule's `to`; also what servers before per-prefix
+    /// access meant), else only addresses inside these prefixes. A subnet router forwards
+    /// this peer's traffic only there (see [`crate::proto::subnet_routes::Grants`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<Vec<IpNet>>,
 }
 
 /// Answer to `GET /peers`, and the agent's peer cache (with the version it is at).

@@ -22,9 +22,10 @@
 //! versions get the full list; a version ahead of it makes the replica catch up with the
 //! database first (`crate::server::api`).
 
-use crate::server::policy::{Membership, Policy};
+use crate::server::policy::{Membership, Party, Policy};
 use crate::types::PeerId;
 use crate::types::Tag;
+use ipnet::IpNet;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -200,6 +201,8 @@ impl ChangeLog {
 pub struct PeerState<'a> {
     /// Its tags (which decide who sees it).
     pub tags: &'a [Tag],
+    /// Its approved subnet routes (the peers granted a part of one see it too).
+    pub routes: &'a [IpNet],
     /// Whether it is online (only online peers are listed).
     pub online: bool,
 }
@@ -214,54 +217,68 @@ pub struct Delta {
     pub removed: Vec<PeerId>,
 }
 
-/// Turns the peers changed since a caller's version into what a caller of tag group
-/// `caller` must apply: a changed peer it may see now is sent again, any other changed peer
-/// is dropped. Across a policy reload (`policy_then`), every online peer whose visibility
-/// differs between the old and new policy is sent or dropped too; peers that did not change
-/// keep the data the caller already has, so only their visibility matters.
+/// A peer's tags and approved routes, as borrowed from the registry: the memo key of
+/// [`delta`] (routes in the registry's order; equal sets in another order only cost a
+/// second evaluation).
+type Looked<'a> = (&'a [Tag], &'a [IpNet]);
+
+/// Turns the peers changed since a caller's version into what a caller of party `caller`
+/// must apply: a changed peer it may see now is sent again, any other changed peer is
+/// dropped. Across a policy reload (`policy_then`), every online peer whose visibility
+/// differs between the old and new policy is sent or dropped too, and a visible one whose
+/// entry the policy shapes is sent again: a subnet router (the parts of its routes the caller
+/// is granted may have moved) and, to a caller that serves routes, a peer whose own grants
+/// (`reach`) moved. Other peers that
+/// did not change keep the data the caller already has, so only their visibility matters.
 ///
 /// `lookup` answers for a registered peer (None once deregistered); `online` lists every
-/// online peer with its tags, and is only walked across a policy reload.
+/// online peer with its tags and approved routes, and is only walked across a policy reload.
 pub fn delta<'a>(
     changed: &[PeerId],
     policy_then: Option<&Policy>,
     policy_now: &Policy,
-    caller: &[Tag],
+    caller: &Party,
     lookup: impl Fn(&PeerId) -> Option<PeerState<'a>>,
-    online: impl Iterator<Item = (&'a PeerId, &'a [Tag])>,
+    online: impl Iterator<Item = (&'a PeerId, &'a [Tag], &'a [IpNet])>,
 ) -> Delta {
-    let mine = policy_now.membership(caller);
-    let mut memberships: std::collections::HashMap<&[Tag], Membership> =
-        std::collections::HashMap::new();
+    let mine = policy_now.membership_of(caller);
     let mut out = Delta::default();
     for id in changed {
         match lookup(id) {
-            Some(state) if state.online && policy_now.membership(state.tags).sees(&mine) => {
+            Some(state)
+                if state.online
+                    && policy_now
+                        .membership_routed(state.tags, state.routes)
+                        .sees(&mine) =>
+            {
                 out.changed.push(id.clone())
             }
             _ => out.removed.push(id.clone()),
         }
     }
     if let Some(then) = policy_then {
-        let mine_then = then.membership(caller);
+        let mine_then = then.membership_of(caller);
         let done: HashSet<&PeerId> = changed.iter().collect();
-        let mut then_memberships: std::collections::HashMap<&[Tag], Membership> =
+        let mut memo: std::collections::HashMap<Looked<'a>, (bool, bool, bool)> =
             std::collections::HashMap::new();
-        for (id, tags) in online {
+        for (id, tags, routes) in online {
             if done.contains(id) {
                 continue;
             }
-            let now = memberships
-                .entry(tags)
-                .or_insert_with(|| policy_now.membership(tags))
-                .sees(&mine);
-            let before = then_memberships
-                .entry(tags)
-                .or_insert_with(|| then.membership(tags))
-                .sees(&mine_then);
+            let (before, now, grants_moved) = *memo.entry((tags, routes)).or_insert_with(|| {
+                let (m_now, m_then): (Membership, Membership) = (
+                    policy_now.membership_routed(tags, routes),
+                    then.membership_routed(tags, routes),
+                );
+                let moved: bool = policy_now.grants(&m_now) != then.grants(&m_then);
+                (m_then.sees(&mine_then), m_now.sees(&mine), moved)
+            });
             match (before, now) {
                 (false, true) => out.changed.push(id.clone()),
                 (true, false) => out.removed.push(id.clone()),
+                (true, true) if !routes.is_empty() || (caller.serves && grants_moved) => {
+                    out.changed.push(id.clone())
+                }
                 _ => {}
             }
         }
@@ -471,8 +488,12 @@ mod tests {
         }
     }
 
-    /// A little registry for `delta`: id -> (tags, online).
-    struct World(HashMap<PeerId, (Vec<Tag>, bool)>);
+    /// A little registry for `delta`: id -> (tags, online), and the approved routes of
+    /// the subnet routers among them.
+    struct World(
+        HashMap<PeerId, (Vec<Tag>, bool)>,
+        HashMap<PeerId, Vec<IpNet>>,
+    );
 
     impl World {
         fn new(peers: &[(u32, &[&str], bool)]) -> World {
@@ -483,7 +504,14 @@ mod tests {
                         (id(*n), (tags.iter().map(|t| tag(t)).collect(), *online))
                     })
                     .collect(),
+                HashMap::new(),
             )
+        }
+
+        fn routing(mut self, n: u32, routes: &[&str]) -> World {
+            self.1
+                .insert(id(n), routes.iter().map(|r| r.parse().unwrap()).collect());
+            self
         }
 
         fn delta(
@@ -494,22 +522,34 @@ mod tests {
             caller: &[&str],
         ) -> Delta {
             let caller: Vec<Tag> = caller.iter().map(|t| tag(t)).collect();
+            self.delta_of(changed, then, now, &Party::tagged(&caller))
+        }
+
+        fn delta_of(
+            &self,
+            changed: &[u32],
+            then: Option<&Policy>,
+            now: &Policy,
+            caller: &Party,
+        ) -> Delta {
+            let routes = |p: &PeerId| self.1.get(p).map_or(&[][..], |r| r.as_slice());
             let changed: Vec<PeerId> = changed.iter().map(|n| id(*n)).collect();
             let mut d = delta(
                 &changed,
                 then,
                 now,
-                &caller,
+                caller,
                 |p| {
                     self.0.get(p).map(|(tags, online)| PeerState {
                         tags,
+                        routes: routes(p),
                         online: *online,
                     })
                 },
                 self.0
                     .iter()
                     .filter(|(_, (_, online))| *online)
-                    .map(|(p, (tags, _))| (p, tags.as_slice())),
+                    .map(|(p, (tags, _))| (p, tags.as_slice(), routes(p))),
             );
             d.changed.sort();
             d.removed.sort();
@@ -588,6 +628,48 @@ mod tests {
         let d = world.delta(&[1], Some(&now), &then, &[]);
         assert!(d.changed.is_empty());
         assert_eq!(d.removed, ids(&[1, 2]));
+    }
+
+    #[test]
+    fn a_reload_resends_routers_and_peers_whose_grants_moved_and_shows_granted_routers() {
+        // 1: a router of 192.168.10.0/24 (tag:gw); 2: tag:b; 3: untagged.
+        let world = World::new(&[
+            (1, &["tag:gw"], true),
+            (2, &["tag:b"], true),
+            (3, &[], true),
+        ])
+        .routing(1, &["192.168.10.0/24"]);
+        let by_tag = policy(
+            r#"{"allow": [{"from": ["tag:b"], "to": ["tag:gw"]}, {"from": ["*"], "to": ["tag:b"]}]}"#,
+        );
+        let by_prefix = policy(
+            r#"{"allow": [{"from": ["tag:b"], "to": ["192.168.10.10"]}, {"from": ["*"], "to": ["tag:b"]}]}"#,
+        );
+        // tag:b saw the router before and still does, but the part of its route moved.
+        let d = world.delta(&[], Some(&by_tag), &by_prefix, &["tag:b"]);
+        assert_eq!(d.changed, ids(&[1]));
+        // The router sees tag:b both times, whose grants moved (its `reach`).
+        let gw = Party::new(&[tag("tag:gw")], &["192.168.10.0/24".parse().unwrap()]);
+        let d = world.delta_of(&[], Some(&by_tag), &by_prefix, &gw);
+        assert_eq!(d.changed, ids(&[2]));
+        // The untagged peer's view of tag:b is unchanged, and it is not told what tag:b may
+        // reach (it routes nothing): nothing to send.
+        let d = world.delta(&[], Some(&by_tag), &by_prefix, &[]);
+        assert!(d.changed.is_empty() && d.removed.is_empty(), "{d:?}");
+        // A node that advertises a route still waiting for approval is told.
+        let waiting = Party::tagged(&[]).serving(true);
+        let d = world.delta_of(&[], Some(&by_tag), &by_prefix, &waiting);
+        assert_eq!(d.changed, ids(&[2]));
+        // A grant alone makes the router and the granted peer see each other.
+        let only_prefix = policy(r#"{"allow": [{"from": ["tag:b"], "to": ["192.168.10.0/25"]}]}"#);
+        let none = policy(r#"{"allow": []}"#);
+        let d = world.delta(&[], Some(&none), &only_prefix, &["tag:b"]);
+        assert_eq!(d.changed, ids(&[1]));
+        let d = world.delta_of(&[], Some(&only_prefix), &none, &gw);
+        assert_eq!(d.removed, ids(&[2]));
+        // A changed router is judged with its routes.
+        let d = world.delta(&[1], None, &only_prefix, &["tag:b"]);
+        assert_eq!(d.changed, ids(&[1]));
     }
 
     #[test]

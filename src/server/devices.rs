@@ -212,13 +212,17 @@ pub fn addresses(record: &PeerRecord, mesh6: Option<ipnet::Ipv6Net>) -> Vec<IpNe
 /// the policy lets it see (its gateway enforces this for the device's traffic, which the
 /// device's own WireGuard app does not).
 pub fn reach(registry: &Registry, policy: &Policy, device: &PeerRecord) -> Vec<IpNet> {
-    let mine = policy.membership(&device.tags);
+    let mine = policy.membership_routed(&device.tags, &device.approved_routes);
     let mesh6 = registry.mesh6();
     registry
         .records()
         .iter()
         .filter(|r| r.online && r.id != device.id)
-        .filter(|r| policy.membership(&r.tags).sees(&mine))
+        .filter(|r| {
+            policy
+                .membership_routed(&r.tags, &r.approved_routes)
+                .sees(&mine)
+        })
         .flat_map(|r| addresses(r, mesh6))
         .collect()
 }

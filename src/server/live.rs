@@ -107,6 +107,11 @@ pub struct GroupDelta {
 }
 
 impl GroupDelta {
+    /// Whether the caller `me` itself changed (is among the changed or removed peers).
+    pub fn mentions(&self, me: &PeerId) -> bool {
+        self.changed.iter().any(|(id, _)| id == me) || self.removed.contains(me)
+    }
+
     /// Whether the caller `me` has anything to apply (its own entry never counts).
     pub fn is_empty_for(&self, me: &PeerId) -> bool {
         self.changed.iter().all(|(id, _)| id == me) && self.removed.iter().all(|id| id == me)

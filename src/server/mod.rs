@@ -23,6 +23,7 @@ pub mod pg;
 pub mod policy;
 pub mod registry;
 pub mod relay;
+pub mod route_access;
 pub mod sso;
 pub mod state;
 pub mod storage;
@@ -127,7 +128,7 @@ fn open_json(config: &ServerConfig) -> Result<Opened, ServerError> {
     let mesh6 = crate::proto::mesh6::prefix(&key.public_key());
     let opened = storage::json::open(config, mesh6)?;
     let peers = opened.registry.len();
-    let policy = PolicyHolder::load(config.policy.clone())
+    let policy = PolicyHolder::load(config.policy.clone(), &opened.registry.mesh_nets())
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let (policy_text, _) = policy.current();
     if config.policy.is_some() {
@@ -156,7 +157,7 @@ fn open_json(config: &ServerConfig) -> Result<Opened, ServerError> {
 fn open_replica(config: &ServerConfig, url: &str) -> Result<Opened, ServerError> {
     let opened = storage::replica::open::open(config, url)?;
     let peers = opened.registry.len();
-    let policy = PolicyHolder::load(config.policy.clone())
+    let policy = PolicyHolder::load(config.policy.clone(), &opened.registry.mesh_nets())
         .map_err(|e| ServerError::Config(e.to_string()))?;
     if let Some(in_force) = opened.policy {
         policy.replace(in_force);
@@ -309,6 +310,7 @@ impl RunningServer {
             Some(url) => open_replica(config, url)?,
             None => open_json(config)?,
         };
+        api.approve_covered_routes();
         let stun = start_udp(config, &api)?;
         api.attach();
         if config.console {

@@ -3,10 +3,10 @@
 //! on. Serializing once per change instead of once per request is what lets a large mesh poll
 //! cheaply; each caller gets the shared bytes minus its own entry, as two slices.
 
-use crate::server::policy::Membership;
+use crate::server::policy::Party;
+use crate::server::route_access::Viewer;
 use crate::server::state::MeshState;
 use crate::types::PeerId;
-use crate::types::Tag;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,10 +35,11 @@ impl PeerList {
     }
 }
 
-/// One cached list per tag group (the caller's sorted tags).
+/// One cached list per party (the caller's sorted tags, and its approved routes when it is a
+/// subnet router).
 #[derive(Debug, Default)]
 pub struct PeerLists {
-    slots: Mutex<HashMap<Vec<Tag>, Arc<PeerList>>>,
+    slots: Mutex<HashMap<Party, Arc<PeerList>>>,
     /// The relay's UDP port, written into every list so agents know where it is.
     relay_port: std::sync::OnceLock<u16>,
 }
@@ -59,10 +60,11 @@ impl PeerLists {
         lock(&self.slots).clear();
     }
 
-    /// The cached list for a tag group at the current generation and policy, rebuilt by one
+    /// The cached list for a party at the current generation and policy, rebuilt by one
     /// thread when stale; the registry lock is held only to copy the entries, never while
-    /// serializing.
-    pub fn current(&self, group: &[Tag], state: &MeshState) -> Arc<PeerList> {
+    /// serializing. Entries show only the parts of subnet routes the party is granted
+    /// (`crate::server::route_access`).
+    pub fn current(&self, group: &Party, state: &MeshState) -> Arc<PeerList> {
         let mut slots = lock(&self.slots);
         // The policy is read under the registry lock, where reloads swap it, so a list and
         // its version always belong together.
@@ -84,17 +86,10 @@ impl PeerLists {
         {
             slots.clear();
         }
-        let mine = policy.membership(group);
-        let mut memberships: HashMap<Vec<Tag>, Membership> = HashMap::new();
+        let mut viewer = Viewer::new(&policy, group);
         let visible: Vec<_> = entries
-            .iter()
-            .filter(|(tags, _)| {
-                memberships
-                    .entry(tags.clone())
-                    .or_insert_with(|| policy.membership(tags))
-                    .sees(&mine)
-            })
-            .map(|(_, entry)| entry)
+            .into_iter()
+            .filter_map(|(party, entry)| viewer.sees(&party).then(|| viewer.shape(&party, entry)))
             .collect();
         let mut body = Vec::with_capacity(64 + visible.len() * 320);
         body.extend_from_slice(
@@ -136,7 +131,7 @@ impl PeerLists {
             body: Arc::new(body),
             cut,
         });
-        slots.insert(group.to_vec(), cache.clone());
+        slots.insert(group.clone(), cache.clone());
         cache
     }
 }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Each entry of `from`/`to` is a [`Tag`] or `"*"` (any peer, tagged or not). Peers get their
-//! tags from the join token they registered with (`crate::server::tokens`).
+//! tags from the join token they registered with (`crate::server::tokens`). A `to` list may
+//! also hold IP prefixes (`"192.168.10.0/24"`): see "Subnet routes" below.
 //!
 //! # Visibility is symmetric
 //!
@@ -24,6 +25,18 @@
 //! `"*"`; a policy with an empty `allow` list isolates everybody. Having no policy at all means
 //! everyone sees everyone, which is [`Policy::allow_all`].
 //!
+//! # Subnet routes
+//!
+//! Who may use an approved subnet route is directional, as in Tailscale's ACLs: a peer
+//! matching a rule's `from` may reach the part of any approved route that a prefix in its
+//! `to` covers (the whole route when the prefix contains it, the prefix when the route
+//! contains it), and `"*"` in `to` grants every approved route. Matching the router by tag
+//! grants nothing of its routes. A grant implies the tunnel: the granted peer and every
+//! router of a route the grant overlaps see each other, which is why a peer's [`Party`]
+//! holds its approved routes as well as its tags. [`Policy::grants`] says what a peer may
+//! reach; the server lists only those parts of routes (`crate::server::route_access`), and
+//! the router's filter enforces them.
+//!
 //! # Cost
 //!
 //! A policy is compiled once into per-tag bitsets of the rules each tag appears in. A peer's
@@ -32,8 +45,10 @@
 //! tag set and asks [`Policy::group_visibility`] once per policy or membership change, so
 //! thousands of peers in a handful of groups cost a handful of comparisons.
 
+use crate::proto::subnet_routes::Grants;
 use crate::server::sso::rules::IdentityRules;
 use crate::types::Tag;
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashMap;
 use std::fmt;
@@ -46,6 +61,8 @@ pub enum Selector {
     Any,
     /// A peer carrying this tag.
     Tag(Tag),
+    /// In `to` only: the addresses of approved subnet routes inside this prefix.
+    Prefix(IpNet),
 }
 
 impl fmt::Display for Selector {
@@ -53,6 +70,7 @@ impl fmt::Display for Selector {
         match self {
             Selector::Any => f.write_str("*"),
             Selector::Tag(t) => t.fmt(f),
+            Selector::Prefix(net) => net.fmt(f),
         }
     }
 }
@@ -69,14 +87,50 @@ impl<'de> Deserialize<'de> for Selector {
         if text == "*" {
             return Ok(Selector::Any);
         }
-        text.parse()
-            .map(Selector::Tag)
-            .map_err(|e| serde::de::Error::custom(format!("{e}; or write \"*\" for any peer")))
+        if let Some(net) = parse_prefix(&text).map_err(serde::de::Error::custom)? {
+            return Ok(Selector::Prefix(net));
+        }
+        text.parse().map(Selector::Tag).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e}; or write \"*\" for any peer, or (in `to`) a prefix such as \
+                 192.168.10.0/24"
+            ))
+        })
     }
 }
 
+/// Reads `text` as a prefix (`192.168.10.0/24`, or a bare address for one host) when it
+/// looks like one; a prefix with host bits set is refused with the network it probably means.
+fn parse_prefix(text: &str) -> Result<Option<IpNet>, PolicyError> {
+    let net = match (text.parse::<IpNet>(), text.parse::<std::net::IpAddr>()) {
+        (Ok(net), _) => net,
+        (_, Ok(ip)) => IpNet::from(ip),
+        _ if text.contains('/') => {
+            return Err(PolicyError(format!(
+                "{:?} is not a prefix: write a network such as 192.168.10.0/24 or fd00:10::/64",
+                crate::types::describe(text)
+            )))
+        }
+        _ => return Ok(None),
+    };
+    if net != net.trunc() {
+        return Err(PolicyError(format!(
+            "{net} is not a network (it has host bits set): write {}",
+            net.trunc()
+        )));
+    }
+    if net.prefix_len() == 0 {
+        return Err(PolicyError(format!(
+            "{net} is a default route: write \"*\" to grant every approved subnet route (the \
+             internet is what exit nodes are for)"
+        )));
+    }
+    Ok(Some(net))
+}
+
 /// One `allow` entry: peers matching any `from` selector and peers matching any `to`
-/// selector see each other (symmetrically; see the module docs).
+/// selector see each other (symmetrically; see the module docs). Prefixes in `to` grant the
+/// `from` peers those parts of approved subnet routes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
@@ -104,6 +158,7 @@ impl RouteRule {
         let who = self.advertisers.iter().any(|s| match s {
             Selector::Any => true,
             Selector::Tag(t) => tags.contains(t),
+            Selector::Prefix(_) => false,
         });
         who && self.prefixes.iter().any(|p| p.contains(prefix))
     }
@@ -156,6 +211,53 @@ impl Bits {
     fn intersects(&self, other: &Bits) -> bool {
         self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
     }
+
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+/// What the policy looks at in a peer: its tags, and its approved subnet routes (a router is
+/// seen by the peers granted a part of one of them); and whether it advertises routes at
+/// all, since only a subnet router is told what each peer may reach. Peers with equal
+/// parties see and are seen alike, so the server caches lists per party.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Party {
+    /// Its tags, sorted.
+    pub tags: Vec<Tag>,
+    /// Its approved subnet routes, sorted (empty for all but subnet routers).
+    pub routes: Vec<IpNet>,
+    /// Whether it advertises subnet routes (approved or not): its list then says what each
+    /// peer may reach, for its filter.
+    pub serves: bool,
+}
+
+impl Party {
+    /// A party of these tags and approved routes (sorted here, so equal sets are equal keys).
+    pub fn new(tags: &[Tag], routes: &[IpNet]) -> Party {
+        let (mut tags, mut routes) = (tags.to_vec(), routes.to_vec());
+        tags.sort();
+        tags.dedup();
+        routes.sort();
+        routes.dedup();
+        let serves = !routes.is_empty();
+        Party {
+            tags,
+            routes,
+            serves,
+        }
+    }
+
+    /// The same party, advertising routes or not (approved ones always count).
+    pub fn serving(mut self, advertises: bool) -> Party {
+        self.serves = advertises || !self.routes.is_empty();
+        self
+    }
+
+    /// A party of tags alone (a peer that routes nothing).
+    pub fn tagged(tags: &[Tag]) -> Party {
+        Party::new(tags, &[])
+    }
 }
 
 /// A parsed, validated and compiled access policy.
@@ -166,6 +268,8 @@ pub struct Policy {
     any_to: Bits,
     tag_from: HashMap<Tag, Bits>,
     tag_to: HashMap<Tag, Bits>,
+    /// Every prefix of every rule's `to`, with the rule's index.
+    prefixes: Vec<(usize, IpNet)>,
 }
 
 impl PartialEq for Policy {
@@ -228,6 +332,7 @@ impl Policy {
                     )));
                 }
             }
+            no_prefix(&rule.from, &format!("allow[{i}].from"), "who may reach it")?;
         }
         for (i, rule) in file.routes.iter().enumerate() {
             for (side, empty) in [
@@ -242,11 +347,40 @@ impl Policy {
                     )));
                 }
             }
+            no_prefix(
+                &rule.advertisers,
+                &format!("routes[{i}].advertisers"),
+                "which peers may advertise it",
+            )?;
         }
         file.identities
             .validate()
             .map_err(|e| PolicyError(e.to_string()))?;
         Ok(Policy::compile(file))
+    }
+
+    /// Refuses prefixes in `to` lists that overlap the mesh's own networks (`mesh`, the IPv4
+    /// network and the IPv6 prefix), whose addresses are peers, not subnet routes. Checked
+    /// wherever a policy is put in force: at start and on every reload.
+    pub fn check_mesh(&self, mesh: &[IpNet]) -> Result<(), PolicyError> {
+        for (i, rule) in self.file.allow.iter().enumerate() {
+            for (j, selector) in rule.to.iter().enumerate() {
+                let Selector::Prefix(net) = selector else {
+                    continue;
+                };
+                if let Some(m) = mesh
+                    .iter()
+                    .find(|m| m.contains(net) || net.contains(&m.network()))
+                {
+                    return Err(PolicyError(format!(
+                        "policy entry allow[{i}].to[{j}] is not valid: {net} overlaps the mesh \
+                         network {m}, whose addresses are peers (grant them by tag); a prefix \
+                         in `to` must name part of an advertised subnet route"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads and parses a policy file; errors name the file as well as the entry.
@@ -262,6 +396,7 @@ impl Policy {
         let mut any_to = Bits::new(n);
         let mut tag_from: HashMap<Tag, Bits> = HashMap::new();
         let mut tag_to: HashMap<Tag, Bits> = HashMap::new();
+        let mut prefixes = Vec::new();
         for (i, rule) in file.allow.iter().enumerate() {
             for (list, any, by_tag) in [
                 (&rule.from, &mut any_from, &mut tag_from),
@@ -274,6 +409,7 @@ impl Policy {
                             .entry(t.clone())
                             .or_insert_with(|| Bits::new(n))
                             .set(i),
+                        Selector::Prefix(net) => prefixes.push((i, *net)),
                     }
                 }
             }
@@ -284,6 +420,7 @@ impl Policy {
             any_to,
             tag_from,
             tag_to,
+            prefixes,
         }
     }
 
@@ -323,6 +460,51 @@ impl Policy {
         Membership { from, to }
     }
 
+    /// Like [`Policy::membership`], for a peer that may route subnets: a router also matches
+    /// the `to` side of every rule with a prefix overlapping one of its approved routes, so
+    /// the peers that rule grants a part of its routes see it (and it sees them).
+    pub fn membership_of(&self, party: &Party) -> Membership {
+        self.membership_routed(&party.tags, &party.routes)
+    }
+
+    /// [`Policy::membership_of`] of a peer with `tags` and approved `routes`, in any order.
+    pub fn membership_routed(&self, tags: &[Tag], routes: &[IpNet]) -> Membership {
+        let mut m = self.membership(tags);
+        for (i, grant) in &self.prefixes {
+            if routes
+                .iter()
+                .any(|r| crate::proto::subnet_routes::intersection(grant, r).is_some())
+            {
+                m.to.set(*i);
+            }
+        }
+        m
+    }
+
+    /// What a peer of membership `m` may reach of the approved subnet routes: everything
+    /// when a rule it matches on the `from` side has `"*"` in `to`, else the prefixes in the
+    /// `to` lists of the rules it matches on the `from` side.
+    pub fn grants(&self, m: &Membership) -> Grants {
+        if m.from.intersects(&self.any_to) {
+            return Grants::All;
+        }
+        let mut list: Vec<IpNet> = self
+            .prefixes
+            .iter()
+            .filter(|(i, _)| m.from.get(*i))
+            .map(|(_, net)| *net)
+            .collect();
+        list.sort();
+        list.dedup();
+        Grants::Only(list)
+    }
+
+    /// Whether the policy grants subnet routes by prefix anywhere (only then do a peer's
+    /// routes change whom it sees).
+    pub fn has_prefixes(&self) -> bool {
+        !self.prefixes.is_empty()
+    }
+
     /// Whether a peer with tags `a` and a peer with tags `b` see each other: true iff some
     /// rule allows a -> b or b -> a. Symmetric: swapping the arguments never changes the
     /// answer. For many peers, prefer [`Policy::membership`] or [`Policy::group_visibility`].
@@ -351,7 +533,8 @@ impl Policy {
 }
 
 impl fmt::Display for Policy {
-    /// One line per rule, e.g. `tag:dev <-> tag:db, tag:cache`, for logs and status output.
+    /// One line per rule, e.g. `tag:dev <-> tag:db, tag:cache` (and `tag:dev ->
+    /// 192.168.10.0/24` for prefixes, reached one way), for logs and status output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.file.allow.is_empty() {
             return f.write_str("(no rules: every peer is isolated)");
@@ -366,9 +549,33 @@ impl fmt::Display for Policy {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            write!(f, "{} <-> {}", join(&rule.from), join(&rule.to))?;
+            // Peers see each other both ways; prefixes are reached one way only.
+            let (prefixes, peers): (Vec<Selector>, Vec<Selector>) = rule
+                .to
+                .iter()
+                .cloned()
+                .partition(|s| matches!(s, Selector::Prefix(_)));
+            if !peers.is_empty() {
+                write!(f, "{} <-> {}", join(&rule.from), join(&peers))?;
+            }
+            if !prefixes.is_empty() {
+                let sep = if peers.is_empty() { "" } else { "; " };
+                write!(f, "{sep}{} -> {}", join(&rule.from), join(&prefixes))?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Refuses prefixes in a list that selects peers (`what` says what the list decides).
+fn no_prefix(list: &[Selector], path: &str, what: &str) -> Result<(), PolicyError> {
+    match list.iter().position(|s| matches!(s, Selector::Prefix(_))) {
+        Some(j) => Err(PolicyError(format!(
+            "policy entry {path}[{j}] is not valid: {} is a prefix, but this list decides {what} \
+             and takes tags or \"*\" (prefixes go in a rule's `to`)",
+            list[j]
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -537,6 +744,112 @@ mod tests {
                 assert!(err.contains(w), "{json}: {err:?} lacks {w:?}");
             }
         }
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    const LAN_POLICY: &str = r#"{"allow": [
+        {"from": ["tag:a"], "to": ["192.168.10.0/24"]},
+        {"from": ["tag:b"], "to": ["192.168.10.10"]},
+        {"from": ["tag:c"], "to": ["tag:router"]},
+        {"from": ["tag:admin"], "to": ["*"]}
+    ]}"#;
+
+    #[test]
+    fn prefixes_in_to_grant_parts_of_routes_and_the_wildcard_grants_all() {
+        let p = policy(LAN_POLICY);
+        let grants = |t: &[&str]| p.grants(&p.membership(&tags(t)));
+        assert_eq!(grants(&["tag:a"]), Grants::Only(nets(&["192.168.10.0/24"])));
+        assert_eq!(
+            grants(&["tag:b"]),
+            Grants::Only(nets(&["192.168.10.10/32"]))
+        );
+        assert_eq!(
+            grants(&["tag:a", "tag:b"]),
+            Grants::Only(nets(&["192.168.10.0/24", "192.168.10.10/32"]))
+        );
+        // Seeing the router by tag grants none of its routes.
+        assert_eq!(grants(&["tag:c"]), Grants::Only(Vec::new()));
+        assert_eq!(grants(&["tag:router"]), Grants::Only(Vec::new()));
+        assert_eq!(grants(&["tag:admin"]), Grants::All);
+        // No policy at all keeps everyone reaching every route.
+        let all = Policy::allow_all();
+        assert_eq!(all.grants(&all.membership(&[])), Grants::All);
+    }
+
+    #[test]
+    fn a_grant_makes_the_granted_peer_and_the_router_see_each_other() {
+        let p = policy(LAN_POLICY);
+        let router = Party::new(&tags(&["tag:router"]), &nets(&["192.168.10.0/24"]));
+        let elsewhere = Party::new(&tags(&["tag:router"]), &nets(&["192.168.99.0/24"]));
+        let inside = Party::new(&tags(&["tag:other"]), &nets(&["192.168.10.16/28"]));
+        let r = p.membership_of(&router);
+        for t in [&["tag:a"][..], &["tag:b"], &["tag:c"], &["tag:admin"]] {
+            let m = p.membership_of(&Party::tagged(&tags(t)));
+            assert!(m.sees(&r) && r.sees(&m), "{t:?}");
+        }
+        let untagged = p.membership_of(&Party::default());
+        assert!(!untagged.sees(&r));
+        // A router whose routes no grant touches is seen only as its tags allow.
+        let e = p.membership_of(&elsewhere);
+        assert!(!p.membership_of(&Party::tagged(&tags(&["tag:a"]))).sees(&e));
+        assert!(p.membership_of(&Party::tagged(&tags(&["tag:c"]))).sees(&e));
+        // A grant wider than the route still reaches it (the route inside the grant).
+        let i = p.membership_of(&inside);
+        assert!(p.membership_of(&Party::tagged(&tags(&["tag:a"]))).sees(&i));
+        assert!(!p.membership_of(&Party::tagged(&tags(&["tag:b"]))).sees(&i));
+        assert!(p.has_prefixes() && !Policy::allow_all().has_prefixes());
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused_with_the_entry_and_the_fix() {
+        let cases = [
+            (
+                r#"{"allow": [{"from": ["*"], "to": ["192.168.10.5/24"]}]}"#,
+                &["allow[0].to[0]", "host bits", "write 192.168.10.0/24"][..],
+            ),
+            (
+                r#"{"allow": [{"from": ["*"], "to": ["192.168.300.0/24"]}]}"#,
+                &["allow[0].to[0]", "is not a prefix"][..],
+            ),
+            (
+                r#"{"allow": [{"from": ["*"], "to": ["0.0.0.0/0"]}]}"#,
+                &["allow[0].to[0]", "default route", "exit nodes"][..],
+            ),
+            (
+                r#"{"allow": [{"from": ["tag:a", "10.1.0.0/16"], "to": ["*"]}]}"#,
+                &[
+                    "allow[0].from[1]",
+                    "10.1.0.0/16 is a prefix",
+                    "prefixes go in",
+                ][..],
+            ),
+            (
+                r#"{"allow": [], "routes": [{"advertisers": ["10.1.0.0/16"], "prefixes": ["10.1.0.0/16"]}]}"#,
+                &["routes[0].advertisers[0]", "is a prefix"][..],
+            ),
+        ];
+        for (json, wanted) in cases {
+            let err = Policy::from_json(json).unwrap_err().to_string();
+            for w in wanted {
+                assert!(err.contains(w), "{json}: {err:?} lacks {w:?}");
+            }
+        }
+        let p = policy(r#"{"allow": [{"from": ["*"], "to": ["tag:x", "10.0.0.0/8"]}]}"#);
+        let mesh = nets(&["10.100.0.0/16", "fd7a:1::/64"]);
+        let err = p.check_mesh(&mesh).unwrap_err().to_string();
+        assert!(err.contains("allow[0].to[1]"), "{err}");
+        assert!(
+            err.contains("overlaps the mesh network 10.100.0.0/16"),
+            "{err}"
+        );
+        let inside = policy(r#"{"allow": [{"from": ["*"], "to": ["fd7a:1::5"]}]}"#);
+        assert!(inside.check_mesh(&mesh).is_err());
+        assert!(policy(LAN_POLICY).check_mesh(&mesh).is_ok());
+        let shown = policy(r#"{"allow": [{"from": ["tag:a"], "to": ["tag:gw", "10.1.0.0/16"]}]}"#);
+        assert_eq!(shown.to_string(), "tag:a <-> tag:gw; tag:a -> 10.1.0.0/16");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::names::Names;
 use crate::keys::PublicKey;
 use crate::proto::model::PeerInfo;
 use crate::server::ipam::{Ipam, IpamError};
+use crate::server::policy::Party;
 use crate::server::store::{PeerRecord, Snapshot, FORMAT_VERSION};
 use crate::time;
 use crate::types::Tag;
@@ -296,6 +297,14 @@ impl Registry {
         self.mesh6
     }
 
+    /// The mesh's own networks (IPv4, and IPv6 when the server has a prefix), which no
+    /// subnet route and no policy prefix may overlap.
+    pub fn mesh_nets(&self) -> Vec<IpNet> {
+        std::iter::once(IpNet::V4(self.network()))
+            .chain(self.mesh6.map(IpNet::V6))
+            .collect()
+    }
+
     /// Undoes [`Registry::prepare`] when the change could not be made durable.
     pub fn abort(&mut self, prepared: &Prepared) {
         if let Prepared::Write {
@@ -460,12 +469,12 @@ impl Registry {
         self.snapshot().peers
     }
 
-    /// Every online peer's id and tags, for deltas across a policy reload.
-    pub fn online_ids(&self) -> impl Iterator<Item = (&PeerId, &[Tag])> {
+    /// Every online peer's id, tags and approved routes, for deltas across a policy reload.
+    pub fn online_ids(&self) -> impl Iterator<Item = (&PeerId, &[Tag], &[IpNet])> {
         self.peers
             .values()
             .filter(|p| p.online)
-            .map(|p| (&p.id, p.tags.as_slice()))
+            .map(|p| (&p.id, p.tags.as_slice(), p.approved_routes.as_slice()))
     }
 
     /// One peer's entry as `/peers` shows it, for a delta.
@@ -473,18 +482,25 @@ impl Registry {
         self.by_id(id).map(|p| peer_info(p, self.mesh6))
     }
 
-    /// The online peers as `/peers` shows them, each with its tags (which decide who may see
-    /// it), in address order.
-    pub fn online_tagged(&self) -> Vec<(Vec<Tag>, PeerInfo)> {
-        let mut entries: Vec<(Vec<Tag>, PeerInfo)> = self
+    /// The online peers as `/peers` shows them, each with its party (tags and approved
+    /// routes, which decide who may see it and how), in address order.
+    pub fn online_tagged(&self) -> Vec<(Party, PeerInfo)> {
+        let mut entries: Vec<(Party, PeerInfo)> = self
             .peers
             .values()
             .filter(|p| p.online)
-            .map(|p| (p.tags.clone(), peer_info(p, self.mesh6)))
+            .map(|p| (party(p), peer_info(p, self.mesh6)))
             .collect();
         entries.sort_by_key(|(_, e)| e.virtual_ip);
         entries
     }
+}
+
+/// What the policy looks at in a record: its tags and approved subnet routes, and whether it
+/// advertises any (a default route is an exit node's, not a subnet route).
+pub fn party(p: &PeerRecord) -> Party {
+    Party::new(&p.tags, &p.approved_routes)
+        .serving(p.allowed_ips.iter().any(|n| n.prefix_len() != 0))
 }
 
 /// The public view of a record: its /32 (and /128 in the IPv6 mesh), its approved subnet
@@ -519,6 +535,7 @@ pub fn peer_info(p: &PeerRecord, mesh6: Option<Ipv6Net>) -> PeerInfo {
         online: p.online,
         last_heartbeat: time::format(p.last_heartbeat),
         via: p.via.clone(),
+        reach: None,
     }
 }
 

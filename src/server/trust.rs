@@ -195,10 +195,11 @@ pub struct PolicyHolder {
 }
 
 impl PolicyHolder {
-    /// Loads the policy file, or allows everyone to see everyone when there is none.
-    pub fn load(path: Option<PathBuf>) -> Result<PolicyHolder, PolicyError> {
+    /// Loads the policy file, or allows everyone to see everyone when there is none. A
+    /// prefix overlapping the mesh networks (`mesh`) is refused.
+    pub fn load(path: Option<PathBuf>, mesh: &[ipnet::IpNet]) -> Result<PolicyHolder, PolicyError> {
         let policy = match &path {
-            Some(p) => Policy::load(p)?,
+            Some(p) => checked(p, mesh)?,
             None => Policy::allow_all(),
         };
         Ok(PolicyHolder {
@@ -229,10 +230,11 @@ impl PolicyHolder {
         self.path.as_deref()
     }
 
-    /// Re-reads the policy file. A file that does not parse leaves the old policy in force
-    /// (a typo must not open or close the whole mesh) and returns why. Returns whether the
-    /// policy changed, and the policy now in force.
-    pub fn reload(&self) -> Result<(bool, Arc<Policy>), PolicyError> {
+    /// Re-reads the policy file. A file that does not parse (or names a prefix overlapping
+    /// the mesh networks `mesh`) leaves the old policy in force (a typo must not open or
+    /// close the whole mesh) and returns why. Returns whether the policy changed, and the
+    /// policy now in force.
+    pub fn reload(&self, mesh: &[ipnet::IpNet]) -> Result<(bool, Arc<Policy>), PolicyError> {
         let Some(path) = &self.path else {
             return Err(PolicyError(
                 "no policy file: the server was started without --policy, so everyone sees \
@@ -240,7 +242,7 @@ impl PolicyHolder {
                     .into(),
             ));
         };
-        let fresh = Policy::load(path)?;
+        let fresh = checked(path, mesh)?;
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
         if *guard.0 == fresh {
             return Ok((false, guard.0.clone()));
@@ -249,6 +251,15 @@ impl PolicyHolder {
         *guard = (fresh.clone(), guard.1 + 1);
         Ok((true, fresh))
     }
+}
+
+/// A policy file read, parsed and checked against the mesh networks; errors name the file.
+pub fn checked(path: &Path, mesh: &[ipnet::IpNet]) -> Result<Policy, PolicyError> {
+    let policy = Policy::load(path)?;
+    policy
+        .check_mesh(mesh)
+        .map_err(|e| PolicyError(format!("{}: {e}", path.display())))?;
+    Ok(policy)
 }
 
 /// Where audit events go instead of the local file: the replicas' shared table, so every

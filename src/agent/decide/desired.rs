@@ -207,6 +207,7 @@ mod device_tests {
             online: true,
             last_heartbeat: String::new(),
             via: via.map(|g| g.id.clone()),
+            reach: None,
         }
     }
 

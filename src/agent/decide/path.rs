@@ -1383,6 +1383,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         };
         let settings = PathSettings::default();
         // Each end relays the other; the server restarts; each end notices.
@@ -1523,6 +1524,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         };
         let relays: std::collections::BTreeMap<String, SocketAddr> = (1..=3u8)
             .map(|i| {

@@ -12,8 +12,9 @@
 
 use super::super::state::config::ClientConfig;
 use super::super::state::subnet_routes::{AppliedSubnetRouter, AppliedTableRoutes};
+use crate::os::subnet_routes::Access;
 use crate::proto::model::PeerInfo;
-use crate::proto::subnet_routes::primary;
+use crate::proto::subnet_routes::{primary, Grants};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -107,9 +108,9 @@ pub fn select(
     (peers, accepted)
 }
 
-/// What this node must set up as a subnet router (forwarding, the filter letting the peers
-/// it sees into its networks, NAT unless `--snat-subnet-routes off`), or None when it routes
-/// nothing.
+/// What this node must set up as a subnet router (forwarding, the filter letting each peer
+/// it sees into the parts of its networks the policy grants that peer, NAT unless
+/// `--snat-subnet-routes off`), or None when it routes nothing.
 pub fn router_state(
     config: &ClientConfig,
     peers: &[PeerInfo],
@@ -119,20 +120,43 @@ pub fn router_state(
     if prefixes.is_empty() {
         return None;
     }
-    let mut sources: Vec<IpNet> = peers
-        .iter()
-        .flat_map(|p| p.allowed_ips.iter())
-        .filter(|n| !mesh.is_subnet_route(n) && n.prefix_len() != 0)
-        .copied()
-        .collect();
-    sources.sort();
-    sources.dedup();
     Some(AppliedSubnetRouter {
+        access: access(&prefixes, peers, mesh),
         prefixes,
-        sources,
         mesh: mesh.both(),
         snat: config.subnet_routes.snat,
     })
+}
+
+/// Who may reach what of this router's `prefixes`: each listed peer's mesh addresses, to the
+/// parts of the prefixes its `reach` covers (all of them when the server grants it every
+/// route), grouped by what they reach. Peers granted nothing here are left out, so the
+/// filter drops them.
+pub fn access(prefixes: &[IpNet], peers: &[PeerInfo], mesh: MeshNets) -> Vec<Access> {
+    let mut by_reach: BTreeMap<Vec<IpNet>, Vec<IpNet>> = BTreeMap::new();
+    for p in peers {
+        let grants = Grants::from_wire(p.reach.as_deref());
+        let mut reach: Vec<IpNet> = prefixes.iter().flat_map(|n| grants.within(n)).collect();
+        reach.sort();
+        reach.dedup();
+        if reach.is_empty() {
+            continue;
+        }
+        by_reach.entry(reach).or_default().extend(
+            p.allowed_ips
+                .iter()
+                .filter(|n| !mesh.is_subnet_route(n) && n.prefix_len() != 0),
+        );
+    }
+    by_reach
+        .into_iter()
+        .map(|(prefixes, mut sources)| {
+            sources.sort();
+            sources.dedup();
+            Access { sources, prefixes }
+        })
+        .filter(|a| !a.sources.is_empty())
+        .collect()
 }
 
 /// The routes `--routes-to-table` copies into the routing daemon's table: the mesh networks

@@ -302,6 +302,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         };
         let config = format!(
             "[Interface]\nPrivateKey = x\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.100.0.7/32\n\n[Peer]\nPublicKey = other\n",

@@ -759,6 +759,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         };
         let unnamed = PeerInfo {
             dns_name: None,

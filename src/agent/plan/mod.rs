@@ -90,6 +90,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         }
     }
 

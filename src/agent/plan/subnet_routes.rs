@@ -17,7 +17,7 @@ use ipnet::IpNet;
 fn rules(s: &AppliedSubnetRouter) -> RouterRules<'_> {
     RouterRules {
         prefixes: &s.prefixes,
-        sources: &s.sources,
+        access: &s.access,
         mesh: &s.mesh,
         snat: s.snat,
     }
@@ -54,7 +54,7 @@ impl Builder {
                 self.push(Step::run(sr::router_on(real_name, rules(s))).note(format!(
                     "routing {} for {} mesh address(es){}",
                     prefixes.join(", "),
-                    s.sources.len(),
+                    s.access.iter().map(|a| a.sources.len()).sum::<usize>(),
                     if s.snat { ", masqueraded" } else { "" }
                 )));
             }

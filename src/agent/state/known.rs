@@ -67,6 +67,7 @@ mod tests {
             online: true,
             last_heartbeat: String::new(),
             via: None,
+            reach: None,
         }
     }
 

@@ -213,8 +213,9 @@ impl SubnetRouteConfig {
 pub struct AppliedSubnetRouter {
     /// The prefixes it serves.
     pub prefixes: Vec<IpNet>,
-    /// The mesh addresses allowed into them (the peers the policy lets see this node).
-    pub sources: Vec<IpNet>,
+    /// Who may reach what of them (each peer's `reach` from the server, per policy).
+    #[serde(default)]
+    pub access: Vec<crate::os::subnet_routes::Access>,
     /// The mesh networks (masqueraded from when `snat`).
     pub mesh: Vec<IpNet>,
     /// Whether mesh traffic is masqueraded into the networks.

@@ -61,7 +61,8 @@ macro_rules! with_agent_flags {
             /// networks' router then needs a route back to the mesh through this node)
             #[argh(option)]
             snat_subnet_routes: Option<OnOff>,
-            /// use the networks other nodes advertise (approved ones; give it on every run)
+            /// use the networks other nodes advertise (the approved parts the policy grants
+            /// this node; give it on every run)
             #[argh(switch)]
             accept_routes: bool,
             /// also advertise the prefixes a routing daemon puts in this kernel table, following

@@ -34,7 +34,6 @@ use crate::server::state::MeshState;
 use crate::server::storage::{PolicyReload, Storage, StorageError};
 use crate::server::stun_service::StunStats;
 use crate::server::trust::Trust;
-use crate::types::Tag;
 use error::{method_not_allowed, ok_json, Refusal};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -49,8 +48,9 @@ struct Monitored {
     relay: OnceLock<Arc<RelayStats>>,
 }
 
-/// A cached delta's key: the tag group and the `since` it answers.
-type DeltaKey = (Vec<Tag>, u64);
+/// A cached delta's key: the party (tag group, and routes for a router) and the `since` it
+/// answers.
+type DeltaKey = (crate::server::policy::Party, u64);
 
 /// A member view for the relay with the registry generation and policy version it was
 /// built from, and when.
@@ -153,6 +153,17 @@ impl Api {
     /// Publishes where agents reach this server (a replica announces it to the others).
     pub fn advertise(&self, url: String) {
         self.storage.advertise(url)
+    }
+
+    /// Approves the advertised routes the policy in force covers, as the server starts (the
+    /// policy file may have changed while it was stopped, which is a reload too). A failure
+    /// is logged: the routes wait for the next reload or an operator.
+    pub fn approve_covered_routes(&self) {
+        match self.storage.approve_covered_routes() {
+            Ok(0) => {}
+            Ok(n) => log::info!("the policy approved advertised routes of {n} peer(s)"),
+            Err(e) => log::error!("cannot approve the routes the policy covers: {e}"),
+        }
     }
 
     /// Re-reads the policy file (SIGHUP or `wgmesh policy reload`). A bad file keeps the old

@@ -44,6 +44,7 @@ impl Api {
                     .chain(r.endpoint.map(|e| e.0.ip()))
                     .collect(),
                 tags: r.tags,
+                routes: r.approved_routes,
             })
             .collect();
         drop(registry);

@@ -11,9 +11,10 @@ use crate::server::changes::{self, PeerState, Since};
 use crate::server::http::{Body, Park, Reply, Request, Response, Wake};
 use crate::server::live::{self, GroupDelta, PeersQuery};
 use crate::server::metrics::Endpoint as MetricEndpoint;
+use crate::server::policy::Party;
+use crate::server::route_access::Viewer;
 use crate::server::storage::WentOffline;
 use crate::types::PeerId;
-use crate::types::Tag;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,7 +44,7 @@ fn delta_response(body: Vec<u8>) -> Response {
 /// it later, since the request itself (and its nonce) cannot be run again.
 struct HeldPoll {
     id: PeerId,
-    tags: Vec<Tag>,
+    party: Party,
     since: u64,
     deadline: Instant,
     authed: Option<Authed>,
@@ -64,25 +65,26 @@ impl Api {
         req: &Request,
         authed: &mut Option<Authed>,
     ) -> Result<Response, Refusal> {
-        let (query, tags) = self.peers_query(req, authed)?;
-        Ok(self.peers_answer(req.header("if-none-match"), &query, &tags))
+        let (query, party) = self.peers_query(req, authed)?;
+        Ok(self.peers_answer(req.header("if-none-match"), &query, &party))
     }
 
-    /// Authenticates a `/peers` request and parses it; returns the query and the caller's tags.
+    /// Authenticates a `/peers` request and parses it; returns the query and the caller's
+    /// party (its tags, and its approved routes when it is a subnet router).
     fn peers_query(
         &self,
         req: &Request,
         authed: &mut Option<Authed>,
-    ) -> Result<(PeersQuery, Vec<Tag>), Refusal> {
+    ) -> Result<(PeersQuery, Party), Refusal> {
         let key = self.authenticate(req, authed)?;
         let query =
             PeersQuery::parse(|name| req.query_param(name)).map_err(|e| Refusal(400, e.0))?;
         self.check_owner(req, &key, &query.peer_id)?;
-        let tags = match self.state.registry().by_id(&query.peer_id) {
-            Some(record) => record.tags.clone(),
+        let party = match self.state.registry().by_id(&query.peer_id) {
+            Some(record) => crate::server::registry::party(record),
             None => return Err(unknown_peer(&query.peer_id)),
         };
-        Ok((query, tags))
+        Ok((query, party))
     }
 
     /// The answer to a `/peers` query right now: the full list (or 304), or what changed
@@ -91,7 +93,7 @@ impl Api {
         &self,
         if_none_match: Option<&str>,
         query: &PeersQuery,
-        tags: &[Tag],
+        tags: &Party,
     ) -> Response {
         let id = &query.peer_id;
         let Some(since) = query.since else {
@@ -104,7 +106,7 @@ impl Api {
     }
 
     /// The whole list a caller may see (`"full": true`), or 304 when its ETag is current.
-    fn full_list(&self, if_none_match: Option<&str>, id: &PeerId, tags: &[Tag]) -> Response {
+    fn full_list(&self, if_none_match: Option<&str>, id: &PeerId, tags: &Party) -> Response {
         let generation = self.state.registry().generation();
         let (_, policy_version) = self.state.policy.current();
         let etag = self.etag(generation, policy_version);
@@ -130,18 +132,25 @@ impl Api {
     }
 
     /// What a caller at version `since` gets now: a delta, the full list when `since` cannot
-    /// be answered as a delta, or nothing (with the version it is current at).
+    /// be answered as a delta, or nothing (with the version it is current at). A caller whose
+    /// own record changed gets the full list when it advertises routes or the policy grants
+    /// routes by prefix: its routes decide whom it sees and whether it is told each peer's
+    /// `reach`, and a delta only knows its party now.
     fn answer_since(
         &self,
         if_none_match: Option<&str>,
         id: &PeerId,
-        tags: &[Tag],
+        tags: &Party,
         since: u64,
     ) -> SinceAnswer {
         // A replica behind the version another replica gave this caller catches up first.
         self.storage.catch_up_to(since);
+        let routed = tags.serves || self.state.policy.current().0.has_prefixes();
         match self.group_delta(tags, since) {
             GroupAnswer::Full => SinceAnswer::Ready(self.full_list(if_none_match, id, tags)),
+            GroupAnswer::Delta(delta) if routed && delta.mentions(id) => {
+                SinceAnswer::Ready(self.full_list(if_none_match, id, tags))
+            }
             GroupAnswer::Current(version) => SinceAnswer::Nothing(version),
             GroupAnswer::Delta(delta) if delta.is_empty_for(id) => {
                 SinceAnswer::Nothing(delta.version)
@@ -153,9 +162,9 @@ impl Api {
     /// The delta from `since` to now for a tag group, computed and serialized once per
     /// group, `since` and version, whoever asks. The policy is read under the registry lock,
     /// where reloads swap it, so a delta and its version always belong together.
-    fn group_delta(&self, group: &[Tag], since: u64) -> GroupAnswer {
+    fn group_delta(&self, group: &Party, since: u64) -> GroupAnswer {
         let mut slots = lock(&self.deltas);
-        let key = (group.to_vec(), since);
+        let key = (group.clone(), since);
         let registry = self.state.registry();
         let version = registry.generation();
         if let Some(delta) = slots.get(&key).filter(|d| d.version == version) {
@@ -175,15 +184,20 @@ impl Api {
             |id| {
                 registry.by_id(id).map(|r| PeerState {
                     tags: &r.tags,
+                    routes: &r.approved_routes,
                     online: r.online,
                 })
             },
             registry.online_ids(),
         );
+        let mut viewer = Viewer::new(&policy, group);
         let entries: Vec<PeerInfo> = plan
             .changed
             .iter()
-            .filter_map(|id| registry.info(id))
+            .filter_map(|id| {
+                let party = crate::server::registry::party(registry.by_id(id)?);
+                Some(viewer.shape(&party, registry.info(id)?))
+            })
             .collect();
         drop(registry);
         let delta = Arc::new(GroupDelta {
@@ -232,7 +246,7 @@ impl Api {
         };
         let mut authed = None;
         let prepared = self.peers_query(req, &mut authed);
-        let (query, tags) = match prepared {
+        let (query, party) = match prepared {
             Ok(ok) => ok,
             Err(refusal) => {
                 return Reply::Now(self.finish(
@@ -249,7 +263,7 @@ impl Api {
             query.wait,
             self.me.get().and_then(std::sync::Weak::upgrade),
         ) else {
-            let result = self.peers_answer(req.header("if-none-match"), &query, &tags);
+            let result = self.peers_answer(req.header("if-none-match"), &query, &party);
             return Reply::Now(self.finish(
                 &line,
                 MetricEndpoint::Peers,
@@ -260,7 +274,7 @@ impl Api {
         };
         let held = HeldPoll {
             id: query.peer_id,
-            tags,
+            party,
             since,
             deadline: Instant::now() + wait,
             authed,
@@ -273,10 +287,15 @@ impl Api {
 
     /// Answers a held long-poll if its caller has something to see (or its time ran out),
     /// else parks it (again) until the next change.
-    fn hold(self: Arc<Self>, held: HeldPoll, wake: Option<Wake>) -> Reply {
+    fn hold(self: Arc<Self>, mut held: HeldPoll, wake: Option<Wake>) -> Reply {
         let started = Instant::now();
         let seen = self.state.changes().version();
-        let answer = self.answer_since(None, &held.id, &held.tags, held.since);
+        // The caller's party as it is now: an approval while it waited changes whom a
+        // subnet router sees.
+        if let Some(record) = self.state.registry().by_id(&held.id) {
+            held.party = crate::server::registry::party(record);
+        }
+        let answer = self.answer_since(None, &held.id, &held.party, held.since);
         let response = match answer {
             SinceAnswer::Ready(response) => response,
             SinceAnswer::Nothing(version)

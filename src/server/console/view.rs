@@ -343,11 +343,18 @@ pub fn matrix(groups: &[Vec<Tag>], policy: &Policy) -> Vec<Vec<bool>> {
         .collect()
 }
 
-/// Which peers one peer (by its tags) may reach under `policy`, by hostname.
+/// Which peers one peer (by its tags, and its approved routes for a subnet router) may reach
+/// under `policy`, by hostname.
 pub fn reachable_from(me: &PeerRecord, records: &[PeerRecord], policy: &Policy) -> Vec<String> {
+    let mine = policy.membership_routed(&me.tags, &me.approved_routes);
     let mut names: Vec<String> = records
         .iter()
-        .filter(|r| r.id != me.id && policy.visible(&me.tags, &r.tags))
+        .filter(|r| {
+            r.id != me.id
+                && policy
+                    .membership_routed(&r.tags, &r.approved_routes)
+                    .sees(&mine)
+        })
         .map(|r| r.hostname.to_string())
         .collect();
     names.sort();

@@ -498,6 +498,7 @@ mod tests {
             public_key: n.key,
             ips: vec![n.addr.ip()],
             tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+            routes: Vec::new(),
         }
     }
 

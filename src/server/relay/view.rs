@@ -3,7 +3,7 @@
 
 use crate::keys::PublicKey;
 use crate::proto::wg_wire::Mac1Key;
-use crate::server::policy::Policy;
+use crate::server::policy::{Party, Policy};
 use crate::types::Tag;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,6 +18,8 @@ pub struct Member {
     pub ips: Vec<IpAddr>,
     /// Its tags, which decide whom it may reach under the policy.
     pub tags: Vec<Tag>,
+    /// Its approved subnet routes (peers granted a part of one may reach it too).
+    pub routes: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug)]
@@ -43,12 +45,11 @@ pub struct MemberView {
 impl MemberView {
     /// Compiles the members' tag sets against `policy` once, so each decision is a lookup.
     pub fn new(members: Vec<Member>, policy: &Policy) -> MemberView {
-        let mut group_of: HashMap<Vec<Tag>, usize> = HashMap::new();
-        let mut group_tags: Vec<Vec<Tag>> = Vec::new();
+        let mut group_of: HashMap<Party, usize> = HashMap::new();
+        let mut group_tags: Vec<Party> = Vec::new();
         let mut view = MemberView::default();
         for m in members {
-            let mut tags = m.tags.clone();
-            tags.sort();
+            let tags = Party::new(&m.tags, &m.routes);
             let group = *group_of.entry(tags.clone()).or_insert_with(|| {
                 group_tags.push(tags);
                 group_tags.len() - 1
@@ -66,7 +67,7 @@ impl MemberView {
                 group,
             });
         }
-        let memberships: Vec<_> = group_tags.iter().map(|t| policy.membership(t)).collect();
+        let memberships: Vec<_> = group_tags.iter().map(|t| policy.membership_of(t)).collect();
         view.groups = memberships.len();
         view.sees = memberships
             .iter()

@@ -182,6 +182,32 @@ fn unknown(id: &PeerId) -> StorageError {
 
 impl JsonStorage {
     /// Journals one changed record and commits it (an operator's change to a peer).
+    /// [`Storage::approve_covered_routes`] with the journal lock held.
+    fn approve_covered_in(
+        &self,
+        journal: &mut Store,
+        policy: &crate::server::policy::Policy,
+    ) -> Result<usize, StorageError> {
+        let approved = super::subnet_routes::reload_approvals(policy, &self.state.registry());
+        if approved.is_empty() {
+            return Ok(0);
+        }
+        let entries: Vec<JournalEntry> = approved
+            .iter()
+            .map(|peer| JournalEntry::Put { peer: peer.clone() })
+            .collect();
+        journal
+            .append_all(&entries)
+            .map_err(|e| disk("route approval", &e))?;
+        let count = approved.len();
+        self.state.change(|registry| {
+            for record in approved {
+                registry.commit(record);
+            }
+        });
+        Ok(count)
+    }
+
     fn write_record(
         &self,
         mut journal: MutexGuard<'_, Store>,
@@ -430,19 +456,36 @@ impl Storage for JsonStorage {
         journal.compact(&snapshot)
     }
 
+    fn approve_covered_routes(&self) -> Result<usize, StorageError> {
+        let mut journal = lock(&self.journal);
+        let (policy, _) = self.state.policy.current();
+        self.approve_covered_in(&mut journal, &policy)
+    }
+
     /// Re-reads the policy file. Swapped and recorded under the registry lock, so no delta
-    /// is ever computed with one policy and stamped with the version of the other.
+    /// is ever computed with one policy and stamped with the version of the other. A changed
+    /// policy then approves the advertised routes its `routes` rules now cover, journaled
+    /// like any route decision (the journal lock is held throughout, so no registration
+    /// slips in between).
     fn reload_policy(&self) -> Result<PolicyReload, StorageError> {
+        let mut journal = lock(&self.journal);
         let policy = &self.state.policy;
         let reloaded = self.state.change(|registry| {
             let (replaced, _) = policy.current();
-            let reloaded = policy.reload();
+            let reloaded = policy.reload(&registry.mesh_nets());
             if let Ok((true, _)) = &reloaded {
                 registry.policy_changed(replaced);
             }
             reloaded
         });
         let (changed, policy) = reloaded.map_err(|e| StorageError::Refused(400, e.to_string()))?;
+        if changed {
+            // The new policy is in force either way; routes it could not approve now are
+            // approved by the next reload or by hand.
+            if let Err(e) = self.approve_covered_in(&mut journal, &policy) {
+                log::error!("policy reloaded, but its route approvals were not made: {e}");
+            }
+        }
         Ok(PolicyReload {
             changed,
             text: policy.to_string(),

@@ -255,8 +255,14 @@ pub trait Storage: Send + Sync {
     /// heartbeats and does its housekeeping.
     fn persist(&self, last: bool) -> std::io::Result<()>;
 
-    /// Re-reads the policy file and puts it in force (on every replica, for a cluster).
+    /// Re-reads the policy file and puts it in force (on every replica, for a cluster); a
+    /// changed policy then approves the advertised routes its `routes` rules cover.
     fn reload_policy(&self) -> Result<PolicyReload, StorageError>;
+
+    /// Approves the advertised routes the `routes` rules of the policy in force cover
+    /// ([`subnet_routes::reload_approvals`]), as the server starts (its policy file may have
+    /// changed while it was stopped); how many peers changed.
+    fn approve_covered_routes(&self) -> Result<usize, StorageError>;
 
     /// Refuses a signed request this store cannot prove fresh beyond the server's own
     /// in-memory replay cache: one another replica accepted, or (after a restart) a change

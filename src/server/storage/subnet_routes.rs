@@ -4,12 +4,15 @@
 //!
 //! A peer advertises prefixes (`allowed_ips` at registration); none reaches another peer
 //! until approved, by an operator (`wgmesh routes approve`) or by the policy file's `routes`
-//! rules (which tags may advertise which prefixes) when the route is first advertised. An
-//! approval is refused, with the reason, for a default route (exit nodes are for that), a
-//! prefix overlapping the mesh, and a prefix overlapping another node's approved route of a
-//! different length (two nodes with the *same* prefix is failover, see
-//! [`crate::proto::subnet_routes::primary`]). Rejecting takes the approval away; it stays
-//! away while the peer keeps advertising the route (the policy approves only new routes).
+//! rules (which tags may advertise which prefixes) when the route is first advertised, and
+//! when a policy reload (or a server start) brings rules that cover routes already
+//! advertised ([`reload_approvals`]). An approval is refused, with the reason, for a default route (exit
+//! nodes are for that), a prefix overlapping the mesh, and a prefix overlapping another
+//! node's approved route of a different length (two nodes with the *same* prefix is
+//! failover, see [`crate::proto::subnet_routes::primary`]). Rejecting takes the approval
+//! away; it stays away while the peer keeps advertising the route, until a reload of a
+//! changed policy whose rules cover it. An approval is a decision: a reload whose rules no
+//! longer cover a route leaves it approved (reject it to take it away).
 
 use crate::server::policy::Policy;
 use crate::server::registry::{Prepared, Registry};
@@ -45,6 +48,13 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// Its networks, IPv4 first.
+    pub fn nets(&self) -> Vec<IpNet> {
+        std::iter::once(IpNet::V4(self.v4))
+            .chain(self.v6.map(IpNet::V6))
+            .collect()
+    }
+
     /// The mesh of a registry.
     pub fn of(registry: &Registry) -> Mesh {
         Mesh {
@@ -73,8 +83,7 @@ pub fn refusal<'a>(
             owner.hostname
         ));
     }
-    let mesh_nets = std::iter::once(IpNet::V4(mesh.v4)).chain(mesh.v6.map(IpNet::V6));
-    for net in mesh_nets {
+    for net in mesh.nets() {
         if overlaps(prefix, &net) {
             return Some(format!(
                 "{prefix} overlaps the mesh network {net}, whose addresses the server assigns"
@@ -164,6 +173,20 @@ pub fn policy_approved(
     record: &PeerRecord,
     before: &[IpNet],
 ) -> Vec<IpNet> {
+    approve_covered(policy, Mesh::of(registry), record, before, || {
+        registry.iter()
+    })
+}
+
+/// [`policy_approved`] against the records `others` yields (every peer, as they stand in
+/// this write).
+fn approve_covered<'a, I: Iterator<Item = &'a PeerRecord>>(
+    policy: &Policy,
+    mesh: Mesh,
+    record: &PeerRecord,
+    before: &[IpNet],
+    others: impl Fn() -> I,
+) -> Vec<IpNet> {
     let mut approved = record.approved_routes.clone();
     for prefix in advertised(record) {
         if before.contains(&prefix) || approved.contains(&prefix) {
@@ -176,7 +199,7 @@ pub fn policy_approved(
         {
             continue;
         }
-        match refusal(record, &prefix, Mesh::of(registry), registry.iter()) {
+        match refusal(record, &prefix, mesh, others()) {
             None => {
                 log::info!(
                     "subnet route {prefix} of {} approved by the policy",
@@ -191,6 +214,32 @@ pub fn policy_approved(
         }
     }
     approved
+}
+
+/// The records a newly loaded policy changes: every advertised route its `routes` rules
+/// cover that is not approved yet (and may be, by [`refusal`]) becomes approved. Routers
+/// are taken in mesh-address order, each seeing the approvals given before it, so two
+/// overlapping routes of different lengths are never both approved. Routes the new rules
+/// no longer cover are left as they are.
+pub fn reload_approvals(policy: &Policy, registry: &Registry) -> Vec<PeerRecord> {
+    if policy.route_rules().is_empty() {
+        return Vec::new();
+    }
+    let mut all: Vec<PeerRecord> = registry.iter().cloned().collect();
+    all.sort_by_key(|r| r.virtual_ip);
+    let mesh = Mesh::of(registry);
+    let mut changed = Vec::new();
+    for i in 0..all.len() {
+        if advertised(&all[i]).is_empty() {
+            continue;
+        }
+        let approved = approve_covered(policy, mesh, &all[i], &[], || all.iter());
+        if approved != all[i].approved_routes {
+            all[i].approved_routes = approved;
+            changed.push(all[i].clone());
+        }
+    }
+    changed
 }
 
 /// A prepared registration with the policy's approvals applied: new routes the policy

@@ -29,6 +29,7 @@ fn peer(host: &str, last: u8, routes: &[&str]) -> PeerInfo {
         online: true,
         last_heartbeat: String::new(),
         via: None,
+        reach: None,
     }
 }
 
@@ -88,11 +89,13 @@ fn a_router_lets_the_peers_it_sees_in_and_copies_routes_to_its_table() {
     let peers = vec![peer("laptop", 7, &[]), peer("gw-b", 9, &["198.18.20.0/24"])];
     let state = router_state(&config, &peers, mesh()).unwrap();
     assert_eq!(state.prefixes, vec![net("198.18.10.0/24")]);
+    assert_eq!(state.access.len(), 1, "{:?}", state.access);
+    assert_eq!(state.access[0].prefixes, vec![net("198.18.10.0/24")]);
     assert_eq!(
-        state.sources.len(),
+        state.access[0].sources.len(),
         4,
         "two /32s and two /128s: {:?}",
-        state.sources
+        state.access
     );
     assert!(state.snat);
     let (_, accepted) = select(&peers, true, &config.subnet_routes.advertise, mesh());
@@ -121,4 +124,50 @@ fn only_allowed_table_prefixes_are_advertised() {
         vec![net("198.18.30.0/24")]
     );
     assert!(!allowed_from_table(&found, &allow).contains(&net("0.0.0.0/0")));
+}
+
+#[test]
+fn a_router_lets_each_peer_reach_only_what_the_server_says_it_may() {
+    let mut config = ClientConfig::generate("wg0".parse().unwrap());
+    config.subnet_routes.advertise = vec![net("198.18.10.0/24"), net("fd00:10::/64")];
+    let mut all = peer("all", 3, &[]);
+    all.reach = None;
+    let mut lan = peer("lan", 4, &[]);
+    lan.reach = Some(vec![net("198.18.0.0/16")]);
+    let mut host = peer("host", 5, &[]);
+    host.reach = Some(vec![net("198.18.10.10/32"), net("198.18.99.0/24")]);
+    let mut nothing = peer("nothing", 6, &[]);
+    nothing.reach = Some(Vec::new());
+    let mut elsewhere = peer("elsewhere", 7, &[]);
+    elsewhere.reach = Some(vec![net("198.18.99.0/24")]);
+    let peers = vec![all, lan, host, nothing, elsewhere];
+    let state = router_state(&config, &peers, mesh()).unwrap();
+    let shown: Vec<(Vec<String>, Vec<String>)> = state
+        .access
+        .iter()
+        .map(|a| {
+            (
+                a.sources.iter().map(|n| n.to_string()).collect(),
+                a.prefixes.iter().map(|n| n.to_string()).collect(),
+            )
+        })
+        .collect();
+    let s = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        shown,
+        vec![
+            (
+                s(&["10.100.0.4/32", "fd7a:1::4/128"]),
+                s(&["198.18.10.0/24"])
+            ),
+            (
+                s(&["10.100.0.3/32", "fd7a:1::3/128"]),
+                s(&["198.18.10.0/24", "fd00:10::/64"])
+            ),
+            (
+                s(&["10.100.0.5/32", "fd7a:1::5/128"]),
+                s(&["198.18.10.10/32"])
+            ),
+        ]
+    );
 }

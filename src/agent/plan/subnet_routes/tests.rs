@@ -36,6 +36,7 @@ fn router(name: &str, seed: u8, last: u8, routes: &[&str]) -> PeerInfo {
         online: true,
         last_heartbeat: String::new(),
         via: None,
+        reach: None,
     }
 }
 

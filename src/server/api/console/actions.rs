@@ -143,7 +143,8 @@ impl Visit<'_> {
     fn check_policy(&self) -> Response {
         let form = self.form();
         let text = form.get("policy").map(String::as_str).unwrap_or("");
-        let checked = Policy::from_json(text);
+        let mesh = self.api.state.registry().mesh_nets();
+        let checked = Policy::from_json(text).and_then(|p| p.check_mesh(&mesh).map(|()| p));
         let summary;
         let reason;
         let check = match &checked {

@@ -85,7 +85,9 @@ impl ReplicaStorage {
                 text: policy.to_string(),
             });
         };
-        let fresh = Policy::load(path).map_err(|e| StorageError::Refused(400, e.to_string()))?;
+        let mesh = self.state.registry().mesh_nets();
+        let fresh = crate::server::trust::checked(path, &mesh)
+            .map_err(|e| StorageError::Refused(400, e.to_string()))?;
         // Decided before publishing: this replica's own LISTEN thread may put the published
         // policy in force before the line below does, and the reload still changed it.
         let changed = *self.state.policy.current().0 != fresh;
@@ -95,6 +97,13 @@ impl ReplicaStorage {
         if let Err(e) = self.catch_up() {
             // Published: the LISTEN thread puts it in force here once the database answers.
             log::warn!("policy published, but not yet in force on this replica: {e}");
+        }
+        if changed {
+            // The policy is in force either way; a failure here leaves the routes for the
+            // next reload or an operator.
+            if let Err(e) = self.write_reload_approvals(&fresh) {
+                log::error!("policy published, but its route approvals were not written: {e}");
+            }
         }
         Ok(PolicyReload {
             changed,

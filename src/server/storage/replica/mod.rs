@@ -195,6 +195,11 @@ impl Storage for ReplicaStorage {
         self.publish_policy()
     }
 
+    fn approve_covered_routes(&self) -> Result<usize, StorageError> {
+        let (policy, _) = self.state.policy.current();
+        self.write_reload_approvals(&policy)
+    }
+
     fn claim_nonce(&self, signed: &Signed<'_>) -> Result<NonceClaim, StorageError> {
         self.claim(signed.nonce.as_bytes(), signed.write)
     }

@@ -219,3 +219,47 @@ fn dropping_a_route_drops_its_approval() {
         Prepared::Unchanged(_) => panic!("the routes changed"),
     }
 }
+
+#[test]
+fn a_reload_approves_routes_already_advertised_that_its_rules_now_cover() {
+    let mut r = registry();
+    let none = Policy::allow_all();
+    let office = join(
+        &mut r,
+        &none,
+        "gw",
+        &["tag:office"],
+        &["192.168.10.0/24", "10.9.0.0/16"],
+    );
+    let wide = join(&mut r, &none, "wide", &["tag:office"], &["192.168.0.0/16"]);
+    let lab = join(&mut r, &none, "lab", &["tag:lab"], &["192.168.30.0/24"]);
+    assert!(office.approved_routes.is_empty() && lab.approved_routes.is_empty());
+    let policy = Policy::from_json(
+        r#"{"allow": [{"from": ["*"], "to": ["*"]}],
+            "routes": [{"advertisers": ["tag:office"], "prefixes": ["192.168.0.0/16"]}]}"#,
+    )
+    .unwrap();
+    let changed = reload_approvals(&policy, &r);
+    // gw (first by address) gets its covered route; wide's /16 overlaps it with another
+    // length, so it is not approved; lab is not an advertiser the rule names.
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].id, office.id);
+    assert_eq!(changed[0].approved_routes, vec![net("192.168.10.0/24")]);
+    for record in changed {
+        r.commit(record);
+    }
+    assert!(r.by_id(&wide.id).unwrap().approved_routes.is_empty());
+    // Nothing left to do: a second reload of the same rules changes nothing.
+    assert!(reload_approvals(&policy, &r).is_empty());
+    // A reload whose rules no longer cover the route leaves the approval as it was.
+    let narrower = Policy::from_json(r#"{"allow": [], "routes": [{"advertisers": ["tag:lab"], "prefixes": ["192.168.30.0/24"]}]}"#).unwrap();
+    let changed = reload_approvals(&narrower, &r);
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].id, lab.id);
+    assert_eq!(
+        r.by_id(&office.id).unwrap().approved_routes,
+        vec![net("192.168.10.0/24")]
+    );
+    // Without route rules, nothing is looked at.
+    assert!(reload_approvals(&Policy::allow_all(), &r).is_empty());
+}
