@@ -343,6 +343,23 @@ pub fn matrix(groups: &[Vec<Tag>], policy: &Policy) -> Vec<Vec<bool>> {
         .collect()
 }
 
+/// What each group may reach of the approved subnet routes under `policy`, in words: "every
+/// approved route", the granted prefixes, or "none" (seeing a router grants nothing).
+pub fn group_networks(groups: &[Vec<Tag>], policy: &Policy) -> Vec<String> {
+    groups
+        .iter()
+        .map(|g| match policy.grants(&policy.membership(g)) {
+            crate::proto::subnet_routes::Grants::All => "every approved route".to_owned(),
+            crate::proto::subnet_routes::Grants::Only(list) if list.is_empty() => "none".into(),
+            crate::proto::subnet_routes::Grants::Only(list) => list
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect()
+}
+
 /// Which peers one peer (by its tags, and its approved routes for a subnet router) may reach
 /// under `policy`, by hostname.
 pub fn reachable_from(me: &PeerRecord, records: &[PeerRecord], policy: &Policy) -> Vec<String> {
@@ -364,6 +381,27 @@ pub fn reachable_from(me: &PeerRecord, records: &[PeerRecord], policy: &Policy) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_group_is_told_the_networks_its_rules_grant() {
+        let policy = Policy::from_json(
+            r#"{"allow": [{"from": ["tag:admin"], "to": ["*"]},
+                          {"from": ["tag:dev"], "to": ["tag:router", "198.18.20.0/24", "198.18.30.5"]}]}"#,
+        )
+        .unwrap();
+        let groups: Vec<Vec<Tag>> = ["tag:admin", "tag:dev", "tag:router"]
+            .iter()
+            .map(|t| vec![t.parse().unwrap()])
+            .collect();
+        assert_eq!(
+            group_networks(&groups, &policy),
+            [
+                "every approved route",
+                "198.18.20.0/24, 198.18.30.5/32",
+                "none"
+            ]
+        );
+    }
 
     fn record(name: &str, ip: u8, online: bool, tags: &[&str]) -> PeerRecord {
         let key = crate::keys::PrivateKey::generate().public_key();

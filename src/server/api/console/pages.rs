@@ -194,6 +194,7 @@ impl Visit<'_> {
         let records = self.api.state.registry().records();
         let groups = view::tag_groups(&records, &policy);
         let matrix = view::matrix(&groups, &policy);
+        let networks = view::group_networks(&groups, &policy);
         let mut hostnames: Vec<String> = records.iter().map(|r| r.hostname.to_string()).collect();
         hostnames.sort();
         let chosen = self.query().get("peer").cloned();
@@ -212,6 +213,7 @@ impl Visit<'_> {
                 .map(|p| p.display().to_string()),
             groups: &groups,
             matrix: &matrix,
+            networks: &networks,
             candidate,
             hostnames: &hostnames,
             one_peer: chosen.as_deref().zip(reach.as_deref()),

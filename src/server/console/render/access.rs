@@ -23,6 +23,8 @@ pub struct AccessView<'a> {
     pub groups: &'a [Vec<Tag>],
     /// Whether row group sees column group.
     pub matrix: &'a [Vec<bool>],
+    /// What each group may reach of the approved subnet routes, in words.
+    pub networks: &'a [String],
     /// A candidate policy and how its check went.
     pub candidate: Option<(&'a str, Check<'a>)>,
     /// The hostnames to choose one peer from.
@@ -59,6 +61,16 @@ pub fn access(viewer: Viewer<'_>, v: &AccessView<'_>) -> Markup {
             }
             h2 { "Who can reach whom" }
             (matrix(v.groups, v.matrix))
+            h2 { "Subnet routes each group may reach" }
+            p { "Granted by prefixes (or " code { "\"*\"" } ") in a rule's " code { "to" } "; seeing a router grants none of its networks." }
+            table.networks {
+                thead { tr { th { "group" } th { "networks" } } }
+                tbody {
+                    @for (g, nets) in v.groups.iter().zip(v.networks) {
+                        tr { th { (group_name(g)) } td { (nets) } }
+                    }
+                }
+            }
             h2 { "One peer" }
             form method="get" action="/console/access" {
                 select name="peer" aria-label="Peer" {
