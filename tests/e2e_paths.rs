@@ -535,12 +535,18 @@ fn a_direct_path_that_dies_falls_back_to_the_relay_within_seconds_and_returns_wh
     let firsts = time_to_first_ping(&nodes, Instant::now(), Duration::from_secs(30));
     assert!(firsts.iter().all(|(_, t)| t.is_some()), "{firsts:?}");
     net.expect_path(&p, &m, "direct", Duration::from_secs(40));
-    // A ping every 100 ms from p to m; 4 s in, m's router starts dropping every UDP
-    // datagram between the two public addresses (the relay's path, through the server,
-    // is untouched).
-    let m_ip = nodes[1].1.clone();
-    let p_ns2 = p.ns.clone();
-    let gaps = std::thread::spawn(move || ping_gaps(&p_ns2, &m_ip, 30));
+    // A ping every 100 ms each way (so both ends check and fall back at about the same
+    // time, their restarted sessions crossing in the relay); 4 s in, m's router starts
+    // dropping every UDP datagram between the two public addresses (the relay's path,
+    // through the server, is untouched).
+    let streams: Vec<_> = [(&p, &m, nodes[1].1.clone()), (&m, &p, nodes[0].1.clone())]
+        .into_iter()
+        .map(|(from, to, to_ip)| {
+            let label = format!("{} -> {}", from.name, to.name);
+            let (ns, to) = (from.ns.clone(), to_ip);
+            std::thread::spawn(move || (label, ping_gaps(&ns, &to, 30)))
+        })
+        .collect();
     std::thread::sleep(Duration::from_secs(4));
     let drops: [[&str; 8]; 2] = [
         ["FORWARD", "-p", "udp", "-s", "198.18.0.5", "-j", "DROP", ""],
@@ -552,16 +558,18 @@ fn a_direct_path_that_dies_falls_back_to_the_relay_within_seconds_and_returns_wh
         net.lab.iptables(&m_router, &args);
     }
     net.expect_path(&p, &m, "relay", Duration::from_secs(25));
-    let (answers, longest) = gaps.join().unwrap();
-    let gap = Duration::from_millis(100 * (longest as u64 + 1));
-    println!(
-        "direct path dropped under a ping every 100 ms: {answers} answers in 30 s, longest gap {longest} pings (about {gap:?} without a working path)"
-    );
-    assert!(answers > 0, "p never reached m");
-    assert!(
-        gap < DIRECT_DEATH_GAP,
-        "{longest} pings in a row (100 ms apart) were lost when the direct path died"
-    );
+    for stream in streams {
+        let (label, (answers, longest)) = stream.join().unwrap();
+        let gap = Duration::from_millis(100 * (longest as u64 + 1));
+        println!(
+            "direct path dropped, {label} every 100 ms: {answers} answers in 30 s, longest gap {longest} pings (about {gap:?} without a working path)"
+        );
+        assert!(answers > 0, "{label}: never answered");
+        assert!(
+            gap < DIRECT_DEATH_GAP,
+            "{label}: {longest} pings in a row (100 ms apart) were lost when the direct path died"
+        );
+    }
     // Relayed now, and pinging.
     assert!(
         net.lab.ping(&p.ns, &nodes[1].1),
