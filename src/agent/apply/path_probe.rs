@@ -6,7 +6,8 @@
 //! kernel's ICMP "port unreachable" for the discard port, if nothing else) come back
 //! directly: the proof the path machine looks for. Tailscale's magicsock sends a disco
 //! ping for the same purpose; ours rides inside the tunnel, so no port of our own is needed
-//! and unmodified WireGuard does the rest.
+//! and unmodified WireGuard does the rest. The same datagram checks a direct path that has
+//! gone quiet while data goes out: the peer's answer (any packet) says the path still works.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 

@@ -21,12 +21,23 @@
 //!   answers directly, and both ends see it. A peer whose packets arrive directly is direct.
 //! - A direct path stays while it answers. It is left when the peer's packets arrive
 //!   through the relay again (the other end chose the relay; ignored for [`DIRECT_GRACE`]
-//!   after going direct, when they are the tail of the other end's probe), when data goes
-//!   out and nothing comes back for `relay_after` (WireGuard itself answers data within
-//!   10 s with at least a keepalive), when the handshake goes stale (180 s), or when the
-//!   peer moves. An idle direct peer is never judged by silence alone: of two idle ends
-//!   only one sends keepalives (each one received pushes the other's timer back), so the
-//!   other may hear nothing for minutes and still be fine.
+//!   after going direct, when they are the tail of the other end's probe), when a check
+//!   fails, when data goes out and nothing comes back for `relay_after` (WireGuard itself
+//!   answers data within 10 s with at least a keepalive; the backstop, and all a one-shot
+//!   `sync` has), when the handshake goes stale (180 s), or when the peer moves.
+//! - A check is how a direct path that dies (a NAT mapping expired or flushed, a middlebox
+//!   dropping the UDP, a rebooted router) is noticed within seconds instead of after
+//!   `relay_after`: when data has gone out and nothing has come back for [`CHECK_AFTER`],
+//!   the agent sends the probe's datagram through the tunnel (the peer's kernel answers it,
+//!   as it answers a probe), and a check with nothing back within [`CHECK_WINDOW`] sends the
+//!   pair to the relay, its session restarted there. This is magicsock's heartbeat ping and
+//!   `trustBestAddrUntil` made lazy: Tailscale pings a proven path every 3 s while traffic
+//!   flows and stops trusting it 6.5 s after its last pong; WireGuard here already tells us
+//!   when anything arrives, so only a path that has gone quiet under traffic is asked, and
+//!   asked at once rather than at the next heartbeat.
+//! - An idle direct peer is never judged by silence alone: of two idle ends only one sends
+//!   keepalives (each one received pushes the other's timer back), so the other may hear
+//!   nothing for minutes and still be fine. Checks, too, start only under data.
 //! - Byte counters below the last ones seen mean a new interface: the peer starts afresh.
 //!
 //! Both ends decide alone and reach the same answer, because each follows the other's
@@ -52,6 +63,17 @@ pub const PROBE_TICK: Duration = Duration::from_millis(100);
 /// the peer moved): six within 25 s, so a pair whose direct path works is direct within
 /// 30 s even when the first attempts cross badly.
 pub const EARLY_PROBES: [u64; 6] = [0, 1, 3, 7, 15, 25];
+
+/// A direct peer with data going out and nothing back for this long is checked (see the
+/// module docs): well inside WireGuard's own 10 s answer to data, so a one-way stream is
+/// asked about its path rather than waited out; at least one path tick, so the silence
+/// covers a whole tick.
+pub const CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a check's answer may take before the direct path counts as dead: far above any
+/// round trip a direct path worth keeping has. The daemon ticks every [`PROBE_TICK`] while a
+/// check runs, so the relay takes over this soon after the check began.
+pub const CHECK_WINDOW: Duration = Duration::from_secs(1);
 
 /// A one-shot `sync`'s slot mark for "no direct attempt made yet": its first run that sees
 /// the relayed session up makes one, whatever the slot.
@@ -159,6 +181,12 @@ pub struct PeerPath {
     /// While direct: whether packets arrived over it (a `sync` attempt starts unproven).
     #[serde(default)]
     pub proven: bool,
+    /// While direct: a check of the path in progress (its datagram sent), until this time.
+    #[serde(default)]
+    pub check_until_ms: Option<u64>,
+    /// Bytes received when the check began: anything more is its answer.
+    #[serde(default)]
+    pub check_rx: u64,
     /// A nudge (keepalive every second) in progress, until this time.
     #[serde(default)]
     pub nudge_until_ms: Option<u64>,
@@ -333,6 +361,7 @@ fn direct_only(
     }
     st.published = published;
     st.probe_until_ms = None;
+    st.check_until_ms = None;
     st.relay = None;
     st.last_rx = seen.rx_bytes;
     st.last_tx = seen.tx_bytes;
@@ -378,6 +407,8 @@ impl PeerPath {
             direct_addr: None,
             proven: false,
             restart: false,
+            check_until_ms: None,
+            check_rx: 0,
             nudge_until_ms: None,
             nudged_ms: 0,
             relay: None,
@@ -419,8 +450,33 @@ impl PeerPath {
         let unanswered = self.unanswered_ms.is_some_and(waited);
         // No session (a stale handshake), or an attempt (`sync`) nothing came back over.
         let unproven = !f.connected || !self.proven;
-        if unanswered || (unproven && waited(self.since_ms)) {
+        if unanswered || (unproven && waited(self.since_ms)) || self.check_failed(f, seen) {
             self.go_relay(f, true);
+        } else if !unproven && settings.may_probe {
+            self.check_if_quiet(f, seen);
+        }
+    }
+
+    /// Whether the running check got nothing back in its window (anything arriving since it
+    /// began answers it and ends it).
+    fn check_failed(&mut self, f: &Facts, seen: &Observed) -> bool {
+        let Some(until) = self.check_until_ms else {
+            return false;
+        };
+        if seen.rx_bytes > self.check_rx {
+            self.check_until_ms = None;
+            return false;
+        }
+        f.now_ms >= until
+    }
+
+    /// Starts a check when data goes out and nothing has come back for [`CHECK_AFTER`]
+    /// (never on silence alone: `unanswered_ms` is set only by data going out).
+    fn check_if_quiet(&mut self, f: &Facts, seen: &Observed) {
+        let quiet = f.now_ms.saturating_sub(self.rx_changed_ms) >= millis(CHECK_AFTER);
+        if self.check_until_ms.is_none() && self.unanswered_ms.is_some() && quiet {
+            self.check_until_ms = Some(f.now_ms + millis(CHECK_WINDOW));
+            self.check_rx = seen.rx_bytes;
         }
     }
 
@@ -516,6 +572,7 @@ impl PeerPath {
             unanswered_ms: None,
             direct_addr: seen.endpoint,
             proven: true,
+            check_until_ms: None,
             nudge_until_ms: None,
             relay: None,
             ..self.clone()
@@ -539,6 +596,7 @@ impl PeerPath {
             rx_changed_ms: f.now_ms,
             unanswered_ms: None,
             direct_addr: None,
+            check_until_ms: None,
             ..self.clone()
         };
     }
@@ -890,9 +948,28 @@ impl PathTable {
         }
     }
 
-    /// Whether a probe runs for some peer (the daemon then ticks every [`PROBE_TICK`]).
-    pub fn probing(&self) -> bool {
-        self.peers.values().any(|p| p.probe_until_ms.is_some())
+    /// Whether a probe or a check runs for some peer: the daemon then ticks every
+    /// [`PROBE_TICK`], so a probe's window and a check's deadline end on time.
+    pub fn needs_fast_ticks(&self) -> bool {
+        self.peers
+            .values()
+            .any(|p| p.probe_until_ms.is_some() || p.check_until_ms.is_some())
+    }
+
+    /// The peers (by base64 key) whose direct path's check began since `before`: the agent
+    /// sends each the probe's datagram through the tunnel, which the peer answers.
+    pub fn checks_begun(&self, before: &PathTable) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|(k, p)| {
+                p.check_until_ms.is_some()
+                    && before
+                        .peers
+                        .get(*k)
+                        .is_none_or(|b| b.check_until_ms.is_none())
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The peers (by base64 key) whose probe began since `before`: the agent sends each a
@@ -946,10 +1023,26 @@ fn log_change(
     state: &PeerPath,
     relay: Option<SocketAddr>,
 ) {
+    let checked = old.is_some_and(|o| o.check_until_ms.is_some());
+    if state.check_until_ms.is_some() && !checked {
+        log::debug!(
+            "peer {} ({}): data unanswered on the direct path; checking it",
+            peer.hostname,
+            peer.virtual_ip
+        );
+    }
     let was = old.map(|o| (o.mode, o.probe_until_ms.is_some()));
     let is = (state.mode, state.probe_until_ms.is_some());
     if was == Some(is) {
         return;
+    }
+    if checked && state.mode == Mode::Relay {
+        log::info!(
+            "peer {} ({}): the direct path's check got no answer within {} ms",
+            peer.hostname,
+            peer.virtual_ip,
+            millis(CHECK_WINDOW)
+        );
     }
     let what = match is {
         (Mode::Direct, _) => "direct path".to_owned(),
@@ -988,6 +1081,8 @@ mod tests {
         seen: Observed,
         published: Option<SocketAddr>,
         settings: PathSettings,
+        /// Whether a check of the direct path ever ran.
+        checked: bool,
     }
 
     impl Sim {
@@ -1000,6 +1095,7 @@ mod tests {
                     probe_interval: Duration::from_secs(60),
                     ..PathSettings::default()
                 },
+                checked: false,
             }
         }
 
@@ -1020,6 +1116,7 @@ mod tests {
             if let Some(e) = choice.endpoint {
                 self.seen.endpoint = Some(e);
             }
+            self.checked |= st.check_until_ms.is_some();
             self.state = Some(st);
             choice
         }
@@ -1037,6 +1134,10 @@ mod tests {
 
         fn probing(&self) -> bool {
             self.state.as_ref().unwrap().probe_until_ms.is_some()
+        }
+
+        fn checking(&self) -> bool {
+            self.state.as_ref().unwrap().check_until_ms.is_some()
         }
     }
 
@@ -1194,8 +1295,10 @@ mod tests {
     }
 
     #[test]
-    fn data_unanswered_on_a_direct_path_for_relay_after_moves_to_the_relay() {
+    fn in_a_one_shot_sync_data_unanswered_on_a_direct_path_for_relay_after_moves_to_the_relay() {
+        // A `sync` run cannot check a path (no next tick to end the check): relay_after it is.
         let mut s = relayed_and_connected();
+        s.settings.may_probe = false;
         s.tick(1);
         s.packet_from(s.published);
         assert_eq!(s.tick(2).mode, Mode::Direct);
@@ -1215,6 +1318,101 @@ mod tests {
         s.seen.tx_bytes += 1000;
         let c = s.tick(56);
         assert_eq!((c.mode, c.endpoint), (Mode::Relay, relay()));
+        assert!(!s.checked, "sync never checks");
+    }
+
+    /// A pair direct since second 2, both ends sending and answering until second 10.
+    fn direct_and_busy() -> Sim {
+        let mut s = relayed_and_connected();
+        s.tick(1);
+        s.packet_from(s.published);
+        assert_eq!(s.tick(2).mode, Mode::Direct);
+        for t in 3..=10 {
+            s.seen.tx_bytes += 1000;
+            s.seen.rx_bytes += 1000;
+            assert_eq!(s.tick(t).mode, Mode::Direct, "at {t}");
+            assert!(!s.checking(), "answered data is never checked (at {t})");
+        }
+        s
+    }
+
+    #[test]
+    fn data_unanswered_on_a_direct_path_is_checked_and_a_failed_check_moves_to_the_relay_in_two_seconds(
+    ) {
+        let mut s = direct_and_busy();
+        // The path dies just after second 10: data (a ping every 100 ms) goes out, nothing
+        // comes back. Ticks every second, every 100 ms while a check runs (as the daemon).
+        let mut ms = 11_000;
+        let mut began = None;
+        let c = loop {
+            s.seen.tx_bytes += 980;
+            let c = s.tick_ms(ms);
+            if s.checking() && began.is_none() {
+                began = Some(ms);
+                assert_eq!(c.endpoint, None, "a check leaves the direct path in place");
+            }
+            if c.mode == Mode::Relay {
+                break c;
+            }
+            ms += if s.checking() { 100 } else { 1000 };
+            assert!(ms < 20_000, "still direct at {ms} ms");
+        };
+        // One second of silence under data starts the check; one second without an answer
+        // ends it: the relay, with the session restarted there, 2 s after the last answer.
+        assert_eq!(began, Some(11_000));
+        assert_eq!(ms, 12_000);
+        assert_eq!((c.endpoint, c.restart), (relay(), true));
+        // Probed again later by the ladder, like any relayed pair.
+        s.handshake(12);
+        let mut ms = 12_100;
+        while !s.probing() {
+            s.tick_ms(ms);
+            ms += 100;
+            assert!(ms < 14_000, "no probe after the fallback");
+        }
+    }
+
+    #[test]
+    fn a_check_answered_keeps_a_one_way_direct_path() {
+        let mut s = direct_and_busy();
+        // One-way data for a minute (a stream nothing answers but WireGuard's keepalive every
+        // 10 s); each check's datagram is answered by the peer's kernel within 100 ms.
+        let (mut ms, mut checks) = (11_000, 0);
+        while ms < 71_000 {
+            s.seen.tx_bytes += if s.checking() { 98 } else { 980 };
+            if ms % 10_000 == 0 {
+                s.seen.rx_bytes += 32;
+            }
+            let was = s.checking();
+            let c = s.tick_ms(ms);
+            assert_eq!((c.mode, c.restart), (Mode::Direct, false), "at {ms} ms");
+            if s.checking() && !was {
+                checks += 1;
+                // The answer, seen at the next tick.
+                s.seen.rx_bytes += 70;
+            }
+            ms += if s.checking() { 100 } else { 1000 };
+        }
+        // Asked again after each second of unanswered data (one small datagram and its
+        // answer, within the peer's ICMP rate limit of one a second); never left.
+        assert!((40..=60).contains(&checks), "{checks} checks in 60 s");
+    }
+
+    #[test]
+    fn an_idle_direct_pair_is_never_checked_nor_left_on_silence() {
+        let mut s = direct_and_busy();
+        // Ten idle minutes: our keepalive every 25 s, nothing from the peer but its rekeys.
+        for t in 11..600 {
+            if t % 25 == 0 {
+                s.seen.tx_bytes += 32;
+            }
+            if t % 120 == 0 {
+                s.handshake(t);
+            }
+            assert_eq!(s.tick(t).mode, Mode::Direct, "at {t}");
+            assert!(!s.checking(), "silence alone started a check at {t}");
+        }
+        assert!(!s.checked);
     }
 
     #[test]

@@ -299,8 +299,9 @@ impl<'a> Daemon<'a> {
             self.sync_if_due(now)?;
             self.heartbeat_if_due(now)?;
             self.paths_if_due(now)?;
-            if self.engine.probing() {
-                // A probe (begun by any pass) ends on time: paths are looked at every 100 ms.
+            if self.engine.needs_fast_path_ticks() {
+                // A probe or a check (begun by any pass) ends on time: paths are looked at
+                // every 100 ms.
                 self.paths.next = self.paths.next.min(now + PROBE_TICK);
             }
             let watching = self.engine.watches_routes();
@@ -495,8 +496,8 @@ impl<'a> Daemon<'a> {
                     return Ok(false);
                 }
                 log::debug!("live update: {} peers", summary.peers);
-                // A probe running: back to the loop, which ends it on time.
-                Ok(!self.engine.probing())
+                // A probe or a check running: back to the loop, which ends it on time.
+                Ok(!self.engine.needs_fast_path_ticks())
             }
             Err(e) if retryable(&e) => {
                 log::warn!("applying a live update failed: {e}; a full sync follows");

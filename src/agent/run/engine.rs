@@ -442,6 +442,7 @@ impl Engine {
             &settings,
         );
         let probes = self.paths.probes_begun(&before);
+        let checks = self.paths.checks_begun(&before);
         let changed = if save_paths {
             self.paths != before
         } else {
@@ -484,7 +485,7 @@ impl Engine {
             }
         };
         if !sink.is_dry_run() {
-            self.begin_probes(peers, &probes);
+            self.begin_probes(peers, &probes, &checks);
         }
         // The path tick's own changes (probes come and go) are logged by the path table.
         let quiet = live.is_none() && !save_paths;
@@ -501,28 +502,33 @@ impl Engine {
 
     /// Starts the probes that began this pass, now that their endpoints are the direct
     /// addresses: reads the byte counters again (packets that came through the relay
-    /// before the endpoint changed prove nothing), then sends each peer its datagram.
-    fn begin_probes(&mut self, peers: &[PeerInfo], keys: &[String]) {
-        let Some(poke) = self.poke.filter(|_| !keys.is_empty()) else {
+    /// before the endpoint changed prove nothing), then sends each peer its datagram. The
+    /// direct paths' checks (`checks`) send the same datagram over the path they check.
+    fn begin_probes(&mut self, peers: &[PeerInfo], keys: &[String], checks: &[String]) {
+        let Some(poke) = self.poke.filter(|_| !keys.is_empty() || !checks.is_empty()) else {
             return;
         };
-        let name = plan::interface_to_read(&self.config, self.os);
-        let os = self.os;
-        if let Some(dump) = self.reader().and_then(|r| host::wg_dump(r, os, &name)) {
-            self.paths.probe_baseline(keys, &dump);
+        if !keys.is_empty() {
+            let name = plan::interface_to_read(&self.config, self.os);
+            let os = self.os;
+            if let Some(dump) = self.reader().and_then(|r| host::wg_dump(r, os, &name)) {
+                self.paths.probe_baseline(keys, &dump);
+            }
         }
         for peer in peers {
-            if keys.contains(&peer.public_key.to_base64()) {
+            let key = peer.public_key.to_base64();
+            if keys.contains(&key) || checks.contains(&key) {
                 poke(peer.virtual_ip);
             }
         }
     }
 
-    /// Whether a probe of some direct path runs: `up` then re-evaluates paths every
-    /// [`PROBE_TICK`](crate::agent::decide::path::PROBE_TICK), so the probe takes the relay away only
-    /// for its short window.
-    pub fn probing(&self) -> bool {
-        self.paths.probing()
+    /// Whether a probe or a check of some direct path runs: `up` then re-evaluates paths
+    /// every [`PROBE_TICK`](crate::agent::decide::path::PROBE_TICK), so a probe takes the
+    /// relay away only for its short window and a failed check hands over to the relay on
+    /// time.
+    pub fn needs_fast_path_ticks(&self) -> bool {
+        self.paths.needs_fast_ticks()
     }
 
     /// The server answers again after being unreachable: its relay forgot every session,

@@ -81,8 +81,9 @@ macro_rules! with_agent_flags {
             #[argh(option)]
             mtu: Option<u16>,
             /// seconds data may go unanswered on a direct path before the peer's traffic goes back
-            /// through the server's relay (default 15); every peer starts on the relay
-            /// and goes direct once a probe proves the direct path
+            /// through the server's relay (default 15; up checks a path quiet under data after
+            /// 1 s and leaves it within about 2 s); every peer starts on the relay and goes
+            /// direct once a probe proves the direct path
             #[argh(option, default = "15")]
             relay_after: u64,
             /// seconds between probes of a relayed peer's direct path after the first six in its
