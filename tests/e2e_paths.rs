@@ -12,157 +12,16 @@
 
 mod common;
 
+use common::internet::{Internet, Node, GATEWAY, SERVER};
 use common::netns::{Lab, Router};
-use common::wgmesh_bin;
 use std::time::{Duration, Instant};
 
-const SERVER: &str = "198.18.0.1";
-const GATEWAY: &str = "198.18.0.254";
+/// What every agent and server here logs: the path decisions, for a failing run's report.
+const DEBUG: &[&str] = &["--log-level", "debug"];
 
 /// The issue's deadline for every pair's first ping after the last `up` (5 s), with margin
 /// for this shared machine.
 const FIRST_PING: Duration = Duration::from_secs(8);
-
-/// A node running `wgmesh up`.
-struct Node {
-    name: &'static str,
-    ns: String,
-    cfg: String,
-    agent: usize,
-}
-
-/// The public segment: a gateway and the coordination server's host.
-struct Net {
-    lab: Lab,
-    srv: String,
-}
-
-impl Net {
-    fn new(label: &str) -> Net {
-        let mut lab = Lab::new(label);
-        let gw = lab.host("gw", &format!("{GATEWAY}/24"));
-        lab.exec_ok(&gw, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        let srv = lab.host("srv", &format!("{SERVER}/24"));
-        lab.exec_ok(&srv, &["ip", "route", "add", "default", "via", GATEWAY]);
-        Net { lab, srv }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.lab.dir.path().join(name).display().to_string()
-    }
-
-    /// Starts the server; returns its child index and when it listened.
-    fn start_server(&mut self, log: &str) -> (usize, Instant) {
-        let state = self.path("peers.json");
-        let listen = format!("{SERVER}:8080");
-        let args = [
-            wgmesh_bin(),
-            "server",
-            "--listen",
-            &listen,
-            "--state",
-            &state,
-            "--open",
-            "--sweep-interval",
-            "1",
-            "--log-level",
-            "debug",
-        ];
-        let srv = self.srv.clone();
-        let child = self.lab.spawn(&srv, &args, log);
-        let mut listening = Instant::now();
-        self.lab
-            .eventually(Duration::from_secs(20), "the server listens", || {
-                listening = Instant::now();
-                self.lab.log(log).contains("listening on")
-            });
-        (child, listening)
-    }
-
-    fn metric(&self, name: &str) -> u64 {
-        let text = self.lab.exec_ok(
-            &self.srv,
-            &["curl", "-sf", &format!("http://{SERVER}:8080/metrics")],
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).filter(|v| v.starts_with(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-    }
-
-    fn public_host(&mut self, name: &str, ip: &str) -> String {
-        let ns = self.lab.host(name, &format!("{ip}/24"));
-        self.lab
-            .exec_ok(&ns, &["ip", "route", "add", "default", "via", GATEWAY]);
-        ns
-    }
-
-    fn home(&mut self, name: &str, public: &str, lan: u8, kind: Router) -> (String, String) {
-        self.lab.home(name, public, lan, kind, Some(GATEWAY))
-    }
-
-    /// Starts `wgmesh up` for `name` in `ns` (default timers, debug logs).
-    fn agent(&mut self, name: &'static str, ns: &str, extra: &[&str]) -> Node {
-        let cfg = self.path(&format!("{name}.json"));
-        let iface = self.lab.ifname("wg", name);
-        let url = format!("http://{SERVER}:8080");
-        let mut args = vec![
-            wgmesh_bin(),
-            "up",
-            "--server",
-            &url,
-            "--config",
-            &cfg,
-            "--interface",
-            &iface,
-            "--hostname",
-            name,
-            "--log-level",
-            "debug",
-        ];
-        args.extend_from_slice(extra);
-        let agent = self.lab.spawn(ns, &args, &format!("{name}.log"));
-        Node {
-            name,
-            ns: ns.to_owned(),
-            cfg,
-            agent,
-        }
-    }
-
-    /// `wgmesh up` again for a node whose agent stopped.
-    fn restart_agent(&mut self, node: &mut Node, extra: &[&str]) {
-        let again = self.agent(node.name, &node.ns.clone(), extra);
-        node.agent = again.agent;
-    }
-
-    /// `status --json` of `from`'s view of `to`: (path, endpoint).
-    fn path_of(&self, from: &Node, to: &Node) -> (String, String) {
-        let out = self.lab.exec(
-            &from.ns,
-            &[wgmesh_bin(), "status", "--config", &from.cfg, "--json"],
-        );
-        let status: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        let peer = status["peers"]
-            .as_array()
-            .and_then(|peers| peers.iter().find(|p| p["hostname"] == to.name).cloned())
-            .unwrap_or_default();
-        (
-            peer["path"].as_str().unwrap_or("").to_owned(),
-            peer["endpoint"].as_str().unwrap_or("").to_owned(),
-        )
-    }
-
-    /// Waits until both ends of a pair report `path`.
-    fn expect_path(&self, a: &Node, b: &Node, path: &str, limit: Duration) {
-        self.lab.eventually(
-            limit,
-            &format!("{} and {} both report path {path}", a.name, b.name),
-            || self.path_of(a, b).0 == path && self.path_of(b, a).0 == path,
-        );
-    }
-}
 
 /// A node's mesh address, once it registered.
 fn mesh_ip(lab: &Lab, node: &Node) -> String {
@@ -253,8 +112,8 @@ fn ping_gaps(ns: &str, ip: &str, secs: u64) -> (usize, usize) {
 
 #[test]
 fn four_nats_every_pair_pings_within_seconds_and_working_direct_paths_take_over() {
-    let mut net = Net::new("first");
-    net.start_server("server.log");
+    let mut net = Internet::new("first", DEBUG);
+    net.start_server("server.log", DEBUG);
     let p_ns = net.public_host("p", "198.18.0.5");
     let (_, m_ns) = net.home("m", "198.18.0.21", 21, Router::Masquerade);
     let (_, r_ns) = net.home("r", "198.18.0.23", 23, Router::RandomPorts);
@@ -345,8 +204,8 @@ fn four_nats_every_pair_pings_within_seconds_and_working_direct_paths_take_over(
 
 #[test]
 fn relayed_pairs_ping_again_within_seconds_of_a_server_restart_idle_or_one_way() {
-    let mut net = Net::new("rst");
-    let (mut server, _) = net.start_server("server.log");
+    let mut net = Internet::new("rst", DEBUG);
+    let (mut server, _) = net.start_server("server.log", DEBUG);
     let p_ns = net.public_host("p", "198.18.0.5");
     let (_, r_ns) = net.home("r", "198.18.0.23", 23, Router::RandomPorts);
     let (_, u_ns) = net.home("u", "198.18.0.24", 24, Router::UdpOnlyTo(SERVER));
@@ -377,7 +236,7 @@ fn relayed_pairs_ping_again_within_seconds_of_a_server_restart_idle_or_one_way()
         std::thread::sleep(Duration::from_secs(if stream.is_some() { 5 } else { 30 }));
         net.lab.signal(server, "KILL");
         std::thread::sleep(Duration::from_secs(2));
-        let (again, back) = net.start_server(&format!("server-{round}.log"));
+        let (again, back) = net.start_server(&format!("server-{round}.log"), DEBUG);
         server = again;
         let mut took = time_to_first_ping(&relayed, back, Duration::from_secs(30));
         took.extend(time_to_first_ping(
@@ -402,8 +261,8 @@ fn relayed_pairs_ping_again_within_seconds_of_a_server_restart_idle_or_one_way()
 
 #[test]
 fn a_restarted_up_on_a_flat_lan_goes_direct_and_stays_there() {
-    let mut net = Net::new("flat");
-    net.start_server("server.log");
+    let mut net = Internet::new("flat", DEBUG);
+    net.start_server("server.log", DEBUG);
     let a_ns = net.public_host("a", "198.18.0.11");
     let b_ns = net.public_host("b", "198.18.0.12");
     let a = net.agent("a", &a_ns, &[]);
@@ -467,8 +326,8 @@ fn a_restarted_up_on_a_flat_lan_goes_direct_and_stays_there() {
 
 #[test]
 fn a_node_whose_network_moves_pings_again_within_seconds_and_goes_direct_again() {
-    let mut net = Net::new("move");
-    net.start_server("server.log");
+    let mut net = Internet::new("move", DEBUG);
+    net.start_server("server.log", DEBUG);
     let p_ns = net.public_host("p", "198.18.0.5");
     let (m_router, m_ns) = net.home("m", "198.18.0.21", 21, Router::Masquerade);
     let (_, u_ns) = net.home("u", "198.18.0.24", 24, Router::UdpOnlyTo(SERVER));
@@ -520,8 +379,8 @@ const DIRECT_DEATH_GAP: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_direct_path_that_dies_falls_back_to_the_relay_within_seconds_and_returns_when_it_heals() {
-    let mut net = Net::new("death");
-    net.start_server("server.log");
+    let mut net = Internet::new("death", DEBUG);
+    net.start_server("server.log", DEBUG);
     let p_ns = net.public_host("p", "198.18.0.5");
     let (m_router, m_ns) = net.home("m", "198.18.0.21", 21, Router::Masquerade);
     // Probes every 10 s after the early ones: the healed path is found soon after.

@@ -7,85 +7,16 @@
 
 mod common;
 
+use common::internet::{Internet, Node, SERVER};
 use common::netns::{assigned_ip, public_key_of, Lab, Router};
 use common::wgmesh_bin;
 use std::time::Duration;
 
-const SERVER: &str = "198.18.0.1";
 const PUBLIC: &str = "198.18.0.5";
 const STRANGER: &str = "198.18.0.66";
-const GATEWAY: &str = "198.18.0.254";
 
-/// A home router of this internet (default route via its gateway) with one node behind it.
-fn home(lab: &mut Lab, name: &str, public: &str, lan: u8, kind: Router) -> (String, String) {
-    lab.home(name, public, lan, kind, Some(GATEWAY))
-}
-
-/// The public segment: a gateway, the coordination server's host and a stranger's host.
-struct Internet {
-    lab: Lab,
-    srv: String,
-    stranger: String,
-}
-
-impl Internet {
-    fn new(label: &str) -> Internet {
-        let mut lab = Lab::new(label);
-        let gw = lab.host("gw", &format!("{GATEWAY}/24"));
-        lab.exec_ok(&gw, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        let srv = lab.host("srv", &format!("{SERVER}/24"));
-        lab.exec_ok(&srv, &["ip", "route", "add", "default", "via", GATEWAY]);
-        let stranger = lab.host("x", &format!("{STRANGER}/24"));
-        lab.exec_ok(
-            &stranger,
-            &["ip", "route", "add", "default", "via", GATEWAY],
-        );
-        Internet { lab, srv, stranger }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.lab.dir.path().join(name).display().to_string()
-    }
-
-    fn start_server(&mut self, log: &str, extra: &[&str]) -> usize {
-        let state = self.path("peers.json");
-        let listen = format!("{SERVER}:8080");
-        let mut args = vec![
-            wgmesh_bin(),
-            "server",
-            "--listen",
-            &listen,
-            "--state",
-            &state,
-            "--open",
-            "--sweep-interval",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        let srv = self.srv.clone();
-        let child = self.lab.spawn(&srv, &args, log);
-        self.lab
-            .eventually(Duration::from_secs(20), "the server listens", || {
-                self.lab.log(log).contains("listening on")
-            });
-        child
-    }
-
-    fn metrics(&self) -> String {
-        self.lab.exec_ok(
-            &self.srv,
-            &["curl", "-sf", &format!("http://{SERVER}:8080/metrics")],
-        )
-    }
-
-    fn metric(&self, line_start: &str) -> u64 {
-        let text = self.metrics();
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_start))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {line_start} in:\n{text}"))
-    }
-}
+/// Every agent here: heartbeats and syncs every 2 s.
+const FAST: &[&str] = &["--heartbeat-interval", "2", "--sync-interval", "2"];
 
 /// Pings both ways, each side every time (so each keeps sending, as real traffic would).
 fn both_ping(lab: &Lab, a: &str, b_ip: &str, b: &str, a_ip: &str) -> bool {
@@ -115,10 +46,11 @@ fn send_from(lab: &Lab, ns: &str, datagram: &[u8], file: &str) -> Vec<u8> {
 
 #[test]
 fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_hand() {
-    let mut net = Internet::new("rly");
-    let (_ra, a) = home(&mut net.lab, "a", "198.18.0.11", 1, Router::RandomPorts);
-    let (_rb, b) = home(&mut net.lab, "b", "198.18.0.12", 2, Router::Masquerade);
-    let server = net.start_server("server.log", &[]);
+    let mut net = Internet::new("rly", FAST);
+    let stranger = net.public_host("x", STRANGER);
+    let (_ra, a) = net.home("a", "198.18.0.11", 1, Router::RandomPorts);
+    let (_rb, b) = net.home("b", "198.18.0.12", 2, Router::Masquerade);
+    let (server, _) = net.start_server("server.log", &[]);
     let (a_cfg, b_cfg) = (net.path("a.json"), net.path("b.json"));
     let a_if = net.lab.ifname("wg", "a");
     let b_if = net.lab.ifname("wg", "b");
@@ -218,7 +150,7 @@ fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_h
         vec![4, 0, 0, 0],
     ];
     for (i, datagram) in junk.iter().enumerate() {
-        let back = send_from(&net.lab, &net.stranger, datagram, &format!("junk{i}.bin"));
+        let back = send_from(&net.lab, &stranger, datagram, &format!("junk{i}.bin"));
         assert!(back.is_empty(), "the relay answered a stranger: {back:?}");
     }
     assert_eq!(
@@ -238,146 +170,65 @@ fn wireguard_go_peers_behind_nats_talk_through_the_relay_with_endpoints_set_by_h
     );
 }
 
-/// A node running `wgmesh up` in namespace `ns`.
-struct Node {
-    name: &'static str,
-    ns: String,
-    cfg: String,
-    agent: usize,
-}
-
-impl Internet {
-    /// A node on the public segment itself, with no NAT in front of it.
-    fn public_host(&mut self, name: &str, ip: &str) -> String {
-        let ns = self.lab.host(name, &format!("{ip}/24"));
-        self.lab
-            .exec_ok(&ns, &["ip", "route", "add", "default", "via", GATEWAY]);
-        ns
-    }
-
-    /// Starts `wgmesh up` for `name` in `ns`.
-    fn agent(&mut self, name: &'static str, ns: &str, extra: &[&str]) -> Node {
-        let cfg = self.path(&format!("{name}.json"));
-        let iface = self.lab.ifname("wg", name);
-        let url = format!("http://{SERVER}:8080");
-        let mut args = vec![
-            wgmesh_bin(),
-            "up",
-            "--server",
-            &url,
-            "--config",
-            &cfg,
-            "--interface",
-            &iface,
-            "--hostname",
-            name,
-            "--heartbeat-interval",
-            "2",
-            "--sync-interval",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        let agent = self.lab.spawn(ns, &args, &format!("{name}.log"));
-        Node {
-            name,
-            ns: ns.to_owned(),
-            cfg,
-            agent,
-        }
-    }
-
-    /// `status --json` of `from`'s view of `to`: (path, endpoint).
-    fn path_of(&self, from: &Node, to: &Node) -> (serde_json::Value, serde_json::Value) {
-        let out = self.lab.exec(
-            &from.ns,
-            &[wgmesh_bin(), "status", "--config", &from.cfg, "--json"],
-        );
-        let status: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        status["peers"]
-            .as_array()
-            .and_then(|peers| peers.iter().find(|p| p["hostname"] == to.name))
-            .map(|p| (p["path"].clone(), p["endpoint"].clone()))
-            .unwrap_or((serde_json::Value::Null, serde_json::Value::Null))
-    }
-
-    /// Waits until every pair pings both ways.
-    fn all_ping(&self, nodes: &[&Node], limit: Duration) {
-        let ips: Vec<String> = nodes
-            .iter()
-            .map(|n| {
-                let mut ip = None;
-                self.lab
-                    .eventually(limit, &format!("{} is registered", n.name), || {
-                        ip = std::fs::read_to_string(&n.cfg)
-                            .ok()
-                            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                            .and_then(|j| {
-                                j["assignment"]["assigned_ip"].as_str().map(str::to_owned)
-                            });
-                        ip.is_some()
+/// Waits until every pair pings both ways.
+fn all_ping(net: &Internet, nodes: &[&Node], limit: Duration) {
+    let ips: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let mut ip = None;
+            net.lab
+                .eventually(limit, &format!("{} is registered", n.name), || {
+                    ip = std::fs::read_to_string(&n.cfg)
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                        .and_then(|j| j["assignment"]["assigned_ip"].as_str().map(str::to_owned));
+                    ip.is_some()
+                });
+            ip.unwrap()
+        })
+        .collect();
+    for (i, a) in nodes.iter().enumerate() {
+        for (j, b) in nodes.iter().enumerate() {
+            if i != j {
+                net.lab
+                    .eventually(limit, &format!("{} pings {}", a.name, b.name), || {
+                        net.lab.ping(&a.ns, &ips[j])
                     });
-                ip.unwrap()
-            })
-            .collect();
-        for (i, a) in nodes.iter().enumerate() {
-            for (j, b) in nodes.iter().enumerate() {
-                if i != j {
-                    self.lab
-                        .eventually(limit, &format!("{} pings {}", a.name, b.name), || {
-                            self.lab.ping(&a.ns, &ips[j])
-                        });
-                }
             }
         }
     }
+}
 
-    /// Asserts the path both ends report for a pair.
-    fn expect_path(&self, a: &Node, b: &Node, path: &str, limit: Duration) {
-        self.lab.eventually(
-            limit,
-            &format!("{} and {} both report path {path}", a.name, b.name),
-            || self.path_of(a, b).0 == path && self.path_of(b, a).0 == path,
-        );
-        let relay = format!("{SERVER}:3478");
-        // A probe of the direct path (0.3 s) points the endpoint there while the relay
-        // carries the traffic: look again after it.
-        self.lab.eventually(
-            Duration::from_secs(5),
-            &format!(
-                "{} sends to {} at the relay iff the path is relay",
-                a.name, b.name
-            ),
-            || {
-                let (_, endpoint) = self.path_of(a, b);
-                (endpoint == relay.as_str()) == (path == "relay")
-            },
-        );
-    }
+/// Asserts the path both ends report for a pair, and that the one that says relay sends
+/// to the relay.
+fn expect_path(net: &Internet, a: &Node, b: &Node, path: &str, limit: Duration) {
+    net.expect_path(a, b, path, limit);
+    let relay = format!("{SERVER}:3478");
+    // A probe of the direct path (0.3 s) points the endpoint there while the relay
+    // carries the traffic: look again after it.
+    net.lab.eventually(
+        Duration::from_secs(5),
+        &format!(
+            "{} sends to {} at the relay iff the path is relay",
+            a.name, b.name
+        ),
+        || {
+            let (_, endpoint) = net.path_of(a, b);
+            (endpoint == relay.as_str()) == (path == "relay")
+        },
+    );
 }
 
 #[test]
 fn every_pair_connects_whatever_the_nat_and_status_tells_the_path() {
-    let mut net = Internet::new("mix");
+    let mut net = Internet::new("mix", FAST);
     net.start_server("server.log", &[]);
     let p_ns = net.public_host("p", PUBLIC);
-    let (_, m1_ns) = home(&mut net.lab, "m1", "198.18.0.21", 21, Router::Masquerade);
-    let (_, m2_ns) = home(&mut net.lab, "m2", "198.18.0.22", 22, Router::Masquerade);
-    let (_, r_ns) = home(&mut net.lab, "r", "198.18.0.23", 23, Router::RandomPorts);
-    let (_, u_ns) = home(
-        &mut net.lab,
-        "u",
-        "198.18.0.24",
-        24,
-        Router::UdpOnlyTo(SERVER),
-    );
-    let (_, f_ns) = home(
-        &mut net.lab,
-        "f",
-        "198.18.0.25",
-        25,
-        Router::MasqueradeFirewall,
-    );
+    let (_, m1_ns) = net.home("m1", "198.18.0.21", 21, Router::Masquerade);
+    let (_, m2_ns) = net.home("m2", "198.18.0.22", 22, Router::Masquerade);
+    let (_, r_ns) = net.home("r", "198.18.0.23", 23, Router::RandomPorts);
+    let (_, u_ns) = net.home("u", "198.18.0.24", 24, Router::UdpOnlyTo(SERVER));
+    let (_, f_ns) = net.home("f", "198.18.0.25", 25, Router::MasqueradeFirewall);
     let p = net.agent("p", &p_ns, &[]);
     let m1 = net.agent("m1", &m1_ns, &[]);
     let m2 = net.agent("m2", &m2_ns, &[]);
@@ -385,19 +236,19 @@ fn every_pair_connects_whatever_the_nat_and_status_tells_the_path() {
     let u = net.agent("u", &u_ns, &[]);
     let f = net.agent("f", &f_ns, &[]);
     let all = [&p, &m1, &m2, &r, &u, &f];
-    net.all_ping(&all, Duration::from_secs(90));
+    all_ping(&net, &all, Duration::from_secs(90));
     let limit = Duration::from_secs(30);
     // Relayed where no direct path can exist: UDP only to the server, or a NAT that picks a
     // new port per destination on both sides of a pair.
     for other in [&p, &m1, &m2, &r, &f] {
-        net.expect_path(&u, other, "relay", limit);
+        expect_path(&net, &u, other, "relay", limit);
     }
     for other in [&m1, &m2, &f] {
-        net.expect_path(&r, other, "relay", limit);
+        expect_path(&net, &r, other, "relay", limit);
     }
     // Direct where one can exist: to a public node, and through a port-preserving NAT.
     for other in [&m1, &m2, &r, &f] {
-        net.expect_path(&p, other, "direct", limit);
+        expect_path(&net, &p, other, "direct", limit);
     }
     // netcheck says the relay answers, even where only UDP to the server gets out.
     let out = net.lab.exec_ok(
@@ -415,38 +266,32 @@ fn every_pair_connects_whatever_the_nat_and_status_tells_the_path() {
 
 #[test]
 fn a_direct_path_that_opens_later_is_taken_and_relayed_pairs_survive_a_server_kill() {
-    let mut net = Internet::new("later");
-    let server = net.start_server("server.log", &[]);
+    let mut net = Internet::new("later", FAST);
+    let (server, _) = net.start_server("server.log", &[]);
     let p_ns = net.public_host("p", PUBLIC);
-    let (u_router, u_ns) = home(
-        &mut net.lab,
-        "u",
-        "198.18.0.24",
-        24,
-        Router::UdpOnlyTo(SERVER),
-    );
-    let (_, r_ns) = home(&mut net.lab, "r", "198.18.0.23", 23, Router::RandomPorts);
-    let (_, m_ns) = home(&mut net.lab, "m", "198.18.0.21", 21, Router::Masquerade);
+    let (u_router, u_ns) = net.home("u", "198.18.0.24", 24, Router::UdpOnlyTo(SERVER));
+    let (_, r_ns) = net.home("r", "198.18.0.23", 23, Router::RandomPorts);
+    let (_, m_ns) = net.home("m", "198.18.0.21", 21, Router::Masquerade);
     let probe = ["--direct-probe-interval", "20"];
     let p = net.agent("p", &p_ns, &probe);
     let u = net.agent("u", &u_ns, &probe);
     let r = net.agent("r", &r_ns, &probe);
     let m = net.agent("m", &m_ns, &probe);
-    net.all_ping(&[&p, &u, &r, &m], Duration::from_secs(90));
-    net.expect_path(&u, &p, "relay", Duration::from_secs(30));
-    net.expect_path(&r, &m, "relay", Duration::from_secs(30));
+    all_ping(&net, &[&p, &u, &r, &m], Duration::from_secs(90));
+    expect_path(&net, &u, &p, "relay", Duration::from_secs(30));
+    expect_path(&net, &r, &m, "relay", Duration::from_secs(30));
 
     // kill -9: the relay's tables are gone; the agents keep their interfaces, and the
     // restarted relay learns the pairs again from their handshakes.
     net.lab.signal(server, "KILL");
     net.start_server("server2.log", &[]);
-    net.all_ping(&[&p, &u, &r, &m], Duration::from_secs(90));
-    net.expect_path(&r, &m, "relay", Duration::from_secs(30));
+    all_ping(&net, &[&p, &u, &r, &m], Duration::from_secs(90));
+    expect_path(&net, &r, &m, "relay", Duration::from_secs(30));
 
     // u's network opens UDP: within a probe interval (20 s) both ends go direct.
     net.lab.exec_ok(&u_router, &["iptables", "-F", "FORWARD"]);
-    net.expect_path(&u, &p, "direct", Duration::from_secs(60));
-    net.all_ping(&[&p, &u], Duration::from_secs(30));
+    expect_path(&net, &u, &p, "direct", Duration::from_secs(60));
+    all_ping(&net, &[&p, &u], Duration::from_secs(30));
     for n in [&p, &u, &r, &m] {
         assert!(
             net.lab.child(n.agent).try_wait().unwrap().is_none(),
@@ -458,12 +303,12 @@ fn a_direct_path_that_opens_later_is_taken_and_relayed_pairs_survive_a_server_ki
 
 #[test]
 fn a_policy_denied_pair_is_not_relayed() {
-    let mut net = Internet::new("deny");
+    let mut net = Internet::new("deny", FAST);
     let policy = net.path("policy.json");
     std::fs::write(&policy, r#"{"allow": []}"#).unwrap();
     net.start_server("server.log", &["--policy", &policy]);
-    let (_, a) = home(&mut net.lab, "a", "198.18.0.11", 1, Router::RandomPorts);
-    let (_, b) = home(&mut net.lab, "b", "198.18.0.12", 2, Router::RandomPorts);
+    let (_, a) = net.home("a", "198.18.0.11", 1, Router::RandomPorts);
+    let (_, b) = net.home("b", "198.18.0.12", 2, Router::RandomPorts);
     let (a_cfg, b_cfg) = (net.path("a.json"), net.path("b.json"));
     let (a_if, b_if) = (net.lab.ifname("wg", "a"), net.lab.ifname("wg", "b"));
     let url = format!("http://{SERVER}:8080");
