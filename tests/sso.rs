@@ -304,6 +304,21 @@ fn provider_sign_out(b: &Browser, issuer: &str) {
     b.delete_cookies();
 }
 
+/// Approves on our login page at `url` and signs in at the provider as `user`.
+fn approve_as(b: &Browser, url: &str, user: &str) {
+    b.goto(url);
+    b.click("#approve");
+    provider_sign_in(b, user);
+}
+
+/// Waits for our page to say how the login ended, and returns what it says.
+fn outcome(b: &Browser) -> String {
+    b.wait_until(Duration::from_secs(20), "the login ends", |b| {
+        b.find("#outcome").is_some()
+    });
+    b.text("#outcome")
+}
+
 /// Signs in at the provider's own login page as `user`.
 fn provider_sign_in(b: &Browser, user: &str) {
     b.wait_until(Duration::from_secs(20), "the provider's login form", |b| {
@@ -353,10 +368,7 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
     assert_eq!(browser.text("#hostname"), "n1");
     browser.click("#approve");
     provider_sign_in(&browser, "alice");
-    browser.wait_until(Duration::from_secs(20), "the login ends", |b| {
-        b.find("#outcome").is_some()
-    });
-    assert_eq!(browser.text("#outcome"), "Logged in");
+    assert_eq!(outcome(&browser), "Logged in");
     let peer = s.joined("n1");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
     assert_eq!(tags(&peer), ["tag:dev", "tag:staff"], "{peer}");
@@ -396,13 +408,8 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
     let (_, eve_agent) = s.up_login("n2", 12);
     let (url, _) = s.printed_login("n2");
     provider_sign_out(&browser, &s.issuer());
-    browser.goto(&url);
-    browser.click("#approve");
-    provider_sign_in(&browser, "eve");
-    browser.wait_until(Duration::from_secs(20), "the login ends", |b| {
-        b.find("#outcome").is_some()
-    });
-    assert_eq!(browser.text("#outcome"), "Login failed");
+    approve_as(&browser, &url, "eve");
+    assert_eq!(outcome(&browser), "Login failed");
     let page = browser.text("main");
     assert!(page.contains("eve@evil.test may not join"), "{page}");
     assert!(
@@ -475,9 +482,7 @@ fn up_login_joins_through_the_browser_flow_and_the_provider_decides_who_and_with
     let (_, _) = s.up_login("n4", 14);
     let (url, _) = s.printed_login("n4");
     provider_sign_out(&browser, &s.issuer());
-    browser.goto(&url);
-    browser.click("#approve");
-    provider_sign_in(&browser, "alice");
+    approve_as(&browser, &url, "alice");
     let peer = s.joined("n4");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
 
@@ -650,10 +655,7 @@ fn a_browser_login_started_on_one_replica_is_approved_and_finished_on_another() 
     );
     browser.click("#approve");
     provider_sign_in(&browser, "alice");
-    browser.wait_until(Duration::from_secs(20), "the login ends", |b| {
-        b.find("#outcome").is_some()
-    });
-    assert_eq!(browser.text("#outcome"), "Logged in");
+    assert_eq!(outcome(&browser), "Logged in");
     let peer = s.joined("r1");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
     assert_eq!(tags(&peer), ["tag:dev", "tag:staff"], "{peer}");
@@ -689,8 +691,7 @@ fn a_login_the_server_forgot_in_a_restart_is_started_again_by_the_agent() {
     );
     browser.goto(&second);
     assert_eq!(browser.text("#user-code"), code);
-    browser.click("#approve");
-    provider_sign_in(&browser, "alice");
+    approve_as(&browser, &second, "alice");
     let peer = s.joined("f1");
     assert_eq!(peer["owner"], "alice@example.com", "{peer}");
 }
