@@ -109,6 +109,7 @@ fn decide(
         paths: &Default::default(),
         live: false,
         hold_silent: false,
+        device_routes: &[],
     };
     let p: SyncPlan = plan(&input, facts);
     assert!(p.failure.is_none(), "{:?}", p.failure);
