@@ -113,11 +113,13 @@ impl Gateway {
         };
         let iface = &self.settings.interface;
         if !self.created {
-            sink.apply(&plan::create(
-                iface,
-                self.settings.port,
-                &engine.config.private_key,
-            ))?;
+            let mesh = [
+                IpNet::V4(assignment.network_cidr),
+                IpNet::V6(crate::proto::mesh6::prefix(&assignment.server_public_key)),
+            ];
+            let mut setup = plan::create(iface, self.settings.port, &engine.config.private_key);
+            setup.extend(plan::table_rules(self.settings.port, &mesh));
+            sink.apply(&setup)?;
             self.peers.clear();
             self.routes.clear();
             self.table.clear();

@@ -4,9 +4,9 @@
 //! policy lets the device reach (the device's own WireGuard app enforces nothing).
 //!
 //! Subnet routes granted to devices are routed by policy routing, not in the main table:
-//! packets arriving on the devices' interface look up the devices' table first
-//! ([`route_table`], priority [`RULE_PREF`]) and fall through to the main table for
-//! everything else. So a gateway without `--accept-routes` carries its devices to the parts
+//! packets from the mesh's addresses (the devices') look up the devices' table first
+//! ([`route_table`], priority [`RULE_PREF`], see [`table_rules`]) and fall through to the
+//! main table for everything else. So a gateway without `--accept-routes` carries its devices to the parts
 //! of routes granted to them without routing its own traffic there (which the subnet router
 //! would drop, and which `--accept-routes` keeps off by default so a node on a LAN with the
 //! same prefix is not cut off).
@@ -32,7 +32,7 @@ pub struct GatewayFacts<'a> {
     pub devices: &'a [GatewayDevice],
 }
 
-/// The priority of the rule sending the devices' traffic to [`route_table`]: before the
+/// The priority of the rules sending the devices' traffic to [`route_table`]: before the
 /// main table (32766) and the full tunnel's rules (added below 32766 without a priority).
 pub const RULE_PREF: u32 = 5210;
 
@@ -42,41 +42,40 @@ pub fn route_table(port: u16) -> u32 {
     u32::from(port)
 }
 
-/// The policy rules (both families) sending what arrives on the devices' interface to their
-/// table; `add` false removes them. Removal and IPv6 tolerate failures (IPv6 may be off).
-fn table_rules(interface: &InterfaceName, port: u16, add: bool) -> Vec<Command> {
+/// The policy rules sending what comes from the mesh's networks (`mesh`: the devices'
+/// addresses are in them) to the devices' table first; with `mesh` empty, only the removal
+/// of any earlier rules and routes. By source rather than by incoming interface, so the
+/// reverse-path check of a reply (looked up from the device's address) finds the same
+/// route back through the mesh interface and passes also with strict `rp_filter`. The
+/// gateway's own traffic is unaffected (its source is chosen after its lookup, from the
+/// main table). Removal and IPv6 tolerate failures (IPv6 may be off).
+pub fn table_rules(port: u16, mesh: &[IpNet]) -> Plan {
     let table = route_table(port).to_string();
     let pref = RULE_PREF.to_string();
     let mut out = Vec::new();
     for family in ["-4", "-6"] {
-        let rule = |verb: &str| {
-            Command::new("ip").args([
-                family,
-                "rule",
-                verb,
-                "pref",
-                pref.as_str(),
-                "iif",
-                interface.as_str(),
-                "lookup",
-                table.as_str(),
-            ])
-        };
-        out.push(rule("del").tolerate_failure());
+        out.push(
+            Command::new("ip")
+                .args([family, "rule", "del", "pref", &pref, "lookup", &table])
+                .tolerate_failure(),
+        );
         out.push(
             Command::new("ip")
                 .args([family, "route", "flush", "table", table.as_str()])
                 .tolerate_failure(),
         );
-        if add {
-            let cmd = rule("add");
+        for net in mesh.iter().filter(|n| self::family(n) == family) {
+            let net = net.trunc().to_string();
+            let add = Command::new("ip").args([
+                family, "rule", "add", "pref", &pref, "from", &net, "lookup", &table,
+            ]);
             out.push(match family {
-                "-6" => cmd.tolerate_failure(),
-                _ => cmd,
+                "-6" => add.tolerate_failure(),
+                _ => add,
             });
         }
     }
-    out
+    Plan::of(out)
 }
 
 /// The devices' subnet routes in their table: each granted part served by another node, into
@@ -127,8 +126,8 @@ pub fn table_name(interface: &InterfaceName) -> String {
     format!("wgmesh-gw-{}", interface.as_str())
 }
 
-/// Creates the devices' interface with this node's key on `port`, brings it up, turns on
-/// forwarding and sends the devices' traffic to their (emptied) routing table first. A leftover interface of a crashed run is deleted first, so the state is
+/// Creates the devices' interface with this node's key on `port`, brings it up and turns on
+/// forwarding. A leftover interface of a crashed run is deleted first, so the state is
 /// exactly what this run sets up.
 pub fn create(interface: &InterfaceName, port: u16, key: &crate::keys::PrivateKey) -> Plan {
     let name = interface.as_str();
@@ -151,7 +150,6 @@ pub fn create(interface: &InterfaceName, port: u16, key: &crate::keys::PrivateKe
         Command::new("sysctl").args(["-q", "net.ipv4.ip_forward=1"]),
         Command::new("sysctl").args(["-q", "net.ipv6.conf.all.forwarding=1"]),
     ]));
-    plan.extend(Plan::of(table_rules(interface, port, true)));
     plan
 }
 
@@ -327,7 +325,7 @@ pub fn load(ruleset: String) -> Plan {
 /// Removes the devices' interface (its peers and routes go with it), its nftables table,
 /// and its policy rules and routing table.
 pub fn teardown(interface: &InterfaceName, port: u16) -> Plan {
-    let mut commands = vec![
+    let commands = vec![
         Command::new("nft")
             .args(["delete", "table", "inet", &table_name(interface)])
             .tolerate_failure(),
@@ -335,8 +333,9 @@ pub fn teardown(interface: &InterfaceName, port: u16) -> Plan {
             .args(["link", "delete", "dev", interface.as_str()])
             .tolerate_failure(),
     ];
-    commands.extend(table_rules(interface, port, false));
-    Plan::of(commands)
+    let mut plan = Plan::of(commands);
+    plan.extend(table_rules(port, &[]));
+    plan
 }
 
 #[cfg(test)]
@@ -444,23 +443,25 @@ mod tests {
     #[test]
     fn devices_traffic_looks_up_their_own_table_first_and_down_removes_it() {
         let iface: InterfaceName = "wg0d".parse().unwrap();
-        let key = crate::keys::PrivateKey::generate();
-        let created = create(&iface, 51821, &key).render();
-        let rules = "ip -4 rule del pref 5210 iif wg0d lookup 51821 || true\n\
-            ip -4 route flush table 51821 || true\n\
-            ip -4 rule add pref 5210 iif wg0d lookup 51821\n\
-            ip -6 rule del pref 5210 iif wg0d lookup 51821 || true\n\
-            ip -6 route flush table 51821 || true\n\
-            ip -6 rule add pref 5210 iif wg0d lookup 51821 || true\n";
-        assert!(created.ends_with(rules), "{created}");
+        let mesh = nets(&["10.100.0.0/16", "fd00::/96"]);
+        let rules = table_rules(51821, &mesh).render();
+        assert_eq!(
+            rules,
+            "ip -4 rule del pref 5210 lookup 51821 || true\n\
+             ip -4 route flush table 51821 || true\n\
+             ip -4 rule add pref 5210 from 10.100.0.0/16 lookup 51821\n\
+             ip -6 rule del pref 5210 lookup 51821 || true\n\
+             ip -6 route flush table 51821 || true\n\
+             ip -6 rule add pref 5210 from fd00::/96 lookup 51821 || true\n"
+        );
         let down = teardown(&iface, 51821).render();
         assert_eq!(
             down,
             "nft delete table inet wgmesh-gw-wg0d || true\n\
              ip link delete dev wg0d || true\n\
-             ip -4 rule del pref 5210 iif wg0d lookup 51821 || true\n\
+             ip -4 rule del pref 5210 lookup 51821 || true\n\
              ip -4 route flush table 51821 || true\n\
-             ip -6 rule del pref 5210 iif wg0d lookup 51821 || true\n\
+             ip -6 rule del pref 5210 lookup 51821 || true\n\
              ip -6 route flush table 51821 || true\n"
         );
         // Granted parts go into the devices' table through the mesh interface.
