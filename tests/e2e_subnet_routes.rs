@@ -717,7 +717,8 @@ const HOME_12: &str = "198.18.30.12";
 /// traffic there (it runs without `--accept-routes`, and strict `rp_filter`), the router
 /// admits the phone to exactly that host, and neither a hand-made route on the phone nor
 /// the gateway opening its own filter gets it further; a mesh node without a grant reaches
-/// nothing behind the router. Stopping the gateway removes its rules and table.
+/// nothing behind the router; when the router stops, the standby carries the phone.
+/// Stopping the gateway removes its rules and table.
 #[test]
 fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     let mut lab = Lab::new("dr");
@@ -725,10 +726,12 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     let gw = lab.mesh_node("gw", "198.18.0.2/24");
     let rt = lab.mesh_node("rt", "198.18.0.3/24");
     let node = lab.mesh_node("nd", "198.18.0.4/24");
+    let rt2 = lab.mesh_node("rt2", "198.18.0.5/24");
     let lan = lan_segment(&mut lab);
     let h11 = lab.bare("h11");
     let h12 = lab.bare("h12");
     lan_port(&lab, &lan, &rt.ns, "rt", "eth1", "198.18.30.1/24");
+    lan_port(&lab, &lan, &rt2.ns, "rt2", "eth1", "198.18.30.2/24");
     lan_port(&lab, &lan, &h11, "h11", "eth0", &format!("{HOME_11}/24"));
     lan_port(&lab, &lan, &h12, "h12", "eth0", &format!("{HOME_12}/24"));
     who_am_i_service(&mut lab, &h11, "h11.log");
@@ -751,7 +754,7 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
         ),
         &[],
     );
-    up(
+    let rt_agent = up(
         &mut lab,
         &srv,
         &rt,
@@ -830,6 +833,38 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     assert_eq!(seen_by(&lab, &node.ns, HOME_11), None);
     assert_eq!(seen_by(&lab, &node.ns, HOME_12), None);
 
+    // Failover: a second router of the LAN (a higher mesh address: the standby) takes over
+    // when the first stops; the gateway follows and the phone keeps its host.
+    up(
+        &mut lab,
+        &srv,
+        &rt2,
+        "tag:router",
+        &["--advertise-routes", HOME_LAN],
+    );
+    lab.eventually(SETTLE, "the second router is approved and online", || {
+        routes(&lab, &srv, &["list"]).matches(" yes ").count() == 2
+    });
+    lab.eventually(SETTLE, "the second router registers", || {
+        common::netns::assigned_ip(&rt2.config).is_some()
+    });
+    let rt2_ip = lab.mesh_ip("rt2");
+    lab.eventually(SETTLE, "the gateway reaches the second router", || {
+        lab.ping(&gw.ns, &rt2_ip)
+    });
+    assert_eq!(
+        seen_by(&lab, &phone_ns, HOME_11).as_deref(),
+        Some("198.18.30.1"),
+        "the first router stays primary"
+    );
+    lab.signal(rt_agent, "TERM");
+    lab.eventually(
+        SETTLE,
+        "the phone reaches its host through the standby",
+        || seen_by(&lab, &phone_ns, HOME_11).as_deref() == Some("198.18.30.2"),
+    );
+    assert_eq!(seen_by(&lab, &phone_ns, HOME_12), None);
+
     // The phone routing the whole LAN into its tunnel by hand: the gateway drops it.
     let gw_key = lab.key_of("gw").to_string();
     let allowed = field(&config, "AllowedIPs").replace(", ", ",");
@@ -854,7 +889,7 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     // whole LAN routed to the router by hand, the phone still reaches only its host.
     let pid = lab.child(gw_agent).id().to_string();
     must(&["kill", "-STOP", &pid]);
-    let rt_key = lab.key_of("rt").to_string();
+    let rt_key = lab.key_of("rt2").to_string();
     lab.exec_ok(
         &gw.ns,
         &[
@@ -874,7 +909,7 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
             "peer",
             &rt_key,
             "allowed-ips",
-            &format!("{rt_ip}/32,{phone_ip}/32,{HOME_LAN}"),
+            &format!("{rt2_ip}/32,{phone_ip}/32,{HOME_LAN}"),
         ],
     );
     lab.exec_ok(
@@ -886,7 +921,7 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     let still = seen_by(&lab, &phone_ns, HOME_11);
     let forbidden = seen_by(&lab, &phone_ns, HOME_12);
     must(&["kill", "-CONT", &pid]);
-    assert_eq!(still.as_deref(), Some("198.18.30.1"));
+    assert_eq!(still.as_deref(), Some("198.18.30.2"));
     assert_eq!(
         forbidden, None,
         "the router forwarded the phone to a host it is not granted"
