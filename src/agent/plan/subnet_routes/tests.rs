@@ -184,7 +184,7 @@ fn a_gateways_device_route_joins_the_routers_allowed_ips_and_no_route_of_its_own
     let input = PlanInput {
         os: TargetOs::Linux,
         config: &config,
-        peers: &[a.clone()],
+        peers: std::slice::from_ref(&a),
         list_unchanged: false,
         dry_run: false,
         paths: &Default::default(),
