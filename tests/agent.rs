@@ -74,6 +74,7 @@ fn engine(server: &ServerProcess, dir: &TempDir, reader: Shared) -> Engine {
         last_list: None,
         relay_probe: Default::default(),
         persist: true,
+        device_routes: Vec::new(),
         poke: None,
         paths: Default::default(),
         path_settings: Default::default(),
@@ -420,6 +421,7 @@ fn engine_from(server: &ServerProcess, dir: &TempDir, mut config: ClientConfig) 
         path_choices: Default::default(),
         relay_probe: Default::default(),
         persist: true,
+        device_routes: Vec::new(),
         poke: None,
     }
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::netns::{must, Lab, MeshNode, FAST_AGENT};
+use common::netns::{must, Lab, MeshNode, Router, FAST_AGENT};
 use common::wgmesh_bin;
 use std::time::Duration;
 
@@ -653,4 +653,287 @@ fn bgp_routes_from_a_routing_daemon_reach_the_mesh_and_the_mesh_reaches_bgp() {
     assert_eq!(table200.trim(), "", "{table200}");
     assert_eq!(router_traces(&lab, &gw.ns), "");
     let _ = gw_sock;
+}
+
+/// `wgmesh device ARGS` on the server's host with its admin secret: (exit code, stdout).
+fn device(lab: &Lab, srv: &str, args: &[&str]) -> (i32, String) {
+    let secret = lab.dir.path().join("admin.secret").display().to_string();
+    let url = server_url();
+    let mut full = vec![wgmesh_bin(), "device"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--server", &url, "--admin-secret-file", &secret]);
+    let out = lab.exec(srv, &full);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The value of `key = value` in a wg-quick text.
+fn field(config: &str, key: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no {key} in\n{config}"))
+        .to_owned()
+}
+
+/// Loads a device's wg-quick text on `iface` in `ns` as a WireGuard app does: the wg part
+/// with `wg setconf`, the addresses, and a route into the tunnel for each AllowedIPs entry.
+fn load_device(lab: &Lab, ns: &str, iface: &str, config: &str) {
+    let stripped: String = config
+        .lines()
+        .filter(|l| !l.starts_with("Address = ") && !l.starts_with("DNS = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let file = lab.dir.path().join(format!("{iface}.conf"));
+    std::fs::write(&file, stripped).unwrap();
+    let made = lab.exec(
+        ns,
+        &["ip", "link", "add", "dev", iface, "type", "wireguard"],
+    );
+    if !made.status.success() {
+        lab.exec_ok(ns, &["env", "LOG_LEVEL=silent", "wireguard-go", iface]);
+    }
+    lab.exec_ok(ns, &["wg", "setconf", iface, &file.display().to_string()]);
+    for address in field(config, "Address").split(", ") {
+        lab.exec_ok(ns, &["ip", "address", "add", address, "dev", iface]);
+    }
+    lab.exec_ok(
+        ns,
+        &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
+    );
+    for net in field(config, "AllowedIPs").split(", ") {
+        lab.exec_ok(ns, &["ip", "route", "add", net, "dev", iface]);
+    }
+}
+
+const HOME_LAN: &str = "198.18.30.0/24";
+const HOME_11: &str = "198.18.30.11";
+const HOME_12: &str = "198.18.30.12";
+
+/// A phone behind a gateway reaches the part of a subnet route its tag is granted (issues
+/// 23 and 24): its configuration lists that part, the gateway carries only the devices'
+/// traffic there (it runs without `--accept-routes`, and strict `rp_filter`), the router
+/// admits the phone to exactly that host, and neither a hand-made route on the phone nor
+/// the gateway opening its own filter gets it further; a mesh node without a grant reaches
+/// nothing behind the router; when the router stops, the standby carries the phone.
+/// Stopping the gateway removes its rules and table.
+#[test]
+fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
+    let mut lab = Lab::new("dr");
+    let srv = lab.host("srv", &format!("{SERVER}/24"));
+    let gw = lab.mesh_node("gw", "198.18.0.2/24");
+    let rt = lab.mesh_node("rt", "198.18.0.3/24");
+    let node = lab.mesh_node("nd", "198.18.0.4/24");
+    let rt2 = lab.mesh_node("rt2", "198.18.0.5/24");
+    let lan = lan_segment(&mut lab);
+    let h11 = lab.bare("h11");
+    let h12 = lab.bare("h12");
+    lan_port(&lab, &lan, &rt.ns, "rt", "eth1", "198.18.30.1/24");
+    lan_port(&lab, &lan, &rt2.ns, "rt2", "eth1", "198.18.30.2/24");
+    lan_port(&lab, &lan, &h11, "h11", "eth0", &format!("{HOME_11}/24"));
+    lan_port(&lab, &lan, &h12, "h12", "eth0", &format!("{HOME_12}/24"));
+    who_am_i_service(&mut lab, &h11, "h11.log");
+    who_am_i_service(&mut lab, &h12, "h12.log");
+    // Strict reverse-path filtering on the gateway: replies from the LAN come in on the
+    // mesh interface and must still pass.
+    lab.exec_ok(&gw.ns, &["sysctl", "-q", "net.ipv4.conf.all.rp_filter=1"]);
+    lab.exec_ok(
+        &gw.ns,
+        &["sysctl", "-q", "net.ipv4.conf.default.rp_filter=1"],
+    );
+
+    start_server(
+        &mut lab,
+        &srv,
+        &format!(
+            r#"{{"allow": [{{"from": ["tag:phone"], "to": ["{HOME_11}"]}},
+                          {{"from": ["tag:gw", "tag:node"], "to": ["tag:router"]}}],
+                "routes": [{{"advertisers": ["tag:router"], "prefixes": ["{HOME_LAN}"]}}]}}"#
+        ),
+        &[],
+    );
+    let rt_agent = up(
+        &mut lab,
+        &srv,
+        &rt,
+        "tag:router",
+        &["--advertise-routes", HOME_LAN],
+    );
+    let gw_if = lab.ifname("gd", "gw");
+    let gw_agent = up(
+        &mut lab,
+        &srv,
+        &gw,
+        "tag:gw",
+        &[
+            "--gateway",
+            "--gateway-port",
+            "51821",
+            "--gateway-interface",
+            &gw_if,
+        ],
+    );
+    up(&mut lab, &srv, &node, "tag:node", &["--accept-routes"]);
+    lab.eventually(SETTLE, "every node registers", || {
+        [&gw, &rt, &node]
+            .iter()
+            .all(|n| common::netns::assigned_ip(&n.config).is_some())
+    });
+    let rt_ip = lab.mesh_ip("rt");
+    lab.eventually(SETTLE, "the gateway and the node reach the router", || {
+        lab.ping(&gw.ns, &rt_ip) && lab.ping(&node.ns, &rt_ip)
+    });
+
+    // The phone's configuration lists its granted host; `device show` too.
+    let mut config = String::new();
+    lab.eventually(SETTLE, "the phone is added", || {
+        let (code, out) = device(
+            &lab,
+            &srv,
+            &["add", "phone", "--via", "gw", "--tag", "tag:phone"],
+        );
+        config = out;
+        code == 0
+    });
+    let granted = format!("{HOME_11}/32");
+    assert!(field(&config, "AllowedIPs").contains(&granted), "{config}");
+    assert!(!config.contains(HOME_LAN), "{config}");
+    let (code, shown) = device(&lab, &srv, &["show", "phone"]);
+    assert_eq!(code, 0, "{shown}");
+    assert_eq!(field(&shown, "AllowedIPs"), field(&config, "AllowedIPs"));
+
+    // The phone, behind a home NAT, loads it and reaches its host (masqueraded by the
+    // router), not the other one.
+    let (_home, phone_ns) = lab.home("ph", "198.18.0.20", 41, Router::MasqueradeFirewall, None);
+    let phone_if = lab.ifname("wg", "ph");
+    load_device(&lab, &phone_ns, &phone_if, &config);
+    lab.eventually(SETTLE, "the phone reaches its granted host", || {
+        seen_by(&lab, &phone_ns, HOME_11).as_deref() == Some("198.18.30.1")
+    });
+    assert_eq!(seen_by(&lab, &phone_ns, HOME_12), None);
+    // The gateway routes only its devices there: its own traffic has no route.
+    assert_eq!(seen_by(&lab, &gw.ns, HOME_11), None);
+    assert!(!mesh_routes(&lab, &gw.ns).contains("198.18.30."));
+    // The router's filter names the phone's mesh address with exactly its host.
+    let phone_ip = field(&config, "Address")
+        .split(", ")
+        .next()
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_owned();
+    let filter = lab.exec_ok(&rt.ns, &["nft", "list", "ruleset"]);
+    assert!(
+        filter.contains(&format!("ip saddr {phone_ip} ip daddr {HOME_11} accept")),
+        "{filter}"
+    );
+    // A mesh node without a grant reaches neither host, and is not even given the route.
+    assert!(!mesh_routes(&lab, &node.ns).contains("198.18.30."));
+    assert_eq!(seen_by(&lab, &node.ns, HOME_11), None);
+    assert_eq!(seen_by(&lab, &node.ns, HOME_12), None);
+
+    // Failover: a second router of the LAN (a higher mesh address: the standby) takes over
+    // when the first stops; the gateway follows and the phone keeps its host.
+    up(
+        &mut lab,
+        &srv,
+        &rt2,
+        "tag:router",
+        &["--advertise-routes", HOME_LAN],
+    );
+    lab.eventually(SETTLE, "the second router is approved and online", || {
+        routes(&lab, &srv, &["list"]).matches(" yes ").count() == 2
+    });
+    lab.eventually(SETTLE, "the second router registers", || {
+        common::netns::assigned_ip(&rt2.config).is_some()
+    });
+    let rt2_ip = lab.mesh_ip("rt2");
+    lab.eventually(SETTLE, "the gateway reaches the second router", || {
+        lab.ping(&gw.ns, &rt2_ip)
+    });
+    assert_eq!(
+        seen_by(&lab, &phone_ns, HOME_11).as_deref(),
+        Some("198.18.30.1"),
+        "the first router stays primary"
+    );
+    lab.signal(rt_agent, "TERM");
+    lab.eventually(
+        SETTLE,
+        "the phone reaches its host through the standby",
+        || seen_by(&lab, &phone_ns, HOME_11).as_deref() == Some("198.18.30.2"),
+    );
+    assert_eq!(seen_by(&lab, &phone_ns, HOME_12), None);
+
+    // The phone routing the whole LAN into its tunnel by hand: the gateway drops it.
+    let gw_key = lab.key_of("gw").to_string();
+    let allowed = field(&config, "AllowedIPs").replace(", ", ",");
+    lab.exec_ok(
+        &phone_ns,
+        &[
+            "wg",
+            "set",
+            &phone_if,
+            "peer",
+            &gw_key,
+            "allowed-ips",
+            &format!("{allowed},{HOME_LAN}"),
+        ],
+    );
+    lab.exec_ok(
+        &phone_ns,
+        &["ip", "route", "replace", HOME_LAN, "dev", &phone_if],
+    );
+    assert_eq!(seen_by(&lab, &phone_ns, HOME_12), None);
+    // And the router drops it too: with the gateway's agent paused, its filter gone and the
+    // whole LAN routed to the router by hand, the phone still reaches only its host.
+    let pid = lab.child(gw_agent).id().to_string();
+    must(&["kill", "-STOP", &pid]);
+    let rt_key = lab.key_of("rt2").to_string();
+    lab.exec_ok(
+        &gw.ns,
+        &[
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            &format!("wgmesh-gw-{gw_if}"),
+        ],
+    );
+    lab.exec_ok(
+        &gw.ns,
+        &[
+            "wg",
+            "set",
+            &gw.iface,
+            "peer",
+            &rt_key,
+            "allowed-ips",
+            &format!("{rt2_ip}/32,{phone_ip}/32,{HOME_LAN}"),
+        ],
+    );
+    lab.exec_ok(
+        &gw.ns,
+        &[
+            "ip", "route", "replace", HOME_LAN, "dev", &gw.iface, "table", "51821",
+        ],
+    );
+    let still = seen_by(&lab, &phone_ns, HOME_11);
+    let forbidden = seen_by(&lab, &phone_ns, HOME_12);
+    must(&["kill", "-CONT", &pid]);
+    assert_eq!(still.as_deref(), Some("198.18.30.2"));
+    assert_eq!(
+        forbidden, None,
+        "the router forwarded the phone to a host it is not granted"
+    );
+
+    // Stopping the gateway removes its rules and its table.
+    assert!(lab
+        .exec_ok(&gw.ns, &["ip", "rule", "show"])
+        .contains("lookup 51821"));
+    lab.signal(gw_agent, "TERM");
+    let rules = lab.exec_ok(&gw.ns, &["ip", "rule", "show"]);
+    assert!(!rules.contains("51821"), "{rules}");
+    let table = lab.exec(&gw.ns, &["ip", "route", "show", "table", "51821"]);
+    assert!(String::from_utf8_lossy(&table.stdout).trim().is_empty());
 }

@@ -912,6 +912,7 @@ fn engine(os: TargetOs, sim: &Sim, interface: &str) -> Engine {
         last_list: None,
         relay_probe: Default::default(),
         persist: false,
+        device_routes: Vec::new(),
         poke: None,
         paths: Default::default(),
         path_settings: Default::default(),

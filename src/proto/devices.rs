@@ -104,6 +104,20 @@ pub struct GatewayDevice {
     pub addresses: Vec<IpNet>,
     /// The mesh addresses the policy lets it reach (the gateway forwards nothing else).
     pub reach: Vec<IpNet>,
+    /// The parts of approved subnet routes the policy grants it, each with the router that
+    /// serves it (absent from servers before devices could use subnet routes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<DeviceRoute>,
+}
+
+/// One part of an approved subnet route a device may reach, and the router (the prefix's
+/// primary) its gateway sends it to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceRoute {
+    /// The granted part (the whole route, or a narrower prefix inside it).
+    pub prefix: IpNet,
+    /// The router in use for the route it is part of.
+    pub router: PeerId,
 }
 
 /// Answer to the gateway's signed `GET /devices?peer_id=ID`.

@@ -5,11 +5,14 @@
 //! heartbeats. Pure decisions over the registry; the stores write what this decides.
 
 use crate::keys::PublicKey;
+use crate::proto::devices::DeviceRoute;
+use crate::proto::subnet_routes::{primary, Grants};
 use crate::server::policy::Policy;
 use crate::server::registry::Registry;
 use crate::server::store::PeerRecord;
 use crate::types::{DnsName, Hostname, PeerId, Tag};
 use ipnet::IpNet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -227,6 +230,51 @@ pub fn reach(registry: &Registry, policy: &Policy, device: &PeerRecord) -> Vec<I
         .collect()
 }
 
+/// The parts of approved subnet routes a device may reach, each through the route's router
+/// in use: the policy's grants for the device's tags ([`Policy::grants`], as for a node),
+/// cut to each approved route of an online router its gateway sees (the gateway forwards
+/// there over its own tunnel to the router; the router, seeing the gateway, routes the
+/// device's address back) or of the gateway itself, the router chosen among those by the rule every node uses
+/// ([`crate::proto::subnet_routes::primary`]). Sorted by prefix.
+pub fn routes(registry: &Registry, policy: &Policy, device: &PeerRecord) -> Vec<DeviceRoute> {
+    let grants = policy.grants(&policy.membership(&device.tags));
+    if grants == Grants::Only(Vec::new()) {
+        return Vec::new();
+    }
+    let Some(gateway) = device.via.as_ref().and_then(|id| registry.by_id(id)) else {
+        return Vec::new();
+    };
+    let seen_by_gateway = policy.membership_routed(&gateway.tags, &gateway.approved_routes);
+    let mut routers: BTreeMap<IpNet, Vec<&PeerRecord>> = BTreeMap::new();
+    let records = registry.records();
+    for r in records.iter().filter(|r| r.online && r.via.is_none()) {
+        if r.approved_routes.is_empty() {
+            continue;
+        }
+        let m = policy.membership_routed(&r.tags, &r.approved_routes);
+        if r.id != gateway.id && !m.sees(&seen_by_gateway) {
+            continue;
+        }
+        for net in &r.approved_routes {
+            routers.entry(net.trunc()).or_default().push(r);
+        }
+    }
+    let mut out = Vec::new();
+    for (route, list) in routers {
+        let chosen = primary(list.iter().map(|r| r.virtual_ip)).expect("at least one router");
+        let router = list
+            .iter()
+            .find(|r| r.virtual_ip == chosen)
+            .expect("the primary is one of them");
+        out.extend(grants.within(&route).into_iter().map(|prefix| DeviceRoute {
+            prefix,
+            router: router.id.clone(),
+        }));
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +361,81 @@ mod tests {
         let free_before = r.records().len();
         let d = prepare(&mut r, &phone("p", "gw"), now).unwrap();
         assert_eq!(d.virtual_ip.octets()[3] as usize, free_before + 1);
+    }
+
+    fn router(r: &mut Registry, name: &str, tags: &[&str], routes: &[&str]) -> PeerRecord {
+        let mut rec = node(r, name, None);
+        rec.tags = tags.iter().map(|t| t.parse().unwrap()).collect();
+        rec.allowed_ips = routes.iter().map(|n| n.parse().unwrap()).collect();
+        rec.approved_routes = rec.allowed_ips.clone();
+        r.commit(rec.clone());
+        rec
+    }
+
+    #[test]
+    fn a_device_gets_its_granted_parts_of_routes_through_their_primary_router() {
+        let policy = Policy::from_json(
+            r#"{"allow": [
+                {"from": ["tag:phone"], "to": ["198.18.5.10", "198.18.9.0/24"]},
+                {"from": ["tag:gw"], "to": ["tag:router"]}
+            ]}"#,
+        )
+        .unwrap();
+        let mut r = registry();
+        let mut gw = node(&mut r, "gw", Some(51821));
+        gw.tags = vec!["tag:gw".parse().unwrap()];
+        r.commit(gw.clone());
+        let r1 = router(&mut r, "r1", &["tag:router"], &["198.18.5.0/24"]);
+        let r2 = router(&mut r, "r2", &["tag:router"], &["198.18.5.0/24"]);
+        // A router the gateway does not see: its route cannot be reached through it.
+        router(&mut r, "hidden", &["tag:other"], &["198.18.9.0/24"]);
+        let mut device = prepare(&mut r, &phone("phone", "gw"), SystemTime::now()).unwrap();
+        r.commit(device.clone());
+        let expected = |router: &PeerRecord| {
+            vec![DeviceRoute {
+                prefix: "198.18.5.10/32".parse().unwrap(),
+                router: router.id.clone(),
+            }]
+        };
+        assert_eq!(routes(&r, &policy, &device), expected(&r1));
+        // The primary stops: the next router carries it.
+        r.offline(&r1.id);
+        assert_eq!(routes(&r, &policy, &device), expected(&r2));
+        // Without a grant, nothing; with "*", every route the gateway can reach, whole.
+        device.tags = vec!["tag:none".parse().unwrap()];
+        assert!(routes(&r, &policy, &device).is_empty());
+        let all = Policy::allow_all();
+        let whole: Vec<String> = routes(&r, &all, &device)
+            .iter()
+            .map(|d| d.prefix.to_string())
+            .collect();
+        assert_eq!(whole, vec!["198.18.5.0/24", "198.18.9.0/24"]);
+    }
+
+    #[test]
+    fn a_subnet_router_is_told_what_a_device_may_reach() {
+        let policy = Policy::from_json(
+            r#"{"allow": [
+                {"from": ["tag:phone"], "to": ["198.18.5.10"]},
+                {"from": ["tag:gw"], "to": ["tag:router"]}
+            ]}"#,
+        )
+        .unwrap();
+        let mut r = registry();
+        node(&mut r, "gw", Some(51821));
+        let r1 = router(&mut r, "r1", &["tag:router"], &["198.18.5.0/24"]);
+        let device = prepare(&mut r, &phone("phone", "gw"), SystemTime::now()).unwrap();
+        r.commit(device.clone());
+        let mut viewer =
+            crate::server::route_access::Viewer::new(&policy, &crate::server::registry::party(&r1));
+        let (party, entry) = r
+            .online_tagged()
+            .into_iter()
+            .find(|(_, e)| e.id == device.id)
+            .unwrap();
+        assert!(viewer.sees(&party), "the grant implies the tunnel");
+        let shaped = viewer.shape(&party, entry);
+        assert_eq!(shaped.via, device.via);
+        assert_eq!(shaped.reach, Some(vec!["198.18.5.10/32".parse().unwrap()]));
     }
 }

@@ -4,6 +4,7 @@
 //! every function here is tested on data.
 
 pub mod desired;
+pub mod device_routes;
 pub mod path;
 pub mod reconcile;
 pub mod relay_health;

@@ -243,6 +243,7 @@ mod tests {
             }),
             relay_probe: Default::default(),
             persist: true,
+            device_routes: Vec::new(),
             poke: None,
             paths: Default::default(),
             path_settings: Default::default(),

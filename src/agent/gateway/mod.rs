@@ -14,11 +14,13 @@
 pub mod plan;
 
 use crate::agent::apply::sink::Sink;
+use crate::agent::decide::device_routes;
 use crate::agent::error::AgentError;
 use crate::agent::run::engine::Engine;
 use crate::agent::state::config::GatewaySettings;
 use crate::keys::PublicKey;
 use crate::os::{PeerChanges, PeerSpec};
+use crate::proto::devices::{DeviceRoute, GatewayDevice};
 use ipnet::IpNet;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -30,6 +32,8 @@ pub struct Gateway {
     created: bool,
     peers: HashMap<PublicKey, PeerSpec>,
     routes: BTreeSet<IpNet>,
+    /// The subnet routes in the devices' table ([`plan::route_table`]).
+    table: BTreeSet<IpNet>,
     ruleset: Option<String>,
 }
 
@@ -58,38 +62,71 @@ impl Gateway {
             created: false,
             peers: HashMap::new(),
             routes: BTreeSet::new(),
+            table: BTreeSet::new(),
             ruleset: None,
         }
     }
 
     /// Brings the devices' interface, peers, routes and rules in line with the server's
-    /// list. A failure leaves the interface to be rebuilt at the next call.
-    pub fn refresh(&mut self, engine: &Engine, sink: &mut Sink<'_>) -> Result<(), AgentError> {
-        let result = self.refresh_once(engine, sink);
-        if result.is_err() {
-            self.created = false;
-        }
-        result
+    /// list, and hands the subnet routes granted to the devices to the engine
+    /// ([`Engine::device_routes`]): true when they changed, so the mesh interface's peers
+    /// must be planned again. A failure leaves the interface to be rebuilt at the next call.
+    pub fn refresh(
+        &mut self,
+        engine: &mut Engine,
+        sink: &mut Sink<'_>,
+    ) -> Result<bool, AgentError> {
+        let Some(peer_id) = engine.config.assignment.as_ref().map(|a| a.peer_id.clone()) else {
+            return Ok(false);
+        };
+        let result = engine
+            .client
+            .gateway_devices(&peer_id)
+            .map_err(AgentError::from)
+            .and_then(|devices| {
+                self.refresh_once(engine, &devices, sink)?;
+                Ok(devices)
+            });
+        let devices = match result {
+            Ok(devices) => devices,
+            Err(e) => {
+                self.created = false;
+                return Err(e);
+            }
+        };
+        let mut wanted: Vec<DeviceRoute> = devices.iter().flat_map(|d| d.routes.clone()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let changed = engine.device_routes != wanted;
+        engine.device_routes = wanted;
+        Ok(changed)
     }
 
-    fn refresh_once(&mut self, engine: &Engine, sink: &mut Sink<'_>) -> Result<(), AgentError> {
+    fn refresh_once(
+        &mut self,
+        engine: &Engine,
+        devices: &[GatewayDevice],
+        sink: &mut Sink<'_>,
+    ) -> Result<(), AgentError> {
         let Some(assignment) = engine.config.assignment.as_ref() else {
             return Ok(());
         };
-        let devices = engine.client.gateway_devices(&assignment.peer_id)?;
         let iface = &self.settings.interface;
         if !self.created {
-            sink.apply(&plan::create(
-                iface,
-                self.settings.port,
-                &engine.config.private_key,
-            ))?;
+            let mesh = [
+                IpNet::V4(assignment.network_cidr),
+                IpNet::V6(crate::proto::mesh6::prefix(&assignment.server_public_key)),
+            ];
+            let mut setup = plan::create(iface, self.settings.port, &engine.config.private_key);
+            setup.extend(plan::table_rules(self.settings.port, &mesh));
+            sink.apply(&setup)?;
             self.peers.clear();
             self.routes.clear();
+            self.table.clear();
             self.ruleset = None;
             self.created = true;
         }
-        let wanted = plan::device_peers(&devices);
+        let wanted = plan::device_peers(devices);
         let change = changes(&self.peers, &wanted);
         let want_routes: BTreeSet<IpNet> = devices
             .iter()
@@ -98,6 +135,19 @@ impl Gateway {
         sink.apply(&plan::update(iface, &change, &self.routes, &want_routes))?;
         self.peers = wanted.into_iter().map(|p| (p.public_key, p)).collect();
         self.routes = want_routes;
+        let all: Vec<DeviceRoute> = devices.iter().flat_map(|d| d.routes.clone()).collect();
+        let want_table = device_routes::forwarded(&all, &assignment.peer_id);
+        let mesh_interface = engine.config.interface.as_str();
+        if want_table != self.table {
+            let port = self.settings.port;
+            sink.apply(&plan::device_routes(
+                mesh_interface,
+                port,
+                &self.table,
+                &want_table,
+            ))?;
+            self.table = want_table;
+        }
         let prefix6 = crate::proto::mesh6::prefix(&assignment.server_public_key);
         let own = [
             IpNet::from(IpAddr::V4(assignment.assigned_ip)),
@@ -108,10 +158,10 @@ impl Gateway {
         ];
         let facts = plan::GatewayFacts {
             interface: iface,
-            mesh_interface: engine.config.interface.as_str(),
+            mesh_interface,
             own: &own,
             exit_node: engine.config.exit_node,
-            devices: &devices,
+            devices,
         };
         let ruleset = plan::ruleset(&facts);
         if self.ruleset.as_ref() != Some(&ruleset) {
@@ -124,7 +174,10 @@ impl Gateway {
     /// Removes the devices' interface and table (also what a crashed run left).
     pub fn teardown(&mut self, sink: &mut Sink<'_>) -> Result<(), AgentError> {
         self.created = false;
-        sink.apply(&plan::teardown(&self.settings.interface))
+        sink.apply(&plan::teardown(
+            &self.settings.interface,
+            self.settings.port,
+        ))
     }
 }
 

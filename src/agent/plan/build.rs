@@ -45,6 +45,8 @@ pub(super) struct Wanted<'a> {
     pub(super) desired: Vec<PeerSpec>,
     /// The subnet routes this node uses, each through one router.
     pub(super) accepted: Vec<crate::agent::decide::subnet_routes::AcceptedRoute>,
+    /// Prefixes in routers' AllowedIPs for this gateway's devices only: no route of ours.
+    pub(super) device_only: BTreeSet<IpNet>,
 }
 
 /// The interface the rest of the sync works on.
@@ -165,7 +167,12 @@ impl Builder {
                 v6: crate::proto::mesh6::prefix(&assignment.server_public_key),
             },
         );
-        let published = desired_peers(&used, exit.map(|p| &p.public_key));
+        let mut published = desired_peers(&used, exit.map(|p| &p.public_key));
+        let device_only = crate::agent::decide::device_routes::add_device_routes(
+            &mut published,
+            input.peers,
+            input.device_routes,
+        );
         let desired = with_paths(&published, input.paths);
         self.summary = SyncSummary {
             peer_id: assignment.peer_id.to_string(),
@@ -180,6 +187,7 @@ impl Builder {
             published,
             desired,
             accepted,
+            device_only,
         })
     }
 
@@ -451,11 +459,12 @@ impl Builder {
     /// when the table shows one missing (a Windows reboot forgets `store=active` routes).
     fn subnet_routes(&mut self, real_name: &InterfaceName, w: &Wanted<'_>, facts: &HostFacts) {
         let os = self.os;
-        let want_routes = extra_routes(
+        let mut want_routes = extra_routes(
             &w.desired,
             w.assignment.network_cidr,
             crate::proto::mesh6::prefix(&w.assignment.server_public_key),
         );
+        want_routes.retain(|r| !w.device_only.contains(r));
         let mut have_routes: BTreeSet<IpNet> = self
             .rec
             .as_ref()

@@ -32,6 +32,9 @@ pub struct PlanInput<'a> {
     /// With `live`: keep deferring peers that have not sent anything yet (`up` does for a
     /// few seconds, then turns every keepalive on, so NAT mappings still open both ways).
     pub hold_silent: bool,
+    /// With `up --gateway`: the subnet routes granted to this node's devices, which go into
+    /// their routers' AllowedIPs ([`crate::agent::decide::device_routes`]).
+    pub device_routes: &'a [crate::proto::devices::DeviceRoute],
 }
 
 /// The interface whose `wg show dump` is worth reading: the one recorded as applied for this

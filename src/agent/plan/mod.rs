@@ -146,6 +146,7 @@ mod tests {
             paths: &Default::default(),
             live: false,
             hold_silent: false,
+            device_routes: &[],
         };
         plan(&input, facts)
     }
@@ -330,6 +331,7 @@ mod tests {
                 paths: &paths,
                 live,
                 hold_silent: false,
+                device_routes: &[],
             };
             let rendered = lines(&plan(&input, &facts));
             let key = moved.public_key.to_base64();
@@ -515,6 +517,7 @@ mod tests {
             paths: &Default::default(),
             live: false,
             hold_silent: false,
+            device_routes: &[],
         };
         let p = plan(&input, &HostFacts::default());
         assert!(p.steps.iter().all(|s| s.record.is_none()));

@@ -518,11 +518,24 @@ impl<'a> Daemon<'a> {
 
     /// Brings the gateway's devices in line with the server (after each sync and live
     /// update); trouble there is logged and retried, never stops the mesh.
+    /// When the subnet routes granted to the devices changed, the mesh interface's peers
+    /// are planned again at once (their routers' AllowedIPs carry the routes).
     fn refresh_gateway(&mut self) {
-        if let Some(gateway) = self.gateway.as_mut() {
-            if let Err(e) = gateway.refresh(self.engine, &mut Sink::Run(&mut *self.runner)) {
-                log::warn!("gateway: {e}; retrying at the next sync");
+        let Some(gateway) = self.gateway.as_mut() else {
+            return;
+        };
+        match gateway.refresh(self.engine, &mut Sink::Run(&mut *self.runner)) {
+            Ok(false) => {}
+            Ok(true) => {
+                let peers = self.engine.known_peers();
+                let hold = holding(self.deferred_at, Instant::now());
+                let sink = &mut Sink::Run(&mut *self.runner);
+                if let Err(e) = self.engine.reconcile_live(&peers, hold, sink) {
+                    log::warn!("gateway: routing devices' subnet routes: {e}; a full sync follows");
+                    self.sync.next = Instant::now();
+                }
             }
+            Err(e) => log::warn!("gateway: {e}; retrying at the next sync"),
         }
     }
 

@@ -76,6 +76,9 @@ pub struct Engine {
     /// Whether the config may be written. Dry runs still keep the key and assignment (so a
     /// later real run uses the address it printed) but never record anything as applied.
     pub persist: bool,
+    /// With `up --gateway`: the subnet routes the server grants this node's devices (set by
+    /// [`crate::agent::gateway::Gateway::refresh`]), put into their routers' AllowedIPs.
+    pub device_routes: Vec<crate::proto::devices::DeviceRoute>,
 }
 
 impl Engine {
@@ -462,6 +465,7 @@ impl Engine {
                 paths: &paths,
                 live: live.is_some(),
                 hold_silent: live == Some(true),
+                device_routes: &self.device_routes,
             };
             let planned = plan::plan(&input, &facts);
             self.apply(&planned.steps, sink)?;
@@ -575,6 +579,7 @@ impl Engine {
             paths: &self.path_choices,
             live: false,
             hold_silent: false,
+            device_routes: &self.device_routes,
         };
         let steps = plan::route_check(&input, &facts);
         self.apply(&steps, sink)

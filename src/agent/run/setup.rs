@@ -213,6 +213,7 @@ pub fn engine(o: Overrides) -> Result<Engine, AgentError> {
         last_list: None,
         relay_probe: Default::default(),
         persist: !o.dry_run,
+        device_routes: Vec::new(),
         poke,
         path_settings: o.paths,
         path_choices: Default::default(),

@@ -14,6 +14,7 @@ use crate::proto::model::SuccessResponse;
 use crate::server::audit::{AuditEvent, AuditKind};
 use crate::server::devices::{self, NewDevice};
 use crate::server::http::{Request, Response};
+use crate::server::policy::Policy;
 use crate::server::registry::Registry;
 use crate::server::store::PeerRecord;
 use crate::types::{DnsName, PeerId};
@@ -60,8 +61,15 @@ fn check_exit(gateway: &PeerRecord) -> Result<(), Refusal> {
     }
 }
 
-/// The parts of the device's configuration, from its gateway as the registry has it now.
-fn config_of(registry: &Registry, d: &PeerRecord, exit: bool) -> Result<DeviceConfig, Refusal> {
+/// The parts of the device's configuration, from its gateway as the registry has it now:
+/// AllowedIPs are the mesh's networks, the parts of subnet routes the policy grants the
+/// device (so its app sends them into the tunnel), and the default routes with `exit`.
+fn config_of(
+    registry: &Registry,
+    policy: &Policy,
+    d: &PeerRecord,
+    exit: bool,
+) -> Result<DeviceConfig, Refusal> {
     let gateway = d
         .via
         .as_ref()
@@ -74,6 +82,11 @@ fn config_of(registry: &Registry, d: &PeerRecord, exit: bool) -> Result<DeviceCo
     let gateway_addrs = devices::addresses(gateway, mesh6);
     let mut allowed_ips = vec![IpNet::V4(registry.network())];
     allowed_ips.extend(mesh6.map(IpNet::V6));
+    for route in devices::routes(registry, policy, d) {
+        if !allowed_ips.contains(&route.prefix) {
+            allowed_ips.push(route.prefix);
+        }
+    }
     if exit {
         allowed_ips.push("0.0.0.0/0".parse().expect("literal"));
         allowed_ips.push("::/0".parse().expect("literal"));
@@ -116,11 +129,12 @@ impl Api {
             ("GET", Some(name)) => {
                 let exit = req.query_param("exit").is_some_and(|v| v == "true");
                 let registry = self.state.registry();
+                let (policy, _) = self.state.policy.current();
                 let device =
                     devices::find_device(&registry, name).ok_or_else(|| no_device(name))?;
                 Ok(ok_json(&DeviceAnswer {
                     success: true,
-                    config: config_of(&registry, &device, exit)?,
+                    config: config_of(&registry, &policy, &device, exit)?,
                     device: view(&registry, &device),
                     private_key: None,
                 }))
@@ -178,9 +192,10 @@ impl Api {
         let now = SystemTime::now();
         let record = self.storage.add_device(&device, now)?;
         let registry = self.state.registry();
+        let (policy, _) = self.state.policy.current();
         let answer = DeviceAnswer {
             success: true,
-            config: config_of(&registry, &record, body.exit)?,
+            config: config_of(&registry, &policy, &record, body.exit)?,
             device: view(&registry, &record),
             private_key: generated.map(|k| k.to_base64()),
         };
@@ -257,8 +272,8 @@ impl Api {
         (list, gateways)
     }
 
-    /// `GET /devices?peer_id=ID`, signed by the gateway: the devices behind it and what the
-    /// policy lets each reach.
+    /// `GET /devices?peer_id=ID`, signed by the gateway: the devices behind it, what the
+    /// policy lets each reach, and the parts of subnet routes it grants each.
     pub(super) fn gateway_devices(
         &self,
         req: &Request,
@@ -289,6 +304,7 @@ impl Api {
                 public_key: d.public_key,
                 addresses: devices::addresses(&d, registry.mesh6()),
                 reach: devices::reach(&registry, &policy, &d),
+                routes: devices::routes(&registry, &policy, &d),
             })
             .collect();
         Ok(ok_json(&GatewayDevicesResponse {

@@ -171,3 +171,25 @@ fn a_router_lets_each_peer_reach_only_what_the_server_says_it_may() {
         ]
     );
 }
+
+#[test]
+fn a_device_behind_a_gateway_reaches_only_its_granted_part() {
+    // The router's list: the gateway, and the phone behind it (`via`), whose address the
+    // router has in the gateway's AllowedIPs; the server says what the phone may reach.
+    // The gateway itself is granted nothing: the phone's access is its own.
+    let mut gw = peer("gw", 2, &[]);
+    gw.reach = Some(Vec::new());
+    let mut phone = peer("phone", 9, &[]);
+    phone.via = Some(gw.id.clone());
+    phone.reach = Some(vec![net("198.18.5.10/32")]);
+    let mut other = peer("other", 4, &[]);
+    other.reach = Some(Vec::new());
+    let got = access(&[net("198.18.5.0/24")], &[gw, phone, other], mesh());
+    assert_eq!(
+        got,
+        vec![Access {
+            sources: vec![net("10.100.0.9/32"), net("fd7a:1::9/128")],
+            prefixes: vec![net("198.18.5.10/32")],
+        }]
+    );
+}

@@ -109,6 +109,7 @@ fn decide(
         paths: &Default::default(),
         live: false,
         hold_silent: false,
+        device_routes: &[],
     };
     let p: SyncPlan = plan(&input, facts);
     assert!(p.failure.is_none(), "{:?}", p.failure);
@@ -167,4 +168,54 @@ fn accepted_routes_follow_the_primary_router_on_every_os() {
             "{path} differs (UPDATE_GOLDEN=1 rewrites it)"
         );
     }
+}
+
+/// A gateway without `--accept-routes` whose device is granted one host behind gw-a: the
+/// host joins gw-a's AllowedIPs, and no route of the gateway's own table leads there.
+#[test]
+fn a_gateways_device_route_joins_the_routers_allowed_ips_and_no_route_of_its_own() {
+    let mut config = config(TargetOs::Linux);
+    config.accept_routes = false;
+    let a = router("gw-a", 5, 5, &["192.168.10.10/32"]);
+    let routes = [crate::proto::devices::DeviceRoute {
+        prefix: "192.168.10.10/32".parse().unwrap(),
+        router: a.id.clone(),
+    }];
+    let input = PlanInput {
+        os: TargetOs::Linux,
+        config: &config,
+        peers: std::slice::from_ref(&a),
+        list_unchanged: false,
+        dry_run: false,
+        paths: &Default::default(),
+        live: false,
+        hold_silent: false,
+        device_routes: &routes,
+    };
+    let p: SyncPlan = plan(&input, &facts(&config, &[]));
+    assert!(p.failure.is_none(), "{:?}", p.failure);
+    let text: String = p
+        .steps
+        .iter()
+        .flat_map(|s| s.plan.commands.iter().map(|c| c.render() + "\n"))
+        .collect();
+    assert!(
+        text.contains("allowed-ips 10.100.0.5/32,192.168.10.10/32"),
+        "{text}"
+    );
+    assert!(!text.contains("route add 192.168.10.10"), "{text}");
+    assert!(!text.contains("route replace 192.168.10.10"), "{text}");
+    assert!(p.applied.unwrap().routes.is_empty());
+    // Without the device route, gw-a carries only its mesh address.
+    let input = PlanInput {
+        device_routes: &[],
+        ..input
+    };
+    let p = plan(&input, &facts(&config, &[]));
+    let text: String = p
+        .steps
+        .iter()
+        .flat_map(|s| s.plan.commands.iter().map(|c| c.render() + "\n"))
+        .collect();
+    assert!(!text.contains("192.168.10.10"), "{text}");
 }
