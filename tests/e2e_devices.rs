@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::device_conf::{field, load_config, load_full_tunnel};
 use common::netns::{run, Lab, MeshNode as Node, NetnsEtc, Router, FAST_AGENT};
 use common::{wgmesh_bin, TempDir};
 use std::path::{Path, PathBuf};
@@ -61,61 +62,7 @@ fn up(lab: &mut Lab, n: &Node, token: &str, extra: &[&str], log: &str) -> usize 
 
 /// `wgmesh device ARGS` in `ns` against the lab's server: (exit code, stdout, stderr).
 fn device(lab: &Lab, ns: &str, args: &[&str]) -> (i32, String, String) {
-    let secret = lab.dir.path().join("admin.secret").display().to_string();
-    let url = server_url();
-    let mut full = vec![wgmesh_bin(), "device"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--server", &url, "--admin-secret-file", &secret]);
-    let out = lab.exec(ns, &full);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The value of `key = value` in a wg-quick text.
-fn field(config: &str, key: &str) -> String {
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
-        .unwrap_or_else(|| panic!("no {key} in\n{config}"))
-        .to_owned()
-}
-
-/// Brings the configuration up on `iface` in `ns` as a WireGuard app would: the wg part with
-/// `wg setconf` (wg-quick's Address and DNS stripped), the addresses and routes with `ip`.
-fn load_config(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
-    bring_up(lab, ns, iface, config, dir);
-    for net in field(config, "AllowedIPs").split(", ") {
-        lab.exec_ok(ns, &["ip", "route", "add", net, "dev", iface]);
-    }
-}
-
-/// The interface part of loading a configuration: the wg settings, addresses, MTU, up.
-fn bring_up(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
-    let stripped: String = config
-        .lines()
-        .filter(|l| !l.starts_with("Address = ") && !l.starts_with("DNS = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let file = dir.join(format!("{iface}.conf"));
-    std::fs::write(&file, stripped).unwrap();
-    let made = lab.exec(
-        ns,
-        &["ip", "link", "add", "dev", iface, "type", "wireguard"],
-    );
-    if !made.status.success() {
-        lab.exec_ok(ns, &["env", "LOG_LEVEL=silent", "wireguard-go", iface]);
-    }
-    lab.exec_ok(ns, &["wg", "setconf", iface, &file.display().to_string()]);
-    for address in field(config, "Address").split(", ") {
-        lab.exec_ok(ns, &["ip", "address", "add", address, "dev", iface]);
-    }
-    lab.exec_ok(
-        ns,
-        &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
-    );
+    common::device_conf::device(lab, ns, &server_url(), args)
 }
 
 /// Every file under `dir` whose bytes contain `needle`.
@@ -428,41 +375,6 @@ fn a_phone_joins_through_its_gateway_by_its_printed_config_and_leaves_when_remov
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("no device is called phone"), "{err}");
     let _ = (server, gw_agent);
-}
-
-/// Brings a full-tunnel configuration (AllowedIPs with 0.0.0.0/0) up as wg-quick does: the
-/// tunnel's own packets are marked and keep the main table; everything else goes into it.
-fn load_full_tunnel(lab: &Lab, ns: &str, iface: &str, config: &str, dir: &Path) {
-    bring_up(lab, ns, iface, config, dir);
-    lab.exec_ok(ns, &["wg", "set", iface, "fwmark", "51820"]);
-    for family in ["-4", "-6"] {
-        let default = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
-        lab.exec_ok(
-            ns,
-            &[
-                "ip", family, "rule", "add", "not", "fwmark", "51820", "table", "51820",
-            ],
-        );
-        lab.exec_ok(
-            ns,
-            &[
-                "ip",
-                family,
-                "rule",
-                "add",
-                "table",
-                "main",
-                "suppress_prefixlength",
-                "0",
-            ],
-        );
-        lab.exec_ok(
-            ns,
-            &[
-                "ip", family, "route", "add", default, "dev", iface, "table", "51820",
-            ],
-        );
-    }
 }
 
 #[test]

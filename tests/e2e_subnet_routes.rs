@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::device_conf::{device, field, load_config};
 use common::netns::{must, Lab, MeshNode, Router, FAST_AGENT};
 use common::wgmesh_bin;
 use std::time::Duration;
@@ -655,59 +656,6 @@ fn bgp_routes_from_a_routing_daemon_reach_the_mesh_and_the_mesh_reaches_bgp() {
     let _ = gw_sock;
 }
 
-/// `wgmesh device ARGS` on the server's host with its admin secret: (exit code, stdout).
-fn device(lab: &Lab, srv: &str, args: &[&str]) -> (i32, String) {
-    let secret = lab.dir.path().join("admin.secret").display().to_string();
-    let url = server_url();
-    let mut full = vec![wgmesh_bin(), "device"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["--server", &url, "--admin-secret-file", &secret]);
-    let out = lab.exec(srv, &full);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// The value of `key = value` in a wg-quick text.
-fn field(config: &str, key: &str) -> String {
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
-        .unwrap_or_else(|| panic!("no {key} in\n{config}"))
-        .to_owned()
-}
-
-/// Loads a device's wg-quick text on `iface` in `ns` as a WireGuard app does: the wg part
-/// with `wg setconf`, the addresses, and a route into the tunnel for each AllowedIPs entry.
-fn load_device(lab: &Lab, ns: &str, iface: &str, config: &str) {
-    let stripped: String = config
-        .lines()
-        .filter(|l| !l.starts_with("Address = ") && !l.starts_with("DNS = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let file = lab.dir.path().join(format!("{iface}.conf"));
-    std::fs::write(&file, stripped).unwrap();
-    let made = lab.exec(
-        ns,
-        &["ip", "link", "add", "dev", iface, "type", "wireguard"],
-    );
-    if !made.status.success() {
-        lab.exec_ok(ns, &["env", "LOG_LEVEL=silent", "wireguard-go", iface]);
-    }
-    lab.exec_ok(ns, &["wg", "setconf", iface, &file.display().to_string()]);
-    for address in field(config, "Address").split(", ") {
-        lab.exec_ok(ns, &["ip", "address", "add", address, "dev", iface]);
-    }
-    lab.exec_ok(
-        ns,
-        &["ip", "link", "set", "mtu", "1380", "up", "dev", iface],
-    );
-    for net in field(config, "AllowedIPs").split(", ") {
-        lab.exec_ok(ns, &["ip", "route", "add", net, "dev", iface]);
-    }
-}
-
 const HOME_LAN: &str = "198.18.30.0/24";
 const HOME_11: &str = "198.18.30.11";
 const HOME_12: &str = "198.18.30.12";
@@ -789,9 +737,10 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     // The phone's configuration lists its granted host; `device show` too.
     let mut config = String::new();
     lab.eventually(SETTLE, "the phone is added", || {
-        let (code, out) = device(
+        let (code, out, _) = device(
             &lab,
             &srv,
+            &server_url(),
             &["add", "phone", "--via", "gw", "--tag", "tag:phone"],
         );
         config = out;
@@ -800,7 +749,7 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     let granted = format!("{HOME_11}/32");
     assert!(field(&config, "AllowedIPs").contains(&granted), "{config}");
     assert!(!config.contains(HOME_LAN), "{config}");
-    let (code, shown) = device(&lab, &srv, &["show", "phone"]);
+    let (code, shown, _) = device(&lab, &srv, &server_url(), &["show", "phone"]);
     assert_eq!(code, 0, "{shown}");
     assert_eq!(field(&shown, "AllowedIPs"), field(&config, "AllowedIPs"));
 
@@ -808,7 +757,7 @@ fn a_phone_behind_a_gateway_reaches_only_its_granted_part_of_a_subnet_route() {
     // router), not the other one.
     let (_home, phone_ns) = lab.home("ph", "198.18.0.20", 41, Router::MasqueradeFirewall, None);
     let phone_if = lab.ifname("wg", "ph");
-    load_device(&lab, &phone_ns, &phone_if, &config);
+    load_config(&lab, &phone_ns, &phone_if, &config, lab.dir.path());
     lab.eventually(SETTLE, "the phone reaches its granted host", || {
         seen_by(&lab, &phone_ns, HOME_11).as_deref() == Some("198.18.30.1")
     });

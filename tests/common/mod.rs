@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod device_conf;
 pub mod internet;
 pub mod netns;
 pub mod postgres;
