@@ -52,6 +52,22 @@ fn routes_cli(server: &ServerProcess, args: &[&str]) -> (Option<i32>, String, St
     )
 }
 
+/// Waits up to 10 s until replica `b` lists LAN as approved for gw-a, in the viewer's peer
+/// list and in `/admin/routes`; panics with `what` if it never does.
+fn replica_sees_the_approval(b: &ServerProcess, viewer_id: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !routes_seen(b, viewer_id, "gw-a").contains(&LAN.to_owned()) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listed = admin(b, "GET", "/admin/routes", None);
+    assert_eq!(
+        listed.json["routes"][0]["approved"], true,
+        "{}",
+        listed.json
+    );
+}
+
 #[test]
 fn a_route_is_used_only_after_approval_and_the_cli_shows_and_decides_it() {
     let dir = TempDir::new("routes-approve");
@@ -178,20 +194,7 @@ fn replicas_share_approvals() {
         Some(serde_json::json!({"peer": "gw-a", "prefix": LAN})),
     );
     assert_eq!(approve.status, 200, "{}", approve.json);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !routes_seen(&b, &viewer_id, "gw-a").contains(&LAN.to_owned()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "replica b never saw the approval"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let listed = admin(&b, "GET", "/admin/routes", None);
-    assert_eq!(
-        listed.json["routes"][0]["approved"], true,
-        "{}",
-        listed.json
-    );
+    replica_sees_the_approval(&b, &viewer_id, "replica b never saw the approval");
 }
 
 /// The peer entry of `host` in the list `viewer_id` gets.
@@ -326,19 +329,10 @@ fn a_reload_on_one_replica_approves_advertised_routes_on_all() {
     .unwrap();
     let reload = admin(&a, "POST", "/admin/policy/reload", None);
     assert_eq!(reload.status, 200, "{}", reload.json);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !routes_seen(&b, &viewer_id, "gw-a").contains(&LAN.to_owned()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "replica b never saw the approval the reload on a made"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let listed = admin(&b, "GET", "/admin/routes", None);
-    assert_eq!(
-        listed.json["routes"][0]["approved"], true,
-        "{}",
-        listed.json
+    replica_sees_the_approval(
+        &b,
+        &viewer_id,
+        "replica b never saw the approval the reload on a made",
     );
 }
 
