@@ -24,6 +24,9 @@ const NEVER: &str = "no handshake yet";
 const STALE: &str = "no handshake in 180 s";
 /// `path_detail` while a probe of the direct path runs (a fraction of a second).
 const PROBING: &str = "probing the direct path; the relay carries the traffic";
+/// `path_detail` while a direct path that went quiet under traffic is checked (a second;
+/// without an answer the relay takes over).
+const CHECKING: &str = "checking the direct path: data went out and nothing came back";
 
 /// One peer in `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -164,16 +167,16 @@ pub fn collect(
                         .latest_handshake
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs());
                     let online = age.is_some_and(|a| a <= HANDSHAKE_FRESH_SECS);
-                    let probing = paths
-                        .peers
-                        .get(&p.public_key.to_base64())
-                        .is_some_and(|s| s.probe_until_ms.is_some());
+                    let state = paths.peers.get(&p.public_key.to_base64());
+                    let probing = state.is_some_and(|s| s.probe_until_ms.is_some());
+                    let checking = state.is_some_and(|s| s.check_until_ms.is_some());
                     let (path, path_detail) = match () {
                         _ if age.is_none() => ("unknown", Some(NEVER)),
                         _ if !online => ("unknown", Some(STALE)),
                         _ if exit_in_use == Some(p.public_key) => ("exit", None),
                         _ if probing => ("relay", Some(PROBING)),
                         _ if paths.is_relay(p.endpoint) => ("relay", None),
+                        _ if checking => ("direct", Some(CHECKING)),
                         _ => ("direct", None),
                     };
                     PeerStatus {
@@ -632,7 +635,7 @@ mod tests {
             ..Default::default()
         });
         cfg.save(&path).unwrap();
-        let keys: Vec<String> = (1..=5u8)
+        let keys: Vec<String> = (1..=6u8)
             .map(|n| crate::keys::PublicKey::from_bytes([n; 32]).to_base64())
             .collect();
         // The fourth peer's direct path is being probed: the relay carries its traffic.
@@ -640,9 +643,15 @@ mod tests {
             probe_until_ms: Some(1),
             ..Default::default()
         };
+        // The sixth peer's direct path went quiet under traffic and is being checked.
+        let checking = super::super::decide::path::PeerPath {
+            mode: super::super::decide::path::Mode::Direct,
+            check_until_ms: Some(1),
+            ..Default::default()
+        };
         let table = super::super::decide::path::PathTable {
             relay: Some("198.18.0.1:3478".parse().unwrap()),
-            peers: [(keys[3].clone(), probing)].into(),
+            peers: [(keys[3].clone(), probing), (keys[5].clone(), checking)].into(),
             ..Default::default()
         };
         table.save(&path);
@@ -656,13 +665,15 @@ mod tests {
              {k2}\t(none)\t198.18.0.12:51820\t10.100.0.3/32\t{fresh}\t100\t100\t25\n\
              {k3}\t(none)\t198.18.0.13:51820\t10.100.0.4/32\t0\t0\t100\t25\n\
              {k4}\t(none)\t198.18.0.14:51820\t10.100.0.5/32\t{fresh}\t100\t100\t25\n\
-             {k5}\t(none)\t198.18.0.15:51820\t10.100.0.6/32\t{stale}\t100\t100\t25\n",
+             {k5}\t(none)\t198.18.0.15:51820\t10.100.0.6/32\t{stale}\t100\t100\t25\n\
+             {k6}\t(none)\t198.18.0.16:51820\t10.100.0.7/32\t{fresh}\t100\t100\t25\n",
             priv = cfg.private_key.to_base64(),
             k1 = keys[0],
             k2 = keys[1],
             k3 = keys[2],
             k4 = keys[3],
             k5 = keys[4],
+            k6 = keys[5],
         );
         let mut reader = RecordingRunner::default();
         reader.expect_scripted("wg show wg0 dump", Scripted::Succeed(dump));
@@ -683,6 +694,7 @@ mod tests {
                 ("unknown", Some("no handshake yet")),
                 ("relay", Some(PROBING)),
                 ("unknown", Some("no handshake in 180 s")),
+                ("direct", Some(CHECKING)),
             ]
         );
         assert!(!status.peers[2].direct && !status.peers[2].online);

@@ -674,13 +674,13 @@ pub const HANDSHAKE_RETRIES: u8 = 3;
 pub const RESTART_STAGGER: Duration = Duration::from_secs(1);
 
 /// The parts of a [`PathTable`] that make a change of path: the relay, and per peer (by key)
-/// its mode, whether a probe or a nudge runs and which relay it meets at; and the relays
-/// that are down.
+/// its mode, whether a probe, a nudge or a check of a direct path runs and which relay it
+/// meets at; and the relays that are down.
 pub type Material<'a> = (
     Option<SocketAddr>,
     &'a std::collections::BTreeMap<String, SocketAddr>,
     std::collections::BTreeSet<SocketAddr>,
-    Vec<(&'a str, Mode, bool, bool, Option<SocketAddr>)>,
+    Vec<(&'a str, Mode, [bool; 3], Option<SocketAddr>)>,
 );
 
 /// Where the path table of the config at `config_path` is kept.
@@ -702,8 +702,11 @@ impl PathTable {
                     (
                         k.as_str(),
                         p.mode,
-                        p.probe_until_ms.is_some(),
-                        p.nudge_until_ms.is_some(),
+                        [
+                            p.probe_until_ms.is_some(),
+                            p.nudge_until_ms.is_some(),
+                            p.check_until_ms.is_some(),
+                        ],
                         p.relay,
                     )
                 })
