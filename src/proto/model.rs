@@ -154,6 +154,32 @@ pub struct PeerInfo {
     pub reach: Option<Vec<IpNet>>,
 }
 
+#[cfg(test)]
+impl PeerInfo {
+    /// A listed peer for unit tests: `key` named `name` at 10.100.0.`last` (its /32 the only
+    /// allowed IP), online, with no endpoint; a test sets what it needs on top with struct
+    /// update syntax, so a new field is added here once.
+    pub fn for_test(key: PublicKey, name: &str, last: u8) -> PeerInfo {
+        PeerInfo {
+            id: PeerId::for_key(&key),
+            public_key: key,
+            virtual_ip: Ipv4Addr::new(10, 100, 0, last),
+            endpoint: None,
+            hostname: name.parse().expect("a test hostname"),
+            dns_name: None,
+            os: "linux".parse().expect("linux"),
+            allowed_ips: vec![IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::new(10, 100, 0, last), 32).expect("/32"),
+            )],
+            exit_node: false,
+            online: true,
+            last_heartbeat: String::new(),
+            via: None,
+            reach: None,
+        }
+    }
+}
+
 /// Answer to `GET /peers`, and the agent's peer cache (with the version it is at).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeersResponse {

@@ -110,21 +110,9 @@ mod tests {
     }
 
     fn router_entry() -> PeerInfo {
-        let key = PrivateKey::generate().public_key();
         PeerInfo {
-            id: crate::types::PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: "10.100.0.2".parse().unwrap(),
-            endpoint: None,
-            hostname: "gw".parse().unwrap(),
-            dns_name: None,
-            os: "linux".parse().unwrap(),
             allowed_ips: nets(&["10.100.0.2/32", "192.168.10.0/24", "fd00:10::/64"]),
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..PeerInfo::for_test(PrivateKey::generate().public_key(), "gw", 2)
         }
     }
 

@@ -187,28 +187,16 @@ pub(in crate::agent) fn wanted_tunnel(
 mod device_tests {
     use super::*;
     use crate::keys::PrivateKey;
-    use crate::types::PeerId;
 
     fn info(name: &str, last: u8, via: Option<&PeerInfo>) -> PeerInfo {
-        let key = PrivateKey::generate().public_key();
-        PeerInfo {
-            id: PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
-            endpoint: None,
-            hostname: name.parse().unwrap(),
+        let mut peer = PeerInfo {
             dns_name: Some(name.parse().unwrap()),
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec![
-                format!("10.100.0.{last}/32").parse().unwrap(),
-                format!("fd00::a64:{last}/128").parse().unwrap(),
-            ],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
             via: via.map(|g| g.id.clone()),
-            reach: None,
-        }
+            ..PeerInfo::for_test(PrivateKey::generate().public_key(), name, last)
+        };
+        peer.allowed_ips
+            .push(format!("fd00::a64:{last}/128").parse().unwrap());
+        peer
     }
 
     #[test]

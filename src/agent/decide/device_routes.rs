@@ -57,21 +57,9 @@ mod tests {
     use crate::types::PeerId;
 
     fn peer(n: u8, via: Option<PeerId>) -> PeerInfo {
-        let key = PublicKey::from_bytes([n; 32]);
         PeerInfo {
-            id: PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: format!("10.100.0.{n}").parse().unwrap(),
-            endpoint: None,
-            hostname: format!("h{n}").parse().unwrap(),
-            dns_name: None,
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec![format!("10.100.0.{n}/32").parse().unwrap()],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
             via,
-            reach: None,
+            ..PeerInfo::for_test(PublicKey::from_bytes([n; 32]), &format!("h{n}"), n)
         }
     }
 

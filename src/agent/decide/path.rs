@@ -1572,19 +1572,8 @@ mod tests {
             (keys[1], keys[0])
         };
         let info = |k: crate::keys::PublicKey| crate::proto::model::PeerInfo {
-            id: crate::types::PeerId::for_key(&k),
-            public_key: k,
-            virtual_ip: "10.100.0.9".parse().unwrap(),
             endpoint: Some(PEER.parse().unwrap()),
-            hostname: "n".parse().unwrap(),
-            dns_name: None,
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec!["10.100.0.9/32".parse().unwrap()],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..crate::proto::model::PeerInfo::for_test(k, "n", 9)
         };
         let settings = PathSettings::default();
         // Each end relays the other; the server restarts; each end notices.
@@ -1713,19 +1702,8 @@ mod tests {
             .map(|_| crate::keys::PrivateKey::generate())
             .collect();
         let info = |k: &crate::keys::PrivateKey, last: u8| crate::proto::model::PeerInfo {
-            id: crate::types::PeerId::for_key(&k.public_key()),
-            public_key: k.public_key(),
-            virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
             endpoint: Some(format!("198.18.0.{last}:51820").parse().unwrap()),
-            hostname: format!("n{last}").parse().unwrap(),
-            dns_name: None,
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec![format!("10.100.0.{last}/32").parse().unwrap()],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..crate::proto::model::PeerInfo::for_test(k.public_key(), &format!("n{last}"), last)
         };
         let relays: std::collections::BTreeMap<String, SocketAddr> = (1..=3u8)
             .map(|i| {

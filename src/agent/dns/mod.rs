@@ -290,19 +290,9 @@ mod tests {
     fn export_names_each_peer_in_a_comment() {
         let key = crate::keys::PrivateKey::generate().public_key();
         let peer = PeerInfo {
-            id: crate::types::PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: "10.100.0.7".parse().unwrap(),
-            endpoint: None,
-            hostname: "Web".parse().unwrap(),
             dns_name: Some("web-2".parse().unwrap()),
-            os: "linux".parse().unwrap(),
             allowed_ips: vec![],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..PeerInfo::for_test(key, "Web", 7)
         };
         let config = format!(
             "[Interface]\nPrivateKey = x\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.100.0.7/32\n\n[Peer]\nPublicKey = other\n",

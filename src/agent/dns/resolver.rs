@@ -743,23 +743,13 @@ mod tests {
         let mesh6: Ipv6Net = "fd00::/96".parse().unwrap();
         let key = crate::keys::PrivateKey::generate().public_key();
         let peer = PeerInfo {
-            id: crate::types::PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: "10.100.0.7".parse().unwrap(),
-            endpoint: None,
-            hostname: "b".parse().unwrap(),
             dns_name: Some("host-b".parse().unwrap()),
-            os: "linux".parse().unwrap(),
             allowed_ips: vec![
                 "10.100.0.7/32".parse().unwrap(),
                 "fd00::a64:7/128".parse().unwrap(),
                 "192.0.2.0/24".parse().unwrap(),
             ],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..PeerInfo::for_test(key, "b", 7)
         };
         let unnamed = PeerInfo {
             dns_name: None,

@@ -252,21 +252,9 @@ mod tests {
     }
 
     fn web() -> PeerInfo {
-        let key = crate::keys::PrivateKey::generate().public_key();
         PeerInfo {
-            id: crate::types::PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: "10.100.0.7".parse().unwrap(),
-            endpoint: None,
-            hostname: "web".parse().unwrap(),
             dns_name: Some("web".parse().unwrap()),
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec!["10.100.0.7/32".parse().unwrap()],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..PeerInfo::for_test(crate::keys::PrivateKey::generate().public_key(), "web", 7)
         }
     }
 

@@ -72,26 +72,15 @@ mod tests {
     }
 
     fn info(name: &str, last: u8, exit: bool) -> PeerInfo {
-        let key = PrivateKey::generate().public_key();
-        let mut allowed_ips = vec![format!("10.100.0.{last}/32").parse().unwrap()];
-        if exit {
-            allowed_ips.push("0.0.0.0/0".parse().unwrap());
-        }
-        PeerInfo {
-            id: PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
+        let mut peer = PeerInfo {
             endpoint: Some(format!("198.18.0.{last}:51820").parse().unwrap()),
-            hostname: name.parse().unwrap(),
-            dns_name: None,
-            os: "linux".parse().unwrap(),
-            allowed_ips,
             exit_node: exit,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..PeerInfo::for_test(PrivateKey::generate().public_key(), name, last)
+        };
+        if exit {
+            peer.allowed_ips.push("0.0.0.0/0".parse().unwrap());
         }
+        peer
     }
 
     fn config() -> ClientConfig {

@@ -53,21 +53,13 @@ mod tests {
     use super::*;
 
     fn listed(n: u8, endpoint: &str) -> PeerInfo {
-        let key = crate::keys::PublicKey::from_bytes([n; 32]);
         PeerInfo {
-            id: crate::types::PeerId::for_key(&key),
-            public_key: key,
-            virtual_ip: std::net::Ipv4Addr::new(10, 100, 0, n),
             endpoint: Some(endpoint.parse().unwrap()),
-            hostname: format!("h{n}").parse().unwrap(),
-            dns_name: None,
-            os: "linux".parse().unwrap(),
-            allowed_ips: vec![format!("10.100.0.{n}/32").parse().unwrap()],
-            exit_node: false,
-            online: true,
-            last_heartbeat: String::new(),
-            via: None,
-            reach: None,
+            ..PeerInfo::for_test(
+                crate::keys::PublicKey::from_bytes([n; 32]),
+                &format!("h{n}"),
+                n,
+            )
         }
     }
 

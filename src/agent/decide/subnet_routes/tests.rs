@@ -1,6 +1,5 @@
 use super::*;
 use crate::keys::PrivateKey;
-use crate::types::PeerId;
 
 fn mesh() -> MeshNets {
     MeshNets {
@@ -10,27 +9,12 @@ fn mesh() -> MeshNets {
 }
 
 fn peer(host: &str, last: u8, routes: &[&str]) -> PeerInfo {
-    let key = PrivateKey::generate().public_key();
-    let mut allowed_ips: Vec<IpNet> = vec![
-        format!("10.100.0.{last}/32").parse().unwrap(),
-        format!("fd7a:1::{last}/128").parse().unwrap(),
-    ];
-    allowed_ips.extend(routes.iter().map(|r| r.parse::<IpNet>().unwrap()));
-    PeerInfo {
-        id: PeerId::for_key(&key),
-        public_key: key,
-        virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
-        endpoint: None,
-        hostname: host.parse().unwrap(),
-        dns_name: None,
-        os: "linux".parse().unwrap(),
-        allowed_ips,
-        exit_node: false,
-        online: true,
-        last_heartbeat: String::new(),
-        via: None,
-        reach: None,
-    }
+    let mut peer = PeerInfo::for_test(PrivateKey::generate().public_key(), host, last);
+    peer.allowed_ips
+        .push(format!("fd7a:1::{last}/128").parse().unwrap());
+    peer.allowed_ips
+        .extend(routes.iter().map(|r| r.parse::<IpNet>().unwrap()));
+    peer
 }
 
 fn net(s: &str) -> IpNet {

@@ -20,24 +20,13 @@ fn key(seed: u8) -> PrivateKey {
 }
 
 fn router(name: &str, seed: u8, last: u8, routes: &[&str]) -> PeerInfo {
-    let public = key(seed).public_key();
-    let mut allowed_ips: Vec<IpNet> = vec![format!("10.100.0.{last}/32").parse().unwrap()];
-    allowed_ips.extend(routes.iter().map(|r| r.parse::<IpNet>().unwrap()));
-    PeerInfo {
-        id: PeerId::for_key(&public),
-        public_key: public,
-        virtual_ip: format!("10.100.0.{last}").parse().unwrap(),
+    let mut peer = PeerInfo {
         endpoint: Some(format!("198.18.0.{last}:51820").parse().unwrap()),
-        hostname: name.parse().unwrap(),
-        dns_name: None,
-        os: "linux".parse().unwrap(),
-        allowed_ips,
-        exit_node: false,
-        online: true,
-        last_heartbeat: String::new(),
-        via: None,
-        reach: None,
-    }
+        ..PeerInfo::for_test(key(seed).public_key(), name, last)
+    };
+    peer.allowed_ips
+        .extend(routes.iter().map(|r| r.parse::<IpNet>().unwrap()));
+    peer
 }
 
 fn config(os: TargetOs) -> ClientConfig {
