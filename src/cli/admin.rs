@@ -159,8 +159,7 @@ with_admin_flags! {
     /// its "routes" rules now cover.
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "reload")]
-    pub struct PolicyReloadArgs {
-    }
+    pub struct PolicyReloadArgs {}
 }
 
 pub(super) fn default_server() -> ServerUrl {
